@@ -1,0 +1,91 @@
+//! Every message Palaver sends, in one versioned type family, all encoded by [`crate::codec`].
+//!
+//! - [`envelope`]: the end-to-end encrypted, signed [`Envelope`] a user sends — the same bytes travel
+//!   direct, over a relay circuit, through gossipsub or through the mailbox — and the [`Content`]
+//!   inside it once decrypted.
+//! - [`rendezvous`]: node ↔ rendezvous server requests (accounts, prekeys, presence, mailbox) and the
+//!   server's pushes.
+//! - [`peer`]: node ↔ node requests (deliver an envelope, fill a room's gaps).
+
+pub mod envelope;
+pub mod peer;
+pub mod rendezvous;
+
+use std::fmt;
+
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+
+pub use envelope::{Body, Content, DirectMessage, Envelope, Payload, RoomInvite, RoomMessage};
+pub use peer::{GapFillRequest, GapFillResponse, PeerRequest, PeerResponse, SenderCursor};
+pub use rendezvous::{
+    MailItem, PresenceRecord, PresenceState, Refusal, RefusalReason, RendezvousRequest,
+    RendezvousResponse, ServerPush, UserRecord,
+};
+
+use crate::codec::DecodeError;
+
+/// The largest text a message may carry, in bytes of UTF-8.
+pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// The largest encoded envelope accepted on any path.
+pub const MAX_ENVELOPE_LEN: usize = 96 * 1024;
+
+/// Why a received frame was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("signing key does not match the envelope's signer")]
+    WrongSigner,
+    #[error("envelope of {0} bytes is over the {MAX_ENVELOPE_LEN}-byte limit")]
+    TooLarge(usize),
+}
+
+/// A message's identity: SHA-256 over its canonical signed envelope. Used for dedup on every path.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 32]);
+
+/// A room's identity: 32 random bytes chosen by its creator.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RoomId(pub [u8; 32]);
+
+impl RoomId {
+    pub fn random(rng: &mut impl CryptoRngCore) -> Self {
+        let mut id = [0u8; 32];
+        rng.fill_bytes(&mut id);
+        Self(id)
+    }
+}
+
+macro_rules! hex_id {
+    ($ty:ident) => {
+        impl $ty {
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            pub fn from_hex(text: &str) -> Option<Self> {
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(text, &mut id).ok()?;
+                Some(Self(id))
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($ty), &self.to_hex()[..12])
+            }
+        }
+    };
+}
+
+hex_id!(MessageId);
+hex_id!(RoomId);

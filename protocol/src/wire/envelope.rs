@@ -1,0 +1,188 @@
+//! The envelope: what one user sends to another user or to a room.
+//!
+//! Sending: build the [`Content`], encrypt its encoding (Double Ratchet for a [`DirectMessage`],
+//! the sender's room key for a [`RoomMessage`]), then [`Envelope::sign`]. Receiving:
+//! [`Envelope::from_bytes`] bounds, decodes and verifies the signature before anything else looks at
+//! it; its [`MessageId`] is then checked for duplicates; only then is it decrypted.
+//!
+//! Direct envelopes are signed by the sender's identity key. Room envelopes are signed by the
+//! sender's current *sender-key* signing key, which members received over their pairwise sessions;
+//! the key is carried in the envelope so gossip can check the signature without state, and members
+//! check that it is the one the sender distributed.
+
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{MAX_ENVELOPE_LEN, MessageId, RoomId, WireError};
+use crate::codec;
+use crate::crypto::ratchet::RatchetMessage;
+use crate::crypto::room::MembershipUpdate;
+use crate::crypto::sender_key::{SenderKeyDistribution, SenderKeyMessage};
+use crate::identity;
+use crate::name::RoomName;
+
+const DIRECT_DOMAIN: &[u8] = b"palaver/v1/envelope/direct";
+const ROOM_DOMAIN: &[u8] = b"palaver/v1/envelope/room";
+const MESSAGE_ID_DOMAIN: &[u8] = b"palaver/v1/message-id";
+
+/// A signed, end-to-end encrypted message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub body: Body,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    Direct(DirectMessage),
+    Room(RoomMessage),
+}
+
+/// One user to another, through their Double Ratchet session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectMessage {
+    pub sender: VerifyingKey,
+    pub recipient: VerifyingKey,
+    pub message: RatchetMessage,
+}
+
+/// One member to a room, under the sender's current sender key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMessage {
+    pub room: RoomId,
+    pub sender: VerifyingKey,
+    /// The sender key's signing key, which signs this envelope.
+    pub signing_key: VerifyingKey,
+    pub message: SenderKeyMessage,
+}
+
+impl Body {
+    fn domain(&self) -> &'static [u8] {
+        match self {
+            Body::Direct(_) => DIRECT_DOMAIN,
+            Body::Room(_) => ROOM_DOMAIN,
+        }
+    }
+
+    /// The key whose signature this body must carry.
+    pub fn signer(&self) -> &VerifyingKey {
+        match self {
+            Body::Direct(direct) => &direct.sender,
+            Body::Room(room) => &room.signing_key,
+        }
+    }
+
+    /// The identity of the user who sent it.
+    pub fn sender(&self) -> &VerifyingKey {
+        match self {
+            Body::Direct(direct) => &direct.sender,
+            Body::Room(room) => &room.sender,
+        }
+    }
+}
+
+impl Envelope {
+    /// Signs `body` with `key`, which must be the body's [`Body::signer`].
+    pub fn sign(body: Body, key: &SigningKey) -> Result<Self, WireError> {
+        if key.verifying_key() != *body.signer() {
+            return Err(WireError::WrongSigner);
+        }
+        let signed = signed_bytes(&body)?;
+        let signature =
+            ed25519_dalek::Signer::sign(key, &identity::domain_separated(body.domain(), &signed));
+        Ok(Self { body, signature })
+    }
+
+    /// Checks the signature against the body's signer.
+    pub fn verify(&self) -> Result<(), WireError> {
+        let signed = signed_bytes(&self.body)?;
+        identity::verify(
+            self.body.signer(),
+            self.body.domain(),
+            &signed,
+            &self.signature,
+        )
+        .map_err(|_| WireError::BadSignature)
+    }
+
+    /// Decodes (bounded) and verifies an envelope received from anywhere.
+    pub fn from_bytes(frame: &[u8]) -> Result<Self, WireError> {
+        if frame.len() > MAX_ENVELOPE_LEN {
+            return Err(WireError::TooLarge(frame.len()));
+        }
+        let envelope: Self = codec::decode_bounded(frame, MAX_ENVELOPE_LEN)?;
+        envelope.verify()?;
+        Ok(envelope)
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let bytes = codec::encode(self).map_err(|_| WireError::TooLarge(MAX_ENVELOPE_LEN + 1))?;
+        if bytes.len() > MAX_ENVELOPE_LEN {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// The message id: a hash of the canonical encoding, so every path agrees on it.
+    pub fn id(&self) -> MessageId {
+        // Our own values always encode; an envelope too large to encode has no path to travel on,
+        // and hashing the body's debug form would be worse than hashing an empty frame.
+        let bytes = codec::encode(self).unwrap_or_default();
+        MessageId(
+            Sha256::new()
+                .chain_update(MESSAGE_ID_DOMAIN)
+                .chain_update(&bytes)
+                .finalize()
+                .into(),
+        )
+    }
+
+    pub fn sender(&self) -> &VerifyingKey {
+        self.body.sender()
+    }
+}
+
+fn signed_bytes(body: &Body) -> Result<Vec<u8>, WireError> {
+    codec::encode(body).map_err(|_| WireError::TooLarge(MAX_ENVELOPE_LEN + 1))
+}
+
+/// What an envelope carries, once decrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    /// The sender's wall clock, for display only; order comes from `lamport`.
+    pub sent_at_ms: u64,
+    /// Lamport time in the conversation: history is ordered by (lamport, sender, seq).
+    pub lamport: u64,
+    /// The sender's sequence number in this conversation, from 1, with no gaps.
+    pub seq: u64,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A message a person wrote.
+    Text(String),
+    /// The recipient has these messages durably in its history.
+    Receipt(Vec<MessageId>),
+    /// An invitation into a room, sent over the pairwise session.
+    RoomInvite(RoomInvite),
+    /// The sender's (new) sender key for a room, sent to each member over the pairwise session.
+    SenderKey {
+        room: RoomId,
+        distribution: SenderKeyDistribution,
+    },
+    /// A membership change signed by the room's owner.
+    Membership(MembershipUpdate),
+    /// The sender left the room.
+    Leave { room: RoomId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInvite {
+    pub room: RoomId,
+    pub name: RoomName,
+    pub membership: MembershipUpdate,
+    /// For public rooms: the secret the room key is derived from.
+    pub invite_secret: Option<[u8; 32]>,
+}

@@ -1,0 +1,153 @@
+//! Node ↔ rendezvous server: one request, one response, over a Noise-authenticated connection.
+//!
+//! The connection's `PeerId` is the proof of key: [`RendezvousRequest::Register`] binds a name to
+//! it, [`RendezvousRequest::Login`] checks the binding. Until a login succeeds the server answers
+//! only those two. The server pushes [`ServerPush`] to logged-in nodes as requests of its own.
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::Envelope;
+use crate::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
+use crate::name::UserName;
+
+/// The most items a single request or response lists (names, acks, mail).
+pub const MAX_BATCH: usize = 256;
+/// The longest registration token accepted.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RendezvousRequest {
+    /// Bind `name` to the connecting key (first come, first served, or with a registration token).
+    Register {
+        name: UserName,
+        token: Option<String>,
+    },
+    /// Start a session as `name`, which must already be bound to the connecting key.
+    Login { name: UserName },
+    /// Replace this user's prekeys (signed prekey and a batch of one-time prekeys).
+    PublishPrekeys(Box<PrekeyUpload>),
+    /// Top up the one-time prekeys.
+    AddOneTimePrekeys(Vec<OneTimePrekey>),
+    /// A bundle for starting a session with `name`; consumes one of its one-time prekeys.
+    FetchPrekeys { name: UserName },
+    /// Keys and presence of these users.
+    Lookup { names: Vec<UserName> },
+    /// I am still here, in this state.
+    Heartbeat { state: PresenceState },
+    /// Push me presence changes of these users (replaces any earlier subscription).
+    SubscribePresence { names: Vec<UserName> },
+    /// Hold this envelope for `to` until it comes online and acknowledges it.
+    Deposit {
+        to: UserName,
+        envelope: Box<Envelope>,
+    },
+    /// Give me up to `max` held envelopes, oldest first.
+    FetchMail { max: u16 },
+    /// I have these durably; delete them.
+    AckMail { ids: Vec<super::MessageId> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RendezvousResponse {
+    Registered {
+        name: UserName,
+    },
+    LoggedIn {
+        name: UserName,
+        mail_waiting: u32,
+        one_time_prekeys_left: u32,
+    },
+    Done,
+    Prekeys(Box<PrekeyBundle>),
+    Users(Vec<UserRecord>),
+    Presence(Vec<PresenceRecord>),
+    Deposited {
+        id: super::MessageId,
+    },
+    Mail {
+        items: Vec<MailItem>,
+        remaining: u32,
+    },
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: UserName,
+    pub identity: VerifyingKey,
+    pub presence: PresenceRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PresenceState {
+    Online,
+    Away,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    pub name: UserName,
+    pub state: PresenceState,
+    /// When the server last heard from the user (ms since the Unix epoch); `None`: never.
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailItem {
+    pub envelope: Envelope,
+    pub deposited_at_ms: u64,
+}
+
+/// A request the server would not carry out, with the reason a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefusalReason {
+    NameTaken,
+    TokenRequired,
+    BadToken,
+    UnknownUser,
+    NotYourName,
+    NotLoggedIn,
+    NoPrekeys,
+    QuotaExceeded,
+    TooLarge,
+    RateLimited,
+    Invalid,
+    /// The server does not offer this (for example a relay-only server asked for accounts).
+    Unavailable,
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusalReason::NameTaken => "name taken",
+            RefusalReason::TokenRequired => "registration token required",
+            RefusalReason::BadToken => "wrong registration token",
+            RefusalReason::UnknownUser => "unknown user",
+            RefusalReason::NotYourName => "name bound to another key",
+            RefusalReason::NotLoggedIn => "not logged in",
+            RefusalReason::NoPrekeys => "no prekeys published",
+            RefusalReason::QuotaExceeded => "mailbox full",
+            RefusalReason::TooLarge => "too large",
+            RefusalReason::RateLimited => "rate limited",
+            RefusalReason::Invalid => "invalid request",
+            RefusalReason::Unavailable => "not offered by this server",
+        })
+    }
+}
+
+/// What the server tells a logged-in node without being asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerPush {
+    Presence(PresenceRecord),
+    MailWaiting { count: u32 },
+    PrekeysLow { remaining: u32 },
+}
