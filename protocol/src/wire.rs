@@ -89,3 +89,13 @@ macro_rules! hex_id {
 
 hex_id!(MessageId);
 hex_id!(RoomId);
+
+/// libp2p protocol names of Palaver's own request-response protocols.
+pub mod protocol_names {
+    /// Node → rendezvous: [`super::RendezvousRequest`] / [`super::RendezvousResponse`].
+    pub const RENDEZVOUS: &str = "/palaver/rendezvous/1";
+    /// Rendezvous → node: [`super::ServerPush`] / `()`.
+    pub const PUSH: &str = "/palaver/push/1";
+    /// Node ↔ node: [`super::PeerRequest`] / [`super::PeerResponse`].
+    pub const PEER: &str = "/palaver/peer/1";
+}
