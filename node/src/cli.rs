@@ -1,12 +1,19 @@
-//! The command line (`palaver …`): parse, then carry out one command.
+//! The command line (`palaver …`): parse, then carry out one command — most of them as one call
+//! to the running daemon's control socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use libp2p::Multiaddr;
 use palaver_protocol::UserName;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
+use crate::daemon::{self, DaemonConfig};
 use crate::home::Home;
+use crate::rpc::{Client, ClientError};
+use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,12 +22,15 @@ use crate::home::Home;
     about = "A peer-to-peer messenger with end-to-end encryption"
 )]
 pub struct Cli {
-    /// Where the identity, history and control socket live.
+    /// Where the identity, history and control socket live [default: ~/.local/share/palaver].
     #[arg(long, global = true, env = "PALAVER_HOME")]
     pub home: Option<PathBuf>,
     /// A file whose first line is the passphrase of the identity key (or set PALAVER_PASSPHRASE).
     #[arg(long, global = true)]
     pub passphrase_file: Option<PathBuf>,
+    /// Print JSON (one object, or one object per line for lists and streams).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,17 +46,123 @@ pub enum Command {
         force: bool,
     },
     /// Show this identity: name, peer id, fingerprint.
-    Whoami {
+    Whoami,
+    /// Run the daemon: log in at the rendezvous and keep this user reachable.
+    Daemon {
+        /// The rendezvous server (remembered in <home>/config.toml for next time).
         #[arg(long)]
-        json: bool,
+        rendezvous: Option<Multiaddr>,
+        /// Where to listen for peers [default: all interfaces, TCP and QUIC, any port].
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Token for servers that only register users who have one.
+        #[arg(long)]
+        registration_token: Option<String>,
+        /// Accept connections only through the relay (for testing NAT traversal).
+        #[arg(long)]
+        relay_only_transport: bool,
     },
-    /// Run the scripted demo conversation on loopback.
+    /// The daemon's state: rendezvous connection, listen addresses.
+    Status,
+    /// Send a direct message; prints its id.
+    Send { name: String, text: String },
+    /// Rooms: create, invite, join, leave, kick, members, list, send.
+    #[command(subcommand)]
+    Room(RoomCommand),
+    /// A conversation's messages, oldest first.
+    History {
+        #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+        with: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Presence of contacts (or of the given users).
+    Presence { names: Vec<String> },
+    /// Connected peers and how (direct or relayed).
+    Peers,
+    /// Print events (messages, delivery changes, presence) as they happen.
+    Listen,
+    /// Show both fingerprints, to compare out of band.
+    Verify { name: String },
+    /// The terminal chat window.
+    Chat,
+    /// Run the scripted demo on loopback: a rendezvous and three peers in this process.
     Demo,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoomCommand {
+    /// Create a room; you own it. --public: anyone who knows the name may join and read.
+    Create {
+        room: String,
+        #[arg(long)]
+        public: bool,
+    },
+    /// Invite a user (owner only).
+    Invite { room: String, name: String },
+    /// Accept an invitation (or join a public room with --public).
+    Join {
+        room: String,
+        #[arg(long)]
+        public: bool,
+    },
+    /// Leave a room.
+    Leave { room: String },
+    /// Remove a member (owner only); everyone's keys rotate.
+    Kick { room: String, name: String },
+    /// The members of a room.
+    Members { room: String },
+    /// Your rooms and invitations.
+    List,
+    /// Send a message to a room.
+    Send { room: String, text: String },
+}
+
+/// `<home>/config.toml`: what `daemon` remembers between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Config {
+    pub rendezvous: Option<String>,
+    #[serde(default)]
+    pub listen: Vec<String>,
+    pub registration_token: Option<String>,
+}
+
+impl Config {
+    fn path(home: &Path) -> PathBuf {
+        home.join("config.toml")
+    }
+
+    pub fn load(home: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(Self::path(home)) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("reading {}", Self::path(home).display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(err) => Err(err).with_context(|| format!("reading {}", Self::path(home).display())),
+        }
+    }
+
+    pub fn save(&self, home: &Path) -> anyhow::Result<()> {
+        std::fs::write(Self::path(home), toml::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", Self::path(home).display()))
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(cli))
+}
+
+async fn run_async(cli: Cli) -> anyhow::Result<()> {
     let home = Home::new(cli.home.clone().unwrap_or_else(Home::default_dir));
     let passphrase = passphrase(&cli)?;
+    let json = cli.json;
+    let socket = home.dir().join("palaver.sock");
     match cli.command {
         Command::Init { name, force } => {
             let name: UserName = name.parse()?;
@@ -55,27 +171,285 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("peer id      {}", identity.peer_id());
             println!("fingerprint  {}", identity.fingerprint());
         }
-        Command::Whoami { json } => {
+        Command::Whoami => {
             let (identity, name) = home.open(passphrase.as_deref())?;
-            if json {
-                let value = serde_json::json!({
-                    "name": name.as_str(),
-                    "peer_id": identity.peer_id().to_string(),
-                    "fingerprint": identity.fingerprint().to_string(),
-                });
-                println!("{value}");
+            let me = json!({
+                "name": name.as_str(),
+                "peer_id": identity.peer_id().to_string(),
+                "fingerprint": identity.fingerprint().to_string(),
+            });
+            print_one(json, &me, |me| {
+                format!(
+                    "name         {}\npeer id      {}\nfingerprint  {}",
+                    me["name"].as_str().unwrap_or(""),
+                    me["peer_id"].as_str().unwrap_or(""),
+                    me["fingerprint"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Daemon {
+            rendezvous,
+            listen,
+            registration_token,
+            relay_only_transport,
+        } => {
+            let mut config = Config::load(home.dir())?;
+            let rendezvous = match rendezvous {
+                Some(addr) => {
+                    if config.rendezvous.is_none() {
+                        config.rendezvous = Some(addr.to_string());
+                        config.save(home.dir())?;
+                    }
+                    addr
+                }
+                None => config
+                    .rendezvous
+                    .as_deref()
+                    .context("no rendezvous: pass --rendezvous MULTIADDR (it is remembered for next time)")?
+                    .parse()
+                    .context("the rendezvous address in config.toml")?,
+            };
+            let mut daemon_config = DaemonConfig::new(home.dir().to_path_buf(), rendezvous);
+            daemon_config.listen = if listen.is_empty() {
+                config
+                    .listen
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<_, _>>()
+                    .context("listen addresses in config.toml")?
             } else {
-                println!("name         {name}");
-                println!("peer id      {}", identity.peer_id());
-                println!("fingerprint  {}", identity.fingerprint());
+                listen
+            };
+            daemon_config.registration_token = registration_token.or(config.registration_token);
+            daemon_config.passphrase = passphrase;
+            daemon_config.relay_only_transport = relay_only_transport;
+            daemon::run(daemon_config, shutdown_signal()).await?;
+        }
+        Command::Status => {
+            let status = call(&socket, "status", Value::Null).await?;
+            print_one(json, &status, |s| {
+                let rv = &s["rendezvous"];
+                let state = match (rv["connected"].as_bool(), rv["logged_in"].as_bool()) {
+                    (_, Some(true)) => "logged in",
+                    (Some(true), _) => "connected, logging in",
+                    _ => "not connected",
+                };
+                let listen: Vec<&str> = s["listen"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!(
+                    "{} ({})\nrendezvous  {} — {state}\nlistening   {}\noutbox      {} message(s) waiting",
+                    s["name"].as_str().unwrap_or(""),
+                    s["peer_id"].as_str().unwrap_or(""),
+                    rv["address"].as_str().unwrap_or(""),
+                    listen.join("\n            "),
+                    s["outbox"],
+                )
+            });
+        }
+        Command::Send { name, text } => {
+            let sent = call(&socket, "send", json!({"to": name, "text": text})).await?;
+            print_one(json, &sent, |s| s["id"].as_str().unwrap_or("").to_owned());
+        }
+        Command::Room(command) => room(&socket, json, command).await?,
+        Command::History { with, room, limit } => {
+            let params = json!({"with": with, "room": room, "limit": limit});
+            let entries = match Client::connect(&socket).await {
+                Ok(mut client) => client.call("history", params).await?,
+                Err(ClientError::NotRunning(_)) => {
+                    // No daemon: read the store directly.
+                    let store = Store::open(&home.dir().join("store"))?;
+                    Value::Array(daemon::calls::history(
+                        &store,
+                        with.as_deref(),
+                        room.as_deref(),
+                        limit,
+                    )?)
+                }
+                Err(err) => return Err(err.into()),
+            };
+            print_list(json, &entries, |e| {
+                format!(
+                    "{} {:>10}  {}: {}  [{}]",
+                    clock(e["sent_at"].as_u64().unwrap_or(0)),
+                    e["conversation"].as_str().unwrap_or(""),
+                    e["from"].as_str().unwrap_or(""),
+                    e["text"].as_str().unwrap_or(""),
+                    e["status"].as_str().unwrap_or(""),
+                )
+            });
+        }
+        Command::Presence { names } => {
+            let records = call(&socket, "presence", json!({"names": names})).await?;
+            print_list(json, &records, |r| {
+                let seen = r["last_seen"]
+                    .as_u64()
+                    .map(|ms| format!("last seen {}", clock(ms)))
+                    .unwrap_or_default();
+                format!(
+                    "{:<16} {:<8} {seen}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["state"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Peers => {
+            let peers = call(&socket, "peers", Value::Null).await?;
+            print_list(json, &peers, |p| {
+                format!(
+                    "{:<16} {:<8} {}  {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["connection"].as_str().unwrap_or(""),
+                    p["peer_id"].as_str().unwrap_or(""),
+                    p["addr"].as_str().unwrap_or(""),
+                )
+            });
+        }
+        Command::Listen => {
+            let mut client = Client::connect(&socket).await?;
+            client.subscribe().await?;
+            while let Some(event) = client.next_event().await? {
+                if json {
+                    println!("{event}");
+                } else {
+                    println!("{}", describe_event(&event));
+                }
             }
         }
-        Command::Demo => bail!(
-            "the demo is not built yet: it needs the rendezvous server and the daemon (issues 4 and 5); \
-             what exists today is the protocol core, `palaver init` and `palaver whoami`"
+        Command::Verify { name } => {
+            let prints = call(&socket, "verify", json!({"name": name})).await?;
+            print_one(json, &prints, |p| {
+                format!(
+                    "{:<12} {}\n{:<12} {}\nRead these to each other over a channel you trust; if they match, nobody is in between.",
+                    p["me"].as_str().unwrap_or(""),
+                    p["my_fingerprint"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    p["fingerprint"].as_str().unwrap_or(""),
+                )
+            });
+        }
+        Command::Chat => bail!(
+            "the terminal UI is not built yet (issue 9); use `palaver listen` and `palaver send` meanwhile"
         ),
+        Command::Demo => crate::demo::run().await?,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "palaver",
+                &mut std::io::stdout(),
+            );
+        }
     }
     Ok(())
+}
+
+async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result<()> {
+    let (method, params) = match &command {
+        RoomCommand::Create { room, public } => {
+            ("room.create", json!({"room": room, "public": public}))
+        }
+        RoomCommand::Invite { room, name } => ("room.invite", json!({"room": room, "name": name})),
+        RoomCommand::Join { room, public } => {
+            ("room.join", json!({"room": room, "public": public}))
+        }
+        RoomCommand::Leave { room } => ("room.leave", json!({"room": room})),
+        RoomCommand::Kick { room, name } => ("room.kick", json!({"room": room, "name": name})),
+        RoomCommand::Members { room } => ("room.members", json!({"room": room})),
+        RoomCommand::List => ("room.list", Value::Null),
+        RoomCommand::Send { room, text } => ("room.send", json!({"room": room, "text": text})),
+    };
+    let answer = call(socket, method, params).await?;
+    match command {
+        RoomCommand::Members { .. } => print_list(json, &answer, |m| {
+            let owner = if m["owner"].as_bool() == Some(true) {
+                " (owner)"
+            } else {
+                ""
+            };
+            format!(
+                "{}{owner}  {}",
+                m["name"].as_str().unwrap_or(""),
+                m["presence"].as_str().unwrap_or("")
+            )
+        }),
+        RoomCommand::List => print_list(json, &answer, |r| {
+            let public = if r["public"].as_bool() == Some(true) {
+                "public"
+            } else {
+                "private"
+            };
+            format!(
+                "{:<20} {:<8} {:<8} {} member(s)",
+                r["room"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                public,
+                r["members"]
+            )
+        }),
+        RoomCommand::Send { .. } => {
+            print_one(json, &answer, |s| s["id"].as_str().unwrap_or("").to_owned())
+        }
+        _ => print_one(json, &answer, |_| "ok".to_owned()),
+    }
+    Ok(())
+}
+
+async fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
+    let mut client = Client::connect(socket).await?;
+    Ok(client.call(method, params).await?)
+}
+
+fn print_one(json: bool, value: &Value, human: impl Fn(&Value) -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+/// Lists print one JSON object per line with --json (JSON lines), one human line each otherwise.
+fn print_list(json: bool, values: &Value, human: impl Fn(&Value) -> String) {
+    for value in values.as_array().into_iter().flatten() {
+        print_one(json, value, &human);
+    }
+}
+
+fn describe_event(event: &Value) -> String {
+    let s = |key: &str| event[key].as_str().unwrap_or("").to_owned();
+    match event["type"].as_str() {
+        Some("message") => format!(
+            "{} {}  {}: {}",
+            clock(event["sent_at"].as_u64().unwrap_or(0)),
+            s("conversation"),
+            s("from"),
+            s("text")
+        ),
+        Some("delivery") => format!("{} → {}", &s("id")[..12.min(s("id").len())], s("status")),
+        Some("presence") => format!("{} is {}", s("name"), s("state")),
+        Some("connection") => format!(
+            "{} is {}",
+            event["name"].as_str().unwrap_or(&s("peer_id")),
+            s("connection")
+        ),
+        Some("invite") => format!(
+            "{} invited you to {} — `palaver room join {}`",
+            s("from"),
+            s("room"),
+            s("room")
+        ),
+        Some("removed") => format!("you were removed from {}", s("room")),
+        _ => event.to_string(),
+    }
+}
+
+/// `HH:MM` (UTC) of a Unix time in milliseconds.
+pub fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60)
 }
 
 fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {
@@ -85,4 +459,15 @@ fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {
         return Ok(Some(text.lines().next().unwrap_or_default().to_owned()));
     }
     Ok(std::env::var("PALAVER_PASSPHRASE").ok())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -2,4 +2,8 @@
 //! the terminal UI grow here.
 
 pub mod cli;
+pub mod daemon;
+pub mod demo;
 pub mod home;
+pub mod rpc;
+pub mod store;

@@ -11,8 +11,10 @@
 
 pub mod codec;
 pub mod crypto;
+pub mod delivery;
 pub mod identity;
 pub mod name;
+pub mod rendezvous;
 pub mod wire;
 
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

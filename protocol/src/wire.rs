@@ -87,6 +87,21 @@ macro_rules! hex_id {
     };
 }
 
+impl MessageId {
+    /// The id of an envelope from its encoded frame. Equals [`Envelope::id`] for the canonical
+    /// encoding, which is what every node sends; gossipsub uses it as its message id.
+    pub fn of_frame(frame: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(
+            Sha256::new()
+                .chain_update(b"palaver/v1/message-id")
+                .chain_update(frame)
+                .finalize()
+                .into(),
+        )
+    }
+}
+
 hex_id!(MessageId);
 hex_id!(RoomId);
 

@@ -1,5 +1,32 @@
-//! The Palaver rendezvous server, and the libp2p plumbing the node shares with it.
+//! Palaver's self-hosted rendezvous server, and the libp2p plumbing the node shares with it.
+//!
+//! One small binary lets peers find and reach each other and holds encrypted mail for peers that
+//! are offline. A node connects (Noise authenticates its key), registers a name or logs in, then
+//! publishes prekeys, heartbeats its presence, subscribes to its contacts' presence, deposits
+//! envelopes for offline users and collects its own; the server pushes presence changes, new-mail
+//! counts and low-prekey warnings back over `/palaver/push/1`. Beside that it runs identify, ping,
+//! autonat, the libp2p rendezvous server (discovery) and a circuit relay v2 for logged-in peers.
+//!
+//! - [`Server`]: `bind` (store, key, swarm, listeners) then `run` until a shutdown future.
+//! - [`Config`], [`Limits`]: what an admin chooses and the bounds the server enforces.
+//! - [`client`]: a lightweight client for tests, tools and the load generator.
+//! - [`FrameCodec`]: the request-response codec both sides use.
+//!
+//! Modules: `service` decides (no network), `store` persists (sled), `server` is the actor,
+//! `behaviour` composes libp2p, `metrics` exports Prometheus metrics.
 
+mod behaviour;
+pub mod client;
+mod config;
 pub mod frame_codec;
+mod metrics;
+mod relay_meter;
+mod server;
+mod service;
+mod store;
 
+pub use behaviour::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};
+pub use config::{Config, Limits, RelayLimits};
 pub use frame_codec::FrameCodec;
+pub use server::{KEY_FILE, Server, ServerError};
+pub use store::StoreError;

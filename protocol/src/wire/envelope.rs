@@ -12,7 +12,6 @@
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{MAX_ENVELOPE_LEN, MessageId, RoomId, WireError};
 use crate::codec;
@@ -24,7 +23,6 @@ use crate::name::RoomName;
 
 const DIRECT_DOMAIN: &[u8] = b"palaver/v1/envelope/direct";
 const ROOM_DOMAIN: &[u8] = b"palaver/v1/envelope/room";
-const MESSAGE_ID_DOMAIN: &[u8] = b"palaver/v1/message-id";
 
 /// A signed, end-to-end encrypted message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,22 +86,24 @@ impl Envelope {
         if key.verifying_key() != *body.signer() {
             return Err(WireError::WrongSigner);
         }
-        let signed = signed_bytes(&body)?;
-        let signature =
-            ed25519_dalek::Signer::sign(key, &identity::domain_separated(body.domain(), &signed));
+        let signature = ed25519_dalek::Signer::sign(key, &signed_message(&body)?);
+        Ok(Self { body, signature })
+    }
+
+    /// Signs a room body with the sender's [`crate::crypto::sender_key::SenderKey::sign`] (or
+    /// `RoomKeys::sign`), which adds the sender-key signature domain itself.
+    pub fn sign_with(body: Body, sign: impl FnOnce(&[u8]) -> Signature) -> Result<Self, WireError> {
+        let message = identity::domain_separated(body.domain(), &signed_bytes(&body)?);
+        let signature = sign(&message);
         Ok(Self { body, signature })
     }
 
     /// Checks the signature against the body's signer.
     pub fn verify(&self) -> Result<(), WireError> {
-        let signed = signed_bytes(&self.body)?;
-        identity::verify(
-            self.body.signer(),
-            self.body.domain(),
-            &signed,
-            &self.signature,
-        )
-        .map_err(|_| WireError::BadSignature)
+        self.body
+            .signer()
+            .verify_strict(&signed_message(&self.body)?, &self.signature)
+            .map_err(|_| WireError::BadSignature)
     }
 
     /// Decodes (bounded) and verifies an envelope received from anywhere.
@@ -128,19 +128,22 @@ impl Envelope {
     pub fn id(&self) -> MessageId {
         // Our own values always encode; an envelope too large to encode has no path to travel on,
         // and hashing the body's debug form would be worse than hashing an empty frame.
-        let bytes = codec::encode(self).unwrap_or_default();
-        MessageId(
-            Sha256::new()
-                .chain_update(MESSAGE_ID_DOMAIN)
-                .chain_update(&bytes)
-                .finalize()
-                .into(),
-        )
+        MessageId::of_frame(&codec::encode(self).unwrap_or_default())
     }
 
     pub fn sender(&self) -> &VerifyingKey {
         self.body.sender()
     }
+}
+
+/// Exactly what the signer signs: the domain-separated body; for rooms, wrapped once more in the
+/// sender-key signature domain (room envelopes are signed through the sender key).
+fn signed_message(body: &Body) -> Result<Vec<u8>, WireError> {
+    let message = identity::domain_separated(body.domain(), &signed_bytes(body)?);
+    Ok(match body {
+        Body::Direct(_) => message,
+        Body::Room(_) => crate::crypto::sender_key::signed_bytes(&message),
+    })
 }
 
 fn signed_bytes(body: &Body) -> Result<Vec<u8>, WireError> {

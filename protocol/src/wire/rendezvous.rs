@@ -46,6 +46,9 @@ pub enum RendezvousRequest {
     FetchMail { max: u16 },
     /// I have these durably; delete them.
     AckMail { ids: Vec<super::MessageId> },
+    /// Names and presence of the users holding these identity keys (unknown keys are left out):
+    /// how a node names a stranger who wrote to it, or the members of a room. Answered with `Users`.
+    WhoIs { keys: Vec<VerifyingKey> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -497,6 +497,8 @@ pub fn any_rendezvous_request() -> impl Strategy<Value = RendezvousRequest> {
         any::<u16>().prop_map(|max| RendezvousRequest::FetchMail { max }),
         proptest::collection::vec(any_message_id(), 0..4)
             .prop_map(|ids| RendezvousRequest::AckMail { ids }),
+        proptest::collection::vec(any_key(), 0..4)
+            .prop_map(|keys| RendezvousRequest::WhoIs { keys }),
     ]
 }
 

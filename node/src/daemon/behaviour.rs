@@ -1,0 +1,116 @@
+//! The node's one libp2p behaviour and the swarm built around it.
+
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, dcutr, gossipsub, identify, mdns, noise, ping, relay, rendezvous,
+    swarm::NetworkBehaviour, tcp, yamux,
+};
+use palaver_protocol::codec::MAX_FRAME_LEN;
+use palaver_protocol::wire::{
+    MAX_ENVELOPE_LEN, PeerRequest, PeerResponse, RendezvousRequest, RendezvousResponse, ServerPush,
+    protocol_names,
+};
+use palaver_protocol::{Identity, MessageId};
+use palaver_rendezvous::FrameCodec;
+
+pub(crate) type RendezvousRpc =
+    request_response::Behaviour<FrameCodec<RendezvousRequest, RendezvousResponse>>;
+pub(crate) type PushRpc = request_response::Behaviour<FrameCodec<ServerPush, ()>>;
+pub(crate) type PeerRpc = request_response::Behaviour<FrameCodec<PeerRequest, PeerResponse>>;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) discovery: rendezvous::client::Behaviour,
+    pub(crate) rendezvous: RendezvousRpc,
+    pub(crate) push: PushRpc,
+    pub(crate) peer: PeerRpc,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// How long a peer has to answer a request before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
+    let keypair = identity.to_libp2p_keypair();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
+            let local = key.public().to_peer_id();
+            let rr_config =
+                request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+            // Our envelopes are signed and content-addressed already: gossipsub need not sign
+            // them again, and its message id is ours, so gossip and application dedup agree.
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .message_id_fn(|message: &gossipsub::Message| {
+                    gossipsub::MessageId::from(MessageId::of_frame(&message.data).0.to_vec())
+                })
+                .validate_messages()
+                .max_transmit_size(MAX_ENVELOPE_LEN)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()
+                .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+            let gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+                    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let mdns = if use_mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                relay_client,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/palaver/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                dcutr: dcutr::Behaviour::new(local),
+                gossipsub,
+                discovery: rendezvous::client::Behaviour::new(key.clone()),
+                rendezvous: request_response::Behaviour::with_codec(
+                    FrameCodec::new(MAX_ENVELOPE_LEN + 4096, MAX_FRAME_LEN),
+                    [(
+                        StreamProtocol::new(protocol_names::RENDEZVOUS),
+                        ProtocolSupport::Outbound,
+                    )],
+                    rr_config.clone(),
+                ),
+                push: request_response::Behaviour::with_codec(
+                    FrameCodec::new(64 * 1024, 16),
+                    [(
+                        StreamProtocol::new(protocol_names::PUSH),
+                        ProtocolSupport::Inbound,
+                    )],
+                    rr_config.clone(),
+                ),
+                peer: request_response::Behaviour::with_codec(
+                    FrameCodec::new(MAX_FRAME_LEN, MAX_FRAME_LEN),
+                    [(
+                        StreamProtocol::new(protocol_names::PEER),
+                        ProtocolSupport::Full,
+                    )],
+                    rr_config,
+                ),
+                mdns: Toggle::from(mdns),
+            })
+        })?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}

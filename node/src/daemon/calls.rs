@@ -1,0 +1,291 @@
+//! The control-socket methods: parse the params, carry the call out, answer.
+
+use palaver_protocol::wire::{MAX_TEXT_LEN, Payload, RendezvousRequest};
+use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
+use serde_json::{Value, json};
+
+use super::direct::{Job, Reply};
+use super::{Node, Pending};
+use crate::rpc::{Call, RpcError};
+use crate::store::{ConversationId, StateKey, Store};
+
+/// Reads `history` for `with` (a user) or `room`, resolving names from the store.
+pub(crate) fn history(
+    store: &Store,
+    with: Option<&str>,
+    room: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Value>, RpcError> {
+    let conversation = match (with, room) {
+        (Some(name), None) => {
+            let name: UserName = name
+                .parse()
+                .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))?;
+            let key = store
+                .get::<[u8; 32]>(StateKey::Contact(name.as_str()))
+                .map_err(|e| RpcError::failed(e.to_string()))?
+                .ok_or_else(|| RpcError::failed(format!("no conversation with {name}")))?;
+            ConversationId::Direct(key)
+        }
+        (None, Some(room)) => {
+            let room: RoomName = room
+                .parse()
+                .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))?;
+            let rooms =
+                super::rooms::Rooms::load(store).map_err(|e| RpcError::failed(e.to_string()))?;
+            let id = rooms
+                .id_by_name(&room)
+                .ok_or_else(|| RpcError::failed(format!("no room called {room}")))?;
+            ConversationId::Room(id)
+        }
+        _ => {
+            return Err(RpcError::invalid(
+                "give exactly one of --with NAME or --room ROOM",
+            ));
+        }
+    };
+    let entries = store
+        .history(&conversation, limit)
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    Ok(entries
+        .into_iter()
+        .map(|mut entry| {
+            // Names learned after a message arrived replace the stand-in it was stored with.
+            if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(entry.sender)) {
+                entry.from = name;
+            }
+            if let ConversationId::Direct(key) = entry.conversation
+                && let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key)) {
+                    entry.label = name;
+                }
+            entry.to_json()
+        })
+        .collect())
+}
+
+fn param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid(format!("missing parameter {key:?}")))
+}
+
+fn user(params: &Value, key: &str) -> Result<UserName, RpcError> {
+    param(params, key)?
+        .parse()
+        .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))
+}
+
+fn room(params: &Value) -> Result<RoomName, RpcError> {
+    param(params, "room")?
+        .parse()
+        .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))
+}
+
+fn text(params: &Value) -> Result<String, RpcError> {
+    let text = param(params, "text")?;
+    if text.is_empty() {
+        return Err(RpcError::invalid("empty message"));
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(RpcError::invalid(format!(
+            "a message has at most {MAX_TEXT_LEN} bytes"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+impl Node {
+    pub(crate) fn on_call(&mut self, call: Call) {
+        let Call {
+            method,
+            params,
+            reply,
+        } = call;
+        let answer = |reply: Reply, result: Result<Value, RpcError>| {
+            let _ = reply.send(result);
+        };
+        match method.as_str() {
+            "status" => answer(reply, Ok(self.status())),
+            "send" => match (user(&params, "to"), text(&params)) {
+                (Ok(to), Ok(text)) => {
+                    self.send_direct(Job::to_name(to, Payload::Text(text), Some(reply)))
+                }
+                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
+            },
+            "history" => {
+                let limit = params
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(100)
+                    .min(100_000) as usize;
+                let with = params.get("with").and_then(Value::as_str);
+                let room = params.get("room").and_then(Value::as_str);
+                answer(
+                    reply,
+                    history(&self.store, with, room, limit).map(Value::Array),
+                );
+            }
+            "presence" => self.presence_call(params, reply),
+            "peers" => answer(reply, Ok(self.peers())),
+            "verify" => match user(&params, "name") {
+                Ok(name) => self.verify(name, reply),
+                Err(err) => answer(reply, Err(err)),
+            },
+            "room.create" => {
+                let public = params
+                    .get("public")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                answer(
+                    reply,
+                    room(&params).and_then(|room| self.room_create(room, public)),
+                );
+            }
+            "room.invite" => match (room(&params), user(&params, "name")) {
+                (Ok(room), Ok(name)) => self.room_invite(room, name, reply),
+                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
+            },
+            "room.kick" => match (room(&params), user(&params, "name")) {
+                (Ok(room), Ok(name)) => self.room_kick(room, name, reply),
+                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
+            },
+            "room.join" => {
+                let public = params
+                    .get("public")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let result = room(&params).and_then(|room| {
+                    if public {
+                        self.room_join_public(room)
+                    } else {
+                        self.room_join(room)
+                    }
+                });
+                answer(reply, result);
+            }
+            "room.leave" => answer(reply, room(&params).and_then(|room| self.room_leave(room))),
+            "room.members" => answer(
+                reply,
+                room(&params).and_then(|room| self.room_members(&room)),
+            ),
+            "room.list" => answer(reply, Ok(self.room_list())),
+            "room.send" => answer(
+                reply,
+                room(&params)
+                    .and_then(|room| text(&params).and_then(|text| self.room_send(room, text))),
+            ),
+            "shutdown" => {
+                self.stopping = true;
+                answer(reply, Ok(json!(true)));
+            }
+            other => answer(
+                reply,
+                Err(RpcError {
+                    code: RpcError::METHOD_NOT_FOUND,
+                    message: format!("unknown method {other:?}"),
+                }),
+            ),
+        }
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "name": self.name.as_str(),
+            "peer_id": self.swarm.local_peer_id().to_string(),
+            "fingerprint": self.identity.fingerprint().to_string(),
+            "rendezvous": {
+                "address": self.rendezvous_addr.to_string(),
+                "connected": self.link.connected,
+                "logged_in": self.link.logged_in,
+            },
+            "listen": self.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "outbox": self.outbox_len(),
+        })
+    }
+
+    fn peers(&self) -> Value {
+        let mut peers: Vec<Value> = self
+            .swarm
+            .connected_peers()
+            .filter(|peer| !self.is_rendezvous(peer))
+            .filter_map(|peer| {
+                let (connection, addr) = self.connection_kind(peer)?;
+                Some(json!({
+                    "name": self.name_of_peer(peer),
+                    "peer_id": peer.to_string(),
+                    "connection": connection,
+                    "addr": addr.map(|a| a.to_string()),
+                }))
+            })
+            .collect();
+        peers.sort_by_key(|p| p["peer_id"].as_str().map(str::to_owned));
+        Value::Array(peers)
+    }
+
+    fn presence_call(&mut self, params: serde_json::Value, reply: Reply) {
+        let mut names = Vec::new();
+        for name in params
+            .get("names")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match name.as_str().map(str::parse::<UserName>) {
+                Some(Ok(name)) => names.push(name),
+                Some(Err(err)) => return drop(reply.send(Err(RpcError::invalid(err.to_string())))),
+                None => return drop(reply.send(Err(RpcError::invalid("names must be strings")))),
+            }
+        }
+        if names.is_empty() {
+            names = self.contact_names();
+        }
+        if names.is_empty() {
+            return drop(reply.send(Ok(json!([]))));
+        }
+        if !self.link.logged_in {
+            return drop(reply.send(Err(RpcError::failed(
+                "not connected to the rendezvous; presence is unknown",
+            ))));
+        }
+        self.rendezvous_request(
+            RendezvousRequest::Lookup { names },
+            Pending::Presence { reply },
+        );
+    }
+
+    pub(crate) fn verify(&mut self, name: UserName, reply: Reply) {
+        let Some(key) = self.contact_key(&name) else {
+            if !self.link.logged_in {
+                return drop(reply.send(Err(RpcError::failed(format!(
+                    "{name} is not a contact yet and the rendezvous is not connected"
+                )))));
+            }
+            let request = RendezvousRequest::Lookup {
+                names: vec![name.clone()],
+            };
+            self.rendezvous_request(request, Pending::LookupThenVerify { name, reply });
+            return;
+        };
+        let _ = reply.send(Ok(fingerprints(
+            &self.name,
+            &self.identity.public(),
+            &name,
+            &key,
+        )));
+    }
+}
+
+pub(crate) fn fingerprints(
+    me: &UserName,
+    my_key: &VerifyingKey,
+    them: &UserName,
+    their_key: &VerifyingKey,
+) -> Value {
+    json!({
+        "name": them.as_str(),
+        "fingerprint": Fingerprint::of(their_key).to_string(),
+        "me": me.as_str(),
+        "my_fingerprint": Fingerprint::of(my_key).to_string(),
+    })
+}

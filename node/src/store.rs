@@ -1,0 +1,620 @@
+//! The node's durable state in sled.
+//!
+//! - one tree per conversation (`history/d/<peer key>` or `history/r/<room id>`), keyed by
+//!   `(lamport, sender, seq)` in big-endian bytes so a range scan is display order;
+//! - the `state` tree: the message index (id → where its history entry lives; also the durable
+//!   dedup record), and namespaced keys for sessions, rooms, the outbox, contacts and counters.
+//!
+//! A received message is one transaction over its conversation tree and `state` ([`Store::record`]):
+//! the history entry, its index entry and whatever session/room state decrypting it changed. The
+//! caller flushes before acknowledging, so an acknowledged message survives a crash and a replayed
+//! one is recognised by its id.
+
+use std::path::Path;
+
+use palaver_protocol::{MessageId, RoomId, codec};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the store is in use by a running daemon; use the daemon (or stop it)")]
+    Locked,
+    #[error("store: corrupt record under {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// A message's delivery status, as `history` and `listen` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Sending,
+    Sent,
+    Delivered,
+    Queued,
+    Failed,
+    Received,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Delivered => "delivered",
+            Status::Queued => "queued",
+            Status::Failed => "failed",
+            Status::Received => "received",
+        }
+    }
+
+    /// Statuses only move forward: a late "sent" must not undo "delivered".
+    fn rank(self) -> u8 {
+        match self {
+            Status::Sending => 0,
+            Status::Sent | Status::Queued | Status::Failed => 1,
+            Status::Delivered | Status::Received => 2,
+        }
+    }
+}
+
+/// Which conversation a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ConversationId {
+    /// With the user holding this identity key.
+    Direct([u8; 32]),
+    Room(RoomId),
+}
+
+impl ConversationId {
+    fn tree_name(&self) -> String {
+        match self {
+            ConversationId::Direct(key) => format!("history/d/{}", hex::encode(key)),
+            ConversationId::Room(room) => format!("history/r/{}", room.to_hex()),
+        }
+    }
+
+    fn from_tree_name(name: &[u8]) -> Option<Self> {
+        let name = std::str::from_utf8(name).ok()?;
+        let mut id = [0u8; 32];
+        if let Some(key) = name.strip_prefix("history/d/") {
+            hex::decode_to_slice(key, &mut id).ok()?;
+            Some(ConversationId::Direct(id))
+        } else {
+            RoomId::from_hex(name.strip_prefix("history/r/")?).map(ConversationId::Room)
+        }
+    }
+}
+
+/// One message in a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: MessageId,
+    pub conversation: ConversationId,
+    /// How people name the conversation: the other user's name, or `#room`.
+    pub label: String,
+    /// The sender's user name.
+    pub from: String,
+    pub sender: [u8; 32],
+    pub text: String,
+    pub sent_at_ms: u64,
+    pub lamport: u64,
+    pub seq: u64,
+    pub status: Status,
+}
+
+impl HistoryEntry {
+    /// Byte order of this key is display order: (lamport, sender, seq).
+    pub fn order_key(&self) -> [u8; 48] {
+        let mut key = [0u8; 48];
+        key[..8].copy_from_slice(&self.lamport.to_be_bytes());
+        key[8..40].copy_from_slice(&self.sender);
+        key[40..].copy_from_slice(&self.seq.to_be_bytes());
+        key
+    }
+
+    /// The JSON line `history --json` prints.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_hex(),
+            "conversation": self.label,
+            "from": self.from,
+            "text": self.text,
+            "sent_at": self.sent_at_ms,
+            "status": self.status.as_str(),
+        })
+    }
+}
+
+/// Where a message's history entry lives (the value of the message index).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexEntry {
+    /// `None` for control messages (receipts, keys, membership), which have no history entry.
+    conversation: Option<ConversationId>,
+    order_key: Vec<u8>,
+}
+
+/// Namespaces of the `state` tree.
+#[derive(Debug, Clone)]
+pub enum StateKey<'a> {
+    Session([u8; 32]),
+    Room(RoomId),
+    Outbox(MessageId),
+    /// A user name → identity key learned from the rendezvous.
+    Contact(&'a str),
+    /// An identity key → user name (the reverse of `Contact`).
+    Peer([u8; 32]),
+    /// My last sequence number in a conversation.
+    Seq(ConversationId),
+    /// A room message's signed envelope, by room, sender and sequence number (for gap fill).
+    RoomLog(RoomId, [u8; 32], u64),
+    /// A room message of mine not yet handed to gossip.
+    RoomUnsent(MessageId),
+    Meta(&'a str),
+}
+
+impl StateKey<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(80);
+        match self {
+            StateKey::Session(key) => bytes.extend([&[b's'][..], key].concat()),
+            StateKey::Room(room) => bytes.extend([&[b'r'][..], &room.0].concat()),
+            StateKey::Outbox(id) => bytes.extend([&[b'o'][..], &id.0].concat()),
+            StateKey::Contact(name) => bytes.extend([&[b'c'][..], name.as_bytes()].concat()),
+            StateKey::Peer(key) => bytes.extend([&[b'p'][..], key].concat()),
+            StateKey::Seq(ConversationId::Direct(key)) => {
+                bytes.extend([&[b'q', b'd'][..], key].concat())
+            }
+            StateKey::Seq(ConversationId::Room(room)) => {
+                bytes.extend([&[b'q', b'r'][..], &room.0].concat())
+            }
+            StateKey::RoomLog(room, sender, seq) => {
+                bytes.extend([&[b'l'][..], &room.0, sender, &seq.to_be_bytes()].concat())
+            }
+            StateKey::RoomUnsent(id) => bytes.extend([&[b'u'][..], &id.0].concat()),
+            StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
+        }
+        bytes
+    }
+}
+
+const INDEX_TAG: u8 = b'i';
+
+fn index_key(id: &MessageId) -> Vec<u8> {
+    let mut key = vec![INDEX_TAG];
+    key.extend_from_slice(&id.0);
+    key
+}
+
+/// State changes to commit together with a history entry (or alone).
+#[derive(Debug, Default)]
+pub struct StateBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl StateBatch {
+    pub fn put<T: Serialize>(&mut self, key: StateKey<'_>, value: &T) -> &mut Self {
+        // Values we store are our own types, which always encode.
+        let bytes = codec::encode(value).unwrap_or_default();
+        self.ops.push((key.bytes(), Some(bytes)));
+        self
+    }
+
+    pub fn remove(&mut self, key: StateKey<'_>) -> &mut Self {
+        self.ops.push((key.bytes(), None));
+        self
+    }
+}
+
+/// The node's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked
+            }
+            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked,
+            other => StoreError::Sled(other),
+        })?;
+        let state = db.open_tree("state")?;
+        Ok(Self { db, state })
+    }
+
+    fn history_tree(&self, conversation: &ConversationId) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(conversation.tree_name())?)
+    }
+
+    /// Records a message with `batch`, atomically; `false` (and nothing written) if its id is known.
+    pub fn record(&self, entry: &HistoryEntry, batch: &StateBatch) -> Result<bool, StoreError> {
+        let history = self.history_tree(&entry.conversation)?;
+        let order_key = entry.order_key();
+        let index = codec::encode(&IndexEntry {
+            conversation: Some(entry.conversation),
+            order_key: order_key.to_vec(),
+        })
+        .unwrap_or_default();
+        let value = codec::encode(entry).unwrap_or_default();
+        let result = (&history, &self.state).transaction(|(history, state)| {
+            if state.get(index_key(&entry.id))?.is_some() {
+                return Ok(false);
+            }
+            history.insert(&order_key[..], value.as_slice())?;
+            state.insert(index_key(&entry.id), index.as_slice())?;
+            for (key, value) in &batch.ops {
+                match value {
+                    Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                    None => state.remove(key.as_slice())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(true)
+        });
+        match result {
+            Ok(new) => Ok(new),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Ok(false),
+        }
+    }
+
+    /// Records that a control message `id` was taken in, with `batch`, atomically; `false` (and
+    /// nothing written) if it was known.
+    pub fn record_control(&self, id: &MessageId, batch: &StateBatch) -> Result<bool, StoreError> {
+        let index = codec::encode(&IndexEntry {
+            conversation: None,
+            order_key: Vec::new(),
+        })
+        .unwrap_or_default();
+        let result = self.state.transaction(|state| {
+            if state.get(index_key(id))?.is_some() {
+                return Ok(false);
+            }
+            state.insert(index_key(id), index.as_slice())?;
+            for (key, value) in &batch.ops {
+                match value {
+                    Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                    None => state.remove(key.as_slice())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(true)
+        });
+        match result {
+            Ok(new) => Ok(new),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Ok(false),
+        }
+    }
+
+    /// Applies state changes alone, atomically.
+    pub fn apply(&self, batch: &StateBatch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in &batch.ops {
+            match value {
+                Some(value) => sled_batch.insert(key.as_slice(), value.as_slice()),
+                None => sled_batch.remove(key.as_slice()),
+            }
+        }
+        Ok(self.state.apply_batch(sled_batch)?)
+    }
+
+    pub fn contains(&self, id: &MessageId) -> Result<bool, StoreError> {
+        Ok(self.state.contains_key(index_key(id))?)
+    }
+
+    /// The history entry of `id`, if stored.
+    pub fn entry(&self, id: &MessageId) -> Result<Option<HistoryEntry>, StoreError> {
+        let Some(index) = self.state.get(index_key(id))? else {
+            return Ok(None);
+        };
+        let index: IndexEntry = decode("index", &index)?;
+        let Some(conversation) = index.conversation else {
+            return Ok(None);
+        };
+        let history = self.history_tree(&conversation)?;
+        match history.get(&index.order_key)? {
+            Some(bytes) => Ok(Some(decode("history", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves `id` to `status` (only forwards); the updated entry if it changed.
+    pub fn set_status(
+        &self,
+        id: &MessageId,
+        status: Status,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
+        let Some(index) = self.state.get(index_key(id))? else {
+            return Ok(None);
+        };
+        let index: IndexEntry = decode("index", &index)?;
+        let Some(conversation) = index.conversation else {
+            return Ok(None);
+        };
+        let history = self.history_tree(&conversation)?;
+        let Some(bytes) = history.get(&index.order_key)? else {
+            return Ok(None);
+        };
+        let mut entry: HistoryEntry = decode("history", &bytes)?;
+        if entry.status == status || status.rank() < entry.status.rank() {
+            return Ok(None);
+        }
+        entry.status = status;
+        history.insert(&index.order_key, codec::encode(&entry).unwrap_or_default())?;
+        Ok(Some(entry))
+    }
+
+    /// The last `limit` messages of a conversation, oldest first.
+    pub fn history(
+        &self,
+        conversation: &ConversationId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.history_before(conversation, None, limit)
+    }
+
+    /// The `limit` messages before `before` (an order key; `None`: the end), oldest first.
+    pub fn history_before(
+        &self,
+        conversation: &ConversationId,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let history = self.history_tree(conversation)?;
+        let range = match before {
+            Some(before) => history.range(..before.to_vec()),
+            None => history.iter(),
+        };
+        let mut entries = range
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, bytes) = item?;
+                decode::<HistoryEntry>("history", &bytes)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// Every conversation with at least one message.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| ConversationId::from_tree_name(name))
+            .collect()
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: StateKey<'_>) -> Result<Option<T>, StoreError> {
+        let key = key.bytes();
+        match self.state.get(&key)? {
+            Some(bytes) => Ok(Some(decode(&String::from_utf8_lossy(&key[..1]), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every value in one namespace (for example every outbox item).
+    pub fn scan<T: DeserializeOwned>(&self, namespace: StateKey<'_>) -> Result<Vec<T>, StoreError> {
+        let prefix = &namespace.bytes()[..1];
+        self.state
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, bytes) = item?;
+                decode(&String::from_utf8_lossy(&key[..1]), &bytes)
+            })
+            .collect()
+    }
+
+    /// The names under one namespace whose keys are text (contacts, meta).
+    pub fn scan_keys(&self, namespace: StateKey<'_>) -> Vec<String> {
+        let prefix = &namespace.bytes()[..1];
+        self.state
+            .scan_prefix(prefix)
+            .keys()
+            .filter_map(|key| {
+                key.ok()
+                    .and_then(|key| String::from_utf8(key[1..].to_vec()).ok())
+            })
+            .collect()
+    }
+
+    /// `(sender, seq)` of every message in a room's log, in order.
+    pub fn room_log_index(&self, room: &RoomId) -> Vec<([u8; 32], u64)> {
+        self.room_log_scan(room)
+            .map(|(sender, seq, _)| (sender, seq))
+            .collect()
+    }
+
+    /// `(sender, seq, envelope frame)` of every message in a room's log, in order.
+    pub fn room_log(&self, room: &RoomId) -> Vec<([u8; 32], u64, Vec<u8>)> {
+        self.room_log_scan(room).collect()
+    }
+
+    fn room_log_scan(&self, room: &RoomId) -> impl Iterator<Item = ([u8; 32], u64, Vec<u8>)> + '_ {
+        let prefix = [&[b'l'][..], &room.0].concat();
+        self.state.scan_prefix(prefix).filter_map(|item| {
+            let (key, value) = item.ok()?;
+            let sender: [u8; 32] = key.get(33..65)?.try_into().ok()?;
+            let seq = u64::from_be_bytes(key.get(65..73)?.try_into().ok()?);
+            let frame: Vec<u8> = codec::decode(&value).ok()?;
+            Some((sender, seq, frame))
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|e| StoreError::Corrupt {
+        key: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(conversation: ConversationId, lamport: u64, seq: u64, text: &str) -> HistoryEntry {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&lamport.to_be_bytes());
+        id[8..16].copy_from_slice(&seq.to_be_bytes());
+        id[16] = text.len() as u8;
+        HistoryEntry {
+            id: MessageId(id),
+            conversation,
+            label: "bob".into(),
+            from: "bob".into(),
+            sender: [7; 32],
+            text: text.into(),
+            sent_at_ms: 1,
+            lamport,
+            seq,
+            status: Status::Received,
+        }
+    }
+
+    #[test]
+    fn history_reads_back_in_lamport_order_whatever_the_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = ConversationId::Direct([1; 32]);
+        for lamport in [5u64, 1, 300, 2, 256] {
+            assert!(
+                store
+                    .record(&entry(conv, lamport, lamport, "m"), &StateBatch::default())
+                    .unwrap()
+            );
+        }
+        let lamports: Vec<u64> = store
+            .history(&conv, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.lamport)
+            .collect();
+        assert_eq!(lamports, vec![1, 2, 5, 256, 300]);
+        let last_two: Vec<u64> = store
+            .history(&conv, 2)
+            .unwrap()
+            .iter()
+            .map(|e| e.lamport)
+            .collect();
+        assert_eq!(last_two, vec![256, 300]);
+        let before = entry(conv, 256, 256, "m").order_key();
+        let page: Vec<u64> = store
+            .history_before(&conv, Some(&before), 2)
+            .unwrap()
+            .iter()
+            .map(|e| e.lamport)
+            .collect();
+        assert_eq!(page, vec![2, 5]);
+        assert_eq!(store.conversations(), vec![conv]);
+    }
+
+    #[test]
+    fn a_known_id_is_not_recorded_twice_and_its_batch_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = ConversationId::Room(RoomId([2; 32]));
+        let first = entry(conv, 1, 1, "hello");
+        assert!(
+            store
+                .record(
+                    &first,
+                    StateBatch::default().put(StateKey::Meta("n"), &1u32)
+                )
+                .unwrap()
+        );
+        assert!(
+            !store
+                .record(
+                    &first,
+                    StateBatch::default().put(StateKey::Meta("n"), &2u32)
+                )
+                .unwrap()
+        );
+        assert_eq!(store.get::<u32>(StateKey::Meta("n")).unwrap(), Some(1));
+        assert_eq!(store.history(&conv, 10).unwrap().len(), 1);
+        assert!(store.contains(&first.id).unwrap());
+    }
+
+    #[test]
+    fn status_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = ConversationId::Direct([1; 32]);
+        let mut mine = entry(conv, 1, 1, "hi");
+        mine.status = Status::Sending;
+        store.record(&mine, &StateBatch::default()).unwrap();
+        assert_eq!(
+            store
+                .set_status(&mine.id, Status::Queued)
+                .unwrap()
+                .unwrap()
+                .status,
+            Status::Queued
+        );
+        assert_eq!(
+            store
+                .set_status(&mine.id, Status::Delivered)
+                .unwrap()
+                .unwrap()
+                .status,
+            Status::Delivered
+        );
+        assert!(store.set_status(&mine.id, Status::Sent).unwrap().is_none());
+        assert_eq!(
+            store.entry(&mine.id).unwrap().unwrap().status,
+            Status::Delivered
+        );
+    }
+
+    #[test]
+    fn state_survives_reopening_and_scans_by_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = StateBatch::default();
+            batch.put(StateKey::Outbox(MessageId([1; 32])), &"a".to_string());
+            batch.put(StateKey::Outbox(MessageId([2; 32])), &"b".to_string());
+            batch.put(StateKey::Contact("bob"), &[9u8; 32]);
+            store.apply(&batch).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .scan::<String>(StateKey::Outbox(MessageId([0; 32])))
+                .unwrap(),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+            Some([9; 32])
+        );
+        store
+            .apply(StateBatch::default().remove(StateKey::Contact("bob")))
+            .unwrap();
+        assert_eq!(
+            store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+            None
+        );
+    }
+}

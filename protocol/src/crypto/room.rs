@@ -1,0 +1,377 @@
+//! One room's keys and membership, as a sans-IO state machine.
+//!
+//! 1. The room's owner signs every [`MembershipUpdate`] (room, epoch, full member list). Each
+//!    member passes every update it receives to [`RoomKeys::apply_membership`]; newer epochs win.
+//! 2. `apply_membership` answers with [`KeyAction`]s for the caller to carry out over pairwise
+//!    sessions. When anyone is removed I rotate my sender key and send the new one to the
+//!    remaining members only, and forget the removed members' keys. When members are added I send
+//!    them my current key at its current index, so they cannot read what came before.
+//! 3. Distributions arriving over pairwise sessions go to [`RoomKeys::accept_distribution`], which
+//!    takes them only from current members.
+//! 4. [`RoomKeys::encrypt`] and [`RoomKeys::decrypt`] bind every message to the room and its
+//!    sender as associated data; [`RoomKeys::sign`] and [`RoomKeys::verify`] cover the envelope.
+//!
+//! A removed member keeps what it already had: the old keys read the messages sent before
+//! everyone has rotated. Each remaining member rotates on applying the update, so messages sent
+//! after that are out of its reach.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use super::CryptoError;
+use super::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage};
+
+const MEMBERSHIP_DOMAIN: &[u8] = b"palaver/v1/room-membership";
+
+/// The owner's signed statement of who is in the room as of `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipUpdate {
+    pub room: [u8; 32],
+    pub epoch: u64,
+    /// Everyone in the room, the owner included if the owner takes part.
+    pub members: Vec<VerifyingKey>,
+    pub owner: VerifyingKey,
+    /// The owner's signature over the domain-separated encoding of all the fields above.
+    pub signature: Signature,
+}
+
+impl MembershipUpdate {
+    pub fn sign(
+        owner: &SigningKey,
+        room: [u8; 32],
+        epoch: u64,
+        members: Vec<VerifyingKey>,
+    ) -> Self {
+        let owner_key = owner.verifying_key();
+        let signature = owner.sign(&Self::signed_bytes(&room, epoch, &members, &owner_key));
+        Self {
+            room,
+            epoch,
+            members,
+            owner: owner_key,
+            signature,
+        }
+    }
+
+    /// Checks the signature by `self.owner`. Whether that is the room's owner is for
+    /// [`RoomKeys::apply_membership`] to decide.
+    pub fn verify(&self) -> Result<(), CryptoError> {
+        let bytes = Self::signed_bytes(&self.room, self.epoch, &self.members, &self.owner);
+        self.owner
+            .verify_strict(&bytes, &self.signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    fn signed_bytes(
+        room: &[u8; 32],
+        epoch: u64,
+        members: &[VerifyingKey],
+        owner: &VerifyingKey,
+    ) -> Vec<u8> {
+        let mut bytes =
+            Vec::with_capacity(MEMBERSHIP_DOMAIN.len() + 32 + 8 + 32 + 8 + 32 * members.len());
+        bytes.extend_from_slice(MEMBERSHIP_DOMAIN);
+        bytes.extend_from_slice(room);
+        bytes.extend_from_slice(&epoch.to_be_bytes());
+        bytes.extend_from_slice(owner.as_bytes());
+        bytes.extend_from_slice(&(members.len() as u64).to_be_bytes());
+        for member in members {
+            bytes.extend_from_slice(member.as_bytes());
+        }
+        bytes
+    }
+}
+
+/// Something the caller must do after a membership change.
+#[derive(Debug, Clone)]
+pub enum KeyAction {
+    /// Send `distribution` to each of `to`, each over its pairwise session.
+    Distribute {
+        to: Vec<VerifyingKey>,
+        distribution: SenderKeyDistribution,
+    },
+}
+
+/// My keys for one room: my sender key, the keys other members gave me, and the membership
+/// they are valid for. Serialize it to persist it.
+#[derive(Serialize, Deserialize)]
+pub struct RoomKeys {
+    room: [u8; 32],
+    owner: VerifyingKey,
+    me: VerifyingKey,
+    my_key: SenderKey,
+    /// `None` until the first membership update arrives.
+    membership: Option<Membership>,
+    /// Received keys by member identity.
+    received: BTreeMap<[u8; 32], MemberKeys>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Membership {
+    epoch: u64,
+    members: Vec<VerifyingKey>,
+}
+
+/// A member's current key and the one it replaced: after a rotation, messages under the old key
+/// may still be in flight.
+#[derive(Serialize, Deserialize)]
+struct MemberKeys {
+    current: ReceivedSenderKey,
+    previous: Option<ReceivedSenderKey>,
+}
+
+impl MemberKeys {
+    fn get(&self, key_id: u32) -> Option<&ReceivedSenderKey> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|key| key.key_id() == key_id)
+    }
+
+    fn get_mut(&mut self, key_id: u32) -> Option<&mut ReceivedSenderKey> {
+        std::iter::once(&mut self.current)
+            .chain(self.previous.as_mut())
+            .find(|key| key.key_id() == key_id)
+    }
+}
+
+impl RoomKeys {
+    /// My keys for `room`, owned by `owner`. Nothing is sent until the first membership update
+    /// is applied.
+    pub fn new(
+        rng: &mut (impl CryptoRng + RngCore),
+        room: [u8; 32],
+        owner: VerifyingKey,
+        me: VerifyingKey,
+    ) -> Self {
+        Self {
+            room,
+            owner,
+            me,
+            my_key: SenderKey::generate(rng),
+            membership: None,
+            received: BTreeMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> &[u8; 32] {
+        &self.room
+    }
+
+    /// The current epoch, or `None` before the first membership update.
+    pub fn epoch(&self) -> Option<u64> {
+        self.membership.as_ref().map(|membership| membership.epoch)
+    }
+
+    /// The current members (empty before the first membership update).
+    pub fn members(&self) -> &[VerifyingKey] {
+        self.membership
+            .as_ref()
+            .map_or(&[], |membership| &membership.members)
+    }
+
+    pub fn is_member(&self, identity: &VerifyingKey) -> bool {
+        self.members().contains(identity)
+    }
+
+    /// Applies a newer membership and says which keys to send to whom. Rejects updates for other
+    /// rooms, not signed by the room's owner, or not newer than the current epoch.
+    pub fn apply_membership(
+        &mut self,
+        rng: &mut (impl CryptoRng + RngCore),
+        update: &MembershipUpdate,
+    ) -> Result<Vec<KeyAction>, CryptoError> {
+        if update.room != self.room {
+            return Err(CryptoError::WrongRoom);
+        }
+        if update.owner != self.owner {
+            return Err(CryptoError::NotRoomOwner);
+        }
+        update.verify()?;
+        if self.epoch().is_some_and(|epoch| update.epoch <= epoch) {
+            return Err(CryptoError::StaleMembership);
+        }
+
+        let mut members: Vec<VerifyingKey> = Vec::with_capacity(update.members.len());
+        for member in &update.members {
+            if !members.contains(member) {
+                members.push(*member);
+            }
+        }
+        let previous = self.members();
+        let was_member = previous.contains(&self.me);
+        let anyone_removed = previous.iter().any(|member| !members.contains(member));
+        let added: Vec<VerifyingKey> = members
+            .iter()
+            .filter(|member| !previous.contains(member) && **member != self.me)
+            .copied()
+            .collect();
+        let others: Vec<VerifyingKey> = members
+            .iter()
+            .filter(|member| **member != self.me)
+            .copied()
+            .collect();
+
+        self.received
+            .retain(|member, _| others.iter().any(|other| other.as_bytes() == member));
+        let is_member = members.contains(&self.me);
+        self.membership = Some(Membership {
+            epoch: update.epoch,
+            members,
+        });
+        if !is_member {
+            // Removed (or not yet added): nothing to send, nothing to keep.
+            self.received.clear();
+            return Ok(Vec::new());
+        }
+
+        // A removed member knows my current chain key: replace it, and give the new one only to
+        // those who remain. Joining (or rejoining) also starts a fresh key, because everyone else
+        // dropped my old one when I left.
+        let (to, rotate) = if anyone_removed || !was_member {
+            (others, true)
+        } else {
+            (added, false)
+        };
+        if rotate {
+            self.my_key = self.my_key.rotate(rng);
+        }
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![KeyAction::Distribute {
+            to,
+            distribution: self.my_key.distribution(),
+        }])
+    }
+
+    /// Takes a sender key that `from` sent us over our pairwise session. Only current members'
+    /// keys are accepted ([`CryptoError::NotAMember`]: if the update adding them has not arrived
+    /// yet, retry after it). A key we already hold is kept as it is: taking it again at an
+    /// earlier index would let replayed messages decrypt a second time.
+    pub fn accept_distribution(
+        &mut self,
+        from: &VerifyingKey,
+        distribution: &SenderKeyDistribution,
+    ) -> Result<(), CryptoError> {
+        if !self.is_member(from) || *from == self.me || !self.is_member(&self.me) {
+            return Err(CryptoError::NotAMember);
+        }
+        let key = ReceivedSenderKey::from_distribution(distribution);
+        match self.received.get_mut(from.as_bytes()) {
+            None => {
+                self.received.insert(
+                    from.to_bytes(),
+                    MemberKeys {
+                        current: key,
+                        previous: None,
+                    },
+                );
+            }
+            Some(keys) if keys.get(distribution.key_id).is_some() => {}
+            Some(keys) => keys.previous = Some(std::mem::replace(&mut keys.current, key)),
+        }
+        Ok(())
+    }
+
+    /// My current sender key's distribution, e.g. to resend to a member who lost it.
+    pub fn my_distribution(&self) -> SenderKeyDistribution {
+        self.my_key.distribution()
+    }
+
+    /// Encrypts a message from me to the room.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, CryptoError> {
+        if !self.is_member(&self.me) {
+            return Err(CryptoError::NotAMember);
+        }
+        let ad = self.associated_data(&self.me);
+        self.my_key.encrypt(plaintext, &ad)
+    }
+
+    /// Decrypts a message that `sender` (authenticated by the envelope signature, see
+    /// [`RoomKeys::verify`]) sent to the room.
+    pub fn decrypt(
+        &mut self,
+        sender: &VerifyingKey,
+        message: &SenderKeyMessage,
+    ) -> Result<Vec<u8>, CryptoError> {
+        if !self.is_member(sender) {
+            return Err(CryptoError::NotAMember);
+        }
+        let ad = self.associated_data(sender);
+        self.received_key(sender, message.key_id)?
+            .decrypt(message, &ad)
+    }
+
+    /// Signs an envelope with my current sender key.
+    pub fn sign(&self, bytes: &[u8]) -> Signature {
+        self.my_key.sign(bytes)
+    }
+
+    /// Checks an envelope signature by `sender`'s sender key `key_id`.
+    pub fn verify(
+        &self,
+        sender: &VerifyingKey,
+        key_id: u32,
+        bytes: &[u8],
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        if !self.is_member(sender) {
+            return Err(CryptoError::NotAMember);
+        }
+        self.received
+            .get(sender.as_bytes())
+            .and_then(|keys| keys.get(key_id))
+            .ok_or(CryptoError::UnknownSenderKey)?
+            .verify(bytes, signature)
+    }
+
+    fn received_key(
+        &mut self,
+        sender: &VerifyingKey,
+        key_id: u32,
+    ) -> Result<&mut ReceivedSenderKey, CryptoError> {
+        self.received
+            .get_mut(sender.as_bytes())
+            .and_then(|keys| keys.get_mut(key_id))
+            .ok_or(CryptoError::UnknownSenderKey)
+    }
+
+    fn associated_data(&self, sender: &VerifyingKey) -> [u8; 64] {
+        let mut ad = [0; 64];
+        ad[..32].copy_from_slice(&self.room);
+        ad[32..].copy_from_slice(sender.as_bytes());
+        ad
+    }
+}
+
+impl std::fmt::Debug for RoomKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomKeys")
+            .field("room", &self.room)
+            .field("me", &self.me)
+            .field("epoch", &self.epoch())
+            .field("members", &self.members().len())
+            .field("my_key", &self.my_key)
+            .field("senders_with_keys", &self.received.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoomKeys {
+    /// The room's owner, who signs its membership.
+    pub fn owner(&self) -> &VerifyingKey {
+        &self.owner
+    }
+
+    /// The signing key `sender` handed us with its sender key `key_id`, if we hold that key:
+    /// a room envelope must be signed with exactly this key.
+    pub fn signing_key_of(&self, sender: &VerifyingKey, key_id: u32) -> Option<&VerifyingKey> {
+        self.received
+            .get(sender.as_bytes())?
+            .get(key_id)
+            .map(ReceivedSenderKey::signing_key)
+    }
+}

@@ -1,0 +1,852 @@
+//! Rooms: sender keys, membership and key distribution over pairwise sessions, tested by the
+//! property each test proves.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use palaver_protocol::crypto;
+
+use crypto::CryptoError;
+use crypto::ratchet::Session;
+use crypto::room::{KeyAction, MembershipUpdate, RoomKeys};
+use crypto::sender_key::{
+    MAX_SKIP, ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage,
+};
+use crypto::x3dh::{PrekeyBundle, PrekeySecrets, PrekeyUpload};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+// ---------------------------------------------------------------------------------------------
+// A small world: nodes with pairwise sessions, one room, an owner who signs membership
+// ---------------------------------------------------------------------------------------------
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> T {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .unwrap()
+        .0
+}
+
+struct Node {
+    identity: SigningKey,
+    prekeys: PrekeySecrets,
+    upload: PrekeyUpload,
+    room: RoomKeys,
+    sessions: HashMap<[u8; 32], Session>,
+}
+
+impl Node {
+    fn id(&self) -> VerifyingKey {
+        self.identity.verifying_key()
+    }
+}
+
+/// A room message as the wire layer would carry it: the sender-key message plus a signature
+/// over its encoding by the sender key's signing key.
+#[derive(Clone)]
+struct Posted {
+    sender: VerifyingKey,
+    message: SenderKeyMessage,
+    envelope: Vec<u8>,
+    signature: Signature,
+    text: String,
+}
+
+struct World {
+    rng: ChaCha20Rng,
+    room: [u8; 32],
+    epoch: u64,
+    /// Node 0 owns the room.
+    nodes: Vec<Node>,
+    members: Vec<usize>,
+}
+
+impl World {
+    fn new(seed: u64, size: usize) -> World {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut room = [0; 32];
+        rng.fill_bytes(&mut room);
+        let identities: Vec<SigningKey> =
+            (0..size).map(|_| SigningKey::generate(&mut rng)).collect();
+        let owner = identities[0].verifying_key();
+        let nodes = identities
+            .into_iter()
+            .map(|identity| {
+                let prekeys = PrekeySecrets::generate(&mut rng, &identity, 8);
+                let upload = prekeys.upload();
+                let room = RoomKeys::new(&mut rng, room, owner, identity.verifying_key());
+                Node {
+                    identity,
+                    prekeys,
+                    upload,
+                    room,
+                    sessions: HashMap::new(),
+                }
+            })
+            .collect();
+        World {
+            rng,
+            room,
+            epoch: 0,
+            nodes,
+            members: Vec::new(),
+        }
+    }
+
+    fn with_members(seed: u64, size: usize) -> World {
+        let mut world = World::new(seed, size);
+        world.set_members(&(0..size).collect::<Vec<_>>());
+        world
+    }
+
+    fn id(&self, node: usize) -> VerifyingKey {
+        self.nodes[node].id()
+    }
+
+    fn update(&mut self, members: &[usize]) -> MembershipUpdate {
+        self.epoch += 1;
+        let keys = members.iter().map(|&m| self.id(m)).collect();
+        MembershipUpdate::sign(&self.nodes[0].identity, self.room, self.epoch, keys)
+    }
+
+    /// The owner publishes a new membership to everyone in the old or new one. Every node
+    /// applies it first; then the resulting key actions are carried out over pairwise sessions.
+    fn set_members(&mut self, members: &[usize]) {
+        let update = self.update(members);
+        self.broadcast(&update, members);
+    }
+
+    fn broadcast(&mut self, update: &MembershipUpdate, members: &[usize]) {
+        let mut audience: Vec<usize> = self.members.iter().chain(members).copied().collect();
+        audience.sort();
+        audience.dedup();
+        let mut actions = Vec::new();
+        for &node in &audience {
+            let rng = &mut self.rng;
+            for action in self.nodes[node].room.apply_membership(rng, update).unwrap() {
+                actions.push((node, action));
+            }
+        }
+        self.members = members.to_vec();
+        for (from, KeyAction::Distribute { to, distribution }) in actions {
+            for recipient in to {
+                let to = self.index_of(&recipient);
+                self.send_distribution(from, to, &distribution).unwrap();
+            }
+        }
+    }
+
+    fn index_of(&self, identity: &VerifyingKey) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| node.id() == *identity)
+            .unwrap()
+    }
+
+    /// Sends a distribution from `from` to `to` inside their pairwise session (set up on first
+    /// use), and has `to` accept it.
+    fn send_distribution(
+        &mut self,
+        from: usize,
+        to: usize,
+        distribution: &SenderKeyDistribution,
+    ) -> Result<(), CryptoError> {
+        let (sender_id, recipient_id) = (self.id(from), self.id(to));
+        let plaintext = encode(distribution);
+        if !self.nodes[from]
+            .sessions
+            .contains_key(recipient_id.as_bytes())
+        {
+            let bundle = take_bundle(&mut self.nodes[to].upload);
+            let session =
+                Session::initiate(&mut self.rng, &self.nodes[from].identity, &bundle).unwrap();
+            self.nodes[from]
+                .sessions
+                .insert(recipient_id.to_bytes(), session);
+        }
+        let session = self.nodes[from]
+            .sessions
+            .get_mut(recipient_id.as_bytes())
+            .unwrap();
+        let wire = encode(&session.encrypt(&mut self.rng, &plaintext).unwrap());
+
+        let recipient = &mut self.nodes[to];
+        let message = decode(&wire);
+        let received = match recipient.sessions.get_mut(sender_id.as_bytes()) {
+            Some(session) => session.decrypt(&message).unwrap(),
+            None => {
+                let (session, plaintext) = Session::respond(
+                    &recipient.identity,
+                    &mut recipient.prekeys,
+                    &sender_id,
+                    &message,
+                )
+                .unwrap();
+                recipient.sessions.insert(sender_id.to_bytes(), session);
+                plaintext
+            }
+        };
+        let distribution: SenderKeyDistribution = decode(&received);
+        recipient
+            .room
+            .accept_distribution(&sender_id, &distribution)
+    }
+
+    fn post(&mut self, from: usize, text: &str) -> Posted {
+        let node = &mut self.nodes[from];
+        let message = node.room.encrypt(text.as_bytes()).unwrap();
+        let envelope = encode(&message);
+        let signature = node.room.sign(&envelope);
+        Posted {
+            sender: node.id(),
+            message,
+            envelope,
+            signature,
+            text: text.to_owned(),
+        }
+    }
+
+    fn read(&mut self, reader: usize, posted: &Posted) -> Result<String, CryptoError> {
+        read_with(&mut self.nodes[reader].room, posted)
+    }
+}
+
+/// Verify the envelope, then decrypt, as a receiving wire layer does.
+fn read_with(room: &mut RoomKeys, posted: &Posted) -> Result<String, CryptoError> {
+    room.verify(
+        &posted.sender,
+        posted.message.key_id,
+        &posted.envelope,
+        &posted.signature,
+    )?;
+    let plaintext = room.decrypt(&posted.sender, &posted.message)?;
+    Ok(String::from_utf8(plaintext).unwrap())
+}
+
+fn take_bundle(upload: &mut PrekeyUpload) -> PrekeyBundle {
+    PrekeyBundle {
+        identity: upload.identity,
+        signed_prekey: upload.signed_prekey.clone(),
+        one_time_prekey: upload.one_time_prekeys.pop(),
+    }
+}
+
+fn below(rng: &mut ChaCha20Rng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
+}
+
+// ---------------------------------------------------------------------------------------------
+// Membership and key distribution
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn everyone_reads_everyone() {
+    let mut world = World::with_members(1, 5);
+    for round in 0..3 {
+        for sender in 0..5 {
+            let posted = world.post(sender, &format!("{sender} says {round}"));
+            for reader in (0..5).filter(|&reader| reader != sender) {
+                assert_eq!(world.read(reader, &posted).unwrap(), posted.text);
+            }
+        }
+    }
+}
+
+#[test]
+fn kicked_member_cannot_decrypt_after_rotation() {
+    let mut world = World::with_members(2, 4);
+    let kicked = 3;
+    let before_kick = world.post(1, "before the kick");
+    assert_eq!(world.read(kicked, &before_kick).unwrap(), "before the kick");
+    // The kicked member keeps a copy of its keys instead of honouring the update.
+    let hoarded: Vec<u8> = encode(&world.nodes[kicked].room);
+    let old_key_ids: Vec<u32> = (0..3)
+        .map(|sender| world.post(sender, "old key").message.key_id)
+        .collect();
+
+    world.set_members(&[0, 1, 2]);
+    for (sender, &old_key_id) in old_key_ids.iter().enumerate() {
+        let posted = world.post(sender, &format!("after the kick from {sender}"));
+        assert_ne!(posted.message.key_id, old_key_id, "no rotation happened");
+        for reader in (0..3).filter(|&reader| reader != sender) {
+            assert_eq!(world.read(reader, &posted).unwrap(), posted.text);
+        }
+        let mut hoard: RoomKeys = decode(&hoarded);
+        assert_eq!(
+            read_with(&mut hoard, &posted),
+            Err(CryptoError::UnknownSenderKey)
+        );
+        // Relabelling the message with the old key id does not help: the new chain is unrelated.
+        let mut relabelled = posted.message.clone();
+        relabelled.key_id = old_key_id;
+        assert!(hoard.decrypt(&posted.sender, &relabelled).is_err());
+        // And the honest kicked member, having applied the update, holds nothing at all.
+        assert_eq!(
+            world.read(kicked, &posted),
+            Err(CryptoError::UnknownSenderKey)
+        );
+    }
+}
+
+#[test]
+fn removed_members_keys_are_dropped_and_their_messages_rejected() {
+    let mut world = World::with_members(3, 3);
+    let from_removed = world.post(2, "I am still here");
+    world.set_members(&[0, 1]);
+    assert_eq!(world.read(1, &from_removed), Err(CryptoError::NotAMember));
+    // The removed member cannot send either.
+    assert_eq!(
+        world.nodes[2].room.encrypt(b"hello?").unwrap_err(),
+        CryptoError::NotAMember
+    );
+    // Its distributions are refused.
+    let distribution = world.nodes[2].room.my_distribution();
+    let removed = world.id(2);
+    assert_eq!(
+        world.nodes[1]
+            .room
+            .accept_distribution(&removed, &distribution),
+        Err(CryptoError::NotAMember)
+    );
+}
+
+#[test]
+fn joiner_cannot_read_older_messages() {
+    let mut world = World::new(4, 4);
+    world.set_members(&[0, 1, 2]);
+    let older: Vec<Posted> = (0..3)
+        .flat_map(|sender| [world.post(sender, "old 1"), world.post(sender, "old 2")])
+        .collect();
+    world.set_members(&[0, 1, 2, 3]);
+    for posted in &older {
+        assert_eq!(
+            world.read(3, posted),
+            Err(CryptoError::BeforeKeyDistribution)
+        );
+    }
+    for sender in 0..3 {
+        let posted = world.post(sender, "welcome");
+        assert_eq!(world.read(3, &posted).unwrap(), "welcome");
+    }
+    let from_joiner = world.post(3, "hi all");
+    for reader in 0..3 {
+        assert_eq!(world.read(reader, &from_joiner).unwrap(), "hi all");
+    }
+}
+
+#[test]
+fn adding_members_sends_the_current_key_only_to_them() {
+    let mut world = World::new(5, 4);
+    world.set_members(&[0, 1, 2]);
+    let update = world.update(&[0, 1, 2, 3]);
+    let actions = world.nodes[1]
+        .room
+        .apply_membership(&mut world.rng, &update)
+        .unwrap();
+    let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
+        panic!("expected one action")
+    };
+    assert_eq!(to, &vec![world.id(3)]);
+    assert_eq!(
+        distribution.key_id,
+        world.nodes[1].room.my_distribution().key_id
+    );
+}
+
+#[test]
+fn removing_a_member_rotates_and_sends_the_new_key_to_the_remaining_members_only() {
+    let mut world = World::with_members(6, 4);
+    let old_key_id = world.nodes[1].room.my_distribution().key_id;
+    let update = world.update(&[0, 1, 3]);
+    let actions = world.nodes[1]
+        .room
+        .apply_membership(&mut world.rng, &update)
+        .unwrap();
+    let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
+        panic!("expected one action")
+    };
+    assert_eq!(to, &vec![world.id(0), world.id(3)]);
+    assert_eq!(distribution.key_id, old_key_id.wrapping_add(1));
+    assert_eq!(distribution.index, 0);
+}
+
+#[test]
+fn removed_member_who_rejoins_exchanges_fresh_keys_with_everyone() {
+    let mut world = World::with_members(7, 3);
+    world.set_members(&[0, 1]);
+    world.set_members(&[0, 1, 2]);
+    for sender in 0..3 {
+        let posted = world.post(sender, "together again");
+        for reader in (0..3).filter(|&reader| reader != sender) {
+            assert_eq!(world.read(reader, &posted).unwrap(), "together again");
+        }
+    }
+}
+
+#[test]
+fn membership_update_from_a_non_owner_is_rejected() {
+    let mut world = World::with_members(8, 3);
+    let members = vec![world.id(0), world.id(1)];
+    // A member signs an update as itself...
+    let by_member =
+        MembershipUpdate::sign(&world.nodes[1].identity, world.room, 99, members.clone());
+    assert!(by_member.verify().is_ok());
+    // ...or names the owner but cannot produce the owner's signature.
+    let mut claimed = by_member.clone();
+    claimed.owner = world.id(0);
+    let before = encode(&world.nodes[2].room);
+    let rng = &mut world.rng;
+    assert_eq!(
+        world.nodes[2]
+            .room
+            .apply_membership(rng, &by_member)
+            .unwrap_err(),
+        CryptoError::NotRoomOwner
+    );
+    assert_eq!(
+        world.nodes[2]
+            .room
+            .apply_membership(rng, &claimed)
+            .unwrap_err(),
+        CryptoError::BadSignature
+    );
+    assert_eq!(encode(&world.nodes[2].room), before);
+}
+
+#[test]
+fn tampered_membership_update_is_rejected() {
+    let mut world = World::with_members(9, 3);
+    let genuine = world.update(&[0, 1]);
+    let mut added = genuine.clone();
+    added.members.push(world.id(2));
+    let mut epoch = genuine.clone();
+    epoch.epoch += 1;
+    let mut room = genuine.clone();
+    room.room[0] ^= 1;
+    for forged in [&added, &epoch] {
+        assert_eq!(forged.verify(), Err(CryptoError::BadSignature));
+        let rng = &mut world.rng;
+        assert_eq!(
+            world.nodes[1]
+                .room
+                .apply_membership(rng, forged)
+                .unwrap_err(),
+            CryptoError::BadSignature
+        );
+    }
+    let rng = &mut world.rng;
+    assert_eq!(
+        world.nodes[1]
+            .room
+            .apply_membership(rng, &room)
+            .unwrap_err(),
+        CryptoError::WrongRoom
+    );
+}
+
+#[test]
+fn stale_or_replayed_membership_update_is_rejected() {
+    let mut world = World::with_members(10, 3);
+    let first = MembershipUpdate::sign(&world.nodes[0].identity, world.room, 1, vec![world.id(0)]);
+    world.set_members(&[0, 1]);
+    let current = world.update(&[0, 1, 2]);
+    world.broadcast(&current, &[0, 1, 2]);
+    let before = encode(&world.nodes[1].room);
+    for stale in [&first, &current] {
+        let rng = &mut world.rng;
+        assert_eq!(
+            world.nodes[1]
+                .room
+                .apply_membership(rng, stale)
+                .unwrap_err(),
+            CryptoError::StaleMembership
+        );
+    }
+    assert_eq!(encode(&world.nodes[1].room), before);
+    assert_eq!(world.nodes[1].room.epoch(), Some(current.epoch));
+    assert_eq!(world.nodes[1].room.members().len(), 3);
+}
+
+#[test]
+fn distribution_from_a_non_member_is_rejected() {
+    let mut world = World::new(11, 3);
+    world.set_members(&[0, 1]);
+    let outsider = world.id(2);
+    let distribution = SenderKey::generate(&mut world.rng).distribution();
+    assert_eq!(
+        world.nodes[1]
+            .room
+            .accept_distribution(&outsider, &distribution),
+        Err(CryptoError::NotAMember)
+    );
+    assert_eq!(
+        world.send_distribution(2, 1, &distribution),
+        Err(CryptoError::NotAMember)
+    );
+}
+
+#[test]
+fn redistributing_a_held_key_cannot_rewind_it_to_replay_messages() {
+    let mut world = World::with_members(12, 2);
+    let stale_distribution = world.nodes[0].room.my_distribution();
+    let posted = world.post(0, "read once");
+    assert_eq!(world.read(1, &posted).unwrap(), "read once");
+    // The old distribution (index 0) arrives again, e.g. resent or replayed by the network.
+    world.send_distribution(0, 1, &stale_distribution).unwrap();
+    assert_eq!(world.read(1, &posted), Err(CryptoError::DuplicateMessage));
+}
+
+#[test]
+fn messages_under_the_previous_key_still_decrypt_after_a_rotation() {
+    let mut world = World::with_members(13, 3);
+    let in_flight = world.post(1, "sent just before the kick");
+    world.set_members(&[0, 1]);
+    assert_eq!(
+        world.read(0, &in_flight).unwrap(),
+        "sent just before the kick"
+    );
+}
+
+#[test]
+fn room_messages_are_bound_to_their_sender_and_room() {
+    let mut world = World::with_members(14, 3);
+    let posted = world.post(1, "from one");
+    // Claimed as coming from another member (with that member's key id), it does not open.
+    let impostor = Posted {
+        sender: world.id(2),
+        message: SenderKeyMessage {
+            key_id: world.nodes[2].room.my_distribution().key_id,
+            ..posted.message.clone()
+        },
+        ..posted.clone()
+    };
+    assert_eq!(
+        world.nodes[0]
+            .room
+            .decrypt(&impostor.sender, &impostor.message),
+        Err(CryptoError::Decrypt)
+    );
+    assert_eq!(
+        read_with(&mut world.nodes[0].room, &impostor),
+        Err(CryptoError::BadSignature)
+    );
+    // A member of the same room with the same keys but a different room id cannot open it.
+    let mut other_room: RoomKeys = decode(&encode(&world.nodes[0].room));
+    let mut bytes = encode(&other_room);
+    bytes[0] ^= 1; // the room id is the first field
+    other_room = decode(&bytes);
+    assert_eq!(
+        other_room.decrypt(&posted.sender, &posted.message),
+        Err(CryptoError::Decrypt)
+    );
+    assert_eq!(world.read(0, &posted).unwrap(), "from one");
+}
+
+#[test]
+fn room_keys_survive_bincode_round_trip() {
+    let mut world = World::with_members(15, 3);
+    let early = world.post(1, "early");
+    let late = world.post(1, "late");
+    assert_eq!(world.read(0, &late).unwrap(), "late");
+    let bytes = encode(&world.nodes[0].room);
+    world.nodes[0].room = decode(&bytes);
+    assert_eq!(encode(&world.nodes[0].room), bytes);
+    assert_eq!(world.read(0, &early).unwrap(), "early");
+    assert_eq!(world.read(0, &late), Err(CryptoError::DuplicateMessage));
+    let posted = world.post(0, "still works");
+    assert_eq!(world.read(2, &posted).unwrap(), "still works");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender keys on their own
+// ---------------------------------------------------------------------------------------------
+
+fn sender_and_receiver(seed: u64) -> (SenderKey, ReceivedSenderKey) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let sender = SenderKey::generate(&mut rng);
+    let receiver = ReceivedSenderKey::from_distribution(&sender.distribution());
+    (sender, receiver)
+}
+
+fn assert_sender_key_rejected(
+    receiver: &mut ReceivedSenderKey,
+    message: &SenderKeyMessage,
+    ad: &[u8],
+    expected: CryptoError,
+) {
+    let before = encode(receiver);
+    assert_eq!(receiver.decrypt(message, ad), Err(expected));
+    assert_eq!(encode(receiver), before, "a failed decrypt changed the key");
+}
+
+#[test]
+fn sender_key_messages_reorder_within_the_window_and_replays_are_rejected() {
+    let (mut sender, mut receiver) = sender_and_receiver(20);
+    let messages: Vec<SenderKeyMessage> = (0..10)
+        .map(|i| sender.encrypt(format!("{i}").as_bytes(), b"ad").unwrap())
+        .collect();
+    for i in [3, 0, 9, 1, 2, 8, 4, 7, 6, 5] {
+        assert_eq!(
+            receiver.decrypt(&messages[i], b"ad").unwrap(),
+            i.to_string().as_bytes()
+        );
+    }
+    for message in &messages {
+        assert_sender_key_rejected(&mut receiver, message, b"ad", CryptoError::DuplicateMessage);
+    }
+}
+
+#[test]
+fn sender_key_message_too_far_ahead_is_rejected() {
+    let (mut sender, mut receiver) = sender_and_receiver(21);
+    let messages: Vec<SenderKeyMessage> = (0..MAX_SKIP + 2)
+        .map(|_| sender.encrypt(b"m", b"").unwrap())
+        .collect();
+    assert_sender_key_rejected(
+        &mut receiver,
+        &messages[MAX_SKIP as usize + 1],
+        b"",
+        CryptoError::TooManySkipped,
+    );
+    assert!(receiver.decrypt(&messages[MAX_SKIP as usize], b"").is_ok());
+    assert!(receiver.decrypt(&messages[0], b"").is_ok());
+}
+
+#[test]
+fn tampered_sender_key_messages_are_rejected_and_change_nothing() {
+    let (mut sender, mut receiver) = sender_and_receiver(22);
+    let genuine = sender.encrypt(b"genuine", b"room|sender").unwrap();
+    let mut key_id = genuine.clone();
+    key_id.key_id ^= 1;
+    assert_sender_key_rejected(
+        &mut receiver,
+        &key_id,
+        b"room|sender",
+        CryptoError::UnknownSenderKey,
+    );
+    let mut index = genuine.clone();
+    index.index += 1;
+    assert_sender_key_rejected(&mut receiver, &index, b"room|sender", CryptoError::Decrypt);
+    let mut ciphertext = genuine.clone();
+    ciphertext.ciphertext[0] ^= 1;
+    assert_sender_key_rejected(
+        &mut receiver,
+        &ciphertext,
+        b"room|sender",
+        CryptoError::Decrypt,
+    );
+    assert_sender_key_rejected(&mut receiver, &genuine, b"room|other", CryptoError::Decrypt);
+    assert_eq!(
+        receiver.decrypt(&genuine, b"room|sender").unwrap(),
+        b"genuine"
+    );
+}
+
+#[test]
+fn envelope_signature_verifies_only_with_the_senders_distributed_key() {
+    let (sender, receiver) = sender_and_receiver(23);
+    let (other_sender, _) = sender_and_receiver(24);
+    let signature = sender.sign(b"envelope");
+    assert_eq!(receiver.verify(b"envelope", &signature), Ok(()));
+    assert_eq!(receiver.signing_key(), &sender.verifying_key());
+    assert_eq!(
+        receiver.verify(b"envelopf", &signature),
+        Err(CryptoError::BadSignature)
+    );
+    assert_eq!(
+        receiver.verify(b"envelope", &other_sender.sign(b"envelope")),
+        Err(CryptoError::BadSignature)
+    );
+    // Domain-separated: not a plain ed25519 signature over the bytes.
+    assert!(
+        sender
+            .verifying_key()
+            .verify_strict(b"envelope", &signature)
+            .is_err()
+    );
+}
+
+#[test]
+fn sender_key_rotation_is_fresh_and_takes_the_next_id() {
+    let mut rng = ChaCha20Rng::seed_from_u64(25);
+    let old = SenderKey::generate(&mut rng);
+    let new = old.rotate(&mut rng);
+    assert_eq!(new.key_id(), old.key_id().wrapping_add(1));
+    assert_ne!(new.verifying_key(), old.verifying_key());
+    assert_ne!(new.distribution().chain_key, old.distribution().chain_key);
+    assert_eq!(new.distribution().index, 0);
+}
+
+#[test]
+fn public_room_is_readable_with_the_invite_secret_and_only_with_it() {
+    let mut rng = ChaCha20Rng::seed_from_u64(26);
+    let mut invite = [0; 32];
+    rng.fill_bytes(&mut invite);
+    let member = SigningKey::generate(&mut rng).verifying_key();
+    let mut sender = SenderKey::from_invite_secret(&invite, &member);
+    let messages: Vec<SenderKeyMessage> = (0..3)
+        .map(|i| {
+            sender
+                .encrypt(format!("public {i}").as_bytes(), b"room")
+                .unwrap()
+        })
+        .collect();
+    let signature = sender.sign(b"envelope");
+
+    // Anyone with the invite, joining at any time, reads from the very first message.
+    let mut reader = ReceivedSenderKey::from_invite_secret(&invite, &member);
+    assert_eq!(reader.key_id(), sender.key_id());
+    assert_eq!(reader.verify(b"envelope", &signature), Ok(()));
+    for (i, message) in messages.iter().enumerate() {
+        assert_eq!(
+            reader.decrypt(message, b"room").unwrap(),
+            format!("public {i}").as_bytes()
+        );
+    }
+
+    // Another invite secret, or another member's derivation, reads nothing.
+    let mut wrong_invite = invite;
+    wrong_invite[0] ^= 1;
+    let mut outsider = ReceivedSenderKey::from_invite_secret(&wrong_invite, &member);
+    assert!(outsider.decrypt(&messages[0], b"room").is_err());
+    let other_member = SigningKey::generate(&mut rng).verifying_key();
+    let mut mixed_up = ReceivedSenderKey::from_invite_secret(&invite, &other_member);
+    assert!(mixed_up.decrypt(&messages[0], b"room").is_err());
+    assert_eq!(
+        mixed_up.verify(b"envelope", &signature),
+        Err(CryptoError::BadSignature)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulation: many members, random joins, kicks and messages
+// ---------------------------------------------------------------------------------------------
+
+/// After every change, each message is readable by exactly the members at the time it was sent
+/// (other than its sender); members who were kicked and kept copies of their keys read nothing
+/// sent after the kick.
+#[test]
+fn many_member_simulation_only_current_members_read() {
+    for seed in 0..3 {
+        let size = 7;
+        let mut world = World::new(100 + seed, size);
+        world.set_members(&[0, 1, 2, 3]);
+        let mut hoards: Vec<(usize, Vec<u8>)> = Vec::new();
+        for _ in 0..40 {
+            match below(&mut world.rng, 10) {
+                0..=1 => {
+                    // Kick a random non-owner member, who hoards its keys.
+                    let candidates: Vec<usize> =
+                        world.members.iter().copied().filter(|&m| m != 0).collect();
+                    if candidates.len() > 1 {
+                        let kicked = candidates[below(&mut world.rng, candidates.len())];
+                        hoards.push((kicked, encode(&world.nodes[kicked].room)));
+                        let remaining: Vec<usize> = world
+                            .members
+                            .iter()
+                            .copied()
+                            .filter(|&m| m != kicked)
+                            .collect();
+                        world.set_members(&remaining);
+                    }
+                }
+                2..=3 => {
+                    // Add someone who is not in the room (possibly a former member).
+                    let outside: Vec<usize> =
+                        (0..size).filter(|n| !world.members.contains(n)).collect();
+                    if !outside.is_empty() {
+                        let joiner = outside[below(&mut world.rng, outside.len())];
+                        let mut members = world.members.clone();
+                        members.push(joiner);
+                        world.set_members(&members);
+                    }
+                }
+                _ => {
+                    let sender = world.members[below(&mut world.rng, world.members.len())];
+                    let posted = world.post(sender, &format!("from {sender}"));
+                    for reader in 0..size {
+                        if reader == sender {
+                            continue;
+                        }
+                        let result = world.read(reader, &posted);
+                        if world.members.contains(&reader) {
+                            assert_eq!(result.unwrap(), posted.text);
+                        } else {
+                            assert!(result.is_err(), "non-member {reader} read a room message");
+                        }
+                    }
+                    for (hoarder, hoard) in &hoards {
+                        if world.members.contains(hoarder) {
+                            continue;
+                        }
+                        let mut hoard: RoomKeys = decode(hoard);
+                        assert!(
+                            read_with(&mut hoard, &posted).is_err(),
+                            "kicked {hoarder} read a later message"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sender_key_any_delivery_order_decrypts_every_message_exactly_once(
+        seed in any::<u64>(),
+        order in Just((0..20usize).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let (mut sender, mut receiver) = sender_and_receiver(seed);
+        let messages: Vec<SenderKeyMessage> = (0..20).map(|i| sender.encrypt(&[i as u8], b"ad").unwrap()).collect();
+        for &i in &order {
+            prop_assert_eq!(receiver.decrypt(&messages[i], b"ad").unwrap(), vec![i as u8]);
+        }
+        for message in &messages {
+            prop_assert_eq!(receiver.decrypt(message, b"ad"), Err(CryptoError::DuplicateMessage));
+        }
+    }
+
+    #[test]
+    fn joining_at_index_k_reads_exactly_the_messages_from_k_on(seed in any::<u64>(), k in 0..12usize) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut sender = SenderKey::generate(&mut rng);
+        let before: Vec<SenderKeyMessage> = (0..k).map(|_| sender.encrypt(b"before", b"").unwrap()).collect();
+        let mut joiner = ReceivedSenderKey::from_distribution(&sender.distribution());
+        let after: Vec<SenderKeyMessage> = (0..5).map(|_| sender.encrypt(b"after", b"").unwrap()).collect();
+        for message in &before {
+            prop_assert_eq!(joiner.decrypt(message, b""), Err(CryptoError::BeforeKeyDistribution));
+        }
+        for message in after.iter().rev() {
+            prop_assert_eq!(joiner.decrypt(message, b"").unwrap(), b"after".to_vec());
+        }
+    }
+
+    #[test]
+    fn arbitrary_sender_key_messages_are_rejected_without_panic_or_state_change(
+        seed in any::<u64>(),
+        key_id_matches in any::<bool>(),
+        index in prop_oneof![0..4u32, any::<u32>()],
+        ciphertext in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let (sender, mut receiver) = sender_and_receiver(seed);
+        let key_id = if key_id_matches { sender.key_id() } else { sender.key_id().wrapping_add(7) };
+        let before = encode(&receiver);
+        let forged = SenderKeyMessage { key_id, index, ciphertext };
+        prop_assert!(receiver.decrypt(&forged, b"").is_err());
+        prop_assert_eq!(encode(&receiver), before);
+    }
+}

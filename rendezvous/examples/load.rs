@@ -1,0 +1,328 @@
+//! Load generator: how many logged-in sessions one server holds, at what memory each, how many
+//! logins per second it answers, and how fast a presence change reaches subscribers.
+//!
+//! ```sh
+//! cargo run --release -p palaver-rendezvous --example load -- --sessions 10000
+//! ```
+//!
+//! The server runs in a child process (this binary re-executed as `load serve DIR`), so its
+//! resident memory is measured alone, from `/proc/<pid>/status`. The driver opens `--sessions`
+//! light clients over TCP on 127.0.0.1 (each its own swarm, key and connection), registers and
+//! logs each in, then measures:
+//!
+//! 1. sessions: connect + Noise + register + login, end to end, per second;
+//! 2. server RSS per session: (RSS with every session logged in − RSS before) / sessions;
+//! 3. logins per second: a login request on every established session, `--concurrency` in flight;
+//! 4. presence fan-out: `--targets` users each watched by `--watchers` sessions flip between
+//!    online and away `--rounds` times; latency is from just before the heartbeat is sent to the
+//!    push arriving at each watcher (so it includes the heartbeat's own trip).
+//!
+//! Everything is bounded in count and time and talks only to 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palaver_protocol::rendezvous::RateLimit;
+use palaver_protocol::wire::{
+    PresenceRecord, PresenceState, RendezvousRequest, RendezvousResponse, ServerPush,
+};
+use palaver_protocol::{Identity, UserName};
+use palaver_rendezvous::client::{Client, ClientConfig};
+use palaver_rendezvous::{Config, Limits, Server};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{Semaphore, mpsc};
+
+#[derive(Debug)]
+struct Args {
+    sessions: usize,
+    concurrency: usize,
+    targets: usize,
+    watchers: usize,
+    rounds: usize,
+}
+
+fn parse() -> Args {
+    let mut args = Args {
+        sessions: 2_000,
+        concurrency: 128,
+        targets: 20,
+        watchers: 100,
+        rounds: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!("usage: load [--sessions N] [--concurrency N] [--targets N] [--watchers N] [--rounds N]");
+            std::process::exit(2)
+        });
+        match flag.as_str() {
+            "--sessions" => args.sessions = value,
+            "--concurrency" => args.concurrency = value,
+            "--targets" => args.targets = value,
+            "--watchers" => args.watchers = value,
+            "--rounds" => args.rounds = value,
+            other => {
+                eprintln!("unknown flag {other}");
+                std::process::exit(2)
+            }
+        }
+    }
+    args
+}
+
+fn main() {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("serve") {
+        let dir = PathBuf::from(argv.next().unwrap());
+        return serve(dir);
+    }
+    drive(parse());
+}
+
+/// The server process: limits opened up for a load test (a real deployment keeps the per-peer
+/// request limit; here one peer never comes near it anyway).
+#[tokio::main]
+async fn serve(dir: PathBuf) {
+    let mut config = Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], dir);
+    config.limits = Limits {
+        login_timeout: Duration::from_secs(600),
+        presence_timeout: Duration::from_secs(3600),
+        idle_connection_timeout: Duration::from_secs(3600),
+        requests: RateLimit::new(10_000, 10_000),
+        store_cache_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    for addr in server.listen_addrs() {
+        println!("{addr}");
+    }
+    // Runs until the driver closes our stdin.
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    server
+        .run(async move {
+            let mut lines = stdin.lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        })
+        .await
+        .unwrap();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn drive(args: Args) {
+    println!("{args:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("serve")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: libp2p::Multiaddr = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid);
+    println!("server pid {pid} at {addr}; RSS before sessions: {rss_before} KiB");
+
+    // 1. Establish sessions.
+    let config = ClientConfig {
+        push_buffer: 64,
+        timeout: Duration::from_secs(120),
+        ..ClientConfig::default()
+    };
+    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let start = Instant::now();
+    let mut joins = Vec::with_capacity(args.sessions);
+    for i in 0..args.sessions {
+        let permits = permits.clone();
+        let addr = addr.clone();
+        let config = config.clone();
+        joins.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            let identity = Identity::generate(&mut rand_core::OsRng);
+            let client = Client::connect_with(addr, &identity, config).await.unwrap();
+            let name = UserName::new(format!("user{i}")).unwrap();
+            let registered = client
+                .request(RendezvousRequest::Register {
+                    name: name.clone(),
+                    token: None,
+                })
+                .await
+                .unwrap();
+            assert!(matches!(registered, RendezvousResponse::Registered { .. }));
+            let login = client
+                .request(RendezvousRequest::Login { name: name.clone() })
+                .await
+                .unwrap();
+            assert!(matches!(login, RendezvousResponse::LoggedIn { .. }));
+            (client, name)
+        }));
+    }
+    let mut sessions = Vec::with_capacity(args.sessions);
+    for join in joins {
+        sessions.push(join.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "sessions: {} connected+registered+logged in in {:.2?} ({:.0}/s)",
+        sessions.len(),
+        elapsed,
+        sessions.len() as f64 / elapsed.as_secs_f64()
+    );
+
+    // 2. Memory per session.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(pid);
+    println!(
+        "server RSS with {} sessions: {rss_after} KiB; {:.1} KiB per session",
+        sessions.len(),
+        (rss_after.saturating_sub(rss_before)) as f64 / sessions.len() as f64
+    );
+
+    // 3. Logins per second on established connections.
+    let sessions = Arc::new(sessions);
+    for pass in 0..2 {
+        let start = Instant::now();
+        let mut joins = Vec::new();
+        let stride = args.concurrency.max(1);
+        for lane in 0..stride {
+            let sessions = sessions.clone();
+            joins.push(tokio::spawn(async move {
+                let mut i = lane;
+                while i < sessions.len() {
+                    let (client, name) = &sessions[i];
+                    let r = client
+                        .request(RendezvousRequest::Login { name: name.clone() })
+                        .await
+                        .unwrap();
+                    assert!(matches!(r, RendezvousResponse::LoggedIn { .. }));
+                    i += stride;
+                }
+            }));
+        }
+        for join in joins {
+            join.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "logins (pass {}): {} in {:.2?} ({:.0}/s, {} in flight)",
+            pass + 1,
+            sessions.len(),
+            elapsed,
+            sessions.len() as f64 / elapsed.as_secs_f64(),
+            stride
+        );
+    }
+
+    // 4. Presence fan-out.
+    let sessions = Arc::into_inner(sessions).unwrap();
+    let targets = args.targets.min(sessions.len() / 2);
+    let watchers_per = args
+        .watchers
+        .min((sessions.len() - targets) / targets.max(1));
+    let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
+    let (sample_tx, mut samples) = mpsc::channel::<(String, PresenceState, Instant)>(1 << 16);
+    let mut watcher_tasks = Vec::new();
+    for t in 0..targets {
+        let target = sessions[t].as_ref().unwrap().1.clone();
+        for w in 0..watchers_per {
+            let index = targets + t * watchers_per + w;
+            let (mut client, _) = sessions[index].take().unwrap();
+            let r = client
+                .request(RendezvousRequest::SubscribePresence {
+                    names: vec![target.clone()],
+                })
+                .await
+                .unwrap();
+            assert!(matches!(r, RendezvousResponse::Presence(_)));
+            let tx = sample_tx.clone();
+            watcher_tasks.push(tokio::spawn(async move {
+                while let Some(push) = client.next_push().await {
+                    if let ServerPush::Presence(PresenceRecord { name, state, .. }) = push {
+                        if tx
+                            .send((name.to_string(), state, Instant::now()))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    drop(sample_tx);
+    let target_clients: Vec<(Client, UserName)> =
+        sessions[..targets].iter_mut().map(|s| s.take().unwrap()).collect();
+    let mut latencies = Vec::new();
+    let mut missing = 0usize;
+    for round in 0..args.rounds {
+        let state = if round % 2 == 0 {
+            PresenceState::Away
+        } else {
+            PresenceState::Online
+        };
+        let sent = Instant::now();
+        let mut sends = Vec::new();
+        for (client, _) in &target_clients {
+            sends.push(client.request(RendezvousRequest::Heartbeat { state }));
+        }
+        futures::future::join_all(sends).await;
+        let expected = targets * watchers_per;
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got < expected {
+            match tokio::time::timeout_at(deadline, samples.recv()).await {
+                Ok(Some((_, s, at))) if s == state => {
+                    latencies.push(at - sent);
+                    got += 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        missing += expected - got;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    latencies.sort();
+    println!(
+        "presence fan-out: {} targets x {} watchers x {} rounds = {} pushes ({} missing): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        targets,
+        watchers_per,
+        args.rounds,
+        latencies.len(),
+        missing,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    println!("server RSS at the end: {} KiB", rss_kib(pid));
+
+    for task in watcher_tasks {
+        task.abort();
+    }
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}

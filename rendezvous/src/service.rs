@@ -1,0 +1,928 @@
+//! What the server does with each request, connection and tick — everything but the network.
+//!
+//! The actor ([`crate::server`]) feeds this [`Service`] connection events, decoded requests and
+//! timer ticks, sends back the [`Reply`] (after a store flush when it is `durable`) and carries out
+//! the pushes and disconnects it asks for. Nothing here touches a socket, so one test can step a
+//! service through a whole conversation.
+//!
+//! A peer is *unauthenticated* until it logs in: it may only register or log in, and is
+//! disconnected after [`crate::Limits::login_timeout`]. Logging in makes it a *session*: it may
+//! use the rest of the protocol and the relay ([`RelayGate`]). The Noise-authenticated `PeerId` is
+//! the proof of key, so a login needs no signature: the name must be bound to that key.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use libp2p::PeerId;
+use palaver_protocol::identity::identity_of;
+use palaver_protocol::rendezvous::mailbox::Usage;
+use palaver_protocol::rendezvous::{Deadlines, LogThrottle, Millis, PresenceTable, TokenBucket};
+use palaver_protocol::wire::rendezvous::{MAX_BATCH, MAX_TOKEN_LEN};
+use palaver_protocol::wire::{
+    Body, MAX_ENVELOPE_LEN, MailItem, PresenceRecord, PresenceState, Refusal, RefusalReason,
+    RendezvousRequest, RendezvousResponse, ServerPush, UserRecord,
+};
+use palaver_protocol::{Envelope, UserName, VerifyingKey};
+
+use crate::config::Limits;
+use crate::metrics::{Metrics, Rejection};
+use crate::store::{self, Registration, Store, StoreError};
+
+/// The set of logged-in peers, shared with the relay's rate limiters: only they may reserve a
+/// slot or open a circuit. (In relay-only mode the gate is open.)
+#[derive(Debug, Clone)]
+pub(crate) struct RelayGate {
+    open: bool,
+    allowed: Arc<Mutex<HashSet<PeerId>>>,
+}
+
+impl RelayGate {
+    pub(crate) fn new(open: bool) -> Self {
+        Self {
+            open,
+            allowed: Arc::default(),
+        }
+    }
+
+    pub(crate) fn allows(&self, peer: &PeerId) -> bool {
+        self.open
+            || self
+                .allowed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(peer)
+    }
+
+    fn set(&self, peer: PeerId, allowed: bool) {
+        let mut set = self.allowed.lock().unwrap_or_else(PoisonError::into_inner);
+        if allowed {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+}
+
+/// Where bad input came from, for logging it at most once per source per interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    Peer(PeerId),
+    /// Before a handshake completes there is only the remote address.
+    Ip(IpAddr),
+    Unknown,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Peer(peer) => write!(f, "{peer}"),
+            Source::Ip(ip) => write!(f, "{ip}"),
+            Source::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) response: RendezvousResponse,
+    /// The reply promises something is stored: flush before sending it.
+    pub(crate) durable: bool,
+}
+
+impl Reply {
+    fn now(response: RendezvousResponse) -> Self {
+        Self {
+            response,
+            durable: false,
+        }
+    }
+
+    fn durable(response: RendezvousResponse) -> Self {
+        Self {
+            response,
+            durable: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PeerState {
+    bucket: TokenBucket,
+    session: Option<Session>,
+}
+
+#[derive(Debug)]
+struct Session {
+    name: UserName,
+    key: VerifyingKey,
+    subscriptions: Vec<UserName>,
+}
+
+fn refuse(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(%error, "store failure");
+        refuse(
+            RefusalReason::Unavailable,
+            "the server could not read or write its storage; try again later",
+        )
+    }
+}
+
+type Handled = Result<Reply, Refusal>;
+
+fn kind_of(request: &RendezvousRequest) -> &'static str {
+    match request {
+        RendezvousRequest::Register { .. } => "register",
+        RendezvousRequest::Login { .. } => "login",
+        RendezvousRequest::PublishPrekeys(_) => "publish_prekeys",
+        RendezvousRequest::AddOneTimePrekeys(_) => "add_one_time_prekeys",
+        RendezvousRequest::FetchPrekeys { .. } => "fetch_prekeys",
+        RendezvousRequest::Lookup { .. } => "lookup",
+        RendezvousRequest::Heartbeat { .. } => "heartbeat",
+        RendezvousRequest::SubscribePresence { .. } => "subscribe_presence",
+        RendezvousRequest::Deposit { .. } => "deposit",
+        RendezvousRequest::FetchMail { .. } => "fetch_mail",
+        RendezvousRequest::AckMail { .. } => "ack_mail",
+        RendezvousRequest::WhoIs { .. } => "who_is",
+    }
+}
+
+fn check_batch(len: usize, what: &str) -> Result<(), Refusal> {
+    if len > MAX_BATCH {
+        return Err(refuse(
+            RefusalReason::TooLarge,
+            format!("at most {MAX_BATCH} {what} per request, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token was right.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accounts, prekeys, presence and the mailbox.
+#[derive(Debug)]
+pub(crate) struct Service {
+    store: Store,
+    limits: Limits,
+    tokens: Vec<String>,
+    relay_only: bool,
+    peers: HashMap<PeerId, PeerState>,
+    /// Which peer holds each logged-in name's session.
+    online: HashMap<UserName, PeerId>,
+    /// Who wants presence changes of each name.
+    subscribers: HashMap<UserName, HashSet<PeerId>>,
+    presence: PresenceTable,
+    login_deadlines: Deadlines<PeerId>,
+    usage: HashMap<UserName, Usage>,
+    one_time_counts: HashMap<UserName, u32>,
+    gate: RelayGate,
+    metrics: Metrics,
+    log_throttle: LogThrottle<Source>,
+    next_sweep: Millis,
+    pushes: Vec<(PeerId, ServerPush)>,
+    disconnects: Vec<PeerId>,
+}
+
+impl Service {
+    pub(crate) fn new(
+        store: Store,
+        limits: Limits,
+        tokens: Vec<String>,
+        relay_only: bool,
+        gate: RelayGate,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
+        let usage = store.mailbox_usage()?;
+        let (messages, bytes) = usage.values().fold((0u64, 0u64), |(m, b), u| {
+            (m + u64::from(u.messages), b + u.bytes)
+        });
+        metrics.mailbox_messages.set(gauge(messages));
+        metrics.mailbox_bytes.set(gauge(bytes));
+        Ok(Self {
+            presence: PresenceTable::new(limits.presence_timeout),
+            log_throttle: LogThrottle::new(limits.log_interval, 100_000),
+            store,
+            tokens,
+            relay_only,
+            peers: HashMap::new(),
+            online: HashMap::new(),
+            subscribers: HashMap::new(),
+            login_deadlines: Deadlines::new(),
+            usage,
+            one_time_counts: HashMap::new(),
+            gate,
+            metrics,
+            next_sweep: 0,
+            pushes: Vec::new(),
+            disconnects: Vec::new(),
+            limits,
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Pushes to send, in order.
+    pub(crate) fn take_pushes(&mut self) -> Vec<(PeerId, ServerPush)> {
+        std::mem::take(&mut self.pushes)
+    }
+
+    /// Peers to disconnect.
+    pub(crate) fn take_disconnects(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.disconnects)
+    }
+
+    pub(crate) fn is_logged_in(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.session.is_some())
+    }
+
+    /// Records bad input from `source`, logging it at most once per source per interval.
+    pub(crate) fn reject(
+        &mut self,
+        source: Source,
+        why: Rejection,
+        detail: &dyn std::fmt::Display,
+        now: Millis,
+    ) {
+        self.metrics.reject(why);
+        if self.log_throttle.allow(&source, now) {
+            tracing::info!(from = %source, reason = why.label(), %detail, "rejected input");
+        }
+    }
+
+    // ---- connections ----
+
+    /// A peer's first connection.
+    pub(crate) fn connected(&mut self, peer: PeerId, now: Millis) {
+        self.peers.entry(peer).or_insert_with(|| PeerState {
+            bucket: TokenBucket::new(self.limits.requests, now),
+            session: None,
+        });
+        if !self.relay_only {
+            self.login_deadlines
+                .set(peer, now.saturating_add(millis(self.limits.login_timeout)));
+        }
+        self.metrics.connected_peers.set(gauge(self.peers.len()));
+    }
+
+    /// A peer's last connection closed: its session ends.
+    pub(crate) fn disconnected(&mut self, peer: PeerId, now: Millis) {
+        self.login_deadlines.remove(&peer);
+        if let Some(session) = self.peers.remove(&peer).and_then(|state| state.session) {
+            self.end_session(peer, session, now);
+        }
+        self.metrics.connected_peers.set(gauge(self.peers.len()));
+    }
+
+    fn end_session(&mut self, peer: PeerId, session: Session, now: Millis) {
+        self.unsubscribe(peer, &session.subscriptions);
+        if self.online.get(&session.name) == Some(&peer) {
+            self.online.remove(&session.name);
+        }
+        self.gate.set(peer, false);
+        let (record, changed) = self.presence.gone(&session.name, now);
+        if let Err(error) = self.store.set_last_seen(&session.name, now) {
+            tracing::warn!(%error, "could not record last seen");
+        }
+        if changed {
+            self.presence_changed(record);
+        }
+        self.metrics.sessions.set(gauge(self.online.len()));
+        self.metrics
+            .online_users
+            .set(gauge(self.presence.present()));
+    }
+
+    /// The server is stopping: remember when each session was last seen.
+    pub(crate) fn shutdown(&mut self, now: Millis) {
+        for name in self.online.keys() {
+            if let Err(error) = self.store.set_last_seen(name, now) {
+                tracing::warn!(%error, "could not record last seen");
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    /// When [`Service::tick`] next has something to do.
+    pub(crate) fn next_due(&self) -> Option<Millis> {
+        [
+            self.login_deadlines.next_due(),
+            self.presence.next_due(),
+            (!self.relay_only).then_some(self.next_sweep),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Login timeouts, presence expiry, the mail sweep.
+    pub(crate) fn tick(&mut self, now: Millis) {
+        for peer in self.login_deadlines.expire(now) {
+            if !self.is_logged_in(&peer) {
+                self.reject(
+                    Source::Peer(peer),
+                    Rejection::LoginTimeout,
+                    &"did not log in in time",
+                    now,
+                );
+                self.disconnects.push(peer);
+            }
+        }
+        for record in self.presence.handle_timeout(now) {
+            self.presence_changed(record);
+        }
+        self.metrics
+            .online_users
+            .set(gauge(self.presence.present()));
+        if !self.relay_only && now >= self.next_sweep {
+            self.next_sweep = now.saturating_add(millis(self.limits.mail_sweep_interval));
+            self.log_throttle.prune(now);
+            if let Err(error) = self.sweep_mail(now) {
+                tracing::error!(%error, "mail sweep failed");
+            }
+        }
+    }
+
+    fn sweep_mail(&mut self, now: Millis) -> Result<(), StoreError> {
+        let cutoff = self.limits.mailbox.expiry_cutoff(now);
+        loop {
+            let removed = self.store.expire(cutoff, 1024)?;
+            let done = removed.len() < 1024;
+            self.metrics.mailbox_expired.inc_by(removed.len() as u64);
+            self.forget_mail(&removed);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn forget_mail(&mut self, removed: &[store::Removed]) {
+        for r in removed {
+            if let Some(usage) = self.usage.get_mut(&r.recipient) {
+                usage.remove(r.bytes);
+                if usage.is_empty() {
+                    self.usage.remove(&r.recipient);
+                }
+            }
+            self.metrics.mailbox_messages.dec();
+            self.metrics.mailbox_bytes.dec_by(gauge(r.bytes));
+        }
+    }
+
+    // ---- requests ----
+
+    pub(crate) fn handle(
+        &mut self,
+        peer: PeerId,
+        request: RendezvousRequest,
+        now: Millis,
+    ) -> Reply {
+        self.metrics.request(kind_of(&request));
+        match self.dispatch(peer, request, now) {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                let reason = refusal.reason;
+                let bad_input = matches!(
+                    reason,
+                    RefusalReason::Invalid
+                        | RefusalReason::TooLarge
+                        | RefusalReason::RateLimited
+                        | RefusalReason::NotLoggedIn
+                );
+                if bad_input {
+                    self.reject(
+                        Source::Peer(peer),
+                        Rejection::Refused(reason),
+                        &refusal.detail,
+                        now,
+                    );
+                } else {
+                    self.metrics.reject(Rejection::Refused(reason));
+                    tracing::debug!(%peer, %refusal, "refused");
+                }
+                Reply::now(RendezvousResponse::Refused(refusal))
+            }
+        }
+    }
+
+    /// A frame from `peer` that was too large or did not decode: counted, logged (throttled) and
+    /// refused, within the peer's rate limit like any request.
+    pub(crate) fn malformed(
+        &mut self,
+        peer: PeerId,
+        reason: RefusalReason,
+        detail: String,
+        now: Millis,
+    ) -> Reply {
+        self.metrics.request("malformed");
+        self.reject(Source::Peer(peer), Rejection::MalformedFrame, &detail, now);
+        let limit = self.limits.requests;
+        let limited = self
+            .peers
+            .get_mut(&peer)
+            .is_some_and(|p| !p.bucket.try_take(limit, now));
+        let refusal = if limited {
+            refuse(RefusalReason::RateLimited, "slow down")
+        } else {
+            refuse(reason, detail)
+        };
+        Reply::now(RendezvousResponse::Refused(refusal))
+    }
+
+    fn dispatch(&mut self, peer: PeerId, request: RendezvousRequest, now: Millis) -> Handled {
+        let limit = self.limits.requests;
+        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
+            bucket: TokenBucket::new(limit, now),
+            session: None,
+        });
+        if !state.bucket.try_take(limit, now) {
+            return Err(refuse(
+                RefusalReason::RateLimited,
+                format!(
+                    "more than {} requests per second; slow down",
+                    limit.per_second
+                ),
+            ));
+        }
+        if self.relay_only {
+            return Err(refuse(
+                RefusalReason::Unavailable,
+                "this server is a relay only: it has no accounts, presence or mailbox",
+            ));
+        }
+        match request {
+            RendezvousRequest::Register { name, token } => self.register(peer, name, token, now),
+            RendezvousRequest::Login { name } => self.login(peer, name, now),
+            other => {
+                let Some(session) = state.session.as_ref() else {
+                    return Err(refuse(
+                        RefusalReason::NotLoggedIn,
+                        "log in first: only register and login are open before that",
+                    ));
+                };
+                let (name, key) = (session.name.clone(), session.key);
+                self.presence_heard(&name, None, now);
+                self.session_request(peer, name, key, other, now)
+            }
+        }
+    }
+
+    fn session_request(
+        &mut self,
+        peer: PeerId,
+        me: UserName,
+        key: VerifyingKey,
+        request: RendezvousRequest,
+        now: Millis,
+    ) -> Handled {
+        match request {
+            RendezvousRequest::Register { .. } | RendezvousRequest::Login { .. } => Err(refuse(
+                RefusalReason::Invalid,
+                "register and login are not session requests",
+            )),
+            RendezvousRequest::Heartbeat { state } => {
+                self.presence_heard(&me, Some(state), now);
+                Ok(Reply::now(RendezvousResponse::Done))
+            }
+            RendezvousRequest::SubscribePresence { names } => self.subscribe(peer, names),
+            RendezvousRequest::Lookup { names } => self.lookup(names),
+            RendezvousRequest::WhoIs { keys } => self.who_is(keys),
+            RendezvousRequest::PublishPrekeys(upload) => {
+                if upload.identity != key {
+                    return Err(refuse(
+                        RefusalReason::Invalid,
+                        "prekeys must be published for the key you are connected with",
+                    ));
+                }
+                let count = upload.one_time_prekeys.len();
+                if count > self.limits.max_one_time_prekeys as usize {
+                    return Err(refuse(
+                        RefusalReason::TooLarge,
+                        format!(
+                            "at most {} one-time prekeys are held per user, got {count}",
+                            self.limits.max_one_time_prekeys
+                        ),
+                    ));
+                }
+                self.store.publish_prekeys(&me, &upload)?;
+                self.one_time_counts
+                    .insert(me, u32::try_from(count).unwrap_or(u32::MAX));
+                Ok(Reply::durable(RendezvousResponse::Done))
+            }
+            RendezvousRequest::AddOneTimePrekeys(keys) => {
+                check_batch(keys.len(), "one-time prekeys")?;
+                if !self.store.has_signed_prekey(&me)? {
+                    return Err(refuse(
+                        RefusalReason::NoPrekeys,
+                        "publish a signed prekey before adding one-time prekeys",
+                    ));
+                }
+                let held = self.one_time_count(&me)?;
+                let max = self.limits.max_one_time_prekeys;
+                if u64::from(held) + keys.len() as u64 > u64::from(max) {
+                    return Err(refuse(
+                        RefusalReason::TooLarge,
+                        format!(
+                            "at most {max} one-time prekeys are held per user; {held} are held, {} offered",
+                            keys.len()
+                        ),
+                    ));
+                }
+                self.store.add_one_time_prekeys(&me, &keys)?;
+                // Ids already held were replaced, not added: count again.
+                let count = self.store.one_time_count(&me)?;
+                self.one_time_counts.insert(me, count);
+                Ok(Reply::durable(RendezvousResponse::Done))
+            }
+            RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(name),
+            RendezvousRequest::Deposit { to, envelope } => self.deposit(key, to, *envelope, now),
+            RendezvousRequest::FetchMail { max } => {
+                let max = usize::from(max).min(MAX_BATCH);
+                // Leave room for the response's own framing around the items.
+                let budget = self.limits.max_response_bytes.saturating_sub(1024) as u64;
+                let not_before = self.limits.mailbox.expiry_cutoff(now);
+                let items = self.store.fetch(&me, max, budget, not_before)?;
+                let held = self.usage.get(&me).map_or(0, |u| u.messages);
+                let remaining = held.saturating_sub(u32::try_from(items.len()).unwrap_or(0));
+                Ok(Reply::now(RendezvousResponse::Mail { items, remaining }))
+            }
+            RendezvousRequest::AckMail { ids } => {
+                check_batch(ids.len(), "ids")?;
+                let removed = self.store.ack(&me, &ids)?;
+                self.metrics.mailbox_acked.inc_by(removed.len() as u64);
+                self.forget_mail(&removed);
+                Ok(Reply::durable(RendezvousResponse::Done))
+            }
+        }
+    }
+
+    // ---- accounts ----
+
+    fn key_of(peer: &PeerId) -> Result<VerifyingKey, Refusal> {
+        identity_of(peer).ok_or_else(|| {
+            refuse(
+                RefusalReason::Invalid,
+                "connect with an ed25519 identity key (your PeerId carries no such key)",
+            )
+        })
+    }
+
+    fn register(
+        &mut self,
+        peer: PeerId,
+        name: UserName,
+        token: Option<String>,
+        now: Millis,
+    ) -> Handled {
+        if !self.tokens.is_empty() {
+            let Some(token) = token else {
+                return Err(refuse(
+                    RefusalReason::TokenRequired,
+                    "this server registers names only with a registration token",
+                ));
+            };
+            let valid = token.len() <= MAX_TOKEN_LEN
+                && self
+                    .tokens
+                    .iter()
+                    .fold(false, |ok, t| ok | same_secret(t, &token));
+            if !valid {
+                return Err(refuse(
+                    RefusalReason::BadToken,
+                    "that registration token is not valid on this server",
+                ));
+            }
+        }
+        let key = Self::key_of(&peer)?;
+        match self.store.register(&name, &key, now)? {
+            Registration::New => {
+                self.metrics.registrations.inc();
+                tracing::info!(%name, %peer, "registered");
+                Ok(Reply::durable(RendezvousResponse::Registered { name }))
+            }
+            Registration::AlreadyYours => Ok(Reply::now(RendezvousResponse::Registered { name })),
+            Registration::Taken => Err(refuse(
+                RefusalReason::NameTaken,
+                format!("the name {name:?} is already registered to another key; pick another"),
+            )),
+            Registration::KeyHasName(existing) => Err(refuse(
+                RefusalReason::Invalid,
+                format!(
+                    "this key is already registered as {existing:?}; log in as {existing:?} instead"
+                ),
+            )),
+        }
+    }
+
+    fn login(&mut self, peer: PeerId, name: UserName, now: Millis) -> Handled {
+        let key = Self::key_of(&peer)?;
+        let Some(user) = self.store.user(&name)? else {
+            return Err(refuse(
+                RefusalReason::UnknownUser,
+                format!("no user {name:?} is registered here; register first"),
+            ));
+        };
+        if user.identity != key {
+            return Err(refuse(
+                RefusalReason::NotYourName,
+                format!("{name:?} is registered to another key"),
+            ));
+        }
+        let limit = self.limits.requests;
+        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
+            bucket: TokenBucket::new(limit, now),
+            session: None,
+        });
+        if state.session.is_none() {
+            state.session = Some(Session {
+                name: name.clone(),
+                key,
+                subscriptions: Vec::new(),
+            });
+            self.online.insert(name.clone(), peer);
+            self.login_deadlines.remove(&peer);
+            self.gate.set(peer, true);
+            self.metrics.sessions.set(gauge(self.online.len()));
+        }
+        self.metrics.logins.inc();
+        self.presence_heard(&name, Some(PresenceState::Online), now);
+        Ok(Reply::now(RendezvousResponse::LoggedIn {
+            mail_waiting: self.usage.get(&name).map_or(0, |u| u.messages),
+            one_time_prekeys_left: self.one_time_count(&name)?,
+            name,
+        }))
+    }
+
+    fn lookup(&mut self, names: Vec<UserName>) -> Handled {
+        check_batch(names.len(), "names")?;
+        let mut users = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(user) = self.store.user(&name)? {
+                let presence = self.presence_of(&name, &user);
+                users.push(UserRecord {
+                    name,
+                    identity: user.identity,
+                    presence,
+                });
+            }
+        }
+        Ok(Reply::now(RendezvousResponse::Users(users)))
+    }
+
+    fn who_is(&mut self, keys: Vec<VerifyingKey>) -> Handled {
+        check_batch(keys.len(), "keys")?;
+        let mut users = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(name) = self.store.name_of(&key)? else {
+                continue;
+            };
+            if let Some(user) = self.store.user(&name)? {
+                let presence = self.presence_of(&name, &user);
+                users.push(UserRecord {
+                    name,
+                    identity: user.identity,
+                    presence,
+                });
+            }
+        }
+        Ok(Reply::now(RendezvousResponse::Users(users)))
+    }
+
+    // ---- presence ----
+
+    fn presence_of(&self, name: &UserName, user: &store::StoredUser) -> PresenceRecord {
+        self.presence
+            .record(name)
+            .unwrap_or_else(|| PresenceRecord {
+                name: name.clone(),
+                state: PresenceState::Offline,
+                last_seen_ms: user.last_seen_ms,
+            })
+    }
+
+    /// The user was heard from; `state` is what it says it is (`None`: any request, which keeps
+    /// the current state alive without changing it).
+    fn presence_heard(&mut self, name: &UserName, state: Option<PresenceState>, now: Millis) {
+        let state = match state {
+            Some(state) => state,
+            None => match self.presence.record(name).map(|r| r.state) {
+                // A request is not a heartbeat for a user shown offline (by choice or timeout).
+                Some(PresenceState::Offline) | None => return,
+                Some(current) => current,
+            },
+        };
+        if let Some(record) = self.presence.heard(name, state, now) {
+            self.presence_changed(record);
+        }
+        self.metrics
+            .online_users
+            .set(gauge(self.presence.present()));
+    }
+
+    fn presence_changed(&mut self, record: PresenceRecord) {
+        self.metrics.presence_updates.inc();
+        if let Some(subscribers) = self.subscribers.get(&record.name) {
+            for peer in subscribers {
+                self.pushes
+                    .push((*peer, ServerPush::Presence(record.clone())));
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, peer: PeerId, names: &[UserName]) {
+        for name in names {
+            if let Some(set) = self.subscribers.get_mut(name) {
+                set.remove(&peer);
+                if set.is_empty() {
+                    self.subscribers.remove(name);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, peer: PeerId, mut names: Vec<UserName>) -> Handled {
+        check_batch(names.len(), "names")?;
+        let max = self.limits.max_subscriptions;
+        if names.len() > max {
+            return Err(refuse(
+                RefusalReason::TooLarge,
+                format!(
+                    "at most {max} users may be watched per session, got {}",
+                    names.len()
+                ),
+            ));
+        }
+        names.sort();
+        names.dedup();
+        let old = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.session.as_mut())
+            .map(|s| std::mem::take(&mut s.subscriptions))
+            .unwrap_or_default();
+        self.unsubscribe(peer, &old);
+        let mut records = Vec::with_capacity(names.len());
+        let mut kept = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(user) = self.store.user(&name)? else {
+                continue;
+            };
+            records.push(self.presence_of(&name, &user));
+            self.subscribers
+                .entry(name.clone())
+                .or_default()
+                .insert(peer);
+            kept.push(name);
+        }
+        if let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
+            session.subscriptions = kept;
+        }
+        Ok(Reply::now(RendezvousResponse::Presence(records)))
+    }
+
+    // ---- prekeys ----
+
+    fn one_time_count(&mut self, name: &UserName) -> Result<u32, StoreError> {
+        if let Some(count) = self.one_time_counts.get(name) {
+            return Ok(*count);
+        }
+        let count = self.store.one_time_count(name)?;
+        self.one_time_counts.insert(name.clone(), count);
+        Ok(count)
+    }
+
+    fn fetch_prekeys(&mut self, name: UserName) -> Handled {
+        if self.store.user(&name)?.is_none() {
+            return Err(refuse(
+                RefusalReason::UnknownUser,
+                format!("no user {name:?} is registered here"),
+            ));
+        }
+        let Some(bundle) = self.store.take_bundle(&name)? else {
+            return Err(refuse(
+                RefusalReason::NoPrekeys,
+                format!("{name:?} has not published prekeys yet"),
+            ));
+        };
+        if bundle.one_time_prekey.is_some() {
+            let left = self.one_time_count(&name)?.saturating_sub(1);
+            self.one_time_counts.insert(name.clone(), left);
+            if let Some(owner) = self.online.get(&name)
+                && left < self.limits.prekeys_low
+            {
+                self.pushes
+                    .push((*owner, ServerPush::PrekeysLow { remaining: left }));
+            }
+        }
+        // Durable: a one-time prekey is handed out once, even across a crash.
+        Ok(Reply::durable(RendezvousResponse::Prekeys(Box::new(
+            bundle,
+        ))))
+    }
+
+    // ---- mailbox ----
+
+    fn deposit(
+        &mut self,
+        sender: VerifyingKey,
+        to: UserName,
+        envelope: Envelope,
+        now: Millis,
+    ) -> Handled {
+        let Some(recipient) = self.store.user(&to)? else {
+            return Err(refuse(
+                RefusalReason::UnknownUser,
+                format!("no user {to:?} is registered here"),
+            ));
+        };
+        let Body::Direct(direct) = &envelope.body else {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                "only direct envelopes can be deposited",
+            ));
+        };
+        if direct.sender != sender {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                "the envelope's sender is not the key you are connected with",
+            ));
+        }
+        if direct.recipient != recipient.identity {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                format!("the envelope's recipient is not {to:?}'s key"),
+            ));
+        }
+        envelope
+            .verify()
+            .map_err(|e| refuse(RefusalReason::Invalid, format!("envelope rejected: {e}")))?;
+        let id = envelope.id();
+        if self.store.holds(&to, &id)? {
+            return Ok(Reply::now(RendezvousResponse::Deposited { id }));
+        }
+        let item = MailItem {
+            envelope,
+            deposited_at_ms: now,
+        };
+        let len = Store::encoded_len(&item)?;
+        if len > (MAX_ENVELOPE_LEN + 64) as u64 {
+            return Err(refuse(
+                RefusalReason::TooLarge,
+                format!("an envelope may be at most {MAX_ENVELOPE_LEN} bytes"),
+            ));
+        }
+        let usage = self.usage.get(&to).copied().unwrap_or_default();
+        usage.admit(len, &self.limits.mailbox).map_err(|e| {
+            refuse(
+                RefusalReason::QuotaExceeded,
+                format!(
+                    "{to:?}'s mailbox is full: {e}; try again once they have collected their mail"
+                ),
+            )
+        })?;
+        if let store::Deposit::Stored(len) = self.store.deposit(&to, &id, &item)? {
+            let usage = self.usage.entry(to.clone()).or_default();
+            usage.add(len);
+            let count = usage.messages;
+            self.metrics.mailbox_deposits.inc();
+            self.metrics.mailbox_messages.inc();
+            self.metrics.mailbox_bytes.inc_by(gauge(len));
+            if let Some(peer) = self.online.get(&to) {
+                self.pushes.push((*peer, ServerPush::MailWaiting { count }));
+            }
+        }
+        Ok(Reply::durable(RendezvousResponse::Deposited { id }))
+    }
+
+    /// Ids held for `name` (tests).
+    #[cfg(test)]
+    fn held(&self, name: &UserName) -> u32 {
+        self.usage.get(name).map_or(0, |u| u.messages)
+    }
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn gauge(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
