@@ -226,6 +226,8 @@ pub(crate) struct Node {
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     rooms: rooms::Rooms,
+    /// Message events from senders whose name we are asking the rendezvous for (bounded).
+    unnamed_events: HashMap<[u8; 32], Vec<Value>>,
     stopping: bool,
 }
 
@@ -295,6 +297,7 @@ impl Node {
             internal_tx,
             internal: Some(internal),
             rooms,
+            unnamed_events: HashMap::new(),
             stopping: false,
         };
         node.subscribe_room_topics();
@@ -339,6 +342,39 @@ impl Node {
     /// Emits an event to `listen` subscribers (nobody listening is fine).
     fn emit(&self, event: Value) {
         let _ = self.events.send(event);
+    }
+
+    /// Emits a message event; from a sender we cannot name yet, once the rendezvous has named it
+    /// (see [`Node::on_users`]), so scripts can answer by name.
+    fn emit_message(&mut self, entry: &crate::store::HistoryEntry, named: bool) {
+        let event = direct::message_event(entry);
+        if named {
+            return self.emit(event);
+        }
+        const MAX_SENDERS: usize = 64;
+        const MAX_PER_SENDER: usize = 32;
+        if self.unnamed_events.len() >= MAX_SENDERS
+            && !self.unnamed_events.contains_key(&entry.sender)
+        {
+            return self.emit(event);
+        }
+        let held = self.unnamed_events.entry(entry.sender).or_default();
+        if held.len() < MAX_PER_SENDER {
+            held.push(event);
+        }
+    }
+
+    /// Emits the held events of a sender now named `name` (or with its stand-in if unknown).
+    fn release_unnamed(&mut self, key: &[u8; 32], name: Option<&str>) {
+        for mut event in self.unnamed_events.remove(key).unwrap_or_default() {
+            if let Some(name) = name {
+                if event["conversation"] == event["from"] {
+                    event["conversation"] = Value::from(name);
+                }
+                event["from"] = Value::from(name);
+            }
+            self.emit(event);
+        }
     }
 
     // ---- the rendezvous link ---------------------------------------------------------------
@@ -560,7 +596,26 @@ impl Node {
             (Pending::Lookup { names, then }, R::Users(users)) => {
                 self.on_users(users, then, Some(names))
             }
-            (Pending::WhoIs { then }, R::Users(users)) => self.on_users(users, then, None),
+            (Pending::WhoIs { then }, R::Users(users)) => {
+                let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
+                let unknown: Vec<[u8; 32]> = self
+                    .unnamed_events
+                    .keys()
+                    .filter(|k| !named.contains(k))
+                    .copied()
+                    .collect();
+                self.on_users(users, then, None);
+                // Asked about, but not registered here: show them with their stand-in.
+                if self
+                    .pending
+                    .values()
+                    .all(|p| !matches!(p, Pending::WhoIs { .. }))
+                {
+                    for key in unknown {
+                        self.release_unnamed(&key, None);
+                    }
+                }
+            }
             (Pending::Prekeys { key, then }, R::Prekeys(bundle)) => {
                 self.on_prekeys(key, *bundle, then)
             }
@@ -779,9 +834,10 @@ impl Node {
                     request_id,
                     response,
                 } = message
-                    && let Some(pending) = self.pending.remove(&request_id) {
-                        self.on_rendezvous_response(pending, response);
-                    }
+                    && let Some(pending) = self.pending.remove(&request_id)
+                {
+                    self.on_rendezvous_response(pending, response);
+                }
             }
             BehaviourEvent::Rendezvous(request_response::Event::OutboundFailure {
                 request_id,
@@ -794,7 +850,10 @@ impl Node {
             }
             BehaviourEvent::Push(request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { request, channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             }) => {
                 let _ = self.swarm.behaviour_mut().push.send_response(channel, ());
@@ -855,10 +914,11 @@ impl Node {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if self.is_rendezvous(&peer_id) => {
-                    // What the server sees us as: a candidate for peers to dial (NAT issue refines this).
-                    self.swarm.add_external_address(info.observed_addr);
-                }
+                if self.is_rendezvous(&peer_id) =>
+            {
+                // What the server sees us as: a candidate for peers to dial (NAT issue refines this).
+                self.swarm.add_external_address(info.observed_addr);
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.swarm.add_peer_address(peer, addr);

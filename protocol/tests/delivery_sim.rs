@@ -331,6 +331,14 @@ impl Sim {
             self.now = next;
             if timer.is_some_and(|timer| timer <= self.now) {
                 self.poll_outbox();
+                assert!(
+                    self.sender
+                        .outbox
+                        .poll_timeout()
+                        .is_none_or(|t| t > self.now),
+                    "seed {}: poll_due left the outbox due at once (livelock)",
+                    self.seed
+                );
             } else if let Some(Reverse((_, _, event))) = self.queue.pop() {
                 self.handle(event);
             }

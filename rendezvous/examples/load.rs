@@ -100,11 +100,13 @@ async fn serve(dir: PathBuf) {
         println!("{addr}");
     }
     // Runs until the driver closes our stdin.
-    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+    });
     server
         .run(async move {
-            let mut lines = stdin.lines();
-            while let Ok(Some(_)) = lines.next_line().await {}
+            let _ = stdin_closed.await;
         })
         .await
         .unwrap();
@@ -274,8 +276,10 @@ async fn drive(args: Args) {
         }
     }
     drop(sample_tx);
-    let target_clients: Vec<(Client, UserName)> =
-        sessions[..targets].iter_mut().map(|s| s.take().unwrap()).collect();
+    let target_clients: Vec<(Client, UserName)> = sessions[..targets]
+        .iter_mut()
+        .map(|s| s.take().unwrap())
+        .collect();
     let mut latencies = Vec::new();
     let mut missing = 0usize;
     for round in 0..args.rounds {

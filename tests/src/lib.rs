@@ -1,1 +1,284 @@
-//! Helpers for the workspace-level tests.
+//! Helpers for the workspace-level tests: run the real `palaver-rendezvous` and `palaver` binaries
+//! as separate processes on 127.0.0.1, drive them through the CLI, and clean up on drop.
+//!
+//! The binaries are built once per test process (`cargo build --bins` for the two packages), so a
+//! test never runs a stale binary, whichever way the tests were started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Every wait in these tests gives up after this long.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Bins {
+    palaver: PathBuf,
+    rendezvous: PathBuf,
+}
+
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "palaver-node",
+                "-p",
+                "palaver-rendezvous",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+        // target/debug/deps/<this test> → target/debug
+        let dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+            .expect("locating the target directory");
+        Bins {
+            palaver: dir.join("palaver"),
+            rendezvous: dir.join("palaver-rendezvous"),
+        }
+    })
+}
+
+/// Polls `check` until it returns `Some`, for at most [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `palaver-rendezvous` process; killed on drop.
+pub struct Rendezvous {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+}
+
+impl Rendezvous {
+    pub fn start(data: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(data, "/ip4/127.0.0.1/tcp/0", extra)
+    }
+
+    /// Starts on a given listen address (to restart a server where its clients expect it).
+    pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(&bins().rendezvous)
+            .args(["--listen", listen, "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting palaver-rendezvous")?;
+        let stdout = child.stdout.take().context("rendezvous stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the rendezvous address")?;
+        let addr = line.trim().to_owned();
+        if !addr.contains("/p2p/") {
+            let _ = child.kill();
+            bail!("the rendezvous printed {addr:?} instead of its address");
+        }
+        Ok(Self {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// The TCP listen address without the `/p2p/…` suffix.
+    pub fn listen_addr(&self) -> String {
+        self.addr
+            .split("/p2p/")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A user: a home directory, and its daemon process while it runs (killed on drop).
+pub struct User {
+    pub name: String,
+    pub home: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl User {
+    /// `palaver init --name NAME` in `root/NAME`.
+    pub fn init(root: &Path, name: &str) -> anyhow::Result<Self> {
+        let user = Self {
+            name: name.to_owned(),
+            home: root.join(name),
+            daemon: None,
+        };
+        let out = user.run(&["init", "--name", name]);
+        if !out.status.success() {
+            bail!("init {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(user)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&bins().palaver);
+        command
+            .arg("--home")
+            .arg(&self.home)
+            .env_remove("PALAVER_PASSPHRASE");
+        command
+    }
+
+    /// Runs a CLI command to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running palaver")
+    }
+
+    /// Runs a CLI command that must succeed, returning its stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args);
+        if !out.status.success() {
+            bail!(
+                "{} {args:?}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a `--json` command, parsing JSON lines.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        self.ok(&all)?
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str(line).with_context(|| format!("parsing {line:?}")))
+            .collect()
+    }
+
+    /// Starts the daemon and waits until it is logged in at `rendezvous`.
+    pub fn start(&mut self, rendezvous: &str) -> anyhow::Result<()> {
+        let child = self
+            .command()
+            .args([
+                "daemon",
+                "--rendezvous",
+                rendezvous,
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the daemon")?;
+        self.daemon = Some(child);
+        self.wait_logged_in()
+    }
+
+    pub fn wait_logged_in(&self) -> anyhow::Result<()> {
+        wait_for(&format!("{} to log in", self.name), || {
+            let status = self.json(&["status"]).ok()?;
+            (status.first()?["rendezvous"]["logged_in"] == Value::Bool(true)).then_some(())
+        })
+    }
+
+    /// SIGKILL the daemon: what a crash or a power cut looks like to it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A clean stop (SIGTERM), waiting for the daemon to flush and exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            let pid = child.id().to_string();
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .context("kill -TERM")?;
+            let deadline = Instant::now() + PATIENCE;
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("{}'s daemon did not stop on SIGTERM", self.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a direct message; its id.
+    pub fn send(&self, to: &str, text: &str) -> anyhow::Result<String> {
+        Ok(self.ok(&["send", to, text])?.trim().to_owned())
+    }
+
+    pub fn history_with(&self, other: &str) -> anyhow::Result<Vec<Value>> {
+        self.json(&["history", "--with", other, "--limit", "1000"])
+    }
+
+    pub fn room_history(&self, room: &str) -> anyhow::Result<Vec<Value>> {
+        self.json(&["history", "--room", room, "--limit", "1000"])
+    }
+
+    /// Waits until message `id` has `status` in the conversation with `other`.
+    pub fn wait_status(&self, other: &str, id: &str, status: &str) -> anyhow::Result<()> {
+        wait_for(&format!("{id} to be {status} at {}", self.name), || {
+            let history = self.history_with(other).ok()?;
+            history
+                .iter()
+                .any(|e| e["id"] == id && e["status"] == status)
+                .then_some(())
+        })
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The texts of a conversation's history, in order.
+pub fn texts(history: &[Value]) -> Vec<String> {
+    history
+        .iter()
+        .map(|e| e["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}

@@ -16,6 +16,17 @@ pub(crate) fn history(
     room: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Value>, RpcError> {
+    history_page(store, with, room, None, limit)
+}
+
+/// Like [`history`], but only the messages before the one with id `before` (hex), for paging back.
+pub(crate) fn history_page(
+    store: &Store,
+    with: Option<&str>,
+    room: Option<&str>,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Value>, RpcError> {
     let conversation = match (with, room) {
         (Some(name), None) => {
             let name: UserName = name
@@ -44,8 +55,21 @@ pub(crate) fn history(
             ));
         }
     };
+    // The cursor is a message id; its entry gives the order key to read back from.
+    let before = match before {
+        None => None,
+        Some(id) => {
+            let entry = palaver_protocol::MessageId::from_hex(id)
+                .and_then(|id| store.entry(&id).ok().flatten())
+                .filter(|entry| entry.conversation == conversation)
+                .ok_or_else(|| {
+                    RpcError::invalid("\"before\" is not a message of this conversation")
+                })?;
+            Some(entry.order_key())
+        }
+    };
     let entries = store
-        .history(&conversation, limit)
+        .history_before(&conversation, before.as_ref().map(|key| &key[..]), limit)
         .map_err(|e| RpcError::failed(e.to_string()))?;
     Ok(entries
         .into_iter()
@@ -55,12 +79,49 @@ pub(crate) fn history(
                 entry.from = name;
             }
             if let ConversationId::Direct(key) = entry.conversation
-                && let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key)) {
-                    entry.label = name;
-                }
+                && let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key))
+            {
+                entry.label = name;
+            }
             entry.to_json()
         })
         .collect())
+}
+
+/// Every conversation with at least one message, most recent first:
+/// `{"conversation", "kind": "direct"|"room", "last_at", "last_from", "last_text"}`, named as
+/// `history` names them.
+pub(crate) fn conversations(store: &Store) -> Result<Vec<Value>, RpcError> {
+    let mut list = Vec::new();
+    for conversation in store.conversations() {
+        let last = store
+            .history(&conversation, 1)
+            .map_err(|e| RpcError::failed(e.to_string()))?;
+        let Some(mut last) = last.into_iter().next() else {
+            continue;
+        };
+        if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(last.sender)) {
+            last.from = name;
+        }
+        let kind = match conversation {
+            ConversationId::Direct(key) => {
+                if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key)) {
+                    last.label = name;
+                }
+                "direct"
+            }
+            ConversationId::Room(_) => "room",
+        };
+        list.push(json!({
+            "conversation": last.label,
+            "kind": kind,
+            "last_at": last.sent_at_ms,
+            "last_from": last.from,
+            "last_text": last.text,
+        }));
+    }
+    list.sort_by_key(|c| std::cmp::Reverse(c["last_at"].as_u64().unwrap_or(0)));
+    Ok(list)
 }
 
 fn param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
@@ -121,11 +182,13 @@ impl Node {
                     .min(100_000) as usize;
                 let with = params.get("with").and_then(Value::as_str);
                 let room = params.get("room").and_then(Value::as_str);
+                let before = params.get("before").and_then(Value::as_str);
                 answer(
                     reply,
-                    history(&self.store, with, room, limit).map(Value::Array),
+                    history_page(&self.store, with, room, before, limit).map(Value::Array),
                 );
             }
+            "conversations" => answer(reply, conversations(&self.store).map(Value::Array)),
             "presence" => self.presence_call(params, reply),
             "peers" => answer(reply, Ok(self.peers())),
             "verify" => match user(&params, "name") {

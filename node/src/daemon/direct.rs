@@ -308,6 +308,7 @@ impl Node {
         let mut batch = StateBatch::default();
         let mut new_contact = false;
         for user in &users {
+            self.release_unnamed(&user.identity.to_bytes(), Some(user.name.as_str()));
             new_contact |= self.contact_key(&user.name).is_none();
             batch.put(
                 StateKey::Contact(user.name.as_str()),
@@ -755,7 +756,7 @@ impl Node {
                     .record(&entry, &batch)
                     .map_err(|e| e.to_string())?
                 {
-                    self.emit(message_event(&entry));
+                    self.emit_message(&entry, from.is_some());
                 }
             }
             payload => {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::direct::{Job, Reply, message_event, short_key};
+use super::direct::{Job, Reply, short_key};
 use super::{Node, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError};
@@ -221,20 +221,20 @@ impl Node {
             if let (Some(rendezvous), Ok(namespace)) = (
                 self.link.peer,
                 libp2p::rendezvous::Namespace::new(format!("palaver/room/{}", id.to_hex())),
-            )
-                && self.link.logged_in {
-                    let _ = self.swarm.behaviour_mut().discovery.register(
-                        namespace.clone(),
-                        rendezvous,
-                        None,
-                    );
-                    self.swarm.behaviour_mut().discovery.discover(
-                        Some(namespace),
-                        None,
-                        None,
-                        rendezvous,
-                    );
-                }
+            ) && self.link.logged_in
+            {
+                let _ = self.swarm.behaviour_mut().discovery.register(
+                    namespace.clone(),
+                    rendezvous,
+                    None,
+                );
+                self.swarm.behaviour_mut().discovery.discover(
+                    Some(namespace),
+                    None,
+                    None,
+                    rendezvous,
+                );
+            }
         }
     }
 
@@ -802,6 +802,7 @@ impl Node {
         };
         let room_name = room.name.clone();
         let from = self.name_of_key(&message.sender);
+        let named = from.is_some();
         if from.is_none() {
             self.rendezvous_request(
                 palaver_protocol::wire::RendezvousRequest::WhoIs {
@@ -833,7 +834,7 @@ impl Node {
         batch.put(log_key(&room_id, &message.sender, content.seq), &frame);
         self.persist_room(&room_id, &mut batch);
         match self.store.record(&entry, &batch) {
-            Ok(true) => self.emit(message_event(&entry)),
+            Ok(true) => self.emit_message(&entry, named),
             Ok(false) => {}
             Err(err) => return Err(RoomReject::Invalid(format!("store: {err}"))),
         }
@@ -1135,15 +1136,18 @@ impl Node {
                 continue;
             }
             if let Body::Room(message) = envelope.body
-                && message.room == room {
-                    progressed |= self.receive_room(id, message, frame).is_ok();
-                }
+                && message.room == room
+            {
+                progressed |= self.receive_room(id, message, frame).is_ok();
+            }
         }
         // Ask again while the peer has more and we are still taking it in.
-        if more && progressed
-            && let Some(peer) = peer {
-                self.request_gap_fill(peer, room);
-            }
+        if more
+            && progressed
+            && let Some(peer) = peer
+        {
+            self.request_gap_fill(peer, room);
+        }
     }
 }
 

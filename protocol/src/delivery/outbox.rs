@@ -213,7 +213,9 @@ impl Entry {
     /// In flight at `now`. A marker further ahead than the timeout means the wall clock stepped
     /// back; it is dropped rather than trusted.
     fn in_flight(&self, now: u64, config: &OutboxConfig) -> bool {
-        self.in_flight_until.is_some_and(|until| true)
+        self.in_flight_until.is_some_and(|until| {
+            now < until && until <= now.saturating_add(config.in_flight_timeout_ms)
+        })
     }
 
     /// Its next attempt is due at `now` (a wait longer than any backoff means the clock stepped

@@ -464,7 +464,10 @@ proptest! {
                     }
                 }
                 Op::Poll => {
-                    for due in outbox.poll_due(now) {
+                    let due = outbox.poll_due(now);
+                    // Progress: what poll_due leaves is never due at once again.
+                    prop_assert!(outbox.poll_timeout().is_none_or(|t| t > now));
+                    for due in due {
                         if let Some(since) = in_flight.get(&due) {
                             prop_assert!(now >= since + config.in_flight_timeout_ms);
                         }
