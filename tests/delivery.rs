@@ -1,0 +1,196 @@
+//! Delivery guarantees under faults, with real processes: nothing lost, nothing twice, in order —
+//! across kill -9 of the rendezvous, the sender and the recipient, offline peers and partitions.
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
+
+use palaver_tests::{Rendezvous, User, texts, wait_for};
+
+/// How many times `text` is in `user`'s history with `other`.
+fn copies(user: &User, other: &str, text: &str) -> usize {
+    user.history_with(other)
+        .map(|h| texts(&h).iter().filter(|t| *t == text).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn mail_for_an_offline_peer_survives_a_rendezvous_kill_and_arrives_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("rv");
+    let server = Rendezvous::start(&data)?;
+    let (addr, listen) = (server.addr.clone(), server.listen_addr());
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&addr)?;
+    bob.start(&addr)?;
+    alice.send("bob", "hello")?; // a session and a contact first
+    bob.stop()?;
+
+    let id = alice.send("bob", "held while you were away")?;
+    alice.wait_status("bob", &id, "queued")?;
+    server.kill();
+    let _server = Rendezvous::start_at(&data, &listen, &[])?;
+    alice.wait_logged_in()?;
+    bob.start(&addr)?;
+    alice.wait_status("bob", &id, "delivered")?;
+    wait_for("bob to have it", || {
+        (copies(&bob, "alice", "held while you were away") == 1).then_some(())
+    })?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        copies(&bob, "alice", "held while you were away"),
+        1,
+        "delivered exactly once"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_sender_killed_right_after_send_delivers_after_restart_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    alice.send("bob", "hello")?;
+    bob.stop()?;
+
+    let id = alice.send("bob", "sent just before the crash")?;
+    alice.kill(); // kill -9 right after `send` returned
+    alice.start(&server.addr)?;
+    alice.wait_status("bob", &id, "queued")?;
+    bob.start(&server.addr)?;
+    alice.wait_status("bob", &id, "delivered")?;
+    wait_for("bob to have it", || {
+        (copies(&bob, "alice", "sent just before the crash") == 1).then_some(())
+    })?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(copies(&bob, "alice", "sent just before the crash"), 1);
+    Ok(())
+}
+
+#[test]
+fn a_recipient_killed_while_messages_arrive_ends_with_each_once_in_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    alice.send("bob", "warm-up")?;
+
+    let sent: Vec<String> = (1..=20).map(|i| format!("message {i:02}")).collect();
+    let mut ids = Vec::new();
+    for (i, text) in sent.iter().enumerate() {
+        ids.push(alice.send("bob", text)?);
+        if i == 7 {
+            bob.kill(); // mid-stream
+        }
+    }
+    bob.start(&server.addr)?;
+    for id in &ids {
+        alice.wait_status("bob", id, "delivered")?;
+    }
+    let got: Vec<String> = texts(&bob.history_with("alice")?)
+        .into_iter()
+        .filter(|t| t.starts_with("message "))
+        .collect();
+    assert_eq!(got, sent, "every message exactly once, in the order sent");
+    Ok(())
+}
+
+#[test]
+fn a_partitioned_room_member_converges_to_the_same_history() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut users: Vec<User> = ["ann", "ben", "cat", "dan"]
+        .iter()
+        .map(|n| User::init(dir.path(), n))
+        .collect::<Result<_, _>>()?;
+    for user in &mut users {
+        user.start(&server.addr)?;
+    }
+    users[0].ok(&["room", "create", "crew"])?;
+    for guest in ["ben", "cat", "dan"] {
+        users[0].ok(&["room", "invite", "crew", guest])?;
+    }
+    for guest in &users[1..] {
+        wait_for("the invitation", || {
+            guest
+                .json(&["room", "list"])
+                .ok()?
+                .iter()
+                .any(|r| r["room"] == "crew")
+                .then_some(())
+        })?;
+        guest.ok(&["room", "join", "crew"])?;
+    }
+    users[0].ok(&["room", "send", "crew", "before the partition"])?;
+    for user in &users {
+        wait_for("everyone to have the first message", || {
+            texts(&user.room_history("crew").ok()?)
+                .iter()
+                .any(|t| t == "before the partition")
+                .then_some(())
+        })?;
+    }
+
+    users[3].stop()?; // dan is cut off
+    for (i, user) in users[..3].iter().enumerate() {
+        for n in 0..3 {
+            user.ok(&[
+                "room",
+                "send",
+                "crew",
+                &format!("while dan is away {i}.{n}"),
+            ])?;
+        }
+    }
+    users[3].start(&server.addr)?;
+    let reference = wait_for("ann, ben and cat to agree", || {
+        let histories: Vec<Vec<String>> = users[..3]
+            .iter()
+            .map(|u| u.room_history("crew").ok().map(|h| texts(&h)))
+            .collect::<Option<_>>()?;
+        (histories[0].len() == 10 && histories.iter().all(|h| h == &histories[0]))
+            .then(|| histories[0].clone())
+    })?;
+    wait_for("dan to converge to the same history", || {
+        (texts(&users[3].room_history("crew").ok()?) == reference).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn peers_keep_talking_while_the_rendezvous_is_down_and_resume_presence_and_mail_after()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("rv");
+    let server = Rendezvous::start(&data)?;
+    let (addr, listen) = (server.addr.clone(), server.listen_addr());
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&addr)?;
+    bob.start(&addr)?;
+    let id = alice.send("bob", "before")?;
+    alice.wait_status("bob", &id, "delivered")?;
+
+    server.kill();
+    let id = alice.send("bob", "while the server is down")?;
+    alice.wait_status("bob", &id, "delivered")?;
+    let id = bob.send("alice", "still here")?;
+    bob.wait_status("alice", &id, "delivered")?;
+
+    let _server = Rendezvous::start_at(&data, &listen, &[])?;
+    alice.wait_logged_in()?;
+    bob.wait_logged_in()?;
+    wait_for("presence to show bob online", || {
+        let presence = alice.json(&["presence", "bob"]).ok()?;
+        (presence.first()?["state"] == "online").then_some(())
+    })?;
+    bob.stop()?;
+    let id = alice.send("bob", "mailbox works again")?;
+    alice.wait_status("bob", &id, "queued")?;
+    bob.start(&addr)?;
+    alice.wait_status("bob", &id, "delivered")?;
+    Ok(())
+}
