@@ -330,7 +330,7 @@ impl Sim {
             );
             self.now = next;
             if timer.is_some_and(|timer| timer <= self.now) {
-                self.poll_outbox();
+                let _ = self.poll_outbox();
                 assert!(
                     self.sender
                         .outbox
@@ -358,8 +358,11 @@ impl Sim {
         self.records[msg].id.unwrap()
     }
 
-    fn poll_outbox(&mut self) {
-        for id in self.sender.outbox.poll_due(self.now) {
+    /// Starts an attempt for each due message; returns how many.
+    fn poll_outbox(&mut self) -> usize {
+        let due = self.sender.outbox.poll_due(self.now);
+        let count = due.len();
+        for id in due {
             let msg = self.ids[&id];
             let token = self.next_token;
             self.next_token += 1;
@@ -372,6 +375,7 @@ impl Sim {
                 self.after(dial, Event::AttemptFailed { token });
             }
         }
+        count
     }
 
     fn handle(&mut self, event: Event) {
@@ -607,6 +611,14 @@ impl Sim {
         for msg in std::mem::take(&mut self.depositing) {
             self.records[msg].restarts_while_depositing += 1;
         }
+        // Nothing the old process had in flight or was backing off from is trusted.
+        let pending = self.sender.outbox.len();
+        assert_eq!(
+            self.poll_outbox(),
+            pending,
+            "seed {}: not every pending message is due after a restart",
+            self.seed
+        );
     }
 
     fn crash_receiver(&mut self) {

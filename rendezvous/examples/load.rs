@@ -86,6 +86,13 @@ fn main() {
 /// request limit; here one peer never comes near it anyway).
 #[tokio::main]
 async fn serve(dir: PathBuf) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut config = Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], dir);
     config.limits = Limits {
         login_timeout: Duration::from_secs(600),
