@@ -255,3 +255,34 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn two_users_writing_first_at_the_same_moment_still_understand_each_other() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    // Both open a session before seeing the other's: two sessions, one per direction.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| alice.send("bob", "first from alice"));
+        let b = s.spawn(|| bob.send("alice", "first from bob"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    alice.wait_status("bob", &a?, "delivered")?;
+    bob.wait_status("alice", &b?, "delivered")?;
+    // And they keep understanding each other afterwards, both ways.
+    for round in 0..3 {
+        let id = alice.send("bob", &format!("alice {round}"))?;
+        alice.wait_status("bob", &id, "delivered")?;
+        let id = bob.send("alice", &format!("bob {round}"))?;
+        bob.wait_status("alice", &id, "delivered")?;
+    }
+    assert_eq!(texts(&alice.history_with("bob")?).len(), 8);
+    assert_eq!(
+        texts(&bob.history_with("alice")?),
+        texts(&alice.history_with("bob")?)
+    );
+    Ok(())
+}

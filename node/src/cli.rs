@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use libp2p::Multiaddr;
 use palaver_protocol::UserName;
@@ -61,6 +61,10 @@ pub enum Command {
         /// Accept connections only through the relay (for testing NAT traversal).
         #[arg(long)]
         relay_only_transport: bool,
+        /// An extra relay (repeatable, ending in /p2p/<id>) to be reachable through when behind a
+        /// NAT, besides the rendezvous; e.g. a `palaver-rendezvous --relay-only`.
+        #[arg(long = "relay", value_name = "MULTIADDR")]
+        relays: Vec<Multiaddr>,
     },
     /// The daemon's state: rendezvous connection, listen addresses.
     Status,
@@ -89,7 +93,11 @@ pub enum Command {
     /// The terminal chat window.
     Chat,
     /// Run the scripted demo on loopback: a rendezvous and three peers in this process.
-    Demo,
+    Demo {
+        /// After the first scripted steps, open the chat window as alice (bob and carol answer).
+        #[arg(long)]
+        interactive: bool,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -192,6 +200,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             listen,
             registration_token,
             relay_only_transport,
+            relays,
         } => {
             let mut config = Config::load(home.dir())?;
             let rendezvous = match rendezvous {
@@ -223,6 +232,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             daemon_config.registration_token = registration_token.or(config.registration_token);
             daemon_config.passphrase = passphrase;
             daemon_config.relay_only_transport = relay_only_transport;
+            daemon_config.relays = relays;
             daemon::run(daemon_config, shutdown_signal()).await?;
         }
         Command::Status => {
@@ -331,10 +341,8 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Chat => bail!(
-            "the terminal UI is not built yet (issue 9); use `palaver listen` and `palaver send` meanwhile"
-        ),
-        Command::Demo => crate::demo::run().await?,
+        Command::Chat => crate::tui::run(&socket).await?,
+        Command::Demo { interactive } => crate::demo::run(interactive).await?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -9,7 +9,9 @@
 mod behaviour;
 pub(crate) mod calls;
 mod direct;
+mod reach;
 pub(crate) mod rooms;
+mod sessions;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -49,6 +51,8 @@ pub struct DaemonConfig {
     pub heartbeat: Duration,
     /// Listen only through the rendezvous relay (no direct listeners): for NAT tests.
     pub relay_only_transport: bool,
+    /// Extra relays (`/…/p2p/<id>`), besides the rendezvous, to hold a slot at when behind a NAT.
+    pub relays: Vec<Multiaddr>,
 }
 
 impl DaemonConfig {
@@ -61,6 +65,7 @@ impl DaemonConfig {
             passphrase: None,
             heartbeat: Duration::from_secs(10),
             relay_only_transport: false,
+            relays: Vec::new(),
         }
     }
 }
@@ -207,8 +212,8 @@ pub(crate) struct Node {
     pending: HashMap<OutboundRequestId, Pending>,
     /// Outstanding direct deliveries.
     delivering: HashMap<OutboundRequestId, MessageId>,
-    /// Outbox items with an attempt under way (not retried until it resolves).
-    in_flight: HashSet<MessageId>,
+    /// When each pending direct message is tried, and when it goes to the mailbox.
+    outbox: palaver_protocol::delivery::Outbox,
     /// Addresses learned through discovery or mDNS.
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// The remote address of each open connection, per peer.
@@ -226,12 +231,14 @@ pub(crate) struct Node {
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     rooms: rooms::Rooms,
+    reach: reach::Reach,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
     unnamed_events: HashMap<[u8; 32], Vec<Value>>,
     stopping: bool,
 }
 
 const PREKEYS_META: &str = "prekeys";
+const OUTBOX_META: &str = "outbox";
 const ONE_TIME_PREKEYS: usize = 100;
 /// Top up when the server says fewer than this remain.
 const PREKEYS_LOW: u32 = 20;
@@ -272,6 +279,9 @@ impl Node {
             }
         };
         let rooms = rooms::Rooms::load(&store)?;
+        // Deserializing counts as a restart: every pending message is due again.
+        let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
+        let reach = reach::Reach::new(&config.rendezvous, &config.relays)?;
         let (internal_tx, internal) = mpsc::channel(256);
         let mut node = Self {
             identity,
@@ -284,7 +294,7 @@ impl Node {
             link: RendezvousLink::default(),
             pending: HashMap::new(),
             delivering: HashMap::new(),
-            in_flight: HashSet::new(),
+            outbox,
             known_addrs: HashMap::new(),
             peer_addrs: HashMap::new(),
             awaiting_connection: HashMap::new(),
@@ -297,6 +307,7 @@ impl Node {
             internal_tx,
             internal: Some(internal),
             rooms,
+            reach,
             unnamed_events: HashMap::new(),
             stopping: false,
         };
@@ -312,7 +323,10 @@ impl Node {
     ) -> anyhow::Result<()> {
         let mut internal = self.internal.take().context("actor started twice")?;
         let mut heartbeat = tokio::time::interval(self.heartbeat);
-        let mut retry = tokio::time::interval(Duration::from_secs(5));
+        // The outbox's own schedule has second granularity; a one-second tick follows it closely.
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let mut reach = tokio::time::interval(reach::TICK);
+        reach.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             tokio::select! {
@@ -321,6 +335,7 @@ impl Node {
                 Some(done) = internal.recv() => self.on_internal(done),
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = retry.tick() => self.on_retry_tick(),
+                _ = reach.tick() => self.on_reach_tick(),
                 _ = &mut shutdown => break,
             }
         }
@@ -446,27 +461,14 @@ impl Node {
         );
         self.subscribe_presence();
         self.register_discovery();
-        if let Some(peer) = self.link.peer {
-            // A relay slot at the rendezvous, so peers behind NATs can reach us.
-            let circuit = self
-                .rendezvous_addr_with_peer(peer)
-                .with(Protocol::P2pCircuit);
-            if let Err(err) = self.swarm.listen_on(circuit) {
-                tracing::debug!("relay reservation: {err}");
-            }
-        }
+        // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
+        // told us how the rendezvous sees us: see `reach`).
+        self.reserve_slots();
         if mail_waiting > 0 {
             self.fetch_mail();
         }
         self.rooms_after_login();
-        self.retry_all_outbox();
-    }
-
-    fn rendezvous_addr_with_peer(&self, peer: PeerId) -> Multiaddr {
-        match self.rendezvous_addr.iter().last() {
-            Some(Protocol::P2p(_)) => self.rendezvous_addr.clone(),
-            _ => self.rendezvous_addr.clone().with(Protocol::P2p(peer)),
-        }
+        self.resume_outbox();
     }
 
     fn store_flag(&self, flag: &str) -> bool {
@@ -765,8 +767,19 @@ impl Node {
                 self.register_discovery();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.listen_addrs.retain(|a| a != &address)
+                self.listen_addrs.retain(|a| a != &address);
+                if !reach::is_circuit(&address) {
+                    self.swarm.remove_external_address(&address);
+                    if !is_loopback(&address) && !self.stopping {
+                        self.on_network_change(&address);
+                    }
+                }
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.map_err(|e| e.to_string())),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -776,13 +789,14 @@ impl Node {
                 self.peer_addrs
                     .entry(peer_id)
                     .or_default()
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                    .insert(connection_id, reach::connection_addr(peer_id, &endpoint));
+                self.on_reach_connected(peer_id, connection_id);
                 let rendezvous = self.is_rendezvous(&peer_id)
                     || (self.link.peer.is_none()
                         && dialed_rendezvous(&endpoint, &self.rendezvous_addr));
                 if rendezvous && !self.link.connected {
                     self.on_rendezvous_connected(peer_id);
-                } else if !rendezvous {
+                } else if !rendezvous && !self.is_relay(&peer_id) {
                     self.on_peer_connected(peer_id);
                 }
             }
@@ -798,27 +812,33 @@ impl Node {
                         self.peer_addrs.remove(&peer_id);
                     }
                 }
-                if num_established == 0 {
-                    if self.is_rendezvous(&peer_id) {
-                        self.link.connected = false;
-                        self.link.logged_in = false;
-                        self.emit(
-                            json!({"type": "rendezvous", "connected": false, "logged_in": false}),
-                        );
-                    } else {
-                        self.emit_connection_change(peer_id);
+                self.on_reach_disconnected(peer_id, num_established);
+                if num_established == 0 && self.is_rendezvous(&peer_id) {
+                    self.link.connected = false;
+                    self.link.logged_in = false;
+                    self.emit(
+                        json!({"type": "rendezvous", "connected": false, "logged_in": false}),
+                    );
+                    if !self.stopping {
+                        // Back as soon as it is (a restart, a network change); the heartbeat
+                        // and retry timers keep trying after that.
+                        self.dial_rendezvous();
                     }
-                } else {
+                } else if !self.is_relay(&peer_id) {
                     self.emit_connection_change(peer_id);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
                 if let Some(peer) = peer_id {
                     if self.is_rendezvous(&peer) {
                         self.link.connected = self.swarm.is_connected(&peer);
-                    } else {
-                        self.on_dial_failed(peer);
+                    } else if !self.is_relay(&peer) {
+                        self.on_dial_failed(peer, Some(connection_id));
                     }
                 }
             }
@@ -913,23 +933,27 @@ impl Node {
                     self.on_discovery_failed(peer);
                 }
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if self.is_rendezvous(&peer_id) =>
-            {
-                // What the server sees us as: a candidate for peers to dial (NAT issue refines this).
-                self.swarm.add_external_address(info.observed_addr);
+            // The observed address is not confirmed as ours here: identify hands it to DCUtR and
+            // AutoNAT as a candidate, and AutoNAT confirms it if the rendezvous can dial it back.
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, &info)
             }
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.swarm.add_peer_address(peer, addr);
                 }
             }
             BehaviourEvent::Dcutr(event) => {
-                tracing::info!(
-                    "hole punch with {}: {:?}",
-                    event.remote_peer_id,
-                    event.result.is_ok()
-                );
+                match &event.result {
+                    Ok(_) => tracing::info!("hole punched to {}", event.remote_peer_id),
+                    Err(err) => tracing::info!(
+                        "no hole punched to {} (staying relayed): {err}",
+                        event.remote_peer_id
+                    ),
+                }
                 self.emit_connection_change(event.remote_peer_id);
             }
             _ => {}
@@ -942,9 +966,7 @@ impl Node {
             return None;
         }
         let addrs = self.connected_addrs(peer);
-        let direct = addrs
-            .iter()
-            .find(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)));
+        let direct = addrs.iter().find(|a| !reach::is_circuit(a));
         Some(match direct {
             Some(addr) => ("direct", Some(addr.clone())),
             None => ("relayed", addrs.first().cloned()),
@@ -958,11 +980,15 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Tells `listen` subscribers how `peer` is connected, when that changed.
     fn emit_connection_change(&mut self, peer: PeerId) {
         let kind = self
             .connection_kind(&peer)
             .map(|(kind, _)| kind)
             .unwrap_or("disconnected");
+        if !self.connection_kind_changed(peer, kind) {
+            return;
+        }
         let name = self.name_of_peer(&peer);
         self.emit(json!({"type": "connection", "peer_id": peer.to_string(), "name": name, "connection": kind}));
     }

@@ -35,7 +35,9 @@ impl Peer {
     }
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Runs the demo; with `interactive`, stops after the room's first messages and opens the chat
+/// window as alice while bob and carol keep running (and answer her), until she quits.
+pub async fn run(interactive: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     println!(
@@ -126,6 +128,16 @@ pub async fn run() -> anyhow::Result<()> {
     }
     print_room(alice, "lunch").await?;
     println!("  (bob and carol see the same three messages)");
+
+    if interactive {
+        let result = chat_as_alice(alice, bob, carol).await;
+        for peer in peers.iter_mut() {
+            stop(peer).await?;
+        }
+        let _ = stop_server.send(());
+        server_task.await.context("rendezvous task")??;
+        return result;
+    }
 
     section("Kick: alice removes carol; every remaining member rotates its sender key");
     alice
@@ -360,6 +372,65 @@ async fn print_room(peer: &Peer, room: &str) -> anyhow::Result<()> {
             e["from"].as_str().unwrap_or(""),
             e["text"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+/// `demo --interactive`: the chat window as alice, with bob and carol answering what she writes.
+async fn chat_as_alice(alice: &Peer, bob: &Peer, carol: &Peer) -> anyhow::Result<()> {
+    section("Your turn: the chat window opens as alice (bob and carol answer; /quit leaves)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bots = [
+        tokio::spawn(answer_alice(bob.home.clone(), bob.name, true)),
+        tokio::spawn(answer_alice(carol.home.clone(), carol.name, false)),
+    ];
+    let result = crate::tui::run(&alice.home.join("palaver.sock")).await;
+    for bot in bots {
+        bot.abort();
+    }
+    result
+}
+
+/// A demo participant that replies to alice: to her direct messages, and (`in_rooms`) in rooms.
+async fn answer_alice(
+    home: std::path::PathBuf,
+    name: &'static str,
+    in_rooms: bool,
+) -> anyhow::Result<()> {
+    let socket = home.join("palaver.sock");
+    let mut events = Client::connect(&socket).await?;
+    events.subscribe().await?;
+    let mut calls = Client::connect(&socket).await?;
+    while let Some(event) = events.next_event().await? {
+        if event["type"] != "message" || event["from"] != "alice" {
+            continue;
+        }
+        let text = event["text"].as_str().unwrap_or("");
+        let quoted: String = text.chars().take(40).collect();
+        let ellipsis = if quoted.len() < text.len() { "…" } else { "" };
+        let conversation = event["conversation"].as_str().unwrap_or("");
+        // A moment's pause, so the delivery mark shows before the answer does.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let answer = match conversation.strip_prefix('#') {
+            Some(room) if in_rooms => {
+                let text = format!("{name} here: \"{quoted}{ellipsis}\" — agreed!");
+                calls
+                    .call("room.send", json!({"room": room, "text": text}))
+                    .await
+            }
+            Some(_) => continue,
+            None => {
+                let text = format!(
+                    "Hi alice, {name} (a demo bot) got \"{quoted}{ellipsis}\", end to end encrypted."
+                );
+                calls
+                    .call("send", json!({"to": "alice", "text": text}))
+                    .await
+            }
+        };
+        if let Err(err) = answer {
+            tracing::debug!("{name} could not answer: {err}");
+        }
     }
     Ok(())
 }

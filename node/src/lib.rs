@@ -7,3 +7,4 @@ pub mod demo;
 pub mod home;
 pub mod rpc;
 pub mod store;
+pub mod tui;

@@ -265,6 +265,49 @@ impl Store {
         }
     }
 
+    /// Records many messages of one conversation in one transaction (for example a page of gap
+    /// fill or an import); entries whose id is known are skipped. How many were new.
+    pub fn record_many(
+        &self,
+        conversation: &ConversationId,
+        entries: &[HistoryEntry],
+    ) -> Result<usize, StoreError> {
+        let history = self.history_tree(conversation)?;
+        let encoded: Vec<([u8; 48], Vec<u8>, Vec<u8>, Vec<u8>)> = entries
+            .iter()
+            .map(|entry| {
+                let order_key = entry.order_key();
+                let index = IndexEntry {
+                    conversation: Some(*conversation),
+                    order_key: order_key.to_vec(),
+                };
+                (
+                    order_key,
+                    index_key(&entry.id),
+                    codec::encode(&index).unwrap_or_default(),
+                    codec::encode(entry).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let result = (&history, &self.state).transaction(|(history, state)| {
+            let mut new = 0;
+            for (order_key, index_key, index, value) in &encoded {
+                if state.get(index_key)?.is_some() {
+                    continue;
+                }
+                history.insert(&order_key[..], value.as_slice())?;
+                state.insert(index_key.as_slice(), index.as_slice())?;
+                new += 1;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(new)
+        });
+        match result {
+            Ok(new) => Ok(new),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Ok(0),
+        }
+    }
+
     /// Records that a control message `id` was taken in, with `batch`, atomically; `false` (and
     /// nothing written) if it was known.
     pub fn record_control(&self, id: &MessageId, batch: &StateBatch) -> Result<bool, StoreError> {
@@ -526,6 +569,23 @@ mod tests {
             .collect();
         assert_eq!(page, vec![2, 5]);
         assert_eq!(store.conversations(), vec![conv]);
+    }
+
+    #[test]
+    fn record_many_appends_in_order_and_skips_known_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = ConversationId::Direct([3; 32]);
+        let page: Vec<HistoryEntry> = (1..=50).rev().map(|n| entry(conv, n, n, "m")).collect();
+        assert_eq!(store.record_many(&conv, &page).unwrap(), 50);
+        assert_eq!(store.record_many(&conv, &page[..10]).unwrap(), 0);
+        let lamports: Vec<u64> = store
+            .history(&conv, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.lamport)
+            .collect();
+        assert_eq!(lamports, (1..=50).collect::<Vec<_>>());
     }
 
     #[test]

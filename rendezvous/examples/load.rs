@@ -128,6 +128,34 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` (clock ticks of 10 ms).
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU used by the server and by this driver since `since`, per operation.
+fn cpu_report(what: &str, ops: usize, pid: u32, since: (Duration, Duration)) {
+    let server = cpu(&pid.to_string()).saturating_sub(since.0);
+    let driver = cpu("self").saturating_sub(since.1);
+    println!(
+        "  cpu for {what}: server {:.0?} ({:.1} µs/op), driver {:.0?} ({:.1} µs/op)",
+        server,
+        server.as_secs_f64() * 1e6 / ops.max(1) as f64,
+        driver,
+        driver.as_secs_f64() * 1e6 / ops.max(1) as f64,
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -140,7 +168,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn drive(args: Args) {
     println!("{args:?}");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+    // LOAD_SERVER_WRAPPER runs the server under a profiler, e.g. `heaptrack -o /tmp/server`.
+    let exe = std::env::current_exe().unwrap();
+    let wrapper = std::env::var("LOAD_SERVER_WRAPPER").unwrap_or_default();
+    let mut command: Vec<String> = wrapper.split_whitespace().map(Into::into).collect();
+    command.push(exe.display().to_string());
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
         .arg("serve")
         .arg(dir.path())
         .stdin(std::process::Stdio::piped())
@@ -150,7 +184,13 @@ async fn drive(args: Args) {
         .unwrap();
     let pid = child.id().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: libp2p::Multiaddr = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    // The first line that is a multiaddr (a wrapper may print its own lines first).
+    let addr: libp2p::Multiaddr = loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        if let Ok(addr) = line.parse() {
+            break addr;
+        }
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
     println!("server pid {pid} at {addr}; RSS before sessions: {rss_before} KiB");
@@ -162,6 +202,7 @@ async fn drive(args: Args) {
         ..ClientConfig::default()
     };
     let permits = Arc::new(Semaphore::new(args.concurrency));
+    let cpu_start = (cpu(&pid.to_string()), cpu("self"));
     let start = Instant::now();
     let mut joins = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
@@ -200,6 +241,7 @@ async fn drive(args: Args) {
         elapsed,
         sessions.len() as f64 / elapsed.as_secs_f64()
     );
+    cpu_report("sessions", sessions.len(), pid, cpu_start);
 
     // 2. Memory per session.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,6 +255,7 @@ async fn drive(args: Args) {
     // 3. Logins per second on established connections.
     let sessions = Arc::new(sessions);
     for pass in 0..2 {
+        let cpu_start = (cpu(&pid.to_string()), cpu("self"));
         let start = Instant::now();
         let mut joins = Vec::new();
         let stride = args.concurrency.max(1);
@@ -243,6 +286,7 @@ async fn drive(args: Args) {
             sessions.len() as f64 / elapsed.as_secs_f64(),
             stride
         );
+        cpu_report("logins", sessions.len(), pid, cpu_start);
     }
 
     // 4. Presence fan-out.
@@ -269,14 +313,13 @@ async fn drive(args: Args) {
             let tx = sample_tx.clone();
             watcher_tasks.push(tokio::spawn(async move {
                 while let Some(push) = client.next_push().await {
-                    if let ServerPush::Presence(PresenceRecord { name, state, .. }) = push {
-                        if tx
+                    if let ServerPush::Presence(PresenceRecord { name, state, .. }) = push
+                        && tx
                             .send((name.to_string(), state, Instant::now()))
                             .await
                             .is_err()
-                        {
-                            break;
-                        }
+                    {
+                        break;
                     }
                 }
             }));
@@ -289,6 +332,7 @@ async fn drive(args: Args) {
         .collect();
     let mut latencies = Vec::new();
     let mut missing = 0usize;
+    let cpu_start = (cpu(&pid.to_string()), cpu("self"));
     for round in 0..args.rounds {
         let state = if round % 2 == 0 {
             PresenceState::Away
@@ -328,6 +372,12 @@ async fn drive(args: Args) {
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default(),
+    );
+    cpu_report(
+        "presence rounds (per push; includes the 100 ms pauses' idle work)",
+        latencies.len(),
+        pid,
+        cpu_start,
     );
     println!("server RSS at the end: {} KiB", rss_kib(pid));
 

@@ -112,7 +112,7 @@ impl Default for Limits {
                 ttl: Duration::from_secs(14 * 24 * 3600),
             },
             mail_sweep_interval: Duration::from_secs(60),
-            max_subscriptions: 1024,
+            max_subscriptions: palaver_protocol::wire::rendezvous::MAX_BATCH,
             max_pushes_in_flight: 64,
             relay: RelayLimits::default(),
             discovery_max_registrations: 200_000,

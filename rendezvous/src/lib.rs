@@ -13,7 +13,8 @@
 //! - [`FrameCodec`]: the request-response codec both sides use.
 //!
 //! Modules: `service` decides (no network), `store` persists (sled), `server` is the actor,
-//! `behaviour` composes libp2p, `metrics` exports Prometheus metrics.
+//! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
+//! `metrics` exports Prometheus metrics.
 
 mod behaviour;
 pub mod client;

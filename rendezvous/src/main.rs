@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use libp2p::Multiaddr;
-use palaver_rendezvous::{Config, Limits, Server};
+use palaver_rendezvous::{Config, Limits, RelayLimits, Server};
 
 /// Palaver's self-hosted rendezvous: accounts, presence, prekeys, encrypted mailbox, discovery
 /// and relay.
@@ -61,6 +61,15 @@ struct Args {
         default_value_t = 90
     )]
     presence_timeout: u64,
+    /// Seconds one relayed connection (circuit) may last; the peers then open another.
+    #[arg(long, env = "PALAVER_RENDEZVOUS_RELAY_CIRCUIT_SECS", default_value_t = RelayLimits::default().max_circuit_duration.as_secs())]
+    relay_circuit_secs: u64,
+    /// Bytes one relayed connection (circuit) may carry; the peers then open another.
+    #[arg(long, env = "PALAVER_RENDEZVOUS_RELAY_CIRCUIT_BYTES", default_value_t = RelayLimits::default().max_circuit_bytes)]
+    relay_circuit_bytes: u64,
+    /// Seconds a relay slot is held before its holder must renew it.
+    #[arg(long, env = "PALAVER_RENDEZVOUS_RELAY_RESERVATION_SECS", default_value_t = RelayLimits::default().reservation_duration.as_secs())]
+    relay_reservation_secs: u64,
 }
 
 impl Args {
@@ -70,6 +79,9 @@ impl Args {
         limits.mailbox.max_bytes = self.mailbox_bytes;
         limits.mailbox.ttl = Duration::from_secs(self.mailbox_ttl_days.saturating_mul(86_400));
         limits.presence_timeout = Duration::from_secs(self.presence_timeout);
+        limits.relay.max_circuit_duration = Duration::from_secs(self.relay_circuit_secs);
+        limits.relay.max_circuit_bytes = self.relay_circuit_bytes;
+        limits.relay.reservation_duration = Duration::from_secs(self.relay_reservation_secs);
         Config {
             listen: self.listen.clone(),
             data_dir: self.data.clone(),

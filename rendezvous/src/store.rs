@@ -125,13 +125,7 @@ impl Store {
         })
     }
 
-    /// Makes everything written so far durable.
-    pub(crate) async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    #[cfg(test)]
+    /// Makes everything written so far durable (blocking: call it off the async threads).
     pub(crate) fn flush_blocking(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())

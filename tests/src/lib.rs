@@ -50,6 +50,12 @@ fn bins() -> &'static Bins {
     })
 }
 
+/// A command that runs the `palaver-rendezvous` binary (built first), for tests that start it
+/// their own way (the NAT lab starts it inside a network namespace).
+pub fn rendezvous_command() -> Command {
+    Command::new(&bins().rendezvous)
+}
+
 /// Polls `check` until it returns `Some`, for at most [`PATIENCE`].
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + PATIENCE;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, dcutr, gossipsub, identify, mdns, noise, ping, relay, rendezvous,
-    swarm::NetworkBehaviour, tcp, yamux,
+    StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, mdns, noise, ping, relay,
+    rendezvous, swarm::NetworkBehaviour, tcp, yamux,
 };
 use palaver_protocol::codec::MAX_FRAME_LEN;
 use palaver_protocol::wire::{
@@ -27,6 +27,8 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) dcutr: dcutr::Behaviour,
+    /// Tests our observed addresses through the rendezvous (its AutoNAT v2 server dials back).
+    pub(crate) autonat: autonat::v2::client::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) discovery: rendezvous::client::Behaviour,
     pub(crate) rendezvous: RendezvousRpc,
@@ -37,6 +39,10 @@ pub(crate) struct Behaviour {
 
 /// How long a peer has to answer a request before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose ping goes unanswered this long is closed (see `reach`): a path that died
+/// with a network change is noticed within `PING_INTERVAL + PING_TIMEOUT`.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
     let keypair = identity.to_libp2p_keypair();
@@ -79,8 +85,13 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                     "/palaver/1".into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(PING_TIMEOUT),
+                ),
                 dcutr: dcutr::Behaviour::new(local),
+                autonat: autonat::v2::client::Behaviour::default(),
                 gossipsub,
                 discovery: rendezvous::client::Behaviour::new(key.clone()),
                 rendezvous: request_response::Behaviour::with_codec(

@@ -12,8 +12,9 @@
 
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use palaver_protocol::crypto::ratchet::Session;
+
+use super::sessions::PeerSessions;
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::wire::{
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Internal, Node, Pending, now_ms};
+use super::{Internal, Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
@@ -82,8 +83,6 @@ pub(crate) struct OutboxItem {
     pub(crate) to_key: [u8; 32],
     pub(crate) to_name: UserName,
     pub(crate) frame: Vec<u8>,
-    /// Deposited in the recipient's mailbox already.
-    pub(crate) queued: bool,
     /// Shown in history (text), as opposed to a control message (receipt, key, membership).
     pub(crate) in_history: bool,
 }
@@ -137,7 +136,10 @@ impl Node {
         let Some(name) = job.to_name.clone() else {
             return;
         };
-        let session = match self.store.get::<Session>(StateKey::Session(key.to_bytes())) {
+        let sessions = match self
+            .store
+            .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
+        {
             Ok(Some(session)) => session,
             Ok(None) => {
                 let request = RendezvousRequest::FetchPrekeys { name };
@@ -153,7 +155,7 @@ impl Node {
             }
             Err(err) => return job.fail(err.to_string()),
         };
-        self.seal_and_send(job, key, name, session);
+        self.seal_and_send(job, key, name, sessions);
     }
 
     /// Sends `request`, parking `job` in the pending entry; gives the job back when offline.
@@ -178,7 +180,13 @@ impl Node {
         Ok(())
     }
 
-    fn seal_and_send(&mut self, job: Job, key: VerifyingKey, name: UserName, mut session: Session) {
+    fn seal_and_send(
+        &mut self,
+        job: Job,
+        key: VerifyingKey,
+        name: UserName,
+        mut sessions: PeerSessions,
+    ) {
         let conversation = ConversationId::Direct(key.to_bytes());
         let lamport = self.next_lamport();
         let seq = self.next_seq(&conversation);
@@ -196,7 +204,7 @@ impl Node {
             Ok(bytes) => bytes,
             Err(err) => return fail_reply(job.reply, err.to_string()),
         };
-        let message = match session.encrypt(&mut OsRng, &plaintext) {
+        let message = match sessions.current().encrypt(&mut OsRng, &plaintext) {
             Ok(message) => message,
             Err(err) => return fail_reply(job.reply, err.to_string()),
         };
@@ -219,15 +227,21 @@ impl Node {
             to_key: key.to_bytes(),
             to_name: name.clone(),
             frame,
-            queued: false,
             in_history: text.is_some(),
         };
+        // The outbox entry is committed with the message; the in-memory outbox takes it only
+        // once that commit succeeded.
+        let mut outbox = self.outbox.clone();
+        if let Err(err) = outbox.insert(id, now_ms()) {
+            return fail_reply(job.reply, format!("cannot send now: {err}"));
+        }
         let mut batch = StateBatch::default();
         batch
-            .put(StateKey::Session(key.to_bytes()), &session)
+            .put(StateKey::Session(key.to_bytes()), &sessions)
             .put(StateKey::Meta("lamport"), &lamport)
             .put(StateKey::Seq(conversation), &seq)
-            .put(StateKey::Outbox(id), &item);
+            .put(StateKey::Outbox(id), &item)
+            .put(StateKey::Meta(OUTBOX_META), &outbox);
         let committed = match text {
             Some(text) => {
                 let entry = HistoryEntry {
@@ -249,10 +263,11 @@ impl Node {
         if let Err(err) = committed.and_then(|()| self.store.flush_blocking()) {
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
+        self.outbox = outbox;
         if let Some(reply) = job.reply {
             let _ = reply.send(Ok(json!({"id": id.to_hex(), "status": "sending"})));
         }
-        self.deliver(id);
+        self.drive_outbox();
     }
 
     pub(crate) fn next_lamport(&mut self) -> u64 {
@@ -355,9 +370,16 @@ impl Node {
         }
         match Session::initiate(&mut OsRng, self.identity.signing_key(), &bundle) {
             Ok(session) => {
+                let sessions = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
+                    Ok(Some(mut sessions)) => {
+                        sessions.promote(session);
+                        sessions
+                    }
+                    _ => PeerSessions::new(session),
+                };
                 if let Err(err) = self
                     .store
-                    .apply(StateBatch::default().put(StateKey::Session(key), &session))
+                    .apply(StateBatch::default().put(StateKey::Session(key), &sessions))
                 {
                     return job.fail(err.to_string());
                 }
@@ -368,6 +390,9 @@ impl Node {
     }
 
     // ---- delivery --------------------------------------------------------------------------
+    //
+    // `self.outbox` (palaver_protocol::delivery::Outbox) decides when each message is tried and
+    // when it goes to the mailbox; this code carries the attempts out and reports how they ended.
 
     fn outbox_item(&self, id: &MessageId) -> Option<OutboxItem> {
         self.store
@@ -376,35 +401,52 @@ impl Node {
             .flatten()
     }
 
-    /// One delivery attempt: direct if we can reach the peer, else discovery, else the mailbox.
-    pub(crate) fn deliver(&mut self, id: MessageId) {
+    /// Persists the outbox state machine (small: one entry per pending message).
+    fn save_outbox(&self) {
+        if let Err(err) = self
+            .store
+            .apply(StateBatch::default().put(StateKey::Meta(OUTBOX_META), &self.outbox))
+        {
+            tracing::warn!("store: {err}");
+        }
+    }
+
+    /// Starts every attempt that is due, then records what changed.
+    pub(crate) fn drive_outbox(&mut self) {
+        for id in self.outbox.poll_due(now_ms()) {
+            self.attempt(id);
+        }
+        self.settle_outbox();
+    }
+
+    /// One delivery attempt: direct if we can reach the peer (connected, known addresses, or
+    /// discovery), otherwise it fails at once and the outbox decides what next.
+    fn attempt(&mut self, id: MessageId) {
         let Some(item) = self.outbox_item(&id) else {
+            // Nothing to send (it was removed); let the outbox forget it.
+            self.outbox.handle_receipt(id);
             return;
         };
-        if self.in_flight.contains(&id) {
-            return;
-        }
         let Ok(key) = VerifyingKey::from_bytes(&item.to_key) else {
             return;
         };
         let peer = peer_id_of(&key);
-        self.in_flight.insert(id);
         if self.swarm.is_connected(&peer) {
-            self.send_deliver(peer, &item);
+            return self.send_deliver(peer, &item);
+        }
+        self.awaiting_connection.entry(peer).or_default().push(id);
+        if self.dial_known(peer) {
+            return;
+        }
+        if self.link.logged_in {
+            self.awaiting_discovery.entry(peer).or_default().push(id);
+            self.discover(peer);
         } else {
-            self.awaiting_connection.entry(peer).or_default().push(id);
-            if !self.dial_known(peer) {
-                if self.link.logged_in {
-                    self.awaiting_discovery.entry(peer).or_default().push(id);
-                    self.discover(peer);
-                } else {
-                    self.awaiting_connection
-                        .entry(peer)
-                        .or_default()
-                        .retain(|i| i != &id);
-                    self.in_flight.remove(&id);
-                }
-            }
+            self.awaiting_connection
+                .entry(peer)
+                .or_default()
+                .retain(|i| i != &id);
+            self.attempt_failed(id);
         }
     }
 
@@ -425,20 +467,22 @@ impl Node {
         }
     }
 
-    /// Dials `peer` at addresses learned earlier; false when there are none.
+    /// A direct attempt failed: back off, and deposit in the mailbox if the outbox says so.
+    pub(crate) fn attempt_failed(&mut self, id: MessageId) {
+        use palaver_protocol::delivery::Attempt;
+        if let Attempt::DepositInMailbox { .. } =
+            self.outbox.handle_failed(id, now_ms(), &mut OsRng)
+        {
+            self.deposit_in_mailbox(id);
+        }
+        self.settle_outbox();
+    }
+
+    /// Dials `peer` at addresses learned earlier, direct ones first (see `reach`); false when
+    /// there are none.
     fn dial_known(&mut self, peer: PeerId) -> bool {
         let addrs = self.known_addrs.get(&peer).cloned().unwrap_or_default();
-        if addrs.is_empty() {
-            return false;
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        if let Err(err) = self.swarm.dial(opts) {
-            tracing::debug!("dial {peer}: {err}");
-        }
-        true
+        !addrs.is_empty() && self.dial_peer(peer, addrs)
     }
 
     pub(crate) fn on_discovered(&mut self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) {
@@ -459,8 +503,7 @@ impl Node {
         if let Some(ids) = self.awaiting_discovery.remove(&peer) {
             self.awaiting_connection.remove(&peer);
             for id in ids {
-                self.in_flight.remove(&id);
-                self.deposit_in_mailbox(id);
+                self.attempt_failed(id);
             }
         }
     }
@@ -470,10 +513,11 @@ impl Node {
         if let Some(ids) = self.awaiting_connection.remove(&peer) {
             self.awaiting_discovery.remove(&peer);
             for id in ids {
-                if let Some(item) = self.outbox_item(&id) {
-                    self.send_deliver(peer, &item);
-                } else {
-                    self.in_flight.remove(&id);
+                match self.outbox_item(&id) {
+                    Some(item) => self.send_deliver(peer, &item),
+                    None => {
+                        self.outbox.handle_receipt(id);
+                    }
                 }
             }
         }
@@ -481,27 +525,39 @@ impl Node {
         self.on_room_peer_connected(peer);
     }
 
-    pub(crate) fn on_dial_failed(&mut self, peer: PeerId) {
-        if self.swarm.is_connected(&peer) {
+    /// A dial to `peer` failed (`dial`: ours, if known). Unless the circuit is tried next or
+    /// another attempt is under way, what waited for a connection has failed this attempt.
+    pub(crate) fn on_dial_failed(
+        &mut self,
+        peer: PeerId,
+        dial: Option<libp2p::swarm::ConnectionId>,
+    ) {
+        if self.dial_continues(peer, dial) || self.swarm.is_connected(&peer) {
             return;
         }
+        // The addresses we had did not work: look the peer up afresh next time.
+        self.known_addrs.remove(&peer);
         self.awaiting_discovery.remove(&peer);
         for id in self.awaiting_connection.remove(&peer).unwrap_or_default() {
-            self.in_flight.remove(&id);
-            self.deposit_in_mailbox(id);
+            self.attempt_failed(id);
         }
     }
 
     pub(crate) fn on_peer_response(&mut self, request: OutboundRequestId, response: PeerResponse) {
         if let Some(id) = self.delivering.remove(&request) {
-            self.in_flight.remove(&id);
             match response {
-                PeerResponse::Stored { id: stored } if stored == id => self.on_delivered(id),
+                PeerResponse::Stored { id: stored } if stored == id => {
+                    self.outbox.handle_stored(id);
+                    self.settle_outbox();
+                }
                 PeerResponse::Rejected { reason } => {
                     tracing::warn!("peer rejected {id}: {reason}");
-                    self.deposit_in_mailbox(id);
+                    self.attempt_failed(id);
                 }
-                other => tracing::debug!("unexpected answer to a delivery: {other:?}"),
+                other => {
+                    tracing::debug!("unexpected answer to a delivery: {other:?}");
+                    self.attempt_failed(id);
+                }
             }
         } else {
             self.on_gap_fill_response(request, response);
@@ -510,25 +566,50 @@ impl Node {
 
     pub(crate) fn on_peer_failure(&mut self, request: OutboundRequestId) {
         if let Some(id) = self.delivering.remove(&request) {
-            self.in_flight.remove(&id);
-            self.deposit_in_mailbox(id);
+            self.attempt_failed(id);
         }
     }
 
-    /// The recipient has it durably: delivered, and out of the outbox.
+    /// Applies the outbox's status changes to history and `listen`, and persists it.
+    fn settle_outbox(&mut self) {
+        use palaver_protocol::delivery::DeliveryStatus;
+        let mut changed = false;
+        while let Some(event) = self.outbox.poll_event() {
+            changed = true;
+            let in_history = self
+                .outbox_item(&event.id)
+                .is_some_and(|item| item.in_history);
+            let status = match &event.status {
+                DeliveryStatus::Sending => continue,
+                DeliveryStatus::Sent => Status::Sent,
+                DeliveryStatus::Queued => Status::Queued,
+                DeliveryStatus::Delivered => Status::Delivered,
+                DeliveryStatus::Failed { reason } => {
+                    tracing::warn!("giving up on {}: {reason:?}", event.id);
+                    Status::Failed
+                }
+            };
+            if event.status.is_final() {
+                if let Err(err) = self
+                    .store
+                    .apply(StateBatch::default().remove(StateKey::Outbox(event.id)))
+                {
+                    tracing::warn!("store: {err}");
+                }
+            }
+            if in_history {
+                self.set_status(&event.id, status);
+            }
+        }
+        if changed {
+            self.save_outbox();
+        }
+    }
+
+    /// The recipient has it durably (a receipt, by any path).
     pub(crate) fn on_delivered(&mut self, id: MessageId) {
-        let Some(item) = self.outbox_item(&id) else {
-            return;
-        };
-        if let Err(err) = self
-            .store
-            .apply(StateBatch::default().remove(StateKey::Outbox(id)))
-        {
-            tracing::warn!("store: {err}");
-        }
-        if item.in_history {
-            self.set_status(&id, Status::Delivered);
-        }
+        self.outbox.handle_receipt(id);
+        self.settle_outbox();
     }
 
     pub(crate) fn set_status(&mut self, id: &MessageId, status: Status) {
@@ -545,88 +626,88 @@ impl Node {
     }
 
     fn deposit_in_mailbox(&mut self, id: MessageId) {
-        let Some(item) = self.outbox_item(&id) else {
-            return;
+        let envelope = self
+            .outbox_item(&id)
+            .and_then(|item| Some((item.to_name, Envelope::from_bytes(&item.frame).ok()?)));
+        let sent = match envelope {
+            Some((to, envelope)) if self.link.logged_in => self.rendezvous_request(
+                RendezvousRequest::Deposit {
+                    to,
+                    envelope: Box::new(envelope),
+                },
+                Pending::Deposit { id },
+            ),
+            _ => false,
         };
-        if item.queued || !self.link.logged_in {
-            return;
+        if !sent {
+            self.outbox.handle_deposit_failed(id);
         }
-        let Ok(envelope) = Envelope::from_bytes(&item.frame) else {
-            return;
-        };
-        let request = RendezvousRequest::Deposit {
-            to: item.to_name.clone(),
-            envelope: Box::new(envelope),
-        };
-        self.rendezvous_request(request, Pending::Deposit { id });
     }
 
     pub(crate) fn on_deposited(&mut self, id: MessageId) {
-        let Some(mut item) = self.outbox_item(&id) else {
-            return;
-        };
-        item.queued = true;
-        if let Err(err) = self
-            .store
-            .apply(StateBatch::default().put(StateKey::Outbox(id), &item))
-        {
-            tracing::warn!("store: {err}");
-        }
-        if item.in_history {
-            self.set_status(&id, Status::Queued);
-        }
+        self.outbox.handle_queued(id);
+        self.settle_outbox();
     }
 
     pub(crate) fn on_deposit_refused(&mut self, id: MessageId, reason: String) {
         tracing::warn!("the mailbox refused {id}: {reason}; it stays in the outbox");
+        self.outbox.handle_deposit_failed(id);
+        self.settle_outbox();
     }
 
     pub(crate) fn outbox_len(&self) -> usize {
-        self.outbox().len()
+        self.outbox.len()
     }
 
-    fn outbox(&self) -> Vec<OutboxItem> {
+    fn outbox_items(&self) -> Vec<OutboxItem> {
         self.store
             .scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))
             .unwrap_or_default()
     }
 
-    pub(crate) fn retry_all_outbox(&mut self) {
-        for item in self.outbox() {
-            self.deliver(item.id);
+    /// Makes sure every stored outbox item is tracked (after a crash between writes, or an
+    /// upgrade), then tries whatever is due.
+    pub(crate) fn resume_outbox(&mut self) {
+        let now = now_ms();
+        for item in self.outbox_items() {
+            if self.outbox.status(&item.id).is_none() {
+                if let Err(err) = self.outbox.insert(item.id, now) {
+                    tracing::warn!("outbox: {err}");
+                }
+            }
         }
+        self.drive_outbox();
     }
 
+    /// Someone came online or connected: try their messages now rather than at the backoff.
     pub(crate) fn retry_outbox_for_name(&mut self, name: &str) {
+        let now = now_ms();
         for item in self
-            .outbox()
+            .outbox_items()
             .into_iter()
             .filter(|item| item.to_name.as_str() == name)
         {
-            self.deliver(item.id);
+            self.outbox.retry_now(item.id, now);
         }
+        self.drive_outbox();
     }
 
     fn retry_outbox_for_peer(&mut self, peer: PeerId) {
-        for item in self.outbox() {
-            let same =
-                VerifyingKey::from_bytes(&item.to_key).is_ok_and(|key| peer_id_of(&key) == peer);
-            if same && !self.in_flight.contains(&item.id) {
-                self.deliver(item.id);
+        let now = now_ms();
+        for item in self.outbox_items() {
+            if VerifyingKey::from_bytes(&item.to_key).is_ok_and(|key| peer_id_of(&key) == peer) {
+                self.outbox.retry_now(item.id, now);
             }
         }
+        self.drive_outbox();
     }
 
-    /// Every few seconds: try again what is neither in flight nor parked in a mailbox.
+    /// Every second: whatever the outbox says is due; rooms' unsent messages; the rendezvous.
     pub(crate) fn on_retry_tick(&mut self) {
         if !self.link.connected {
             self.dial_rendezvous();
         }
-        for item in self.outbox() {
-            if !item.queued && !self.in_flight.contains(&item.id) {
-                self.deliver(item.id);
-            }
-        }
+        self.drive_outbox();
         self.rooms_tick();
     }
 
@@ -690,20 +771,17 @@ impl Node {
         }
         let sender = direct.sender;
         let mut batch = StateBatch::default();
-        let existing = self
+        let mut existing = self
             .store
-            .get::<Session>(StateKey::Session(sender.to_bytes()))
+            .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))
             .map_err(|e| e.to_string())?;
-        let decrypted = existing.and_then(|mut session| {
-            session
-                .decrypt(&direct.message)
-                .ok()
-                .map(|pt| (session, pt))
-        });
-        let (session, plaintext) = match decrypted {
-            Some(found) => found,
+        let decrypted = existing
+            .as_mut()
+            .and_then(|sessions| sessions.decrypt(&direct.message));
+        let (sessions, plaintext) = match (existing, decrypted) {
+            (Some(sessions), Some(plaintext)) => (sessions, plaintext),
             // No session, or the sender started a new one: answer its initiation.
-            None if direct.message.init.is_some() => {
+            (existing, None) if direct.message.init.is_some() => {
                 // Fails without consuming anything; on success the one-time prekey is gone, and
                 // the prekeys are committed with the message below.
                 let (session, plaintext) = Session::respond(
@@ -714,11 +792,18 @@ impl Node {
                 )
                 .map_err(|e| format!("cannot open the session: {e}"))?;
                 batch.put(StateKey::Meta(super::PREKEYS_META), &self.prekeys);
-                (session, plaintext)
+                let sessions = match existing {
+                    Some(mut sessions) => {
+                        sessions.promote(session);
+                        sessions
+                    }
+                    None => PeerSessions::new(session),
+                };
+                (sessions, plaintext)
             }
-            None => return Err("cannot decrypt (no session, or a replay)".into()),
+            _ => return Err("cannot decrypt (no session, or a replay)".into()),
         };
-        batch.put(StateKey::Session(sender.to_bytes()), &session);
+        batch.put(StateKey::Session(sender.to_bytes()), &sessions);
         let content: Content =
             codec::decode(&plaintext).map_err(|e| format!("bad content: {e}"))?;
         let lamport = self.observe_lamport(content.lamport, &mut batch);

@@ -10,11 +10,20 @@ pub(crate) enum Command {
     /// Text for the selected conversation.
     Say(String),
     /// `/msg NAME [TEXT]`: open (or switch to) the direct conversation, and send TEXT if given.
-    Msg { to: String, text: Option<String> },
+    Msg {
+        to: String,
+        text: Option<String>,
+    },
     /// `/join ROOM [--public]`.
-    Join { room: String, public: bool },
+    Join {
+        room: String,
+        public: bool,
+    },
     /// `/create ROOM [--public]`.
-    Create { room: String, public: bool },
+    Create {
+        room: String,
+        public: bool,
+    },
     /// `/invite NAME` into the selected room.
     Invite(String),
     /// `/kick NAME` from the selected room.
@@ -44,6 +53,7 @@ pub(crate) const HELP: &[&str] = &[
     "Up Down           lines you typed     Ctrl-L  redraw",
     "",
     "Marks: … sending  ✓ sent  ✓✓ delivered  ✉ queued  ✗ failed",
+    "People: ● online  ◐ away  ○ offline    Rooms: + invited  × removed",
 ];
 
 /// Parses one input line.
@@ -151,7 +161,11 @@ mod tests {
             })
         );
         assert!(parse("/msg").unwrap_err().contains("usage"));
-        assert!(parse("/msg b@d hi").unwrap_err().contains("not a valid user name"));
+        assert!(
+            parse("/msg b@d hi")
+                .unwrap_err()
+                .contains("not a valid user name")
+        );
     }
 
     #[test]
@@ -180,10 +194,17 @@ mod tests {
         assert_eq!(parse("/kick carol"), Ok(Command::Kick("carol".into())));
         assert_eq!(parse("/leave"), Ok(Command::Leave));
         assert_eq!(parse("/verify"), Ok(Command::Verify(None)));
-        assert_eq!(parse("/verify bob"), Ok(Command::Verify(Some("bob".into()))));
+        assert_eq!(
+            parse("/verify bob"),
+            Ok(Command::Verify(Some("bob".into())))
+        );
         assert_eq!(parse("/help"), Ok(Command::Help));
         assert_eq!(parse("/QUIT"), Ok(Command::Quit));
         assert!(parse("/invite").unwrap_err().contains("usage"));
-        assert!(parse("/frobnicate").unwrap_err().contains("unknown command /frobnicate"));
+        assert!(
+            parse("/frobnicate")
+                .unwrap_err()
+                .contains("unknown command /frobnicate")
+        );
     }
 }

@@ -246,7 +246,14 @@ impl Entry {
     }
 }
 
-/// Outgoing direct messages until each is delivered or given up. See the [module docs](self).
+/// Outgoing direct messages until each is delivered or given up; the flow is in
+/// [`crate::delivery`].
+///
+/// An attempt whose outcome is never reported stops counting as in flight after
+/// [`OutboxConfig::in_flight_timeout_ms`] and is handed out again. Deserializing is a restart:
+/// in-flight markers, backoff timers and outstanding deposit requests are not persisted, so every
+/// message not yet delivered is due at once, and one not yet queued is offered for a deposit again
+/// on its next failure. Statuses, failure counts and unpolled events are persisted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outbox {
     config: OutboxConfig,

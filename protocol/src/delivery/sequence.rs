@@ -77,7 +77,12 @@ impl SenderState {
     }
 }
 
-/// Sequence numbers of one conversation. See the [module docs](self).
+/// Sequence numbers of one conversation, senders keyed by identity key.
+///
+/// Bounded by [`MAX_SENDERS`], [`MAX_AHEAD_PER_SENDER`] and [`MAX_AHEAD_TOTAL`]. At a bound the
+/// tracker gives up a sender's oldest gap (its `have_through` jumps to the lowest seq held above
+/// it) rather than refuse new messages, so a late copy of a seq in that gap observes as
+/// [`Observation::Duplicate`]: the store's id check is the authority on what is held.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SequenceTracker {
     own_seq: u64,

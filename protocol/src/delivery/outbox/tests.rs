@@ -499,12 +499,12 @@ proptest! {
                 Op::DepositFailed(n) => { outbox.handle_deposit_failed(id(n)); }
                 Op::RetryNow(n) => { outbox.retry_now(id(n), now); }
                 Op::Event => {
-                    if let Some(event) = outbox.poll_event() {
-                        if event.status.is_final() {
-                            prop_assert!(finals.insert(event.id, event.status).is_none());
-                            prop_assert!(inserted.remove(&event.id).is_some());
-                            in_flight.remove(&event.id);
-                        }
+                    if let Some(event) = outbox.poll_event()
+                        && event.status.is_final()
+                    {
+                        prop_assert!(finals.insert(event.id, event.status).is_none());
+                        prop_assert!(inserted.remove(&event.id).is_some());
+                        in_flight.remove(&event.id);
                     }
                 }
                 Op::Advance(ms) => now += ms,

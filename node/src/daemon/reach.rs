@@ -1,0 +1,513 @@
+//! Reachability: being reachable behind a NAT, and reaching peers that are.
+//!
+//! Being reachable: for each relay (the rendezvous, and every `--relay`) connect, wait until
+//! identify reports the address the relay observes us at, then reserve a slot by listening on
+//! `<relay>/p2p-circuit`. The wait matters (rust-libp2p's dcutr example): DCUtR offers our
+//! observed addresses as hole-punch candidates when a relayed connection opens, so they must be
+//! known before anyone can dial us through the relay. At the rendezvous a slot also needs a login.
+//! The relay client confirms the circuit address as external, and the discovery client registers
+//! our record again with it. AutoNAT v2 asks the rendezvous to dial our observed addresses back;
+//! once one is confirmed we are publicly reachable, and give our slots back.
+//!
+//! Reaching a peer: dial its direct addresses first, its circuit addresses after a short head
+//! start or as soon as the direct dial fails. Over a relayed connection DCUtR punches a direct one;
+//! once that is up the relayed connection is closed (when no delivery of ours is in flight on it),
+//! so later traffic goes direct. When punching fails the relayed connection simply stays.
+//!
+//! Recovering: a failed ping closes its connection; an interface address going away (a network
+//! change) closes every connection, so all of the above starts again on the new network; a relay
+//! that went away is redialled and its slot reserved again once it observes us again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, autonat, identify, ping, relay};
+use palaver_protocol::VerifyingKey;
+use palaver_protocol::identity::peer_id_of;
+use serde_json::json;
+
+use super::Node;
+use super::direct::OutboxItem;
+use crate::store::StateKey;
+
+/// How long direct addresses have to answer before circuit addresses are dialed too.
+const DIRECT_HEAD_START: Duration = Duration::from_millis(1500);
+/// How long a relayed connection outlives a direct one to the same peer (DCUtR's own exchange
+/// finishes on it).
+const RELAYED_GRACE: Duration = Duration::from_secs(2);
+/// Pause before dialing a relay again, or reserving again after a refusal.
+const RELAY_RETRY: Duration = Duration::from_secs(5);
+/// How often [`Node::on_reach_tick`] runs.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+
+/// Reachability state: our relays and the dials under way.
+#[derive(Debug)]
+pub(crate) struct Reach {
+    relays: Vec<Relay>,
+    /// AutoNAT confirmed one of our addresses reachable from outside.
+    public: bool,
+    /// Peers dialed direct, with the circuit addresses to dial at the deadline unless connected.
+    fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
+    /// Our dials to peers that have not resolved yet.
+    dials: HashMap<ConnectionId, PeerId>,
+    /// Peers with a direct connection whose relayed connections are to close at the deadline.
+    close_relayed: HashMap<PeerId, Instant>,
+    /// The connection kind last announced to `listen` subscribers, per peer.
+    announced: HashMap<PeerId, &'static str>,
+}
+
+#[derive(Debug)]
+struct Relay {
+    /// The relay's address without `/p2p-circuit` (and, for the rendezvous, maybe without its id).
+    addr: Multiaddr,
+    /// The rendezvous we log in at: its link dials it, and its slot needs a login.
+    rendezvous: bool,
+    /// Identify told us, on the current connection, the address this relay observes us at.
+    observed: bool,
+    /// The listener holding (or asking for) our slot.
+    listener: Option<ListenerId>,
+    reserved: bool,
+    /// No dial or reservation before this.
+    not_before: Instant,
+}
+
+impl Reach {
+    /// The rendezvous plus `extra` relays, each of which must name its peer id.
+    pub(crate) fn new(rendezvous: &Multiaddr, extra: &[Multiaddr]) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let relay = |addr: Multiaddr, rendezvous| Relay {
+            addr,
+            rendezvous,
+            observed: false,
+            listener: None,
+            reserved: false,
+            not_before: now,
+        };
+        let mut relays = vec![relay(rendezvous.clone(), true)];
+        for addr in extra {
+            anyhow::ensure!(
+                matches!(addr.iter().last(), Some(Protocol::P2p(_))),
+                "--relay {addr}: the address must end in /p2p/<the relay's peer id>"
+            );
+            anyhow::ensure!(
+                !addr.iter().any(|p| p == Protocol::P2pCircuit),
+                "--relay {addr}: give the relay's own address, not a circuit through it"
+            );
+            relays.push(relay(addr.clone(), false));
+        }
+        Ok(Self {
+            relays,
+            public: false,
+            fallback: HashMap::new(),
+            dials: HashMap::new(),
+            close_relayed: HashMap::new(),
+            announced: HashMap::new(),
+        })
+    }
+}
+
+/// Whether `addr` goes through a relay.
+pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// The address that describes a connection: the remote address, or for a connection that came
+/// in through a relay (whose remote address is just `/p2p/<peer>`), the circuit it came over.
+pub(crate) fn connection_addr(peer: PeerId, endpoint: &ConnectedPoint) -> Multiaddr {
+    match endpoint {
+        ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+            local_addr.clone().with(Protocol::P2p(peer))
+        }
+        _ => endpoint.get_remote_address().clone(),
+    }
+}
+
+fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(Protocol::P2p(peer)),
+    }
+}
+
+impl Node {
+    /// The peer id of relay `i`, once known.
+    fn relay_peer(&self, i: usize) -> Option<PeerId> {
+        let relay = &self.reach.relays[i];
+        if relay.rendezvous {
+            return self.link.peer;
+        }
+        match relay.addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        }
+    }
+
+    fn relay_index(&self, peer: &PeerId) -> Option<usize> {
+        (0..self.reach.relays.len()).find(|&i| self.relay_peer(i).as_ref() == Some(peer))
+    }
+
+    pub(crate) fn is_relay(&self, peer: &PeerId) -> bool {
+        self.relay_index(peer).is_some()
+    }
+
+    // ---- being reachable -------------------------------------------------------------------
+
+    /// Identify answered: once a relay has told us how it sees us, a slot there is worth having.
+    pub(crate) fn on_identified(&mut self, peer: PeerId, info: &identify::Info) {
+        if let Some(i) = self.relay_index(&peer) {
+            tracing::debug!("relay {peer} observes us at {}", info.observed_addr);
+            self.reach.relays[i].observed = true;
+            self.reserve_slots();
+        }
+    }
+
+    /// Reserves a slot at every relay that observed us, unless we are publicly reachable.
+    pub(crate) fn reserve_slots(&mut self) {
+        if self.reach.public || self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.reach.relays.len() {
+            let relay = &self.reach.relays[i];
+            if relay.listener.is_some()
+                || !relay.observed
+                || now < relay.not_before
+                || (relay.rendezvous && !self.link.logged_in)
+            {
+                continue;
+            }
+            let Some(peer) = self.relay_peer(i) else {
+                continue;
+            };
+            if !self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let circuit = with_peer(&self.reach.relays[i].addr, peer).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!("asking {peer} for a relay slot ({circuit})");
+                    self.reach.relays[i].listener = Some(id);
+                }
+                Err(err) => {
+                    tracing::warn!("relay slot at {circuit}: {err}");
+                    self.reach.relays[i].not_before = now + RELAY_RETRY;
+                }
+            }
+        }
+    }
+
+    /// Gives every slot back (we are publicly reachable).
+    fn release_slots(&mut self) {
+        for i in 0..self.reach.relays.len() {
+            if let Some(id) = self.reach.relays[i].listener.take() {
+                self.reach.relays[i].reserved = false;
+                self.swarm.remove_listener(id);
+            }
+        }
+    }
+
+    pub(crate) fn on_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if let Some(i) = self.relay_index(&relay_peer_id) {
+                    self.reach.relays[i].reserved = true;
+                }
+                if !renewal {
+                    tracing::info!("holding a relay slot at {relay_peer_id}");
+                    self.emit_reachability();
+                }
+            }
+            other => tracing::debug!("relay client: {other:?}"),
+        }
+    }
+
+    /// A listener closed: if it held a relay slot, reserve again later.
+    pub(crate) fn on_listener_closed(&mut self, id: ListenerId, reason: Result<(), String>) {
+        let Some(i) =
+            (0..self.reach.relays.len()).find(|&i| self.reach.relays[i].listener == Some(id))
+        else {
+            return;
+        };
+        let relay = &mut self.reach.relays[i];
+        relay.listener = None;
+        relay.reserved = false;
+        if let Err(reason) = reason {
+            tracing::warn!("relay slot at {} lost: {reason}", relay.addr);
+            relay.not_before = Instant::now() + RELAY_RETRY;
+        }
+        self.emit_reachability();
+    }
+
+    pub(crate) fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        match event.result {
+            Ok(()) => {
+                tracing::info!("reachable from outside at {}", event.tested_addr);
+                if !self.reach.public {
+                    self.reach.public = true;
+                    self.release_slots();
+                    self.emit_reachability();
+                }
+            }
+            Err(err) => tracing::debug!("not reachable at {}: {err}", event.tested_addr),
+        }
+    }
+
+    fn emit_reachability(&self) {
+        let relays: Vec<String> = (0..self.reach.relays.len())
+            .filter(|&i| self.reach.relays[i].reserved)
+            .filter_map(|i| {
+                let peer = self.relay_peer(i)?;
+                Some(with_peer(&self.reach.relays[i].addr, peer).to_string())
+            })
+            .collect();
+        self.emit(json!({"type": "reachability", "public": self.reach.public, "relays": relays}));
+    }
+
+    /// Dials the extra relays we are not connected to (the rendezvous link redials its own).
+    fn dial_relays(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.reach.relays.len() {
+            if self.reach.relays[i].rendezvous || now < self.reach.relays[i].not_before {
+                continue;
+            }
+            let Some(peer) = self.relay_peer(i) else {
+                continue;
+            };
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            self.reach.relays[i].not_before = now + RELAY_RETRY;
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![self.reach.relays[i].addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(err) = self.swarm.dial(opts) {
+                tracing::debug!("dialing relay {peer}: {err}");
+            }
+        }
+    }
+
+    // ---- connections -----------------------------------------------------------------------
+
+    /// A connection opened (any peer).
+    pub(crate) fn on_reach_connected(&mut self, peer: PeerId, connection: ConnectionId) {
+        self.reach.dials.remove(&connection);
+        if self.is_rendezvous(&peer) || self.is_relay(&peer) {
+            return;
+        }
+        let (direct, relayed) = self.connection_counts(&peer);
+        if direct > 0 {
+            self.reach.fallback.remove(&peer);
+            if relayed > 0 {
+                self.reach
+                    .close_relayed
+                    .entry(peer)
+                    .or_insert_with(|| Instant::now() + RELAYED_GRACE);
+            }
+        }
+    }
+
+    /// A connection closed (any peer); `remaining` connections to it are left.
+    pub(crate) fn on_reach_disconnected(&mut self, peer: PeerId, remaining: u32) {
+        if remaining > 0 {
+            return;
+        }
+        self.reach.close_relayed.remove(&peer);
+        if let Some(i) = self.relay_index(&peer) {
+            self.reach.relays[i].observed = false;
+        }
+    }
+
+    /// (direct, relayed) open connections to `peer`.
+    fn connection_counts(&self, peer: &PeerId) -> (usize, usize) {
+        let conns = self.peer_addrs.get(peer);
+        let relayed = conns.map_or(0, |c| c.values().filter(|a| is_circuit(a)).count());
+        let all = conns.map_or(0, |c| c.len());
+        (all - relayed, relayed)
+    }
+
+    /// A ping failed: the path is dead (a NAT forgot us, the network changed), so close it rather
+    /// than wait for TCP to notice.
+    pub(crate) fn on_ping(&mut self, event: ping::Event) {
+        if let Err(err) = event.result {
+            tracing::info!("ping to {} failed ({err}); closing", event.peer);
+            self.swarm.close_connection(event.connection);
+        }
+    }
+
+    /// One of our interface addresses went away: our connections left from it, and our NAT
+    /// mapping and reachability may differ on the new network. Start over.
+    pub(crate) fn on_network_change(&mut self, gone: &Multiaddr) {
+        tracing::info!("address {gone} went away: reconnecting everything");
+        self.reach.public = false;
+        let conns: Vec<ConnectionId> = self
+            .peer_addrs
+            .values()
+            .flat_map(|c| c.keys().copied())
+            .collect();
+        for connection in conns {
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    /// Periodic work: circuit fallbacks, closing superseded relayed connections, relays.
+    pub(crate) fn on_reach_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .reach
+            .fallback
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if let Some((_, circuit)) = self.reach.fallback.remove(&peer)
+                && !self.swarm.is_connected(&peer)
+                && !self.dial_circuit(peer, circuit)
+            {
+                self.on_dial_failed(peer, None);
+            }
+        }
+        let due: Vec<PeerId> = self
+            .reach
+            .close_relayed
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.close_relayed(peer, now);
+        }
+        self.dial_relays();
+        self.reserve_slots();
+    }
+
+    /// Closes the relayed connections to `peer` if a direct one is open, once no delivery of ours
+    /// to it is in flight (closing would fail it over to the mailbox).
+    fn close_relayed(&mut self, peer: PeerId, now: Instant) {
+        if self.connection_counts(&peer).0 == 0 {
+            self.reach.close_relayed.remove(&peer);
+            return;
+        }
+        if self.delivery_in_flight_to(&peer) {
+            self.reach.close_relayed.insert(peer, now + TICK * 2);
+            return;
+        }
+        self.reach.close_relayed.remove(&peer);
+        let relayed: Vec<ConnectionId> = self
+            .peer_addrs
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter(|(_, addr)| is_circuit(addr))
+            .map(|(id, _)| *id)
+            .collect();
+        for connection in relayed {
+            tracing::info!("direct connection to {peer} is up: closing the relayed one");
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    fn delivery_in_flight_to(&self, peer: &PeerId) -> bool {
+        self.delivering.values().any(|id| {
+            self.store
+                .get::<OutboxItem>(StateKey::Outbox(*id))
+                .ok()
+                .flatten()
+                .and_then(|item| VerifyingKey::from_bytes(&item.to_key).ok())
+                .is_some_and(|key| peer_id_of(&key) == *peer)
+        })
+    }
+
+    // ---- reaching a peer -------------------------------------------------------------------
+
+    /// Dials `peer`: direct addresses first, circuit addresses after [`DIRECT_HEAD_START`] (or at
+    /// once when there is nothing direct to try). False when no dial could be started.
+    pub(crate) fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
+        if self.swarm.is_connected(&peer) {
+            return true;
+        }
+        let (circuit, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
+            addrs.into_iter().partition(is_circuit);
+        if direct.is_empty() {
+            return self.dial_circuit(peer, circuit);
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(direct)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.reach.dials.insert(id, peer);
+                if !circuit.is_empty() {
+                    self.reach
+                        .fallback
+                        .insert(peer, (Instant::now() + DIRECT_HEAD_START, circuit));
+                }
+                true
+            }
+            // A dial is under way already; its outcome decides.
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => true,
+            Err(err) => {
+                tracing::debug!("dial {peer}: {err}");
+                self.dial_circuit(peer, circuit)
+            }
+        }
+    }
+
+    /// Dials `peer` through relays, alongside any direct dial still under way.
+    fn dial_circuit(&mut self, peer: PeerId, circuit: Vec<Multiaddr>) -> bool {
+        if circuit.is_empty() {
+            return false;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(circuit)
+            .condition(PeerCondition::Disconnected)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.reach.dials.insert(id, peer);
+                true
+            }
+            Err(err) => {
+                tracing::debug!("dial {peer} through a relay: {err}");
+                false
+            }
+        }
+    }
+
+    /// After a dial to `peer` failed: true when it was the direct attempt and the circuit is now
+    /// being tried, or another attempt is still under way — no verdict yet.
+    pub(crate) fn dial_continues(&mut self, peer: PeerId, dial: Option<ConnectionId>) -> bool {
+        if let Some(id) = dial {
+            self.reach.dials.remove(&id);
+        }
+        if let Some((_, circuit)) = self.reach.fallback.remove(&peer)
+            && self.dial_circuit(peer, circuit)
+        {
+            return true;
+        }
+        self.reach.dials.values().any(|p| *p == peer)
+    }
+
+    /// Whether the connection kind of `peer` changed since last announced (and remembers it).
+    pub(crate) fn connection_kind_changed(&mut self, peer: PeerId, kind: &'static str) -> bool {
+        let old = if kind == "disconnected" {
+            self.reach.announced.remove(&peer)
+        } else {
+            self.reach.announced.insert(peer, kind)
+        };
+        old.unwrap_or("disconnected") != kind
+    }
+}

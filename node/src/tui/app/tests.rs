@@ -1,0 +1,698 @@
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn key(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+fn ctrl(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+}
+
+fn type_line(app: &mut App, line: &str) -> Vec<Effect> {
+    for c in line.chars() {
+        assert!(app.handle_key(key(KeyCode::Char(c))).is_empty());
+    }
+    app.handle_key(key(KeyCode::Enter))
+}
+
+fn calls(effects: &[Effect]) -> Vec<(&'static str, Value)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Call { method, params, .. } => Some((*method, params.clone())),
+            Effect::Redraw => None,
+        })
+        .collect()
+}
+
+fn then_of(effects: &[Effect], wanted: &str) -> Then {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Call { method, then, .. } if *method == wanted => Some(then.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {wanted} call in {effects:?}"))
+}
+
+fn entry(id: &str, conversation: &str, from: &str, text: &str, status: &str) -> Value {
+    json!({"id": id, "conversation": conversation, "from": from, "text": text,
+           "sent_at": 1_700_000_000_000u64, "status": status})
+}
+
+fn message_event(id: &str, conversation: &str, from: &str, text: &str) -> Value {
+    let mut event = entry(id, conversation, from, text, "received");
+    event["type"] = json!("message");
+    event
+}
+
+/// An app connected to a daemon as alice, with conversations bob and #lunch (bob's loaded).
+fn connected() -> App {
+    let mut app = App::new("/tmp/palaver.sock");
+    app.now = 1_700_000_000_000;
+    app.resize(40, 10);
+    let effects = app.connected();
+    assert_eq!(
+        calls(&effects).iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+        vec!["status", "conversations", "room.list", "peers"]
+    );
+    let effects = app.handle_answer(
+        Then::Status,
+        Ok(json!({"name": "alice", "rendezvous": {"connected": true, "logged_in": true}})),
+    );
+    assert_eq!(calls(&effects), vec![("presence", json!({"names": []}))]);
+    let effects = app.handle_answer(
+        Then::Conversations,
+        Ok(json!([
+            {"conversation": "bob", "kind": "direct", "last_at": 2},
+            {"conversation": "#lunch", "kind": "room", "last_at": 1},
+        ])),
+    );
+    assert_eq!(
+        calls(&effects),
+        vec![("history", json!({"with": "bob", "limit": PAGE}))]
+    );
+    app.handle_answer(
+        Then::History {
+            conv: ConvKey::Direct("bob".into()),
+            older: false,
+        },
+        Ok(json!([
+            entry("m1", "bob", "bob", "Hi alice", "received"),
+            entry("m2", "bob", "alice", "Hi bob", "delivered"),
+        ])),
+    );
+    app
+}
+
+#[test]
+fn connecting_reads_conversations_and_the_selected_history() {
+    let app = connected();
+    assert_eq!(app.me.as_deref(), Some("alice"));
+    assert_eq!(app.daemon, Daemon::Up);
+    let keys: Vec<String> = app.conversations.iter().map(|c| c.key.label()).collect();
+    assert_eq!(keys, vec!["bob", "#lunch"]);
+    let bob = &app.conversations[0];
+    assert!(bob.loaded && !bob.loading && bob.at_start);
+    let texts: Vec<&str> = bob.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, vec!["Hi alice", "Hi bob"]);
+    assert_eq!(bob.messages[1].status, Delivery::Delivered);
+}
+
+#[test]
+fn tab_and_ctrl_n_p_switch_conversations_and_load_them() {
+    let mut app = connected();
+    let effects = app.handle_key(key(KeyCode::Tab));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("#lunch".into()));
+    assert_eq!(
+        calls(&effects),
+        vec![
+            ("history", json!({"room": "lunch", "limit": PAGE})),
+            ("room.members", json!({"room": "lunch"})),
+        ]
+    );
+    // Loading already: switching back and forth asks again only for the members.
+    app.handle_key(key(KeyCode::BackTab));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+    let effects = app.handle_key(ctrl('n'));
+    assert_eq!(
+        calls(&effects),
+        vec![("room.members", json!({"room": "lunch"}))]
+    );
+    app.handle_key(ctrl('n'));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+    app.handle_key(ctrl('p'));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("#lunch".into()));
+}
+
+#[test]
+fn plain_text_is_sent_to_the_selected_conversation_and_shown_at_once() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "lunch at noon?");
+    assert_eq!(
+        calls(&effects),
+        vec![("send", json!({"to": "bob", "text": "lunch at noon?"}))]
+    );
+    assert!(app.input.text.is_empty());
+    let shown = app.conversations[0].messages.back().cloned().unwrap();
+    assert_eq!(
+        (shown.from.as_str(), shown.text.as_str(), shown.status),
+        ("alice", "lunch at noon?", Delivery::Sending)
+    );
+    // The daemon answers with the id; delivery events move the mark forward.
+    let then = then_of(&effects, "send");
+    app.handle_answer(then, Ok(json!({"id": "m3", "status": "sending"})));
+    app.handle_event(
+        &json!({"type": "delivery", "id": "m3", "conversation": "bob", "status": "delivered"}),
+    );
+    let shown = app.conversations[0].messages.back().unwrap();
+    assert_eq!(shown.id.as_deref(), Some("m3"));
+    assert_eq!(shown.status, Delivery::Delivered);
+    // A late "sent" does not undo "delivered".
+    app.handle_event(
+        &json!({"type": "delivery", "id": "m3", "conversation": "bob", "status": "sent"}),
+    );
+    assert_eq!(
+        app.conversations[0].messages.back().unwrap().status,
+        Delivery::Delivered
+    );
+}
+
+#[test]
+fn a_delivery_change_that_beats_the_send_answer_is_not_lost() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "quick");
+    app.handle_event(
+        &json!({"type": "delivery", "id": "m9", "conversation": "bob", "status": "queued"}),
+    );
+    app.handle_answer(
+        then_of(&effects, "send"),
+        Ok(json!({"id": "m9", "status": "sending"})),
+    );
+    assert_eq!(
+        app.conversations[0].messages.back().unwrap().status,
+        Delivery::Queued
+    );
+}
+
+#[test]
+fn a_refused_send_is_marked_failed_with_the_reason() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "hello?");
+    app.handle_answer(then_of(&effects, "send"), Err("unknown user".into()));
+    assert_eq!(
+        app.conversations[0].messages.back().unwrap().status,
+        Delivery::Failed
+    );
+    let notice = app.notice.clone().unwrap();
+    assert!(
+        notice.error && notice.text.contains("unknown user"),
+        "{notice:?}"
+    );
+}
+
+#[test]
+fn msg_opens_a_new_direct_conversation_selects_it_and_sends() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "/msg Carol hi there");
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("carol".into()));
+    assert_eq!(app.conversations[0].key, ConvKey::Direct("carol".into()));
+    assert_eq!(
+        calls(&effects),
+        vec![
+            ("history", json!({"with": "carol", "limit": PAGE})),
+            ("send", json!({"to": "carol", "text": "hi there"})),
+        ]
+    );
+    // No history yet with a new contact: an error that means "empty", not a notice.
+    app.handle_answer(
+        then_of(&effects, "history"),
+        Err("no conversation with carol".into()),
+    );
+    assert!(app.notice.is_none());
+    let carol = &app.conversations[0];
+    assert_eq!(carol.messages.len(), 1);
+    assert!(carol.loaded);
+    // Answered: the new contact's presence is asked for.
+    let effects = app.handle_answer(
+        then_of(&effects, "send"),
+        Ok(json!({"id": "c1", "status": "queued"})),
+    );
+    assert_eq!(
+        calls(&effects),
+        vec![("presence", json!({"names": ["carol"]}))]
+    );
+    // /msg to an open conversation just switches to it.
+    type_line(&mut app, "/msg bob");
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+    assert_eq!(app.conversations.len(), 3);
+}
+
+#[test]
+fn room_commands_go_to_the_selected_room() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "/invite carol");
+    assert!(calls(&effects).is_empty());
+    assert!(
+        app.notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("works in a room")
+    );
+
+    app.handle_key(key(KeyCode::Tab));
+    let effects = type_line(&mut app, "/invite carol");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.invite", json!({"room": "lunch", "name": "carol"}))]
+    );
+    let effects = app.handle_answer(then_of(&effects, "room.invite"), Ok(json!(true)));
+    assert_eq!(app.notice.as_ref().unwrap().text, "invited carol to #lunch");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.members", json!({"room": "lunch"}))]
+    );
+    let effects = type_line(&mut app, "/kick carol");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.kick", json!({"room": "lunch", "name": "carol"}))]
+    );
+    let effects = type_line(&mut app, "hello room");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.send", json!({"room": "lunch", "text": "hello room"}))]
+    );
+    let effects = type_line(&mut app, "/leave");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.leave", json!({"room": "lunch"}))]
+    );
+    app.handle_answer(then_of(&effects, "room.leave"), Ok(json!({"left": true})));
+    let keys: Vec<String> = app.conversations.iter().map(|c| c.key.label()).collect();
+    assert_eq!(keys, vec!["bob"]);
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+}
+
+#[test]
+fn create_and_join_select_the_room() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "/create #Games --public");
+    assert_eq!(
+        calls(&effects),
+        vec![("room.create", json!({"room": "games", "public": true}))]
+    );
+    let effects = app.handle_answer(then_of(&effects, "room.create"), Ok(json!({})));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("#games".into()));
+    assert!(
+        app.notice
+            .as_ref()
+            .unwrap()
+            .text
+            .starts_with("created #games")
+    );
+    assert_eq!(
+        calls(&effects),
+        vec![
+            ("history", json!({"room": "games", "limit": PAGE})),
+            ("room.members", json!({"room": "games"})),
+        ]
+    );
+    let effects = type_line(&mut app, "/join nope");
+    app.handle_answer(
+        then_of(&effects, "room.join"),
+        Err("no invitation to nope".into()),
+    );
+    assert_eq!(app.notice.as_ref().unwrap().text, "no invitation to nope");
+    assert!(app.notice.as_ref().unwrap().error);
+}
+
+#[test]
+fn invitations_appear_and_must_be_joined_before_writing() {
+    let mut app = connected();
+    app.handle_event(&json!({"type": "invite", "room": "party", "from": "carol"}));
+    assert_eq!(app.conversations[0].key, ConvKey::Room("party".into()));
+    assert_eq!(app.conversations[0].room, Some(RoomState::Invited));
+    assert_eq!(
+        app.notice.as_ref().unwrap().text,
+        "carol invited you to #party: /join party"
+    );
+    // The selection stayed on bob.
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+    app.handle_key(key(KeyCode::BackTab));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("#party".into()));
+    let effects = type_line(&mut app, "hi");
+    assert!(calls(&effects).is_empty());
+    assert!(app.notice.as_ref().unwrap().text.contains("/join party"));
+    app.handle_event(&json!({"type": "removed", "room": "party"}));
+    assert_eq!(app.conversations[0].room, Some(RoomState::Removed));
+}
+
+#[test]
+fn new_messages_elsewhere_count_as_unread_until_selected() {
+    let mut app = connected();
+    app.handle_event(&message_event("r1", "#lunch", "bob", "soup?"));
+    app.handle_event(&message_event("r2", "#lunch", "carol", "yes"));
+    // The same message twice (gossip and gap fill) counts once.
+    app.handle_event(&message_event("r2", "#lunch", "carol", "yes"));
+    assert_eq!(app.conversations[1].unread, 2);
+    assert_eq!(app.conversations[1].messages.len(), 2);
+    // In the selected conversation: shown, not unread.
+    app.handle_event(&message_event("m5", "bob", "bob", "there?"));
+    assert_eq!(app.conversations[0].unread, 0);
+    assert_eq!(app.conversations[0].messages.back().unwrap().text, "there?");
+    // A message from someone new opens a conversation at the top.
+    app.handle_event(&message_event("d1", "dave", "dave", "hello"));
+    assert_eq!(app.conversations[0].key, ConvKey::Direct("dave".into()));
+    assert_eq!(app.conversations[0].unread, 1);
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("bob".into()));
+    app.handle_key(key(KeyCode::Tab));
+    app.handle_key(key(KeyCode::Tab));
+    assert_eq!(app.selected().map(|c| c.key.label()), Some("dave".into()));
+    assert_eq!(app.conversations[0].unread, 0);
+}
+
+#[test]
+fn the_history_page_merges_with_what_arrived_meanwhile() {
+    let mut app = connected();
+    app.handle_key(key(KeyCode::Tab));
+    // A live message arrives before the history answer.
+    app.handle_event(&message_event("l3", "#lunch", "bob", "third"));
+    app.handle_answer(
+        Then::History {
+            conv: ConvKey::Room("lunch".into()),
+            older: false,
+        },
+        Ok(json!([
+            entry("l1", "#lunch", "alice", "first", "sent"),
+            entry("l2", "#lunch", "carol", "second", "received"),
+            entry("l3", "#lunch", "bob", "third", "received"),
+        ])),
+    );
+    let texts: Vec<&str> = app.conversations[1]
+        .messages
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(texts, vec!["first", "second", "third"]);
+}
+
+#[test]
+fn a_fresh_latest_page_keeps_older_pages_held_in_front_of_it() {
+    let mut app = connected();
+    let bob = ConvKey::Direct("bob".into());
+    app.handle_answer(
+        Then::History {
+            conv: bob.clone(),
+            older: true,
+        },
+        Ok(json!([entry("m0", "bob", "bob", "zero", "received")])),
+    );
+    app.handle_answer(
+        Then::History {
+            conv: bob,
+            older: false,
+        },
+        Ok(json!([
+            entry("m1", "bob", "bob", "Hi alice", "received"),
+            entry("m2", "bob", "alice", "Hi bob", "sent"),
+            entry("m3", "bob", "bob", "new", "received"),
+        ])),
+    );
+    let conv = &app.conversations[0];
+    let ids: Vec<&str> = conv
+        .messages
+        .iter()
+        .filter_map(|m| m.id.as_deref())
+        .collect();
+    assert_eq!(ids, vec!["m0", "m1", "m2", "m3"]);
+    // "delivered" was seen before; the page's older "sent" does not undo it.
+    assert_eq!(conv.messages[2].status, Delivery::Delivered);
+    assert!(conv.at_start);
+}
+
+#[test]
+fn scrolling_up_past_the_top_reads_older_pages() {
+    let mut app = connected();
+    app.conversations[0].messages.clear();
+    let bob = ConvKey::Direct("bob".into());
+    // A full page: there may be more before it.
+    let page: Vec<Value> = (100..200)
+        .map(|i| {
+            entry(
+                &format!("m{i}"),
+                "bob",
+                "bob",
+                &format!("line {i}"),
+                "received",
+            )
+        })
+        .collect();
+    app.handle_answer(
+        Then::History {
+            conv: bob.clone(),
+            older: false,
+        },
+        Ok(Value::Array(page)),
+    );
+    assert!(!app.conversations[0].at_start);
+    // 100 one-line messages in a 10-line pane: the first PageUps scroll without asking.
+    let effects = app.handle_key(key(KeyCode::PageUp));
+    assert!(calls(&effects).is_empty());
+    assert_eq!(app.conversations[0].scroll, 9);
+    let mut asked = Vec::new();
+    for _ in 0..20 {
+        asked.extend(app.handle_key(key(KeyCode::PageUp)));
+    }
+    // At the top: one request for the page before the oldest held message (not one per key).
+    assert_eq!(
+        calls(&asked),
+        vec![(
+            "history",
+            json!({"with": "bob", "limit": PAGE, "before": "m100"})
+        )]
+    );
+    let top = app.conversations[0].scroll;
+    assert_eq!(top, 100 - 10);
+    let older: Vec<Value> = (50..100)
+        .map(|i| {
+            entry(
+                &format!("m{i}"),
+                "bob",
+                "bob",
+                &format!("line {i}"),
+                "received",
+            )
+        })
+        .collect();
+    app.handle_answer(
+        Then::History {
+            conv: bob,
+            older: true,
+        },
+        Ok(Value::Array(older)),
+    );
+    let conv = &app.conversations[0];
+    assert_eq!(conv.messages.len(), 150);
+    assert_eq!(conv.messages[0].text, "line 50");
+    // Fewer than a page came back: that is the beginning.
+    assert!(conv.at_start);
+    // The view stays where it was (counted from the bottom) and can now go further up.
+    assert_eq!(conv.scroll, top);
+    app.handle_key(key(KeyCode::PageUp));
+    assert_eq!(app.conversations[0].scroll, top + 9);
+    let effects = app.handle_key(key(KeyCode::PageUp));
+    assert!(calls(&effects).is_empty(), "nothing older to read");
+    for _ in 0..30 {
+        app.handle_key(key(KeyCode::PageDown));
+    }
+    assert_eq!(app.conversations[0].scroll, 0);
+}
+
+#[test]
+fn memory_is_bounded_and_the_bottom_is_read_again_after_going_far_back() {
+    let mut app = connected();
+    let bob = ConvKey::Direct("bob".into());
+    for i in 0..(MAX_KEPT + 10) {
+        app.handle_event(&message_event(&format!("n{i}"), "bob", "bob", "x"));
+    }
+    assert_eq!(app.conversations[0].messages.len(), MAX_KEPT);
+    assert!(!app.conversations[0].at_start);
+    // Reading far back drops the newest, and the bottom is re-read on the way down.
+    app.conversations[0].scroll = 1;
+    let older: Vec<Value> = (0..PAGE)
+        .map(|i| entry(&format!("o{i}"), "bob", "bob", "old", "received"))
+        .collect();
+    app.handle_answer(
+        Then::History {
+            conv: bob,
+            older: true,
+        },
+        Ok(Value::Array(older)),
+    );
+    let conv = &app.conversations[0];
+    assert_eq!(conv.messages.len(), MAX_KEPT);
+    assert!(conv.newer_dropped);
+    assert_eq!(conv.messages[0].id.as_deref(), Some("o0"));
+    let effects = app.handle_key(key(KeyCode::PageDown));
+    assert_eq!(
+        calls(&effects),
+        vec![("history", json!({"with": "bob", "limit": PAGE}))]
+    );
+}
+
+#[test]
+fn presence_connections_and_the_rendezvous_come_from_events() {
+    let mut app = connected();
+    app.handle_answer(
+        Then::Presence,
+        Ok(json!([{"name": "bob", "state": "online", "last_seen": 1}])),
+    );
+    app.handle_answer(
+        Then::Peers,
+        Ok(json!([{"name": "bob", "peer_id": "12D3", "connection": "direct", "addr": null}])),
+    );
+    let (title, people) = app.people();
+    assert_eq!(title, "Contacts");
+    assert_eq!(
+        people,
+        vec![Person {
+            name: "bob".into(),
+            presence: Presence::Online,
+            link: Some(Link::Direct),
+            owner: false
+        }]
+    );
+    app.handle_event(&json!({"type": "presence", "name": "bob", "state": "away", "last_seen": 2}));
+    app.handle_event(
+        &json!({"type": "connection", "peer_id": "12D3", "name": "bob", "connection": "relayed"}),
+    );
+    let (_, people) = app.people();
+    assert_eq!(people[0].presence, Presence::Away);
+    assert_eq!(people[0].link, Some(Link::Relayed));
+    app.handle_event(&json!({"type": "connection", "peer_id": "12D3", "name": "bob", "connection": "disconnected"}));
+    assert_eq!(app.people().1[0].link, None);
+
+    app.handle_event(&json!({"type": "rendezvous", "connected": false, "logged_in": false}));
+    assert!(!app.rendezvous.as_ref().unwrap().logged_in);
+    // Back in: presence is read again.
+    let effects =
+        app.handle_event(&json!({"type": "rendezvous", "connected": true, "logged_in": true}));
+    assert_eq!(calls(&effects), vec![("presence", json!({"names": []}))]);
+
+    // In a room the pane lists its members (not me), owners marked.
+    app.handle_key(key(KeyCode::Tab));
+    app.handle_answer(
+        Then::Members {
+            room: "lunch".into(),
+        },
+        Ok(json!([
+            {"name": "alice", "owner": true, "presence": "online"},
+            {"name": "carol", "owner": false, "presence": "offline"},
+            {"name": "bob", "owner": false, "presence": "unknown"},
+        ])),
+    );
+    let (title, people) = app.people();
+    assert_eq!(title, "Members");
+    let names: Vec<(&str, Presence)> = people
+        .iter()
+        .map(|p| (p.name.as_str(), p.presence))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("bob", Presence::Away), ("carol", Presence::Offline)]
+    );
+}
+
+#[test]
+fn the_input_line_edits_and_recalls() {
+    let mut app = connected();
+    for c in "héllo wörld".chars() {
+        app.handle_key(key(KeyCode::Char(c)));
+    }
+    app.handle_key(key(KeyCode::Left));
+    app.handle_key(key(KeyCode::Backspace));
+    assert_eq!(app.input.text, "héllo wörd");
+    app.handle_key(key(KeyCode::Home));
+    app.handle_key(key(KeyCode::Delete));
+    assert_eq!(app.input.text, "éllo wörd");
+    app.handle_key(key(KeyCode::End));
+    app.handle_key(ctrl('w'));
+    assert_eq!(app.input.text, "éllo ");
+    app.paste("a\nb");
+    assert_eq!(app.input.text, "éllo a b");
+    app.handle_key(ctrl('u'));
+    assert!(app.input.text.is_empty());
+    type_line(&mut app, "first");
+    type_line(&mut app, "second");
+    app.handle_key(key(KeyCode::Up));
+    assert_eq!(app.input.text, "second");
+    app.handle_key(key(KeyCode::Up));
+    app.handle_key(key(KeyCode::Up));
+    assert_eq!(app.input.text, "first");
+    app.handle_key(key(KeyCode::Down));
+    assert_eq!(app.input.text, "second");
+    app.handle_key(key(KeyCode::Down));
+    assert_eq!(app.input.text, "");
+}
+
+#[test]
+fn help_verify_and_quit() {
+    let mut app = connected();
+    type_line(&mut app, "/help");
+    assert!(app.overlay.as_ref().unwrap().lines[0].starts_with("/msg NAME TEXT"));
+    app.handle_key(key(KeyCode::Esc));
+    assert!(app.overlay.is_none());
+    // /verify alone verifies the selected direct conversation.
+    let effects = type_line(&mut app, "/verify");
+    assert_eq!(calls(&effects), vec![("verify", json!({"name": "bob"}))]);
+    app.handle_answer(
+        Then::Verify,
+        Ok(json!({"name": "bob", "fingerprint": "11111 22222", "me": "alice", "my_fingerprint": "33333 44444"})),
+    );
+    let overlay = app.overlay.clone().unwrap();
+    assert_eq!(overlay.title, "Verify bob");
+    assert!(overlay.lines[1].contains("bob") && overlay.lines[1].contains("11111 22222"));
+    // Typing closes the box and goes on into the input line.
+    app.handle_key(key(KeyCode::Char('x')));
+    assert!(app.overlay.is_none());
+    assert_eq!(app.input.text, "x");
+    app.handle_key(ctrl('u'));
+    type_line(&mut app, "/quit");
+    assert!(app.quit);
+
+    let mut app = connected();
+    app.handle_key(ctrl('c'));
+    assert!(app.quit);
+    assert_eq!(app.handle_key(ctrl('l')), vec![Effect::Redraw]);
+}
+
+#[test]
+fn unknown_commands_and_bad_names_are_reported_not_sent() {
+    let mut app = connected();
+    let effects = type_line(&mut app, "/dance");
+    assert!(effects.is_empty());
+    assert!(
+        app.notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("unknown command /dance")
+    );
+    let effects = type_line(&mut app, "/msg alice hi");
+    assert!(effects.is_empty());
+    assert_eq!(app.notice.as_ref().unwrap().text, "that is you");
+    let effects = type_line(&mut app, "   ");
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn when_the_daemon_goes_away_q_quits_and_nothing_is_sent() {
+    let mut app = connected();
+    app.disconnected(true, "");
+    assert_eq!(app.daemon, Daemon::NotRunning);
+    assert!(app.rendezvous.is_none());
+    assert!(app.handle_key(key(KeyCode::Char('h'))).is_empty());
+    assert!(app.input.text.is_empty());
+    app.handle_key(key(KeyCode::Char('q')));
+    assert!(app.quit);
+    // Back again: everything is read afresh, and merged with what is held.
+    let mut app = connected();
+    app.disconnected(false, "the daemon stopped");
+    assert_eq!(app.daemon, Daemon::Lost("the daemon stopped".into()));
+    let effects = app.connected();
+    assert_eq!(calls(&effects).len(), 4);
+    assert!(!app.conversations[0].loaded);
+    assert!(app.conversations[0].messages.is_empty());
+}
+
+#[test]
+fn control_characters_from_the_network_never_reach_the_terminal() {
+    let mut app = connected();
+    app.handle_event(&message_event("e1", "bob", "bob", "hi\u{1b}[2Jthere\tyou"));
+    let text = &app.conversations[0].messages.back().unwrap().text;
+    assert_eq!(text, "hi\u{fffd}[2Jthere you");
+}

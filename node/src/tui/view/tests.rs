@@ -1,0 +1,272 @@
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use serde_json::json;
+
+use super::super::app::Then;
+use super::*;
+
+/// Draws `app` on a `width`×`height` screen and reads it back, one string per row.
+fn screen(app: &App, width: u16, height: u16) -> Vec<String> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| draw(frame, app)).unwrap();
+    let buffer = terminal.backend().buffer();
+    (0..height)
+        .map(|y| {
+            let mut row = String::new();
+            let mut hidden = 0;
+            for x in 0..width {
+                let symbol = buffer[(x, y)].symbol();
+                if hidden > 0 {
+                    hidden -= 1;
+                    continue;
+                }
+                hidden = symbol.width().saturating_sub(1);
+                row.push_str(symbol);
+            }
+            row
+        })
+        .collect()
+}
+
+/// The conversation list's columns of a row.
+fn left(row: &str) -> String {
+    row.chars().take(18).collect()
+}
+
+fn contains(screen: &[String], text: &str) -> bool {
+    screen.iter().any(|row| row.contains(text))
+}
+
+fn entry(id: &str, conversation: &str, from: &str, text: &str, status: &str) -> serde_json::Value {
+    // 10:02 UTC.
+    json!({"id": id, "conversation": conversation, "from": from, "text": text,
+           "sent_at": 1_700_000_000_000u64 - 1_700_000_000_000u64 % 86_400_000 + 36_120_000,
+           "status": status})
+}
+
+/// alice, talking with bob, with #lunch and carol in the list, at 80×24.
+fn chatting() -> App {
+    let mut app = App::new("/home/alice/.local/share/palaver/palaver.sock");
+    app.resize(
+        message_viewport(Rect::new(0, 0, 80, 24)).0,
+        message_viewport(Rect::new(0, 0, 80, 24)).1,
+    );
+    app.connected();
+    app.handle_answer(
+        Then::Status,
+        Ok(json!({"name": "alice", "rendezvous": {"connected": true, "logged_in": true}})),
+    );
+    app.handle_answer(
+        Then::Conversations,
+        Ok(json!([{"conversation": "bob"}, {"conversation": "#lunch"}, {"conversation": "carol"}])),
+    );
+    app.handle_answer(
+        Then::History {
+            conv: ConvKey::Direct("bob".into()),
+            older: false,
+        },
+        Ok(json!([
+            entry("1", "bob", "bob", "Hi alice! Lunch today?", "received"),
+            entry("2", "bob", "alice", "Sure, noon.", "delivered"),
+            entry("3", "bob", "alice", "I'll bring the cards.", "queued"),
+            entry("4", "bob", "alice", "On my way", "sent"),
+            entry("5", "bob", "alice", "Are you there?", "failed"),
+        ])),
+    );
+    app.handle_answer(
+        Then::Presence,
+        Ok(json!([{"name": "bob", "state": "online"}, {"name": "carol", "state": "away"}])),
+    );
+    app.handle_answer(
+        Then::Peers,
+        Ok(json!([{"name": "bob", "connection": "direct"}, {"name": "carol", "connection": "relayed"}])),
+    );
+    for (id, from) in [("l1", "bob"), ("l2", "carol"), ("l3", "bob")] {
+        app.handle_event(
+            &json!({"type": "message", "id": id, "conversation": "#lunch",
+            "from": from, "text": "soup?", "sent_at": 1, "status": "received"}),
+        );
+    }
+    app
+}
+
+#[test]
+fn the_chat_window_at_80_by_24() {
+    let app = chatting();
+    let rows = screen(&app, 80, 24);
+    let text = rows.join("\n");
+    // Conversation list with unread counts.
+    assert!(rows[0].contains("Conversations"), "{text}");
+    assert!(rows[1].contains("▸● bob"), "{text}");
+    assert!(
+        left(&rows[2]).contains("#lunch") && left(&rows[2]).ends_with("3│"),
+        "{text}"
+    );
+    assert!(rows[3].contains("◐ carol"), "{text}");
+    // Messages, with sender, time and delivery marks.
+    assert!(contains(&rows, "bob — online, direct"), "{text}");
+    assert!(
+        contains(&rows, "10:02 bob: Hi alice! Lunch today?"),
+        "{text}"
+    );
+    assert!(contains(&rows, "10:02 alice: Sure, noon. ✓✓"), "{text}");
+    assert!(contains(&rows, "alice: I'll bring the cards. ✉"), "{text}");
+    assert!(contains(&rows, "alice: On my way ✓"), "{text}");
+    assert!(contains(&rows, "alice: Are you there? ✗"), "{text}");
+    // People with presence and how they are connected.
+    assert!(contains(&rows, "Contacts"), "{text}");
+    assert!(contains(&rows, "● bob     direct"), "{text}");
+    assert!(contains(&rows, "◐ carol  relayed"), "{text}");
+    // The input line and the status bar.
+    assert!(rows[20].contains("to bob"), "{text}");
+    assert!(rows[21].starts_with("│> "), "{text}");
+    assert!(
+        rows[23].starts_with(" alice  rendezvous: logged in │"),
+        "{text}"
+    );
+    assert!(rows[23].contains("/help"), "{text}");
+    // The newest message sits just above the bottom border of the pane.
+    assert!(rows[18].contains("Are you there?"), "{text}");
+}
+
+#[test]
+fn the_not_running_screen_says_how_to_start_the_daemon() {
+    let mut app = App::new("/tmp/x/palaver.sock");
+    app.disconnected(true, "");
+    let rows = screen(&app, 80, 24);
+    let text = rows.join("\n");
+    assert!(
+        contains(&rows, "The Palaver daemon is not running."),
+        "{text}"
+    );
+    assert!(contains(&rows, "/tmp/x/palaver.sock"), "{text}");
+    assert!(
+        contains(&rows, "palaver daemon --rendezvous MULTIADDR"),
+        "{text}"
+    );
+    assert!(contains(&rows, "palaver demo --interactive"), "{text}");
+    assert!(contains(&rows, "q or Ctrl-C quits"), "{text}");
+
+    app.disconnected(false, "the daemon stopped");
+    let rows = screen(&app, 80, 24);
+    assert!(contains(
+        &rows,
+        "Lost the connection to the daemon: the daemon stopped"
+    ));
+}
+
+#[test]
+fn the_status_bar_follows_the_rendezvous_and_shows_notices() {
+    let mut app = chatting();
+    app.handle_event(&json!({"type": "rendezvous", "connected": false, "logged_in": false}));
+    assert!(screen(&app, 80, 24)[23].contains("rendezvous: not connected"));
+    app.handle_event(&json!({"type": "rendezvous", "connected": true, "logged_in": false}));
+    assert!(screen(&app, 80, 24)[23].contains("rendezvous: logging in…"));
+    app.handle_event(&json!({"type": "invite", "room": "party", "from": "carol"}));
+    let rows = screen(&app, 80, 24);
+    assert!(
+        rows[23].contains("carol invited you to #party: /join party"),
+        "{rows:#?}"
+    );
+    assert!(contains(&rows, "+ #party"), "{rows:#?}");
+}
+
+#[test]
+fn a_room_shows_its_members_and_their_messages() {
+    let mut app = chatting();
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Tab,
+    ));
+    app.handle_answer(
+        Then::Members {
+            room: "lunch".into(),
+        },
+        Ok(json!([
+            {"name": "alice", "owner": true, "presence": "online"},
+            {"name": "bob", "owner": false, "presence": "online"},
+            {"name": "carol", "owner": false, "presence": "unknown"},
+        ])),
+    );
+    let rows = screen(&app, 80, 24);
+    let text = rows.join("\n");
+    assert!(contains(&rows, "#lunch — 3 members"), "{text}");
+    assert!(contains(&rows, "Members"), "{text}");
+    assert!(contains(&rows, "● bob     direct"), "{text}");
+    assert!(contains(&rows, "◐ carol  relayed"), "{text}");
+    assert!(contains(&rows, "carol: soup?"), "{text}");
+    assert!(rows[20].contains("to #lunch"), "{text}");
+    // Read now: no unread badge.
+    assert!(
+        left(&rows[2]).contains("#lunch") && !left(&rows[2]).contains('3'),
+        "{text}"
+    );
+}
+
+#[test]
+fn long_messages_wrap_and_scrolling_shows_where_you_are() {
+    let mut app = chatting();
+    let long = "word ".repeat(40);
+    for i in 0..30 {
+        app.handle_event(
+            &json!({"type": "message", "id": format!("w{i}"), "conversation": "bob",
+            "from": "bob", "text": format!("{i} {long}"), "sent_at": 1, "status": "received"}),
+        );
+    }
+    let rows = screen(&app, 80, 24);
+    // Wrapped under the text, not under the time.
+    assert!(
+        rows.iter().any(|r| r.contains("│      word word")),
+        "{rows:#?}"
+    );
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::PageUp,
+    ));
+    let rows = screen(&app, 80, 24);
+    assert!(contains(&rows, "more lines · PgDn"), "{rows:#?}");
+}
+
+#[test]
+fn help_is_a_box_over_the_window() {
+    let mut app = chatting();
+    for c in "/help".chars() {
+        app.handle_key(crossterm::event::KeyEvent::from(
+            crossterm::event::KeyCode::Char(c),
+        ));
+    }
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Enter,
+    ));
+    let rows = screen(&app, 80, 24);
+    let text = rows.join("\n");
+    assert!(contains(&rows, "Help (Esc closes)"), "{text}");
+    assert!(contains(&rows, "/msg NAME TEXT    write to NAME"), "{text}");
+    assert!(contains(&rows, "✓✓ delivered"), "{text}");
+}
+
+#[test]
+fn narrow_and_tiny_windows_still_draw() {
+    let app = chatting();
+    let rows = screen(&app, 60, 20);
+    assert!(contains(&rows, "Conversations"));
+    assert!(!contains(&rows, "Contacts"));
+    let rows = screen(&app, 40, 12);
+    assert!(!contains(&rows, "Conversations"));
+    assert!(contains(&rows, "Are you there?"));
+    // Degenerate sizes must not panic.
+    for (w, h) in [(1, 1), (5, 3), (10, 5), (200, 60)] {
+        screen(&app, w, h);
+    }
+    let mut down = App::new("/x");
+    down.disconnected(true, "");
+    screen(&down, 10, 4);
+}
+
+#[test]
+fn wrap_breaks_at_spaces_and_splits_long_words() {
+    assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
+    assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+    assert_eq!(wrap("one\ntwo", 10), vec!["one", "two"]);
+    assert_eq!(wrap("", 10), vec![""]);
+    // Wide characters count two columns.
+    assert_eq!(wrap("日本語です", 4), vec!["日本", "語で", "す"]);
+}
