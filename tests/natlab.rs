@@ -392,7 +392,7 @@ impl Peer {
             .args(["daemon", "--rendezvous", rendezvous])
             .env(
                 "RUST_LOG",
-                "info,libp2p_dcutr=debug,libp2p_relay=debug,libp2p_autonat=debug",
+                "info,palaver_node=debug,libp2p_tcp=debug,libp2p_dcutr=debug,libp2p_relay=debug,libp2p_autonat=debug",
             )
             .stdout(Stdio::null())
             .stderr(log);
@@ -557,6 +557,24 @@ impl Events {
     }
 }
 
+impl Events {
+    /// With `NATLAB_VERBOSE=1`: prints the events seen, timed from `since`.
+    fn dump(&self, who: &str, since: Instant) {
+        if !std::env::var("NATLAB_VERBOSE").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let Ok(seen) = self.seen.lock() else { return };
+        for (at, event) in seen.iter() {
+            let t = if *at >= since {
+                format!("+{:.3}", (*at - since).as_secs_f64())
+            } else {
+                format!("-{:.3}", (since - *at).as_secs_f64())
+            };
+            println!("  {who:>6} {t:>8} s  {event}");
+        }
+    }
+}
+
 impl Drop for Events {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -667,6 +685,8 @@ fn home_nats(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report>
         "the first message did not cross the relay"
     );
     alice.all_delivered("bob", &[first], Duration::from_secs(20))?;
+    alice.events()?.dump("alice", sent);
+    bob.events()?.dump("bob", sent);
 
     // The relayed connection is closed once the direct one is up; then nothing crosses the relay.
     wait_until(

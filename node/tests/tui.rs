@@ -53,10 +53,6 @@ impl Tmux {
         );
     }
 
-    fn alive(&self) -> bool {
-        self.run(&["has-session", "-t", "chat"]).status.success()
-    }
-
     /// Polls the screen until `check` holds; panics with the last screen after [`STEP`].
     async fn wait_for_screen(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + STEP;
@@ -122,7 +118,7 @@ async fn start_daemon(home: PathBuf, rendezvous: &libp2p::Multiaddr) -> DaemonHa
 async fn history_texts(socket: &Path, with: &str) -> Vec<String> {
     let mut client = Client::connect(socket).await.unwrap();
     match client
-        .call("history", json!({"with": with, "limit": 100}))
+        .call("history", json!({"with": with, "limit": 1000}))
         .await
     {
         Ok(history) => history
@@ -140,7 +136,7 @@ async fn history_texts(socket: &Path, with: &str) -> Vec<String> {
 const EARLIER: usize = 120;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_in_tmux_sends_with_msg_and_shows_the_reply() {
+async fn tui_in_tmux_sends_with_msg_scrolls_back_and_shows_the_reply() {
     let tmux_required = std::env::var("PALAVER_REQUIRE_TMUX").as_deref() == Ok("1");
     if tmux_required && !have_tmux() {
         panic!("tmux is required (PALAVER_REQUIRE_TMUX=1) but not installed");

@@ -118,11 +118,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for addr in &args.external {
         server.add_external_address(addr.clone());
     }
+    // Whoever started us may stop reading after the first address: that is not a reason to stop.
     let mut stdout = std::io::stdout().lock();
-    for addr in server.listen_addrs() {
-        writeln!(stdout, "{addr}")?;
+    let printed = server
+        .listen_addrs()
+        .iter()
+        .try_for_each(|addr| writeln!(stdout, "{addr}"))
+        .and_then(|()| stdout.flush());
+    if let Err(error) = printed {
+        tracing::warn!(%error, "could not print the listen addresses");
     }
-    stdout.flush()?;
     drop(stdout);
     server.run(shutdown_signal()).await?;
     Ok(())

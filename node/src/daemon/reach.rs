@@ -36,7 +36,7 @@ use super::direct::OutboxItem;
 use crate::store::StateKey;
 
 /// How long direct addresses have to answer before circuit addresses are dialed too.
-const DIRECT_HEAD_START: Duration = Duration::from_millis(1500);
+const DIRECT_HEAD_START: Duration = Duration::from_secs(1);
 /// How long a relayed connection outlives a direct one to the same peer (DCUtR's own exchange
 /// finishes on it).
 const RELAYED_GRACE: Duration = Duration::from_secs(2);
@@ -127,6 +127,27 @@ pub(crate) fn connection_addr(peer: PeerId, endpoint: &ConnectedPoint) -> Multia
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    fn of(addr: &Multiaddr) -> Option<Self> {
+        let mut kind = None;
+        for protocol in addr.iter() {
+            match protocol {
+                Protocol::Tcp(_) => kind = Some(Self::Tcp),
+                Protocol::QuicV1 => kind = Some(Self::Quic),
+                Protocol::P2pCircuit => return None,
+                _ => {}
+            }
+        }
+        kind
+    }
+}
+
 fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     match addr.iter().last() {
         Some(Protocol::P2p(_)) => addr.clone(),
@@ -162,7 +183,47 @@ impl Node {
         if let Some(i) = self.relay_index(&peer) {
             tracing::debug!("relay {peer} observes us at {}", info.observed_addr);
             self.reach.relays[i].observed = true;
+            self.connect_every_transport(peer, info);
             self.reserve_slots();
+        }
+    }
+
+    /// Connects to relay `peer` over each transport we listen on (TCP and QUIC), so identify
+    /// observes our address on each and DCUtR can punch with either: QUIC's UDP punch gets
+    /// through NATs that answer an early TCP SYN with a reset.
+    fn connect_every_transport(&mut self, peer: PeerId, info: &identify::Info) {
+        let connected: Vec<Multiaddr> = self
+            .peer_addrs
+            .get(&peer)
+            .map(|c| c.values().filter(|a| !is_circuit(a)).cloned().collect())
+            .unwrap_or_default();
+        let hosts: Vec<Protocol<'_>> = connected.iter().filter_map(|a| a.iter().next()).collect();
+        for kind in [Transport::Tcp, Transport::Quic] {
+            let listening = self
+                .listen_addrs
+                .iter()
+                .any(|a| !is_circuit(a) && Transport::of(a) == Some(kind));
+            if !listening || connected.iter().any(|a| Transport::of(a) == Some(kind)) {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = info
+                .listen_addrs
+                .iter()
+                .filter(|a| Transport::of(a) == Some(kind))
+                .filter(|a| a.iter().next().is_some_and(|host| hosts.contains(&host)))
+                .cloned()
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            tracing::debug!("connecting to relay {peer} over {kind:?} too");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::Always)
+                .build();
+            if let Err(err) = self.swarm.dial(opts) {
+                tracing::debug!("dialing relay {peer} over {kind:?}: {err}");
+            }
         }
     }
 

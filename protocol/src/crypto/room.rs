@@ -15,7 +15,7 @@
 //! everyone has rotated. Each remaining member rotates on applying the update, so messages sent
 //! after that are out of its reach.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
@@ -194,29 +194,30 @@ impl RoomKeys {
             return Err(CryptoError::StaleMembership);
         }
 
-        let mut members: Vec<VerifyingKey> = Vec::with_capacity(update.members.len());
-        for member in &update.members {
-            if !members.contains(member) {
-                members.push(*member);
-            }
-        }
-        let previous = self.members();
-        let was_member = previous.contains(&self.me);
-        let anyone_removed = previous.iter().any(|member| !members.contains(member));
-        let added: Vec<VerifyingKey> = members
+        let mut listed = HashSet::new();
+        let members: Vec<VerifyingKey> = update
+            .members
             .iter()
-            .filter(|member| !previous.contains(member) && **member != self.me)
+            .filter(|member| listed.insert(member.to_bytes()))
             .copied()
             .collect();
+        let previous: HashSet<[u8; 32]> =
+            self.members().iter().map(VerifyingKey::to_bytes).collect();
+        let was_member = previous.contains(self.me.as_bytes());
+        let anyone_removed = previous.iter().any(|member| !listed.contains(member));
         let others: Vec<VerifyingKey> = members
             .iter()
             .filter(|member| **member != self.me)
             .copied()
             .collect();
+        let added: Vec<VerifyingKey> = others
+            .iter()
+            .filter(|member| !previous.contains(member.as_bytes()))
+            .copied()
+            .collect();
 
-        self.received
-            .retain(|member, _| others.iter().any(|other| other.as_bytes() == member));
-        let is_member = members.contains(&self.me);
+        self.received.retain(|member, _| listed.contains(member));
+        let is_member = listed.contains(self.me.as_bytes());
         self.membership = Some(Membership {
             epoch: update.epoch,
             members,

@@ -1,0 +1,287 @@
+//! The rendezvous part (after `rendezvous/examples/load.rs`, the server's own load test): the
+//! server runs in a child process — this binary re-executed as `loadgen __serve DIR` — so its
+//! resident memory is its own. From here `sessions` light clients (each its own key, swarm and
+//! TCP connection) register and log in, `CONCURRENCY` at a time; then:
+//!
+//! - `rss_kib_per_session`: (server RSS with every session logged in − RSS before) / sessions;
+//! - `logins_per_s`: a login on every established session, `CONCURRENCY` in flight;
+//! - `presence_p99_ms`: `TARGETS` users each watched by `WATCHERS` sessions flip between online
+//!   and away `ROUNDS` times; from just before the heartbeat is sent to the push at each watcher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use palaver_protocol::rendezvous::RateLimit;
+use palaver_protocol::wire::{
+    PresenceRecord, PresenceState, RendezvousRequest, RendezvousResponse, ServerPush,
+};
+use palaver_protocol::{Identity, UserName};
+use palaver_rendezvous::client::{Client, ClientConfig};
+use palaver_rendezvous::{Config, Limits, Server};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::stats;
+
+pub(crate) const SERVE_ARG: &str = "__serve";
+const CONCURRENCY: usize = 128;
+const TARGETS: usize = 10;
+const WATCHERS: usize = 50;
+const ROUNDS: usize = 10;
+const PHASE_LIMIT: Duration = Duration::from_secs(240);
+
+/// The server process: limits opened up for a load test, as the server's own load test does.
+pub(crate) fn serve(dir: PathBuf) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut config = Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse()?], dir);
+            config.limits = Limits {
+                login_timeout: Duration::from_secs(600),
+                presence_timeout: Duration::from_secs(3600),
+                idle_connection_timeout: Duration::from_secs(3600),
+                requests: RateLimit::new(10_000, 10_000),
+                store_cache_bytes: 16 << 20,
+                ..Limits::default()
+            };
+            let server = Server::bind(config).await?;
+            for addr in server.listen_addrs() {
+                println!("{addr}");
+            }
+            // Runs until the driver closes our stdin (or goes away).
+            let stdin_closed = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+            });
+            server
+                .run(async move {
+                    let _ = stdin_closed.await;
+                })
+                .await?;
+            Ok(())
+        })
+}
+
+pub(crate) async fn run(sessions: usize) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg(SERVE_ARG)
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("server pid")?.to_string();
+    let mut lines =
+        tokio::io::BufReader::new(child.stdout.take().context("server stdout")?).lines();
+    let addr: libp2p::Multiaddr = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match lines.next_line().await? {
+                Some(line) => {
+                    if let Ok(addr) = line.parse() {
+                        return anyhow::Ok(addr);
+                    }
+                }
+                None => anyhow::bail!("the server exited"),
+            }
+        }
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = stats::rss_kib(&pid);
+    let result = tokio::time::timeout(PHASE_LIMIT, measure(addr, sessions, &pid, rss_before)).await;
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let report = result.context("the rendezvous part took too long")??;
+    eprintln!("rendezvous: {report}");
+    Ok(report)
+}
+
+async fn measure(
+    addr: libp2p::Multiaddr,
+    count: usize,
+    pid: &str,
+    rss_before: u64,
+) -> anyhow::Result<Value> {
+    let config = ClientConfig {
+        push_buffer: 64,
+        timeout: Duration::from_secs(120),
+        ..ClientConfig::default()
+    };
+    let progress = ProgressBar::new(count as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.set_message("rendezvous sessions");
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let start = Instant::now();
+    let mut joins = Vec::with_capacity(count);
+    for i in 0..count {
+        let permits = permits.clone();
+        let addr = addr.clone();
+        let config = config.clone();
+        let progress = progress.clone();
+        joins.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let identity = Identity::generate(&mut rand_core::OsRng);
+            let client = Client::connect_with(addr, &identity, config).await?;
+            let name = UserName::new(format!("user{i}"))?;
+            let registered = client
+                .request(RendezvousRequest::Register {
+                    name: name.clone(),
+                    token: None,
+                })
+                .await?;
+            anyhow::ensure!(matches!(registered, RendezvousResponse::Registered { .. }));
+            let login = client
+                .request(RendezvousRequest::Login { name: name.clone() })
+                .await?;
+            anyhow::ensure!(matches!(login, RendezvousResponse::LoggedIn { .. }));
+            progress.inc(1);
+            anyhow::Ok((client, name))
+        }));
+    }
+    let mut sessions = Vec::with_capacity(count);
+    let mut failed = 0;
+    for join in joins {
+        match join.await? {
+            Ok(session) => sessions.push(session),
+            Err(err) => {
+                failed += 1;
+                if failed == 1 {
+                    eprintln!("a session failed: {err}");
+                }
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let established = start.elapsed();
+    anyhow::ensure!(
+        sessions.len() > TARGETS * 2,
+        "only {} sessions",
+        sessions.len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = stats::rss_kib(pid);
+    let per_session = rss_after.saturating_sub(rss_before) as f64 / sessions.len() as f64;
+
+    // Logins on established sessions.
+    let sessions = Arc::new(sessions);
+    let start = Instant::now();
+    let mut lanes = Vec::new();
+    for lane in 0..CONCURRENCY {
+        let sessions = sessions.clone();
+        lanes.push(tokio::spawn(async move {
+            for (client, name) in sessions.iter().skip(lane).step_by(CONCURRENCY) {
+                let r = client
+                    .request(RendezvousRequest::Login { name: name.clone() })
+                    .await?;
+                anyhow::ensure!(matches!(r, RendezvousResponse::LoggedIn { .. }));
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for lane in lanes {
+        lane.await??;
+    }
+    let logins_per_s = sessions.len() as f64 / start.elapsed().as_secs_f64();
+
+    let presence = presence(Arc::into_inner(sessions).context("sessions still shared")?).await?;
+    Ok(json!({
+        "sessions": count - failed,
+        "failed": failed,
+        "sessions_per_s": ((count - failed) as f64 / established.as_secs_f64()).round(),
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_after,
+        "rss_kib_per_session": stats::round3(per_session),
+        "logins_per_s": logins_per_s.round(),
+        "presence_p50_ms": presence.0,
+        "presence_p99_ms": presence.1,
+        "presence_pushes": presence.2,
+        "presence_missing": presence.3,
+    }))
+}
+
+/// Presence fan-out: (p50 ms, p99 ms, pushes seen, pushes missing).
+async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64, usize, usize)> {
+    let targets = TARGETS.min(sessions.len() / 2);
+    let watchers = WATCHERS.min((sessions.len() - targets) / targets.max(1));
+    let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
+    let (sample_tx, mut samples) = mpsc::channel::<(PresenceState, Instant)>(1 << 16);
+    let mut watcher_tasks = Vec::new();
+    for t in 0..targets {
+        let target = sessions[t].as_ref().context("target")?.1.clone();
+        for w in 0..watchers {
+            let (mut client, _) = sessions[targets + t * watchers + w]
+                .take()
+                .context("watcher")?;
+            let r = client
+                .request(RendezvousRequest::SubscribePresence {
+                    names: vec![target.clone()],
+                })
+                .await?;
+            anyhow::ensure!(matches!(r, RendezvousResponse::Presence(_)));
+            let tx = sample_tx.clone();
+            watcher_tasks.push(tokio::spawn(async move {
+                while let Some(push) = client.next_push().await {
+                    if let ServerPush::Presence(PresenceRecord { state, .. }) = push
+                        && tx.send((state, Instant::now())).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+    drop(sample_tx);
+    let target_clients: Vec<(Client, UserName)> = sessions[..targets]
+        .iter_mut()
+        .filter_map(Option::take)
+        .collect();
+    let mut latencies = Vec::new();
+    let mut missing = 0usize;
+    for round in 0..ROUNDS {
+        let state = if round % 2 == 0 {
+            PresenceState::Away
+        } else {
+            PresenceState::Online
+        };
+        let sent = Instant::now();
+        let sends = target_clients
+            .iter()
+            .map(|(client, _)| client.request(RendezvousRequest::Heartbeat { state }));
+        futures::future::join_all(sends).await;
+        let expected = targets * watchers;
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got < expected {
+            match tokio::time::timeout_at(deadline, samples.recv()).await {
+                Ok(Some((s, at))) if s == state => {
+                    latencies.push(at - sent);
+                    got += 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        missing += expected - got;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in watcher_tasks {
+        task.abort();
+    }
+    let pushes = latencies.len();
+    Ok((
+        stats::ms(stats::percentile(&mut latencies, 0.5)),
+        stats::ms(stats::percentile(&mut latencies, 0.99)),
+        pushes,
+        missing,
+    ))
+}

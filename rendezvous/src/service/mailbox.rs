@@ -1,0 +1,103 @@
+//! The mailbox: checked deposits within quota, TTL sweeps, deletion on ack.
+
+use super::*;
+
+impl Service {
+    pub(super) fn deposit(
+        &mut self,
+        sender: VerifyingKey,
+        to: UserName,
+        envelope: Envelope,
+        now: Millis,
+    ) -> Handled {
+        let Some(recipient) = self.store.user(&to)? else {
+            return Err(refuse(
+                RefusalReason::UnknownUser,
+                format!("no user {to:?} is registered here"),
+            ));
+        };
+        let Body::Direct(direct) = &envelope.body else {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                "only direct envelopes can be deposited",
+            ));
+        };
+        if direct.sender != sender {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                "the envelope's sender is not the key you are connected with",
+            ));
+        }
+        if direct.recipient != recipient.identity {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                format!("the envelope's recipient is not {to:?}'s key"),
+            ));
+        }
+        envelope
+            .verify()
+            .map_err(|e| refuse(RefusalReason::Invalid, format!("envelope rejected: {e}")))?;
+        let id = envelope.id();
+        if self.store.holds(&to, &id)? {
+            return Ok(Reply::now(RendezvousResponse::Deposited { id }));
+        }
+        let item = MailItem {
+            envelope,
+            deposited_at_ms: now,
+        };
+        let len = Store::encoded_len(&item)?;
+        if len > (MAX_ENVELOPE_LEN + 64) as u64 {
+            return Err(refuse(
+                RefusalReason::TooLarge,
+                format!("an envelope may be at most {MAX_ENVELOPE_LEN} bytes"),
+            ));
+        }
+        let usage = self.usage.get(&to).copied().unwrap_or_default();
+        usage.admit(len, &self.limits.mailbox).map_err(|e| {
+            refuse(
+                RefusalReason::QuotaExceeded,
+                format!(
+                    "{to:?}'s mailbox is full: {e}; try again once they have collected their mail"
+                ),
+            )
+        })?;
+        if let store::Deposit::Stored(len) = self.store.deposit(&to, &id, &item)? {
+            let usage = self.usage.entry(to.clone()).or_default();
+            usage.add(len);
+            let count = usage.messages;
+            self.metrics.mailbox_deposits.inc();
+            self.metrics.mailbox_messages.inc();
+            self.metrics.mailbox_bytes.inc_by(gauge(len));
+            if let Some(peer) = self.online.get(&to) {
+                self.pushes.push((*peer, ServerPush::MailWaiting { count }));
+            }
+        }
+        Ok(Reply::durable(RendezvousResponse::Deposited { id }))
+    }
+
+    pub(super) fn sweep_mail(&mut self, now: Millis) -> Result<(), StoreError> {
+        let cutoff = self.limits.mailbox.expiry_cutoff(now);
+        loop {
+            let removed = self.store.expire(cutoff, 1024)?;
+            let done = removed.len() < 1024;
+            self.metrics.mailbox_expired.inc_by(removed.len() as u64);
+            self.forget_mail(&removed);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) fn forget_mail(&mut self, removed: &[store::Removed]) {
+        for r in removed {
+            if let Some(usage) = self.usage.get_mut(&r.recipient) {
+                usage.remove(r.bytes);
+                if usage.is_empty() {
+                    self.usage.remove(&r.recipient);
+                }
+            }
+            self.metrics.mailbox_messages.dec();
+            self.metrics.mailbox_bytes.dec_by(gauge(r.bytes));
+        }
+    }
+}
