@@ -276,7 +276,11 @@ pub(crate) async fn run(
         let palaver_first = number % 2 == 1;
         for step in 0..2 {
             let on_palaver = (step == 0) == palaver_first;
-            if args.only.as_deref().is_some_and(|only| only != ["baseline", "palaver"][usize::from(on_palaver)]) {
+            if args
+                .only
+                .as_deref()
+                .is_some_and(|only| only != ["baseline", "palaver"][usize::from(on_palaver)])
+            {
                 continue;
             }
             if on_palaver {

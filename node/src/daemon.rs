@@ -243,6 +243,8 @@ const ONE_TIME_PREKEYS: usize = 100;
 /// Top up when the server says fewer than this remain.
 const PREKEYS_LOW: u32 = 20;
 const FETCH_MAIL_BATCH: u16 = 64;
+/// How long a signed prekey is used before it is replaced.
+const SIGNED_PREKEY_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Node {
     fn new(
@@ -446,13 +448,7 @@ impl Node {
         self.link.logged_in = true;
         tracing::info!("logged in at the rendezvous as {}", self.name);
         self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": true}));
-        let upload = self.prekeys.upload();
-        if one_time_left < PREKEYS_LOW || !self.store_flag("prekeys_published") {
-            self.rendezvous_request(
-                RendezvousRequest::PublishPrekeys(Box::new(upload)),
-                Pending::Publish,
-            );
-        }
+        self.publish_prekeys(one_time_left);
         self.rendezvous_request(
             RendezvousRequest::Heartbeat {
                 state: PresenceState::Online,
@@ -469,6 +465,58 @@ impl Node {
         }
         self.rooms_after_login();
         self.resume_outbox();
+    }
+
+    /// Keeps our prekeys at the rendezvous fresh. One-time prekeys are published exactly once
+    /// each (re-publishing one the server already handed out would let two senders use it); the
+    /// signed prekey is replaced weekly, the previous one kept for messages already under way.
+    fn publish_prekeys(&mut self, one_time_left: u32) {
+        let now = now_ms();
+        let signed_at = self
+            .store
+            .get::<u64>(StateKey::Meta("signed_prekey_at"))
+            .ok()
+            .flatten();
+        let request = if !self.store_flag("prekeys_published") {
+            Some(RendezvousRequest::PublishPrekeys(Box::new(
+                self.prekeys.upload(),
+            )))
+        } else if signed_at.is_none_or(|at| now.saturating_sub(at) > SIGNED_PREKEY_LIFETIME_MS) {
+            self.prekeys.end_signed_prekey_grace();
+            let signed_prekey = self
+                .prekeys
+                .rotate_signed_prekey(&mut OsRng, self.identity.signing_key());
+            let one_time_prekeys = self.prekeys.replenish(&mut OsRng, ONE_TIME_PREKEYS);
+            let identity = self.identity.public();
+            let upload = palaver_protocol::crypto::x3dh::PrekeyUpload {
+                identity,
+                signed_prekey,
+                one_time_prekeys,
+            };
+            Some(RendezvousRequest::PublishPrekeys(Box::new(upload)))
+        } else if one_time_left < PREKEYS_LOW {
+            Some(RendezvousRequest::AddOneTimePrekeys(
+                self.prekeys.replenish(&mut OsRng, ONE_TIME_PREKEYS),
+            ))
+        } else {
+            None
+        };
+        let Some(request) = request else { return };
+        // The secrets are on disk before any public half leaves.
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Meta(PREKEYS_META), &self.prekeys);
+        if matches!(request, RendezvousRequest::PublishPrekeys(_)) {
+            batch.put(StateKey::Meta("signed_prekey_at"), &now);
+        }
+        if let Err(err) = self
+            .store
+            .apply(&batch)
+            .and_then(|()| self.store.flush_blocking())
+        {
+            tracing::error!("cannot store prekeys, not publishing them: {err}");
+            return;
+        }
+        self.rendezvous_request(request, Pending::Publish);
     }
 
     fn store_flag(&self, flag: &str) -> bool {
@@ -738,19 +786,7 @@ impl Node {
                 }
             }
             ServerPush::MailWaiting { .. } => self.fetch_mail(),
-            ServerPush::PrekeysLow { .. } => {
-                let fresh = self.prekeys.replenish(&mut OsRng, ONE_TIME_PREKEYS);
-                if let Err(err) = self
-                    .store
-                    .apply(StateBatch::default().put(StateKey::Meta(PREKEYS_META), &self.prekeys))
-                {
-                    tracing::warn!("store: {err}");
-                }
-                self.rendezvous_request(
-                    RendezvousRequest::AddOneTimePrekeys(fresh),
-                    Pending::Publish,
-                );
-            }
+            ServerPush::PrekeysLow { remaining } => self.publish_prekeys(remaining),
         }
     }
 

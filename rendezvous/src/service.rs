@@ -483,6 +483,14 @@ impl Service {
                         "prekeys must be published for the key you are connected with",
                     ));
                 }
+                // A signed prekey that does not verify would only make every sender's session
+                // setup fail later; refuse it now, where the owner sees why.
+                if upload.verify().is_err() {
+                    return Err(refuse(
+                        RefusalReason::Invalid,
+                        "the signed prekey's signature does not verify",
+                    ));
+                }
                 let count = upload.one_time_prekeys.len();
                 if count > self.limits.max_one_time_prekeys as usize {
                     return Err(refuse(

@@ -15,7 +15,12 @@ impl Service {
 
     /// The user was heard from; `state` is what it says it is (`None`: any request, which keeps
     /// the current state alive without changing it).
-    pub(super) fn presence_heard(&mut self, name: &UserName, state: Option<PresenceState>, now: Millis) {
+    pub(super) fn presence_heard(
+        &mut self,
+        name: &UserName,
+        state: Option<PresenceState>,
+        now: Millis,
+    ) {
         let state = match state {
             Some(state) => state,
             None => match self.presence.record(name).map(|r| r.state) {

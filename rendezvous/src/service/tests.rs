@@ -116,20 +116,20 @@ fn envelope(from: &Identity, to: &VerifyingKey, n: u8) -> Envelope {
 }
 
 fn upload(id: &Identity, one_time: u32) -> PrekeyUpload {
-    PrekeyUpload {
-        identity: id.public(),
-        signed_prekey: SignedPrekey {
-            id: 1,
-            key: x25519_dalek::PublicKey::from([1; 32]),
-            signature: Signature::from_bytes(&[0; 64]),
-        },
-        one_time_prekeys: (0..one_time)
-            .map(|i| OneTimePrekey {
-                id: i,
-                key: x25519_dalek::PublicKey::from([i as u8; 32]),
-            })
-            .collect(),
-    }
+    // A genuine signed prekey (the server verifies it) with deterministic one-time keys.
+    let mut upload = palaver_protocol::crypto::x3dh::PrekeySecrets::generate(
+        &mut rand_core::OsRng,
+        id.signing_key(),
+        0,
+    )
+    .upload();
+    upload.one_time_prekeys = (0..one_time)
+        .map(|i| OneTimePrekey {
+            id: i,
+            key: x25519_dalek::PublicKey::from([i as u8; 32]),
+        })
+        .collect();
+    upload
 }
 
 #[test]
@@ -366,6 +366,17 @@ fn one_time_prekeys_are_handed_out_once_and_a_low_stock_is_signalled() {
         h.refusal(
             bob,
             RendezvousRequest::PublishPrekeys(Box::new(upload(&alice_id, 3))),
+            1
+        ),
+        RefusalReason::Invalid
+    );
+    // A signed prekey whose signature does not verify is refused.
+    let mut forged = upload(&alice_id, 3);
+    forged.signed_prekey.signature = Signature::from_bytes(&[0; 64]);
+    assert_eq!(
+        h.refusal(
+            alice,
+            RendezvousRequest::PublishPrekeys(Box::new(forged)),
             1
         ),
         RefusalReason::Invalid

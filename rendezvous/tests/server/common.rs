@@ -183,20 +183,20 @@ pub(crate) fn envelope(from: &Identity, to: &VerifyingKey, n: u32, len: usize) -
 }
 
 pub(crate) fn prekeys(id: &Identity, one_time: u32) -> PrekeyUpload {
-    PrekeyUpload {
-        identity: id.public(),
-        signed_prekey: SignedPrekey {
-            id: 1,
-            key: x25519_dalek::PublicKey::from([1; 32]),
-            signature: Signature::from_bytes(&[0; 64]),
-        },
-        one_time_prekeys: (0..one_time)
-            .map(|i| OneTimePrekey {
-                id: i,
-                key: x25519_dalek::PublicKey::from([i as u8; 32]),
-            })
-            .collect(),
-    }
+    // A genuine signed prekey (the server verifies it) with deterministic one-time keys.
+    let mut upload = palaver_protocol::crypto::x3dh::PrekeySecrets::generate(
+        &mut rand_core::OsRng,
+        id.signing_key(),
+        0,
+    )
+    .upload();
+    upload.one_time_prekeys = (0..one_time)
+        .map(|i| OneTimePrekey {
+            id: i,
+            key: x25519_dalek::PublicKey::from([i as u8; 32]),
+        })
+        .collect();
+    upload
 }
 
 /// One scrape of the metrics endpoint.
