@@ -273,7 +273,9 @@ impl Store {
         entries: &[HistoryEntry],
     ) -> Result<usize, StoreError> {
         let history = self.history_tree(conversation)?;
-        let encoded: Vec<([u8; 48], Vec<u8>, Vec<u8>, Vec<u8>)> = entries
+        // (order key, index key, index value, entry value) for each entry.
+        type Encoded = ([u8; 48], Vec<u8>, Vec<u8>, Vec<u8>);
+        let encoded: Vec<Encoded> = entries
             .iter()
             .map(|entry| {
                 let order_key = entry.order_key();

@@ -71,6 +71,7 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::
 }
 
 /// A `palaver-rendezvous` process; killed on drop.
+#[derive(Debug)]
 pub struct Rendezvous {
     child: Child,
     pub addr: String,
@@ -137,6 +138,7 @@ impl Drop for Rendezvous {
 }
 
 /// A user: a home directory, and its daemon process while it runs (killed on drop).
+#[derive(Debug)]
 pub struct User {
     pub name: String,
     pub home: PathBuf,

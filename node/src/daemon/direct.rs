@@ -589,13 +589,12 @@ impl Node {
                     Status::Failed
                 }
             };
-            if event.status.is_final() {
-                if let Err(err) = self
+            if event.status.is_final()
+                && let Err(err) = self
                     .store
                     .apply(StateBatch::default().remove(StateKey::Outbox(event.id)))
-                {
-                    tracing::warn!("store: {err}");
-                }
+            {
+                tracing::warn!("store: {err}");
             }
             if in_history {
                 self.set_status(&event.id, status);
@@ -670,10 +669,10 @@ impl Node {
     pub(crate) fn resume_outbox(&mut self) {
         let now = now_ms();
         for item in self.outbox_items() {
-            if self.outbox.status(&item.id).is_none() {
-                if let Err(err) = self.outbox.insert(item.id, now) {
-                    tracing::warn!("outbox: {err}");
-                }
+            if self.outbox.status(&item.id).is_none()
+                && let Err(err) = self.outbox.insert(item.id, now)
+            {
+                tracing::warn!("outbox: {err}");
             }
         }
         self.drive_outbox();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
-use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyUpload, SignedPrekey};
+use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyUpload};
 use palaver_protocol::rendezvous::RateLimit;
 use palaver_protocol::rendezvous::mailbox::MailboxLimits;
 use palaver_protocol::wire::DirectMessage;

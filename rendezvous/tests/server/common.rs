@@ -6,12 +6,12 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
-use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyUpload, SignedPrekey};
+use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyUpload};
 use palaver_protocol::rendezvous::RateLimit;
 use palaver_protocol::wire::{
     Body, DirectMessage, RendezvousRequest, RendezvousResponse, ServerPush,
 };
-use palaver_protocol::{Envelope, Identity, Signature, UserName, VerifyingKey};
+use palaver_protocol::{Envelope, Identity, UserName, VerifyingKey};
 use palaver_rendezvous::client::Client;
 use palaver_rendezvous::{Config, Limits, Server, ServerError};
 use tokio::sync::oneshot;
