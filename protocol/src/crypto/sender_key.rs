@@ -298,6 +298,23 @@ fn invite_derived_key(secret: &[u8; 32], member: &VerifyingKey) -> (u32, SecretK
     (key_id, chain_key, signing_key)
 }
 
+/// Compares in constant time over the chain key (it is a secret).
+impl PartialEq for SenderKeyDistribution {
+    fn eq(&self, other: &Self) -> bool {
+        let diff = self
+            .chain_key
+            .iter()
+            .zip(&other.chain_key)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (diff == 0)
+            & (self.key_id == other.key_id)
+            & (self.index == other.index)
+            & (self.signing_key == other.signing_key)
+    }
+}
+
+impl Eq for SenderKeyDistribution {}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -349,20 +366,3 @@ mod tests {
         assert_ne!(once.signing_key, other.signing_key);
     }
 }
-
-/// Compares in constant time over the chain key (it is a secret).
-impl PartialEq for SenderKeyDistribution {
-    fn eq(&self, other: &Self) -> bool {
-        let diff = self
-            .chain_key
-            .iter()
-            .zip(&other.chain_key)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (diff == 0)
-            & (self.key_id == other.key_id)
-            & (self.index == other.index)
-            & (self.signing_key == other.signing_key)
-    }
-}
-
-impl Eq for SenderKeyDistribution {}
