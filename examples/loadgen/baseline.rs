@@ -24,7 +24,7 @@ enum Command {
 /// The running swarms.
 pub(crate) struct Baseline {
     commands: Vec<mpsc::Sender<Command>>,
-    publish: Vec<mpsc::Sender<Vec<u8>>>,
+    publish: Vec<mpsc::Sender<(Vec<u8>, oneshot::Sender<()>)>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -128,7 +128,7 @@ async fn drive(
     mut swarm: Swarm,
     index: u16,
     mut commands: mpsc::Receiver<Command>,
-    mut publish: mpsc::Receiver<Vec<u8>>,
+    mut publish: mpsc::Receiver<(Vec<u8>, oneshot::Sender<()>)>,
     deliveries: mpsc::Sender<Delivery>,
     addr: oneshot::Sender<Multiaddr>,
 ) {
@@ -146,13 +146,14 @@ async fn drive(
     loop {
         tokio::select! {
             data = publish.recv() => match data {
-                Some(data) => {
+                Some((data, done)) => {
                     if let Err(err) = swarm.behaviour_mut().publish(topic.clone(), data) {
                         publish_errors += 1;
                         if publish_errors == 1 {
                             eprintln!("baseline peer {index}: publish failed: {err}");
                         }
                     }
+                    let _ = done.send(());
                 }
                 None => return,
             },

@@ -36,12 +36,20 @@ pub(crate) fn draw(path: &Path, points: &[Value]) -> anyhow::Result<()> {
             .map(|p| p.1)
             .fold(1.0, f64::max)
             * 1.15;
+        // Logarithmic: the two networks differ by more than an order of magnitude at 2 peers.
+        let min_y = palaver
+            .iter()
+            .chain(&baseline)
+            .map(|p| p.1)
+            .fold(max_y, f64::min)
+            .max(0.1)
+            / 1.5;
         let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 20))
+            .caption(format!("{title} (log scale)"), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(0.0..max_x + 1.0, 0.0..max_y)
+            .build_cartesian_2d(0.0..max_x + 1.0, (min_y..max_y * 1.5).log_scale())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
             .configure_mesh()

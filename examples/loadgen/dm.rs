@@ -6,7 +6,7 @@
 //! upgrade a relayed connection to a direct one mid-run).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use palaver_node::rpc::Client;
@@ -58,7 +58,7 @@ fn summary(
 
 /// Round trips to `to`, by the connection kind seen after each.
 async fn round_trips(
-    socket: &PathBuf,
+    socket: &Path,
     to: &str,
     count: usize,
 ) -> anyhow::Result<std::collections::HashMap<String, Vec<Duration>>> {
@@ -123,7 +123,7 @@ async fn trip(
 }
 
 /// `direct`, `relayed` or `none`, as `peers` reports the connection to `name`.
-async fn connection(socket: &PathBuf, name: &str) -> anyhow::Result<String> {
+async fn connection(socket: &Path, name: &str) -> anyhow::Result<String> {
     let peers = call(socket, "peers", Value::Null).await?;
     Ok(peers
         .as_array()

@@ -2,7 +2,7 @@
 //! their control sockets as the CLI drives them; all in one private room. Each daemon's `message`
 //! events are read on a subscribed control connection and handed to the round's tracker.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -96,7 +96,22 @@ impl Palaver {
             })
             .await?;
         }
-        palaver.make_room(peers).await?;
+        if let Err(err) = palaver.make_room(peers).await {
+            for (name, socket) in palaver.names.iter().zip(&palaver.sockets) {
+                let members = call(socket, "room.members", json!({"room": ROOM})).await;
+                let connected = call(socket, "peers", Value::Null).await;
+                let count = |v: &anyhow::Result<Value>| {
+                    v.as_ref().ok().and_then(Value::as_array).map(Vec::len)
+                };
+                eprintln!(
+                    "{name}: {:?} members listed, {:?} peers connected",
+                    count(&members),
+                    count(&connected)
+                );
+            }
+            palaver.stop().await;
+            return Err(err);
+        }
         for (index, socket) in palaver.sockets[..peers].iter().enumerate() {
             let mut events = Client::connect(socket).await?;
             events.subscribe().await?;
@@ -190,7 +205,7 @@ impl Palaver {
     }
 }
 
-pub(crate) async fn call(socket: &PathBuf, method: &str, params: Value) -> anyhow::Result<Value> {
+pub(crate) async fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
     let mut client = Client::connect(socket).await?;
     Ok(client.call(method, params).await?)
 }

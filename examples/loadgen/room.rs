@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use palaver_node::rpc;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::baseline::Baseline;
 use crate::palaver::Palaver;
@@ -32,8 +32,10 @@ pub(crate) struct Delivery {
 pub(crate) enum Publisher {
     /// `room.send` on the daemon's control socket.
     Rpc(rpc::Client),
-    /// To the baseline swarm's task.
-    Gossip(mpsc::Sender<Vec<u8>>),
+    /// To the baseline swarm's task, which answers once `publish` has returned — as `room.send`
+    /// answers once the daemon has published, so each sender has one publish call outstanding
+    /// on both networks.
+    Gossip(mpsc::Sender<(Vec<u8>, oneshot::Sender<()>)>),
 }
 
 impl Publisher {
@@ -47,7 +49,11 @@ impl Publisher {
                     )
                     .await?;
             }
-            Publisher::Gossip(tx) => tx.send(text.into_bytes()).await?,
+            Publisher::Gossip(tx) => {
+                let (done, published) = oneshot::channel();
+                tx.send((text.into_bytes(), done)).await?;
+                published.await?;
+            }
         }
         Ok(())
     }
@@ -194,6 +200,9 @@ async fn round(
         .iter()
         .map(|r| (everyone & !r).count_ones() as usize)
         .sum();
+    if missing > 0 {
+        report_missing(number, &reached, everyone, peers);
+    }
     (
         publishers,
         RoundResult {
@@ -203,6 +212,31 @@ async fn round(
             missing,
         },
     )
+}
+
+/// Which sender → receiver pairs lost messages, most first (a stalled round's diagnosis).
+fn report_missing(number: u32, reached: &[u64], everyone: u64, peers: usize) {
+    let mut pairs = std::collections::BTreeMap::<(usize, u32), usize>::new();
+    for (seq, r) in reached.iter().enumerate() {
+        let mut lost = everyone & !r;
+        while lost != 0 {
+            let receiver = lost.trailing_zeros();
+            lost &= lost - 1;
+            *pairs.entry((seq % peers, receiver)).or_default() += 1;
+        }
+    }
+    let mut pairs: Vec<_> = pairs.into_iter().collect();
+    pairs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let listed: Vec<String> = pairs
+        .iter()
+        .take(8)
+        .map(|((from, to), n)| format!("{from}→{to}: {n}"))
+        .collect();
+    eprintln!(
+        "round {number}: undelivered by sender→receiver (of {} pairs): {}",
+        pairs.len(),
+        listed.join(", ")
+    );
 }
 
 fn progress_bar(total: usize, what: &str) -> ProgressBar {
