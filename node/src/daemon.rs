@@ -266,10 +266,12 @@ impl Node {
         } else {
             config.listen.clone()
         };
+        let mut listeners = Vec::new();
         for addr in listen {
-            swarm
+            let id = swarm
                 .listen_on(addr.clone())
                 .with_context(|| format!("listening on {addr}"))?;
+            listeners.push((id, addr));
         }
         let prekeys = match store.get::<PrekeySecrets>(StateKey::Meta(PREKEYS_META))? {
             Some(prekeys) => prekeys,
@@ -283,7 +285,7 @@ impl Node {
         let rooms = rooms::Rooms::load(&store)?;
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
-        let reach = reach::Reach::new(&config.rendezvous, &config.relays)?;
+        let reach = reach::Reach::new(&config.rendezvous, &config.relays, listeners)?;
         let (internal_tx, internal) = mpsc::channel(256);
         let mut node = Self {
             identity,
@@ -401,6 +403,7 @@ impl Node {
             .link
             .peer
             .is_some_and(|peer| self.swarm.is_connected(&peer))
+            || !self.listeners_ready()
         {
             return;
         }
@@ -794,9 +797,15 @@ impl Node {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 tracing::info!("listening on {address}");
-                if !address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                self.on_listener_ready(listener_id, Some(&address));
+                // Local-network addresses go in our discovery record as they are, for peers on
+                // the same network; any other address only once AutoNAT confirms it (`reach`).
+                if reach::is_local_network(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.listen_addrs.push(address);
@@ -813,9 +822,12 @@ impl Node {
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
+                addresses,
                 reason,
-                ..
-            } => self.on_listener_closed(listener_id, reason.map_err(|e| e.to_string())),
+            } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                self.on_listener_closed(listener_id, reason.map_err(|e| e.to_string()));
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -832,7 +844,7 @@ impl Node {
                         && dialed_rendezvous(&endpoint, &self.rendezvous_addr));
                 if rendezvous && !self.link.connected {
                     self.on_rendezvous_connected(peer_id);
-                } else if !rendezvous && !self.is_relay(&peer_id) {
+                } else if !rendezvous && !self.is_relay_server(&peer_id) {
                     self.on_peer_connected(peer_id);
                 }
             }
@@ -840,6 +852,7 @@ impl Node {
                 peer_id,
                 connection_id,
                 num_established,
+                cause,
                 ..
             } => {
                 if let Some(conns) = self.peer_addrs.get_mut(&peer_id) {
@@ -848,7 +861,8 @@ impl Node {
                         self.peer_addrs.remove(&peer_id);
                     }
                 }
-                self.on_reach_disconnected(peer_id, num_established);
+                let broke = matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)));
+                self.on_reach_disconnected(peer_id, num_established, broke);
                 if num_established == 0 && self.is_rendezvous(&peer_id) {
                     self.link.connected = false;
                     self.link.logged_in = false;
@@ -860,7 +874,7 @@ impl Node {
                         // and retry timers keep trying after that.
                         self.dial_rendezvous();
                     }
-                } else if !self.is_relay(&peer_id) {
+                } else if !self.is_relay_server(&peer_id) {
                     self.emit_connection_change(peer_id);
                 }
             }
@@ -873,7 +887,7 @@ impl Node {
                 if let Some(peer) = peer_id {
                     if self.is_rendezvous(&peer) {
                         self.link.connected = self.swarm.is_connected(&peer);
-                    } else if !self.is_relay(&peer) {
+                    } else if !self.is_relay_server(&peer) {
                         self.on_dial_failed(peer, Some(connection_id));
                     }
                 }

@@ -103,9 +103,19 @@ fn a_passphrase_sealed_identity_needs_its_passphrase() {
 }
 
 #[test]
-fn the_demo_says_what_is_missing_and_fails_until_it_exists() {
+fn the_demo_runs_the_whole_scripted_conversation_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let out = palaver(dir.path(), &["demo"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    for step in [
+        "alice → bob  \"Hi Bob! Lunch today?\"",
+        "delivered",
+        "#lunch  carol  Hello room!",
+        "carol's #lunch still ends at \"Hello room!\"",
+        "queued in the mailbox",
+        "Done in",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
 }

@@ -7,7 +7,9 @@
 //! known before anyone can dial us through the relay. At the rendezvous a slot also needs a login.
 //! The relay client confirms the circuit address as external, and the discovery client registers
 //! our record again with it. AutoNAT v2 asks the rendezvous to dial our observed addresses back;
-//! once one is confirmed we are publicly reachable, and give our slots back.
+//! once one is confirmed we are publicly reachable, and give our slots back. Our record carries
+//! local-network listen addresses as they are (for peers on the same network), other addresses
+//! only once AutoNAT confirmed them, and the circuit addresses.
 //!
 //! Reaching a peer: dial its direct addresses first, its circuit addresses after a short head
 //! start or as soon as the direct dial fails. Over a relayed connection DCUtR punches a direct one;
@@ -18,7 +20,7 @@
 //! change) closes every connection, so all of the above starts again on the new network; a relay
 //! that went away is redialled and its slot reserved again once it observes us again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::core::ConnectedPoint;
@@ -36,12 +38,14 @@ use super::direct::OutboxItem;
 use crate::store::StateKey;
 
 /// How long direct addresses have to answer before circuit addresses are dialed too.
-const DIRECT_HEAD_START: Duration = Duration::from_secs(1);
+const DIRECT_HEAD_START: Duration = Duration::from_millis(500);
 /// How long a relayed connection outlives a direct one to the same peer (DCUtR's own exchange
 /// finishes on it).
 const RELAYED_GRACE: Duration = Duration::from_secs(2);
 /// Pause before dialing a relay again, or reserving again after a refusal.
 const RELAY_RETRY: Duration = Duration::from_secs(5);
+/// How long relays wait for our listeners to report their addresses (see [`Reach::new`]).
+const LISTENERS_GRACE: Duration = Duration::from_secs(2);
 /// How often [`Node::on_reach_tick`] runs.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 
@@ -49,6 +53,10 @@ pub(crate) const TICK: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct Reach {
     relays: Vec<Relay>,
+    /// Our listeners that have not reported a usable address yet (for a listener on every
+    /// interface: one that is not loopback), and until when to wait for them.
+    listeners: Vec<(ListenerId, Multiaddr)>,
+    listeners_deadline: Instant,
     /// AutoNAT confirmed one of our addresses reachable from outside.
     public: bool,
     /// Peers dialed direct, with the circuit addresses to dial at the deadline unless connected.
@@ -59,6 +67,8 @@ pub(crate) struct Reach {
     close_relayed: HashMap<PeerId, Instant>,
     /// The connection kind last announced to `listen` subscribers, per peer.
     announced: HashMap<PeerId, &'static str>,
+    /// Relay servers we dialed peers through (not ours): connections to them are not to peers.
+    other_relays: HashSet<PeerId>,
 }
 
 #[derive(Debug)]
@@ -77,8 +87,15 @@ struct Relay {
 }
 
 impl Reach {
-    /// The rendezvous plus `extra` relays, each of which must name its peer id.
-    pub(crate) fn new(rendezvous: &Multiaddr, extra: &[Multiaddr]) -> anyhow::Result<Self> {
+    /// The rendezvous plus `extra` relays, each of which must name its peer id. Relays are dialed
+    /// once our `listeners` have reported their addresses (or after a grace period): dialed from
+    /// the listening port, a connection shows the relay the address peers can punch through to,
+    /// and identify can tell which of our addresses its observation belongs to.
+    pub(crate) fn new(
+        rendezvous: &Multiaddr,
+        extra: &[Multiaddr],
+        listeners: Vec<(ListenerId, Multiaddr)>,
+    ) -> anyhow::Result<Self> {
         let now = Instant::now();
         let relay = |addr: Multiaddr, rendezvous| Relay {
             addr,
@@ -102,11 +119,14 @@ impl Reach {
         }
         Ok(Self {
             relays,
+            listeners,
+            listeners_deadline: now + LISTENERS_GRACE,
             public: false,
             fallback: HashMap::new(),
             dials: HashMap::new(),
             close_relayed: HashMap::new(),
             announced: HashMap::new(),
+            other_relays: HashSet::new(),
         })
     }
 }
@@ -114,6 +134,29 @@ impl Reach {
 /// Whether `addr` goes through a relay.
 pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// Whether `addr` is a direct address on a local network (loopback, private, link-local or
+/// carrier-grade NAT space): worth advertising for peers on the same network, and never proof
+/// of being reachable from outside.
+pub(crate) fn is_local_network(addr: &Multiaddr) -> bool {
+    if is_circuit(addr) {
+        return false;
+    }
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let [a, b, ..] = ip.octets();
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let first = ip.segments()[0];
+            ip.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+        _ => false,
+    }
 }
 
 /// The address that describes a connection: the remote address, or for a connection that came
@@ -148,6 +191,35 @@ impl Transport {
     }
 }
 
+/// The relay of a circuit address (`…/p2p/<relay>/p2p-circuit/…`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_unspecified(),
+        Some(Protocol::Ip6(ip)) => ip.is_unspecified(),
+        _ => false,
+    }
+}
+
+fn is_loopback_addr(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     match addr.iter().last() {
         Some(Protocol::P2p(_)) => addr.clone(),
@@ -174,6 +246,34 @@ impl Node {
 
     pub(crate) fn is_relay(&self, peer: &PeerId) -> bool {
         self.relay_index(peer).is_some()
+    }
+
+    /// Whether `peer` is a relay server (ours, or one we reached a peer through) rather than a
+    /// peer to talk to.
+    pub(crate) fn is_relay_server(&self, peer: &PeerId) -> bool {
+        self.is_relay(peer) || self.reach.other_relays.contains(peer)
+    }
+
+    /// Whether relays (the rendezvous among them) may be dialed: see [`Reach::new`].
+    pub(crate) fn listeners_ready(&self) -> bool {
+        self.reach.listeners.is_empty() || Instant::now() >= self.reach.listeners_deadline
+    }
+
+    /// Listener `id` reported `address` (`None`: it closed).
+    pub(crate) fn on_listener_ready(&mut self, id: ListenerId, address: Option<&Multiaddr>) {
+        let before = self.reach.listeners.len();
+        self.reach.listeners.retain(|(l, listen)| {
+            let usable = address.is_none_or(|addr| {
+                // TCP dials reuse the listening port only once a non-loopback address of a
+                // listener on every interface is known.
+                !is_unspecified(listen) || !is_loopback_addr(addr)
+            });
+            *l != id || !usable
+        });
+        if before > 0 && self.reach.listeners.is_empty() {
+            self.dial_rendezvous();
+            self.dial_relays();
+        }
     }
 
     // ---- being reachable -------------------------------------------------------------------
@@ -293,6 +393,7 @@ impl Node {
 
     /// A listener closed: if it held a relay slot, reserve again later.
     pub(crate) fn on_listener_closed(&mut self, id: ListenerId, reason: Result<(), String>) {
+        self.on_listener_ready(id, None);
         let Some(i) =
             (0..self.reach.relays.len()).find(|&i| self.reach.relays[i].listener == Some(id))
         else {
@@ -335,6 +436,9 @@ impl Node {
 
     /// Dials the extra relays we are not connected to (the rendezvous link redials its own).
     fn dial_relays(&mut self) {
+        if !self.listeners_ready() {
+            return;
+        }
         let now = Instant::now();
         for i in 0..self.reach.relays.len() {
             if self.reach.relays[i].rendezvous || now < self.reach.relays[i].not_before {
@@ -362,7 +466,7 @@ impl Node {
     /// A connection opened (any peer).
     pub(crate) fn on_reach_connected(&mut self, peer: PeerId, connection: ConnectionId) {
         self.reach.dials.remove(&connection);
-        if self.is_rendezvous(&peer) || self.is_relay(&peer) {
+        if self.is_rendezvous(&peer) || self.is_relay_server(&peer) {
             return;
         }
         let (direct, relayed) = self.connection_counts(&peer);
@@ -377,9 +481,23 @@ impl Node {
         }
     }
 
-    /// A connection closed (any peer); `remaining` connections to it are left.
-    pub(crate) fn on_reach_disconnected(&mut self, peer: PeerId, remaining: u32) {
+    /// A connection closed (any peer; `broke`: with an error); `remaining` connections to it are
+    /// left.
+    pub(crate) fn on_reach_disconnected(&mut self, peer: PeerId, remaining: u32, broke: bool) {
         if remaining > 0 {
+            if broke && self.is_relay(&peer) {
+                // One path to a relay broke: it may have restarted (its QUIC connections would
+                // linger until a ping fails). Reconnect from scratch rather than wait.
+                tracing::info!("a connection to relay {peer} broke: reconnecting");
+                let conns: Vec<ConnectionId> = self
+                    .peer_addrs
+                    .get(&peer)
+                    .map(|c| c.keys().copied().collect())
+                    .unwrap_or_default();
+                for connection in conns {
+                    self.swarm.close_connection(connection);
+                }
+            }
             return;
         }
         self.reach.close_relayed.remove(&peer);
@@ -447,6 +565,11 @@ impl Node {
             .collect();
         for peer in due {
             self.close_relayed(peer, now);
+        }
+        if !self.reach.listeners.is_empty() && self.listeners_ready() {
+            // Some listener never reported an address (no network yet?): go without it.
+            self.reach.listeners.clear();
+            self.dial_rendezvous();
         }
         self.dial_relays();
         self.reserve_slots();
@@ -530,6 +653,12 @@ impl Node {
     fn dial_circuit(&mut self, peer: PeerId, circuit: Vec<Multiaddr>) -> bool {
         if circuit.is_empty() {
             return false;
+        }
+        const MAX_OTHER_RELAYS: usize = 256;
+        for relay in circuit.iter().filter_map(relay_of) {
+            if !self.is_relay(&relay) && self.reach.other_relays.len() < MAX_OTHER_RELAYS {
+                self.reach.other_relays.insert(relay);
+            }
         }
         let opts = DialOpts::peer_id(peer)
             .addresses(circuit)
