@@ -282,7 +282,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 Err(err) => return Err(err.into()),
             };
             print_list(json, &entries, |e| {
-                format!(
+                let gap = match e["missing_before"].as_u64() {
+                    Some(n) => format!(
+                        "  ({n} earlier message(s) from {} not received yet)\n",
+                        e["from"].as_str().unwrap_or("")
+                    ),
+                    None => String::new(),
+                };
+                gap + &format!(
                     "{} {:>10}  {}: {}  [{}]",
                     clock(e["sent_at"].as_u64().unwrap_or(0)),
                     e["conversation"].as_str().unwrap_or(""),
