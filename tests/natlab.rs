@@ -21,14 +21,21 @@
 //!   goes on, both peers log back in when it returns, the NATed peer takes a relay slot again,
 //!   and a newcomer behind another NAT reaches it through the restarted relay.
 //!
+//! - `network_change`: two peers behind home NATs talk directly; then one moves to another
+//!   network (its interface is replugged behind a third home router: new address, new NAT). It
+//!   notices its address went away, reconnects, logs in, takes a relay slot again, and the two
+//!   reach each other again — relayed, then direct — without restarting anything.
+//!
 //! Each scenario reports the time to the first message (send → the recipient's `listen` event)
 //! and the time to a direct connection (send → the sender's `listen` event saying `direct`).
 //!
 //! Runs as its own test binary (`harness = false`): `patchbay::init_userns()` must run before any
 //! thread starts. It needs `nft` and `tc` (Debian's `nftables` and `iproute2`): without them it
 //! says so loudly and skips, unless `PALAVER_REQUIRE_NATLAB=1` (set by `.ci/run`), which makes it
-//! fail instead. Arguments that do not start with `-` select scenarios by name. With
-//! `NATLAB_KEEP=1` the logs (one per process) are kept; otherwise they are printed on failure.
+//! fail instead (there, as real root, it also runs without a user namespace if it cannot make
+//! one). Arguments that do not start with `-` select scenarios by name. With
+//! `NATLAB_KEEP=1` the logs (one per process, and each peer's `listen` events) are kept; otherwise
+//! they are printed on failure. `NATLAB_VERBOSE=1` prints the peers' events around the key moments.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +54,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("home_nats", home_nats),
     ("symmetric_nat", symmetric_nat),
     ("public_and_restart", public_and_restart),
+    ("network_change", network_change),
 ];
 
 /// The rendezvous' ports inside its namespace.
@@ -78,7 +86,13 @@ fn main() -> ExitCode {
     }
     // Before any thread: the lab's namespaces live in this user namespace.
     if let Err(err) = patchbay::init_userns() {
-        return skip(&format!("cannot enter a user namespace: {err:#}"));
+        // Real root may build the lab without one; only where the lab is required (CI, in a
+        // throwaway machine), since patchbay's mounts are then not confined to a namespace.
+        if !(required() && is_root()) {
+            return skip(&format!("cannot enter a user namespace: {err:#}"));
+        }
+        eprintln!("natlab: no user namespace ({err:#}); running as real root");
+        let _ = REAL_ROOT.set(true);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -146,8 +160,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set when the lab runs as real root, outside a user namespace.
+static REAL_ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn required() -> bool {
+    std::env::var("PALAVER_REQUIRE_NATLAB").is_ok_and(|v| v == "1")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 fn skip(why: &str) -> ExitCode {
-    let required = std::env::var("PALAVER_REQUIRE_NATLAB").is_ok_and(|v| v == "1");
+    let required = required();
     let bar = "!".repeat(78);
     eprintln!("\n{bar}\n!! NAT LAB NOT RUN: {why}");
     eprintln!("!! It needs `nft` and `tc` (Debian: apt-get install nftables iproute2) and user");
@@ -231,6 +262,7 @@ fn print_logs(dir: &Path) {
 
 /// The rendezvous (and relay) in its namespace; killed on drop.
 struct Server {
+    name: &'static str,
     device: Device,
     child: Option<Child>,
     data: PathBuf,
@@ -242,10 +274,20 @@ struct Server {
 
 impl Server {
     fn start(device: &Device, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_named("rendezvous", device, dir, extra)
+    }
+
+    fn start_named(
+        name: &'static str,
+        device: &Device,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut server = Self {
+            name,
             device: device.clone(),
             child: None,
-            data: dir.join("rendezvous-data"),
+            data: dir.join(format!("{name}-data")),
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             addr: String::new(),
@@ -259,7 +301,7 @@ impl Server {
             .device
             .ip()
             .context("the rendezvous has no IPv4 address")?;
-        let (_, log) = log_file(&self.dir, "rendezvous")?;
+        let (_, log) = log_file(&self.dir, self.name)?;
         let mut command = rendezvous_command();
         command
             .args(["--listen", &format!("/ip4/0.0.0.0/tcp/{RENDEZVOUS_PORT}")])
@@ -362,6 +404,7 @@ impl Drop for Server {
 /// Unix socket on the shared file system, which does not care about network namespaces).
 struct Peer {
     user: User,
+    peer_id: String,
     device: Device,
     dir: PathBuf,
     daemon: Option<Child>,
@@ -370,8 +413,15 @@ struct Peer {
 
 impl Peer {
     fn new(dir: &Path, name: &str, device: &Device) -> anyhow::Result<Self> {
+        let user = User::init(&dir.join("homes"), name)?;
+        let peer_id = user
+            .json(&["whoami"])?
+            .first()
+            .and_then(|me| me["peer_id"].as_str().map(str::to_owned))
+            .context("whoami has no peer id")?;
         Ok(Self {
-            user: User::init(&dir.join("homes"), name)?,
+            user,
+            peer_id,
             device: device.clone(),
             dir: dir.to_path_buf(),
             daemon: None,
@@ -386,10 +436,15 @@ impl Peer {
     /// Starts the daemon (default listeners: TCP and QUIC on every interface), waits for login,
     /// and starts recording its `listen --json` events.
     fn start(&mut self, rendezvous: &str) -> anyhow::Result<()> {
+        self.start_with(rendezvous, &[])
+    }
+
+    fn start_with(&mut self, rendezvous: &str, extra: &[&str]) -> anyhow::Result<()> {
         let (_, log) = log_file(&self.dir, &format!("node-{}", self.user.name))?;
         let mut command = self.user.command();
         command
             .args(["daemon", "--rendezvous", rendezvous])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 "info,palaver_node=debug,libp2p_tcp=debug,libp2p_dcutr=debug,libp2p_relay=debug,libp2p_autonat=debug",
@@ -406,7 +461,7 @@ impl Peer {
             Duration::from_secs(20),
             || Ok(self.logged_in()),
         )?;
-        self.listen = Some(Events::start(&self.user)?);
+        self.listen = Some(Events::start(&self.user, &self.dir)?);
         Ok(())
     }
 
@@ -432,13 +487,13 @@ impl Peer {
         })
     }
 
-    /// How `peers --json` says we are connected to `name` (`None`: not connected).
-    fn connection_to(&self, name: &str) -> anyhow::Result<Option<String>> {
+    /// How `peers --json` says we are connected to `other` (`None`: not connected).
+    fn connection_to(&self, other: &Peer) -> anyhow::Result<Option<String>> {
         Ok(self
             .user
             .json(&["peers"])?
             .into_iter()
-            .find(|p| p["name"] == name)
+            .find(|p| p["peer_id"] == other.peer_id.as_str())
             .and_then(|p| p["connection"].as_str().map(str::to_owned)))
     }
 
@@ -494,6 +549,11 @@ impl Drop for Peer {
     }
 }
 
+/// Whether `e` is a `listen` event saying the connection to `peer` is now `kind`.
+fn is_connection(e: &Value, peer: &Peer, kind: &str) -> bool {
+    e["type"] == "connection" && e["peer_id"] == peer.peer_id.as_str() && e["connection"] == kind
+}
+
 fn is_circuit(addr: &str) -> bool {
     addr.contains("/p2p-circuit")
 }
@@ -501,11 +561,14 @@ fn is_circuit(addr: &str) -> bool {
 /// A `palaver listen --json` process, its events timestamped as they arrive.
 struct Events {
     child: Child,
+    started: Instant,
     seen: Arc<Mutex<Vec<(Instant, Value)>>>,
 }
 
 impl Events {
-    fn start(user: &User) -> anyhow::Result<Self> {
+    /// Also appends each event, timestamped, to `<dir>/events-<name>.log`.
+    fn start(user: &User, dir: &Path) -> anyhow::Result<Self> {
+        let (_, mut log) = log_file(dir, &format!("events-{}", user.name))?;
         let mut child = user
             .command()
             .args(["--json", "listen"])
@@ -519,6 +582,7 @@ impl Events {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                let _ = writeln!(log, "{:?} {line}", std::time::SystemTime::now());
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
                     && let Ok(mut seen) = sink.lock()
                 {
@@ -526,7 +590,11 @@ impl Events {
                 }
             }
         });
-        Ok(Self { child, seen })
+        Ok(Self {
+            child,
+            started: Instant::now(),
+            seen,
+        })
     }
 
     /// The first event matching `pred` (waiting for it); when it arrived.
@@ -536,22 +604,35 @@ impl Events {
         within: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Instant> {
-        wait_until(what, within, || Ok(self.find(&pred).is_some()))
-            .and_then(|()| self.find(&pred).context(what.to_owned()))
+        self.wait_after(what, self.started, within, pred)
     }
 
-    fn find(&self, pred: &impl Fn(&Value) -> bool) -> Option<Instant> {
+    /// The first event since `since` matching `pred` (waiting for it); when it arrived.
+    fn wait_after(
+        &self,
+        what: &str,
+        since: Instant,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Instant> {
+        wait_until(what, within, || Ok(self.find(since, &pred).is_some()))
+            .and_then(|()| self.find(since, &pred).context(what.to_owned()))
+    }
+
+    fn find(&self, since: Instant, pred: &impl Fn(&Value) -> bool) -> Option<Instant> {
         let seen = self.seen.lock().ok()?;
-        seen.iter().find(|(_, e)| pred(e)).map(|(at, _)| *at)
+        seen.iter()
+            .find(|(at, e)| *at >= since && pred(e))
+            .map(|(at, _)| *at)
     }
 
-    /// The connection kinds announced for `name`, in order, with when.
-    fn connection_changes(&self, name: &str) -> Vec<(Instant, String)> {
+    /// The connection kinds announced for `peer`, in order, with when.
+    fn connection_changes(&self, peer: &Peer) -> Vec<(Instant, String)> {
         let Ok(seen) = self.seen.lock() else {
             return Vec::new();
         };
         seen.iter()
-            .filter(|(_, e)| e["type"] == "connection" && e["name"] == name)
+            .filter(|(_, e)| e["type"] == "connection" && e["peer_id"] == peer.peer_id.as_str())
             .filter_map(|(at, e)| Some((*at, e["connection"].as_str()?.to_owned())))
             .collect()
     }
@@ -617,7 +698,11 @@ struct Net {
 impl Net {
     fn new(rt: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
         rt.block_on(async {
-            let lab = Lab::new().await.context("creating the lab")?;
+            let mut builder = Lab::builder().outdir_from_env();
+            if REAL_ROOT.get().copied().unwrap_or(false) {
+                builder = builder.allow_real_root();
+            }
+            let lab = builder.build().await.context("creating the lab")?;
             let dc = lab
                 .add_router("dc")
                 .preset(RouterPreset::PublicV4)
@@ -673,9 +758,9 @@ fn home_nats(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report>
     let direct = alice.events()?.wait(
         "alice's connection to bob to become direct",
         Duration::from_secs(15),
-        |e| e["type"] == "connection" && e["name"] == "bob" && e["connection"] == "direct",
+        |e| is_connection(e, &bob, "direct"),
     )?;
-    let changes = alice.events()?.connection_changes("bob");
+    let changes = alice.events()?.connection_changes(&bob);
     ensure!(
         changes.first().is_some_and(|(_, kind)| kind == "relayed"),
         "alice's first connection to bob should be relayed: {changes:?}"
@@ -710,12 +795,13 @@ fn home_nats(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report>
         relayed_after == relayed_before,
         "later messages crossed the relay ({relayed_before} → {relayed_after} bytes)"
     );
-    for (peer, other) in [(&alice, "bob"), (&bob, "alice")] {
+    for (peer, other) in [(&alice, &bob), (&bob, &alice)] {
         let kind = peer.connection_to(other)?;
         ensure!(
             kind.as_deref() == Some("direct"),
-            "{} sees {other} as {kind:?}, not direct",
-            peer.name()
+            "{} sees {} as {kind:?}, not direct",
+            peer.name(),
+            other.name()
         );
     }
     Ok(Report {
@@ -787,12 +873,7 @@ fn symmetric_nat(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Rep
         "expected the relay to cut circuits (10 s / 16 KiB) and the peers to open new ones, \
          saw {circuits} new circuit requests"
     );
-    for peer in [&alice, &sam] {
-        let other = if peer.name() == "alice" {
-            "sam"
-        } else {
-            "alice"
-        };
+    for (peer, other) in [(&alice, &sam), (&sam, &alice)] {
         let changes = peer.events()?.connection_changes(other);
         ensure!(
             changes.iter().all(|(_, kind)| kind != "direct"),
@@ -820,18 +901,22 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
     let home2 = net.router(rt, "home2", RouterPreset::Home)?;
     let rv = net.device(rt, "rv", &net.dc)?;
     let mut server = Server::start(&rv, dir, &[])?;
+    let relay_device = net.device(rt, "relay", &net.dc)?;
+    let relay = Server::start_named("relay", &relay_device, dir, &["--relay-only"])?;
     let mut pat = Peer::new(dir, "pat", &net.device(rt, "pat", &net.dc)?)?;
     let mut nina = Peer::new(dir, "nina", &net.device(rt, "nina", &home)?)?;
     pat.start(&server.addr)?;
-    nina.start(&server.addr)?;
+    nina.start_with(&server.addr, &["--relay", &relay.addr])?;
     pat.events()?.wait(
         "pat to learn (AutoNAT) that it is publicly reachable",
         Duration::from_secs(30),
         |e| e["type"] == "reachability" && e["public"] == true,
     )?;
-    wait_until("nina to hold a relay slot", Duration::from_secs(20), || {
-        Ok(nina.has_relay_slot())
-    })?;
+    nina.events()?.wait(
+        "nina to hold slots at the rendezvous and at the extra relay",
+        Duration::from_secs(20),
+        |e| e["type"] == "reachability" && e["relays"].as_array().is_some_and(|r| r.len() == 2),
+    )?;
     wait_until(
         "pat to give its relay slot back",
         Duration::from_secs(10),
@@ -844,7 +929,7 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
     let direct = pat.events()?.wait(
         "pat's connection to nina to become direct",
         Duration::from_secs(15),
-        |e| e["type"] == "connection" && e["name"] == "nina" && e["connection"] == "direct",
+        |e| is_connection(e, &nina, "direct"),
     )?;
     pat.all_delivered("nina", &[first], Duration::from_secs(20))?;
 
@@ -861,20 +946,24 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
     std::thread::sleep(Duration::from_secs(2).saturating_sub(down.elapsed()));
     server.restart()?;
     let restarted = Instant::now();
+    let mut relogin = Duration::ZERO;
     for peer in [&pat, &nina] {
-        wait_until(
+        let at = peer.events()?.wait_after(
             &format!("{} to log in again", peer.name()),
+            restarted,
             Duration::from_secs(30),
-            || Ok(peer.logged_in()),
+            |e| e["type"] == "rendezvous" && e["logged_in"] == true,
         )?;
+        relogin = relogin.max(at - restarted);
     }
-    let relogin = restarted.elapsed();
-    wait_until(
-        "nina to hold a relay slot again",
+    let slot_again = nina.events()?.wait_after(
+        "nina to hold both relay slots again",
+        restarted,
         Duration::from_secs(20),
-        || Ok(nina.has_relay_slot()),
-    )?;
-    let slot_again = restarted.elapsed();
+        |e| e["type"] == "reachability" && e["relays"].as_array().is_some_and(|r| r.len() == 2),
+    )? - restarted;
+    pat.events()?.dump("pat", restarted);
+    nina.events()?.dump("nina", restarted);
     let after = pat.send("nina", "after the restart")?;
     nina.received("after the restart", Duration::from_secs(20))?;
     pat.all_delivered("nina", &[after], Duration::from_secs(20))?;
@@ -891,7 +980,7 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
         .wait(
             "olga's connection to nina to become direct",
             Duration::from_secs(15),
-            |e| e["type"] == "connection" && e["name"] == "nina" && e["connection"] == "direct",
+            |e| is_connection(e, &nina, "direct"),
         )
         .ok();
     Ok(Report {
@@ -899,6 +988,7 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
         first_message: arrived - sent,
         direct: Some(direct - sent),
         notes: vec![
+            "the NATed peer also held a slot at a `--relay-only` server".into(),
             "direct conversation went on while the rendezvous was down".into(),
             format!(
                 "after its restart: both logged in within {}, NATed peer's relay slot back \
@@ -912,5 +1002,72 @@ fn public_and_restart(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Resul
                 secs(olga_direct.map(|d| d - olga_sent))
             ),
         ],
+    })
+}
+
+/// One peer moves to another network mid-conversation.
+fn network_change(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report> {
+    let net = Net::new(rt)?;
+    let home1 = net.router(rt, "home1", RouterPreset::Home)?;
+    let home2 = net.router(rt, "home2", RouterPreset::Home)?;
+    let cafe = net.router(rt, "cafe", RouterPreset::Home)?;
+    let rv = net.device(rt, "rv", &net.dc)?;
+    let server = Server::start(&rv, dir, &[])?;
+    let bob_device = net.device(rt, "bob", &home2)?;
+    let mut alice = Peer::new(dir, "alice", &net.device(rt, "alice", &home1)?)?;
+    let mut bob = Peer::new(dir, "bob", &bob_device)?;
+    alice.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    wait_until("bob to hold a relay slot", Duration::from_secs(20), || {
+        Ok(bob.has_relay_slot())
+    })?;
+    let first = alice.send("bob", "before the move")?;
+    bob.received("before the move", Duration::from_secs(20))?;
+    alice.all_delivered("bob", &[first], Duration::from_secs(20))?;
+    bob.events()?.wait(
+        "bob's connection to alice to become direct",
+        Duration::from_secs(15),
+        |e| is_connection(e, &alice, "direct"),
+    )?;
+
+    let old_ip = bob_device.ip();
+    let moved = Instant::now();
+    rt.block_on(async {
+        bob_device
+            .default_iface()
+            .context("bob's interface")?
+            .replug(cafe.id())
+            .await
+    })
+    .context("moving bob to another network")?;
+    ensure!(bob_device.ip() != old_ip, "bob kept its address");
+    let relogin = bob.events()?.wait_after(
+        "bob to log in again from the new network",
+        moved,
+        Duration::from_secs(30),
+        |e| e["type"] == "rendezvous" && e["logged_in"] == true,
+    )?;
+    let back = bob.send("alice", "moved to the cafe")?;
+    let arrived = alice.received("moved to the cafe", Duration::from_secs(45))?;
+    bob.all_delivered("alice", &[back], Duration::from_secs(45))?;
+    let reply = alice.send("bob", "welcome back")?;
+    bob.received("welcome back", Duration::from_secs(45))?;
+    alice.all_delivered("bob", &[reply], Duration::from_secs(45))?;
+    let direct = bob.events()?.wait_after(
+        "bob's connection to alice to become direct again",
+        moved,
+        Duration::from_secs(30),
+        |e| is_connection(e, &alice, "direct"),
+    )?;
+    alice.events()?.dump("alice", moved);
+    bob.events()?.dump("bob", moved);
+    Ok(Report {
+        scenario: "network change",
+        first_message: arrived - moved,
+        direct: Some(direct - moved),
+        notes: vec![format!(
+            "times from the move, not from a send; the moved peer logged in again after {}",
+            secs(Some(relogin - moved))
+        )],
     })
 }

@@ -416,7 +416,8 @@ impl Node {
             _ => DialOpts::unknown_peer_id().address(addr).build(),
         };
         if let Err(err) = self.swarm.dial(opts) {
-            tracing::warn!("dialing the rendezvous: {err}");
+            // Usually a dial already under way.
+            tracing::debug!("dialing the rendezvous: {err}");
         }
     }
 
@@ -1010,9 +1011,10 @@ impl Node {
         }
     }
 
-    /// Whether every connection to `peer` goes through a relay.
+    /// Whether every connection to `peer` goes through a relay (`None`: not connected, or not a
+    /// peer but a relay server).
     fn connection_kind(&self, peer: &PeerId) -> Option<(&'static str, Option<Multiaddr>)> {
-        if !self.swarm.is_connected(peer) {
+        if !self.swarm.is_connected(peer) || self.is_relay_server(peer) {
             return None;
         }
         let addrs = self.connected_addrs(peer);
@@ -1036,10 +1038,10 @@ impl Node {
             .connection_kind(&peer)
             .map(|(kind, _)| kind)
             .unwrap_or("disconnected");
-        if !self.connection_kind_changed(peer, kind) {
+        let name = self.name_of_peer(&peer);
+        if !self.connection_kind_changed(peer, kind, name.is_some()) {
             return;
         }
-        let name = self.name_of_peer(&peer);
         self.emit(json!({"type": "connection", "peer_id": peer.to_string(), "name": name, "connection": kind}));
     }
 

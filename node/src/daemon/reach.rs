@@ -65,8 +65,9 @@ pub(crate) struct Reach {
     dials: HashMap<ConnectionId, PeerId>,
     /// Peers with a direct connection whose relayed connections are to close at the deadline.
     close_relayed: HashMap<PeerId, Instant>,
-    /// The connection kind last announced to `listen` subscribers, per peer.
-    announced: HashMap<PeerId, &'static str>,
+    /// The connection kind last announced to `listen` subscribers, per peer, and whether the
+    /// announcement could name the peer.
+    announced: HashMap<PeerId, (&'static str, bool)>,
     /// Relay servers we dialed peers through (not ours): connections to them are not to peers.
     other_relays: HashSet<PeerId>,
 }
@@ -261,6 +262,10 @@ impl Node {
 
     /// Listener `id` reported `address` (`None`: it closed).
     pub(crate) fn on_listener_ready(&mut self, id: ListenerId, address: Option<&Multiaddr>) {
+        if address.is_some_and(|a| !is_circuit(a) && !is_loopback_addr(a)) && !self.link.connected {
+            // A new network address, as after a network change: no need to wait for a timer.
+            self.dial_rendezvous();
+        }
         let before = self.reach.listeners.len();
         self.reach.listeners.retain(|(l, listen)| {
             let usable = address.is_none_or(|addr| {
@@ -640,8 +645,17 @@ impl Node {
                 }
                 true
             }
-            // A dial is under way already; its outcome decides.
-            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => true,
+            // A dial is under way already (perhaps not ours, to addresses that will not answer):
+            // the circuit still follows after the head start.
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                if !circuit.is_empty() {
+                    self.reach
+                        .fallback
+                        .entry(peer)
+                        .or_insert_with(|| (Instant::now() + DIRECT_HEAD_START, circuit));
+                }
+                true
+            }
             Err(err) => {
                 tracing::debug!("dial {peer}: {err}");
                 self.dial_circuit(peer, circuit)
@@ -691,13 +705,23 @@ impl Node {
         self.reach.dials.values().any(|p| *p == peer)
     }
 
-    /// Whether the connection kind of `peer` changed since last announced (and remembers it).
-    pub(crate) fn connection_kind_changed(&mut self, peer: PeerId, kind: &'static str) -> bool {
-        let old = if kind == "disconnected" {
-            self.reach.announced.remove(&peer)
-        } else {
-            self.reach.announced.insert(peer, kind)
-        };
-        old.unwrap_or("disconnected") != kind
+    /// Whether the connection kind of `peer` changed since last announced, or it was announced
+    /// without a name and now has one (and remembers what is announced now).
+    pub(crate) fn connection_kind_changed(
+        &mut self,
+        peer: PeerId,
+        kind: &'static str,
+        named: bool,
+    ) -> bool {
+        if kind == "disconnected" {
+            return self.reach.announced.remove(&peer).is_some();
+        }
+        match self.reach.announced.get(&peer).copied() {
+            Some((old, was_named)) if old == kind && (was_named || !named) => false,
+            _ => {
+                self.reach.announced.insert(peer, (kind, named));
+                true
+            }
+        }
     }
 }
