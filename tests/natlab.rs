@@ -107,6 +107,7 @@ fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     let mut failed = false;
+    let total = selected.len();
     for (name, scenario) in selected {
         println!("natlab: {name} ...");
         let dir = match tempfile::Builder::new().prefix("natlab-").tempdir() {
@@ -153,6 +154,12 @@ fn main() -> ExitCode {
         }
         println!();
     }
+    // The plain closing line test summaries use.
+    println!(
+        "natlab: {} passed, {} failed",
+        reports.len(),
+        total - reports.len()
+    );
     if failed {
         ExitCode::FAILURE
     } else {
