@@ -15,7 +15,11 @@ use std::path::Path;
 use palaver_protocol::{MessageId, RoomId, codec};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::convert::Infallible;
+
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +212,25 @@ impl StateBatch {
         self.ops.push((key.bytes(), None));
         self
     }
+
+    /// Applies the changes inside a transaction on the `state` tree.
+    fn apply_in(&self, state: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
+        for (key, value) in &self.ops {
+            match value {
+                Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                None => state.remove(key.as_slice())?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Our transactions never abort on purpose: a storage error is their only failure.
+fn committed<T>(result: Result<T, TransactionError<Infallible>>) -> Result<T, StoreError> {
+    result.map_err(|err| match err {
+        TransactionError::Storage(err) => err.into(),
+        TransactionError::Abort(never) => match never {},
+    })
 }
 
 /// The node's store.
@@ -250,19 +273,10 @@ impl Store {
             }
             history.insert(&order_key[..], value.as_slice())?;
             state.insert(index_key(&entry.id), index.as_slice())?;
-            for (key, value) in &batch.ops {
-                match value {
-                    Some(value) => state.insert(key.as_slice(), value.as_slice())?,
-                    None => state.remove(key.as_slice())?,
-                };
-            }
-            Ok::<_, ConflictableTransactionError<()>>(true)
+            batch.apply_in(state)?;
+            Ok::<_, ConflictableTransactionError<Infallible>>(true)
         });
-        match result {
-            Ok(new) => Ok(new),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => Ok(false),
-        }
+        committed(result)
     }
 
     /// Records many messages of one conversation in one transaction (for example a page of gap
@@ -301,13 +315,9 @@ impl Store {
                 state.insert(index_key.as_slice(), index.as_slice())?;
                 new += 1;
             }
-            Ok::<_, ConflictableTransactionError<()>>(new)
+            Ok::<_, ConflictableTransactionError<Infallible>>(new)
         });
-        match result {
-            Ok(new) => Ok(new),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => Ok(0),
-        }
+        committed(result)
     }
 
     /// Records that a control message `id` was taken in, with `batch`, atomically; `false` (and
@@ -323,19 +333,10 @@ impl Store {
                 return Ok(false);
             }
             state.insert(index_key(id), index.as_slice())?;
-            for (key, value) in &batch.ops {
-                match value {
-                    Some(value) => state.insert(key.as_slice(), value.as_slice())?,
-                    None => state.remove(key.as_slice())?,
-                };
-            }
-            Ok::<_, ConflictableTransactionError<()>>(true)
+            batch.apply_in(state)?;
+            Ok::<_, ConflictableTransactionError<Infallible>>(true)
         });
-        match result {
-            Ok(new) => Ok(new),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => Ok(false),
-        }
+        committed(result)
     }
 
     /// Applies state changes alone, atomically.
