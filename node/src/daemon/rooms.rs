@@ -855,7 +855,7 @@ impl Node {
         match self.rooms.by_id.get_mut(&invite.room) {
             Some(room) if room.joined && !room.removed => return,
             Some(room) => {
-                room.invitation = Some(invite.membership.clone());
+                keep_newest(&mut room.invitation, invite.membership.clone());
                 room.removed = false;
                 room.joined = false;
             }
@@ -946,8 +946,9 @@ impl Node {
             return;
         }
         if !room.joined {
-            // Not accepted yet: join with the newest membership.
-            room.invitation = Some(update);
+            // Not accepted yet: join with the newest membership (updates may arrive out of order;
+            // joining with an older one would leave the newest members without our key).
+            keep_newest(&mut room.invitation, update);
             let _ = self.save_room(&room_id);
             return;
         }
@@ -1019,9 +1020,37 @@ fn hold(
     queue.push_back((id, message, frame));
 }
 
+/// Keeps `update` as the membership to join with unless a newer one is already kept.
+fn keep_newest(kept: &mut Option<MembershipUpdate>, update: MembershipUpdate) {
+    if kept.as_ref().is_none_or(|kept| update.epoch > kept.epoch) {
+        *kept = Some(update);
+    }
+}
+
 fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
     let mut ad = b"palaver/v1/public-room/ad".to_vec();
     ad.extend_from_slice(&room.0);
     ad.extend_from_slice(sender.as_bytes());
     ad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_newest;
+    use palaver_protocol::Identity;
+    use palaver_protocol::crypto::room::MembershipUpdate;
+
+    #[test]
+    fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {
+        let owner = Identity::from_secret_bytes(&[1; 32]);
+        let update = |epoch| {
+            MembershipUpdate::sign(owner.signing_key(), [7; 32], epoch, vec![owner.public()])
+        };
+        let mut kept = None;
+        keep_newest(&mut kept, update(3));
+        keep_newest(&mut kept, update(2));
+        assert_eq!(kept.as_ref().map(|u| u.epoch), Some(3));
+        keep_newest(&mut kept, update(4));
+        assert_eq!(kept.map(|u| u.epoch), Some(4));
+    }
 }
