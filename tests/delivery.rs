@@ -27,7 +27,7 @@ fn mail_for_an_offline_peer_survives_a_rendezvous_kill_and_arrives_once() -> any
     let id = alice.send("bob", "held while you were away")?;
     alice.wait_status("bob", &id, "queued")?;
     server.kill();
-    let _server = Rendezvous::start_at(&data, &listen, &[])?;
+    let _server = Rendezvous::start_at(&data, &listen)?;
     alice.wait_logged_in()?;
     bob.start(&addr)?;
     alice.wait_status("bob", &id, "delivered")?;
@@ -180,7 +180,7 @@ fn peers_keep_talking_while_the_rendezvous_is_down_and_resume_presence_and_mail_
     let id = bob.send("alice", "still here")?;
     bob.wait_status("alice", &id, "delivered")?;
 
-    let _server = Rendezvous::start_at(&data, &listen, &[])?;
+    let _server = Rendezvous::start_at(&data, &listen)?;
     alice.wait_logged_in()?;
     bob.wait_logged_in()?;
     wait_for("presence to show bob online", || {

@@ -80,19 +80,14 @@ pub struct Rendezvous {
 
 impl Rendezvous {
     pub fn start(data: &Path) -> anyhow::Result<Self> {
-        Self::start_with(data, &[])
-    }
-
-    pub fn start_with(data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_at(data, "/ip4/127.0.0.1/tcp/0", extra)
+        Self::start_at(data, "/ip4/127.0.0.1/tcp/0")
     }
 
     /// Starts on a given listen address (to restart a server where its clients expect it).
-    pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start_at(data: &Path, listen: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(&bins().rendezvous)
             .args(["--listen", listen, "--data"])
             .arg(data)
-            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -270,30 +270,25 @@ impl Node {
         self.drive_outbox();
     }
 
-    pub(crate) fn next_lamport(&mut self) -> u64 {
-        let lamport = self
-            .store
+    /// The Lamport time for a message we send; the caller commits it with the message.
+    pub(crate) fn next_lamport(&self) -> u64 {
+        self.store
             .get::<u64>(StateKey::Meta("lamport"))
             .ok()
             .flatten()
             .unwrap_or(0)
-            + 1;
-        let _ = self
-            .store
-            .apply(StateBatch::default().put(StateKey::Meta("lamport"), &lamport));
-        lamport
+            + 1
     }
 
-    fn observe_lamport(&self, remote: u64, batch: &mut StateBatch) -> u64 {
+    /// Moves our Lamport clock past a received message's, in the batch that stores it.
+    pub(crate) fn observe_lamport(&self, remote: u64, batch: &mut StateBatch) {
         let local = self
             .store
             .get::<u64>(StateKey::Meta("lamport"))
             .ok()
             .flatten()
             .unwrap_or(0);
-        let lamport = local.max(remote);
-        batch.put(StateKey::Meta("lamport"), &lamport);
-        lamport
+        batch.put(StateKey::Meta("lamport"), &local.max(remote));
     }
 
     pub(crate) fn next_seq(&self, conversation: &ConversationId) -> u64 {
@@ -805,8 +800,7 @@ impl Node {
         batch.put(StateKey::Session(sender.to_bytes()), &sessions);
         let content: Content =
             codec::decode(&plaintext).map_err(|e| format!("bad content: {e}"))?;
-        let lamport = self.observe_lamport(content.lamport, &mut batch);
-        let _ = lamport;
+        self.observe_lamport(content.lamport, &mut batch);
         let conversation = ConversationId::Direct(sender.to_bytes());
         let from = self.name_of_key(&sender);
         if from.is_none() {

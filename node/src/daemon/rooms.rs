@@ -511,8 +511,7 @@ impl Node {
         let me = self.identity.public();
         let room = &self.rooms.by_id[&id];
         let owner = room.owner();
-        let members = room.members();
-        if owner == Some(me) && members.len() > 1 {
+        if owner == Some(me) && room.members().len() > 1 {
             return Err(RpcError::failed(format!(
                 "you own {name}: kick the other members first, then leave"
             )));
@@ -529,7 +528,6 @@ impl Node {
         self.store
             .apply(StateBatch::default().remove(StateKey::Room(id)))
             .map_err(|e| RpcError::failed(e.to_string()))?;
-        let _ = members;
         Ok(json!({"room": name.as_str(), "left": true}))
     }
 
@@ -823,13 +821,7 @@ impl Node {
             status: Status::Received,
         };
         let mut batch = StateBatch::default();
-        let local = self
-            .store
-            .get::<u64>(StateKey::Meta("lamport"))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        batch.put(StateKey::Meta("lamport"), &local.max(content.lamport));
+        self.observe_lamport(content.lamport, &mut batch);
         batch.put(log_key(&room_id, &message.sender, content.seq), &frame);
         self.persist_room(&room_id, &mut batch);
         match self.store.record(&entry, &batch) {
