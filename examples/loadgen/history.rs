@@ -40,7 +40,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Value> {
     for entry in &entries {
         store.record(entry, &batch)?;
     }
-    store.flush_blocking()?;
+    store.flush()?;
     let append = start.elapsed();
     // The same with a flush after each, as `room.send` and a direct message's receipt do: the
     // price of durability per message on this disk.
@@ -48,7 +48,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Value> {
     let start = Instant::now();
     for n in 0..flushed as u64 {
         store.record(&entry(conversation, count as u64 + n), &batch)?;
-        store.flush_blocking()?;
+        store.flush()?;
     }
     let append_flushed = start.elapsed();
     let mut reads: Vec<Duration> = Vec::new();

@@ -9,6 +9,7 @@
 mod behaviour;
 pub(crate) mod calls;
 mod direct;
+mod durable;
 mod reach;
 pub(crate) mod rooms;
 mod sessions;
@@ -21,13 +22,12 @@ use anyhow::Context;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, rendezvous};
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::wire::{
-    PeerResponse, PresenceRecord, PresenceState, RefusalReason, RendezvousRequest,
-    RendezvousResponse, ServerPush,
+    PresenceRecord, PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse, ServerPush,
 };
 use palaver_protocol::{Identity, MessageId, UserName, VerifyingKey};
 use rand_core::OsRng;
@@ -139,7 +139,7 @@ async fn run_until(
     let result = node.run(calls, shutdown).await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
-    node.store.flush().await?;
+    node.flush_before_exit();
     result
 }
 
@@ -190,14 +190,11 @@ struct RendezvousLink {
     registered_once: bool,
 }
 
-/// Something finished outside the actor (a store flush) that the actor must act on.
+/// Something finished outside the actor that the actor must act on.
 #[derive(Debug)]
 enum Internal {
-    /// The store is flushed: the acknowledgement may go out.
-    Flushed {
-        channel: ResponseChannel<PeerResponse>,
-        response: PeerResponse,
-    },
+    /// The group commit's flush is done (see [`durable`]).
+    Flushed(Result<(), String>),
 }
 
 pub(crate) struct Node {
@@ -230,6 +227,7 @@ pub(crate) struct Node {
     events: broadcast::Sender<Value>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
+    commit: durable::GroupCommit,
     rooms: rooms::Rooms,
     reach: reach::Reach,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
@@ -310,6 +308,7 @@ impl Node {
             events,
             internal_tx,
             internal: Some(internal),
+            commit: durable::GroupCommit::default(),
             rooms,
             reach,
             unnamed_events: HashMap::new(),
@@ -348,13 +347,7 @@ impl Node {
 
     fn on_internal(&mut self, done: Internal) {
         match done {
-            Internal::Flushed { channel, response } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .peer
-                    .send_response(channel, response);
-            }
+            Internal::Flushed(result) => self.on_flushed(result),
         }
     }
 
@@ -512,15 +505,16 @@ impl Node {
         if matches!(request, RendezvousRequest::PublishPrekeys(_)) {
             batch.put(StateKey::Meta("signed_prekey_at"), &now);
         }
-        if let Err(err) = self
-            .store
-            .apply(&batch)
-            .and_then(|()| self.store.flush_blocking())
-        {
+        if let Err(err) = self.store.apply(&batch) {
             tracing::error!("cannot store prekeys, not publishing them: {err}");
             return;
         }
-        self.rendezvous_request(request, Pending::Publish);
+        self.when_durable(|node, flushed| match flushed {
+            Ok(()) => {
+                node.rendezvous_request(request, Pending::Publish);
+            }
+            Err(err) => tracing::error!("cannot store prekeys, not publishing them: {err}"),
+        });
     }
 
     fn store_flag(&self, flag: &str) -> bool {

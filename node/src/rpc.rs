@@ -18,6 +18,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// The longest request line accepted (a message text is at most 64 KiB).
 const MAX_LINE: usize = 256 * 1024;
 
+/// How long a client waits for an answer before it says the daemon is stuck. Every method answers
+/// in well under a second unless the daemon cannot write to its disk.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A method call for the daemon's actor, with where to send the answer.
 #[derive(Debug)]
 pub struct Call {
@@ -199,6 +203,11 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("control socket: bad answer: {0}")]
     Protocol(String),
+    #[error(
+        "the daemon did not answer `{0}` within {secs} s; it may be stuck (see its log)",
+        secs = ANSWER_TIMEOUT.as_secs()
+    )]
+    Unresponsive(String),
     #[error("{0}")]
     Rpc(#[from] RpcError),
 }
@@ -238,10 +247,9 @@ impl Client {
             &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
         )
         .await?;
-        let line = self
-            .lines
-            .next_line()
-            .await?
+        let line = tokio::time::timeout(ANSWER_TIMEOUT, self.lines.next_line())
+            .await
+            .map_err(|_| ClientError::Unresponsive(method.to_owned()))??
             .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
         let answer: Value =
             serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -495,13 +495,9 @@ impl Store {
         })
     }
 
-    /// Makes everything written so far durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+    /// Makes everything written so far durable. Blocks; the daemon calls it from one place at a
+    /// time (its group commit), never from many tasks at once.
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
@@ -659,7 +655,7 @@ mod tests {
             batch.put(StateKey::Outbox(MessageId([2; 32])), &"b".to_string());
             batch.put(StateKey::Contact("bob"), &[9u8; 32]);
             store.apply(&batch).unwrap();
-            store.flush_blocking().unwrap();
+            store.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(

@@ -1,8 +1,9 @@
 //! Helpers for the workspace-level tests: run the real `palaver-rendezvous` and `palaver` binaries
 //! as separate processes on 127.0.0.1, drive them through the CLI, and clean up on drop.
 //!
-//! The binaries are built once per test process (`cargo build --bins` for the two packages), so a
-//! test never runs a stale binary, whichever way the tests were started.
+//! The binaries are built once per test process (`cargo build --workspace --tests`, which builds
+//! them for the packages' own tests), so a test never runs a stale binary, whichever way the tests
+//! were started.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,21 @@ use serde_json::Value;
 /// Every wait in these tests gives up after this long.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The longest a single CLI command may take (the CLI itself gives up on a silent daemon after
+/// 30 s).
+pub const COMMAND_PATIENCE: Duration = Duration::from_secs(45);
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
 struct Bins {
     palaver: PathBuf,
     rendezvous: PathBuf,
@@ -26,14 +42,9 @@ fn bins() -> &'static Bins {
     BINS.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "palaver-node",
-                "-p",
-                "palaver-rendezvous",
-            ])
+            // `--workspace --tests` resolves features as `cargo test --workspace` does, so under
+            // it this build finds everything fresh instead of compiling a second feature set.
+            .args(["build", "--workspace", "--tests"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo build");
@@ -164,9 +175,39 @@ impl User {
         command
     }
 
-    /// Runs a CLI command to completion.
+    /// Runs a CLI command to completion; one still running after [`COMMAND_PATIENCE`] is killed
+    /// and fails the test, so a stuck daemon shows up as a failure rather than a hung run.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("running palaver")
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running palaver");
+        let stdout = read_all(child.stdout.take());
+        let stderr = read_all(child.stderr.take());
+        let deadline = Instant::now() + COMMAND_PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for palaver") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{}: `palaver {}` did not finish within {COMMAND_PATIENCE:?}",
+                    self.name,
+                    args.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        }
     }
 
     /// Runs a CLI command that must succeed, returning its stdout.

@@ -235,10 +235,8 @@ impl Node {
                     .get("public")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                answer(
-                    reply,
-                    room(&params).and_then(|room| self.room_create(room, public)),
-                );
+                let result = room(&params).and_then(|room| self.room_create(room, public));
+                self.answer_when_durable(reply, result);
             }
             "room.invite" => match (room(&params), user(&params, "name")) {
                 (Ok(room), Ok(name)) => self.room_invite(room, name, reply),
@@ -260,19 +258,21 @@ impl Node {
                         self.room_join(room)
                     }
                 });
-                answer(reply, result);
+                self.answer_when_durable(reply, result);
             }
-            "room.leave" => answer(reply, room(&params).and_then(|room| self.room_leave(room))),
+            "room.leave" => {
+                let result = room(&params).and_then(|room| self.room_leave(room));
+                self.answer_when_durable(reply, result);
+            }
             "room.members" => answer(
                 reply,
                 room(&params).and_then(|room| self.room_members(&room)),
             ),
             "room.list" => answer(reply, Ok(self.room_list())),
-            "room.send" => answer(
-                reply,
-                room(&params)
-                    .and_then(|room| text(&params).and_then(|text| self.room_send(room, text))),
-            ),
+            "room.send" => match (room(&params), text(&params)) {
+                (Ok(room), Ok(text)) => self.room_send(room, text, reply),
+                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
+            },
             "shutdown" => {
                 self.stopping = true;
                 answer(reply, Ok(json!(true)));

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Internal, Node, OUTBOX_META, Pending, now_ms};
+use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
@@ -230,9 +230,10 @@ impl Node {
             in_history: text.is_some(),
         };
         // The outbox entry is committed with the message; the in-memory outbox takes it only
-        // once that commit succeeded.
+        // once that commit succeeded, and hands it out only once it is durable (with the ratchet
+        // state that encrypted it: a crash must not make us encrypt with the same key twice).
         let mut outbox = self.outbox.clone();
-        if let Err(err) = outbox.insert(id, now_ms()) {
+        if let Err(err) = outbox.insert_held(id, now_ms()) {
             return fail_reply(job.reply, format!("cannot send now: {err}"));
         }
         let mut batch = StateBatch::default();
@@ -260,14 +261,21 @@ impl Node {
             }
             None => self.store.apply(&batch),
         };
-        if let Err(err) = committed.and_then(|()| self.store.flush_blocking()) {
+        if let Err(err) = committed {
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
         self.outbox = outbox;
-        if let Some(reply) = job.reply {
-            let _ = reply.send(Ok(json!({"id": id.to_hex(), "status": "sending"})));
-        }
-        self.drive_outbox();
+        let reply = job.reply;
+        self.when_durable(move |node, flushed| match flushed {
+            Ok(()) => {
+                node.outbox.release(id);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(json!({"id": id.to_hex(), "status": "sending"})));
+                }
+                node.drive_outbox();
+            }
+            Err(err) => fail_reply(reply, format!("could not store the message: {err}")),
+        });
     }
 
     /// The Lamport time for a message we send; the caller commits it with the message.
@@ -722,12 +730,15 @@ impl Node {
                         PeerResponse::Rejected { reason }
                     }
                 };
-                // Acknowledge only once what we stored is on disk.
-                let store = self.store.clone();
-                let internal = self.internal_tx.clone();
-                tokio::spawn(async move {
-                    if store.flush().await.is_ok() {
-                        let _ = internal.send(Internal::Flushed { channel, response }).await;
+                // Acknowledge only once what we stored is on disk; without an answer the
+                // sender tries again.
+                self.when_durable(move |node, flushed| {
+                    if flushed.is_ok() {
+                        let _ = node
+                            .swarm
+                            .behaviour_mut()
+                            .peer
+                            .send_response(channel, response);
                     }
                 });
             }
@@ -888,24 +899,27 @@ impl Node {
                 }
             }
         }
-        if let Err(err) = self.store.flush_blocking() {
-            tracing::error!("cannot flush received mail, not acknowledging it: {err}");
-            return;
-        }
-        if !acks.is_empty() {
-            self.rendezvous_request(RendezvousRequest::AckMail { ids: acks }, Pending::AckMail);
-        }
-        for (sender, ids) in receipts {
-            if let Ok(key) = VerifyingKey::from_bytes(&sender) {
-                self.send_direct(Job::to_key(
-                    key,
-                    palaver_protocol::wire::Payload::Receipt(ids),
-                ));
+        self.when_durable(move |node, flushed| {
+            if let Err(err) = flushed {
+                return tracing::error!(
+                    "received mail is not on disk, not acknowledging it: {err}"
+                );
             }
-        }
-        if remaining > 0 {
-            self.fetch_mail();
-        }
+            if !acks.is_empty() {
+                node.rendezvous_request(RendezvousRequest::AckMail { ids: acks }, Pending::AckMail);
+            }
+            for (sender, ids) in receipts {
+                if let Ok(key) = VerifyingKey::from_bytes(&sender) {
+                    node.send_direct(Job::to_key(
+                        key,
+                        palaver_protocol::wire::Payload::Receipt(ids),
+                    ));
+                }
+            }
+            if remaining > 0 {
+                node.fetch_mail();
+            }
+        });
     }
 }
 

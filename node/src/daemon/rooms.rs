@@ -12,7 +12,7 @@
 //! sequence number, so a member who was away can ask for what it missed ([`Node::request_gap_fill`])
 //! when it next connects to another member; the answer is verified and deduplicated like gossip.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
@@ -121,6 +121,8 @@ pub(crate) struct Rooms {
     held: HashMap<RoomId, VecDeque<HeldMessage>>,
     early_keys: HashMap<RoomId, Vec<(VerifyingKey, SenderKeyDistribution)>>,
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
+    /// Our own messages written but not yet durable, so not published yet.
+    not_yet_durable: HashSet<MessageId>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -164,12 +166,13 @@ impl Node {
         }
     }
 
+    /// Writes the room; a caller that answers a command answers once it is durable
+    /// ([`Node::answer_when_durable`]).
     fn save_room(&self, id: &RoomId) -> Result<(), RpcError> {
         let mut batch = StateBatch::default();
         self.persist_room(id, &mut batch);
         self.store
             .apply(&batch)
-            .and_then(|()| self.store.flush_blocking())
             .map_err(|e| RpcError::failed(e.to_string()))
     }
 
@@ -241,6 +244,9 @@ impl Node {
         // Own messages published while nobody was subscribed yet go out again.
         let sending: Vec<(RoomId, Vec<u8>, MessageId)> = self.unsent_room_messages();
         for (room, frame, id) in sending {
+            if self.rooms.not_yet_durable.contains(&id) {
+                continue; // its first publish waits for the flush
+            }
             self.publish(&room, frame, id);
         }
     }
@@ -364,7 +370,7 @@ impl Node {
                 self.carry_out(id, actions);
                 json!({"room": room.as_str(), "invited": name.as_str()})
             });
-        let _ = reply.send(result);
+        self.answer_when_durable(reply, result);
     }
 
     pub(crate) fn room_kick(&mut self, room: RoomName, name: UserName, reply: Reply) {
@@ -403,7 +409,7 @@ impl Node {
                 self.carry_out(id, actions);
                 json!({"room": room.as_str(), "kicked": name.as_str()})
             });
-        let _ = reply.send(result);
+        self.answer_when_durable(reply, result);
     }
 
     /// Signs and applies a new member list and tells the members; returns the key hand-outs the
@@ -579,7 +585,34 @@ impl Node {
         )
     }
 
-    pub(crate) fn room_send(&mut self, name: RoomName, text: String) -> Result<Value, RpcError> {
+    /// Sends `text` to a room; answers once the message is durable and published (or waiting
+    /// for a subscriber).
+    pub(crate) fn room_send(&mut self, name: RoomName, text: String, reply: Reply) {
+        match self.room_seal(name, text) {
+            Ok((room, frame, id)) => {
+                self.rooms.not_yet_durable.insert(id);
+                // Published only once durable: a crash must not make us reuse a chain index.
+                self.when_durable(move |node, flushed| {
+                    node.rooms.not_yet_durable.remove(&id);
+                    let result = flushed.map_err(RpcError::failed).map(|()| {
+                        node.publish(&room, frame, id);
+                        let status = node.store.entry(&id).ok().flatten().map(|e| e.status);
+                        let status = status.unwrap_or(Status::Sending).as_str();
+                        json!({"id": id.to_hex(), "status": status})
+                    });
+                    let _ = reply.send(result);
+                });
+            }
+            Err(err) => drop(reply.send(Err(err))),
+        }
+    }
+
+    /// Encrypts and stores our next message to a room: `(room, frame, id)` to publish.
+    fn room_seal(
+        &mut self,
+        name: RoomName,
+        text: String,
+    ) -> Result<(RoomId, Vec<u8>, MessageId), RpcError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(RpcError::invalid(format!(
                 "a message has at most {MAX_TEXT_LEN} bytes"
@@ -667,17 +700,8 @@ impl Node {
         self.persist_room(&id, &mut batch);
         self.store
             .record(&entry, &batch)
-            .and_then(|_| self.store.flush_blocking())
             .map_err(|e| RpcError::failed(format!("could not store the message: {e}")))?;
-        self.publish(&id, frame, msg_id);
-        let status = self
-            .store
-            .entry(&msg_id)
-            .ok()
-            .flatten()
-            .map(|e| e.status)
-            .unwrap_or(Status::Sending);
-        Ok(json!({"id": msg_id.to_hex(), "status": status.as_str()}))
+        Ok((id, frame, msg_id))
     }
 
     fn publish(&mut self, room: &RoomId, frame: Vec<u8>, id: MessageId) {

@@ -203,6 +203,10 @@ struct Entry {
     in_flight_until: Option<u64>,
     #[serde(skip)]
     deposit_requested: bool,
+    /// Written but not yet durable ([`Outbox::insert_held`]): not handed out until released. Not
+    /// persisted, since whatever a restart finds on disk is durable.
+    #[serde(skip)]
+    held: bool,
 }
 
 impl Entry {
@@ -287,6 +291,28 @@ impl Outbox {
     /// Adds a message we just sent (status `Sending`); it is due at once. Persist the envelope
     /// before, and the outbox after.
     pub fn insert(&mut self, id: MessageId, now: u64) -> Result<(), OutboxError> {
+        self.add(id, now, false)
+    }
+
+    /// Like [`Outbox::insert`], for a message whose envelope is written but not yet durable: it is
+    /// not handed out until [`Outbox::release`] says it is (or a restart, which only finds what
+    /// was durable). Nothing encrypted leaves before the state that encrypted it is on disk.
+    pub fn insert_held(&mut self, id: MessageId, now: u64) -> Result<(), OutboxError> {
+        self.add(id, now, true)
+    }
+
+    /// The held message `id` is durable now, and due. Returns whether it was held.
+    pub fn release(&mut self, id: MessageId) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(entry) if entry.held => {
+                entry.held = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn add(&mut self, id: MessageId, now: u64, held: bool) -> Result<(), OutboxError> {
         if self.entries.contains_key(&id) {
             return Err(OutboxError::AlreadyPresent(id));
         }
@@ -306,6 +332,7 @@ impl Outbox {
                 next_attempt_at: now,
                 in_flight_until: None,
                 deposit_requested: false,
+                held,
             },
         );
         self.next_order = self.next_order.saturating_add(1);
@@ -318,7 +345,7 @@ impl Outbox {
         let config = self.config;
         let mut due = Vec::new();
         for (&id, entry) in &mut self.entries {
-            if entry.status.is_final() || entry.in_flight(now, &config) {
+            if entry.status.is_final() || entry.held || entry.in_flight(now, &config) {
                 continue;
             }
             // Not in flight (any stale marker is an abandoned attempt).
@@ -441,7 +468,7 @@ impl Outbox {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.entries
             .values()
-            .filter(|entry| !entry.status.is_final())
+            .filter(|entry| !entry.status.is_final() && !entry.held)
             .map(|entry| match entry.in_flight_until {
                 Some(until) => until,
                 None => entry.next_attempt_at.min(entry.deadline(&self.config)),

@@ -539,3 +539,24 @@ proptest! {
         prop_assert!(outbox.is_empty() && outbox.poll_timeout().is_none());
     }
 }
+
+#[test]
+fn a_held_message_waits_for_its_release_and_a_restart_releases_it() {
+    let mut outbox = Outbox::default();
+    outbox.insert_held(id(1), T0).unwrap();
+    outbox.insert(id(2), T0).unwrap();
+    assert_eq!(outbox.status(&id(1)), Some(DeliveryStatus::Sending));
+    assert_eq!(
+        outbox.poll_due(T0),
+        vec![id(2)],
+        "the held one is not handed out"
+    );
+    assert!(outbox.poll_due(T0 + 60_000).is_empty());
+    let after_crash = restart(&outbox);
+    assert!(outbox.release(id(1)));
+    assert!(!outbox.release(id(1)), "released once");
+    assert_eq!(outbox.poll_due(T0 + 60_000), vec![id(1)]);
+    // What was persisted is durable, so a restart hands it out without a release.
+    let mut after_crash = after_crash;
+    assert!(after_crash.poll_due(T0 + 60_000).contains(&id(1)));
+}
