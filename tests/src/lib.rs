@@ -41,7 +41,29 @@ fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // What cargo sets for a test process (its package's CARGO_PKG_*, the library path) is
+        // not what it had when it built: some build scripts (ring's) watch such variables, and
+        // would run again, with everything after them, here and then again in the next build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "LD_LIBRARY_PATH"
+                || name == "OUT_DIR"
+                || name == "CARGO_PRIMARY_PACKAGE"
+                || name == "CARGO_TARGET_TMPDIR"
+                || [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let status = build
             // `--workspace --tests` resolves features as `cargo test --workspace` does, so under
             // it this build finds everything fresh instead of compiling a second feature set.
             .args(["build", "--workspace", "--tests"])
