@@ -136,7 +136,9 @@ async fn run_until(
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
-    let result = node.run(calls, shutdown).await;
+    // Several daemons may share a process (the demo, the load generator): say whose line it is.
+    let span = tracing::info_span!("node", user = %node.name);
+    let result = tracing::Instrument::instrument(node.run(calls, shutdown), span).await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
     node.flush_before_exit();
@@ -188,7 +190,15 @@ struct RendezvousLink {
     connected: bool,
     logged_in: bool,
     registered_once: bool,
+    /// Requests waiting for one in flight to finish ([`RENDEZVOUS_IN_FLIGHT`]), in order.
+    queued: std::collections::VecDeque<(RendezvousRequest, Pending)>,
 }
+
+/// Requests in flight to the rendezvous at once. The server serves 16 streams per connection and
+/// drops any more, so a burst (joining a room of a dozen opens as many sessions) waits its turn.
+const RENDEZVOUS_IN_FLIGHT: usize = 8;
+/// Requests that may wait behind those; past that, new ones fail at once.
+const RENDEZVOUS_QUEUED: usize = 1024;
 
 /// Something finished outside the actor that the actor must act on.
 #[derive(Debug)]
@@ -418,20 +428,34 @@ impl Node {
         self.link.peer.as_ref() == Some(peer)
     }
 
-    fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) -> bool {
-        let Some(peer) = self.link.peer else {
-            return false;
-        };
-        if !self.link.connected {
-            return false;
+    /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
+    /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
+    fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
+        if !self.link.connected || self.link.peer.is_none() {
+            return self.on_rendezvous_failure(pending, "not connected to the rendezvous".into());
         }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rendezvous
-            .send_request(&peer, request);
-        self.pending.insert(id, pending);
-        true
+        if self.link.queued.len() >= RENDEZVOUS_QUEUED {
+            return self.on_rendezvous_failure(pending, "too many requests waiting".into());
+        }
+        self.link.queued.push_back((request, pending));
+        self.send_queued_requests();
+    }
+
+    fn send_queued_requests(&mut self) {
+        let Some(peer) = self.link.peer.filter(|_| self.link.connected) else {
+            return;
+        };
+        while self.pending.len() < RENDEZVOUS_IN_FLIGHT {
+            let Some((request, pending)) = self.link.queued.pop_front() else {
+                return;
+            };
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .rendezvous
+                .send_request(&peer, request);
+            self.pending.insert(id, pending);
+        }
     }
 
     fn on_rendezvous_connected(&mut self, peer: PeerId) {
@@ -861,6 +885,9 @@ impl Node {
                 if num_established == 0 && self.is_rendezvous(&peer_id) {
                     self.link.connected = false;
                     self.link.logged_in = false;
+                    for (_, pending) in std::mem::take(&mut self.link.queued) {
+                        self.on_rendezvous_failure(pending, "lost the rendezvous".into());
+                    }
                     self.emit(
                         json!({"type": "rendezvous", "connected": false, "logged_in": false}),
                     );
@@ -902,6 +929,7 @@ impl Node {
                     && let Some(pending) = self.pending.remove(&request_id)
                 {
                     self.on_rendezvous_response(pending, response);
+                    self.send_queued_requests();
                 }
             }
             BehaviourEvent::Rendezvous(request_response::Event::OutboundFailure {
@@ -911,6 +939,7 @@ impl Node {
             }) => {
                 if let Some(pending) = self.pending.remove(&request_id) {
                     self.on_rendezvous_failure(pending, error.to_string());
+                    self.send_queued_requests();
                 }
             }
             BehaviourEvent::Push(request_response::Event::Message {

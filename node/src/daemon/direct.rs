@@ -168,15 +168,7 @@ impl Node {
         if !self.link.logged_in {
             return Err(Box::new(job));
         }
-        let Some(peer) = self.link.peer else {
-            return Err(Box::new(job));
-        };
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rendezvous
-            .send_request(&peer, request);
-        self.pending.insert(id, pending(job));
+        self.rendezvous_request(request, pending(job));
         Ok(())
     }
 
@@ -631,7 +623,7 @@ impl Node {
         let envelope = self
             .outbox_item(&id)
             .and_then(|item| Some((item.to_name, Envelope::from_bytes(&item.frame).ok()?)));
-        let sent = match envelope {
+        match envelope {
             Some((to, envelope)) if self.link.logged_in => self.rendezvous_request(
                 RendezvousRequest::Deposit {
                     to,
@@ -639,10 +631,9 @@ impl Node {
                 },
                 Pending::Deposit { id },
             ),
-            _ => false,
-        };
-        if !sent {
-            self.outbox.handle_deposit_failed(id);
+            _ => {
+                self.outbox.handle_deposit_failed(id);
+            }
         }
     }
 
