@@ -133,6 +133,55 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
 }
 
 #[test]
+fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()> {
+    // Every member joins at once and hands its sender key to everyone: a burst of sessions to
+    // open and keys to pass, which once lost some keys for good.
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let names: Vec<String> = (0..12).map(|i| format!("m{i:02}")).collect();
+    let mut users: Vec<User> = names
+        .iter()
+        .map(|n| User::init(dir.path(), n))
+        .collect::<Result<_, _>>()?;
+    for user in &mut users {
+        user.start(&server.addr)?;
+    }
+    let (owner, guests) = users.split_first().expect("twelve users");
+    owner.ok(&["room", "create", "dozen"])?;
+    for guest in guests {
+        owner.ok(&["room", "invite", "dozen", &guest.name])?;
+    }
+    for guest in guests {
+        wait_for("the invitation", || {
+            let rooms = guest.json(&["room", "list"]).ok()?;
+            rooms.iter().any(|r| r["room"] == "dozen").then_some(())
+        })?;
+        guest.ok(&["room", "join", "dozen"])?;
+    }
+    for user in &users {
+        user.ok(&[
+            "room",
+            "send",
+            "dozen",
+            &format!("hello from {}", user.name),
+        ])?;
+    }
+    let expected: Vec<String> = names.iter().map(|n| format!("hello from {n}")).collect();
+    for user in &users {
+        wait_for(&format!("{} to hear all twelve", user.name), || {
+            let texts = texts(&user.room_history("dozen").ok()?);
+            expected.iter().all(|t| texts.contains(t)).then_some(())
+        })
+        .map_err(|err| {
+            let texts = texts(&user.room_history("dozen").unwrap_or_default());
+            let missing: Vec<&String> = expected.iter().filter(|t| !texts.contains(t)).collect();
+            anyhow::anyhow!("{err}; missing {missing:?}")
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
 fn sending_to_an_unknown_user_fails_clearly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Rendezvous::start(&dir.path().join("rv"))?;
