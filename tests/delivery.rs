@@ -194,3 +194,31 @@ fn peers_keep_talking_while_the_rendezvous_is_down_and_resume_presence_and_mail_
     alice.wait_status("bob", &id, "delivered")?;
     Ok(())
 }
+
+#[test]
+fn a_member_whose_room_key_was_lost_asks_for_it_and_reads_the_held_messages() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut ann = User::init(dir.path(), "ann")?;
+    let mut ben = User::init(dir.path(), "ben")?;
+    // Every key ann hands ben with a membership change is lost on the way.
+    ann.start_with_env(&server.addr, &[("PALAVER_FAULT_DROP_KEYS_TO", "ben")])?;
+    ben.start(&server.addr)?;
+    ann.ok(&["room", "create", "lossy"])?;
+    ann.ok(&["room", "invite", "lossy", "ben"])?;
+    wait_for("the invitation", || {
+        let rooms = ben.json(&["room", "list"]).ok()?;
+        rooms.iter().any(|r| r["room"] == "lossy").then_some(())
+    })?;
+    ben.ok(&["room", "join", "lossy"])?;
+    ann.ok(&["room", "send", "lossy", "can you read this?"])?;
+    // Ben holds the message, asks ann for her key after a few seconds, and then reads it.
+    wait_for("ben to read ann's message", || {
+        texts(&ben.room_history("lossy").ok()?)
+            .iter()
+            .any(|t| t == "can you read this?")
+            .then_some(())
+    })?;
+    Ok(())
+}

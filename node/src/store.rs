@@ -158,6 +158,8 @@ pub enum StateKey<'a> {
     RoomLog(RoomId, [u8; 32], u64),
     /// A room message of mine not yet handed to gossip.
     RoomUnsent(MessageId),
+    /// The sender key of mine I handed a member of a room, as I handed it (to hand again).
+    KeyGiven(RoomId, [u8; 32]),
     Meta(&'a str),
 }
 
@@ -180,6 +182,9 @@ impl StateKey<'_> {
                 bytes.extend([&[b'l'][..], &room.0, sender, &seq.to_be_bytes()].concat())
             }
             StateKey::RoomUnsent(id) => bytes.extend([&[b'u'][..], &id.0].concat()),
+            StateKey::KeyGiven(room, member) => {
+                bytes.extend([&[b'k'][..], &room.0, member].concat())
+            }
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes

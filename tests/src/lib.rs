@@ -258,8 +258,14 @@ impl User {
 
     /// Starts the daemon and waits until it is logged in at `rendezvous`.
     pub fn start(&mut self, rendezvous: &str) -> anyhow::Result<()> {
+        self.start_with_env(rendezvous, &[])
+    }
+
+    /// Like [`User::start`], with extra environment (the daemon's fault hooks, say).
+    pub fn start_with_env(&mut self, rendezvous: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let child = self
             .command()
+            .envs(env.iter().copied())
             .args([
                 "daemon",
                 "--rendezvous",

@@ -40,6 +40,13 @@ type HeldMessage = (MessageId, RoomMessage, Vec<u8>);
 const MAX_HELD: usize = 256;
 /// Sender keys that arrived before the invitation they belong to.
 const MAX_EARLY_KEYS: usize = 64;
+/// How long a message waits for its sender's key before we ask the sender for it: keys normally
+/// arrive within moments of the messages they open, so asking at once would only add traffic.
+const KEY_WAIT_MS: u64 = 5_000;
+/// How often we ask the same sender again while its key stays missing.
+const KEY_ASK_EVERY_MS: u64 = 30_000;
+/// Senders whose keys we wait for, over all rooms.
+const MAX_MISSING_KEYS: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Room {
@@ -123,6 +130,14 @@ pub(crate) struct Rooms {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
     /// Our own messages written but not yet durable, so not published yet.
     not_yet_durable: HashSet<MessageId>,
+    /// Senders whose key we lack for messages we hold: since when, and when we last asked.
+    missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MissingKey {
+    since: u64,
+    asked: Option<u64>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -240,7 +255,86 @@ impl Node {
         }
     }
 
+    /// Asks each sender whose key has been missing a while for it, every so often.
+    fn ask_for_missing_keys(&mut self) {
+        let now = now_ms();
+        // Only while we still hold something of theirs (the held queue drops its oldest).
+        let held = &self.rooms.held;
+        self.rooms.missing_keys.retain(|(room, sender), _| {
+            held.get(room)
+                .is_some_and(|queue| queue.iter().any(|(_, m, _)| m.sender.as_bytes() == sender))
+        });
+        let mut ask = Vec::new();
+        for (&(room, sender), missing) in &mut self.rooms.missing_keys {
+            let waited = now.saturating_sub(missing.since) >= KEY_WAIT_MS;
+            let due = missing
+                .asked
+                .is_none_or(|at| now.saturating_sub(at) >= KEY_ASK_EVERY_MS);
+            if waited && due {
+                missing.asked = Some(now);
+                ask.push((room, sender));
+            }
+        }
+        for (room, sender) in ask {
+            let Ok(sender) = VerifyingKey::from_bytes(&sender) else {
+                continue;
+            };
+            tracing::info!("asking {} for its key to a room", short_key(&sender));
+            self.send_direct(Job::to_key(sender, Payload::KeyRequest { room }));
+        }
+    }
+
+    /// A member lacks our key: hand it again, as we first handed it to them (or, if we never
+    /// did, as it is now).
+    pub(crate) fn on_key_request(&mut self, from: VerifyingKey, room_id: RoomId) {
+        let Some(room) = self.rooms.by_id.get(&room_id) else {
+            return;
+        };
+        let RoomCrypto::Private(keys) = &room.keys else {
+            return;
+        };
+        let me = self.identity.public();
+        if !room.joined || room.removed || !keys.is_member(&from) || !keys.is_member(&me) {
+            return tracing::debug!("ignoring a key request from {}", short_key(&from));
+        }
+        let current = keys.my_distribution();
+        let given = self
+            .store
+            .get::<SenderKeyDistribution>(StateKey::KeyGiven(room_id, from.to_bytes()))
+            .ok()
+            .flatten()
+            .filter(|given| given.key_id == current.key_id);
+        let distribution = match given {
+            Some(given) => given,
+            None => {
+                let mut batch = StateBatch::default();
+                batch.put(StateKey::KeyGiven(room_id, from.to_bytes()), &current);
+                if let Err(err) = self.store.apply(&batch) {
+                    return tracing::warn!("store: {err}");
+                }
+                current
+            }
+        };
+        self.send_direct(Job::to_key(
+            from,
+            Payload::SenderKey {
+                room: room_id,
+                distribution,
+            },
+        ));
+    }
+
+    /// Test builds only: `PALAVER_FAULT_DROP_KEYS_TO=<user>` loses every sender key handed to
+    /// that user with a membership change, as a lost control message would, so the tests can
+    /// show the key is asked for and handed again.
+    fn fault_drops_keys_to(&self, member: &VerifyingKey) -> bool {
+        cfg!(debug_assertions)
+            && std::env::var("PALAVER_FAULT_DROP_KEYS_TO")
+                .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
+    }
+
     pub(crate) fn rooms_tick(&mut self) {
+        self.ask_for_missing_keys();
         // Own messages published while nobody was subscribed yet go out again.
         let sending: Vec<(RoomId, Vec<u8>, MessageId)> = self.unsent_room_messages();
         for (room, frame, id) in sending {
@@ -450,7 +544,19 @@ impl Node {
 
     fn carry_out(&mut self, room: RoomId, actions: Vec<KeyAction>) {
         for KeyAction::Distribute { to, distribution } in actions {
+            // Kept as handed out, so a member who never got it can have the same again
+            // (never an earlier index than it was given: no history from before it joined).
+            let mut batch = StateBatch::default();
+            for member in &to {
+                batch.put(StateKey::KeyGiven(room, member.to_bytes()), &distribution);
+            }
+            if let Err(err) = self.store.apply(&batch) {
+                tracing::warn!("store: {err}");
+            }
             for member in to {
+                if self.fault_drops_keys_to(&member) {
+                    continue;
+                }
                 self.send_direct(Job::to_key(
                     member,
                     Payload::SenderKey {
@@ -788,6 +894,15 @@ impl Node {
                             short_key(&message.sender),
                             message.message.key_id
                         );
+                        let missing = &mut self.rooms.missing_keys;
+                        if missing.len() < MAX_MISSING_KEYS {
+                            missing
+                                .entry((room_id, message.sender.to_bytes()))
+                                .or_insert(MissingKey {
+                                    since: now_ms(),
+                                    asked: None,
+                                });
+                        }
                         hold(&mut self.rooms.held, id, message, frame);
                         return Err(RoomReject::Held);
                     }
@@ -936,6 +1051,7 @@ impl Node {
             distribution.key_id,
             room.name
         );
+        self.rooms.missing_keys.remove(&(room_id, from.to_bytes()));
         let _ = self.save_room(&room_id);
         self.release_held(room_id);
     }

@@ -179,6 +179,9 @@ pub enum Payload {
     Membership(MembershipUpdate),
     /// The sender left the room.
     Leave { room: RoomId },
+    /// The sender holds messages of ours in this room under a sender key it never got: the
+    /// answer is our current key ([`Payload::SenderKey`]), if the sender is a member.
+    KeyRequest { room: RoomId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

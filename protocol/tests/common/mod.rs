@@ -151,6 +151,13 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "content_key_request",
+            encode(&content(Payload::KeyRequest {
+                room: RoomId([5; 32]),
+            }))
+            .unwrap(),
+        ),
+        (
             "rendezvous_register",
             encode(&RendezvousRequest::Register {
                 name: user("alice"),
@@ -417,6 +424,7 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
             ),
         any_membership().prop_map(Payload::Membership),
         any::<[u8; 32]>().prop_map(|room| Payload::Leave { room: RoomId(room) }),
+        any::<[u8; 32]>().prop_map(|room| Payload::KeyRequest { room: RoomId(room) }),
     ]
 }
 
