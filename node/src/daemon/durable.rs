@@ -70,6 +70,7 @@ impl Node {
 
     /// On the way out: flushes in place until nobody waits any more (what runs may write again).
     pub(crate) fn flush_before_exit(&mut self) {
+        self.save_dirty_rooms();
         // A continuation rarely writes again; the bound only guards against a cycle.
         for _ in 0..8 {
             let result = self.store.flush().map_err(|e| e.to_string());

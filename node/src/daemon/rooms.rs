@@ -132,6 +132,8 @@ pub(crate) struct Rooms {
     not_yet_durable: HashSet<MessageId>,
     /// Senders whose key we lack for messages we hold: since when, and when we last asked.
     missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
+    /// Rooms whose receiving chains moved since they were last written ([`Node::save_dirty_rooms`]).
+    dirty: HashSet<RoomId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -333,7 +335,19 @@ impl Node {
                 .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
     }
 
+    /// Writes the rooms whose receiving chains moved (each tick, and before the daemon exits).
+    pub(crate) fn save_dirty_rooms(&mut self) {
+        let mut batch = StateBatch::default();
+        for id in std::mem::take(&mut self.rooms.dirty) {
+            self.persist_room(&id, &mut batch);
+        }
+        if let Err(err) = self.store.apply(&batch) {
+            tracing::warn!("store: {err}");
+        }
+    }
+
     pub(crate) fn rooms_tick(&mut self) {
+        self.save_dirty_rooms();
         self.ask_for_missing_keys();
         // Own messages published while nobody was subscribed yet go out again.
         let sending: Vec<(RoomId, Vec<u8>, MessageId)> = self.unsent_room_messages();
@@ -962,7 +976,10 @@ impl Node {
         let mut batch = StateBatch::default();
         self.observe_lamport(content.lamport, &mut batch);
         batch.put(log_key(&room_id, &message.sender, content.seq), &frame);
-        self.persist_room(&room_id, &mut batch);
+        // The receiving chain that moved is written within a second, not with every message: a
+        // chain that restarts a little behind only derives forward again (replays are caught
+        // by the message index first), and the room is most of what a message would write.
+        self.rooms.dirty.insert(room_id);
         match self.store.record(&entry, &batch) {
             Ok(true) => self.emit_message(&entry, named),
             Ok(false) => {}
