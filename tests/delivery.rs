@@ -262,3 +262,28 @@ fn a_room_member_killed_right_after_reading_keeps_reading_after_restart() -> any
     assert_eq!(got, sent, "every message once, in order");
     Ok(())
 }
+
+#[test]
+fn mail_from_two_senders_comes_back_delivered_to_both() -> anyhow::Result<()> {
+    // The recipient takes both from its mailbox in one batch and answers each sender with a
+    // receipt once the batch is on disk: two sends started from one flush's continuation.
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut ann = User::init(dir.path(), "ann")?;
+    let mut ben = User::init(dir.path(), "ben")?;
+    let mut cat = User::init(dir.path(), "cat")?;
+    ann.start(&server.addr)?;
+    ben.start(&server.addr)?;
+    cat.start(&server.addr)?;
+    cat.stop()?;
+    let from_ann = ann.send("cat", "from ann while you were away")?;
+    let from_ben = ben.send("cat", "from ben while you were away")?;
+    ann.wait_status("cat", &from_ann, "queued")?;
+    ben.wait_status("cat", &from_ben, "queued")?;
+    cat.start(&server.addr)?;
+    ann.wait_status("cat", &from_ann, "delivered")?;
+    ben.wait_status("cat", &from_ben, "delivered")?;
+    assert_eq!(copies(&cat, "ann", "from ann while you were away"), 1);
+    assert_eq!(copies(&cat, "ben", "from ben while you were away"), 1);
+    Ok(())
+}

@@ -139,9 +139,11 @@ async fn run_until(
     // Several daemons may share a process (the demo, the load generator): say whose line it is.
     let span = tracing::info_span!("node", user = %node.name);
     let result = tracing::Instrument::instrument(node.run(calls, shutdown), span).await;
+    // Flushed before the control socket goes, so the answers waiting for it still get out.
+    node.flush_before_exit();
+    tokio::task::yield_now().await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
-    node.flush_before_exit();
     result
 }
 
@@ -237,7 +239,7 @@ pub(crate) struct Node {
     events: broadcast::Sender<Value>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
-    commit: durable::GroupCommit,
+    commit: durable::GroupCommit<durable::AfterFlush>,
     rooms: rooms::Rooms,
     reach: reach::Reach,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).

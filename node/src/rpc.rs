@@ -247,12 +247,19 @@ impl Client {
             &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
         )
         .await?;
-        let line = tokio::time::timeout(ANSWER_TIMEOUT, self.lines.next_line())
-            .await
-            .map_err(|_| ClientError::Unresponsive(method.to_owned()))??
-            .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
-        let answer: Value =
-            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // Answers come in order; one with another id is a late answer to a call that timed out.
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let answer = loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .map_err(|_| ClientError::Unresponsive(method.to_owned()))??
+                .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
+            let answer: Value =
+                serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if answer.get("id") == Some(&Value::from(id)) {
+                break answer;
+            }
+        };
         if let Some(error) = answer.get("error") {
             let error: RpcError = serde_json::from_value(error.clone())
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -319,6 +326,40 @@ mod tests {
         assert_eq!(
             listener.next_event().await.unwrap(),
             Some(json!({"type": "presence"}))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_to_an_earlier_call_is_not_taken_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palaver.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let request: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let id = request["id"].as_u64().unwrap();
+            // The answer to a call that timed out arrives first.
+            write_line(
+                &mut write,
+                &json!({"jsonrpc": "2.0", "id": id - 1, "result": "stale"}),
+            )
+            .await
+            .unwrap();
+            write_line(
+                &mut write,
+                &json!({"jsonrpc": "2.0", "id": id, "result": "fresh"}),
+            )
+            .await
+            .unwrap();
+        });
+        let mut client = Client::connect(&path).await.unwrap();
+        client.next_id = 7;
+        assert_eq!(
+            client.call("status", Value::Null).await.unwrap(),
+            json!("fresh")
         );
     }
 

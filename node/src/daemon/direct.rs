@@ -266,7 +266,7 @@ impl Node {
                 }
                 node.drive_outbox();
             }
-            Err(err) => fail_reply(reply, format!("could not store the message: {err}")),
+            Err(err) => fail_reply(reply, super::durable::not_durable(&err)),
         });
     }
 

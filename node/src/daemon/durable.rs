@@ -13,12 +13,62 @@ use serde_json::Value;
 /// What to do once the writes made before it are durable (or the flush failed).
 pub(crate) type AfterFlush = Box<dyn FnOnce(&mut Node, Result<(), String>) + Send>;
 
-#[derive(Default)]
-pub(crate) struct GroupCommit {
-    /// Waiting for the next flush.
-    waiting: Vec<AfterFlush>,
-    /// Waiting for the flush under way, if one is.
-    flushing: Option<Vec<AfterFlush>>,
+/// What a caller hears when the flush its write waited for failed.
+pub(crate) fn not_durable(err: &str) -> String {
+    format!(
+        "the store could not confirm it is on disk ({err}); the daemon stops, and whatever \
+         reached the disk goes out after a restart"
+    )
+}
+
+/// Who waits for which flush. One flush at a time: the waiters of the one under way, and those
+/// for the next. A flush counts as under way until its waiters have all run, so whatever they
+/// write (a receipt, a key) waits for the next flush rather than starting one beside it.
+#[derive(Debug)]
+pub(crate) struct GroupCommit<T> {
+    waiting: Vec<T>,
+    flushing: Option<Vec<T>>,
+}
+
+impl<T> Default for GroupCommit<T> {
+    fn default() -> Self {
+        Self {
+            waiting: Vec::new(),
+            flushing: None,
+        }
+    }
+}
+
+impl<T> GroupCommit<T> {
+    /// Queues `then` for the next flush; `true` if that flush should start now.
+    fn wait(&mut self, then: T) -> bool {
+        self.waiting.push(then);
+        self.flushing.is_none()
+    }
+
+    /// A flush starts: it covers everything waiting.
+    fn start(&mut self) {
+        debug_assert!(self.flushing.is_none(), "one flush at a time");
+        self.flushing = Some(std::mem::take(&mut self.waiting));
+    }
+
+    /// The flush is done: its waiters, to run. It stays under way until [`GroupCommit::settle`].
+    fn finish(&mut self) -> Vec<T> {
+        self.flushing.replace(Vec::new()).unwrap_or_default()
+    }
+
+    /// The waiters have run; `true` if the next flush should start.
+    fn settle(&mut self) -> bool {
+        self.flushing = None;
+        !self.waiting.is_empty()
+    }
+
+    /// Everything still waiting, under way or not (on the way out).
+    fn drain(&mut self) -> Vec<T> {
+        let mut all = self.flushing.take().unwrap_or_default();
+        all.append(&mut self.waiting);
+        all
+    }
 }
 
 impl Node {
@@ -27,8 +77,7 @@ impl Node {
         &mut self,
         then: impl FnOnce(&mut Node, Result<(), String>) + Send + 'static,
     ) {
-        self.commit.waiting.push(Box::new(then));
-        if self.commit.flushing.is_none() {
+        if self.commit.wait(Box::new(then)) {
             self.start_flush();
         }
     }
@@ -37,14 +86,17 @@ impl Node {
     pub(crate) fn answer_when_durable(&mut self, reply: Reply, result: Result<Value, RpcError>) {
         match result {
             Ok(value) => self.when_durable(move |_, flushed| {
-                let _ = reply.send(flushed.map(|()| value).map_err(RpcError::failed));
+                let answer = flushed
+                    .map(|()| value)
+                    .map_err(|e| RpcError::failed(not_durable(&e)));
+                let _ = reply.send(answer);
             }),
             Err(err) => drop(reply.send(Err(err))),
         }
     }
 
     fn start_flush(&mut self) {
-        self.commit.flushing = Some(std::mem::take(&mut self.commit.waiting));
+        self.commit.start();
         let store = self.store.clone();
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -58,24 +110,29 @@ impl Node {
 
     pub(crate) fn on_flushed(&mut self, result: Result<(), String>) {
         if let Err(err) = &result {
-            tracing::error!("cannot make the store durable: {err}");
+            // After a failed fsync nothing written since can be trusted to reach the disk, and
+            // retrying it proves nothing: stop, rather than let anything that waited go out.
+            tracing::error!("cannot make the store durable, stopping: {err}");
+            self.stopping = true;
         }
-        for then in self.commit.flushing.take().unwrap_or_default() {
+        for then in self.commit.finish() {
             then(self, result.clone());
         }
-        if !self.commit.waiting.is_empty() {
+        if self.commit.settle() && !self.stopping {
             self.start_flush();
         }
     }
 
-    /// On the way out: flushes in place until nobody waits any more (what runs may write again).
+    /// On the way out (the swarm stopped): flushes in place until nobody waits any more, since
+    /// what runs may write again. A flush still running on the blocking pool may overlap this
+    /// one; sled serialises the two, and it happens once.
     pub(crate) fn flush_before_exit(&mut self) {
+        self.stopping = true;
         self.save_dirty_rooms();
-        // A continuation rarely writes again; the bound only guards against a cycle.
+        // A waiter rarely writes again; the bound only guards against a cycle.
         for _ in 0..8 {
             let result = self.store.flush().map_err(|e| e.to_string());
-            let mut waiting = self.commit.flushing.take().unwrap_or_default();
-            waiting.append(&mut self.commit.waiting);
+            let waiting = self.commit.drain();
             if waiting.is_empty() {
                 return;
             }
@@ -83,5 +140,30 @@ impl Node {
                 then(self, result.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupCommit;
+
+    #[test]
+    fn one_flush_at_a_time_and_no_waiter_is_dropped() {
+        let mut commit = GroupCommit::default();
+        assert!(commit.wait(1), "nothing under way: flush now");
+        commit.start();
+        assert!(!commit.wait(2), "under way: wait for the next");
+        let done = commit.finish();
+        assert_eq!(done, vec![1]);
+        // What the waiters write while they run (two receipts, say) waits for the next flush.
+        assert!(!commit.wait(3));
+        assert!(!commit.wait(4));
+        assert!(commit.settle(), "the next flush starts once they have run");
+        commit.start();
+        assert!(!commit.wait(5));
+        assert_eq!(commit.finish(), vec![2, 3, 4]);
+        assert!(commit.settle());
+        assert_eq!(commit.drain(), vec![5]);
+        assert!(commit.drain().is_empty());
     }
 }

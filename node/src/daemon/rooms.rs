@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 mod gap_fill;
 
 use super::direct::{Job, Reply, short_key};
+use super::durable::not_durable;
 use super::{Node, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError};
@@ -713,13 +714,21 @@ impl Node {
                 self.rooms.not_yet_durable.insert(id);
                 // Published only once durable: a crash must not make us reuse a chain index.
                 self.when_durable(move |node, flushed| {
-                    node.rooms.not_yet_durable.remove(&id);
-                    let result = flushed.map_err(RpcError::failed).map(|()| {
-                        node.publish(&room, frame, id);
-                        let status = node.store.entry(&id).ok().flatten().map(|e| e.status);
-                        let status = status.unwrap_or(Status::Sending).as_str();
-                        json!({"id": id.to_hex(), "status": status})
-                    });
+                    if flushed.is_ok() {
+                        node.rooms.not_yet_durable.remove(&id);
+                    }
+                    let result = flushed
+                        .map_err(|e| RpcError::failed(not_durable(&e)))
+                        .map(|()| {
+                            // A daemon on its way out has stopped its swarm: the message stays
+                            // unsent on disk and goes out at the next start.
+                            if !node.stopping {
+                                node.publish(&room, frame, id);
+                            }
+                            let status = node.store.entry(&id).ok().flatten().map(|e| e.status);
+                            let status = status.unwrap_or(Status::Sending).as_str();
+                            json!({"id": id.to_hex(), "status": status})
+                        });
                     let _ = reply.send(result);
                 });
             }

@@ -11,7 +11,7 @@ use palaver_protocol::wire::{
     Body, GapFillRequest, GapFillResponse, PeerRequest, PeerResponse, SenderCursor,
     peer::MAX_GAP_FILL,
 };
-use palaver_protocol::{Envelope, RoomId, VerifyingKey};
+use palaver_protocol::{Envelope, MessageId, RoomId, VerifyingKey};
 
 use crate::daemon::Node;
 
@@ -110,6 +110,14 @@ impl Node {
         let mut more = false;
         for (sender, seq, frame) in self.store.room_log(&request.room) {
             if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
+                continue;
+            }
+            // Our own message still waiting for its flush leaves with its publish, not before.
+            if self
+                .rooms
+                .not_yet_durable
+                .contains(&MessageId::of_frame(&frame))
+            {
                 continue;
             }
             if envelopes.len() == max
