@@ -19,9 +19,22 @@ pub(crate) fn draw(path: &Path, points: &[Value]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(500);
-    for (area, field, title, unit) in [
-        (&left, "msgs_per_s", "Room throughput", "messages/s"),
-        (&right, "p99_ms", "Room p99 latency", "ms"),
+    // Each legend in the corner its lines leave free: throughput falls with peers, latency rises.
+    for (area, field, title, unit, legend) in [
+        (
+            &left,
+            "msgs_per_s",
+            "Room throughput",
+            "messages/s",
+            SeriesLabelPosition::UpperRight,
+        ),
+        (
+            &right,
+            "p99_ms",
+            "Room p99 latency",
+            "ms",
+            SeriesLabelPosition::LowerRight,
+        ),
     ] {
         let palaver = series("palaver", field);
         let baseline = series("baseline", field);
@@ -74,7 +87,7 @@ pub(crate) fn draw(path: &Path, points: &[Value]) -> anyhow::Result<()> {
             .configure_series_labels()
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
