@@ -139,9 +139,8 @@ async fn run_until(
     // Several daemons may share a process (the demo, the load generator): say whose line it is.
     let span = tracing::info_span!("node", user = %node.name);
     let result = tracing::Instrument::instrument(node.run(calls, shutdown), span).await;
-    // Flushed before the control socket goes, so the answers waiting for it still get out.
+    // Flushed before the socket goes: a client sees the daemon gone only once its store is.
     node.flush_before_exit();
-    tokio::task::yield_now().await;
     server.abort();
     let _ = std::fs::remove_file(&socket);
     result

@@ -303,13 +303,14 @@ impl Outbox {
 
     /// The held message `id` is durable now, and due. Returns whether it was held.
     pub fn release(&mut self, id: MessageId) -> bool {
-        match self.entries.get_mut(&id) {
-            Some(entry) if entry.held => {
-                entry.held = false;
-                true
-            }
-            _ => false,
-        }
+        self.take_flag(&id, |entry| &mut entry.held)
+    }
+
+    /// Clears one of `id`'s flags; whether it was set.
+    fn take_flag(&mut self, id: &MessageId, flag: impl FnOnce(&mut Entry) -> &mut bool) -> bool {
+        self.entries
+            .get_mut(id)
+            .is_some_and(|entry| std::mem::take(flag(entry)))
     }
 
     fn add(&mut self, id: MessageId, now: u64, held: bool) -> Result<(), OutboxError> {
@@ -439,13 +440,7 @@ impl Outbox {
     /// The deposit asked for did not happen; the next failed attempt asks again. Returns whether
     /// a deposit was outstanding.
     pub fn handle_deposit_failed(&mut self, id: MessageId) -> bool {
-        match self.entries.get_mut(&id) {
-            Some(entry) if entry.deposit_requested => {
-                entry.deposit_requested = false;
-                true
-            }
-            _ => false,
-        }
+        self.take_flag(&id, |entry| &mut entry.deposit_requested)
     }
 
     /// Makes a waiting message due now, e.g. because its recipient just came online. Returns false

@@ -105,6 +105,7 @@ impl Node {
             .map(|c| (c.sender.to_bytes(), c.have_through))
             .collect();
         let max = usize::from(request.max).min(MAX_GAP_FILL);
+        let me = self.identity.public().to_bytes();
         let mut envelopes = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
@@ -112,11 +113,14 @@ impl Node {
             if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
                 continue;
             }
-            // Our own message still waiting for its flush leaves with its publish, not before.
-            if self
-                .rooms
-                .not_yet_durable
-                .contains(&MessageId::of_frame(&frame))
+            // Our own message still waiting for its flush leaves with its publish, not before
+            // (only our own are hashed to ask, and only while any wait).
+            if sender == me
+                && !self.rooms.not_yet_durable.is_empty()
+                && self
+                    .rooms
+                    .not_yet_durable
+                    .contains(&MessageId::of_frame(&frame))
             {
                 continue;
             }
