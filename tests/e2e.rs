@@ -2,7 +2,7 @@
 //! driven through the command line exactly as a person or a script would.
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
-use palaver_tests::{Rendezvous, User, texts, wait_for};
+use palaver_tests::{Rendezvous, User, started_users, texts, wait_for};
 
 #[test]
 fn two_users_exchange_messages_both_ways_and_their_histories_agree() -> anyhow::Result<()> {
@@ -61,13 +61,7 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
 {
     let dir = tempfile::tempdir()?;
     let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let mut users: Vec<User> = ["ann", "ben", "cat"]
-        .iter()
-        .map(|n| User::init(dir.path(), n))
-        .collect::<Result<_, _>>()?;
-    for user in &mut users {
-        user.start(&server.addr)?;
-    }
+    let users = started_users(dir.path(), &server.addr, &["ann", "ben", "cat"])?;
     let [ann, ben, cat] = &users[..] else {
         unreachable!()
     };
@@ -75,11 +69,7 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
     ann.ok(&["room", "invite", "team", "ben"])?;
     ann.ok(&["room", "invite", "team", "cat"])?;
     for guest in [ben, cat] {
-        wait_for("the invitation", || {
-            let rooms = guest.json(&["room", "list"]).ok()?;
-            rooms.iter().any(|r| r["room"] == "team").then_some(())
-        })?;
-        guest.ok(&["room", "join", "team"])?;
+        guest.accept_invitation("team")?;
     }
     let members = ann.json(&["room", "members", "team"])?;
     assert_eq!(members.len(), 3);
@@ -95,13 +85,7 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
         user.ok(&["room", "send", "team", text])?;
     }
     for user in [ann, ben, cat] {
-        wait_for(&format!("{} to see all three messages", user.name), || {
-            let texts = texts(&user.room_history("team").ok()?);
-            ["from ann", "from ben", "from cat"]
-                .iter()
-                .all(|t| texts.iter().any(|x| x == t))
-                .then_some(())
-        })?;
+        user.wait_room_texts("team", &["from ann", "from ben", "from cat"])?;
     }
 
     ann.ok(&["room", "kick", "team", "cat"])?;
@@ -113,12 +97,7 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
             .then_some(())
     })?;
     ann.ok(&["room", "send", "team", "after the kick"])?;
-    wait_for("ben to get the message after the kick", || {
-        texts(&ben.room_history("team").ok()?)
-            .iter()
-            .any(|t| t == "after the kick")
-            .then_some(())
-    })?;
+    ben.wait_room_texts("team", &["after the kick"])?;
     // Give any straggling copy time to reach cat too; she must still not have it.
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
@@ -139,24 +118,14 @@ fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()
     let dir = tempfile::tempdir()?;
     let server = Rendezvous::start(&dir.path().join("rv"))?;
     let names: Vec<String> = (0..12).map(|i| format!("m{i:02}")).collect();
-    let mut users: Vec<User> = names
-        .iter()
-        .map(|n| User::init(dir.path(), n))
-        .collect::<Result<_, _>>()?;
-    for user in &mut users {
-        user.start(&server.addr)?;
-    }
+    let users = started_users(dir.path(), &server.addr, &names)?;
     let (owner, guests) = users.split_first().expect("twelve users");
     owner.ok(&["room", "create", "dozen"])?;
     for guest in guests {
         owner.ok(&["room", "invite", "dozen", &guest.name])?;
     }
     for guest in guests {
-        wait_for("the invitation", || {
-            let rooms = guest.json(&["room", "list"]).ok()?;
-            rooms.iter().any(|r| r["room"] == "dozen").then_some(())
-        })?;
-        guest.ok(&["room", "join", "dozen"])?;
+        guest.accept_invitation("dozen")?;
     }
     for user in &users {
         user.ok(&[
@@ -168,15 +137,7 @@ fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()
     }
     let expected: Vec<String> = names.iter().map(|n| format!("hello from {n}")).collect();
     for user in &users {
-        wait_for(&format!("{} to hear all twelve", user.name), || {
-            let texts = texts(&user.room_history("dozen").ok()?);
-            expected.iter().all(|t| texts.contains(t)).then_some(())
-        })
-        .map_err(|err| {
-            let texts = texts(&user.room_history("dozen").unwrap_or_default());
-            let missing: Vec<&String> = expected.iter().filter(|t| !texts.contains(t)).collect();
-            anyhow::anyhow!("{err}; missing {missing:?}")
-        })?;
+        user.wait_room_texts("dozen", &expected)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,22 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The longest a single CLI command may take (the CLI itself gives up on a silent daemon after
 /// 30 s).
 pub const COMMAND_PATIENCE: Duration = Duration::from_secs(45);
+
+/// Waits up to `patience` for `child` to exit; one still running then is killed (`None`).
+fn exit_within(child: &mut Child, patience: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// Reads a child's pipe to its end on a thread of its own.
 fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
@@ -209,21 +225,13 @@ impl User {
             .expect("running palaver");
         let stdout = read_all(child.stdout.take());
         let stderr = read_all(child.stderr.take());
-        let deadline = Instant::now() + COMMAND_PATIENCE;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for palaver") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{}: `palaver {}` did not finish within {COMMAND_PATIENCE:?}",
-                    self.name,
-                    args.join(" ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let Some(status) = exit_within(&mut child, COMMAND_PATIENCE).expect("waiting for palaver")
+        else {
+            panic!(
+                "{}: `palaver {}` did not finish within {COMMAND_PATIENCE:?}",
+                self.name,
+                args.join(" ")
+            );
         };
         Output {
             status,
@@ -304,13 +312,8 @@ impl User {
                 .args(["-TERM", &pid])
                 .status()
                 .context("kill -TERM")?;
-            let deadline = Instant::now() + PATIENCE;
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    bail!("{}'s daemon did not stop on SIGTERM", self.name);
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if exit_within(&mut child, PATIENCE)?.is_none() {
+                bail!("{}'s daemon did not stop on SIGTERM", self.name);
             }
         }
         Ok(())
@@ -329,6 +332,32 @@ impl User {
         self.json(&["history", "--room", room, "--limit", "1000"])
     }
 
+    /// Waits for the invitation to `room`, then joins it.
+    pub fn accept_invitation(&self, room: &str) -> anyhow::Result<()> {
+        wait_for(&format!("{} to be invited to {room}", self.name), || {
+            let rooms = self.json(&["room", "list"]).ok()?;
+            rooms.iter().any(|r| r["room"] == room).then_some(())
+        })?;
+        self.ok(&["room", "join", room]).map(drop)
+    }
+
+    /// Waits until `room`'s history holds every text in `wanted`; the error names those missing.
+    pub fn wait_room_texts(&self, room: &str, wanted: &[impl AsRef<str>]) -> anyhow::Result<()> {
+        let missing = || {
+            let have = texts(&self.room_history(room).unwrap_or_default());
+            wanted
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|t| !have.iter().any(|h| h == t))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        wait_for(&format!("{} to read {room}", self.name), || {
+            missing().is_empty().then_some(())
+        })
+        .map_err(|err| anyhow::anyhow!("{err}; missing {:?}", missing()))
+    }
+
     /// Waits until message `id` has `status` in the conversation with `other`.
     pub fn wait_status(&self, other: &str, id: &str, status: &str) -> anyhow::Result<()> {
         wait_for(&format!("{id} to be {status} at {}", self.name), || {
@@ -345,6 +374,22 @@ impl Drop for User {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Initialises and starts a user for each name, all logged in at `rendezvous`.
+pub fn started_users(
+    root: &Path,
+    rendezvous: &str,
+    names: &[impl AsRef<str>],
+) -> anyhow::Result<Vec<User>> {
+    names
+        .iter()
+        .map(|name| {
+            let mut user = User::init(root, name.as_ref())?;
+            user.start(rendezvous)?;
+            Ok(user)
+        })
+        .collect()
 }
 
 /// The texts of a conversation's history, in order.
