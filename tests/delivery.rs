@@ -252,3 +252,50 @@ fn mail_from_two_senders_comes_back_delivered_to_both() -> anyhow::Result<()> {
     assert_eq!(copies(&cat, "ben", "from ben while you were away"), 1);
     Ok(())
 }
+
+/// Issue #12's first bug: a rendezvous restarted while the recipient was offline has lost its
+/// discovery records, so the lookup of the recipient comes back empty. That must count as
+/// unreachable (the message goes to the mailbox), not leave it `sent` until the recipient returns.
+#[test]
+fn a_message_to_a_user_offline_across_a_rendezvous_restart_is_queued() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("rv");
+    let server = Rendezvous::start(&data)?;
+    let (addr, listen) = (server.addr.clone(), server.listen_addr());
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&addr)?;
+    bob.start(&addr)?;
+    alice.send("bob", "hello")?; // a session and a contact first
+    bob.stop()?;
+    server.kill();
+    let _server = Rendezvous::start_at(&data, &listen)?;
+    alice.wait_logged_in()?;
+
+    let id = alice.send("bob", "sent after the restart")?;
+    alice.wait_status("bob", &id, "queued")?;
+    bob.start(&addr)?;
+    alice.wait_status("bob", &id, "delivered")?;
+    wait_for("bob to have it", || {
+        (copies(&bob, "alice", "sent after the restart") == 1).then_some(())
+    })?;
+    Ok(())
+}
+
+/// Issue #12's second bug: a first message to a user who logged in a moment ago (before its
+/// prekeys reached the rendezvous) waits for the prekeys instead of failing.
+#[test]
+fn a_first_message_right_after_the_recipients_first_login_is_sent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    alice.start(&server.addr)?;
+    for n in 0..3 {
+        let name = format!("new{n}");
+        let mut newcomer = User::init(dir.path(), &name)?;
+        newcomer.start(&server.addr)?; // returns as soon as `status` says logged in
+        let id = alice.send(&name, "welcome")?;
+        alice.wait_status(&name, &id, "delivered")?;
+    }
+    Ok(())
+}

@@ -243,6 +243,9 @@ pub(crate) struct Node {
     reach: reach::Reach,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
     unnamed_events: HashMap<[u8; 32], Vec<Value>>,
+    /// Messages to users who have logged in but not yet published prekeys, asked again at the
+    /// next retry tick (bounded: see [`direct::PREKEY_WAIT_MS`]).
+    waiting_for_prekeys: Vec<direct::Job>,
     stopping: bool,
 }
 
@@ -323,6 +326,7 @@ impl Node {
             rooms,
             reach,
             unnamed_events: HashMap::new(),
+            waiting_for_prekeys: Vec::new(),
             stopping: false,
         };
         node.subscribe_room_topics();
@@ -692,6 +696,11 @@ impl Node {
             (Pending::Prekeys { key, then }, R::Prekeys(bundle)) => {
                 self.on_prekeys(key, *bundle, then)
             }
+            (Pending::Prekeys { then, .. }, R::Refused(refusal))
+                if refusal.reason == RefusalReason::NoPrekeys =>
+            {
+                self.wait_for_prekeys(then, refusal.to_string())
+            }
             (Pending::Prekeys { then, .. }, R::Refused(refusal)) => {
                 then.fail(format!("cannot start a session: {refusal}"))
             }
@@ -988,23 +997,29 @@ impl Node {
             }
             BehaviourEvent::Discovery(rendezvous::client::Event::Discovered {
                 registrations,
+                cookie,
                 ..
             }) => {
+                // Asked for one peer and it has no record (it is offline, or the rendezvous
+                // restarted and lost the records): as good as a failed lookup, so its messages
+                // go to the mailbox rather than wait for a record that may never come.
+                let asked = cookie.namespace().and_then(peer_of_namespace);
+                let mut found = false;
                 for registration in registrations {
                     let peer = registration.record.peer_id();
+                    found |= Some(peer) == asked;
                     let addrs = registration.record.addresses().to_vec();
                     self.on_discovered(peer, addrs);
+                }
+                if let Some(peer) = asked.filter(|_| !found) {
+                    self.on_discovery_failed(peer);
                 }
             }
             BehaviourEvent::Discovery(rendezvous::client::Event::DiscoverFailed {
                 namespace,
                 ..
             }) => {
-                if let Some(peer) = namespace.and_then(|ns| {
-                    ns.to_string()
-                        .strip_prefix("palaver/peer/")
-                        .and_then(|p| p.parse().ok())
-                }) {
+                if let Some(peer) = namespace.as_ref().and_then(peer_of_namespace) {
                     self.on_discovery_failed(peer);
                 }
             }
@@ -1083,6 +1098,14 @@ impl Node {
             .ok()
             .flatten()
     }
+}
+
+/// The peer a `palaver/peer/<id>` namespace (see [`Node::peer_namespace`]) is for.
+fn peer_of_namespace(namespace: &rendezvous::Namespace) -> Option<PeerId> {
+    namespace
+        .to_string()
+        .strip_prefix("palaver/peer/")
+        .and_then(|p| p.parse().ok())
 }
 
 fn dialed_rendezvous(endpoint: &ConnectedPoint, rendezvous: &Multiaddr) -> bool {

@@ -41,7 +41,15 @@ pub(crate) struct Job {
     pub(crate) to_key: Option<VerifyingKey>,
     pub(crate) payload: palaver_protocol::wire::Payload,
     pub(crate) reply: Option<Reply>,
+    /// Until when to keep asking for the recipient's prekeys while it has published none yet.
+    pub(crate) prekeys_wait_until: Option<u64>,
 }
+
+/// How long a message waits for a recipient who has logged in but not published prekeys yet
+/// (it does so right after its login; a send at that moment must not fail).
+pub(crate) const PREKEY_WAIT_MS: u64 = 15_000;
+/// Messages that may wait for prekeys at once; past that, a send fails at once.
+const MAX_WAITING_FOR_PREKEYS: usize = 256;
 
 impl Job {
     pub(crate) fn to_name(
@@ -54,6 +62,7 @@ impl Job {
             to_key: None,
             payload,
             reply,
+            prekeys_wait_until: None,
         }
     }
 
@@ -63,6 +72,7 @@ impl Job {
             to_key: Some(key),
             payload,
             reply: None,
+            prekeys_wait_until: None,
         }
     }
 
@@ -156,6 +166,17 @@ impl Node {
             Err(err) => return job.fail(err.to_string()),
         };
         self.seal_and_send(job, key, name, sessions);
+    }
+
+    /// The rendezvous has no prekeys for `job`'s recipient yet: ask again at the next retry tick,
+    /// until [`PREKEY_WAIT_MS`] after the first refusal.
+    pub(crate) fn wait_for_prekeys(&mut self, mut job: Job, refusal: String) {
+        let now = now_ms();
+        let until = *job.prekeys_wait_until.get_or_insert(now + PREKEY_WAIT_MS);
+        if now >= until || self.waiting_for_prekeys.len() >= MAX_WAITING_FOR_PREKEYS {
+            return job.fail(format!("cannot start a session: {refusal}"));
+        }
+        self.waiting_for_prekeys.push(job);
     }
 
     /// Sends `request`, parking `job` in the pending entry; gives the job back when offline.
@@ -699,6 +720,9 @@ impl Node {
     pub(crate) fn on_retry_tick(&mut self) {
         if !self.link.connected {
             self.dial_rendezvous();
+        }
+        for job in std::mem::take(&mut self.waiting_for_prekeys) {
+            self.send_direct(job);
         }
         self.drive_outbox();
         self.rooms_tick();
