@@ -1,6 +1,7 @@
 //! The command line (`palaver …`): parse, then carry out one command — most of them as one call
 //! to the running daemon's control socket.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -175,9 +176,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Init { name, force } => {
             let name: UserName = name.parse()?;
             let identity = home.init(name.clone(), passphrase.as_deref(), force)?;
-            println!("created {name} in {}", home.dir().display());
-            println!("peer id      {}", identity.peer_id());
-            println!("fingerprint  {}", identity.fingerprint());
+            out(format_args!("created {name} in {}", home.dir().display()));
+            out(format_args!("peer id      {}", identity.peer_id()));
+            out(format_args!("fingerprint  {}", identity.fingerprint()));
         }
         Command::Whoami => {
             let (identity, name) = home.open(passphrase.as_deref())?;
@@ -330,11 +331,13 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             client.subscribe().await?;
             while let Some(event) = client.next_event().await? {
                 if json {
-                    println!("{event}");
+                    out(&event);
                 } else {
-                    println!("{}", describe_event(&event));
+                    out(describe_event(&event));
                 }
             }
+            // A bot reading this must notice: the stream ended because the daemon went away.
+            anyhow::bail!("the daemon stopped; no more events");
         }
         Command::Verify { name } => {
             let prints = call(&socket, "verify", json!({"name": name})).await?;
@@ -351,12 +354,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Chat => crate::tui::run(&socket).await?,
         Command::Demo { interactive } => crate::demo::run(interactive).await?,
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "palaver",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "palaver", &mut script);
+            write_out(|stdout| stdout.write_all(&script));
         }
     }
     Ok(())
@@ -420,9 +421,27 @@ async fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Valu
 
 fn print_one(json: bool, value: &Value, human: impl Fn(&Value) -> String) {
     if json {
-        println!("{value}");
+        out(value);
     } else {
-        println!("{}", human(value));
+        out(human(value));
+    }
+}
+
+/// Prints one line to stdout. A reader that went away (`palaver history | head -1`) ends the
+/// command quietly with success, as it does for other Unix tools, instead of a panic.
+fn out(line: impl std::fmt::Display) {
+    write_out(|stdout| writeln!(stdout, "{line}"));
+}
+
+fn write_out(write: impl FnOnce(&mut std::io::StdoutLock<'_>) -> std::io::Result<()>) {
+    let mut stdout = std::io::stdout().lock();
+    match write(&mut stdout).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => {
+            eprintln!("error: cannot write to stdout: {err}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -119,3 +119,34 @@ fn the_demo_runs_the_whole_scripted_conversation_and_exits_zero() {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
 }
+
+/// `palaver … | head -1`: a reader that went away ends the command quietly with success, never
+/// with a panic (rc 101). The pipe's read end is closed before the command starts, so every write
+/// meets a broken pipe.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        palaver(dir.path(), &["init", "--name", "pipe"])
+            .status
+            .success()
+    );
+    for args in [
+        &["whoami"][..],
+        &["whoami", "--json"],
+        &["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_palaver"))
+            .arg("--home")
+            .arg(dir.path())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}
