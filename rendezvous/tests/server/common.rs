@@ -52,7 +52,20 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start(config: Config) -> TestServer {
-        let server = Server::bind(config).await.unwrap();
+        // A server stopped a moment ago in this process may still hold sled's lock (sled's
+        // flusher thread lets go of the database just after the drop): wait for that, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let server = loop {
+            match Server::bind(config.clone()).await {
+                Err(err)
+                    if err.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => break other.unwrap(),
+            }
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let peer_id = server.peer_id();
         let addrs = server.listen_addrs();
