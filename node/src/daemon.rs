@@ -21,10 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, rendezvous};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay, rendezvous};
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::wire::{
     PresenceRecord, PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse, ServerPush,
@@ -187,8 +186,6 @@ enum Pending {
 
 #[derive(Debug, Default)]
 struct RendezvousLink {
-    peer: Option<PeerId>,
-    connected: bool,
     logged_in: bool,
     registered_once: bool,
     /// Requests waiting for one in flight to finish ([`RENDEZVOUS_IN_FLIGHT`]), in order.
@@ -219,13 +216,11 @@ pub(crate) struct Node {
     link: RendezvousLink,
     pending: HashMap<OutboundRequestId, Pending>,
     /// Outstanding direct deliveries.
-    delivering: HashMap<OutboundRequestId, MessageId>,
+    delivering: HashMap<OutboundRequestId, (MessageId, PeerId)>,
     /// When each pending direct message is tried, and when it goes to the mailbox.
     outbox: palaver_protocol::delivery::Outbox,
     /// Addresses learned through discovery or mDNS.
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    /// The remote address of each open connection, per peer.
-    peer_addrs: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
     /// Deliveries waiting for a connection to their peer.
     awaiting_connection: HashMap<PeerId, Vec<MessageId>>,
     /// Deliveries waiting for discovery of their peer's addresses.
@@ -234,13 +229,15 @@ pub(crate) struct Node {
     wanted_peers: HashSet<PeerId>,
     presence: HashMap<String, PresenceRecord>,
     prekeys: PrekeySecrets,
-    listen_addrs: Vec<Multiaddr>,
     events: broadcast::Sender<Value>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     commit: durable::GroupCommit<durable::AfterFlush>,
     rooms: rooms::Rooms,
     reach: reach::Reach,
+    /// How each peer's connection was last announced to `listen` subscribers, and whether the
+    /// announcement could name the peer.
+    announced: HashMap<PeerId, (&'static str, bool)>,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
     unnamed_events: HashMap<[u8; 32], Vec<Value>>,
     /// Messages to users who have logged in but not yet published prekeys, asked again at the
@@ -266,7 +263,10 @@ impl Node {
         config: &DaemonConfig,
         events: broadcast::Sender<Value>,
     ) -> anyhow::Result<Self> {
-        let use_mdns = config.listen.iter().any(|addr| !is_loopback(addr));
+        let use_mdns = config
+            .listen
+            .iter()
+            .any(|addr| !palaver_protocol::node::addr::is_loopback(addr));
         let mut swarm = behaviour::build_swarm(&identity, use_mdns)?;
         let listen = if config.relay_only_transport {
             Vec::new()
@@ -297,7 +297,12 @@ impl Node {
         let rooms = rooms::Rooms::load(&store)?;
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
-        let reach = reach::Reach::new(&config.rendezvous, &config.relays, listeners)?;
+        let reach = reach::Reach::new(
+            config.rendezvous.clone(),
+            &config.relays,
+            listeners,
+            std::time::Instant::now(),
+        )?;
         let (internal_tx, internal) = mpsc::channel(256);
         let mut node = Self {
             identity,
@@ -312,25 +317,24 @@ impl Node {
             delivering: HashMap::new(),
             outbox,
             known_addrs: HashMap::new(),
-            peer_addrs: HashMap::new(),
             awaiting_connection: HashMap::new(),
             awaiting_discovery: HashMap::new(),
             wanted_peers: HashSet::new(),
             presence: HashMap::new(),
             prekeys,
-            listen_addrs: Vec::new(),
             events,
             internal_tx,
             internal: Some(internal),
             commit: durable::GroupCommit::default(),
             rooms,
             reach,
+            announced: HashMap::new(),
             unnamed_events: HashMap::new(),
             waiting_for_prekeys: Vec::new(),
             stopping: false,
         };
         node.subscribe_room_topics();
-        node.dial_rendezvous();
+        node.drive_reach();
         Ok(node)
     }
 
@@ -343,20 +347,21 @@ impl Node {
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         // The outbox's own schedule has second granularity; a one-second tick follows it closely.
         let mut retry = tokio::time::interval(Duration::from_secs(1));
-        let mut reach = tokio::time::interval(reach::TICK);
-        reach.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
+            let reach_due = self.reach.poll_timeout();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
                 _ = heartbeat.tick() => self.on_heartbeat(),
                 _ = retry.tick() => self.on_retry_tick(),
-                _ = reach.tick() => self.on_reach_tick(),
+                _ = reach::sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
             }
         }
+        // Whatever the way out still runs (flush waiters) dials nothing new.
+        self.reach(reach::ReachInput::Stopping);
         Ok(())
     }
 
@@ -406,37 +411,21 @@ impl Node {
 
     // ---- the rendezvous link ---------------------------------------------------------------
 
-    fn dial_rendezvous(&mut self) {
-        if self
-            .link
-            .peer
-            .is_some_and(|peer| self.swarm.is_connected(&peer))
-            || !self.listeners_ready()
-        {
-            return;
-        }
-        let addr = self.rendezvous_addr.clone();
-        let opts = match addr.iter().last() {
-            Some(Protocol::P2p(peer)) => {
-                self.link.peer = Some(peer);
-                DialOpts::peer_id(peer).addresses(vec![addr]).build()
-            }
-            _ => DialOpts::unknown_peer_id().address(addr).build(),
-        };
-        if let Err(err) = self.swarm.dial(opts) {
-            // Usually a dial already under way.
-            tracing::debug!("dialing the rendezvous: {err}");
-        }
+    fn is_rendezvous(&self, peer: &PeerId) -> bool {
+        self.reach.is_rendezvous(peer)
     }
 
-    fn is_rendezvous(&self, peer: &PeerId) -> bool {
-        self.link.peer.as_ref() == Some(peer)
+    /// The rendezvous, while connected to it.
+    fn rendezvous_peer(&self) -> Option<PeerId> {
+        self.reach
+            .rendezvous_peer()
+            .filter(|_| self.reach.rendezvous_connected())
     }
 
     /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
     /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
     fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
-        if !self.link.connected || self.link.peer.is_none() {
+        if self.rendezvous_peer().is_none() {
             return self.on_rendezvous_failure(pending, "not connected to the rendezvous".into());
         }
         if self.link.queued.len() >= RENDEZVOUS_QUEUED {
@@ -447,7 +436,7 @@ impl Node {
     }
 
     fn send_queued_requests(&mut self) {
-        let Some(peer) = self.link.peer.filter(|_| self.link.connected) else {
+        let Some(peer) = self.rendezvous_peer() else {
             return;
         };
         while self.pending.len() < RENDEZVOUS_IN_FLIGHT {
@@ -464,10 +453,19 @@ impl Node {
     }
 
     fn on_rendezvous_connected(&mut self, peer: PeerId) {
-        self.link.peer = Some(peer);
-        self.link.connected = true;
+        tracing::debug!("connected to the rendezvous {peer}");
         let name = self.name.clone();
         self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
+    }
+
+    /// The last connection to the rendezvous closed: what waited for it fails, and we are logged
+    /// out until the planner has it back.
+    fn on_rendezvous_lost(&mut self) {
+        self.link.logged_in = false;
+        for (_, pending) in std::mem::take(&mut self.link.queued) {
+            self.on_rendezvous_failure(pending, "lost the rendezvous".into());
+        }
+        self.emit(json!({"type": "rendezvous", "connected": false, "logged_in": false}));
     }
 
     fn on_logged_in(&mut self, mail_waiting: u32, one_time_left: u32) {
@@ -484,8 +482,8 @@ impl Node {
         self.subscribe_presence();
         self.register_discovery();
         // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
-        // told us how the rendezvous sees us: see `reach`).
-        self.reserve_slots();
+        // told us how the rendezvous sees us: see the reach planner).
+        self.reach(reach::ReachInput::LoggedIn(true));
         if mail_waiting > 0 {
             self.fetch_mail();
         }
@@ -598,7 +596,7 @@ impl Node {
     }
 
     fn register_discovery(&mut self) {
-        let Some(rendezvous) = self.link.peer else {
+        let Some(rendezvous) = self.rendezvous_peer() else {
             return;
         };
         if !self.link.logged_in {
@@ -616,7 +614,7 @@ impl Node {
     }
 
     fn discover(&mut self, peer: PeerId) {
-        let Some(rendezvous) = self.link.peer else {
+        let Some(rendezvous) = self.rendezvous_peer() else {
             return;
         };
         self.swarm.behaviour_mut().discovery.discover(
@@ -635,8 +633,6 @@ impl Node {
                 },
                 Pending::Heartbeat,
             );
-        } else if !self.link.connected {
-            self.dial_rendezvous();
         }
     }
 
@@ -772,6 +768,7 @@ impl Node {
             }
             (_, R::Refused(refusal)) if refusal.reason == RefusalReason::NotLoggedIn => {
                 self.link.logged_in = false;
+                self.reach(reach::ReachInput::LoggedIn(false));
                 let name = self.name.clone();
                 self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
             }
@@ -825,37 +822,36 @@ impl Node {
     // ---- swarm events ----------------------------------------------------------------------
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use reach::ReachInput as Input;
         match event {
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
             } => {
                 tracing::info!("listening on {address}");
-                self.on_listener_ready(listener_id, Some(&address));
-                // Local-network addresses go in our discovery record as they are, for peers on
-                // the same network; any other address only once AutoNAT confirms it (`reach`).
-                if reach::is_local_network(&address) {
-                    self.swarm.add_external_address(address.clone());
-                }
-                self.listen_addrs.push(address);
-                self.register_discovery();
+                self.reach(Input::ListenAddr {
+                    listener: listener_id,
+                    addr: address,
+                });
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.listen_addrs.retain(|a| a != &address);
-                if !reach::is_circuit(&address) {
-                    self.swarm.remove_external_address(&address);
-                    if !is_loopback(&address) && !self.stopping {
-                        self.on_network_change(&address);
-                    }
-                }
+                tracing::info!("address {address} went away");
+                self.reach(Input::ListenAddrExpired { addr: address });
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,
                 reason,
             } => {
-                self.listen_addrs.retain(|a| !addresses.contains(a));
-                self.on_listener_closed(listener_id, reason.map_err(|e| e.to_string()));
+                let error = reason.err().map(|e| e.to_string());
+                if let Some(error) = &error {
+                    tracing::warn!("listener on {addresses:?} closed: {error}");
+                }
+                self.reach(Input::ListenerClosed {
+                    listener: listener_id,
+                    addrs: addresses,
+                    error,
+                });
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -863,52 +859,29 @@ impl Node {
                 endpoint,
                 ..
             } => {
-                self.peer_addrs
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, reach::connection_addr(peer_id, &endpoint));
-                self.on_reach_connected(peer_id, connection_id);
-                let rendezvous = self.is_rendezvous(&peer_id)
-                    || (self.link.peer.is_none()
-                        && dialed_rendezvous(&endpoint, &self.rendezvous_addr));
-                if rendezvous && !self.link.connected {
-                    self.on_rendezvous_connected(peer_id);
-                } else if !rendezvous && !self.is_relay_server(&peer_id) {
-                    self.on_peer_connected(peer_id);
-                }
+                let dialed = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
+                    ConnectedPoint::Listener { .. } => None,
+                };
+                self.reach(Input::Connected {
+                    peer: peer_id,
+                    conn: connection_id,
+                    addr: reach::connection_addr(peer_id, &endpoint),
+                    dialed,
+                });
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
-                num_established,
                 cause,
                 ..
             } => {
-                if let Some(conns) = self.peer_addrs.get_mut(&peer_id) {
-                    conns.remove(&connection_id);
-                    if conns.is_empty() {
-                        self.peer_addrs.remove(&peer_id);
-                    }
-                }
                 let broke = matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)));
-                self.on_reach_disconnected(peer_id, num_established, broke);
-                if num_established == 0 && self.is_rendezvous(&peer_id) {
-                    self.link.connected = false;
-                    self.link.logged_in = false;
-                    for (_, pending) in std::mem::take(&mut self.link.queued) {
-                        self.on_rendezvous_failure(pending, "lost the rendezvous".into());
-                    }
-                    self.emit(
-                        json!({"type": "rendezvous", "connected": false, "logged_in": false}),
-                    );
-                    if !self.stopping {
-                        // Back as soon as it is (a restart, a network change); the heartbeat
-                        // and retry timers keep trying after that.
-                        self.dial_rendezvous();
-                    }
-                } else if !self.is_relay_server(&peer_id) {
-                    self.emit_connection_change(peer_id);
-                }
+                self.reach(Input::Disconnected {
+                    peer: peer_id,
+                    conn: connection_id,
+                    broke,
+                });
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
@@ -916,13 +889,10 @@ impl Node {
                 error,
             } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
-                if let Some(peer) = peer_id {
-                    if self.is_rendezvous(&peer) {
-                        self.link.connected = self.swarm.is_connected(&peer);
-                    } else if !self.is_relay_server(&peer) {
-                        self.on_dial_failed(peer, Some(connection_id));
-                    }
-                }
+                self.reach(Input::DialFailed {
+                    peer: peer_id,
+                    conn: connection_id,
+                });
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -1026,11 +996,43 @@ impl Node {
             // The observed address is not confirmed as ours here: identify hands it to DCUtR and
             // AutoNAT as a candidate, and AutoNAT confirms it if the rendezvous can dial it back.
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.on_identified(peer_id, &info)
+                tracing::debug!("{peer_id} observes us at {}", info.observed_addr);
+                self.reach(reach::ReachInput::Identified {
+                    peer: peer_id,
+                    listen_addrs: info.listen_addrs,
+                });
             }
-            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
-            BehaviourEvent::Autonat(event) => self.on_autonat(event),
-            BehaviourEvent::Ping(event) => self.on_ping(event),
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!("holding a relay slot at {relay_peer_id}");
+                }
+                self.reach(reach::ReachInput::SlotReserved {
+                    relay: relay_peer_id,
+                    renewal,
+                });
+            }
+            BehaviourEvent::RelayClient(other) => tracing::debug!("relay client: {other:?}"),
+            BehaviourEvent::Autonat(event) => match event.result {
+                Ok(()) => {
+                    tracing::info!("reachable from outside at {}", event.tested_addr);
+                    self.reach(reach::ReachInput::ReachableFromOutside);
+                }
+                Err(err) => tracing::debug!("not reachable at {}: {err}", event.tested_addr),
+            },
+            // A failed ping means a dead path (a NAT forgot us, the network changed): closed
+            // rather than left for TCP to notice.
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(err),
+            }) => {
+                tracing::info!("ping to {peer} failed ({err}); closing");
+                self.reach(reach::ReachInput::PingFailed { conn: connection });
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.swarm.add_peer_address(peer, addr);
@@ -1050,38 +1052,36 @@ impl Node {
         }
     }
 
-    /// Whether every connection to `peer` goes through a relay (`None`: not connected, or not a
-    /// peer but a relay server).
-    fn connection_kind(&self, peer: &PeerId) -> Option<(&'static str, Option<Multiaddr>)> {
-        if !self.swarm.is_connected(peer) || self.is_relay_server(peer) {
-            return None;
-        }
-        let addrs = self.connected_addrs(peer);
-        let direct = addrs.iter().find(|a| !reach::is_circuit(a));
-        Some(match direct {
-            Some(addr) => ("direct", Some(addr.clone())),
-            None => ("relayed", addrs.first().cloned()),
-        })
+    /// How `peer` is connected, and over which address (`None`: not connected, or not a peer
+    /// but a relay server).
+    fn connection_kind(&self, peer: &PeerId) -> Option<(&'static str, Multiaddr)> {
+        self.reach
+            .connection_kind(peer)
+            .map(|(kind, addr)| (kind.as_str(), addr.clone()))
     }
 
-    fn connected_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.peer_addrs
-            .get(peer)
-            .map(|conns| conns.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Tells `listen` subscribers how `peer` is connected, when that changed.
+    /// Tells `listen` subscribers how `peer` is connected, when that changed, or when it can now
+    /// be named and could not before.
     fn emit_connection_change(&mut self, peer: PeerId) {
         let kind = self
             .connection_kind(&peer)
             .map(|(kind, _)| kind)
             .unwrap_or("disconnected");
         let name = self.name_of_peer(&peer);
-        if !self.connection_kind_changed(peer, kind, name.is_some()) {
-            return;
+        let changed = if kind == "disconnected" {
+            self.announced.remove(&peer).is_some()
+        } else {
+            match self.announced.get(&peer).copied() {
+                Some((old, was_named)) if old == kind && (was_named || name.is_none()) => false,
+                _ => {
+                    self.announced.insert(peer, (kind, name.is_some()));
+                    true
+                }
+            }
+        };
+        if changed {
+            self.emit(json!({"type": "connection", "peer_id": peer.to_string(), "name": name, "connection": kind}));
         }
-        self.emit(json!({"type": "connection", "peer_id": peer.to_string(), "name": name, "connection": kind}));
     }
 
     fn name_of_peer(&self, peer: &PeerId) -> Option<String> {
@@ -1106,28 +1106,6 @@ fn peer_of_namespace(namespace: &rendezvous::Namespace) -> Option<PeerId> {
         .to_string()
         .strip_prefix("palaver/peer/")
         .and_then(|p| p.parse().ok())
-}
-
-fn dialed_rendezvous(endpoint: &ConnectedPoint, rendezvous: &Multiaddr) -> bool {
-    match endpoint {
-        ConnectedPoint::Dialer { address, .. } => {
-            let strip = |a: &Multiaddr| {
-                a.iter()
-                    .filter(|p| !matches!(p, Protocol::P2p(_)))
-                    .collect::<Multiaddr>()
-            };
-            strip(address) == strip(rendezvous)
-        }
-        ConnectedPoint::Listener { .. } => false,
-    }
-}
-
-fn is_loopback(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
 }
 
 fn state_str(state: PresenceState) -> &'static str {

@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod identity;
 pub mod name;
+pub mod node;
 pub mod rendezvous;
 pub mod wire;
 

@@ -294,10 +294,10 @@ impl Node {
             "fingerprint": self.identity.fingerprint().to_string(),
             "rendezvous": {
                 "address": self.rendezvous_addr.to_string(),
-                "connected": self.link.connected,
+                "connected": self.reach.rendezvous_connected(),
                 "logged_in": self.link.logged_in,
             },
-            "listen": self.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outbox": self.outbox_len(),
         })
     }
@@ -313,7 +313,7 @@ impl Node {
                     "name": self.name_of_peer(peer),
                     "peer_id": peer.to_string(),
                     "connection": connection,
-                    "addr": addr.map(|a| a.to_string()),
+                    "addr": addr.to_string(),
                 }))
             })
             .collect();

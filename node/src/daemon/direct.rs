@@ -474,7 +474,8 @@ impl Node {
                     .behaviour_mut()
                     .peer
                     .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
-                self.delivering.insert(request, item.id);
+                self.delivering.insert(request, (item.id, peer));
+                self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
                 if item.in_history {
                     self.set_status(&item.id, Status::Sent);
                 }
@@ -494,11 +495,15 @@ impl Node {
         self.settle_outbox();
     }
 
-    /// Dials `peer` at addresses learned earlier, direct ones first (see `reach`); false when
-    /// there are none.
+    /// Dials `peer` at addresses learned earlier, direct ones first (see the reach planner);
+    /// false when there are none.
     fn dial_known(&mut self, peer: PeerId) -> bool {
         let addrs = self.known_addrs.get(&peer).cloned().unwrap_or_default();
-        !addrs.is_empty() && self.dial_peer(peer, addrs)
+        if addrs.is_empty() {
+            return false;
+        }
+        self.reach(crate::daemon::reach::ReachInput::DialPeer { peer, addrs });
+        true
     }
 
     pub(crate) fn on_discovered(&mut self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) {
@@ -541,16 +546,9 @@ impl Node {
         self.on_room_peer_connected(peer);
     }
 
-    /// A dial to `peer` failed (`dial`: ours, if known). Unless the circuit is tried next or
-    /// another attempt is under way, what waited for a connection has failed this attempt.
-    pub(crate) fn on_dial_failed(
-        &mut self,
-        peer: PeerId,
-        dial: Option<libp2p::swarm::ConnectionId>,
-    ) {
-        if self.dial_continues(peer, dial) || self.swarm.is_connected(&peer) {
-            return;
-        }
+    /// Every attempt to reach `peer` failed: what waited for a connection has failed this
+    /// attempt.
+    pub(crate) fn on_unreachable(&mut self, peer: PeerId) {
         // The addresses we had did not work: look the peer up afresh next time.
         self.known_addrs.remove(&peer);
         self.awaiting_discovery.remove(&peer);
@@ -559,8 +557,15 @@ impl Node {
         }
     }
 
+    /// The delivery sent as `request` ended (answered or failed), if it was one.
+    fn delivery_ended(&mut self, request: &OutboundRequestId) -> Option<MessageId> {
+        let (id, peer) = self.delivering.remove(request)?;
+        self.reach(crate::daemon::reach::ReachInput::DeliveryEnded(peer));
+        Some(id)
+    }
+
     pub(crate) fn on_peer_response(&mut self, request: OutboundRequestId, response: PeerResponse) {
-        if let Some(id) = self.delivering.remove(&request) {
+        if let Some(id) = self.delivery_ended(&request) {
             match response {
                 PeerResponse::Stored { id: stored } if stored == id => {
                     self.outbox.handle_stored(id);
@@ -581,7 +586,7 @@ impl Node {
     }
 
     pub(crate) fn on_peer_failure(&mut self, request: OutboundRequestId) {
-        if let Some(id) = self.delivering.remove(&request) {
+        if let Some(id) = self.delivery_ended(&request) {
             self.attempt_failed(id);
         }
     }
@@ -718,9 +723,6 @@ impl Node {
 
     /// Every second: whatever the outbox says is due; rooms' unsent messages; the rendezvous.
     pub(crate) fn on_retry_tick(&mut self) {
-        if !self.link.connected {
-            self.dial_rendezvous();
-        }
         for job in std::mem::take(&mut self.waiting_for_prekeys) {
             self.send_direct(job);
         }

@@ -239,7 +239,7 @@ impl Node {
         if public {
             // Public rooms have no member list: members register under the room's namespace.
             if let (Some(rendezvous), Ok(namespace)) = (
-                self.link.peer,
+                self.rendezvous_peer(),
                 libp2p::rendezvous::Namespace::new(format!("palaver/room/{}", id.to_hex())),
             ) && self.link.logged_in
             {

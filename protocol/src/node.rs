@@ -1,0 +1,11 @@
+//! The peer's decisions as sans-IO state machines, driven by the daemon.
+//!
+//! - [`reach`]: which connections to open, keep and close — direct first, relays as fallback, a
+//!   relay slot while not reachable from outside, the rendezvous connection.
+//!
+//! Each machine takes inputs through `handle`, hands out what to do through `poll_output` and
+//! names its next deadline in `poll_timeout`; time is passed in, so a simulation can run many
+//! nodes on one simulated clock.
+
+pub mod addr;
+pub mod reach;
