@@ -10,6 +10,7 @@ mod behaviour;
 pub(crate) mod calls;
 mod direct;
 mod durable;
+mod link;
 mod reach;
 pub(crate) mod rooms;
 mod sessions;
@@ -24,19 +25,17 @@ use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay, rendezvous};
-use palaver_protocol::crypto::x3dh::PrekeySecrets;
-use palaver_protocol::wire::{
-    PresenceRecord, PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse, ServerPush,
-};
+use palaver_protocol::node::session::{RequestKey, SessionConfig};
+use palaver_protocol::wire::PresenceRecord;
 use palaver_protocol::{Identity, MessageId, UserName, VerifyingKey};
-use rand_core::OsRng;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::home::Home;
-use crate::rpc::{self, Call, RpcError};
-use crate::store::{StateBatch, StateKey, Store};
+use crate::rpc::{self, Call};
+use crate::store::{StateKey, Store};
 use behaviour::{Behaviour, BehaviourEvent};
+use link::{Pending, peer_of_namespace};
 
 /// How the daemon is started.
 #[derive(Debug, Clone)]
@@ -145,59 +144,6 @@ async fn run_until(
     result
 }
 
-/// What to do with a rendezvous response when it arrives.
-#[derive(Debug)]
-enum Pending {
-    Login,
-    Register,
-    Publish,
-    Heartbeat,
-    Subscribe,
-    /// Name lookups, then continue with the job.
-    Lookup {
-        names: Vec<UserName>,
-        then: Option<direct::Job>,
-    },
-    WhoIs {
-        then: Option<direct::Job>,
-    },
-    Prekeys {
-        key: [u8; 32],
-        then: direct::Job,
-    },
-    Deposit {
-        id: MessageId,
-    },
-    FetchMail,
-    AckMail,
-    Presence {
-        reply: oneshot::Sender<Result<Value, RpcError>>,
-    },
-    LookupThenInvite {
-        room: palaver_protocol::RoomName,
-        user: UserName,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
-    },
-    LookupThenVerify {
-        name: UserName,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
-    },
-}
-
-#[derive(Debug, Default)]
-struct RendezvousLink {
-    logged_in: bool,
-    registered_once: bool,
-    /// Requests waiting for one in flight to finish ([`RENDEZVOUS_IN_FLIGHT`]), in order.
-    queued: std::collections::VecDeque<(RendezvousRequest, Pending)>,
-}
-
-/// Requests in flight to the rendezvous at once. The server serves 16 streams per connection and
-/// drops any more, so a burst (joining a room of a dozen opens as many sessions) waits its turn.
-const RENDEZVOUS_IN_FLIGHT: usize = 8;
-/// Requests that may wait behind those; past that, new ones fail at once.
-const RENDEZVOUS_QUEUED: usize = 1024;
-
 /// Something finished outside the actor that the actor must act on.
 #[derive(Debug)]
 enum Internal {
@@ -211,10 +157,9 @@ pub(crate) struct Node {
     store: Store,
     swarm: Swarm<Behaviour>,
     rendezvous_addr: Multiaddr,
-    registration_token: Option<String>,
-    heartbeat: Duration,
-    link: RendezvousLink,
-    pending: HashMap<OutboundRequestId, Pending>,
+    session: link::Session,
+    /// The session's request each request to the rendezvous carries.
+    rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
     /// Outstanding direct deliveries.
     delivering: HashMap<OutboundRequestId, (MessageId, PeerId)>,
     /// When each pending direct message is tried, and when it goes to the mailbox.
@@ -228,7 +173,6 @@ pub(crate) struct Node {
     /// Room peers we want a connection to (for gossip).
     wanted_peers: HashSet<PeerId>,
     presence: HashMap<String, PresenceRecord>,
-    prekeys: PrekeySecrets,
     events: broadcast::Sender<Value>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
@@ -246,14 +190,7 @@ pub(crate) struct Node {
     stopping: bool,
 }
 
-const PREKEYS_META: &str = "prekeys";
 const OUTBOX_META: &str = "outbox";
-const ONE_TIME_PREKEYS: usize = 100;
-/// Top up when the server says fewer than this remain.
-const PREKEYS_LOW: u32 = 20;
-const FETCH_MAIL_BATCH: u16 = 64;
-/// How long a signed prekey is used before it is replaced.
-const SIGNED_PREKEY_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Node {
     fn new(
@@ -285,15 +222,15 @@ impl Node {
                 .with_context(|| format!("listening on {addr}"))?;
             listeners.push((id, addr));
         }
-        let prekeys = match store.get::<PrekeySecrets>(StateKey::Meta(PREKEYS_META))? {
-            Some(prekeys) => prekeys,
-            None => {
-                let prekeys =
-                    PrekeySecrets::generate(&mut OsRng, identity.signing_key(), ONE_TIME_PREKEYS);
-                store.apply(StateBatch::default().put(StateKey::Meta(PREKEYS_META), &prekeys))?;
-                prekeys
-            }
-        };
+        let session = link::Session::new(
+            SessionConfig {
+                name: name.clone(),
+                registration_token: config.registration_token.clone(),
+                heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            },
+            identity.signing_key().clone(),
+            link::load_prekeys(&store, &identity)?,
+        );
         let rooms = rooms::Rooms::load(&store)?;
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
@@ -310,10 +247,8 @@ impl Node {
             store,
             swarm,
             rendezvous_addr: config.rendezvous.clone(),
-            registration_token: config.registration_token.clone(),
-            heartbeat: config.heartbeat,
-            link: RendezvousLink::default(),
-            pending: HashMap::new(),
+            session,
+            rendezvous_requests: HashMap::new(),
             delivering: HashMap::new(),
             outbox,
             known_addrs: HashMap::new(),
@@ -321,7 +256,6 @@ impl Node {
             awaiting_discovery: HashMap::new(),
             wanted_peers: HashSet::new(),
             presence: HashMap::new(),
-            prekeys,
             events,
             internal_tx,
             internal: Some(internal),
@@ -344,17 +278,17 @@ impl Node {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut internal = self.internal.take().context("actor started twice")?;
-        let mut heartbeat = tokio::time::interval(self.heartbeat);
         // The outbox's own schedule has second granularity; a one-second tick follows it closely.
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
+            let session_due = self.session.poll_timeout();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
-                _ = heartbeat.tick() => self.on_heartbeat(),
+                _ = sleep_until_ms(session_due) => self.on_session_timeout(),
                 _ = retry.tick() => self.on_retry_tick(),
                 _ = reach::sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
@@ -406,416 +340,6 @@ impl Node {
                 event["from"] = Value::from(name);
             }
             self.emit(event);
-        }
-    }
-
-    // ---- the rendezvous link ---------------------------------------------------------------
-
-    fn is_rendezvous(&self, peer: &PeerId) -> bool {
-        self.reach.is_rendezvous(peer)
-    }
-
-    /// The rendezvous, while connected to it.
-    fn rendezvous_peer(&self) -> Option<PeerId> {
-        self.reach
-            .rendezvous_peer()
-            .filter(|_| self.reach.rendezvous_connected())
-    }
-
-    /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
-    /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
-    fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
-        if self.rendezvous_peer().is_none() {
-            return self.on_rendezvous_failure(pending, "not connected to the rendezvous".into());
-        }
-        if self.link.queued.len() >= RENDEZVOUS_QUEUED {
-            return self.on_rendezvous_failure(pending, "too many requests waiting".into());
-        }
-        self.link.queued.push_back((request, pending));
-        self.send_queued_requests();
-    }
-
-    fn send_queued_requests(&mut self) {
-        let Some(peer) = self.rendezvous_peer() else {
-            return;
-        };
-        while self.pending.len() < RENDEZVOUS_IN_FLIGHT {
-            let Some((request, pending)) = self.link.queued.pop_front() else {
-                return;
-            };
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .rendezvous
-                .send_request(&peer, request);
-            self.pending.insert(id, pending);
-        }
-    }
-
-    fn on_rendezvous_connected(&mut self, peer: PeerId) {
-        tracing::debug!("connected to the rendezvous {peer}");
-        let name = self.name.clone();
-        self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
-    }
-
-    /// The last connection to the rendezvous closed: what waited for it fails, and we are logged
-    /// out until the planner has it back.
-    fn on_rendezvous_lost(&mut self) {
-        self.link.logged_in = false;
-        for (_, pending) in std::mem::take(&mut self.link.queued) {
-            self.on_rendezvous_failure(pending, "lost the rendezvous".into());
-        }
-        self.emit(json!({"type": "rendezvous", "connected": false, "logged_in": false}));
-    }
-
-    fn on_logged_in(&mut self, mail_waiting: u32, one_time_left: u32) {
-        self.link.logged_in = true;
-        tracing::info!("logged in at the rendezvous as {}", self.name);
-        self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": true}));
-        self.publish_prekeys(one_time_left);
-        self.rendezvous_request(
-            RendezvousRequest::Heartbeat {
-                state: PresenceState::Online,
-            },
-            Pending::Heartbeat,
-        );
-        self.subscribe_presence();
-        self.register_discovery();
-        // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
-        // told us how the rendezvous sees us: see the reach planner).
-        self.reach(reach::ReachInput::LoggedIn(true));
-        if mail_waiting > 0 {
-            self.fetch_mail();
-        }
-        self.rooms_after_login();
-        self.resume_outbox();
-    }
-
-    /// Keeps our prekeys at the rendezvous fresh. One-time prekeys are published exactly once
-    /// each (re-publishing one the server already handed out would let two senders use it); the
-    /// signed prekey is replaced weekly, the previous one kept for messages already under way.
-    fn publish_prekeys(&mut self, one_time_left: u32) {
-        let now = now_ms();
-        let signed_at = self
-            .store
-            .get::<u64>(StateKey::Meta("signed_prekey_at"))
-            .ok()
-            .flatten();
-        let request = if !self.store_flag("prekeys_published") {
-            Some(RendezvousRequest::PublishPrekeys(Box::new(
-                self.prekeys.upload(),
-            )))
-        } else if signed_at.is_none_or(|at| now.saturating_sub(at) > SIGNED_PREKEY_LIFETIME_MS) {
-            self.prekeys.end_signed_prekey_grace();
-            let signed_prekey = self
-                .prekeys
-                .rotate_signed_prekey(&mut OsRng, self.identity.signing_key());
-            let one_time_prekeys = self.prekeys.replenish(&mut OsRng, ONE_TIME_PREKEYS);
-            let identity = self.identity.public();
-            let upload = palaver_protocol::crypto::x3dh::PrekeyUpload {
-                identity,
-                signed_prekey,
-                one_time_prekeys,
-            };
-            Some(RendezvousRequest::PublishPrekeys(Box::new(upload)))
-        } else if one_time_left < PREKEYS_LOW {
-            Some(RendezvousRequest::AddOneTimePrekeys(
-                self.prekeys.replenish(&mut OsRng, ONE_TIME_PREKEYS),
-            ))
-        } else {
-            None
-        };
-        let Some(request) = request else { return };
-        // The secrets are on disk before any public half leaves.
-        let mut batch = StateBatch::default();
-        batch.put(StateKey::Meta(PREKEYS_META), &self.prekeys);
-        if matches!(request, RendezvousRequest::PublishPrekeys(_)) {
-            batch.put(StateKey::Meta("signed_prekey_at"), &now);
-        }
-        if let Err(err) = self.store.apply(&batch) {
-            tracing::error!("cannot store prekeys, not publishing them: {err}");
-            return;
-        }
-        self.when_durable(|node, flushed| match flushed {
-            Ok(()) => {
-                node.rendezvous_request(request, Pending::Publish);
-            }
-            Err(err) => tracing::error!("cannot store prekeys, not publishing them: {err}"),
-        });
-    }
-
-    fn store_flag(&self, flag: &str) -> bool {
-        self.store
-            .get::<bool>(StateKey::Meta(flag))
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-    }
-
-    fn set_store_flag(&self, flag: &str) {
-        if let Err(err) = self
-            .store
-            .apply(StateBatch::default().put(StateKey::Meta(flag), &true))
-        {
-            tracing::warn!("store: {err}");
-        }
-    }
-
-    fn fetch_mail(&mut self) {
-        self.rendezvous_request(
-            RendezvousRequest::FetchMail {
-                max: FETCH_MAIL_BATCH,
-            },
-            Pending::FetchMail,
-        );
-    }
-
-    fn subscribe_presence(&mut self) {
-        let names = self.contact_names();
-        if !names.is_empty() {
-            self.rendezvous_request(
-                RendezvousRequest::SubscribePresence { names },
-                Pending::Subscribe,
-            );
-        }
-    }
-
-    fn contact_names(&self) -> Vec<UserName> {
-        self.store
-            .scan_keys(StateKey::Contact(""))
-            .into_iter()
-            .filter_map(|name| UserName::new(name).ok())
-            .take(palaver_protocol::wire::rendezvous::MAX_BATCH)
-            .collect()
-    }
-
-    /// Discovery namespace under which this node's addresses are found by peer id.
-    fn peer_namespace(peer: &PeerId) -> rendezvous::Namespace {
-        rendezvous::Namespace::new(format!("palaver/peer/{peer}"))
-            .unwrap_or_else(|_| rendezvous::Namespace::from_static("palaver/peer"))
-    }
-
-    fn register_discovery(&mut self) {
-        let Some(rendezvous) = self.rendezvous_peer() else {
-            return;
-        };
-        if !self.link.logged_in {
-            return;
-        }
-        let namespace = Self::peer_namespace(self.swarm.local_peer_id());
-        if let Err(err) = self
-            .swarm
-            .behaviour_mut()
-            .discovery
-            .register(namespace, rendezvous, None)
-        {
-            tracing::debug!("discovery registration: {err}");
-        }
-    }
-
-    fn discover(&mut self, peer: PeerId) {
-        let Some(rendezvous) = self.rendezvous_peer() else {
-            return;
-        };
-        self.swarm.behaviour_mut().discovery.discover(
-            Some(Self::peer_namespace(&peer)),
-            None,
-            None,
-            rendezvous,
-        );
-    }
-
-    fn on_heartbeat(&mut self) {
-        if self.link.logged_in {
-            self.rendezvous_request(
-                RendezvousRequest::Heartbeat {
-                    state: PresenceState::Online,
-                },
-                Pending::Heartbeat,
-            );
-        }
-    }
-
-    fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {
-        use RendezvousResponse as R;
-        match (pending, response) {
-            (
-                Pending::Login,
-                R::LoggedIn {
-                    mail_waiting,
-                    one_time_prekeys_left,
-                    ..
-                },
-            ) => self.on_logged_in(mail_waiting, one_time_prekeys_left),
-            (Pending::Login, R::Refused(refusal))
-                if refusal.reason == RefusalReason::UnknownUser && !self.link.registered_once =>
-            {
-                self.link.registered_once = true;
-                let request = RendezvousRequest::Register {
-                    name: self.name.clone(),
-                    token: self.registration_token.clone(),
-                };
-                self.rendezvous_request(request, Pending::Register);
-            }
-            (Pending::Register, R::Registered { .. }) => {
-                let name = self.name.clone();
-                self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
-            }
-            (Pending::Login | Pending::Register, R::Refused(refusal)) => {
-                tracing::error!("the rendezvous refused us: {refusal}");
-                self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
-            }
-            (Pending::Publish, R::Done) => self.set_store_flag("prekeys_published"),
-            (Pending::Lookup { names, then }, R::Users(users)) => {
-                self.on_users(users, then, Some(names))
-            }
-            (Pending::WhoIs { then }, R::Users(users)) => {
-                let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
-                let unknown: Vec<[u8; 32]> = self
-                    .unnamed_events
-                    .keys()
-                    .filter(|k| !named.contains(k))
-                    .copied()
-                    .collect();
-                self.on_users(users, then, None);
-                // Asked about, but not registered here: show them with their stand-in.
-                if self
-                    .pending
-                    .values()
-                    .all(|p| !matches!(p, Pending::WhoIs { .. }))
-                {
-                    for key in unknown {
-                        self.release_unnamed(&key, None);
-                    }
-                }
-            }
-            (Pending::Prekeys { key, then }, R::Prekeys(bundle)) => {
-                self.on_prekeys(key, *bundle, then)
-            }
-            (Pending::Prekeys { then, .. }, R::Refused(refusal))
-                if refusal.reason == RefusalReason::NoPrekeys =>
-            {
-                self.wait_for_prekeys(then, refusal.to_string())
-            }
-            (Pending::Prekeys { then, .. }, R::Refused(refusal)) => {
-                then.fail(format!("cannot start a session: {refusal}"))
-            }
-            (
-                Pending::Lookup {
-                    then: Some(job), ..
-                }
-                | Pending::WhoIs { then: Some(job) },
-                R::Refused(refusal),
-            ) => job.fail(format!("lookup failed: {refusal}")),
-            (Pending::Deposit { id }, R::Deposited { .. }) => self.on_deposited(id),
-            (Pending::Deposit { id }, R::Refused(refusal)) => {
-                self.on_deposit_refused(id, refusal.to_string())
-            }
-            (Pending::FetchMail, R::Mail { items, remaining }) => self.on_mail(items, remaining),
-            (Pending::Presence { reply }, R::Users(users)) => {
-                let records: Vec<Value> = users
-                    .iter()
-                    .map(|user| presence_json(&user.presence))
-                    .collect();
-                for user in users {
-                    self.presence.insert(user.name.to_string(), user.presence);
-                }
-                let _ = reply.send(Ok(Value::Array(records)));
-            }
-            (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
-                let found = users.iter().any(|u| u.name == user);
-                self.on_users(users, None, None);
-                if found {
-                    self.room_invite(room, user, reply);
-                } else {
-                    let _ = reply.send(Err(RpcError::failed(format!(
-                        "unknown user {user} at this rendezvous"
-                    ))));
-                }
-            }
-            (Pending::LookupThenVerify { name, reply }, R::Users(users)) => {
-                let found = users.iter().find(|u| u.name == name).map(|u| u.identity);
-                self.on_users(users, None, None);
-                let answer = match found {
-                    Some(key) => Ok(calls::fingerprints(
-                        &self.name,
-                        &self.identity.public(),
-                        &name,
-                        &key,
-                    )),
-                    None => Err(RpcError::failed(format!(
-                        "unknown user {name} at this rendezvous"
-                    ))),
-                };
-                let _ = reply.send(answer);
-            }
-            (
-                Pending::Presence { reply }
-                | Pending::LookupThenInvite { reply, .. }
-                | Pending::LookupThenVerify { reply, .. },
-                R::Refused(refusal),
-            ) => {
-                let _ = reply.send(Err(RpcError::failed(refusal.to_string())));
-            }
-            (
-                Pending::Heartbeat | Pending::Subscribe | Pending::AckMail,
-                R::Done | R::Presence(_),
-            ) => {}
-            (Pending::Subscribe, R::Users(users)) => {
-                for user in users {
-                    self.presence.insert(user.name.to_string(), user.presence);
-                }
-            }
-            (_, R::Refused(refusal)) if refusal.reason == RefusalReason::NotLoggedIn => {
-                self.link.logged_in = false;
-                self.reach(reach::ReachInput::LoggedIn(false));
-                let name = self.name.clone();
-                self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
-            }
-            (pending, response) => {
-                tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}")
-            }
-        }
-    }
-
-    fn on_rendezvous_failure(&mut self, pending: Pending, error: String) {
-        match pending {
-            Pending::Lookup {
-                then: Some(job), ..
-            }
-            | Pending::WhoIs { then: Some(job) }
-            | Pending::Prekeys { then: job, .. } => {
-                job.fail(format!("the rendezvous did not answer: {error}"))
-            }
-            Pending::Deposit { id } => self.on_deposit_refused(id, error),
-            Pending::Presence { reply }
-            | Pending::LookupThenInvite { reply, .. }
-            | Pending::LookupThenVerify { reply, .. } => {
-                let _ = reply.send(Err(RpcError::failed(format!(
-                    "the rendezvous did not answer: {error}"
-                ))));
-            }
-            other => tracing::debug!("rendezvous request {other:?} failed: {error}"),
-        }
-    }
-
-    fn on_push(&mut self, push: ServerPush) {
-        match push {
-            ServerPush::Presence(record) => {
-                let name = record.name.to_string();
-                let came_online = record.state != PresenceState::Offline
-                    && self
-                        .presence
-                        .get(&name)
-                        .is_none_or(|old| old.state == PresenceState::Offline);
-                self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
-                self.presence.insert(name.clone(), record);
-                if came_online {
-                    self.retry_outbox_for_name(&name);
-                }
-            }
-            ServerPush::MailWaiting { .. } => self.fetch_mail(),
-            ServerPush::PrekeysLow { remaining } => self.publish_prekeys(remaining),
         }
     }
 
@@ -901,27 +425,19 @@ impl Node {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Rendezvous(request_response::Event::Message { message, .. }) => {
-                if let request_response::Message::Response {
-                    request_id,
-                    response,
-                } = message
-                    && let Some(pending) = self.pending.remove(&request_id)
-                {
-                    self.on_rendezvous_response(pending, response);
-                    self.send_queued_requests();
-                }
-            }
+            BehaviourEvent::Rendezvous(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => self.on_rendezvous_answer(request_id, Ok(response)),
             BehaviourEvent::Rendezvous(request_response::Event::OutboundFailure {
                 request_id,
                 error,
                 ..
-            }) => {
-                if let Some(pending) = self.pending.remove(&request_id) {
-                    self.on_rendezvous_failure(pending, error.to_string());
-                    self.send_queued_requests();
-                }
-            }
+            }) => self.on_rendezvous_answer(request_id, Err(error.to_string())),
             BehaviourEvent::Push(request_response::Event::Message {
                 peer,
                 message:
@@ -932,7 +448,7 @@ impl Node {
             }) => {
                 let _ = self.swarm.behaviour_mut().push.send_response(channel, ());
                 if self.is_rendezvous(&peer) {
-                    self.on_push(request);
+                    self.session_input(palaver_protocol::node::session::Input::Push(request));
                 }
             }
             BehaviourEvent::Peer(request_response::Event::Message { peer, message, .. }) => {
@@ -1100,24 +616,12 @@ impl Node {
     }
 }
 
-/// The peer a `palaver/peer/<id>` namespace (see [`Node::peer_namespace`]) is for.
-fn peer_of_namespace(namespace: &rendezvous::Namespace) -> Option<PeerId> {
-    namespace
-        .to_string()
-        .strip_prefix("palaver/peer/")
-        .and_then(|p| p.parse().ok())
-}
-
-fn state_str(state: PresenceState) -> &'static str {
-    match state {
-        PresenceState::Online => "online",
-        PresenceState::Away => "away",
-        PresenceState::Offline => "offline",
+/// Sleeps until wall-clock time `deadline_ms` (forever without one).
+async fn sleep_until_ms(deadline_ms: Option<u64>) {
+    match deadline_ms {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
     }
-}
-
-fn presence_json(record: &PresenceRecord) -> Value {
-    json!({"name": record.name.as_str(), "state": state_str(record.state), "last_seen": record.last_seen_ms})
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -2,6 +2,8 @@
 //!
 //! - [`reach`]: which connections to open, keep and close — direct first, relays as fallback, a
 //!   relay slot while not reachable from outside, the rendezvous connection.
+//! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
+//!   mail, and the bounded request window.
 //!
 //! Each machine takes inputs through `handle`, hands out what to do through `poll_output` and
 //! names its next deadline in `poll_timeout`; time is passed in, so a simulation can run many
@@ -9,3 +11,4 @@
 
 pub mod addr;
 pub mod reach;
+pub mod session;

@@ -295,7 +295,7 @@ impl Node {
             "rendezvous": {
                 "address": self.rendezvous_addr.to_string(),
                 "connected": self.reach.rendezvous_connected(),
-                "logged_in": self.link.logged_in,
+                "logged_in": self.session.is_logged_in(),
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outbox": self.outbox_len(),
@@ -341,7 +341,7 @@ impl Node {
         if names.is_empty() {
             return drop(reply.send(Ok(json!([]))));
         }
-        if !self.link.logged_in {
+        if !self.session.is_logged_in() {
             return drop(reply.send(Err(RpcError::failed(
                 "not connected to the rendezvous; presence is unknown",
             ))));
@@ -354,7 +354,7 @@ impl Node {
 
     pub(crate) fn verify(&mut self, name: UserName, reply: Reply) {
         let Some(key) = self.contact_key(&name) else {
-            if !self.link.logged_in {
+            if !self.session.is_logged_in() {
                 return drop(reply.send(Err(RpcError::failed(format!(
                     "{name} is not a contact yet and the rendezvous is not connected"
                 )))));

@@ -186,7 +186,7 @@ impl Node {
         pending: impl FnOnce(Job) -> Pending,
         job: Job,
     ) -> Result<(), Box<Job>> {
-        if !self.link.logged_in {
+        if !self.session.is_logged_in() {
             return Err(Box::new(job));
         }
         self.rendezvous_request(request, pending(job));
@@ -454,7 +454,7 @@ impl Node {
         if self.dial_known(peer) {
             return;
         }
-        if self.link.logged_in {
+        if self.session.is_logged_in() {
             self.awaiting_discovery.entry(peer).or_default().push(id);
             self.discover(peer);
         } else {
@@ -650,7 +650,7 @@ impl Node {
             .outbox_item(&id)
             .and_then(|item| Some((item.to_name, Envelope::from_bytes(&item.frame).ok()?)));
         match envelope {
-            Some((to, envelope)) if self.link.logged_in => self.rendezvous_request(
+            Some((to, envelope)) if self.session.is_logged_in() => self.rendezvous_request(
                 RendezvousRequest::Deposit {
                     to,
                     envelope: Box::new(envelope),
@@ -808,12 +808,12 @@ impl Node {
                 // the prekeys are committed with the message below.
                 let (session, plaintext) = Session::respond(
                     self.identity.signing_key(),
-                    &mut self.prekeys,
+                    &mut self.session.prekeys_mut().secrets,
                     &sender,
                     &direct.message,
                 )
                 .map_err(|e| format!("cannot open the session: {e}"))?;
-                batch.put(StateKey::Meta(super::PREKEYS_META), &self.prekeys);
+                super::link::put_prekeys(&mut batch, self.session.prekeys());
                 let sessions = match existing {
                     Some(mut sessions) => {
                         sessions.promote(session);
@@ -923,9 +923,10 @@ impl Node {
                     "received mail is not on disk, not acknowledging it: {err}"
                 );
             }
-            if !acks.is_empty() {
-                node.rendezvous_request(RendezvousRequest::AckMail { ids: acks }, Pending::AckMail);
-            }
+            node.session_input(palaver_protocol::node::session::Input::MailStored {
+                acks,
+                more: remaining > 0,
+            });
             for (sender, ids) in receipts {
                 if let Ok(key) = VerifyingKey::from_bytes(&sender) {
                     node.send_direct(Job::to_key(
@@ -933,9 +934,6 @@ impl Node {
                         palaver_protocol::wire::Payload::Receipt(ids),
                     ));
                 }
-            }
-            if remaining > 0 {
-                node.fetch_mail();
             }
         });
     }

@@ -241,7 +241,7 @@ impl Node {
             if let (Some(rendezvous), Ok(namespace)) = (
                 self.rendezvous_peer(),
                 libp2p::rendezvous::Namespace::new(format!("palaver/room/{}", id.to_hex())),
-            ) && self.link.logged_in
+            ) && self.session.is_logged_in()
             {
                 let _ = self.swarm.behaviour_mut().discovery.register(
                     namespace.clone(),
@@ -438,7 +438,7 @@ impl Node {
         };
         let Some(key) = self.contact_key(&name) else {
             // Look the name up first, then invite.
-            if !self.link.logged_in {
+            if !self.session.is_logged_in() {
                 let _ = reply.send(Err(RpcError::failed(
                     "not connected to the rendezvous; cannot look up the user",
                 )));
@@ -673,7 +673,7 @@ impl Node {
                 let state = self
                     .presence
                     .get(&name)
-                    .map(|p| super::state_str(p.state))
+                    .map(|p| super::link::state_str(p.state))
                     .unwrap_or("unknown");
                 json!({"name": name, "owner": owner == Some(*key), "presence": state})
             })

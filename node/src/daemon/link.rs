@@ -1,0 +1,431 @@
+//! Carries out the rendezvous session's decisions ([`palaver_protocol::node::session`]): its
+//! requests go out over the swarm, its prekeys to the store, and its answers to the parts of the
+//! node that asked. Discovery registration and lookups (libp2p's rendezvous protocol) are here
+//! too, as they go to the same server.
+
+use libp2p::request_response::OutboundRequestId;
+use libp2p::{PeerId, rendezvous};
+use palaver_protocol::crypto::x3dh::PrekeySecrets;
+use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState};
+use palaver_protocol::wire::{
+    PresenceRecord, PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse,
+};
+use palaver_protocol::{MessageId, UserName};
+use rand_core::OsRng;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Node, calls, direct, now_ms};
+use crate::rpc::RpcError;
+use crate::store::{StateBatch, StateKey, Store};
+
+/// The session, with the node's own requests continued by [`Pending`].
+pub(crate) type Session = plan::Session<Pending>;
+
+/// What to do with the answer to a request of the node's own.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// Name lookups, then continue with the job.
+    Lookup {
+        names: Vec<UserName>,
+        then: Option<direct::Job>,
+    },
+    WhoIs {
+        then: Option<direct::Job>,
+    },
+    Prekeys {
+        key: [u8; 32],
+        then: direct::Job,
+    },
+    Deposit {
+        id: MessageId,
+    },
+    Presence {
+        reply: oneshot::Sender<Result<Value, RpcError>>,
+    },
+    LookupThenInvite {
+        room: palaver_protocol::RoomName,
+        user: UserName,
+        reply: oneshot::Sender<Result<Value, RpcError>>,
+    },
+    LookupThenVerify {
+        name: UserName,
+        reply: oneshot::Sender<Result<Value, RpcError>>,
+    },
+}
+
+const PREKEYS_META: &str = "prekeys";
+const SIGNED_PREKEY_AT_META: &str = "signed_prekey_at";
+const PREKEYS_PUBLISHED_META: &str = "prekeys_published";
+
+/// Our prekeys as stored (made and stored on the first start).
+pub(crate) fn load_prekeys(
+    store: &Store,
+    identity: &palaver_protocol::Identity,
+) -> anyhow::Result<PrekeyState> {
+    if let Some(secrets) = store.get::<PrekeySecrets>(StateKey::Meta(PREKEYS_META))? {
+        return Ok(PrekeyState {
+            secrets,
+            signed_at_ms: store.get(StateKey::Meta(SIGNED_PREKEY_AT_META))?,
+            published: store
+                .get(StateKey::Meta(PREKEYS_PUBLISHED_META))?
+                .unwrap_or(false),
+        });
+    }
+    let prekeys = PrekeyState::generate(&mut OsRng, identity.signing_key());
+    store.apply(&prekey_batch(&prekeys))?;
+    Ok(prekeys)
+}
+
+fn prekey_batch(prekeys: &PrekeyState) -> StateBatch {
+    let mut batch = StateBatch::default();
+    batch.put(StateKey::Meta(PREKEYS_META), &prekeys.secrets);
+    if let Some(at) = prekeys.signed_at_ms {
+        batch.put(StateKey::Meta(SIGNED_PREKEY_AT_META), &at);
+    }
+    batch.put(StateKey::Meta(PREKEYS_PUBLISHED_META), &prekeys.published);
+    batch
+}
+
+/// Writes our prekeys into `batch` (after a session was opened with one of them).
+pub(crate) fn put_prekeys(batch: &mut StateBatch, prekeys: &PrekeyState) {
+    batch.put(StateKey::Meta(PREKEYS_META), &prekeys.secrets);
+}
+
+impl Node {
+    pub(crate) fn is_rendezvous(&self, peer: &PeerId) -> bool {
+        self.reach.is_rendezvous(peer)
+    }
+
+    /// The rendezvous, while connected to it.
+    pub(crate) fn rendezvous_peer(&self) -> Option<PeerId> {
+        self.reach
+            .rendezvous_peer()
+            .filter(|_| self.reach.rendezvous_connected())
+    }
+
+    /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
+    /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
+    pub(crate) fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
+        self.session.request(request, pending);
+        self.drive_session();
+    }
+
+    pub(crate) fn session_input(&mut self, input: Input) {
+        self.session.handle(input, now_ms(), &mut OsRng);
+        self.drive_session();
+    }
+
+    pub(crate) fn on_session_timeout(&mut self) {
+        self.session.handle_timeout(now_ms());
+        self.drive_session();
+    }
+
+    /// An answer (or transport failure) for request `id` to the rendezvous, if it was the
+    /// session's.
+    pub(crate) fn on_rendezvous_answer(
+        &mut self,
+        id: OutboundRequestId,
+        answer: Result<RendezvousResponse, String>,
+    ) {
+        let Some(key) = self.rendezvous_requests.remove(&id) else {
+            return;
+        };
+        self.session_input(match answer {
+            Ok(response) => Input::Response { key, response },
+            Err(error) => Input::Failed { key, error },
+        });
+    }
+
+    fn drive_session(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Send { key, request } => match self.rendezvous_peer() {
+                    Some(peer) => {
+                        let id = self
+                            .swarm
+                            .behaviour_mut()
+                            .rendezvous
+                            .send_request(&peer, request);
+                        self.rendezvous_requests.insert(id, key);
+                    }
+                    None => self.session.handle(
+                        Input::Failed {
+                            key,
+                            error: "not connected to the rendezvous".into(),
+                        },
+                        now_ms(),
+                        &mut OsRng,
+                    ),
+                },
+                Output::PersistPrekeys { then_publish } => self.persist_prekeys(then_publish),
+                Output::LoggedIn { mail_waiting } => self.on_logged_in(mail_waiting),
+                Output::LoggedOut => self.reach(super::reach::ReachInput::LoggedIn(false)),
+                Output::LoginRefused(refusal) => {
+                    tracing::error!("the rendezvous refused us: {refusal}");
+                    self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
+                }
+                Output::Answer { token, response } => self.on_rendezvous_response(token, response),
+                Output::Failed { token, error } => self.on_rendezvous_failure(token, error),
+                Output::Presence(record) => self.on_presence_push(record),
+                Output::Subscribed(users) => {
+                    for user in users {
+                        self.presence.insert(user.name.to_string(), user.presence);
+                    }
+                }
+                Output::Mail { items, remaining } => self.on_mail(items, remaining),
+            }
+        }
+    }
+
+    /// The secrets are on disk before any public half leaves.
+    fn persist_prekeys(&mut self, then_publish: bool) {
+        if let Err(err) = self.store.apply(&prekey_batch(self.session.prekeys())) {
+            tracing::error!("cannot store prekeys, not publishing them: {err}");
+            if then_publish {
+                self.session_input(Input::PrekeysDurable(Err(err.to_string())));
+            }
+            return;
+        }
+        if then_publish {
+            self.when_durable(|node, flushed| {
+                if let Err(err) = &flushed {
+                    tracing::error!("cannot store prekeys, not publishing them: {err}");
+                }
+                node.session_input(Input::PrekeysDurable(flushed));
+            });
+        }
+    }
+
+    pub(crate) fn on_rendezvous_connected(&mut self, peer: PeerId) {
+        tracing::debug!("connected to the rendezvous {peer}");
+        self.session_input(Input::Connected);
+    }
+
+    /// The last connection to the rendezvous closed: what waited for it fails, and we are logged
+    /// out until the planner has it back.
+    pub(crate) fn on_rendezvous_lost(&mut self) {
+        self.session_input(Input::Disconnected);
+        self.emit(json!({"type": "rendezvous", "connected": false, "logged_in": false}));
+    }
+
+    fn on_logged_in(&mut self, mail_waiting: u32) {
+        tracing::info!(
+            "logged in at the rendezvous as {} ({mail_waiting} held messages)",
+            self.name
+        );
+        self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": true}));
+        self.subscribe_presence();
+        self.register_discovery();
+        // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
+        // told us how the rendezvous sees us: see the reach planner).
+        self.reach(super::reach::ReachInput::LoggedIn(true));
+        self.rooms_after_login();
+        self.resume_outbox();
+    }
+
+    pub(crate) fn subscribe_presence(&mut self) {
+        let names = self.contact_names();
+        self.session.subscribe_presence(names);
+        self.drive_session();
+    }
+
+    pub(crate) fn contact_names(&self) -> Vec<UserName> {
+        self.store
+            .scan_keys(StateKey::Contact(""))
+            .into_iter()
+            .filter_map(|name| UserName::new(name).ok())
+            .take(palaver_protocol::wire::rendezvous::MAX_BATCH)
+            .collect()
+    }
+
+    /// Discovery namespace under which this node's addresses are found by peer id.
+    fn peer_namespace(peer: &PeerId) -> rendezvous::Namespace {
+        rendezvous::Namespace::new(format!("palaver/peer/{peer}"))
+            .unwrap_or_else(|_| rendezvous::Namespace::from_static("palaver/peer"))
+    }
+
+    pub(crate) fn register_discovery(&mut self) {
+        let Some(rendezvous) = self.rendezvous_peer() else {
+            return;
+        };
+        if !self.session.is_logged_in() {
+            return;
+        }
+        let namespace = Self::peer_namespace(self.swarm.local_peer_id());
+        if let Err(err) = self
+            .swarm
+            .behaviour_mut()
+            .discovery
+            .register(namespace, rendezvous, None)
+        {
+            tracing::debug!("discovery registration: {err}");
+        }
+    }
+
+    pub(crate) fn discover(&mut self, peer: PeerId) {
+        let Some(rendezvous) = self.rendezvous_peer() else {
+            return;
+        };
+        self.swarm.behaviour_mut().discovery.discover(
+            Some(Self::peer_namespace(&peer)),
+            None,
+            None,
+            rendezvous,
+        );
+    }
+
+    fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {
+        use RendezvousResponse as R;
+        match (pending, response) {
+            (Pending::Lookup { names, then }, R::Users(users)) => {
+                self.on_users(users, then, Some(names))
+            }
+            (Pending::WhoIs { then }, R::Users(users)) => {
+                let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
+                let unknown: Vec<[u8; 32]> = self
+                    .unnamed_events
+                    .keys()
+                    .filter(|k| !named.contains(k))
+                    .copied()
+                    .collect();
+                self.on_users(users, then, None);
+                // Asked about, but not registered here: show them with their stand-in.
+                if self
+                    .session
+                    .waiting()
+                    .all(|p| !matches!(p, Pending::WhoIs { .. }))
+                {
+                    for key in unknown {
+                        self.release_unnamed(&key, None);
+                    }
+                }
+            }
+            (Pending::Prekeys { key, then }, R::Prekeys(bundle)) => {
+                self.on_prekeys(key, *bundle, then)
+            }
+            (Pending::Prekeys { then, .. }, R::Refused(refusal))
+                if refusal.reason == RefusalReason::NoPrekeys =>
+            {
+                self.wait_for_prekeys(then, refusal.to_string())
+            }
+            (Pending::Prekeys { then, .. }, R::Refused(refusal)) => {
+                then.fail(format!("cannot start a session: {refusal}"))
+            }
+            (
+                Pending::Lookup {
+                    then: Some(job), ..
+                }
+                | Pending::WhoIs { then: Some(job) },
+                R::Refused(refusal),
+            ) => job.fail(format!("lookup failed: {refusal}")),
+            (Pending::Deposit { id }, R::Deposited { .. }) => self.on_deposited(id),
+            (Pending::Deposit { id }, R::Refused(refusal)) => {
+                self.on_deposit_refused(id, refusal.to_string())
+            }
+            (Pending::Presence { reply }, R::Users(users)) => {
+                let records: Vec<Value> = users
+                    .iter()
+                    .map(|user| presence_json(&user.presence))
+                    .collect();
+                for user in users {
+                    self.presence.insert(user.name.to_string(), user.presence);
+                }
+                let _ = reply.send(Ok(Value::Array(records)));
+            }
+            (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
+                let found = users.iter().any(|u| u.name == user);
+                self.on_users(users, None, None);
+                if found {
+                    self.room_invite(room, user, reply);
+                } else {
+                    let _ = reply.send(Err(RpcError::failed(format!(
+                        "unknown user {user} at this rendezvous"
+                    ))));
+                }
+            }
+            (Pending::LookupThenVerify { name, reply }, R::Users(users)) => {
+                let found = users.iter().find(|u| u.name == name).map(|u| u.identity);
+                self.on_users(users, None, None);
+                let answer = match found {
+                    Some(key) => Ok(calls::fingerprints(
+                        &self.name,
+                        &self.identity.public(),
+                        &name,
+                        &key,
+                    )),
+                    None => Err(RpcError::failed(format!(
+                        "unknown user {name} at this rendezvous"
+                    ))),
+                };
+                let _ = reply.send(answer);
+            }
+            (
+                Pending::Presence { reply }
+                | Pending::LookupThenInvite { reply, .. }
+                | Pending::LookupThenVerify { reply, .. },
+                R::Refused(refusal),
+            ) => {
+                let _ = reply.send(Err(RpcError::failed(refusal.to_string())));
+            }
+            (pending, response) => {
+                tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}")
+            }
+        }
+    }
+
+    fn on_rendezvous_failure(&mut self, pending: Pending, error: String) {
+        match pending {
+            Pending::Lookup {
+                then: Some(job), ..
+            }
+            | Pending::WhoIs { then: Some(job) }
+            | Pending::Prekeys { then: job, .. } => {
+                job.fail(format!("the rendezvous did not answer: {error}"))
+            }
+            Pending::Deposit { id } => self.on_deposit_refused(id, error),
+            Pending::Presence { reply }
+            | Pending::LookupThenInvite { reply, .. }
+            | Pending::LookupThenVerify { reply, .. } => {
+                let _ = reply.send(Err(RpcError::failed(format!(
+                    "the rendezvous did not answer: {error}"
+                ))));
+            }
+            other => tracing::debug!("rendezvous request {other:?} failed: {error}"),
+        }
+    }
+
+    fn on_presence_push(&mut self, record: PresenceRecord) {
+        let name = record.name.to_string();
+        let came_online = record.state != PresenceState::Offline
+            && self
+                .presence
+                .get(&name)
+                .is_none_or(|old| old.state == PresenceState::Offline);
+        self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
+        self.presence.insert(name.clone(), record);
+        if came_online {
+            self.retry_outbox_for_name(&name);
+        }
+    }
+}
+
+/// The peer a `palaver/peer/<id>` namespace (see [`Node::peer_namespace`]) is for.
+pub(crate) fn peer_of_namespace(namespace: &rendezvous::Namespace) -> Option<PeerId> {
+    namespace
+        .to_string()
+        .strip_prefix("palaver/peer/")
+        .and_then(|p| p.parse().ok())
+}
+
+pub(crate) fn state_str(state: PresenceState) -> &'static str {
+    match state {
+        PresenceState::Online => "online",
+        PresenceState::Away => "away",
+        PresenceState::Offline => "offline",
+    }
+}
+
+pub(crate) fn presence_json(record: &PresenceRecord) -> Value {
+    json!({"name": record.name.as_str(), "state": state_str(record.state), "last_seen": record.last_seen_ms})
+}

@@ -1,0 +1,520 @@
+//! The rendezvous session: logging in (registering the name the first time), keeping prekeys
+//! published and fresh, heartbeats, and the request window to the server.
+//!
+//! On [`Input::Connected`] the session logs in; a server that does not know us yet is asked once
+//! to register our name (with the registration token, if configured), then the login is tried
+//! again. A login refused for any other reason stays refused until the next connection, and
+//! [`Session::refusal`] says why. Once logged in: prekeys are published (the secrets are on disk
+//! before any public half leaves: [`Output::PersistPrekeys`] first, [`Input::PrekeysDurable`]
+//! then), a heartbeat goes out every period, and held mail is fetched in batches — when the login
+//! says some is waiting, when the server pushes that more arrived, and again after each batch the
+//! node stored ([`Input::MailStored`]) while the server says more remain.
+//!
+//! Requests go out at most [`IN_FLIGHT`] at a time (the server serves 16 streams per connection
+//! and drops any more); up to [`QUEUED`] more wait their turn, and past that a request fails at
+//! once. Each request is named by a [`RequestKey`]; the driver maps its transport's request ids
+//! to keys and reports each answer or failure under its key. Requests of the node's own (lookups,
+//! deposits, prekey fetches) carry a caller token `T` and come back as [`Output::Answer`] or
+//! [`Output::Failed`] with it.
+//!
+//! Time is wall-clock milliseconds since the Unix epoch (the signed prekey's age is persisted).
+
+use std::collections::{HashMap, VecDeque};
+
+use ed25519_dalek::SigningKey;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::crypto::x3dh::{PrekeySecrets, PrekeyUpload};
+use crate::name::UserName;
+use crate::wire::{
+    MailItem, MessageId, PresenceRecord, PresenceState, Refusal, RefusalReason, RendezvousRequest,
+    RendezvousResponse, ServerPush, UserRecord,
+};
+
+/// Requests in flight to the rendezvous at once.
+pub const IN_FLIGHT: usize = 8;
+/// Requests that may wait behind those.
+pub const QUEUED: usize = 1024;
+/// One-time prekeys made at a time.
+pub const ONE_TIME_PREKEYS: usize = 100;
+/// Top up when the server says fewer than this remain.
+pub const PREKEYS_LOW: u32 = 20;
+/// Held mail fetched per request.
+pub const FETCH_MAIL_BATCH: u16 = 64;
+/// How long a signed prekey is used before it is replaced.
+pub const SIGNED_PREKEY_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Names one request to the rendezvous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey(u64);
+
+/// Our prekeys and what the server has of them; persisted by the driver on
+/// [`Output::PersistPrekeys`].
+#[derive(Debug)]
+pub struct PrekeyState {
+    pub secrets: PrekeySecrets,
+    /// When the current signed prekey was published (`None`: never).
+    pub signed_at_ms: Option<u64>,
+    /// The server holds our full upload (one-time prekeys are published exactly once each:
+    /// re-publishing one the server already handed out would let two senders use it).
+    pub published: bool,
+}
+
+impl PrekeyState {
+    /// Fresh prekeys, never published.
+    pub fn generate(rng: &mut (impl CryptoRng + RngCore), identity: &SigningKey) -> Self {
+        Self {
+            secrets: PrekeySecrets::generate(rng, identity, ONE_TIME_PREKEYS),
+            signed_at_ms: None,
+            published: false,
+        }
+    }
+}
+
+/// How the session is configured.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub name: UserName,
+    pub registration_token: Option<String>,
+    /// Presence heartbeat period (the server times a user out after missing a few).
+    pub heartbeat_ms: u64,
+}
+
+/// What the driver tells the session.
+#[derive(Debug)]
+pub enum Input {
+    /// The first connection to the rendezvous opened.
+    Connected,
+    /// The last connection to the rendezvous closed.
+    Disconnected,
+    /// The server answered request `key`.
+    Response {
+        key: RequestKey,
+        response: RendezvousResponse,
+    },
+    /// Request `key` failed in transport (no answer will come).
+    Failed { key: RequestKey, error: String },
+    /// The server pushed something.
+    Push(ServerPush),
+    /// The prekeys persisted on [`Output::PersistPrekeys`] with `then_publish` are on disk (or
+    /// could not be written: then nothing is published).
+    PrekeysDurable(Result<(), String>),
+    /// The node stored a batch of held mail durably: these ids may go, and `more` remain.
+    MailStored { acks: Vec<MessageId>, more: bool },
+}
+
+/// What the session asks of the driver, and tells it.
+#[derive(Debug)]
+pub enum Output<T> {
+    /// Send `request` to the rendezvous; report its answer under `key`.
+    Send {
+        key: RequestKey,
+        request: RendezvousRequest,
+    },
+    /// Write [`Session::prekeys`] to the store; with `then_publish`, report with
+    /// [`Input::PrekeysDurable`] once it is durable.
+    PersistPrekeys { then_publish: bool },
+    /// We are logged in (after every connection): announce ourselves (discovery, presence
+    /// subscriptions, rooms) and resume what waited.
+    LoggedIn { mail_waiting: u32 },
+    /// The login is gone (connection lost, or the server forgot it).
+    LoggedOut,
+    /// The server refused our login; it stays refused until the next connection.
+    LoginRefused(Refusal),
+    /// The server's answer to a request of the node's own.
+    Answer {
+        token: T,
+        response: RendezvousResponse,
+    },
+    /// A request of the node's own got no answer.
+    Failed { token: T, error: String },
+    /// A contact's presence changed (a push).
+    Presence(PresenceRecord),
+    /// Presence of the users we subscribed to, as the subscription took effect.
+    Subscribed(Vec<UserRecord>),
+    /// Held mail to store; answer with [`Input::MailStored`] once it is durable.
+    Mail {
+        items: Vec<MailItem>,
+        remaining: u32,
+    },
+}
+
+/// What a request is for.
+#[derive(Debug)]
+enum Purpose<T> {
+    Login,
+    Register,
+    Publish,
+    Heartbeat,
+    Subscribe,
+    FetchMail,
+    AckMail,
+    Caller(T),
+}
+
+/// The rendezvous session (see the module documentation).
+#[derive(Debug)]
+pub struct Session<T> {
+    config: SessionConfig,
+    identity: SigningKey,
+    prekeys: PrekeyState,
+    connected: bool,
+    logged_in: bool,
+    /// A login (or the registration before it) is under way.
+    logging_in: bool,
+    /// We asked to register on this connection already.
+    registered: bool,
+    refusal: Option<Refusal>,
+    /// A publish of prekeys waits for them to be durable.
+    publish_waiting: Option<RendezvousRequest>,
+    next_heartbeat_ms: Option<u64>,
+    next_key: u64,
+    in_flight: HashMap<RequestKey, Purpose<T>>,
+    queued: VecDeque<(RendezvousRequest, Purpose<T>)>,
+    outputs: VecDeque<Output<T>>,
+}
+
+impl<T: std::fmt::Debug> Session<T> {
+    pub fn new(config: SessionConfig, identity: SigningKey, prekeys: PrekeyState) -> Self {
+        Self {
+            config,
+            identity,
+            prekeys,
+            connected: false,
+            logged_in: false,
+            logging_in: false,
+            registered: false,
+            refusal: None,
+            publish_waiting: None,
+            next_heartbeat_ms: None,
+            next_key: 0,
+            in_flight: HashMap::new(),
+            queued: VecDeque::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output<T>> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] is due next (the next heartbeat).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_heartbeat_ms.filter(|_| self.logged_in)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn is_logged_in(&self) -> bool {
+        self.logged_in
+    }
+
+    /// Why the server refused our login on this connection, if it did.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
+    }
+
+    pub fn prekeys(&self) -> &PrekeyState {
+        &self.prekeys
+    }
+
+    /// For opening sessions others started with our prekeys (which uses one-time prekeys up).
+    pub fn prekeys_mut(&mut self) -> &mut PrekeyState {
+        &mut self.prekeys
+    }
+
+    /// The node's own requests not answered yet (in flight or waiting their turn).
+    pub fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.in_flight
+            .values()
+            .chain(self.queued.iter().map(|(_, purpose)| purpose))
+            .filter_map(|purpose| match purpose {
+                Purpose::Caller(token) => Some(token),
+                _ => None,
+            })
+    }
+
+    /// Sends a request of the node's own (or queues it behind those in flight). Whatever
+    /// happens, `token` comes back: [`Output::Answer`] or [`Output::Failed`].
+    pub fn request(&mut self, request: RendezvousRequest, token: T) {
+        self.enqueue(request, Purpose::Caller(token));
+    }
+
+    /// Subscribes to the presence of `names` (replacing any earlier subscription).
+    pub fn subscribe_presence(&mut self, names: Vec<UserName>) {
+        if !names.is_empty() {
+            self.enqueue(
+                RendezvousRequest::SubscribePresence { names },
+                Purpose::Subscribe,
+            );
+        }
+    }
+
+    pub fn handle(&mut self, input: Input, now_ms: u64, rng: &mut (impl CryptoRng + RngCore)) {
+        match input {
+            Input::Connected => {
+                self.connected = true;
+                self.refusal = None;
+                self.registered = false;
+                self.login();
+            }
+            Input::Disconnected => {
+                let was_logged_in = self.logged_in;
+                self.connected = false;
+                self.logged_in = false;
+                self.logging_in = false;
+                self.next_heartbeat_ms = None;
+                // What is in flight fails on its own (the transport reports each); what waits
+                // would never go.
+                for (_, purpose) in std::mem::take(&mut self.queued) {
+                    self.fail(purpose, "lost the rendezvous".into());
+                }
+                if was_logged_in {
+                    self.outputs.push_back(Output::LoggedOut);
+                }
+            }
+            Input::Response { key, response } => {
+                if let Some(purpose) = self.in_flight.remove(&key) {
+                    self.on_response(purpose, response, now_ms, rng);
+                }
+                self.send_queued();
+            }
+            Input::Failed { key, error } => {
+                if let Some(purpose) = self.in_flight.remove(&key) {
+                    if matches!(purpose, Purpose::Login | Purpose::Register) {
+                        self.logging_in = false;
+                    }
+                    self.fail(purpose, format!("the rendezvous did not answer: {error}"));
+                }
+                self.send_queued();
+            }
+            Input::Push(ServerPush::Presence(record)) => {
+                self.outputs.push_back(Output::Presence(record))
+            }
+            Input::Push(ServerPush::MailWaiting { .. }) => self.fetch_mail(),
+            Input::Push(ServerPush::PrekeysLow { remaining }) => {
+                self.publish_prekeys(remaining, now_ms, rng)
+            }
+            Input::PrekeysDurable(result) => {
+                if let Some(request) = self.publish_waiting.take()
+                    && result.is_ok()
+                {
+                    self.enqueue(request, Purpose::Publish);
+                }
+            }
+            Input::MailStored { acks, more } => {
+                if !acks.is_empty() {
+                    self.enqueue(RendezvousRequest::AckMail { ids: acks }, Purpose::AckMail);
+                }
+                if more {
+                    self.fetch_mail();
+                }
+            }
+        }
+    }
+
+    /// The heartbeat, when due.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.logged_in && self.next_heartbeat_ms.is_some_and(|at| now_ms >= at) {
+            self.heartbeat(now_ms);
+        }
+    }
+
+    // ---- the login sequence ------------------------------------------------------------------
+
+    fn login(&mut self) {
+        if self.logging_in || !self.connected {
+            return;
+        }
+        self.logging_in = true;
+        let name = self.config.name.clone();
+        self.enqueue(RendezvousRequest::Login { name }, Purpose::Login);
+    }
+
+    fn on_response(
+        &mut self,
+        purpose: Purpose<T>,
+        response: RendezvousResponse,
+        now_ms: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) {
+        use RendezvousResponse as R;
+        match (purpose, response) {
+            (
+                Purpose::Login,
+                R::LoggedIn {
+                    mail_waiting,
+                    one_time_prekeys_left,
+                    ..
+                },
+            ) => {
+                self.logging_in = false;
+                self.logged_in = true;
+                self.refusal = None;
+                self.outputs.push_back(Output::LoggedIn { mail_waiting });
+                self.publish_prekeys(one_time_prekeys_left, now_ms, rng);
+                self.heartbeat(now_ms);
+                if mail_waiting > 0 {
+                    self.fetch_mail();
+                }
+            }
+            (Purpose::Login, R::Refused(refusal))
+                if refusal.reason == RefusalReason::UnknownUser && !self.registered =>
+            {
+                self.registered = true;
+                let request = RendezvousRequest::Register {
+                    name: self.config.name.clone(),
+                    token: self.config.registration_token.clone(),
+                };
+                self.enqueue(request, Purpose::Register);
+            }
+            (Purpose::Register, R::Registered { .. }) => {
+                self.logging_in = false;
+                self.login();
+            }
+            (Purpose::Login | Purpose::Register, R::Refused(refusal)) => {
+                self.logging_in = false;
+                self.refusal = Some(refusal.clone());
+                self.outputs.push_back(Output::LoginRefused(refusal));
+            }
+            (Purpose::Publish, R::Done) => {
+                self.prekeys.published = true;
+                self.outputs.push_back(Output::PersistPrekeys {
+                    then_publish: false,
+                });
+            }
+            (Purpose::FetchMail, R::Mail { items, remaining }) => {
+                self.outputs.push_back(Output::Mail { items, remaining })
+            }
+            (Purpose::Subscribe, R::Users(users)) => {
+                self.outputs.push_back(Output::Subscribed(users))
+            }
+            (Purpose::Caller(token), response) => {
+                if let R::Refused(refusal) = &response {
+                    self.on_refused(refusal);
+                }
+                self.outputs.push_back(Output::Answer { token, response });
+            }
+            (_, R::Refused(refusal)) => self.on_refused(&refusal),
+            // Heartbeats, subscriptions and acks answer `Done` (or presence): nothing to do.
+            _ => {}
+        }
+    }
+
+    /// Any refusal saying we are not logged in means the server forgot our login (it restarted,
+    /// or timed us out): log in again.
+    fn on_refused(&mut self, refusal: &Refusal) {
+        if refusal.reason == RefusalReason::NotLoggedIn && !self.logging_in {
+            if self.logged_in {
+                self.logged_in = false;
+                self.outputs.push_back(Output::LoggedOut);
+            }
+            self.login();
+        }
+    }
+
+    fn heartbeat(&mut self, now_ms: u64) {
+        self.next_heartbeat_ms = Some(now_ms + self.config.heartbeat_ms);
+        self.enqueue(
+            RendezvousRequest::Heartbeat {
+                state: PresenceState::Online,
+            },
+            Purpose::Heartbeat,
+        );
+    }
+
+    fn fetch_mail(&mut self) {
+        if self.logged_in {
+            self.enqueue(
+                RendezvousRequest::FetchMail {
+                    max: FETCH_MAIL_BATCH,
+                },
+                Purpose::FetchMail,
+            );
+        }
+    }
+
+    /// Keeps our prekeys at the rendezvous fresh: the full upload once, a new signed prekey
+    /// (with fresh one-time prekeys) weekly, the previous one kept for messages already under
+    /// way, and one-time prekeys topped up when few are left.
+    fn publish_prekeys(
+        &mut self,
+        one_time_left: u32,
+        now_ms: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) {
+        if self.publish_waiting.is_some() {
+            return;
+        }
+        let prekeys = &mut self.prekeys;
+        let request = if !prekeys.published {
+            prekeys.signed_at_ms = Some(now_ms);
+            RendezvousRequest::PublishPrekeys(Box::new(prekeys.secrets.upload()))
+        } else if prekeys
+            .signed_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) > SIGNED_PREKEY_LIFETIME_MS)
+        {
+            prekeys.secrets.end_signed_prekey_grace();
+            let signed_prekey = prekeys.secrets.rotate_signed_prekey(rng, &self.identity);
+            let one_time_prekeys = prekeys.secrets.replenish(rng, ONE_TIME_PREKEYS);
+            prekeys.signed_at_ms = Some(now_ms);
+            RendezvousRequest::PublishPrekeys(Box::new(PrekeyUpload {
+                identity: self.identity.verifying_key(),
+                signed_prekey,
+                one_time_prekeys,
+            }))
+        } else if one_time_left < PREKEYS_LOW {
+            RendezvousRequest::AddOneTimePrekeys(prekeys.secrets.replenish(rng, ONE_TIME_PREKEYS))
+        } else {
+            return;
+        };
+        self.publish_waiting = Some(request);
+        self.outputs
+            .push_back(Output::PersistPrekeys { then_publish: true });
+    }
+
+    // ---- the request window ------------------------------------------------------------------
+
+    fn enqueue(&mut self, request: RendezvousRequest, purpose: Purpose<T>) {
+        if !self.connected {
+            return self.fail(purpose, "not connected to the rendezvous".into());
+        }
+        if self.queued.len() >= QUEUED {
+            return self.fail(
+                purpose,
+                "too many requests waiting for the rendezvous".into(),
+            );
+        }
+        self.queued.push_back((request, purpose));
+        self.send_queued();
+    }
+
+    fn send_queued(&mut self) {
+        while self.connected && self.in_flight.len() < IN_FLIGHT {
+            let Some((request, purpose)) = self.queued.pop_front() else {
+                return;
+            };
+            let key = RequestKey(self.next_key);
+            self.next_key += 1;
+            self.in_flight.insert(key, purpose);
+            self.outputs.push_back(Output::Send { key, request });
+        }
+    }
+
+    fn fail(&mut self, purpose: Purpose<T>, error: String) {
+        match purpose {
+            Purpose::Caller(token) => self.outputs.push_back(Output::Failed { token, error }),
+            // A heartbeat, subscription or fetch is sent again after the next login; an ack not
+            // sent leaves the mail held, to be fetched (and deduplicated) again; a publish not
+            // answered is retried at the next login, as `published` is still false.
+            Purpose::Login | Purpose::Register => self.logging_in = false,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
