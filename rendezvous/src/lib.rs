@@ -11,6 +11,7 @@
 //! - [`Config`], [`Limits`]: what an admin chooses and the bounds the server enforces.
 //! - [`client`]: a lightweight client for tests, tools and the load generator.
 //! - [`FrameCodec`]: the request-response codec both sides use.
+//! - [`sim::SimServer`]: the server's decisions without its network, for simulations.
 //!
 //! Modules: `service` decides (no network), `store` persists (sled), `server` is the actor,
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
@@ -24,6 +25,7 @@ mod metrics;
 mod relay_meter;
 mod server;
 mod service;
+pub mod sim;
 mod store;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};

@@ -43,6 +43,13 @@ pub const PREKEYS_LOW: u32 = 20;
 pub const FETCH_MAIL_BATCH: u16 = 64;
 /// How long a signed prekey is used before it is replaced.
 pub const SIGNED_PREKEY_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Acknowledgements kept to send again (past that, the oldest are dropped: their mail is
+/// fetched again and deduplicated by the node).
+const MAX_UNSENT_ACKS: usize = 4096;
+/// Pause before a request of the session's own that got no answer is sent again.
+pub const RETRY_MS: u64 = 1_000;
+/// Pause before a login that got no answer (or was rate limited) is tried again.
+pub const LOGIN_RETRY_MS: u64 = 1_000;
 
 /// Names one request to the rendezvous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,16 +146,24 @@ pub enum Output<T> {
     },
 }
 
+/// What to send again (see [`Session::retry`]).
+#[derive(Debug, Default)]
+struct Retry {
+    fetch_mail: bool,
+    subscribe: Option<Vec<UserName>>,
+    publish: Option<RendezvousRequest>,
+}
+
 /// What a request is for.
 #[derive(Debug)]
 enum Purpose<T> {
     Login,
     Register,
-    Publish,
+    Publish(RendezvousRequest),
     Heartbeat,
-    Subscribe,
+    Subscribe(Vec<UserName>),
     FetchMail,
-    AckMail,
+    AckMail(Vec<MessageId>),
     Caller(T),
 }
 
@@ -168,6 +183,15 @@ pub struct Session<T> {
     /// A publish of prekeys waits for them to be durable.
     publish_waiting: Option<RendezvousRequest>,
     next_heartbeat_ms: Option<u64>,
+    /// A login that got no answer is tried again at this time.
+    login_retry_ms: Option<u64>,
+    /// Acknowledgements of stored mail the server has not confirmed, sent again as soon as we are
+    /// logged in (else the mail stays held, taking the user's quota).
+    unsent_acks: VecDeque<MessageId>,
+    /// Requests of the session's own that got no answer while logged in, sent again at
+    /// `retry_at` (at once, they could spin against a server that is going away).
+    retry: Retry,
+    retry_at: Option<u64>,
     next_key: u64,
     in_flight: HashMap<RequestKey, Purpose<T>>,
     queued: VecDeque<(RendezvousRequest, Purpose<T>)>,
@@ -187,6 +211,10 @@ impl<T: std::fmt::Debug> Session<T> {
             refusal: None,
             publish_waiting: None,
             next_heartbeat_ms: None,
+            login_retry_ms: None,
+            unsent_acks: VecDeque::new(),
+            retry: Retry::default(),
+            retry_at: None,
             next_key: 0,
             in_flight: HashMap::new(),
             queued: VecDeque::new(),
@@ -198,9 +226,13 @@ impl<T: std::fmt::Debug> Session<T> {
         self.outputs.pop_front()
     }
 
-    /// When [`Session::handle_timeout`] is due next (the next heartbeat).
+    /// When [`Session::handle_timeout`] is due next (the next heartbeat, or a login to try
+    /// again).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.next_heartbeat_ms.filter(|_| self.logged_in)
+        let heartbeat = self.next_heartbeat_ms.filter(|_| self.logged_in);
+        let login = self.login_retry_ms.filter(|_| self.connected);
+        let retry = self.retry_at.filter(|_| self.logged_in);
+        heartbeat.into_iter().chain(login).chain(retry).min()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -245,10 +277,10 @@ impl<T: std::fmt::Debug> Session<T> {
     /// Subscribes to the presence of `names` (replacing any earlier subscription).
     pub fn subscribe_presence(&mut self, names: Vec<UserName>) {
         if !names.is_empty() {
-            self.enqueue(
-                RendezvousRequest::SubscribePresence { names },
-                Purpose::Subscribe,
-            );
+            let request = RendezvousRequest::SubscribePresence {
+                names: names.clone(),
+            };
+            self.enqueue(request, Purpose::Subscribe(names));
         }
     }
 
@@ -256,6 +288,7 @@ impl<T: std::fmt::Debug> Session<T> {
         match input {
             Input::Connected => {
                 self.connected = true;
+                self.login_retry_ms = None;
                 self.refusal = None;
                 self.registered = false;
                 self.login();
@@ -284,8 +317,13 @@ impl<T: std::fmt::Debug> Session<T> {
             Input::Failed { key, error } => {
                 if let Some(purpose) = self.in_flight.remove(&key) {
                     if matches!(purpose, Purpose::Login | Purpose::Register) {
+                        // Still connected, but never logged in: try again shortly (found by the
+                        // whole-network simulation: a lost login left a node logged out for as
+                        // long as its connection lasted).
                         self.logging_in = false;
+                        self.login_retry_ms = Some(now_ms + LOGIN_RETRY_MS);
                     }
+                    self.retry_later(&purpose, now_ms);
                     self.fail(purpose, format!("the rendezvous did not answer: {error}"));
                 }
                 self.send_queued();
@@ -301,13 +339,11 @@ impl<T: std::fmt::Debug> Session<T> {
                 if let Some(request) = self.publish_waiting.take()
                     && result.is_ok()
                 {
-                    self.enqueue(request, Purpose::Publish);
+                    self.enqueue(request.clone(), Purpose::Publish(request));
                 }
             }
             Input::MailStored { acks, more } => {
-                if !acks.is_empty() {
-                    self.enqueue(RendezvousRequest::AckMail { ids: acks }, Purpose::AckMail);
-                }
+                self.ack_mail(acks);
                 if more {
                     self.fetch_mail();
                 }
@@ -315,10 +351,30 @@ impl<T: std::fmt::Debug> Session<T> {
         }
     }
 
-    /// The heartbeat, when due.
+    /// The heartbeat, or a login to try again, when due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if self.logged_in && self.next_heartbeat_ms.is_some_and(|at| now_ms >= at) {
             self.heartbeat(now_ms);
+        }
+        if self.logged_in && self.retry_at.is_some_and(|at| now_ms >= at) {
+            self.retry_at = None;
+            let retry = std::mem::take(&mut self.retry);
+            if retry.fetch_mail {
+                self.fetch_mail();
+            }
+            if let Some(names) = retry.subscribe {
+                self.subscribe_presence(names);
+            }
+            if let Some(request) = retry.publish {
+                self.enqueue(request.clone(), Purpose::Publish(request));
+            }
+            self.ack_mail(Vec::new());
+        }
+        if self.login_retry_ms.is_some_and(|at| now_ms >= at) {
+            self.login_retry_ms = None;
+            if !self.logged_in {
+                self.login();
+            }
         }
     }
 
@@ -354,9 +410,10 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.logged_in = true;
                 self.refusal = None;
                 self.outputs.push_back(Output::LoggedIn { mail_waiting });
+                self.ack_mail(Vec::new());
                 self.publish_prekeys(one_time_prekeys_left, now_ms, rng);
                 self.heartbeat(now_ms);
-                if mail_waiting > 0 {
+                if mail_waiting > 0 || std::mem::take(&mut self.retry.fetch_mail) {
                     self.fetch_mail();
                 }
             }
@@ -374,12 +431,18 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.logging_in = false;
                 self.login();
             }
+            (Purpose::Login | Purpose::Register, R::Refused(refusal))
+                if refusal.reason == RefusalReason::RateLimited =>
+            {
+                self.logging_in = false;
+                self.login_retry_ms = Some(now_ms + LOGIN_RETRY_MS);
+            }
             (Purpose::Login | Purpose::Register, R::Refused(refusal)) => {
                 self.logging_in = false;
                 self.refusal = Some(refusal.clone());
                 self.outputs.push_back(Output::LoginRefused(refusal));
             }
-            (Purpose::Publish, R::Done) => {
+            (Purpose::Publish(_), R::Done) => {
                 self.prekeys.published = true;
                 self.outputs.push_back(Output::PersistPrekeys {
                     then_publish: false,
@@ -388,7 +451,7 @@ impl<T: std::fmt::Debug> Session<T> {
             (Purpose::FetchMail, R::Mail { items, remaining }) => {
                 self.outputs.push_back(Output::Mail { items, remaining })
             }
-            (Purpose::Subscribe, R::Users(users)) => {
+            (Purpose::Subscribe(_), R::Users(users)) => {
                 self.outputs.push_back(Output::Subscribed(users))
             }
             (Purpose::Caller(token), response) => {
@@ -396,6 +459,10 @@ impl<T: std::fmt::Debug> Session<T> {
                     self.on_refused(refusal);
                 }
                 self.outputs.push_back(Output::Answer { token, response });
+            }
+            (Purpose::AckMail(ids), R::Refused(refusal)) => {
+                self.keep_acks(ids);
+                self.on_refused(&refusal);
             }
             (_, R::Refused(refusal)) => self.on_refused(&refusal),
             // Heartbeats, subscriptions and acks answer `Done` (or presence): nothing to do.
@@ -425,8 +492,45 @@ impl<T: std::fmt::Debug> Session<T> {
         );
     }
 
+    /// Acknowledges `acks` (and any kept from before) in batches, once logged in.
+    fn ack_mail(&mut self, acks: Vec<MessageId>) {
+        self.unsent_acks.extend(acks);
+        while self.unsent_acks.len() > MAX_UNSENT_ACKS {
+            self.unsent_acks.pop_front();
+        }
+        if !self.logged_in {
+            return;
+        }
+        while !self.unsent_acks.is_empty() {
+            let n = self
+                .unsent_acks
+                .len()
+                .min(crate::wire::rendezvous::MAX_BATCH);
+            let ids: Vec<MessageId> = self.unsent_acks.drain(..n).collect();
+            let request = RendezvousRequest::AckMail { ids: ids.clone() };
+            self.enqueue(request, Purpose::AckMail(ids));
+        }
+    }
+
+    /// An acknowledgement that did not go through is kept for the next chance.
+    fn keep_acks(&mut self, ids: Vec<MessageId>) {
+        for id in ids.into_iter().rev() {
+            self.unsent_acks.push_front(id);
+        }
+        while self.unsent_acks.len() > MAX_UNSENT_ACKS {
+            self.unsent_acks.pop_front();
+        }
+    }
+
     fn fetch_mail(&mut self) {
-        if self.logged_in {
+        if !self.logged_in {
+            // Found by the whole-network simulation: the push that mail arrived can overtake
+            // the answer to our login (they travel on different streams); the login's count
+            // was taken before the deposit. Fetch once logged in.
+            self.retry.fetch_mail = true;
+            return;
+        }
+        {
             self.enqueue(
                 RendezvousRequest::FetchMail {
                     max: FETCH_MAIL_BATCH,
@@ -503,12 +607,29 @@ impl<T: std::fmt::Debug> Session<T> {
         }
     }
 
+    /// Found by the whole-network simulation: a request of the session's own lost while we stay
+    /// logged in (a fetch, a subscription, a publish, an ack) was not sent again until the next
+    /// login, leaving mail held, presence unwatched or prekeys unpublished for as long as the
+    /// connection lasted.
+    fn retry_later(&mut self, purpose: &Purpose<T>, now_ms: u64) {
+        match purpose {
+            Purpose::FetchMail => self.retry.fetch_mail = true,
+            Purpose::Subscribe(names) => self.retry.subscribe = Some(names.clone()),
+            Purpose::Publish(request) => self.retry.publish = Some(request.clone()),
+            Purpose::AckMail(_) => {}
+            _ => return,
+        }
+        self.retry_at.get_or_insert(now_ms + RETRY_MS);
+    }
+
     fn fail(&mut self, purpose: Purpose<T>, error: String) {
         match purpose {
             Purpose::Caller(token) => self.outputs.push_back(Output::Failed { token, error }),
-            // A heartbeat, subscription or fetch is sent again after the next login; an ack not
-            // sent leaves the mail held, to be fetched (and deduplicated) again; a publish not
-            // answered is retried at the next login, as `published` is still false.
+            // Found by the whole-network simulation: an ack that was lost left its mail held
+            // for good. It is sent again while logged in, else after the next login.
+            Purpose::AckMail(ids) => self.keep_acks(ids),
+            // A heartbeat is sent again at the next period; a subscription, fetch or publish
+            // after the next login, or on retry (see `retry_later`).
             Purpose::Login | Purpose::Register => self.logging_in = false,
             _ => {}
         }

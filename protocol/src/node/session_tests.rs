@@ -388,3 +388,169 @@ fn held_mail_is_fetched_in_batches_and_acknowledged_once_stored() {
         [(_, RendezvousRequest::FetchMail { .. })]
     ));
 }
+
+#[test]
+fn a_login_that_got_no_answer_is_tried_again() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut s = session(&mut rng);
+    s.handle(Input::Connected, T0, &mut rng);
+    let login = sent(&drain(&mut s));
+    s.handle(
+        Input::Failed {
+            key: login[0].0,
+            error: "timed out".into(),
+        },
+        T0,
+        &mut rng,
+    );
+    assert!(sent(&drain(&mut s)).is_empty());
+    assert_eq!(s.poll_timeout(), Some(T0 + LOGIN_RETRY_MS));
+    s.handle_timeout(T0 + LOGIN_RETRY_MS);
+    assert!(matches!(
+        sent(&drain(&mut s))[..],
+        [(_, RendezvousRequest::Login { .. })]
+    ));
+}
+
+#[test]
+fn a_rate_limited_login_is_tried_again_rather_than_given_up() {
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut s = session(&mut rng);
+    s.handle(Input::Connected, T0, &mut rng);
+    let login = sent(&drain(&mut s));
+    s.handle(
+        Input::Response {
+            key: login[0].0,
+            response: refusal(RefusalReason::RateLimited),
+        },
+        T0,
+        &mut rng,
+    );
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.refusal(), None);
+    s.handle_timeout(T0 + LOGIN_RETRY_MS);
+    assert!(matches!(
+        sent(&drain(&mut s))[..],
+        [(_, RendezvousRequest::Login { .. })]
+    ));
+}
+
+#[test]
+fn an_acknowledgement_that_did_not_go_through_is_sent_again() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut s = session(&mut rng);
+    log_in(&mut s, &mut rng, 0, 50);
+    let id = MessageId([4; 32]);
+    s.handle(
+        Input::MailStored {
+            acks: vec![id],
+            more: false,
+        },
+        T0,
+        &mut rng,
+    );
+    let ack = sent(&drain(&mut s));
+    assert!(matches!(&ack[..], [(_, RendezvousRequest::AckMail { ids })] if ids == &[id]));
+    // Lost in transport while still logged in: sent again after a pause.
+    s.handle(
+        Input::Failed {
+            key: ack[0].0,
+            error: "timed out".into(),
+        },
+        T0,
+        &mut rng,
+    );
+    assert!(sent(&drain(&mut s)).is_empty());
+    assert_eq!(s.poll_timeout(), Some(T0 + RETRY_MS));
+    s.handle_timeout(T0 + RETRY_MS);
+    let again = sent(&drain(&mut s));
+    assert!(matches!(&again[..], [(_, RendezvousRequest::AckMail { ids })] if ids == &[id]));
+    // Lost with the connection: sent after the next login.
+    s.handle(
+        Input::Failed {
+            key: again[0].0,
+            error: "connection closed".into(),
+        },
+        T0,
+        &mut rng,
+    );
+    drain(&mut s);
+    s.handle(Input::Disconnected, T0, &mut rng);
+    drain(&mut s);
+    let out = log_in(&mut s, &mut rng, 0, 50);
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|(_, r)| matches!(r, RendezvousRequest::AckMail { ids } if ids == &[id])),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let mut s = session(&mut rng);
+    let out = log_in(&mut s, &mut rng, 5, 50);
+    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    let mut lost = sent(&out);
+    lost.extend(sent(&drain(&mut s)));
+    s.subscribe_presence(vec![UserName::new("bob").expect("name")]);
+    lost.extend(sent(&drain(&mut s)));
+    for (key, _) in &lost {
+        s.handle(
+            Input::Failed {
+                key: *key,
+                error: "timed out".into(),
+            },
+            T0,
+            &mut rng,
+        );
+    }
+    assert!(sent(&drain(&mut s)).is_empty());
+    s.handle_timeout(T0 + RETRY_MS);
+    let again: Vec<RendezvousRequest> = sent(&drain(&mut s)).into_iter().map(|(_, r)| r).collect();
+    assert!(
+        again
+            .iter()
+            .any(|r| matches!(r, RendezvousRequest::FetchMail { .. })),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .iter()
+            .any(|r| matches!(r, RendezvousRequest::SubscribePresence { .. }))
+    );
+    assert!(
+        again
+            .iter()
+            .any(|r| matches!(r, RendezvousRequest::PublishPrekeys(_)))
+    );
+}
+
+#[test]
+fn mail_announced_before_the_login_answer_is_fetched_once_logged_in() {
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let mut s = session(&mut rng);
+    s.handle(Input::Connected, T0, &mut rng);
+    let login = sent(&drain(&mut s));
+    // The push overtakes the login's answer, whose count predates the deposit.
+    s.handle(
+        Input::Push(ServerPush::MailWaiting { count: 1 }),
+        T0,
+        &mut rng,
+    );
+    assert!(sent(&drain(&mut s)).is_empty());
+    s.handle(
+        Input::Response {
+            key: login[0].0,
+            response: logged_in(0, 50),
+        },
+        T0,
+        &mut rng,
+    );
+    assert!(
+        sent(&drain(&mut s))
+            .iter()
+            .any(|(_, r)| matches!(r, RendezvousRequest::FetchMail { .. }))
+    );
+}
