@@ -32,6 +32,10 @@ pub struct Cli {
     /// Print JSON (one object, or one object per line for lists and streams).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How log lines on stderr look; the level comes from RUST_LOG (default: info for the
+    /// daemon, warn otherwise).
+    #[arg(long, global = true, env = "PALAVER_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: palaver_rendezvous::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -191,6 +191,10 @@ struct RendezvousLink {
     connected: bool,
     logged_in: bool,
     registered_once: bool,
+    /// The dial under way to the rendezvous, to tell its failure from other dials'.
+    dial: Option<libp2p::swarm::ConnectionId>,
+    /// An outage was logged (lost or unreachable): one line for it, one when it is over.
+    outage_logged: bool,
     /// Requests waiting for one in flight to finish ([`RENDEZVOUS_IN_FLIGHT`]), in order.
     queued: std::collections::VecDeque<(RendezvousRequest, Pending)>,
 }
@@ -280,6 +284,8 @@ impl Node {
         };
         let mut listeners = Vec::new();
         for addr in listen {
+            palaver_rendezvous::listen_check::ensure_tcp_port_free(&addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
             let id = swarm
                 .listen_on(addr.clone())
                 .with_context(|| format!("listening on {addr}"))?;
@@ -423,6 +429,7 @@ impl Node {
             }
             _ => DialOpts::unknown_peer_id().address(addr).build(),
         };
+        self.link.dial = Some(opts.connection_id());
         if let Err(err) = self.swarm.dial(opts) {
             // Usually a dial already under way.
             tracing::debug!("dialing the rendezvous: {err}");
@@ -466,6 +473,12 @@ impl Node {
     fn on_rendezvous_connected(&mut self, peer: PeerId) {
         self.link.peer = Some(peer);
         self.link.connected = true;
+        let again = if std::mem::take(&mut self.link.outage_logged) {
+            " again"
+        } else {
+            ""
+        };
+        tracing::info!("connected to the rendezvous at {}{again}", self.rendezvous_addr);
         let name = self.name.clone();
         self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
     }
@@ -893,6 +906,13 @@ impl Node {
                 let broke = matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)));
                 self.on_reach_disconnected(peer_id, num_established, broke);
                 if num_established == 0 && self.is_rendezvous(&peer_id) {
+                    if !self.stopping {
+                        tracing::warn!(
+                            "lost the connection to the rendezvous at {}; reconnecting",
+                            self.rendezvous_addr
+                        );
+                        self.link.outage_logged = true;
+                    }
                     self.link.connected = false;
                     self.link.logged_in = false;
                     for (_, pending) in std::mem::take(&mut self.link.queued) {
@@ -916,6 +936,14 @@ impl Node {
                 error,
             } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
+                if self.link.dial == Some(connection_id) && !self.link.outage_logged {
+                    // Once per outage: the retries that follow would say the same.
+                    tracing::warn!(
+                        "cannot reach the rendezvous at {}: {error}; retrying",
+                        self.rendezvous_addr
+                    );
+                    self.link.outage_logged = true;
+                }
                 if let Some(peer) = peer_id {
                     if self.is_rendezvous(&peer) {
                         self.link.connected = self.swarm.is_connected(&peer);
