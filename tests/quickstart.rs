@@ -50,7 +50,9 @@ fn promised_fields(comment: &str) -> Vec<(String, String)> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Kills the block's shell and everything it left running (its process group).
@@ -80,9 +82,7 @@ fn the_readme_quick_start_pasted_into_a_fresh_shell_has_the_conversation_it_prom
     let clone = tempfile::tempdir()?;
     let release = clone.path().join("target/release");
     std::fs::create_dir_all(&release)?;
-    let built: PathBuf = palaver_tests::rendezvous_command()
-        .get_program()
-        .into();
+    let built: PathBuf = palaver_tests::rendezvous_command().get_program().into();
     let bin_dir = built.parent().context("the binaries' directory")?;
     for bin in ["palaver", "palaver-rendezvous"] {
         std::os::unix::fs::symlink(bin_dir.join(bin), release.join(bin))?;

@@ -36,7 +36,13 @@ pub struct Cli {
     pub json: bool,
     /// How log lines on stderr look; the level comes from RUST_LOG (default: info for the
     /// daemon, warn otherwise).
-    #[arg(long, global = true, env = "PALAVER_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "PALAVER_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     pub log_format: palaver_rendezvous::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -282,9 +288,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Send { name, text, wait } => {
-            let watch = match wait {
-                true => Some(wait::DeliveryWatch::open(&socket).await?),
-                false => None,
+            let watch = if wait {
+                Some(wait::DeliveryWatch::open(&socket).await?)
+            } else {
+                None
             };
             let sent = call(&socket, "send", json!({"to": name, "text": text})).await?;
             if let (Some(watch), Some(id)) = (watch, sent["id"].as_str()) {

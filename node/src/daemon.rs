@@ -374,6 +374,11 @@ impl Node {
 
     /// Emits an event to `listen` subscribers (nobody listening is fine).
     fn emit(&self, event: Value) {
+        // The reference (docs/REFERENCE.md) lists every event from this table: keep them one.
+        #[cfg(debug_assertions)]
+        if let Err(err) = crate::rpc::methods::check_event(&event) {
+            panic!("{err}: add it to EVENTS in node/src/rpc/methods.rs: {event}");
+        }
         let _ = self.events.send(event);
     }
 
@@ -478,7 +483,10 @@ impl Node {
         } else {
             ""
         };
-        tracing::info!("connected to the rendezvous at {}{again}", self.rendezvous_addr);
+        tracing::info!(
+            "connected to the rendezvous at {}{again}",
+            self.rendezvous_addr
+        );
         let name = self.name.clone();
         self.rendezvous_request(RendezvousRequest::Login { name }, Pending::Login);
     }

@@ -239,7 +239,10 @@ async fn the_daemon_logs_where_it_listens_and_when_the_rendezvous_goes_and_comes
     .await
     .unwrap();
     let lines = daemon.seen.join("\n");
-    assert!(!lines.contains('\u{1b}'), "colour codes into a pipe:\n{lines}");
+    assert!(
+        !lines.contains('\u{1b}'),
+        "colour codes into a pipe:\n{lines}"
+    );
     assert!(
         !lines.contains("cannot reach the rendezvous"),
         "an outage already reported is not reported again for each retry:\n{lines}"

@@ -165,14 +165,16 @@ fn file_flags(
     given: &clap::ArgMatches,
 ) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|err| err.to_string())?;
-    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
-        err.to_string().trim_end().replace('\n', " ")
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| err.to_string().trim_end().replace('\n', " "))?;
     let mut flags = Vec::new();
     for (key, value) in &table {
         let arg = command
             .get_arguments()
-            .find(|arg| arg.get_long() == Some(key.as_str()) && !NOT_IN_FILE.contains(&key.as_str()))
+            .find(|arg| {
+                arg.get_long() == Some(key.as_str()) && !NOT_IN_FILE.contains(&key.as_str())
+            })
             .ok_or_else(|| {
                 let known: Vec<&str> = command
                     .get_arguments()
@@ -191,7 +193,9 @@ fn file_flags(
             toml::Value::String(text) => Ok(text.clone()),
             toml::Value::Integer(n) => Ok(n.to_string()),
             toml::Value::Boolean(b) => Ok(b.to_string()),
-            _ => Err(format!("`{key}`: expected a string, a number or true/false")),
+            _ => Err(format!(
+                "`{key}`: expected a string, a number or true/false"
+            )),
         };
         match (arg.get_action(), value) {
             (ArgAction::SetTrue, toml::Value::Boolean(on)) => {
@@ -262,9 +266,15 @@ mod tests {
         assert_eq!(config.limits.mailbox.max_bytes, 6);
         assert_eq!(config.limits.mailbox.ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(config.limits.presence_timeout, Duration::from_secs(8));
-        assert_eq!(config.limits.relay.max_circuit_duration, Duration::from_secs(9));
+        assert_eq!(
+            config.limits.relay.max_circuit_duration,
+            Duration::from_secs(9)
+        );
         assert_eq!(config.limits.relay.max_circuit_bytes, 10);
-        assert_eq!(config.limits.relay.reservation_duration, Duration::from_secs(11));
+        assert_eq!(
+            config.limits.relay.reservation_duration,
+            Duration::from_secs(11)
+        );
         assert_eq!(args.log_format, LogFormat::Json);
     }
 
@@ -295,7 +305,10 @@ mod tests {
         assert!(err.contains("--metrics"), "{err}");
         let (args, _dir) = with_file("data = \"/x\"\nrelay-only = \"yes\"\n", &[]);
         let err = args.unwrap_err().to_string();
-        assert!(err.contains("`relay-only`: expected true or false"), "{err}");
+        assert!(
+            err.contains("`relay-only`: expected true or false"),
+            "{err}"
+        );
         let (args, _dir) = with_file("data = [\n", &[]);
         assert!(matches!(args.unwrap_err(), ArgsError::File { .. }));
     }
@@ -327,7 +340,10 @@ mod tests {
             if NOT_IN_FILE.contains(&long) {
                 continue;
             }
-            assert!(documented.contains(&long), "{path} does not mention `{long}`");
+            assert!(
+                documented.contains(&long),
+                "{path} does not mention `{long}`"
+            );
         }
         let args = Args::load(["palaver-rendezvous", "--config", path]).unwrap();
         args.server_config().unwrap();

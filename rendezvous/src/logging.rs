@@ -54,7 +54,10 @@ mod tests {
     #[test]
     fn colour_only_for_a_terminal_and_never_with_no_color_set() {
         assert!(colour_for(true, None));
-        assert!(colour_for(true, Some("".as_ref())), "an empty NO_COLOR is unset");
+        assert!(
+            colour_for(true, Some("".as_ref())),
+            "an empty NO_COLOR is unset"
+        );
         assert!(!colour_for(true, Some("1".as_ref())));
         assert!(!colour_for(false, None));
     }

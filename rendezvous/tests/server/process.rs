@@ -252,10 +252,13 @@ fn log_format_json_writes_one_json_object_per_line() {
     ] {
         let lines = stderr_until_listening(args, env);
         for line in &lines {
-            let event: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
             assert!(event["level"].is_string(), "{line}");
-            assert!(event["fields"].is_object() && event["target"].is_string(), "{line}");
+            assert!(
+                event["fields"].is_object() && event["target"].is_string(),
+                "{line}"
+            );
         }
         let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         assert_eq!(last["level"], "INFO");
@@ -294,9 +297,18 @@ fn a_config_file_sets_flags_and_a_flag_wins_over_it() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.starts_with("/ip4/127.0.0.1/udp/"), "{first}");
-    assert!(dir.path().join("data").join(palaver_rendezvous::KEY_FILE).exists());
+    assert!(
+        dir.path()
+            .join("data")
+            .join(palaver_rendezvous::KEY_FILE)
+            .exists()
+    );
 
-    std::fs::write(&config, "data = \"/tmp/x\"\nlisten-on = \"/ip4/127.0.0.1/tcp/0\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "data = \"/tmp/x\"\nlisten-on = \"/ip4/127.0.0.1/tcp/0\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
         .args(["--config", config.to_str().unwrap()])
         .output()
