@@ -100,7 +100,7 @@ pub static METHODS: &[Method] = &[
             required("text", Kind::String, "the message, at most 64 KiB"),
         ],
         result: r#"{"id","status":"sending"}"#,
-        errors: "a bad name or text; unknown user; not logged in at the rendezvous (the first message to someone needs their keys); a contact whose verified key changed",
+        errors: "a bad name or text; unknown user at this rendezvous; not logged in (a first message needs the recipient's keys from the rendezvous); a bad prekey bundle; the store cannot be written",
     },
     Method {
         name: "history",
