@@ -16,6 +16,8 @@ use crate::home::Home;
 use crate::rpc::{Client, ClientError};
 use crate::store::Store;
 
+mod wait;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "palaver",
@@ -32,6 +34,16 @@ pub struct Cli {
     /// Print JSON (one object, or one object per line for lists and streams).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How log lines on stderr look; the level comes from RUST_LOG (default: info for the
+    /// daemon, warn otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "PALAVER_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: palaver_rendezvous::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -68,9 +80,19 @@ pub enum Command {
         relays: Vec<Multiaddr>,
     },
     /// The daemon's state: rendezvous connection, listen addresses.
-    Status,
+    Status {
+        /// Wait (up to a minute) for the daemon to start and log in at the rendezvous.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Send a direct message; prints its id.
-    Send { name: String, text: String },
+    Send {
+        name: String,
+        text: String,
+        /// Return only once it is delivered or queued in the recipient's mailbox (up to a minute).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Rooms: create, invite, join, leave, kick, members, list, send.
     #[command(subcommand)]
     Room(RoomCommand),
@@ -236,8 +258,12 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             daemon_config.relays = relays;
             daemon::run(daemon_config, shutdown_signal()).await?;
         }
-        Command::Status => {
-            let status = call(&socket, "status", Value::Null).await?;
+        Command::Status { wait } => {
+            let status = if wait {
+                wait::until_logged_in(&socket).await?
+            } else {
+                call(&socket, "status", Value::Null).await?
+            };
             print_one(json, &status, |s| {
                 let rv = &s["rendezvous"];
                 let state = match (rv["connected"].as_bool(), rv["logged_in"].as_bool()) {
@@ -261,8 +287,16 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Send { name, text } => {
+        Command::Send { name, text, wait } => {
+            let watch = if wait {
+                Some(wait::DeliveryWatch::open(&socket).await?)
+            } else {
+                None
+            };
             let sent = call(&socket, "send", json!({"to": name, "text": text})).await?;
+            if let (Some(watch), Some(id)) = (watch, sent["id"].as_str()) {
+                watch.settled(id).await?;
+            }
             print_one(json, &sent, |s| s["id"].as_str().unwrap_or("").to_owned());
         }
         Command::Room(command) => room(&socket, json, command).await?,

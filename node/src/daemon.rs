@@ -179,6 +179,10 @@ pub(crate) struct Node {
     commit: durable::GroupCommit<durable::AfterFlush>,
     rooms: rooms::Rooms,
     reach: reach::Reach,
+    /// The dial under way to the rendezvous, to tell its failure from other dials'.
+    rendezvous_dial: Option<libp2p::swarm::ConnectionId>,
+    /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
+    rendezvous_outage_logged: bool,
     /// How each peer's connection was last announced to `listen` subscribers, and whether the
     /// announcement could name the peer.
     announced: HashMap<PeerId, (&'static str, bool)>,
@@ -217,6 +221,8 @@ impl Node {
         };
         let mut listeners = Vec::new();
         for addr in listen {
+            palaver_rendezvous::listen_check::ensure_tcp_port_free(&addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
             let id = swarm
                 .listen_on(addr.clone())
                 .with_context(|| format!("listening on {addr}"))?;
@@ -262,6 +268,8 @@ impl Node {
             commit: durable::GroupCommit::default(),
             rooms,
             reach,
+            rendezvous_dial: None,
+            rendezvous_outage_logged: false,
             announced: HashMap::new(),
             unnamed_events: HashMap::new(),
             waiting_for_prekeys: Vec::new(),
@@ -307,6 +315,11 @@ impl Node {
 
     /// Emits an event to `listen` subscribers (nobody listening is fine).
     fn emit(&self, event: Value) {
+        // The reference (docs/REFERENCE.md) lists every event from this table: keep them one.
+        #[cfg(debug_assertions)]
+        if let Err(err) = crate::rpc::methods::check_event(&event) {
+            panic!("{err}: add it to EVENTS in node/src/rpc/methods.rs: {event}");
+        }
         let _ = self.events.send(event);
     }
 
@@ -413,6 +426,14 @@ impl Node {
                 error,
             } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
+                if self.rendezvous_dial == Some(connection_id) && !self.rendezvous_outage_logged {
+                    // Once per outage: the retries that follow would say the same.
+                    tracing::warn!(
+                        "cannot reach the rendezvous at {}: {error}; retrying",
+                        self.rendezvous_addr
+                    );
+                    self.rendezvous_outage_logged = true;
+                }
                 self.reach(Input::DialFailed {
                     peer: peer_id,
                     conn: connection_id,

@@ -3,16 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use palaver_node::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match palaver_node::cli::run(palaver_node::cli::Cli::parse()) {
+    let cli = Cli::parse();
+    // The daemon says where it listens, when the rendezvous is lost or back, and why it refused
+    // us; a one-shot command only warns.
+    let default_filter = match cli.command {
+        Command::Daemon { .. } => "warn,palaver_node=info",
+        _ => "warn",
+    };
+    // The chat window points stderr at <home>/chat.log once it opens.
+    let stderr_stays = !matches!(cli.command, Command::Chat);
+    palaver_rendezvous::logging::init(cli.log_format, default_filter, stderr_stays);
+    match palaver_node::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -7,6 +7,8 @@
 //! The server side hands each request to the daemon's actor as a [`Call`] over a bounded channel
 //! and writes back whatever the actor answers; it never touches daemon state itself.
 
+pub mod methods;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};

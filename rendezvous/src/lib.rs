@@ -12,15 +12,20 @@
 //! - [`client`]: a lightweight client for tests, tools and the load generator.
 //! - [`FrameCodec`]: the request-response codec both sides use.
 //! - [`sim::SimServer`]: the server's decisions without its network, for simulations.
+//! - [`cli`]: the binary's flags and `--config` file; [`logging`] and [`listen_check`]: what both
+//!   binaries share (the log setup, refusing a TCP port another process listens on).
 //!
 //! Modules: `service` decides (no network), `store` persists (sled), `server` is the actor,
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
 //! `metrics` exports Prometheus metrics.
 
 mod behaviour;
+pub mod cli;
 pub mod client;
 mod config;
 pub mod frame_codec;
+pub mod listen_check;
+pub mod logging;
 mod metrics;
 mod relay_meter;
 mod server;

@@ -238,6 +238,10 @@ impl Server {
     async fn listen(&mut self, addrs: &[Multiaddr]) -> Result<(), ServerError> {
         let mut waiting: HashMap<ListenerId, Multiaddr> = HashMap::new();
         for addr in addrs {
+            crate::listen_check::ensure_tcp_port_free(addr).map_err(|e| ServerError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
             let id = self
                 .swarm
                 .listen_on(addr.clone())

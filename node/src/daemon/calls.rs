@@ -201,6 +201,10 @@ impl Node {
         let answer = |reply: Reply, result: Result<Value, RpcError>| {
             let _ = reply.send(result);
         };
+        // The table of methods decides what is a call; the arms below only carry it out.
+        if let Err(err) = crate::rpc::methods::check(&method, &params) {
+            return answer(reply, Err(err));
+        }
         match method.as_str() {
             "status" => answer(reply, Ok(self.status())),
             "send" => match (user(&params, "to"), text(&params)) {

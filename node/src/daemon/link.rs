@@ -198,13 +198,28 @@ impl Node {
     }
 
     pub(crate) fn on_rendezvous_connected(&mut self, peer: PeerId) {
-        tracing::debug!("connected to the rendezvous {peer}");
+        let again = if std::mem::take(&mut self.rendezvous_outage_logged) {
+            " again"
+        } else {
+            ""
+        };
+        tracing::info!(
+            "connected to the rendezvous at {} ({peer}){again}",
+            self.rendezvous_addr
+        );
         self.session_input(Input::Connected);
     }
 
     /// The last connection to the rendezvous closed: what waited for it fails, and we are logged
     /// out until the planner has it back.
     pub(crate) fn on_rendezvous_lost(&mut self) {
+        if !self.stopping {
+            tracing::warn!(
+                "lost the connection to the rendezvous at {}; reconnecting",
+                self.rendezvous_addr
+            );
+            self.rendezvous_outage_logged = true;
+        }
         self.session_input(Input::Disconnected);
         self.emit(json!({"type": "rendezvous", "connected": false, "logged_in": false}));
     }

@@ -62,6 +62,9 @@ impl Node {
                     condition,
                 } => {
                     let result = self.dial(peer, addrs, condition);
+                    if purpose == plan::DialPurpose::Rendezvous {
+                        self.rendezvous_dial = result.ok();
+                    }
                     self.reach.handle(
                         Input::DialStarted {
                             purpose,

@@ -148,3 +148,173 @@ async fn sigterm_shuts_the_binary_down_gracefully() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The TCP address `addrs` holds, without its `/p2p/…` suffix (what an admin types).
+fn bare_tcp(addrs: &[Multiaddr]) -> Multiaddr {
+    tcp(addrs)
+        .into_iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+/// A child process, killed when dropped (so a failed assertion leaves no server behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_server_on_a_port_in_use_fails_to_start_and_says_which_address() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let (first, addrs) = spawn(first_dir.path());
+    let mut first = Running(first);
+    let taken = bare_tcp(&addrs);
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
+        .args(["--listen", &taken.to_string(), "--data"])
+        .arg(second_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = Running(second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second server is running on {taken} beside the first"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken}")) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first server stopped"
+    );
+}
+
+/// Starts the binary with `args` (and `--data` a fresh directory) and returns the stderr lines up
+/// to and including the one announcing the server, which comes once it listens.
+fn stderr_until_listening(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data"])
+        .arg(dir.path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.0.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("rendezvous server listening");
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("the server exited without saying it listens: {lines:?}");
+}
+
+#[test]
+fn logs_into_a_pipe_carry_no_colour_codes() {
+    let lines = stderr_until_listening(&[], &[]);
+    assert!(
+        lines.iter().all(|line| !line.contains('\u{1b}')),
+        "{lines:?}"
+    );
+    assert!(lines.last().unwrap().contains("INFO"), "{lines:?}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    for (args, env) in [
+        (&["--log-format", "json"][..], &[][..]),
+        (&[], &[("PALAVER_RENDEZVOUS_LOG_FORMAT", "json")]),
+    ] {
+        let lines = stderr_until_listening(args, env);
+        for line in &lines {
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            assert!(event["level"].is_string(), "{line}");
+            assert!(
+                event["fields"].is_object() && event["target"].is_string(),
+                "{line}"
+            );
+        }
+        let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(last["level"], "INFO");
+        assert!(
+            last["fields"]["message"].is_string() && last["fields"]["peer"].is_string(),
+            "{last}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_sets_flags_and_a_flag_wins_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rendezvous.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nlog-format = \"json\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    // With --listen and --data given as flags, the file still sets the log format.
+    let lines = stderr_until_listening(&["--config", config.to_str().unwrap()], &[]);
+    serde_json::from_str::<serde_json::Value>(lines.last().unwrap()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    // Alone, it sets the listen address and the data directory too.
+    let mut first = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("/ip4/127.0.0.1/udp/"), "{first}");
+    assert!(
+        dir.path()
+            .join("data")
+            .join(palaver_rendezvous::KEY_FILE)
+            .exists()
+    );
+
+    std::fs::write(
+        &config,
+        "data = \"/tmp/x\"\nlisten-on = \"/ip4/127.0.0.1/tcp/0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown key `listen-on`"), "{stderr}");
+    assert!(stderr.contains(config.to_str().unwrap()), "{stderr}");
+}

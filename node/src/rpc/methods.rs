@@ -1,0 +1,551 @@
+//! What the control socket offers, as data: every method with its params, result and errors
+//! ([`METHODS`]), and every event `subscribe` streams ([`EVENTS`]).
+//!
+//! The daemon checks each call against [`METHODS`] before it dispatches it ([`check`]: unknown
+//! methods and parameters, wrong types and missing parameters are refused here), and in debug
+//! builds each event it emits against [`EVENTS`] ([`check_event`]); docs/REFERENCE.md is
+//! generated from both (`cargo run -p palaver-node --example reference`), and a test fails when
+//! it is stale, so the reference cannot drift from the code.
+
+use serde_json::Value;
+
+use super::RpcError;
+
+/// One method of the control socket.
+#[derive(Debug)]
+pub struct Method {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params: &'static [Field],
+    /// The result's shape, JSON-like.
+    pub result: &'static str,
+    /// The errors it answers besides invalid params (code 1 unless said otherwise).
+    pub errors: &'static str,
+}
+
+/// A parameter of a method or a field of an event: `optional` ones may be absent or `null`.
+/// (Params are always an object of named parameters, or absent when there are none.)
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub optional: bool,
+    pub about: &'static str,
+}
+
+/// The JSON type of a parameter or an event field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Bool,
+    Integer,
+    /// An array of strings.
+    Strings,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Bool => "bool",
+            Kind::Integer => "integer",
+            Kind::Strings => "[string]",
+        }
+    }
+
+    fn matches(self, value: &Value) -> bool {
+        match self {
+            Kind::String => value.is_string(),
+            Kind::Bool => value.is_boolean(),
+            Kind::Integer => value.is_u64(),
+            Kind::Strings => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_string)),
+        }
+    }
+}
+
+const fn required(name: &'static str, kind: Kind, about: &'static str) -> Field {
+    Field {
+        name,
+        kind,
+        optional: false,
+        about,
+    }
+}
+
+const fn optional(name: &'static str, kind: Kind, about: &'static str) -> Field {
+    Field {
+        name,
+        kind,
+        optional: true,
+        about,
+    }
+}
+
+/// Every method, in the order the reference lists them.
+pub static METHODS: &[Method] = &[
+    Method {
+        name: "status",
+        summary: "The daemon's state.",
+        params: &[],
+        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","connected","logged_in"},"listen":[multiaddr],"outbox":n}"#,
+        errors: "none",
+    },
+    Method {
+        name: "send",
+        summary: "Sends a direct message; answers once it is stored durably in the outbox.",
+        params: &[
+            required("to", Kind::String, "the recipient's user name"),
+            required("text", Kind::String, "the message, at most 64 KiB"),
+        ],
+        result: r#"{"id","status":"sending"}"#,
+        errors: "a bad name or text; unknown user at this rendezvous; not logged in (a first message needs the recipient's keys from the rendezvous); a bad prekey bundle; the store cannot be written",
+    },
+    Method {
+        name: "history",
+        summary: "A conversation's messages, oldest first (give `with` or `room`).",
+        params: &[
+            optional("with", Kind::String, "a user: the direct conversation"),
+            optional("room", Kind::String, "a room"),
+            optional(
+                "before",
+                Kind::String,
+                "a message id: only what came before it (paging back)",
+            ),
+            optional(
+                "limit",
+                Kind::Integer,
+                "at most this many, the latest (default 100)",
+            ),
+        ],
+        result: r#"[{"id","conversation","from","text","sent_at","status","missing_before"?}]"#,
+        errors: "both or neither of `with`/`room` (code -32602); no such conversation or room",
+    },
+    Method {
+        name: "conversations",
+        summary: "Every conversation with a message, most recent first.",
+        params: &[],
+        result: r#"[{"conversation","kind":"direct|room","last_at","last_from","last_text"}]"#,
+        errors: "the store cannot be read",
+    },
+    Method {
+        name: "presence",
+        summary: "Presence of the given users, or of every contact.",
+        params: &[optional(
+            "names",
+            Kind::Strings,
+            "user names (default: every contact)",
+        )],
+        result: r#"[{"name","state":"online|away|offline","last_seen"}]"#,
+        errors: "a bad name; not connected to the rendezvous",
+    },
+    Method {
+        name: "peers",
+        summary: "Connected peers and how.",
+        params: &[],
+        result: r#"[{"name","peer_id","connection":"direct|relayed","addr"}]"#,
+        errors: "none",
+    },
+    Method {
+        name: "verify",
+        summary: "Both fingerprints, to compare out of band.",
+        params: &[required("name", Kind::String, "the other user")],
+        result: r#"{"name","fingerprint","me","my_fingerprint"}"#,
+        errors: "a bad name; unknown user, or not a contact and the rendezvous not connected",
+    },
+    Method {
+        name: "room.create",
+        summary: "Creates a room owned by you.",
+        params: &[
+            required("room", Kind::String, "the room's name"),
+            optional(
+                "public",
+                Kind::Bool,
+                "anyone who knows the name may join and read (default false)",
+            ),
+        ],
+        result: r#"{"room","id","public"}"#,
+        errors: "a bad room name; you already have a room of that name; the store cannot be written",
+    },
+    Method {
+        name: "room.invite",
+        summary: "Invites a user (owner only).",
+        params: &[
+            required("room", Kind::String, "the room"),
+            required("name", Kind::String, "the user to invite"),
+        ],
+        result: r#"{"room","invited"}"#,
+        errors: "a bad name; no such room; not the owner; unknown user",
+    },
+    Method {
+        name: "room.join",
+        summary: "Accepts an invitation, or joins a public room.",
+        params: &[
+            required("room", Kind::String, "the room"),
+            optional(
+                "public",
+                Kind::Bool,
+                "join the public room of that name (default false)",
+            ),
+        ],
+        result: r#"{"room","joined":true,"public"?}"#,
+        errors: "a bad room name; no invitation to it; removed from it",
+    },
+    Method {
+        name: "room.leave",
+        summary: "Leaves a room.",
+        params: &[required("room", Kind::String, "the room")],
+        result: r#"{"room","left":true}"#,
+        errors: "a bad room name; no such room",
+    },
+    Method {
+        name: "room.kick",
+        summary: "Removes a member (owner only); every remaining member's keys rotate.",
+        params: &[
+            required("room", Kind::String, "the room"),
+            required("name", Kind::String, "the member to remove"),
+        ],
+        result: r#"{"room","kicked"}"#,
+        errors: "a bad name; no such room; not the owner; not a member",
+    },
+    Method {
+        name: "room.members",
+        summary: "A room's members.",
+        params: &[required("room", Kind::String, "the room")],
+        result: r#"[{"name","owner","presence"}]"#,
+        errors: "a bad room name; no such room",
+    },
+    Method {
+        name: "room.list",
+        summary: "Your rooms and invitations.",
+        params: &[],
+        result: r#"[{"room","id","public","owner","members","state":"joined|invited|removed"}]"#,
+        errors: "none",
+    },
+    Method {
+        name: "room.send",
+        summary: "Sends a message to a room; answers once it is stored durably.",
+        params: &[
+            required("room", Kind::String, "the room"),
+            required("text", Kind::String, "the message, at most 64 KiB"),
+        ],
+        result: r#"{"id","status"}"#,
+        errors: "a bad room name or text; no such room or not joined",
+    },
+    Method {
+        name: "subscribe",
+        summary: "Turns this connection into a stream of `event` notifications (`{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":EVENT}`), one per line, until it closes.",
+        params: &[],
+        result: "true, then the events below",
+        errors: "none",
+    },
+    Method {
+        name: "shutdown",
+        summary: "Stops the daemon (after flushing its store).",
+        params: &[],
+        result: "true",
+        errors: "none",
+    },
+];
+
+/// The method called `name`.
+pub fn method(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|method| method.name == name)
+}
+
+/// Checks a call against [`METHODS`]: the method exists, `params` is an object (or absent) with
+/// only its parameters, each of its type (`null` counts as absent), the required ones present.
+pub fn check(name: &str, params: &Value) -> Result<&'static Method, RpcError> {
+    let method = method(name).ok_or_else(|| RpcError {
+        code: RpcError::METHOD_NOT_FOUND,
+        message: format!("unknown method {name:?}"),
+    })?;
+    let empty = serde_json::Map::new();
+    let given = match params {
+        Value::Null => &empty,
+        Value::Object(given) => given,
+        _ => {
+            return Err(RpcError::invalid(format!(
+                "the params of {name} are an object of named parameters"
+            )));
+        }
+    };
+    for (key, value) in given {
+        let param = method
+            .params
+            .iter()
+            .find(|param| param.name == key)
+            .ok_or_else(|| {
+                let known: Vec<&str> = method.params.iter().map(|param| param.name).collect();
+                RpcError::invalid(format!(
+                    "unknown parameter {key:?} for {name} (its parameters: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?;
+        if !value.is_null() && !param.kind.matches(value) {
+            return Err(RpcError::invalid(format!(
+                "parameter {key:?} of {name} must be of type {}",
+                param.kind.name()
+            )));
+        }
+    }
+    for param in method.params.iter().filter(|param| !param.optional) {
+        if given.get(param.name).is_none_or(Value::is_null) {
+            return Err(RpcError::invalid(format!(
+                "missing parameter {:?} for {name}",
+                param.name
+            )));
+        }
+    }
+    Ok(method)
+}
+
+/// One event type of the `subscribe` stream: `{"type": kind, …fields}`.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: &'static str,
+    pub about: &'static str,
+    pub fields: &'static [Field],
+}
+
+/// Every event type, in the order the reference lists them.
+pub static EVENTS: &[Event] = &[
+    Event {
+        kind: "message",
+        about: "A message arrived (direct or in a room), or one of yours was stored.",
+        fields: &[
+            required("id", Kind::String, "message id (hex)"),
+            required("conversation", Kind::String, "the other user, or the room"),
+            required("from", Kind::String, "the sender"),
+            required(
+                "text",
+                Kind::String,
+                "exact text (control characters as sent)",
+            ),
+            required("sent_at", Kind::Integer, "sender's clock, Unix ms"),
+            required(
+                "status",
+                Kind::String,
+                "sending|sent|delivered|queued|failed|received",
+            ),
+        ],
+    },
+    Event {
+        kind: "delivery",
+        about: "One of your messages changed status.",
+        fields: &[
+            required("id", Kind::String, "message id (hex)"),
+            required("conversation", Kind::String, "the other user, or the room"),
+            required("status", Kind::String, "sent|delivered|queued|failed"),
+        ],
+    },
+    Event {
+        kind: "presence",
+        about: "A contact's presence changed.",
+        fields: &[
+            required("name", Kind::String, "the user"),
+            required("state", Kind::String, "online|away|offline"),
+            optional("last_seen", Kind::Integer, "Unix ms, if ever seen"),
+        ],
+    },
+    Event {
+        kind: "connection",
+        about: "How we are connected to a peer changed.",
+        fields: &[
+            required("peer_id", Kind::String, "the peer"),
+            optional("name", Kind::String, "its user name, if known"),
+            required("connection", Kind::String, "direct|relayed|disconnected"),
+        ],
+    },
+    Event {
+        kind: "rendezvous",
+        about: "The link to the rendezvous changed.",
+        fields: &[
+            required("connected", Kind::Bool, "connected to it"),
+            required("logged_in", Kind::Bool, "logged in"),
+            optional("error", Kind::String, "why it refused our login"),
+        ],
+    },
+    Event {
+        kind: "reachability",
+        about: "Relay slots held or the AutoNAT verdict changed.",
+        fields: &[
+            required("public", Kind::Bool, "directly reachable from outside"),
+            required(
+                "relays",
+                Kind::Strings,
+                "relays holding a slot for us (multiaddrs)",
+            ),
+        ],
+    },
+    Event {
+        kind: "invite",
+        about: "Someone invited you to a room (`room.join` accepts).",
+        fields: &[
+            required("room", Kind::String, "the room"),
+            required("from", Kind::String, "who invited you"),
+        ],
+    },
+    Event {
+        kind: "removed",
+        about: "The owner removed you from a room.",
+        fields: &[required("room", Kind::String, "the room")],
+    },
+    Event {
+        kind: "lagged",
+        about: "This subscriber fell behind and missed events (read faster, or re-read state).",
+        fields: &[required("missed", Kind::Integer, "how many")],
+    },
+];
+
+/// Whether `event` is one of [`EVENTS`] with exactly its fields; if not, why.
+pub fn check_event(event: &Value) -> Result<(), String> {
+    let object = event.as_object().ok_or("an event is an object")?;
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("an event has a string \"type\"")?;
+    let spec = EVENTS
+        .iter()
+        .find(|spec| spec.kind == kind)
+        .ok_or_else(|| format!("event type {kind:?} is not in EVENTS"))?;
+    for (key, value) in object.iter().filter(|(key, _)| *key != "type") {
+        let field = spec
+            .fields
+            .iter()
+            .find(|field| field.name == key)
+            .ok_or_else(|| format!("{kind} event field {key:?} is not in EVENTS"))?;
+        if !(field.kind.matches(value) || field.optional && value.is_null()) {
+            return Err(format!(
+                "{kind} event field {key:?} is not of type {}",
+                field.kind.name()
+            ));
+        }
+    }
+    for field in spec.fields.iter().filter(|field| !field.optional) {
+        if !object.contains_key(field.name) {
+            return Err(format!("{kind} event lacks {:?}", field.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn calls_are_checked_against_the_table() {
+        assert_eq!(check("status", &Value::Null).unwrap().name, "status");
+        check("send", &json!({"to": "bob", "text": "hi"})).unwrap();
+        check(
+            "history",
+            &json!({"with": null, "room": "lunch", "limit": 5}),
+        )
+        .unwrap();
+        let refused = |name: &str, params: Value| check(name, &params).unwrap_err();
+        assert_eq!(
+            refused("nope", Value::Null).code,
+            RpcError::METHOD_NOT_FOUND
+        );
+        let err = refused("send", json!({"to": "bob", "txt": "hi"}));
+        assert_eq!(err.code, RpcError::INVALID_PARAMS);
+        assert!(err.message.contains("unknown parameter \"txt\""), "{err}");
+        assert!(
+            refused("send", json!({"to": "bob"}))
+                .message
+                .contains("missing parameter \"text\"")
+        );
+        assert!(
+            refused("history", json!({"limit": "5"}))
+                .message
+                .contains("must be of type integer")
+        );
+        assert!(
+            refused("presence", json!(["bob"]))
+                .message
+                .contains("object")
+        );
+    }
+
+    #[test]
+    fn events_are_checked_against_the_table() {
+        check_event(&json!({"type": "removed", "room": "lunch"})).unwrap();
+        check_event(
+            &json!({"type": "presence", "name": "bob", "state": "online", "last_seen": null}),
+        )
+        .unwrap();
+        assert!(check_event(&json!({"type": "removed", "room": "x", "extra": 1})).is_err());
+        assert!(check_event(&json!({"type": "removed"})).is_err());
+        assert!(check_event(&json!({"type": "novel"})).is_err());
+    }
+
+    /// The method names `on_call` dispatches, read from its source: every arm has a row, every
+    /// row an arm (`subscribe` is served by the socket itself).
+    #[test]
+    fn the_table_and_the_dispatch_list_the_same_methods() {
+        let source = include_str!("../daemon/calls.rs");
+        let body = source
+            .split_once("fn on_call")
+            .and_then(|(_, rest)| rest.split_once("\n    fn "))
+            .unwrap()
+            .0;
+        let mut dispatched: Vec<&str> = body
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim_start().strip_prefix('"')?;
+                let (name, after) = rest.split_once('"')?;
+                after.trim_start().starts_with("=>").then_some(name)
+            })
+            .collect();
+        assert!(include_str!("../rpc.rs").contains("request.method == \"subscribe\""));
+        dispatched.push("subscribe");
+        dispatched.sort_unstable();
+        let mut listed: Vec<&str> = METHODS.iter().map(|method| method.name).collect();
+        listed.sort_unstable();
+        assert_eq!(
+            dispatched, listed,
+            "calls.rs dispatch vs METHODS in rpc/methods.rs"
+        );
+    }
+
+    /// Every event type the daemon's source emits has a row.
+    #[test]
+    fn every_event_type_in_the_source_has_a_row() {
+        let sources = [
+            include_str!("../daemon.rs"),
+            include_str!("../daemon/direct.rs"),
+            include_str!("../daemon/rooms.rs"),
+            include_str!("../daemon/reach.rs"),
+            include_str!("../rpc.rs"),
+        ];
+        let mut found = 0;
+        for source in sources {
+            for pattern in ["\"type\": \"", "[\"type\"] = json!(\""] {
+                for (_, rest) in source
+                    .match_indices(pattern)
+                    .map(|(i, _)| source.split_at(i + pattern.len()))
+                {
+                    let kind = rest.split('"').next().unwrap();
+                    found += 1;
+                    assert!(
+                        EVENTS.iter().any(|event| event.kind == kind),
+                        "event type {kind:?} is emitted but not in EVENTS"
+                    );
+                }
+            }
+        }
+        assert!(
+            found >= EVENTS.len(),
+            "the scan found only {found} event types"
+        );
+    }
+}
