@@ -37,7 +37,16 @@ impl App {
                     Ok(list) => {
                         for entry in list.as_array().into_iter().flatten() {
                             if let Some(label) = entry["conversation"].as_str() {
-                                self.ensure_last(ConvKey::from_label(&clean(label)));
+                                let at = self.ensure_last(ConvKey::from_label(&clean(label)));
+                                // What arrived while the window was closed (the daemon keeps
+                                // count); the selected one is marked read just below.
+                                let unread = entry["unread"].as_u64().unwrap_or(0);
+                                if unread > 0 {
+                                    let conv = &mut self.conversations[at];
+                                    conv.unread = usize::try_from(unread).unwrap_or(usize::MAX);
+                                    conv.marker =
+                                        entry["first_unread"].as_str().map(str::to_owned);
+                                }
                             }
                         }
                     }
@@ -147,6 +156,7 @@ impl App {
                 Vec::new()
             }
             Then::Sent { conv, local } => self.on_sent(conv, local, result),
+            Then::Read => Vec::new(),
             Then::Joined { room, created } => match result {
                 Ok(_) => {
                     let key = ConvKey::Room(room.clone());
