@@ -26,7 +26,11 @@ impl LocalTime {
 
     fn zoned(&self, ms: u64) -> Option<Zoned> {
         let ms = i64::try_from(ms).ok()?;
-        Some(Timestamp::from_millisecond(ms).ok()?.to_zoned(self.tz.clone()))
+        Some(
+            Timestamp::from_millisecond(ms)
+                .ok()?
+                .to_zoned(self.tz.clone()),
+        )
     }
 
     /// `HH:MM`; `--:--` for a time that cannot be shown (0, or out of range).
@@ -86,7 +90,10 @@ mod tests {
         let day = |ms| utc.day(ms).unwrap();
         assert_eq!(utc.day_label(day(NOON), NOON), "Today");
         assert_eq!(utc.day_label(day(NOON - 24 * HOUR), NOON), "Yesterday");
-        assert_eq!(utc.day_label(day(NOON - 48 * HOUR), NOON), "Sun 29 Nov 2026");
+        assert_eq!(
+            utc.day_label(day(NOON - 48 * HOUR), NOON),
+            "Sun 29 Nov 2026"
+        );
         assert_eq!(utc.day_label(day(NOON), 0), "Tue 1 Dec 2026");
     }
 }

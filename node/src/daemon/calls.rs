@@ -71,7 +71,9 @@ fn order_key_of(
         .and_then(|id| store.entry(&id).ok().flatten())
         .filter(|entry| entry.conversation == *conversation)
         .map(|entry| entry.order_key())
-        .ok_or_else(|| RpcError::invalid(format!("{param:?} is not a message of this conversation")))
+        .ok_or_else(|| {
+            RpcError::invalid(format!("{param:?} is not a message of this conversation"))
+        })
 }
 
 /// The conversation `with` (a user) or `room` names, resolved from the store.
@@ -134,7 +136,10 @@ pub(crate) fn mark_read(
         (_, Some(room)) => format!("#{}", room.trim_start_matches('#').to_lowercase()),
         _ => String::new(),
     };
-    Ok((json!({"conversation": label, "unread": unread.count}), moved))
+    Ok((
+        json!({"conversation": label, "unread": unread.count}),
+        moved,
+    ))
 }
 
 /// Which of each sender's room messages we hold, to show where some are missing: every room text

@@ -137,14 +137,23 @@ mod tests {
                     .unwrap();
             }
             store
-                .record(&legacy_entry(2, 1, 1, NOON + 60_000), &StateBatch::default())
+                .record(
+                    &legacy_entry(2, 1, 1, NOON + 60_000),
+                    &StateBatch::default(),
+                )
                 .unwrap();
             // A sender whose clock stepped back: its own order is kept.
             store
-                .record(&legacy_entry(3, 90, 1, NOON + 30_000), &StateBatch::default())
+                .record(
+                    &legacy_entry(3, 90, 1, NOON + 30_000),
+                    &StateBatch::default(),
+                )
                 .unwrap();
             store
-                .record(&legacy_entry(3, 91, 2, NOON + 20_000), &StateBatch::default())
+                .record(
+                    &legacy_entry(3, 91, 2, NOON + 20_000),
+                    &StateBatch::default(),
+                )
                 .unwrap();
             store.flush().unwrap();
         }

@@ -6,7 +6,9 @@
 
 use palaver_protocol::MessageId;
 
-use super::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError, decode};
+use super::{
+    ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError, decode,
+};
 
 /// Counting stops here: the badge shows "999+" long before, and a conversation never opened
 /// must not make every `conversations` call read its whole history.
@@ -111,7 +113,10 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(store.unread(&conv).unwrap(), Unread::default());
-            assert!(!store.mark_read(&conv, None).unwrap(), "nothing to read yet");
+            assert!(
+                !store.mark_read(&conv, None).unwrap(),
+                "nothing to read yet"
+            );
             let first = entry(conv, 1, Status::Received);
             store.record(&first, &StateBatch::default()).unwrap();
             store

@@ -181,7 +181,10 @@ mod tests {
         notifier.notify(&mut Vec::new(), "bob", "-rf lunch?");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !out.exists() {
-            assert!(std::time::Instant::now() < deadline, "notify-send never ran");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "notify-send never ran"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(

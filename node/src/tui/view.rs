@@ -352,11 +352,7 @@ fn rule(text: &str, width: usize) -> String {
     let text = fit(text, width.saturating_sub(4));
     let side = width.saturating_sub(text.width() + 2);
     let left = side / 2;
-    format!(
-        "{} {text} {}",
-        "─".repeat(left),
-        "─".repeat(side - left)
-    )
+    format!("{} {text} {}", "─".repeat(left), "─".repeat(side - left))
 }
 
 /// The rows message `at` of `conv` takes at `width`, separators above it included.
@@ -386,10 +382,9 @@ fn block_lines(
 pub(crate) fn block_height(app: &App, conv: &Conversation, at: usize, width: usize) -> usize {
     let me = app.me.as_deref().unwrap_or("me");
     let (heading, first_unread) = separators(app, conv, at);
-    let rows = conv
-        .messages
-        .get(at)
-        .map_or(0, |message| message_rows(message, width, me, &app.local).len());
+    let rows = conv.messages.get(at).map_or(0, |message| {
+        message_rows(message, width, me, &app.local).len()
+    });
     usize::from(heading.is_some()) + usize::from(first_unread) + rows
 }
 

@@ -228,7 +228,10 @@ mod tests {
     fn a_stamp_far_in_the_future_is_filed_at_the_drift_bound() {
         let mut clock = HybridClock::new();
         let bound = Stamp::from_ms(NOON + MAX_DRIFT_MS);
-        assert_eq!(clock.observe(Stamp::from_ms(NOON + 86_400_000), NOON), bound);
+        assert_eq!(
+            clock.observe(Stamp::from_ms(NOON + 86_400_000), NOON),
+            bound
+        );
         assert_eq!(clock.observe(Stamp::MAX, NOON), bound);
         assert_eq!(clock.current(), bound);
         // Within the bound a stamp is taken as it is.

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{MAX_ENVELOPE_LEN, MessageId, RoomId, WireError};
 use crate::codec;
-use crate::delivery::Stamp;
 use crate::crypto::ratchet::RatchetMessage;
 use crate::crypto::room::MembershipUpdate;
 use crate::crypto::sender_key::{SenderKeyDistribution, SenderKeyMessage};
+use crate::delivery::Stamp;
 use crate::identity;
 use crate::name::RoomName;
 

@@ -44,8 +44,7 @@ impl App {
                                 if unread > 0 {
                                     let conv = &mut self.conversations[at];
                                     conv.unread = usize::try_from(unread).unwrap_or(usize::MAX);
-                                    conv.marker =
-                                        entry["first_unread"].as_str().map(str::to_owned);
+                                    conv.marker = entry["first_unread"].as_str().map(str::to_owned);
                                 }
                             }
                         }

@@ -3,8 +3,8 @@ use ratatui::backend::TestBackend;
 use serde_json::json;
 
 use super::super::app::Then;
-use crate::localtime::LocalTime;
 use super::*;
+use crate::localtime::LocalTime;
 
 /// Draws `app` on a `width`×`height` screen and reads it back, one string per row.
 fn screen(app: &App, width: u16, height: u16) -> Vec<String> {
@@ -319,7 +319,14 @@ fn window_with(tz: &str, messages: &[(&str, &str, u64)], unread: usize) -> App {
 fn pane(app: &App) -> Vec<String> {
     screen(app, 80, 24)[1..19]
         .iter()
-        .map(|row| row.chars().skip(19).take(42).collect::<String>().trim().to_owned())
+        .map(|row| {
+            row.chars()
+                .skip(19)
+                .take(42)
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        })
         .filter(|row| !row.is_empty())
         .collect()
 }
@@ -349,7 +356,11 @@ fn days_are_headed_and_times_are_local() {
     assert!(rows[4].starts_with("07:00 bob: lunch?"), "{rows:#?}");
     // Further back: the date.
     let old = window_with("UTC0", &[("1", "hello", NOON - 72 * HOUR)], 0);
-    assert!(pane(&old)[0].contains("─ Sat 28 Nov 2026 ─"), "{:#?}", pane(&old));
+    assert!(
+        pane(&old)[0].contains("─ Sat 28 Nov 2026 ─"),
+        "{:#?}",
+        pane(&old)
+    );
 }
 
 #[test]
