@@ -293,6 +293,19 @@ async fn tui_in_tmux_sends_with_msg_scrolls_back_and_shows_the_reply() {
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    // All 120 came while the window was closed: the "new messages" line sits above the first,
+    // under the day's heading.
+    let screen = tmux.capture();
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows
+        .iter()
+        .position(|row| row.contains("bob: note 000"))
+        .unwrap();
+    assert!(rows[first - 1].contains("─ new messages ─"), "{screen}");
+    assert!(
+        rows[first - 2].contains("─ Today ─") || rows[first - 2].contains("─ Yesterday ─"),
+        "{screen}"
+    );
 
     // A /msg typed in the window reaches bob (and brings the view back to the bottom).
     tmux.send_line("/msg bob hello from the terminal");
