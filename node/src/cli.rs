@@ -470,6 +470,7 @@ fn describe_event(event: &Value) -> String {
         ),
         Some("delivery") => format!("{} → {}", &s("id")[..12.min(s("id").len())], s("status")),
         Some("presence") => format!("{} is {}", s("name"), s("state")),
+        Some("read") => format!("{} read, {} unread", s("conversation"), event["unread"]),
         Some("connection") => format!(
             "{} is {}",
             event["name"].as_str().unwrap_or(&s("peer_id")),
