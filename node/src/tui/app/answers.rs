@@ -39,12 +39,18 @@ impl App {
                             if let Some(label) = entry["conversation"].as_str() {
                                 let at = self.ensure_last(ConvKey::from_label(&clean(label)));
                                 // What arrived while the window was closed (the daemon keeps
-                                // count); the selected one is marked read just below.
-                                let unread = entry["unread"].as_u64().unwrap_or(0);
-                                if unread > 0 {
+                                // count; its count replaces ours after a reconnect); the
+                                // selected one is marked read just below, and keeps its line.
+                                let selected = at == self.selected;
+                                if let Some(unread) = entry["unread"].as_u64() {
                                     let conv = &mut self.conversations[at];
                                     conv.unread = usize::try_from(unread).unwrap_or(usize::MAX);
-                                    conv.marker = entry["first_unread"].as_str().map(str::to_owned);
+                                    if unread > 0 {
+                                        conv.marker =
+                                            entry["first_unread"].as_str().map(str::to_owned);
+                                    } else if !selected {
+                                        conv.marker = None;
+                                    }
                                 }
                             }
                         }

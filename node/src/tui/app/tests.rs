@@ -781,3 +781,21 @@ fn a_message_out_of_view_notifies_and_one_in_view_is_read_as_it_comes() {
     assert_eq!(app.conversations[2].unread, 0);
     assert_eq!(app.conversations[2].marker, None);
 }
+
+#[test]
+fn after_a_reconnect_the_daemons_counts_replace_the_windows() {
+    let mut app = connected();
+    app.handle_event(&message_event("r1", "#lunch", "bob", "soup?"));
+    assert_eq!(app.conversations[1].unread, 1);
+    // Read elsewhere while this window was cut off (the read event was lost with the link).
+    app.connected();
+    app.handle_answer(
+        Then::Conversations,
+        Ok(json!([
+            {"conversation": "bob", "unread": 0, "first_unread": null},
+            {"conversation": "#lunch", "unread": 0, "first_unread": null},
+        ])),
+    );
+    assert_eq!(app.conversations[1].unread, 0);
+    assert_eq!(app.conversations[1].marker, None);
+}
