@@ -24,7 +24,7 @@ fn entry(conversation: ConversationId, n: u64) -> HistoryEntry {
         sender: [7; 32],
         text: "a message of an ordinary length, about sixty characters long.".into(),
         sent_at_ms: 1_700_000_000_000 + n,
-        lamport: n,
+        stamp: palaver_protocol::delivery::Stamp(n),
         seq: n,
         status: Status::Received,
     }

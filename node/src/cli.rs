@@ -160,6 +160,9 @@ pub struct Config {
     #[serde(default)]
     pub listen: Vec<String>,
     pub registration_token: Option<String>,
+    /// How the chat window tells of new messages: `[notifications] bell = true, desktop = false`.
+    #[serde(default)]
+    pub notifications: crate::tui::Notifications,
 }
 
 impl Config {
@@ -385,7 +388,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Chat => crate::tui::run(&socket).await?,
+        Command::Chat => {
+            let notifications = Config::load(home.dir())?.notifications;
+            crate::tui::run(&socket, notifications).await?
+        }
         Command::Demo { interactive } => crate::demo::run(interactive).await?,
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
@@ -498,6 +504,7 @@ fn describe_event(event: &Value) -> String {
         ),
         Some("delivery") => format!("{} → {}", &s("id")[..12.min(s("id").len())], s("status")),
         Some("presence") => format!("{} is {}", s("name"), s("state")),
+        Some("read") => format!("{} read, {} unread", s("conversation"), event["unread"]),
         Some("connection") => format!(
             "{} is {}",
             event["name"].as_str().unwrap_or(&s("peer_id")),
@@ -514,10 +521,9 @@ fn describe_event(event: &Value) -> String {
     }
 }
 
-/// `HH:MM` (UTC) of a Unix time in milliseconds.
+/// `HH:MM` in local time (honouring `TZ`) of a Unix time in milliseconds.
 pub fn clock(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60)
+    crate::localtime::LocalTime::system().clock(ms)
 }
 
 fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {

@@ -384,7 +384,7 @@ async fn chat_as_alice(alice: &Peer, bob: &Peer, carol: &Peer) -> anyhow::Result
         tokio::spawn(answer_alice(bob.home.clone(), bob.name, true)),
         tokio::spawn(answer_alice(carol.home.clone(), carol.name, false)),
     ];
-    let result = crate::tui::run(&alice.home.join("palaver.sock")).await;
+    let result = crate::tui::run(&alice.home.join("palaver.sock"), Default::default()).await;
     for bot in bots {
         bot.abort();
     }

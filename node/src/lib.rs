@@ -5,6 +5,7 @@ pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod home;
+pub mod localtime;
 pub mod reference;
 pub mod rpc;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The node's durable state in sled.
 //!
 //! - one tree per conversation (`history/d/<peer key>` or `history/r/<room id>`), keyed by
-//!   `(lamport, sender, seq)` in big-endian bytes so a range scan is display order;
+//!   [`HistoryOrder`]'s key — `(stamp, sender, seq)` in big-endian bytes — so a range scan is
+//!   display order;
 //! - the `state` tree: the message index (id → where its history entry lives; also the durable
 //!   dedup record), and namespaced keys for sessions, rooms, the outbox, contacts and counters.
 //!
@@ -12,6 +13,7 @@
 
 use std::path::Path;
 
+use palaver_protocol::delivery::{HISTORY_KEY_LEN, HistoryOrder, Stamp};
 use palaver_protocol::{MessageId, RoomId, codec};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -20,6 +22,11 @@ use std::convert::Infallible;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
+
+mod migrate;
+mod unread;
+
+pub use unread::{MAX_UNREAD_COUNTED, Unread};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,19 +113,25 @@ pub struct HistoryEntry {
     pub sender: [u8; 32],
     pub text: String,
     pub sent_at_ms: u64,
-    pub lamport: u64,
+    /// Where it sorts: the hybrid logical clock stamp it is filed under.
+    pub stamp: Stamp,
     pub seq: u64,
     pub status: Status,
 }
 
 impl HistoryEntry {
-    /// Byte order of this key is display order: (lamport, sender, seq).
-    pub fn order_key(&self) -> [u8; 48] {
-        let mut key = [0u8; 48];
-        key[..8].copy_from_slice(&self.lamport.to_be_bytes());
-        key[8..40].copy_from_slice(&self.sender);
-        key[40..].copy_from_slice(&self.seq.to_be_bytes());
-        key
+    /// Its place in the conversation.
+    pub fn order(&self) -> HistoryOrder {
+        HistoryOrder {
+            stamp: self.stamp,
+            sender: self.sender,
+            seq: self.seq,
+        }
+    }
+
+    /// Byte order of this key is display order.
+    pub fn order_key(&self) -> [u8; HISTORY_KEY_LEN] {
+        self.order().to_key_bytes()
     }
 
     /// The JSON line `history --json` prints.
@@ -160,6 +173,8 @@ pub enum StateKey<'a> {
     RoomUnsent(MessageId),
     /// The sender key of mine I handed a member of a room, as I handed it (to hand again).
     KeyGiven(RoomId, [u8; 32]),
+    /// The order key of the last message read in a conversation (see [`Store::unread`]).
+    ReadUpTo(ConversationId),
     Meta(&'a str),
 }
 
@@ -184,6 +199,12 @@ impl StateKey<'_> {
             StateKey::RoomUnsent(id) => bytes.extend([&[b'u'][..], &id.0].concat()),
             StateKey::KeyGiven(room, member) => {
                 bytes.extend([&[b'k'][..], &room.0, member].concat())
+            }
+            StateKey::ReadUpTo(ConversationId::Direct(key)) => {
+                bytes.extend([&[b'w', b'd'][..], key].concat())
+            }
+            StateKey::ReadUpTo(ConversationId::Room(room)) => {
+                bytes.extend([&[b'w', b'r'][..], &room.0].concat())
             }
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
@@ -255,7 +276,17 @@ impl Store {
             other => StoreError::Sled(other),
         })?;
         let state = db.open_tree("state")?;
-        Ok(Self { db, state })
+        let store = Self { db, state };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let moved = migrate::rekey_lamport_history(&store, now_ms)?;
+        if moved > 0 {
+            store.flush()?;
+            tracing::info!("re-keyed {moved} history entries from Lamport to hybrid clock order");
+        }
+        Ok(store)
     }
 
     fn history_tree(&self, conversation: &ConversationId) -> Result<sled::Tree, StoreError> {
@@ -293,7 +324,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let history = self.history_tree(conversation)?;
         // (order key, index key, index value, entry value) for each entry.
-        type Encoded = ([u8; 48], Vec<u8>, Vec<u8>, Vec<u8>);
+        type Encoded = ([u8; HISTORY_KEY_LEN], Vec<u8>, Vec<u8>, Vec<u8>);
         let encoded: Vec<Encoded> = entries
             .iter()
             .map(|entry| {
@@ -519,9 +550,9 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError
 mod tests {
     use super::*;
 
-    fn entry(conversation: ConversationId, lamport: u64, seq: u64, text: &str) -> HistoryEntry {
+    fn entry(conversation: ConversationId, stamp: u64, seq: u64, text: &str) -> HistoryEntry {
         let mut id = [0u8; 32];
-        id[..8].copy_from_slice(&lamport.to_be_bytes());
+        id[..8].copy_from_slice(&stamp.to_be_bytes());
         id[8..16].copy_from_slice(&seq.to_be_bytes());
         id[16] = text.len() as u8;
         HistoryEntry {
@@ -532,36 +563,36 @@ mod tests {
             sender: [7; 32],
             text: text.into(),
             sent_at_ms: 1,
-            lamport,
+            stamp: Stamp(stamp),
             seq,
             status: Status::Received,
         }
     }
 
     #[test]
-    fn history_reads_back_in_lamport_order_whatever_the_arrival_order() {
+    fn history_reads_back_in_stamp_order_whatever_the_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let conv = ConversationId::Direct([1; 32]);
-        for lamport in [5u64, 1, 300, 2, 256] {
+        for stamp in [5u64, 1, 300, 2, 256] {
             assert!(
                 store
-                    .record(&entry(conv, lamport, lamport, "m"), &StateBatch::default())
+                    .record(&entry(conv, stamp, stamp, "m"), &StateBatch::default())
                     .unwrap()
             );
         }
-        let lamports: Vec<u64> = store
+        let stamps: Vec<u64> = store
             .history(&conv, 10)
             .unwrap()
             .iter()
-            .map(|e| e.lamport)
+            .map(|e| e.stamp.0)
             .collect();
-        assert_eq!(lamports, vec![1, 2, 5, 256, 300]);
+        assert_eq!(stamps, vec![1, 2, 5, 256, 300]);
         let last_two: Vec<u64> = store
             .history(&conv, 2)
             .unwrap()
             .iter()
-            .map(|e| e.lamport)
+            .map(|e| e.stamp.0)
             .collect();
         assert_eq!(last_two, vec![256, 300]);
         let before = entry(conv, 256, 256, "m").order_key();
@@ -569,7 +600,7 @@ mod tests {
             .history_before(&conv, Some(&before), 2)
             .unwrap()
             .iter()
-            .map(|e| e.lamport)
+            .map(|e| e.stamp.0)
             .collect();
         assert_eq!(page, vec![2, 5]);
         assert_eq!(store.conversations(), vec![conv]);
@@ -583,13 +614,13 @@ mod tests {
         let page: Vec<HistoryEntry> = (1..=50).rev().map(|n| entry(conv, n, n, "m")).collect();
         assert_eq!(store.record_many(&conv, &page).unwrap(), 50);
         assert_eq!(store.record_many(&conv, &page[..10]).unwrap(), 0);
-        let lamports: Vec<u64> = store
+        let stamps: Vec<u64> = store
             .history(&conv, 100)
             .unwrap()
             .iter()
-            .map(|e| e.lamport)
+            .map(|e| e.stamp.0)
             .collect();
-        assert_eq!(lamports, (1..=50).collect::<Vec<_>>());
+        assert_eq!(stamps, (1..=50).collect::<Vec<_>>());
     }
 
     #[test]

@@ -13,7 +13,10 @@
 
 mod app;
 mod command;
+mod notify;
 mod view;
+
+pub use notify::Notifications;
 
 use std::io::{IsTerminal, Stdout};
 use std::os::fd::OwnedFd;
@@ -54,8 +57,9 @@ const CALL_QUEUE: usize = 64;
 /// Events and answers waiting for the loop.
 const INBOX: usize = 256;
 
-/// Runs the chat window against the daemon at `socket` until the user quits.
-pub async fn run(socket: &Path) -> anyhow::Result<()> {
+/// Runs the chat window against the daemon at `socket` until the user quits; a message for a
+/// conversation not in view notifies as `notifications` says.
+pub async fn run(socket: &Path, notifications: Notifications) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!(
             "`palaver chat` needs a terminal; use `palaver listen` and `palaver send` in scripts"
@@ -63,7 +67,8 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     }
     let mut terminal = enter().context("setting up the terminal")?;
     log_to_file(&socket.with_file_name("chat.log"));
-    let result = event_loop(&mut terminal, socket).await;
+    let notifier = notify::Notifier::new(notifications, std::env::var_os("PATH").as_deref());
+    let result = event_loop(&mut terminal, socket, &notifier).await;
     leave();
     let _ = terminal.show_cursor();
     result
@@ -265,6 +270,7 @@ fn resize(app: &mut App, width: u16, height: u16) {
 async fn event_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     socket: &Path,
+    notifier: &notify::Notifier,
 ) -> anyhow::Result<()> {
     let mut app = App::new(socket.display().to_string());
     let size = terminal.size()?;
@@ -338,6 +344,9 @@ async fn event_loop(
         for effect in effects {
             match effect {
                 Effect::Redraw => terminal.clear()?,
+                Effect::Notify { title, body } => {
+                    notifier.notify(terminal.backend_mut(), &title, &body)
+                }
                 Effect::Call {
                     method,
                     params,

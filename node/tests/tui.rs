@@ -293,6 +293,19 @@ async fn tui_in_tmux_sends_with_msg_scrolls_back_and_shows_the_reply() {
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    // All 120 came while the window was closed: the "new messages" line sits above the first,
+    // under the day's heading.
+    let screen = tmux.capture();
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows
+        .iter()
+        .position(|row| row.contains("bob: note 000"))
+        .unwrap();
+    assert!(rows[first - 1].contains("─ new messages ─"), "{screen}");
+    assert!(
+        rows[first - 2].contains("─ Today ─") || rows[first - 2].contains("─ Yesterday ─"),
+        "{screen}"
+    );
 
     // A /msg typed in the window reaches bob (and brings the view back to the bottom).
     tmux.send_line("/msg bob hello from the terminal");
@@ -362,4 +375,119 @@ async fn shut_down<E: std::fmt::Debug>(
         .expect("the rendezvous stops")
         .unwrap()
         .unwrap();
+}
+
+/// The daemon keeps unread counts per conversation, so they survive the window being closed
+/// while messages arrive (and the daemon restarting): `conversations` shows them, `read` clears
+/// them (up to a message, or all), tells the event stream, and never moves back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_are_kept_by_the_daemon_until_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(ServerConfig::new(
+        vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        dir.path().join("rendezvous"),
+    ))
+    .await
+    .unwrap();
+    let rendezvous = server.listen_addrs().into_iter().next().unwrap();
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(async {
+        let _ = server_stopped.await;
+    }));
+    let mut daemons = Vec::new();
+    for name in ["alice", "bob"] {
+        let home = dir.path().join(name);
+        Home::new(&home)
+            .init(UserName::new(name).unwrap(), None, false)
+            .unwrap();
+        daemons.push(start_daemon(home, &rendezvous).await);
+    }
+    let alice_socket = daemons[0].socket.clone();
+    let bob_socket = daemons[1].socket.clone();
+    let bob_row = |list: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["conversation"] == "bob")
+            .cloned()
+            .unwrap_or_else(|| panic!("no conversation with bob in {list}"))
+    };
+
+    for text in ["one", "two", "three"] {
+        call(&bob_socket, "send", json!({"to": "alice", "text": text})).await;
+    }
+    wait_until("alice to have bob's three messages", || {
+        let socket = alice_socket.clone();
+        async move { history_texts(&socket, "bob").await.len() >= 3 }
+    })
+    .await;
+    // Alice answers once: her own message is not unread.
+    call(&alice_socket, "send", json!({"to": "bob", "text": "hi"})).await;
+    let row = bob_row(&call(&alice_socket, "conversations", Value::Null).await);
+    assert_eq!(row["unread"], 3, "{row}");
+    let history = call(&alice_socket, "history", json!({"with": "bob"})).await;
+    let first = history[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(row["first_unread"], first.as_str(), "{row}");
+
+    // Reading up to the first message leaves two; the event stream hears of it.
+    let mut events = Client::connect(&alice_socket).await.unwrap();
+    events.subscribe().await.unwrap();
+    let answer = call(
+        &alice_socket,
+        "read",
+        json!({"with": "bob", "up_to": first}),
+    )
+    .await;
+    assert_eq!(answer, json!({"conversation": "bob", "unread": 2}));
+    let event = tokio::time::timeout(STEP, async {
+        loop {
+            let event = events.next_event().await.unwrap().unwrap();
+            if event["type"] == "read" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a read event");
+    assert_eq!(event["conversation"], "bob", "{event}");
+    assert_eq!(event["unread"], 2, "{event}");
+    let mut client = Client::connect(&alice_socket).await.unwrap();
+    let refused = client
+        .call("read", json!({"with": "bob", "up_to": "00ff"}))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("up_to"), "{refused}");
+
+    // Closed window, daemon restarted: still two unread.
+    let alice = daemons.remove(0);
+    tokio::time::timeout(STEP, alice.shutdown())
+        .await
+        .expect("alice's daemon stops")
+        .unwrap();
+    daemons.insert(0, start_daemon(dir.path().join("alice"), &rendezvous).await);
+    let alice_socket = daemons[0].socket.clone();
+    let row = bob_row(&call(&alice_socket, "conversations", Value::Null).await);
+    assert_eq!(row["unread"], 2, "{row}");
+
+    // All read; a step back is refused; a new message is one unread.
+    let answer = call(&alice_socket, "read", json!({"with": "bob"})).await;
+    assert_eq!(answer["unread"], 0, "{answer}");
+    let answer = call(
+        &alice_socket,
+        "read",
+        json!({"with": "bob", "up_to": first}),
+    )
+    .await;
+    assert_eq!(answer["unread"], 0, "{answer}");
+    call(&bob_socket, "send", json!({"to": "alice", "text": "four"})).await;
+    wait_until("alice to have bob's fourth message", || {
+        let socket = alice_socket.clone();
+        async move { history_texts(&socket, "bob").await.len() >= 5 }
+    })
+    .await;
+    let row = bob_row(&call(&alice_socket, "conversations", Value::Null).await);
+    assert_eq!(row["unread"], 1, "{row}");
+    assert_eq!(row["last_text"], "four", "{row}");
+
+    shut_down(daemons, stop_server, server_task).await;
 }

@@ -1,7 +1,7 @@
 //! Delivery bookkeeping as sans-IO state machines: what to send when, what is new, in what order.
 //!
 //! Sending a direct message: stamp its [`Content`](crate::wire::Content) with
-//! [`LamportClock::tick`] and [`SequenceTracker::next_own_seq`], store the envelope, then
+//! [`HybridClock::tick`] and [`SequenceTracker::next_own_seq`], store the envelope, then
 //! [`Outbox::insert`] its id. The actor loop sleeps until [`Outbox::poll_timeout`], sends every id
 //! [`Outbox::poll_due`] hands out, and reports each attempt: [`Outbox::handle_stored`] on the
 //! recipient's `Stored`, else [`Outbox::handle_failed`], whose [`Attempt::DepositInMailbox`] asks for
@@ -11,7 +11,8 @@
 //!
 //! Receiving: [`Dedup`] drops recently seen ids before the store is touched; the store's id check
 //! is the durable dedup; [`SequenceTracker::observe`] keeps per-sender cursors and gaps for gap fill;
-//! [`LamportClock::observe`] moves our clock past the sender's; history is keyed by
+//! [`HybridClock::observe`] moves our clock past the sender's (within a drift bound) and gives the
+//! stamp to file the message under; history is keyed by
 //! [`HistoryOrder::to_key_bytes`], whose byte order is display order.
 //!
 //! Nothing here reads a clock or draws randomness: `now` is wall-clock milliseconds since the Unix
@@ -24,7 +25,7 @@ mod outbox;
 mod sequence;
 
 pub use dedup::{DEFAULT_DEDUP_CAPACITY, Dedup};
-pub use order::{HISTORY_KEY_LEN, HistoryOrder, LamportClock};
+pub use order::{HISTORY_KEY_LEN, HistoryOrder, HybridClock, MAX_DRIFT_MS, Stamp};
 pub use outbox::{
     Attempt, DEFAULT_OUTBOX_CAPACITY, DeliveryStatus, FailureReason, Outbox, OutboxConfig,
     OutboxError, OutboxEvent,

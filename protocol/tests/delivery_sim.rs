@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use palaver_protocol::codec;
 use palaver_protocol::delivery::{
-    Attempt, Dedup, DeliveryStatus, HistoryOrder, LamportClock, Observation, Outbox, OutboxConfig,
-    SequenceTracker,
+    Attempt, Dedup, DeliveryStatus, HistoryOrder, HybridClock, Observation, Outbox, OutboxConfig,
+    SequenceTracker, Stamp,
 };
 use palaver_protocol::{MessageId, SigningKey, VerifyingKey};
 use rand_chacha::ChaCha8Rng;
@@ -118,7 +118,7 @@ enum Event {
 struct Record {
     id: Option<MessageId>,
     seq: u64,
-    lamport: u64,
+    stamp: Stamp,
     created_at: u64,
     outcome: Option<(DeliveryStatus, u64)>,
     failures: u32,
@@ -133,7 +133,7 @@ struct Record {
 struct Sender {
     outbox: Outbox,
     seqs: SequenceTracker,
-    clock: LamportClock,
+    clock: HybridClock,
     attempts: BTreeMap<u64, usize>,
     deposits: BTreeMap<u64, usize>,
 }
@@ -141,7 +141,7 @@ struct Sender {
 struct Receiver {
     online: bool,
     seqs: SequenceTracker,
-    clock: LamportClock,
+    clock: HybridClock,
     /// The durable store, by id; and the accepted stream in arrival order.
     store: BTreeMap<MessageId, usize>,
     accepted: Vec<usize>,
@@ -221,14 +221,14 @@ impl Sim {
             sender: Sender {
                 outbox: Outbox::new(config),
                 seqs: SequenceTracker::new(),
-                clock: LamportClock::new(),
+                clock: HybridClock::new(),
                 attempts: BTreeMap::new(),
                 deposits: BTreeMap::new(),
             },
             receiver: Receiver {
                 online: true,
                 seqs: SequenceTracker::new(),
-                clock: LamportClock::new(),
+                clock: HybridClock::new(),
                 store: BTreeMap::new(),
                 accepted: Vec::new(),
                 dedup: Dedup::new(64),
@@ -447,7 +447,7 @@ impl Sim {
         self.rng.fill_bytes(&mut id);
         let id = MessageId(id);
         let seq = self.sender.seqs.next_own_seq();
-        let lamport = self.sender.clock.tick();
+        let stamp = self.sender.clock.tick(self.now);
         let msg = self.records.len();
         assert_eq!(
             seq,
@@ -457,7 +457,7 @@ impl Sim {
         self.records.push(Record {
             id: Some(id),
             seq,
-            lamport,
+            stamp,
             created_at: self.now,
             ..Record::default()
         });
@@ -561,9 +561,10 @@ impl Sim {
     /// tracker, cross-checked against the durable store.
     fn receive(&mut self, msg: usize) {
         let seed = self.seed;
-        let (id, seq, lamport) = {
+        let now = self.now;
+        let (id, seq, stamp) = {
             let record = &self.records[msg];
-            (self.id(msg), record.seq, record.lamport)
+            (self.id(msg), record.seq, record.stamp)
         };
         let receiver = &mut self.receiver;
         if receiver.dedup.contains(&id) || receiver.store.contains_key(&id) {
@@ -586,7 +587,7 @@ impl Sim {
                     "seed {seed}: a stored message observed as new"
                 );
                 receiver.accepted.push(msg);
-                receiver.clock.observe(lamport);
+                receiver.clock.observe(stamp, now);
             }
             Observation::Duplicate => assert!(
                 receiver.store.contains_key(&id),
@@ -704,16 +705,16 @@ impl Sim {
             .map(|&m| {
                 let r = &self.records[m];
                 (
-                    HistoryOrder::new(r.lamport, &self.key, r.seq).to_key_bytes(),
+                    HistoryOrder::new(r.stamp, &self.key, r.seq).to_key_bytes(),
                     r.seq,
                 )
             })
             .collect();
         by_key.sort();
         assert!(by_key.windows(2).all(|w| w[0].1 < w[1].1), "seed {seed}");
-        let latest = accepted.iter().map(|&m| self.records[m].lamport).max();
+        let latest = accepted.iter().map(|&m| self.records[m].stamp).max();
         assert!(
-            self.receiver.clock.current() > latest.unwrap_or(0),
+            self.receiver.clock.current() >= latest.unwrap_or_default(),
             "seed {seed}"
         );
 

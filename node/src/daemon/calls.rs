@@ -27,7 +27,62 @@ pub(crate) fn history_page(
     before: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Value>, RpcError> {
-    let conversation = match (with, room) {
+    let conversation = conversation_of(store, with, room)?;
+    // The cursor is a message id; its entry gives the order key to read back from.
+    let before = match before {
+        None => None,
+        Some(id) => Some(order_key_of(store, &conversation, id, "before")?),
+    };
+    let entries = store
+        .history_before(&conversation, before.as_ref().map(|key| &key[..]), limit)
+        .map_err(|e| RpcError::failed(e.to_string()))?;
+    let gaps = RoomGaps::of(store, &conversation);
+    Ok(entries
+        .into_iter()
+        .map(|mut entry| {
+            let missing = gaps.missing_before(&entry.sender, entry.seq);
+            // Names learned after a message arrived replace the stand-in it was stored with.
+            if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(entry.sender)) {
+                entry.from = name;
+            }
+            if let ConversationId::Direct(key) = entry.conversation
+                && let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key))
+            {
+                entry.label = name;
+            }
+            let mut json = entry.to_json();
+            if missing > 0 {
+                json["missing_before"] = Value::from(missing);
+            }
+            json
+        })
+        .collect())
+}
+
+/// The order key of message `id` (hex), which must belong to `conversation`; `param` names it
+/// in the error.
+fn order_key_of(
+    store: &Store,
+    conversation: &ConversationId,
+    id: &str,
+    param: &str,
+) -> Result<[u8; palaver_protocol::delivery::HISTORY_KEY_LEN], RpcError> {
+    palaver_protocol::MessageId::from_hex(id)
+        .and_then(|id| store.entry(&id).ok().flatten())
+        .filter(|entry| entry.conversation == *conversation)
+        .map(|entry| entry.order_key())
+        .ok_or_else(|| {
+            RpcError::invalid(format!("{param:?} is not a message of this conversation"))
+        })
+}
+
+/// The conversation `with` (a user) or `room` names, resolved from the store.
+fn conversation_of(
+    store: &Store,
+    with: Option<&str>,
+    room: Option<&str>,
+) -> Result<ConversationId, RpcError> {
+    Ok(match (with, room) {
         (Some(name), None) => {
             let name: UserName = name
                 .parse()
@@ -54,44 +109,37 @@ pub(crate) fn history_page(
                 "give exactly one of --with NAME or --room ROOM",
             ));
         }
-    };
-    // The cursor is a message id; its entry gives the order key to read back from.
-    let before = match before {
+    })
+}
+
+/// `read`: marks a conversation read up to `up_to` (a message id; by default its latest
+/// message). The marker never moves back. Answers `{"conversation", "unread"}`, and whether the
+/// marker `moved` (the caller then tells the event stream).
+pub(crate) fn mark_read(
+    store: &Store,
+    with: Option<&str>,
+    room: Option<&str>,
+    up_to: Option<&str>,
+) -> Result<(Value, bool), RpcError> {
+    let conversation = conversation_of(store, with, room)?;
+    let up_to = match up_to {
         None => None,
-        Some(id) => {
-            let entry = palaver_protocol::MessageId::from_hex(id)
-                .and_then(|id| store.entry(&id).ok().flatten())
-                .filter(|entry| entry.conversation == conversation)
-                .ok_or_else(|| {
-                    RpcError::invalid("\"before\" is not a message of this conversation")
-                })?;
-            Some(entry.order_key())
-        }
+        Some(id) => Some(order_key_of(store, &conversation, id, "up_to")?),
     };
-    let entries = store
-        .history_before(&conversation, before.as_ref().map(|key| &key[..]), limit)
-        .map_err(|e| RpcError::failed(e.to_string()))?;
-    let gaps = RoomGaps::of(store, &conversation);
-    Ok(entries
-        .into_iter()
-        .map(|mut entry| {
-            let missing = gaps.missing_before(&entry.sender, entry.seq);
-            // Names learned after a message arrived replace the stand-in it was stored with.
-            if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(entry.sender)) {
-                entry.from = name;
-            }
-            if let ConversationId::Direct(key) = entry.conversation
-                && let Ok(Some(name)) = store.get::<String>(StateKey::Peer(key))
-            {
-                entry.label = name;
-            }
-            let mut json = entry.to_json();
-            if missing > 0 {
-                json["missing_before"] = Value::from(missing);
-            }
-            json
-        })
-        .collect())
+    let failed = |e: crate::store::StoreError| RpcError::failed(e.to_string());
+    let moved = store
+        .mark_read(&conversation, up_to.as_ref().map(|key| &key[..]))
+        .map_err(failed)?;
+    let unread = store.unread(&conversation).map_err(failed)?;
+    let label = match (with, room) {
+        (Some(name), _) => name.to_lowercase(),
+        (_, Some(room)) => format!("#{}", room.trim_start_matches('#').to_lowercase()),
+        _ => String::new(),
+    };
+    Ok((
+        json!({"conversation": label, "unread": unread.count}),
+        moved,
+    ))
 }
 
 /// Which of each sender's room messages we hold, to show where some are missing: every room text
@@ -124,8 +172,10 @@ impl RoomGaps {
 }
 
 /// Every conversation with at least one message, most recent first:
-/// `{"conversation", "kind": "direct"|"room", "last_at", "last_from", "last_text"}`, named as
-/// `history` names them.
+/// `{"conversation", "kind": "direct"|"room", "last_at", "last_from", "last_text", "unread",
+/// "first_unread"}`, named as `history` names them; `unread` counts received messages after the
+/// read marker (at most [`crate::store::MAX_UNREAD_COUNTED`]), `first_unread` is the id of the
+/// first of them (or null).
 pub(crate) fn conversations(store: &Store) -> Result<Vec<Value>, RpcError> {
     let mut list = Vec::new();
     for conversation in store.conversations() {
@@ -147,12 +197,17 @@ pub(crate) fn conversations(store: &Store) -> Result<Vec<Value>, RpcError> {
             }
             ConversationId::Room(_) => "room",
         };
+        let unread = store
+            .unread(&conversation)
+            .map_err(|e| RpcError::failed(e.to_string()))?;
         list.push(json!({
             "conversation": last.label,
             "kind": kind,
             "last_at": last.sent_at_ms,
             "last_from": last.from,
             "last_text": last.text,
+            "unread": unread.count,
+            "first_unread": unread.first.map(|id| id.to_hex()),
         }));
     }
     list.sort_by_key(|c| std::cmp::Reverse(c["last_at"].as_u64().unwrap_or(0)));
@@ -228,6 +283,21 @@ impl Node {
                 );
             }
             "conversations" => answer(reply, conversations(&self.store).map(Value::Array)),
+            "read" => {
+                let with = params.get("with").and_then(Value::as_str);
+                let room = params.get("room").and_then(Value::as_str);
+                let up_to = params.get("up_to").and_then(Value::as_str);
+                let result = mark_read(&self.store, with, room, up_to).map(|(answer, moved)| {
+                    if moved {
+                        // Other windows clear their badges too.
+                        let mut event = answer.clone();
+                        event["type"] = json!("read");
+                        self.emit(event);
+                    }
+                    answer
+                });
+                answer(reply, result);
+            }
             "presence" => self.presence_call(params, reply),
             "peers" => answer(reply, Ok(self.peers())),
             "verify" => match user(&params, "name") {

@@ -16,6 +16,7 @@ use palaver_protocol::crypto::ratchet::Session;
 
 use super::sessions::PeerSessions;
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
+use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::wire::{
     Body, Content, DirectMessage, MAX_TEXT_LEN, MailItem, PeerRequest, PeerResponse,
@@ -48,6 +49,9 @@ pub(crate) struct Job {
 /// How long a message waits for a recipient who has logged in but not published prekeys yet
 /// (it does so right after its login; a send at that moment must not fail).
 pub(crate) const PREKEY_WAIT_MS: u64 = 15_000;
+/// Where our hybrid logical clock is kept (named for the Lamport clock it replaced, whose last
+/// value it simply goes on from).
+pub(crate) const CLOCK_META: &str = "lamport";
 /// Messages that may wait for prekeys at once; past that, a send fails at once.
 const MAX_WAITING_FOR_PREKEYS: usize = 256;
 
@@ -201,7 +205,7 @@ impl Node {
         mut sessions: PeerSessions,
     ) {
         let conversation = ConversationId::Direct(key.to_bytes());
-        let lamport = self.next_lamport();
+        let stamp = self.next_stamp();
         let seq = self.next_seq(&conversation);
         let text = match &job.payload {
             palaver_protocol::wire::Payload::Text(text) => Some(text.clone()),
@@ -209,7 +213,7 @@ impl Node {
         };
         let content = Content {
             sent_at_ms: now_ms(),
-            lamport,
+            stamp,
             seq,
             payload: job.payload,
         };
@@ -252,7 +256,7 @@ impl Node {
         let mut batch = StateBatch::default();
         batch
             .put(StateKey::Session(key.to_bytes()), &sessions)
-            .put(StateKey::Meta("lamport"), &lamport)
+            .put(StateKey::Meta(CLOCK_META), &stamp)
             .put(StateKey::Seq(conversation), &seq)
             .put(StateKey::Outbox(id), &item)
             .put(StateKey::Meta(OUTBOX_META), &outbox);
@@ -266,7 +270,7 @@ impl Node {
                     sender: self.identity.public().to_bytes(),
                     text,
                     sent_at_ms: content.sent_at_ms,
-                    lamport,
+                    stamp,
                     seq,
                     status: Status::Sending,
                 };
@@ -291,25 +295,31 @@ impl Node {
         });
     }
 
-    /// The Lamport time for a message we send; the caller commits it with the message.
-    pub(crate) fn next_lamport(&self) -> u64 {
-        self.store
-            .get::<u64>(StateKey::Meta("lamport"))
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-            + 1
+    /// Our hybrid logical clock as last committed.
+    fn clock(&self) -> HybridClock {
+        let last = self.store.get::<Stamp>(StateKey::Meta(CLOCK_META));
+        HybridClock::resume(last.ok().flatten().unwrap_or_default())
     }
 
-    /// Moves our Lamport clock past a received message's, in the batch that stores it.
-    pub(crate) fn observe_lamport(&self, remote: u64, batch: &mut StateBatch) {
-        let local = self
-            .store
-            .get::<u64>(StateKey::Meta("lamport"))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        batch.put(StateKey::Meta("lamport"), &local.max(remote));
+    /// The stamp for a message we send; the caller commits it (under [`CLOCK_META`]) with the
+    /// message.
+    pub(crate) fn next_stamp(&self) -> Stamp {
+        self.clock().tick(now_ms())
+    }
+
+    /// Moves our clock past a received message's stamp, in the batch that stores it; the stamp
+    /// to file the message under (its own, bounded against a clock far ahead of ours; by its send
+    /// time if an old peer sent a bare Lamport counter).
+    pub(crate) fn observe_stamp(
+        &self,
+        remote: Stamp,
+        sent_at_ms: u64,
+        batch: &mut StateBatch,
+    ) -> Stamp {
+        let mut clock = self.clock();
+        let filed = clock.observe(remote.or_sent_at(sent_at_ms), now_ms());
+        batch.put(StateKey::Meta(CLOCK_META), &clock.current());
+        filed
     }
 
     pub(crate) fn next_seq(&self, conversation: &ConversationId) -> u64 {
@@ -828,7 +838,7 @@ impl Node {
         batch.put(StateKey::Session(sender.to_bytes()), &sessions);
         let content: Content =
             codec::decode(&plaintext).map_err(|e| format!("bad content: {e}"))?;
-        self.observe_lamport(content.lamport, &mut batch);
+        let stamp = self.observe_stamp(content.stamp, content.sent_at_ms, &mut batch);
         let conversation = ConversationId::Direct(sender.to_bytes());
         let from = self.name_of_key(&sender);
         if from.is_none() {
@@ -853,7 +863,7 @@ impl Node {
                     sender: sender.to_bytes(),
                     text,
                     sent_at_ms: content.sent_at_ms,
-                    lamport: content.lamport,
+                    stamp,
                     seq: content.seq,
                     status: Status::Received,
                 };

@@ -763,11 +763,11 @@ impl Node {
             }
         }
         let conversation = ConversationId::Room(id);
-        let lamport = self.next_lamport();
+        let stamp = self.next_stamp();
         let seq = self.next_seq(&conversation);
         let content = Content {
             sent_at_ms: now_ms(),
-            lamport,
+            stamp,
             seq,
             payload: Payload::Text(text.clone()),
         };
@@ -816,13 +816,13 @@ impl Node {
             sender: me.to_bytes(),
             text,
             sent_at_ms: content.sent_at_ms,
-            lamport,
+            stamp,
             seq,
             status: Status::Sending,
         };
         let mut batch = StateBatch::default();
         batch
-            .put(StateKey::Meta("lamport"), &lamport)
+            .put(StateKey::Meta(super::direct::CLOCK_META), &stamp)
             .put(StateKey::Seq(conversation), &seq)
             .put(log_key(&id, &me, seq), &frame)
             .put(StateKey::RoomUnsent(msg_id), &(id, frame.clone(), msg_id));
@@ -970,6 +970,7 @@ impl Node {
                 super::Pending::WhoIs { then: None },
             );
         }
+        let mut batch = StateBatch::default();
         let entry = HistoryEntry {
             id,
             conversation: ConversationId::Room(room_id),
@@ -978,12 +979,10 @@ impl Node {
             sender: message.sender.to_bytes(),
             text,
             sent_at_ms: content.sent_at_ms,
-            lamport: content.lamport,
+            stamp: self.observe_stamp(content.stamp, content.sent_at_ms, &mut batch),
             seq: content.seq,
             status: Status::Received,
         };
-        let mut batch = StateBatch::default();
-        self.observe_lamport(content.lamport, &mut batch);
         batch.put(log_key(&room_id, &message.sender, content.seq), &frame);
         // The receiving chain that moved is written within a second, not with every message: a
         // chain that restarts a little behind only derives forward again (replays are caught

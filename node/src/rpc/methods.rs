@@ -126,8 +126,23 @@ pub static METHODS: &[Method] = &[
         name: "conversations",
         summary: "Every conversation with a message, most recent first.",
         params: &[],
-        result: r#"[{"conversation","kind":"direct|room","last_at","last_from","last_text"}]"#,
+        result: r#"[{"conversation","kind":"direct|room","last_at","last_from","last_text","unread","first_unread"?}]"#,
         errors: "the store cannot be read",
+    },
+    Method {
+        name: "read",
+        summary: "Marks a conversation read up to a message (by default its latest); the marker never moves back.",
+        params: &[
+            optional("with", Kind::String, "a user: the direct conversation"),
+            optional("room", Kind::String, "a room"),
+            optional(
+                "up_to",
+                Kind::String,
+                "a message id in the conversation (default: its latest)",
+            ),
+        ],
+        result: r#"{"conversation","unread"}"#,
+        errors: "both or neither of `with`/`room` (code -32602); no such conversation or room; no such message; the store cannot be written",
     },
     Method {
         name: "presence",
@@ -397,6 +412,18 @@ pub static EVENTS: &[Event] = &[
         fields: &[required("room", Kind::String, "the room")],
     },
     Event {
+        kind: "read",
+        about: "A conversation's read marker moved (here or in another client).",
+        fields: &[
+            required("conversation", Kind::String, "the other user, or the room"),
+            required(
+                "unread",
+                Kind::Integer,
+                "received messages after the marker",
+            ),
+        ],
+    },
+    Event {
         kind: "lagged",
         about: "This subscriber fell behind and missed events (read faster, or re-read state).",
         fields: &[required("missed", Kind::Integer, "how many")],
@@ -525,6 +552,8 @@ mod tests {
             include_str!("../daemon/direct.rs"),
             include_str!("../daemon/rooms.rs"),
             include_str!("../daemon/reach.rs"),
+            include_str!("../daemon/link.rs"),
+            include_str!("../daemon/calls.rs"),
             include_str!("../rpc.rs"),
         ];
         let mut found = 0;

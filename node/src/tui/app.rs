@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::command::{self, Command};
 use super::view;
+use crate::localtime::LocalTime;
 use conversation::clean;
 pub(crate) use conversation::{ConvKey, Conversation, Delivery, Message, RoomState};
 pub(crate) use input::Input;
@@ -32,6 +33,10 @@ pub(crate) const MAX_KEPT: usize = 1000;
 pub(crate) const PAGE: usize = 100;
 /// Delivery changes remembered for messages whose send has not been answered yet.
 const MAX_EARLY: usize = 256;
+/// A burst of messages rings once: notifications at most this often.
+const NOTIFY_GAP_MS: u64 = 3_000;
+/// Characters of a message a desktop notification shows.
+const NOTIFY_TEXT: usize = 120;
 
 /// The link to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +133,9 @@ pub(crate) enum Effect {
     },
     /// Repaint the whole screen (Ctrl-L: something else wrote on the terminal).
     Redraw,
+    /// A message arrived in a conversation not in view: ring the bell or notify the desktop,
+    /// as configured.
+    Notify { title: String, body: String },
 }
 
 /// What an answer is for.
@@ -157,6 +165,8 @@ pub(crate) enum Then {
         room: String,
     },
     Verify,
+    /// The daemon moved a read marker (nothing to do with the answer).
+    Read,
     /// A command whose success is worth a note; refresh the room's members after it if given.
     Done {
         note: String,
@@ -195,6 +205,10 @@ pub(crate) struct App {
     next_local: u64,
     /// The message pane's inside: width and height in cells.
     pub(crate) viewport: (u16, u16),
+    /// The time zone times and dates are shown in.
+    pub(crate) local: LocalTime,
+    /// When the last notification went out (they are spaced by [`NOTIFY_GAP_MS`]).
+    last_notified: Option<u64>,
     pub(crate) quit: bool,
 }
 
@@ -217,6 +231,8 @@ impl App {
             early: HashMap::new(),
             next_local: 0,
             viewport: (40, 10),
+            local: LocalTime::system(),
+            last_notified: None,
             quit: false,
         }
     }
@@ -410,18 +426,28 @@ impl App {
         if at >= self.conversations.len() {
             return Vec::new();
         }
+        if at != self.selected
+            && let Some(left) = self.selected_mut()
+        {
+            // What was new there has been seen: no line next time.
+            left.marker = None;
+        }
         self.selected = at;
         self.on_selected()
     }
 
-    /// What a conversation needs when it comes into view.
+    /// What a conversation needs when it comes into view: its history, its members, and the
+    /// daemon told it is read (the "new messages" line stays until another is selected).
     fn on_selected(&mut self) -> Vec<Effect> {
         let up = self.daemon == Daemon::Up;
         let Some(conv) = self.selected_mut() else {
             return Vec::new();
         };
-        conv.unread = 0;
         let mut effects = Vec::new();
+        if up && conv.unread > 0 {
+            effects.push(call("read", conv.key.read_params(None), Then::Read));
+        }
+        conv.unread = 0;
         if up && !conv.loaded && !conv.loading {
             conv.loading = true;
             effects.push(call(
@@ -443,15 +469,35 @@ impl App {
     }
 
     /// Lines the selected conversation takes at the current width.
-    fn total_lines(&self) -> usize {
+    pub(crate) fn total_lines(&self) -> usize {
         let Some(conv) = self.selected() else {
             return 0;
         };
         let width = usize::from(self.viewport.0);
-        conv.messages
-            .iter()
-            .map(|m| view::message_height(m, width, self.me()))
+        (0..conv.messages.len())
+            .map(|at| view::block_height(self, conv, at, width))
             .sum()
+    }
+
+    /// A notification of `message` in `conv`, unless one went out less than
+    /// [`NOTIFY_GAP_MS`] ago.
+    fn notify(&mut self, conv: &ConvKey, message: &Message) -> Option<Effect> {
+        if self
+            .last_notified
+            .is_some_and(|last| self.now < last.saturating_add(NOTIFY_GAP_MS))
+        {
+            return None;
+        }
+        self.last_notified = Some(self.now);
+        let title = match conv {
+            ConvKey::Direct(name) => name.clone(),
+            ConvKey::Room(_) => format!("{} in {}", message.from, conv.label()),
+        };
+        let mut body: String = message.text.chars().take(NOTIFY_TEXT).collect();
+        if body.len() < message.text.len() {
+            body.push('…');
+        }
+        Some(Effect::Notify { title, body })
     }
 
     fn page(&self) -> usize {

@@ -12,6 +12,7 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 use super::app::{
     App, ConvKey, Conversation, Daemon, Delivery, Link, Message, Presence, RoomState,
 };
+use crate::localtime::LocalTime;
 
 /// Columns of a message line taken by the time (`HH:MM `).
 const TIME_WIDTH: usize = 6;
@@ -295,11 +296,11 @@ fn messages(frame: &mut Frame<'_>, area: Rect, app: &App) {
         lines.push(Line::from(text).dim());
     }
     // Bottom up, only as far as the screen and the scroll offset reach.
-    for message in conv.messages.iter().rev() {
+    for at in (0..conv.messages.len()).rev() {
         if lines.len() >= height + conv.scroll {
             break;
         }
-        let mut rows = message_lines(message, width, me);
+        let mut rows = block_lines(app, conv, at, width, me);
         rows.reverse();
         lines.extend(rows);
     }
@@ -328,8 +329,68 @@ fn messages(frame: &mut Frame<'_>, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(shown).block(block), area);
 }
 
-/// The rows a message takes at `width`: `HH:MM from: text mark`, wrapped under the text.
-fn message_rows(message: &Message, width: usize, me: &str) -> Vec<String> {
+/// What goes above message `at` of `conv`: the day's heading when its (local) day differs from
+/// the message before it, and whether the "new messages" line does (it is the first unread).
+fn separators(app: &App, conv: &Conversation, at: usize) -> (Option<String>, bool) {
+    let Some(message) = conv.messages.get(at) else {
+        return (None, false);
+    };
+    let day = app.local.day(message.sent_at);
+    let before = at
+        .checked_sub(1)
+        .and_then(|before| conv.messages.get(before))
+        .and_then(|before| app.local.day(before.sent_at));
+    let heading = day
+        .filter(|day| Some(*day) != before)
+        .map(|day| app.local.day_label(day, app.now));
+    let first_unread = conv.marker.is_some() && message.id == conv.marker;
+    (heading, first_unread)
+}
+
+/// `── text ──` across `width` columns.
+fn rule(text: &str, width: usize) -> String {
+    let text = fit(text, width.saturating_sub(4));
+    let side = width.saturating_sub(text.width() + 2);
+    let left = side / 2;
+    format!("{} {text} {}", "─".repeat(left), "─".repeat(side - left))
+}
+
+/// The rows message `at` of `conv` takes at `width`, separators above it included.
+fn block_lines(
+    app: &App,
+    conv: &Conversation,
+    at: usize,
+    width: usize,
+    me: &str,
+) -> Vec<Line<'static>> {
+    let (heading, first_unread) = separators(app, conv, at);
+    let mut lines = Vec::new();
+    if let Some(heading) = heading {
+        lines.push(Line::from(rule(&heading, width)).fg(Color::DarkGray));
+    }
+    if first_unread {
+        lines.push(Line::from(rule("new messages", width)).fg(Color::LightRed));
+    }
+    if let Some(message) = conv.messages.get(at) {
+        lines.extend(message_lines(message, width, me, &app.local));
+    }
+    lines
+}
+
+/// How many rows message `at` of `conv` takes at `width`, separators included (what scrolling
+/// counts in).
+pub(crate) fn block_height(app: &App, conv: &Conversation, at: usize, width: usize) -> usize {
+    let me = app.me.as_deref().unwrap_or("me");
+    let (heading, first_unread) = separators(app, conv, at);
+    let rows = conv.messages.get(at).map_or(0, |message| {
+        message_rows(message, width, me, &app.local).len()
+    });
+    usize::from(heading.is_some()) + usize::from(first_unread) + rows
+}
+
+/// The rows a message takes at `width`: `HH:MM from: text mark` (local time), wrapped under the
+/// text.
+fn message_rows(message: &Message, width: usize, me: &str, local: &LocalTime) -> Vec<String> {
     let mut body = format!("{}: {}", message.from, message.text);
     if message.from == me {
         let mark = message.status.mark();
@@ -338,11 +399,7 @@ fn message_rows(message: &Message, width: usize, me: &str) -> Vec<String> {
             body.push_str(mark);
         }
     }
-    let time = if message.sent_at == 0 {
-        "--:--".to_owned()
-    } else {
-        crate::cli::clock(message.sent_at)
-    };
+    let time = local.clock(message.sent_at);
     wrap(&body, width.saturating_sub(TIME_WIDTH).max(1))
         .into_iter()
         .enumerate()
@@ -354,11 +411,6 @@ fn message_rows(message: &Message, width: usize, me: &str) -> Vec<String> {
             }
         })
         .collect()
-}
-
-/// How many rows a message takes at `width` (what scrolling counts in).
-pub(crate) fn message_height(message: &Message, width: usize, me: &str) -> usize {
-    message_rows(message, width, me).len()
 }
 
 fn name_color(name: &str, me: &str) -> Color {
@@ -388,8 +440,13 @@ fn mark_color(status: Delivery) -> Color {
 }
 
 /// The rows of [`message_rows`], styled: dim time, coloured sender, coloured mark.
-fn message_lines(message: &Message, width: usize, me: &str) -> Vec<Line<'static>> {
-    let rows = message_rows(message, width, me);
+fn message_lines(
+    message: &Message,
+    width: usize,
+    me: &str,
+    local: &LocalTime,
+) -> Vec<Line<'static>> {
+    let rows = message_rows(message, width, me, local);
     let last = rows.len().saturating_sub(1);
     let mark = if message.from == me {
         message.status.mark()

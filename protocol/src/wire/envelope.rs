@@ -18,6 +18,7 @@ use crate::codec;
 use crate::crypto::ratchet::RatchetMessage;
 use crate::crypto::room::MembershipUpdate;
 use crate::crypto::sender_key::{SenderKeyDistribution, SenderKeyMessage};
+use crate::delivery::Stamp;
 use crate::identity;
 use crate::name::RoomName;
 
@@ -153,10 +154,12 @@ fn signed_bytes(body: &Body) -> Result<Vec<u8>, WireError> {
 /// What an envelope carries, once decrypted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
-    /// The sender's wall clock, for display only; order comes from `lamport`.
+    /// The sender's wall clock, for display only; order comes from `stamp`.
     pub sent_at_ms: u64,
-    /// Lamport time in the conversation: history is ordered by (lamport, sender, seq).
-    pub lamport: u64,
+    /// The sender's hybrid logical clock: history is ordered by (stamp, sender, seq). Encoded as
+    /// the `u64` Lamport time it replaced; an old peer's counter is filed by `sent_at_ms`
+    /// ([`Stamp::or_sent_at`]).
+    pub stamp: Stamp,
     /// The sender's sequence number in this conversation, from 1, with no gaps.
     pub seq: u64,
     pub payload: Payload,

@@ -7,6 +7,7 @@ use palaver_protocol::crypto::sender_key::{SenderKeyDistribution, SenderKeyMessa
 use palaver_protocol::crypto::x3dh::{
     OneTimePrekey, PrekeyBundle, PrekeyUpload, SessionInit, SignedPrekey,
 };
+use palaver_protocol::delivery::Stamp;
 use palaver_protocol::wire::*;
 use palaver_protocol::{Identity, MessageId, RoomId, RoomName, Signature, SigningKey, UserName};
 use proptest::prelude::*;
@@ -98,7 +99,7 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
     };
     let content = |payload| Content {
         sent_at_ms: 1_700_000_000_123,
-        lamport: 42,
+        stamp: Stamp(42),
         seq: 7,
         payload,
     };
@@ -430,9 +431,9 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
 
 pub fn any_content() -> impl Strategy<Value = Content> {
     (any::<u64>(), any::<u64>(), any::<u64>(), any_payload()).prop_map(
-        |(sent_at_ms, lamport, seq, payload)| Content {
+        |(sent_at_ms, stamp, seq, payload)| Content {
             sent_at_ms,
-            lamport,
+            stamp: Stamp(stamp),
             seq,
             payload,
         },

@@ -37,7 +37,21 @@ impl App {
                     Ok(list) => {
                         for entry in list.as_array().into_iter().flatten() {
                             if let Some(label) = entry["conversation"].as_str() {
-                                self.ensure_last(ConvKey::from_label(&clean(label)));
+                                let at = self.ensure_last(ConvKey::from_label(&clean(label)));
+                                // What arrived while the window was closed (the daemon keeps
+                                // count; its count replaces ours after a reconnect); the
+                                // selected one is marked read just below, and keeps its line.
+                                let selected = at == self.selected;
+                                if let Some(unread) = entry["unread"].as_u64() {
+                                    let conv = &mut self.conversations[at];
+                                    conv.unread = usize::try_from(unread).unwrap_or(usize::MAX);
+                                    if unread > 0 {
+                                        conv.marker =
+                                            entry["first_unread"].as_str().map(str::to_owned);
+                                    } else if !selected {
+                                        conv.marker = None;
+                                    }
+                                }
                             }
                         }
                     }
@@ -147,6 +161,7 @@ impl App {
                 Vec::new()
             }
             Then::Sent { conv, local } => self.on_sent(conv, local, result),
+            Then::Read => Vec::new(),
             Then::Joined { room, created } => match result {
                 Ok(_) => {
                     let key = ConvKey::Room(room.clone());

@@ -30,6 +30,18 @@ impl ConvKey {
         }
     }
 
+    /// The `read` call's params: up to message `up_to`, or everything.
+    pub(super) fn read_params(&self, up_to: Option<&str>) -> Value {
+        let mut params = match self {
+            ConvKey::Direct(name) => json!({"with": name}),
+            ConvKey::Room(room) => json!({"room": room}),
+        };
+        if let Some(up_to) = up_to {
+            params["up_to"] = json!(up_to);
+        }
+        params
+    }
+
     pub(super) fn history_params(&self, before: Option<&str>) -> Value {
         let mut params = match self {
             ConvKey::Direct(name) => json!({"with": name, "limit": PAGE}),
@@ -150,6 +162,8 @@ pub(crate) struct Conversation {
     pub(crate) key: ConvKey,
     pub(crate) messages: VecDeque<Message>,
     pub(crate) unread: usize,
+    /// The first unread message's id: the "new messages" line goes above it.
+    pub(crate) marker: Option<String>,
     /// Lines scrolled up from the bottom (0: following new messages).
     pub(crate) scroll: usize,
     /// The latest page has been read.
@@ -170,6 +184,7 @@ impl Conversation {
             key,
             messages: VecDeque::new(),
             unread: 0,
+            marker: None,
             scroll: 0,
             loaded: false,
             loading: false,

@@ -92,6 +92,24 @@ impl App {
                 self.error(format!("you were removed from #{}", clean(room)));
                 Vec::new()
             }
+            // A conversation was read (here or in another window).
+            Some("read") => {
+                let (Some(label), Some(unread)) =
+                    (event["conversation"].as_str(), event["unread"].as_u64())
+                else {
+                    return Vec::new();
+                };
+                if let Some(at) = self.find(&ConvKey::from_label(&clean(label)))
+                    && at != self.selected
+                {
+                    let conv = &mut self.conversations[at];
+                    conv.unread = usize::try_from(unread).unwrap_or(usize::MAX);
+                    if conv.unread == 0 {
+                        conv.marker = None;
+                    }
+                }
+                Vec::new()
+            }
             // The stream dropped events: read everything again.
             Some("lagged") => {
                 for conv in &mut self.conversations {
@@ -110,10 +128,9 @@ impl App {
             return Vec::new();
         };
         let key = ConvKey::from_label(&clean(label));
-        let at = self.ensure(key);
+        let at = self.ensure(key.clone());
         let mine = self.me.as_deref() == Some(message.from.as_str());
         let width = usize::from(self.viewport.0);
-        let height = view::message_height(&message, width, self.me());
         let selected = at == self.selected;
         let conv = &mut self.conversations[at];
         if let Some(id) = &message.id
@@ -122,18 +139,35 @@ impl App {
             conv.messages[pos].status.advance(message.status);
             return Vec::new();
         }
-        if !selected && !mine {
-            conv.unread += 1;
+        let mut effects = Vec::new();
+        if !mine {
+            if selected {
+                // In view: read as it arrives.
+                effects.push(call(
+                    "read",
+                    key.read_params(message.id.as_deref()),
+                    Then::Read,
+                ));
+            } else {
+                if conv.unread == 0 {
+                    conv.marker = message.id.clone();
+                }
+                conv.unread += 1;
+                effects.extend(self.notify(&key, &message));
+            }
         }
+        let conv = &mut self.conversations[at];
         if conv.newer_dropped {
             // The bottom is re-read when the user scrolls back down to it.
-            return Vec::new();
-        }
-        if conv.scroll > 0 {
-            // Keep what the user is reading in place.
-            conv.scroll += height;
+            return effects;
         }
         conv.push(message);
-        Vec::new()
+        let conv = &self.conversations[at];
+        if conv.scroll > 0 {
+            // Keep what the user is reading in place.
+            let height = view::block_height(self, conv, conv.messages.len() - 1, width);
+            self.conversations[at].scroll += height;
+        }
+        effects
     }
 }

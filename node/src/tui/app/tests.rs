@@ -23,7 +23,7 @@ fn calls(effects: &[Effect]) -> Vec<(&'static str, Value)> {
         .iter()
         .filter_map(|e| match e {
             Effect::Call { method, params, .. } => Some((*method, params.clone())),
-            Effect::Redraw => None,
+            _ => None,
         })
         .collect()
 }
@@ -456,7 +456,8 @@ fn scrolling_up_past_the_top_reads_older_pages() {
         )]
     );
     let top = app.conversations[0].scroll;
-    assert_eq!(top, 100 - 10);
+    // 100 messages under their day's heading, less the pane.
+    assert_eq!(top, 1 + 100 - 10);
     let older: Vec<Value> = (50..100)
         .map(|i| {
             entry(
@@ -695,4 +696,106 @@ fn control_characters_from_the_network_never_reach_the_terminal() {
     app.handle_event(&message_event("e1", "bob", "bob", "hi\u{1b}[2Jthere\tyou"));
     let text = &app.conversations[0].messages.back().unwrap().text;
     assert_eq!(text, "hi\u{fffd}[2Jthere you");
+}
+
+fn notifications(effects: &[Effect]) -> Vec<(String, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify { title, body } => Some((title.clone(), body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn unread_counts_from_the_daemon_show_and_are_marked_read_when_viewed() {
+    let mut app = App::new("/tmp/palaver.sock");
+    app.connected();
+    // Two messages came to #lunch while the window was closed.
+    let effects = app.handle_answer(
+        Then::Conversations,
+        Ok(json!([
+            {"conversation": "bob", "unread": 0, "first_unread": null},
+            {"conversation": "#lunch", "unread": 2, "first_unread": "r1"},
+        ])),
+    );
+    assert_eq!(
+        calls(&effects),
+        vec![("history", json!({"with": "bob", "limit": PAGE}))],
+        "bob is selected and has nothing unread: nothing to mark"
+    );
+    assert_eq!(app.conversations[1].unread, 2);
+    assert_eq!(app.conversations[1].marker.as_deref(), Some("r1"));
+    // Viewing it tells the daemon; the "new messages" line stays while it is in view...
+    let effects = app.handle_key(key(KeyCode::Tab));
+    assert!(
+        calls(&effects).contains(&("read", json!({"room": "lunch"}))),
+        "{effects:?}"
+    );
+    assert_eq!(app.conversations[1].unread, 0);
+    assert_eq!(app.conversations[1].marker.as_deref(), Some("r1"));
+    // ... and is gone once another conversation is selected.
+    app.handle_key(key(KeyCode::Tab));
+    assert_eq!(app.conversations[1].marker, None);
+}
+
+#[test]
+fn a_message_out_of_view_notifies_and_one_in_view_is_read_as_it_comes() {
+    let mut app = connected();
+    // In view (bob is selected): read at once, no notification.
+    let effects = app.handle_event(&message_event("m3", "bob", "bob", "there?"));
+    assert_eq!(
+        calls(&effects),
+        vec![("read", json!({"with": "bob", "up_to": "m3"}))]
+    );
+    assert!(notifications(&effects).is_empty());
+    // Elsewhere: a notification, and the first of them is where the line goes.
+    let effects = app.handle_event(&message_event("r1", "#lunch", "carol", "soup?"));
+    assert_eq!(
+        notifications(&effects),
+        vec![("carol in #lunch".to_owned(), "soup?".to_owned())]
+    );
+    assert!(calls(&effects).is_empty());
+    assert_eq!(app.conversations[1].marker.as_deref(), Some("r1"));
+    // A burst rings once...
+    let effects = app.handle_event(&message_event("r2", "#lunch", "bob", "yes"));
+    assert!(notifications(&effects).is_empty());
+    assert_eq!(app.conversations[1].unread, 2);
+    assert_eq!(app.conversations[1].marker.as_deref(), Some("r1"));
+    // ... and a message a while later rings again; a long one is cut.
+    app.now += NOTIFY_GAP_MS;
+    let long = "x".repeat(500);
+    let effects = app.handle_event(&message_event("d1", "dave", "dave", &long));
+    let notified = notifications(&effects);
+    assert_eq!(notified.len(), 1);
+    assert_eq!(notified[0].0, "dave");
+    assert_eq!(notified[0].1.chars().count(), NOTIFY_TEXT + 1);
+    // My own messages (sent from elsewhere) neither notify nor count.
+    app.now += NOTIFY_GAP_MS;
+    let effects = app.handle_event(&message_event("r3", "#lunch", "alice", "mine"));
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(app.conversations[2].unread, 2);
+    // Read in another window: the badge clears here too.
+    app.handle_event(&json!({"type": "read", "conversation": "#lunch", "unread": 0}));
+    assert_eq!(app.conversations[2].unread, 0);
+    assert_eq!(app.conversations[2].marker, None);
+}
+
+#[test]
+fn after_a_reconnect_the_daemons_counts_replace_the_windows() {
+    let mut app = connected();
+    app.handle_event(&message_event("r1", "#lunch", "bob", "soup?"));
+    assert_eq!(app.conversations[1].unread, 1);
+    // Read elsewhere while this window was cut off (the read event was lost with the link).
+    app.connected();
+    app.handle_answer(
+        Then::Conversations,
+        Ok(json!([
+            {"conversation": "bob", "unread": 0, "first_unread": null},
+            {"conversation": "#lunch", "unread": 0, "first_unread": null},
+        ])),
+    );
+    assert_eq!(app.conversations[1].unread, 0);
+    assert_eq!(app.conversations[1].marker, None);
 }

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::super::app::Then;
 use super::*;
+use crate::localtime::LocalTime;
 
 /// Draws `app` on a `width`×`height` screen and reads it back, one string per row.
 fn screen(app: &App, width: u16, height: u16) -> Vec<String> {
@@ -47,6 +48,7 @@ fn entry(id: &str, conversation: &str, from: &str, text: &str, status: &str) -> 
 /// alice, talking with bob, with #lunch and carol in the list, at 80×24.
 fn chatting() -> App {
     let mut app = App::new("/home/alice/.local/share/palaver/palaver.sock");
+    app.local = LocalTime::new(jiff::tz::TimeZone::UTC);
     app.resize(
         message_viewport(Rect::new(0, 0, 80, 24)).0,
         message_viewport(Rect::new(0, 0, 80, 24)).1,
@@ -269,4 +271,116 @@ fn wrap_breaks_at_spaces_and_splits_long_words() {
     assert_eq!(wrap("", 10), vec![""]);
     // Wide characters count two columns.
     assert_eq!(wrap("日本語です", 4), vec!["日本", "語で", "す"]);
+}
+
+/// 2026-12-01T12:00:00Z, a Tuesday.
+const NOON: u64 = 1_796_126_400_000;
+const HOUR: u64 = 3_600_000;
+
+/// alice's window with bob's conversation selected: `unread` of `messages` (id, text, time)
+/// arrived while it was closed, seen at NOON in time zone `tz`.
+fn window_with(tz: &str, messages: &[(&str, &str, u64)], unread: usize) -> App {
+    let mut app = App::new("/tmp/palaver.sock");
+    app.local = LocalTime::new(jiff::tz::TimeZone::posix(tz).unwrap());
+    app.now = NOON;
+    app.resize(
+        message_viewport(Rect::new(0, 0, 80, 24)).0,
+        message_viewport(Rect::new(0, 0, 80, 24)).1,
+    );
+    app.connected();
+    app.handle_answer(
+        Then::Status,
+        Ok(json!({"name": "alice", "rendezvous": {"connected": true, "logged_in": true}})),
+    );
+    let first_unread = messages[messages.len() - unread.max(1)].0;
+    app.handle_answer(
+        Then::Conversations,
+        Ok(json!([{"conversation": "bob", "unread": unread,
+                   "first_unread": (unread > 0).then_some(first_unread)}])),
+    );
+    let page: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(id, text, at)| {
+            json!({"id": id, "conversation": "bob", "from": "bob", "text": text,
+                   "sent_at": at, "status": "received"})
+        })
+        .collect();
+    app.handle_answer(
+        Then::History {
+            conv: ConvKey::Direct("bob".into()),
+            older: false,
+        },
+        Ok(json!(page)),
+    );
+    app
+}
+
+/// The message pane's rows, trimmed, without the empty ones.
+fn pane(app: &App) -> Vec<String> {
+    screen(app, 80, 24)[1..19]
+        .iter()
+        .map(|row| {
+            row.chars()
+                .skip(19)
+                .take(42)
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        })
+        .filter(|row| !row.is_empty())
+        .collect()
+}
+
+#[test]
+fn days_are_headed_and_times_are_local() {
+    let messages = [
+        ("1", "late night", NOON - 12 * HOUR - 30 * 60_000),
+        ("2", "early morning", NOON - 11 * HOUR - 30 * 60_000),
+        ("3", "lunch?", NOON),
+    ];
+    let utc = window_with("UTC0", &messages, 0);
+    let rows = pane(&utc);
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    assert!(rows[0].contains("─ Yesterday ─"), "{rows:#?}");
+    assert!(rows[1].starts_with("23:30 bob: late night"), "{rows:#?}");
+    assert!(rows[2].contains("─ Today ─"), "{rows:#?}");
+    assert!(rows[3].starts_with("00:30 bob: early morning"), "{rows:#?}");
+    assert!(rows[4].starts_with("12:00 bob: lunch?"), "{rows:#?}");
+    // In New York the first two were both on Monday evening.
+    let new_york = window_with("EST5EDT,M3.2.0,M11.1.0", &messages, 0);
+    let rows = pane(&new_york);
+    assert!(rows[0].contains("─ Yesterday ─"), "{rows:#?}");
+    assert!(rows[1].starts_with("18:30 bob: late night"), "{rows:#?}");
+    assert!(rows[2].starts_with("19:30 bob: early morning"), "{rows:#?}");
+    assert!(rows[3].contains("─ Today ─"), "{rows:#?}");
+    assert!(rows[4].starts_with("07:00 bob: lunch?"), "{rows:#?}");
+    // Further back: the date.
+    let old = window_with("UTC0", &[("1", "hello", NOON - 72 * HOUR)], 0);
+    assert!(
+        pane(&old)[0].contains("─ Sat 28 Nov 2026 ─"),
+        "{:#?}",
+        pane(&old)
+    );
+}
+
+#[test]
+fn a_line_divides_what_was_read_from_what_came_while_away() {
+    let messages = [
+        ("1", "seen before", NOON - 2 * HOUR),
+        ("2", "while away", NOON - HOUR),
+        ("3", "also away", NOON),
+    ];
+    let app = window_with("UTC0", &messages, 2);
+    let rows = pane(&app);
+    let line = rows
+        .iter()
+        .position(|row| row.contains("─ new messages ─"))
+        .unwrap_or_else(|| panic!("no read marker in {rows:#?}"));
+    assert!(rows[line - 1].contains("seen before"), "{rows:#?}");
+    assert!(rows[line + 1].contains("while away"), "{rows:#?}");
+    // Scrolling counts the separators: the whole conversation is exactly this tall.
+    assert_eq!(app.total_lines(), rows.len());
+    // Nothing unread: no line.
+    let read = window_with("UTC0", &messages, 0);
+    assert!(!pane(&read).iter().any(|row| row.contains("new messages")));
 }
