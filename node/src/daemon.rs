@@ -8,6 +8,7 @@
 
 mod behaviour;
 pub(crate) mod calls;
+mod client_ids;
 mod direct;
 mod durable;
 mod reach;
@@ -126,6 +127,8 @@ async fn run_until(
 ) -> anyhow::Result<()> {
     let home = Home::new(&config.home);
     let (identity, name) = home.open(config.passphrase.as_deref())?;
+    // Held until the daemon exits; a reader of the store that is still reading is waited for.
+    let _claim = crate::access::DaemonClaim::acquire(&config.home).await?;
     let store = Store::open(&config.home.join("store"))?;
     let (calls_tx, calls) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
@@ -140,10 +143,11 @@ async fn run_until(
     let span = tracing::info_span!("node", user = %node.name);
     let result = tracing::Instrument::instrument(node.run(calls, shutdown), span).await;
     // Flushed before the socket goes: a client sees the daemon gone only once its store is.
-    node.flush_before_exit();
+    let flushed = node.flush_before_exit();
     server.abort();
     let _ = std::fs::remove_file(&socket);
     result
+        .and(flushed.map_err(|err| anyhow::anyhow!("cannot flush the store on the way out: {err}")))
 }
 
 /// What to do with a rendezvous response when it arrives.
@@ -172,6 +176,9 @@ enum Pending {
     FetchMail,
     AckMail,
     Presence {
+        names: Vec<UserName>,
+        /// Named by the caller (an unknown one is an error), not the contact list.
+        explicit: bool,
         reply: oneshot::Sender<Result<Value, RpcError>>,
     },
     LookupThenInvite {
@@ -191,6 +198,9 @@ struct RendezvousLink {
     connected: bool,
     logged_in: bool,
     registered_once: bool,
+    /// Why the rendezvous last refused our login or registration, as it said it (`status` shows
+    /// it); cleared by the next successful login.
+    refused: Option<palaver_protocol::wire::Refusal>,
     /// Requests waiting for one in flight to finish ([`RENDEZVOUS_IN_FLIGHT`]), in order.
     queued: std::collections::VecDeque<(RendezvousRequest, Pending)>,
 }
@@ -206,6 +216,11 @@ const RENDEZVOUS_QUEUED: usize = 1024;
 enum Internal {
     /// The group commit's flush is done (see [`durable`]).
     Flushed(Result<(), String>),
+    /// A send keyed by the client has its answer (see [`client_ids`]).
+    SendAnswered {
+        client_id: String,
+        result: Result<Value, RpcError>,
+    },
 }
 
 pub(crate) struct Node {
@@ -247,6 +262,11 @@ pub(crate) struct Node {
     /// next retry tick (bounded: see [`direct::PREKEY_WAIT_MS`]).
     waiting_for_prekeys: Vec<direct::Job>,
     stopping: bool,
+    /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
+    /// non-zero, so a supervisor restarts it.
+    fatal: Option<String>,
+    /// Sends keyed by the client that are under way (bounded by the calls in flight).
+    sends_in_flight: HashMap<String, client_ids::InFlight>,
 }
 
 const PREKEYS_META: &str = "prekeys";
@@ -328,6 +348,8 @@ impl Node {
             unnamed_events: HashMap::new(),
             waiting_for_prekeys: Vec::new(),
             stopping: false,
+            fatal: None,
+            sends_in_flight: HashMap::new(),
         };
         node.subscribe_room_topics();
         node.dial_rendezvous();
@@ -357,12 +379,18 @@ impl Node {
                 _ = &mut shutdown => break,
             }
         }
-        Ok(())
+        match self.fatal.take() {
+            Some(reason) => Err(anyhow::anyhow!("the daemon stopped: {reason}")),
+            None => Ok(()),
+        }
     }
 
     fn on_internal(&mut self, done: Internal) {
         match done {
             Internal::Flushed(result) => self.on_flushed(result),
+            Internal::SendAnswered { client_id, result } => {
+                self.on_send_answered(client_id, result)
+            }
         }
     }
 
@@ -472,6 +500,7 @@ impl Node {
 
     fn on_logged_in(&mut self, mail_waiting: u32, one_time_left: u32) {
         self.link.logged_in = true;
+        self.link.refused = None;
         tracing::info!("logged in at the rendezvous as {}", self.name);
         self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": true}));
         self.publish_prekeys(one_time_left);
@@ -667,6 +696,7 @@ impl Node {
             }
             (Pending::Login | Pending::Register, R::Refused(refusal)) => {
                 tracing::error!("the rendezvous refused us: {refusal}");
+                self.link.refused = Some(refusal.clone());
                 self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
             }
             (Pending::Publish, R::Done) => self.set_store_flag("prekeys_published"),
@@ -716,15 +746,18 @@ impl Node {
                 self.on_deposit_refused(id, refusal.to_string())
             }
             (Pending::FetchMail, R::Mail { items, remaining }) => self.on_mail(items, remaining),
-            (Pending::Presence { reply }, R::Users(users)) => {
-                let records: Vec<Value> = users
-                    .iter()
-                    .map(|user| presence_json(&user.presence))
-                    .collect();
-                for user in users {
-                    self.presence.insert(user.name.to_string(), user.presence);
-                }
-                let _ = reply.send(Ok(Value::Array(records)));
+            (
+                Pending::Presence {
+                    names,
+                    explicit,
+                    reply,
+                },
+                R::Users(users),
+            ) => {
+                let _ = reply.send(self.presence_answer(&names, explicit, users));
+            }
+            (Pending::Presence { names, reply, .. }, R::Refused(_)) => {
+                let _ = reply.send(Ok(self.last_known_presence(&names)));
             }
             (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
                 let found = users.iter().any(|u| u.name == user);
@@ -754,9 +787,7 @@ impl Node {
                 let _ = reply.send(answer);
             }
             (
-                Pending::Presence { reply }
-                | Pending::LookupThenInvite { reply, .. }
-                | Pending::LookupThenVerify { reply, .. },
+                Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. },
                 R::Refused(refusal),
             ) => {
                 let _ = reply.send(Err(RpcError::failed(refusal.to_string())));
@@ -791,9 +822,10 @@ impl Node {
                 job.fail(format!("the rendezvous did not answer: {error}"))
             }
             Pending::Deposit { id } => self.on_deposit_refused(id, error),
-            Pending::Presence { reply }
-            | Pending::LookupThenInvite { reply, .. }
-            | Pending::LookupThenVerify { reply, .. } => {
+            Pending::Presence { names, reply, .. } => {
+                let _ = reply.send(Ok(self.last_known_presence(&names)));
+            }
+            Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. } => {
                 let _ = reply.send(Err(RpcError::failed(format!(
                     "the rendezvous did not answer: {error}"
                 ))));
@@ -1004,9 +1036,16 @@ impl Node {
                 // restarted and lost the records): as good as a failed lookup, so its messages
                 // go to the mailbox rather than wait for a record that may never come.
                 let asked = cookie.namespace().and_then(peer_of_namespace);
+                // A public room's members register under its namespace: those found are wanted.
+                let room_members = cookie
+                    .namespace()
+                    .is_some_and(|ns| ns.to_string().starts_with(rooms::ROOM_NAMESPACE));
                 let mut found = false;
                 for registration in registrations {
                     let peer = registration.record.peer_id();
+                    if room_members && peer != *self.swarm.local_peer_id() {
+                        self.wanted_peers.insert(peer);
+                    }
                     found |= Some(peer) == asked;
                     let addrs = registration.record.addresses().to_vec();
                     self.on_discovered(peer, addrs);

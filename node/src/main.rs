@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match palaver_node::cli::run(palaver_node::cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", palaver_node::cli::error_line(&err));
             ExitCode::FAILURE
         }
     }
