@@ -798,7 +798,7 @@ impl Node {
             ) => {}
             (Pending::Subscribe, R::Users(users)) => {
                 for user in users {
-                    self.presence.insert(user.name.to_string(), user.presence);
+                    self.remember_presence(user.presence);
                 }
             }
             (_, R::Refused(refusal)) if refusal.reason == RefusalReason::NotLoggedIn => {
@@ -844,7 +844,7 @@ impl Node {
                         .get(&name)
                         .is_none_or(|old| old.state == PresenceState::Offline);
                 self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
-                self.presence.insert(name.clone(), record);
+                self.remember_presence(record);
                 if came_online {
                     self.retry_outbox_for_name(&name);
                 }

@@ -407,6 +407,13 @@ fn presence_is_last_known_and_stale_while_the_rendezvous_is_down() {
     assert_eq!(stale[0]["state"], "online", "the last known state");
     assert_eq!(stale[0]["stale"], true);
     assert!(alice.ok(&["presence", "bob"]).contains("stale"));
+    // Restarted while the rendezvous is still down, the daemon still knows the last state.
+    assert!(bob.stop().success());
+    assert!(alice.stop().success());
+    alice.start(&[]);
+    let stale = alice.json(&["presence", "bob"]);
+    assert_eq!(stale[0]["state"], "online", "{stale:?}");
+    assert_eq!(stale[0]["stale"], true);
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! The control-socket methods: parse the params, carry the call out, answer.
 
-use palaver_protocol::wire::{MAX_TEXT_LEN, RefusalReason, RendezvousRequest, UserRecord};
+use palaver_protocol::wire::{
+    MAX_TEXT_LEN, PresenceRecord, RefusalReason, RendezvousRequest, UserRecord,
+};
 use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
 use serde_json::{Value, json};
 
 use super::direct::Reply;
 use super::{Node, Pending};
 use crate::rpc::{Call, RpcError};
-use crate::store::{ConversationId, StateKey, Store};
+use crate::store::{ConversationId, StateBatch, StateKey, Store};
 
 /// Reads `history` for `with` (a user) or `room`, resolving names from the store.
 pub(crate) fn history(
@@ -405,7 +407,7 @@ impl Node {
             })
             .collect();
         for user in users {
-            self.presence.insert(user.name.to_string(), user.presence);
+            self.remember_presence(user.presence);
         }
         if explicit && !unknown.is_empty() {
             return Err(RpcError::failed(format!(
@@ -423,7 +425,15 @@ impl Node {
         let records = names
             .iter()
             .map(|name| {
-                let heard = self.presence.get(name.as_str());
+                let stored = || {
+                    let key = presence_key(name.as_str());
+                    self.store
+                        .get::<PresenceRecord>(StateKey::Meta(&key))
+                        .ok()
+                        .flatten()
+                };
+                let heard = self.presence.get(name.as_str()).cloned().or_else(stored);
+                let heard = heard.as_ref();
                 let connected = self.contact_key(name).is_some_and(|key| {
                     self.swarm
                         .is_connected(&palaver_protocol::identity::peer_id_of(&key))
@@ -442,6 +452,20 @@ impl Node {
             })
             .collect();
         Value::Array(records)
+    }
+
+    /// Keeps what the rendezvous says of a user's presence: in memory, and in the store, so
+    /// that a daemon restarted while the rendezvous is down still knows the last state.
+    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) {
+        let key = presence_key(record.name.as_str());
+        // Best effort: it is only shown, marked stale, when nothing fresher can be had.
+        if let Err(err) = self
+            .store
+            .apply(StateBatch::default().put(StateKey::Meta(&key), &record))
+        {
+            tracing::debug!("cannot keep presence: {err}");
+        }
+        self.presence.insert(record.name.to_string(), record);
     }
 
     pub(crate) fn verify(&mut self, name: UserName, reply: Reply) {
@@ -464,6 +488,10 @@ impl Node {
             &key,
         )));
     }
+}
+
+fn presence_key(name: &str) -> String {
+    format!("presence/{name}")
 }
 
 /// What a user can do about the rendezvous refusing the login, by the reason it gave.
