@@ -14,7 +14,7 @@
 //! their process dies, so nothing stale is left behind.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rustix::fs::{FlockOperation, flock};
@@ -129,6 +129,12 @@ pub enum Source {
 /// Connects to the daemon if one runs; reads offline if none does; and while one is starting
 /// (it holds the locks but does not answer yet), waits for its socket.
 pub async fn offline_or_daemon(home: &Path) -> anyhow::Result<Source> {
+    if !home.is_dir() {
+        anyhow::bail!(
+            "no identity in {}: run `palaver init --name NAME` first",
+            home.display()
+        );
+    }
     let socket = home.join("palaver.sock");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -151,7 +157,7 @@ pub async fn offline_or_daemon(home: &Path) -> anyhow::Result<Source> {
     }
 }
 
-fn open_lock(path: &PathBuf) -> Result<File, AccessError> {
+fn open_lock(path: &Path) -> Result<File, AccessError> {
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

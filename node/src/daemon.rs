@@ -265,7 +265,7 @@ pub(crate) struct Node {
     /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
     /// non-zero, so a supervisor restarts it.
     fatal: Option<String>,
-    /// Sends keyed by the client that are under way (bounded by the calls in flight).
+    /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
     sends_in_flight: HashMap<String, client_ids::InFlight>,
 }
 

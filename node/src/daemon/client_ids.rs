@@ -18,6 +18,8 @@ use crate::store::StateKey;
 
 /// The longest key accepted.
 const MAX_CLIENT_ID: usize = 128;
+/// Keyed sends under way at once; past that, a new one is refused until some are answered.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// What a client's key stands for: the message it sent, and what was in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,12 @@ impl Node {
             } else {
                 let _ = reply.send(reused());
             }
+            return;
+        }
+        if self.sends_in_flight.len() >= MAX_IN_FLIGHT {
+            let _ = reply.send(Err(RpcError::failed(
+                "too many sends with a client_id under way; try again in a moment",
+            )));
             return;
         }
         // The job answers into this channel; whoever waits (the first caller and any repeat
