@@ -11,10 +11,13 @@ use palaver_protocol::UserName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod input;
+
+use crate::access::{self, Source};
 use crate::daemon::{self, DaemonConfig};
 use crate::home::Home;
-use crate::rpc::{Client, ClientError};
-use crate::store::Store;
+use crate::rpc::{Client, RpcError};
+use crate::store::{Store, StoreError};
 
 mod wait;
 
@@ -63,10 +66,11 @@ pub enum Command {
     /// Run the daemon: log in at the rendezvous and keep this user reachable.
     Daemon {
         /// The rendezvous server (remembered in <home>/config.toml for next time).
-        #[arg(long)]
+        #[arg(long, value_parser = input::multiaddr)]
         rendezvous: Option<Multiaddr>,
-        /// Where to listen for peers [default: all interfaces, TCP and QUIC, any port].
-        #[arg(long)]
+        /// Where to listen for peers (remembered in <home>/config.toml for next time)
+        /// [default: all interfaces, TCP and QUIC, any port].
+        #[arg(long, value_parser = input::multiaddr)]
         listen: Vec<Multiaddr>,
         /// Token for servers that only register users who have one.
         #[arg(long)]
@@ -76,7 +80,7 @@ pub enum Command {
         relay_only_transport: bool,
         /// An extra relay (repeatable, ending in /p2p/<id>) to be reachable through when behind a
         /// NAT, besides the rendezvous; e.g. a `palaver-rendezvous --relay-only`.
-        #[arg(long = "relay", value_name = "MULTIADDR")]
+        #[arg(long = "relay", value_name = "MULTIADDR", value_parser = input::multiaddr)]
         relays: Vec<Multiaddr>,
     },
     /// The daemon's state: rendezvous connection, listen addresses.
@@ -88,7 +92,16 @@ pub enum Command {
     /// Send a direct message; prints its id.
     Send {
         name: String,
-        text: String,
+        /// The text; `-` reads it from stdin.
+        #[arg(required_unless_present = "file", allow_hyphen_values = true)]
+        text: Option<String>,
+        /// Read the text from a file (at most 64 KiB).
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// A key of your own for this send: repeating a send with the same --id (after an
+        /// interrupted one, say) sends nothing new and prints the first one's id.
+        #[arg(long)]
+        id: Option<String>,
         /// Return only once it is delivered or queued in the recipient's mailbox (up to a minute).
         #[arg(long)]
         wait: bool,
@@ -107,6 +120,8 @@ pub enum Command {
     },
     /// Presence of contacts (or of the given users).
     Presence { names: Vec<String> },
+    /// Conversations, most recent first, with their last message.
+    Conversations,
     /// Connected peers and how (direct or relayed).
     Peers,
     /// Print events (messages, delivery changes, presence) as they happen.
@@ -150,7 +165,15 @@ pub enum RoomCommand {
     /// Your rooms and invitations.
     List,
     /// Send a message to a room.
-    Send { room: String, text: String },
+    Send {
+        room: String,
+        /// The text; `-` reads it from stdin.
+        #[arg(required_unless_present = "file", allow_hyphen_values = true)]
+        text: Option<String>,
+        /// Read the text from a file (at most 64 KiB).
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+    },
 }
 
 /// `<home>/config.toml`: what `daemon` remembers between runs.
@@ -249,10 +272,15 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 config
                     .listen
                     .iter()
-                    .map(|a| a.parse())
+                    .map(|a| input::multiaddr(a).map_err(anyhow::Error::msg))
                     .collect::<Result<_, _>>()
                     .context("listen addresses in config.toml")?
             } else {
+                let given: Vec<String> = listen.iter().map(ToString::to_string).collect();
+                if given != config.listen {
+                    config.listen = given;
+                    config.save(home.dir())?;
+                }
                 listen
             };
             daemon_config.registration_token = registration_token.or(config.registration_token);
@@ -270,9 +298,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             print_one(json, &status, |s| {
                 let rv = &s["rendezvous"];
                 let state = match (rv["connected"].as_bool(), rv["logged_in"].as_bool()) {
-                    (_, Some(true)) => "logged in",
-                    (Some(true), _) => "connected, logging in",
-                    _ => "not connected",
+                    (_, Some(true)) => "logged in".to_owned(),
+                    _ if rv["refused"].is_string() => format!(
+                        "refused: {}\n            {}",
+                        rv["refused"].as_str().unwrap_or(""),
+                        rv["hint"].as_str().unwrap_or("")
+                    ),
+                    (Some(true), _) => "connected, logging in".to_owned(),
+                    _ => "not connected".to_owned(),
                 };
                 let listen: Vec<&str> = s["listen"]
                     .as_array()
@@ -290,13 +323,24 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Send { name, text, wait } => {
+        Command::Send {
+            name,
+            text,
+            file,
+            id,
+            wait,
+        } => {
+            let text = input::message_text(text, file.as_deref())?;
+            let mut params = json!({"to": name, "text": text});
+            if let Some(id) = id {
+                params["client_id"] = Value::from(id);
+            }
             let watch = if wait {
                 Some(wait::DeliveryWatch::open(&socket).await?)
             } else {
                 None
             };
-            let sent = call(&socket, "send", json!({"to": name, "text": text})).await?;
+            let sent = call(&socket, "send", params).await?;
             if let (Some(watch), Some(id)) = (watch, sent["id"].as_str()) {
                 watch.settled(id).await?;
             }
@@ -305,20 +349,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Room(command) => room(&socket, json, command).await?,
         Command::History { with, room, limit } => {
             let params = json!({"with": with, "room": room, "limit": limit});
-            let entries = match Client::connect(&socket).await {
-                Ok(mut client) => client.call("history", params).await?,
-                Err(ClientError::NotRunning(_)) => {
-                    // No daemon: read the store directly.
-                    let store = Store::open(&home.dir().join("store"))?;
-                    Value::Array(daemon::calls::history(
-                        &store,
-                        with.as_deref(),
-                        room.as_deref(),
-                        limit,
-                    )?)
-                }
-                Err(err) => return Err(err.into()),
-            };
+            let entries = read_call(&home, "history", params, |store| {
+                daemon::calls::history(store, with.as_deref(), room.as_deref(), limit)
+            })
+            .await?;
             print_list(json, &entries, |e| {
                 let gap = match e["missing_before"].as_u64() {
                     Some(n) => format!(
@@ -344,10 +378,35 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                     .as_u64()
                     .map(|ms| format!("last seen {}", clock(ms)))
                     .unwrap_or_default();
+                let stale = if r["stale"].as_bool() == Some(true) {
+                    "  (stale: the rendezvous is unreachable; last known)"
+                } else {
+                    ""
+                };
                 format!(
-                    "{:<16} {:<8} {seen}",
+                    "{:<16} {:<8} {seen}{stale}",
                     r["name"].as_str().unwrap_or(""),
                     r["state"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Command::Conversations => {
+            let list = read_call(&home, "conversations", Value::Null, |store| {
+                daemon::calls::conversations(store)
+            })
+            .await?;
+            print_list(json, &list, |c| {
+                let unread = match c["unread"].as_u64() {
+                    Some(n) if n > 0 => format!("{n} unread"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {:<20} {:<8} {}: {}",
+                    clock(c["last_at"].as_u64().unwrap_or(0)),
+                    c["conversation"].as_str().unwrap_or(""),
+                    unread,
+                    c["last_from"].as_str().unwrap_or(""),
+                    c["last_text"].as_str().unwrap_or(""),
                 )
             });
         }
@@ -416,7 +475,10 @@ async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result
         RoomCommand::Kick { room, name } => ("room.kick", json!({"room": room, "name": name})),
         RoomCommand::Members { room } => ("room.members", json!({"room": room})),
         RoomCommand::List => ("room.list", Value::Null),
-        RoomCommand::Send { room, text } => ("room.send", json!({"room": room, "text": text})),
+        RoomCommand::Send { room, text, file } => {
+            let text = input::message_text(text.clone(), file.as_deref())?;
+            ("room.send", json!({"room": room, "text": text}))
+        }
     };
     let answer = call(socket, method, params).await?;
     match command {
@@ -452,6 +514,31 @@ async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result
         _ => print_one(json, &answer, |_| "ok".to_owned()),
     }
     Ok(())
+}
+
+/// A read-only call: answered by the daemon when one runs (or once one that is starting
+/// answers), else by `offline` from the store itself — never in a way that keeps a starting
+/// daemon from opening its store (see [`access`]).
+async fn read_call(
+    home: &Home,
+    method: &str,
+    params: Value,
+    offline: impl Fn(&Store) -> Result<Vec<Value>, RpcError>,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match access::offline_or_daemon(home.dir()).await? {
+            Source::Daemon(mut client) => return Ok(client.call(method, params).await?),
+            Source::Offline(_reading) => match Store::open(&home.dir().join("store")) {
+                Ok(store) => return Ok(Value::Array(offline(&store)?)),
+                // A daemon that has just stopped can hold sled's own lock a moment longer.
+                Err(StoreError::Locked) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(err) => return Err(err.into()),
+            },
+        }
+    }
 }
 
 async fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
@@ -521,6 +608,25 @@ fn describe_event(event: &Value) -> String {
     }
 }
 
+/// The one line `error: …` shows: each cause in the chain once. A wrapper whose message already
+/// quotes its source (`store: {0}`, an RPC error carried as is) would otherwise repeat it
+/// (`error: empty message: empty message`).
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.replace('\n', " ")
+}
+
 /// `HH:MM` in local time (honouring `TZ`) of a Unix time in milliseconds.
 pub fn clock(ms: u64) -> String {
     crate::localtime::LocalTime::system().clock(ms)
@@ -528,11 +634,15 @@ pub fn clock(ms: u64) -> String {
 
 fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {
     if let Some(path) = &cli.passphrase_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(Some(text.lines().next().unwrap_or_default().to_owned()));
+        return input::passphrase_file(path).map(Some);
     }
-    Ok(std::env::var("PALAVER_PASSPHRASE").ok())
+    match std::env::var("PALAVER_PASSPHRASE") {
+        Ok(passphrase) if passphrase.is_empty() => {
+            anyhow::bail!("PALAVER_PASSPHRASE is set but empty; unset it or give the passphrase")
+        }
+        Ok(passphrase) => Ok(Some(passphrase)),
+        Err(_) => Ok(None),
+    }
 }
 
 async fn shutdown_signal() {

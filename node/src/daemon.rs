@@ -8,6 +8,7 @@
 
 mod behaviour;
 pub(crate) mod calls;
+mod client_ids;
 mod direct;
 mod durable;
 mod link;
@@ -124,6 +125,8 @@ async fn run_until(
 ) -> anyhow::Result<()> {
     let home = Home::new(&config.home);
     let (identity, name) = home.open(config.passphrase.as_deref())?;
+    // Held until the daemon exits; a reader of the store that is still reading is waited for.
+    let _claim = crate::access::DaemonClaim::acquire(&config.home).await?;
     let store = Store::open(&config.home.join("store"))?;
     let (calls_tx, calls) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
@@ -138,10 +141,11 @@ async fn run_until(
     let span = tracing::info_span!("node", user = %node.name);
     let result = tracing::Instrument::instrument(node.run(calls, shutdown), span).await;
     // Flushed before the socket goes: a client sees the daemon gone only once its store is.
-    node.flush_before_exit();
+    let flushed = node.flush_before_exit();
     server.abort();
     let _ = std::fs::remove_file(&socket);
     result
+        .and(flushed.map_err(|err| anyhow::anyhow!("cannot flush the store on the way out: {err}")))
 }
 
 /// Something finished outside the actor that the actor must act on.
@@ -149,6 +153,11 @@ async fn run_until(
 enum Internal {
     /// The group commit's flush is done (see [`durable`]).
     Flushed(Result<(), String>),
+    /// A send keyed by the client has its answer (see [`client_ids`]).
+    SendAnswered {
+        client_id: String,
+        result: Result<Value, rpc::RpcError>,
+    },
 }
 
 pub(crate) struct Node {
@@ -192,6 +201,11 @@ pub(crate) struct Node {
     /// next retry tick (bounded: see [`direct::PREKEY_WAIT_MS`]).
     waiting_for_prekeys: Vec<direct::Job>,
     stopping: bool,
+    /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
+    /// non-zero, so a supervisor restarts it.
+    fatal: Option<String>,
+    /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
+    sends_in_flight: HashMap<String, client_ids::InFlight>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -274,6 +288,8 @@ impl Node {
             unnamed_events: HashMap::new(),
             waiting_for_prekeys: Vec::new(),
             stopping: false,
+            fatal: None,
+            sends_in_flight: HashMap::new(),
         };
         node.subscribe_room_topics();
         node.drive_reach();
@@ -304,12 +320,18 @@ impl Node {
         }
         // Whatever the way out still runs (flush waiters) dials nothing new.
         self.reach(reach::ReachInput::Stopping);
-        Ok(())
+        match self.fatal.take() {
+            Some(reason) => Err(anyhow::anyhow!("the daemon stopped: {reason}")),
+            None => Ok(()),
+        }
     }
 
     fn on_internal(&mut self, done: Internal) {
         match done {
             Internal::Flushed(result) => self.on_flushed(result),
+            Internal::SendAnswered { client_id, result } => {
+                self.on_send_answered(client_id, result)
+            }
         }
     }
 
@@ -511,9 +533,16 @@ impl Node {
                 // restarted and lost the records): as good as a failed lookup, so its messages
                 // go to the mailbox rather than wait for a record that may never come.
                 let asked = cookie.namespace().and_then(peer_of_namespace);
+                // A public room's members register under its namespace: those found are wanted.
+                let room_members = cookie
+                    .namespace()
+                    .is_some_and(|ns| ns.to_string().starts_with(rooms::ROOM_NAMESPACE));
                 let mut found = false;
                 for registration in registrations {
                     let peer = registration.record.peer_id();
+                    if room_members && peer != *self.swarm.local_peer_id() {
+                        self.wanted_peers.insert(peer);
+                    }
                     found |= Some(peer) == asked;
                     let addrs = registration.record.addresses().to_vec();
                     self.on_discovered(peer, addrs);

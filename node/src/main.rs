@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match palaver_node::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", palaver_node::cli::error_line(&err));
             ExitCode::FAILURE
         }
     }

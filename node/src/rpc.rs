@@ -210,7 +210,8 @@ pub enum ClientError {
         secs = ANSWER_TIMEOUT.as_secs()
     )]
     Unresponsive(String),
-    #[error("{0}")]
+    /// The daemon's own answer, shown exactly as it gave it.
+    #[error(transparent)]
     Rpc(#[from] RpcError),
 }
 

@@ -1,6 +1,8 @@
 //! User and room names: what people type, checked once at the edge and trusted after.
 //!
-//! A name is `[a-z0-9_.-]`, 1 to 32 characters for users and 1 to 64 for rooms. Parsing what a
+//! A name is `[a-z0-9_.-]`, 1 to 32 characters for users and 1 to 64 for rooms, and starts with a
+//! letter, a digit or `_`: a name is also a command-line argument and part of file names, where
+//! `-x` reads as an option and `.`, `..` or `.x` as a directory or a hidden file. Parsing what a
 //! person typed folds ASCII capitals to lower case (`Alice` is `alice`); decoding from the wire is
 //! strict, so every name has exactly one spelling on the wire and in storage.
 
@@ -29,6 +31,8 @@ pub enum NameError {
         got: String,
         bad: char,
     },
+    #[error("{got:?} is not a valid {kind} name: it must start with a letter, a digit or '_'")]
+    BadStart { kind: &'static str, got: String },
 }
 
 fn check(kind: &'static str, max: usize, name: &str) -> Result<(), NameError> {
@@ -43,6 +47,12 @@ fn check(kind: &'static str, max: usize, name: &str) -> Result<(), NameError> {
             kind,
             got: name.to_owned(),
             bad,
+        });
+    }
+    if name.starts_with(['.', '-']) {
+        return Err(NameError::BadStart {
+            kind,
+            got: name.to_owned(),
         });
     }
     let len = name.len();
@@ -163,6 +173,14 @@ mod tests {
         ));
         assert!(RoomName::new("r".repeat(64)).is_ok());
         assert!(RoomName::new("r".repeat(65)).is_err());
+        for unsafe_name in [".", "..", ".hidden", "-dash", "--help"] {
+            assert!(
+                matches!(UserName::new(unsafe_name), Err(NameError::BadStart { .. })),
+                "{unsafe_name}"
+            );
+            assert!(RoomName::new(unsafe_name).is_err(), "{unsafe_name}");
+        }
+        assert!(UserName::new("_bot").is_ok() && UserName::new("a.-b").is_ok());
         let err = "bob!".parse::<UserName>().unwrap_err().to_string();
         assert!(err.contains("'!'") && err.contains("a-z"), "{err}");
     }

@@ -600,12 +600,12 @@ impl Service {
             Registration::AlreadyYours => Ok(Reply::now(RendezvousResponse::Registered { name })),
             Registration::Taken => Err(refuse(
                 RefusalReason::NameTaken,
-                format!("the name {name:?} is already registered to another key; pick another"),
+                format!("the name {name} is already registered to another key; pick another"),
             )),
             Registration::KeyHasName(existing) => Err(refuse(
                 RefusalReason::Invalid,
                 format!(
-                    "this key is already registered as {existing:?}; log in as {existing:?} instead"
+                    "this key is already registered as {existing}; log in as {existing} instead"
                 ),
             )),
         }
@@ -616,13 +616,13 @@ impl Service {
         let Some(user) = self.store.user(&name)? else {
             return Err(refuse(
                 RefusalReason::UnknownUser,
-                format!("no user {name:?} is registered here; register first"),
+                format!("no user {name} is registered here"),
             ));
         };
         if user.identity != key {
             return Err(refuse(
                 RefusalReason::NotYourName,
-                format!("{name:?} is registered to another key"),
+                format!("the name {name} is registered to another key"),
             ));
         }
         let limit = self.limits.requests;

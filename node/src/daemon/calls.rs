@@ -1,13 +1,15 @@
 //! The control-socket methods: parse the params, carry the call out, answer.
 
-use palaver_protocol::wire::{MAX_TEXT_LEN, Payload, RendezvousRequest};
+use palaver_protocol::wire::{
+    MAX_TEXT_LEN, PresenceRecord, RefusalReason, RendezvousRequest, UserRecord,
+};
 use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
 use serde_json::{Value, json};
 
-use super::direct::{Job, Reply};
+use super::direct::Reply;
 use super::{Node, Pending};
 use crate::rpc::{Call, RpcError};
-use crate::store::{ConversationId, StateKey, Store};
+use crate::store::{ConversationId, StateBatch, StateKey, Store};
 
 /// Reads `history` for `with` (a user) or `room`, resolving names from the store.
 pub(crate) fn history(
@@ -262,11 +264,13 @@ impl Node {
         }
         match method.as_str() {
             "status" => answer(reply, Ok(self.status())),
-            "send" => match (user(&params, "to"), text(&params)) {
-                (Ok(to), Ok(text)) => {
-                    self.send_direct(Job::to_name(to, Payload::Text(text), Some(reply)))
-                }
-                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
+            "send" => match (
+                user(&params, "to"),
+                text(&params),
+                super::client_ids::client_id(&params),
+            ) {
+                (Ok(to), Ok(text), Ok(client_id)) => self.send_text(to, text, client_id, reply),
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => answer(reply, Err(err)),
             },
             "history" => {
                 let limit = params
@@ -370,10 +374,33 @@ impl Node {
                 "address": self.rendezvous_addr.to_string(),
                 "connected": self.reach.rendezvous_connected(),
                 "logged_in": self.session.is_logged_in(),
+                // The server's refusal of our login, verbatim, and what to do about it.
+                "refused": self.session.refusal().map(ToString::to_string),
+                "hint": self.session.refusal().map(|r| refusal_hint(r.reason)),
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outbox": self.outbox_len(),
         })
+    }
+
+    /// Why something that needs the rendezvous cannot be done now: `what`, then the reason —
+    /// the server's refusal of our login (verbatim, with what to do), or that we are not
+    /// (yet) logged in.
+    pub(crate) fn offline_reason(&self, what: &str) -> String {
+        match self.session.refusal() {
+            Some(refusal) => format!(
+                "{what}: the rendezvous refused to log us in: {refusal} ({})",
+                refusal_hint(refusal.reason)
+            ),
+            None if self.reach.rendezvous_connected() => {
+                format!("{what}: still logging in at the rendezvous; try again in a moment")
+            }
+            None => format!(
+                "{what}: the rendezvous at {} is not reachable; the daemon keeps trying \
+                 (`palaver status` shows when it is back)",
+                self.rendezvous_addr
+            ),
+        }
     }
 
     fn peers(&self) -> Value {
@@ -409,21 +436,110 @@ impl Node {
                 None => return drop(reply.send(Err(RpcError::invalid("names must be strings")))),
             }
         }
-        if names.is_empty() {
+        let explicit = !names.is_empty();
+        if !explicit {
             names = self.contact_names();
         }
         if names.is_empty() {
             return drop(reply.send(Ok(json!([]))));
         }
         if !self.session.is_logged_in() {
-            return drop(reply.send(Err(RpcError::failed(
-                "not connected to the rendezvous; presence is unknown",
-            ))));
+            // The rendezvous is down (or will not have us): what we last heard, marked stale.
+            return drop(reply.send(Ok(self.last_known_presence(&names))));
         }
         self.rendezvous_request(
-            RendezvousRequest::Lookup { names },
-            Pending::Presence { reply },
+            RendezvousRequest::Lookup {
+                names: names.clone(),
+            },
+            Pending::Presence {
+                names,
+                explicit,
+                reply,
+            },
         );
+    }
+
+    /// The rendezvous's answer to a presence lookup (`"stale": false`); a name the caller gave
+    /// that the rendezvous does not know is an error.
+    pub(crate) fn presence_answer(
+        &mut self,
+        names: &[UserName],
+        explicit: bool,
+        users: Vec<UserRecord>,
+    ) -> Result<Value, RpcError> {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|name| !users.iter().any(|u| &u.name == *name))
+            .map(UserName::as_str)
+            .collect();
+        let records: Vec<Value> = users
+            .iter()
+            .map(|user| {
+                let mut record = super::link::presence_json(&user.presence);
+                record["stale"] = Value::Bool(false);
+                record
+            })
+            .collect();
+        for user in users {
+            self.remember_presence(user.presence);
+        }
+        if explicit && !unknown.is_empty() {
+            return Err(RpcError::failed(format!(
+                "unknown user {} at this rendezvous",
+                unknown.join(", ")
+            )));
+        }
+        Ok(Value::Array(records))
+    }
+
+    /// What we last heard of each of `names`, marked `"stale": true`, for when the rendezvous
+    /// cannot be asked: a peer we are connected to right now is online whatever we last heard;
+    /// one we never heard of is `unknown`.
+    pub(crate) fn last_known_presence(&self, names: &[UserName]) -> Value {
+        let records = names
+            .iter()
+            .map(|name| {
+                let stored = || {
+                    let key = presence_key(name.as_str());
+                    self.store
+                        .get::<PresenceRecord>(StateKey::Meta(&key))
+                        .ok()
+                        .flatten()
+                };
+                let heard = self.presence.get(name.as_str()).cloned().or_else(stored);
+                let heard = heard.as_ref();
+                let connected = self.contact_key(name).is_some_and(|key| {
+                    self.swarm
+                        .is_connected(&palaver_protocol::identity::peer_id_of(&key))
+                });
+                let state = match (connected, heard) {
+                    (true, _) => "online",
+                    (false, Some(record)) => super::link::state_str(record.state),
+                    (false, None) => "unknown",
+                };
+                json!({
+                    "name": name.as_str(),
+                    "state": state,
+                    "last_seen": heard.and_then(|r| r.last_seen_ms),
+                    "stale": true,
+                })
+            })
+            .collect();
+        Value::Array(records)
+    }
+
+    /// Keeps what the rendezvous says of a user's presence: in memory, and in the store, so
+    /// that a daemon restarted while the rendezvous is down still knows the last state.
+    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) {
+        let key = presence_key(record.name.as_str());
+        // Best effort: it is only shown, marked stale, when nothing fresher can be had.
+        if let Err(err) = self
+            .store
+            .apply(StateBatch::default().put(StateKey::Meta(&key), &record))
+        {
+            tracing::debug!("cannot keep presence: {err}");
+        }
+        self.presence.insert(record.name.to_string(), record);
     }
 
     pub(crate) fn verify(&mut self, name: UserName, reply: Reply) {
@@ -445,6 +561,29 @@ impl Node {
             &name,
             &key,
         )));
+    }
+}
+
+fn presence_key(name: &str) -> String {
+    format!("presence/{name}")
+}
+
+/// What a user can do about the rendezvous refusing the login, by the reason it gave.
+fn refusal_hint(reason: RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::TokenRequired | RefusalReason::BadToken => {
+            "this server registers only users with a token from its admin: restart the daemon \
+             with --registration-token TOKEN"
+        }
+        RefusalReason::NameTaken | RefusalReason::NotYourName => {
+            "the name belongs to another key at this server: pick another name \
+             (`palaver --home NEW_DIR init --name OTHER`)"
+        }
+        RefusalReason::Unavailable => {
+            "this server offers no accounts: give a full rendezvous to --rendezvous (a relay-only \
+             server goes in --relay)"
+        }
+        _ => "see the rendezvous's reason; the daemon logs in again when it reconnects",
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct Job {
     pub(crate) reply: Option<Reply>,
     /// Until when to keep asking for the recipient's prekeys while it has published none yet.
     pub(crate) prekeys_wait_until: Option<u64>,
+    /// The client's own key for this send, stored with the message (see [`super::client_ids`]).
+    pub(crate) client_key: Option<super::client_ids::ClientKey>,
 }
 
 /// How long a message waits for a recipient who has logged in but not published prekeys yet
@@ -67,6 +69,7 @@ impl Job {
             payload,
             reply,
             prekeys_wait_until: None,
+            client_key: None,
         }
     }
 
@@ -77,6 +80,7 @@ impl Job {
             payload,
             reply: None,
             prekeys_wait_until: None,
+            client_key: None,
         }
     }
 
@@ -118,12 +122,12 @@ impl Node {
                     if let Err(job) = self.request_or_fail(
                         request,
                         |job| Pending::Lookup {
-                            names: vec![name],
+                            names: vec![name.clone()],
                             then: Some(job),
                         },
                         job,
                     ) {
-                        job.fail("not connected to the rendezvous, so the user cannot be looked up; try again shortly".into());
+                        job.fail(self.offline_reason(&format!("cannot look {name} up")));
                     }
                     return;
                 }
@@ -141,7 +145,7 @@ impl Node {
                     if let Err(job) =
                         self.request_or_fail(request, |job| Pending::WhoIs { then: Some(job) }, job)
                     {
-                        job.fail("not connected to the rendezvous".into());
+                        job.fail(self.offline_reason("cannot look the recipient up"));
                     }
                     return;
                 }
@@ -161,9 +165,7 @@ impl Node {
                 if let Err(job) =
                     self.request_or_fail(request, |job| Pending::Prekeys { key, then: job }, job)
                 {
-                    job.fail(
-                        "not connected to the rendezvous, so no session can be opened yet".into(),
-                    );
+                    job.fail(self.offline_reason("cannot open a session yet"));
                 }
                 return;
             }
@@ -260,6 +262,14 @@ impl Node {
             .put(StateKey::Seq(conversation), &seq)
             .put(StateKey::Outbox(id), &item)
             .put(StateKey::Meta(OUTBOX_META), &outbox);
+        if let Some(key) = &job.client_key {
+            let sent = super::client_ids::ClientSend {
+                id,
+                to: key.to.clone(),
+                text_sha256: key.text_sha256,
+            };
+            batch.put(StateKey::Meta(&key.state_key()), &sent);
+        }
         let committed = match text {
             Some(text) => {
                 let entry = HistoryEntry {

@@ -114,6 +114,7 @@ impl Node {
             // retrying it proves nothing: stop, rather than let anything that waited go out.
             tracing::error!("cannot make the store durable, stopping: {err}");
             self.stopping = true;
+            self.fatal = Some(format!("cannot make the store durable: {err}"));
         }
         for then in self.commit.finish() {
             then(self, result.clone());
@@ -125,27 +126,64 @@ impl Node {
 
     /// On the way out (the swarm stopped): flushes in place until nobody waits any more, since
     /// what runs may write again. A flush still running on the blocking pool may overlap this
-    /// one; sled serialises the two, and it happens once.
-    pub(crate) fn flush_before_exit(&mut self) {
+    /// one; sled serialises the two, and it happens once. An error if the last flush failed.
+    pub(crate) fn flush_before_exit(&mut self) -> Result<(), String> {
         self.stopping = true;
         self.save_dirty_rooms();
         // A waiter rarely writes again; the bound only guards against a cycle.
+        let mut result = Ok(());
         for _ in 0..8 {
-            let result = self.store.flush().map_err(|e| e.to_string());
+            result = self.store.flush().map_err(|e| e.to_string());
             let waiting = self.commit.drain();
             if waiting.is_empty() {
-                return;
+                break;
             }
             for then in waiting {
                 then(self, result.clone());
             }
         }
+        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::GroupCommit;
+
+    /// A store that cannot be made durable (a full disk, say) stops the daemon with an error,
+    /// so the process exits non-zero and a supervisor restarts it.
+    #[tokio::test]
+    async fn a_failed_flush_stops_the_daemon_with_an_error() {
+        use super::super::{DaemonConfig, Internal, Node};
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path());
+        home.init(
+            palaver_protocol::UserName::new("disk").unwrap(),
+            None,
+            false,
+        )
+        .unwrap();
+        let (identity, name) = home.open(None).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("store")).unwrap();
+        // Nobody listens there: the daemon keeps trying, which is all this test needs.
+        let mut config = DaemonConfig::new(
+            dir.path().to_path_buf(),
+            "/ip4/127.0.0.1/tcp/9".parse().unwrap(),
+        );
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let mut node = Node::new(identity, name, store, &config, events).unwrap();
+        let (_calls, calls) = tokio::sync::mpsc::channel(1);
+        node.internal_tx
+            .send(Internal::Flushed(Err(
+                "No space left on device (os error 28)".into(),
+            )))
+            .await
+            .unwrap();
+        let stopped = node.run(calls, std::future::pending()).await;
+        let err = stopped.expect_err("a daemon whose store failed must not exit 0");
+        assert!(err.to_string().contains("No space left"), "{err}");
+    }
 
     #[test]
     fn one_flush_at_a_time_and_no_waiter_is_dropped() {

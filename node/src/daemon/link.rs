@@ -41,6 +41,9 @@ pub(crate) enum Pending {
         id: MessageId,
     },
     Presence {
+        names: Vec<UserName>,
+        /// Named by the caller (an unknown one is an error), not the contact list.
+        explicit: bool,
         reply: oneshot::Sender<Result<Value, RpcError>>,
     },
     LookupThenInvite {
@@ -170,7 +173,7 @@ impl Node {
                 Output::Presence(record) => self.on_presence_push(record),
                 Output::Subscribed(users) => {
                     for user in users {
-                        self.presence.insert(user.name.to_string(), user.presence);
+                        self.remember_presence(user.presence);
                     }
                 }
                 Output::Mail { items, remaining } => self.on_mail(items, remaining),
@@ -338,15 +341,18 @@ impl Node {
             (Pending::Deposit { id }, R::Refused(refusal)) => {
                 self.on_deposit_refused(id, refusal.to_string())
             }
-            (Pending::Presence { reply }, R::Users(users)) => {
-                let records: Vec<Value> = users
-                    .iter()
-                    .map(|user| presence_json(&user.presence))
-                    .collect();
-                for user in users {
-                    self.presence.insert(user.name.to_string(), user.presence);
-                }
-                let _ = reply.send(Ok(Value::Array(records)));
+            (
+                Pending::Presence {
+                    names,
+                    explicit,
+                    reply,
+                },
+                R::Users(users),
+            ) => {
+                let _ = reply.send(self.presence_answer(&names, explicit, users));
+            }
+            (Pending::Presence { names, reply, .. }, R::Refused(_)) => {
+                let _ = reply.send(Ok(self.last_known_presence(&names)));
             }
             (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
                 let found = users.iter().any(|u| u.name == user);
@@ -376,9 +382,7 @@ impl Node {
                 let _ = reply.send(answer);
             }
             (
-                Pending::Presence { reply }
-                | Pending::LookupThenInvite { reply, .. }
-                | Pending::LookupThenVerify { reply, .. },
+                Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. },
                 R::Refused(refusal),
             ) => {
                 let _ = reply.send(Err(RpcError::failed(refusal.to_string())));
@@ -399,9 +403,10 @@ impl Node {
                 job.fail(format!("the rendezvous did not answer: {error}"))
             }
             Pending::Deposit { id } => self.on_deposit_refused(id, error),
-            Pending::Presence { reply }
-            | Pending::LookupThenInvite { reply, .. }
-            | Pending::LookupThenVerify { reply, .. } => {
+            Pending::Presence { names, reply, .. } => {
+                let _ = reply.send(Ok(self.last_known_presence(&names)));
+            }
+            Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. } => {
                 let _ = reply.send(Err(RpcError::failed(format!(
                     "the rendezvous did not answer: {error}"
                 ))));
@@ -418,7 +423,7 @@ impl Node {
                 .get(&name)
                 .is_none_or(|old| old.state == PresenceState::Offline);
         self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
-        self.presence.insert(name.clone(), record);
+        self.remember_presence(record);
         if came_online {
             self.retry_outbox_for_name(&name);
         }

@@ -103,6 +103,9 @@ impl Room {
     }
 }
 
+/// The discovery namespace prefix under which a public room's members register (then its id).
+pub(crate) const ROOM_NAMESPACE: &str = "palaver/room/";
+
 fn topic(id: &RoomId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("palaver/room/{}", id.to_hex()))
 }
@@ -240,7 +243,7 @@ impl Node {
             // Public rooms have no member list: members register under the room's namespace.
             if let (Some(rendezvous), Ok(namespace)) = (
                 self.rendezvous_peer(),
-                libp2p::rendezvous::Namespace::new(format!("palaver/room/{}", id.to_hex())),
+                libp2p::rendezvous::Namespace::new(format!("{ROOM_NAMESPACE}{}", id.to_hex())),
             ) && self.session.is_logged_in()
             {
                 let _ = self.swarm.behaviour_mut().discovery.register(
@@ -665,8 +668,8 @@ impl Node {
             .ok_or_else(|| RpcError::failed(format!("no room called {name}")))?;
         let room = &self.rooms.by_id[&id];
         let owner = room.owner();
-        let members: Vec<Value> = room
-            .members()
+        let members: Vec<Value> = self
+            .known_members(room)
             .iter()
             .map(|key| {
                 let name = self.name_of_key(key).unwrap_or_else(|| short_key(key));
@@ -679,6 +682,27 @@ impl Node {
             })
             .collect();
         Ok(Value::Array(members))
+    }
+
+    /// Who is in a room as far as we can tell: a private room's member list; for a public room,
+    /// which anyone may join unannounced, ourselves and everyone we have heard from in it.
+    fn known_members(&self, room: &Room) -> Vec<VerifyingKey> {
+        let RoomCrypto::Public { received, .. } = &room.keys else {
+            return room.members();
+        };
+        let mut keys: Vec<[u8; 32]> = vec![self.identity.public().to_bytes()];
+        keys.extend(received.keys().copied());
+        keys.extend(
+            self.store
+                .room_log_index(&room.id)
+                .into_iter()
+                .map(|(sender, _)| sender),
+        );
+        let mut seen = HashSet::new();
+        keys.into_iter()
+            .filter(|key| seen.insert(*key))
+            .filter_map(|key| VerifyingKey::from_bytes(&key).ok())
+            .collect()
     }
 
     pub(crate) fn room_list(&self) -> Value {
@@ -698,7 +722,7 @@ impl Node {
                         "id": room.id.to_hex(),
                         "public": room.is_public(),
                         "owner": room.owner().map(|o| o == me).unwrap_or(false),
-                        "members": room.members().len(),
+                        "members": self.known_members(room).len(),
                         "state": state,
                     })
                 })

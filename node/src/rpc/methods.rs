@@ -89,7 +89,7 @@ pub static METHODS: &[Method] = &[
         name: "status",
         summary: "The daemon's state.",
         params: &[],
-        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","connected","logged_in"},"listen":[multiaddr],"outbox":n}"#,
+        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","connected","logged_in","refused"?,"hint"?},"listen":[multiaddr],"outbox":n}"#,
         errors: "none",
     },
     Method {
@@ -98,6 +98,11 @@ pub static METHODS: &[Method] = &[
         params: &[
             required("to", Kind::String, "the recipient's user name"),
             required("text", Kind::String, "the message, at most 64 KiB"),
+            optional(
+                "client_id",
+                Kind::String,
+                "a key of your own: a repeated send with it sends nothing new and answers the first one's id",
+            ),
         ],
         result: r#"{"id","status":"sending"}"#,
         errors: "a bad name or text; unknown user at this rendezvous; not logged in (a first message needs the recipient's keys from the rendezvous); a bad prekey bundle; the store cannot be written",
@@ -152,8 +157,8 @@ pub static METHODS: &[Method] = &[
             Kind::Strings,
             "user names (default: every contact)",
         )],
-        result: r#"[{"name","state":"online|away|offline","last_seen"}]"#,
-        errors: "a bad name; not connected to the rendezvous",
+        result: r#"[{"name","state":"online|away|offline|unknown","last_seen","stale"}]"#,
+        errors: "a bad name; a user the rendezvous does not know (`stale: true`: the last known state, while the rendezvous cannot be asked)",
     },
     Method {
         name: "peers",

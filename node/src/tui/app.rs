@@ -167,6 +167,12 @@ pub(crate) enum Then {
     Verify,
     /// The daemon moved a read marker (nothing to do with the answer).
     Read,
+    /// `/msg` to someone with no conversation yet: opened (and `text` sent) once the daemon
+    /// knows the user, so a mistyped name does not become a contact.
+    Opened {
+        to: String,
+        text: Option<String>,
+    },
     /// A command whose success is worth a note; refresh the room's members after it if given.
     Done {
         note: String,
@@ -243,6 +249,16 @@ impl App {
 
     fn selected_mut(&mut self) -> Option<&mut Conversation> {
         self.conversations.get_mut(self.selected)
+    }
+
+    /// Switches to the direct conversation with `to` (added if new), sending `text` if given.
+    fn open_direct(&mut self, to: String, text: Option<String>) -> Vec<Effect> {
+        let at = self.ensure(ConvKey::Direct(to.clone()));
+        let mut effects = self.select(at);
+        if let Some(text) = text {
+            effects.extend(self.send(ConvKey::Direct(to), text));
+        }
+        effects
     }
 
     fn find(&self, key: &ConvKey) -> Option<usize> {
@@ -607,12 +623,14 @@ impl App {
                     self.error("that is you");
                     return Vec::new();
                 }
-                let at = self.ensure(ConvKey::Direct(to.clone()));
-                let mut effects = self.select(at);
-                if let Some(text) = text {
-                    effects.extend(self.send(ConvKey::Direct(to), text));
+                if self.find(&ConvKey::Direct(to.clone())).is_none() {
+                    return vec![call(
+                        "verify",
+                        json!({"name": to}),
+                        Then::Opened { to, text },
+                    )];
                 }
-                effects
+                self.open_direct(to, text)
             }
             Command::Join { room, public } => vec![call(
                 "room.join",

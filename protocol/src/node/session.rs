@@ -243,7 +243,7 @@ impl<T: std::fmt::Debug> Session<T> {
         self.logged_in
     }
 
-    /// Why the server refused our login on this connection, if it did.
+    /// Why the server last refused our login, verbatim; cleared by the next successful login.
     pub fn refusal(&self) -> Option<&Refusal> {
         self.refusal.as_ref()
     }
@@ -289,7 +289,6 @@ impl<T: std::fmt::Debug> Session<T> {
             Input::Connected => {
                 self.connected = true;
                 self.login_retry_ms = None;
-                self.refusal = None;
                 self.registered = false;
                 self.login();
             }

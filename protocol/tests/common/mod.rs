@@ -297,7 +297,7 @@ pub fn any_x25519() -> impl Strategy<Value = x25519_dalek::PublicKey> {
 }
 
 pub fn any_user() -> impl Strategy<Value = UserName> {
-    "[a-z0-9_.-]{1,32}".prop_map(|n| UserName::new(n).unwrap())
+    "[a-z0-9_][a-z0-9_.-]{0,31}".prop_map(|n| UserName::new(n).unwrap())
 }
 
 pub fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -393,7 +393,7 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
             .prop_map(Payload::Receipt),
         (
             any::<[u8; 32]>(),
-            "[a-z0-9_.-]{1,64}",
+            "[a-z0-9_][a-z0-9_.-]{0,63}",
             any_membership(),
             proptest::option::of(any::<[u8; 32]>())
         )

@@ -13,7 +13,7 @@ impl Service {
         let Some(recipient) = self.store.user(&to)? else {
             return Err(refuse(
                 RefusalReason::UnknownUser,
-                format!("no user {to:?} is registered here"),
+                format!("no user {to} is registered here"),
             ));
         };
         let Body::Direct(direct) = &envelope.body else {
@@ -31,7 +31,7 @@ impl Service {
         if direct.recipient != recipient.identity {
             return Err(refuse(
                 RefusalReason::Invalid,
-                format!("the envelope's recipient is not {to:?}'s key"),
+                format!("the envelope's recipient is not {to}'s key"),
             ));
         }
         envelope
@@ -57,7 +57,7 @@ impl Service {
             refuse(
                 RefusalReason::QuotaExceeded,
                 format!(
-                    "{to:?}'s mailbox is full: {e}; try again once they have collected their mail"
+                    "{to}'s mailbox is full: {e}; try again once they have collected their mail"
                 ),
             )
         })?;

@@ -16,13 +16,13 @@ impl Service {
         if self.store.user(&name)?.is_none() {
             return Err(refuse(
                 RefusalReason::UnknownUser,
-                format!("no user {name:?} is registered here"),
+                format!("no user {name} is registered here"),
             ));
         }
         let Some(bundle) = self.store.take_bundle(&name)? else {
             return Err(refuse(
                 RefusalReason::NoPrekeys,
-                format!("{name:?} has not published prekeys yet"),
+                format!("{name} has not published prekeys yet"),
             ));
         };
         if bundle.one_time_prekey.is_some() {

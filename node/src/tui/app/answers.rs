@@ -23,7 +23,8 @@ impl App {
                 let state = Rendezvous {
                     connected: rendezvous["connected"].as_bool().unwrap_or(false),
                     logged_in: rendezvous["logged_in"].as_bool().unwrap_or(false),
-                    error: None,
+                    // Why the rendezvous will not have us, as it said it.
+                    error: rendezvous["refused"].as_str().map(str::to_owned),
                 };
                 let logged_in = state.logged_in;
                 self.rendezvous = Some(state);
@@ -174,6 +175,13 @@ impl App {
                     });
                     self.select(at)
                 }
+                Err(err) => {
+                    self.error(err);
+                    Vec::new()
+                }
+            },
+            Then::Opened { to, text } => match result {
+                Ok(_) => self.open_direct(to, text),
                 Err(err) => {
                     self.error(err);
                     Vec::new()

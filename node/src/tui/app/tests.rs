@@ -195,9 +195,37 @@ fn a_refused_send_is_marked_failed_with_the_reason() {
 }
 
 #[test]
+fn msg_to_an_unknown_user_says_so_and_adds_no_contact() {
+    let mut app = connected();
+    let before = app.conversations.len();
+    let effects = type_line(&mut app, "/msg nosuchuser hello?");
+    assert_eq!(
+        calls(&effects),
+        vec![("verify", json!({"name": "nosuchuser"}))]
+    );
+    let effects = app.handle_answer(
+        then_of(&effects, "verify"),
+        Err("unknown user nosuchuser at this rendezvous".into()),
+    );
+    assert!(calls(&effects).is_empty(), "nothing is sent");
+    assert_eq!(app.conversations.len(), before, "no conversation was added");
+    let notice = app.notice.clone().unwrap();
+    assert!(
+        notice.error && notice.text.contains("unknown user nosuchuser"),
+        "{notice:?}"
+    );
+}
+
+#[test]
 fn msg_opens_a_new_direct_conversation_selects_it_and_sends() {
     let mut app = connected();
     let effects = type_line(&mut app, "/msg Carol hi there");
+    // A new name is checked with the daemon first.
+    assert_eq!(calls(&effects), vec![("verify", json!({"name": "carol"}))]);
+    let effects = app.handle_answer(
+        then_of(&effects, "verify"),
+        Ok(json!({"name": "carol", "fingerprint": "…"})),
+    );
     assert_eq!(app.selected().map(|c| c.key.label()), Some("carol".into()));
     assert_eq!(app.conversations[0].key, ConvKey::Direct("carol".into()));
     assert_eq!(
