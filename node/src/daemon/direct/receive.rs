@@ -1,0 +1,216 @@
+//! Receiving direct messages: a peer's delivery or held mail, opened through the Double Ratchet
+//! (answering a session initiation with our prekeys), stored once, acknowledged once durable.
+
+use super::*;
+
+impl Node {
+    pub(crate) fn on_peer_request(
+        &mut self,
+        peer: PeerId,
+        request: PeerRequest,
+        channel: ResponseChannel<PeerResponse>,
+    ) {
+        match request {
+            PeerRequest::Deliver(envelope) => {
+                let response = match self.receive_envelope(*envelope) {
+                    Ok(id) => PeerResponse::Stored { id },
+                    Err(reason) => {
+                        tracing::debug!("rejected a delivery from {peer}: {reason}");
+                        PeerResponse::Rejected { reason }
+                    }
+                };
+                // Acknowledge only once what we stored is on disk; without an answer the
+                // sender tries again.
+                self.when_durable(move |node, flushed| {
+                    if flushed.is_ok() {
+                        let _ = node
+                            .swarm
+                            .behaviour_mut()
+                            .peer
+                            .send_response(channel, response);
+                    }
+                });
+            }
+            PeerRequest::GapFill(request) => {
+                let response = self.answer_gap_fill(peer, request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .peer
+                    .send_response(channel, response);
+            }
+        }
+    }
+
+    /// Takes in an envelope from any path; `Ok(id)` once it is stored (or was already).
+    pub(crate) fn receive_envelope(&mut self, envelope: Envelope) -> Result<MessageId, String> {
+        envelope.verify().map_err(|e| e.to_string())?;
+        let id = envelope.id();
+        if self.store.contains(&id).map_err(|e| e.to_string())? {
+            return Ok(id);
+        }
+        match envelope.body {
+            Body::Direct(direct) => self.receive_direct(id, direct),
+            Body::Room(_) => Err("room messages travel by gossip and gap fill".into()),
+        }
+    }
+
+    pub(super) fn receive_direct(
+        &mut self,
+        id: MessageId,
+        direct: DirectMessage,
+    ) -> Result<MessageId, String> {
+        if direct.recipient != self.identity.public() {
+            return Err("not addressed to me".into());
+        }
+        let sender = direct.sender;
+        let mut batch = StateBatch::default();
+        let mut existing = self
+            .store
+            .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))
+            .map_err(|e| e.to_string())?;
+        let decrypted = existing
+            .as_mut()
+            .and_then(|sessions| sessions.decrypt(&direct.message));
+        let (sessions, plaintext) = match (existing, decrypted) {
+            (Some(sessions), Some(plaintext)) => (sessions, plaintext),
+            // No session, or the sender started a new one: answer its initiation.
+            (existing, None) if direct.message.init.is_some() => {
+                // Fails without consuming anything; on success the one-time prekey is gone, and
+                // the prekeys are committed with the message below.
+                let (session, plaintext) = Session::respond(
+                    self.identity.signing_key(),
+                    &mut self.session.prekeys_mut().secrets,
+                    &sender,
+                    &direct.message,
+                )
+                .map_err(|e| format!("cannot open the session: {e}"))?;
+                crate::daemon::link::put_prekeys(&mut batch, self.session.prekeys());
+                let sessions = match existing {
+                    Some(mut sessions) => {
+                        sessions.promote(session);
+                        sessions
+                    }
+                    None => PeerSessions::new(session),
+                };
+                (sessions, plaintext)
+            }
+            _ => return Err("cannot decrypt (no session, or a replay)".into()),
+        };
+        batch.put(StateKey::Session(sender.to_bytes()), &sessions);
+        let content: Content =
+            codec::decode(&plaintext).map_err(|e| format!("bad content: {e}"))?;
+        let stamp = self.observe_stamp(content.stamp, content.sent_at_ms, &mut batch);
+        let conversation = ConversationId::Direct(sender.to_bytes());
+        let from = self.name_of_key(&sender);
+        if from.is_none() {
+            // A stranger: ask the rendezvous who it is, for display and replies.
+            self.rendezvous_request(
+                RendezvousRequest::WhoIs { keys: vec![sender] },
+                Pending::WhoIs { then: None },
+            );
+        }
+        let label = from.clone().unwrap_or_else(|| short_key(&sender));
+        use palaver_protocol::wire::Payload;
+        match content.payload {
+            Payload::Text(text) => {
+                if text.len() > MAX_TEXT_LEN {
+                    return Err("text too long".into());
+                }
+                let entry = HistoryEntry {
+                    id,
+                    conversation,
+                    label: label.clone(),
+                    from: label,
+                    sender: sender.to_bytes(),
+                    text,
+                    sent_at_ms: content.sent_at_ms,
+                    stamp,
+                    seq: content.seq,
+                    status: Status::Received,
+                };
+                if self
+                    .store
+                    .record(&entry, &batch)
+                    .map_err(|e| e.to_string())?
+                {
+                    self.emit_message(&entry, from.is_some());
+                }
+            }
+            payload => {
+                self.store
+                    .record_control(&id, &batch)
+                    .map_err(|e| e.to_string())?;
+                self.on_control(sender, payload);
+            }
+        }
+        Ok(id)
+    }
+
+    /// A control payload arrived over a pairwise session (receipts, room keys and membership).
+    pub(super) fn on_control(
+        &mut self,
+        sender: VerifyingKey,
+        payload: palaver_protocol::wire::Payload,
+    ) {
+        use palaver_protocol::wire::Payload;
+        match payload {
+            Payload::Receipt(ids) => {
+                for id in ids {
+                    self.on_delivered(id);
+                }
+            }
+            Payload::RoomInvite(invite) => self.on_room_invite(sender, invite),
+            Payload::SenderKey { room, distribution } => {
+                self.on_sender_key(sender, room, distribution)
+            }
+            Payload::Membership(update) => self.on_membership(sender, update),
+            Payload::Leave { room } => self.on_member_left(sender, room),
+            Payload::KeyRequest { room } => self.on_key_request(sender, room),
+            Payload::Text(_) => {}
+        }
+    }
+
+    /// Mail held for us: store each, flush, acknowledge, then send receipts to their senders.
+    pub(crate) fn on_mail(&mut self, items: Vec<MailItem>, remaining: u32) {
+        let mut acks = Vec::new();
+        let mut receipts: std::collections::HashMap<[u8; 32], Vec<MessageId>> = Default::default();
+        for item in items {
+            let envelope = item.envelope;
+            let sender = *envelope.sender();
+            let is_text_candidate = matches!(envelope.body, Body::Direct(_));
+            match self.receive_envelope(envelope.clone()) {
+                Ok(id) => {
+                    acks.push(id);
+                    if is_text_candidate && self.store.entry(&id).ok().flatten().is_some() {
+                        receipts.entry(sender.to_bytes()).or_default().push(id);
+                    }
+                }
+                Err(reason) => {
+                    // Undecryptable mail will not become decryptable by waiting: drop it.
+                    tracing::warn!("dropping held mail {}: {reason}", envelope.id());
+                    acks.push(envelope.id());
+                }
+            }
+        }
+        self.when_durable(move |node, flushed| {
+            if let Err(err) = flushed {
+                return tracing::error!(
+                    "received mail is not on disk, not acknowledging it: {err}"
+                );
+            }
+            node.session_input(palaver_protocol::node::session::Input::MailStored {
+                acks,
+                more: remaining > 0,
+            });
+            for (sender, ids) in receipts {
+                if let Ok(key) = VerifyingKey::from_bytes(&sender) {
+                    node.send_direct(Job::to_key(
+                        key,
+                        palaver_protocol::wire::Payload::Receipt(ids),
+                    ));
+                }
+            }
+        });
+    }
+}
