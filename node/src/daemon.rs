@@ -674,6 +674,7 @@ async fn sleep_until_ms(deadline_ms: Option<u64>) {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the one clock the node's machines are given.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

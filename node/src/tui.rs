@@ -255,13 +255,6 @@ async fn call_worker(
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn resize(app: &mut App, width: u16, height: u16) {
     let (w, h) = view::message_viewport(Rect::new(0, 0, width, height));
     app.resize(w, h);
@@ -286,7 +279,7 @@ async fn event_loop(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     loop {
-        app.now = now_ms();
+        app.now = crate::daemon::now_ms();
         terminal.draw(|frame| view::draw(frame, &app))?;
         if app.quit {
             return Ok(());
@@ -294,7 +287,7 @@ async fn event_loop(
         let effects = tokio::select! {
             key = keys.next() => match key {
                 Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
-                    app.now = now_ms();
+                    app.now = crate::daemon::now_ms();
                     app.handle_key(key)
                 }
                 Some(Ok(Event::Paste(text))) => {

@@ -199,6 +199,16 @@ impl Node {
             .map_err(|e| RpcError::failed(e.to_string()))
     }
 
+    /// Writes room `id` after something received changed it. If the store refuses, the room
+    /// stays dirty and is written again at the next tick, rather than the change living only in
+    /// memory until a restart loses it.
+    fn save_received_room(&mut self, id: &RoomId) {
+        if let Err(err) = self.save_room(id) {
+            tracing::error!("cannot store a room change ({}); trying again", err.message);
+            self.rooms.dirty.insert(*id);
+        }
+    }
+
     pub(crate) fn subscribe_room_topics(&mut self) {
         let topics: Vec<_> = self
             .rooms
@@ -344,11 +354,14 @@ impl Node {
     /// Writes the rooms whose receiving chains moved (each tick, and before the daemon exits).
     pub(crate) fn save_dirty_rooms(&mut self) {
         let mut batch = StateBatch::default();
-        for id in std::mem::take(&mut self.rooms.dirty) {
-            self.persist_room(&id, &mut batch);
+        let dirty = std::mem::take(&mut self.rooms.dirty);
+        for id in &dirty {
+            self.persist_room(id, &mut batch);
         }
         if let Err(err) = self.store.apply(&batch) {
-            tracing::warn!("store: {err}");
+            // Kept dirty: written again at the next tick.
+            tracing::error!("cannot store room state ({err}); trying again");
+            self.rooms.dirty = dirty;
         }
     }
 

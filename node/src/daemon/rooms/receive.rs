@@ -182,7 +182,7 @@ impl Node {
                 );
             }
         }
-        let _ = self.save_room(&invite.room);
+        self.save_received_room(&invite.room);
         self.emit(json!({"type": "invite", "room": invite.name.as_str(), "from": inviter}));
     }
 
@@ -229,7 +229,7 @@ impl Node {
             room.name
         );
         self.rooms.missing_keys.remove(&(room_id, from.to_bytes()));
-        let _ = self.save_room(&room_id);
+        self.save_received_room(&room_id);
         self.release_held(room_id);
     }
 
@@ -258,7 +258,7 @@ impl Node {
             // Not accepted yet: join with the newest membership (updates may arrive out of order;
             // joining with an older one would leave the newest members without our key).
             keep_newest(&mut room.invitation, update);
-            let _ = self.save_room(&room_id);
+            self.save_received_room(&room_id);
             return;
         }
         let RoomCrypto::Private(keys) = &mut room.keys else {
@@ -277,7 +277,7 @@ impl Node {
                         .unsubscribe(&topic(&room_id));
                     self.emit(json!({"type": "removed", "room": name.as_str()}));
                 }
-                let _ = self.save_room(&room_id);
+                self.save_received_room(&room_id);
                 self.carry_out(room_id, actions);
                 let early = self.rooms.early_keys.remove(&room_id).unwrap_or_default();
                 for (from, distribution) in early {
