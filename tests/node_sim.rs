@@ -102,7 +102,7 @@ enum Event {
 /// What a node keeps on disk: survives its crashes.
 #[derive(Debug, Default)]
 struct Disk {
-    prekeys: Option<(Vec<u8>, Option<u64>, bool)>,
+    prekeys: Option<(Vec<u8>, Option<u64>, bool, bool)>,
     history: BTreeSet<MessageId>,
     /// Sent, not yet acknowledged by the server: (recipient, envelope).
     outbox: BTreeMap<MessageId, (usize, Envelope)>,
@@ -307,7 +307,7 @@ impl Sim {
             Event::Tick => {
                 for i in 0..NODES {
                     if let Some(session) = &mut self.nodes[i].session {
-                        session.handle_timeout(self.now);
+                        session.handle_timeout(self.now, &mut self.rng);
                     }
                     self.drive(i);
                     self.retry_deposits(i);
@@ -347,11 +347,12 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let prekeys = match &node.disk.prekeys {
-            Some((secrets, signed_at_ms, published)) => PrekeyState {
+            Some((secrets, signed_at_ms, published, upload_sent)) => PrekeyState {
                 secrets: palaver_protocol::codec::decode::<PrekeySecrets>(secrets)
                     .expect("stored prekeys"),
                 signed_at_ms: *signed_at_ms,
                 published: *published,
+                upload_sent: *upload_sent,
             },
             None => {
                 let prekeys = PrekeyState::generate(&mut self.rng, &node.key);
@@ -681,7 +682,12 @@ impl Sim {
     }
 }
 
-fn persist(prekeys: &PrekeyState) -> (Vec<u8>, Option<u64>, bool) {
+fn persist(prekeys: &PrekeyState) -> (Vec<u8>, Option<u64>, bool, bool) {
     let secrets = palaver_protocol::codec::encode(&prekeys.secrets).expect("prekeys encode");
-    (secrets, prekeys.signed_at_ms, prekeys.published)
+    (
+        secrets,
+        prekeys.signed_at_ms,
+        prekeys.published,
+        prekeys.upload_sent,
+    )
 }

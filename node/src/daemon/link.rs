@@ -60,6 +60,7 @@ pub(crate) enum Pending {
 const PREKEYS_META: &str = "prekeys";
 const SIGNED_PREKEY_AT_META: &str = "signed_prekey_at";
 const PREKEYS_PUBLISHED_META: &str = "prekeys_published";
+const PREKEYS_UPLOAD_SENT_META: &str = "prekeys_upload_sent";
 
 /// Our prekeys as stored (made and stored on the first start).
 pub(crate) fn load_prekeys(
@@ -72,6 +73,9 @@ pub(crate) fn load_prekeys(
             signed_at_ms: store.get(StateKey::Meta(SIGNED_PREKEY_AT_META))?,
             published: store
                 .get(StateKey::Meta(PREKEYS_PUBLISHED_META))?
+                .unwrap_or(false),
+            upload_sent: store
+                .get(StateKey::Meta(PREKEYS_UPLOAD_SENT_META))?
                 .unwrap_or(false),
         });
     }
@@ -87,6 +91,10 @@ fn prekey_batch(prekeys: &PrekeyState) -> StateBatch {
         batch.put(StateKey::Meta(SIGNED_PREKEY_AT_META), &at);
     }
     batch.put(StateKey::Meta(PREKEYS_PUBLISHED_META), &prekeys.published);
+    batch.put(
+        StateKey::Meta(PREKEYS_UPLOAD_SENT_META),
+        &prekeys.upload_sent,
+    );
     batch
 }
 
@@ -120,7 +128,7 @@ impl Node {
     }
 
     pub(crate) fn on_session_timeout(&mut self) {
-        self.session.handle_timeout(now_ms());
+        self.session.handle_timeout(now_ms(), &mut OsRng);
         self.drive_session();
     }
 

@@ -81,6 +81,9 @@ pub struct Reach<C, L> {
     /// The rendezvous's peer id: from its address, or its first connection.
     rendezvous: Option<PeerId>,
     rendezvous_dialed_at: Option<Instant>,
+    /// Our dial to a rendezvous whose peer id we do not know yet, until it resolves: libp2p
+    /// cannot refuse a second dial to an unknown peer, so the redial waits for it.
+    rendezvous_dial: Option<C>,
     relays: Vec<Relay<L>>,
     /// Our listeners that have not reported a usable address yet (for a listener on every
     /// interface: one that is not loopback), and until when relays wait for them.
@@ -149,6 +152,7 @@ where
             rendezvous: peer_of(&rendezvous),
             rendezvous_addr: rendezvous,
             rendezvous_dialed_at: None,
+            rendezvous_dial: None,
             relays: all,
             listeners,
             listeners_deadline: now + LISTENERS_GRACE,
@@ -167,6 +171,7 @@ where
             outputs: VecDeque::new(),
         };
         reach.dial_rendezvous(now);
+        reach.dial_relays(now);
         Ok(reach)
     }
 
@@ -284,6 +289,9 @@ where
             }
             Input::DialFailed { peer, conn } => {
                 self.dials.remove(&conn);
+                if self.rendezvous_dial == Some(conn) {
+                    self.rendezvous_dial = None;
+                }
                 if let Some(peer) = peer
                     && !self.is_relay_server(&peer)
                 {
@@ -406,7 +414,9 @@ where
     /// Listener `listener` reported `address` (`None`: it closed).
     fn on_listener_ready(&mut self, listener: L, address: Option<&Multiaddr>, now: Instant) {
         if address.is_some_and(|a| !is_circuit(a) && !is_loopback(a)) {
-            // A new network address, as after a network change: no need to wait for a timer.
+            // A new network address, as after a network change: no need to wait for a timer,
+            // nor for a dial made from the old network.
+            self.rendezvous_dial = None;
             self.dial_rendezvous(now);
         }
         let before = self.listeners.len();
@@ -454,11 +464,14 @@ where
             || self.rendezvous_connected()
             || !self.listeners_ready(now)
             || self.rendezvous_dialed_at == Some(now)
+            || self.rendezvous_dial.is_some()
         {
             return;
         }
         self.rendezvous_dialed_at = Some(now);
-        let peer = peer_of(&self.rendezvous_addr);
+        // Once its id is known (from its address or its first connection), libp2p itself keeps a
+        // redial from stacking on a dial still under way.
+        let peer = self.rendezvous.or_else(|| peer_of(&self.rendezvous_addr));
         self.outputs.push_back(Output::Dial {
             purpose: DialPurpose::Rendezvous,
             peer,
@@ -614,6 +627,9 @@ where
         now: Instant,
     ) {
         self.dials.remove(&conn);
+        if self.rendezvous_dial == Some(conn) {
+            self.rendezvous_dial = None;
+        }
         let conns = self.connections.entry(peer).or_default();
         conns.insert(conn, addr);
         let first = conns.len() == 1;
@@ -665,6 +681,9 @@ where
             self.close_when_idle.remove(&peer);
             if let Some(i) = relay {
                 self.relays[i].observed = false;
+                // Found in review: only the old 250 ms tick used to redial a relay that went
+                // away; now its loss does (after the retry pause, which arms a deadline).
+                self.dial_relays(now);
             }
         }
         if remaining == 0 && self.is_rendezvous(&peer) {
@@ -769,7 +788,12 @@ where
         result: Result<C, DialRefusal>,
         now: Instant,
     ) {
-        let Some(peer) = peer else { return };
+        let Some(peer) = peer else {
+            if let (DialPurpose::Rendezvous, Ok(conn)) = (purpose, result) {
+                self.rendezvous_dial = Some(conn);
+            }
+            return;
+        };
         match (purpose, result) {
             (DialPurpose::Direct | DialPurpose::Circuit, Ok(conn)) => {
                 self.dials.insert(conn, peer);

@@ -461,7 +461,6 @@ fn an_extra_relay_is_dialed_and_redialled_while_unreachable() {
     let t0 = Instant::now();
     let relay = addr(&format!("/ip4/10.0.0.5/tcp/4002/p2p/{}", peer(5)));
     let mut reach = Planner::new(rendezvous(), &[relay], Vec::new(), t0).expect("planner");
-    reach.handle_timeout(t0);
     let out = dials(&drain(&mut reach));
     assert!(
         out.contains(&(DialPurpose::Relay, Some(peer(5)))),
@@ -541,4 +540,96 @@ fn a_stopping_node_dials_nothing() {
     );
     assert!(drain(&mut reach).is_empty());
     assert_eq!(reach.poll_timeout(), None);
+}
+
+/// Time moves only to the planner's own deadlines, as in the daemon.
+fn run_until_dialed(reach: &mut Planner, relay: PeerId, limit: Instant) -> Option<Instant> {
+    while let Some(at) = reach.poll_timeout().filter(|at| *at <= limit) {
+        reach.handle_timeout(at);
+        if dials(&drain(reach)).contains(&(DialPurpose::Relay, Some(relay))) {
+            return Some(at);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_relay_that_went_away_is_dialed_again_on_the_planners_own_deadline() {
+    let t0 = Instant::now();
+    let relay_addr = addr(&format!("/ip4/10.0.0.5/tcp/4002/p2p/{}", peer(5)));
+    let mut reach = Planner::new(
+        rendezvous(),
+        std::slice::from_ref(&relay_addr),
+        Vec::new(),
+        t0,
+    )
+    .expect("new");
+    let out = dials(&drain(&mut reach));
+    assert!(
+        out.contains(&(DialPurpose::Relay, Some(peer(5)))),
+        "dialed at start: {out:?}"
+    );
+    for (conn, peer, addr) in [(1, peer(1), rendezvous()), (5, peer(5), relay_addr)] {
+        reach.handle(
+            Input::Connected {
+                peer,
+                conn,
+                addr: addr.clone(),
+                dialed: Some(addr),
+            },
+            t0,
+        );
+    }
+    drain(&mut reach);
+    let t1 = t0 + Duration::from_secs(30);
+    reach.handle(
+        Input::Disconnected {
+            peer: peer(5),
+            conn: 5,
+            broke: true,
+        },
+        t1,
+    );
+    // Long past its retry pause: dialed at once.
+    assert!(dials(&drain(&mut reach)).contains(&(DialPurpose::Relay, Some(peer(5)))));
+    // That dial fails; the next comes at the pause, with nothing else pending.
+    reach.handle(
+        Input::DialFailed {
+            peer: Some(peer(5)),
+            conn: 6,
+        },
+        t1,
+    );
+    let again = run_until_dialed(&mut reach, peer(5), t1 + RELAY_RETRY * 2);
+    assert_eq!(again, Some(t1 + RELAY_RETRY));
+}
+
+#[test]
+fn a_rendezvous_without_an_id_is_not_redialled_while_its_dial_is_under_way() {
+    let t0 = Instant::now();
+    let bare = addr("/ip4/10.0.0.1/tcp/4001");
+    let mut reach = Planner::new(bare, &[], Vec::new(), t0).expect("planner");
+    assert_eq!(dials(&drain(&mut reach)), [(DialPurpose::Rendezvous, None)]);
+    reach.handle(
+        Input::DialStarted {
+            purpose: DialPurpose::Rendezvous,
+            peer: None,
+            result: Ok(1),
+        },
+        t0,
+    );
+    reach.handle_timeout(t0 + RENDEZVOUS_REDIAL * 5);
+    assert!(
+        dials(&drain(&mut reach)).is_empty(),
+        "the first dial is still under way"
+    );
+    reach.handle(
+        Input::DialFailed {
+            peer: None,
+            conn: 1,
+        },
+        t0 + RENDEZVOUS_REDIAL * 5,
+    );
+    reach.handle_timeout(t0 + RENDEZVOUS_REDIAL * 6);
+    assert_eq!(dials(&drain(&mut reach)), [(DialPurpose::Rendezvous, None)]);
 }

@@ -65,6 +65,10 @@ pub struct PrekeyState {
     /// The server holds our full upload (one-time prekeys are published exactly once each:
     /// re-publishing one the server already handed out would let two senders use it).
     pub published: bool,
+    /// A full upload has left at least once. Until one is confirmed, each further one carries
+    /// fresh one-time prekeys: the server may have stored the earlier one (only its answer was
+    /// lost) and handed some of its prekeys out already.
+    pub upload_sent: bool,
 }
 
 impl PrekeyState {
@@ -74,6 +78,7 @@ impl PrekeyState {
             secrets: PrekeySecrets::generate(rng, identity, ONE_TIME_PREKEYS),
             signed_at_ms: None,
             published: false,
+            upload_sent: false,
         }
     }
 }
@@ -151,7 +156,8 @@ pub enum Output<T> {
 struct Retry {
     fetch_mail: bool,
     subscribe: Option<Vec<UserName>>,
-    publish: Option<RendezvousRequest>,
+    /// The full upload was never confirmed.
+    publish: bool,
 }
 
 /// What a request is for.
@@ -159,7 +165,7 @@ struct Retry {
 enum Purpose<T> {
     Login,
     Register,
-    Publish(RendezvousRequest),
+    Publish,
     Heartbeat,
     Subscribe(Vec<UserName>),
     FetchMail,
@@ -338,7 +344,7 @@ impl<T: std::fmt::Debug> Session<T> {
                 if let Some(request) = self.publish_waiting.take()
                     && result.is_ok()
                 {
-                    self.enqueue(request.clone(), Purpose::Publish(request));
+                    self.enqueue(request, Purpose::Publish);
                 }
             }
             Input::MailStored { acks, more } => {
@@ -351,7 +357,7 @@ impl<T: std::fmt::Debug> Session<T> {
     }
 
     /// The heartbeat, or a login to try again, when due.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub fn handle_timeout(&mut self, now_ms: u64, rng: &mut (impl CryptoRng + RngCore)) {
         if self.logged_in && self.next_heartbeat_ms.is_some_and(|at| now_ms >= at) {
             self.heartbeat(now_ms);
         }
@@ -364,8 +370,8 @@ impl<T: std::fmt::Debug> Session<T> {
             if let Some(names) = retry.subscribe {
                 self.subscribe_presence(names);
             }
-            if let Some(request) = retry.publish {
-                self.enqueue(request.clone(), Purpose::Publish(request));
+            if retry.publish && !self.prekeys.published {
+                self.publish_prekeys(u32::MAX, now_ms, rng);
             }
             self.ack_mail(Vec::new());
         }
@@ -409,6 +415,8 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.logged_in = true;
                 self.refusal = None;
                 self.outputs.push_back(Output::LoggedIn { mail_waiting });
+                // The login publishes what is needed itself.
+                self.retry.publish = false;
                 self.ack_mail(Vec::new());
                 self.publish_prekeys(one_time_prekeys_left, now_ms, rng);
                 self.heartbeat(now_ms);
@@ -441,7 +449,7 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.refusal = Some(refusal.clone());
                 self.outputs.push_back(Output::LoginRefused(refusal));
             }
-            (Purpose::Publish(_), R::Done) => {
+            (Purpose::Publish, R::Done) => {
                 self.prekeys.published = true;
                 self.outputs.push_back(Output::PersistPrekeys {
                     then_publish: false,
@@ -554,7 +562,13 @@ impl<T: std::fmt::Debug> Session<T> {
         let prekeys = &mut self.prekeys;
         let request = if !prekeys.published {
             prekeys.signed_at_ms = Some(now_ms);
-            RendezvousRequest::PublishPrekeys(Box::new(prekeys.secrets.upload()))
+            let mut upload = prekeys.secrets.upload();
+            if prekeys.upload_sent {
+                // Found in review: a re-sent upload could put back prekeys already handed out.
+                upload.one_time_prekeys = prekeys.secrets.replenish(rng, ONE_TIME_PREKEYS);
+            }
+            prekeys.upload_sent = true;
+            RendezvousRequest::PublishPrekeys(Box::new(upload))
         } else if prekeys
             .signed_at_ms
             .is_none_or(|at| now_ms.saturating_sub(at) > SIGNED_PREKEY_LIFETIME_MS)
@@ -614,7 +628,10 @@ impl<T: std::fmt::Debug> Session<T> {
         match purpose {
             Purpose::FetchMail => self.retry.fetch_mail = true,
             Purpose::Subscribe(names) => self.retry.subscribe = Some(names.clone()),
-            Purpose::Publish(request) => self.retry.publish = Some(request.clone()),
+            // Only the full upload is sent again (made afresh: see `PrekeyState::upload_sent`).
+            // A top-up is asked for again by the server's count; re-sending the same batch could
+            // re-publish prekeys it has handed out since.
+            Purpose::Publish if !self.prekeys.published => self.retry.publish = true,
             Purpose::AckMail(_) => {}
             _ => return,
         }

@@ -283,9 +283,9 @@ fn heartbeats_follow_the_period_while_logged_in() {
     let mut s = session(&mut rng);
     log_in(&mut s, &mut rng, 0, 50);
     assert_eq!(s.poll_timeout(), Some(T0 + HEARTBEAT));
-    s.handle_timeout(T0 + HEARTBEAT - 1);
+    s.handle_timeout(T0 + HEARTBEAT - 1, &mut rng);
     assert!(sent(&drain(&mut s)).is_empty());
-    s.handle_timeout(T0 + HEARTBEAT);
+    s.handle_timeout(T0 + HEARTBEAT, &mut rng);
     assert!(matches!(
         sent(&drain(&mut s))[..],
         [(_, RendezvousRequest::Heartbeat { .. })]
@@ -405,7 +405,7 @@ fn a_login_that_got_no_answer_is_tried_again() {
     );
     assert!(sent(&drain(&mut s)).is_empty());
     assert_eq!(s.poll_timeout(), Some(T0 + LOGIN_RETRY_MS));
-    s.handle_timeout(T0 + LOGIN_RETRY_MS);
+    s.handle_timeout(T0 + LOGIN_RETRY_MS, &mut rng);
     assert!(matches!(
         sent(&drain(&mut s))[..],
         [(_, RendezvousRequest::Login { .. })]
@@ -428,7 +428,7 @@ fn a_rate_limited_login_is_tried_again_rather_than_given_up() {
     );
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.refusal(), None);
-    s.handle_timeout(T0 + LOGIN_RETRY_MS);
+    s.handle_timeout(T0 + LOGIN_RETRY_MS, &mut rng);
     assert!(matches!(
         sent(&drain(&mut s))[..],
         [(_, RendezvousRequest::Login { .. })]
@@ -462,7 +462,7 @@ fn an_acknowledgement_that_did_not_go_through_is_sent_again() {
     );
     assert!(sent(&drain(&mut s)).is_empty());
     assert_eq!(s.poll_timeout(), Some(T0 + RETRY_MS));
-    s.handle_timeout(T0 + RETRY_MS);
+    s.handle_timeout(T0 + RETRY_MS, &mut rng);
     let again = sent(&drain(&mut s));
     assert!(matches!(&again[..], [(_, RendezvousRequest::AckMail { ids })] if ids == &[id]));
     // Lost with the connection: sent after the next login.
@@ -507,7 +507,7 @@ fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
         );
     }
     assert!(sent(&drain(&mut s)).is_empty());
-    s.handle_timeout(T0 + RETRY_MS);
+    s.handle_timeout(T0 + RETRY_MS, &mut rng);
     let again: Vec<RendezvousRequest> = sent(&drain(&mut s)).into_iter().map(|(_, r)| r).collect();
     assert!(
         again
@@ -520,10 +520,58 @@ fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
             .iter()
             .any(|r| matches!(r, RendezvousRequest::SubscribePresence { .. }))
     );
+    // The upload goes out again, made afresh, once its secrets are on disk.
+    s.handle(Input::PrekeysDurable(Ok(())), T0 + RETRY_MS, &mut rng);
+    let first = lost
+        .iter()
+        .find_map(|(_, r)| match r {
+            RendezvousRequest::PublishPrekeys(upload) => Some(upload.clone()),
+            _ => None,
+        })
+        .expect("the first upload");
+    let second = sent(&drain(&mut s))
+        .into_iter()
+        .find_map(|(_, r)| match r {
+            RendezvousRequest::PublishPrekeys(upload) => Some(upload),
+            _ => None,
+        })
+        .expect("the upload sent again");
+    assert_eq!(second.signed_prekey, first.signed_prekey);
     assert!(
-        again
+        second
+            .one_time_prekeys
             .iter()
-            .any(|r| matches!(r, RendezvousRequest::PublishPrekeys(_)))
+            .all(|k| !first.one_time_prekeys.iter().any(|f| f.id == k.id)),
+        "no one-time prekey of the first upload is published twice"
+    );
+}
+
+#[test]
+fn a_lost_top_up_is_not_sent_again_as_the_same_batch() {
+    let mut rng = ChaCha20Rng::seed_from_u64(14);
+    let mut s = session(&mut rng);
+    s.prekeys_mut().published = true;
+    s.prekeys_mut().signed_at_ms = Some(T0);
+    log_in(&mut s, &mut rng, 0, PREKEYS_LOW - 1);
+    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    let top_up = sent(&drain(&mut s));
+    assert!(matches!(
+        top_up[..],
+        [(_, RendezvousRequest::AddOneTimePrekeys(_))]
+    ));
+    s.handle(
+        Input::Failed {
+            key: top_up[0].0,
+            error: "timed out".into(),
+        },
+        T0,
+        &mut rng,
+    );
+    s.handle_timeout(T0 + RETRY_MS, &mut rng);
+    assert!(
+        !sent(&drain(&mut s))
+            .iter()
+            .any(|(_, r)| matches!(r, RendezvousRequest::AddOneTimePrekeys(_)))
     );
 }
 
