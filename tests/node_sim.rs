@@ -195,6 +195,25 @@ impl Sim {
         self.rng.gen_range(1..80)
     }
 
+    /// Carries `event` (a request or its answer) over node `i`'s connection: lost with
+    /// probability [`LOSS`], and then the transport reports a timeout for `key`; else delivered
+    /// after a random latency.
+    fn over_the_network(&mut self, i: usize, epoch: u64, key: RequestKey, event: Event) {
+        if self.rng.gen_bool(LOSS) {
+            self.at(
+                REQUEST_TIMEOUT_MS,
+                Event::Timeout {
+                    node: i,
+                    epoch,
+                    key,
+                },
+            );
+        } else {
+            let delay = self.latency();
+            self.at(delay, event);
+        }
+    }
+
     fn run(mut self) -> Result<(), String> {
         let start = self.now;
         self.schedule_chaos();
@@ -422,28 +441,13 @@ impl Sim {
                 Output::Send { key, request } => {
                     let epoch = self.nodes[i].epoch;
                     self.nodes[i].in_flight.insert(key);
-                    if self.rng.gen_bool(LOSS) {
-                        self.at(
-                            REQUEST_TIMEOUT_MS,
-                            Event::Timeout {
-                                node: i,
-                                epoch,
-                                key,
-                            },
-                        );
-                    } else {
-                        let delay = self.latency();
-                        let request = request.clone();
-                        self.at(
-                            delay,
-                            Event::ToServer {
-                                node: i,
-                                epoch,
-                                key,
-                                request,
-                            },
-                        );
-                    }
+                    let event = Event::ToServer {
+                        node: i,
+                        epoch,
+                        key,
+                        request,
+                    };
+                    self.over_the_network(i, epoch, key, event);
                 }
                 Output::PersistPrekeys { then_publish } => {
                     let session = self.nodes[i].session.as_ref().expect("running");
@@ -569,27 +573,13 @@ impl Sim {
         let response = server
             .handle(peer, request, self.now)
             .unwrap_or_else(|err| panic!("seed {}: server store: {err}", self.seed));
-        if self.rng.gen_bool(LOSS) {
-            self.at(
-                REQUEST_TIMEOUT_MS,
-                Event::Timeout {
-                    node: i,
-                    epoch,
-                    key,
-                },
-            );
-        } else {
-            let delay = self.latency();
-            self.at(
-                delay,
-                Event::ToNode {
-                    node: i,
-                    epoch,
-                    key,
-                    response,
-                },
-            );
-        }
+        let event = Event::ToNode {
+            node: i,
+            epoch,
+            key,
+            response,
+        };
+        self.over_the_network(i, epoch, key, event);
         self.server_outputs();
     }
 
