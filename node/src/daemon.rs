@@ -188,8 +188,6 @@ pub(crate) struct Node {
     commit: durable::GroupCommit<durable::AfterFlush>,
     rooms: rooms::Rooms,
     reach: reach::Reach,
-    /// The dial under way to the rendezvous, to tell its failure from other dials'.
-    rendezvous_dial: Option<libp2p::swarm::ConnectionId>,
     /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
     rendezvous_outage_logged: bool,
     /// How each peer's connection was last announced to `listen` subscribers, and whether the
@@ -282,7 +280,6 @@ impl Node {
             commit: durable::GroupCommit::default(),
             rooms,
             reach,
-            rendezvous_dial: None,
             rendezvous_outage_logged: false,
             announced: HashMap::new(),
             unnamed_events: HashMap::new(),
@@ -307,14 +304,17 @@ impl Node {
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
-            let session_due = self.session.poll_timeout();
+            // The session's deadlines are wall-clock ms (it persists the signed prekey's age).
+            let session_due = self.session.poll_timeout().map(|at| {
+                std::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+            });
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
-                _ = sleep_until_ms(session_due) => self.on_session_timeout(),
+                _ = sleep_until(session_due) => self.on_session_timeout(),
                 _ = retry.tick() => self.on_retry_tick(),
-                _ = reach::sleep_until(reach_due) => self.on_reach_timeout(),
+                _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
             }
         }
@@ -448,7 +448,7 @@ impl Node {
                 error,
             } => {
                 tracing::debug!("dial {peer_id:?} failed: {error}");
-                if self.rendezvous_dial == Some(connection_id) && !self.rendezvous_outage_logged {
+                if self.reach.is_rendezvous_dial(&connection_id) && !self.rendezvous_outage_logged {
                     // Once per outage: the retries that follow would say the same.
                     tracing::warn!(
                         "cannot reach the rendezvous at {}: {error}; retrying",
@@ -666,10 +666,10 @@ impl Node {
     }
 }
 
-/// Sleeps until wall-clock time `deadline_ms` (forever without one).
-async fn sleep_until_ms(deadline_ms: Option<u64>) {
-    match deadline_ms {
-        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+/// Sleeps until a state machine's next deadline (forever without one).
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }

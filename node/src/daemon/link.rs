@@ -86,6 +86,12 @@ pub(crate) fn load_prekeys(
 
 fn prekey_batch(prekeys: &PrekeyState) -> StateBatch {
     let mut batch = StateBatch::default();
+    put_prekeys(&mut batch, prekeys);
+    batch
+}
+
+/// Writes our prekeys into `batch` (also after a session was opened with one of them).
+pub(crate) fn put_prekeys(batch: &mut StateBatch, prekeys: &PrekeyState) {
     batch.put(StateKey::Meta(PREKEYS_META), &prekeys.secrets);
     if let Some(at) = prekeys.signed_at_ms {
         batch.put(StateKey::Meta(SIGNED_PREKEY_AT_META), &at);
@@ -95,12 +101,6 @@ fn prekey_batch(prekeys: &PrekeyState) -> StateBatch {
         StateKey::Meta(PREKEYS_UPLOAD_SENT_META),
         &prekeys.upload_sent,
     );
-    batch
-}
-
-/// Writes our prekeys into `batch` (after a session was opened with one of them).
-pub(crate) fn put_prekeys(batch: &mut StateBatch, prekeys: &PrekeyState) {
-    batch.put(StateKey::Meta(PREKEYS_META), &prekeys.secrets);
 }
 
 impl Node {

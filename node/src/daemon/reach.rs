@@ -30,14 +30,6 @@ pub(crate) fn connection_addr(peer: PeerId, endpoint: &ConnectedPoint) -> Multia
     }
 }
 
-/// Sleeps until the planner's next deadline (forever without one).
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Node {
     /// Hands the planner `input` and carries out what follows from it.
     pub(crate) fn reach(&mut self, input: ReachInput) {
@@ -62,9 +54,6 @@ impl Node {
                     condition,
                 } => {
                     let result = self.dial(peer, addrs, condition);
-                    if purpose == plan::DialPurpose::Rendezvous {
-                        self.rendezvous_dial = result.ok();
-                    }
                     self.reach.handle(
                         Input::DialStarted {
                             purpose,

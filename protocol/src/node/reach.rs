@@ -81,8 +81,8 @@ pub struct Reach<C, L> {
     /// The rendezvous's peer id: from its address, or its first connection.
     rendezvous: Option<PeerId>,
     rendezvous_dialed_at: Option<Instant>,
-    /// Our dial to a rendezvous whose peer id we do not know yet, until it resolves: libp2p
-    /// cannot refuse a second dial to an unknown peer, so the redial waits for it.
+    /// Our dial to the rendezvous, until it resolves: the redial waits for it (libp2p cannot
+    /// refuse a second dial to a peer whose id we do not know yet).
     rendezvous_dial: Option<C>,
     relays: Vec<Relay<L>>,
     /// Our listeners that have not reported a usable address yet (for a listener on every
@@ -238,6 +238,11 @@ where
         self.rendezvous.as_ref() == Some(peer)
     }
 
+    /// Whether `conn` is our dial to the rendezvous, still unresolved.
+    pub fn is_rendezvous_dial(&self, conn: &C) -> bool {
+        self.rendezvous_dial.as_ref() == Some(conn)
+    }
+
     pub fn rendezvous_connected(&self) -> bool {
         self.rendezvous.is_some_and(|peer| self.is_connected(&peer))
     }
@@ -324,7 +329,7 @@ where
                     if *count == 0 {
                         self.in_flight.remove(&peer);
                         if self.close_when_idle.remove(&peer) {
-                            self.close_relayed(peer, now);
+                            self.close_relayed(peer);
                         }
                     }
                 }
@@ -360,7 +365,7 @@ where
             .collect();
         for peer in due {
             self.close_relayed.remove(&peer);
-            self.close_relayed(peer, now);
+            self.close_relayed(peer);
         }
         if !self.listeners.is_empty() && now >= self.listeners_deadline {
             // Some listener never reported an address (no network yet?): go without it.
@@ -708,7 +713,7 @@ where
 
     /// Closes the relayed connections to `peer` if a direct one is open, once no delivery of ours
     /// to it is in flight (closing would fail it over to the mailbox).
-    fn close_relayed(&mut self, peer: PeerId, _now: Instant) {
+    fn close_relayed(&mut self, peer: PeerId) {
         if self.connection_counts(&peer).0 == 0 {
             return;
         }
@@ -788,12 +793,10 @@ where
         result: Result<C, DialRefusal>,
         now: Instant,
     ) {
-        let Some(peer) = peer else {
-            if let (DialPurpose::Rendezvous, Ok(conn)) = (purpose, result) {
-                self.rendezvous_dial = Some(conn);
-            }
-            return;
-        };
+        if let (DialPurpose::Rendezvous, Ok(conn)) = (purpose, &result) {
+            self.rendezvous_dial = Some(*conn);
+        }
+        let Some(peer) = peer else { return };
         match (purpose, result) {
             (DialPurpose::Direct | DialPurpose::Circuit, Ok(conn)) => {
                 self.dials.insert(conn, peer);

@@ -38,6 +38,12 @@ fn sent(outputs: &[Output<u32>]) -> Vec<(RequestKey, RendezvousRequest)> {
         .collect()
 }
 
+/// Request `key` got no answer: the transport gives up on it.
+fn lose(s: &mut S, key: RequestKey, now: u64, rng: &mut ChaCha20Rng) {
+    let error = "timed out".into();
+    s.handle(Input::Failed { key, error }, now, rng);
+}
+
 fn refusal(reason: RefusalReason) -> R {
     R::Refused(Refusal {
         reason,
@@ -395,14 +401,7 @@ fn a_login_that_got_no_answer_is_tried_again() {
     let mut s = session(&mut rng);
     s.handle(Input::Connected, T0, &mut rng);
     let login = sent(&drain(&mut s));
-    s.handle(
-        Input::Failed {
-            key: login[0].0,
-            error: "timed out".into(),
-        },
-        T0,
-        &mut rng,
-    );
+    lose(&mut s, login[0].0, T0, &mut rng);
     assert!(sent(&drain(&mut s)).is_empty());
     assert_eq!(s.poll_timeout(), Some(T0 + LOGIN_RETRY_MS));
     s.handle_timeout(T0 + LOGIN_RETRY_MS, &mut rng);
@@ -452,14 +451,7 @@ fn an_acknowledgement_that_did_not_go_through_is_sent_again() {
     let ack = sent(&drain(&mut s));
     assert!(matches!(&ack[..], [(_, RendezvousRequest::AckMail { ids })] if ids == &[id]));
     // Lost in transport while still logged in: sent again after a pause.
-    s.handle(
-        Input::Failed {
-            key: ack[0].0,
-            error: "timed out".into(),
-        },
-        T0,
-        &mut rng,
-    );
+    lose(&mut s, ack[0].0, T0, &mut rng);
     assert!(sent(&drain(&mut s)).is_empty());
     assert_eq!(s.poll_timeout(), Some(T0 + RETRY_MS));
     s.handle_timeout(T0 + RETRY_MS, &mut rng);
@@ -497,14 +489,7 @@ fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
     s.subscribe_presence(vec![UserName::new("bob").expect("name")]);
     lost.extend(sent(&drain(&mut s)));
     for (key, _) in &lost {
-        s.handle(
-            Input::Failed {
-                key: *key,
-                error: "timed out".into(),
-            },
-            T0,
-            &mut rng,
-        );
+        lose(&mut s, *key, T0, &mut rng);
     }
     assert!(sent(&drain(&mut s)).is_empty());
     s.handle_timeout(T0 + RETRY_MS, &mut rng);
@@ -559,14 +544,7 @@ fn a_lost_top_up_is_not_sent_again_as_the_same_batch() {
         top_up[..],
         [(_, RendezvousRequest::AddOneTimePrekeys(_))]
     ));
-    s.handle(
-        Input::Failed {
-            key: top_up[0].0,
-            error: "timed out".into(),
-        },
-        T0,
-        &mut rng,
-    );
+    lose(&mut s, top_up[0].0, T0, &mut rng);
     s.handle_timeout(T0 + RETRY_MS, &mut rng);
     assert!(
         !sent(&drain(&mut s))
