@@ -24,6 +24,9 @@ use sled::transaction::{
 };
 
 mod migrate;
+
+/// Set once history is keyed by the hybrid clock (see [`migrate`]).
+const HYBRID_ORDER_META: &str = "hybrid_order";
 mod unread;
 
 pub use unread::{MAX_UNREAD_COUNTED, Unread};
@@ -277,14 +280,16 @@ impl Store {
         })?;
         let state = db.open_tree("state")?;
         let store = Self { db, state };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let moved = migrate::rekey_lamport_history(&store, now_ms)?;
-        if moved > 0 {
+        // Once per store, not at every open: nothing writes counter keys after it.
+        if store.get::<bool>(StateKey::Meta(HYBRID_ORDER_META))? != Some(true) {
+            let moved = migrate::rekey_lamport_history(&store, crate::daemon::now_ms())?;
+            store.apply(StateBatch::default().put(StateKey::Meta(HYBRID_ORDER_META), &true))?;
             store.flush()?;
-            tracing::info!("re-keyed {moved} history entries from Lamport to hybrid clock order");
+            if moved > 0 {
+                tracing::info!(
+                    "re-keyed {moved} history entries from Lamport to hybrid clock order"
+                );
+            }
         }
         Ok(store)
     }

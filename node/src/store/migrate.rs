@@ -155,6 +155,12 @@ mod tests {
                     &StateBatch::default(),
                 )
                 .unwrap();
+            // A store the old version wrote has no marker of the hybrid order.
+            store
+                .apply(
+                    StateBatch::default().remove(StateKey::Meta(super::super::HYBRID_ORDER_META)),
+                )
+                .unwrap();
             store.flush().unwrap();
         }
         // Written through `record` (as the old version did), these went in under their
