@@ -16,7 +16,7 @@ mod reach;
 pub(crate) mod rooms;
 mod sessions;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay, rendezvous};
 use palaver_protocol::node::session::{RequestKey, SessionConfig};
 use palaver_protocol::wire::PresenceRecord;
-use palaver_protocol::{Identity, MessageId, UserName, VerifyingKey};
+use palaver_protocol::{Identity, UserName, VerifyingKey};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -169,18 +169,8 @@ pub(crate) struct Node {
     session: link::Session,
     /// The session's request each request to the rendezvous carries.
     rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
-    /// Outstanding direct deliveries.
-    delivering: HashMap<OutboundRequestId, (MessageId, PeerId)>,
-    /// When each pending direct message is tried, and when it goes to the mailbox.
-    outbox: palaver_protocol::delivery::Outbox,
-    /// Addresses learned through discovery or mDNS.
-    known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Deliveries waiting for a connection to their peer.
-    awaiting_connection: HashMap<PeerId, Vec<MessageId>>,
-    /// Deliveries waiting for discovery of their peer's addresses.
-    awaiting_discovery: HashMap<PeerId, Vec<MessageId>>,
-    /// Room peers we want a connection to (for gossip).
-    wanted_peers: HashSet<PeerId>,
+    /// Which path each pending direct message takes, and when it is tried (the outbox).
+    delivery: palaver_protocol::node::direct::Delivery<OutboundRequestId>,
     presence: HashMap<String, PresenceRecord>,
     events: broadcast::Sender<Value>,
     internal_tx: mpsc::Sender<Internal>,
@@ -259,6 +249,7 @@ impl Node {
             std::time::Instant::now(),
         )?;
         let (internal_tx, internal) = mpsc::channel(256);
+        let local_peer = *swarm.local_peer_id();
         let mut node = Self {
             identity,
             name,
@@ -267,12 +258,7 @@ impl Node {
             rendezvous_addr: config.rendezvous.clone(),
             session,
             rendezvous_requests: HashMap::new(),
-            delivering: HashMap::new(),
-            outbox,
-            known_addrs: HashMap::new(),
-            awaiting_connection: HashMap::new(),
-            awaiting_discovery: HashMap::new(),
-            wanted_peers: HashSet::new(),
+            delivery: palaver_protocol::node::direct::Delivery::new(local_peer, outbox),
             presence: HashMap::new(),
             events,
             internal_tx,
@@ -289,6 +275,7 @@ impl Node {
             sends_in_flight: HashMap::new(),
         };
         node.subscribe_room_topics();
+        node.resume_outbox();
         node.drive_reach();
         Ok(node)
     }
@@ -305,14 +292,14 @@ impl Node {
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
             // The session's deadlines are wall-clock ms (it persists the signed prekey's age).
-            let session_due = self.session.poll_timeout().map(|at| {
-                std::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-            });
+            let session_due = self.session.poll_timeout().map(instant_of);
+            let delivery_due = self.delivery.poll_timeout().map(instant_of);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
                 _ = sleep_until(session_due) => self.on_session_timeout(),
+                _ = sleep_until(delivery_due) => self.on_delivery_timeout(),
                 _ = retry.tick() => self.on_retry_tick(),
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
@@ -541,14 +528,16 @@ impl Node {
                 for registration in registrations {
                     let peer = registration.record.peer_id();
                     if room_members && peer != *self.swarm.local_peer_id() {
-                        self.wanted_peers.insert(peer);
+                        self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
                     }
                     found |= Some(peer) == asked;
                     let addrs = registration.record.addresses().to_vec();
                     self.on_discovered(peer, addrs);
                 }
                 if let Some(peer) = asked.filter(|_| !found) {
-                    self.on_discovery_failed(peer);
+                    self.delivery_input(palaver_protocol::node::direct::Input::DiscoveryFailed(
+                        peer,
+                    ));
                 }
             }
             BehaviourEvent::Discovery(rendezvous::client::Event::DiscoverFailed {
@@ -556,7 +545,9 @@ impl Node {
                 ..
             }) => {
                 if let Some(peer) = namespace.as_ref().and_then(peer_of_namespace) {
-                    self.on_discovery_failed(peer);
+                    self.delivery_input(palaver_protocol::node::direct::Input::DiscoveryFailed(
+                        peer,
+                    ));
                 }
             }
             // The observed address is not confirmed as ours here: identify hands it to DCUtR and
@@ -672,6 +663,13 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// When a wall-clock deadline (ms) comes, on the monotonic clock the actor sleeps on; at most a
+/// minute ahead, so a wall clock stepped back cannot make a machine oversleep.
+fn instant_of(at_ms: u64) -> std::time::Instant {
+    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms())).min(Duration::from_secs(60));
+    std::time::Instant::now() + wait
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the one clock the node's machines are given.

@@ -242,6 +242,10 @@ impl StateBatch {
         self
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     /// Applies the changes inside a transaction on the `state` tree.
     fn apply_in(&self, state: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
         for (key, value) in &self.ops {

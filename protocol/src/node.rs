@@ -2,6 +2,8 @@
 //!
 //! - [`reach`]: which connections to open, keep and close — direct first, relays as fallback, a
 //!   relay slot while not reachable from outside, the rendezvous connection.
+//! - [`direct`]: which path each sealed direct message takes — the open connection, a dial, a
+//!   discovery lookup, the mailbox — and when it is tried again.
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
 //!   mail, and the bounded request window.
 //!
@@ -10,5 +12,6 @@
 //! nodes on one simulated clock.
 
 pub mod addr;
+pub mod direct;
 pub mod reach;
 pub mod session;

@@ -379,7 +379,7 @@ impl Node {
                 "hint": self.session.refusal().map(|r| refusal_hint(r.reason)),
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "outbox": self.outbox_len(),
+            "outbox": self.delivery.len(),
         })
     }
 

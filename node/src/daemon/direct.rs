@@ -32,6 +32,8 @@ use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
+mod delivery;
+use palaver_protocol::node::direct::{Input as DeliveryInput, Route};
 mod receive;
 
 pub(crate) type Reply = oneshot::Sender<Result<Value, RpcError>>;
@@ -105,6 +107,18 @@ pub(crate) struct OutboxItem {
     pub(crate) frame: Vec<u8>,
     /// Shown in history (text), as opposed to a control message (receipt, key, membership).
     pub(crate) in_history: bool,
+}
+
+impl OutboxItem {
+    /// Whom the delivery planner sends it to.
+    pub(crate) fn route(&self) -> Option<Route> {
+        let key = VerifyingKey::from_bytes(&self.to_key).ok()?;
+        Some(Route {
+            peer: peer_id_of(&key),
+            to: self.to_name.clone(),
+            in_history: self.in_history,
+        })
+    }
 }
 
 impl Node {
@@ -250,11 +264,15 @@ impl Node {
             frame,
             in_history: text.is_some(),
         };
-        // The outbox entry is committed with the message; the in-memory outbox takes it only
-        // once that commit succeeded, and hands it out only once it is durable (with the ratchet
-        // state that encrypted it: a crash must not make us encrypt with the same key twice).
-        let mut outbox = self.outbox.clone();
-        if let Err(err) = outbox.insert_held(id, now_ms()) {
+        // The outbox entry is committed with the message; the planner hands it out only once
+        // it is durable (with the ratchet state that encrypted it: a crash must not make us
+        // encrypt with the same key twice).
+        let route = Route {
+            peer: peer_id_of(&key),
+            to: name.clone(),
+            in_history: item.in_history,
+        };
+        if let Err(err) = self.delivery.hold(id, route, now_ms()) {
             return fail_reply(job.reply, format!("cannot send now: {err}"));
         }
         let mut batch = StateBatch::default();
@@ -263,7 +281,7 @@ impl Node {
             .put(StateKey::Meta(CLOCK_META), &stamp)
             .put(StateKey::Seq(conversation), &seq)
             .put(StateKey::Outbox(id), &item)
-            .put(StateKey::Meta(OUTBOX_META), &outbox);
+            .put(StateKey::Meta(OUTBOX_META), self.delivery.outbox());
         if let Some(key) = &job.client_key {
             let sent = super::client_ids::ClientSend {
                 id,
@@ -291,17 +309,16 @@ impl Node {
             None => self.store.apply(&batch),
         };
         if let Err(err) = committed {
+            self.delivery.cancel(id);
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
-        self.outbox = outbox;
         let reply = job.reply;
         self.when_durable(move |node, flushed| match flushed {
             Ok(()) => {
-                node.outbox.release(id);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(json!({"id": id.to_hex(), "status": "sending"})));
                 }
-                node.drive_outbox();
+                node.delivery_input(DeliveryInput::Durable(id));
             }
             Err(err) => fail_reply(reply, super::durable::not_durable(&err)),
         });
@@ -425,331 +442,6 @@ impl Node {
             }
             Err(err) => job.fail(format!("bad prekey bundle: {err}")),
         }
-    }
-
-    // ---- delivery --------------------------------------------------------------------------
-    //
-    // `self.outbox` (palaver_protocol::delivery::Outbox) decides when each message is tried and
-    // when it goes to the mailbox; this code carries the attempts out and reports how they ended.
-
-    fn outbox_item(&self, id: &MessageId) -> Option<OutboxItem> {
-        self.store
-            .get::<OutboxItem>(StateKey::Outbox(*id))
-            .ok()
-            .flatten()
-    }
-
-    /// Persists the outbox state machine (small: one entry per pending message).
-    fn save_outbox(&self) {
-        if let Err(err) = self
-            .store
-            .apply(StateBatch::default().put(StateKey::Meta(OUTBOX_META), &self.outbox))
-        {
-            tracing::warn!("store: {err}");
-        }
-    }
-
-    /// Starts every attempt that is due, then records what changed.
-    pub(crate) fn drive_outbox(&mut self) {
-        for id in self.outbox.poll_due(now_ms()) {
-            self.attempt(id);
-        }
-        self.settle_outbox();
-    }
-
-    /// One delivery attempt: direct if we can reach the peer (connected, known addresses, or
-    /// discovery), otherwise it fails at once and the outbox decides what next.
-    fn attempt(&mut self, id: MessageId) {
-        let Some(item) = self.outbox_item(&id) else {
-            // Nothing to send (it was removed); let the outbox forget it.
-            self.outbox.handle_receipt(id);
-            return;
-        };
-        let Ok(key) = VerifyingKey::from_bytes(&item.to_key) else {
-            return;
-        };
-        let peer = peer_id_of(&key);
-        if self.swarm.is_connected(&peer) {
-            return self.send_deliver(peer, &item);
-        }
-        self.awaiting_connection.entry(peer).or_default().push(id);
-        if self.dial_known(peer) {
-            return;
-        }
-        if self.session.is_logged_in() {
-            self.awaiting_discovery.entry(peer).or_default().push(id);
-            self.discover(peer);
-        } else {
-            self.awaiting_connection
-                .entry(peer)
-                .or_default()
-                .retain(|i| i != &id);
-            self.attempt_failed(id);
-        }
-    }
-
-    fn send_deliver(&mut self, peer: PeerId, item: &OutboxItem) {
-        match Envelope::from_bytes(&item.frame) {
-            Ok(envelope) => {
-                let request = self
-                    .swarm
-                    .behaviour_mut()
-                    .peer
-                    .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
-                self.delivering.insert(request, (item.id, peer));
-                self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
-                if item.in_history {
-                    self.set_status(&item.id, Status::Sent);
-                }
-            }
-            Err(err) => tracing::error!("outbox item {} is unreadable: {err}", item.id),
-        }
-    }
-
-    /// A direct attempt failed: back off, and deposit in the mailbox if the outbox says so.
-    pub(crate) fn attempt_failed(&mut self, id: MessageId) {
-        use palaver_protocol::delivery::Attempt;
-        if let Attempt::DepositInMailbox { .. } =
-            self.outbox.handle_failed(id, now_ms(), &mut OsRng)
-        {
-            self.deposit_in_mailbox(id);
-        }
-        self.settle_outbox();
-    }
-
-    /// Dials `peer` at addresses learned earlier, direct ones first (see the reach planner);
-    /// false when there are none.
-    fn dial_known(&mut self, peer: PeerId) -> bool {
-        let addrs = self.known_addrs.get(&peer).cloned().unwrap_or_default();
-        if addrs.is_empty() {
-            return false;
-        }
-        self.reach(crate::daemon::reach::ReachInput::DialPeer { peer, addrs });
-        true
-    }
-
-    pub(crate) fn on_discovered(&mut self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) {
-        if peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        for addr in &addrs {
-            self.swarm.add_peer_address(peer, addr.clone());
-        }
-        self.known_addrs.insert(peer, addrs);
-        let waiting = self.awaiting_discovery.remove(&peer).is_some();
-        if (waiting || self.wanted_peers.contains(&peer)) && !self.swarm.is_connected(&peer) {
-            self.dial_known(peer);
-        }
-    }
-
-    pub(crate) fn on_discovery_failed(&mut self, peer: PeerId) {
-        if let Some(ids) = self.awaiting_discovery.remove(&peer) {
-            self.awaiting_connection.remove(&peer);
-            for id in ids {
-                self.attempt_failed(id);
-            }
-        }
-    }
-
-    pub(crate) fn on_peer_connected(&mut self, peer: PeerId) {
-        self.emit_connection_change(peer);
-        if let Some(ids) = self.awaiting_connection.remove(&peer) {
-            self.awaiting_discovery.remove(&peer);
-            for id in ids {
-                match self.outbox_item(&id) {
-                    Some(item) => self.send_deliver(peer, &item),
-                    None => {
-                        self.outbox.handle_receipt(id);
-                    }
-                }
-            }
-        }
-        self.retry_outbox_for_peer(peer);
-        self.on_room_peer_connected(peer);
-    }
-
-    /// Every attempt to reach `peer` failed: what waited for a connection has failed this
-    /// attempt.
-    pub(crate) fn on_unreachable(&mut self, peer: PeerId) {
-        // The addresses we had did not work: look the peer up afresh next time.
-        self.known_addrs.remove(&peer);
-        self.awaiting_discovery.remove(&peer);
-        for id in self.awaiting_connection.remove(&peer).unwrap_or_default() {
-            self.attempt_failed(id);
-        }
-    }
-
-    /// The delivery sent as `request` ended (answered or failed), if it was one.
-    fn delivery_ended(&mut self, request: &OutboundRequestId) -> Option<MessageId> {
-        let (id, peer) = self.delivering.remove(request)?;
-        self.reach(crate::daemon::reach::ReachInput::DeliveryEnded(peer));
-        Some(id)
-    }
-
-    pub(crate) fn on_peer_response(&mut self, request: OutboundRequestId, response: PeerResponse) {
-        if let Some(id) = self.delivery_ended(&request) {
-            match response {
-                PeerResponse::Stored { id: stored } if stored == id => {
-                    self.outbox.handle_stored(id);
-                    self.settle_outbox();
-                }
-                PeerResponse::Rejected { reason } => {
-                    tracing::warn!("peer rejected {id}: {reason}");
-                    self.attempt_failed(id);
-                }
-                other => {
-                    tracing::debug!("unexpected answer to a delivery: {other:?}");
-                    self.attempt_failed(id);
-                }
-            }
-        } else {
-            self.on_gap_fill_response(request, response);
-        }
-    }
-
-    pub(crate) fn on_peer_failure(&mut self, request: OutboundRequestId) {
-        if let Some(id) = self.delivery_ended(&request) {
-            self.attempt_failed(id);
-        }
-    }
-
-    /// Applies the outbox's status changes to history and `listen`, and persists it.
-    fn settle_outbox(&mut self) {
-        use palaver_protocol::delivery::DeliveryStatus;
-        let mut changed = false;
-        while let Some(event) = self.outbox.poll_event() {
-            changed = true;
-            let in_history = self
-                .outbox_item(&event.id)
-                .is_some_and(|item| item.in_history);
-            let status = match &event.status {
-                DeliveryStatus::Sending => continue,
-                DeliveryStatus::Sent => Status::Sent,
-                DeliveryStatus::Queued => Status::Queued,
-                DeliveryStatus::Delivered => Status::Delivered,
-                DeliveryStatus::Failed { reason } => {
-                    tracing::warn!("giving up on {}: {reason:?}", event.id);
-                    Status::Failed
-                }
-            };
-            if event.status.is_final()
-                && let Err(err) = self
-                    .store
-                    .apply(StateBatch::default().remove(StateKey::Outbox(event.id)))
-            {
-                tracing::warn!("store: {err}");
-            }
-            if in_history {
-                self.set_status(&event.id, status);
-            }
-        }
-        if changed {
-            self.save_outbox();
-        }
-    }
-
-    /// The recipient has it durably (a receipt, by any path).
-    pub(crate) fn on_delivered(&mut self, id: MessageId) {
-        self.outbox.handle_receipt(id);
-        self.settle_outbox();
-    }
-
-    pub(crate) fn set_status(&mut self, id: &MessageId, status: Status) {
-        match self.store.set_status(id, status) {
-            Ok(Some(entry)) => self.emit(json!({
-                "type": "delivery",
-                "id": id.to_hex(),
-                "conversation": entry.label,
-                "status": status.as_str(),
-            })),
-            Ok(None) => {}
-            Err(err) => tracing::warn!("store: {err}"),
-        }
-    }
-
-    fn deposit_in_mailbox(&mut self, id: MessageId) {
-        let envelope = self
-            .outbox_item(&id)
-            .and_then(|item| Some((item.to_name, Envelope::from_bytes(&item.frame).ok()?)));
-        match envelope {
-            Some((to, envelope)) if self.session.is_logged_in() => self.rendezvous_request(
-                RendezvousRequest::Deposit {
-                    to,
-                    envelope: Box::new(envelope),
-                },
-                Pending::Deposit { id },
-            ),
-            _ => {
-                self.outbox.handle_deposit_failed(id);
-            }
-        }
-    }
-
-    pub(crate) fn on_deposited(&mut self, id: MessageId) {
-        self.outbox.handle_queued(id);
-        self.settle_outbox();
-    }
-
-    pub(crate) fn on_deposit_refused(&mut self, id: MessageId, reason: String) {
-        tracing::warn!("the mailbox refused {id}: {reason}; it stays in the outbox");
-        self.outbox.handle_deposit_failed(id);
-        self.settle_outbox();
-    }
-
-    pub(crate) fn outbox_len(&self) -> usize {
-        self.outbox.len()
-    }
-
-    fn outbox_items(&self) -> Vec<OutboxItem> {
-        self.store
-            .scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))
-            .unwrap_or_default()
-    }
-
-    /// Makes sure every stored outbox item is tracked (after a crash between writes, or an
-    /// upgrade), then tries whatever is due.
-    pub(crate) fn resume_outbox(&mut self) {
-        let now = now_ms();
-        for item in self.outbox_items() {
-            if self.outbox.status(&item.id).is_none()
-                && let Err(err) = self.outbox.insert(item.id, now)
-            {
-                tracing::warn!("outbox: {err}");
-            }
-        }
-        self.drive_outbox();
-    }
-
-    /// Someone came online or connected: try their messages now rather than at the backoff.
-    pub(crate) fn retry_outbox_for_name(&mut self, name: &str) {
-        let now = now_ms();
-        for item in self
-            .outbox_items()
-            .into_iter()
-            .filter(|item| item.to_name.as_str() == name)
-        {
-            self.outbox.retry_now(item.id, now);
-        }
-        self.drive_outbox();
-    }
-
-    fn retry_outbox_for_peer(&mut self, peer: PeerId) {
-        let now = now_ms();
-        for item in self.outbox_items() {
-            if VerifyingKey::from_bytes(&item.to_key).is_ok_and(|key| peer_id_of(&key) == peer) {
-                self.outbox.retry_now(item.id, now);
-            }
-        }
-        self.drive_outbox();
-    }
-
-    /// Every second: whatever the outbox says is due; rooms' unsent messages; the rendezvous.
-    pub(crate) fn on_retry_tick(&mut self) {
-        for job in std::mem::take(&mut self.waiting_for_prekeys) {
-            self.send_direct(job);
-        }
-        self.drive_outbox();
-        self.rooms_tick();
     }
 }
 

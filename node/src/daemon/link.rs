@@ -171,7 +171,10 @@ impl Node {
                 },
                 Output::PersistPrekeys { then_publish } => self.persist_prekeys(then_publish),
                 Output::LoggedIn { mail_waiting } => self.on_logged_in(mail_waiting),
-                Output::LoggedOut => self.reach(super::reach::ReachInput::LoggedIn(false)),
+                Output::LoggedOut => {
+                    self.reach(super::reach::ReachInput::LoggedIn(false));
+                    self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(false));
+                }
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");
                     self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
@@ -247,7 +250,7 @@ impl Node {
         // told us how the rendezvous sees us: see the reach planner).
         self.reach(super::reach::ReachInput::LoggedIn(true));
         self.rooms_after_login();
-        self.resume_outbox();
+        self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(true));
     }
 
     pub(crate) fn subscribe_presence(&mut self) {
@@ -345,7 +348,9 @@ impl Node {
                 | Pending::WhoIs { then: Some(job) },
                 R::Refused(refusal),
             ) => job.fail(format!("lookup failed: {refusal}")),
-            (Pending::Deposit { id }, R::Deposited { .. }) => self.on_deposited(id),
+            (Pending::Deposit { id }, R::Deposited { .. }) => {
+                self.delivery_input(palaver_protocol::node::direct::Input::Deposited(id))
+            }
             (Pending::Deposit { id }, R::Refused(refusal)) => {
                 self.on_deposit_refused(id, refusal.to_string())
             }
@@ -431,9 +436,10 @@ impl Node {
                 .get(&name)
                 .is_none_or(|old| old.state == PresenceState::Offline);
         self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
+        let user = record.name.clone();
         self.remember_presence(record);
         if came_online {
-            self.retry_outbox_for_name(&name);
+            self.delivery_input(palaver_protocol::node::direct::Input::CameOnline(user));
         }
     }
 }

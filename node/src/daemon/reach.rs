@@ -87,7 +87,12 @@ impl Node {
                 Output::RendezvousLost => self.on_rendezvous_lost(),
                 Output::PeerConnected(peer) => self.on_peer_connected(peer),
                 Output::ConnectionChanged(peer) => self.emit_connection_change(peer),
-                Output::Unreachable(peer) => self.on_unreachable(peer),
+                Output::Unreachable(peer) => {
+                    self.delivery_input(palaver_protocol::node::direct::Input::Unreachable(peer))
+                }
+                Output::PeerDisconnected(peer) => {
+                    self.delivery_input(palaver_protocol::node::direct::Input::Disconnected(peer))
+                }
                 Output::Reachability { public, relays } => {
                     let relays: Vec<String> = relays.iter().map(ToString::to_string).collect();
                     tracing::info!("reachability: public {public}, relay slots {relays:?}");

@@ -246,7 +246,7 @@ impl Node {
             .collect();
         let public = room.is_public();
         for peer in peers {
-            self.wanted_peers.insert(peer);
+            self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
             if !self.swarm.is_connected(&peer) {
                 self.discover(peer);
             }

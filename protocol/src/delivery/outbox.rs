@@ -306,6 +306,12 @@ impl Outbox {
         self.take_flag(&id, |entry| &mut entry.held)
     }
 
+    /// Forgets `id` without a status event: a held message whose write failed, so it was never
+    /// sent. Returns whether the outbox had it.
+    pub fn remove(&mut self, id: MessageId) -> bool {
+        self.entries.remove(&id).is_some()
+    }
+
     /// Clears one of `id`'s flags; whether it was set.
     fn take_flag(&mut self, id: &MessageId, flag: impl FnOnce(&mut Entry) -> &mut bool) -> bool {
         self.entries

@@ -665,6 +665,8 @@ where
     }
 
     fn on_disconnected(&mut self, peer: PeerId, conn: C, broke: bool, now: Instant) {
+        // Told apart before the table forgets the peer (the rendezvous is a relay server too).
+        let plain_peer = !self.is_relay_server(&peer);
         let remaining = match self.connections.get_mut(&peer) {
             Some(conns) => {
                 conns.remove(&conn);
@@ -681,6 +683,9 @@ where
                 self.outputs.extend(all.into_iter().map(Output::Close));
             }
         } else {
+            if plain_peer && self.connections.contains_key(&peer) {
+                self.outputs.push_back(Output::PeerDisconnected(peer));
+            }
             self.connections.remove(&peer);
             self.close_relayed.remove(&peer);
             self.close_when_idle.remove(&peer);

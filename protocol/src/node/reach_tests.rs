@@ -349,6 +349,18 @@ fn a_relayed_connection_closes_after_a_direct_one_is_up_but_not_under_a_delivery
     );
     assert_eq!(drain(&mut reach), [Output::ConnectionChanged(bob)]);
     assert!(reach.is_connected(&bob));
+    // The last one closing is the peer's disconnection (the delivery planner waits for it).
+    reach.handle(
+        Input::Disconnected {
+            peer: bob,
+            conn: 21,
+            broke: true,
+        },
+        t0 + RELAYED_GRACE,
+    );
+    let out = drain(&mut reach);
+    assert!(out.contains(&Output::PeerDisconnected(bob)), "{out:?}");
+    assert!(!reach.is_connected(&bob));
 }
 
 #[test]

@@ -157,7 +157,7 @@ impl Node {
         match payload {
             Payload::Receipt(ids) => {
                 for id in ids {
-                    self.on_delivered(id);
+                    self.delivery_input(DeliveryInput::Receipt(id));
                 }
             }
             Payload::RoomInvite(invite) => self.on_room_invite(sender, invite),

@@ -167,6 +167,8 @@ pub enum Output<C, L> {
     RendezvousLost,
     /// A connection to a peer (not a relay server) opened; maybe not its first.
     PeerConnected(PeerId),
+    /// The last connection to a peer (not a relay server) closed.
+    PeerDisconnected(PeerId),
     /// A peer's connections changed: how it is connected may have.
     ConnectionChanged(PeerId),
     /// Every attempt to reach `peer` failed and it is not connected.

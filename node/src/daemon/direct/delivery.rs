@@ -1,0 +1,206 @@
+//! Carrying out the delivery planner's decisions ([`palaver_protocol::node::direct`]): it says
+//! which path each sealed message takes and when; this sends over the swarm, deposits through the
+//! rendezvous session, and writes statuses and the outbox to the store.
+
+use palaver_protocol::delivery::DeliveryStatus;
+use palaver_protocol::node::direct::{Answer, Input, Output};
+
+use super::*;
+
+impl Node {
+    /// Hands the planner an input at the current time, then carries out what it asks.
+    pub(crate) fn delivery_input(&mut self, input: Input<OutboundRequestId>) {
+        self.delivery.handle(input, now_ms(), &mut OsRng);
+        self.drive_delivery();
+    }
+
+    /// The planner's deadline passed: whatever is due is tried.
+    pub(crate) fn on_delivery_timeout(&mut self) {
+        self.delivery.handle_timeout(now_ms(), &mut OsRng);
+        self.drive_delivery();
+    }
+
+    /// Carries out the planner's outputs; the store changes they ask for go in one batch.
+    fn drive_delivery(&mut self) {
+        let mut batch = StateBatch::default();
+        let mut save_outbox = false;
+        while let Some(output) = self.delivery.poll_output() {
+            match output {
+                Output::Deliver { peer, id } => self.send_deliver(peer, id),
+                Output::Dial { peer, addrs } => {
+                    self.reach(crate::daemon::reach::ReachInput::DialPeer { peer, addrs })
+                }
+                Output::Discover(peer) => self.discover(peer),
+                Output::Deposit { id, to } => self.deposit_in_mailbox(id, to),
+                Output::DeliveryEnded(peer) => {
+                    self.reach(crate::daemon::reach::ReachInput::DeliveryEnded(peer))
+                }
+                Output::Status {
+                    id,
+                    status,
+                    in_history,
+                } => {
+                    if let DeliveryStatus::Failed { reason } = &status {
+                        tracing::warn!("giving up on {id}: {reason}");
+                    }
+                    if in_history {
+                        self.set_status(&id, history_status(status));
+                    }
+                }
+                Output::Forget(id) => {
+                    batch.remove(StateKey::Outbox(id));
+                }
+                Output::SaveOutbox => save_outbox = true,
+            }
+        }
+        if save_outbox {
+            batch.put(StateKey::Meta(OUTBOX_META), self.delivery.outbox());
+        }
+        if !batch.is_empty()
+            && let Err(err) = self.store.apply(&batch)
+        {
+            tracing::warn!("store: {err}");
+        }
+    }
+
+    fn outbox_item(&self, id: &MessageId) -> Option<OutboxItem> {
+        self.store
+            .get::<OutboxItem>(StateKey::Outbox(*id))
+            .ok()
+            .flatten()
+    }
+
+    fn send_deliver(&mut self, peer: PeerId, id: MessageId) {
+        let envelope = self
+            .outbox_item(&id)
+            .map(|item| Envelope::from_bytes(&item.frame));
+        match envelope {
+            Some(Ok(envelope)) => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .peer
+                    .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
+                self.delivery
+                    .handle(Input::DeliverySent { id, request }, now_ms(), &mut OsRng);
+                self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
+            }
+            Some(Err(err)) => tracing::error!("outbox item {id} is unreadable: {err}"),
+            // Gone from the store: nothing to send; the receipt lets the planner forget it.
+            None => self
+                .delivery
+                .handle(Input::Receipt(id), now_ms(), &mut OsRng),
+        }
+    }
+
+    fn deposit_in_mailbox(&mut self, id: MessageId, to: UserName) {
+        let envelope = self
+            .outbox_item(&id)
+            .and_then(|item| Envelope::from_bytes(&item.frame).ok());
+        match envelope {
+            Some(envelope) => self.rendezvous_request(
+                RendezvousRequest::Deposit {
+                    to,
+                    envelope: Box::new(envelope),
+                },
+                Pending::Deposit { id },
+            ),
+            None => self
+                .delivery
+                .handle(Input::DepositFailed(id), now_ms(), &mut OsRng),
+        }
+    }
+
+    pub(crate) fn on_discovered(&mut self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        for addr in &addrs {
+            self.swarm.add_peer_address(peer, addr.clone());
+        }
+        self.delivery_input(Input::Discovered { peer, addrs });
+    }
+
+    pub(crate) fn on_peer_connected(&mut self, peer: PeerId) {
+        self.emit_connection_change(peer);
+        self.delivery_input(Input::Connected(peer));
+        self.on_room_peer_connected(peer);
+    }
+
+    pub(crate) fn on_peer_response(&mut self, request: OutboundRequestId, response: PeerResponse) {
+        if !self.delivery.is_delivery(&request) {
+            return self.on_gap_fill_response(request, response);
+        }
+        let answer = match response {
+            PeerResponse::Stored { id } => Answer::Stored(id),
+            PeerResponse::Rejected { reason } => {
+                tracing::warn!("a peer rejected our delivery: {reason}");
+                Answer::Rejected
+            }
+            other => {
+                tracing::debug!("unexpected answer to a delivery: {other:?}");
+                Answer::Rejected
+            }
+        };
+        self.delivery_input(Input::DeliveryAnswered { request, answer });
+    }
+
+    pub(crate) fn on_peer_failure(&mut self, request: OutboundRequestId) {
+        let answer = Answer::Failed;
+        self.delivery_input(Input::DeliveryAnswered { request, answer });
+    }
+
+    pub(crate) fn on_deposit_refused(&mut self, id: MessageId, reason: String) {
+        tracing::warn!("the mailbox refused {id}: {reason}; it stays in the outbox");
+        self.delivery_input(Input::DepositFailed(id));
+    }
+
+    pub(crate) fn set_status(&mut self, id: &MessageId, status: Status) {
+        match self.store.set_status(id, status) {
+            Ok(Some(entry)) => self.emit(json!({
+                "type": "delivery",
+                "id": id.to_hex(),
+                "conversation": entry.label,
+                "status": status.as_str(),
+            })),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("store: {err}"),
+        }
+    }
+
+    /// Hands the planner every message the store holds for delivery (at start: the persisted
+    /// outbox, and anything written just before a crash that it does not know).
+    pub(crate) fn resume_outbox(&mut self) {
+        let items = self
+            .store
+            .scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))
+            .unwrap_or_default();
+        for item in items {
+            match item.route() {
+                Some(route) => self.delivery_input(Input::Resumed { id: item.id, route }),
+                None => tracing::error!("outbox item {} names no valid key", item.id),
+            }
+        }
+    }
+}
+
+/// How history shows a delivery status.
+fn history_status(status: DeliveryStatus) -> Status {
+    match status {
+        DeliveryStatus::Sending => Status::Sending,
+        DeliveryStatus::Sent => Status::Sent,
+        DeliveryStatus::Queued => Status::Queued,
+        DeliveryStatus::Delivered => Status::Delivered,
+        DeliveryStatus::Failed { .. } => Status::Failed,
+    }
+}
+
+impl Node {
+    /// Every second: messages waiting for a recipient's prekeys; rooms' unsent messages.
+    pub(crate) fn on_retry_tick(&mut self) {
+        for job in std::mem::take(&mut self.waiting_for_prekeys) {
+            self.send_direct(job);
+        }
+        self.rooms_tick();
+    }
+}

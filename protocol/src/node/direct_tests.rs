@@ -1,0 +1,349 @@
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::delivery::OutboxConfig;
+
+type D = Delivery<u32>;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn rng() -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(7)
+}
+
+fn peer(n: u32) -> PeerId {
+    let mut seed = [1; 32];
+    seed[..4].copy_from_slice(&n.to_le_bytes());
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    crate::identity::peer_id_of(&key)
+}
+
+fn planner() -> D {
+    Delivery::new(peer(0), Outbox::new(OutboxConfig::default()))
+}
+
+fn bob() -> (PeerId, UserName) {
+    (peer(1), UserName::new("bob").expect("name"))
+}
+
+fn route(peer: PeerId, to: &UserName) -> Route {
+    Route {
+        peer,
+        to: to.clone(),
+        in_history: true,
+    }
+}
+
+fn addr(port: u16) -> Multiaddr {
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")
+}
+
+fn drain(d: &mut D) -> Vec<Output> {
+    std::iter::from_fn(|| d.poll_output()).collect()
+}
+
+/// Holds `id` for `peer` and makes it durable: its first attempt starts.
+fn send(d: &mut D, id: MessageId, route: Route, now: u64, rng: &mut ChaCha20Rng) -> Vec<Output> {
+    d.hold(id, route, now).expect("hold");
+    assert!(drain(d).is_empty(), "nothing leaves before it is durable");
+    d.handle(Input::Durable(id), now, rng);
+    drain(d)
+}
+
+fn statuses(outputs: &[Output]) -> Vec<&'static str> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Status { status, .. } => Some(status.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_message_waits_for_its_write_and_then_goes_over_the_open_connection() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::Connected(peer), T0, &mut rng);
+    let id = MessageId([1; 32]);
+    d.hold(id, route(peer, &name), T0).expect("hold");
+    assert_eq!(d.poll_timeout(), None, "a held message is not due");
+    let out = send_after_hold(&mut d, id, &mut rng);
+    assert!(out.contains(&Output::Deliver { peer, id }));
+    assert_eq!(statuses(&out), ["sent"]);
+    d.handle(Input::DeliverySent { id, request: 9 }, T0, &mut rng);
+    assert!(d.is_delivery(&9));
+    d.handle(
+        Input::DeliveryAnswered {
+            request: 9,
+            answer: Answer::Stored(id),
+        },
+        T0 + 5,
+        &mut rng,
+    );
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::DeliveryEnded(peer)));
+    assert!(out.contains(&Output::Forget(id)));
+    assert_eq!(statuses(&out), ["delivered"]);
+    assert!(d.is_empty());
+    assert!(!d.has_pending_for(&peer));
+}
+
+fn send_after_hold(d: &mut D, id: MessageId, rng: &mut ChaCha20Rng) -> Vec<Output> {
+    d.handle(Input::Durable(id), T0, rng);
+    drain(d)
+}
+
+#[test]
+fn a_cancelled_hold_leaves_nothing_behind() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    let id = MessageId([2; 32]);
+    d.hold(id, route(peer, &name), T0).expect("hold");
+    d.cancel(id);
+    d.handle(Input::Durable(id), T0, &mut rng);
+    assert!(drain(&mut d).is_empty());
+    assert!(d.is_empty());
+}
+
+#[test]
+fn an_unknown_peer_is_discovered_once_then_dialed() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    let (a, b) = (MessageId([1; 32]), MessageId([2; 32]));
+    let out = send(&mut d, a, route(peer, &name), T0, &mut rng);
+    assert!(out.contains(&Output::Discover(peer)));
+    let out = send(&mut d, b, route(peer, &name), T0, &mut rng);
+    assert!(
+        !out.contains(&Output::Discover(peer)),
+        "one lookup per peer at a time: {out:?}"
+    );
+    d.handle(
+        Input::Discovered {
+            peer,
+            addrs: vec![addr(1)],
+        },
+        T0 + 10,
+        &mut rng,
+    );
+    assert_eq!(
+        drain(&mut d),
+        [Output::Dial {
+            peer,
+            addrs: vec![addr(1)]
+        }]
+    );
+    d.handle(Input::Connected(peer), T0 + 20, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Deliver { peer, id: a }));
+    assert!(out.contains(&Output::Deliver { peer, id: b }));
+}
+
+#[test]
+fn no_record_means_the_mailbox() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    let id = MessageId([1; 32]);
+    send(&mut d, id, route(peer, &name), T0, &mut rng);
+    d.handle(Input::DiscoveryFailed(peer), T0 + 10, &mut rng);
+    let out = drain(&mut d);
+    assert!(
+        out.contains(&Output::Deposit {
+            id,
+            to: name.clone()
+        }),
+        "{out:?}"
+    );
+    d.handle(Input::Deposited(id), T0 + 20, &mut rng);
+    assert_eq!(statuses(&drain(&mut d)), ["queued"]);
+    // A receipt after mailbox delivery ends it.
+    d.handle(Input::Receipt(id), T0 + 30, &mut rng);
+    let out = drain(&mut d);
+    assert_eq!(statuses(&out), ["delivered"]);
+    assert!(out.contains(&Output::Forget(id)));
+}
+
+#[test]
+fn logged_out_an_attempt_fails_at_once_and_asks_no_deposit() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    let id = MessageId([1; 32]);
+    let out = send(&mut d, id, route(peer, &name), T0, &mut rng);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Deposit { .. } | Output::Discover(_) | Output::Deliver { .. }
+        )),
+        "{out:?}"
+    );
+    let retry = d.poll_timeout().expect("a retry is scheduled");
+    assert!(retry > T0, "backs off");
+    // Logged in later, the retry finds the peer by discovery.
+    d.handle(Input::LoggedIn(true), retry, &mut rng);
+    assert!(drain(&mut d).contains(&Output::Discover(peer)));
+}
+
+#[test]
+fn known_addresses_are_dialed_without_a_lookup_and_forgotten_when_they_fail() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    d.handle(
+        Input::Discovered {
+            peer,
+            addrs: vec![addr(2)],
+        },
+        T0,
+        &mut rng,
+    );
+    assert!(
+        drain(&mut d).is_empty(),
+        "not wanted, nothing waits: no dial"
+    );
+    let id = MessageId([1; 32]);
+    let out = send(&mut d, id, route(peer, &name), T0, &mut rng);
+    assert!(out.contains(&Output::Dial {
+        peer,
+        addrs: vec![addr(2)]
+    }));
+    d.handle(Input::Unreachable(peer), T0 + 10, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Deposit { id, to: name }), "{out:?}");
+    // The next attempt looks the peer up again rather than dial the dead address.
+    let retry = d.poll_timeout().expect("retry");
+    d.handle_timeout(retry, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Discover(peer)), "{out:?}");
+}
+
+#[test]
+fn a_rejected_or_failed_delivery_backs_off_and_a_connection_retries_at_once() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    d.handle(Input::Connected(peer), T0, &mut rng);
+    let id = MessageId([1; 32]);
+    send(&mut d, id, route(peer, &name), T0, &mut rng);
+    d.handle(Input::DeliverySent { id, request: 1 }, T0, &mut rng);
+    d.handle(
+        Input::DeliveryAnswered {
+            request: 1,
+            answer: Answer::Rejected,
+        },
+        T0 + 1,
+        &mut rng,
+    );
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Deposit { id, to: name }));
+    assert!(d.poll_timeout().expect("retry") > T0 + 1);
+    // The peer reconnects: it is tried now, not at the backoff.
+    d.handle(Input::Disconnected(peer), T0 + 2, &mut rng);
+    d.handle(Input::Connected(peer), T0 + 3, &mut rng);
+    assert!(drain(&mut d).contains(&Output::Deliver { peer, id }));
+}
+
+#[test]
+fn a_stored_answer_for_another_id_is_a_failure() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::Connected(peer), T0, &mut rng);
+    let id = MessageId([1; 32]);
+    send(&mut d, id, route(peer, &name), T0, &mut rng);
+    d.handle(Input::DeliverySent { id, request: 1 }, T0, &mut rng);
+    let answer = Answer::Stored(MessageId([9; 32]));
+    d.handle(Input::DeliveryAnswered { request: 1, answer }, T0, &mut rng);
+    assert!(statuses(&drain(&mut d)).is_empty());
+    assert_eq!(d.len(), 1, "still waiting for a real confirmation");
+}
+
+#[test]
+fn coming_online_retries_that_users_messages_now() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    let id = MessageId([1; 32]);
+    send(&mut d, id, route(peer, &name), T0, &mut rng);
+    let retry = d.poll_timeout().expect("retry");
+    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
+    assert!(drain(&mut d).is_empty(), "not due yet");
+    let other = UserName::new("carol").expect("name");
+    d.handle(Input::CameOnline(other), T0 + 2, &mut rng);
+    assert!(drain(&mut d).is_empty(), "someone else came online");
+    d.handle(Input::CameOnline(name), T0 + 3, &mut rng);
+    assert!(T0 + 3 < retry);
+    assert!(drain(&mut d).contains(&Output::Discover(peer)));
+}
+
+#[test]
+fn wanted_peers_are_dialed_when_found_and_known_addresses_are_bounded() {
+    let (mut d, mut rng) = (planner(), rng());
+    let member = peer(2);
+    d.handle(Input::Want(member), T0, &mut rng);
+    d.handle(
+        Input::Discovered {
+            peer: member,
+            addrs: vec![addr(3)],
+        },
+        T0,
+        &mut rng,
+    );
+    assert_eq!(
+        drain(&mut d),
+        [Output::Dial {
+            peer: member,
+            addrs: vec![addr(3)]
+        }]
+    );
+    for n in 0..MAX_KNOWN_PEERS as u32 + 10 {
+        let addrs = vec![addr(4000)];
+        d.handle(
+            Input::Discovered {
+                peer: peer(100 + n),
+                addrs,
+            },
+            T0,
+            &mut rng,
+        );
+    }
+    assert_eq!(d.known_addrs.len(), MAX_KNOWN_PEERS);
+    assert!(
+        !d.known_addrs.contains_key(&member),
+        "the oldest went first"
+    );
+}
+
+#[test]
+fn resumed_messages_are_due_at_once_and_a_restart_keeps_them() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    let id = MessageId([1; 32]);
+    send(&mut d, id, route(peer, &name), T0, &mut rng);
+    // A restart: the persisted outbox comes back, the route from the stored message.
+    let persisted = crate::codec::encode(d.outbox()).expect("encode");
+    let outbox: Outbox = crate::codec::decode(&persisted).expect("decode");
+    let mut d: D = Delivery::new(planner().local, outbox);
+    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
+    d.handle(
+        Input::Resumed {
+            id,
+            route: route(peer, &name),
+        },
+        T0 + 1,
+        &mut rng,
+    );
+    assert!(drain(&mut d).contains(&Output::Discover(peer)));
+    // A message found only in the store (a crash between writes) is taken in too.
+    let lost = MessageId([2; 32]);
+    d.handle(
+        Input::Resumed {
+            id: lost,
+            route: route(peer, &name),
+        },
+        T0 + 2,
+        &mut rng,
+    );
+    assert_eq!(d.len(), 2);
+}
