@@ -1,22 +1,27 @@
-//! Whole-network simulation of the rendezvous path: several nodes' sessions
-//! (`palaver_protocol::node::session`) and the rendezvous server's own decisions
-//! (`palaver_rendezvous::sim::SimServer`, over a real store) on one simulated clock, over a seeded
-//! network that delays, reorders and loses requests and answers, partitions nodes, crashes and
-//! restarts them (state reloaded from what they persisted) and restarts the server.
+//! Whole-network simulation of the node's message path: several nodes' rendezvous sessions
+//! (`palaver_protocol::node::session`) and direct-delivery planners
+//! (`palaver_protocol::node::direct`), and the rendezvous server's own decisions
+//! (`palaver_rendezvous::sim::SimServer`, over a real store), on one simulated clock, over a
+//! seeded network that delays, reorders and loses requests and answers, partitions nodes,
+//! crashes and restarts them (state reloaded from what they persisted) and restarts the server.
 //!
-//! Every node writes to the others through the mailbox only (direct delivery is not simulated
-//! yet): a message is on the sender's disk when sent, deposited until the server acknowledges it,
-//! and fetched, stored and acknowledged by its recipient. After a chaotic phase the network heals;
-//! then every node must be logged in, every sent message acknowledged and in its recipient's
-//! history exactly once, nothing left in any mailbox, and no login refused. `PALAVER_SIM_SEEDS`
-//! sets how many seeds run (200 by default); a failure names its seed.
+//! Every node writes to the others as the daemon does: a message is on the sender's disk when
+//! sent; the planner delivers it over a direct connection (found through discovery; some pairs
+//! of nodes cannot connect directly, as behind NATs) or deposits it in the recipient's mailbox;
+//! the recipient stores it once and confirms it — by its `Stored` answer, or by a receipt
+//! message (itself delivered the same way) for mail. After a chaotic phase the network heals;
+//! then every node must be logged in, every message in its recipient's history exactly once and
+//! confirmed at its sender, nothing left in any mailbox, and no login refused.
+//! `PALAVER_SIM_SEEDS` sets how many seeds run (200 by default); a failure names its seed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
+use palaver_protocol::delivery::{DeliveryStatus, Outbox};
 use palaver_protocol::identity::peer_id_of;
+use palaver_protocol::node::direct::{self, Answer, Delivery, Route};
 use palaver_protocol::node::session::{
     Input, Output, PrekeyState, RequestKey, Session, SessionConfig,
 };
@@ -37,9 +42,11 @@ const HEALED_MS: u64 = 4 * 60_000;
 /// A request that got no answer fails after this (request-response's timeout).
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 const HEARTBEAT_MS: u64 = 10_000;
-/// How often a node tries its unacknowledged deposits again.
-const RETRY_MS: u64 = 2_000;
+/// How often the simulation wakes every machine whose deadline has passed.
+const TICK_MS: u64 = 1_000;
 const LOSS: f64 = 0.05;
+/// The chance that two nodes cannot connect directly (both behind NATs, no punch).
+const NO_DIRECT_PATH: f64 = 0.3;
 
 #[test]
 fn every_acknowledged_message_reaches_its_recipient_once_through_faults() {
@@ -47,10 +54,37 @@ fn every_acknowledged_message_reaches_its_recipient_once_through_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    let mut paths = Paths::default();
     for seed in 0..seeds {
-        if let Err(failure) = Sim::new(seed).run() {
-            panic!("seed {seed}: {failure}");
+        match Sim::new(seed).run() {
+            Ok(taken) => paths.add(taken),
+            Err(failure) => panic!("seed {seed}: {failure}"),
         }
+    }
+    eprintln!("{seeds} seeds: {paths:?}");
+    // The runs took every path (else they would prove little about the ones not taken).
+    assert!(
+        paths.direct > 0 && paths.mailbox > 0 && paths.receipts > 0,
+        "{paths:?}"
+    );
+}
+
+/// How messages went, over the runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Paths {
+    /// Confirmed by the recipient's `Stored` answer.
+    direct: u64,
+    /// Deposited in a mailbox.
+    mailbox: u64,
+    /// Receipts sent for mail.
+    receipts: u64,
+}
+
+impl Paths {
+    fn add(&mut self, other: Paths) {
+        self.direct += other.direct;
+        self.mailbox += other.mailbox;
+        self.receipts += other.receipts;
     }
 }
 
@@ -59,6 +93,15 @@ fn every_acknowledged_message_reaches_its_recipient_once_through_faults() {
 enum Token {
     Deposit(MessageId),
     FinalFetch,
+}
+
+/// What a simulated envelope stands for (its ciphertext is only a counter).
+#[derive(Debug, Clone)]
+enum Kind {
+    /// A user's message: it must reach the recipient's history and be confirmed.
+    Text,
+    /// A receipt for mail: it confirms these messages at their sender.
+    Receipt(Vec<MessageId>),
 }
 
 #[derive(Debug)]
@@ -97,6 +140,40 @@ enum Event {
         to: usize,
     },
     Tick,
+    /// The rendezvous's discovery answer for `target` reaches `node`.
+    Discovered {
+        node: usize,
+        epoch: u64,
+        target: usize,
+        found: bool,
+    },
+    /// `from`'s dial to `to` ended.
+    Dialed {
+        from: usize,
+        to: usize,
+    },
+    /// A delivery of the envelope `id` reaches its recipient over connection `conn`.
+    Deliver {
+        from: usize,
+        to: usize,
+        conn: u64,
+        request: u64,
+        id: MessageId,
+    },
+    /// The recipient's `Stored` answer reaches the sender.
+    Stored {
+        from: usize,
+        to: usize,
+        conn: u64,
+        request: u64,
+        id: MessageId,
+    },
+    /// The delivery `request` got no answer in time.
+    DeliveryTimeout {
+        from: usize,
+        life: u64,
+        request: u64,
+    },
 }
 
 /// What a node keeps on disk: survives its crashes.
@@ -104,8 +181,10 @@ enum Event {
 struct Disk {
     prekeys: Option<(Vec<u8>, Option<u64>, bool, bool)>,
     history: BTreeSet<MessageId>,
-    /// Sent, not yet acknowledged by the server: (recipient, envelope).
-    outbox: BTreeMap<MessageId, (usize, Envelope)>,
+    /// Sent, not yet confirmed: (recipient, envelope, whether it is shown in history).
+    outbox: BTreeMap<MessageId, (usize, Envelope, bool)>,
+    /// The delivery planner's outbox, as last persisted.
+    outbox_state: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -121,7 +200,11 @@ struct Node {
     /// The current connection's number; 0 while not connected.
     epoch: u64,
     in_flight: HashSet<RequestKey>,
-    depositing: HashSet<MessageId>,
+    /// `None` while crashed.
+    delivery: Option<Delivery<u64>>,
+    /// Which run this is (one per boot): answers to a crashed run's requests are dropped.
+    life: u64,
+    next_request: u64,
     final_fetch: Option<Result<usize, String>>,
 }
 
@@ -137,8 +220,18 @@ struct Sim {
     nodes: Vec<Node>,
     next_epoch: u64,
     next_message: u32,
-    /// Every message sent: id → recipient.
-    sent: BTreeMap<MessageId, usize>,
+    /// Every message sent: id → (sender, recipient, what it is).
+    sent: BTreeMap<MessageId, (usize, usize, Kind)>,
+    /// Text messages whose sender saw them confirmed.
+    confirmed: BTreeSet<MessageId>,
+    /// Nodes whose discovery record the server holds (lost when it restarts).
+    registered: BTreeSet<usize>,
+    /// Open connections between nodes: (lower, higher) → connection number.
+    links: BTreeMap<(usize, usize), u64>,
+    /// Pairs of nodes that cannot connect directly.
+    no_direct_path: BTreeSet<(usize, usize)>,
+    failures: Vec<String>,
+    paths: Paths,
     refusals: Vec<String>,
     /// The chance a request or answer is lost ([`LOSS`]; none for the final checks).
     loss: f64,
@@ -159,11 +252,21 @@ impl Sim {
                     link_up: true,
                     epoch: 0,
                     in_flight: HashSet::new(),
-                    depositing: HashSet::new(),
+                    delivery: None,
+                    life: 0,
+                    next_request: 0,
                     final_fetch: None,
                 }
             })
             .collect();
+        let mut no_direct_path = BTreeSet::new();
+        for a in 0..NODES {
+            for b in a + 1..NODES {
+                if rng.gen_bool(NO_DIRECT_PATH) {
+                    no_direct_path.insert((a, b));
+                }
+            }
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let mut sim = Self {
             seed,
@@ -178,6 +281,12 @@ impl Sim {
             next_epoch: 1,
             next_message: 0,
             sent: BTreeMap::new(),
+            confirmed: BTreeSet::new(),
+            registered: BTreeSet::new(),
+            links: BTreeMap::new(),
+            no_direct_path,
+            failures: Vec::new(),
+            paths: Paths::default(),
             refusals: Vec::new(),
             loss: LOSS,
         };
@@ -217,10 +326,10 @@ impl Sim {
         }
     }
 
-    fn run(mut self) -> Result<(), String> {
+    fn run(mut self) -> Result<Paths, String> {
         let start = self.now;
         self.schedule_chaos();
-        self.at(1_000, Event::Tick);
+        self.at(TICK_MS, Event::Tick);
         let end = start + CHAOS_MS + HEALED_MS;
         while let Some(Reverse((at, seq))) = self.queue.pop() {
             if at > end {
@@ -294,6 +403,7 @@ impl Sim {
             Event::LinkDown(i) => {
                 self.nodes[i].link_up = false;
                 self.disconnect(i);
+                self.drop_links(i);
             }
             Event::LinkUp(i) => {
                 self.nodes[i].link_up = true;
@@ -301,8 +411,9 @@ impl Sim {
             }
             Event::Crash(i) => {
                 self.disconnect(i);
+                self.drop_links(i);
                 self.nodes[i].session = None;
-                self.nodes[i].depositing.clear();
+                self.nodes[i].delivery = None;
             }
             Event::Restart(i) => {
                 if self.nodes[i].session.is_none() {
@@ -316,6 +427,8 @@ impl Sim {
                 if let Some(server) = self.server.take() {
                     server.shut_down(self.now).expect("server shut down");
                 }
+                // Discovery records live in the server's memory.
+                self.registered.clear();
             }
             Event::ServerUp => {
                 if self.server.is_none() {
@@ -325,20 +438,113 @@ impl Sim {
                     }
                 }
             }
-            Event::Send { from, to } => self.send(from, to),
+            Event::Send { from, to } => {
+                // Nobody types into a crashed node.
+                if self.nodes[from].session.is_some() {
+                    self.send(from, to, Kind::Text);
+                }
+            }
             Event::Tick => {
                 for i in 0..NODES {
                     if let Some(session) = &mut self.nodes[i].session {
                         session.handle_timeout(self.now, &mut self.rng);
                     }
                     self.drive(i);
-                    self.retry_deposits(i);
+                    let now = self.now;
+                    if let Some(delivery) = &mut self.nodes[i].delivery
+                        && delivery.poll_timeout().is_some_and(|at| at <= now)
+                    {
+                        delivery.handle_timeout(now, &mut self.rng);
+                        self.drive_delivery(i);
+                    }
                 }
                 if let Some(server) = &mut self.server {
                     server.tick(self.now);
                     self.server_outputs();
                 }
-                self.at(RETRY_MS, Event::Tick);
+                self.at(TICK_MS, Event::Tick);
+            }
+            Event::Discovered {
+                node,
+                epoch,
+                target,
+                found,
+            } => {
+                let peer = self.nodes[target].peer;
+                let input = if found && self.nodes[node].epoch == epoch {
+                    direct::Input::Discovered {
+                        peer,
+                        addrs: vec![address_of(target)],
+                    }
+                } else {
+                    direct::Input::DiscoveryFailed(peer)
+                };
+                self.delivery_input(node, input);
+            }
+            Event::Dialed { from, to } => {
+                let pair = (from.min(to), from.max(to));
+                let up = |n: &Node| n.delivery.is_some() && n.link_up;
+                if up(&self.nodes[from])
+                    && up(&self.nodes[to])
+                    && !self.no_direct_path.contains(&pair)
+                {
+                    if !self.links.contains_key(&pair) {
+                        self.next_epoch += 1;
+                        self.links.insert(pair, self.next_epoch);
+                    }
+                    let (a, b) = (self.nodes[from].peer, self.nodes[to].peer);
+                    self.delivery_input(from, direct::Input::Connected(b));
+                    self.delivery_input(to, direct::Input::Connected(a));
+                } else {
+                    let peer = self.nodes[to].peer;
+                    self.delivery_input(from, direct::Input::Unreachable(peer));
+                }
+            }
+            Event::Deliver {
+                from,
+                to,
+                conn,
+                request,
+                id,
+            } => {
+                if self.links.get(&(from.min(to), from.max(to))) != Some(&conn) {
+                    return; // The connection closed under it: the sender times out.
+                }
+                self.receive(to, from, id);
+                let event = Event::Stored {
+                    from,
+                    to,
+                    conn,
+                    request,
+                    id,
+                };
+                if !self.rng.gen_bool(self.loss) {
+                    let delay = self.latency();
+                    self.at(delay, event);
+                }
+            }
+            Event::Stored {
+                from,
+                to,
+                conn,
+                request,
+                id,
+            } => {
+                if self.links.get(&(from.min(to), from.max(to))) == Some(&conn) {
+                    self.paths.direct += 1;
+                    let answer = Answer::Stored(id);
+                    self.delivery_input(from, direct::Input::DeliveryAnswered { request, answer });
+                }
+            }
+            Event::DeliveryTimeout {
+                from,
+                life,
+                request,
+            } => {
+                if self.nodes[from].life == life {
+                    let answer = Answer::Failed;
+                    self.delivery_input(from, direct::Input::DeliveryAnswered { request, answer });
+                }
             }
         }
     }
@@ -378,6 +584,19 @@ impl Sim {
             heartbeat_ms: HEARTBEAT_MS,
         };
         node.session = Some(Session::new(config, node.key.clone(), prekeys));
+        let outbox: Outbox = match &node.disk.outbox_state {
+            Some(bytes) => palaver_protocol::codec::decode(bytes).expect("stored outbox"),
+            None => Outbox::default(),
+        };
+        let stored: Vec<(MessageId, Route)> = self.nodes[i]
+            .disk
+            .outbox
+            .iter()
+            .map(|(id, (to, _, in_history))| (*id, route(&self.nodes, *to, *in_history)))
+            .collect();
+        let node = &mut self.nodes[i];
+        node.delivery = Some(Delivery::new(node.peer, outbox, stored, self.now));
+        node.life += 1;
         self.connect(i);
     }
 
@@ -412,12 +631,36 @@ impl Sim {
         self.input(i, Input::Disconnected);
     }
 
+    /// Node `i`'s direct connections to other nodes close.
+    fn drop_links(&mut self, i: usize) {
+        let pairs: Vec<(usize, usize)> = self
+            .links
+            .keys()
+            .filter(|(a, b)| *a == i || *b == i)
+            .copied()
+            .collect();
+        for (a, b) in pairs {
+            self.links.remove(&(a, b));
+            let (pa, pb) = (self.nodes[a].peer, self.nodes[b].peer);
+            self.delivery_input(a, direct::Input::Disconnected(pb));
+            self.delivery_input(b, direct::Input::Disconnected(pa));
+        }
+    }
+
     fn input(&mut self, i: usize, input: Input) {
         let Some(session) = &mut self.nodes[i].session else {
             return;
         };
         session.handle(input, self.now, &mut self.rng);
         self.drive(i);
+    }
+
+    fn delivery_input(&mut self, i: usize, input: direct::Input<u64>) {
+        let Some(delivery) = &mut self.nodes[i].delivery else {
+            return;
+        };
+        delivery.handle(input, self.now, &mut self.rng);
+        self.drive_delivery(i);
     }
 
     /// Carries out node `i`'s session outputs, as the daemon's driver does.
@@ -450,40 +693,157 @@ impl Sim {
                         session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
                     }
                 }
-                Output::LoggedIn { .. } => self.retry_deposits(i),
-                Output::LoggedOut | Output::Presence(_) | Output::Subscribed(_) => {}
+                Output::LoggedIn { .. } => {
+                    self.registered.insert(i);
+                    self.delivery_input(i, direct::Input::LoggedIn(true));
+                }
+                Output::LoggedOut => self.delivery_input(i, direct::Input::LoggedIn(false)),
+                Output::Presence(_) | Output::Subscribed(_) => {}
                 Output::LoginRefused(refusal) => self
                     .refusals
                     .push(format!("{} refused: {refusal}", self.nodes[i].name)),
                 Output::Answer { token, response } => self.on_answer(i, token, response),
-                Output::Failed { token, .. } => {
-                    if let Token::Deposit(id) = token {
-                        self.nodes[i].depositing.remove(&id);
-                    } else {
-                        self.nodes[i].final_fetch = Some(Err("final fetch failed".into()));
+                Output::Failed { token, .. } => match token {
+                    Token::Deposit(id) => {
+                        self.delivery_input(i, direct::Input::DepositFailed(id));
                     }
-                }
+                    Token::FinalFetch => {
+                        self.nodes[i].final_fetch = Some(Err("final fetch failed".into()))
+                    }
+                },
                 Output::Mail { items, remaining } => {
-                    let node = &mut self.nodes[i];
-                    let acks: Vec<MessageId> = items.iter().map(|m| m.envelope.id()).collect();
-                    // The node's durable dedup: an id already in history is not stored again.
-                    node.disk.history.extend(acks.iter().copied());
-                    let more = remaining > 0;
-                    let session = node.session.as_mut().expect("running");
-                    session.handle(Input::MailStored { acks, more }, self.now, &mut self.rng);
+                    let envelopes = items.into_iter().map(|m| m.envelope).collect();
+                    self.on_mail(i, envelopes, remaining);
                 }
             }
         }
     }
 
+    /// Carries out node `i`'s delivery planner's outputs, as the daemon's driver does.
+    fn drive_delivery(&mut self, i: usize) {
+        loop {
+            let Some(output) = self.nodes[i]
+                .delivery
+                .as_mut()
+                .and_then(Delivery::poll_output)
+            else {
+                return;
+            };
+            match output {
+                direct::Output::Deliver { peer, id } => {
+                    let to = self.index_of(&peer);
+                    let request = self.nodes[i].next_request;
+                    self.nodes[i].next_request += 1;
+                    let delivery = self.nodes[i].delivery.as_mut().expect("running");
+                    let sent = direct::Input::DeliverySent { id, request };
+                    delivery.handle(sent, self.now, &mut self.rng);
+                    let life = self.nodes[i].life;
+                    let timeout = Event::DeliveryTimeout {
+                        from: i,
+                        life,
+                        request,
+                    };
+                    self.at(REQUEST_TIMEOUT_MS, timeout);
+                    let conn = self.links.get(&(i.min(to), i.max(to))).copied();
+                    let stored = self.nodes[i].disk.outbox.contains_key(&id);
+                    if let Some(conn) = conn
+                        && stored
+                        && !self.rng.gen_bool(self.loss)
+                    {
+                        let delay = self.latency();
+                        let event = Event::Deliver {
+                            from: i,
+                            to,
+                            conn,
+                            request,
+                            id,
+                        };
+                        self.at(delay, event);
+                    }
+                }
+                direct::Output::Dial { peer, .. } => {
+                    let to = self.index_of(&peer);
+                    let delay = self.latency();
+                    self.at(delay, Event::Dialed { from: i, to });
+                }
+                direct::Output::Discover(peer) => {
+                    let target = self.index_of(&peer);
+                    let epoch = self.nodes[i].epoch;
+                    // A lost lookup fails when the request times out.
+                    let lost = self.rng.gen_bool(self.loss);
+                    let event = Event::Discovered {
+                        node: i,
+                        epoch,
+                        target,
+                        found: !lost && self.registered.contains(&target),
+                    };
+                    if epoch == 0 {
+                        self.on_event(event); // Not connected: it fails at once.
+                    } else {
+                        let delay = if lost {
+                            REQUEST_TIMEOUT_MS
+                        } else {
+                            self.latency()
+                        };
+                        self.at(delay, event);
+                    }
+                }
+                direct::Output::Deposit { id, to } => {
+                    let Some(envelope) = self.nodes[i].disk.outbox.get(&id).map(|m| m.1.clone())
+                    else {
+                        self.delivery_input(i, direct::Input::DepositFailed(id));
+                        continue;
+                    };
+                    let request = RendezvousRequest::Deposit {
+                        to,
+                        envelope: Box::new(envelope),
+                    };
+                    if let Some(session) = &mut self.nodes[i].session {
+                        session.request(request, Token::Deposit(id));
+                    }
+                    self.drive(i);
+                }
+                direct::Output::DeliveryEnded(_) => {}
+                direct::Output::Status { id, status, .. } => match status {
+                    DeliveryStatus::Delivered => {
+                        self.confirmed.insert(id);
+                    }
+                    DeliveryStatus::Failed { reason } => self.failures.push(format!(
+                        "{id:?} from {} failed: {reason}",
+                        self.nodes[i].name
+                    )),
+                    _ => {}
+                },
+                direct::Output::Forget(id) => {
+                    self.nodes[i].disk.outbox.remove(&id);
+                }
+                direct::Output::SaveOutbox => self.save_outbox(i),
+            }
+        }
+    }
+
+    fn save_outbox(&mut self, i: usize) {
+        if let Some(delivery) = &self.nodes[i].delivery {
+            let bytes = palaver_protocol::codec::encode(delivery.outbox()).expect("outbox");
+            self.nodes[i].disk.outbox_state = Some(bytes);
+        }
+    }
+
+    fn index_of(&self, peer: &PeerId) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| &n.peer == peer)
+            .unwrap_or_else(|| panic!("seed {}: no node is {peer}", self.seed))
+    }
+
     fn on_answer(&mut self, i: usize, token: Token, response: RendezvousResponse) {
         match (token, response) {
             (Token::Deposit(id), RendezvousResponse::Deposited { id: stored }) if stored == id => {
-                self.nodes[i].depositing.remove(&id);
-                self.nodes[i].disk.outbox.remove(&id);
+                self.paths.mailbox += 1;
+                self.delivery_input(i, direct::Input::Deposited(id));
             }
             (Token::Deposit(id), _) => {
-                self.nodes[i].depositing.remove(&id);
+                self.delivery_input(i, direct::Input::DepositFailed(id));
             }
             (Token::FinalFetch, RendezvousResponse::Mail { items, .. }) => {
                 self.nodes[i].final_fetch = Some(Ok(items.len()));
@@ -494,10 +854,55 @@ impl Sim {
         }
     }
 
-    /// A user sends a message: on the sender's disk at once, deposited when it can be.
-    fn send(&mut self, from: usize, to: usize) {
-        if self.nodes[from].session.is_none() {
-            return; // Nobody types into a crashed node.
+    /// Node `i` takes in message `id` from `from` (a delivery or mail): a text is stored once
+    /// (the durable dedup is the history's id check); a receipt confirms its messages.
+    fn receive(&mut self, i: usize, from: usize, id: MessageId) {
+        match self.sent.get(&id).map(|(_, _, kind)| kind.clone()) {
+            Some(Kind::Text) => {
+                self.nodes[i].disk.history.insert(id);
+            }
+            Some(Kind::Receipt(ids)) => {
+                for id in ids {
+                    self.delivery_input(i, direct::Input::Receipt(id));
+                }
+            }
+            None => panic!(
+                "seed {}: {} got {id:?} from {}, which nobody sent",
+                self.seed, self.nodes[i].name, self.nodes[from].name
+            ),
+        }
+    }
+
+    /// Mail held for node `i`: each stored, then acknowledged, then a receipt to each sender of
+    /// a text.
+    fn on_mail(&mut self, i: usize, envelopes: Vec<Envelope>, remaining: u32) {
+        let mut acks = Vec::new();
+        let mut receipts: BTreeMap<usize, Vec<MessageId>> = BTreeMap::new();
+        for envelope in envelopes {
+            let id = envelope.id();
+            let from = self.index_of(&peer_id_of(envelope.sender()));
+            self.receive(i, from, id);
+            if matches!(self.sent.get(&id), Some((_, _, Kind::Text))) {
+                receipts.entry(from).or_default().push(id);
+            }
+            acks.push(id);
+        }
+        let more = remaining > 0;
+        if let Some(session) = &mut self.nodes[i].session {
+            session.handle(Input::MailStored { acks, more }, self.now, &mut self.rng);
+        }
+        self.drive(i);
+        for (sender, ids) in receipts {
+            self.paths.receipts += 1;
+            self.send(i, sender, Kind::Receipt(ids));
+        }
+    }
+
+    /// Node `from` sends a message: on its disk, with the planner's outbox, before the planner
+    /// may hand it out.
+    fn send(&mut self, from: usize, to: usize, kind: Kind) {
+        if self.nodes[from].delivery.is_none() {
+            return;
         }
         self.next_message += 1;
         let sender = self.nodes[from].key.verifying_key();
@@ -516,37 +921,17 @@ impl Sim {
         });
         let envelope = Envelope::sign(body, &self.nodes[from].key).expect("envelope");
         let id = envelope.id();
-        self.sent.insert(id, to);
-        self.nodes[from].disk.outbox.insert(id, (to, envelope));
-        self.retry_deposits(from);
-    }
-
-    fn retry_deposits(&mut self, i: usize) {
-        let logged_in = self.nodes[i]
-            .session
-            .as_ref()
-            .is_some_and(Session::is_logged_in);
-        if !logged_in {
-            return;
-        }
-        let due: Vec<(MessageId, usize, Envelope)> = self.nodes[i]
+        let in_history = matches!(kind, Kind::Text);
+        self.sent.insert(id, (from, to, kind));
+        let route = route(&self.nodes, to, in_history);
+        let delivery = self.nodes[from].delivery.as_mut().expect("running");
+        delivery.hold(id, route, self.now).expect("outbox has room");
+        self.nodes[from]
             .disk
             .outbox
-            .iter()
-            .filter(|(id, _)| !self.nodes[i].depositing.contains(id))
-            .map(|(id, (to, envelope))| (*id, *to, envelope.clone()))
-            .collect();
-        for (id, to, envelope) in due {
-            self.nodes[i].depositing.insert(id);
-            let request = RendezvousRequest::Deposit {
-                to: self.nodes[to].name.clone(),
-                envelope: Box::new(envelope),
-            };
-            if let Some(session) = &mut self.nodes[i].session {
-                session.request(request, Token::Deposit(id));
-            }
-            self.drive(i);
-        }
+            .insert(id, (to, envelope, in_history));
+        self.save_outbox(from);
+        self.delivery_input(from, direct::Input::Durable(id));
     }
 
     fn server_receives(
@@ -599,7 +984,7 @@ impl Sim {
     }
 
     /// The properties, once the network has healed.
-    fn check(&mut self) -> Result<(), String> {
+    fn check(&mut self) -> Result<Paths, String> {
         if let Some(refusal) = self.refusals.first() {
             return Err(refusal.clone());
         }
@@ -614,27 +999,26 @@ impl Sim {
                     node.name
                 ));
             }
-            if !node.disk.outbox.is_empty() {
+        }
+        if let Some(failure) = self.failures.first() {
+            return Err(failure.clone());
+        }
+        let texts = self.sent.iter().filter(|(_, m)| matches!(m.2, Kind::Text));
+        for (id, (from, to, _)) in texts {
+            let (from, to) = (&self.nodes[*from].name, &self.nodes[*to].name);
+            if !self.nodes_history(to).contains(id) {
+                let sender = self.nodes.iter().find(|n| &n.name == from).expect("node");
+                let status = sender.delivery.as_ref().map(|d| d.outbox().status(id));
                 return Err(format!(
-                    "{} still has {} unacknowledged messages",
-                    node.name,
-                    node.disk.outbox.len()
+                    "{id:?} from {from} never reached {to} (at the sender: {status:?}, stored {}; links {:?}, no direct path {:?}, registered {:?})",
+                    sender.disk.outbox.contains_key(id),
+                    self.links,
+                    self.no_direct_path,
+                    self.registered
                 ));
             }
-        }
-        for (id, to) in &self.sent {
-            if !self.nodes[*to].disk.history.contains(id) {
-                return Err(format!("{id:?} never reached {}", self.nodes[*to].name));
-            }
-        }
-        for node in &self.nodes {
-            if let Some(stray) = node
-                .disk
-                .history
-                .iter()
-                .find(|id| !self.sent.contains_key(id))
-            {
-                return Err(format!("{} holds {stray:?}, which nobody sent", node.name));
+            if !self.confirmed.contains(id) {
+                return Err(format!("{id:?} from {from} to {to} was never confirmed"));
             }
         }
         // Nothing is left held: every delivered message was acknowledged and removed. (Asked
@@ -663,8 +1047,31 @@ impl Sim {
                 None => return Err(format!("{}: the final fetch got no answer", node.name)),
             }
         }
-        Ok(())
+        Ok(self.paths)
     }
+}
+
+impl Sim {
+    fn nodes_history(&self, name: &UserName) -> &BTreeSet<MessageId> {
+        let node = self.nodes.iter().find(|n| &n.name == name).expect("node");
+        &node.disk.history
+    }
+}
+
+fn route(nodes: &[Node], to: usize, in_history: bool) -> Route {
+    Route {
+        peer: nodes[to].peer,
+        to: nodes[to].name.clone(),
+        in_history,
+    }
+}
+
+/// The address a node's discovery record names (only its index matters here).
+fn address_of(node: usize) -> multiaddr::Multiaddr {
+    let port = 4000 + u16::try_from(node).expect("few nodes");
+    format!("/ip4/10.0.0.1/tcp/{port}")
+        .parse()
+        .expect("address")
 }
 
 fn persist(prekeys: &PrekeyState) -> (Vec<u8>, Option<u64>, bool, bool) {

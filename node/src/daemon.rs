@@ -249,7 +249,12 @@ impl Node {
             std::time::Instant::now(),
         )?;
         let (internal_tx, internal) = mpsc::channel(256);
-        let local_peer = *swarm.local_peer_id();
+        let delivery = palaver_protocol::node::direct::Delivery::new(
+            *swarm.local_peer_id(),
+            outbox,
+            Self::stored_routes(&store),
+            now_ms(),
+        );
         let mut node = Self {
             identity,
             name,
@@ -258,7 +263,7 @@ impl Node {
             rendezvous_addr: config.rendezvous.clone(),
             session,
             rendezvous_requests: HashMap::new(),
-            delivery: palaver_protocol::node::direct::Delivery::new(local_peer, outbox),
+            delivery,
             presence: HashMap::new(),
             events,
             internal_tx,
@@ -275,7 +280,6 @@ impl Node {
             sends_in_flight: HashMap::new(),
         };
         node.subscribe_room_topics();
-        node.resume_outbox();
         node.drive_reach();
         Ok(node)
     }

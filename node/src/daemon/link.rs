@@ -292,9 +292,10 @@ impl Node {
         }
     }
 
-    pub(crate) fn discover(&mut self, peer: PeerId) {
+    /// Asks the rendezvous for `peer`'s discovery record; false when not connected to it.
+    pub(crate) fn discover(&mut self, peer: PeerId) -> bool {
         let Some(rendezvous) = self.rendezvous_peer() else {
-            return;
+            return false;
         };
         self.swarm.behaviour_mut().discovery.discover(
             Some(Self::peer_namespace(&peer)),
@@ -302,6 +303,7 @@ impl Node {
             None,
             rendezvous,
         );
+        true
     }
 
     fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {

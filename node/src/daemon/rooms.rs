@@ -248,6 +248,7 @@ impl Node {
         for peer in peers {
             self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
             if !self.swarm.is_connected(&peer) {
+                // Without the rendezvous, it is looked up at the next login.
                 self.discover(peer);
             }
         }

@@ -496,6 +496,11 @@ impl Outbox {
         None
     }
 
+    /// Every message the outbox holds, final ones whose event is unpolled included.
+    pub fn ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.entries.keys().copied()
+    }
+
     /// The message's status, while the outbox holds it.
     pub fn status(&self, id: &MessageId) -> Option<DeliveryStatus> {
         self.entries.get(id).map(|entry| entry.status)

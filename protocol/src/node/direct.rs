@@ -53,8 +53,6 @@ pub enum Answer {
 /// What happened that the planner must know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input<R> {
-    /// A message found in the store at start (or after a crash between writes): deliver it.
-    Resumed { id: MessageId, route: Route },
     /// A message [`Delivery::hold`] took is durable now, with the state that sealed it.
     Durable(MessageId),
     /// We are logged in at the rendezvous (mailbox and discovery work), or no longer.
@@ -134,13 +132,32 @@ pub struct Delivery<R> {
 }
 
 impl<R: Clone + Eq + Hash> Delivery<R> {
-    /// A planner for the node `local`, going on from a persisted outbox (every message in it is
-    /// due again: see [`Outbox`]). Routes come with [`Input::Resumed`].
-    pub fn new(local: PeerId, outbox: Outbox) -> Self {
+    /// A planner for the node `local`, going on from a persisted outbox and the messages stored
+    /// for delivery (every one is due again: see [`Outbox`]). A stored message the outbox does
+    /// not know (written just before a crash) is taken in; one it knows that is not stored any
+    /// more is dropped, as there is nothing to send.
+    pub fn new(
+        local: PeerId,
+        mut outbox: Outbox,
+        stored: impl IntoIterator<Item = (MessageId, Route)>,
+        now: u64,
+    ) -> Self {
+        let mut routes = HashMap::new();
+        for (id, route) in stored {
+            // A full outbox (its capacity lowered) leaves it stored, for the next start.
+            if outbox.status(&id).is_some() || outbox.insert(id, now).is_ok() {
+                routes.insert(id, route);
+            }
+        }
+        let unsendable: Vec<MessageId> =
+            outbox.ids().filter(|id| !routes.contains_key(id)).collect();
+        for id in unsendable {
+            outbox.remove(id);
+        }
         Self {
             local,
             outbox,
-            routes: HashMap::new(),
+            routes,
             logged_in: false,
             connected: HashSet::new(),
             known_addrs: HashMap::new(),
@@ -170,16 +187,27 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
 
     pub fn handle(&mut self, input: Input<R>, now: u64, rng: &mut impl RngCore) {
         match input {
-            Input::Resumed { id, route } => {
-                // A full outbox (its capacity lowered) leaves it stored, for the next start.
-                if self.outbox.status(&id).is_some() || self.outbox.insert(id, now).is_ok() {
-                    self.routes.insert(id, route);
-                }
-            }
             Input::Durable(id) => {
                 self.outbox.release(id);
             }
-            Input::LoggedIn(logged_in) => self.logged_in = logged_in,
+            Input::LoggedIn(logged_in) => {
+                let back = logged_in && !self.logged_in;
+                self.logged_in = logged_in;
+                if back {
+                    // What failed while we were logged out goes now (discovery, the mailbox),
+                    // not at its backoff; what the mailbox holds already need not.
+                    let outbox = &self.outbox;
+                    let not_queued: Vec<MessageId> = self
+                        .routes
+                        .keys()
+                        .filter(|id| outbox.status(id) != Some(DeliveryStatus::Queued))
+                        .copied()
+                        .collect();
+                    for id in not_queued {
+                        self.outbox.retry_now(id, now);
+                    }
+                }
+            }
             Input::Connected(peer) => self.on_connected(peer, now),
             Input::Disconnected(peer) => {
                 self.connected.remove(&peer);
@@ -326,8 +354,8 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
     /// failing at once when none is possible.
     fn attempt(&mut self, id: MessageId, now: u64, rng: &mut impl RngCore) {
         let Some(peer) = self.routes.get(&id).map(|route| route.peer) else {
-            // Nothing to send it with (its stored envelope is gone): let the outbox forget it.
-            self.outbox.handle_receipt(id);
+            // Every message it hands out has a route (see `new` and `hold`).
+            self.outbox.remove(id);
             return;
         };
         if self.connected.contains(&peer) {
@@ -350,14 +378,9 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
     }
 
     fn deliver(&mut self, id: MessageId) {
-        match self.routes.get(&id) {
-            Some(route) => self.outputs.push_back(Output::Deliver {
-                peer: route.peer,
-                id,
-            }),
-            None => {
-                self.outbox.handle_receipt(id);
-            }
+        if let Some(route) = self.routes.get(&id) {
+            let peer = route.peer;
+            self.outputs.push_back(Output::Deliver { peer, id });
         }
     }
 

@@ -20,7 +20,7 @@ fn peer(n: u32) -> PeerId {
 }
 
 fn planner() -> D {
-    Delivery::new(peer(0), Outbox::new(OutboxConfig::default()))
+    Delivery::new(peer(0), Outbox::new(OutboxConfig::default()), [], T0)
 }
 
 fn bob() -> (PeerId, UserName) {
@@ -180,10 +180,46 @@ fn logged_out_an_attempt_fails_at_once_and_asks_no_deposit() {
         "{out:?}"
     );
     let retry = d.poll_timeout().expect("a retry is scheduled");
-    assert!(retry > T0, "backs off");
-    // Logged in later, the retry finds the peer by discovery.
-    d.handle(Input::LoggedIn(true), retry, &mut rng);
+    assert!(retry > T0 + 1, "backs off");
+    // Logged in (before the backoff ends), it is tried at once: discovery finds the peer.
+    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
     assert!(drain(&mut d).contains(&Output::Discover(peer)));
+}
+
+#[test]
+fn logging_in_again_retries_at_once_what_the_mailbox_does_not_hold() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    let (queued, waiting) = (MessageId([1; 32]), MessageId([2; 32]));
+    send(&mut d, queued, route(peer, &name), T0, &mut rng);
+    d.handle(Input::DiscoveryFailed(peer), T0, &mut rng);
+    d.handle(Input::Deposited(queued), T0, &mut rng);
+    d.handle(Input::LoggedIn(false), T0 + 1, &mut rng);
+    drain(&mut d);
+    send(&mut d, waiting, route(peer, &name), T0 + 1, &mut rng);
+    drain(&mut d);
+    assert!(d.poll_timeout().expect("retry") > T0 + 2);
+    d.handle(Input::LoggedIn(true), T0 + 2, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Discover(peer)), "{out:?}");
+    // Only the one the mailbox does not hold was tried: the lookup failing asks its deposit.
+    d.handle(Input::DiscoveryFailed(peer), T0 + 3, &mut rng);
+    let out = drain(&mut d);
+    assert!(
+        out.contains(&Output::Deposit {
+            id: waiting,
+            to: name.clone()
+        }),
+        "{out:?}"
+    );
+    assert!(
+        !out.contains(&Output::Deposit {
+            id: queued,
+            to: name
+        }),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -263,11 +299,13 @@ fn a_stored_answer_for_another_id_is_a_failure() {
 fn coming_online_retries_that_users_messages_now() {
     let (mut d, mut rng) = (planner(), rng());
     let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
     let id = MessageId([1; 32]);
     send(&mut d, id, route(peer, &name), T0, &mut rng);
+    d.handle(Input::DiscoveryFailed(peer), T0, &mut rng);
+    d.handle(Input::DepositFailed(id), T0, &mut rng);
+    drain(&mut d);
     let retry = d.poll_timeout().expect("retry");
-    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
-    assert!(drain(&mut d).is_empty(), "not due yet");
     let other = UserName::new("carol").expect("name");
     d.handle(Input::CameOnline(other), T0 + 2, &mut rng);
     assert!(drain(&mut d).is_empty(), "someone else came online");
@@ -315,35 +353,30 @@ fn wanted_peers_are_dialed_when_found_and_known_addresses_are_bounded() {
 }
 
 #[test]
-fn resumed_messages_are_due_at_once_and_a_restart_keeps_them() {
+fn a_restart_goes_on_with_what_is_stored_and_nothing_else() {
     let (mut d, mut rng) = (planner(), rng());
     let (peer, name) = bob();
     d.handle(Input::LoggedIn(true), T0, &mut rng);
-    let id = MessageId([1; 32]);
-    send(&mut d, id, route(peer, &name), T0, &mut rng);
-    // A restart: the persisted outbox comes back, the route from the stored message.
+    let (kept, lost, gone) = (MessageId([1; 32]), MessageId([2; 32]), MessageId([3; 32]));
+    send(&mut d, kept, route(peer, &name), T0, &mut rng);
+    send(&mut d, gone, route(peer, &name), T0, &mut rng);
+    // A restart: the persisted outbox comes back with the stored messages: `lost` was written
+    // just before a crash (the outbox never saw it); `gone` has no stored envelope any more.
     let persisted = crate::codec::encode(d.outbox()).expect("encode");
     let outbox: Outbox = crate::codec::decode(&persisted).expect("decode");
-    let mut d: D = Delivery::new(planner().local, outbox);
-    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
-    d.handle(
-        Input::Resumed {
-            id,
-            route: route(peer, &name),
-        },
-        T0 + 1,
-        &mut rng,
-    );
-    assert!(drain(&mut d).contains(&Output::Discover(peer)));
-    // A message found only in the store (a crash between writes) is taken in too.
-    let lost = MessageId([2; 32]);
-    d.handle(
-        Input::Resumed {
-            id: lost,
-            route: route(peer, &name),
-        },
-        T0 + 2,
-        &mut rng,
-    );
+    let stored = [(kept, route(peer, &name)), (lost, route(peer, &name))];
+    let mut d: D = Delivery::new(planner().local, outbox, stored, T0 + 1);
     assert_eq!(d.len(), 2);
+    d.handle(Input::LoggedIn(true), T0 + 1, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Discover(peer)), "{out:?}");
+    assert!(
+        statuses(&out).iter().all(|s| *s != "delivered"),
+        "nothing is confirmed by a restart: {out:?}"
+    );
+    d.handle(Input::Connected(peer), T0 + 2, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Deliver { peer, id: kept }));
+    assert!(out.contains(&Output::Deliver { peer, id: lost }));
+    assert!(!out.contains(&Output::Deliver { peer, id: gone }));
 }

@@ -30,7 +30,12 @@ impl Node {
                 Output::Dial { peer, addrs } => {
                     self.reach(crate::daemon::reach::ReachInput::DialPeer { peer, addrs })
                 }
-                Output::Discover(peer) => self.discover(peer),
+                Output::Discover(peer) => {
+                    if !self.discover(peer) {
+                        let input = Input::DiscoveryFailed(peer);
+                        self.delivery.handle(input, now_ms(), &mut OsRng);
+                    }
+                }
                 Output::Deposit { id, to } => self.deposit_in_mailbox(id, to),
                 Output::DeliveryEnded(peer) => {
                     self.reach(crate::daemon::reach::ReachInput::DeliveryEnded(peer))
@@ -168,19 +173,21 @@ impl Node {
         }
     }
 
-    /// Hands the planner every message the store holds for delivery (at start: the persisted
-    /// outbox, and anything written just before a crash that it does not know).
-    pub(crate) fn resume_outbox(&mut self) {
-        let items = self
-            .store
+    /// Every message the store holds for delivery, with its route (at start, for the planner).
+    pub(crate) fn stored_routes(store: &crate::store::Store) -> Vec<(MessageId, Route)> {
+        let items = store
             .scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))
             .unwrap_or_default();
-        for item in items {
-            match item.route() {
-                Some(route) => self.delivery_input(Input::Resumed { id: item.id, route }),
-                None => tracing::error!("outbox item {} names no valid key", item.id),
-            }
-        }
+        items
+            .into_iter()
+            .filter_map(|item| match item.route() {
+                Some(route) => Some((item.id, route)),
+                None => {
+                    tracing::error!("outbox item {} names no valid key", item.id);
+                    None
+                }
+            })
+            .collect()
     }
 }
 
