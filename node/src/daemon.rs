@@ -14,7 +14,6 @@ mod durable;
 mod link;
 mod reach;
 pub(crate) mod rooms;
-mod sessions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -274,6 +274,23 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store again right after a handle to it was dropped (tests): sled's background
+    /// flusher may hold the directory's lock a moment longer, so a lock is waited for (up to
+    /// 10 s).
+    #[cfg(test)]
+    pub(crate) fn reopen(dir: &Path) -> Self {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open(dir) {
+                Ok(store) => return store,
+                Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(err) => panic!("cannot reopen the store: {err}"),
+            }
+        }
+    }
+
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -702,7 +719,7 @@ mod tests {
             store.apply(&batch).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path());
         assert_eq!(
             store
                 .scan::<String>(StateKey::Outbox(MessageId([0; 32])))

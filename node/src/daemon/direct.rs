@@ -12,17 +12,15 @@
 
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
-use palaver_protocol::crypto::ratchet::Session;
 
-use super::sessions::PeerSessions;
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
+use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
 use palaver_protocol::wire::{
-    Body, Content, DirectMessage, MAX_TEXT_LEN, MailItem, PeerRequest, PeerResponse,
-    RendezvousRequest, UserRecord,
+    Body, DirectMessage, MailItem, PeerRequest, PeerResponse, RendezvousRequest, UserRecord,
 };
-use palaver_protocol::{Envelope, MessageId, UserName, VerifyingKey, codec};
+use palaver_protocol::{Envelope, MessageId, UserName, VerifyingKey};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -223,40 +221,31 @@ impl Node {
         mut sessions: PeerSessions,
     ) {
         let conversation = ConversationId::Direct(key.to_bytes());
-        let stamp = self.next_stamp();
+        let mut clock = self.clock();
         let seq = self.next_seq(&conversation);
         let text = match &job.payload {
             palaver_protocol::wire::Payload::Text(text) => Some(text.clone()),
             _ => None,
         };
-        let content = Content {
-            sent_at_ms: now_ms(),
-            stamp,
+        let sealed = pairwise::seal(
+            &mut OsRng,
+            self.identity.signing_key(),
+            key,
+            &mut sessions,
+            &mut clock,
             seq,
-            payload: job.payload,
-        };
-        let plaintext = match codec::encode(&content) {
-            Ok(bytes) => bytes,
+            job.payload,
+            now_ms(),
+        );
+        let pairwise::Sealed {
+            id,
+            frame,
+            stamp,
+            sent_at_ms,
+        } = match sealed {
+            Ok(sealed) => sealed,
             Err(err) => return fail_reply(job.reply, err.to_string()),
         };
-        let message = match sessions.current().encrypt(&mut OsRng, &plaintext) {
-            Ok(message) => message,
-            Err(err) => return fail_reply(job.reply, err.to_string()),
-        };
-        let body = Body::Direct(DirectMessage {
-            sender: self.identity.public(),
-            recipient: key,
-            message,
-        });
-        let envelope = match Envelope::sign(body, self.identity.signing_key()) {
-            Ok(envelope) => envelope,
-            Err(err) => return fail_reply(job.reply, err.to_string()),
-        };
-        let frame = match envelope.to_bytes() {
-            Ok(frame) => frame,
-            Err(err) => return fail_reply(job.reply, format!("message too large: {err}")),
-        };
-        let id = envelope.id();
         let item = OutboxItem {
             id,
             to_key: key.to_bytes(),
@@ -299,7 +288,7 @@ impl Node {
                     from: self.name.to_string(),
                     sender: self.identity.public().to_bytes(),
                     text,
-                    sent_at_ms: content.sent_at_ms,
+                    sent_at_ms,
                     stamp,
                     seq,
                     status: Status::Sending,
@@ -423,25 +412,21 @@ impl Node {
         if bundle.identity.to_bytes() != key {
             return job.fail("the rendezvous returned prekeys for a different key".into());
         }
-        match Session::initiate(&mut OsRng, self.identity.signing_key(), &bundle) {
-            Ok(session) => {
-                let sessions = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
-                    Ok(Some(mut sessions)) => {
-                        sessions.promote(session);
-                        sessions
-                    }
-                    _ => PeerSessions::new(session),
-                };
-                if let Err(err) = self
-                    .store
-                    .apply(StateBatch::default().put(StateKey::Session(key), &sessions))
-                {
-                    return job.fail(err.to_string());
-                }
-                self.send_direct(job);
-            }
-            Err(err) => job.fail(format!("bad prekey bundle: {err}")),
+        let existing = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
+            Ok(existing) => existing,
+            Err(err) => return job.fail(err.to_string()),
+        };
+        let signing = self.identity.signing_key();
+        let sessions = match pairwise::start_session(&mut OsRng, signing, &bundle, existing) {
+            Ok(sessions) => sessions,
+            Err(err) => return job.fail(format!("bad prekey bundle: {err}")),
+        };
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Session(key), &sessions);
+        if let Err(err) = self.store.apply(&batch) {
+            return job.fail(err.to_string());
         }
+        self.send_direct(job);
     }
 }
 

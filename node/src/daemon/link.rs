@@ -84,15 +84,20 @@ pub(crate) fn load_prekeys(
     Ok(prekeys)
 }
 
+/// Writes our prekeys' secrets into `batch` (after a session was opened with one of them).
+pub(crate) fn put_prekey_secrets(batch: &mut StateBatch, secrets: &PrekeySecrets) {
+    batch.put(StateKey::Meta(PREKEYS_META), secrets);
+}
+
 fn prekey_batch(prekeys: &PrekeyState) -> StateBatch {
     let mut batch = StateBatch::default();
     put_prekeys(&mut batch, prekeys);
     batch
 }
 
-/// Writes our prekeys into `batch` (also after a session was opened with one of them).
+/// Writes our prekeys into `batch`.
 pub(crate) fn put_prekeys(batch: &mut StateBatch, prekeys: &PrekeyState) {
-    batch.put(StateKey::Meta(PREKEYS_META), &prekeys.secrets);
+    put_prekey_secrets(batch, &prekeys.secrets);
     if let Some(at) = prekeys.signed_at_ms {
         batch.put(StateKey::Meta(SIGNED_PREKEY_AT_META), &at);
     }

@@ -165,7 +165,7 @@ mod tests {
         }
         // Written through `record` (as the old version did), these went in under their
         // counters; opening again migrates them.
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path());
         let texts: Vec<String> = store
             .history(&conv, 10)
             .unwrap()

@@ -130,7 +130,7 @@ mod tests {
             assert_eq!(unread.first, Some(first.id));
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path());
         assert_eq!(store.unread(&conv).unwrap().count, 2);
         // Read up to the first: one left, and it is the first unread now.
         let first_key = entry(conv, 1, Status::Received).order_key();

@@ -130,8 +130,9 @@ impl SessionInit {
 }
 
 /// The prekey owner's secret side: the current signed prekey, the one before it (for a grace
-/// period after rotation), and the unused one-time prekeys. All secrets are wiped on drop.
-#[derive(Serialize, Deserialize)]
+/// period after rotation), and the unused one-time prekeys. All secrets are wiped on drop (copies
+/// too: a copy is how a change is staged until the store has it).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PrekeySecrets {
     identity: VerifyingKey,
     signed: SignedPrekeySecret,
@@ -144,13 +145,13 @@ pub struct PrekeySecrets {
     next_one_time_id: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct SignedPrekeySecret {
     public: SignedPrekey,
     secret: StaticSecret,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct OneTimePrekeySecret {
     public: OneTimePrekey,
     secret: StaticSecret,

@@ -433,6 +433,8 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
     }
 }
 
+pub mod pairwise;
+
 #[cfg(test)]
 #[path = "direct_tests.rs"]
 mod tests;

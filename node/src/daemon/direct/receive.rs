@@ -60,63 +60,37 @@ impl Node {
         id: MessageId,
         direct: DirectMessage,
     ) -> Result<MessageId, String> {
-        if direct.recipient != self.identity.public() {
-            return Err("not addressed to me".into());
-        }
         let sender = direct.sender;
-        let mut batch = StateBatch::default();
-        let mut existing = self
+        let existing = self
             .store
             .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))
             .map_err(|e| e.to_string())?;
-        let decrypted = existing
-            .as_mut()
-            .and_then(|sessions| sessions.decrypt(&direct.message));
-        let (sessions, plaintext) = match (existing, decrypted) {
-            (Some(sessions), Some(plaintext)) => (sessions, plaintext),
-            // No session, or the sender started a new one: answer its initiation.
-            (existing, None) if direct.message.init.is_some() => {
-                // Fails without consuming anything; on success the one-time prekey is gone, and
-                // the prekeys are committed with the message below.
-                let (session, plaintext) = Session::respond(
-                    self.identity.signing_key(),
-                    &mut self.session.prekeys_mut().secrets,
-                    &sender,
-                    &direct.message,
-                )
-                .map_err(|e| format!("cannot open the session: {e}"))?;
-                crate::daemon::link::put_prekeys(&mut batch, self.session.prekeys());
-                let sessions = match existing {
-                    Some(mut sessions) => {
-                        sessions.promote(session);
-                        sessions
-                    }
-                    None => PeerSessions::new(session),
-                };
-                (sessions, plaintext)
-            }
-            _ => return Err("cannot decrypt (no session, or a replay)".into()),
-        };
-        batch.put(StateKey::Session(sender.to_bytes()), &sessions);
-        let content: Content =
-            codec::decode(&plaintext).map_err(|e| format!("bad content: {e}"))?;
-        let stamp = self.observe_stamp(content.stamp, content.sent_at_ms, &mut batch);
+        // Staged copies: ours change only once the message that changed them is stored (a
+        // one-time prekey used up by a message we then failed to store would break that session).
+        let mut prekeys = self.session.prekeys().secrets.clone();
+        let mut clock = self.clock();
+        let opened = pairwise::open(
+            self.identity.signing_key(),
+            existing,
+            &mut prekeys,
+            &mut clock,
+            &direct,
+            now_ms(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut batch = StateBatch::default();
+        batch
+            .put(StateKey::Session(sender.to_bytes()), &opened.sessions)
+            .put(StateKey::Meta(CLOCK_META), &clock.current());
+        if opened.used_prekeys {
+            crate::daemon::link::put_prekey_secrets(&mut batch, &prekeys);
+        }
         let conversation = ConversationId::Direct(sender.to_bytes());
         let from = self.name_of_key(&sender);
-        if from.is_none() {
-            // A stranger: ask the rendezvous who it is, for display and replies.
-            self.rendezvous_request(
-                RendezvousRequest::WhoIs { keys: vec![sender] },
-                Pending::WhoIs { then: None },
-            );
-        }
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;
-        match content.payload {
+        let stored = match opened.payload {
             Payload::Text(text) => {
-                if text.len() > MAX_TEXT_LEN {
-                    return Err("text too long".into());
-                }
                 let entry = HistoryEntry {
                     id,
                     conversation,
@@ -124,25 +98,39 @@ impl Node {
                     from: label,
                     sender: sender.to_bytes(),
                     text,
-                    sent_at_ms: content.sent_at_ms,
-                    stamp,
-                    seq: content.seq,
+                    sent_at_ms: opened.sent_at_ms,
+                    stamp: opened.stamp,
+                    seq: opened.seq,
                     status: Status::Received,
                 };
-                if self
+                let new = self
                     .store
                     .record(&entry, &batch)
-                    .map_err(|e| e.to_string())?
-                {
-                    self.emit_message(&entry, from.is_some());
-                }
-            }
-            payload => {
-                self.store
-                    .record_control(&id, &batch)
                     .map_err(|e| e.to_string())?;
-                self.on_control(sender, payload);
+                Ok((new.then_some(entry), None))
             }
+            payload => self
+                .store
+                .record_control(&id, &batch)
+                .map(|_| (None, Some(payload)))
+                .map_err(|e| e.to_string()),
+        };
+        let (entry, control) = stored?;
+        if opened.used_prekeys {
+            self.session.prekeys_mut().secrets = prekeys;
+        }
+        if from.is_none() {
+            // A stranger: ask the rendezvous who it is, for display and replies.
+            self.rendezvous_request(
+                RendezvousRequest::WhoIs { keys: vec![sender] },
+                Pending::WhoIs { then: None },
+            );
+        }
+        if let Some(entry) = entry {
+            self.emit_message(&entry, from.is_some());
+        }
+        if let Some(payload) = control {
+            self.on_control(sender, payload);
         }
         Ok(id)
     }

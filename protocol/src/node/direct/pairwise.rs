@@ -1,0 +1,240 @@
+//! Sealing a direct message for one peer and opening one from a peer: the pairwise Double
+//! Ratchet sessions, the hybrid clock stamp and the signed envelope, without the store.
+//!
+//! The caller loads the state these change (the peer's sessions, our clock, the conversation's
+//! sequence number, our one-time prekeys) and commits all of it with the message in one batch;
+//! nothing here is durable on its own.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::crypto::CryptoError;
+use crate::crypto::ratchet::{RatchetMessage, Session};
+use crate::crypto::x3dh::{PrekeyBundle, PrekeySecrets};
+use crate::delivery::{HybridClock, Stamp};
+use crate::wire::{Body, Content, DirectMessage, Envelope, MAX_TEXT_LEN, MessageId, Payload};
+
+/// Recent sessions kept besides the current one.
+const MAX_ARCHIVED: usize = 3;
+
+/// The pairwise sessions with one peer: the current one, and a few recent ones.
+///
+/// When two users open a session to each other at the same moment, each answers the other's
+/// initiation and the two end up on different sessions. Like Signal, we keep the recent sessions:
+/// a message decrypts with whichever session its sender used, and that session becomes current,
+/// so both sides converge on one session after one message each way.
+#[derive(Serialize, Deserialize)]
+pub struct PeerSessions {
+    current: Session,
+    archived: Vec<Session>,
+}
+
+impl std::fmt::Debug for PeerSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The sessions hold secrets: only their count is shown.
+        f.debug_struct("PeerSessions")
+            .field("archived", &self.archived.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSessions {
+    pub fn new(session: Session) -> Self {
+        Self {
+            current: session,
+            archived: Vec::new(),
+        }
+    }
+
+    /// `session` becomes current; the previous one is kept for messages still in flight.
+    pub fn promote(&mut self, session: Session) {
+        let previous = std::mem::replace(&mut self.current, session);
+        self.archived.insert(0, previous);
+        self.archived.truncate(MAX_ARCHIVED);
+    }
+
+    /// Decrypts with whichever session the sender used (each attempt that fails changes
+    /// nothing); the one that worked becomes current.
+    pub fn decrypt(&mut self, message: &RatchetMessage) -> Option<Vec<u8>> {
+        if let Ok(plaintext) = self.current.decrypt(message) {
+            return Some(plaintext);
+        }
+        let (i, plaintext) = self
+            .archived
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, session)| session.decrypt(message).ok().map(|p| (i, p)))?;
+        let session = self.archived.remove(i);
+        self.promote(session);
+        Some(plaintext)
+    }
+}
+
+/// Opens a session from the peer's prekey bundle (the sender's side of X3DH); it becomes current.
+pub fn start_session(
+    rng: &mut (impl RngCore + CryptoRng),
+    identity: &SigningKey,
+    bundle: &PrekeyBundle,
+    existing: Option<PeerSessions>,
+) -> Result<PeerSessions, CryptoError> {
+    let session = Session::initiate(rng, identity, bundle)?;
+    Ok(match existing {
+        Some(mut sessions) => {
+            sessions.promote(session);
+            sessions
+        }
+        None => PeerSessions::new(session),
+    })
+}
+
+/// Why a message could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot encrypt: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("message too large: {0}")]
+    TooLarge(String),
+}
+
+/// A message sealed for its recipient: what to store and send.
+#[derive(Debug)]
+pub struct Sealed {
+    pub id: MessageId,
+    /// The signed envelope, encoded: what goes on the wire and into the outbox.
+    pub frame: Vec<u8>,
+    /// Its stamp and send time, for our own history.
+    pub stamp: Stamp,
+    pub sent_at_ms: u64,
+}
+
+/// Encrypts `payload` for `recipient` with the current session, stamped with `clock` and `seq`,
+/// and signs the envelope. The sessions and the clock are advanced: commit them with the message.
+#[allow(clippy::too_many_arguments)]
+pub fn seal(
+    rng: &mut (impl RngCore + CryptoRng),
+    identity: &SigningKey,
+    recipient: VerifyingKey,
+    sessions: &mut PeerSessions,
+    clock: &mut HybridClock,
+    seq: u64,
+    payload: Payload,
+    now_ms: u64,
+) -> Result<Sealed, SealError> {
+    let stamp = clock.tick(now_ms);
+    let content = Content {
+        sent_at_ms: now_ms,
+        stamp,
+        seq,
+        payload,
+    };
+    let plaintext = codec::encode(&content).map_err(|e| SealError::TooLarge(e.to_string()))?;
+    let message = sessions.current.encrypt(rng, &plaintext)?;
+    let body = Body::Direct(DirectMessage {
+        sender: identity.verifying_key(),
+        recipient,
+        message,
+    });
+    let envelope =
+        Envelope::sign(body, identity).map_err(|e| SealError::TooLarge(e.to_string()))?;
+    let frame = envelope
+        .to_bytes()
+        .map_err(|e| SealError::TooLarge(e.to_string()))?;
+    Ok(Sealed {
+        id: envelope.id(),
+        frame,
+        stamp,
+        sent_at_ms: now_ms,
+    })
+}
+
+/// Why a received direct message was refused (the sender is told, and may try again).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpenError {
+    #[error("not addressed to me")]
+    NotForMe,
+    #[error("cannot open the session: {0}")]
+    Session(CryptoError),
+    #[error("cannot decrypt (no session, or a replay)")]
+    Undecryptable,
+    #[error("bad content: {0}")]
+    BadContent(String),
+    #[error("text too long")]
+    TextTooLong,
+}
+
+/// A direct message opened.
+#[derive(Debug)]
+pub struct Opened {
+    pub sender: VerifyingKey,
+    /// The sessions with the sender, advanced: commit them with the message.
+    pub sessions: PeerSessions,
+    /// A one-time prekey was used to answer the sender's session initiation: commit the prekeys
+    /// with the message.
+    pub used_prekeys: bool,
+    /// The stamp to file it under (ours moved past it: commit the clock too).
+    pub stamp: Stamp,
+    pub sent_at_ms: u64,
+    pub seq: u64,
+    pub payload: Payload,
+}
+
+/// Opens `direct`, sent to `me`, with our sessions with its sender (answering a session
+/// initiation with our prekeys if none of them decrypts it). Nothing is changed on failure.
+pub fn open(
+    me: &SigningKey,
+    existing: Option<PeerSessions>,
+    prekeys: &mut PrekeySecrets,
+    clock: &mut HybridClock,
+    direct: &DirectMessage,
+    now_ms: u64,
+) -> Result<Opened, OpenError> {
+    if direct.recipient != me.verifying_key() {
+        return Err(OpenError::NotForMe);
+    }
+    let sender = direct.sender;
+    let mut existing = existing;
+    let decrypted = existing
+        .as_mut()
+        .and_then(|sessions| sessions.decrypt(&direct.message));
+    let (sessions, plaintext, used_prekeys) = match (existing, decrypted) {
+        (Some(sessions), Some(plaintext)) => (sessions, plaintext, false),
+        // No session, or the sender started a new one: answer its initiation.
+        (existing, None) if direct.message.init.is_some() => {
+            // Fails without consuming anything; on success the one-time prekey is gone.
+            let (session, plaintext) = Session::respond(me, prekeys, &sender, &direct.message)
+                .map_err(OpenError::Session)?;
+            let sessions = match existing {
+                Some(mut sessions) => {
+                    sessions.promote(session);
+                    sessions
+                }
+                None => PeerSessions::new(session),
+            };
+            (sessions, plaintext, true)
+        }
+        _ => return Err(OpenError::Undecryptable),
+    };
+    let content: Content =
+        codec::decode(&plaintext).map_err(|e| OpenError::BadContent(e.to_string()))?;
+    if let Payload::Text(text) = &content.payload
+        && text.len() > MAX_TEXT_LEN
+    {
+        return Err(OpenError::TextTooLong);
+    }
+    let stamp = clock.observe(content.stamp.or_sent_at(content.sent_at_ms), now_ms);
+    Ok(Opened {
+        sender,
+        sessions,
+        used_prekeys,
+        stamp,
+        sent_at_ms: content.sent_at_ms,
+        seq: content.seq,
+        payload: content.payload,
+    })
+}
+
+#[cfg(test)]
+#[path = "pairwise_tests.rs"]
+mod tests;

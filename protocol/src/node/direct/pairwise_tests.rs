@@ -1,0 +1,154 @@
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+struct Pair {
+    rng: ChaCha20Rng,
+    alice: SigningKey,
+    bob: SigningKey,
+    bob_prekeys: PrekeySecrets,
+    alice_clock: HybridClock,
+    bob_clock: HybridClock,
+}
+
+fn pair() -> Pair {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let alice = SigningKey::from_bytes(&[1; 32]);
+    let bob = SigningKey::from_bytes(&[2; 32]);
+    let bob_prekeys = PrekeySecrets::generate(&mut rng, &bob, 4);
+    Pair {
+        rng,
+        alice,
+        bob,
+        bob_prekeys,
+        alice_clock: HybridClock::new(),
+        bob_clock: HybridClock::new(),
+    }
+}
+
+fn bundle(prekeys: &mut PrekeySecrets) -> PrekeyBundle {
+    let upload = prekeys.upload();
+    PrekeyBundle {
+        identity: upload.identity,
+        signed_prekey: upload.signed_prekey,
+        one_time_prekey: upload.one_time_prekeys.first().copied(),
+    }
+}
+
+/// Alice's first message to Bob (seq 1), opening a session from his prekeys.
+fn first_message(p: &mut Pair, payload: Payload) -> Sealed {
+    let bundle = bundle(&mut p.bob_prekeys);
+    let mut sessions = start_session(&mut p.rng, &p.alice, &bundle, None).expect("session");
+    let bob = p.bob.verifying_key();
+    seal(
+        &mut p.rng,
+        &p.alice,
+        bob,
+        &mut sessions,
+        &mut p.alice_clock,
+        1,
+        payload,
+        T0,
+    )
+    .expect("seal")
+}
+
+fn direct_of(sealed: &Sealed) -> DirectMessage {
+    match Envelope::from_bytes(&sealed.frame).expect("frame").body {
+        Body::Direct(direct) => direct,
+        other => panic!("not direct: {other:?}"),
+    }
+}
+
+#[test]
+fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
+    let mut p = pair();
+    let text = Payload::Text("hello".into());
+    let sealed = first_message(&mut p, text.clone());
+    assert_eq!(sealed.stamp, p.alice_clock.current(), "the clock moved");
+    let envelope = Envelope::from_bytes(&sealed.frame).expect("frame");
+    envelope.verify().expect("signed by alice");
+    assert_eq!(envelope.id(), sealed.id);
+    let direct = direct_of(&sealed);
+
+    let opened = open(
+        &p.bob,
+        None,
+        &mut p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct,
+        T0 + 5,
+    )
+    .expect("open");
+    assert!(
+        opened.used_prekeys,
+        "the first message answers the initiation"
+    );
+    assert_eq!(opened.sender, p.alice.verifying_key());
+    assert_eq!((opened.seq, opened.payload), (1, text));
+    assert!(
+        p.bob_clock.current() >= opened.stamp,
+        "bob's clock moved past it"
+    );
+
+    // The same message again is a replay: the session it advanced refuses it, and the
+    // one-time prekey is gone.
+    let again = open(
+        &p.bob,
+        Some(opened.sessions),
+        &mut p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct,
+        T0 + 6,
+    );
+    assert!(again.is_err());
+}
+
+#[test]
+fn a_failed_open_consumes_nothing() {
+    let mut p = pair();
+    let sealed = first_message(&mut p, Payload::Text("x".into()));
+    let mut direct = direct_of(&sealed);
+    let good = direct.clone();
+    direct.message.ciphertext[0] ^= 1;
+    let clock = p.bob_clock;
+    let err = open(
+        &p.bob,
+        None,
+        &mut p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct,
+        T0,
+    );
+    assert!(matches!(err, Err(OpenError::Session(_))), "{:?}", err.err());
+    assert_eq!(p.bob_clock, clock);
+    // The untampered message still opens: the prekey it names was not used up.
+    open(
+        &p.bob,
+        None,
+        &mut p.bob_prekeys,
+        &mut p.bob_clock,
+        &good,
+        T0,
+    )
+    .expect("open");
+}
+
+#[test]
+fn a_message_for_someone_else_is_refused() {
+    let mut p = pair();
+    let sealed = first_message(&mut p, Payload::Text("x".into()));
+    let carol = SigningKey::from_bytes(&[3; 32]);
+    let err = open(
+        &carol,
+        None,
+        &mut p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct_of(&sealed),
+        T0,
+    );
+    assert_eq!(err.err(), Some(OpenError::NotForMe));
+}
