@@ -28,7 +28,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay, r
 use palaver_protocol::node::session::{RequestKey, SessionConfig};
 use palaver_protocol::wire::PresenceRecord;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::home::Home;
@@ -171,7 +171,7 @@ pub(crate) struct Node {
     /// Which path each pending direct message takes, and when it is tried (the outbox).
     delivery: palaver_protocol::node::direct::Delivery<OutboundRequestId>,
     presence: HashMap<String, PresenceRecord>,
-    events: broadcast::Sender<Value>,
+    events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     commit: durable::GroupCommit<durable::AfterFlush>,
@@ -183,7 +183,7 @@ pub(crate) struct Node {
     /// announcement could name the peer.
     announced: HashMap<PeerId, (&'static str, bool)>,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
-    unnamed_events: HashMap<[u8; 32], Vec<Value>>,
+    unnamed_events: HashMap<[u8; 32], Vec<rpc::Event>>,
     /// Messages to users who have logged in but not yet published prekeys, asked again at the
     /// next retry tick (bounded: see [`direct::PREKEY_WAIT_MS`]).
     waiting_for_prekeys: Vec<direct::Job>,
@@ -203,7 +203,7 @@ impl Node {
         name: UserName,
         store: Store,
         config: &DaemonConfig,
-        events: broadcast::Sender<Value>,
+        events: broadcast::Sender<rpc::Event>,
     ) -> anyhow::Result<Self> {
         let use_mdns = config
             .listen
@@ -326,11 +326,11 @@ impl Node {
     }
 
     /// Emits an event to `listen` subscribers (nobody listening is fine).
-    fn emit(&self, event: Value) {
+    fn emit(&self, event: rpc::Event) {
         // The reference (docs/REFERENCE.md) lists every event from this table: keep them one.
         #[cfg(debug_assertions)]
-        if let Err(err) = crate::rpc::methods::check_event(&event) {
-            panic!("{err}: add it to EVENTS in node/src/rpc/methods.rs: {event}");
+        if let Err(err) = crate::rpc::methods::check_event(&event.to_json()) {
+            panic!("{err}: add it to EVENTS in node/src/rpc/methods.rs: {event:?}");
         }
         let _ = self.events.send(event);
     }
@@ -338,7 +338,7 @@ impl Node {
     /// Emits a message event; from a sender we cannot name yet, once the rendezvous has named it
     /// (see [`Node::on_users`]), so scripts can answer by name.
     fn emit_message(&mut self, entry: &crate::store::HistoryEntry, named: bool) {
-        let event = direct::message_event(entry);
+        let event = rpc::Event::message(entry);
         if named {
             return self.emit(event);
         }
@@ -358,11 +358,17 @@ impl Node {
     /// Emits the held events of a sender now named `name` (or with its stand-in if unknown).
     fn release_unnamed(&mut self, key: &[u8; 32], name: Option<&str>) {
         for mut event in self.unnamed_events.remove(key).unwrap_or_default() {
-            if let Some(name) = name {
-                if event["conversation"] == event["from"] {
-                    event["conversation"] = Value::from(name);
+            if let (
+                Some(name),
+                rpc::Event::Message {
+                    conversation, from, ..
+                },
+            ) = (name, &mut event)
+            {
+                if conversation == from {
+                    *conversation = name.to_string();
                 }
-                event["from"] = Value::from(name);
+                *from = name.to_string();
             }
             self.emit(event);
         }
@@ -640,7 +646,11 @@ impl Node {
             }
         };
         if changed {
-            self.emit(json!({"type": "connection", "peer_id": peer.to_string(), "name": name, "connection": kind}));
+            self.emit(rpc::Event::Connection {
+                peer_id: peer.to_string(),
+                name,
+                connection: kind,
+            });
         }
     }
 

@@ -7,7 +7,10 @@
 //! The server side hands each request to the daemon's actor as a [`Call`] over a bounded channel
 //! and writes back whatever the actor answers; it never touches daemon state itself.
 
+pub mod event;
 pub mod methods;
+
+pub use event::Event;
 
 use std::path::Path;
 
@@ -74,7 +77,7 @@ struct Request {
 pub async fn serve(
     listener: UnixListener,
     calls: mpsc::Sender<Call>,
-    events: broadcast::Sender<Value>,
+    events: broadcast::Sender<Event>,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
@@ -109,7 +112,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 async fn serve_connection(
     stream: UnixStream,
     calls: mpsc::Sender<Call>,
-    events: broadcast::Sender<Value>,
+    events: broadcast::Sender<Event>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -151,9 +154,9 @@ async fn serve_connection(
             .await?;
             loop {
                 let event = match events.recv().await {
-                    Ok(event) => event,
+                    Ok(event) => event.to_json(),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        json!({"type": "lagged", "missed": missed})
+                        Event::Lagged { missed }.to_json()
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
@@ -325,10 +328,11 @@ mod tests {
         assert_eq!(err.to_string(), "no such method");
         let mut listener = Client::connect(&path).await.unwrap();
         listener.subscribe().await.unwrap();
-        events.send(json!({"type": "presence"})).unwrap();
+        let event = Event::Removed { room: "r".into() };
+        events.send(event).unwrap();
         assert_eq!(
             listener.next_event().await.unwrap(),
-            Some(json!({"type": "presence"}))
+            Some(json!({"type": "removed", "room": "r"}))
         );
     }
 

@@ -115,14 +115,14 @@ fn conversation_of(
 }
 
 /// `read`: marks a conversation read up to `up_to` (a message id; by default its latest
-/// message). The marker never moves back. Answers `{"conversation", "unread"}`, and whether the
-/// marker `moved` (the caller then tells the event stream).
+/// message). The marker never moves back. Answers the `read` event's fields (`conversation`,
+/// `unread`), and whether the marker `moved` (the caller then tells the event stream).
 pub(crate) fn mark_read(
     store: &Store,
     with: Option<&str>,
     room: Option<&str>,
     up_to: Option<&str>,
-) -> Result<(Value, bool), RpcError> {
+) -> Result<(crate::rpc::Event, bool), RpcError> {
     let conversation = conversation_of(store, with, room)?;
     let up_to = match up_to {
         None => None,
@@ -138,10 +138,11 @@ pub(crate) fn mark_read(
         (_, Some(room)) => format!("#{}", room.trim_start_matches('#').to_lowercase()),
         _ => String::new(),
     };
-    Ok((
-        json!({"conversation": label, "unread": unread.count}),
-        moved,
-    ))
+    let read = crate::rpc::Event::Read {
+        conversation: label,
+        unread: unread.count as u64,
+    };
+    Ok((read, moved))
 }
 
 /// Which of each sender's room messages we hold, to show where some are missing: every room text
@@ -291,12 +292,15 @@ impl Node {
                 let with = params.get("with").and_then(Value::as_str);
                 let room = params.get("room").and_then(Value::as_str);
                 let up_to = params.get("up_to").and_then(Value::as_str);
-                let result = mark_read(&self.store, with, room, up_to).map(|(answer, moved)| {
+                let result = mark_read(&self.store, with, room, up_to).map(|(read, moved)| {
+                    let mut answer = read.to_json();
                     if moved {
                         // Other windows clear their badges too.
-                        let mut event = answer.clone();
-                        event["type"] = json!("read");
-                        self.emit(event);
+                        self.emit(read);
+                    }
+                    // The answer is the event's fields.
+                    if let Some(fields) = answer.as_object_mut() {
+                        fields.remove("type");
                     }
                     answer
                 });

@@ -443,9 +443,3 @@ fn fail_reply(reply: Option<Reply>, message: String) {
 pub(crate) fn short_key(key: &VerifyingKey) -> String {
     format!("key:{}", &hex::encode(key.as_bytes())[..12])
 }
-
-pub(crate) fn message_event(entry: &HistoryEntry) -> Value {
-    let mut event = entry.to_json();
-    event["type"] = json!("message");
-    event
-}

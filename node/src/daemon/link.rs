@@ -182,7 +182,11 @@ impl Node {
                 }
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");
-                    self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
+                    self.emit(crate::rpc::Event::Rendezvous {
+                        connected: true,
+                        logged_in: false,
+                        error: Some(refusal.to_string()),
+                    });
                 }
                 Output::Answer { token, response } => self.on_rendezvous_response(token, response),
                 Output::Failed { token, error } => self.on_rendezvous_failure(token, error),
@@ -240,7 +244,11 @@ impl Node {
             self.rendezvous_outage_logged = true;
         }
         self.session_input(Input::Disconnected);
-        self.emit(json!({"type": "rendezvous", "connected": false, "logged_in": false}));
+        self.emit(crate::rpc::Event::Rendezvous {
+            connected: false,
+            logged_in: false,
+            error: None,
+        });
     }
 
     fn on_logged_in(&mut self, mail_waiting: u32) {
@@ -248,7 +256,11 @@ impl Node {
             "logged in at the rendezvous as {} ({mail_waiting} held messages)",
             self.name
         );
-        self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": true}));
+        self.emit(crate::rpc::Event::Rendezvous {
+            connected: true,
+            logged_in: true,
+            error: None,
+        });
         self.subscribe_presence();
         self.register_discovery();
         // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
@@ -442,7 +454,11 @@ impl Node {
                 .presence
                 .get(&name)
                 .is_none_or(|old| old.state == PresenceState::Offline);
-        self.emit(json!({"type": "presence", "name": name, "state": state_str(record.state), "last_seen": record.last_seen_ms}));
+        self.emit(crate::rpc::Event::Presence {
+            name,
+            state: state_str(record.state),
+            last_seen: record.last_seen_ms,
+        });
         let user = record.name.clone();
         self.remember_presence(record);
         if came_online {

@@ -11,7 +11,6 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError};
 use libp2p::{Multiaddr, PeerId};
 use palaver_protocol::node::reach::{self as plan, DialCondition, DialRefusal, Input, Output};
-use serde_json::json;
 
 use super::Node;
 
@@ -96,7 +95,7 @@ impl Node {
                 Output::Reachability { public, relays } => {
                     let relays: Vec<String> = relays.iter().map(ToString::to_string).collect();
                     tracing::info!("reachability: public {public}, relay slots {relays:?}");
-                    self.emit(json!({"type": "reachability", "public": public, "relays": relays}));
+                    self.emit(crate::rpc::Event::Reachability { public, relays });
                 }
             }
         }

@@ -162,12 +162,11 @@ impl Node {
 
     pub(crate) fn set_status(&mut self, id: &MessageId, status: Status) {
         match self.store.set_status(id, status) {
-            Ok(Some(entry)) => self.emit(json!({
-                "type": "delivery",
-                "id": id.to_hex(),
-                "conversation": entry.label,
-                "status": status.as_str(),
-            })),
+            Ok(Some(entry)) => self.emit(crate::rpc::Event::Delivery {
+                id: id.to_hex(),
+                conversation: entry.label,
+                status: status.as_str(),
+            }),
             Ok(None) => {}
             Err(err) => tracing::warn!("store: {err}"),
         }

@@ -183,7 +183,10 @@ impl Node {
             }
         }
         self.save_received_room(&invite.room);
-        self.emit(json!({"type": "invite", "room": invite.name.as_str(), "from": inviter}));
+        self.emit(crate::rpc::Event::Invite {
+            room: invite.name.to_string(),
+            from: inviter,
+        });
     }
 
     pub(crate) fn on_sender_key(
@@ -275,7 +278,9 @@ impl Node {
                         .behaviour_mut()
                         .gossipsub
                         .unsubscribe(&topic(&room_id));
-                    self.emit(json!({"type": "removed", "room": name.as_str()}));
+                    self.emit(crate::rpc::Event::Removed {
+                        room: name.to_string(),
+                    });
                 }
                 self.save_received_room(&room_id);
                 self.carry_out(room_id, actions);
