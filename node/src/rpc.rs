@@ -7,9 +7,11 @@
 //! The server side hands each request to the daemon's actor as a [`Call`] over a bounded channel
 //! and writes back whatever the actor answers; it never touches daemon state itself.
 
+pub mod command;
 pub mod event;
 pub mod methods;
 
+pub use command::Command;
 pub use event::Event;
 
 use std::path::Path;
@@ -30,8 +32,7 @@ const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A method call for the daemon's actor, with where to send the answer.
 #[derive(Debug)]
 pub struct Call {
-    pub method: String,
-    pub params: Value,
+    pub command: Command,
     pub reply: oneshot::Sender<Result<Value, RpcError>>,
 }
 
@@ -164,17 +165,17 @@ async fn serve_connection(
                 write_line(&mut write, &note).await?;
             }
         }
-        let (reply, answer) = oneshot::channel();
-        let call = Call {
-            method: request.method,
-            params: request.params,
-            reply,
-        };
-        let result = match calls.send(call).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(RpcError::failed("the daemon is shutting down"))),
-            Err(_) => Err(RpcError::failed("the daemon is shutting down")),
+        let result = match Command::parse(&request.method, &request.params) {
+            Ok(command) => {
+                let (reply, answer) = oneshot::channel();
+                match calls.send(Call { command, reply }).await {
+                    Ok(()) => answer
+                        .await
+                        .unwrap_or_else(|_| Err(RpcError::failed("the daemon is shutting down"))),
+                    Err(_) => Err(RpcError::failed("the daemon is shutting down")),
+                }
+            }
+            Err(err) => Err(err),
         };
         let response = match result {
             Ok(result) => json!({"jsonrpc": "2.0", "id": request.id, "result": result}),
@@ -304,12 +305,9 @@ mod tests {
         tokio::spawn(serve(listener, calls_tx, events.clone()));
         tokio::spawn(async move {
             while let Some(call) = calls.recv().await {
-                let answer = match call.method.as_str() {
-                    "echo" => Ok(call.params),
-                    _ => Err(RpcError {
-                        code: RpcError::METHOD_NOT_FOUND,
-                        message: "no such method".into(),
-                    }),
+                let answer = match call.command {
+                    Command::Verify { name } => Ok(json!({"asked": name.as_str()})),
+                    other => Err(RpcError::failed(format!("not in this test: {other:?}"))),
                 };
                 let _ = call.reply.send(answer);
             }
@@ -321,11 +319,12 @@ mod tests {
             }
         };
         assert_eq!(
-            client.call("echo", json!({"a": 1})).await.unwrap(),
-            json!({"a": 1})
+            client.call("verify", json!({"name": "Bob"})).await.unwrap(),
+            json!({"asked": "bob"})
         );
+        // A bad call is answered at the edge; the actor never sees it.
         let err = client.call("nope", Value::Null).await.unwrap_err();
-        assert_eq!(err.to_string(), "no such method");
+        assert_eq!(err.to_string(), "unknown method \"nope\"");
         let mut listener = Client::connect(&path).await.unwrap();
         listener.subscribe().await.unwrap();
         let event = Event::Removed { room: "r".into() };

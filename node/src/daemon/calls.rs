@@ -1,14 +1,12 @@
 //! The control-socket methods: parse the params, carry the call out, answer.
 
-use palaver_protocol::wire::{
-    MAX_TEXT_LEN, PresenceRecord, RefusalReason, RendezvousRequest, UserRecord,
-};
+use palaver_protocol::wire::{PresenceRecord, RefusalReason, RendezvousRequest, UserRecord};
 use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
 use serde_json::{Value, json};
 
 use super::direct::Reply;
 use super::{Node, Pending};
-use crate::rpc::{Call, RpcError};
+use crate::rpc::{Call, Command, RpcError};
 use crate::store::{ConversationId, StateBatch, StateKey, Store};
 
 /// Reads `history` for `with` (a user) or `room`, resolving names from the store.
@@ -217,81 +215,37 @@ pub(crate) fn conversations(store: &Store) -> Result<Vec<Value>, RpcError> {
     Ok(list)
 }
 
-fn param<'a>(params: &'a Value, key: &str) -> Result<&'a str, RpcError> {
-    params
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| RpcError::invalid(format!("missing parameter {key:?}")))
-}
-
-fn user(params: &Value, key: &str) -> Result<UserName, RpcError> {
-    param(params, key)?
-        .parse()
-        .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))
-}
-
-fn room(params: &Value) -> Result<RoomName, RpcError> {
-    param(params, "room")?
-        .parse()
-        .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))
-}
-
-fn text(params: &Value) -> Result<String, RpcError> {
-    let text = param(params, "text")?;
-    if text.is_empty() {
-        return Err(RpcError::invalid("empty message"));
-    }
-    if text.len() > MAX_TEXT_LEN {
-        return Err(RpcError::invalid(format!(
-            "a message has at most {MAX_TEXT_LEN} bytes"
-        )));
-    }
-    Ok(text.to_owned())
-}
-
 impl Node {
     pub(crate) fn on_call(&mut self, call: Call) {
-        let Call {
-            method,
-            params,
-            reply,
-        } = call;
+        let Call { command, reply } = call;
         let answer = |reply: Reply, result: Result<Value, RpcError>| {
             let _ = reply.send(result);
         };
-        // The table of methods decides what is a call; the arms below only carry it out.
-        if let Err(err) = crate::rpc::methods::check(&method, &params) {
-            return answer(reply, Err(err));
-        }
-        match method.as_str() {
-            "status" => answer(reply, Ok(self.status())),
-            "send" => match (
-                user(&params, "to"),
-                text(&params),
-                super::client_ids::client_id(&params),
-            ) {
-                (Ok(to), Ok(text), Ok(client_id)) => self.send_text(to, text, client_id, reply),
-                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => answer(reply, Err(err)),
-            },
-            "history" => {
-                let limit = params
-                    .get("limit")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(100)
-                    .min(100_000) as usize;
-                let with = params.get("with").and_then(Value::as_str);
-                let room = params.get("room").and_then(Value::as_str);
-                let before = params.get("before").and_then(Value::as_str);
-                answer(
-                    reply,
-                    history_page(&self.store, with, room, before, limit).map(Value::Array),
+        match command {
+            Command::Status => answer(reply, Ok(self.status())),
+            Command::Send {
+                to,
+                text,
+                client_id,
+            } => self.send_text(to, text, client_id, reply),
+            Command::History {
+                with,
+                room,
+                before,
+                limit,
+            } => {
+                let page = history_page(
+                    &self.store,
+                    with.as_deref(),
+                    room.as_deref(),
+                    before.as_deref(),
+                    limit,
                 );
+                answer(reply, page.map(Value::Array));
             }
-            "conversations" => answer(reply, conversations(&self.store).map(Value::Array)),
-            "read" => {
-                let with = params.get("with").and_then(Value::as_str);
-                let room = params.get("room").and_then(Value::as_str);
-                let up_to = params.get("up_to").and_then(Value::as_str);
+            Command::Conversations => answer(reply, conversations(&self.store).map(Value::Array)),
+            Command::Read { with, room, up_to } => {
+                let (with, room, up_to) = (with.as_deref(), room.as_deref(), up_to.as_deref());
                 let result = mark_read(&self.store, with, room, up_to).map(|(read, moved)| {
                     let mut answer = read.to_json();
                     if moved {
@@ -306,66 +260,34 @@ impl Node {
                 });
                 answer(reply, result);
             }
-            "presence" => self.presence_call(params, reply),
-            "peers" => answer(reply, Ok(self.peers())),
-            "verify" => match user(&params, "name") {
-                Ok(name) => self.verify(name, reply),
-                Err(err) => answer(reply, Err(err)),
-            },
-            "room.create" => {
-                let public = params
-                    .get("public")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let result = room(&params).and_then(|room| self.room_create(room, public));
+            Command::Presence { names } => self.presence_call(names, reply),
+            Command::Peers => answer(reply, Ok(self.peers())),
+            Command::Verify { name } => self.verify(name, reply),
+            Command::RoomCreate { room, public } => {
+                let result = self.room_create(room, public);
                 self.answer_when_durable(reply, result);
             }
-            "room.invite" => match (room(&params), user(&params, "name")) {
-                (Ok(room), Ok(name)) => self.room_invite(room, name, reply),
-                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
-            },
-            "room.kick" => match (room(&params), user(&params, "name")) {
-                (Ok(room), Ok(name)) => self.room_kick(room, name, reply),
-                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
-            },
-            "room.join" => {
-                let public = params
-                    .get("public")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let result = room(&params).and_then(|room| {
-                    if public {
-                        self.room_join_public(room)
-                    } else {
-                        self.room_join(room)
-                    }
-                });
+            Command::RoomInvite { room, name } => self.room_invite(room, name, reply),
+            Command::RoomKick { room, name } => self.room_kick(room, name, reply),
+            Command::RoomJoin { room, public } => {
+                let result = if public {
+                    self.room_join_public(room)
+                } else {
+                    self.room_join(room)
+                };
                 self.answer_when_durable(reply, result);
             }
-            "room.leave" => {
-                let result = room(&params).and_then(|room| self.room_leave(room));
+            Command::RoomLeave { room } => {
+                let result = self.room_leave(room);
                 self.answer_when_durable(reply, result);
             }
-            "room.members" => answer(
-                reply,
-                room(&params).and_then(|room| self.room_members(&room)),
-            ),
-            "room.list" => answer(reply, Ok(self.room_list())),
-            "room.send" => match (room(&params), text(&params)) {
-                (Ok(room), Ok(text)) => self.room_send(room, text, reply),
-                (Err(err), _) | (_, Err(err)) => answer(reply, Err(err)),
-            },
-            "shutdown" => {
+            Command::RoomMembers { room } => answer(reply, self.room_members(&room)),
+            Command::RoomList => answer(reply, Ok(self.room_list())),
+            Command::RoomSend { room, text } => self.room_send(room, text, reply),
+            Command::Shutdown => {
                 self.stopping = true;
                 answer(reply, Ok(json!(true)));
             }
-            other => answer(
-                reply,
-                Err(RpcError {
-                    code: RpcError::METHOD_NOT_FOUND,
-                    message: format!("unknown method {other:?}"),
-                }),
-            ),
         }
     }
 
@@ -426,20 +348,7 @@ impl Node {
         Value::Array(peers)
     }
 
-    fn presence_call(&mut self, params: serde_json::Value, reply: Reply) {
-        let mut names = Vec::new();
-        for name in params
-            .get("names")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match name.as_str().map(str::parse::<UserName>) {
-                Some(Ok(name)) => names.push(name),
-                Some(Err(err)) => return drop(reply.send(Err(RpcError::invalid(err.to_string())))),
-                None => return drop(reply.send(Err(RpcError::invalid("names must be strings")))),
-            }
-        }
+    fn presence_call(&mut self, mut names: Vec<UserName>, reply: Reply) {
         let explicit = !names.is_empty();
         if !explicit {
             names = self.contact_names();

@@ -16,8 +16,6 @@ use super::{Internal, Node};
 use crate::rpc::RpcError;
 use crate::store::StateKey;
 
-/// The longest key accepted.
-const MAX_CLIENT_ID: usize = 128;
 /// Keyed sends under way at once; past that, a new one is refused until some are answered.
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -53,21 +51,6 @@ impl ClientKey {
 
 fn state_key(client_id: &str) -> String {
     format!("client_id/{client_id}")
-}
-
-/// The optional `client_id` of a call: 1 to 128 bytes, no control characters.
-pub(crate) fn client_id(params: &Value) -> Result<Option<String>, RpcError> {
-    match params.get("client_id") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id))
-            if !id.is_empty() && id.len() <= MAX_CLIENT_ID && !id.chars().any(char::is_control) =>
-        {
-            Ok(Some(id.clone()))
-        }
-        Some(_) => Err(RpcError::invalid(format!(
-            "client_id must be a string of 1 to {MAX_CLIENT_ID} bytes without control characters"
-        ))),
-    }
 }
 
 fn sha256(text: &str) -> [u8; 32] {

@@ -519,33 +519,4 @@ mod tests {
         assert!(check_event(&json!({"type": "removed"})).is_err());
         assert!(check_event(&json!({"type": "novel"})).is_err());
     }
-
-    /// The method names `on_call` dispatches, read from its source: every arm has a row, every
-    /// row an arm (`subscribe` is served by the socket itself).
-    #[test]
-    fn the_table_and_the_dispatch_list_the_same_methods() {
-        let source = include_str!("../daemon/calls.rs");
-        let body = source
-            .split_once("fn on_call")
-            .and_then(|(_, rest)| rest.split_once("\n    fn "))
-            .unwrap()
-            .0;
-        let mut dispatched: Vec<&str> = body
-            .lines()
-            .filter_map(|line| {
-                let rest = line.trim_start().strip_prefix('"')?;
-                let (name, after) = rest.split_once('"')?;
-                after.trim_start().starts_with("=>").then_some(name)
-            })
-            .collect();
-        assert!(include_str!("../rpc.rs").contains("request.method == \"subscribe\""));
-        dispatched.push("subscribe");
-        dispatched.sort_unstable();
-        let mut listed: Vec<&str> = METHODS.iter().map(|method| method.name).collect();
-        listed.sort_unstable();
-        assert_eq!(
-            dispatched, listed,
-            "calls.rs dispatch vs METHODS in rpc/methods.rs"
-        );
-    }
 }
