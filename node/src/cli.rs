@@ -363,7 +363,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 };
                 gap + &format!(
                     "{} {:>10}  {}: {}  [{}]",
-                    clock(e["sent_at"].as_u64().unwrap_or(0)),
+                    crate::localtime::clock(e["sent_at"].as_u64().unwrap_or(0)),
                     e["conversation"].as_str().unwrap_or(""),
                     e["from"].as_str().unwrap_or(""),
                     e["text"].as_str().unwrap_or(""),
@@ -376,7 +376,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             print_list(json, &records, |r| {
                 let seen = r["last_seen"]
                     .as_u64()
-                    .map(|ms| format!("last seen {}", clock(ms)))
+                    .map(|ms| format!("last seen {}", crate::localtime::clock(ms)))
                     .unwrap_or_default();
                 let stale = if r["stale"].as_bool() == Some(true) {
                     "  (stale: the rendezvous is unreachable; last known)"
@@ -402,7 +402,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 };
                 format!(
                     "{} {:<20} {:<8} {}: {}",
-                    clock(c["last_at"].as_u64().unwrap_or(0)),
+                    crate::localtime::clock(c["last_at"].as_u64().unwrap_or(0)),
                     c["conversation"].as_str().unwrap_or(""),
                     unread,
                     c["last_from"].as_str().unwrap_or(""),
@@ -584,7 +584,7 @@ fn describe_event(event: &Value) -> String {
     match event["type"].as_str() {
         Some("message") => format!(
             "{} {}  {}: {}",
-            clock(event["sent_at"].as_u64().unwrap_or(0)),
+            crate::localtime::clock(event["sent_at"].as_u64().unwrap_or(0)),
             s("conversation"),
             s("from"),
             s("text")
@@ -625,11 +625,6 @@ pub fn error_line(err: &anyhow::Error) -> String {
         line.push_str(text);
     }
     line.replace('\n', " ")
-}
-
-/// `HH:MM` in local time (honouring `TZ`) of a Unix time in milliseconds.
-pub fn clock(ms: u64) -> String {
-    crate::localtime::LocalTime::system().clock(ms)
 }
 
 fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {

@@ -60,6 +60,11 @@ impl LocalTime {
     }
 }
 
+/// `HH:MM` in local time (honouring `TZ`) of a Unix time in milliseconds.
+pub fn clock(ms: u64) -> String {
+    LocalTime::system().clock(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

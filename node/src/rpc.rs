@@ -33,8 +33,11 @@ const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Call {
     pub command: Command,
-    pub reply: oneshot::Sender<Result<Value, RpcError>>,
+    pub reply: Reply,
 }
+
+/// Where the daemon sends a call's answer.
+pub type Reply = oneshot::Sender<Result<Value, RpcError>>;
 
 /// An error answer: JSON-RPC code and a one-line message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

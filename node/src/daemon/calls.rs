@@ -4,8 +4,8 @@ use palaver_protocol::wire::{PresenceRecord, RefusalReason, RendezvousRequest, U
 use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
 use serde_json::{Value, json};
 
-use super::direct::Reply;
 use super::{Node, Pending};
+use crate::rpc::Reply;
 use crate::rpc::{Call, Command, RpcError};
 use crate::store::{ConversationId, StateBatch, StateKey, Store};
 

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::direct::{Job, Reply};
+use super::direct::Job;
 use super::{Internal, Node};
+use crate::rpc::Reply;
 use crate::rpc::RpcError;
 use crate::store::StateKey;
 

@@ -23,8 +23,7 @@ use palaver_protocol::wire::{
 use palaver_protocol::{Envelope, MessageId, UserName, VerifyingKey};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use serde_json::json;
 
 use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
@@ -34,7 +33,7 @@ mod delivery;
 use palaver_protocol::node::direct::{Input as DeliveryInput, Route};
 mod receive;
 
-pub(crate) type Reply = oneshot::Sender<Result<Value, RpcError>>;
+use crate::rpc::Reply;
 
 /// A direct message waiting for what it needs (the peer's key, name or session) before it can be
 /// encrypted and committed.

@@ -5,8 +5,8 @@
 //! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
 //! flush at a time never does.)
 
-use super::direct::Reply;
 use super::{Internal, Node};
+use crate::rpc::Reply;
 use crate::rpc::RpcError;
 use serde_json::Value;
 

@@ -30,9 +30,10 @@ mod commands;
 mod gap_fill;
 mod receive;
 
-use super::direct::{Job, Reply, short_key};
+use super::direct::{Job, short_key};
 use super::durable::not_durable;
 use super::{Node, now_ms};
+use crate::rpc::Reply;
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError};
 
