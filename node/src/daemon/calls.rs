@@ -380,6 +380,7 @@ impl Node {
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outbox": self.outbox_len(),
+            "gossip": self.gossip_status(),
         })
     }
 

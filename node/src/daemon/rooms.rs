@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 mod commands;
 mod gap_fill;
+mod mesh;
 mod receive;
 
 use super::direct::{Job, Reply, short_key};
@@ -140,6 +141,8 @@ pub(crate) struct Rooms {
     missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
     /// Rooms whose receiving chains moved since they were last written ([`Node::save_dirty_rooms`]).
     dirty: HashSet<RoomId>,
+    /// Room messages from gossip that failed the signature or decryption checks.
+    rejected_gossip: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -210,6 +213,10 @@ impl Node {
     }
 
     pub(crate) fn subscribe_room_topics(&mut self) {
+        let ids: Vec<RoomId> = self.rooms.by_id.keys().copied().collect();
+        for id in &ids {
+            self.gate_room(id);
+        }
         let topics: Vec<_> = self
             .rooms
             .by_id

@@ -41,6 +41,7 @@ impl Node {
             },
         );
         self.save_room(&id)?;
+        self.gate_room(&id);
         let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&topic(&id));
         self.find_members(&id);
         Ok(json!({"room": name.as_str(), "id": id.to_hex(), "public": public}))
@@ -186,6 +187,7 @@ impl Node {
             .apply_membership(&mut OsRng, &update)
             .map_err(|e| RpcError::failed(e.to_string()))?;
         self.save_room(&id)?;
+        self.gate_room(&id);
         for member in members
             .iter()
             .filter(|m| **m != me && previous_members.contains(m))
@@ -250,6 +252,7 @@ impl Node {
         room.joined = true;
         room.removed = false;
         self.save_room(&id)?;
+        self.gate_room(&id);
         let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&topic(&id));
         self.carry_out(id, actions);
         // Keys that came before we accepted.
@@ -291,6 +294,7 @@ impl Node {
         self.store
             .apply(StateBatch::default().remove(StateKey::Room(id)))
             .map_err(|e| RpcError::failed(e.to_string()))?;
+        self.gate_room(&id);
         Ok(json!({"room": name.as_str(), "left": true}))
     }
 

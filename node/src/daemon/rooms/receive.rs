@@ -23,13 +23,17 @@ impl Node {
                         Ok(()) => gossipsub::MessageAcceptance::Accept,
                         Err(RoomReject::Held) => gossipsub::MessageAcceptance::Ignore,
                         Err(RoomReject::Invalid(reason)) => {
+                            self.rooms.rejected_gossip += 1;
                             tracing::debug!("room message from {source} rejected: {reason}");
                             gossipsub::MessageAcceptance::Reject
                         }
                     }
                 }
             }
-            _ => gossipsub::MessageAcceptance::Reject,
+            _ => {
+                self.rooms.rejected_gossip += 1;
+                gossipsub::MessageAcceptance::Reject
+            }
         };
         self.swarm
             .behaviour_mut()
@@ -183,6 +187,7 @@ impl Node {
             }
         }
         self.save_received_room(&invite.room);
+        self.gate_room(&invite.room);
         self.emit(json!({"type": "invite", "room": invite.name.as_str(), "from": inviter}));
     }
 
@@ -259,6 +264,7 @@ impl Node {
             // joining with an older one would leave the newest members without our key).
             keep_newest(&mut room.invitation, update);
             self.save_received_room(&room_id);
+            self.gate_room(&room_id);
             return;
         }
         let RoomCrypto::Private(keys) = &mut room.keys else {
@@ -278,6 +284,7 @@ impl Node {
                     self.emit(json!({"type": "removed", "room": name.as_str()}));
                 }
                 self.save_received_room(&room_id);
+                self.gate_room(&room_id);
                 self.carry_out(room_id, actions);
                 let early = self.rooms.early_keys.remove(&room_id).unwrap_or_default();
                 for (from, distribution) in early {
