@@ -294,3 +294,6 @@ impl NetworkBehaviour for GossipGate {
         self.inner.poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;
