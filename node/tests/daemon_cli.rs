@@ -492,9 +492,12 @@ fn a_public_room_lists_the_members_who_posted() {
     for user in &users {
         user.wait_logged_in();
     }
-    users[0].ok(&["room", "create", "plaza", "--public"]);
+    // It says it is open to anyone, at creation and at every join.
+    let created = users[0].ok(&["room", "create", "plaza", "--public"]);
+    assert!(created.contains("anyone who knows its name"), "{created}");
     for user in &users[1..] {
-        user.ok(&["room", "join", "plaza", "--public"]);
+        let joined = user.ok(&["room", "join", "plaza", "--public"]);
+        assert!(joined.contains("anyone who knows its name"), "{joined}");
     }
     for (user, text) in users.iter().zip(["from ann", "from ben", "from cat"]) {
         user.ok(&["room", "send", "plaza", text]);
