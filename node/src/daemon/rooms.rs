@@ -413,6 +413,31 @@ fn hold(
     queue.push_back((id, message, frame));
 }
 
+/// Why an invitation from `sender` is not taken, if it is not: only a room's owner invites, to
+/// the room it signed for; a room we already hold (one we were removed from, say) keeps the
+/// owner it has, so nobody else can invite us back into it under their own membership.
+fn invite_refusal(
+    existing: Option<&Room>,
+    sender: &VerifyingKey,
+    invite: &RoomInvite,
+) -> Option<&'static str> {
+    if invite.membership.owner != *sender {
+        return Some("not sent by the owner it names");
+    }
+    if invite.membership.room != invite.room.0 {
+        return Some("its membership is for another room");
+    }
+    if let Some(room) = existing
+        && room.owner() != Some(*sender)
+    {
+        return Some("not sent by the room's owner");
+    }
+    if invite.membership.verify().is_err() {
+        return Some("its membership is not signed by the owner");
+    }
+    None
+}
+
 /// Keeps `update` as the membership to join with unless a newer one is already kept.
 fn keep_newest(kept: &mut Option<MembershipUpdate>, update: MembershipUpdate) {
     if kept.as_ref().is_none_or(|kept| update.epoch > kept.epoch) {
@@ -429,9 +454,66 @@ fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_newest;
-    use palaver_protocol::Identity;
-    use palaver_protocol::crypto::room::MembershipUpdate;
+    use super::{Room, RoomCrypto, invite_refusal, keep_newest};
+    use palaver_protocol::crypto::room::{MembershipUpdate, RoomKeys};
+    use palaver_protocol::wire::RoomInvite;
+    use palaver_protocol::{Identity, RoomId, RoomName};
+    use rand_core::OsRng;
+
+    #[test]
+    fn only_the_owner_invites_even_into_a_room_we_were_removed_from() {
+        let (owner, stranger, me) = (
+            Identity::from_secret_bytes(&[1; 32]),
+            Identity::from_secret_bytes(&[2; 32]),
+            Identity::from_secret_bytes(&[3; 32]),
+        );
+        let id = RoomId([7; 32]);
+        let invite_by = |inviter: &Identity| RoomInvite {
+            room: id,
+            name: RoomName::new("team").unwrap(),
+            membership: MembershipUpdate::sign(
+                inviter.signing_key(),
+                id.0,
+                9,
+                vec![inviter.public(), me.public()],
+            ),
+            invite_secret: None,
+        };
+        // A room we were removed from, owned by `owner`.
+        let removed = Room {
+            id,
+            name: RoomName::new("team").unwrap(),
+            keys: RoomCrypto::Private(Box::new(RoomKeys::new(
+                &mut OsRng,
+                id.0,
+                owner.public(),
+                me.public(),
+            ))),
+            joined: true,
+            invitation: None,
+            removed: true,
+        };
+        let from_owner = invite_by(&owner);
+        assert_eq!(
+            invite_refusal(Some(&removed), &owner.public(), &from_owner),
+            None
+        );
+        // Someone else signs a membership naming themselves the owner of that same room.
+        let from_stranger = invite_by(&stranger);
+        assert_eq!(
+            invite_refusal(Some(&removed), &stranger.public(), &from_stranger),
+            Some("not sent by the room's owner")
+        );
+        // A new room: whoever signs it owns it, but must send it themselves.
+        assert_eq!(
+            invite_refusal(None, &stranger.public(), &from_stranger),
+            None
+        );
+        assert_eq!(
+            invite_refusal(None, &stranger.public(), &from_owner),
+            Some("not sent by the owner it names")
+        );
+    }
 
     #[test]
     fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {

@@ -153,11 +153,11 @@ impl Node {
     }
 
     pub(crate) fn on_room_invite(&mut self, sender: VerifyingKey, invite: RoomInvite) {
-        if invite.membership.owner != sender || invite.membership.room != invite.room.0 {
-            tracing::warn!("ignoring an invitation not sent by the room's owner");
-            return;
-        }
-        if invite.membership.verify().is_err() {
+        if let Some(reason) = invite_refusal(self.rooms.by_id.get(&invite.room), &sender, &invite) {
+            tracing::warn!(
+                "ignoring an invitation from {}: {reason}",
+                short_key(&sender)
+            );
             return;
         }
         let me = self.identity.public();
