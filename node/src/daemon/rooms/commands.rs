@@ -12,7 +12,7 @@ impl Node {
         let me = self.identity.public();
         let (id, keys) = if public {
             let (id, secret) = public_room(&name);
-            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me));
+            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me, &mut OsRng));
             (
                 id,
                 RoomCrypto::Public {
