@@ -51,6 +51,8 @@ const KEY_WAIT_MS: u64 = 5_000;
 const KEY_ASK_EVERY_MS: u64 = 30_000;
 /// Senders whose keys we wait for, over all rooms.
 const MAX_MISSING_KEYS: usize = 1024;
+/// Senders whose chains a public room keeps; one more is refused.
+const MAX_PUBLIC_SENDERS: usize = 4096;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Room {
@@ -445,6 +447,35 @@ fn keep_newest(kept: &mut Option<MembershipUpdate>, update: MembershipUpdate) {
     }
 }
 
+/// The chain that opens a public-room `message`, once its author is proven. Everyone who knows
+/// the room's name holds every member's derived keys, so authorship rests on the envelope's
+/// identity signature alone: the envelope (verified on decode against `signing_key`) must be
+/// signed by the sender's identity key. Only then is a chain derived and kept: for the key id
+/// the member drew when it joined (a new id is a new join and replaces the old chain; replays
+/// are caught by the message index before this), and for at most [`MAX_PUBLIC_SENDERS`].
+fn public_sender_key<'a>(
+    secret: &[u8; 32],
+    received: &'a mut BTreeMap<[u8; 32], ReceivedSenderKey>,
+    message: &RoomMessage,
+) -> Result<&'a mut ReceivedSenderKey, RoomReject> {
+    if message.signing_key != message.sender {
+        return Err(RoomReject::Invalid(
+            "not signed by the sender's identity key".into(),
+        ));
+    }
+    let (sender, key_id) = (message.sender.to_bytes(), message.message.key_id);
+    if !received.contains_key(&sender) && received.len() >= MAX_PUBLIC_SENDERS {
+        return Err(RoomReject::Invalid("too many senders in this room".into()));
+    }
+    let key = received
+        .entry(sender)
+        .or_insert_with(|| ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id));
+    if key.key_id() != key_id {
+        *key = ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id);
+    }
+    Ok(key)
+}
+
 fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
     let mut ad = b"palaver/v1/public-room/ad".to_vec();
     ad.extend_from_slice(&room.0);
@@ -454,11 +485,68 @@ fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Room, RoomCrypto, invite_refusal, keep_newest};
+    use std::collections::BTreeMap;
+
+    use super::{
+        Room, RoomCrypto, RoomReject, invite_refusal, keep_newest, public_ad, public_sender_key,
+    };
     use palaver_protocol::crypto::room::{MembershipUpdate, RoomKeys};
-    use palaver_protocol::wire::RoomInvite;
-    use palaver_protocol::{Identity, RoomId, RoomName};
+    use palaver_protocol::crypto::sender_key::SenderKey;
+    use palaver_protocol::wire::{Body, RoomInvite, RoomMessage, WireError};
+    use palaver_protocol::{Envelope, Identity, RoomId, RoomName};
     use rand_core::OsRng;
+
+    #[test]
+    fn a_forged_public_room_message_naming_a_member_is_rejected() {
+        let ann = Identity::from_secret_bytes(&[1; 32]);
+        let (room, secret) = (RoomId([3; 32]), [5; 32]);
+        // Knowing the name is knowing the secret: a forger derives ann's sender key itself.
+        let mut derived = SenderKey::from_invite_secret(&secret, &ann.public(), &mut OsRng);
+        let message = derived
+            .encrypt(b"content", &public_ad(&room, &ann.public()))
+            .unwrap();
+        let body = |signing_key| {
+            Body::Room(RoomMessage {
+                room,
+                sender: ann.public(),
+                signing_key,
+                message: message.clone(),
+            })
+        };
+        let decoded = |envelope: Envelope| -> Result<RoomMessage, WireError> {
+            match Envelope::from_bytes(&envelope.to_bytes()?)?.body {
+                Body::Room(message) => Ok(message),
+                Body::Direct(_) => unreachable!(),
+            }
+        };
+        let mut received = BTreeMap::new();
+
+        // Signed with the derived key it carries: a valid envelope, but not ann's signature.
+        let forged =
+            Envelope::sign_with(body(derived.verifying_key()), |b| derived.sign(b)).unwrap();
+        let forged = decoded(forged).unwrap();
+        assert!(matches!(
+            public_sender_key(&secret, &mut received, &forged),
+            Err(RoomReject::Invalid(_))
+        ));
+        assert!(
+            received.is_empty(),
+            "nothing is kept for a message that failed"
+        );
+        // Claiming ann's identity key as the signer: the signature does not check out.
+        let claimed = Envelope::sign_with(body(ann.public()), |b| derived.sign(b)).unwrap();
+        assert!(matches!(decoded(claimed), Err(WireError::BadSignature)));
+
+        // Ann's own, signed with her identity key, opens.
+        let genuine =
+            decoded(Envelope::sign(body(ann.public()), ann.signing_key()).unwrap()).unwrap();
+        let key = public_sender_key(&secret, &mut received, &genuine).unwrap();
+        assert_eq!(
+            key.decrypt(&genuine.message, &public_ad(&room, &ann.public()))
+                .unwrap(),
+            b"content"
+        );
+    }
 
     #[test]
     fn only_the_owner_invites_even_into_a_room_we_were_removed_from() {

@@ -444,7 +444,8 @@ impl Node {
                 let message = mine
                     .encrypt(&plaintext, &public_ad(&id, &me))
                     .map_err(|e| RpcError::failed(e.to_string()))?;
-                (message, mine.verifying_key())
+                // Signed by our identity key: everyone who knows the name holds the derived one.
+                (message, me)
             }
         };
         let body = Body::Room(RoomMessage {
@@ -454,10 +455,10 @@ impl Node {
             message,
         });
         let room = &self.rooms.by_id[&id];
-        let envelope = Envelope::sign_with(body, |bytes| match &room.keys {
-            RoomCrypto::Private(keys) => keys.sign(bytes),
-            RoomCrypto::Public { mine, .. } => mine.sign(bytes),
-        })
+        let envelope = match &room.keys {
+            RoomCrypto::Private(keys) => Envelope::sign_with(body, |bytes| keys.sign(bytes)),
+            RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key()),
+        }
         .map_err(|e| RpcError::failed(e.to_string()))?;
         let frame = envelope
             .to_bytes()

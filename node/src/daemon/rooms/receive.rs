@@ -95,34 +95,8 @@ impl Node {
             }
             RoomCrypto::Public {
                 secret, received, ..
-            } => {
-                let (sender, key_id) = (message.sender.to_bytes(), message.message.key_id);
-                if received
-                    .get(&sender)
-                    .is_none_or(|key| key.key_id() != key_id)
-                {
-                    // A member's chain comes from the key id it drew when it joined: a new id
-                    // is a new join, and its chain replaces the old one (replays of the old
-                    // are caught by the message index before they get here).
-                    let derived =
-                        ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id);
-                    if *derived.signing_key() != message.signing_key {
-                        return Err(RoomReject::Invalid(
-                            "not signed with the room's key for this sender".into(),
-                        ));
-                    }
-                    received.insert(sender, derived);
-                }
-                let key = received
-                    .get_mut(&sender)
-                    .ok_or(RoomReject::Invalid("no key for this sender".into()))?;
-                if *key.signing_key() != message.signing_key {
-                    return Err(RoomReject::Invalid(
-                        "not signed with the room's key for this sender".into(),
-                    ));
-                }
-                key.decrypt(&message.message, &public_ad(&room_id, &message.sender))
-            }
+            } => public_sender_key(secret, received, &message)?
+                .decrypt(&message.message, &public_ad(&room_id, &message.sender)),
         }
         .map_err(|e| RoomReject::Invalid(format!("cannot decrypt: {e}")))?;
         let content: Content = codec::decode(&plaintext)
