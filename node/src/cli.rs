@@ -511,7 +511,14 @@ async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result
         RoomCommand::Send { .. } => {
             print_one(json, &answer, |s| s["id"].as_str().unwrap_or("").to_owned())
         }
-        _ => print_one(json, &answer, |_| "ok".to_owned()),
+        // A public room says what it is: open to anyone who knows its name.
+        _ => print_one(json, &answer, |a| {
+            if a["public"].as_bool() == Some(true) {
+                "ok: a public room; anyone who knows its name can join and read it".to_owned()
+            } else {
+                "ok".to_owned()
+            }
+        }),
     }
     Ok(())
 }

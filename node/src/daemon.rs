@@ -11,6 +11,7 @@ pub(crate) mod calls;
 mod client_ids;
 mod direct;
 mod durable;
+mod gossip_gate;
 mod link;
 mod reach;
 pub(crate) mod rooms;

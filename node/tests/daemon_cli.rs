@@ -492,9 +492,12 @@ fn a_public_room_lists_the_members_who_posted() {
     for user in &users {
         user.wait_logged_in();
     }
-    users[0].ok(&["room", "create", "plaza", "--public"]);
+    // It says it is open to anyone, at creation and at every join.
+    let created = users[0].ok(&["room", "create", "plaza", "--public"]);
+    assert!(created.contains("anyone who knows its name"), "{created}");
     for user in &users[1..] {
-        user.ok(&["room", "join", "plaza", "--public"]);
+        let joined = user.ok(&["room", "join", "plaza", "--public"]);
+        assert!(joined.contains("anyone who knows its name"), "{joined}");
     }
     for (user, text) in users.iter().zip(["from ann", "from ben", "from cat"]) {
         user.ok(&["room", "send", "plaza", text]);
@@ -523,4 +526,43 @@ fn a_public_room_lists_the_members_who_posted() {
     assert_eq!(names, ["ann", "ben", "cat"]);
     let rooms = users[0].json(&["room", "list"]);
     assert_eq!(rooms[0]["members"], 3, "{rooms:?}");
+}
+
+/// Leaving a public room and joining it again starts a new sender chain (a new random key id):
+/// the old one from index 0 again would repeat its message keys under the constant nonce, and
+/// the others would drop the new messages as replays.
+#[test]
+fn a_member_who_leaves_a_public_room_and_joins_again_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
+    let mut users: Vec<User> = ["ann", "ben"]
+        .into_iter()
+        .map(|name| User::init(dir.path(), name, name))
+        .collect();
+    for user in &mut users {
+        user.start_at(&server.addr);
+    }
+    for user in &users {
+        user.wait_logged_in();
+    }
+    let (ann, ben) = (&users[0], &users[1]);
+    let reads = |text: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        while !ann
+            .json(&["history", "--room", "plaza"])
+            .iter()
+            .any(|m| m["text"] == text)
+        {
+            assert!(Instant::now() < deadline, "ann never read {text:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    ann.ok(&["room", "create", "plaza", "--public"]);
+    ben.ok(&["room", "join", "plaza", "--public"]);
+    ben.ok(&["room", "send", "plaza", "first time"]);
+    reads("first time");
+    ben.ok(&["room", "leave", "plaza"]);
+    ben.ok(&["room", "join", "plaza", "--public"]);
+    ben.ok(&["room", "send", "plaza", "back again"]);
+    reads("back again");
 }

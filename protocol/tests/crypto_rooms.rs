@@ -690,7 +690,7 @@ fn public_room_is_readable_with_the_invite_secret_and_only_with_it() {
     let mut invite = [0; 32];
     rng.fill_bytes(&mut invite);
     let member = SigningKey::generate(&mut rng).verifying_key();
-    let mut sender = SenderKey::from_invite_secret(&invite, &member);
+    let mut sender = SenderKey::from_invite_secret(&invite, &member, &mut rng);
     let messages: Vec<SenderKeyMessage> = (0..3)
         .map(|i| {
             sender
@@ -701,7 +701,7 @@ fn public_room_is_readable_with_the_invite_secret_and_only_with_it() {
     let signature = sender.sign(b"envelope");
 
     // Anyone with the invite, joining at any time, reads from the very first message.
-    let mut reader = ReceivedSenderKey::from_invite_secret(&invite, &member);
+    let mut reader = ReceivedSenderKey::from_invite_secret(&invite, &member, sender.key_id());
     assert_eq!(reader.key_id(), sender.key_id());
     assert_eq!(reader.verify(b"envelope", &signature), Ok(()));
     for (i, message) in messages.iter().enumerate() {
@@ -714,10 +714,12 @@ fn public_room_is_readable_with_the_invite_secret_and_only_with_it() {
     // Another invite secret, or another member's derivation, reads nothing.
     let mut wrong_invite = invite;
     wrong_invite[0] ^= 1;
-    let mut outsider = ReceivedSenderKey::from_invite_secret(&wrong_invite, &member);
+    let mut outsider =
+        ReceivedSenderKey::from_invite_secret(&wrong_invite, &member, sender.key_id());
     assert!(outsider.decrypt(&messages[0], b"room").is_err());
     let other_member = SigningKey::generate(&mut rng).verifying_key();
-    let mut mixed_up = ReceivedSenderKey::from_invite_secret(&invite, &other_member);
+    let mut mixed_up =
+        ReceivedSenderKey::from_invite_secret(&invite, &other_member, sender.key_id());
     assert!(mixed_up.decrypt(&messages[0], b"room").is_err());
     assert_eq!(
         mixed_up.verify(b"envelope", &signature),

@@ -16,6 +16,8 @@ use palaver_protocol::wire::{
 use palaver_protocol::{Identity, MessageId};
 use palaver_rendezvous::FrameCodec;
 
+use super::gossip_gate::GossipGate;
+
 pub(crate) type RendezvousRpc =
     request_response::Behaviour<FrameCodec<RendezvousRequest, RendezvousResponse>>;
 pub(crate) type PushRpc = request_response::Behaviour<FrameCodec<ServerPush, ()>>;
@@ -29,7 +31,8 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     /// Tests our observed addresses through the rendezvous (its AutoNAT v2 server dials back).
     pub(crate) autonat: autonat::v2::client::Behaviour,
-    pub(crate) gossipsub: gossipsub::Behaviour,
+    /// Gossipsub behind the gate that keeps private rooms' topics to their members.
+    pub(crate) gossipsub: GossipGate,
     pub(crate) discovery: rendezvous::client::Behaviour,
     pub(crate) rendezvous: RendezvousRpc,
     pub(crate) push: PushRpc,
@@ -92,7 +95,7 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                 ),
                 dcutr: dcutr::Behaviour::new(local),
                 autonat: autonat::v2::client::Behaviour::default(),
-                gossipsub,
+                gossipsub: GossipGate::new(gossipsub),
                 discovery: rendezvous::client::Behaviour::new(key.clone()),
                 rendezvous: request_response::Behaviour::with_codec(
                     FrameCodec::new(MAX_ENVELOPE_LEN + 4096, MAX_FRAME_LEN),

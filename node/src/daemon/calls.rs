@@ -306,6 +306,7 @@ impl Node {
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outbox": self.delivery.len(),
+            "gossip": self.gossip_status(),
         })
     }
 

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 mod commands;
 mod gap_fill;
+mod mesh;
 mod receive;
 
 use super::direct::{Job, short_key};
@@ -51,6 +52,8 @@ const KEY_WAIT_MS: u64 = 5_000;
 const KEY_ASK_EVERY_MS: u64 = 30_000;
 /// Senders whose keys we wait for, over all rooms.
 const MAX_MISSING_KEYS: usize = 1024;
+/// Senders whose chains a public room keeps; one more is refused.
+const MAX_PUBLIC_SENDERS: usize = 4096;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Room {
@@ -141,6 +144,8 @@ pub(crate) struct Rooms {
     missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
     /// Rooms whose receiving chains moved since they were last written ([`Node::save_dirty_rooms`]).
     dirty: HashSet<RoomId>,
+    /// Room messages from gossip that failed the signature or decryption checks.
+    rejected_gossip: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -211,6 +216,10 @@ impl Node {
     }
 
     pub(crate) fn subscribe_room_topics(&mut self) {
+        let ids: Vec<RoomId> = self.rooms.by_id.keys().copied().collect();
+        for id in &ids {
+            self.gate_room(id);
+        }
         let topics: Vec<_> = self
             .rooms
             .by_id
@@ -408,11 +417,65 @@ fn hold(
     queue.push_back((id, message, frame));
 }
 
+/// Why an invitation from `sender` is not taken, if it is not: only a room's owner invites, to
+/// the room it signed for; a room we already hold (one we were removed from, say) keeps the
+/// owner it has, so nobody else can invite us back into it under their own membership.
+fn invite_refusal(
+    existing: Option<&Room>,
+    sender: &VerifyingKey,
+    invite: &RoomInvite,
+) -> Option<&'static str> {
+    if invite.membership.owner != *sender {
+        return Some("not sent by the owner it names");
+    }
+    if invite.membership.room != invite.room.0 {
+        return Some("its membership is for another room");
+    }
+    if let Some(room) = existing
+        && room.owner() != Some(*sender)
+    {
+        return Some("not sent by the room's owner");
+    }
+    if invite.membership.verify().is_err() {
+        return Some("its membership is not signed by the owner");
+    }
+    None
+}
+
 /// Keeps `update` as the membership to join with unless a newer one is already kept.
 fn keep_newest(kept: &mut Option<MembershipUpdate>, update: MembershipUpdate) {
     if kept.as_ref().is_none_or(|kept| update.epoch > kept.epoch) {
         *kept = Some(update);
     }
+}
+
+/// The chain that opens a public-room `message`, once its author is proven. Everyone who knows
+/// the room's name holds every member's derived keys, so authorship rests on the envelope's
+/// identity signature alone: the envelope (verified on decode against `signing_key`) must be
+/// signed by the sender's identity key. Only then is a chain derived and kept: for the key id
+/// the member drew when it joined (a new id is a new join and replaces the old chain; replays
+/// are caught by the message index before this), and for at most [`MAX_PUBLIC_SENDERS`].
+fn public_sender_key<'a>(
+    secret: &[u8; 32],
+    received: &'a mut BTreeMap<[u8; 32], ReceivedSenderKey>,
+    message: &RoomMessage,
+) -> Result<&'a mut ReceivedSenderKey, RoomReject> {
+    if message.signing_key != message.sender {
+        return Err(RoomReject::Invalid(
+            "not signed by the sender's identity key".into(),
+        ));
+    }
+    let (sender, key_id) = (message.sender.to_bytes(), message.message.key_id);
+    if !received.contains_key(&sender) && received.len() >= MAX_PUBLIC_SENDERS {
+        return Err(RoomReject::Invalid("too many senders in this room".into()));
+    }
+    let key = received
+        .entry(sender)
+        .or_insert_with(|| ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id));
+    if key.key_id() != key_id {
+        *key = ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id);
+    }
+    Ok(key)
 }
 
 fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
@@ -424,9 +487,123 @@ fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_newest;
-    use palaver_protocol::Identity;
-    use palaver_protocol::crypto::room::MembershipUpdate;
+    use std::collections::BTreeMap;
+
+    use super::{
+        Room, RoomCrypto, RoomReject, invite_refusal, keep_newest, public_ad, public_sender_key,
+    };
+    use palaver_protocol::crypto::room::{MembershipUpdate, RoomKeys};
+    use palaver_protocol::crypto::sender_key::SenderKey;
+    use palaver_protocol::wire::{Body, RoomInvite, RoomMessage, WireError};
+    use palaver_protocol::{Envelope, Identity, RoomId, RoomName};
+    use rand_core::OsRng;
+
+    #[test]
+    fn a_forged_public_room_message_naming_a_member_is_rejected() {
+        let ann = Identity::from_secret_bytes(&[1; 32]);
+        let (room, secret) = (RoomId([3; 32]), [5; 32]);
+        // Knowing the name is knowing the secret: a forger derives ann's sender key itself.
+        let mut derived = SenderKey::from_invite_secret(&secret, &ann.public(), &mut OsRng);
+        let message = derived
+            .encrypt(b"content", &public_ad(&room, &ann.public()))
+            .unwrap();
+        let body = |signing_key| {
+            Body::Room(RoomMessage {
+                room,
+                sender: ann.public(),
+                signing_key,
+                message: message.clone(),
+            })
+        };
+        let decoded = |envelope: Envelope| -> Result<RoomMessage, WireError> {
+            match Envelope::from_bytes(&envelope.to_bytes()?)?.body {
+                Body::Room(message) => Ok(message),
+                Body::Direct(_) => unreachable!(),
+            }
+        };
+        let mut received = BTreeMap::new();
+
+        // Signed with the derived key it carries: a valid envelope, but not ann's signature.
+        let forged =
+            Envelope::sign_with(body(derived.verifying_key()), |b| derived.sign(b)).unwrap();
+        let forged = decoded(forged).unwrap();
+        assert!(matches!(
+            public_sender_key(&secret, &mut received, &forged),
+            Err(RoomReject::Invalid(_))
+        ));
+        assert!(
+            received.is_empty(),
+            "nothing is kept for a message that failed"
+        );
+        // Claiming ann's identity key as the signer: the signature does not check out.
+        let claimed = Envelope::sign_with(body(ann.public()), |b| derived.sign(b)).unwrap();
+        assert!(matches!(decoded(claimed), Err(WireError::BadSignature)));
+
+        // Ann's own, signed with her identity key, opens.
+        let genuine =
+            decoded(Envelope::sign(body(ann.public()), ann.signing_key()).unwrap()).unwrap();
+        let key = public_sender_key(&secret, &mut received, &genuine).unwrap();
+        assert_eq!(
+            key.decrypt(&genuine.message, &public_ad(&room, &ann.public()))
+                .unwrap(),
+            b"content"
+        );
+    }
+
+    #[test]
+    fn only_the_owner_invites_even_into_a_room_we_were_removed_from() {
+        let (owner, stranger, me) = (
+            Identity::from_secret_bytes(&[1; 32]),
+            Identity::from_secret_bytes(&[2; 32]),
+            Identity::from_secret_bytes(&[3; 32]),
+        );
+        let id = RoomId([7; 32]);
+        let invite_by = |inviter: &Identity| RoomInvite {
+            room: id,
+            name: RoomName::new("team").unwrap(),
+            membership: MembershipUpdate::sign(
+                inviter.signing_key(),
+                id.0,
+                9,
+                vec![inviter.public(), me.public()],
+            ),
+            invite_secret: None,
+        };
+        // A room we were removed from, owned by `owner`.
+        let removed = Room {
+            id,
+            name: RoomName::new("team").unwrap(),
+            keys: RoomCrypto::Private(Box::new(RoomKeys::new(
+                &mut OsRng,
+                id.0,
+                owner.public(),
+                me.public(),
+            ))),
+            joined: true,
+            invitation: None,
+            removed: true,
+        };
+        let from_owner = invite_by(&owner);
+        assert_eq!(
+            invite_refusal(Some(&removed), &owner.public(), &from_owner),
+            None
+        );
+        // Someone else signs a membership naming themselves the owner of that same room.
+        let from_stranger = invite_by(&stranger);
+        assert_eq!(
+            invite_refusal(Some(&removed), &stranger.public(), &from_stranger),
+            Some("not sent by the room's owner")
+        );
+        // A new room: whoever signs it owns it, but must send it themselves.
+        assert_eq!(
+            invite_refusal(None, &stranger.public(), &from_stranger),
+            None
+        );
+        assert_eq!(
+            invite_refusal(None, &stranger.public(), &from_owner),
+            Some("not sent by the owner it names")
+        );
+    }
 
     #[test]
     fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {

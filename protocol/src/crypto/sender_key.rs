@@ -15,9 +15,11 @@
 //! messages. That is why `RoomKeys` replaces it whenever a member is removed.
 //!
 //! Public rooms ([`SenderKey::from_invite_secret`], [`ReceivedSenderKey::from_invite_secret`])
-//! derive each member's chain and signing key from the invite secret, so anyone holding the
-//! invite reads every message from the start and can sign as any member. The envelope must then
-//! also carry the sender's identity signature for authorship to mean anything.
+//! derive each member's chain and signing key from the invite secret and a key id the member
+//! draws at random when it joins, so anyone holding the invite reads every message from the
+//! start and can sign as any member; the envelope must then carry the sender's identity
+//! signature for authorship to mean anything. The random key id is what keeps a member who
+//! leaves and joins again from deriving the same chain, and so the same (key, nonce), twice.
 
 use std::collections::VecDeque;
 
@@ -98,9 +100,15 @@ impl SenderKey {
     }
 
     /// `member`'s sender key in a public room, derived from the invite secret so that anyone
-    /// with the invite can read (see the module docs for what that gives up).
-    pub fn from_invite_secret(secret: &[u8; 32], member: &VerifyingKey) -> Self {
-        let (key_id, chain_key, signing_key) = invite_derived_key(secret, member);
+    /// with the invite can read (see the module docs for what that gives up), under a fresh
+    /// random key id: every join starts a chain never used before.
+    pub fn from_invite_secret(
+        secret: &[u8; 32],
+        member: &VerifyingKey,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Self {
+        let key_id = rng.next_u32();
+        let (chain_key, signing_key) = invite_derived_key(secret, member, key_id);
         Self {
             key_id,
             chain: Chain::new(chain_key),
@@ -189,9 +197,10 @@ impl ReceivedSenderKey {
         }
     }
 
-    /// `member`'s sender key in a public room, derived from the invite secret.
-    pub fn from_invite_secret(secret: &[u8; 32], member: &VerifyingKey) -> Self {
-        let (key_id, chain_key, signing_key) = invite_derived_key(secret, member);
+    /// `member`'s sender key `key_id` in a public room (the id its messages carry), derived
+    /// from the invite secret.
+    pub fn from_invite_secret(secret: &[u8; 32], member: &VerifyingKey, key_id: u32) -> Self {
+        let (chain_key, signing_key) = invite_derived_key(secret, member, key_id);
         Self {
             key_id,
             first_index: 0,
@@ -288,14 +297,17 @@ pub fn signed_bytes(bytes: &[u8]) -> Vec<u8> {
     [SIGNATURE_DOMAIN, bytes].concat()
 }
 
-/// HKDF(invite secret, info = label || member) → key id, chain key, signing key seed.
-fn invite_derived_key(secret: &[u8; 32], member: &VerifyingKey) -> (u32, SecretKey, SigningKey) {
-    let info = [PUBLIC_ROOM_INFO, member.as_bytes()].concat();
-    let okm = hkdf::<68>(&[0; 32], secret, &info);
+/// HKDF(invite secret, info = label || member || key id) → chain key, signing key seed.
+fn invite_derived_key(
+    secret: &[u8; 32],
+    member: &VerifyingKey,
+    key_id: u32,
+) -> (SecretKey, SigningKey) {
+    let info = [PUBLIC_ROOM_INFO, member.as_bytes(), &key_id.to_be_bytes()].concat();
+    let okm = hkdf::<64>(&[0; 32], secret, &info);
     let chain_key = SecretKey::from_bytes(&std::array::from_fn(|i| okm[i]));
     let signing_key = SigningKey::from_bytes(&std::array::from_fn(|i| okm[32 + i]));
-    let key_id = u32::from_be_bytes(std::array::from_fn(|i| okm[64 + i]));
-    (key_id, chain_key, signing_key)
+    (chain_key, signing_key)
 }
 
 /// Compares in constant time over the chain key (it is a secret).
@@ -350,19 +362,54 @@ mod tests {
     }
 
     #[test]
-    fn invite_derivation_is_deterministic_and_per_member() {
+    fn invite_derivation_is_per_member_and_per_key_id_and_readers_derive_the_same() {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let alice = SigningKey::generate(&mut rng).verifying_key();
         let bob = SigningKey::generate(&mut rng).verifying_key();
         let secret = [9; 32];
-        let once = SenderKey::from_invite_secret(&secret, &alice).distribution();
-        let again = SenderKey::from_invite_secret(&secret, &alice).distribution();
-        let other = SenderKey::from_invite_secret(&secret, &bob).distribution();
-        assert_eq!(
-            (once.key_id, once.chain_key, once.signing_key),
-            (again.key_id, again.chain_key, again.signing_key)
+        let mine = SenderKey::from_invite_secret(&secret, &alice, &mut rng);
+        let once = mine.distribution();
+        let reader = ReceivedSenderKey::from_invite_secret(&secret, &alice, once.key_id);
+        assert_eq!(reader.chain.key().as_bytes(), &once.chain_key);
+        assert_eq!(reader.signing_key, once.signing_key);
+        let other = ReceivedSenderKey::from_invite_secret(&secret, &bob, once.key_id);
+        assert_ne!(other.chain.key().as_bytes(), &once.chain_key);
+        assert_ne!(other.signing_key, once.signing_key);
+    }
+
+    #[test]
+    fn a_member_who_joins_a_public_room_again_never_repeats_a_message_key() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let member = SigningKey::generate(&mut rng).verifying_key();
+        let secret = [4; 32];
+        // Joins, leaves, joins again: the same secret, the same member, a chain from index 0.
+        let mut first = SenderKey::from_invite_secret(&secret, &member, &mut rng);
+        let mut second = SenderKey::from_invite_secret(&secret, &member, &mut rng);
+        assert_ne!(first.key_id(), second.key_id());
+        assert_ne!(
+            first.distribution().chain_key,
+            second.distribution().chain_key
         );
-        assert_ne!(once.chain_key, other.chain_key);
-        assert_ne!(once.signing_key, other.signing_key);
+        // The first message keys of both chains: the nonce is constant, so equal keys would
+        // mean equal keystreams. They differ, and so do the ciphertexts of the same text.
+        let first_keys: Vec<[u8; 32]> = (0..3)
+            .map(|_| *first.chain.next_message_key().unwrap().1.as_bytes())
+            .collect();
+        let second_keys: Vec<[u8; 32]> = (0..3)
+            .map(|_| *second.chain.next_message_key().unwrap().1.as_bytes())
+            .collect();
+        for key in &first_keys {
+            assert!(!second_keys.contains(key));
+        }
+        let a = first.encrypt(b"same text", b"ad").unwrap();
+        let b = second.encrypt(b"same text", b"ad").unwrap();
+        assert_eq!(a.index, b.index);
+        assert_ne!(a.ciphertext, b.ciphertext);
+        // Each reader derives the chain from the key id the message carries.
+        for message in [&a, &b] {
+            let mut reader =
+                ReceivedSenderKey::from_invite_secret(&secret, &member, message.key_id);
+            assert_eq!(reader.decrypt(message, b"ad").unwrap(), b"same text");
+        }
     }
 }

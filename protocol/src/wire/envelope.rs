@@ -8,7 +8,8 @@
 //! Direct envelopes are signed by the sender's identity key. Room envelopes are signed by the
 //! sender's current *sender-key* signing key, which members received over their pairwise sessions;
 //! the key is carried in the envelope so gossip can check the signature without state, and members
-//! check that it is the one the sender distributed.
+//! check that it is the one the sender distributed. In a public room, whose derived keys everyone
+//! who knows the name holds, that key is the sender's identity key itself ([`Envelope::sign`]).
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,8 @@ pub struct DirectMessage {
 pub struct RoomMessage {
     pub room: RoomId,
     pub sender: VerifyingKey,
-    /// The sender key's signing key, which signs this envelope.
+    /// The key that signs this envelope: the sender key's signing key (private rooms), or the
+    /// sender's identity key (public rooms).
     pub signing_key: VerifyingKey,
     pub message: SenderKeyMessage,
 }

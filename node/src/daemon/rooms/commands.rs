@@ -12,7 +12,7 @@ impl Node {
         let me = self.identity.public();
         let (id, keys) = if public {
             let (id, secret) = public_room(&name);
-            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me));
+            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me, &mut OsRng));
             (
                 id,
                 RoomCrypto::Public {
@@ -41,6 +41,7 @@ impl Node {
             },
         );
         self.save_room(&id)?;
+        self.gate_room(&id);
         let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&topic(&id));
         self.find_members(&id);
         Ok(json!({"room": name.as_str(), "id": id.to_hex(), "public": public}))
@@ -186,6 +187,7 @@ impl Node {
             .apply_membership(&mut OsRng, &update)
             .map_err(|e| RpcError::failed(e.to_string()))?;
         self.save_room(&id)?;
+        self.gate_room(&id);
         for member in members
             .iter()
             .filter(|m| **m != me && previous_members.contains(m))
@@ -250,6 +252,7 @@ impl Node {
         room.joined = true;
         room.removed = false;
         self.save_room(&id)?;
+        self.gate_room(&id);
         let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&topic(&id));
         self.carry_out(id, actions);
         // Keys that came before we accepted.
@@ -291,6 +294,7 @@ impl Node {
         self.store
             .apply(StateBatch::default().remove(StateKey::Room(id)))
             .map_err(|e| RpcError::failed(e.to_string()))?;
+        self.gate_room(&id);
         Ok(json!({"room": name.as_str(), "left": true}))
     }
 
@@ -440,7 +444,8 @@ impl Node {
                 let message = mine
                     .encrypt(&plaintext, &public_ad(&id, &me))
                     .map_err(|e| RpcError::failed(e.to_string()))?;
-                (message, mine.verifying_key())
+                // Signed by our identity key: everyone who knows the name holds the derived one.
+                (message, me)
             }
         };
         let body = Body::Room(RoomMessage {
@@ -450,10 +455,10 @@ impl Node {
             message,
         });
         let room = &self.rooms.by_id[&id];
-        let envelope = Envelope::sign_with(body, |bytes| match &room.keys {
-            RoomCrypto::Private(keys) => keys.sign(bytes),
-            RoomCrypto::Public { mine, .. } => mine.sign(bytes),
-        })
+        let envelope = match &room.keys {
+            RoomCrypto::Private(keys) => Envelope::sign_with(body, |bytes| keys.sign(bytes)),
+            RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key()),
+        }
         .map_err(|e| RpcError::failed(e.to_string()))?;
         let frame = envelope
             .to_bytes()

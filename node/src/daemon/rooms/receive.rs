@@ -23,13 +23,17 @@ impl Node {
                         Ok(()) => gossipsub::MessageAcceptance::Accept,
                         Err(RoomReject::Held) => gossipsub::MessageAcceptance::Ignore,
                         Err(RoomReject::Invalid(reason)) => {
+                            self.rooms.rejected_gossip += 1;
                             tracing::debug!("room message from {source} rejected: {reason}");
                             gossipsub::MessageAcceptance::Reject
                         }
                     }
                 }
             }
-            _ => gossipsub::MessageAcceptance::Reject,
+            _ => {
+                self.rooms.rejected_gossip += 1;
+                gossipsub::MessageAcceptance::Reject
+            }
         };
         self.swarm
             .behaviour_mut()
@@ -91,19 +95,8 @@ impl Node {
             }
             RoomCrypto::Public {
                 secret, received, ..
-            } => {
-                let key = received
-                    .entry(message.sender.to_bytes())
-                    .or_insert_with(|| {
-                        ReceivedSenderKey::from_invite_secret(secret, &message.sender)
-                    });
-                if *key.signing_key() != message.signing_key {
-                    return Err(RoomReject::Invalid(
-                        "not signed with the room's key for this sender".into(),
-                    ));
-                }
-                key.decrypt(&message.message, &public_ad(&room_id, &message.sender))
-            }
+            } => public_sender_key(secret, received, &message)?
+                .decrypt(&message.message, &public_ad(&room_id, &message.sender)),
         }
         .map_err(|e| RoomReject::Invalid(format!("cannot decrypt: {e}")))?;
         let content: Content = codec::decode(&plaintext)
@@ -149,11 +142,11 @@ impl Node {
     }
 
     pub(crate) fn on_room_invite(&mut self, sender: VerifyingKey, invite: RoomInvite) {
-        if invite.membership.owner != sender || invite.membership.room != invite.room.0 {
-            tracing::warn!("ignoring an invitation not sent by the room's owner");
-            return;
-        }
-        if invite.membership.verify().is_err() {
+        if let Some(reason) = invite_refusal(self.rooms.by_id.get(&invite.room), &sender, &invite) {
+            tracing::warn!(
+                "ignoring an invitation from {}: {reason}",
+                short_key(&sender)
+            );
             return;
         }
         let me = self.identity.public();
@@ -183,6 +176,7 @@ impl Node {
             }
         }
         self.save_received_room(&invite.room);
+        self.gate_room(&invite.room);
         self.emit(crate::rpc::Event::Invite {
             room: invite.name.to_string(),
             from: inviter,
@@ -262,6 +256,7 @@ impl Node {
             // joining with an older one would leave the newest members without our key).
             keep_newest(&mut room.invitation, update);
             self.save_received_room(&room_id);
+            self.gate_room(&room_id);
             return;
         }
         let RoomCrypto::Private(keys) = &mut room.keys else {
@@ -283,6 +278,7 @@ impl Node {
                     });
                 }
                 self.save_received_room(&room_id);
+                self.gate_room(&room_id);
                 self.carry_out(room_id, actions);
                 let early = self.rooms.early_keys.remove(&room_id).unwrap_or_default();
                 for (from, distribution) in early {
