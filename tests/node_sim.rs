@@ -88,6 +88,32 @@ impl Paths {
     }
 }
 
+/// Found in session 3 (and fixed there in the daemon): a message to a user who was offline
+/// across a rendezvous restart stayed `sent`, never deposited — the restarted server has no
+/// discovery record for the user, and the lookup's empty answer was not taken as a failure.
+#[test]
+fn a_message_to_a_user_offline_across_a_rendezvous_restart_reaches_the_mailbox_then_the_user() {
+    let mut sim = Sim::new(0);
+    sim.loss = 0.0;
+    let (alice, bob) = (0, 1);
+    sim.at(5_000, Event::Crash(bob));
+    sim.at(10_000, Event::ServerDown);
+    sim.at(12_000, Event::ServerUp);
+    sim.at(
+        20_000,
+        Event::Send {
+            from: alice,
+            to: bob,
+        },
+    );
+    sim.at(90_000, Event::Restart(bob));
+    let paths = sim
+        .run_scheduled()
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(paths.mailbox >= 1, "it went through the mailbox: {paths:?}");
+    assert!(paths.receipts >= 1, "bob's receipt confirmed it: {paths:?}");
+}
+
 /// What a node asked the server for, when it wants the answer back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -327,8 +353,13 @@ impl Sim {
     }
 
     fn run(mut self) -> Result<Paths, String> {
-        let start = self.now;
         self.schedule_chaos();
+        self.run_scheduled()
+    }
+
+    /// Runs what is scheduled (and the ticks) for the chaos and healed phases, then checks.
+    fn run_scheduled(mut self) -> Result<Paths, String> {
+        let start = self.now;
         self.at(TICK_MS, Event::Tick);
         let end = start + CHAOS_MS + HEALED_MS;
         while let Some(Reverse((at, seq))) = self.queue.pop() {
