@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// Why an envelope was not taken in.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReceiveError {
+    #[error("bad envelope: {0}")]
+    Invalid(#[from] palaver_protocol::wire::WireError),
+    #[error(transparent)]
+    Open(#[from] pairwise::OpenError),
+    #[error("room messages travel by gossip and gap fill")]
+    RoomByDirect,
+    /// Ours, not the message's: it may well be taken in later.
+    #[error("cannot store it now: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl ReceiveError {
+    /// Whether trying the same envelope again would fail again (so held mail can be dropped).
+    fn is_lasting(&self) -> bool {
+        !matches!(self, ReceiveError::Store(_))
+    }
+}
+
 impl Node {
     pub(crate) fn on_peer_request(
         &mut self,
@@ -14,9 +35,11 @@ impl Node {
             PeerRequest::Deliver(envelope) => {
                 let response = match self.receive_envelope(*envelope) {
                     Ok(id) => PeerResponse::Stored { id },
-                    Err(reason) => {
-                        tracing::debug!("rejected a delivery from {peer}: {reason}");
-                        PeerResponse::Rejected { reason }
+                    Err(err) => {
+                        tracing::debug!("rejected a delivery from {peer}: {err}");
+                        PeerResponse::Rejected {
+                            reason: err.to_string(),
+                        }
                     }
                 };
                 // Acknowledge only once what we stored is on disk; without an answer the
@@ -43,15 +66,18 @@ impl Node {
     }
 
     /// Takes in an envelope from any path; `Ok(id)` once it is stored (or was already).
-    pub(crate) fn receive_envelope(&mut self, envelope: Envelope) -> Result<MessageId, String> {
-        envelope.verify().map_err(|e| e.to_string())?;
+    pub(crate) fn receive_envelope(
+        &mut self,
+        envelope: Envelope,
+    ) -> Result<MessageId, ReceiveError> {
+        envelope.verify()?;
         let id = envelope.id();
-        if self.store.contains(&id).map_err(|e| e.to_string())? {
+        if self.store.contains(&id)? {
             return Ok(id);
         }
         match envelope.body {
             Body::Direct(direct) => self.receive_direct(id, direct),
-            Body::Room(_) => Err("room messages travel by gossip and gap fill".into()),
+            Body::Room(_) => Err(ReceiveError::RoomByDirect),
         }
     }
 
@@ -59,12 +85,11 @@ impl Node {
         &mut self,
         id: MessageId,
         direct: DirectMessage,
-    ) -> Result<MessageId, String> {
+    ) -> Result<MessageId, ReceiveError> {
         let sender = direct.sender;
         let existing = self
             .store
-            .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))
-            .map_err(|e| e.to_string())?;
+            .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))?;
         // Staged copies: ours change only once the message that changed them is stored (a
         // one-time prekey used up by a message we then failed to store would break that session).
         let mut prekeys = self.session.prekeys().secrets.clone();
@@ -76,8 +101,7 @@ impl Node {
             &mut clock,
             &direct,
             now_ms(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let mut batch = StateBatch::default();
         batch
             .put(StateKey::Session(sender.to_bytes()), &opened.sessions)
@@ -103,19 +127,15 @@ impl Node {
                     seq: opened.seq,
                     status: Status::Received,
                 };
-                let new = self
-                    .store
-                    .record(&entry, &batch)
-                    .map_err(|e| e.to_string())?;
-                Ok((new.then_some(entry), None))
+                let new = self.store.record(&entry, &batch)?;
+                (new.then_some(entry), None)
             }
-            payload => self
-                .store
-                .record_control(&id, &batch)
-                .map(|_| (None, Some(payload)))
-                .map_err(|e| e.to_string()),
+            payload => {
+                self.store.record_control(&id, &batch)?;
+                (None, Some(payload))
+            }
         };
-        let (entry, control) = stored?;
+        let (entry, control) = stored;
         if opened.used_prekeys {
             self.session.prekeys_mut().secrets = prekeys;
         }
@@ -174,10 +194,14 @@ impl Node {
                         receipts.entry(sender.to_bytes()).or_default().push(id);
                     }
                 }
-                Err(reason) => {
+                Err(err) if err.is_lasting() => {
                     // Undecryptable mail will not become decryptable by waiting: drop it.
-                    tracing::warn!("dropping held mail {}: {reason}", envelope.id());
+                    tracing::warn!("dropping held mail {}: {err}", envelope.id());
                     acks.push(envelope.id());
+                }
+                Err(err) => {
+                    // Not acknowledged: the mailbox keeps it, and the next fetch brings it back.
+                    tracing::error!("held mail {} stays held: {err}", envelope.id());
                 }
             }
         }
