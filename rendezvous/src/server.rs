@@ -33,7 +33,7 @@ use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
 use crate::config::{Config, Limits};
 use crate::metrics::{self, Metrics, Rejection};
 use crate::service::{RelayGate, Service, Source};
-use crate::store::{Store, StoreError};
+use crate::store::{SharedStore, StoreError};
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +79,12 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
-    fn push(&mut self, pending: Pending, store: &Store) {
+    fn push(&mut self, pending: Pending, store: &SharedStore) {
         self.waiting.push(pending);
         self.start(store);
     }
 
-    fn start(&mut self, store: &Store) {
+    fn start(&mut self, store: &SharedStore) {
         if self.flushing.is_none() && !self.waiting.is_empty() {
             let store = store.clone();
             self.flushing = Some(tokio::task::spawn_blocking(move || store.flush_blocking()));
@@ -99,9 +99,9 @@ async fn flushed(
     match flushing {
         Some(handle) => match handle.await {
             Ok(result) => result,
-            Err(join) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
-                join.to_string(),
-            )))),
+            Err(join) => Err(StoreError::Database(format!(
+                "the flush task failed: {join}"
+            ))),
         },
         None => std::future::pending().await,
     }
@@ -174,7 +174,8 @@ impl Server {
         })?;
         let identity = load_or_create_key(dir)?;
         let peer_id = identity.peer_id();
-        let store = Store::open(dir, config.limits.store_cache_bytes)?;
+        let store = config.store.open(dir, config.limits.store_cache_bytes)?;
+        let users = store.user_count()?;
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
@@ -229,7 +230,8 @@ impl Server {
         tracing::info!(
             peer = %peer_id,
             relay_only = config.relay_only,
-            users = server.service.store().user_count(),
+            users,
+            store = %config.store,
             "rendezvous server listening"
         );
         Ok(server)
@@ -398,9 +400,7 @@ impl Server {
         let store = self.service.store().clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| {
-                StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string())))
-            })??;
+            .map_err(|e| StoreError::Database(format!("the flush task failed: {e}")))??;
         if let Some((_, task)) = self.metrics_endpoint.take() {
             task.abort();
         }

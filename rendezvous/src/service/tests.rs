@@ -36,7 +36,8 @@ fn limits() -> Limits {
 
 fn harness_with(limits: Limits, tokens: Vec<String>, relay_only: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store: SharedStore =
+        Arc::new(crate::store::sled::SledStore::open(dir.path(), 1 << 20).unwrap());
     let gate = RelayGate::new(relay_only);
     let metrics = Metrics::register(&mut Registry::default());
     let service = Service::new(store, limits, tokens, relay_only, gate.clone(), metrics).unwrap();
