@@ -16,13 +16,15 @@
 //! - [`cli`]: the binary's flags and `--config` file; [`logging`] and [`listen_check`]: what both
 //!   binaries share (the log setup, refusing a TCP port another process listens on).
 //!
-//! Modules: `service` decides (no network), `store` persists (sled, or PostgreSQL for a cluster), `server` is the actor,
+//! Modules: `service` decides (no network), `store` persists (sled, or PostgreSQL for a cluster), `cluster` carries presence between
+//! instances (LISTEN/NOTIFY), `server` is the actor,
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
 //! `metrics` exports Prometheus metrics.
 
 mod behaviour;
 pub mod cli;
 pub mod client;
+mod cluster;
 mod config;
 pub mod frame_codec;
 pub mod listen_check;

@@ -30,10 +30,11 @@ use prometheus_client::registry::Registry;
 use rand_core::OsRng;
 
 use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
+use crate::cluster::{ClusterBus, ClusterNote, PgBus};
 use crate::config::{Config, Limits};
 use crate::metrics::{self, Metrics, Rejection};
 use crate::service::{RelayGate, Service, Source};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, StoreLocation};
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +108,18 @@ async fn flushed(
     }
 }
 
+async fn next_note(
+    cluster: &mut Option<(
+        Box<dyn ClusterBus>,
+        tokio::sync::mpsc::Receiver<ClusterNote>,
+    )>,
+) -> Option<ClusterNote> {
+    match cluster {
+        Some((_, incoming)) => incoming.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A bound, listening rendezvous server.
 pub struct Server {
     swarm: Swarm<Behaviour>,
@@ -124,6 +137,11 @@ pub struct Server {
     reservations: HashSet<PeerId>,
     /// Events that arrived while `bind` waited for listen addresses.
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
+    /// With a shared store: the other instances' notes, and the bus to send ours.
+    cluster: Option<(
+        Box<dyn ClusterBus>,
+        tokio::sync::mpsc::Receiver<ClusterNote>,
+    )>,
 }
 
 impl std::fmt::Debug for Server {
@@ -181,7 +199,7 @@ impl Server {
         let metrics = Metrics::register(&mut registry);
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let gate = RelayGate::new(config.relay_only);
-        let service = Service::new(
+        let mut service = Service::new(
             store,
             config.limits.clone(),
             config.registration_tokens.clone(),
@@ -189,6 +207,14 @@ impl Server {
             gate.clone(),
             metrics.clone(),
         )?;
+        let cluster = match &config.store {
+            StoreLocation::Postgres(url) if !config.relay_only => {
+                let (bus, incoming) = PgBus::start(url)?;
+                service.join_cluster();
+                Some((Box::new(bus) as Box<dyn ClusterBus>, incoming))
+            }
+            _ => None,
+        };
         let swarm = behaviour::build_swarm(
             identity.to_libp2p_keypair(),
             &config.limits,
@@ -225,6 +251,7 @@ impl Server {
             pushes_in_flight: HashMap::new(),
             reservations: HashSet::new(),
             early_events: Vec::new(),
+            cluster,
         };
         server.listen(&config.listen).await?;
         tracing::info!(
@@ -380,6 +407,17 @@ impl Server {
                     }
                     commit.start(self.service.store());
                 }
+                note = next_note(&mut self.cluster) => match note {
+                    Some(note) => {
+                        if note.from != self.peer_id.to_string() {
+                            self.service.cluster_event(note.from, note.event, now_ms());
+                        }
+                    }
+                    None => {
+                        tracing::error!("the cluster bus stopped; presence no longer crosses instances");
+                        self.cluster = None;
+                    }
+                },
                 _ = tick.tick() => {
                     let now = now_ms();
                     if self.service.next_due().is_some_and(|due| due <= now) {
@@ -424,6 +462,16 @@ impl Server {
         }
         for peer in self.service.take_disconnects() {
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let events = self.service.take_cluster_events();
+        if let Some((bus, _)) = &self.cluster {
+            let from = self.peer_id.to_string();
+            for event in events {
+                bus.publish(ClusterNote {
+                    from: from.clone(),
+                    event,
+                });
+            }
         }
     }
 

@@ -28,6 +28,8 @@ use crate::config::Limits;
 use crate::metrics::{Metrics, Rejection};
 use crate::store::{self, Registration, SharedStore, StoreError};
 
+pub(crate) use cluster::ClusterEvent;
+
 /// The set of logged-in peers, shared with the relay's rate limiters: only they may reserve a
 /// slot or open a circuit. (In relay-only mode the gate is open.)
 #[derive(Debug, Clone)]
@@ -191,6 +193,8 @@ pub(crate) struct Service {
     next_sweep: Millis,
     pushes: Vec<(PeerId, ServerPush)>,
     disconnects: Vec<PeerId>,
+    /// What the other instances over a shared store said (`None`: this instance is alone).
+    cluster: Option<cluster::ClusterView>,
 }
 
 impl Service {
@@ -220,6 +224,7 @@ impl Service {
             next_sweep: 0,
             pushes: Vec::new(),
             disconnects: Vec::new(),
+            cluster: None,
             limits,
         })
     }
@@ -316,6 +321,9 @@ impl Service {
             self.login_deadlines.next_due(),
             self.presence.next_due(),
             (!self.relay_only).then_some(self.next_sweep),
+            self.cluster
+                .as_ref()
+                .and_then(|c| c.next_due(millis(self.limits.presence_timeout))),
         ]
         .into_iter()
         .flatten()
@@ -338,6 +346,7 @@ impl Service {
         for record in self.presence.handle_timeout(now) {
             self.presence_changed(record);
         }
+        self.cluster_tick(now);
         self.metrics
             .online_users
             .set(gauge(self.presence.present()));
@@ -687,6 +696,7 @@ fn gauge(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
+mod cluster;
 mod mailbox;
 mod prekeys;
 mod presence;

@@ -66,9 +66,7 @@ impl Service {
             self.metrics.mailbox_deposits.inc();
             self.metrics.mailbox_messages.inc();
             self.metrics.mailbox_bytes.inc_by(gauge(len));
-            if let Some(peer) = self.online.get(&to) {
-                self.pushes.push((*peer, ServerPush::MailWaiting { count }));
-            }
+            self.push_to_user(&to, ServerPush::MailWaiting { count });
         }
         Ok(Reply::durable(RendezvousResponse::Deposited { id }))
     }

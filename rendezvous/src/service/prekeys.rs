@@ -18,11 +18,8 @@ impl Service {
         };
         if bundle.one_time_prekey.is_some() {
             let left = self.store.one_time_count(&name)?;
-            if let Some(owner) = self.online.get(&name)
-                && left < self.limits.prekeys_low
-            {
-                self.pushes
-                    .push((*owner, ServerPush::PrekeysLow { remaining: left }));
+            if left < self.limits.prekeys_low {
+                self.push_to_user(&name, ServerPush::PrekeysLow { remaining: left });
             }
         }
         // Durable: a one-time prekey is handed out once, even across a crash.

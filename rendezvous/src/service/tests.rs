@@ -614,3 +614,5 @@ fn a_relay_only_server_offers_nothing_but_the_relay() {
     h.service.tick(1_000_000);
     assert!(h.service.take_disconnects().is_empty());
 }
+
+mod cluster;

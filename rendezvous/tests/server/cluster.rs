@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use palaver_protocol::wire::{RefusalReason, RendezvousRequest, RendezvousResponse};
+use palaver_protocol::wire::{
+    PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse, ServerPush,
+};
 use palaver_protocol::{Envelope, Identity};
 use palaver_rendezvous::StoreLocation;
 use palaver_rendezvous::client::Client;
@@ -16,9 +18,17 @@ use crate::common::*;
 use crate::process::Running;
 
 async fn instance(postgres: &TestPostgres) -> (TestServer, tempfile::TempDir) {
+    instance_with(postgres, test_limits()).await
+}
+
+async fn instance_with(
+    postgres: &TestPostgres,
+    limits: palaver_rendezvous::Limits,
+) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.store = StoreLocation::Postgres(postgres.url());
+    config.limits = limits;
     (TestServer::start(config).await, dir)
 }
 
@@ -288,4 +298,48 @@ async fn a_database_restart_answers_try_again_and_then_serves_again() {
     }
     drop(alice);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_and_new_mail_cross_instances_and_a_dead_instances_users_go_offline() {
+    let Some(postgres) = TestPostgres::start("cluster::presence").unwrap() else {
+        return;
+    };
+    let limits = palaver_rendezvous::Limits {
+        presence_timeout: Duration::from_secs(2),
+        ..test_limits()
+    };
+    let (a, _a_dir) = instance_with(&postgres, limits.clone()).await;
+    let (b, _b_dir) = instance_with(&postgres, limits).await;
+    let (mut carol, carol_id) = session(&a.tcp(), "carol").await;
+    let bob_id = identity();
+    register(&connect(&b.tcp(), &bob_id).await, "bob").await;
+    ask(
+        &carol,
+        RendezvousRequest::SubscribePresence {
+            names: vec![name("bob")],
+        },
+    )
+    .await;
+
+    // Bob logs in at B: carol, subscribed at A, is told.
+    let mut bob = connect(&b.tcp(), &bob_id).await;
+    login(&bob, "bob").await;
+    let online = |push: &ServerPush| matches!(push, ServerPush::Presence(r) if r.name.as_str() == "bob" && r.state == PresenceState::Online);
+    expect_push(&mut carol, Duration::from_secs(10), online).await;
+    // Carol leaves him mail at A: his session at B hears of it.
+    deposit(&carol, "bob", &envelope(&carol_id, &bob_id.public(), 1, 10)).await;
+    expect_push(&mut bob, Duration::from_secs(10), |push| {
+        matches!(push, ServerPush::MailWaiting { count: 1 })
+    })
+    .await;
+
+    // B dies without a word: bob is shown offline at A within the presence timeout.
+    b.kill().await;
+    expect_push(&mut carol, Duration::from_secs(10), |push| {
+        matches!(push, ServerPush::Presence(r) if r.name.as_str() == "bob" && r.state == PresenceState::Offline)
+    })
+    .await;
+    drop((carol, bob));
+    a.stop().await;
 }
