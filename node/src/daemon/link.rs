@@ -174,6 +174,8 @@ impl Node {
                 Output::LoggedOut => self.reach(super::reach::ReachInput::LoggedIn(false)),
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");
+                    // With several instances, the planner moves on to the next.
+                    self.reach(super::reach::ReachInput::RendezvousRefused);
                     self.emit(json!({"type": "rendezvous", "connected": true, "logged_in": false, "error": refusal.to_string()}));
                 }
                 Output::Answer { token, response } => self.on_rendezvous_response(token, response),
@@ -216,7 +218,7 @@ impl Node {
         };
         tracing::info!(
             "connected to the rendezvous at {} ({peer}){again}",
-            self.rendezvous_addr
+            self.reach.rendezvous_addr()
         );
         self.session_input(Input::Connected);
     }
@@ -227,7 +229,7 @@ impl Node {
         if !self.stopping {
             tracing::warn!(
                 "lost the connection to the rendezvous at {}; reconnecting",
-                self.rendezvous_addr
+                self.reach.rendezvous_addr()
             );
             self.rendezvous_outage_logged = true;
         }
