@@ -89,7 +89,7 @@ pub static METHODS: &[Method] = &[
         name: "status",
         summary: "The daemon's state.",
         params: &[],
-        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","connected","logged_in","refused"?,"hint"?},"listen":[multiaddr],"outbox":n}"#,
+        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","server","instances":[multiaddr],"connected","logged_in","refused"?,"hint"?},"listen":[multiaddr],"outbox":n}"#,
         errors: "none",
     },
     Method {
