@@ -779,6 +779,11 @@ where
             // Back as soon as it is (a restart, a network change), or at the next instance; the
             // redial timer keeps trying after that.
             self.rendezvous_dialed_at = None;
+            if peer_of(&self.rendezvous_addr).is_none() {
+                // An address without an id (a load balancer's) may lead to another instance
+                // next time: learn its id again from the connection.
+                self.rendezvous = None;
+            }
             if !self.stopping {
                 self.fail_over(now);
             }

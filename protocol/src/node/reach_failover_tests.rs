@@ -206,3 +206,46 @@ fn with_one_instance_a_refusal_or_failure_changes_nothing() {
     reach.handle_timeout(t0 + RENDEZVOUS_REDIAL);
     assert_eq!(rendezvous_dials(&drain(&mut reach)), [instance(1)]);
 }
+
+#[test]
+fn an_address_without_an_id_may_lead_to_another_instance_after_a_loss() {
+    // A load balancer in front of the instances: one address, whichever instance answers.
+    let t0 = Instant::now();
+    let balancer = addr("/ip4/10.0.0.9/tcp/4001");
+    let mut reach = Planner::new(balancer.clone(), &[], Vec::new(), t0).expect("planner");
+    assert_eq!(dials(&drain(&mut reach)), [(DialPurpose::Rendezvous, None)]);
+    let behind = |n: u8| balancer.clone().with(Protocol::P2p(peer(n)));
+    reach.handle(
+        Input::Connected {
+            peer: peer(1),
+            conn: 1,
+            addr: balancer.clone(),
+            dialed: Some(behind(1)),
+        },
+        t0,
+    );
+    assert_eq!(drain(&mut reach), [Output::RendezvousConnected(peer(1))]);
+    reach.handle(
+        Input::Disconnected {
+            peer: peer(1),
+            conn: 1,
+            broke: true,
+        },
+        t0,
+    );
+    // Redialed without the old id, so another instance behind the balancer is accepted.
+    let out = drain(&mut reach);
+    assert_eq!(out[0], Output::RendezvousLost);
+    assert_eq!(dials(&out), [(DialPurpose::Rendezvous, None)]);
+    reach.handle(
+        Input::Connected {
+            peer: peer(2),
+            conn: 2,
+            addr: balancer.clone(),
+            dialed: Some(behind(2)),
+        },
+        t0,
+    );
+    assert_eq!(drain(&mut reach), [Output::RendezvousConnected(peer(2))]);
+    assert_eq!(reach.rendezvous_peer(), Some(peer(2)));
+}
