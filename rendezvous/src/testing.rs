@@ -23,8 +23,10 @@ pub struct TestPostgres {
 pub const REQUIRE_ENV: &str = "PALAVER_REQUIRE_POSTGRES";
 
 fn newest_bin_dir() -> Option<PathBuf> {
+    // An explicit directory (another installation), used only if it holds initdb.
     if let Some(dir) = std::env::var_os("PALAVER_POSTGRES_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("initdb").exists().then_some(dir);
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
