@@ -65,9 +65,11 @@ pub enum Command {
     Whoami,
     /// Run the daemon: log in at the rendezvous and keep this user reachable.
     Daemon {
-        /// The rendezvous server (remembered in <home>/config.toml for next time).
+        /// The rendezvous server (remembered in <home>/config.toml for next time). Repeatable:
+        /// the instances of a cluster (or other servers) to move to, in order, when the one in
+        /// use dies or refuses us.
         #[arg(long, value_parser = input::multiaddr)]
-        rendezvous: Option<Multiaddr>,
+        rendezvous: Vec<Multiaddr>,
         /// Where to listen for peers (remembered in <home>/config.toml for next time)
         /// [default: all interfaces, TCP and QUIC, any port].
         #[arg(long, value_parser = input::multiaddr)]
@@ -179,7 +181,9 @@ pub enum RoomCommand {
 /// `<home>/config.toml`: what `daemon` remembers between runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Config {
-    pub rendezvous: Option<String>,
+    /// One address, or a list of instances to fail over between (`rendezvous = ["…", "…"]`).
+    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub rendezvous: Vec<String>,
     #[serde(default)]
     pub listen: Vec<String>,
     pub registration_token: Option<String>,
@@ -205,6 +209,33 @@ impl Config {
     pub fn save(&self, home: &Path) -> anyhow::Result<()> {
         std::fs::write(Self::path(home), toml::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", Self::path(home).display()))
+    }
+}
+
+/// `rendezvous = "…"` (as older versions wrote it) or `rendezvous = ["…", "…"]`; one address is
+/// written back as a plain string.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(list: &[String], to: S) -> Result<S::Ok, S::Error> {
+        match list {
+            [one] => one.serialize(to),
+            many => many.serialize(to),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(from)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        })
     }
 }
 
@@ -252,22 +283,26 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             relays,
         } => {
             let mut config = Config::load(home.dir())?;
-            let rendezvous = match rendezvous {
-                Some(addr) => {
-                    if config.rendezvous.is_none() {
-                        config.rendezvous = Some(addr.to_string());
-                        config.save(home.dir())?;
-                    }
-                    addr
-                }
-                None => config
+            let rendezvous = if rendezvous.is_empty() {
+                config
                     .rendezvous
-                    .as_deref()
-                    .context("no rendezvous: pass --rendezvous MULTIADDR (it is remembered for next time)")?
-                    .parse()
-                    .context("the rendezvous address in config.toml")?,
+                    .iter()
+                    .map(|a| input::multiaddr(a).map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("the rendezvous address in config.toml")?
+            } else {
+                if config.rendezvous.is_empty() {
+                    config.rendezvous = rendezvous.iter().map(ToString::to_string).collect();
+                    config.save(home.dir())?;
+                }
+                rendezvous
             };
-            let mut daemon_config = DaemonConfig::new(home.dir().to_path_buf(), rendezvous);
+            let mut instances = rendezvous.into_iter();
+            let first = instances.next().context(
+                "no rendezvous: pass --rendezvous MULTIADDR (it is remembered for next time)",
+            )?;
+            let mut daemon_config = DaemonConfig::new(home.dir().to_path_buf(), first);
+            daemon_config.more_rendezvous = instances.collect();
             daemon_config.listen = if listen.is_empty() {
                 config
                     .listen
@@ -655,5 +690,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn config_toml_keeps_one_rendezvous_as_a_string_and_several_as_a_list() {
+        // As older versions wrote it.
+        let old: Config = toml::from_str("rendezvous = \"/ip4/10.0.0.1/tcp/4001\"\n").unwrap();
+        assert_eq!(old.rendezvous, ["/ip4/10.0.0.1/tcp/4001"]);
+        assert!(
+            toml::to_string(&old)
+                .unwrap()
+                .contains("rendezvous = \"/ip4/10.0.0.1/tcp/4001\"")
+        );
+        let several = Config {
+            rendezvous: vec![
+                "/ip4/10.0.0.1/tcp/4001".into(),
+                "/ip4/10.0.0.2/tcp/4001".into(),
+            ],
+            ..Config::default()
+        };
+        let text = toml::to_string(&several).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.rendezvous, several.rendezvous);
+        let none: Config = toml::from_str("").unwrap();
+        assert!(none.rendezvous.is_empty());
+        assert!(!toml::to_string(&none).unwrap().contains("rendezvous"));
     }
 }

@@ -43,6 +43,9 @@ use link::{Pending, peer_of_namespace};
 pub struct DaemonConfig {
     pub home: PathBuf,
     pub rendezvous: Multiaddr,
+    /// Further rendezvous instances (of one cluster, or independent servers) to fail over to,
+    /// in order, when the one in use dies or refuses us.
+    pub more_rendezvous: Vec<Multiaddr>,
     pub listen: Vec<Multiaddr>,
     pub registration_token: Option<String>,
     pub passphrase: Option<String>,
@@ -59,6 +62,7 @@ impl DaemonConfig {
         Self {
             home,
             rendezvous,
+            more_rendezvous: Vec::new(),
             listen: Vec::new(),
             registration_token: None,
             passphrase: None,
@@ -165,7 +169,6 @@ pub(crate) struct Node {
     name: UserName,
     store: Store,
     swarm: Swarm<Behaviour>,
-    rendezvous_addr: Multiaddr,
     session: link::Session,
     /// The session's request each request to the rendezvous carries.
     rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
@@ -242,8 +245,10 @@ impl Node {
         let rooms = rooms::Rooms::load(&store)?;
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
-        let reach = reach::Reach::new(
-            config.rendezvous.clone(),
+        let reach = reach::Reach::with_instances(
+            std::iter::once(config.rendezvous.clone())
+                .chain(config.more_rendezvous.iter().cloned())
+                .collect(),
             &config.relays,
             listeners,
             std::time::Instant::now(),
@@ -260,7 +265,6 @@ impl Node {
             name,
             store,
             swarm,
-            rendezvous_addr: config.rendezvous.clone(),
             session,
             rendezvous_requests: HashMap::new(),
             delivery,
@@ -449,7 +453,7 @@ impl Node {
                     // Once per outage: the retries that follow would say the same.
                     tracing::warn!(
                         "cannot reach the rendezvous at {}: {error}; retrying",
-                        self.rendezvous_addr
+                        self.reach.rendezvous_addr()
                     );
                     self.rendezvous_outage_logged = true;
                 }

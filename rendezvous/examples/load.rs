@@ -17,6 +17,13 @@
 //!    online and away `--rounds` times; latency is from just before the heartbeat is sent to the
 //!    push arriving at each watcher (so it includes the heartbeat's own trip).
 //!
+//! 5. deposit + fetch: each session leaves one letter for the next, who fetches and acks it;
+//!    pairs per second.
+//!
+//! `--cluster N` runs all of it twice: against one sled instance, then against N instances over
+//! a throw-away PostgreSQL (`testing::TestPostgres`; needs Debian's `postgresql`), sessions spread
+//! round robin (so a letter and a presence change cross instances), and prints both.
+//!
 //! Everything is bounded in count and time and talks only to 127.0.0.1.
 
 #![allow(clippy::unwrap_used)]
@@ -42,6 +49,7 @@ struct Args {
     targets: usize,
     watchers: usize,
     rounds: usize,
+    cluster: usize,
 }
 
 fn parse() -> Args {
@@ -51,11 +59,12 @@ fn parse() -> Args {
         targets: 20,
         watchers: 100,
         rounds: 20,
+        cluster: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-            eprintln!("usage: load [--sessions N] [--concurrency N] [--targets N] [--watchers N] [--rounds N]");
+            eprintln!("usage: load [--sessions N] [--concurrency N] [--targets N] [--watchers N] [--rounds N] [--cluster N]");
             std::process::exit(2)
         });
         match flag.as_str() {
@@ -64,6 +73,7 @@ fn parse() -> Args {
             "--targets" => args.targets = value,
             "--watchers" => args.watchers = value,
             "--rounds" => args.rounds = value,
+            "--cluster" => args.cluster = value,
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2)
@@ -77,7 +87,7 @@ fn main() {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some("serve") {
         let dir = PathBuf::from(argv.next().unwrap());
-        return serve(dir);
+        return serve(dir, argv.next());
     }
     drive(parse());
 }
@@ -85,7 +95,7 @@ fn main() {
 /// The server process: limits opened up for a load test (a real deployment keeps the per-peer
 /// request limit; here one peer never comes near it anyway).
 #[tokio::main]
-async fn serve(dir: PathBuf) {
+async fn serve(dir: PathBuf, store: Option<String>) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,6 +104,9 @@ async fn serve(dir: PathBuf) {
         .with_writer(std::io::stderr)
         .init();
     let mut config = Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], dir);
+    if let Some(url) = store {
+        config.store = palaver_rendezvous::StoreLocation::Postgres(url);
+    }
     config.limits = Limits {
         login_timeout: Duration::from_secs(600),
         presence_timeout: Duration::from_secs(3600),
@@ -167,6 +180,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn drive(args: Args) {
     println!("{args:?}");
+    if args.cluster == 0 {
+        return scenario(&args, 1, None).await;
+    }
+    println!("== one instance, sled ==");
+    scenario(&args, 1, None).await;
+    let Some(postgres) =
+        palaver_rendezvous::testing::TestPostgres::start("load --cluster").unwrap()
+    else {
+        return;
+    };
+    println!("== {} instances, one PostgreSQL ==", args.cluster);
+    scenario(&args, args.cluster, Some(postgres.url())).await;
+}
+
+/// A server child process, killed when dropped.
+struct Instance {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: libp2p::Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_instance(store: Option<&str>) -> Instance {
     let dir = tempfile::tempdir().unwrap();
     // LOAD_SERVER_WRAPPER runs the server under a profiler, e.g. `heaptrack -o /tmp/server`.
     let exe = std::env::current_exe().unwrap();
@@ -177,6 +213,7 @@ async fn drive(args: Args) {
         .args(&command[1..])
         .arg("serve")
         .arg(dir.path())
+        .args(store)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -191,9 +228,26 @@ async fn drive(args: Args) {
             break addr;
         }
     };
+    Instance {
+        child,
+        pid,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn scenario(args: &Args, count: usize, store: Option<String>) {
+    let mut instances = Vec::new();
+    for _ in 0..count {
+        instances.push(start_instance(store.as_deref()).await);
+    }
+    let addrs: Vec<libp2p::Multiaddr> = instances.iter().map(|i| i.addr.clone()).collect();
+    // CPU is reported for the first instance.
+    let pid = instances[0].pid;
+    let rss = |instances: &[Instance]| instances.iter().map(|i| rss_kib(i.pid)).sum::<u64>();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss_kib(pid);
-    println!("server pid {pid} at {addr}; RSS before sessions: {rss_before} KiB");
+    let rss_before = rss(&instances);
+    println!("{count} server(s) at {addrs:?}; RSS before sessions: {rss_before} KiB");
 
     // 1. Establish sessions.
     let config = ClientConfig {
@@ -207,7 +261,7 @@ async fn drive(args: Args) {
     let mut joins = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
         let permits = permits.clone();
-        let addr = addr.clone();
+        let addr = addrs[i % addrs.len()].clone();
         let config = config.clone();
         joins.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.unwrap();
@@ -227,7 +281,7 @@ async fn drive(args: Args) {
                 .await
                 .unwrap();
             assert!(matches!(login, RendezvousResponse::LoggedIn { .. }));
-            (client, name)
+            (client, name, identity)
         }));
     }
     let mut sessions = Vec::with_capacity(args.sessions);
@@ -245,7 +299,7 @@ async fn drive(args: Args) {
 
     // 2. Memory per session.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = rss_kib(pid);
+    let rss_after = rss(&instances);
     println!(
         "server RSS with {} sessions: {rss_after} KiB; {:.1} KiB per session",
         sessions.len(),
@@ -264,7 +318,7 @@ async fn drive(args: Args) {
             joins.push(tokio::spawn(async move {
                 let mut i = lane;
                 while i < sessions.len() {
-                    let (client, name) = &sessions[i];
+                    let (client, name, _) = &sessions[i];
                     let r = client
                         .request(RendezvousRequest::Login { name: name.clone() })
                         .await
@@ -289,8 +343,60 @@ async fn drive(args: Args) {
         cpu_report("logins", sessions.len(), pid, cpu_start);
     }
 
-    // 4. Presence fan-out.
+    // 5 (before 4, which takes the sessions apart). Deposit + fetch: session i leaves a letter
+    // for session i+1 (on the next instance in a cluster), who fetches and acknowledges it.
+    {
+        let start = Instant::now();
+        let stride = args.concurrency.max(1);
+        let mut joins = Vec::new();
+        for lane in 0..stride {
+            let sessions = sessions.clone();
+            joins.push(tokio::spawn(async move {
+                let mut i = lane;
+                while i + 1 < sessions.len() {
+                    let (sender, _, from) = &sessions[i];
+                    let (recipient, to_name, to) = &sessions[i + 1];
+                    let envelope = letter(from, to, i);
+                    let r = sender
+                        .request(RendezvousRequest::Deposit {
+                            to: to_name.clone(),
+                            envelope: Box::new(envelope.clone()),
+                        })
+                        .await
+                        .unwrap();
+                    assert!(matches!(r, RendezvousResponse::Deposited { .. }), "{r:?}");
+                    let r = recipient
+                        .request(RendezvousRequest::FetchMail { max: 16 })
+                        .await
+                        .unwrap();
+                    let RendezvousResponse::Mail { items, .. } = r else {
+                        panic!("{r:?}")
+                    };
+                    assert!(items.iter().any(|item| item.envelope == envelope));
+                    let ids = items.iter().map(|item| item.envelope.id()).collect();
+                    let r = recipient
+                        .request(RendezvousRequest::AckMail { ids })
+                        .await
+                        .unwrap();
+                    assert_eq!(r, RendezvousResponse::Done);
+                    i += stride;
+                }
+            }));
+        }
+        for join in joins {
+            join.await.unwrap();
+        }
+        let pairs = sessions.len().saturating_sub(1);
+        let elapsed = start.elapsed();
+        println!(
+            "deposit + fetch + ack: {pairs} in {elapsed:.2?} ({:.0}/s, {stride} in flight)",
+            pairs as f64 / elapsed.as_secs_f64()
+        );
+    }
+
+    // 4. Presence fan-out (in a cluster, each watcher on another instance than its target).
     let sessions = Arc::into_inner(sessions).unwrap();
+    let instances_n = addrs.len();
     let targets = args.targets.min(sessions.len() / 2);
     let watchers_per = args
         .watchers
@@ -298,11 +404,22 @@ async fn drive(args: Args) {
     let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
     let (sample_tx, mut samples) = mpsc::channel::<(String, PresenceState, Instant)>(1 << 16);
     let mut watcher_tasks = Vec::new();
+    let mut free: Vec<usize> = (targets..sessions.len()).collect();
+    let mut subscribed = 0usize;
     for t in 0..targets {
         let target = sessions[t].as_ref().unwrap().1.clone();
-        for w in 0..watchers_per {
-            let index = targets + t * watchers_per + w;
-            let (mut client, _) = sessions[index].take().unwrap();
+        for _ in 0..watchers_per {
+            // Round robin placed session `i` at instance `i % n`: in a cluster, a watcher on
+            // another instance than its target's.
+            let Some(k) = free
+                .iter()
+                .position(|i| instances_n == 1 || i % instances_n != t % instances_n)
+            else {
+                break;
+            };
+            let index = free.remove(k);
+            let (mut client, _, _) = sessions[index].take().unwrap();
+            subscribed += 1;
             let r = client
                 .request(RendezvousRequest::SubscribePresence {
                     names: vec![target.clone()],
@@ -328,7 +445,10 @@ async fn drive(args: Args) {
     drop(sample_tx);
     let target_clients: Vec<(Client, UserName)> = sessions[..targets]
         .iter_mut()
-        .map(|s| s.take().unwrap())
+        .map(|s| {
+            let (client, name, _) = s.take().unwrap();
+            (client, name)
+        })
         .collect();
     let mut latencies = Vec::new();
     let mut missing = 0usize;
@@ -345,7 +465,7 @@ async fn drive(args: Args) {
             sends.push(client.request(RendezvousRequest::Heartbeat { state }));
         }
         futures::future::join_all(sends).await;
-        let expected = targets * watchers_per;
+        let expected = subscribed;
         let mut got = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while got < expected {
@@ -379,11 +499,32 @@ async fn drive(args: Args) {
         pid,
         cpu_start,
     );
-    println!("server RSS at the end: {} KiB", rss_kib(pid));
+    println!("server RSS at the end: {} KiB", rss(&instances));
 
     for task in watcher_tasks {
         task.abort();
     }
-    drop(child.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    for mut instance in instances {
+        drop(instance.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(10), instance.child.wait()).await;
+    }
+}
+
+/// A signed direct envelope from `from` to `to` (what a deposit must carry).
+fn letter(from: &Identity, to: &Identity, n: usize) -> palaver_protocol::Envelope {
+    use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
+    let body = palaver_protocol::wire::Body::Direct(palaver_protocol::wire::DirectMessage {
+        sender: from.public(),
+        recipient: to.public(),
+        message: RatchetMessage {
+            init: None,
+            header: Header {
+                dh: x25519_dalek::PublicKey::from([7; 32]),
+                previous_chain_len: 0,
+                index: u32::try_from(n).unwrap_or(u32::MAX),
+            },
+            ciphertext: vec![1; 200],
+        },
+    });
+    palaver_protocol::Envelope::sign(body, from.signing_key()).unwrap()
 }

@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use libp2p::Multiaddr;
 
-use crate::config::{Config, Limits, RelayLimits};
+use crate::config::{Config, Limits, RelayLimits, StoreLocation};
 use crate::logging::LogFormat;
 
 /// Palaver's self-hosted rendezvous: accounts, presence, prekeys, encrypted mailbox, discovery
@@ -35,6 +35,12 @@ pub struct Args {
     /// Directory for the database and the server's key (required, here or in the config file).
     #[arg(long, env = "PALAVER_RENDEZVOUS_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Keep accounts, prekeys and the mailbox in PostgreSQL (postgres://USER@HOST:PORT/DB)
+    /// instead of sled under --data, so several instances serve one user population; each
+    /// instance still keeps its own key in --data.
+    #[arg(long, env = "PALAVER_RENDEZVOUS_STORE", value_name = "URL", value_parser = StoreLocation::parse,
+          default_value = "sled", hide_env_values = true)]
+    pub store: StoreLocation,
     /// Require one of these tokens to register a name (repeatable).
     #[arg(
         long = "registration-token",
@@ -149,6 +155,7 @@ impl Args {
         Ok(Config {
             listen: self.listen.clone(),
             data_dir,
+            store: self.store.clone(),
             registration_tokens: self.registration_tokens.clone(),
             metrics: self.metrics,
             relay_only: self.relay_only,
@@ -238,6 +245,7 @@ mod tests {
         let (args, _dir) = with_file(
             r#"
             data = "/srv/rv"
+            store = "postgres://palaver@db.internal:5432/palaver"
             listen = ["/ip4/127.0.0.1/tcp/4100", "/ip4/127.0.0.1/udp/4100/quic-v1"]
             registration-token = ["one", "two"]
             metrics = "127.0.0.1:9000"
@@ -257,6 +265,10 @@ mod tests {
         let args = args.unwrap();
         let config = args.server_config().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/srv/rv"));
+        assert_eq!(
+            config.store,
+            StoreLocation::Postgres("postgres://palaver@db.internal:5432/palaver".into())
+        );
         assert_eq!(config.listen.len(), 2);
         assert_eq!(config.registration_tokens, ["one", "two"]);
         assert_eq!(config.metrics, Some("127.0.0.1:9000".parse().unwrap()));
@@ -292,6 +304,7 @@ mod tests {
         );
         assert_eq!(config.limits.mailbox.ttl, Duration::from_secs(3 * 86_400));
         assert_eq!(config.limits.presence_timeout, Duration::from_secs(90));
+        assert_eq!(config.store, StoreLocation::Sled);
     }
 
     #[test]

@@ -9,13 +9,17 @@ use libp2p::Multiaddr;
 use palaver_protocol::rendezvous::RateLimit;
 use palaver_protocol::rendezvous::mailbox::MailboxLimits;
 
+pub use crate::store::StoreLocation;
+
 /// How to run a server.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Addresses to listen on (TCP and/or QUIC multiaddrs; port 0 picks a free port).
     pub listen: Vec<Multiaddr>,
-    /// Where the sled database and the server's own key (`server.key`) live.
+    /// Where the server's own key (`server.key`) lives, and the sled database by default.
     pub data_dir: PathBuf,
+    /// Where accounts, prekeys and the mailbox live: sled under `data_dir`, or PostgreSQL.
+    pub store: StoreLocation,
     /// If any are given, registering a name needs one of them.
     pub registration_tokens: Vec<String>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
@@ -31,6 +35,7 @@ impl Config {
         Self {
             listen,
             data_dir: data_dir.into(),
+            store: StoreLocation::Sled,
             registration_tokens: Vec::new(),
             metrics: None,
             relay_only: false,

@@ -12,16 +12,19 @@
 //! - [`client`]: a lightweight client for tests, tools and the load generator.
 //! - [`FrameCodec`]: the request-response codec both sides use.
 //! - [`sim::SimServer`]: the server's decisions without its network, for simulations.
+//! - [`testing::TestPostgres`]: a throw-away PostgreSQL cluster for tests of `--store postgres://…`.
 //! - [`cli`]: the binary's flags and `--config` file; [`logging`] and [`listen_check`]: what both
 //!   binaries share (the log setup, refusing a TCP port another process listens on).
 //!
-//! Modules: `service` decides (no network), `store` persists (sled), `server` is the actor,
+//! Modules: `service` decides (no network), `store` persists (sled, or PostgreSQL for a cluster), `cluster` carries presence between
+//! instances (LISTEN/NOTIFY), `server` is the actor,
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
 //! `metrics` exports Prometheus metrics.
 
 mod behaviour;
 pub mod cli;
 pub mod client;
+mod cluster;
 mod config;
 pub mod frame_codec;
 pub mod listen_check;
@@ -32,9 +35,10 @@ mod server;
 mod service;
 pub mod sim;
 mod store;
+pub mod testing;
 
 pub use behaviour::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};
-pub use config::{Config, Limits, RelayLimits};
+pub use config::{Config, Limits, RelayLimits, StoreLocation};
 pub use frame_codec::FrameCodec;
 pub use server::{KEY_FILE, Server, ServerError};
 pub use store::StoreError;

@@ -30,10 +30,11 @@ use prometheus_client::registry::Registry;
 use rand_core::OsRng;
 
 use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
+use crate::cluster::{ClusterBus, ClusterNote, PgBus};
 use crate::config::{Config, Limits};
 use crate::metrics::{self, Metrics, Rejection};
 use crate::service::{RelayGate, Service, Source};
-use crate::store::{Store, StoreError};
+use crate::store::{SharedStore, StoreError, StoreLocation};
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +80,12 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
-    fn push(&mut self, pending: Pending, store: &Store) {
+    fn push(&mut self, pending: Pending, store: &SharedStore) {
         self.waiting.push(pending);
         self.start(store);
     }
 
-    fn start(&mut self, store: &Store) {
+    fn start(&mut self, store: &SharedStore) {
         if self.flushing.is_none() && !self.waiting.is_empty() {
             let store = store.clone();
             self.flushing = Some(tokio::task::spawn_blocking(move || store.flush_blocking()));
@@ -99,10 +100,22 @@ async fn flushed(
     match flushing {
         Some(handle) => match handle.await {
             Ok(result) => result,
-            Err(join) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
-                join.to_string(),
-            )))),
+            Err(join) => Err(StoreError::Database(format!(
+                "the flush task failed: {join}"
+            ))),
         },
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_note(
+    cluster: &mut Option<(
+        Box<dyn ClusterBus>,
+        tokio::sync::mpsc::Receiver<ClusterNote>,
+    )>,
+) -> Option<ClusterNote> {
+    match cluster {
+        Some((_, incoming)) => incoming.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -124,6 +137,11 @@ pub struct Server {
     reservations: HashSet<PeerId>,
     /// Events that arrived while `bind` waited for listen addresses.
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
+    /// With a shared store: the other instances' notes, and the bus to send ours.
+    cluster: Option<(
+        Box<dyn ClusterBus>,
+        tokio::sync::mpsc::Receiver<ClusterNote>,
+    )>,
 }
 
 impl std::fmt::Debug for Server {
@@ -174,13 +192,14 @@ impl Server {
         })?;
         let identity = load_or_create_key(dir)?;
         let peer_id = identity.peer_id();
-        let store = Store::open(dir, config.limits.store_cache_bytes)?;
+        let store = config.store.open(dir, config.limits.store_cache_bytes)?;
+        let users = store.user_count()?;
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let gate = RelayGate::new(config.relay_only);
-        let service = Service::new(
+        let mut service = Service::new(
             store,
             config.limits.clone(),
             config.registration_tokens.clone(),
@@ -188,6 +207,14 @@ impl Server {
             gate.clone(),
             metrics.clone(),
         )?;
+        let cluster = match &config.store {
+            StoreLocation::Postgres(url) if !config.relay_only => {
+                let (bus, incoming) = PgBus::start(url)?;
+                service.join_cluster();
+                Some((Box::new(bus) as Box<dyn ClusterBus>, incoming))
+            }
+            _ => None,
+        };
         let swarm = behaviour::build_swarm(
             identity.to_libp2p_keypair(),
             &config.limits,
@@ -224,12 +251,14 @@ impl Server {
             pushes_in_flight: HashMap::new(),
             reservations: HashSet::new(),
             early_events: Vec::new(),
+            cluster,
         };
         server.listen(&config.listen).await?;
         tracing::info!(
             peer = %peer_id,
             relay_only = config.relay_only,
-            users = server.service.store().user_count(),
+            users,
+            store = %config.store,
             "rendezvous server listening"
         );
         Ok(server)
@@ -378,6 +407,17 @@ impl Server {
                     }
                     commit.start(self.service.store());
                 }
+                note = next_note(&mut self.cluster) => match note {
+                    Some(note) => {
+                        if note.from != self.peer_id.to_string() {
+                            self.service.cluster_event(note.from, note.event, now_ms());
+                        }
+                    }
+                    None => {
+                        tracing::error!("the cluster bus stopped; presence no longer crosses instances");
+                        self.cluster = None;
+                    }
+                },
                 _ = tick.tick() => {
                     let now = now_ms();
                     if self.service.next_due().is_some_and(|due| due <= now) {
@@ -398,9 +438,7 @@ impl Server {
         let store = self.service.store().clone();
         tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| {
-                StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string())))
-            })??;
+            .map_err(|e| StoreError::Database(format!("the flush task failed: {e}")))??;
         if let Some((_, task)) = self.metrics_endpoint.take() {
             task.abort();
         }
@@ -424,6 +462,16 @@ impl Server {
         }
         for peer in self.service.take_disconnects() {
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let events = self.service.take_cluster_events();
+        if let Some((bus, _)) = &self.cluster {
+            let from = self.peer_id.to_string();
+            for event in events {
+                bus.publish(ClusterNote {
+                    from: from.clone(),
+                    event,
+                });
+            }
         }
     }
 

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::PeerId;
 use palaver_protocol::identity::identity_of;
-use palaver_protocol::rendezvous::mailbox::Usage;
 use palaver_protocol::rendezvous::{Deadlines, LogThrottle, Millis, PresenceTable, TokenBucket};
 use palaver_protocol::wire::rendezvous::{MAX_BATCH, MAX_TOKEN_LEN};
 use palaver_protocol::wire::{
@@ -27,7 +26,9 @@ use palaver_protocol::{Envelope, UserName, VerifyingKey};
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Rejection};
-use crate::store::{self, Registration, Store, StoreError};
+use crate::store::{self, Registration, SharedStore, StoreError};
+
+pub(crate) use cluster::ClusterEvent;
 
 /// The set of logged-in peers, shared with the relay's rate limiters: only they may reserve a
 /// slot or open a circuit. (In relay-only mode the gate is open.)
@@ -175,7 +176,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 /// Accounts, prekeys, presence and the mailbox.
 #[derive(Debug)]
 pub(crate) struct Service {
-    store: Store,
+    store: SharedStore,
     limits: Limits,
     tokens: Vec<String>,
     relay_only: bool,
@@ -186,31 +187,28 @@ pub(crate) struct Service {
     subscribers: HashMap<UserName, HashSet<PeerId>>,
     presence: PresenceTable,
     login_deadlines: Deadlines<PeerId>,
-    usage: HashMap<UserName, Usage>,
-    one_time_counts: HashMap<UserName, u32>,
     gate: RelayGate,
     metrics: Metrics,
     log_throttle: LogThrottle<Source>,
     next_sweep: Millis,
     pushes: Vec<(PeerId, ServerPush)>,
     disconnects: Vec<PeerId>,
+    /// What the other instances over a shared store said (`None`: this instance is alone).
+    cluster: Option<cluster::ClusterView>,
 }
 
 impl Service {
     pub(crate) fn new(
-        store: Store,
+        store: SharedStore,
         limits: Limits,
         tokens: Vec<String>,
         relay_only: bool,
         gate: RelayGate,
         metrics: Metrics,
     ) -> Result<Self, StoreError> {
-        let usage = store.mailbox_usage()?;
-        let (messages, bytes) = usage.values().fold((0u64, 0u64), |(m, b), u| {
-            (m + u64::from(u.messages), b + u.bytes)
-        });
-        metrics.mailbox_messages.set(gauge(messages));
-        metrics.mailbox_bytes.set(gauge(bytes));
+        let held = store.mailbox_totals()?;
+        metrics.mailbox_messages.set(gauge(held.messages));
+        metrics.mailbox_bytes.set(gauge(held.bytes));
         Ok(Self {
             presence: PresenceTable::new(limits.presence_timeout),
             log_throttle: LogThrottle::new(limits.log_interval, 100_000),
@@ -221,18 +219,17 @@ impl Service {
             online: HashMap::new(),
             subscribers: HashMap::new(),
             login_deadlines: Deadlines::new(),
-            usage,
-            one_time_counts: HashMap::new(),
             gate,
             metrics,
             next_sweep: 0,
             pushes: Vec::new(),
             disconnects: Vec::new(),
+            cluster: None,
             limits,
         })
     }
 
-    pub(crate) fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &SharedStore {
         &self.store
     }
 
@@ -324,6 +321,9 @@ impl Service {
             self.login_deadlines.next_due(),
             self.presence.next_due(),
             (!self.relay_only).then_some(self.next_sweep),
+            self.cluster
+                .as_ref()
+                .and_then(|c| c.next_due(millis(self.limits.presence_timeout))),
         ]
         .into_iter()
         .flatten()
@@ -346,6 +346,7 @@ impl Service {
         for record in self.presence.handle_timeout(now) {
             self.presence_changed(record);
         }
+        self.cluster_tick(now);
         self.metrics
             .online_users
             .set(gauge(self.presence.present()));
@@ -502,8 +503,6 @@ impl Service {
                     ));
                 }
                 self.store.publish_prekeys(&me, &upload)?;
-                self.one_time_counts
-                    .insert(me, u32::try_from(count).unwrap_or(u32::MAX));
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
             RendezvousRequest::AddOneTimePrekeys(keys) => {
@@ -514,7 +513,7 @@ impl Service {
                         "publish a signed prekey before adding one-time prekeys",
                     ));
                 }
-                let held = self.one_time_count(&me)?;
+                let held = self.store.one_time_count(&me)?;
                 let max = self.limits.max_one_time_prekeys;
                 if u64::from(held) + keys.len() as u64 > u64::from(max) {
                     return Err(refuse(
@@ -526,9 +525,6 @@ impl Service {
                     ));
                 }
                 self.store.add_one_time_prekeys(&me, &keys)?;
-                // Ids already held were replaced, not added: count again.
-                let count = self.store.one_time_count(&me)?;
-                self.one_time_counts.insert(me, count);
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
             RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(name),
@@ -539,7 +535,7 @@ impl Service {
                 let budget = self.limits.max_response_bytes.saturating_sub(1024) as u64;
                 let not_before = self.limits.mailbox.expiry_cutoff(now);
                 let items = self.store.fetch(&me, max, budget, not_before)?;
-                let held = self.usage.get(&me).map_or(0, |u| u.messages);
+                let held = self.store.usage(&me)?.messages;
                 let remaining = held.saturating_sub(u32::try_from(items.len()).unwrap_or(0));
                 Ok(Reply::now(RendezvousResponse::Mail { items, remaining }))
             }
@@ -644,8 +640,8 @@ impl Service {
         self.metrics.logins.inc();
         self.presence_heard(&name, Some(PresenceState::Online), now);
         Ok(Reply::now(RendezvousResponse::LoggedIn {
-            mail_waiting: self.usage.get(&name).map_or(0, |u| u.messages),
-            one_time_prekeys_left: self.one_time_count(&name)?,
+            mail_waiting: self.store.usage(&name)?.messages,
+            one_time_prekeys_left: self.store.one_time_count(&name)?,
             name,
         }))
     }
@@ -688,7 +684,7 @@ impl Service {
     /// Ids held for `name` (tests).
     #[cfg(test)]
     fn held(&self, name: &UserName) -> u32 {
-        self.usage.get(name).map_or(0, |u| u.messages)
+        self.store.usage(name).map_or(0, |u| u.messages)
     }
 }
 
@@ -700,6 +696,7 @@ fn gauge(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
+mod cluster;
 mod mailbox;
 mod prekeys;
 mod presence;

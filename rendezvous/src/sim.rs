@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::service::{RelayGate, Service};
-use crate::store::{Store, StoreError};
+use crate::store::{StoreError, StoreLocation};
 
 /// One rendezvous instance's decisions over a store directory. Opening the same directory again
 /// is a restart: what was stored survives, sessions and presence do not.
@@ -22,7 +22,7 @@ pub struct SimServer {
 impl SimServer {
     /// Opens the store in `dir` (accounts open to anyone without `tokens`).
     pub fn open(dir: &Path, limits: Limits, tokens: Vec<String>) -> Result<Self, StoreError> {
-        let store = Store::open(dir, limits.store_cache_bytes)?;
+        let store = StoreLocation::Sled.open(dir, limits.store_cache_bytes)?;
         let metrics = Metrics::register(&mut Registry::default());
         let service = Service::new(store, limits, tokens, false, RelayGate::new(false), metrics)?;
         Ok(Self { service })

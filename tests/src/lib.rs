@@ -134,9 +134,15 @@ impl Rendezvous {
 
     /// Starts on a given listen address (to restart a server where its clients expect it).
     pub fn start_at(data: &Path, listen: &str) -> anyhow::Result<Self> {
+        Self::start_with(data, listen, &[])
+    }
+
+    /// Starts with `extra` flags (`--store postgres://…`, say).
+    pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(&bins().rendezvous)
             .args(["--listen", listen, "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -271,16 +277,22 @@ impl User {
 
     /// Like [`User::start`], with extra environment (the daemon's fault hooks, say).
     pub fn start_with_env(&mut self, rendezvous: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.start_at_instances(&[rendezvous], env)
+    }
+
+    /// Starts the daemon with several `--rendezvous` instances (the first preferred) and waits
+    /// until it is logged in at one.
+    pub fn start_at_instances(
+        &mut self,
+        instances: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let child = self
             .command()
             .envs(env.iter().copied())
-            .args([
-                "daemon",
-                "--rendezvous",
-                rendezvous,
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
+            .arg("daemon")
+            .args(instances.iter().flat_map(|addr| ["--rendezvous", addr]))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

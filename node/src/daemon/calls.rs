@@ -297,7 +297,10 @@ impl Node {
             "peer_id": self.swarm.local_peer_id().to_string(),
             "fingerprint": self.identity.fingerprint().to_string(),
             "rendezvous": {
-                "address": self.rendezvous_addr.to_string(),
+                // The instance in use now (of `instances`, tried in order when one fails).
+                "address": self.reach.rendezvous_addr().to_string(),
+                "server": self.reach.rendezvous_peer().map(|p| p.to_string()),
+                "instances": self.reach.rendezvous_instances().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "connected": self.reach.rendezvous_connected(),
                 "logged_in": self.session.is_logged_in(),
                 // The server's refusal of our login, verbatim, and what to do about it.
@@ -325,7 +328,7 @@ impl Node {
             None => format!(
                 "{what}: the rendezvous at {} is not reachable; the daemon keeps trying \
                  (`palaver status` shows when it is back)",
-                self.rendezvous_addr
+                self.reach.rendezvous_addr()
             ),
         }
     }

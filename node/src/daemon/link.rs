@@ -182,6 +182,8 @@ impl Node {
                 }
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");
+                    // With several instances, the planner moves on to the next.
+                    self.reach(super::reach::ReachInput::RendezvousRefused);
                     self.emit(crate::rpc::Event::Rendezvous {
                         connected: true,
                         logged_in: false,
@@ -228,7 +230,7 @@ impl Node {
         };
         tracing::info!(
             "connected to the rendezvous at {} ({peer}){again}",
-            self.rendezvous_addr
+            self.reach.rendezvous_addr()
         );
         self.session_input(Input::Connected);
     }
@@ -239,7 +241,7 @@ impl Node {
         if !self.stopping {
             tracing::warn!(
                 "lost the connection to the rendezvous at {}; reconnecting",
-                self.rendezvous_addr
+                self.reach.rendezvous_addr()
             );
             self.rendezvous_outage_logged = true;
         }

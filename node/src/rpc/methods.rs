@@ -89,7 +89,7 @@ pub static METHODS: &[Method] = &[
         name: "status",
         summary: "The daemon's state.",
         params: &[],
-        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","connected","logged_in","refused"?,"hint"?},"listen":[multiaddr],"outbox":n,"gossip":{"outsider_messages_dropped","outsider_subscriptions_refused","outsiders_disconnected","members_evicted","rejected_after_checks"}}"#,
+        result: r#"{"name","peer_id","fingerprint","rendezvous":{"address","server","instances":[multiaddr],"connected","logged_in","refused"?,"hint"?},"listen":[multiaddr],"outbox":n,"gossip":{"outsider_messages_dropped","outsider_subscriptions_refused","outsiders_disconnected","members_evicted","rejected_after_checks"}}"#,
         errors: "none",
     },
     Method {

@@ -52,8 +52,10 @@ const MAX_OTHER_RELAYS: usize = 256;
 /// at once alongside the direct addresses.
 const MAX_FALLBACKS: usize = 4096;
 
+mod failover;
 mod io;
 
+pub use failover::{FAILOVER_BACKOFF, MAX_FAILOVER_BACKOFF};
 pub use io::{ConnectionKind, DialCondition, DialPurpose, DialRefusal, Input, Output, ReachError};
 
 #[derive(Debug)]
@@ -77,7 +79,9 @@ struct Relay<L> {
 /// The reach planner (see the module documentation).
 #[derive(Debug)]
 pub struct Reach<C, L> {
+    /// The instance we use now (one of `instances`).
     rendezvous_addr: Multiaddr,
+    instances: failover::Instances,
     /// The rendezvous's peer id: from its address, or its first connection.
     rendezvous: Option<PeerId>,
     rendezvous_dialed_at: Option<Instant>,
@@ -129,6 +133,20 @@ where
         listeners: Vec<(L, Multiaddr)>,
         now: Instant,
     ) -> Result<Self, ReachError> {
+        Self::with_instances(vec![rendezvous], relays, listeners, now)
+    }
+
+    /// Like [`Reach::new`] with several rendezvous instances, the first preferred; when the
+    /// one in use fails we move to the next (see `failover`).
+    pub fn with_instances(
+        instances: Vec<Multiaddr>,
+        relays: &[Multiaddr],
+        listeners: Vec<(L, Multiaddr)>,
+        now: Instant,
+    ) -> Result<Self, ReachError> {
+        let Some(rendezvous) = instances.first().cloned() else {
+            return Err(ReachError::NoRendezvous);
+        };
         let relay = |addr: Multiaddr, rendezvous| Relay {
             addr,
             rendezvous,
@@ -151,6 +169,7 @@ where
         let mut reach = Self {
             rendezvous: peer_of(&rendezvous),
             rendezvous_addr: rendezvous,
+            instances: failover::Instances::new(instances),
             rendezvous_dialed_at: None,
             rendezvous_dial: None,
             relays: all,
@@ -191,12 +210,12 @@ where
         if !self.listeners.is_empty() {
             consider(self.listeners_deadline);
         }
-        if !self.stopping
-            && !self.rendezvous_connected()
-            && self.listeners_ready(self.now)
-            && let Some(at) = self.rendezvous_dialed_at
-        {
-            consider(at + RENDEZVOUS_REDIAL);
+        if !self.stopping && !self.rendezvous_connected() && self.listeners_ready(self.now) {
+            if let Some(at) = self.instances.waiting(self.now) {
+                consider(at);
+            } else if let Some(at) = self.rendezvous_dialed_at {
+                consider(at + RENDEZVOUS_REDIAL);
+            }
         }
         if !self.stopping {
             for relay in &self.relays {
@@ -232,6 +251,16 @@ where
 
     pub fn rendezvous_peer(&self) -> Option<PeerId> {
         self.rendezvous
+    }
+
+    /// The rendezvous instance in use (or being dialed) now.
+    pub fn rendezvous_addr(&self) -> &Multiaddr {
+        &self.rendezvous_addr
+    }
+
+    /// Every rendezvous instance we may use, the preferred first.
+    pub fn rendezvous_instances(&self) -> &[Multiaddr] {
+        self.instances.all()
     }
 
     pub fn is_rendezvous(&self, peer: &PeerId) -> bool {
@@ -296,6 +325,7 @@ where
                 self.dials.remove(&conn);
                 if self.rendezvous_dial == Some(conn) {
                     self.rendezvous_dial = None;
+                    self.fail_over(now);
                 }
                 if let Some(peer) = peer
                     && !self.is_relay_server(&peer)
@@ -320,8 +350,12 @@ where
             Input::PingFailed { conn } => self.outputs.push_back(Output::Close(conn)),
             Input::LoggedIn(logged_in) => {
                 self.logged_in = logged_in;
+                if logged_in {
+                    self.instances.succeeded();
+                }
                 self.reserve_slots(now);
             }
+            Input::RendezvousRefused => self.fail_over(now),
             Input::DeliveryStarted(peer) => *self.in_flight.entry(peer).or_default() += 1,
             Input::DeliveryEnded(peer) => {
                 if let Some(count) = self.in_flight.get_mut(&peer) {
@@ -467,6 +501,7 @@ where
     fn dial_rendezvous(&mut self, now: Instant) {
         if self.stopping
             || self.rendezvous_connected()
+            || self.instances.waiting(now).is_some()
             || !self.listeners_ready(now)
             || self.rendezvous_dialed_at == Some(now)
             || self.rendezvous_dial.is_some()
@@ -483,6 +518,53 @@ where
             addrs: vec![self.rendezvous_addr.clone()],
             condition: DialCondition::DisconnectedAndNotDialing,
         });
+    }
+
+    /// The instance in use failed (or refused us): move to the next one, if there is another.
+    /// What we held at the old one goes: its connections close, its relay slot is given back,
+    /// and its peer counts as a relay server (not a peer) until its connections are gone.
+    fn fail_over(&mut self, now: Instant) {
+        if self.stopping || !self.instances.fail(now) {
+            return;
+        }
+        let Some(next) = self.instances.current().cloned() else {
+            return;
+        };
+        let was_connected = self.rendezvous_connected();
+        if let Some(old) = self.rendezvous.take() {
+            if self.other_relays.len() < MAX_OTHER_RELAYS {
+                self.other_relays.insert(old);
+            }
+            let conns: Vec<C> = self
+                .connections
+                .get(&old)
+                .into_iter()
+                .flat_map(|c| c.keys().copied())
+                .collect();
+            self.outputs.extend(conns.into_iter().map(Output::Close));
+        }
+        self.rendezvous = peer_of(&next);
+        self.other_relays.retain(|p| Some(*p) != self.rendezvous);
+        self.rendezvous_addr = next.clone();
+        self.rendezvous_dial = None;
+        self.rendezvous_dialed_at = None;
+        let relay = &mut self.relays[0];
+        relay.addr = next;
+        relay.observed = false;
+        relay.asking = false;
+        let released = relay.listener.take();
+        let was_reserved = std::mem::take(&mut relay.reserved);
+        if let Some(listener) = released {
+            self.outputs.push_back(Output::ReleaseSlot(listener));
+        }
+        if was_reserved {
+            self.push_reachability();
+        }
+        if was_connected {
+            self.logged_in = false;
+            self.outputs.push_back(Output::RendezvousLost);
+        }
+        self.dial_rendezvous(now);
     }
 
     /// The peer id of relay `i`, once known.
@@ -699,9 +781,17 @@ where
         if remaining == 0 && self.is_rendezvous(&peer) {
             self.logged_in = false;
             self.outputs.push_back(Output::RendezvousLost);
-            // Back as soon as it is (a restart, a network change); the redial timer keeps trying
-            // after that.
+            // Back as soon as it is (a restart, a network change), or at the next instance; the
+            // redial timer keeps trying after that.
             self.rendezvous_dialed_at = None;
+            if peer_of(&self.rendezvous_addr).is_none() {
+                // An address without an id (a load balancer's) may lead to another instance
+                // next time: learn its id again from the connection.
+                self.rendezvous = None;
+            }
+            if !self.stopping {
+                self.fail_over(now);
+            }
             self.dial_rendezvous(now);
         } else if !self.is_relay_server(&peer) {
             self.outputs.push_back(Output::ConnectionChanged(peer));
@@ -815,6 +905,7 @@ where
                     self.relays[i].not_before = now + RELAY_RETRY;
                 }
             }
+            (DialPurpose::Rendezvous, Err(DialRefusal::Failed)) => self.fail_over(now),
             (DialPurpose::Relay | DialPurpose::Rendezvous, _) => {}
         }
     }

@@ -645,3 +645,6 @@ fn a_rendezvous_without_an_id_is_not_redialled_while_its_dial_is_under_way() {
     reach.handle_timeout(t0 + RENDEZVOUS_REDIAL * 6);
     assert_eq!(dials(&drain(&mut reach)), [(DialPurpose::Rendezvous, None)]);
 }
+
+#[path = "reach_failover_tests.rs"]
+mod failover;

@@ -45,14 +45,14 @@ impl Service {
             envelope,
             deposited_at_ms: now,
         };
-        let len = Store::encoded_len(&item)?;
+        let len = store::encoded_len(&item)?;
         if len > (MAX_ENVELOPE_LEN + 64) as u64 {
             return Err(refuse(
                 RefusalReason::TooLarge,
                 format!("an envelope may be at most {MAX_ENVELOPE_LEN} bytes"),
             ));
         }
-        let usage = self.usage.get(&to).copied().unwrap_or_default();
+        let usage = self.store.usage(&to)?;
         usage.admit(len, &self.limits.mailbox).map_err(|e| {
             refuse(
                 RefusalReason::QuotaExceeded,
@@ -62,15 +62,11 @@ impl Service {
             )
         })?;
         if let store::Deposit::Stored(len) = self.store.deposit(&to, &id, &item)? {
-            let usage = self.usage.entry(to.clone()).or_default();
-            usage.add(len);
-            let count = usage.messages;
+            let count = usage.messages.saturating_add(1);
             self.metrics.mailbox_deposits.inc();
             self.metrics.mailbox_messages.inc();
             self.metrics.mailbox_bytes.inc_by(gauge(len));
-            if let Some(peer) = self.online.get(&to) {
-                self.pushes.push((*peer, ServerPush::MailWaiting { count }));
-            }
+            self.push_to_user(&to, ServerPush::MailWaiting { count });
         }
         Ok(Reply::durable(RendezvousResponse::Deposited { id }))
     }
@@ -90,12 +86,6 @@ impl Service {
 
     pub(super) fn forget_mail(&mut self, removed: &[store::Removed]) {
         for r in removed {
-            if let Some(usage) = self.usage.get_mut(&r.recipient) {
-                usage.remove(r.bytes);
-                if usage.is_empty() {
-                    self.usage.remove(&r.recipient);
-                }
-            }
             self.metrics.mailbox_messages.dec();
             self.metrics.mailbox_bytes.dec_by(gauge(r.bytes));
         }

@@ -3,15 +3,6 @@
 use super::*;
 
 impl Service {
-    pub(super) fn one_time_count(&mut self, name: &UserName) -> Result<u32, StoreError> {
-        if let Some(count) = self.one_time_counts.get(name) {
-            return Ok(*count);
-        }
-        let count = self.store.one_time_count(name)?;
-        self.one_time_counts.insert(name.clone(), count);
-        Ok(count)
-    }
-
     pub(super) fn fetch_prekeys(&mut self, name: UserName) -> Handled {
         if self.store.user(&name)?.is_none() {
             return Err(refuse(
@@ -26,13 +17,9 @@ impl Service {
             ));
         };
         if bundle.one_time_prekey.is_some() {
-            let left = self.one_time_count(&name)?.saturating_sub(1);
-            self.one_time_counts.insert(name.clone(), left);
-            if let Some(owner) = self.online.get(&name)
-                && left < self.limits.prekeys_low
-            {
-                self.pushes
-                    .push((*owner, ServerPush::PrekeysLow { remaining: left }));
+            let left = self.store.one_time_count(&name)?;
+            if left < self.limits.prekeys_low {
+                self.push_to_user(&name, ServerPush::PrekeysLow { remaining: left });
             }
         }
         // Durable: a one-time prekey is handed out once, even across a crash.

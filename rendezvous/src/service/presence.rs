@@ -4,8 +4,7 @@ use super::*;
 
 impl Service {
     pub(super) fn presence_of(&self, name: &UserName, user: &store::StoredUser) -> PresenceRecord {
-        self.presence
-            .record(name)
+        self.effective_presence(name)
             .unwrap_or_else(|| PresenceRecord {
                 name: name.clone(),
                 state: PresenceState::Offline,
@@ -37,7 +36,15 @@ impl Service {
             .set(gauge(self.presence.present()));
     }
 
+    /// A change in this instance's presence table: the other instances are told, and our
+    /// subscribers shown the user's presence across all of them.
     pub(super) fn presence_changed(&mut self, record: PresenceRecord) {
+        self.publish_presence(&record);
+        let shown = self.effective_presence(&record.name).unwrap_or(record);
+        self.push_presence(shown);
+    }
+
+    pub(super) fn push_presence(&mut self, record: PresenceRecord) {
         self.metrics.presence_updates.inc();
         if let Some(subscribers) = self.subscribers.get(&record.name) {
             for peer in subscribers {

@@ -36,7 +36,8 @@ fn limits() -> Limits {
 
 fn harness_with(limits: Limits, tokens: Vec<String>, relay_only: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let store: SharedStore =
+        Arc::new(crate::store::sled::SledStore::open(dir.path(), 1 << 20).unwrap());
     let gate = RelayGate::new(relay_only);
     let metrics = Metrics::register(&mut Registry::default());
     let service = Service::new(store, limits, tokens, relay_only, gate.clone(), metrics).unwrap();
@@ -613,3 +614,5 @@ fn a_relay_only_server_offers_nothing_but_the_relay() {
     h.service.tick(1_000_000);
     assert!(h.service.take_disconnects().is_empty());
 }
+
+mod cluster;

@@ -99,6 +99,12 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Ends the server as a crash would: no shutdown, no goodbyes.
+    pub(crate) async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Graceful shutdown; waits for the store to be flushed and closed.
     pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

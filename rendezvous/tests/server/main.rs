@@ -2,6 +2,7 @@
 //! The real server on 127.0.0.1 (port 0), driven by real libp2p clients.
 
 mod accounts;
+mod cluster;
 mod common;
 mod mailbox;
 mod presence;

@@ -13,6 +13,11 @@ use crate::common::*;
 
 /// Starts the binary on loopback; returns it and the addresses it printed.
 fn spawn(data: &Path) -> (Child, Vec<Multiaddr>) {
+    spawn_with(data, &[])
+}
+
+/// Starts the binary on loopback with `extra` flags.
+pub(crate) fn spawn_with(data: &Path, extra: &[&str]) -> (Child, Vec<Multiaddr>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_palaver-rendezvous"))
         .args([
             "--listen",
@@ -22,6 +27,7 @@ fn spawn(data: &Path) -> (Child, Vec<Multiaddr>) {
             "--data",
         ])
         .arg(data)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -34,7 +40,7 @@ fn spawn(data: &Path) -> (Child, Vec<Multiaddr>) {
     (child, addrs)
 }
 
-fn tcp(addrs: &[Multiaddr]) -> Multiaddr {
+pub(crate) fn tcp(addrs: &[Multiaddr]) -> Multiaddr {
     addrs
         .iter()
         .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
@@ -158,7 +164,7 @@ fn bare_tcp(addrs: &[Multiaddr]) -> Multiaddr {
 }
 
 /// A child process, killed when dropped (so a failed assertion leaves no server behind).
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {

@@ -10,6 +10,8 @@ pub enum ReachError {
     RelayWithoutPeerId(Multiaddr),
     #[error("--relay {0}: give the relay's own address, not a circuit through it")]
     RelayIsCircuit(Multiaddr),
+    #[error("no rendezvous address: give at least one --rendezvous")]
+    NoRendezvous,
 }
 
 /// How a peer is connected.
@@ -125,6 +127,8 @@ pub enum Input<C, L> {
     },
     /// Whether we are logged in at the rendezvous.
     LoggedIn(bool),
+    /// The rendezvous in use refused our login: with several instances, move to the next.
+    RendezvousRefused,
     /// A delivery of ours to `peer` started / ended (relayed connections are not closed under
     /// one).
     DeliveryStarted(PeerId),

@@ -1,0 +1,369 @@
+//! The embedded back-end: sled under `--data DIR`, owned by one instance.
+//!
+//! Three trees, each written only with atomic batches so a crash leaves either all of a change or
+//! none of it; the server flushes before it acknowledges anything that must survive a kill -9
+//! (registrations, prekeys, deposits, acks). Keys are prefixed by kind; names never contain a 0
+//! byte, so `name || 0` is an unambiguous prefix.
+//!
+//! - `accounts`: `u name` → [`StoredUser`]; `k key` → name (one name per key).
+//! - `prekeys`: `s name` → [`StoredSignedPrekey`]; `o name 0 id` → one-time prekey.
+//! - `mail`: `m name 0 time id` → [`MailItem`]; `i name 0 id` → time (dedup and ack);
+//!   `e time name 0 id` → nothing (the expiry index, oldest first).
+//!
+//! Each mailbox's [`Usage`] is read once at open and kept in memory beside the trees (this
+//! instance is their only writer).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
+use palaver_protocol::rendezvous::mailbox::Usage;
+use palaver_protocol::wire::MailItem;
+use palaver_protocol::{MessageId, UserName, VerifyingKey};
+
+use super::{
+    Deposit, Registration, Removed, Result, Storage, StoreError, StoredSignedPrekey, StoredUser,
+    decode, encode, name_of_bytes,
+};
+
+#[derive(Debug)]
+pub(crate) struct SledStore {
+    db: sled::Db,
+    accounts: sled::Tree,
+    prekeys: sled::Tree,
+    mail: sled::Tree,
+    usage: Mutex<HashMap<UserName, Usage>>,
+}
+
+const SEP: u8 = 0;
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("timestamp is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, caching at most `cache_bytes` in memory.
+    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_bytes)
+            .open()?;
+        let mut store = Self {
+            accounts: db.open_tree("accounts")?,
+            prekeys: db.open_tree("prekeys")?,
+            mail: db.open_tree("mail")?,
+            db,
+            usage: Mutex::default(),
+        };
+        store.usage = Mutex::new(store.load_usage()?);
+        Ok(store)
+    }
+
+    fn usage_table(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, Usage>> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn one_time_prefix(name: &UserName) -> Vec<u8> {
+        key(&[b"o", name.as_str().as_bytes(), &[SEP]])
+    }
+
+    fn mail_prefix(name: &UserName) -> Vec<u8> {
+        key(&[b"m", name.as_str().as_bytes(), &[SEP]])
+    }
+
+    fn index_key(name: &UserName, id: &MessageId) -> Vec<u8> {
+        key(&[b"i", name.as_str().as_bytes(), &[SEP], &id.0])
+    }
+
+    fn remove_message(
+        &self,
+        name: &UserName,
+        id: &MessageId,
+        time: [u8; 8],
+    ) -> Result<Option<Removed>> {
+        let item_key = key(&[&Self::mail_prefix(name), &time, &id.0]);
+        let Some(value) = self.mail.get(&item_key)? else {
+            return Ok(None);
+        };
+        let mut batch = sled::Batch::default();
+        batch.remove(item_key);
+        batch.remove(Self::index_key(name, id));
+        batch.remove(key(&[b"e", &time, name.as_str().as_bytes(), &[SEP], &id.0]));
+        self.mail.apply_batch(batch)?;
+        let mut usage = self.usage_table();
+        if let Some(held) = usage.get_mut(name) {
+            held.remove(value.len() as u64);
+            if held.is_empty() {
+                usage.remove(name);
+            }
+        }
+        Ok(Some(Removed {
+            recipient: name.clone(),
+            bytes: value.len() as u64,
+        }))
+    }
+
+    /// Records in the mail tree, indexes included (tests).
+    #[cfg(test)]
+    pub(super) fn mail_records(&self) -> usize {
+        self.mail.len()
+    }
+
+    /// What every mailbox holds (read once at startup).
+    fn load_usage(&self) -> Result<HashMap<UserName, Usage>> {
+        let mut usage: HashMap<UserName, Usage> = HashMap::new();
+        for entry in self.mail.scan_prefix(b"m") {
+            let (k, v) = entry?;
+            let end = k
+                .iter()
+                .position(|&b| b == SEP)
+                .ok_or_else(|| StoreError::Corrupt("mail key without separator".into()))?;
+            let name = name_of_bytes(&k[1..end])?;
+            usage.entry(name).or_default().add(v.len() as u64);
+        }
+        Ok(usage)
+    }
+}
+
+impl Storage for SledStore {
+    fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn user(&self, name: &UserName) -> Result<Option<StoredUser>> {
+        self.accounts
+            .get(key(&[b"u", name.as_str().as_bytes()]))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn name_of(&self, identity: &VerifyingKey) -> Result<Option<UserName>> {
+        self.accounts
+            .get(key(&[b"k", identity.as_bytes()]))?
+            .map(|v| name_of_bytes(&v))
+            .transpose()
+    }
+
+    fn register(
+        &self,
+        name: &UserName,
+        identity: &VerifyingKey,
+        now_ms: u64,
+    ) -> Result<Registration> {
+        if let Some(user) = self.user(name)? {
+            return Ok(Registration::of_bound(&user, identity));
+        }
+        let by_key = key(&[b"k", identity.as_bytes()]);
+        if let Some(existing) = self.accounts.get(&by_key)? {
+            return Ok(Registration::KeyHasName(name_of_bytes(&existing)?));
+        }
+        let user = StoredUser {
+            identity: *identity,
+            registered_at_ms: now_ms,
+            last_seen_ms: None,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key(&[b"u", name.as_str().as_bytes()]), encode(&user)?);
+        batch.insert(by_key, name.as_str().as_bytes());
+        self.accounts.apply_batch(batch)?;
+        Ok(Registration::New)
+    }
+
+    fn set_last_seen(&self, name: &UserName, ms: u64) -> Result<()> {
+        if let Some(mut user) = self.user(name)? {
+            user.last_seen_ms = Some(ms);
+            self.accounts
+                .insert(key(&[b"u", name.as_str().as_bytes()]), encode(&user)?)?;
+        }
+        Ok(())
+    }
+
+    fn user_count(&self) -> Result<u64> {
+        Ok(self.accounts.scan_prefix(b"u").count() as u64)
+    }
+
+    fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let prefix = Self::one_time_prefix(name);
+        for entry in self.prekeys.scan_prefix(&prefix).keys() {
+            batch.remove(entry?);
+        }
+        let signed = StoredSignedPrekey {
+            identity: upload.identity,
+            signed_prekey: upload.signed_prekey.clone(),
+        };
+        batch.insert(key(&[b"s", name.as_str().as_bytes()]), encode(&signed)?);
+        for one_time in &upload.one_time_prekeys {
+            batch.insert(
+                key(&[&prefix, &one_time.id.to_be_bytes()]),
+                encode(one_time)?,
+            );
+        }
+        self.prekeys.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn has_signed_prekey(&self, name: &UserName) -> Result<bool> {
+        Ok(self
+            .prekeys
+            .contains_key(key(&[b"s", name.as_str().as_bytes()]))?)
+    }
+
+    fn add_one_time_prekeys(&self, name: &UserName, keys: &[OneTimePrekey]) -> Result<()> {
+        let prefix = Self::one_time_prefix(name);
+        let mut batch = sled::Batch::default();
+        for one_time in keys {
+            batch.insert(
+                key(&[&prefix, &one_time.id.to_be_bytes()]),
+                encode(one_time)?,
+            );
+        }
+        self.prekeys.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn one_time_count(&self, name: &UserName) -> Result<u32> {
+        let count = self
+            .prekeys
+            .scan_prefix(Self::one_time_prefix(name))
+            .count();
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn take_bundle(&self, name: &UserName) -> Result<Option<PrekeyBundle>> {
+        let Some(signed) = self.prekeys.get(key(&[b"s", name.as_str().as_bytes()]))? else {
+            return Ok(None);
+        };
+        let signed: StoredSignedPrekey = decode(&signed)?;
+        let one_time_prekey = match self.prekeys.scan_prefix(Self::one_time_prefix(name)).next() {
+            Some(entry) => {
+                let (k, v) = entry?;
+                self.prekeys.remove(k)?;
+                Some(decode::<OneTimePrekey>(&v)?)
+            }
+            None => None,
+        };
+        Ok(Some(PrekeyBundle {
+            identity: signed.identity,
+            signed_prekey: signed.signed_prekey,
+            one_time_prekey,
+        }))
+    }
+
+    fn holds(&self, name: &UserName, id: &MessageId) -> Result<bool> {
+        Ok(self.mail.contains_key(Self::index_key(name, id))?)
+    }
+
+    fn deposit(&self, to: &UserName, id: &MessageId, item: &MailItem) -> Result<Deposit> {
+        let index = Self::index_key(to, id);
+        if self.mail.contains_key(&index)? {
+            return Ok(Deposit::Duplicate);
+        }
+        let time = item.deposited_at_ms.to_be_bytes();
+        let value = encode(item)?;
+        let len = value.len() as u64;
+        let mut batch = sled::Batch::default();
+        batch.insert(key(&[&Self::mail_prefix(to), &time, &id.0]), value);
+        batch.insert(index, &time[..]);
+        batch.insert(
+            key(&[b"e", &time, to.as_str().as_bytes(), &[SEP], &id.0]),
+            &[][..],
+        );
+        self.mail.apply_batch(batch)?;
+        self.usage_table().entry(to.clone()).or_default().add(len);
+        Ok(Deposit::Stored(len))
+    }
+
+    fn fetch(
+        &self,
+        name: &UserName,
+        max: usize,
+        max_bytes: u64,
+        not_before: u64,
+    ) -> Result<Vec<MailItem>> {
+        let mut items = Vec::new();
+        let mut bytes = 0u64;
+        for entry in self.mail.scan_prefix(Self::mail_prefix(name)) {
+            if items.len() >= max {
+                break;
+            }
+            let (_, value) = entry?;
+            let len = value.len() as u64;
+            if !items.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            let item: MailItem = decode(&value)?;
+            if item.deposited_at_ms < not_before {
+                continue;
+            }
+            bytes += len;
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    fn ack(&self, name: &UserName, ids: &[MessageId]) -> Result<Vec<Removed>> {
+        let mut removed = Vec::new();
+        for id in ids {
+            let Some(time) = self.mail.get(Self::index_key(name, id))? else {
+                continue;
+            };
+            let time = be_u64(&time)?.to_be_bytes();
+            removed.extend(self.remove_message(name, id, time)?);
+        }
+        Ok(removed)
+    }
+
+    fn expire(&self, cutoff: u64, max: usize) -> Result<Vec<Removed>> {
+        let mut due = Vec::new();
+        for entry in self.mail.scan_prefix(b"e").keys() {
+            let entry = entry?;
+            // `e` time(8) name 0 id(32)
+            if entry.len() < 1 + 8 + 1 + 1 + 32 || due.len() >= max {
+                break;
+            }
+            let time = be_u64(&entry[1..9])?;
+            if time >= cutoff {
+                break;
+            }
+            let rest = &entry[9..];
+            let (name, id) = rest.split_at(rest.len() - 32);
+            let name = name_of_bytes(name.strip_suffix(&[SEP]).unwrap_or(name))?;
+            let mut message = [0u8; 32];
+            message.copy_from_slice(id);
+            due.push((name, MessageId(message), time));
+        }
+        let mut removed = Vec::new();
+        for (name, id, time) in due {
+            removed.extend(self.remove_message(&name, &id, time.to_be_bytes())?);
+        }
+        Ok(removed)
+    }
+
+    fn usage(&self, name: &UserName) -> Result<Usage> {
+        Ok(self.usage_table().get(name).copied().unwrap_or_default())
+    }
+
+    fn mailbox_totals(&self) -> Result<Usage> {
+        Ok(self
+            .usage_table()
+            .values()
+            .fold(Usage::default(), |total, u| Usage {
+                messages: total.messages.saturating_add(u.messages),
+                bytes: total.bytes.saturating_add(u.bytes),
+            }))
+    }
+}

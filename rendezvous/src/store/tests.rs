@@ -1,0 +1,427 @@
+//! One suite, both back-ends: every test runs against sled and against a throw-away PostgreSQL
+//! (skipped loudly where PostgreSQL is not installed, unless `PALAVER_REQUIRE_POSTGRES=1`).
+//! "Reopen" is a restart for sled and a second instance on the same database for PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use palaver_protocol::Identity;
+use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
+use palaver_protocol::wire::{Body, DirectMessage};
+
+use super::postgres::PgStore;
+use super::sled::SledStore;
+use super::*;
+use crate::testing::TestPostgres;
+
+fn name(n: &str) -> UserName {
+    UserName::new(n).unwrap()
+}
+
+fn key_of(seed: u8) -> VerifyingKey {
+    Identity::from_secret_bytes(&[seed; 32]).public()
+}
+
+/// A store and a way to open it again.
+trait Backend {
+    fn open(&self) -> Box<dyn Storage>;
+}
+
+struct Sled(tempfile::TempDir);
+
+impl Backend for Sled {
+    fn open(&self) -> Box<dyn Storage> {
+        // sled's lock is let go just after the previous handle's drop: wait for that, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(self.0.path(), 1 << 20) {
+                Ok(store) => return Box::new(store),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
+
+struct Postgres(TestPostgres);
+
+impl Backend for Postgres {
+    fn open(&self) -> Box<dyn Storage> {
+        Box::new(PgStore::open(&self.0.url()).unwrap())
+    }
+}
+
+/// Runs `suite` against sled, then PostgreSQL.
+fn on_both(test: &str, suite: impl Fn(&dyn Backend)) {
+    suite(&Sled(tempfile::tempdir().unwrap()));
+    if let Some(cluster) = TestPostgres::start(test).unwrap() {
+        suite(&Postgres(cluster));
+    }
+}
+
+fn item(t: u64, n: u8, to: &VerifyingKey) -> MailItem {
+    let sender = Identity::from_secret_bytes(&[n; 32]);
+    let body = Body::Direct(DirectMessage {
+        sender: sender.public(),
+        recipient: *to,
+        message: RatchetMessage {
+            init: None,
+            header: Header {
+                dh: x25519_dalek::PublicKey::from([n; 32]),
+                previous_chain_len: 0,
+                index: 0,
+            },
+            ciphertext: vec![n; 100],
+        },
+    });
+    let envelope = palaver_protocol::Envelope::sign(body, sender.signing_key()).unwrap();
+    MailItem {
+        envelope,
+        deposited_at_ms: t,
+    }
+}
+
+fn one_time(id: u32, fill: u8) -> OneTimePrekey {
+    OneTimePrekey {
+        id,
+        key: x25519_dalek::PublicKey::from([fill; 32]),
+    }
+}
+
+fn upload(seed: u8, ids: &[u32]) -> PrekeyUpload {
+    let identity = Identity::from_secret_bytes(&[seed; 32]);
+    let mut upload = palaver_protocol::crypto::x3dh::PrekeySecrets::generate(
+        &mut rand_core::OsRng,
+        identity.signing_key(),
+        0,
+    )
+    .upload();
+    upload.one_time_prekeys = ids.iter().map(|&id| one_time(id, id as u8)).collect();
+    upload
+}
+
+#[test]
+fn a_name_binds_to_one_key_and_a_key_to_one_name_across_reopen() {
+    on_both("store::a_name_binds_to_one_key", |backend| {
+        let alice = name("alice");
+        {
+            let store = backend.open();
+            assert_eq!(
+                store.register(&alice, &key_of(1), 5).unwrap(),
+                Registration::New
+            );
+            assert_eq!(
+                store.register(&alice, &key_of(1), 6).unwrap(),
+                Registration::AlreadyYours
+            );
+            assert_eq!(
+                store.register(&alice, &key_of(2), 7).unwrap(),
+                Registration::Taken
+            );
+            assert_eq!(
+                store.register(&name("alice2"), &key_of(1), 8).unwrap(),
+                Registration::KeyHasName(alice.clone())
+            );
+            store.set_last_seen(&alice, 99).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = backend.open();
+        let user = store.user(&alice).unwrap().unwrap();
+        assert_eq!(user.identity, key_of(1));
+        assert_eq!(user.registered_at_ms, 5);
+        assert_eq!(user.last_seen_ms, Some(99));
+        assert_eq!(store.name_of(&key_of(1)).unwrap(), Some(alice.clone()));
+        assert_eq!(store.name_of(&key_of(2)).unwrap(), None);
+        assert_eq!(store.user(&name("alice2")).unwrap(), None);
+        assert_eq!(store.user_count().unwrap(), 1);
+    });
+}
+
+#[test]
+fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
+    on_both("store::one_time_prekeys", |backend| {
+        let store = backend.open();
+        let bob = name("bob");
+        store.register(&bob, &key_of(3), 1).unwrap();
+        assert!(!store.has_signed_prekey(&bob).unwrap());
+        assert_eq!(store.take_bundle(&bob).unwrap(), None);
+        store.publish_prekeys(&bob, &upload(3, &[5, 1, 9])).unwrap();
+        // Publishing again replaces every one-time prekey.
+        let published = upload(3, &[7, 2]);
+        store.publish_prekeys(&bob, &published).unwrap();
+        assert!(store.has_signed_prekey(&bob).unwrap());
+        assert_eq!(store.one_time_count(&bob).unwrap(), 2);
+        // A repeated id replaces the key held under it; the last of a repeat wins.
+        store
+            .add_one_time_prekeys(&bob, &[one_time(2, 200), one_time(4, 4), one_time(4, 44)])
+            .unwrap();
+        assert_eq!(store.one_time_count(&bob).unwrap(), 3);
+        drop(store);
+        let store = backend.open();
+        let mut handed = Vec::new();
+        for _ in 0..3 {
+            let bundle = store.take_bundle(&bob).unwrap().unwrap();
+            assert_eq!(bundle.identity, published.identity);
+            assert_eq!(bundle.signed_prekey, published.signed_prekey);
+            handed.push(bundle.one_time_prekey.unwrap());
+        }
+        assert_eq!(handed, [one_time(2, 200), one_time(4, 44), one_time(7, 7)]);
+        assert_eq!(store.one_time_count(&bob).unwrap(), 0);
+        // Out of one-time prekeys: the signed prekey alone.
+        let last = store.take_bundle(&bob).unwrap().unwrap();
+        assert_eq!(last.one_time_prekey, None);
+    });
+}
+
+#[test]
+fn mail_is_held_in_order_within_a_budget_and_removed_once_by_ack_or_expiry() {
+    on_both("store::mail", |backend| {
+        let store = backend.open();
+        let bob = name("bob");
+        let bob_key = key_of(4);
+        store.register(&bob, &bob_key, 1).unwrap();
+        store.register(&name("carol"), &key_of(5), 1).unwrap();
+        let (a, b, c) = (
+            item(100, 1, &bob_key),
+            item(200, 2, &bob_key),
+            item(300, 3, &bob_key),
+        );
+        let (ida, idb, idc) = (a.envelope.id(), b.envelope.id(), c.envelope.id());
+        let (la, lb, lc) = (
+            encoded_len(&a).unwrap(),
+            encoded_len(&b).unwrap(),
+            encoded_len(&c).unwrap(),
+        );
+        // Deposited out of order; held oldest first.
+        assert_eq!(store.deposit(&bob, &idc, &c).unwrap(), Deposit::Stored(lc));
+        assert_eq!(store.deposit(&bob, &ida, &a).unwrap(), Deposit::Stored(la));
+        assert_eq!(store.deposit(&bob, &ida, &a).unwrap(), Deposit::Duplicate);
+        assert_eq!(store.deposit(&bob, &idb, &b).unwrap(), Deposit::Stored(lb));
+        let carol_item = item(150, 6, &key_of(5));
+        let carol_id = carol_item.envelope.id();
+        store
+            .deposit(&name("carol"), &carol_id, &carol_item)
+            .unwrap();
+        store.flush_blocking().unwrap();
+        drop(store);
+        let store = backend.open();
+        assert!(store.holds(&bob, &ida).unwrap());
+        assert!(!store.holds(&bob, &carol_id).unwrap());
+        assert_eq!(
+            store.usage(&bob).unwrap(),
+            Usage {
+                messages: 3,
+                bytes: la + lb + lc
+            }
+        );
+        assert_eq!(store.mailbox_totals().unwrap().messages, 4);
+        let all = store.fetch(&bob, 10, 1 << 20, 0).unwrap();
+        assert_eq!(all, [a.clone(), b.clone(), c.clone()]);
+        assert_eq!(
+            store.fetch(&bob, 2, 1 << 20, 0).unwrap(),
+            [a.clone(), b.clone()]
+        );
+        // The byte budget stops the batch, but one message always comes.
+        assert_eq!(
+            store.fetch(&bob, 10, la + lb - 1, 0).unwrap(),
+            std::slice::from_ref(&a)
+        );
+        assert_eq!(
+            store.fetch(&bob, 10, 1, 0).unwrap(),
+            std::slice::from_ref(&a)
+        );
+        // Expired but not yet swept: not handed out.
+        assert_eq!(
+            store.fetch(&bob, 10, 1 << 20, 150).unwrap(),
+            [b.clone(), c.clone()]
+        );
+
+        // The sweep removes only what is older than the cutoff, each message once.
+        let expired = store.expire(160, 100).unwrap();
+        let mut recipients: Vec<_> = expired
+            .iter()
+            .map(|r| r.recipient.as_str().to_owned())
+            .collect();
+        recipients.sort();
+        assert_eq!(recipients, ["bob", "carol"]);
+        assert!(store.expire(160, 100).unwrap().is_empty());
+        assert!(!store.holds(&bob, &ida).unwrap());
+
+        // An ack removes each message once; unknown ids are ignored.
+        let removed = store.ack(&bob, &[idb, ida, idb]).unwrap();
+        assert_eq!(
+            removed,
+            [Removed {
+                recipient: bob.clone(),
+                bytes: lb
+            }]
+        );
+        assert!(store.ack(&bob, &[idb]).unwrap().is_empty());
+        assert_eq!(
+            store.fetch(&bob, 10, 1 << 20, 0).unwrap(),
+            std::slice::from_ref(&c)
+        );
+        assert_eq!(store.usage(&bob).unwrap().messages, 1);
+        assert_eq!(store.ack(&bob, &[idc]).unwrap().len(), 1);
+        assert!(store.fetch(&bob, 10, 1 << 20, 0).unwrap().is_empty());
+        assert_eq!(store.usage(&bob).unwrap(), Usage::default());
+        assert_eq!(store.mailbox_totals().unwrap(), Usage::default());
+    });
+}
+
+#[test]
+fn two_instances_on_one_database_see_each_others_writes_and_never_hand_out_a_prekey_twice() {
+    let Some(cluster) = TestPostgres::start("store::two_instances").unwrap() else {
+        return;
+    };
+    let (a, b) = (
+        PgStore::open(&cluster.url()).unwrap(),
+        PgStore::open(&cluster.url()).unwrap(),
+    );
+    let bob = name("bob");
+    assert_eq!(a.register(&bob, &key_of(7), 1).unwrap(), Registration::New);
+    assert_eq!(
+        b.register(&bob, &key_of(8), 2).unwrap(),
+        Registration::Taken
+    );
+    let ids: Vec<u32> = (0..40).collect();
+    a.publish_prekeys(&bob, &upload(7, &ids)).unwrap();
+    let (a, b, bob) = (&a, &b, &bob);
+    let taken: Vec<u32> = std::thread::scope(|scope| {
+        let takers: Vec<_> = [a, b, a, b]
+            .into_iter()
+            .map(|store| {
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| {
+                            store
+                                .take_bundle(bob)
+                                .unwrap()
+                                .unwrap()
+                                .one_time_prekey
+                                .unwrap()
+                                .id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        takers.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    });
+    let mut sorted = taken.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "each one-time prekey handed out exactly once");
+
+    let mail = item(10, 9, &key_of(7));
+    let id = mail.envelope.id();
+    a.deposit(bob, &id, &mail).unwrap();
+    assert_eq!(b.deposit(bob, &id, &mail).unwrap(), Deposit::Duplicate);
+    assert_eq!(b.fetch(bob, 10, 1 << 20, 0).unwrap(), [mail]);
+    let (first, second) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| a.ack(bob, &[id]).unwrap().len());
+        let two = scope.spawn(|| b.ack(bob, &[id]).unwrap().len());
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert_eq!(
+        first + second,
+        1,
+        "an ack at two instances removes the message once"
+    );
+}
+
+#[test]
+fn a_database_restart_is_a_try_again_error_then_the_store_reconnects() {
+    let Some(cluster) = TestPostgres::start("store::database_restart").unwrap() else {
+        return;
+    };
+    let store = PgStore::open(&cluster.url()).unwrap();
+    store.register(&name("dave"), &key_of(10), 1).unwrap();
+    cluster.stop().unwrap();
+    match store.user(&name("dave")) {
+        Err(StoreError::Unavailable(detail)) => {
+            let text = StoreError::Unavailable(detail).to_string();
+            assert!(text.contains("try again"), "{text}");
+        }
+        other => panic!("expected a try-again error, got {other:?}"),
+    }
+    // Opening while the database is down is a clear error, not a hang.
+    let error = PgStore::open(&cluster.url()).unwrap_err().to_string();
+    assert!(error.contains("127.0.0.1"), "{error}");
+    cluster.start_again().unwrap();
+    // Broken connections are noticed on use and replaced: within a few calls it answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let user = loop {
+        match store.user(&name("dave")) {
+            Ok(user) => break user,
+            Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(user.unwrap().identity, key_of(10));
+}
+
+#[test]
+fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let Some(cluster) = TestPostgres::start("store::migrations").unwrap() else {
+        return;
+    };
+    let url = cluster.url();
+    // Instances starting together migrate one at a time.
+    std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| PgStore::open(&url)))
+            .collect();
+        for start in starts {
+            start.join().unwrap().unwrap();
+        }
+    });
+    let store = PgStore::open(&url).unwrap();
+    store
+        .call("bump", async {
+            let client = store.pool.get().await?;
+            client
+                .execute("INSERT INTO palaver_schema (version) VALUES (99)", &[])
+                .await?;
+            Ok(())
+        })
+        .unwrap();
+    let error = PgStore::open(&url).unwrap_err().to_string();
+    assert!(error.contains("version 99"), "{error}");
+}
+
+#[test]
+fn a_store_location_is_sled_or_a_postgres_url_and_passwords_stay_out_of_logs() {
+    assert_eq!(StoreLocation::parse("sled"), Ok(StoreLocation::Sled));
+    let url = "postgres://palaver:secret@db.example:5432/palaver";
+    let location = StoreLocation::parse(url).unwrap();
+    assert_eq!(
+        location.to_string(),
+        "postgres://palaver:…@db.example:5432/palaver"
+    );
+    assert!(StoreLocation::parse("postgresql://db/palaver").is_ok());
+    let error = StoreLocation::parse("mysql://root:pw@db/x").unwrap_err();
+    assert!(error.contains("postgres://USER@HOST:PORT/DB"), "{error}");
+    assert!(!error.contains("pw"), "{error}");
+}
+
+#[test]
+fn sled_keeps_its_mail_indexes_consistent_through_ack_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let bob = name("bob");
+    let (a, b) = (item(100, 1, &key_of(9)), item(200, 2, &key_of(9)));
+    let (ida, idb) = (a.envelope.id(), b.envelope.id());
+    store.deposit(&bob, &ida, &a).unwrap();
+    store.deposit(&bob, &idb, &b).unwrap();
+    assert_eq!(store.expire(150, 100).unwrap().len(), 1);
+    assert_eq!(store.ack(&bob, &[idb, ida]).unwrap().len(), 1);
+    assert_eq!(
+        store.mail_records(),
+        0,
+        "no item, id index or expiry entry left behind"
+    );
+}
