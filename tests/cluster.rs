@@ -84,3 +84,52 @@ fn users_on_two_instances_talk_and_a_killed_instance_moves_its_user_to_the_other
     }
     Ok(())
 }
+
+/// Our listen addresses through the relay at `instance` (its `/p2p-circuit` slot).
+fn circuits_at(user: &User, instance: &str) -> anyhow::Result<usize> {
+    let status = user.json(&["status"])?;
+    let listen = status[0]["listen"].as_array().cloned().unwrap_or_default();
+    Ok(listen
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|addr| addr.starts_with(instance) && addr.contains("/p2p-circuit"))
+        .count())
+}
+
+/// A peer reachable only through a relay holds its slot at the instance it is logged in at; when
+/// that instance dies it reserves again at the one it moves to, and is reached there.
+#[test]
+fn a_relayed_peer_reserves_its_slot_again_at_the_instance_it_moves_to() -> anyhow::Result<()> {
+    let Some(postgres) = TestPostgres::start("cluster relay e2e").map_err(anyhow::Error::msg)?
+    else {
+        return Ok(());
+    };
+    let url = postgres.url();
+    let dir = tempfile::tempdir()?;
+    let store = ["--store", url.as_str()];
+    let a = Rendezvous::start_with(&dir.path().join("a"), "/ip4/127.0.0.1/tcp/0", &store)?;
+    let b = Rendezvous::start_with(&dir.path().join("b"), "/ip4/127.0.0.1/tcp/0", &store)?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    let relay_only = ["--relay-only-transport"];
+    alice.start_at_instances_with(&[&a.addr, &b.addr], &[], &relay_only)?;
+    bob.start_at_instances(&[&b.addr, &a.addr], &[])?;
+    wait_for("alice's relay slot at A", || {
+        (circuits_at(&alice, &a.addr).ok()? > 0).then_some(())
+    })?;
+
+    let a_addr = a.addr.clone();
+    a.kill();
+    wait_for("alice's relay slot at B, and none at A", || {
+        let moved = matches!(instance_of(&alice), Ok((addr, true)) if addr == b.addr);
+        let at_b = circuits_at(&alice, &b.addr).ok()?;
+        let at_a = circuits_at(&alice, &a_addr).ok()?;
+        (moved && at_b > 0 && at_a == 0).then_some(())
+    })?;
+    // Bob, at B, reaches her (through B's relay, or B's mailbox until he finds her there).
+    bob.send("alice", "found you at B")?;
+    wait_text(&alice, "bob", "found you at B")?;
+    alice.send("bob", "through B")?;
+    wait_text(&bob, "alice", "through B")?;
+    Ok(())
+}

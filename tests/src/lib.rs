@@ -287,12 +287,23 @@ impl User {
         instances: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        self.start_at_instances_with(instances, env, &[])
+    }
+
+    /// [`User::start_at_instances`] with more daemon flags.
+    pub fn start_at_instances_with(
+        &mut self,
+        instances: &[&str],
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> anyhow::Result<()> {
         let child = self
             .command()
             .envs(env.iter().copied())
             .arg("daemon")
             .args(instances.iter().flat_map(|addr| ["--rendezvous", addr]))
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
