@@ -9,6 +9,33 @@ use palaver_rendezvous::testing::TestPostgres;
 use palaver_tests::{Rendezvous, User, texts, wait_for};
 use serde_json::Value;
 
+/// Two instances over one throw-away PostgreSQL (`None`: PostgreSQL is not installed).
+struct Cluster {
+    _postgres: TestPostgres,
+    dir: tempfile::TempDir,
+    a: Rendezvous,
+    b: Rendezvous,
+}
+
+impl Cluster {
+    fn start(label: &str) -> anyhow::Result<Option<Self>> {
+        let Some(postgres) = TestPostgres::start(label).map_err(anyhow::Error::msg)? else {
+            return Ok(None);
+        };
+        let url = postgres.url();
+        let dir = tempfile::tempdir()?;
+        let store = ["--store", url.as_str()];
+        let a = Rendezvous::start_with(&dir.path().join("a"), "/ip4/127.0.0.1/tcp/0", &store)?;
+        let b = Rendezvous::start_with(&dir.path().join("b"), "/ip4/127.0.0.1/tcp/0", &store)?;
+        Ok(Some(Self {
+            _postgres: postgres,
+            dir,
+            a,
+            b,
+        }))
+    }
+}
+
 fn instance_of(user: &User) -> anyhow::Result<(String, bool)> {
     let status = user.json(&["status"])?;
     let rendezvous = &status[0]["rendezvous"];
@@ -31,14 +58,15 @@ fn wait_text(user: &User, with: &str, text: &str) -> anyhow::Result<()> {
 #[test]
 fn users_on_two_instances_talk_and_a_killed_instance_moves_its_user_to_the_other()
 -> anyhow::Result<()> {
-    let Some(postgres) = TestPostgres::start("cluster e2e").map_err(anyhow::Error::msg)? else {
+    let Some(Cluster {
+        _postgres,
+        dir,
+        a,
+        b,
+    }) = Cluster::start("cluster e2e")?
+    else {
         return Ok(());
     };
-    let url = postgres.url();
-    let dir = tempfile::tempdir()?;
-    let store = ["--store", url.as_str()];
-    let a = Rendezvous::start_with(&dir.path().join("a"), "/ip4/127.0.0.1/tcp/0", &store)?;
-    let b = Rendezvous::start_with(&dir.path().join("b"), "/ip4/127.0.0.1/tcp/0", &store)?;
     let mut alice = User::init(dir.path(), "alice")?;
     let mut bob = User::init(dir.path(), "bob")?;
     alice.start_at_instances(&[&a.addr, &b.addr], &[])?;
@@ -100,15 +128,15 @@ fn circuits_at(user: &User, instance: &str) -> anyhow::Result<usize> {
 /// that instance dies it reserves again at the one it moves to, and is reached there.
 #[test]
 fn a_relayed_peer_reserves_its_slot_again_at_the_instance_it_moves_to() -> anyhow::Result<()> {
-    let Some(postgres) = TestPostgres::start("cluster relay e2e").map_err(anyhow::Error::msg)?
+    let Some(Cluster {
+        _postgres,
+        dir,
+        a,
+        b,
+    }) = Cluster::start("cluster relay e2e")?
     else {
         return Ok(());
     };
-    let url = postgres.url();
-    let dir = tempfile::tempdir()?;
-    let store = ["--store", url.as_str()];
-    let a = Rendezvous::start_with(&dir.path().join("a"), "/ip4/127.0.0.1/tcp/0", &store)?;
-    let b = Rendezvous::start_with(&dir.path().join("b"), "/ip4/127.0.0.1/tcp/0", &store)?;
     let mut alice = User::init(dir.path(), "alice")?;
     let mut bob = User::init(dir.path(), "bob")?;
     let relay_only = ["--relay-only-transport"];
