@@ -1,6 +1,7 @@
 //! The command line (`palaver …`): parse, then carry out one command — most of them as one call
 //! to the running daemon's control socket.
 
+use crate::printable::printable_line;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -396,12 +397,13 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                     ),
                     None => String::new(),
                 };
+                let shown = |key: &str| printable_line(e[key].as_str().unwrap_or(""));
                 gap + &format!(
                     "{} {:>10}  {}: {}  [{}]",
                     crate::localtime::clock(e["sent_at"].as_u64().unwrap_or(0)),
-                    e["conversation"].as_str().unwrap_or(""),
-                    e["from"].as_str().unwrap_or(""),
-                    e["text"].as_str().unwrap_or(""),
+                    shown("conversation"),
+                    shown("from"),
+                    shown("text"),
                     e["status"].as_str().unwrap_or(""),
                 )
             });
@@ -438,10 +440,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 format!(
                     "{} {:<20} {:<8} {}: {}",
                     crate::localtime::clock(c["last_at"].as_u64().unwrap_or(0)),
-                    c["conversation"].as_str().unwrap_or(""),
+                    printable_line(c["conversation"].as_str().unwrap_or("")),
                     unread,
-                    c["last_from"].as_str().unwrap_or(""),
-                    c["last_text"].as_str().unwrap_or(""),
+                    printable_line(c["last_from"].as_str().unwrap_or("")),
+                    printable_line(c["last_text"].as_str().unwrap_or("")),
                 )
             });
         }
@@ -621,8 +623,9 @@ fn print_list(json: bool, values: &Value, human: impl Fn(&Value) -> String) {
     }
 }
 
+/// One `listen` event as a line for people (text from the network made printable).
 fn describe_event(event: &Value) -> String {
-    let s = |key: &str| event[key].as_str().unwrap_or("").to_owned();
+    let s = |key: &str| printable_line(event[key].as_str().unwrap_or(""));
     match event["type"].as_str() {
         Some("message") => format!(
             "{} {}  {}: {}",
@@ -666,7 +669,8 @@ pub fn error_line(err: &anyhow::Error) -> String {
         }
         line.push_str(text);
     }
-    line.replace('\n', " ")
+    // A refusal can quote the server verbatim: it reaches the terminal made printable too.
+    printable_line(&line)
 }
 
 fn passphrase(cli: &Cli) -> anyhow::Result<Option<String>> {

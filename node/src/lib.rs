@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod demo;
 pub mod home;
 pub mod localtime;
+pub mod printable;
 pub mod reference;
 pub mod rpc;
 pub mod store;

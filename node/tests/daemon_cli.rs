@@ -104,6 +104,19 @@ impl User {
             .collect()
     }
 
+    /// Like [`User::json`], `None` if the command fails (a conversation not there yet).
+    fn try_json(&self, args: &[&str]) -> Option<Vec<Value>> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
+        })
+    }
+
     /// Starts `palaver daemon ARGS…` and waits until it answers `status`.
     fn start(&mut self, args: &[&str]) {
         let child = self
@@ -306,6 +319,35 @@ fn conversations_are_listed_by_the_daemon_and_without_it() {
     assert_eq!(alice.json(&["conversations"]), list, "read from the store");
 }
 
+/// A sender cannot drive the reader's terminal: escape sequences in a message are shown defused
+/// by `history` and `conversations`; `--json` keeps the exact text.
+#[test]
+fn control_characters_in_a_message_are_defused_in_plain_output_and_kept_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
+    let mut alice = User::init(dir.path(), "alice", "alice");
+    let mut bob = User::init(dir.path(), "bob", "bob");
+    alice.start_at(&server.addr);
+    bob.start_at(&server.addr);
+    alice.wait_logged_in();
+    bob.wait_logged_in();
+    let hostile = "look\u{1b}]0;pwned\u{7}\u{1b}[2J here";
+    alice.ok(&["send", "bob", hostile]);
+    let history = bob.wait_for("the message at bob", |bob| {
+        let history = bob.try_json(&["history", "--with", "alice"])?;
+        (!history.is_empty()).then_some(history)
+    });
+    assert_eq!(history[0]["text"], hostile, "--json keeps the exact text");
+    for args in [&["history", "--with", "alice"][..], &["conversations"][..]] {
+        let shown = bob.ok(args);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("look\u{fffd}]0;pwned"), "{shown:?}");
+    }
+}
+
 /// `send --id`: a retried send (the first one's answer lost, say) sends nothing new, also after a
 /// daemon restart; a key reused for another text is refused.
 #[test]
@@ -335,7 +377,7 @@ fn a_send_repeated_with_the_same_id_sends_one_message() {
     let history = alice.json(&["history", "--with", "bob"]);
     assert_eq!(history.len(), 1, "{history:?}");
     bob.wait_for("the message at bob", |bob| {
-        let history = bob.json(&["history", "--with", "alice"]);
+        let history = bob.try_json(&["history", "--with", "alice"])?;
         (history.len() == 1 && history[0]["id"] == id.as_str()).then_some(())
     });
 }

@@ -136,17 +136,7 @@ impl Message {
     }
 }
 
-/// Text from the network goes to a terminal: control characters (escape sequences) must not.
-pub(super) fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' => '\n',
-            '\t' => ' ',
-            c if c.is_control() => '\u{fffd}',
-            c => c,
-        })
-        .collect()
-}
+pub(super) use crate::printable::printable as clean;
 
 /// Where I stand in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
