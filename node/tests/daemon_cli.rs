@@ -183,6 +183,19 @@ impl Drop for User {
     }
 }
 
+/// A rendezvous and two users logged in at it (the directory holds them all).
+fn alice_and_bob() -> (tempfile::TempDir, Rendezvous, User, User) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
+    let mut alice = User::init(dir.path(), "alice", "alice");
+    let mut bob = User::init(dir.path(), "bob", "bob");
+    alice.start_at(&server.addr);
+    bob.start_at(&server.addr);
+    alice.wait_logged_in();
+    bob.wait_logged_in();
+    (dir, server, alice, bob)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -301,14 +314,7 @@ fn history_polled_while_the_daemon_starts_never_stops_it() {
 
 #[test]
 fn conversations_are_listed_by_the_daemon_and_without_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
-    let mut alice = User::init(dir.path(), "alice", "alice");
-    let mut bob = User::init(dir.path(), "bob", "bob");
-    alice.start_at(&server.addr);
-    bob.start_at(&server.addr);
-    alice.wait_logged_in();
-    bob.wait_logged_in();
+    let (_dir, _server, mut alice, _bob) = alice_and_bob();
     alice.ok(&["send", "bob", "first words"]);
     let list = alice.json(&["conversations"]);
     assert_eq!(list.len(), 1, "{list:?}");
@@ -323,14 +329,7 @@ fn conversations_are_listed_by_the_daemon_and_without_it() {
 /// by `history` and `conversations`; `--json` keeps the exact text.
 #[test]
 fn control_characters_in_a_message_are_defused_in_plain_output_and_kept_in_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
-    let mut alice = User::init(dir.path(), "alice", "alice");
-    let mut bob = User::init(dir.path(), "bob", "bob");
-    alice.start_at(&server.addr);
-    bob.start_at(&server.addr);
-    alice.wait_logged_in();
-    bob.wait_logged_in();
+    let (_dir, _server, alice, bob) = alice_and_bob();
     let hostile = "look\u{1b}]0;pwned\u{7}\u{1b}[2J here";
     alice.ok(&["send", "bob", hostile]);
     let history = bob.wait_for("the message at bob", |bob| {
@@ -352,14 +351,7 @@ fn control_characters_in_a_message_are_defused_in_plain_output_and_kept_in_json(
 /// daemon restart; a key reused for another text is refused.
 #[test]
 fn a_send_repeated_with_the_same_id_sends_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
-    let mut alice = User::init(dir.path(), "alice", "alice");
-    let mut bob = User::init(dir.path(), "bob", "bob");
-    alice.start_at(&server.addr);
-    bob.start_at(&server.addr);
-    alice.wait_logged_in();
-    bob.wait_logged_in();
+    let (_dir, _server, mut alice, bob) = alice_and_bob();
     let send = |alice: &User| {
         alice
             .ok(&["send", "bob", "only once", "--id", "retry-7"])
@@ -384,14 +376,7 @@ fn a_send_repeated_with_the_same_id_sends_one_message() {
 
 #[test]
 fn send_reads_the_text_from_stdin_or_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Rendezvous::start(&dir.path().join("rv"), |_| {});
-    let mut alice = User::init(dir.path(), "alice", "alice");
-    let mut bob = User::init(dir.path(), "bob", "bob");
-    alice.start_at(&server.addr);
-    bob.start_at(&server.addr);
-    alice.wait_logged_in();
-    bob.wait_logged_in();
+    let (dir, _server, alice, _bob) = alice_and_bob();
     let mut piped = alice
         .command()
         .args(["send", "bob", "-"])
