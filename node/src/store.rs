@@ -259,6 +259,40 @@ impl StateBatch {
 }
 
 /// Our transactions never abort on purpose: a storage error is their only failure.
+/// How far a message is moved on (stamp + 1 each) when its place in history is taken.
+const MAX_PLACE_TRIES: u64 = 1024;
+
+/// Writes `entry` into `history` and the index, unless its id is known. Its place (stamp,
+/// sender, seq) is never taken from another message: only a sender reusing a sequence number
+/// (or stamps clamped to the same bound) can collide, and the later message is then filed just
+/// after, rather than overwriting the earlier one. `false` if nothing was written.
+fn insert_entry(
+    history: &TransactionalTree,
+    state: &TransactionalTree,
+    entry: &HistoryEntry,
+) -> Result<bool, UnabortableTransactionError> {
+    if state.get(index_key(&entry.id))?.is_some() {
+        return Ok(false);
+    }
+    let mut placed = entry.clone();
+    for _ in 0..MAX_PLACE_TRIES {
+        let order_key = placed.order_key();
+        if history.get(order_key)?.is_none() {
+            let index = IndexEntry {
+                conversation: Some(placed.conversation),
+                order_key: order_key.to_vec(),
+            };
+            let index = codec::encode(&index).unwrap_or_default();
+            history.insert(&order_key[..], codec::encode(&placed).unwrap_or_default())?;
+            state.insert(index_key(&placed.id), index)?;
+            return Ok(true);
+        }
+        placed.stamp = placed.stamp.next();
+    }
+    // A sender flooding one place: the rest of its messages there are not kept.
+    Ok(false)
+}
+
 fn committed<T>(result: Result<T, TransactionError<Infallible>>) -> Result<T, StoreError> {
     result.map_err(|err| match err {
         TransactionError::Storage(err) => err.into(),
@@ -322,21 +356,12 @@ impl Store {
     /// Records a message with `batch`, atomically; `false` (and nothing written) if its id is known.
     pub fn record(&self, entry: &HistoryEntry, batch: &StateBatch) -> Result<bool, StoreError> {
         let history = self.history_tree(&entry.conversation)?;
-        let order_key = entry.order_key();
-        let index = codec::encode(&IndexEntry {
-            conversation: Some(entry.conversation),
-            order_key: order_key.to_vec(),
-        })
-        .unwrap_or_default();
-        let value = codec::encode(entry).unwrap_or_default();
         let result = (&history, &self.state).transaction(|(history, state)| {
-            if state.get(index_key(&entry.id))?.is_some() {
-                return Ok(false);
+            let new = insert_entry(history, state, entry)?;
+            if new {
+                batch.apply_in(state)?;
             }
-            history.insert(&order_key[..], value.as_slice())?;
-            state.insert(index_key(&entry.id), index.as_slice())?;
-            batch.apply_in(state)?;
-            Ok::<_, ConflictableTransactionError<Infallible>>(true)
+            Ok::<_, ConflictableTransactionError<Infallible>>(new)
         });
         committed(result)
     }
@@ -349,33 +374,10 @@ impl Store {
         entries: &[HistoryEntry],
     ) -> Result<usize, StoreError> {
         let history = self.history_tree(conversation)?;
-        // (order key, index key, index value, entry value) for each entry.
-        type Encoded = ([u8; HISTORY_KEY_LEN], Vec<u8>, Vec<u8>, Vec<u8>);
-        let encoded: Vec<Encoded> = entries
-            .iter()
-            .map(|entry| {
-                let order_key = entry.order_key();
-                let index = IndexEntry {
-                    conversation: Some(*conversation),
-                    order_key: order_key.to_vec(),
-                };
-                (
-                    order_key,
-                    index_key(&entry.id),
-                    codec::encode(&index).unwrap_or_default(),
-                    codec::encode(entry).unwrap_or_default(),
-                )
-            })
-            .collect();
         let result = (&history, &self.state).transaction(|(history, state)| {
             let mut new = 0;
-            for (order_key, index_key, index, value) in &encoded {
-                if state.get(index_key)?.is_some() {
-                    continue;
-                }
-                history.insert(&order_key[..], value.as_slice())?;
-                state.insert(index_key.as_slice(), index.as_slice())?;
-                new += 1;
+            for entry in entries {
+                new += usize::from(insert_entry(history, state, entry)?);
             }
             Ok::<_, ConflictableTransactionError<Infallible>>(new)
         });
@@ -593,6 +595,37 @@ mod tests {
             seq,
             status: Status::Received,
         }
+    }
+
+    /// A sender reusing its (stamp, seq) — or stamps clamped to the same bound — cannot overwrite
+    /// an earlier message: the later one is filed just after it, and both stay readable.
+    #[test]
+    fn a_message_never_takes_the_place_of_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conv = ConversationId::Direct([1; 32]);
+        let first = entry(conv, 7, 1, "first");
+        let mut second = entry(conv, 7, 1, "second, same place");
+        second.id = MessageId([0xee; 32]);
+        let mut gap_filled = entry(conv, 7, 1, "third, by gap fill");
+        gap_filled.id = MessageId([0xdd; 32]);
+        assert!(store.record(&first, &StateBatch::default()).unwrap());
+        assert!(store.record(&second, &StateBatch::default()).unwrap());
+        assert_eq!(store.record_many(&conv, &[gap_filled.clone()]).unwrap(), 1);
+        let texts: Vec<String> = store
+            .history(&conv, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(texts, ["first", "second, same place", "third, by gap fill"]);
+        // Each is found by its id where it was filed (status changes reach the right one).
+        let changed = store.set_status(&second.id, Status::Delivered).unwrap();
+        assert_eq!(changed.map(|e| e.text), Some(second.text.clone()));
+        assert_eq!(
+            store.entry(&first.id).unwrap().map(|e| e.text),
+            Some(first.text)
+        );
     }
 
     #[test]
