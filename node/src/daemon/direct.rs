@@ -17,6 +17,7 @@ use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
+use palaver_protocol::node::direct::{Input as DeliveryInput, Route};
 use palaver_protocol::wire::{
     Body, DirectMessage, MailItem, PeerRequest, PeerResponse, RendezvousRequest, UserRecord,
 };
@@ -26,14 +27,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Node, OUTBOX_META, Pending, now_ms};
-use crate::rpc::RpcError;
+use crate::rpc::{Reply, RpcError};
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
 mod delivery;
-use palaver_protocol::node::direct::{Input as DeliveryInput, Route};
 mod receive;
-
-use crate::rpc::Reply;
 
 /// A direct message waiting for what it needs (the peer's key, name or session) before it can be
 /// encrypted and committed.
