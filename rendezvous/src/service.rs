@@ -195,6 +195,9 @@ pub(crate) struct Service {
     disconnects: Vec<PeerId>,
     /// What the other instances over a shared store said (`None`: this instance is alone).
     cluster: Option<cluster::ClusterView>,
+    /// One-time prekeys each user took of each other user's, this window (see
+    /// [`prekeys::ONE_TIME_PER_REQUESTER`]).
+    prekey_takes: prekeys::Takes,
 }
 
 impl Service {
@@ -225,6 +228,7 @@ impl Service {
             pushes: Vec::new(),
             disconnects: Vec::new(),
             cluster: None,
+            prekey_takes: prekeys::Takes::default(),
             limits,
         })
     }
@@ -527,7 +531,7 @@ impl Service {
                 self.store.add_one_time_prekeys(&me, &keys)?;
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
-            RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(name),
+            RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(&me, name, now),
             RendezvousRequest::Deposit { to, envelope } => self.deposit(key, to, *envelope, now),
             RendezvousRequest::FetchMail { max } => {
                 let max = usize::from(max).min(MAX_BATCH);

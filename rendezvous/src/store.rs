@@ -132,8 +132,8 @@ pub(crate) trait Storage: Send + Sync + Debug {
     fn add_one_time_prekeys(&self, name: &UserName, keys: &[OneTimePrekey]) -> Result<()>;
     fn one_time_count(&self, name: &UserName) -> Result<u32>;
     /// A bundle for `name`, consuming its lowest-numbered one-time prekey (each handed out once,
-    /// whichever instance asks); `None` if it has published no signed prekey.
-    fn take_bundle(&self, name: &UserName) -> Result<Option<PrekeyBundle>>;
+    /// whichever instance asks) if `with_one_time`; `None` if it has published no signed prekey.
+    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>>;
 
     // ---- mailbox ----
     fn holds(&self, name: &UserName, id: &MessageId) -> Result<bool>;

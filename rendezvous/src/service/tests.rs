@@ -616,3 +616,38 @@ fn a_relay_only_server_offers_nothing_but_the_relay() {
 }
 
 mod cluster;
+
+/// One user cannot drain another's one-time prekeys: past its quota it gets bundles without one,
+/// while others still get theirs; the quota comes back with the next window.
+#[test]
+fn a_requester_gets_only_its_quota_of_one_users_one_time_prekeys() {
+    use super::prekeys::{ONE_TIME_PER_REQUESTER, WINDOW_MS};
+    let mut h = harness();
+    let (alice_id, alice) = h.session(1, "alice", 0);
+    let (_, bob) = h.session(2, "bob", 0);
+    let (_, carol) = h.session(3, "carol", 0);
+    let stock = ONE_TIME_PER_REQUESTER + 4;
+    let upload = upload(&alice_id, stock);
+    h.service.handle(
+        alice,
+        RendezvousRequest::PublishPrekeys(Box::new(upload)),
+        1,
+    );
+    let fetch = |h: &mut Harness, who, now| {
+        let request = RendezvousRequest::FetchPrekeys {
+            name: name("alice"),
+        };
+        match h.ask(who, request, now) {
+            RendezvousResponse::Prekeys(bundle) => bundle.one_time_prekey.is_some(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let bobs: Vec<bool> = (0..ONE_TIME_PER_REQUESTER + 2)
+        .map(|_| fetch(&mut h, bob, 2))
+        .collect();
+    let quota = ONE_TIME_PER_REQUESTER as usize;
+    assert!(bobs[..quota].iter().all(|got| *got), "{bobs:?}");
+    assert!(bobs[quota..].iter().all(|got| !*got), "{bobs:?}");
+    assert!(fetch(&mut h, carol, 3), "another requester still gets one");
+    assert!(fetch(&mut h, bob, 2 + WINDOW_MS), "the next window");
+}

@@ -497,7 +497,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn take_bundle(&self, name: &UserName) -> Result<Option<PrekeyBundle>> {
+    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
         self.call("take_bundle", async {
             let signed = self
                 .rows(
@@ -509,6 +509,13 @@ impl Storage for PgStore {
                 return Ok(None);
             };
             let signed: StoredSignedPrekey = decode(column(signed, 0)?)?;
+            if !with_one_time {
+                return Ok(Some(PrekeyBundle {
+                    identity: signed.identity,
+                    signed_prekey: signed.signed_prekey,
+                    one_time_prekey: None,
+                }));
+            }
             // SKIP LOCKED: an instance taking a key at the same moment gets the next one.
             let taken = self
                 .rows(

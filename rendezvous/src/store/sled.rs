@@ -243,12 +243,15 @@ impl Storage for SledStore {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
-    fn take_bundle(&self, name: &UserName) -> Result<Option<PrekeyBundle>> {
+    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
         let Some(signed) = self.prekeys.get(key(&[b"s", name.as_str().as_bytes()]))? else {
             return Ok(None);
         };
         let signed: StoredSignedPrekey = decode(&signed)?;
-        let one_time_prekey = match self.prekeys.scan_prefix(Self::one_time_prefix(name)).next() {
+        let next = with_one_time
+            .then(|| self.prekeys.scan_prefix(Self::one_time_prefix(name)).next())
+            .flatten();
+        let one_time_prekey = match next {
             Some(entry) => {
                 let (k, v) = entry?;
                 self.prekeys.remove(k)?;

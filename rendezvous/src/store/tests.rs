@@ -146,7 +146,7 @@ fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
         let bob = name("bob");
         store.register(&bob, &key_of(3), 1).unwrap();
         assert!(!store.has_signed_prekey(&bob).unwrap());
-        assert_eq!(store.take_bundle(&bob).unwrap(), None);
+        assert_eq!(store.take_bundle(&bob, true).unwrap(), None);
         store.publish_prekeys(&bob, &upload(3, &[5, 1, 9])).unwrap();
         // Publishing again replaces every one-time prekey.
         let published = upload(3, &[7, 2]);
@@ -162,7 +162,7 @@ fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
         let store = backend.open();
         let mut handed = Vec::new();
         for _ in 0..3 {
-            let bundle = store.take_bundle(&bob).unwrap().unwrap();
+            let bundle = store.take_bundle(&bob, true).unwrap().unwrap();
             assert_eq!(bundle.identity, published.identity);
             assert_eq!(bundle.signed_prekey, published.signed_prekey);
             handed.push(bundle.one_time_prekey.unwrap());
@@ -170,7 +170,7 @@ fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
         assert_eq!(handed, [one_time(2, 200), one_time(4, 44), one_time(7, 7)]);
         assert_eq!(store.one_time_count(&bob).unwrap(), 0);
         // Out of one-time prekeys: the signed prekey alone.
-        let last = store.take_bundle(&bob).unwrap().unwrap();
+        let last = store.take_bundle(&bob, true).unwrap().unwrap();
         assert_eq!(last.one_time_prekey, None);
     });
 }
@@ -297,7 +297,7 @@ fn two_instances_on_one_database_see_each_others_writes_and_never_hand_out_a_pre
                     (0..10)
                         .map(|_| {
                             store
-                                .take_bundle(bob)
+                                .take_bundle(bob, true)
                                 .unwrap()
                                 .unwrap()
                                 .one_time_prekey
