@@ -1036,9 +1036,9 @@ impl Sim {
         }
         let texts = self.sent.iter().filter(|(_, m)| matches!(m.2, Kind::Text));
         for (id, (from, to, _)) in texts {
-            let (from, to) = (&self.nodes[*from].name, &self.nodes[*to].name);
-            if !self.nodes_history(to).contains(id) {
-                let sender = self.nodes.iter().find(|n| &n.name == from).expect("node");
+            let (sender, recipient) = (&self.nodes[*from], &self.nodes[*to]);
+            let (from, to) = (&sender.name, &recipient.name);
+            if !recipient.disk.history.contains(id) {
                 let status = sender.delivery.as_ref().map(|d| d.outbox().status(id));
                 return Err(format!(
                     "{id:?} from {from} never reached {to} (at the sender: {status:?}, stored {}; links {:?}, no direct path {:?}, registered {:?})",
@@ -1079,13 +1079,6 @@ impl Sim {
             }
         }
         Ok(self.paths)
-    }
-}
-
-impl Sim {
-    fn nodes_history(&self, name: &UserName) -> &BTreeSet<MessageId> {
-        let node = self.nodes.iter().find(|n| &n.name == name).expect("node");
-        &node.disk.history
     }
 }
 

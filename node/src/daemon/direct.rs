@@ -253,10 +253,8 @@ impl Node {
         // The outbox entry is committed with the message; the planner hands it out only once
         // it is durable (with the ratchet state that encrypted it: a crash must not make us
         // encrypt with the same key twice).
-        let route = Route {
-            peer: peer_id_of(&key),
-            to: name.clone(),
-            in_history: item.in_history,
+        let Some(route) = item.route() else {
+            return fail_reply(job.reply, "the recipient's key is not valid".into());
         };
         if let Err(err) = self.delivery.hold(id, route, now_ms()) {
             return fail_reply(job.reply, format!("cannot send now: {err}"));

@@ -293,8 +293,10 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
         self.outbox.is_empty()
     }
 
-    /// Whether a message for `peer` waits to be tried or is in flight.
-    pub fn has_pending_for(&self, peer: &PeerId) -> bool {
+    /// Whether a message for `peer` waits to be tried or is in flight (for tests: the driver
+    /// needs no such question).
+    #[cfg(test)]
+    fn has_pending_for(&self, peer: &PeerId) -> bool {
         self.routes.values().any(|route| &route.peer == peer)
     }
 

@@ -184,7 +184,7 @@ pub struct Opened {
 /// initiation with our prekeys if none of them decrypts it). Nothing is changed on failure.
 pub fn open(
     me: &SigningKey,
-    existing: Option<PeerSessions>,
+    mut existing: Option<PeerSessions>,
     prekeys: &mut PrekeySecrets,
     clock: &mut HybridClock,
     direct: &DirectMessage,
@@ -194,7 +194,6 @@ pub fn open(
         return Err(OpenError::NotForMe);
     }
     let sender = direct.sender;
-    let mut existing = existing;
     let decrypted = existing
         .as_mut()
         .and_then(|sessions| sessions.decrypt(&direct.message));
