@@ -227,7 +227,7 @@ async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64
                     names: vec![target.clone()],
                 })
                 .await?;
-            anyhow::ensure!(matches!(r, RendezvousResponse::Presence(_)));
+            anyhow::ensure!(matches!(r, RendezvousResponse::Users(_)));
             let tx = sample_tx.clone();
             watcher_tasks.push(tokio::spawn(async move {
                 while let Some(push) = client.next_push().await {

@@ -129,8 +129,13 @@ pub enum Command {
     Peers,
     /// Print events (messages, delivery changes, presence) as they happen.
     Listen,
-    /// Show both fingerprints, to compare out of band.
-    Verify { name: String },
+    /// Show the safety number with a user, to compare out of band (in person, on a call).
+    Verify {
+        name: String,
+        /// It matched: mark the contact verified (after a key change: accept the new key).
+        #[arg(long)]
+        confirm: bool,
+    },
     /// The terminal chat window.
     Chat,
     /// Run the scripted demo on loopback: a rendezvous and three peers in this process.
@@ -377,6 +382,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 None
             };
             let sent = call(&socket, "send", params).await?;
+            if let Some(warning) = sent["warning"].as_str() {
+                eprintln!("warning: {}", printable_line(warning));
+            }
             if let (Some(watch), Some(id)) = (watch, sent["id"].as_str()) {
                 watch.settled(id).await?;
             }
@@ -398,6 +406,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                     None => String::new(),
                 };
                 let shown = |key: &str| printable_line(e[key].as_str().unwrap_or(""));
+                if e["notice"].as_bool() == Some(true) {
+                    return format!(
+                        "{} {:>10}  -- {}",
+                        crate::localtime::clock(e["sent_at"].as_u64().unwrap_or(0)),
+                        shown("conversation"),
+                        shown("text"),
+                    );
+                }
                 gap + &format!(
                     "{} {:>10}  {}: {}  [{}]",
                     crate::localtime::clock(e["sent_at"].as_u64().unwrap_or(0)),
@@ -472,17 +488,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             // A bot reading this must notice: the stream ended because the daemon went away.
             anyhow::bail!("the daemon stopped; no more events");
         }
-        Command::Verify { name } => {
-            let prints = call(&socket, "verify", json!({"name": name})).await?;
-            print_one(json, &prints, |p| {
-                format!(
-                    "{:<12} {}\n{:<12} {}\nRead these to each other over a channel you trust; if they match, nobody is in between.",
-                    p["me"].as_str().unwrap_or(""),
-                    p["my_fingerprint"].as_str().unwrap_or(""),
-                    p["name"].as_str().unwrap_or(""),
-                    p["fingerprint"].as_str().unwrap_or(""),
-                )
-            });
+        Command::Verify { name, confirm } => {
+            let params = json!({"name": name, "confirm": confirm});
+            let answer = call(&socket, "verify", params).await?;
+            print_one(json, &answer, |a| describe_verify(a, confirm));
         }
         Command::Chat => {
             let notifications = Config::load(home.dir())?.notifications;
@@ -624,6 +633,35 @@ fn print_list(json: bool, values: &Value, human: impl Fn(&Value) -> String) {
 }
 
 /// One `listen` event as a line for people (text from the network made printable).
+/// `verify` for people: the number in two rows, what the state is, what to do next.
+fn describe_verify(answer: &Value, confirmed: bool) -> String {
+    let s = |key: &str| printable_line(answer[key].as_str().unwrap_or(""));
+    let number = s("safety_number");
+    let groups: Vec<&str> = number.split(' ').collect();
+    let (first, second) = groups.split_at(groups.len() / 2);
+    let name = s("name");
+    let state = if confirmed {
+        format!("{name} is now verified.")
+    } else if answer["key_changed"].as_bool() == Some(true) {
+        format!(
+            "{name}'s key CHANGED since you verified it; messages to {name} wait. If the number \
+             above matches {name}'s, accept it: palaver verify {name} --confirm"
+        )
+    } else if answer["verified"].as_bool() == Some(true) {
+        format!("{name} is verified.")
+    } else {
+        format!(
+            "{name} is not verified. Compare this number with {name}'s (in person or on a call); \
+             if it matches, nobody is in between: palaver verify {name} --confirm"
+        )
+    };
+    format!(
+        "Safety number with {name}:\n  {}\n  {}\n{state}",
+        first.join(" "),
+        second.join(" ")
+    )
+}
+
 fn describe_event(event: &Value) -> String {
     let s = |key: &str| printable_line(event[key].as_str().unwrap_or(""));
     match event["type"].as_str() {
@@ -649,6 +687,13 @@ fn describe_event(event: &Value) -> String {
             s("room")
         ),
         Some("removed") => format!("you were removed from {}", s("room")),
+        Some("key_changed") => format!(
+            "{}'s safety number changed ({} → {}); compare it: palaver verify {}",
+            s("name"),
+            s("old_fingerprint"),
+            s("new_fingerprint"),
+            s("name")
+        ),
         _ => event.to_string(),
     }
 }

@@ -15,6 +15,7 @@ mod gossip_gate;
 mod link;
 mod reach;
 pub(crate) mod rooms;
+mod trust;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

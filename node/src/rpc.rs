@@ -309,7 +309,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some(call) = calls.recv().await {
                 let answer = match call.command {
-                    Command::Verify { name } => Ok(json!({"asked": name.as_str()})),
+                    Command::Verify { name, .. } => Ok(json!({"asked": name.as_str()})),
                     other => Err(RpcError::failed(format!("not in this test: {other:?}"))),
                 };
                 let _ = call.reply.send(answer);

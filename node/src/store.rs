@@ -104,6 +104,10 @@ impl ConversationId {
     }
 }
 
+/// The sender of a history line that nobody sent: a notice of our own ("bob's safety number
+/// changed"). No identity key is all zeroes.
+pub const NOTICE_SENDER: [u8; 32] = [0; 32];
+
 /// One message in a conversation's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -137,16 +141,25 @@ impl HistoryEntry {
         self.order().to_key_bytes()
     }
 
-    /// The JSON line `history --json` prints.
+    /// A notice of our own, not a message (see [`NOTICE_SENDER`]).
+    pub fn is_notice(&self) -> bool {
+        self.sender == NOTICE_SENDER
+    }
+
+    /// The JSON line `history --json` prints (notices with `"notice": true` and no sender).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id.to_hex(),
             "conversation": self.label,
             "from": self.from,
             "text": self.text,
             "sent_at": self.sent_at_ms,
             "status": self.status.as_str(),
-        })
+        });
+        if self.is_notice() {
+            json["notice"] = true.into();
+        }
+        json
     }
 }
 

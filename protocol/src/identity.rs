@@ -158,6 +158,31 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// The number two users compare to know that nobody sits between them: both fingerprints, the
+/// lower first, so that both sides compute the same twelve groups of five digits whoever asks (as
+/// Signal's safety numbers). It changes whenever either key does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SafetyNumber([Fingerprint; 2]);
+
+impl SafetyNumber {
+    pub fn of(mine: &VerifyingKey, theirs: &VerifyingKey) -> Self {
+        let (a, b) = (Fingerprint::of(mine), Fingerprint::of(theirs));
+        Self(if a.0 <= b.0 { [a, b] } else { [b, a] })
+    }
+}
+
+impl fmt::Display for SafetyNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.0[0], self.0[1])
+    }
+}
+
+impl fmt::Debug for SafetyNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SafetyNumber({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +198,25 @@ mod tests {
         assert_eq!(peer, alice.to_libp2p_keypair().public().to_peer_id());
         assert_eq!(identity_of(&peer), Some(alice.public()));
         assert_ne!(peer, fixed(2).peer_id());
+    }
+
+    #[test]
+    fn both_sides_compute_the_same_safety_number_and_any_key_change_changes_it() {
+        let (alice, bob, mallory) = (fixed(1).public(), fixed(2).public(), fixed(3).public());
+        let number = SafetyNumber::of(&alice, &bob);
+        assert_eq!(number, SafetyNumber::of(&bob, &alice));
+        assert_ne!(number, SafetyNumber::of(&alice, &mallory));
+        assert_ne!(number, SafetyNumber::of(&mallory, &bob));
+        let shown = number.to_string();
+        assert_eq!(shown.split(' ').count(), 12);
+        assert!(
+            shown
+                .split(' ')
+                .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+        );
+        // Both fingerprints are in it, so each side can also check its own half.
+        assert!(shown.contains(&Fingerprint::of(&alice).to_string()));
+        assert!(shown.contains(&Fingerprint::of(&bob).to_string()));
     }
 
     #[test]

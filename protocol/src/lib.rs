@@ -19,7 +19,7 @@ pub mod rendezvous;
 pub mod wire;
 
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-pub use identity::{Fingerprint, Identity};
+pub use identity::{Fingerprint, Identity, SafetyNumber};
 pub use libp2p_identity::PeerId;
 pub use name::{RoomName, UserName};
 pub use wire::{Envelope, MessageId, RoomId};

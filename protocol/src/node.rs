@@ -4,6 +4,8 @@
 //!   relay slot while not reachable from outside, the rendezvous connection.
 //! - [`direct`]: which path each sealed direct message takes — the open connection, a dial, a
 //!   discovery lookup, the mailbox — and when it is tried again.
+//! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
+//!   reported, verified contacts guarded.
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
 //!   mail, and the bounded request window.
 //!
@@ -15,3 +17,4 @@ pub mod addr;
 pub mod direct;
 pub mod reach;
 pub mod session;
+pub mod trust;

@@ -426,7 +426,7 @@ async fn scenario(args: &Args, count: usize, store: Option<String>) {
                 })
                 .await
                 .unwrap();
-            assert!(matches!(r, RendezvousResponse::Presence(_)));
+            assert!(matches!(r, RendezvousResponse::Users(_)));
             let tx = sample_tx.clone();
             watcher_tasks.push(tokio::spawn(async move {
                 while let Some(push) = client.next_push().await {

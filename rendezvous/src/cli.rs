@@ -90,6 +90,22 @@ pub struct Args {
     /// How log lines on stderr look (the level comes from RUST_LOG, default info).
     #[arg(long, env = "PALAVER_RENDEZVOUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// An admin's task on the store instead of serving (give the same --data / --store, or
+    /// --config, before it).
+    #[command(subcommand)]
+    pub admin: Option<Admin>,
+}
+
+/// What an admin can do to the store without serving.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Admin {
+    /// Free a name (its key, prekeys and held mail) so that it can be registered again: for a
+    /// user who lost their key file. Their contacts see the new key as a changed safety number.
+    /// With the default sled store, stop the server first.
+    RemoveUser {
+        /// The user name to free.
+        name: String,
+    },
 }
 
 /// Why the command line and config file do not make a configuration.

@@ -13,6 +13,7 @@
 //! - [`FrameCodec`]: the request-response codec both sides use.
 //! - [`sim::SimServer`]: the server's decisions without its network, for simulations.
 //! - [`testing::TestPostgres`]: a throw-away PostgreSQL cluster for tests of `--store postgres://…`.
+//! - [`admin`]: an admin's tasks on the store without serving (`remove-user`).
 //! - [`cli`]: the binary's flags and `--config` file; [`logging`] and [`listen_check`]: what both
 //!   binaries share (the log setup, refusing a TCP port another process listens on).
 //!
@@ -21,6 +22,7 @@
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
 //! `metrics` exports Prometheus metrics.
 
+pub mod admin;
 mod behaviour;
 pub mod cli;
 pub mod client;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use palaver_rendezvous::Server;
-use palaver_rendezvous::cli::{Args, ArgsError};
+use palaver_rendezvous::cli::{Admin, Args, ArgsError};
 
 fn main() -> ExitCode {
     let args = match Args::load(std::env::args_os()) {
@@ -30,6 +30,11 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Admin::RemoveUser { name }) = &args.admin {
+        palaver_rendezvous::admin::remove_user(&args.server_config()?, name)?;
+        println!("removed {name}: the name can be registered again");
+        return Ok(());
+    }
     let mut server = Server::bind(args.server_config()?)
         .await
         .context("starting the server")?;

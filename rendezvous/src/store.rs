@@ -123,6 +123,9 @@ pub(crate) trait Storage: Send + Sync + Debug {
     /// Records when the user was last seen (not flushed: losing it in a crash is harmless).
     fn set_last_seen(&self, name: &UserName, ms: u64) -> Result<()>;
     fn user_count(&self) -> Result<u64>;
+    /// Forgets `name` — its key, prekeys and held mail — so that it can be registered again
+    /// (an admin's action for a user who lost their key); false if there was no such user.
+    fn remove_user(&self, name: &UserName) -> Result<bool>;
 
     // ---- prekeys ----
     /// Replaces the user's signed prekey and all its one-time prekeys.

@@ -1,7 +1,7 @@
 //! The control-socket methods: parse the params, carry the call out, answer.
 
 use palaver_protocol::wire::{PresenceRecord, RefusalReason, RendezvousRequest, UserRecord};
-use palaver_protocol::{Fingerprint, RoomName, UserName, VerifyingKey};
+use palaver_protocol::{RoomName, UserName};
 use serde_json::{Value, json};
 
 use super::{Node, Pending};
@@ -87,11 +87,10 @@ fn conversation_of(
             let name: UserName = name
                 .parse()
                 .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))?;
-            let key = store
-                .get::<[u8; 32]>(StateKey::Contact(name.as_str()))
+            let contact = super::trust::load_contact(store, name.as_str())
                 .map_err(|e| RpcError::failed(e.to_string()))?
                 .ok_or_else(|| RpcError::failed(format!("no conversation with {name}")))?;
-            ConversationId::Direct(key)
+            ConversationId::Direct(contact.conversation)
         }
         (None, Some(room)) => {
             let room: RoomName = room
@@ -262,7 +261,7 @@ impl Node {
             }
             Command::Presence { names } => self.presence_call(names, reply),
             Command::Peers => answer(reply, Ok(self.peers())),
-            Command::Verify { name } => self.verify(name, reply),
+            Command::Verify { name, confirm } => self.verify(name, confirm, reply),
             Command::RoomCreate { room, public } => {
                 let result = self.room_create(room, public);
                 self.answer_when_durable(reply, result);
@@ -340,8 +339,11 @@ impl Node {
             .filter(|peer| !self.is_rendezvous(peer))
             .filter_map(|peer| {
                 let (connection, addr) = self.connection_kind(peer)?;
+                let name = self.name_of_peer(peer);
+                let verified = name.as_deref().is_some_and(|n| self.is_verified(n));
                 Some(json!({
-                    "name": self.name_of_peer(peer),
+                    "name": name,
+                    "verified": verified,
                     "peer_id": peer.to_string(),
                     "connection": connection,
                     "addr": addr.to_string(),
@@ -389,11 +391,17 @@ impl Node {
             .filter(|name| !users.iter().any(|u| &u.name == *name))
             .map(UserName::as_str)
             .collect();
+        // A check of our contacts' keys too (asking about others pins nobody).
+        let contacts = names.iter().filter(|name| self.contact_key(name).is_some());
+        let asked = super::trust::Asked::Names(contacts.cloned().collect());
+        self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
         let records: Vec<Value> = users
             .iter()
+            .filter(|user| names.contains(&user.name))
             .map(|user| {
                 let mut record = super::link::presence_json(&user.presence);
                 record["stale"] = Value::Bool(false);
+                record["verified"] = self.is_verified(user.name.as_str()).into();
                 record
             })
             .collect();
@@ -439,6 +447,7 @@ impl Node {
                     "state": state,
                     "last_seen": heard.and_then(|r| r.last_seen_ms),
                     "stale": true,
+                    "verified": self.is_verified(name.as_str()),
                 })
             })
             .collect();
@@ -459,25 +468,26 @@ impl Node {
         self.presence.insert(record.name.to_string(), record);
     }
 
-    pub(crate) fn verify(&mut self, name: UserName, reply: Reply) {
-        let Some(key) = self.contact_key(&name) else {
-            if !self.session.is_logged_in() {
-                return drop(reply.send(Err(RpcError::failed(format!(
-                    "{name} is not a contact yet and the rendezvous is not connected"
-                )))));
-            }
+    /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),
+    /// then answers with the safety number (see [`Node::answer_verify`]).
+    pub(crate) fn verify(&mut self, name: UserName, confirm: bool, reply: Reply) {
+        if self.session.is_logged_in() {
             let request = RendezvousRequest::Lookup {
                 names: vec![name.clone()],
             };
-            self.rendezvous_request(request, Pending::LookupThenVerify { name, reply });
-            return;
-        };
-        let _ = reply.send(Ok(fingerprints(
-            &self.name,
-            &self.identity.public(),
-            &name,
-            &key,
-        )));
+            let pending = Pending::LookupThenVerify {
+                name,
+                confirm,
+                reply,
+            };
+            return self.rendezvous_request(request, pending);
+        }
+        if self.contact_key(&name).is_none() {
+            return drop(reply.send(Err(RpcError::failed(format!(
+                "{name} is not a contact yet and the rendezvous is not connected"
+            )))));
+        }
+        self.answer_verify(name, confirm, reply);
     }
 }
 
@@ -502,20 +512,6 @@ fn refusal_hint(reason: RefusalReason) -> &'static str {
         }
         _ => "see the rendezvous's reason; the daemon logs in again when it reconnects",
     }
-}
-
-pub(crate) fn fingerprints(
-    me: &UserName,
-    my_key: &VerifyingKey,
-    them: &UserName,
-    their_key: &VerifyingKey,
-) -> Value {
-    json!({
-        "name": them.as_str(),
-        "fingerprint": Fingerprint::of(their_key).to_string(),
-        "me": me.as_str(),
-        "my_fingerprint": Fingerprint::of(my_key).to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::trust::Asked;
 use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::{Reply, RpcError};
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
@@ -45,6 +46,8 @@ pub(crate) struct Job {
     pub(crate) prekeys_wait_until: Option<u64>,
     /// The client's own key for this send, stored with the message (see [`super::client_ids`]).
     pub(crate) client_key: Option<super::client_ids::ClientKey>,
+    /// What the answer warns about (the recipient's key changed).
+    pub(crate) warning: Option<String>,
 }
 
 /// How long a message waits for a recipient who has logged in but not published prekeys yet
@@ -69,6 +72,7 @@ impl Job {
             reply,
             prekeys_wait_until: None,
             client_key: None,
+            warning: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Job {
             reply: None,
             prekeys_wait_until: None,
             client_key: None,
+            warning: None,
         }
     }
 
@@ -124,9 +129,13 @@ impl Node {
             let Some(name) = job.to_name.clone() else {
                 return job.fail("no recipient".into());
             };
-            match self.contact_key(&name) {
-                Some(key) => job.to_key = Some(key),
-                None => {
+            match self.key_to_send(&name) {
+                Err(refusal) => return job.fail(refusal),
+                Ok(Some((key, warning))) => {
+                    job.to_key = Some(key);
+                    job.warning = warning;
+                }
+                Ok(None) => {
                     let request = RendezvousRequest::Lookup {
                         names: vec![name.clone()],
                     };
@@ -153,9 +162,12 @@ impl Node {
                 Some(name) => job.to_name = Some(name),
                 None => {
                     let request = RendezvousRequest::WhoIs { keys: vec![key] };
-                    if let Err(job) =
-                        self.request_or_fail(request, |job| Pending::WhoIs { then: Some(job) }, job)
-                    {
+                    let keys = vec![key.to_bytes()];
+                    let pending = |job| Pending::WhoIs {
+                        keys,
+                        then: Some(job),
+                    };
+                    if let Err(job) = self.request_or_fail(request, pending, job) {
                         job.fail(self.offline_reason("cannot look the recipient up"));
                     }
                     return;
@@ -217,7 +229,7 @@ impl Node {
         name: UserName,
         mut sessions: PeerSessions,
     ) {
-        let conversation = ConversationId::Direct(key.to_bytes());
+        let conversation = self.conversation_with(&key.to_bytes());
         let mut clock = self.clock();
         let seq = self.next_seq(&conversation);
         let text = match &job.payload {
@@ -296,11 +308,15 @@ impl Node {
             self.delivery.cancel(id);
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
-        let reply = job.reply;
+        let (reply, warning) = (job.reply, job.warning);
         self.when_durable(move |node, flushed| match flushed {
             Ok(()) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(json!({"id": id.to_hex(), "status": "sending"})));
+                    let mut answer = json!({"id": id.to_hex(), "status": "sending"});
+                    if let Some(warning) = warning {
+                        answer["warning"] = warning.into();
+                    }
+                    let _ = reply.send(Ok(answer));
                 }
                 node.delivery_input(DeliveryInput::Durable(id));
             }
@@ -344,48 +360,25 @@ impl Node {
             + 1
     }
 
-    pub(crate) fn contact_key(&self, name: &UserName) -> Option<VerifyingKey> {
-        let bytes = self
-            .store
-            .get::<[u8; 32]>(StateKey::Contact(name.as_str()))
-            .ok()
-            .flatten()?;
-        VerifyingKey::from_bytes(&bytes).ok()
-    }
-
-    pub(crate) fn on_users(
-        &mut self,
-        users: Vec<UserRecord>,
-        then: Option<Job>,
-        asked: Option<Vec<UserName>>,
-    ) {
-        let mut batch = StateBatch::default();
-        let mut new_contact = false;
+    pub(crate) fn on_users(&mut self, users: Vec<UserRecord>, then: Option<Job>, asked: Asked) {
+        let users: Vec<UserRecord> = users
+            .into_iter()
+            .filter(|user| asked.covers(&user.name, &user.identity))
+            .collect();
         for user in &users {
-            self.release_unnamed(&user.identity.to_bytes(), Some(user.name.as_str()));
-            new_contact |= self.contact_key(&user.name).is_none();
-            batch.put(
-                StateKey::Contact(user.name.as_str()),
-                &user.identity.to_bytes(),
-            );
-            batch.put(
-                StateKey::Peer(user.identity.to_bytes()),
-                &user.name.to_string(),
-            );
             self.presence
                 .insert(user.name.to_string(), user.presence.clone());
         }
-        if let Err(err) = self.store.apply(&batch) {
-            tracing::warn!("store: {err}");
-        }
-        if new_contact {
+        if self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked) {
             self.subscribe_presence();
         }
-        if let Some(missing) = asked.and_then(|asked| {
-            asked
-                .into_iter()
-                .find(|name| !users.iter().any(|u| &u.name == name))
-        }) {
+        let missing = match &asked {
+            Asked::Names(names) => names
+                .iter()
+                .find(|name| !users.iter().any(|u| &u.name == *name)),
+            Asked::Keys(_) => None,
+        };
+        if let Some(missing) = missing {
             if let Some(job) = then {
                 job.fail(format!("unknown user {missing} at this rendezvous"));
             }
@@ -405,7 +398,15 @@ impl Node {
 
     pub(crate) fn on_prekeys(&mut self, key: [u8; 32], bundle: PrekeyBundle, job: Job) {
         if bundle.identity.to_bytes() != key {
-            return job.fail("the rendezvous returned prekeys for a different key".into());
+            // The rendezvous names another key for the user now than it did: a key change.
+            if let Some(name) = &job.to_name {
+                let asked = Asked::Names(vec![name.clone()]);
+                self.learn_keys([(name, &bundle.identity)], &asked);
+            }
+            return job.fail(
+                "the recipient's key changed while the message was being sent; send it again"
+                    .into(),
+            );
         }
         let existing = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
             Ok(existing) => existing,

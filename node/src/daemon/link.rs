@@ -15,7 +15,8 @@ use rand_core::OsRng;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Node, calls, direct, now_ms};
+use super::trust::Asked;
+use super::{Node, direct, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{StateBatch, StateKey, Store};
 
@@ -30,7 +31,9 @@ pub(crate) enum Pending {
         names: Vec<UserName>,
         then: Option<direct::Job>,
     },
+    /// Who holds these keys, then continue with the job.
     WhoIs {
+        keys: Vec<[u8; 32]>,
         then: Option<direct::Job>,
     },
     Prekeys {
@@ -53,6 +56,7 @@ pub(crate) enum Pending {
     },
     LookupThenVerify {
         name: UserName,
+        confirm: bool,
         reply: oneshot::Sender<Result<Value, RpcError>>,
     },
 }
@@ -194,6 +198,9 @@ impl Node {
                 Output::Failed { token, error } => self.on_rendezvous_failure(token, error),
                 Output::Presence(record) => self.on_presence_push(record),
                 Output::Subscribed(users) => {
+                    // Asked for by name: our contacts. Each login checks their keys again.
+                    let asked = Asked::Names(self.contact_names());
+                    self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
                         self.remember_presence(user.presence);
                     }
@@ -329,9 +336,9 @@ impl Node {
         use RendezvousResponse as R;
         match (pending, response) {
             (Pending::Lookup { names, then }, R::Users(users)) => {
-                self.on_users(users, then, Some(names))
+                self.on_users(users, then, Asked::Names(names))
             }
-            (Pending::WhoIs { then }, R::Users(users)) => {
+            (Pending::WhoIs { keys, then }, R::Users(users)) => {
                 let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
                 let unknown: Vec<[u8; 32]> = self
                     .unnamed_events
@@ -339,7 +346,7 @@ impl Node {
                     .filter(|k| !named.contains(k))
                     .copied()
                     .collect();
-                self.on_users(users, then, None);
+                self.on_users(users, then, Asked::Keys(keys));
                 // Asked about, but not registered here: show them with their stand-in.
                 if self
                     .session
@@ -366,7 +373,9 @@ impl Node {
                 Pending::Lookup {
                     then: Some(job), ..
                 }
-                | Pending::WhoIs { then: Some(job) },
+                | Pending::WhoIs {
+                    then: Some(job), ..
+                },
                 R::Refused(refusal),
             ) => job.fail(format!("lookup failed: {refusal}")),
             (Pending::Deposit { id }, R::Deposited { .. }) => {
@@ -390,7 +399,7 @@ impl Node {
             }
             (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
                 let found = users.iter().any(|u| u.name == user);
-                self.on_users(users, None, None);
+                self.on_users(users, None, Asked::Names(vec![user.clone()]));
                 if found {
                     self.room_invite(room, user, reply);
                 } else {
@@ -399,21 +408,16 @@ impl Node {
                     ))));
                 }
             }
-            (Pending::LookupThenVerify { name, reply }, R::Users(users)) => {
-                let found = users.iter().find(|u| u.name == name).map(|u| u.identity);
-                self.on_users(users, None, None);
-                let answer = match found {
-                    Some(key) => Ok(calls::fingerprints(
-                        &self.name,
-                        &self.identity.public(),
-                        &name,
-                        &key,
-                    )),
-                    None => Err(RpcError::failed(format!(
-                        "unknown user {name} at this rendezvous"
-                    ))),
-                };
-                let _ = reply.send(answer);
+            (
+                Pending::LookupThenVerify {
+                    name,
+                    confirm,
+                    reply,
+                },
+                R::Users(users),
+            ) => {
+                self.on_users(users, None, Asked::Names(vec![name.clone()]));
+                self.answer_verify(name, confirm, reply);
             }
             (
                 Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. },
@@ -432,7 +436,9 @@ impl Node {
             Pending::Lookup {
                 then: Some(job), ..
             }
-            | Pending::WhoIs { then: Some(job) }
+            | Pending::WhoIs {
+                then: Some(job), ..
+            }
             | Pending::Prekeys { then: job, .. } => {
                 job.fail(format!("the rendezvous did not answer: {error}"))
             }
@@ -463,6 +469,17 @@ impl Node {
         });
         let user = record.name.clone();
         self.remember_presence(record);
+        if came_online && self.session.is_logged_in() {
+            // A contact that logs in may have come back with another key: ask, and see.
+            let request = RendezvousRequest::Lookup {
+                names: vec![user.clone()],
+            };
+            let pending = Pending::Lookup {
+                names: vec![user.clone()],
+                then: None,
+            };
+            self.rendezvous_request(request, pending);
+        }
         if came_online {
             self.delivery_input(palaver_protocol::node::direct::Input::CameOnline(user));
         }

@@ -37,8 +37,10 @@ pub enum Command {
         names: Vec<UserName>,
     },
     Peers,
+    /// The safety number with a user; with `confirm`, mark the key it is computed from verified.
     Verify {
         name: UserName,
+        confirm: bool,
     },
     RoomCreate {
         room: RoomName,
@@ -101,6 +103,7 @@ impl Command {
             "peers" => Command::Peers,
             "verify" => Command::Verify {
                 name: p.user("name")?,
+                confirm: p.flag("confirm"),
             },
             "room.create" => Command::RoomCreate {
                 room: p.room()?,

@@ -30,6 +30,13 @@ pub enum Event {
         state: &'static str,
         last_seen: Option<u64>,
     },
+    /// The rendezvous gave a contact a different identity key.
+    KeyChanged {
+        name: String,
+        old_fingerprint: String,
+        new_fingerprint: String,
+        verified: bool,
+    },
     /// How we are connected to a peer: `direct`, `relayed` or `disconnected`.
     Connection {
         peer_id: String,
@@ -109,6 +116,12 @@ mod tests {
                 name: "bob".into(),
                 state: "online",
                 last_seen: None,
+            },
+            Event::KeyChanged {
+                name: "bob".into(),
+                old_fingerprint: "00001 00002 00003 00004 00005 00006".into(),
+                new_fingerprint: "00007 00008 00009 00010 00011 00012".into(),
+                verified: true,
             },
             Event::Connection {
                 peer_id: "12D3".into(),

@@ -104,8 +104,8 @@ pub static METHODS: &[Method] = &[
                 "a key of your own: a repeated send with it sends nothing new and answers the first one's id",
             ),
         ],
-        result: r#"{"id","status":"sending"}"#,
-        errors: "a bad name or text; unknown user at this rendezvous; not logged in (a first message needs the recipient's keys from the rendezvous); a bad prekey bundle; the store cannot be written",
+        result: r#"{"id","status":"sending","warning"?}"#,
+        errors: "a bad name or text; unknown user at this rendezvous; the contact is verified and its key changed (confirm the new one with `verify`); not logged in (a first message needs the recipient's keys from the rendezvous); a bad prekey bundle; the store cannot be written",
     },
     Method {
         name: "history",
@@ -157,22 +157,29 @@ pub static METHODS: &[Method] = &[
             Kind::Strings,
             "user names (default: every contact)",
         )],
-        result: r#"[{"name","state":"online|away|offline|unknown","last_seen","stale"}]"#,
+        result: r#"[{"name","verified","state":"online|away|offline|unknown","last_seen","stale"}]"#,
         errors: "a bad name; a user the rendezvous does not know (`stale: true`: the last known state, while the rendezvous cannot be asked)",
     },
     Method {
         name: "peers",
         summary: "Connected peers and how.",
         params: &[],
-        result: r#"[{"name","peer_id","connection":"direct|relayed","addr"}]"#,
+        result: r#"[{"name","verified","peer_id","connection":"direct|relayed","addr"}]"#,
         errors: "none",
     },
     Method {
         name: "verify",
-        summary: "Both fingerprints, to compare out of band.",
-        params: &[required("name", Kind::String, "the other user")],
-        result: r#"{"name","fingerprint","me","my_fingerprint"}"#,
-        errors: "a bad name; unknown user, or not a contact and the rendezvous not connected",
+        summary: "The safety number with a user, to compare out of band; with `confirm`, marks the key it was computed from verified (and accepts a changed key).",
+        params: &[
+            required("name", Kind::String, "the other user"),
+            optional(
+                "confirm",
+                Kind::Bool,
+                "you compared the safety number and it matched: mark the contact verified",
+            ),
+        ],
+        result: r#"{"name","safety_number","verified","key_changed","fingerprint","me","my_fingerprint"}"#,
+        errors: "a bad name; unknown user, or not a contact and the rendezvous not connected; the store cannot be written",
     },
     Method {
         name: "room.create",
@@ -371,6 +378,24 @@ pub static EVENTS: &[Event] = &[
             required("name", Kind::String, "the user"),
             required("state", Kind::String, "online|away|offline"),
             optional("last_seen", Kind::Integer, "Unix ms, if ever seen"),
+        ],
+    },
+    Event {
+        kind: "key_changed",
+        about: "The rendezvous gave a contact a different key: the user reinstalled, or someone is in between. Compare safety numbers (`verify`); sends to a verified contact are refused until you confirm the new key.",
+        fields: &[
+            required("name", Kind::String, "the contact"),
+            required("old_fingerprint", Kind::String, "the key we had"),
+            required(
+                "new_fingerprint",
+                Kind::String,
+                "the key the rendezvous gave now",
+            ),
+            required(
+                "verified",
+                Kind::Bool,
+                "you had verified the old key: sends wait for your confirmation",
+            ),
         ],
     },
     Event {

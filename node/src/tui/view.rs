@@ -391,7 +391,11 @@ pub(crate) fn block_height(app: &App, conv: &Conversation, at: usize, width: usi
 /// The rows a message takes at `width`: `HH:MM from: text mark` (local time), wrapped under the
 /// text.
 fn message_rows(message: &Message, width: usize, me: &str, local: &LocalTime) -> Vec<String> {
-    let mut body = format!("{}: {}", message.from, message.text);
+    let mut body = if message.is_notice() {
+        format!("-- {}", message.text)
+    } else {
+        format!("{}: {}", message.from, message.text)
+    };
     if message.from == me {
         let mark = message.status.mark();
         if !mark.is_empty() {
@@ -473,6 +477,13 @@ fn message_lines(
                 }
             } else {
                 spans.push(Span::raw(head.to_owned()));
+            }
+            if message.is_notice() {
+                spans.push(Span::styled(
+                    rest.to_owned(),
+                    Style::new().fg(Color::Yellow).italic(),
+                ));
+                return Line::from(spans);
             }
             match rest.strip_suffix(mark) {
                 Some(text) if i == last && !mark.is_empty() => {

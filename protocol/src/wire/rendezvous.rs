@@ -35,7 +35,8 @@ pub enum RendezvousRequest {
     Lookup { names: Vec<UserName> },
     /// I am still here, in this state.
     Heartbeat { state: PresenceState },
-    /// Push me presence changes of these users (replaces any earlier subscription).
+    /// Push me presence changes of these users (replaces any earlier subscription). Answered
+    /// with `Users`: the keys and presence of those registered (the others are watched too).
     SubscribePresence { names: Vec<UserName> },
     /// Hold this envelope for `to` until it comes online and acknowledges it.
     Deposit {

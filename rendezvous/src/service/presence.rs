@@ -86,13 +86,18 @@ impl Service {
             .map(|s| std::mem::take(&mut s.subscriptions))
             .unwrap_or_default();
         self.unsubscribe(peer, &old);
-        let mut records = Vec::with_capacity(names.len());
+        // Names not registered (yet, or any more) are watched too: when one is registered and
+        // logs in, its watchers hear of it and look its key up again.
+        let mut users = Vec::with_capacity(names.len());
         let mut kept = Vec::with_capacity(names.len());
         for name in names {
-            let Some(user) = self.store.user(&name)? else {
-                continue;
-            };
-            records.push(self.presence_of(&name, &user));
+            if let Some(user) = self.store.user(&name)? {
+                users.push(UserRecord {
+                    name: name.clone(),
+                    identity: user.identity,
+                    presence: self.presence_of(&name, &user),
+                });
+            }
             self.subscribers
                 .entry(name.clone())
                 .or_default()
@@ -102,6 +107,6 @@ impl Service {
         if let Some(session) = self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
             session.subscriptions = kept;
         }
-        Ok(Reply::now(RendezvousResponse::Presence(records)))
+        Ok(Reply::now(RendezvousResponse::Users(users)))
     }
 }

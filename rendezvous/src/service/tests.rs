@@ -258,11 +258,11 @@ fn presence_changes_reach_subscribers_and_silence_times_out() {
         },
         1,
     );
-    let RendezvousResponse::Presence(records) = reply else {
+    let RendezvousResponse::Users(users) = reply else {
         panic!("{reply:?}")
     };
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].state, PresenceState::Online);
+    assert_eq!(users.len(), 1, "nobody is not registered");
+    assert_eq!(users[0].presence.state, PresenceState::Online);
 
     let (_, alice) = user(2);
     h.ask(
@@ -296,6 +296,29 @@ fn presence_changes_reach_subscribers_and_silence_times_out() {
         &pushes[..],
         [(w, ServerPush::Presence(PresenceRecord { state: PresenceState::Offline, last_seen_ms: Some(2_000), .. }))] if *w == watcher
     ));
+}
+
+#[test]
+fn a_watched_name_registered_later_is_pushed_to_its_watchers() {
+    // So that a node whose contact's name was freed and taken by a new key hears of it at once.
+    let mut h = harness();
+    let (_, watcher) = h.session(1, "watcher", 0);
+    let reply = h.ask(
+        watcher,
+        RendezvousRequest::SubscribePresence {
+            names: vec![name("later")],
+        },
+        1,
+    );
+    assert_eq!(reply, RendezvousResponse::Users(Vec::new()));
+    h.service.take_pushes();
+    h.session(2, "later", 10);
+    let pushes = h.service.take_pushes();
+    assert!(
+        pushes.iter().any(|(to, push)| *to == watcher
+            && matches!(push, ServerPush::Presence(r) if r.name == name("later") && r.state == PresenceState::Online)),
+        "{pushes:?}"
+    );
 }
 
 #[test]

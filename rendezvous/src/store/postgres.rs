@@ -423,6 +423,26 @@ impl Storage for PgStore {
         })
     }
 
+    fn remove_user(&self, name: &UserName) -> Result<bool> {
+        self.call("remove_user", async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            for table in [
+                "mail WHERE recipient",
+                "one_time_prekeys WHERE name",
+                "signed_prekeys WHERE name",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} = $1"), &[&name.as_str()])
+                    .await?;
+            }
+            let removed = tx
+                .execute("DELETE FROM accounts WHERE name = $1", &[&name.as_str()])
+                .await?;
+            tx.commit().await?;
+            Ok(removed > 0)
+        })
+    }
+
     fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()> {
         let signed = encode(&StoredSignedPrekey {
             identity: upload.identity,

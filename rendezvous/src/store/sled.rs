@@ -195,6 +195,39 @@ impl Storage for SledStore {
         Ok(self.accounts.scan_prefix(b"u").count() as u64)
     }
 
+    fn remove_user(&self, name: &UserName) -> Result<bool> {
+        let Some(user) = self.user(name)? else {
+            return Ok(false);
+        };
+        // Mail and prekeys first, the account last: a crash in between leaves an account that
+        // another run removes, never a free name with someone's leftovers under it.
+        for entry in self.mail.scan_prefix(Self::mail_prefix(name)).keys() {
+            let entry = entry?;
+            // `m` name 0 time(8) id(32)
+            let rest = &entry[Self::mail_prefix(name).len()..];
+            if rest.len() != 8 + 32 {
+                return Err(StoreError::Corrupt("mail key of the wrong length".into()));
+            }
+            let (time, id) = rest.split_at(8);
+            let mut message = [0u8; 32];
+            message.copy_from_slice(id);
+            let time: [u8; 8] = time.try_into().unwrap_or_default();
+            self.remove_message(name, &MessageId(message), time)?;
+        }
+        let mut prekeys = sled::Batch::default();
+        prekeys.remove(key(&[b"s", name.as_str().as_bytes()]));
+        for one_time in self.prekeys.scan_prefix(Self::one_time_prefix(name)).keys() {
+            prekeys.remove(one_time?);
+        }
+        self.prekeys.apply_batch(prekeys)?;
+        let mut account = sled::Batch::default();
+        account.remove(key(&[b"u", name.as_str().as_bytes()]));
+        account.remove(key(&[b"k", user.identity.as_bytes()]));
+        self.accounts.apply_batch(account)?;
+        self.db.flush()?;
+        Ok(true)
+    }
+
     fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()> {
         let mut batch = sled::Batch::default();
         let prefix = Self::one_time_prefix(name);

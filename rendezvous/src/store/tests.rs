@@ -176,6 +176,47 @@ fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
 }
 
 #[test]
+fn a_removed_user_leaves_nothing_behind_and_the_name_can_be_registered_again() {
+    on_both("store::remove_user", |backend| {
+        let store = backend.open();
+        let (bob, carol) = (name("bob"), name("carol"));
+        store.register(&bob, &key_of(3), 1).unwrap();
+        store.register(&carol, &key_of(5), 1).unwrap();
+        store.publish_prekeys(&bob, &upload(3, &[1, 2])).unwrap();
+        store.publish_prekeys(&carol, &upload(5, &[1])).unwrap();
+        for n in 1..=3 {
+            let mail = item(100 * u64::from(n), n, &key_of(3));
+            store.deposit(&bob, &mail.envelope.id(), &mail).unwrap();
+        }
+        let for_carol = item(50, 9, &key_of(5));
+        store
+            .deposit(&carol, &for_carol.envelope.id(), &for_carol)
+            .unwrap();
+        assert!(store.remove_user(&bob).unwrap());
+        assert!(!store.remove_user(&bob).unwrap(), "removed once");
+        store.flush_blocking().unwrap();
+        drop(store);
+        let store = backend.open();
+        assert_eq!(store.user(&bob).unwrap(), None);
+        assert_eq!(store.name_of(&key_of(3)).unwrap(), None);
+        assert_eq!(store.usage(&bob).unwrap(), Usage::default());
+        assert_eq!(store.one_time_count(&bob).unwrap(), 0);
+        assert!(!store.has_signed_prekey(&bob).unwrap());
+        // The name is free for another key; the new bob starts with an empty mailbox.
+        assert_eq!(
+            store.register(&bob, &key_of(7), 9).unwrap(),
+            Registration::New
+        );
+        assert!(store.fetch(&bob, 10, u64::MAX, 0).unwrap().is_empty());
+        assert_eq!(store.take_bundle(&bob, true).unwrap(), None);
+        // Others are untouched.
+        assert_eq!(store.usage(&carol).unwrap().messages, 1);
+        assert_eq!(store.one_time_count(&carol).unwrap(), 1);
+        assert_eq!(store.mailbox_totals().unwrap().messages, 1);
+    });
+}
+
+#[test]
 fn mail_is_held_in_order_within_a_budget_and_removed_once_by_ack_or_expiry() {
     on_both("store::mail", |backend| {
         let store = backend.open();

@@ -41,9 +41,10 @@ async fn presence_changes_are_pushed_to_subscribers_within_a_second_and_silence_
     )
     .await
     {
-        RendezvousResponse::Presence(records) => {
-            assert_eq!(records.len(), 1);
-            assert_eq!(records[0].state, PresenceState::Offline);
+        RendezvousResponse::Users(users) => {
+            assert_eq!(users.len(), 1);
+            assert_eq!(users[0].presence.state, PresenceState::Offline);
+            assert_eq!(users[0].name, name("alice"));
         }
         other => panic!("{other:?}"),
     }

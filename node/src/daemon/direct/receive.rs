@@ -109,7 +109,7 @@ impl Node {
         if opened.used_prekeys {
             crate::daemon::link::put_prekey_secrets(&mut batch, &prekeys);
         }
-        let conversation = ConversationId::Direct(sender.to_bytes());
+        let conversation = self.conversation_with(&sender.to_bytes());
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;
@@ -143,7 +143,10 @@ impl Node {
             // A stranger: ask the rendezvous who it is, for display and replies.
             self.rendezvous_request(
                 RendezvousRequest::WhoIs { keys: vec![sender] },
-                Pending::WhoIs { then: None },
+                Pending::WhoIs {
+                    keys: vec![sender.to_bytes()],
+                    then: None,
+                },
             );
         }
         if let Some(entry) = entry {

@@ -112,7 +112,10 @@ impl Node {
                 palaver_protocol::wire::RendezvousRequest::WhoIs {
                     keys: vec![message.sender],
                 },
-                crate::daemon::Pending::WhoIs { then: None },
+                crate::daemon::Pending::WhoIs {
+                    keys: vec![message.sender.to_bytes()],
+                    then: None,
+                },
             );
         }
         let mut batch = StateBatch::default();

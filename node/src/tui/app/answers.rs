@@ -207,14 +207,27 @@ impl App {
             Then::Verify => match result {
                 Ok(prints) => {
                     let s = |key: &str| prints[key].as_str().unwrap_or("").to_owned();
+                    let number = s("safety_number");
+                    let groups: Vec<&str> = number.split(' ').collect();
+                    let (first, second) = groups.split_at(groups.len() / 2);
+                    let name = s("name");
+                    let state = if prints["key_changed"] == true {
+                        format!("{name}'s key CHANGED since you verified it: messages wait.")
+                    } else if prints["verified"] == true {
+                        format!("{name} is verified.")
+                    } else {
+                        format!("{name} is not verified.")
+                    };
                     self.overlay = Some(Overlay {
-                        title: format!("Verify {}", s("name")),
+                        title: format!("Safety number with {name}"),
                         lines: vec![
-                            format!("{:<12} {}", s("me"), s("my_fingerprint")),
-                            format!("{:<12} {}", s("name"), s("fingerprint")),
+                            first.join(" "),
+                            second.join(" "),
                             String::new(),
-                            "Read these to each other over a channel you trust;".into(),
-                            "if they match, nobody is in between.".into(),
+                            state,
+                            "Compare it with theirs in person or on a call; if it".into(),
+                            "matches, nobody is in between. Then mark it verified:".into(),
+                            format!("palaver verify {name} --confirm"),
                         ],
                     });
                     Vec::new()

@@ -121,6 +121,11 @@ pub(crate) struct Message {
 
 impl Message {
     /// A history entry or `message` event; `None` if it lacks what a message needs.
+    /// A line of the daemon's own ("bob's safety number changed"), not a message anyone sent.
+    pub(crate) fn is_notice(&self) -> bool {
+        self.from.is_empty()
+    }
+
     pub(crate) fn from_json(value: &Value) -> Option<Self> {
         Some(Self {
             id: Some(value["id"].as_str()?.to_owned()),

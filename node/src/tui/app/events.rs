@@ -92,6 +92,23 @@ impl App {
                 self.error(format!("you were removed from #{}", clean(room)));
                 Vec::new()
             }
+            // The notice is in the conversation's history: read it again; and say so now.
+            Some("key_changed") => {
+                let Some(name) = event["name"].as_str().map(clean) else {
+                    return Vec::new();
+                };
+                let at = self.ensure(ConvKey::Direct(name.clone()));
+                self.conversations[at].reset();
+                let wait = if event["verified"].as_bool() == Some(true) {
+                    " — messages to them wait until you confirm it"
+                } else {
+                    ""
+                };
+                self.error(format!(
+                    "{name}'s safety number changed{wait}: compare it with `palaver verify {name}`"
+                ));
+                self.reload()
+            }
             // A conversation was read (here or in another window).
             Some("read") => {
                 let (Some(label), Some(unread)) =

@@ -360,6 +360,45 @@ fn invitations_appear_and_must_be_joined_before_writing() {
 }
 
 #[test]
+fn a_changed_key_is_said_at_once_and_the_conversation_read_again() {
+    let mut app = connected();
+    let effects = app.handle_event(&json!({
+        "type": "key_changed", "name": "bob", "verified": true,
+        "old_fingerprint": "1", "new_fingerprint": "2",
+    }));
+    let notice = app.notice.clone().unwrap();
+    assert!(notice.error);
+    assert!(
+        notice.text.contains("bob's safety number changed"),
+        "{}",
+        notice.text
+    );
+    assert!(
+        notice.text.contains("wait until you confirm"),
+        "{}",
+        notice.text
+    );
+    assert!(
+        notice.text.contains("palaver verify bob"),
+        "{}",
+        notice.text
+    );
+    // bob's conversation is loaded again, with the notice the daemon filed in it.
+    assert!(
+        !app.conversations
+            .iter()
+            .find(|c| c.key == ConvKey::Direct("bob".into()))
+            .unwrap()
+            .loaded
+    );
+    assert!(
+        calls(&effects)
+            .iter()
+            .any(|(method, _)| *method == "conversations")
+    );
+}
+
+#[test]
 fn new_messages_elsewhere_count_as_unread_until_selected() {
     let mut app = connected();
     app.handle_event(&message_event("r1", "#lunch", "bob", "soup?"));
@@ -660,11 +699,19 @@ fn help_verify_and_quit() {
     assert_eq!(calls(&effects), vec![("verify", json!({"name": "bob"}))]);
     app.handle_answer(
         Then::Verify,
-        Ok(json!({"name": "bob", "fingerprint": "11111 22222", "me": "alice", "my_fingerprint": "33333 44444"})),
+        Ok(json!({"name": "bob", "safety_number": "00001 00002 00003 00004 00005 00006 00007 00008 00009 00010 00011 00012", "verified": false, "key_changed": false})),
     );
     let overlay = app.overlay.clone().unwrap();
-    assert_eq!(overlay.title, "Verify bob");
-    assert!(overlay.lines[1].contains("bob") && overlay.lines[1].contains("11111 22222"));
+    assert_eq!(overlay.title, "Safety number with bob");
+    assert_eq!(overlay.lines[0], "00001 00002 00003 00004 00005 00006");
+    assert_eq!(overlay.lines[1], "00007 00008 00009 00010 00011 00012");
+    assert_eq!(overlay.lines[3], "bob is not verified.");
+    assert!(
+        overlay
+            .lines
+            .iter()
+            .any(|l| l == "palaver verify bob --confirm")
+    );
     // Typing closes the box and goes on into the input line.
     app.handle_key(key(KeyCode::Char('x')));
     assert!(app.overlay.is_none());

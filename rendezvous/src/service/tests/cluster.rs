@@ -51,7 +51,7 @@ fn presence_crosses_instances_and_a_user_moving_between_them_stays_online() {
     );
     // Bob is online at B: carol, at A, sees him online.
     assert!(
-        matches!(&reply, RendezvousResponse::Presence(r) if r[0].state == PresenceState::Online),
+        matches!(&reply, RendezvousResponse::Users(u) if u[0].presence.state == PresenceState::Online),
         "{reply:?}"
     );
     a.service.take_pushes();

@@ -1,0 +1,263 @@
+//! Which key each contact's name stands for, driven by [`palaver_protocol::node::trust`]: every
+//! rendezvous answer naming a user's key goes through [`Node::learn_keys`], which pins first keys,
+//! ignores users nobody asked about, and reports a changed key — in the conversation, on `listen`
+//! (`key_changed`) and, for a verified contact, by refusing sends until the user confirms.
+
+use palaver_protocol::node::trust::{Contact, Observed, Unconfirmed};
+use palaver_protocol::{Fingerprint, MessageId, SafetyNumber, UserName, VerifyingKey};
+use rand_core::{OsRng, RngCore};
+use serde_json::{Value, json};
+
+use super::Node;
+use crate::rpc::{Reply, RpcError};
+use crate::store::{
+    ConversationId, HistoryEntry, NOTICE_SENDER, StateBatch, StateKey, Status, Store, StoreError,
+};
+
+/// The contact record for `name`, if any. Stores from before pinning hold only the key.
+pub(crate) fn load_contact(store: &Store, name: &str) -> Result<Option<Contact>, StoreError> {
+    match store.get::<Contact>(StateKey::Contact(name)) {
+        Ok(contact) => Ok(contact),
+        Err(err) => match store.get::<[u8; 32]>(StateKey::Contact(name)) {
+            Ok(key) => Ok(key.map(Contact::first)),
+            Err(_) => Err(err),
+        },
+    }
+}
+
+/// What an answer was about: users named in it that nobody asked about are ignored.
+#[derive(Debug, Clone)]
+pub(crate) enum Asked {
+    Names(Vec<UserName>),
+    Keys(Vec<[u8; 32]>),
+}
+
+impl Asked {
+    pub(crate) fn covers(&self, name: &UserName, key: &VerifyingKey) -> bool {
+        match self {
+            Asked::Names(names) => names.contains(name),
+            Asked::Keys(keys) => keys.contains(&key.to_bytes()),
+        }
+    }
+}
+
+fn fingerprint(key: &[u8; 32]) -> String {
+    VerifyingKey::from_bytes(key)
+        .map(|key| Fingerprint::of(&key).to_string())
+        .unwrap_or_else(|_| "(not a key)".into())
+}
+
+/// The error a send to a verified contact whose key changed answers with.
+pub(crate) fn unconfirmed_error(name: &UserName, change: Unconfirmed) -> String {
+    format!(
+        "{name}'s safety number changed since you verified it (key {} is now {}): someone may \
+         be in between. Compare the new one with `palaver verify {name}`, then accept it with \
+         `palaver verify {name} --confirm`",
+        fingerprint(&change.verified),
+        fingerprint(&change.new),
+    )
+}
+
+/// The warning a send to an unverified contact whose key changed carries, once.
+pub(crate) fn change_warning(name: &UserName) -> String {
+    format!(
+        "{name}'s safety number changed (a reinstall, or someone in between); compare it with \
+         `palaver verify {name}`"
+    )
+}
+
+impl Node {
+    /// The identity key messages to `name` are sealed for.
+    pub(crate) fn contact_key(&self, name: &UserName) -> Option<VerifyingKey> {
+        let contact = load_contact(&self.store, name.as_str()).ok().flatten()?;
+        VerifyingKey::from_bytes(&contact.key).ok()
+    }
+
+    /// The conversation a direct message with the holder of `key` is filed in: its name's
+    /// conversation (which outlives key changes), else one of its own.
+    pub(crate) fn conversation_with(&self, key: &[u8; 32]) -> ConversationId {
+        let anchor = self
+            .store
+            .get::<String>(StateKey::Peer(*key))
+            .ok()
+            .flatten()
+            .and_then(|name| load_contact(&self.store, &name).ok().flatten())
+            .map_or(*key, |contact| contact.conversation);
+        ConversationId::Direct(anchor)
+    }
+
+    /// The key to seal a message to `name` for (and a warning to give once), or why not.
+    pub(crate) fn key_to_send(
+        &self,
+        name: &UserName,
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
+        let Some(mut contact) =
+            load_contact(&self.store, name.as_str()).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let (key, changed) = contact
+            .key_to_send()
+            .map_err(|change| unconfirmed_error(name, change))?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
+        let warning = changed.map(|_| {
+            // Losing this write shows the warning once more: nothing to wait for.
+            let mut batch = StateBatch::default();
+            batch.put(StateKey::Contact(name.as_str()), &contact);
+            if let Err(err) = self.store.apply(&batch) {
+                tracing::warn!("store: {err}");
+            }
+            change_warning(name)
+        });
+        Ok(Some((key, warning)))
+    }
+
+    /// Takes in what an answer said about users' keys: first keys pinned, changed ones
+    /// reported, users nobody asked about left out. True when a contact is new.
+    pub(crate) fn learn_keys<'a>(
+        &mut self,
+        users: impl IntoIterator<Item = (&'a UserName, &'a VerifyingKey)>,
+        asked: &Asked,
+    ) -> bool {
+        let mut batch = StateBatch::default();
+        let mut new_contact = false;
+        let mut changes = Vec::new();
+        for (name, key) in users {
+            if !asked.covers(name, key) || *key == self.identity.public() {
+                continue;
+            }
+            self.release_unnamed(&key.to_bytes(), Some(name.as_str()));
+            let bytes = key.to_bytes();
+            let contact = match load_contact(&self.store, name.as_str()) {
+                Ok(Some(mut contact)) => match contact.observe(bytes) {
+                    Observed::Same => continue,
+                    Observed::Changed { old, new } => {
+                        changes.push((name.clone(), old, new, contact.verified));
+                        contact
+                    }
+                },
+                Ok(None) => {
+                    new_contact = true;
+                    Contact::first(bytes)
+                }
+                Err(err) => {
+                    tracing::warn!("store: {err}");
+                    continue;
+                }
+            };
+            batch
+                .put(StateKey::Contact(name.as_str()), &contact)
+                .put(StateKey::Peer(bytes), &name.to_string());
+        }
+        if let Err(err) = self.store.apply(&batch) {
+            tracing::warn!("store: {err}");
+            return false;
+        }
+        for (name, old, new, verified) in changes {
+            self.on_key_changed(&name, old, new, verified);
+        }
+        new_contact
+    }
+
+    fn on_key_changed(&mut self, name: &UserName, old: [u8; 32], new: [u8; 32], verified: bool) {
+        let (old_fingerprint, new_fingerprint) = (fingerprint(&old), fingerprint(&new));
+        tracing::warn!(%name, %old_fingerprint, %new_fingerprint, verified, "a contact's key changed");
+        let text = if verified {
+            format!(
+                "{name}'s safety number changed. You had verified the old one: messages to \
+                 {name} wait until you compare the new one (palaver verify {name}) and confirm it."
+            )
+        } else {
+            format!("{name}'s safety number changed. Compare it: palaver verify {name}")
+        };
+        self.record_notice(name, text);
+        self.emit(crate::rpc::Event::KeyChanged {
+            name: name.to_string(),
+            old_fingerprint,
+            new_fingerprint,
+            verified,
+        });
+    }
+
+    /// Files a line of our own (not a message anyone sent) in the conversation with `name`.
+    fn record_notice(&mut self, name: &UserName, text: String) {
+        let Ok(Some(contact)) = load_contact(&self.store, name.as_str()) else {
+            return;
+        };
+        let mut id = [0u8; 32];
+        OsRng.fill_bytes(&mut id);
+        let stamp = self.next_stamp();
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Meta(super::direct::CLOCK_META), &stamp);
+        let entry = HistoryEntry {
+            id: MessageId(id),
+            conversation: ConversationId::Direct(contact.conversation),
+            label: name.to_string(),
+            from: String::new(),
+            sender: NOTICE_SENDER,
+            text,
+            sent_at_ms: super::now_ms(),
+            stamp,
+            seq: 0,
+            status: Status::Received,
+        };
+        if let Err(err) = self.store.record(&entry, &batch) {
+            tracing::warn!("store: {err}");
+        }
+    }
+
+    /// The safety number with `name` (whose key is known); with `confirm`, marks that key
+    /// verified and answers once that is durable.
+    pub(crate) fn answer_verify(&mut self, name: UserName, confirm: bool, reply: Reply) {
+        let mut contact = match load_contact(&self.store, name.as_str()) {
+            Ok(Some(contact)) => contact,
+            Ok(None) => {
+                let error = format!("unknown user {name} at this rendezvous");
+                return drop(reply.send(Err(RpcError::failed(error))));
+            }
+            Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
+        };
+        let latest = contact.latest();
+        let Ok(their_key) = VerifyingKey::from_bytes(&latest) else {
+            let error = format!("{name}'s key is not valid");
+            return drop(reply.send(Err(RpcError::failed(error))));
+        };
+        let answer = |contact: &Contact| -> Value {
+            let mine = self.identity.public();
+            json!({
+                "name": name.as_str(),
+                "safety_number": SafetyNumber::of(&mine, &their_key).to_string(),
+                "verified": contact.verified && contact.unconfirmed.is_none(),
+                "key_changed": contact.unconfirmed.is_some(),
+                "fingerprint": Fingerprint::of(&their_key).to_string(),
+                "me": self.name.as_str(),
+                "my_fingerprint": Fingerprint::of(&mine).to_string(),
+            })
+        };
+        if !confirm {
+            return drop(reply.send(Ok(answer(&contact))));
+        }
+        let was_verified = contact.verified && contact.unconfirmed.is_none();
+        contact.confirm();
+        let value = answer(&contact);
+        let mut batch = StateBatch::default();
+        batch
+            .put(StateKey::Contact(name.as_str()), &contact)
+            .put(StateKey::Peer(latest), &name.to_string());
+        if let Err(err) = self.store.apply(&batch) {
+            return drop(reply.send(Err(RpcError::failed(err.to_string()))));
+        }
+        if !was_verified {
+            self.record_notice(&name, format!("You marked {name} as verified."));
+        }
+        self.answer_when_durable(reply, Ok(value));
+    }
+
+    /// Whether the user verified `name`'s current key.
+    pub(crate) fn is_verified(&self, name: &str) -> bool {
+        load_contact(&self.store, name)
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.verified && c.unconfirmed.is_none())
+    }
+}

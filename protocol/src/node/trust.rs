@@ -1,0 +1,164 @@
+//! Which identity key a user name stands for, and how far this node trusts it: keys pinned on
+//! first use, changes caught, verified contacts guarded (Signal's model).
+//!
+//! The rendezvous tells us which key a name has. The first key we hear for a name is pinned; a
+//! later, different answer is a *key change*: the user reinstalled, or the server lies. Nothing
+//! here can tell which, so the change is always reported. What happens next depends on whether the
+//! user compared safety numbers with that contact (`verify --confirm`):
+//! - unverified: the new key replaces the old one and sending goes on, with a warning on the next
+//!   send;
+//! - verified: the verified key stays pinned, the new one waits for confirmation, and sends to the
+//!   name are refused until the user confirms it.
+
+use serde::{Deserialize, Serialize};
+
+/// What this node holds about one user name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The identity key messages to this name are sealed for.
+    pub key: [u8; 32],
+    /// The key the conversation with this name is filed under: the first one pinned, so that a
+    /// key change continues the same conversation.
+    pub conversation: [u8; 32],
+    /// The user confirmed `key` by comparing safety numbers.
+    pub verified: bool,
+    /// A different key the rendezvous gave for a verified contact, waiting for the user to
+    /// confirm it; sends to the name are refused meanwhile.
+    pub unconfirmed: Option<[u8; 32]>,
+    /// The key before a change no send has warned about yet (unverified contacts).
+    pub unreported_change: Option<[u8; 32]>,
+}
+
+/// What an answer naming a key for a contact meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The key we already hold (or already wait on).
+    Same,
+    /// A different key from the one we hold: report it (`old` → `new`).
+    Changed { old: [u8; 32], new: [u8; 32] },
+}
+
+/// Why a message cannot be sent to a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the key changed since it was verified")]
+pub struct Unconfirmed {
+    pub verified: [u8; 32],
+    pub new: [u8; 32],
+}
+
+impl Contact {
+    /// A contact heard of for the first time: its key pinned, not verified.
+    pub fn first(key: [u8; 32]) -> Self {
+        Self {
+            key,
+            conversation: key,
+            verified: false,
+            unconfirmed: None,
+            unreported_change: None,
+        }
+    }
+
+    /// The key the rendezvous says the name has now: the one the user would confirm, compare or
+    /// be warned about.
+    pub fn latest(&self) -> [u8; 32] {
+        self.unconfirmed.unwrap_or(self.key)
+    }
+
+    /// An answer (lookup, subscription, who-is, prekey bundle) gave `key` for this name.
+    pub fn observe(&mut self, key: [u8; 32]) -> Observed {
+        let old = self.latest();
+        if key == old {
+            return Observed::Same;
+        }
+        if self.verified {
+            // Back to the verified key: nothing waits any more.
+            self.unconfirmed = (key != self.key).then_some(key);
+        } else {
+            self.unreported_change.get_or_insert(self.key);
+            self.key = key;
+        }
+        Observed::Changed { old, new: key }
+    }
+
+    /// The key to seal a message for, or why not; the change to warn about, once.
+    pub fn key_to_send(&mut self) -> Result<([u8; 32], Option<[u8; 32]>), Unconfirmed> {
+        if let Some(new) = self.unconfirmed {
+            return Err(Unconfirmed {
+                verified: self.key,
+                new,
+            });
+        }
+        Ok((self.key, self.unreported_change.take()))
+    }
+
+    /// The user compared safety numbers over [`Contact::latest`] and vouches for it.
+    pub fn confirm(&mut self) {
+        self.key = self.latest();
+        self.unconfirmed = None;
+        self.unreported_change = None;
+        self.verified = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: [u8; 32] = [1; 32];
+    const NEW: [u8; 32] = [2; 32];
+    const THIRD: [u8; 32] = [3; 32];
+
+    #[test]
+    fn an_unverified_contact_follows_a_changed_key_and_warns_once() {
+        let mut bob = Contact::first(OLD);
+        assert_eq!(bob.observe(OLD), Observed::Same);
+        assert_eq!(bob.key_to_send(), Ok((OLD, None)));
+        assert_eq!(bob.observe(NEW), Observed::Changed { old: OLD, new: NEW });
+        assert_eq!(bob.observe(NEW), Observed::Same, "reported once per change");
+        assert_eq!(bob.key_to_send(), Ok((NEW, Some(OLD))));
+        assert_eq!(
+            bob.key_to_send(),
+            Ok((NEW, None)),
+            "the warning is given once"
+        );
+        assert_eq!(bob.conversation, OLD, "the conversation goes on");
+    }
+
+    #[test]
+    fn a_verified_contact_keeps_its_key_and_refuses_sends_until_the_new_one_is_confirmed() {
+        let mut bob = Contact::first(OLD);
+        bob.confirm();
+        assert!(bob.verified);
+        assert_eq!(bob.observe(NEW), Observed::Changed { old: OLD, new: NEW });
+        assert_eq!(bob.key, OLD);
+        assert_eq!(
+            bob.key_to_send(),
+            Err(Unconfirmed {
+                verified: OLD,
+                new: NEW
+            })
+        );
+        // Another change while waiting: the latest is what waits.
+        assert_eq!(
+            bob.observe(THIRD),
+            Observed::Changed {
+                old: NEW,
+                new: THIRD
+            }
+        );
+        assert_eq!(bob.latest(), THIRD);
+        bob.confirm();
+        assert_eq!(bob.key_to_send(), Ok((THIRD, None)));
+        assert!(bob.verified);
+    }
+
+    #[test]
+    fn a_verified_contact_whose_key_comes_back_sends_again() {
+        let mut bob = Contact::first(OLD);
+        bob.confirm();
+        bob.observe(NEW);
+        assert_eq!(bob.observe(OLD), Observed::Changed { old: NEW, new: OLD });
+        assert_eq!(bob.unconfirmed, None);
+        assert_eq!(bob.key_to_send(), Ok((OLD, None)));
+    }
+}
