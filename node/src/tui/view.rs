@@ -267,7 +267,9 @@ fn messages(frame: &mut Frame<'_>, area: Rect, app: &App) {
         (_, Some(RoomState::Invited)) => title.push(" — invited, /join to enter".fg(Color::Yellow)),
         (_, Some(RoomState::Removed)) => title.push(" — you were removed".fg(Color::DarkGray)),
         (ConvKey::Room(room), _) => {
-            if let Some(members) = app.members.get(room) {
+            if conv.public {
+                title.push(" — public: anyone who knows the name can read it".fg(Color::Yellow));
+            } else if let Some(members) = app.members.get(room) {
                 title.push(format!(" — {} members", members.len()).dim());
             }
         }

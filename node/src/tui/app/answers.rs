@@ -75,6 +75,7 @@ impl App {
                     };
                     let at = self.ensure_last(ConvKey::Room(clean(name)));
                     self.conversations[at].room = Some(state);
+                    self.conversations[at].public = room["public"] == true;
                 }
                 self.on_selected()
             }

@@ -170,6 +170,8 @@ pub(crate) struct Conversation {
     /// Newer messages were dropped to make room for older ones; re-read at the bottom.
     pub(crate) newer_dropped: bool,
     pub(crate) room: Option<RoomState>,
+    /// A public room: anyone who knows its name can join and read it.
+    pub(crate) public: bool,
 }
 
 impl Conversation {
@@ -186,6 +188,7 @@ impl Conversation {
             at_start: false,
             newer_dropped: false,
             room,
+            public: false,
         }
     }
 

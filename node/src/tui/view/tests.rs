@@ -205,6 +205,41 @@ fn a_room_shows_its_members_and_their_messages() {
 }
 
 #[test]
+fn a_public_room_says_so_and_notices_are_not_messages() {
+    let mut app = chatting();
+    app.handle_answer(
+        Then::Rooms,
+        Ok(json!([{"room": "lunch", "public": true, "state": "joined"}])),
+    );
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Tab,
+    ));
+    let rows = screen(&app, 100, 24);
+    let text = rows.join("\n");
+    assert!(
+        contains(&rows, "#lunch — public: anyone who knows the name can read it"),
+        "{text}"
+    );
+    // bob's conversation, with the daemon's own line in it.
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::BackTab,
+    ));
+    let mut notice = entry("6", "bob", "", "bob's safety number changed.", "received");
+    notice["notice"] = true.into();
+    app.handle_answer(
+        Then::History {
+            conv: ConvKey::Direct("bob".into()),
+            older: false,
+        },
+        Ok(json!([entry("1", "bob", "bob", "Hi alice! Lunch today?", "received"), notice])),
+    );
+    let rows = screen(&app, 100, 24);
+    let text = rows.join("\n");
+    assert!(contains(&rows, "-- bob's safety number changed."), "{text}");
+    assert!(!contains(&rows, ": bob's safety number"), "{text}");
+}
+
+#[test]
 fn long_messages_wrap_and_scrolling_shows_where_you_are() {
     let mut app = chatting();
     let long = "word ".repeat(40);
