@@ -478,6 +478,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Listen => {
             let mut client = Client::connect(&socket).await?;
             client.subscribe().await?;
+            // From here no event is missed: a script that starts `listen` in the background can
+            // wait for this line on stderr before it acts.
+            eprintln!("listening");
             while let Some(event) = client.next_event().await? {
                 if json {
                     out(&event);

@@ -132,7 +132,12 @@ async fn run_until(
     let (identity, name) = home.open(config.passphrase.as_deref())?;
     // Held until the daemon exits; a reader of the store that is still reading is waited for.
     let _claim = crate::access::DaemonClaim::acquire(&config.home).await?;
-    let store = Store::open(&config.home.join("store"))?;
+    let store = if home.is_sealed() {
+        let secrets = palaver_protocol::crypto::at_rest::SecretsKey::of(&identity);
+        Store::open_sealed(&config.home.join("store"), secrets)?
+    } else {
+        Store::open(&config.home.join("store"))?
+    };
     let (calls_tx, calls) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
     let socket = config.home.join("palaver.sock");

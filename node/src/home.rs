@@ -99,6 +99,11 @@ impl Home {
         Ok(identity)
     }
 
+    /// Whether the identity key is sealed under a passphrase (then so are the store's secrets).
+    pub fn is_sealed(&self) -> bool {
+        std::fs::read(self.key_path()).is_ok_and(|bytes| keyfile::is_sealed(&bytes))
+    }
+
     /// Opens the identity and the user name.
     pub fn open(&self, passphrase: Option<&str>) -> Result<(Identity, UserName), HomeError> {
         if !self.key_path().exists() {

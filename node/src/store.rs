@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use palaver_protocol::crypto::at_rest::{SEALED, SecretsKey};
 use palaver_protocol::delivery::{HISTORY_KEY_LEN, HistoryOrder, Stamp};
 use palaver_protocol::{MessageId, RoomId, codec};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -40,6 +41,11 @@ pub enum StoreError {
     Locked,
     #[error("store: corrupt record under {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    #[error(
+        "the store's secrets are sealed under the identity's passphrase: give it \
+         (PALAVER_PASSPHRASE or --passphrase-file)"
+    )]
+    SecretsSealed,
 }
 
 /// A message's delivery status, as `history` and `listen` show it.
@@ -259,15 +265,33 @@ impl StateBatch {
         self.ops.is_empty()
     }
 
-    /// Applies the changes inside a transaction on the `state` tree.
-    fn apply_in(&self, state: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
+    /// Applies the changes inside a transaction on the `state` tree, secrets sealed.
+    fn apply_in(
+        &self,
+        state: &TransactionalTree,
+        secrets: Option<&SecretsKey>,
+    ) -> Result<(), UnabortableTransactionError> {
         for (key, value) in &self.ops {
             match value {
-                Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                Some(value) => state.insert(key.as_slice(), at_rest(secrets, key, value))?,
                 None => state.remove(key.as_slice())?,
             };
         }
         Ok(())
+    }
+}
+
+/// Whether the value under `key` is a secret to seal at rest: ratchet sessions, room keys, the
+/// sender keys handed to members, our prekey secrets.
+fn is_secret(key: &[u8]) -> bool {
+    matches!(key.first(), Some(b's' | b'r' | b'k')) || key == b"mprekeys"
+}
+
+/// What is written under `key`: `value`, sealed if it is a secret and the store has the key.
+fn at_rest(secrets: Option<&SecretsKey>, key: &[u8], value: &[u8]) -> Vec<u8> {
+    match secrets {
+        Some(secrets) if is_secret(key) => secrets.seal(&mut rand_core::OsRng, key, value),
+        _ => value.to_vec(),
     }
 }
 
@@ -318,6 +342,8 @@ fn committed<T>(result: Result<T, TransactionError<Infallible>>) -> Result<T, St
 pub struct Store {
     db: sled::Db,
     state: sled::Tree,
+    /// Set in a passphrase-protected home: secrets are sealed under it (see [`is_secret`]).
+    secrets: Option<std::sync::Arc<SecretsKey>>,
 }
 
 impl Store {
@@ -338,6 +364,22 @@ impl Store {
         }
     }
 
+    /// [`Store::reopen`], sealed (tests).
+    #[cfg(test)]
+    pub(crate) fn reopen_sealed(dir: &Path, secrets: SecretsKey) -> Self {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let secrets = std::sync::Arc::new(secrets);
+        loop {
+            match Self::open_sealed_shared(dir, secrets.clone()) {
+                Ok(store) => return store,
+                Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(err) => panic!("cannot reopen the store: {err}"),
+            }
+        }
+    }
+
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -347,7 +389,11 @@ impl Store {
             other => StoreError::Sled(other),
         })?;
         let state = db.open_tree("state")?;
-        let store = Self { db, state };
+        let store = Self {
+            db,
+            state,
+            secrets: None,
+        };
         // Once per store, not at every open: nothing writes counter keys after it.
         if store.get::<bool>(StateKey::Meta(HYBRID_ORDER_META))? != Some(true) {
             let moved = migrate::rekey_lamport_history(&store, crate::daemon::now_ms())?;
@@ -362,6 +408,65 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store of a passphrase-protected home: its secrets are sealed under `secrets`
+    /// from now on, and any written before (in the clear) are sealed now.
+    pub fn open_sealed(dir: &Path, secrets: SecretsKey) -> Result<Self, StoreError> {
+        Self::open_sealed_shared(dir, std::sync::Arc::new(secrets))
+    }
+
+    fn open_sealed_shared(
+        dir: &Path,
+        secrets: std::sync::Arc<SecretsKey>,
+    ) -> Result<Self, StoreError> {
+        let mut store = Self::open(dir)?;
+        let mut batch = sled::Batch::default();
+        let mut sealed = 0;
+        for item in store.state.iter() {
+            let (key, value) = item?;
+            if is_secret(&key) && value.first() != Some(&SEALED) {
+                batch.insert(key.clone(), at_rest(Some(&secrets), &key, &value));
+                sealed += 1;
+            }
+        }
+        if sealed > 0 {
+            store.state.apply_batch(batch)?;
+            store.flush()?;
+            tracing::info!("sealed {sealed} secrets in the store under the passphrase");
+        }
+        store.secrets = Some(secrets);
+        Ok(store)
+    }
+
+    /// The room whose history is labelled `#room` (for reading without the room records).
+    pub fn room_by_label(&self, room: &palaver_protocol::RoomName) -> Option<RoomId> {
+        let label = format!("#{room}");
+        self.conversations()
+            .into_iter()
+            .find_map(|conversation| match conversation {
+                ConversationId::Room(id) => self
+                    .history(&conversation, 1)
+                    .ok()?
+                    .first()
+                    .is_some_and(|entry| entry.label == label)
+                    .then_some(id),
+                ConversationId::Direct(_) => None,
+            })
+    }
+
+    /// The value stored under `key`, opened if sealed.
+    fn read_value<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+        let what = String::from_utf8_lossy(&key[..1]);
+        if bytes.first() != Some(&SEALED) {
+            return decode(&what, bytes);
+        }
+        let secrets = self.secrets.as_ref().ok_or(StoreError::SecretsSealed)?;
+        let plain = secrets.open(key, bytes).map_err(|e| StoreError::Corrupt {
+            key: what.to_string(),
+            detail: format!("a sealed secret does not open: {e}"),
+        })?;
+        decode(&what, &plain)
+    }
+
     fn history_tree(&self, conversation: &ConversationId) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(conversation.tree_name())?)
     }
@@ -372,7 +477,7 @@ impl Store {
         let result = (&history, &self.state).transaction(|(history, state)| {
             let new = insert_entry(history, state, entry)?;
             if new {
-                batch.apply_in(state)?;
+                batch.apply_in(state, self.secrets.as_deref())?;
             }
             Ok::<_, ConflictableTransactionError<Infallible>>(new)
         });
@@ -410,7 +515,7 @@ impl Store {
                 return Ok(false);
             }
             state.insert(index_key(id), index.as_slice())?;
-            batch.apply_in(state)?;
+            batch.apply_in(state, self.secrets.as_deref())?;
             Ok::<_, ConflictableTransactionError<Infallible>>(true)
         });
         committed(result)
@@ -421,7 +526,9 @@ impl Store {
         let mut sled_batch = sled::Batch::default();
         for (key, value) in &batch.ops {
             match value {
-                Some(value) => sled_batch.insert(key.as_slice(), value.as_slice()),
+                Some(value) => {
+                    sled_batch.insert(key.as_slice(), at_rest(self.secrets.as_deref(), key, value))
+                }
                 None => sled_batch.remove(key.as_slice()),
             }
         }
@@ -519,7 +626,7 @@ impl Store {
     pub fn get<T: DeserializeOwned>(&self, key: StateKey<'_>) -> Result<Option<T>, StoreError> {
         let key = key.bytes();
         match self.state.get(&key)? {
-            Some(bytes) => Ok(Some(decode(&String::from_utf8_lossy(&key[..1]), &bytes)?)),
+            Some(bytes) => Ok(Some(self.read_value(&key, &bytes)?)),
             None => Ok(None),
         }
     }
@@ -531,7 +638,7 @@ impl Store {
             .scan_prefix(prefix)
             .map(|item| {
                 let (key, bytes) = item?;
-                decode(&String::from_utf8_lossy(&key[..1]), &bytes)
+                self.read_value(&key, &bytes)
             })
             .collect()
     }
@@ -783,5 +890,113 @@ mod tests {
             store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
             None
         );
+    }
+
+    /// Sealed secrets: what a copy of the store shows, and what reading needs.
+    #[test]
+    fn a_passphrase_homes_secrets_are_sealed_at_rest_and_the_rest_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+        let session = "RATCHET-STATE-".repeat(4);
+        let room_key = "ROOM-SENDER-KEY-".repeat(4);
+        let history = entry(ConversationId::Direct([7; 32]), 1, 1, "hello, readable");
+        {
+            let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&identity));
+            let mut batch = StateBatch::default();
+            batch
+                .put(StateKey::Session([7; 32]), &session)
+                .put(StateKey::Room(RoomId([8; 32])), &room_key)
+                .put(StateKey::KeyGiven(RoomId([8; 32]), [7; 32]), &room_key)
+                .put(StateKey::Meta("prekeys"), &"PREKEY-SECRETS".to_string())
+                .put(StateKey::Contact("bob"), &[7u8; 32]);
+            store.record(&history, &batch).unwrap();
+            let get = |key| store.get::<String>(key).unwrap();
+            assert_eq!(get(StateKey::Session([7; 32])), Some(session.clone()));
+            assert_eq!(get(StateKey::Room(RoomId([8; 32]))), Some(room_key.clone()));
+            store.flush().unwrap();
+        }
+        // Nothing secret is on disk in the clear; what is not secret still is (for offline reads).
+        let mut on_disk = Vec::new();
+        for file in walk(dir.path()) {
+            on_disk.extend(std::fs::read(file).unwrap());
+        }
+        let found = |text: &str| on_disk.windows(text.len()).any(|w| w == text.as_bytes());
+        assert!(!found("RATCHET-STATE-"));
+        assert!(!found("ROOM-SENDER-KEY-"));
+        assert!(!found("PREKEY-SECRETS"));
+        assert!(found("hello, readable"), "history is not a secret");
+        // Without the key: history and contacts read, secrets refuse with a clear error.
+        let store = Store::reopen(dir.path());
+        assert_eq!(
+            store.history(&history.conversation, 10).unwrap(),
+            vec![history.clone()]
+        );
+        assert_eq!(
+            store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+            Some([7; 32])
+        );
+        assert!(matches!(
+            store.get::<String>(StateKey::Session([7; 32])),
+            Err(StoreError::SecretsSealed)
+        ));
+        drop(store);
+        // Under another identity's key a sealed secret does not open.
+        let other = palaver_protocol::Identity::from_secret_bytes(&[6; 32]);
+        let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&other));
+        assert!(matches!(
+            store.get::<String>(StateKey::Session([7; 32])),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_written_in_the_clear_before_are_sealed_when_opened_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = StateBatch::default();
+            batch.put(StateKey::Session([7; 32]), &"old".to_string());
+            store.apply(&batch).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&identity));
+        let raw = store
+            .state
+            .get(StateKey::Session([7; 32]).bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.first(), Some(&SEALED));
+        assert_eq!(
+            store.get::<String>(StateKey::Session([7; 32])).unwrap(),
+            Some("old".to_string())
+        );
+    }
+
+    #[test]
+    fn a_room_is_found_by_its_history_label_without_the_room_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut line = entry(ConversationId::Room(RoomId([3; 32])), 1, 1, "hi");
+        line.label = "#lunch".into();
+        store.record(&line, &StateBatch::default()).unwrap();
+        assert_eq!(
+            store.room_by_label(&"lunch".parse().unwrap()),
+            Some(RoomId([3; 32]))
+        );
+        assert_eq!(store.room_by_label(&"dinner".parse().unwrap()), None);
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 }

@@ -24,6 +24,7 @@
 //! scalar is the (clamped) first half of SHA-512 of the ed25519 seed, and the public key is the
 //! Edwards point mapped to its Montgomery u-coordinate. `CRYPTO.md` has the threat model.
 
+pub mod at_rest;
 pub mod ratchet;
 pub mod room;
 pub mod sender_key;

@@ -198,12 +198,21 @@ pub struct User {
 impl User {
     /// `palaver init --name NAME` in `root/NAME`.
     pub fn init(root: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::init_with_env(root, name, &[])
+    }
+
+    /// [`User::init`] with extra environment (`PALAVER_PASSPHRASE`, say).
+    pub fn init_with_env(root: &Path, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let user = Self {
             name: name.to_owned(),
             home: root.join(name),
             daemon: None,
         };
-        let out = user.run(&["init", "--name", name]);
+        let out = user
+            .command()
+            .envs(env.iter().copied())
+            .args(["init", "--name", name])
+            .output()?;
         if !out.status.success() {
             bail!("init {name}: {}", String::from_utf8_lossy(&out.stderr));
         }

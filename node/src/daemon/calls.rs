@@ -96,11 +96,14 @@ fn conversation_of(
             let room: RoomName = room
                 .parse()
                 .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))?;
-            let rooms =
-                super::rooms::Rooms::load(store).map_err(|e| RpcError::failed(e.to_string()))?;
-            let id = rooms
-                .id_by_name(&room)
-                .ok_or_else(|| RpcError::failed(format!("no room called {room}")))?;
+            let id = match super::rooms::Rooms::load(store) {
+                Ok(rooms) => rooms.id_by_name(&room),
+                // Read without the daemon in a passphrase-protected home: the room records are
+                // sealed, but each history line names its room.
+                Err(crate::store::StoreError::SecretsSealed) => store.room_by_label(&room),
+                Err(err) => return Err(RpcError::failed(err.to_string())),
+            };
+            let id = id.ok_or_else(|| RpcError::failed(format!("no room called {room}")))?;
             ConversationId::Room(id)
         }
         _ => {

@@ -20,10 +20,12 @@ use crate::codec;
 const MAGIC: &[u8] = b"PALAVER-IDENTITY";
 const MAX_KEY_FILE_LEN: usize = 4096;
 
-/// OWASP's recommended Argon2id floor (19 MiB, 2 passes): about 50 ms here per unlock.
+/// RFC 9106's second recommended Argon2id setting (64 MiB, 3 passes): a guess at the passphrase
+/// costs an attacker that much memory and time. Files sealed with lower costs (19 MiB before)
+/// still open: the cost travels in the file.
 const DEFAULT_COST: Argon2Cost = Argon2Cost {
-    memory_kib: 19 * 1024,
-    iterations: 2,
+    memory_kib: 64 * 1024,
+    iterations: 3,
     parallelism: 1,
 };
 /// Refuse files that would make us allocate or spin absurdly (a crafted file is bad input too).
@@ -100,6 +102,14 @@ pub fn seal(
     let mut bytes = MAGIC.to_vec();
     bytes.extend(codec::encode(&file).map_err(|e| KeyFileError::Kdf(e.to_string()))?);
     Ok(bytes)
+}
+
+/// Whether key file bytes are sealed under a passphrase (false for anything else).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes
+        .strip_prefix(MAGIC)
+        .and_then(|frame| codec::decode_bounded::<KeyFile>(frame, MAX_KEY_FILE_LEN).ok())
+        .is_some_and(|file| matches!(file, KeyFile::Sealed { .. }))
 }
 
 /// Opens key file bytes; `what` names the file in errors.
@@ -221,6 +231,48 @@ mod tests {
             open(&bytes, None, "f"),
             Err(KeyFileError::PassphraseRequired)
         ));
+        assert!(is_sealed(&bytes));
+        assert!(!is_sealed(&seal(&alice, None, &mut OsRng).unwrap()));
+        assert!(!is_sealed(b"hello"));
+    }
+
+    #[test]
+    fn new_files_cost_at_least_64_mib_and_old_cheaper_ones_still_open() {
+        let frame = |bytes: &[u8]| -> KeyFile {
+            codec::decode(bytes.strip_prefix(MAGIC).unwrap()).unwrap()
+        };
+        let alice = Identity::generate(&mut OsRng);
+        let KeyFile::Sealed { cost, .. } = frame(&seal(&alice, Some("pw"), &mut OsRng).unwrap())
+        else {
+            panic!("not sealed")
+        };
+        assert!(
+            cost.memory_kib >= 64 * 1024 && cost.iterations >= 3,
+            "{cost:?}"
+        );
+        // A file from before (19 MiB, 2 passes) opens as it did.
+        let old = Argon2Cost {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let (salt, nonce) = ([3; 16], [4; 12]);
+        let key = stretch("pw", &salt, old).unwrap();
+        let ciphertext = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()))
+            .encrypt(Nonce::from_slice(&nonce), alice.secret_bytes().as_slice())
+            .unwrap();
+        let file = KeyFile::Sealed {
+            cost: old,
+            salt,
+            nonce,
+            ciphertext,
+        };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(codec::encode(&file).unwrap());
+        assert_eq!(
+            open(&bytes, Some("pw"), "f").unwrap().public(),
+            alice.public()
+        );
     }
 
     #[test]
