@@ -92,12 +92,11 @@ impl Node {
             .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))?;
         // Staged copies: ours change only once the message that changed them is stored (a
         // one-time prekey used up by a message we then failed to store would break that session).
-        let mut prekeys = self.session.prekeys().secrets.clone();
         let mut clock = self.clock();
         let opened = pairwise::open(
             self.identity.signing_key(),
             existing,
-            &mut prekeys,
+            &self.session.prekeys().secrets,
             &mut clock,
             &direct,
             now_ms(),
@@ -106,13 +105,14 @@ impl Node {
         batch
             .put(StateKey::Session(sender.to_bytes()), &opened.sessions)
             .put(StateKey::Meta(CLOCK_META), &clock.current());
-        if opened.used_prekeys {
-            crate::daemon::link::put_prekey_secrets(&mut batch, &prekeys);
+        if let Some(prekeys) = &opened.prekeys_after {
+            crate::daemon::link::put_prekey_secrets(&mut batch, prekeys);
         }
         let conversation = self.conversation_with(&sender.to_bytes());
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;
+        let prekeys_after = opened.prekeys_after;
         let stored = match opened.payload {
             Payload::Text(text) => {
                 let entry = HistoryEntry {
@@ -136,7 +136,7 @@ impl Node {
             }
         };
         let (entry, control) = stored;
-        if opened.used_prekeys {
+        if let Some(prekeys) = prekeys_after {
             self.session.prekeys_mut().secrets = prekeys;
         }
         if from.is_none() {

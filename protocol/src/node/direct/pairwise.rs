@@ -170,9 +170,10 @@ pub struct Opened {
     pub sender: VerifyingKey,
     /// The sessions with the sender, advanced: commit them with the message.
     pub sessions: PeerSessions,
-    /// A one-time prekey was used to answer the sender's session initiation: commit the prekeys
-    /// with the message.
-    pub used_prekeys: bool,
+    /// Our prekeys with the one-time prekey taken out that answered the sender's session
+    /// initiation, if one did: commit them with the message, and only then make them ours (a
+    /// message we fail to store must still open when it comes again).
+    pub prekeys_after: Option<PrekeySecrets>,
     /// The stamp to file it under (ours moved past it: commit the clock too).
     pub stamp: Stamp,
     pub sent_at_ms: u64,
@@ -181,11 +182,13 @@ pub struct Opened {
 }
 
 /// Opens `direct`, sent to `me`, with our sessions with its sender (answering a session
-/// initiation with our prekeys if none of them decrypts it). Nothing is changed on failure.
+/// initiation with our prekeys if none of them decrypts it). `prekeys` are not changed: what
+/// a session initiation uses up comes back in [`Opened::prekeys_after`]. Nothing changes on
+/// failure.
 pub fn open(
     me: &SigningKey,
     mut existing: Option<PeerSessions>,
-    prekeys: &mut PrekeySecrets,
+    prekeys: &PrekeySecrets,
     clock: &mut HybridClock,
     direct: &DirectMessage,
     now_ms: u64,
@@ -197,12 +200,12 @@ pub fn open(
     let decrypted = existing
         .as_mut()
         .and_then(|sessions| sessions.decrypt(&direct.message));
-    let (sessions, plaintext, used_prekeys) = match (existing, decrypted) {
-        (Some(sessions), Some(plaintext)) => (sessions, plaintext, false),
+    let (sessions, plaintext, prekeys_after) = match (existing, decrypted) {
+        (Some(sessions), Some(plaintext)) => (sessions, plaintext, None),
         // No session, or the sender started a new one: answer its initiation.
         (existing, None) if direct.message.init.is_some() => {
-            // Fails without consuming anything; on success the one-time prekey is gone.
-            let (session, plaintext) = Session::respond(me, prekeys, &sender, &direct.message)
+            let mut staged = prekeys.clone();
+            let (session, plaintext) = Session::respond(me, &mut staged, &sender, &direct.message)
                 .map_err(OpenError::Session)?;
             let sessions = match existing {
                 Some(mut sessions) => {
@@ -211,7 +214,7 @@ pub fn open(
                 }
                 None => PeerSessions::new(session),
             };
-            (sessions, plaintext, true)
+            (sessions, plaintext, Some(staged))
         }
         _ => return Err(OpenError::Undecryptable),
     };
@@ -226,7 +229,7 @@ pub fn open(
     Ok(Opened {
         sender,
         sessions,
-        used_prekeys,
+        prekeys_after,
         stamp,
         sent_at_ms: content.sent_at_ms,
         seq: content.seq,

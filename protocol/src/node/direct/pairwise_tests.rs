@@ -77,16 +77,16 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
     let opened = open(
         &p.bob,
         None,
-        &mut p.bob_prekeys,
+        &p.bob_prekeys,
         &mut p.bob_clock,
         &direct,
         T0 + 5,
     )
     .expect("open");
-    assert!(
-        opened.used_prekeys,
-        "the first message answers the initiation"
-    );
+    let after = opened
+        .prekeys_after
+        .clone()
+        .expect("the first message answers the initiation");
     assert_eq!(opened.sender, p.alice.verifying_key());
     assert_eq!((opened.seq, opened.payload), (1, text));
     assert!(
@@ -94,17 +94,39 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
         "bob's clock moved past it"
     );
 
-    // The same message again is a replay: the session it advanced refuses it, and the
-    // one-time prekey is gone.
+    // Bob's prekeys are untouched until he commits: had storing the message failed, the same
+    // message (sent again) would still open.
+    let mut bob_clock = p.bob_clock;
+    open(
+        &p.bob,
+        None,
+        &p.bob_prekeys,
+        &mut bob_clock,
+        &direct,
+        T0 + 6,
+    )
+    .expect("opens again with the uncommitted prekeys");
+    // Once committed, the one-time prekey is gone: the same message is a replay, refused both
+    // by the session it advanced and as a new initiation.
+    p.bob_prekeys = after;
     let again = open(
         &p.bob,
         Some(opened.sessions),
-        &mut p.bob_prekeys,
+        &p.bob_prekeys,
         &mut p.bob_clock,
         &direct,
         T0 + 6,
     );
     assert!(again.is_err());
+    let fresh = open(
+        &p.bob,
+        None,
+        &p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct,
+        T0 + 7,
+    );
+    assert!(fresh.is_err(), "the one-time prekey was used up");
 }
 
 #[test]
@@ -115,26 +137,11 @@ fn a_failed_open_consumes_nothing() {
     let good = direct.clone();
     direct.message.ciphertext[0] ^= 1;
     let clock = p.bob_clock;
-    let err = open(
-        &p.bob,
-        None,
-        &mut p.bob_prekeys,
-        &mut p.bob_clock,
-        &direct,
-        T0,
-    );
+    let err = open(&p.bob, None, &p.bob_prekeys, &mut p.bob_clock, &direct, T0);
     assert!(matches!(err, Err(OpenError::Session(_))), "{:?}", err.err());
     assert_eq!(p.bob_clock, clock);
     // The untampered message still opens: the prekey it names was not used up.
-    open(
-        &p.bob,
-        None,
-        &mut p.bob_prekeys,
-        &mut p.bob_clock,
-        &good,
-        T0,
-    )
-    .expect("open");
+    open(&p.bob, None, &p.bob_prekeys, &mut p.bob_clock, &good, T0).expect("open");
 }
 
 #[test]
@@ -145,7 +152,7 @@ fn a_message_for_someone_else_is_refused() {
     let err = open(
         &carol,
         None,
-        &mut p.bob_prekeys,
+        &p.bob_prekeys,
         &mut p.bob_clock,
         &direct_of(&sealed),
         T0,
