@@ -21,14 +21,16 @@ use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::delivery::{DeliveryStatus, Outbox};
 use palaver_protocol::identity::peer_id_of;
+use palaver_protocol::node::direct::pipeline::{self, CallId, SendPipeline};
 use palaver_protocol::node::direct::{self, Answer, Delivery, Route};
 use palaver_protocol::node::session::{
     Input, Output, PrekeyState, RequestKey, Session, SessionConfig,
 };
+use palaver_protocol::wire::RefusalReason;
 use palaver_protocol::wire::{
     Body, DirectMessage, Envelope, MessageId, RendezvousRequest, RendezvousResponse, ServerPush,
 };
-use palaver_protocol::{PeerId, SigningKey, UserName};
+use palaver_protocol::{PeerId, SigningKey, UserName, VerifyingKey};
 use palaver_rendezvous::Limits;
 use palaver_rendezvous::sim::SimServer;
 use rand::{Rng, SeedableRng};
@@ -67,6 +69,10 @@ fn every_acknowledged_message_reaches_its_recipient_once_through_faults() {
         paths.direct > 0 && paths.mailbox > 0 && paths.receipts > 0,
         "{paths:?}"
     );
+    // Most sends got past the pipeline (some fail honestly: sent while logged out, a lookup
+    // lost), and first messages started sessions from prekey bundles.
+    assert!(paths.sealed > 3 * paths.refused_sends, "{paths:?}");
+    assert!(paths.prekey_fetches > 0, "{paths:?}");
 }
 
 /// How messages went, over the runs.
@@ -78,6 +84,12 @@ struct Paths {
     mailbox: u64,
     /// Receipts sent for mail.
     receipts: u64,
+    /// Texts sealed and sent (past the send pipeline).
+    sealed: u64,
+    /// Sends that failed before they were sealed (not logged in, a lookup lost, …).
+    refused_sends: u64,
+    /// Prekey fetches a send made.
+    prekey_fetches: u64,
 }
 
 impl Paths {
@@ -85,6 +97,9 @@ impl Paths {
         self.direct += other.direct;
         self.mailbox += other.mailbox;
         self.receipts += other.receipts;
+        self.sealed += other.sealed;
+        self.refused_sends += other.refused_sends;
+        self.prekey_fetches += other.prekey_fetches;
     }
 }
 
@@ -114,11 +129,42 @@ fn a_message_to_a_user_offline_across_a_rendezvous_restart_reaches_the_mailbox_t
     assert!(paths.receipts >= 1, "bob's receipt confirmed it: {paths:?}");
 }
 
+/// The bug `pipeline::PREKEY_WAIT_MS` is for: a first message to a user who has logged in but
+/// not published prekeys yet waits for them instead of failing, and arrives.
+#[test]
+fn a_first_message_to_a_user_without_prekeys_yet_waits_for_them_and_arrives() {
+    let mut sim = Sim::new(0);
+    sim.loss = 0.0;
+    let (alice, bob) = (0, 1);
+    // Bob is new and his disk is slow: his prekeys are published only once they are stored,
+    // 8 s after his first login; alice writes to him at 5 s.
+    sim.crash_and_boot_slowly(bob, 8_000);
+    sim.at(
+        5_000,
+        Event::Send {
+            from: alice,
+            to: bob,
+        },
+    );
+    let paths = sim
+        .run_scheduled()
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!((paths.sealed, paths.refused_sends), (1, 0), "{paths:?}");
+    assert!(
+        paths.prekey_fetches >= 3,
+        "asked again while waiting: {paths:?}"
+    );
+}
+
 /// What a node asked the server for, when it wants the answer back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Deposit(MessageId),
     FinalFetch,
+    /// A send's lookup of its recipient's name.
+    Lookup(CallId, UserName),
+    /// A send's prekey fetch, for a session with this key.
+    Prekeys(CallId, VerifyingKey),
 }
 
 /// What a simulated envelope stands for (its ciphertext is only a counter).
@@ -166,6 +212,11 @@ enum Event {
         to: usize,
     },
     Tick,
+    /// Node `node`'s prekeys are on its disk now (its run `life`), to be published.
+    PrekeysStored {
+        node: usize,
+        life: u64,
+    },
     /// The rendezvous's discovery answer for `target` reaches `node`.
     Discovered {
         node: usize,
@@ -205,6 +256,10 @@ enum Event {
 /// What a node keeps on disk: survives its crashes.
 #[derive(Debug, Default)]
 struct Disk {
+    /// Pinned names → keys, learned from lookups.
+    contacts: BTreeMap<UserName, VerifyingKey>,
+    /// Whom it has a session with (started from a prekey bundle).
+    sessions: BTreeSet<[u8; 32]>,
     prekeys: Option<(Vec<u8>, Option<u64>, bool, bool)>,
     history: BTreeSet<MessageId>,
     /// Sent, not yet confirmed: (recipient, envelope, whether it is shown in history).
@@ -228,6 +283,13 @@ struct Node {
     in_flight: HashSet<RequestKey>,
     /// `None` while crashed.
     delivery: Option<Delivery<u64>>,
+    /// Sends waiting for their recipient's key or session (in memory: lost in a crash, as
+    /// nothing about them was acknowledged yet). The job is the recipient's index.
+    pipeline: SendPipeline<usize>,
+    /// Sends that failed before they were sealed (the user was told).
+    sends_failed: Vec<String>,
+    /// How long storing its prekeys takes (a slow disk); they are published only then.
+    prekey_store_ms: u64,
     /// Which run this is (one per boot): answers to a crashed run's requests are dropped.
     life: u64,
     next_request: u64,
@@ -279,6 +341,9 @@ impl Sim {
                     epoch: 0,
                     in_flight: HashSet::new(),
                     delivery: None,
+                    pipeline: SendPipeline::default(),
+                    sends_failed: Vec::new(),
+                    prekey_store_ms: 0,
                     life: 0,
                     next_request: 0,
                     final_fetch: None,
@@ -321,6 +386,15 @@ impl Sim {
             sim.boot(i);
         }
         sim
+    }
+
+    /// Node `i` crashes, loses its disk (its prekeys with it), and starts again with a disk
+    /// this slow to store its new prekeys.
+    fn crash_and_boot_slowly(&mut self, i: usize, prekey_store_ms: u64) {
+        self.on_event(Event::Crash(i));
+        self.nodes[i].disk = Disk::default();
+        self.nodes[i].prekey_store_ms = prekey_store_ms;
+        self.boot(i);
     }
 
     fn at(&mut self, delay: u64, event: Event) {
@@ -445,6 +519,7 @@ impl Sim {
                 self.drop_links(i);
                 self.nodes[i].session = None;
                 self.nodes[i].delivery = None;
+                self.nodes[i].pipeline = SendPipeline::default();
             }
             Event::Restart(i) => {
                 if self.nodes[i].session.is_none() {
@@ -472,7 +547,20 @@ impl Sim {
             Event::Send { from, to } => {
                 // Nobody types into a crashed node.
                 if self.nodes[from].session.is_some() {
-                    self.send(from, to, Kind::Text);
+                    let to = pipeline::Recipient::Name(self.nodes[to].name.clone());
+                    let input = pipeline::Input::Send {
+                        job: self.index_by_name(&to),
+                        to,
+                    };
+                    self.pipeline_input(from, input);
+                }
+            }
+            Event::PrekeysStored { node, life } => {
+                if self.nodes[node].life == life
+                    && let Some(session) = &mut self.nodes[node].session
+                {
+                    session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
+                    self.drive(node);
                 }
             }
             Event::Tick => {
@@ -482,6 +570,16 @@ impl Sim {
                     }
                     self.drive(i);
                     let now = self.now;
+                    if self.nodes[i].session.is_some()
+                        && self.nodes[i]
+                            .pipeline
+                            .poll_timeout()
+                            .is_some_and(|at| at <= now)
+                    {
+                        let (pipeline, mut facts) = Known::split(&mut self.nodes[i]);
+                        pipeline.handle_timeout(now, &mut facts);
+                        self.drive_pipeline(i);
+                    }
                     if let Some(delivery) = &mut self.nodes[i].delivery
                         && delivery.poll_timeout().is_some_and(|at| at <= now)
                     {
@@ -719,7 +817,11 @@ impl Sim {
                 Output::PersistPrekeys { then_publish } => {
                     let session = self.nodes[i].session.as_ref().expect("running");
                     self.nodes[i].disk.prekeys = Some(persist(session.prekeys()));
-                    if then_publish {
+                    let slow = self.nodes[i].prekey_store_ms;
+                    if then_publish && slow > 0 {
+                        let life = self.nodes[i].life;
+                        self.at(slow, Event::PrekeysStored { node: i, life });
+                    } else if then_publish {
                         let session = self.nodes[i].session.as_mut().expect("running");
                         session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
                     }
@@ -734,12 +836,16 @@ impl Sim {
                     .refusals
                     .push(format!("{} refused: {refusal}", self.nodes[i].name)),
                 Output::Answer { token, response } => self.on_answer(i, token, response),
-                Output::Failed { token, .. } => match token {
+                Output::Failed { token, error } => match token {
                     Token::Deposit(id) => {
                         self.delivery_input(i, direct::Input::DepositFailed(id));
                     }
                     Token::FinalFetch => {
                         self.nodes[i].final_fetch = Some(Err("final fetch failed".into()))
+                    }
+                    Token::Lookup(call, _) | Token::Prekeys(call, _) => {
+                        let answer = pipeline::Answer::Failed(error);
+                        self.pipeline_input(i, pipeline::Input::Answered { call, answer });
                     }
                 },
                 Output::Mail { items, remaining } => {
@@ -882,6 +988,34 @@ impl Sim {
             (Token::FinalFetch, other) => {
                 self.nodes[i].final_fetch = Some(Err(format!("final fetch: {other:?}")));
             }
+            (Token::Lookup(call, name), RendezvousResponse::Users(users)) => {
+                let node = &mut self.nodes[i];
+                for user in users.into_iter().filter(|u| u.name == name) {
+                    // Pinned on first use (the server here never rebinds a name).
+                    node.disk.contacts.entry(user.name).or_insert(user.identity);
+                }
+                let answer = pipeline::Answer::Learned;
+                self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+            }
+            (Token::Prekeys(call, key), RendezvousResponse::Prekeys(bundle)) => {
+                let answer = if bundle.identity == key && bundle.verify().is_ok() {
+                    self.nodes[i].disk.sessions.insert(key.to_bytes());
+                    pipeline::Answer::SessionStarted
+                } else {
+                    pipeline::Answer::Failed("a bundle for another key".into())
+                };
+                self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+            }
+            (Token::Prekeys(call, _), RendezvousResponse::Refused(refusal))
+                if refusal.reason == RefusalReason::NoPrekeys =>
+            {
+                let answer = pipeline::Answer::NoPrekeys(refusal.to_string());
+                self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+            }
+            (Token::Lookup(call, _) | Token::Prekeys(call, _), other) => {
+                let answer = pipeline::Answer::Failed(format!("{other:?}"));
+                self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+            }
         }
     }
 
@@ -927,6 +1061,63 @@ impl Sim {
             self.paths.receipts += 1;
             self.send(i, sender, Kind::Receipt(ids));
         }
+    }
+
+    /// Feeds node `i`'s send pipeline, then does what it asks, as the daemon's driver does.
+    fn pipeline_input(&mut self, i: usize, input: pipeline::Input<usize>) {
+        let (pipeline, mut facts) = Known::split(&mut self.nodes[i]);
+        pipeline.handle(input, self.now, &mut facts);
+        self.drive_pipeline(i);
+    }
+
+    fn drive_pipeline(&mut self, i: usize) {
+        while let Some(output) = self.nodes[i].pipeline.poll_output() {
+            let (call, request, token) = match output {
+                pipeline::Output::Lookup { call, name } => {
+                    let request = RendezvousRequest::Lookup {
+                        names: vec![name.clone()],
+                    };
+                    (call, request, Token::Lookup(call, name))
+                }
+                pipeline::Output::FetchPrekeys { call, name, key } => {
+                    self.paths.prekey_fetches += 1;
+                    let request = RendezvousRequest::FetchPrekeys { name };
+                    (call, request, Token::Prekeys(call, key))
+                }
+                pipeline::Output::WhoIs { call, .. } => {
+                    let answer = pipeline::Answer::Failed("sends here go by name".into());
+                    self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+                    continue;
+                }
+                pipeline::Output::Seal { job: to, .. } => {
+                    self.paths.sealed += 1;
+                    self.send(i, to, Kind::Text);
+                    continue;
+                }
+                pipeline::Output::Fail { error, .. } => {
+                    self.paths.refused_sends += 1;
+                    self.nodes[i].sends_failed.push(error);
+                    continue;
+                }
+            };
+            match &mut self.nodes[i].session {
+                Some(session) if session.is_logged_in() => {
+                    session.request(request, token);
+                    self.drive(i);
+                }
+                _ => {
+                    let answer = pipeline::Answer::Failed("not logged in".into());
+                    self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+                }
+            }
+        }
+    }
+
+    fn index_by_name(&self, to: &pipeline::Recipient) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| matches!(to, pipeline::Recipient::Name(name) if *name == n.name))
+            .expect("a node of the simulation")
     }
 
     /// Node `from` sends a message: on its disk, with the planner's outbox, before the planner
@@ -1079,6 +1270,45 @@ impl Sim {
             }
         }
         Ok(self.paths)
+    }
+}
+
+/// What a simulated node knows, as its send pipeline asks it.
+struct Known<'a> {
+    me: VerifyingKey,
+    disk: &'a Disk,
+}
+
+impl<'a> Known<'a> {
+    /// A node's pipeline, and what it knows.
+    fn split(node: &'a mut Node) -> (&'a mut SendPipeline<usize>, Self) {
+        let me = node.key.verifying_key();
+        (
+            &mut node.pipeline,
+            Self {
+                me,
+                disk: &node.disk,
+            },
+        )
+    }
+}
+
+impl pipeline::Facts for Known<'_> {
+    fn me(&self) -> VerifyingKey {
+        self.me
+    }
+    fn key_to_send(
+        &mut self,
+        name: &UserName,
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
+        Ok(self.disk.contacts.get(name).map(|key| (*key, None)))
+    }
+    fn name_of(&self, key: &VerifyingKey) -> Option<UserName> {
+        let mut contacts = self.disk.contacts.iter();
+        contacts.find(|(_, k)| *k == key).map(|(n, _)| n.clone())
+    }
+    fn has_session(&self, key: &VerifyingKey) -> bool {
+        self.disk.sessions.contains(&key.to_bytes())
     }
 }
 

@@ -194,9 +194,8 @@ pub(crate) struct Node {
     announced: HashMap<PeerId, (&'static str, bool)>,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
     unnamed_events: HashMap<[u8; 32], Vec<rpc::Event>>,
-    /// Messages to users who have logged in but not yet published prekeys, asked again at the
-    /// next retry tick (bounded: see [`direct::PREKEY_WAIT_MS`]).
-    waiting_for_prekeys: Vec<direct::Job>,
+    /// Sends waiting for their recipient's key, name or session.
+    sends: palaver_protocol::node::direct::pipeline::SendPipeline<direct::Job>,
     stopping: bool,
     /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
     /// non-zero, so a supervisor restarts it.
@@ -284,7 +283,7 @@ impl Node {
             rendezvous_outage_logged: false,
             announced: HashMap::new(),
             unnamed_events: HashMap::new(),
-            waiting_for_prekeys: Vec::new(),
+            sends: Default::default(),
             stopping: false,
             fatal: None,
             sends_in_flight: HashMap::new(),
@@ -308,12 +307,14 @@ impl Node {
             // The session's deadlines are wall-clock ms (it persists the signed prekey's age).
             let session_due = self.session.poll_timeout().map(instant_of);
             let delivery_due = self.delivery.poll_timeout().map(instant_of);
+            let pipeline_due = self.sends.poll_timeout().map(instant_of);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
                 _ = sleep_until(session_due) => self.on_session_timeout(),
                 _ = sleep_until(delivery_due) => self.on_delivery_timeout(),
+                _ = sleep_until(pipeline_due) => self.on_pipeline_timeout(),
                 _ = retry.tick() => self.on_retry_tick(),
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,

@@ -631,6 +631,11 @@ impl Store {
         }
     }
 
+    /// Whether anything is stored under `key` (without reading it: a secret stays sealed).
+    pub fn holds(&self, key: StateKey<'_>) -> bool {
+        self.state.contains_key(key.bytes()).unwrap_or(false)
+    }
+
     /// Every value in one namespace (for example every outbox item).
     pub fn scan<T: DeserializeOwned>(&self, namespace: StateKey<'_>) -> Result<Vec<T>, StoreError> {
         let prefix = &namespace.bytes()[..1];

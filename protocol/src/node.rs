@@ -2,7 +2,8 @@
 //!
 //! - [`reach`]: which connections to open, keep and close — direct first, relays as fallback, a
 //!   relay slot while not reachable from outside, the rendezvous connection.
-//! - [`direct`]: which path each sealed direct message takes — the open connection, a dial, a
+//! - [`direct`]: what a direct message needs before it is sealed (key, name, session: the
+//!   send pipeline), then which path each sealed direct message takes — the open connection, a dial, a
 //!   discovery lookup, the mailbox — and when it is tried again.
 //! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
 //!   reported, verified contacts guarded.

@@ -1,7 +1,9 @@
 //! Direct messages: one user to another through their Double Ratchet session.
 //!
-//! Sending ([`Node::send_direct`]): resolve the name and key (rendezvous lookup), open a session
-//! from a prekey bundle if there is none, encrypt, sign, then commit the history entry, the outbox
+//! Sending ([`Node::send_direct`]): the send pipeline (`protocol::node::direct::pipeline`) asks
+//! for what is missing — the key (rendezvous lookup), the name (who-is), a session (a prekey
+//! bundle, waited for while the recipient has published none yet) — and this driver does what
+//! it asks; then encrypt, sign, then commit the history entry, the outbox
 //! item and the session state in one transaction and flush — only then does `send` answer. Delivery
 //! ([`Node::deliver`]) goes direct when the peer is reachable (connected, or found through
 //! discovery), else to the rendezvous mailbox (`queued`); the outbox keeps retrying until a
@@ -17,6 +19,9 @@ use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
+use palaver_protocol::node::direct::pipeline::{
+    Answer as PipelineAnswer, CallId, Input as PipelineInput, Output as PipelineOutput, Recipient,
+};
 use palaver_protocol::node::direct::{Input as DeliveryInput, Route};
 use palaver_protocol::wire::{
     Body, DirectMessage, MailItem, PeerRequest, PeerResponse, RendezvousRequest, UserRecord,
@@ -34,30 +39,20 @@ use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 mod delivery;
 mod receive;
 
-/// A direct message waiting for what it needs (the peer's key, name or session) before it can be
-/// encrypted and committed.
+/// A direct message on its way: whom it is for, what it carries, whom to answer. The
+/// [`SendPipeline`] holds it until the recipient's key, name and session are known.
 #[derive(Debug)]
 pub(crate) struct Job {
-    pub(crate) to_name: Option<UserName>,
-    pub(crate) to_key: Option<VerifyingKey>,
+    pub(crate) to: Recipient,
     pub(crate) payload: palaver_protocol::wire::Payload,
     pub(crate) reply: Option<Reply>,
-    /// Until when to keep asking for the recipient's prekeys while it has published none yet.
-    pub(crate) prekeys_wait_until: Option<u64>,
     /// The client's own key for this send, stored with the message (see [`super::client_ids`]).
     pub(crate) client_key: Option<super::client_ids::ClientKey>,
-    /// What the answer warns about (the recipient's key changed).
-    pub(crate) warning: Option<String>,
 }
 
-/// How long a message waits for a recipient who has logged in but not published prekeys yet
-/// (it does so right after its login; a send at that moment must not fail).
-pub(crate) const PREKEY_WAIT_MS: u64 = 15_000;
 /// Where our hybrid logical clock is kept (named for the Lamport clock it replaced, whose last
 /// value it simply goes on from).
 pub(crate) const CLOCK_META: &str = "lamport";
-/// Messages that may wait for prekeys at once; past that, a send fails at once.
-const MAX_WAITING_FOR_PREKEYS: usize = 256;
 
 impl Job {
     pub(crate) fn to_name(
@@ -66,25 +61,19 @@ impl Job {
         reply: Option<Reply>,
     ) -> Self {
         Self {
-            to_name: Some(name),
-            to_key: None,
+            to: Recipient::Name(name),
             payload,
             reply,
-            prekeys_wait_until: None,
             client_key: None,
-            warning: None,
         }
     }
 
     pub(crate) fn to_key(key: VerifyingKey, payload: palaver_protocol::wire::Payload) -> Self {
         Self {
-            to_name: None,
-            to_key: Some(key),
+            to: Recipient::Key(key),
             payload,
             reply: None,
-            prekeys_wait_until: None,
             client_key: None,
-            warning: None,
         }
     }
 
@@ -122,104 +111,90 @@ impl OutboxItem {
 }
 
 impl Node {
-    /// Sends `job` once its recipient's key, name and session are known, asking the rendezvous
-    /// for what is missing first.
-    pub(crate) fn send_direct(&mut self, mut job: Job) {
-        if job.to_key.is_none() {
-            let Some(name) = job.to_name.clone() else {
-                return job.fail("no recipient".into());
-            };
-            match self.key_to_send(&name) {
-                Err(refusal) => return job.fail(refusal),
-                Ok(Some((key, warning))) => {
-                    job.to_key = Some(key);
-                    job.warning = warning;
-                }
-                Ok(None) => {
+    /// Sends `job` once its recipient's key, name and session are known (the pipeline asks
+    /// for what is missing first).
+    pub(crate) fn send_direct(&mut self, job: Job) {
+        let to = job.to.clone();
+        self.pipeline_input(PipelineInput::Send { job, to });
+    }
+
+    /// Feeds the send pipeline, then does what it asks.
+    pub(crate) fn pipeline_input(&mut self, input: PipelineInput<Job>) {
+        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
+        self.sends.handle(input, now_ms(), &mut facts);
+        self.drive_pipeline();
+    }
+
+    /// Waiting sends whose time to ask for prekeys again has come.
+    pub(crate) fn on_pipeline_timeout(&mut self) {
+        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
+        self.sends.handle_timeout(now_ms(), &mut facts);
+        self.drive_pipeline();
+    }
+
+    fn drive_pipeline(&mut self) {
+        while let Some(output) = self.sends.poll_output() {
+            match output {
+                PipelineOutput::Lookup { call, name } => {
                     let request = RendezvousRequest::Lookup {
                         names: vec![name.clone()],
                     };
-                    if let Err(job) = self.request_or_fail(
-                        request,
-                        |job| Pending::Lookup {
-                            names: vec![name.clone()],
-                            then: Some(job),
-                        },
-                        job,
-                    ) {
-                        job.fail(self.offline_reason(&format!("cannot look {name} up")));
-                    }
-                    return;
-                }
-            }
-        }
-        let Some(key) = job.to_key else { return };
-        if key == self.identity.public() {
-            return job.fail("that is you".into());
-        }
-        if job.to_name.is_none() {
-            match self.name_of_key(&key).and_then(|n| UserName::new(n).ok()) {
-                Some(name) => job.to_name = Some(name),
-                None => {
-                    let request = RendezvousRequest::WhoIs { keys: vec![key] };
-                    let keys = vec![key.to_bytes()];
-                    let pending = |job| Pending::WhoIs {
-                        keys,
-                        then: Some(job),
+                    let offline = format!("cannot look {name} up");
+                    let pending = Pending::Lookup {
+                        names: vec![name],
+                        call: Some(call),
                     };
-                    if let Err(job) = self.request_or_fail(request, pending, job) {
-                        job.fail(self.offline_reason("cannot look the recipient up"));
-                    }
-                    return;
+                    self.ask_for(call, request, pending, &offline);
                 }
-            }
-        }
-        let Some(name) = job.to_name.clone() else {
-            return;
-        };
-        let sessions = match self
-            .store
-            .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
-        {
-            Ok(Some(session)) => session,
-            Ok(None) => {
-                let request = RendezvousRequest::FetchPrekeys { name };
-                let key = key.to_bytes();
-                if let Err(job) =
-                    self.request_or_fail(request, |job| Pending::Prekeys { key, then: job }, job)
+                PipelineOutput::WhoIs { call, key } => {
+                    let request = RendezvousRequest::WhoIs { keys: vec![key] };
+                    let pending = Pending::WhoIs {
+                        keys: vec![key.to_bytes()],
+                        call: Some(call),
+                    };
+                    self.ask_for(call, request, pending, "cannot look the recipient up");
+                }
+                PipelineOutput::FetchPrekeys { call, name, key } => {
+                    let request = RendezvousRequest::FetchPrekeys { name };
+                    let key = key.to_bytes();
+                    let pending = Pending::Prekeys { key, call };
+                    self.ask_for(call, request, pending, "cannot open a session yet");
+                }
+                PipelineOutput::Seal {
+                    job,
+                    key,
+                    name,
+                    warning,
+                } => match self
+                    .store
+                    .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
                 {
-                    job.fail(self.offline_reason("cannot open a session yet"));
-                }
-                return;
+                    Ok(Some(sessions)) => self.seal_and_send(job, key, name, sessions, warning),
+                    Ok(None) => job.fail("the session with the recipient is gone".into()),
+                    Err(err) => job.fail(err.to_string()),
+                },
+                PipelineOutput::Fail { job, error } => job.fail(error),
             }
-            Err(err) => return job.fail(err.to_string()),
-        };
-        self.seal_and_send(job, key, name, sessions);
+        }
     }
 
-    /// The rendezvous has no prekeys for `job`'s recipient yet: ask again at the next retry tick,
-    /// until [`PREKEY_WAIT_MS`] after the first refusal.
-    pub(crate) fn wait_for_prekeys(&mut self, mut job: Job, refusal: String) {
-        let now = now_ms();
-        let until = *job.prekeys_wait_until.get_or_insert(now + PREKEY_WAIT_MS);
-        if now >= until || self.waiting_for_prekeys.len() >= MAX_WAITING_FOR_PREKEYS {
-            return job.fail(format!("cannot start a session: {refusal}"));
+    /// Sends a send's question to the rendezvous; when not logged in, its answer is that.
+    fn ask_for(&mut self, call: CallId, request: RendezvousRequest, pending: Pending, what: &str) {
+        if self.session.is_logged_in() {
+            return self.rendezvous_request(request, pending);
         }
-        self.waiting_for_prekeys.push(job);
+        let answer = PipelineAnswer::Failed(self.offline_reason(what));
+        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
+        self.sends.handle(
+            PipelineInput::Answered { call, answer },
+            now_ms(),
+            &mut facts,
+        );
     }
 
-    /// Sends `request`, parking `job` in the pending entry; gives the job back when offline.
-    fn request_or_fail(
-        &mut self,
-        request: RendezvousRequest,
-        pending: impl FnOnce(Job) -> Pending,
-        job: Job,
-    ) -> Result<(), Box<Job>> {
-        if !self.session.is_logged_in() {
-            return Err(Box::new(job));
-        }
-        self.rendezvous_request(request, pending(job));
-        Ok(())
+    /// What the rendezvous answered a send's question: the pipeline goes on.
+    pub(crate) fn answer_send(&mut self, call: CallId, answer: PipelineAnswer) {
+        self.pipeline_input(PipelineInput::Answered { call, answer });
     }
 
     fn seal_and_send(
@@ -228,6 +203,7 @@ impl Node {
         key: VerifyingKey,
         name: UserName,
         mut sessions: PeerSessions,
+        warning: Option<String>,
     ) {
         let conversation = self.conversation_with(&key.to_bytes());
         let mut clock = self.clock();
@@ -308,7 +284,7 @@ impl Node {
             self.delivery.cancel(id);
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
-        let (reply, warning) = (job.reply, job.warning);
+        let reply = job.reply;
         self.when_durable(move |node, flushed| match flushed {
             Ok(()) => {
                 if let Some(reply) = reply {
@@ -360,7 +336,9 @@ impl Node {
             + 1
     }
 
-    pub(crate) fn on_users(&mut self, users: Vec<UserRecord>, then: Option<Job>, asked: Asked) {
+    /// What a lookup or who-is answered: keys learned (see [`Node::learn_keys`]), presence
+    /// noted, and the send that asked (if one did) goes on.
+    pub(crate) fn on_users(&mut self, users: Vec<UserRecord>, call: Option<CallId>, asked: Asked) {
         let users: Vec<UserRecord> = users
             .into_iter()
             .filter(|user| asked.covers(&user.name, &user.identity))
@@ -372,57 +350,48 @@ impl Node {
         if self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked) {
             self.subscribe_presence();
         }
-        let missing = match &asked {
-            Asked::Names(names) => names
-                .iter()
-                .find(|name| !users.iter().any(|u| &u.name == *name)),
-            Asked::Keys(_) => None,
-        };
-        if let Some(missing) = missing {
-            if let Some(job) = then {
-                job.fail(format!("unknown user {missing} at this rendezvous"));
-            }
-            return;
-        }
-        if let Some(job) = then {
-            if job.to_name.is_none()
-                && job
-                    .to_key
-                    .is_some_and(|key| !users.iter().any(|u| u.identity == key))
-            {
-                return job.fail("that key is not registered at this rendezvous".into());
-            }
-            self.send_direct(job);
+        if let Some(call) = call {
+            self.answer_send(call, PipelineAnswer::Learned);
         }
     }
 
-    pub(crate) fn on_prekeys(&mut self, key: [u8; 32], bundle: PrekeyBundle, job: Job) {
+    /// A prekey bundle for the send `call`: a session is started with `key` from it.
+    pub(crate) fn on_prekeys(&mut self, key: [u8; 32], bundle: PrekeyBundle, call: CallId) {
+        let answer = self.start_session(key, &bundle);
+        self.answer_send(call, answer);
+    }
+
+    fn start_session(&mut self, key: [u8; 32], bundle: &PrekeyBundle) -> PipelineAnswer {
         if bundle.identity.to_bytes() != key {
             // The rendezvous names another key for the user now than it did: a key change.
-            if let Some(name) = &job.to_name {
+            let name = VerifyingKey::from_bytes(&key)
+                .ok()
+                .and_then(|old| self.name_of_key(&old))
+                .and_then(|name| UserName::new(name).ok());
+            if let Some(name) = name {
                 let asked = Asked::Names(vec![name.clone()]);
-                self.learn_keys([(name, &bundle.identity)], &asked);
+                self.learn_keys([(&name, &bundle.identity)], &asked);
             }
-            return job.fail(
+            return PipelineAnswer::Failed(
                 "the recipient's key changed while the message was being sent; send it again"
                     .into(),
             );
         }
         let existing = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
             Ok(existing) => existing,
-            Err(err) => return job.fail(err.to_string()),
+            Err(err) => return PipelineAnswer::Failed(err.to_string()),
         };
         let signing = self.identity.signing_key();
-        let sessions = match pairwise::start_session(&mut OsRng, signing, &bundle, existing) {
+        let sessions = match pairwise::start_session(&mut OsRng, signing, bundle, existing) {
             Ok(sessions) => sessions,
-            Err(err) => return job.fail(format!("bad prekey bundle: {err}")),
+            Err(err) => return PipelineAnswer::Failed(format!("bad prekey bundle: {err}")),
         };
         let mut batch = StateBatch::default();
         batch.put(StateKey::Session(key), &sessions);
-        if let Err(err) = self.store.apply(&batch) {
-            return job.fail(err.to_string());
+        match self.store.apply(&batch) {
+            Ok(()) => PipelineAnswer::SessionStarted,
+            Err(err) => PipelineAnswer::Failed(err.to_string()),
         }
-        self.send_direct(job);
     }
 }
 

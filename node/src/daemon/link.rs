@@ -16,9 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::trust::Asked;
-use super::{Node, direct, now_ms};
+use super::{Node, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{StateBatch, StateKey, Store};
+use palaver_protocol::node::direct::pipeline::{Answer as PipelineAnswer, CallId};
 
 /// The session, with the node's own requests continued by [`Pending`].
 pub(crate) type Session = plan::Session<Pending>;
@@ -26,19 +27,20 @@ pub(crate) type Session = plan::Session<Pending>;
 /// What to do with the answer to a request of the node's own.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// Name lookups, then continue with the job.
+    /// Name lookups; then the send that asked (if one did) goes on.
     Lookup {
         names: Vec<UserName>,
-        then: Option<direct::Job>,
+        call: Option<CallId>,
     },
-    /// Who holds these keys, then continue with the job.
+    /// Who holds these keys; then the send that asked (if one did) goes on.
     WhoIs {
         keys: Vec<[u8; 32]>,
-        then: Option<direct::Job>,
+        call: Option<CallId>,
     },
+    /// A prekey bundle to start a session with `key`, for the send `call`.
     Prekeys {
         key: [u8; 32],
-        then: direct::Job,
+        call: CallId,
     },
     Deposit {
         id: MessageId,
@@ -335,10 +337,10 @@ impl Node {
     fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {
         use RendezvousResponse as R;
         match (pending, response) {
-            (Pending::Lookup { names, then }, R::Users(users)) => {
-                self.on_users(users, then, Asked::Names(names))
+            (Pending::Lookup { names, call }, R::Users(users)) => {
+                self.on_users(users, call, Asked::Names(names))
             }
-            (Pending::WhoIs { keys, then }, R::Users(users)) => {
+            (Pending::WhoIs { keys, call }, R::Users(users)) => {
                 let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
                 let unknown: Vec<[u8; 32]> = self
                     .unnamed_events
@@ -346,7 +348,7 @@ impl Node {
                     .filter(|k| !named.contains(k))
                     .copied()
                     .collect();
-                self.on_users(users, then, Asked::Keys(keys));
+                self.on_users(users, call, Asked::Keys(keys));
                 // Asked about, but not registered here: show them with their stand-in.
                 if self
                     .session
@@ -358,26 +360,30 @@ impl Node {
                     }
                 }
             }
-            (Pending::Prekeys { key, then }, R::Prekeys(bundle)) => {
-                self.on_prekeys(key, *bundle, then)
+            (Pending::Prekeys { key, call }, R::Prekeys(bundle)) => {
+                self.on_prekeys(key, *bundle, call)
             }
-            (Pending::Prekeys { then, .. }, R::Refused(refusal))
+            (Pending::Prekeys { call, .. }, R::Refused(refusal))
                 if refusal.reason == RefusalReason::NoPrekeys =>
             {
-                self.wait_for_prekeys(then, refusal.to_string())
+                self.answer_send(call, PipelineAnswer::NoPrekeys(refusal.to_string()))
             }
-            (Pending::Prekeys { then, .. }, R::Refused(refusal)) => {
-                then.fail(format!("cannot start a session: {refusal}"))
-            }
+            (Pending::Prekeys { call, .. }, R::Refused(refusal)) => self.answer_send(
+                call,
+                PipelineAnswer::Failed(format!("cannot start a session: {refusal}")),
+            ),
             (
                 Pending::Lookup {
-                    then: Some(job), ..
+                    call: Some(call), ..
                 }
                 | Pending::WhoIs {
-                    then: Some(job), ..
+                    call: Some(call), ..
                 },
                 R::Refused(refusal),
-            ) => job.fail(format!("lookup failed: {refusal}")),
+            ) => self.answer_send(
+                call,
+                PipelineAnswer::Failed(format!("lookup failed: {refusal}")),
+            ),
             (Pending::Deposit { id }, R::Deposited { .. }) => {
                 self.delivery_input(palaver_protocol::node::direct::Input::Deposited(id))
             }
@@ -434,14 +440,15 @@ impl Node {
     fn on_rendezvous_failure(&mut self, pending: Pending, error: String) {
         match pending {
             Pending::Lookup {
-                then: Some(job), ..
+                call: Some(call), ..
             }
             | Pending::WhoIs {
-                then: Some(job), ..
+                call: Some(call), ..
             }
-            | Pending::Prekeys { then: job, .. } => {
-                job.fail(format!("the rendezvous did not answer: {error}"))
-            }
+            | Pending::Prekeys { call, .. } => self.answer_send(
+                call,
+                PipelineAnswer::Failed(format!("the rendezvous did not answer: {error}")),
+            ),
             Pending::Deposit { id } => self.on_deposit_refused(id, error),
             Pending::Presence { names, reply, .. } => {
                 let _ = reply.send(Ok(self.last_known_presence(&names)));
@@ -476,7 +483,7 @@ impl Node {
             };
             let pending = Pending::Lookup {
                 names: vec![user.clone()],
-                then: None,
+                call: None,
             };
             self.rendezvous_request(request, pending);
         }

@@ -3,6 +3,7 @@
 //! ignores users nobody asked about, and reports a changed key — in the conversation, on `listen`
 //! (`key_changed`) and, for a verified contact, by refusing sends until the user confirms.
 
+use palaver_protocol::node::direct::pipeline::Facts;
 use palaver_protocol::node::trust::{Contact, Observed, Unconfirmed};
 use palaver_protocol::{Fingerprint, MessageId, SafetyNumber, UserName, VerifyingKey};
 use rand_core::{OsRng, RngCore};
@@ -66,6 +67,60 @@ pub(crate) fn change_warning(name: &UserName) -> String {
     )
 }
 
+/// What the store knows, as the send pipeline asks it.
+pub(crate) struct StoreFacts<'a> {
+    store: &'a Store,
+    me: VerifyingKey,
+}
+
+impl<'a> StoreFacts<'a> {
+    pub(crate) fn new(store: &'a Store, me: VerifyingKey) -> Self {
+        Self { store, me }
+    }
+}
+
+impl Facts for StoreFacts<'_> {
+    fn me(&self) -> VerifyingKey {
+        self.me
+    }
+
+    fn key_to_send(
+        &mut self,
+        name: &UserName,
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
+        let Some(mut contact) =
+            load_contact(self.store, name.as_str()).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let (key, changed) = contact
+            .key_to_send()
+            .map_err(|change| unconfirmed_error(name, change))?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
+        let warning = changed.map(|_| {
+            // Losing this write shows the warning once more: nothing to wait for.
+            let mut batch = StateBatch::default();
+            batch.put(StateKey::Contact(name.as_str()), &contact);
+            if let Err(err) = self.store.apply(&batch) {
+                tracing::warn!("store: {err}");
+            }
+            change_warning(name)
+        });
+        Ok(Some((key, warning)))
+    }
+
+    fn name_of(&self, key: &VerifyingKey) -> Option<UserName> {
+        let name = self.store.get::<String>(StateKey::Peer(key.to_bytes()));
+        name.ok()
+            .flatten()
+            .and_then(|name| UserName::new(name).ok())
+    }
+
+    fn has_session(&self, key: &VerifyingKey) -> bool {
+        self.store.holds(StateKey::Session(key.to_bytes()))
+    }
+}
+
 impl Node {
     /// The identity key messages to `name` are sealed for.
     pub(crate) fn contact_key(&self, name: &UserName) -> Option<VerifyingKey> {
@@ -84,32 +139,6 @@ impl Node {
             .and_then(|name| load_contact(&self.store, &name).ok().flatten())
             .map_or(*key, |contact| contact.conversation);
         ConversationId::Direct(anchor)
-    }
-
-    /// The key to seal a message to `name` for (and a warning to give once), or why not.
-    pub(crate) fn key_to_send(
-        &self,
-        name: &UserName,
-    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
-        let Some(mut contact) =
-            load_contact(&self.store, name.as_str()).map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
-        };
-        let (key, changed) = contact
-            .key_to_send()
-            .map_err(|change| unconfirmed_error(name, change))?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
-        let warning = changed.map(|_| {
-            // Losing this write shows the warning once more: nothing to wait for.
-            let mut batch = StateBatch::default();
-            batch.put(StateKey::Contact(name.as_str()), &contact);
-            if let Err(err) = self.store.apply(&batch) {
-                tracing::warn!("store: {err}");
-            }
-            change_warning(name)
-        });
-        Ok(Some((key, warning)))
     }
 
     /// Takes in what an answer said about users' keys: first keys pinned, changed ones

@@ -1,4 +1,6 @@
 //! Direct messages on their way to the recipient: which path each sealed message takes, and when.
+//! (Before that, [`pipeline`] gathers what a message needs to be sealed: the recipient's key,
+//! name and session.)
 //!
 //! A message is sealed and stored by the node, then handed to [`Delivery`] with its [`Route`]
 //! (whom it is for). The [`Outbox`] decides when each message is tried; for every attempt the
@@ -436,6 +438,7 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
 }
 
 pub mod pairwise;
+pub mod pipeline;
 
 #[cfg(test)]
 #[path = "direct_tests.rs"]

@@ -202,11 +202,8 @@ fn history_status(status: DeliveryStatus) -> Status {
 }
 
 impl Node {
-    /// Every second: messages waiting for a recipient's prekeys; rooms' unsent messages.
+    /// Every second: rooms' unsent messages.
     pub(crate) fn on_retry_tick(&mut self) {
-        for job in std::mem::take(&mut self.waiting_for_prekeys) {
-            self.send_direct(job);
-        }
         self.rooms_tick();
     }
 }

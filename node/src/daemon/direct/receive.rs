@@ -145,7 +145,7 @@ impl Node {
                 RendezvousRequest::WhoIs { keys: vec![sender] },
                 Pending::WhoIs {
                     keys: vec![sender.to_bytes()],
-                    then: None,
+                    call: None,
                 },
             );
         }

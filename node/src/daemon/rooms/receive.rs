@@ -114,7 +114,7 @@ impl Node {
                 },
                 crate::daemon::Pending::WhoIs {
                     keys: vec![message.sender.to_bytes()],
-                    then: None,
+                    call: None,
                 },
             );
         }

@@ -1,0 +1,294 @@
+//! A direct message before it is sealed: name → key → session, each fact asked for once.
+//!
+//! A send names its recipient by user name (a person's `send`) or by identity key (receipts,
+//! room keys and membership, which answer a key). Before it can be sealed it needs the key (a
+//! rendezvous lookup), the name (who-is: the mailbox is addressed by name) and a session (a
+//! prekey bundle). [`SendPipeline`] holds each send, keyed by a call id, while those answers are
+//! out, and decides what to ask next; what the node already knows it reads through [`Facts`]
+//! (pinned contacts, sessions), so the pipeline itself keeps no copy of the store.
+//!
+//! A recipient that has logged in but not published prekeys yet (it does so right after its
+//! login) is asked again every [`PREKEY_RETRY_MS`] until [`PREKEY_WAIT_MS`] have passed: a send
+//! at that moment must not fail. Everything is bounded: [`MAX_PARKED`] sends waiting for an
+//! answer, [`MAX_WAITING_FOR_PREKEYS`] of them for prekeys.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::UserName;
+
+/// How long a send waits for a recipient who has published no prekeys yet.
+pub const PREKEY_WAIT_MS: u64 = 15_000;
+/// How often it asks again meanwhile.
+pub const PREKEY_RETRY_MS: u64 = 1_000;
+/// Sends waiting for an answer at once; past that, a send fails at once.
+pub const MAX_PARKED: usize = 1024;
+/// Of those, sends waiting for prekeys.
+pub const MAX_WAITING_FOR_PREKEYS: usize = 256;
+
+/// A send's handle while it waits for answers.
+pub type CallId = u64;
+
+/// Whom a send is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    Name(UserName),
+    Key(VerifyingKey),
+}
+
+/// What the node knows already (its store), as the pipeline asks it.
+pub trait Facts {
+    /// Our own identity key.
+    fn me(&self) -> VerifyingKey;
+    /// The key to seal for `name` if one is pinned, with a warning to give once (its key
+    /// changed); `Err` if sends to `name` are refused (a verified contact's key changed).
+    fn key_to_send(
+        &mut self,
+        name: &UserName,
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, String>;
+    /// The name the holder of `key` goes by, if known.
+    fn name_of(&self, key: &VerifyingKey) -> Option<UserName>;
+    /// Whether a session with `key` exists.
+    fn has_session(&self, key: &VerifyingKey) -> bool;
+}
+
+/// How the rendezvous (or the node) answered what a send asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A lookup or who-is was answered and what it said is in the [`Facts`] now.
+    Learned,
+    /// A session was started from a prekey bundle.
+    SessionStarted,
+    /// The recipient has published no prekeys yet (the rendezvous's words).
+    NoPrekeys(String),
+    /// The request failed or was refused; the send fails with this.
+    Failed(String),
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Input<J> {
+    /// A new send: `job` is the driver's (the text, the reply to give).
+    Send { job: J, to: Recipient },
+    /// The answer to what call `call` asked.
+    Answered { call: CallId, answer: Answer },
+}
+
+/// What to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output<J> {
+    /// Look `name` up at the rendezvous; answer with [`Answer::Learned`].
+    Lookup { call: CallId, name: UserName },
+    /// Ask the rendezvous who holds `key`; answer with [`Answer::Learned`].
+    WhoIs { call: CallId, key: VerifyingKey },
+    /// Fetch `name`'s prekeys and start a session with `key` (the bundle must be for it);
+    /// answer with [`Answer::SessionStarted`], or [`Answer::NoPrekeys`].
+    FetchPrekeys {
+        call: CallId,
+        name: UserName,
+        key: VerifyingKey,
+    },
+    /// Everything is known: seal `job` for `key` (`name`) with the session, and send it.
+    Seal {
+        job: J,
+        key: VerifyingKey,
+        name: UserName,
+        /// To give with the answer (the recipient's key changed).
+        warning: Option<String>,
+    },
+    /// The send cannot go on.
+    Fail { job: J, error: String },
+}
+
+/// A send waiting for an answer.
+#[derive(Debug)]
+struct Parked<J> {
+    job: J,
+    to: Recipient,
+    warning: Option<String>,
+    /// The prekey wait's end, from the first "no prekeys".
+    prekeys_until: Option<u64>,
+    /// What it asked, so an answer is checked against the question.
+    asked: Asked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Lookup,
+    WhoIs,
+    Prekeys,
+    /// Nothing out: it asks for prekeys again at this time.
+    RetryPrekeysAt(u64),
+}
+
+/// The sends on their way to being sealed.
+#[derive(Debug)]
+pub struct SendPipeline<J> {
+    parked: HashMap<CallId, Parked<J>>,
+    /// (when, call) of sends waiting to ask for prekeys again.
+    retries: BTreeSet<(u64, CallId)>,
+    next_call: CallId,
+    outputs: VecDeque<Output<J>>,
+}
+
+impl<J> Default for SendPipeline<J> {
+    fn default() -> Self {
+        Self {
+            parked: HashMap::new(),
+            retries: BTreeSet::new(),
+            next_call: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+}
+
+impl<J> SendPipeline<J> {
+    pub fn handle(&mut self, input: Input<J>, now_ms: u64, facts: &mut impl Facts) {
+        match input {
+            Input::Send { job, to } => {
+                if self.parked.len() >= MAX_PARKED {
+                    let error =
+                        "too many messages wait for their recipients' keys; try again".to_owned();
+                    return self.outputs.push_back(Output::Fail { job, error });
+                }
+                self.next_call += 1;
+                let parked = Parked {
+                    job,
+                    to,
+                    warning: None,
+                    prekeys_until: None,
+                    asked: Asked::Lookup,
+                };
+                self.advance(self.next_call, parked, facts);
+            }
+            Input::Answered { call, answer } => {
+                let Some(mut parked) = self.parked.remove(&call) else {
+                    return;
+                };
+                if matches!(parked.asked, Asked::RetryPrekeysAt(_)) {
+                    // It asks nothing now: a stray answer. It keeps waiting.
+                    self.parked.insert(call, parked);
+                    return;
+                }
+                match answer {
+                    Answer::Learned | Answer::SessionStarted => {
+                        if let (Asked::Lookup, Recipient::Name(name)) = (parked.asked, &parked.to)
+                            && matches!(facts.key_to_send(name), Ok(None))
+                        {
+                            let error = format!("unknown user {name} at this rendezvous");
+                            return self.fail(parked, error);
+                        }
+                        if let (Asked::WhoIs, Recipient::Key(key)) = (parked.asked, &parked.to)
+                            && facts.name_of(key).is_none()
+                        {
+                            let error = "that key is not registered at this rendezvous".to_owned();
+                            return self.fail(parked, error);
+                        }
+                        if parked.asked == Asked::Prekeys && answer != Answer::SessionStarted {
+                            return self.fail(parked, "no session was started".into());
+                        }
+                        self.advance(call, parked, facts);
+                    }
+                    Answer::NoPrekeys(reason) => {
+                        let until = *parked.prekeys_until.get_or_insert(now_ms + PREKEY_WAIT_MS);
+                        let waiting = self
+                            .parked
+                            .values()
+                            .filter(|p| matches!(p.asked, Asked::RetryPrekeysAt(_)))
+                            .count();
+                        if now_ms >= until || waiting >= MAX_WAITING_FOR_PREKEYS {
+                            return self.fail(parked, format!("cannot start a session: {reason}"));
+                        }
+                        let at = (now_ms + PREKEY_RETRY_MS).min(until);
+                        parked.asked = Asked::RetryPrekeysAt(at);
+                        self.retries.insert((at, call));
+                        self.parked.insert(call, parked);
+                    }
+                    Answer::Failed(error) => self.fail(parked, error),
+                }
+            }
+        }
+    }
+
+    /// The next time a waiting send asks for prekeys again.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.retries.first().map(|(at, _)| *at)
+    }
+
+    /// Sends whose wait is over ask again.
+    pub fn handle_timeout(&mut self, now_ms: u64, facts: &mut impl Facts) {
+        while let Some(&(at, call)) = self.retries.first() {
+            if at > now_ms {
+                break;
+            }
+            self.retries.remove(&(at, call));
+            if let Some(parked) = self.parked.remove(&call) {
+                self.advance(call, parked, facts);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output<J>> {
+        self.outputs.pop_front()
+    }
+
+    /// Sends waiting for an answer.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    fn fail(&mut self, parked: Parked<J>, error: String) {
+        self.outputs.push_back(Output::Fail {
+            job: parked.job,
+            error,
+        });
+    }
+
+    /// Asks for the first fact still missing, or hands the send on to be sealed.
+    fn advance(&mut self, call: CallId, mut parked: Parked<J>, facts: &mut impl Facts) {
+        let (key, name) = match &parked.to {
+            Recipient::Name(name) => match facts.key_to_send(name) {
+                Err(refusal) => return self.fail(parked, refusal),
+                Ok(None) => {
+                    let name = name.clone();
+                    return self.ask(call, parked, Asked::Lookup, Output::Lookup { call, name });
+                }
+                Ok(Some((key, warning))) => {
+                    parked.warning = parked.warning.take().or(warning);
+                    (key, name.clone())
+                }
+            },
+            Recipient::Key(key) => match facts.name_of(key) {
+                Some(name) => (*key, name),
+                None => {
+                    let key = *key;
+                    return self.ask(call, parked, Asked::WhoIs, Output::WhoIs { call, key });
+                }
+            },
+        };
+        if key == facts.me() {
+            return self.fail(parked, "that is you".into());
+        }
+        if !facts.has_session(&key) {
+            let output = Output::FetchPrekeys { call, name, key };
+            return self.ask(call, parked, Asked::Prekeys, output);
+        }
+        self.outputs.push_back(Output::Seal {
+            job: parked.job,
+            key,
+            name,
+            warning: parked.warning,
+        });
+    }
+
+    fn ask(&mut self, call: CallId, mut parked: Parked<J>, asked: Asked, output: Output<J>) {
+        parked.asked = asked;
+        self.parked.insert(call, parked);
+        self.outputs.push_back(output);
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

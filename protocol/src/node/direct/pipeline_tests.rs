@@ -1,0 +1,335 @@
+use std::collections::{HashMap, HashSet};
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+
+fn key(seed: u8) -> VerifyingKey {
+    SigningKey::from_bytes(&[seed; 32]).verifying_key()
+}
+
+fn name(n: &str) -> UserName {
+    n.parse().unwrap()
+}
+
+/// What a node knows, in memory.
+#[derive(Default)]
+struct Known {
+    contacts: HashMap<UserName, VerifyingKey>,
+    refused: HashSet<UserName>,
+    warn_once: HashSet<UserName>,
+    sessions: HashSet<VerifyingKey>,
+}
+
+impl Known {
+    fn learn(&mut self, who: &str, seed: u8) {
+        self.contacts.insert(name(who), key(seed));
+    }
+}
+
+impl Facts for Known {
+    fn me(&self) -> VerifyingKey {
+        key(1)
+    }
+    fn key_to_send(
+        &mut self,
+        name: &UserName,
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
+        if self.refused.contains(name) {
+            return Err(format!("{name}'s safety number changed"));
+        }
+        let warning = self.warn_once.remove(name).then(|| "changed".to_owned());
+        Ok(self.contacts.get(name).map(|k| (*k, warning)))
+    }
+    fn name_of(&self, key: &VerifyingKey) -> Option<UserName> {
+        self.contacts
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map(|(n, _)| n.clone())
+    }
+    fn has_session(&self, key: &VerifyingKey) -> bool {
+        self.sessions.contains(key)
+    }
+}
+
+fn outputs(p: &mut SendPipeline<&'static str>) -> Vec<Output<&'static str>> {
+    std::iter::from_fn(|| p.poll_output()).collect()
+}
+
+fn send(p: &mut SendPipeline<&'static str>, known: &mut Known, job: &'static str, to: &str) {
+    let to = Recipient::Name(name(to));
+    p.handle(Input::Send { job, to }, 0, known);
+}
+
+#[test]
+fn a_first_message_looks_the_name_up_then_starts_a_session_then_is_sealed() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    send(&mut p, &mut known, "hi", "bob");
+    assert_eq!(
+        outputs(&mut p),
+        [Output::Lookup {
+            call: 1,
+            name: name("bob")
+        }]
+    );
+    known.learn("bob", 2);
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Learned,
+        },
+        5,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::FetchPrekeys {
+            call: 1,
+            name: name("bob"),
+            key: key(2)
+        }]
+    );
+    known.sessions.insert(key(2));
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::SessionStarted,
+        },
+        6,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::Seal {
+            job: "hi",
+            key: key(2),
+            name: name("bob"),
+            warning: None
+        }]
+    );
+    assert_eq!(p.parked(), 0);
+    // The next one needs nothing.
+    send(&mut p, &mut known, "again", "bob");
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::Seal { job: "again", .. }]
+    ));
+}
+
+#[test]
+fn a_name_the_rendezvous_does_not_know_and_a_refused_contact_fail_clearly() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    send(&mut p, &mut known, "hi", "nobody");
+    outputs(&mut p);
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Learned,
+        },
+        5,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::Fail {
+            job: "hi",
+            error: "unknown user nobody at this rendezvous".into()
+        }]
+    );
+    known.learn("bob", 2);
+    known.refused.insert(name("bob"));
+    send(&mut p, &mut known, "hi", "bob");
+    assert!(
+        matches!(&outputs(&mut p)[..], [Output::Fail { error, .. }] if error.contains("safety number"))
+    );
+    // Oneself, and a failed request.
+    known.learn("me", 1);
+    send(&mut p, &mut known, "hi", "me");
+    assert!(matches!(&outputs(&mut p)[..], [Output::Fail { error, .. }] if error == "that is you"));
+    send(&mut p, &mut known, "hi", "carol");
+    outputs(&mut p);
+    p.handle(
+        Input::Answered {
+            call: 4,
+            answer: Answer::Failed("offline".into()),
+        },
+        5,
+        &mut known,
+    );
+    assert!(matches!(&outputs(&mut p)[..], [Output::Fail { error, .. }] if error == "offline"));
+    assert_eq!(p.parked(), 0);
+}
+
+#[test]
+fn a_key_change_warning_reaches_the_seal() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    known.learn("bob", 2);
+    known.sessions.insert(key(2));
+    known.warn_once.insert(name("bob"));
+    send(&mut p, &mut known, "hi", "bob");
+    assert!(
+        matches!(&outputs(&mut p)[..], [Output::Seal { warning: Some(w), .. }] if w == "changed")
+    );
+}
+
+#[test]
+fn a_send_by_key_asks_who_holds_it_for_the_mailbox_name() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    known.sessions.insert(key(3));
+    p.handle(
+        Input::Send {
+            job: "receipt",
+            to: Recipient::Key(key(3)),
+        },
+        0,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::WhoIs {
+            call: 1,
+            key: key(3)
+        }]
+    );
+    known.learn("carol", 3);
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Learned,
+        },
+        1,
+        &mut known,
+    );
+    assert!(
+        matches!(&outputs(&mut p)[..], [Output::Seal { name, .. }] if *name == self::name("carol"))
+    );
+    // A key nobody holds.
+    p.handle(
+        Input::Send {
+            job: "x",
+            to: Recipient::Key(key(9)),
+        },
+        0,
+        &mut known,
+    );
+    outputs(&mut p);
+    p.handle(
+        Input::Answered {
+            call: 2,
+            answer: Answer::Learned,
+        },
+        1,
+        &mut known,
+    );
+    assert!(
+        matches!(&outputs(&mut p)[..], [Output::Fail { error, .. }] if error.contains("not registered"))
+    );
+}
+
+/// The bug behind `PREKEY_WAIT_MS`: a send right after the recipient's login, before it has
+/// published prekeys, must wait for them, not fail.
+#[test]
+fn a_recipient_without_prekeys_yet_is_asked_again_until_the_wait_is_over() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    known.learn("bob", 2);
+    send(&mut p, &mut known, "early", "bob");
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::FetchPrekeys { call: 1, .. }]
+    ));
+    let none = || Answer::NoPrekeys("bob has not published prekeys yet".into());
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: none(),
+        },
+        100,
+        &mut known,
+    );
+    assert!(outputs(&mut p).is_empty());
+    assert_eq!(p.poll_timeout(), Some(100 + PREKEY_RETRY_MS));
+    p.handle_timeout(100 + PREKEY_RETRY_MS - 1, &mut known);
+    assert!(outputs(&mut p).is_empty(), "not yet");
+    p.handle_timeout(100 + PREKEY_RETRY_MS, &mut known);
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::FetchPrekeys { call: 1, .. }]
+    ));
+    // Published now: the session starts and the message goes.
+    known.sessions.insert(key(2));
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::SessionStarted,
+        },
+        1_200,
+        &mut known,
+    );
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::Seal { job: "early", .. }]
+    ));
+
+    // Never published: it fails once the wait is over, saying why.
+    known.sessions.clear();
+    send(&mut p, &mut known, "late", "bob");
+    outputs(&mut p);
+    let mut now = 2_000;
+    p.handle(
+        Input::Answered {
+            call: 2,
+            answer: none(),
+        },
+        now,
+        &mut known,
+    );
+    while let Some(at) = p.poll_timeout() {
+        now = at;
+        p.handle_timeout(now, &mut known);
+        outputs(&mut p);
+        p.handle(
+            Input::Answered {
+                call: 2,
+                answer: none(),
+            },
+            now,
+            &mut known,
+        );
+        let out = outputs(&mut p);
+        if let [Output::Fail { error, .. }] = &out[..] {
+            assert!(error.contains("has not published prekeys yet"), "{error}");
+            break;
+        }
+        assert!(out.is_empty());
+    }
+    assert_eq!(now, 2_000 + PREKEY_WAIT_MS);
+    assert_eq!(p.parked(), 0);
+}
+
+#[test]
+fn the_waiting_sends_are_bounded() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    for _ in 0..MAX_PARKED {
+        send(&mut p, &mut known, "x", "bob");
+    }
+    assert_eq!(p.parked(), MAX_PARKED);
+    outputs(&mut p);
+    send(&mut p, &mut known, "one too many", "bob");
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::Fail {
+            job: "one too many",
+            ..
+        }]
+    ));
+    // A stray answer for a call nobody holds changes nothing.
+    p.handle(
+        Input::Answered {
+            call: 999_999,
+            answer: Answer::Learned,
+        },
+        0,
+        &mut known,
+    );
+    assert!(outputs(&mut p).is_empty());
+}
