@@ -64,10 +64,15 @@ impl Codec for RawCodec {
     }
 }
 
-/// Sends raw `payloads` on `/palaver/rendezvous/1` over an authenticated connection; returns how
-/// many got any response at all.
-async fn send_raw(addr: &Multiaddr, payloads: Vec<Vec<u8>>) -> usize {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+/// A raw peer on `/palaver/rendezvous/1` (connected), and the server's id.
+async fn raw_peer(
+    addr: &Multiaddr,
+    keypair: libp2p::identity::Keypair,
+) -> (
+    libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    libp2p::PeerId,
+) {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -92,6 +97,63 @@ async fn send_raw(addr: &Multiaddr, payloads: Vec<Vec<u8>>) -> usize {
             break peer_id;
         }
     };
+    (swarm, server)
+}
+
+/// Registers and logs in as `name` with `id`, then sends raw `payloads` one by one; the decoded
+/// answers.
+pub(crate) async fn send_raw_as(
+    addr: &Multiaddr,
+    id: &palaver_protocol::Identity,
+    name: &str,
+    payloads: Vec<Vec<u8>>,
+) -> Vec<RendezvousResponse> {
+    let (mut swarm, server) = raw_peer(addr, id.to_libp2p_keypair()).await;
+    let login = [
+        RendezvousRequest::Register {
+            name: crate::common::name(name),
+            token: None,
+        },
+        RendezvousRequest::Login {
+            name: crate::common::name(name),
+        },
+    ]
+    .map(|request| palaver_protocol::codec::encode(&request).unwrap());
+    let mut answers = Vec::new();
+    for payload in login.into_iter().chain(payloads) {
+        swarm.behaviour_mut().send_request(&server, payload);
+        let answer = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => break palaver_protocol::codec::decode(&response).unwrap(),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("no answer: {error}"),
+                _ => {}
+            }
+        };
+        answers.push(answer);
+    }
+    let rest = answers.split_off(2);
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [
+                RendezvousResponse::Registered { .. },
+                RendezvousResponse::LoggedIn { .. }
+            ]
+        ),
+        "{answers:?}"
+    );
+    rest
+}
+
+/// Sends raw `payloads` on `/palaver/rendezvous/1` over an authenticated connection; returns how
+/// many got any response at all.
+async fn send_raw(addr: &Multiaddr, payloads: Vec<Vec<u8>>) -> usize {
+    let (mut swarm, server) = raw_peer(addr, libp2p::identity::Keypair::generate_ed25519()).await;
     let total = payloads.len();
     for payload in payloads {
         swarm.behaviour_mut().send_request(&server, payload);
