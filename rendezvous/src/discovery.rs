@@ -20,7 +20,10 @@ pub enum RecordError {
     #[error("not a signed peer record: {0}")]
     Malformed(String),
     #[error("the record is signed by {signer}, not {expected}")]
-    WrongSigner { signer: PeerId, expected: PeerId },
+    WrongSigner {
+        signer: Box<PeerId>,
+        expected: Box<PeerId>,
+    },
     #[error("signing the record: {0}")]
     Signing(String),
 }
@@ -41,8 +44,8 @@ pub fn open(signed: &SignedPeerRecord, expected: &PeerId) -> Result<PeerRecord, 
     let record = open_any(signed)?;
     if record.peer_id() != *expected {
         return Err(RecordError::WrongSigner {
-            signer: record.peer_id(),
-            expected: *expected,
+            signer: Box::new(record.peer_id()),
+            expected: Box::new(*expected),
         });
     }
     Ok(record)
@@ -74,7 +77,7 @@ mod tests {
         assert_eq!(open(&signed, &alice_id).unwrap().addresses(), [addr]);
         assert!(matches!(
             open(&signed, &bob_id),
-            Err(RecordError::WrongSigner { signer, .. }) if signer == alice_id
+            Err(RecordError::WrongSigner { signer, .. }) if *signer == alice_id
         ));
         let mut tampered = signed.clone();
         let last = tampered.0.len() - 1;

@@ -486,7 +486,7 @@ impl Storage for SledStore {
                 valid.push((expires, value));
             }
         }
-        valid.sort_by(|a, b| b.0.cmp(&a.0));
+        valid.sort_by_key(|(expires, _)| std::cmp::Reverse(*expires));
         Ok(valid
             .into_iter()
             .take(max)

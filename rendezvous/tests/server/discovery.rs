@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, noise, rendezvous, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, rendezvous};
 use palaver_protocol::Identity;
 use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::wire::{
@@ -60,18 +60,9 @@ pub(crate) async fn discover(client: &Client, namespace: Namespace) -> Vec<(Peer
 
 /// A plain rust-libp2p peer speaking only libp2p's rendezvous protocol, as anyone could run.
 fn stock_rendezvous_peer() -> libp2p::Swarm<rendezvous::client::Behaviour> {
-    libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| rendezvous::client::Behaviour::new(key.clone()))
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    plain_swarm(libp2p::identity::Keypair::generate_ed25519(), |key| {
+        rendezvous::client::Behaviour::new(key.clone())
+    })
 }
 
 #[tokio::test]

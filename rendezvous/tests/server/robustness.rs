@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, Codec, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol};
 use palaver_protocol::wire::{PresenceState, RendezvousRequest, RendezvousResponse};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -72,25 +72,15 @@ async fn raw_peer(
     libp2p::Swarm<request_response::Behaviour<RawCodec>>,
     libp2p::PeerId,
 ) {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut swarm = plain_swarm(keypair, |_| {
+        request_response::Behaviour::<RawCodec>::new(
+            [(
+                StreamProtocol::new(palaver_protocol::wire::protocol_names::RENDEZVOUS),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(
-                    StreamProtocol::new(palaver_protocol::wire::protocol_names::RENDEZVOUS),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
-        .unwrap()
-        .build();
+    });
     swarm.dial(addr.clone()).unwrap();
     let server = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
