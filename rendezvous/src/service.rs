@@ -567,7 +567,7 @@ impl Service {
             RendezvousRequest::UnregisterDiscovery { namespace } => {
                 self.unregister_discovery(peer, namespace)
             }
-            RendezvousRequest::Discover { namespace } => self.discover(namespace, now),
+            RendezvousRequest::Discover { namespace } => self.discover(peer, namespace, now),
         }
     }
 

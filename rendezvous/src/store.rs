@@ -193,6 +193,8 @@ pub(crate) trait Storage: Send + Sync + Debug {
     ) -> Result<PutRecord>;
     /// Takes `peer`'s record out of `namespace` (nothing if it has none there).
     fn remove_record(&self, namespace: &Namespace, peer: &PeerId) -> Result<()>;
+    /// Whether `peer` holds a record under `namespace` still valid after `now_ms`.
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool>;
     /// Up to `max` records under `namespace` still valid after `now_ms`, the latest to expire
     /// (the most recently renewed) first.
     fn records(

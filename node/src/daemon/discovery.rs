@@ -1,6 +1,7 @@
 //! Discovery at the rendezvous, as requests of Palaver's own protocol (only for a logged-in
 //! session): our signed peer record goes under our own peer namespace and each public room's,
-//! and we look up one namespace at a time.
+//! and we look up one namespace at a time — a room's once our own registration there is kept
+//! (the server shows a room's members only to its registered members).
 //!
 //! The record holds our external addresses, signed with our key; it is registered at each
 //! login, whenever those addresses change, and again at half its TTL. An answer is believed only
@@ -112,8 +113,8 @@ impl Node {
         self.discover_namespace(Namespace::Peer(peer))
     }
 
-    /// Asks the rendezvous who has registered under a public room's namespace.
-    pub(crate) fn discover_room(&mut self, room: RoomId) {
+    /// Asks the rendezvous who has registered under a public room's namespace (once we have).
+    fn discover_room(&mut self, room: RoomId) {
         self.discover_namespace(Namespace::Room(room));
     }
 
@@ -167,6 +168,10 @@ impl Node {
                 if let Namespace::Peer(peer) = namespace {
                     self.delivery_input(Input::DiscoveryFailed(peer));
                 }
+            }
+            // The server shows a room's members to those registered there: now we are.
+            (Asked::Register(Namespace::Room(room)), Ok(RendezvousResponse::Done)) => {
+                self.discover_room(room)
             }
             (Asked::Register(_), Ok(RendezvousResponse::Done)) | (Asked::Unregister, _) => {}
             (Asked::Register(namespace), other) => {

@@ -269,9 +269,9 @@ impl Node {
             }
         }
         if public {
-            // Public rooms have no member list: members register under the room's namespace.
+            // Public rooms have no member list: members register under the room's namespace,
+            // and once ours is kept, we see who else is there.
             self.register_in_room(*id);
-            self.discover_room(*id);
         }
     }
 

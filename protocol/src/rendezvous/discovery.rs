@@ -6,9 +6,10 @@
 //! [`Namespace::Room`] of each public room it is in, which has no member list otherwise. Only
 //! logged-in sessions register or discover, always within one namespace: there is no way to ask
 //! for every record. Nobody but the owner can register under a peer namespace
-//! ([`may_register`]), and since records are signed, neither the server nor another instance
-//! can put other addresses in a peer's mouth: whoever reads a record checks the signature and
-//! that it is from the peer it asked for.
+//! ([`may_register`]); a room's records are shown only to a peer registered in that room itself.
+//! Since records are signed, neither the server nor another instance can put other addresses in
+//! a peer's mouth: whoever reads a record checks the signature and that it is from the peer it
+//! asked for.
 
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -61,7 +61,8 @@ pub enum RendezvousRequest {
     },
     /// Take my record out of `namespace` (a room I left).
     UnregisterDiscovery { namespace: Namespace },
-    /// The records under `namespace` that have not expired. Answered with `Discovered`.
+    /// The records under `namespace` that have not expired (a room's only for a peer registered
+    /// in it). Answered with `Discovered`.
     Discover { namespace: Namespace },
 }
 

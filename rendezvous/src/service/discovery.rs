@@ -3,6 +3,8 @@
 //! Only sessions get here (the dispatcher refuses everyone else), a peer registers only under its
 //! own peer namespace or a room's ([`discovery::may_register`]), only a record signed by the key
 //! it is connected with, and at most [`Limits::discovery_max_registrations_per_peer`] of them.
+//! A room's members are shown only to a peer registered there itself: who looks is seen by those
+//! it looks at (any session may look a peer up by its id, as it may look up any name).
 //! Records live in the store, so any instance over the same database answers for them; expired
 //! ones are swept with the mail.
 
@@ -67,7 +69,15 @@ impl Service {
         Ok(Reply::durable(RendezvousResponse::Done))
     }
 
-    pub(super) fn discover(&mut self, namespace: Namespace, now: Millis) -> Handled {
+    pub(super) fn discover(&mut self, peer: PeerId, namespace: Namespace, now: Millis) -> Handled {
+        if matches!(namespace, Namespace::Room(_))
+            && !self.store.holds_record(&namespace, &peer, now)?
+        {
+            return Err(refuse(
+                RefusalReason::NotAllowed,
+                "register under a room's namespace before asking who else is there",
+            ));
+        }
         let mut records = self.store.records(&namespace, now, MAX_DISCOVERED)?;
         // Leave room for the response's own framing around the records.
         let mut budget = self.limits.max_response_bytes.saturating_sub(1024);

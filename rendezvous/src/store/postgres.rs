@@ -734,6 +734,20 @@ impl Storage for PgStore {
         Ok(())
     }
 
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool> {
+        let (namespace, peer) = (namespace.to_string(), peer.to_bytes());
+        self.call("holds_record", async {
+            let rows = self
+                .rows(
+                    "SELECT 1 FROM discovery WHERE namespace = $1 AND peer = $2 \
+                     AND expires_at_ms > $3",
+                    &[&namespace, &peer, &ms(now_ms)],
+                )
+                .await?;
+            Ok(!rows.is_empty())
+        })
+    }
+
     fn records(
         &self,
         namespace: &Namespace,

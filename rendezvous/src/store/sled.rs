@@ -471,6 +471,14 @@ impl Storage for SledStore {
         Ok(())
     }
 
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool> {
+        let record_key = Self::record_key(&namespace.to_string(), &peer.to_bytes());
+        match self.discovery.get(record_key)? {
+            Some(value) => Ok(u64::from_be_bytes(expiry_of(&value)?) > now_ms),
+            None => Ok(false),
+        }
+    }
+
     fn records(
         &self,
         namespace: &Namespace,

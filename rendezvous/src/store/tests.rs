@@ -402,6 +402,9 @@ fn discovery_records_are_kept_per_namespace_within_limits_until_they_expire() {
             );
             assert_eq!(store.records(&room, 50, 1).unwrap(), [signed(2)]);
             assert_eq!(store.records(&ns, 50, 10).unwrap(), [signed(3)]);
+            assert!(store.holds_record(&room, &one, 99).unwrap());
+            assert!(!store.holds_record(&room, &one, 100).unwrap(), "expired");
+            assert!(!store.holds_record(&ns, &two, 0).unwrap());
             // A renewal replaces the record; a third namespace for one peer, or a fourth
             // record in all, is refused and changes nothing.
             assert_eq!(put(&room, &one, 5, 300), PutRecord::Stored);
@@ -439,8 +442,13 @@ fn discovery_records_are_kept_per_namespace_within_limits_until_they_expire() {
                 .unwrap(),
             PutRecord::Stored
         );
+        assert!(
+            store.holds_record(&room, &one, 250).unwrap(),
+            "renewed to 300"
+        );
         store.remove_record(&room, &one).unwrap();
         store.remove_record(&room, &one).unwrap();
+        assert!(!store.holds_record(&room, &one, 0).unwrap());
         assert!(store.records(&room, 0, 10).unwrap().is_empty());
         // The peer's place is free again.
         assert_eq!(

@@ -179,12 +179,23 @@ async fn discovery_is_for_sessions_one_namespace_at_a_time_under_their_own_names
         "alice's record is unchanged"
     );
 
-    // Rooms: anyone logged in registers; all of a room's members are found; two per peer.
+    // Rooms: anyone logged in registers; a room's members are shown to its registered members
+    // only, all of them; two registrations per peer.
     let room = Namespace::Room(RoomId([5; 32]));
     assert_eq!(
         register_under(&alice, room.clone(), record_of(&alice_id, 4001)).await,
         RendezvousResponse::Done
     );
+    let unseen = refusal(
+        ask(
+            &bob,
+            RendezvousRequest::Discover {
+                namespace: room.clone(),
+            },
+        )
+        .await,
+    );
+    assert_eq!(unseen.reason, RefusalReason::NotAllowed);
     assert_eq!(
         register_under(&bob, room.clone(), record_of(&bob_id, 4004)).await,
         RendezvousResponse::Done
@@ -222,7 +233,15 @@ async fn discovery_is_for_sessions_one_namespace_at_a_time_under_their_own_names
         .await,
         RendezvousResponse::Done
     );
-    assert_eq!(discover(&bob, room).await, [(bob_id.peer_id(), addr(4004))]);
+    assert_eq!(
+        discover(&bob, room.clone()).await,
+        [(bob_id.peer_id(), addr(4004))]
+    );
+    assert_eq!(
+        refusal(ask(&alice, RendezvousRequest::Discover { namespace: room }).await).reason,
+        RefusalReason::NotAllowed,
+        "alice left the room"
+    );
     server.stop().await;
 }
 
