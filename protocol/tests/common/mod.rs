@@ -245,6 +245,29 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "rendezvous_register_discovery",
+            encode(&RendezvousRequest::RegisterDiscovery {
+                namespace: Namespace::Peer(identity(1).peer_id()),
+                record: SignedPeerRecord(vec![9; 12]),
+                ttl_secs: 7200,
+            })
+            .unwrap(),
+        ),
+        (
+            "rendezvous_discover_room",
+            encode(&RendezvousRequest::Discover {
+                namespace: Namespace::Room(RoomId([6; 32])),
+            })
+            .unwrap(),
+        ),
+        (
+            "rendezvous_discovered",
+            encode(&RendezvousResponse::Discovered(vec![SignedPeerRecord(
+                vec![8; 5],
+            )]))
+            .unwrap(),
+        ),
+        (
             "server_push_presence",
             encode(&ServerPush::Presence(presence())).unwrap(),
         ),
