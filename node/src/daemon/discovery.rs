@@ -39,6 +39,9 @@ pub(crate) struct Published {
     addrs: Vec<Multiaddr>,
     /// When to renew it (ms since the epoch).
     renew_at: Option<u64>,
+    /// The public rooms it went to with those addresses (so a login's room lookups do not
+    /// register there twice).
+    rooms: std::collections::BTreeSet<RoomId>,
 }
 
 fn external_addrs(node: &Node) -> Vec<Multiaddr> {
@@ -57,6 +60,7 @@ impl Node {
         }
         let addrs = external_addrs(self);
         self.discovery.addrs = addrs.clone();
+        self.discovery.rooms.clear();
         if addrs.is_empty() {
             tracing::debug!("no external address to register for discovery yet");
             return;
@@ -65,25 +69,34 @@ impl Node {
             return;
         };
         self.discovery.renew_at = Some(now_ms().saturating_add(RENEW_MS));
-        let rooms = self.rooms.public_joined().into_iter().map(Namespace::Room);
+        let rooms = self.rooms.public_joined();
+        self.discovery.rooms.extend(rooms.iter().copied());
         let own = Namespace::Peer(*self.swarm.local_peer_id());
-        for namespace in std::iter::once(own).chain(rooms) {
+        for namespace in std::iter::once(own).chain(rooms.into_iter().map(Namespace::Room)) {
             self.register_under(namespace, record.clone());
         }
     }
 
-    /// Registers our record under a public room's namespace (just joined, or after login).
+    /// Registers our record under a public room's namespace (just joined, or after login),
+    /// unless it is there already with our current addresses. Even without an address yet: a
+    /// member that cannot be dialed is still one to be dialed by.
     pub(crate) fn register_in_room(&mut self, room: RoomId) {
         if self.rendezvous_peer().is_none() || !self.session.is_logged_in() {
             return;
         }
-        if let Some(record) = self.our_record(external_addrs(self)) {
+        let addrs = external_addrs(self);
+        if self.discovery.rooms.contains(&room) && addrs == self.discovery.addrs {
+            return;
+        }
+        if let Some(record) = self.our_record(addrs) {
+            self.discovery.rooms.insert(room);
             self.register_under(Namespace::Room(room), record);
         }
     }
 
     /// Takes our record out of a public room's namespace (we left it).
     pub(crate) fn unregister_from_room(&mut self, room: RoomId) {
+        self.discovery.rooms.remove(&room);
         if self.rendezvous_peer().is_some() && self.session.is_logged_in() {
             self.rendezvous_request(
                 RendezvousRequest::UnregisterDiscovery {
@@ -174,6 +187,9 @@ impl Node {
                 self.discover_room(room)
             }
             (Asked::Register(_), Ok(RendezvousResponse::Done)) | (Asked::Unregister, _) => {}
+            (Asked::Register(namespace), Err(error)) => {
+                tracing::debug!("registering under {namespace} failed: {error}")
+            }
             (Asked::Register(namespace), other) => {
                 tracing::warn!(
                     "the rendezvous did not keep our record under {namespace}: {other:?}"
