@@ -312,7 +312,7 @@ struct Sim {
     sent: BTreeMap<MessageId, (usize, usize, Kind)>,
     /// Text messages whose sender saw them confirmed.
     confirmed: BTreeSet<MessageId>,
-    /// Nodes whose discovery record the server holds (lost when it restarts).
+    /// Nodes whose discovery record the server holds (lost when it restarts, in this model).
     registered: BTreeSet<usize>,
     /// Open connections between nodes: (lower, higher) → connection number.
     links: BTreeMap<(usize, usize), u64>,
@@ -533,7 +533,8 @@ impl Sim {
                 if let Some(server) = self.server.take() {
                     server.shut_down(self.now).expect("server shut down");
                 }
-                // Discovery records live in the server's memory.
+                // The model drops discovery records with the server (the harsher case: the real
+                // one keeps them in its store until they expire).
                 self.registered.clear();
             }
             Event::ServerUp => {

@@ -10,6 +10,7 @@ mod behaviour;
 pub(crate) mod calls;
 mod client_ids;
 mod direct;
+mod discovery;
 mod durable;
 mod gossip_gate;
 mod link;
@@ -26,7 +27,7 @@ use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay, rendezvous};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay};
 use palaver_protocol::node::session::{RequestKey, SessionConfig};
 use palaver_protocol::wire::PresenceRecord;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
@@ -37,7 +38,7 @@ use crate::home::Home;
 use crate::rpc::{self, Call};
 use crate::store::{StateKey, Store};
 use behaviour::{Behaviour, BehaviourEvent};
-use link::{Pending, peer_of_namespace};
+use link::Pending;
 
 /// How the daemon is started.
 #[derive(Debug, Clone)]
@@ -202,6 +203,8 @@ pub(crate) struct Node {
     fatal: Option<String>,
     /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
     sends_in_flight: HashMap<String, client_ids::InFlight>,
+    /// What our discovery registrations say, and when they are renewed.
+    discovery: discovery::Published,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -287,6 +290,7 @@ impl Node {
             stopping: false,
             fatal: None,
             sends_in_flight: HashMap::new(),
+            discovery: discovery::Published::default(),
         };
         node.subscribe_room_topics();
         node.drive_reach();
@@ -315,7 +319,10 @@ impl Node {
                 _ = sleep_until(session_due) => self.on_session_timeout(),
                 _ = sleep_until(delivery_due) => self.on_delivery_timeout(),
                 _ = sleep_until(pipeline_due) => self.on_pipeline_timeout(),
-                _ = retry.tick() => self.on_retry_tick(),
+                _ = retry.tick() => {
+                    self.on_retry_tick();
+                    self.renew_discovery();
+                }
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
             }
@@ -531,45 +538,6 @@ impl Node {
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
                 self.on_gossip_subscribed(peer_id, topic);
-            }
-            BehaviourEvent::Discovery(rendezvous::client::Event::Discovered {
-                registrations,
-                cookie,
-                ..
-            }) => {
-                // Asked for one peer and it has no record (it is offline, or the rendezvous
-                // restarted and lost the records): as good as a failed lookup, so its messages
-                // go to the mailbox rather than wait for a record that may never come.
-                let asked = cookie.namespace().and_then(peer_of_namespace);
-                // A public room's members register under its namespace: those found are wanted.
-                let room_members = cookie
-                    .namespace()
-                    .is_some_and(|ns| ns.to_string().starts_with(rooms::ROOM_NAMESPACE));
-                let mut found = false;
-                for registration in registrations {
-                    let peer = registration.record.peer_id();
-                    if room_members && peer != *self.swarm.local_peer_id() {
-                        self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
-                    }
-                    found |= Some(peer) == asked;
-                    let addrs = registration.record.addresses().to_vec();
-                    self.on_discovered(peer, addrs);
-                }
-                if let Some(peer) = asked.filter(|_| !found) {
-                    self.delivery_input(palaver_protocol::node::direct::Input::DiscoveryFailed(
-                        peer,
-                    ));
-                }
-            }
-            BehaviourEvent::Discovery(rendezvous::client::Event::DiscoverFailed {
-                namespace,
-                ..
-            }) => {
-                if let Some(peer) = namespace.as_ref().and_then(peer_of_namespace) {
-                    self.delivery_input(palaver_protocol::node::direct::Input::DiscoveryFailed(
-                        peer,
-                    ));
-                }
             }
             // The observed address is not confirmed as ours here: identify hands it to DCUtR and
             // AutoNAT as a candidate, and AutoNAT confirms it if the rendezvous can dial it back.

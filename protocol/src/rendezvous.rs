@@ -7,7 +7,7 @@
 //! - [`TokenBucket`]: per-peer request rate limits.
 //! - [`LogThrottle`]: bad input is logged at most once per peer per interval.
 //! - [`mailbox`]: per-recipient quota and TTL.
-//! - [`discovery`]: the libp2p rendezvous namespaces Palaver registers users and rooms under.
+//! - [`discovery`]: the namespaces peers register their signed records under, and who may.
 //!
 //! Wall-clock milliseconds are used throughout because last-seen and deposit times are persisted and
 //! shown to users; a clock stepping backwards only delays expiries (all arithmetic saturates).

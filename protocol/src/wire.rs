@@ -3,8 +3,8 @@
 //! - [`envelope`]: the end-to-end encrypted, signed [`Envelope`] a user sends — the same bytes travel
 //!   direct, over a relay circuit, through gossipsub or through the mailbox — and the [`Content`]
 //!   inside it once decrypted.
-//! - [`rendezvous`]: node ↔ rendezvous server requests (accounts, prekeys, presence, mailbox) and the
-//!   server's pushes.
+//! - [`rendezvous`]: node ↔ rendezvous server requests (accounts, prekeys, presence, mailbox,
+//!   discovery) and the server's pushes.
 //! - [`peer`]: node ↔ node requests (deliver an envelope, fill a room's gaps).
 
 pub mod envelope;
@@ -20,7 +20,7 @@ pub use envelope::{Body, Content, DirectMessage, Envelope, Payload, RoomInvite, 
 pub use peer::{GapFillRequest, GapFillResponse, PeerRequest, PeerResponse, SenderCursor};
 pub use rendezvous::{
     MailItem, PresenceRecord, PresenceState, Refusal, RefusalReason, RendezvousRequest,
-    RendezvousResponse, ServerPush, UserRecord,
+    RendezvousResponse, ServerPush, SignedPeerRecord, UserRecord,
 };
 
 use crate::codec::DecodeError;

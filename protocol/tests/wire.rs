@@ -119,6 +119,12 @@ fn the_snapshot_bytes_decode_to_the_fixed_values() {
         }
     );
     assert_eq!(
+        codec::decode::<RendezvousRequest>(get("rendezvous_discover_room")).unwrap(),
+        RendezvousRequest::Discover {
+            namespace: palaver_protocol::rendezvous::discovery::Namespace::Room(RoomId([6; 32]))
+        }
+    );
+    assert_eq!(
         codec::decode::<ServerPush>(get("server_push_presence")).unwrap(),
         ServerPush::Presence(presence())
     );

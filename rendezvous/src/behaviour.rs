@@ -1,25 +1,25 @@
 //! The server's one libp2p `NetworkBehaviour` and the swarm around it.
 //!
 //! Transports: TCP (Noise, Yamux) and QUIC. Behaviours: identify, ping, autonat (v1 and v2, server
-//! side), the libp2p rendezvous server for discovery, the circuit relay v2 server, and Palaver's two
-//! request-response protocols: `/palaver/rendezvous/1` (node → server) and `/palaver/push/1`
-//! (server → node).
+//! side), the circuit relay v2 server, and Palaver's two request-response protocols:
+//! `/palaver/rendezvous/1` (node → server) and `/palaver/push/1` (server → node).
 //!
-//! The relay is gated by [`LoginGate`]: its reservation and circuit rate limiters consult the set
-//! of logged-in peers first, so only sessions may reserve a slot or open a circuit. The libp2p
-//! rendezvous server has no such hook and answers anyone connected; that is acceptable because
-//! peer records are signed by their peer and nodes keep only discovered records whose `PeerId` is
-//! the one our accounts protocol gave for the name, and because unauthenticated peers are
-//! disconnected after the login timeout anyway.
+//! Everything a peer can ask of the server beyond identify, ping and autonat is gated on login.
+//! Accounts, prekeys, presence, the mailbox and discovery are all requests of
+//! `/palaver/rendezvous/1`, which the service answers only for sessions (see
+//! [`crate::service`]); there is no libp2p rendezvous server, so no protocol here lists or
+//! stores peer records for a peer that has not logged in. The relay is gated by [`LoginGate`]:
+//! its reservation and circuit rate limiters consult the set of logged-in peers first, so only
+//! sessions may reserve a slot or open a circuit. A peer that has not logged in within the login
+//! timeout is disconnected.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, identity::Keypair, noise, ping,
-    relay, rendezvous, request_response, tcp, yamux,
+    relay, request_response, tcp, yamux,
 };
 use palaver_protocol::wire::protocol_names;
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, ServerPush};
@@ -141,7 +141,6 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) autonat_v2: autonat::v2::server::Behaviour,
-    pub(crate) discovery: Toggle<rendezvous::server::Behaviour>,
     pub(crate) relay: relay::Behaviour,
     pub(crate) palaver: request_response::Behaviour<ServerCodec>,
     pub(crate) push: request_response::Behaviour<PushCodec>,
@@ -191,7 +190,6 @@ pub(crate) fn push_protocol() -> StreamProtocol {
 pub(crate) fn build_swarm(
     keypair: Keypair,
     limits: &Limits,
-    relay_only: bool,
     gate: &RelayGate,
     relay_bytes: prometheus_client::metrics::counter::Counter,
 ) -> Result<Swarm<Behaviour>, crate::ServerError> {
@@ -202,15 +200,6 @@ pub(crate) fn build_swarm(
         .map_err(|e| build(&e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
-            let discovery = (!relay_only).then(|| {
-                rendezvous::server::Behaviour::new(
-                    rendezvous::server::Config::default()
-                        .with_max_registration_total(limits.discovery_max_registrations)
-                        .with_max_registration_per_peer(
-                            limits.discovery_max_registrations_per_peer,
-                        ),
-                )
-            });
             let mut relay = relay::Behaviour::new(local, relay_config(limits, gate));
             // A rendezvous is public by definition: offer the relay from the start rather than
             // waiting for autonat to confirm an external address.
@@ -233,7 +222,6 @@ pub(crate) fn build_swarm(
                     },
                 ),
                 autonat_v2: autonat::v2::server::Behaviour::default(),
-                discovery: discovery.into(),
                 relay,
                 palaver: request_response::Behaviour::with_codec(
                     ServerCodec::new(limits.max_request_bytes, limits.max_response_bytes),

@@ -67,14 +67,15 @@ pub struct Limits {
     pub prekeys_low: u32,
     /// Per-recipient mailbox quota and how long mail is held.
     pub mailbox: MailboxLimits,
-    /// How often expired mail is swept.
+    /// How often expired mail and discovery records are swept.
     pub mail_sweep_interval: Duration,
     /// Most users one session may subscribe to.
     pub max_subscriptions: usize,
     /// Pushes not yet acknowledged by a peer; beyond this, new pushes to it are dropped.
     pub max_pushes_in_flight: usize,
     pub relay: RelayLimits,
-    /// Most discovery registrations held (all namespaces together) and per peer.
+    /// Most discovery registrations held (all namespaces together, in the store: with a shared
+    /// database, for the whole cluster) and per peer (its own namespace and its rooms').
     pub discovery_max_registrations: usize,
     pub discovery_max_registrations_per_peer: usize,
     /// Memory sled may use for its page cache.

@@ -4,13 +4,15 @@
 //! are offline. A node connects (Noise authenticates its key), registers a name or logs in, then
 //! publishes prekeys, heartbeats its presence, subscribes to its contacts' presence, deposits
 //! envelopes for offline users and collects its own; the server pushes presence changes, new-mail
-//! counts and low-prekey warnings back over `/palaver/push/1`. Beside that it runs identify, ping,
-//! autonat, the libp2p rendezvous server (discovery) and a circuit relay v2 for logged-in peers.
+//! counts and low-prekey warnings back over `/palaver/push/1`. Sessions also register their signed
+//! peer records there and discover each other's, one namespace at a time. Beside that it runs
+//! identify, ping, autonat and a circuit relay v2 for logged-in peers.
 //!
 //! - [`Server`]: `bind` (store, key, swarm, listeners) then `run` until a shutdown future.
 //! - [`Config`], [`Limits`]: what an admin chooses and the bounds the server enforces.
 //! - [`client`]: a lightweight client for tests, tools and the load generator.
 //! - [`FrameCodec`]: the request-response codec both sides use.
+//! - [`discovery`]: sealing and opening the signed peer records discovery carries.
 //! - [`sim::SimServer`]: the server's decisions without its network, for simulations.
 //! - [`testing::TestPostgres`]: a throw-away PostgreSQL cluster for tests of `--store postgres://…`.
 //! - [`admin`]: an admin's tasks on the store without serving (`remove-user`).
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod client;
 mod cluster;
 mod config;
+pub mod discovery;
 pub mod frame_codec;
 pub mod listen_check;
 pub mod logging;

@@ -53,6 +53,7 @@ impl Rejection {
                 R::RateLimited => "rate_limited",
                 R::Invalid => "invalid",
                 R::Unavailable => "unavailable",
+                R::NotAllowed => "not_allowed",
             },
         }
     }

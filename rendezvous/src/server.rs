@@ -218,7 +218,6 @@ impl Server {
         let swarm = behaviour::build_swarm(
             identity.to_libp2p_keypair(),
             &config.limits,
-            config.relay_only,
             &gate,
             metrics.relay_bytes.clone(),
         )?;
@@ -489,9 +488,6 @@ impl Server {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
                 self.libp2p_metrics.record(&event)
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Discovery(event)) => {
-                tracing::debug!(?event, "discovery");
             }
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::ConnectionEstablished {

@@ -7,8 +7,10 @@
 //!
 //! A peer is *unauthenticated* until it logs in: it may only register or log in, and is
 //! disconnected after [`crate::Limits::login_timeout`]. Logging in makes it a *session*: it may
-//! use the rest of the protocol and the relay ([`RelayGate`]). The Noise-authenticated `PeerId` is
-//! the proof of key, so a login needs no signature: the name must be bound to that key.
+//! use the rest of the protocol — prekeys, presence, the mailbox, discovery — and the relay
+//! ([`RelayGate`]). All of it is gated here, in [`Service::handle`]: the server runs no other
+//! protocol that answers an unauthenticated peer. The Noise-authenticated `PeerId` is the proof of
+//! key, so a login needs no signature: the name must be bound to that key.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -154,6 +156,9 @@ fn kind_of(request: &RendezvousRequest) -> &'static str {
         RendezvousRequest::FetchMail { .. } => "fetch_mail",
         RendezvousRequest::AckMail { .. } => "ack_mail",
         RendezvousRequest::WhoIs { .. } => "who_is",
+        RendezvousRequest::RegisterDiscovery { .. } => "register_discovery",
+        RendezvousRequest::UnregisterDiscovery { .. } => "unregister_discovery",
+        RendezvousRequest::Discover { .. } => "discover",
     }
 }
 
@@ -334,7 +339,7 @@ impl Service {
         .min()
     }
 
-    /// Login timeouts, presence expiry, the mail sweep.
+    /// Login timeouts, presence expiry, the mail and discovery sweep.
     pub(crate) fn tick(&mut self, now: Millis) {
         for peer in self.login_deadlines.expire(now) {
             if !self.is_logged_in(&peer) {
@@ -360,6 +365,9 @@ impl Service {
             if let Err(error) = self.sweep_mail(now) {
                 tracing::error!(%error, "mail sweep failed");
             }
+            if let Err(error) = self.sweep_discovery(now) {
+                tracing::error!(%error, "discovery sweep failed");
+            }
         }
     }
 
@@ -382,6 +390,7 @@ impl Service {
                         | RefusalReason::TooLarge
                         | RefusalReason::RateLimited
                         | RefusalReason::NotLoggedIn
+                        | RefusalReason::NotAllowed
                 );
                 if bad_input {
                     self.reject(
@@ -550,6 +559,15 @@ impl Service {
                 self.forget_mail(&removed);
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
+            RendezvousRequest::RegisterDiscovery {
+                namespace,
+                record,
+                ttl_secs,
+            } => self.register_discovery(peer, namespace, record, ttl_secs, now),
+            RendezvousRequest::UnregisterDiscovery { namespace } => {
+                self.unregister_discovery(peer, namespace)
+            }
+            RendezvousRequest::Discover { namespace } => self.discover(peer, namespace, now),
         }
     }
 
@@ -701,6 +719,7 @@ fn gauge(n: impl TryInto<i64>) -> i64 {
 }
 
 mod cluster;
+mod discovery;
 mod mailbox;
 mod prekeys;
 mod presence;

@@ -1,4 +1,5 @@
-//! The server's durable state behind one interface: accounts, prekeys and the mailbox.
+//! The server's durable state behind one interface: accounts, prekeys, the mailbox and
+//! discovery records.
 //!
 //! [`Storage`] is what the service asks of a store; two back-ends answer it:
 //! - [`sled::SledStore`] (the default, no setup): one embedded database under `--data DIR`,
@@ -16,10 +17,12 @@ use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
 
+use libp2p::PeerId;
 use palaver_protocol::codec;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload, SignedPrekey};
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
-use palaver_protocol::wire::MailItem;
+use palaver_protocol::wire::{MailItem, SignedPeerRecord};
 use palaver_protocol::{MessageId, UserName, VerifyingKey};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -104,7 +107,25 @@ pub(crate) struct Removed {
     pub(crate) bytes: u64,
 }
 
-/// Accounts, prekeys and the mailbox, as the service uses them.
+/// What a discovery registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PutRecord {
+    /// Stored (new, or replacing the peer's earlier record in that namespace).
+    Stored,
+    /// The peer already holds its most registrations: nothing changed.
+    PeerFull,
+    /// The store holds its most registrations: nothing changed.
+    Full,
+}
+
+/// How many discovery registrations may be held, per peer and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordLimits {
+    pub(crate) per_peer: usize,
+    pub(crate) total: usize,
+}
+
+/// Accounts, prekeys, the mailbox and discovery records, as the service uses them.
 pub(crate) trait Storage: Send + Sync + Debug {
     /// Makes everything written so far durable (blocking: call it off the async threads).
     fn flush_blocking(&self) -> Result<()>;
@@ -159,6 +180,34 @@ pub(crate) trait Storage: Send + Sync + Debug {
     fn usage(&self, name: &UserName) -> Result<Usage>;
     /// What all mailboxes hold together (for the gauges at start).
     fn mailbox_totals(&self) -> Result<Usage>;
+
+    // ---- discovery ----
+    /// Keeps `peer`'s `record` under `namespace` until `expires_ms`, replacing its earlier one
+    /// there. A registration that would be new is refused (nothing changes) when the peer holds
+    /// `limits.per_peer` already, or the store `limits.total`. (Across instances the counts may
+    /// overshoot by the registrations racing at that moment.)
+    fn put_record(
+        &self,
+        namespace: &Namespace,
+        peer: &PeerId,
+        record: &SignedPeerRecord,
+        expires_ms: u64,
+        limits: RecordLimits,
+    ) -> Result<PutRecord>;
+    /// Takes `peer`'s record out of `namespace` (nothing if it has none there).
+    fn remove_record(&self, namespace: &Namespace, peer: &PeerId) -> Result<()>;
+    /// Whether `peer` holds a record under `namespace` still valid after `now_ms`.
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool>;
+    /// Up to `max` records under `namespace` still valid after `now_ms`, the latest to expire
+    /// (the most recently renewed) first.
+    fn records(
+        &self,
+        namespace: &Namespace,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<SignedPeerRecord>>;
+    /// Deletes records that expired by `now_ms`, at most `max` per call; how many it deleted.
+    fn expire_records(&self, now_ms: u64, max: usize) -> Result<usize>;
 }
 
 /// Where the durable state lives: sled under the data directory, or a PostgreSQL database.

@@ -6,7 +6,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, mdns, noise, ping, relay,
-    rendezvous, swarm::NetworkBehaviour, tcp, yamux,
+    swarm::NetworkBehaviour, tcp, yamux,
 };
 use palaver_protocol::codec::MAX_FRAME_LEN;
 use palaver_protocol::wire::{
@@ -33,7 +33,6 @@ pub(crate) struct Behaviour {
     pub(crate) autonat: autonat::v2::client::Behaviour,
     /// Gossipsub behind the gate that keeps private rooms' topics to their members.
     pub(crate) gossipsub: GossipGate,
-    pub(crate) discovery: rendezvous::client::Behaviour,
     pub(crate) rendezvous: RendezvousRpc,
     pub(crate) push: PushRpc,
     pub(crate) peer: PeerRpc,
@@ -96,7 +95,6 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                 dcutr: dcutr::Behaviour::new(local),
                 autonat: autonat::v2::client::Behaviour::default(),
                 gossipsub: GossipGate::new(gossipsub),
-                discovery: rendezvous::client::Behaviour::new(key.clone()),
                 rendezvous: request_response::Behaviour::with_codec(
                     FrameCodec::new(MAX_ENVELOPE_LEN + 4096, MAX_FRAME_LEN),
                     [(

@@ -1,10 +1,9 @@
 //! Carries out the rendezvous session's decisions ([`palaver_protocol::node::session`]): its
 //! requests go out over the swarm, its prekeys to the store, and its answers to the parts of the
-//! node that asked. Discovery registration and lookups (libp2p's rendezvous protocol) are here
-//! too, as they go to the same server.
+//! node that asked. Discovery requests go the same way; [`super::discovery`] makes and reads them.
 
+use libp2p::PeerId;
 use libp2p::request_response::OutboundRequestId;
-use libp2p::{PeerId, rendezvous};
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState};
 use palaver_protocol::wire::{
@@ -61,6 +60,8 @@ pub(crate) enum Pending {
         confirm: bool,
         reply: oneshot::Sender<Result<Value, RpcError>>,
     },
+    /// A discovery registration or lookup.
+    Discovery(super::discovery::Asked),
 }
 
 const PREKEYS_META: &str = "prekeys";
@@ -296,47 +297,10 @@ impl Node {
             .collect()
     }
 
-    /// Discovery namespace under which this node's addresses are found by peer id.
-    fn peer_namespace(peer: &PeerId) -> rendezvous::Namespace {
-        rendezvous::Namespace::new(format!("palaver/peer/{peer}"))
-            .unwrap_or_else(|_| rendezvous::Namespace::from_static("palaver/peer"))
-    }
-
-    pub(crate) fn register_discovery(&mut self) {
-        let Some(rendezvous) = self.rendezvous_peer() else {
-            return;
-        };
-        if !self.session.is_logged_in() {
-            return;
-        }
-        let namespace = Self::peer_namespace(self.swarm.local_peer_id());
-        if let Err(err) = self
-            .swarm
-            .behaviour_mut()
-            .discovery
-            .register(namespace, rendezvous, None)
-        {
-            tracing::debug!("discovery registration: {err}");
-        }
-    }
-
-    /// Asks the rendezvous for `peer`'s discovery record; false when not connected to it.
-    pub(crate) fn discover(&mut self, peer: PeerId) -> bool {
-        let Some(rendezvous) = self.rendezvous_peer() else {
-            return false;
-        };
-        self.swarm.behaviour_mut().discovery.discover(
-            Some(Self::peer_namespace(&peer)),
-            None,
-            None,
-            rendezvous,
-        );
-        true
-    }
-
     fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {
         use RendezvousResponse as R;
         match (pending, response) {
+            (Pending::Discovery(asked), response) => self.on_discovery_answer(asked, Ok(response)),
             (Pending::Lookup { names, call }, R::Users(users)) => {
                 self.on_users(users, call, Asked::Names(names))
             }
@@ -439,6 +403,7 @@ impl Node {
 
     fn on_rendezvous_failure(&mut self, pending: Pending, error: String) {
         match pending {
+            Pending::Discovery(asked) => self.on_discovery_answer(asked, Err(error)),
             Pending::Lookup {
                 call: Some(call), ..
             }
@@ -491,14 +456,6 @@ impl Node {
             self.delivery_input(palaver_protocol::node::direct::Input::CameOnline(user));
         }
     }
-}
-
-/// The peer a `palaver/peer/<id>` namespace (see [`Node::peer_namespace`]) is for.
-pub(crate) fn peer_of_namespace(namespace: &rendezvous::Namespace) -> Option<PeerId> {
-    namespace
-        .to_string()
-        .strip_prefix("palaver/peer/")
-        .and_then(|p| p.parse().ok())
 }
 
 pub(crate) fn state_str(state: PresenceState) -> &'static str {

@@ -109,9 +109,6 @@ impl Room {
     }
 }
 
-/// The discovery namespace prefix under which a public room's members register (then its id).
-pub(crate) const ROOM_NAMESPACE: &str = "palaver/room/";
-
 fn topic(id: &RoomId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("palaver/room/{}", id.to_hex()))
 }
@@ -176,6 +173,15 @@ impl Rooms {
             .values()
             .find(|room| &room.name == name)
             .map(|room| room.id)
+    }
+
+    /// The public rooms we are in, whose namespaces carry our discovery record.
+    pub(crate) fn public_joined(&self) -> Vec<RoomId> {
+        self.by_id
+            .values()
+            .filter(|room| room.is_public() && room.joined && !room.removed)
+            .map(|room| room.id)
+            .collect()
     }
 
     pub(crate) fn id_by_name(&self, name: &RoomName) -> Option<RoomId> {
@@ -263,24 +269,9 @@ impl Node {
             }
         }
         if public {
-            // Public rooms have no member list: members register under the room's namespace.
-            if let (Some(rendezvous), Ok(namespace)) = (
-                self.rendezvous_peer(),
-                libp2p::rendezvous::Namespace::new(format!("{ROOM_NAMESPACE}{}", id.to_hex())),
-            ) && self.session.is_logged_in()
-            {
-                let _ = self.swarm.behaviour_mut().discovery.register(
-                    namespace.clone(),
-                    rendezvous,
-                    None,
-                );
-                self.swarm.behaviour_mut().discovery.discover(
-                    Some(namespace),
-                    None,
-                    None,
-                    rendezvous,
-                );
-            }
+            // Public rooms have no member list: members register under the room's namespace,
+            // and once ours is kept, we see who else is there.
+            self.register_in_room(*id);
         }
     }
 

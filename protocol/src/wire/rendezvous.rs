@@ -3,6 +3,8 @@
 //! The connection's `PeerId` is the proof of key: [`RendezvousRequest::Register`] binds a name to
 //! it, [`RendezvousRequest::Login`] checks the binding. Until a login succeeds the server answers
 //! only those two. The server pushes [`ServerPush`] to logged-in nodes as requests of its own.
+//! Discovery is part of this protocol too (see [`crate::rendezvous::discovery`]): sessions
+//! register their [`SignedPeerRecord`] under a [`Namespace`] and discover one namespace at a time.
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Envelope;
 use crate::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
 use crate::name::UserName;
+use crate::rendezvous::discovery::Namespace;
 
 /// The most items a single request or response lists (names, acks, mail).
 pub const MAX_BATCH: usize = 256;
@@ -50,6 +53,30 @@ pub enum RendezvousRequest {
     /// Names and presence of the users holding these identity keys (unknown keys are left out):
     /// how a node names a stranger who wrote to it, or the members of a room. Answered with `Users`.
     WhoIs { keys: Vec<VerifyingKey> },
+    /// Keep my signed peer record under `namespace` (my own peer namespace, or a room's) for
+    /// `ttl_secs` (bounded by the server), replacing my earlier record there.
+    RegisterDiscovery {
+        namespace: Namespace,
+        record: SignedPeerRecord,
+        ttl_secs: u32,
+    },
+    /// Take my record out of `namespace` (a room I left).
+    UnregisterDiscovery { namespace: Namespace },
+    /// The records under `namespace` that have not expired (a room's only for a peer registered
+    /// in it). Answered with `Discovered`.
+    Discover { namespace: Namespace },
+}
+
+/// A peer's addresses as it signed them: a libp2p signed envelope holding a `PeerRecord`, in its
+/// protobuf encoding. Opaque here (this crate has no libp2p-core); the server checks it is
+/// signed by the registering peer, and every reader checks the signature again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPeerRecord(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for SignedPeerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SignedPeerRecord({} bytes)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +101,9 @@ pub enum RendezvousResponse {
         remaining: u32,
     },
     Refused(Refusal),
+    /// The records under the namespace asked for, at most
+    /// [`crate::rendezvous::discovery::MAX_DISCOVERED`].
+    Discovered(Vec<SignedPeerRecord>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +157,9 @@ pub enum RefusalReason {
     Invalid,
     /// The server does not offer this (for example a relay-only server asked for accounts).
     Unavailable,
+    /// Not this session's to do: registering under another peer's namespace, or holding more
+    /// discovery registrations than the server allows.
+    NotAllowed,
 }
 
 impl std::fmt::Display for RefusalReason {
@@ -144,6 +177,7 @@ impl std::fmt::Display for RefusalReason {
             RefusalReason::RateLimited => "rate limited",
             RefusalReason::Invalid => "invalid request",
             RefusalReason::Unavailable => "not offered by this server",
+            RefusalReason::NotAllowed => "not allowed",
         })
     }
 }

@@ -8,6 +8,7 @@ use palaver_protocol::crypto::x3dh::{
     OneTimePrekey, PrekeyBundle, PrekeyUpload, SessionInit, SignedPrekey,
 };
 use palaver_protocol::delivery::Stamp;
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::wire::*;
 use palaver_protocol::{Identity, MessageId, RoomId, RoomName, Signature, SigningKey, UserName};
 use proptest::prelude::*;
@@ -241,6 +242,29 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
                 reason: RefusalReason::NameTaken,
                 detail: "alice is bound to another key".into(),
             }))
+            .unwrap(),
+        ),
+        (
+            "rendezvous_register_discovery",
+            encode(&RendezvousRequest::RegisterDiscovery {
+                namespace: Namespace::Peer(identity(1).peer_id()),
+                record: SignedPeerRecord(vec![9; 12]),
+                ttl_secs: 7200,
+            })
+            .unwrap(),
+        ),
+        (
+            "rendezvous_discover_room",
+            encode(&RendezvousRequest::Discover {
+                namespace: Namespace::Room(RoomId([6; 32])),
+            })
+            .unwrap(),
+        ),
+        (
+            "rendezvous_discovered",
+            encode(&RendezvousResponse::Discovered(vec![SignedPeerRecord(
+                vec![8; 5],
+            )]))
             .unwrap(),
         ),
         (
@@ -508,7 +532,28 @@ pub fn any_rendezvous_request() -> impl Strategy<Value = RendezvousRequest> {
             .prop_map(|ids| RendezvousRequest::AckMail { ids }),
         proptest::collection::vec(any_key(), 0..4)
             .prop_map(|keys| RendezvousRequest::WhoIs { keys }),
+        (any_namespace(), any_peer_record(), any::<u32>()).prop_map(
+            |(namespace, record, ttl_secs)| RendezvousRequest::RegisterDiscovery {
+                namespace,
+                record,
+                ttl_secs,
+            }
+        ),
+        any_namespace().prop_map(|namespace| RendezvousRequest::UnregisterDiscovery { namespace }),
+        any_namespace().prop_map(|namespace| RendezvousRequest::Discover { namespace }),
     ]
+}
+
+pub fn any_namespace() -> impl Strategy<Value = Namespace> {
+    prop_oneof![
+        any::<[u8; 32]>()
+            .prop_map(|seed| { Namespace::Peer(Identity::from_secret_bytes(&seed).peer_id()) }),
+        any::<[u8; 32]>().prop_map(|id| Namespace::Room(RoomId(id))),
+    ]
+}
+
+pub fn any_peer_record() -> impl Strategy<Value = SignedPeerRecord> {
+    proptest::collection::vec(any::<u8>(), 0..64).prop_map(SignedPeerRecord)
 }
 
 pub fn any_refusal_reason() -> impl Strategy<Value = RefusalReason> {
@@ -526,6 +571,7 @@ pub fn any_refusal_reason() -> impl Strategy<Value = RefusalReason> {
         RateLimited,
         Invalid,
         Unavailable,
+        NotAllowed,
     ])
 }
 
@@ -588,6 +634,7 @@ pub fn any_rendezvous_response() -> impl Strategy<Value = RendezvousResponse> {
             }),
         (any_refusal_reason(), ".{0,40}")
             .prop_map(|(reason, detail)| RendezvousResponse::Refused(Refusal { reason, detail })),
+        proptest::collection::vec(any_peer_record(), 0..3).prop_map(RendezvousResponse::Discovered),
     ]
 }
 

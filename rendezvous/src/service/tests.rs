@@ -134,6 +134,47 @@ fn upload(id: &Identity, one_time: u32) -> PrekeyUpload {
 }
 
 #[test]
+fn a_discovery_record_is_handed_out_until_its_ttl_then_swept() {
+    use palaver_protocol::rendezvous::discovery::Namespace;
+    let mut h = harness();
+    let (alice_id, alice) = h.session(1, "alice", 0);
+    let (_, bob) = h.session(2, "bob", 0);
+    let record = crate::discovery::seal(
+        &alice_id.to_libp2p_keypair(),
+        vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+    )
+    .unwrap();
+    let namespace = Namespace::Peer(alice);
+    let register = |ttl_secs| RendezvousRequest::RegisterDiscovery {
+        namespace: namespace.clone(),
+        record: record.clone(),
+        ttl_secs,
+    };
+    assert_eq!(h.refusal(alice, register(0), 0), RefusalReason::Invalid);
+    assert_eq!(h.ask(alice, register(2), 0), RendezvousResponse::Done);
+    let discover = || RendezvousRequest::Discover {
+        namespace: namespace.clone(),
+    };
+    assert_eq!(
+        h.ask(bob, discover(), 1_999),
+        RendezvousResponse::Discovered(vec![record.clone()])
+    );
+    assert_eq!(
+        h.ask(bob, discover(), 2_000),
+        RendezvousResponse::Discovered(Vec::new())
+    );
+    h.service.tick(2_000);
+    assert_eq!(h.service.store().expire_records(u64::MAX, 10).unwrap(), 0);
+    // Refused before login, like everything but register and login.
+    let (_, stranger) = user(3);
+    h.service.connected(stranger, 0);
+    assert_eq!(
+        h.refusal(stranger, discover(), 10),
+        RefusalReason::NotLoggedIn
+    );
+}
+
+#[test]
 fn an_unauthenticated_peer_may_only_register_or_log_in_and_is_dropped_after_the_timeout() {
     let mut h = harness();
     let (_, peer) = user(1);

@@ -10,7 +10,8 @@
 //! Correctness across instances comes from the database, not from this process: names and keys
 //! are unique columns, a one-time prekey is taken with `FOR UPDATE SKIP LOCKED` (two instances
 //! never hand out the same one), a deposit is an insert that ignores a duplicate id, and an ack
-//! or expiry is a `DELETE … RETURNING` (each message reported removed exactly once).
+//! or expiry is a `DELETE … RETURNING` (each message reported removed exactly once). A discovery
+//! registration is one upsert whose limits are checked in the same statement.
 //!
 //! The schema is created and migrated at open: [`MIGRATIONS`] in order, under an advisory lock
 //! so instances starting together do not race, each recorded in `palaver_schema`.
@@ -21,23 +22,26 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use libp2p::PeerId;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
-use palaver_protocol::wire::MailItem;
+use palaver_protocol::wire::{MailItem, SignedPeerRecord};
 use palaver_protocol::{MessageId, UserName, VerifyingKey};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::FromSql;
 
 use super::{
-    Deposit, Registration, Removed, Result, Storage, StoreError, StoredSignedPrekey, StoredUser,
-    decode, encode, name_of_bytes, redact,
+    Deposit, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
+    StoredSignedPrekey, StoredUser, decode, encode, name_of_bytes, redact,
 };
 
 /// The schema, one step per version; a step is never edited once released, only added to.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE accounts (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE accounts (
         name TEXT PRIMARY KEY,
         identity BYTEA NOT NULL UNIQUE,
         registered_at_ms BIGINT NOT NULL,
@@ -62,7 +66,21 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE INDEX mail_in_order ON mail (recipient, deposited_at_ms, id);
     CREATE INDEX mail_by_age ON mail (deposited_at_ms);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE discovery (
+        namespace TEXT NOT NULL,
+        peer BYTEA NOT NULL,
+        record BYTEA NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (namespace, peer)
+    );
+    CREATE INDEX discovery_by_peer ON discovery (peer);
+    CREATE INDEX discovery_in_order ON discovery (namespace, expires_at_ms);
+    CREATE INDEX discovery_by_expiry ON discovery (expires_at_ms);",
+    ),
+];
 
 /// Any number that is ours alone: instances take this advisory lock to migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x7061_6c61_7665_7201;
@@ -519,35 +537,26 @@ impl Storage for PgStore {
 
     fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
         self.call("take_bundle", async {
-            let signed = self
+            // One statement: the signed prekey and (if asked) the lowest one-time prekey, taken
+            // only when there is a signed prekey to go with it. SKIP LOCKED: an instance taking
+            // a key at the same moment gets the next one.
+            let rows = self
                 .rows(
-                    "SELECT record FROM signed_prekeys WHERE name = $1",
-                    &[&name.as_str()],
+                    "WITH signed AS (SELECT record FROM signed_prekeys WHERE name = $1), \
+                     taken AS (DELETE FROM one_time_prekeys WHERE $2 AND name = $1 \
+                     AND EXISTS (SELECT 1 FROM signed) AND id = (\
+                     SELECT id FROM one_time_prekeys WHERE name = $1 \
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING record) \
+                     SELECT signed.record, (SELECT record FROM taken) FROM signed",
+                    &[&name.as_str(), &with_one_time],
                 )
                 .await?;
-            let Some(signed) = signed.first() else {
+            let Some(row) = rows.first() else {
                 return Ok(None);
             };
-            let signed: StoredSignedPrekey = decode(column(signed, 0)?)?;
-            if !with_one_time {
-                return Ok(Some(PrekeyBundle {
-                    identity: signed.identity,
-                    signed_prekey: signed.signed_prekey,
-                    one_time_prekey: None,
-                }));
-            }
-            // SKIP LOCKED: an instance taking a key at the same moment gets the next one.
-            let taken = self
-                .rows(
-                    "DELETE FROM one_time_prekeys WHERE name = $1 AND id = (\
-                     SELECT id FROM one_time_prekeys WHERE name = $1 \
-                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING record",
-                    &[&name.as_str()],
-                )
-                .await?;
-            let one_time_prekey = taken
-                .first()
-                .map(|row| decode::<OneTimePrekey>(column(row, 0)?))
+            let signed: StoredSignedPrekey = decode(column(row, 0)?)?;
+            let one_time_prekey = column::<Option<&[u8]>>(row, 1)?
+                .map(decode::<OneTimePrekey>)
                 .transpose()?;
             Ok(Some(PrekeyBundle {
                 identity: signed.identity,
@@ -680,5 +689,118 @@ impl Storage for PgStore {
                 .transpose()
                 .map(Option::unwrap_or_default)
         })
+    }
+
+    fn put_record(
+        &self,
+        namespace: &Namespace,
+        peer: &PeerId,
+        record: &SignedPeerRecord,
+        expires_ms: u64,
+        limits: RecordLimits,
+    ) -> Result<PutRecord> {
+        let (namespace, peer) = (namespace.to_string(), peer.to_bytes());
+        let per_peer = i64::try_from(limits.per_peer).unwrap_or(i64::MAX);
+        let total = i64::try_from(limits.total).unwrap_or(i64::MAX);
+        self.call("put_record", async {
+            // A renewal always goes in; a new registration only within both limits.
+            let stored = self
+                .execute(
+                    "INSERT INTO discovery (namespace, peer, record, expires_at_ms) \
+                     SELECT $1, $2, $3, $4 WHERE \
+                     EXISTS (SELECT 1 FROM discovery WHERE namespace = $1 AND peer = $2) \
+                     OR ((SELECT count(*) FROM discovery WHERE peer = $2) < $5 \
+                         AND (SELECT count(*) FROM discovery) < $6) \
+                     ON CONFLICT (namespace, peer) DO UPDATE \
+                     SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
+                    &[
+                        &namespace,
+                        &peer,
+                        &record.0,
+                        &ms(expires_ms),
+                        &per_peer,
+                        &total,
+                    ],
+                )
+                .await?;
+            if stored == 1 {
+                return Ok(PutRecord::Stored);
+            }
+            let rows = self
+                .rows("SELECT count(*) FROM discovery WHERE peer = $1", &[&peer])
+                .await?;
+            let held: i64 = rows
+                .first()
+                .map(|row| column(row, 0))
+                .transpose()?
+                .unwrap_or(0);
+            Ok(if held >= per_peer {
+                PutRecord::PeerFull
+            } else {
+                PutRecord::Full
+            })
+        })
+    }
+
+    fn remove_record(&self, namespace: &Namespace, peer: &PeerId) -> Result<()> {
+        let (namespace, peer) = (namespace.to_string(), peer.to_bytes());
+        self.call("remove_record", async {
+            self.execute(
+                "DELETE FROM discovery WHERE namespace = $1 AND peer = $2",
+                &[&namespace, &peer],
+            )
+            .await
+        })?;
+        Ok(())
+    }
+
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool> {
+        let (namespace, peer) = (namespace.to_string(), peer.to_bytes());
+        self.call("holds_record", async {
+            let rows = self
+                .rows(
+                    "SELECT 1 FROM discovery WHERE namespace = $1 AND peer = $2 \
+                     AND expires_at_ms > $3",
+                    &[&namespace, &peer, &ms(now_ms)],
+                )
+                .await?;
+            Ok(!rows.is_empty())
+        })
+    }
+
+    fn records(
+        &self,
+        namespace: &Namespace,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<SignedPeerRecord>> {
+        let namespace = namespace.to_string();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = self.call("records", async {
+            self.rows(
+                "SELECT record FROM discovery WHERE namespace = $1 AND expires_at_ms > $2 \
+                 ORDER BY expires_at_ms DESC LIMIT $3",
+                &[&namespace, &ms(now_ms), &limit],
+            )
+            .await
+        })?;
+        rows.iter()
+            .map(|row| Ok(SignedPeerRecord(column::<Vec<u8>>(row, 0)?)))
+            .collect()
+    }
+
+    fn expire_records(&self, now_ms: u64, max: usize) -> Result<usize> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let removed = self.call("expire_records", async {
+            // SKIP LOCKED: instances sweeping together split the work instead of waiting.
+            self.execute(
+                "DELETE FROM discovery WHERE (namespace, peer) IN (\
+                 SELECT namespace, peer FROM discovery WHERE expires_at_ms <= $1 \
+                 ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&ms(now_ms), &limit],
+            )
+            .await
+        })?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 }

@@ -9,22 +9,27 @@
 //! - `prekeys`: `s name` → [`StoredSignedPrekey`]; `o name 0 id` → one-time prekey.
 //! - `mail`: `m name 0 time id` → [`MailItem`]; `i name 0 id` → time (dedup and ack);
 //!   `e time name 0 id` → nothing (the expiry index, oldest first).
+//! - `discovery`: `r namespace 0 peer` → expiry ‖ signed record; `p len(peer) peer namespace` →
+//!   nothing (a peer's registrations, counted against its limit); `e expiry namespace 0 peer` →
+//!   nothing (the expiry index). Namespaces are text without a 0 byte; a peer id is raw bytes.
 //!
-//! Each mailbox's [`Usage`] is read once at open and kept in memory beside the trees (this
-//! instance is their only writer).
+//! Each mailbox's [`Usage`] and the number of discovery records are read once at open and kept
+//! in memory beside the trees (this instance is their only writer).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
+use libp2p::PeerId;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
-use palaver_protocol::wire::MailItem;
+use palaver_protocol::wire::{MailItem, SignedPeerRecord};
 use palaver_protocol::{MessageId, UserName, VerifyingKey};
 
 use super::{
-    Deposit, Registration, Removed, Result, Storage, StoreError, StoredSignedPrekey, StoredUser,
-    decode, encode, name_of_bytes,
+    Deposit, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
+    StoredSignedPrekey, StoredUser, decode, encode, name_of_bytes,
 };
 
 #[derive(Debug)]
@@ -33,7 +38,10 @@ pub(crate) struct SledStore {
     accounts: sled::Tree,
     prekeys: sled::Tree,
     mail: sled::Tree,
+    discovery: sled::Tree,
     usage: Mutex<HashMap<UserName, Usage>>,
+    /// Discovery records held (the `r` entries).
+    records: Mutex<usize>,
 }
 
 const SEP: u8 = 0;
@@ -53,6 +61,14 @@ fn be_u64(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// The expiry a discovery record's value starts with.
+fn expiry_of(value: &[u8]) -> Result<[u8; 8]> {
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("discovery record without expiry".into()))
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`, caching at most `cache_bytes` in memory.
     pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
@@ -64,11 +80,48 @@ impl SledStore {
             accounts: db.open_tree("accounts")?,
             prekeys: db.open_tree("prekeys")?,
             mail: db.open_tree("mail")?,
+            discovery: db.open_tree("discovery")?,
             db,
             usage: Mutex::default(),
+            records: Mutex::default(),
         };
         store.usage = Mutex::new(store.load_usage()?);
+        store.records = Mutex::new(store.discovery.scan_prefix(b"r").count());
         Ok(store)
+    }
+
+    fn record_count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record_key(namespace: &str, peer: &[u8]) -> Vec<u8> {
+        key(&[b"r", namespace.as_bytes(), &[SEP], peer])
+    }
+
+    fn peer_prefix(peer: &[u8]) -> Vec<u8> {
+        // Peer ids are at most a few dozen bytes: their length fits the one byte.
+        key(&[b"p", &[u8::try_from(peer.len()).unwrap_or(u8::MAX)], peer])
+    }
+
+    fn record_expiry_key(expires: [u8; 8], namespace: &str, peer: &[u8]) -> Vec<u8> {
+        key(&[b"e", &expires, namespace.as_bytes(), &[SEP], peer])
+    }
+
+    /// Removes the record under `namespace` (text) of `peer` (bytes) with its indexes.
+    fn remove_record_entries(&self, namespace: &str, peer: &[u8]) -> Result<bool> {
+        let record_key = Self::record_key(namespace, peer);
+        let Some(value) = self.discovery.get(&record_key)? else {
+            return Ok(false);
+        };
+        let expires = expiry_of(&value)?;
+        let mut batch = sled::Batch::default();
+        batch.remove(record_key);
+        batch.remove(key(&[&Self::peer_prefix(peer), namespace.as_bytes()]));
+        batch.remove(Self::record_expiry_key(expires, namespace, peer));
+        self.discovery.apply_batch(batch)?;
+        let mut count = self.record_count();
+        *count = count.saturating_sub(1);
+        Ok(true)
     }
 
     fn usage_table(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, Usage>> {
@@ -401,5 +454,117 @@ impl Storage for SledStore {
                 messages: total.messages.saturating_add(u.messages),
                 bytes: total.bytes.saturating_add(u.bytes),
             }))
+    }
+
+    fn put_record(
+        &self,
+        namespace: &Namespace,
+        peer: &PeerId,
+        record: &SignedPeerRecord,
+        expires_ms: u64,
+        limits: RecordLimits,
+    ) -> Result<PutRecord> {
+        let (namespace, peer) = (namespace.to_string(), peer.to_bytes());
+        let record_key = Self::record_key(&namespace, &peer);
+        let mut batch = sled::Batch::default();
+        let earlier = self.discovery.get(&record_key)?;
+        if let Some(earlier) = &earlier {
+            batch.remove(Self::record_expiry_key(
+                expiry_of(earlier)?,
+                &namespace,
+                &peer,
+            ));
+        } else {
+            if self.discovery.scan_prefix(Self::peer_prefix(&peer)).count() >= limits.per_peer {
+                return Ok(PutRecord::PeerFull);
+            }
+            if *self.record_count() >= limits.total {
+                return Ok(PutRecord::Full);
+            }
+        }
+        let expires = expires_ms.to_be_bytes();
+        let mut value = Vec::with_capacity(8 + record.0.len());
+        value.extend_from_slice(&expires);
+        value.extend_from_slice(&record.0);
+        batch.insert(record_key, value);
+        batch.insert(
+            key(&[&Self::peer_prefix(&peer), namespace.as_bytes()]),
+            &[][..],
+        );
+        batch.insert(Self::record_expiry_key(expires, &namespace, &peer), &[][..]);
+        self.discovery.apply_batch(batch)?;
+        if earlier.is_none() {
+            *self.record_count() += 1;
+        }
+        Ok(PutRecord::Stored)
+    }
+
+    fn remove_record(&self, namespace: &Namespace, peer: &PeerId) -> Result<()> {
+        self.remove_record_entries(&namespace.to_string(), &peer.to_bytes())?;
+        Ok(())
+    }
+
+    fn holds_record(&self, namespace: &Namespace, peer: &PeerId, now_ms: u64) -> Result<bool> {
+        let record_key = Self::record_key(&namespace.to_string(), &peer.to_bytes());
+        match self.discovery.get(record_key)? {
+            Some(value) => Ok(u64::from_be_bytes(expiry_of(&value)?) > now_ms),
+            None => Ok(false),
+        }
+    }
+
+    fn records(
+        &self,
+        namespace: &Namespace,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<SignedPeerRecord>> {
+        let prefix = key(&[b"r", namespace.to_string().as_bytes(), &[SEP]]);
+        let mut valid = Vec::new();
+        for entry in self.discovery.scan_prefix(prefix) {
+            let (_, value) = entry?;
+            let expires = u64::from_be_bytes(expiry_of(&value)?);
+            if expires > now_ms {
+                valid.push((expires, value));
+            }
+        }
+        valid.sort_by_key(|(expires, _)| std::cmp::Reverse(*expires));
+        Ok(valid
+            .into_iter()
+            .take(max)
+            .map(|(_, value)| SignedPeerRecord(value[8..].to_vec()))
+            .collect())
+    }
+
+    fn expire_records(&self, now_ms: u64, max: usize) -> Result<usize> {
+        let mut due = Vec::new();
+        for entry in self.discovery.scan_prefix(b"e").keys() {
+            let entry = entry?;
+            // `e` expiry(8) namespace 0 peer
+            if entry.len() < 1 + 8 + 1 || due.len() >= max {
+                break;
+            }
+            if be_u64(&entry[1..9])? > now_ms {
+                break;
+            }
+            let rest = &entry[9..];
+            let split = rest
+                .iter()
+                .position(|&b| b == SEP)
+                .ok_or_else(|| StoreError::Corrupt("discovery index without separator".into()))?;
+            let namespace = std::str::from_utf8(&rest[..split])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                .to_owned();
+            due.push((namespace, rest[split + 1..].to_vec(), entry));
+        }
+        let mut removed = 0;
+        for (namespace, peer, index) in due {
+            if self.remove_record_entries(&namespace, &peer)? {
+                removed += 1;
+            } else {
+                // An index entry whose record is gone would hold up every later expiry.
+                self.discovery.remove(index)?;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use libp2p::PeerId;
 use palaver_protocol::Identity;
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
-use palaver_protocol::wire::{Body, DirectMessage};
+use palaver_protocol::wire::{Body, DirectMessage, SignedPeerRecord};
 
 use super::postgres::PgStore;
 use super::sled::SledStore;
@@ -403,6 +404,109 @@ fn a_database_restart_is_a_try_again_error_then_the_store_reconnects() {
         }
     };
     assert_eq!(user.unwrap().identity, key_of(10));
+}
+
+fn peer(seed: u8) -> PeerId {
+    Identity::from_secret_bytes(&[seed; 32]).peer_id()
+}
+
+fn signed(byte: u8) -> SignedPeerRecord {
+    SignedPeerRecord(vec![byte; 40])
+}
+
+#[test]
+fn discovery_records_are_kept_per_namespace_within_limits_until_they_expire() {
+    use palaver_protocol::rendezvous::discovery::Namespace;
+    use palaver_protocol::wire::RoomId;
+    on_both("store::discovery", |backend| {
+        let limits = RecordLimits {
+            per_peer: 2,
+            total: 3,
+        };
+        let (one, two, three) = (peer(1), peer(2), peer(3));
+        let ns = Namespace::Peer(one);
+        let room = Namespace::Room(RoomId([4; 32]));
+        {
+            let store = backend.open();
+            let put = |namespace: &Namespace, peer: &PeerId, byte: u8, expires: u64| {
+                store
+                    .put_record(namespace, peer, &signed(byte), expires, limits)
+                    .unwrap()
+            };
+            assert_eq!(put(&room, &one, 1, 100), PutRecord::Stored);
+            assert_eq!(put(&room, &two, 2, 200), PutRecord::Stored);
+            assert_eq!(put(&ns, &one, 3, 150), PutRecord::Stored);
+            // The latest to expire first; no more than asked for.
+            assert_eq!(
+                store.records(&room, 50, 10).unwrap(),
+                [signed(2), signed(1)]
+            );
+            assert_eq!(store.records(&room, 50, 1).unwrap(), [signed(2)]);
+            assert_eq!(store.records(&ns, 50, 10).unwrap(), [signed(3)]);
+            assert!(store.holds_record(&room, &one, 99).unwrap());
+            assert!(!store.holds_record(&room, &one, 100).unwrap(), "expired");
+            assert!(!store.holds_record(&ns, &two, 0).unwrap());
+            // A renewal replaces the record; a third namespace for one peer, or a fourth
+            // record in all, is refused and changes nothing.
+            assert_eq!(put(&room, &one, 5, 300), PutRecord::Stored);
+            assert_eq!(
+                put(&Namespace::Room(RoomId([9; 32])), &one, 6, 300),
+                PutRecord::PeerFull
+            );
+            assert_eq!(
+                put(&Namespace::Peer(three), &three, 7, 300),
+                PutRecord::Full
+            );
+            assert_eq!(
+                store.records(&room, 50, 10).unwrap(),
+                [signed(5), signed(2)]
+            );
+            assert!(
+                store
+                    .records(&Namespace::Peer(three), 50, 10)
+                    .unwrap()
+                    .is_empty()
+            );
+            store.flush_blocking().unwrap();
+        }
+        // Another instance (or a restart) sees them; expired records are not handed out, then
+        // swept, which makes room.
+        let store = backend.open();
+        assert_eq!(store.records(&room, 250, 10).unwrap(), [signed(5)]);
+        assert_eq!(store.expire_records(200, 10).unwrap(), 2);
+        assert_eq!(store.expire_records(200, 10).unwrap(), 0);
+        assert_eq!(store.records(&room, 0, 10).unwrap(), [signed(5)]);
+        assert!(store.records(&ns, 0, 10).unwrap().is_empty());
+        assert_eq!(
+            store
+                .put_record(&Namespace::Peer(three), &three, &signed(7), 300, limits)
+                .unwrap(),
+            PutRecord::Stored
+        );
+        assert!(
+            store.holds_record(&room, &one, 250).unwrap(),
+            "renewed to 300"
+        );
+        store.remove_record(&room, &one).unwrap();
+        store.remove_record(&room, &one).unwrap();
+        assert!(!store.holds_record(&room, &one, 0).unwrap());
+        assert!(store.records(&room, 0, 10).unwrap().is_empty());
+        // The peer's place is free again.
+        assert_eq!(
+            store
+                .put_record(
+                    &Namespace::Room(RoomId([9; 32])),
+                    &one,
+                    &signed(8),
+                    400,
+                    limits
+                )
+                .unwrap(),
+            PutRecord::Stored
+        );
+        assert_eq!(store.expire_records(u64::MAX, 1).unwrap(), 1);
+        assert_eq!(store.expire_records(u64::MAX, 10).unwrap(), 1);
+    });
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! Several instances over one PostgreSQL (`--store postgres://…`) serving one user population:
-//! accounts, lookups, prekeys and the mailbox work whichever instance each side uses; a kill -9
-//! of an instance loses nothing; a database restart is a "try again", then service resumes.
+//! accounts, lookups, prekeys, the mailbox and discovery work whichever instance each side uses;
+//! a kill -9 of an instance loses nothing; a database restart is a "try again", then service
+//! resumes.
 //! (Each test starts its own throw-away PostgreSQL; without one installed they say so and pass,
 //! unless PALAVER_REQUIRE_POSTGRES=1.)
 
 use std::time::Duration;
 
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::wire::{
     PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse, ServerPush,
 };
@@ -180,6 +182,51 @@ async fn three_instances_over_one_database_serve_one_user_population() {
     }
     let from_carol = envelope(&carol_id, &alice_id.public(), 3, 50);
     deposit(&carol, "alice", &from_carol).await;
+
+    // Discovery: Bob's record, registered at B, is found at C and at A, signed by Bob.
+    let bob_addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4100".parse().unwrap();
+    let bob_record =
+        palaver_rendezvous::discovery::seal(&bob_id.to_libp2p_keypair(), vec![bob_addr.clone()])
+            .unwrap();
+    let bob_namespace = Namespace::Peer(bob_id.peer_id());
+    assert_eq!(
+        ask(
+            &bob,
+            RendezvousRequest::RegisterDiscovery {
+                namespace: bob_namespace.clone(),
+                record: bob_record,
+                ttl_secs: 60,
+            },
+        )
+        .await,
+        RendezvousResponse::Done
+    );
+    assert_eq!(
+        crate::discovery::discover(&carol, bob_namespace.clone()).await,
+        [(bob_id.peer_id(), bob_addr.clone())]
+    );
+    // Carol at C cannot take Bob's namespace either.
+    let forged =
+        palaver_rendezvous::discovery::seal(&carol_id.to_libp2p_keypair(), vec![bob_addr.clone()])
+            .unwrap();
+    let refused = refusal(
+        ask(
+            &carol,
+            RendezvousRequest::RegisterDiscovery {
+                namespace: bob_namespace.clone(),
+                record: forged,
+                ttl_secs: 60,
+            },
+        )
+        .await,
+    );
+    assert_eq!(refused.reason, RefusalReason::NotAllowed);
+    let (dave, _) = session(&a.tcp(), "dave").await;
+    assert_eq!(
+        crate::discovery::discover(&dave, bob_namespace).await,
+        [(bob_id.peer_id(), bob_addr)]
+    );
+    drop(dave);
 
     // Alice comes back at C: all three are waiting, oldest first; the ack removes them once.
     let alice = connect(&c.tcp(), &alice_id).await;

@@ -16,6 +16,26 @@ use palaver_rendezvous::client::Client;
 use palaver_rendezvous::{Config, Limits, Server, ServerError};
 use tokio::sync::oneshot;
 
+/// A bare rust-libp2p peer over TCP (Noise, Yamux) running `behaviour`, as anyone could build
+/// one; its connections stay open until the other side closes them.
+pub(crate) fn plain_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    keypair: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 /// Limits with short timeouts so tests wait milliseconds, not minutes.
 pub(crate) fn test_limits() -> Limits {
     Limits {

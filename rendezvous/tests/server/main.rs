@@ -4,6 +4,7 @@
 mod accounts;
 mod cluster;
 mod common;
+mod discovery;
 mod mailbox;
 mod presence;
 mod process;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, Codec, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol};
 use palaver_protocol::wire::{PresenceState, RendezvousRequest, RendezvousResponse};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -64,34 +64,86 @@ impl Codec for RawCodec {
     }
 }
 
-/// Sends raw `payloads` on `/palaver/rendezvous/1` over an authenticated connection; returns how
-/// many got any response at all.
-async fn send_raw(addr: &Multiaddr, payloads: Vec<Vec<u8>>) -> usize {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+/// A raw peer on `/palaver/rendezvous/1` (connected), and the server's id.
+async fn raw_peer(
+    addr: &Multiaddr,
+    keypair: libp2p::identity::Keypair,
+) -> (
+    libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    libp2p::PeerId,
+) {
+    let mut swarm = plain_swarm(keypair, |_| {
+        request_response::Behaviour::<RawCodec>::new(
+            [(
+                StreamProtocol::new(palaver_protocol::wire::protocol_names::RENDEZVOUS),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(
-                    StreamProtocol::new(palaver_protocol::wire::protocol_names::RENDEZVOUS),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
-        .unwrap()
-        .build();
+    });
     swarm.dial(addr.clone()).unwrap();
     let server = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
             break peer_id;
         }
     };
+    (swarm, server)
+}
+
+/// Registers and logs in as `name` with `id`, then sends raw `payloads` one by one; the decoded
+/// answers.
+pub(crate) async fn send_raw_as(
+    addr: &Multiaddr,
+    id: &palaver_protocol::Identity,
+    name: &str,
+    payloads: Vec<Vec<u8>>,
+) -> Vec<RendezvousResponse> {
+    let (mut swarm, server) = raw_peer(addr, id.to_libp2p_keypair()).await;
+    let login = [
+        RendezvousRequest::Register {
+            name: crate::common::name(name),
+            token: None,
+        },
+        RendezvousRequest::Login {
+            name: crate::common::name(name),
+        },
+    ]
+    .map(|request| palaver_protocol::codec::encode(&request).unwrap());
+    let mut answers = Vec::new();
+    for payload in login.into_iter().chain(payloads) {
+        swarm.behaviour_mut().send_request(&server, payload);
+        let answer = loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => break palaver_protocol::codec::decode(&response).unwrap(),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("no answer: {error}"),
+                _ => {}
+            }
+        };
+        answers.push(answer);
+    }
+    let rest = answers.split_off(2);
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [
+                RendezvousResponse::Registered { .. },
+                RendezvousResponse::LoggedIn { .. }
+            ]
+        ),
+        "{answers:?}"
+    );
+    rest
+}
+
+/// Sends raw `payloads` on `/palaver/rendezvous/1` over an authenticated connection; returns how
+/// many got any response at all.
+async fn send_raw(addr: &Multiaddr, payloads: Vec<Vec<u8>>) -> usize {
+    let (mut swarm, server) = raw_peer(addr, libp2p::identity::Keypair::generate_ed25519()).await;
     let total = payloads.len();
     for payload in payloads {
         swarm.behaviour_mut().send_request(&server, payload);

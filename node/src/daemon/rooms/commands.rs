@@ -282,8 +282,12 @@ impl Node {
                 "you own {name}: kick the other members first, then leave"
             )));
         }
+        let public = room.is_public();
         if let Some(owner) = owner.filter(|o| *o != me && room.joined && !room.removed) {
             self.send_direct(Job::to_key(owner, Payload::Leave { room: id }));
+        }
+        if public {
+            self.unregister_from_room(id);
         }
         let _ = self
             .swarm
