@@ -112,6 +112,84 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
 }
 
 #[test]
+fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_is_read()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    // The owner's membership updates to cat are lost, so cat misses dan's kick and keeps the
+    // sender key dan holds. Nobody waits out the grace: it is 0 ms for every reader.
+    let no_grace = ("PALAVER_ROOM_EPOCH_GRACE_MS", "0");
+    let mut users = Vec::new();
+    for (name, env) in [
+        (
+            "ann",
+            vec![no_grace, ("PALAVER_FAULT_DROP_REMOVALS_TO", "cat")],
+        ),
+        ("ben", vec![no_grace]),
+        ("cat", vec![no_grace]),
+        ("dan", vec![no_grace]),
+    ] {
+        let mut user = User::init(dir.path(), name)?;
+        user.start_with_env(&server.addr, &env)?;
+        users.push(user);
+    }
+    let [ann, ben, cat, dan] = &users[..] else {
+        unreachable!()
+    };
+    ann.ok(&["room", "create", "team"])?;
+    for guest in [ben, cat, dan] {
+        ann.ok(&["room", "invite", "team", guest.name.as_str()])?;
+        guest.accept_invitation("team")?;
+    }
+    // Everyone holds everyone's key (and so dan holds cat's).
+    let hellos = ["ann here", "ben here", "cat here", "dan here"];
+    for (user, text) in users.iter().zip(hellos) {
+        wait_for("the member list to reach everyone", || {
+            (user.json(&["room", "members", "team"]).ok()?.len() == 4).then_some(())
+        })?;
+        user.ok(&["room", "send", "team", text])?;
+    }
+    for user in &users {
+        user.wait_room_texts("team", &hellos)?;
+    }
+
+    ann.ok(&["room", "kick", "team", "dan"])?;
+    wait_for("ben to apply the kick", || {
+        (ben.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    assert_eq!(
+        cat.json(&["room", "members", "team"])?.len(),
+        4,
+        "cat must have missed the kick for this test"
+    );
+    // Under cat's pre-kick key, which dan holds: refused by everyone, and cat is handed the
+    // owner's update by those who refused it.
+    cat.ok(&["room", "send", "team", "under the old key"])?;
+    wait_for("cat to catch up with the kick", || {
+        (cat.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    // Rotated: read by everyone still in the room.
+    cat.ok(&["room", "send", "team", "under the new key"])?;
+    for user in [ann, ben] {
+        user.wait_room_texts("team", &["under the new key"])?;
+    }
+    for user in [ann, ben] {
+        let seen = texts(&user.room_history("team")?);
+        assert!(
+            !seen.iter().any(|t| t == "under the old key"),
+            "{} read a message under a key from before the kick: {seen:?}",
+            user.name
+        );
+    }
+    let at_dan = texts(&dan.room_history("team")?);
+    assert!(
+        !at_dan.iter().any(|t| t.starts_with("under the")),
+        "the kicked member read {at_dan:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()> {
     // Every member joins at once and hands its sender key to everyone: a burst of sessions to
     // open and keys to pass, which once lost some keys for good.

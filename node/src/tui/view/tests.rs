@@ -217,7 +217,10 @@ fn a_public_room_says_so_and_notices_are_not_messages() {
     let rows = screen(&app, 100, 24);
     let text = rows.join("\n");
     assert!(
-        contains(&rows, "#lunch — public: anyone who knows the name can read it"),
+        contains(
+            &rows,
+            "#lunch — public: anyone who knows the name can read it"
+        ),
         "{text}"
     );
     // bob's conversation, with the daemon's own line in it.
@@ -231,7 +234,10 @@ fn a_public_room_says_so_and_notices_are_not_messages() {
             conv: ConvKey::Direct("bob".into()),
             older: false,
         },
-        Ok(json!([entry("1", "bob", "bob", "Hi alice! Lunch today?", "received"), notice])),
+        Ok(json!([
+            entry("1", "bob", "bob", "Hi alice! Lunch today?", "received"),
+            notice
+        ])),
     );
     let rows = screen(&app, 100, 24);
     let text = rows.join("\n");
