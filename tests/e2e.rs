@@ -190,6 +190,39 @@ fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_
 }
 
 #[test]
+fn a_member_that_missed_a_kick_asks_for_the_update_when_it_hears_the_new_epoch()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut ann = User::init(dir.path(), "ann")?;
+    ann.start_with_env(&server.addr, &[("PALAVER_FAULT_DROP_REMOVALS_TO", "cat")])?;
+    let mut users = started_users(dir.path(), &server.addr, &["ben", "cat"])?;
+    let [ben, cat] = &mut users[..] else {
+        unreachable!()
+    };
+    ann.ok(&["room", "create", "team"])?;
+    for guest in [&*ben, &*cat] {
+        ann.ok(&["room", "invite", "team", guest.name.as_str()])?;
+        guest.accept_invitation("team")?;
+    }
+    wait_for("cat to see all three", || {
+        (cat.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    ann.ok(&["room", "kick", "team", "ben"])?;
+    // Under ann's rotated key, from the kick's epoch, which cat has not seen: cat holds it, asks
+    // ann for the membership, applies it and reads the message.
+    ann.ok(&["room", "send", "team", "from the new epoch"])?;
+    cat.wait_room_texts("team", &["from the new epoch"])?;
+    assert_eq!(cat.json(&["room", "members", "team"])?.len(), 2);
+    assert!(
+        !texts(&ben.room_history("team")?)
+            .iter()
+            .any(|t| t == "from the new epoch")
+    );
+    Ok(())
+}
+
+#[test]
 fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()> {
     // Every member joins at once and hands its sender key to everyone: a burst of sessions to
     // open and keys to pass, which once lost some keys for good.
