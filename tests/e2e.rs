@@ -162,12 +162,22 @@ fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_
         4,
         "cat must have missed the kick for this test"
     );
+    let epoch_of = |user: &User| -> anyhow::Result<u64> {
+        let rooms = user.json(&["room", "list"])?;
+        let team = rooms.iter().find(|r| r["room"] == "team");
+        team.and_then(|r| r["epoch"].as_u64())
+            .ok_or_else(|| anyhow::anyhow!("no epoch for team at {}", user.name))
+    };
+    let kick_epoch = epoch_of(ann)?;
+    assert_eq!(epoch_of(ben)?, kick_epoch);
+    assert!(epoch_of(cat)? < kick_epoch);
     // Under cat's pre-kick key, which dan holds: refused by everyone, and cat is handed the
     // owner's update by those who refused it.
     cat.ok(&["room", "send", "team", "under the old key"])?;
     wait_for("cat to catch up with the kick", || {
         (cat.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
     })?;
+    assert_eq!(epoch_of(cat)?, kick_epoch);
     // Rotated: read by everyone still in the room.
     cat.ok(&["room", "send", "team", "under the new key"])?;
     for user in [ann, ben] {

@@ -360,6 +360,12 @@ impl Node {
                         "owner": room.owner().map(|o| o == me).unwrap_or(false),
                         "members": self.known_members(room).len(),
                         "state": state,
+                        // The membership epoch we hold (private rooms; null before joining and
+                        // for public rooms): members that agree on it read each other.
+                        "epoch": match &room.keys {
+                            RoomCrypto::Private(keys) => keys.epoch(),
+                            RoomCrypto::Public { .. } => None,
+                        },
                     })
                 })
                 .collect(),
