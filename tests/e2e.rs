@@ -112,6 +112,127 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
 }
 
 #[test]
+fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_is_read()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    // The owner's membership updates to cat are lost, so cat misses dan's kick and keeps the
+    // sender key dan holds. Nobody waits out the grace: it is 0 ms for every reader.
+    let no_grace = ("PALAVER_ROOM_EPOCH_GRACE_MS", "0");
+    let mut users = Vec::new();
+    for (name, env) in [
+        (
+            "ann",
+            vec![no_grace, ("PALAVER_FAULT_DROP_REMOVALS_TO", "cat")],
+        ),
+        ("ben", vec![no_grace]),
+        ("cat", vec![no_grace]),
+        ("dan", vec![no_grace]),
+    ] {
+        let mut user = User::init(dir.path(), name)?;
+        user.start_with_env(&server.addr, &env)?;
+        users.push(user);
+    }
+    let [ann, ben, cat, dan] = &users[..] else {
+        unreachable!()
+    };
+    ann.ok(&["room", "create", "team"])?;
+    for guest in [ben, cat, dan] {
+        ann.ok(&["room", "invite", "team", guest.name.as_str()])?;
+        guest.accept_invitation("team")?;
+    }
+    // Everyone holds everyone's key (and so dan holds cat's).
+    let hellos = ["ann here", "ben here", "cat here", "dan here"];
+    for (user, text) in users.iter().zip(hellos) {
+        wait_for("the member list to reach everyone", || {
+            (user.json(&["room", "members", "team"]).ok()?.len() == 4).then_some(())
+        })?;
+        user.ok(&["room", "send", "team", text])?;
+    }
+    for user in &users {
+        user.wait_room_texts("team", &hellos)?;
+    }
+
+    ann.ok(&["room", "kick", "team", "dan"])?;
+    wait_for("ben to apply the kick", || {
+        (ben.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    assert_eq!(
+        cat.json(&["room", "members", "team"])?.len(),
+        4,
+        "cat must have missed the kick for this test"
+    );
+    let epoch_of = |user: &User| -> anyhow::Result<u64> {
+        let rooms = user.json(&["room", "list"])?;
+        let team = rooms.iter().find(|r| r["room"] == "team");
+        team.and_then(|r| r["epoch"].as_u64())
+            .ok_or_else(|| anyhow::anyhow!("no epoch for team at {}", user.name))
+    };
+    let kick_epoch = epoch_of(ann)?;
+    assert_eq!(epoch_of(ben)?, kick_epoch);
+    assert!(epoch_of(cat)? < kick_epoch);
+    // Under cat's pre-kick key, which dan holds: refused by everyone, and cat is handed the
+    // owner's update by those who refused it.
+    cat.ok(&["room", "send", "team", "under the old key"])?;
+    wait_for("cat to catch up with the kick", || {
+        (cat.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    assert_eq!(epoch_of(cat)?, kick_epoch);
+    // Rotated: read by everyone still in the room.
+    cat.ok(&["room", "send", "team", "under the new key"])?;
+    for user in [ann, ben] {
+        user.wait_room_texts("team", &["under the new key"])?;
+    }
+    for user in [ann, ben] {
+        let seen = texts(&user.room_history("team")?);
+        assert!(
+            !seen.iter().any(|t| t == "under the old key"),
+            "{} read a message under a key from before the kick: {seen:?}",
+            user.name
+        );
+    }
+    let at_dan = texts(&dan.room_history("team")?);
+    assert!(
+        !at_dan.iter().any(|t| t.starts_with("under the")),
+        "the kicked member read {at_dan:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_member_that_missed_a_kick_asks_for_the_update_when_it_hears_the_new_epoch()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut ann = User::init(dir.path(), "ann")?;
+    ann.start_with_env(&server.addr, &[("PALAVER_FAULT_DROP_REMOVALS_TO", "cat")])?;
+    let mut users = started_users(dir.path(), &server.addr, &["ben", "cat"])?;
+    let [ben, cat] = &mut users[..] else {
+        unreachable!()
+    };
+    ann.ok(&["room", "create", "team"])?;
+    for guest in [&*ben, &*cat] {
+        ann.ok(&["room", "invite", "team", guest.name.as_str()])?;
+        guest.accept_invitation("team")?;
+    }
+    wait_for("cat to see all three", || {
+        (cat.json(&["room", "members", "team"]).ok()?.len() == 3).then_some(())
+    })?;
+    ann.ok(&["room", "kick", "team", "ben"])?;
+    // Under ann's rotated key, from the kick's epoch, which cat has not seen: cat holds it, asks
+    // ann for the membership, applies it and reads the message.
+    ann.ok(&["room", "send", "team", "from the new epoch"])?;
+    cat.wait_room_texts("team", &["from the new epoch"])?;
+    assert_eq!(cat.json(&["room", "members", "team"])?.len(), 2);
+    assert!(
+        !texts(&ben.room_history("team")?)
+            .iter()
+            .any(|t| t == "from the new epoch")
+    );
+    Ok(())
+}
+
+#[test]
 fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()> {
     // Every member joins at once and hands its sender key to everyone: a burst of sessions to
     // open and keys to pass, which once lost some keys for good.

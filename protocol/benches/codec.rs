@@ -26,6 +26,7 @@ fn room_envelope() -> Envelope {
         sender: sender.verifying_key(),
         signing_key: signing.verifying_key(),
         message: SenderKeyMessage {
+            epoch: 1,
             key_id: 1,
             index: 12_345,
             ciphertext: vec![0xab; CIPHERTEXT_LEN],

@@ -58,7 +58,7 @@ fn direct_message_round_trip(c: &mut Criterion) {
 
 fn room_message_round_trip(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let mut sender = SenderKey::generate(&mut rng);
+    let mut sender = SenderKey::generate(&mut rng, 1);
     let mut receiver = ReceivedSenderKey::from_distribution(&sender.distribution());
     let associated_data = [7; 64];
     let plaintext = vec![0x42; MESSAGE_LEN];

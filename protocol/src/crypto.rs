@@ -63,6 +63,16 @@ pub enum CryptoError {
     /// The membership update is not from the room's owner.
     #[error("membership update is not from the room owner")]
     NotRoomOwner,
+    /// The membership update moves `keys_from` back, or past its own epoch.
+    #[error("membership update has an impossible keys_from epoch")]
+    MalformedMembership,
+    /// The message's sender key is from an epoch newer than the membership we hold: we missed
+    /// an update, and should ask a member for it.
+    #[error("message is from a membership epoch we have not seen yet")]
+    FutureEpoch,
+    /// The message's sender key predates the room's last removal, and the grace is over.
+    #[error("message is under a sender key from before the last removal")]
+    StaleEpoch,
     /// The membership update is for another room.
     #[error("membership update is for a different room")]
     WrongRoom,

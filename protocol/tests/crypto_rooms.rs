@@ -8,7 +8,7 @@ use palaver_protocol::crypto;
 
 use crypto::CryptoError;
 use crypto::ratchet::Session;
-use crypto::room::{KeyAction, MembershipUpdate, RoomKeys};
+use crypto::room::{EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys};
 use crypto::sender_key::{
     MAX_SKIP, ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage,
 };
@@ -63,6 +63,10 @@ struct World {
     rng: ChaCha20Rng,
     room: [u8; 32],
     epoch: u64,
+    /// The epoch of the last removal the owner signed.
+    keys_from: u64,
+    /// Everyone's clock (ms), for the epoch grace.
+    now: u64,
     /// Node 0 owns the room.
     nodes: Vec<Node>,
     members: Vec<usize>,
@@ -95,6 +99,8 @@ impl World {
             rng,
             room,
             epoch: 0,
+            keys_from: 0,
+            now: 1_000_000,
             nodes,
             members: Vec::new(),
         }
@@ -110,10 +116,24 @@ impl World {
         self.nodes[node].id()
     }
 
+    fn clock(&self) -> EpochClock {
+        EpochClock::at(self.now)
+    }
+
+    /// The owner's next update: a new epoch, which is also `keys_from` if anyone is removed.
     fn update(&mut self, members: &[usize]) -> MembershipUpdate {
         self.epoch += 1;
+        if self.keys_from == 0 || self.members.iter().any(|m| !members.contains(m)) {
+            self.keys_from = self.epoch;
+        }
         let keys = members.iter().map(|&m| self.id(m)).collect();
-        MembershipUpdate::sign(&self.nodes[0].identity, self.room, self.epoch, keys)
+        MembershipUpdate::sign(
+            &self.nodes[0].identity,
+            self.room,
+            self.epoch,
+            self.keys_from,
+            keys,
+        )
     }
 
     /// The owner publishes a new membership to everyone in the old or new one. Every node
@@ -127,14 +147,23 @@ impl World {
         let mut audience: Vec<usize> = self.members.iter().chain(members).copied().collect();
         audience.sort();
         audience.dedup();
+        self.members = members.to_vec();
+        self.deliver(update, &audience);
+    }
+
+    /// `update` reaches `nodes` only; each applies it, then hands out the keys it asks for
+    /// (each recipient must accept them).
+    fn deliver(&mut self, update: &MembershipUpdate, nodes: &[usize]) {
         let mut actions = Vec::new();
-        for &node in &audience {
+        for &node in nodes {
             let rng = &mut self.rng;
-            for action in self.nodes[node].room.apply_membership(rng, update).unwrap() {
+            let applied = self.nodes[node]
+                .room
+                .apply_membership(rng, update, self.now);
+            for action in applied.unwrap() {
                 actions.push((node, action));
             }
         }
-        self.members = members.to_vec();
         for (from, KeyAction::Distribute { to, distribution }) in actions {
             for recipient in to {
                 let to = self.index_of(&recipient);
@@ -214,19 +243,24 @@ impl World {
     }
 
     fn read(&mut self, reader: usize, posted: &Posted) -> Result<String, CryptoError> {
-        read_with(&mut self.nodes[reader].room, posted)
+        let clock = self.clock();
+        read_with(&mut self.nodes[reader].room, posted, clock)
     }
 }
 
 /// Verify the envelope, then decrypt, as a receiving wire layer does.
-fn read_with(room: &mut RoomKeys, posted: &Posted) -> Result<String, CryptoError> {
+fn read_with(
+    room: &mut RoomKeys,
+    posted: &Posted,
+    clock: EpochClock,
+) -> Result<String, CryptoError> {
     room.verify(
         &posted.sender,
         posted.message.key_id,
         &posted.envelope,
         &posted.signature,
     )?;
-    let plaintext = room.decrypt(&posted.sender, &posted.message)?;
+    let plaintext = room.decrypt(&posted.sender, &posted.message, clock)?;
     Ok(String::from_utf8(plaintext).unwrap())
 }
 
@@ -237,6 +271,9 @@ fn take_bundle(upload: &mut PrekeyUpload) -> PrekeyBundle {
         one_time_prekey: upload.one_time_prekeys.pop(),
     }
 }
+
+/// The clock the tests that apply updates by hand use (the world starts there too).
+const NOW: u64 = 1_000_000;
 
 fn below(rng: &mut ChaCha20Rng, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
@@ -280,13 +317,17 @@ fn kicked_member_cannot_decrypt_after_rotation() {
         }
         let mut hoard: RoomKeys = decode(&hoarded);
         assert_eq!(
-            read_with(&mut hoard, &posted),
+            read_with(&mut hoard, &posted, world.clock()),
             Err(CryptoError::UnknownSenderKey)
         );
         // Relabelling the message with the old key id does not help: the new chain is unrelated.
         let mut relabelled = posted.message.clone();
         relabelled.key_id = old_key_id;
-        assert!(hoard.decrypt(&posted.sender, &relabelled).is_err());
+        assert!(
+            hoard
+                .decrypt(&posted.sender, &relabelled, world.clock())
+                .is_err()
+        );
         // And the honest kicked member, having applied the update, holds nothing at all.
         assert_eq!(
             world.read(kicked, &posted),
@@ -348,7 +389,7 @@ fn adding_members_sends_the_current_key_only_to_them() {
     let update = world.update(&[0, 1, 2, 3]);
     let actions = world.nodes[1]
         .room
-        .apply_membership(&mut world.rng, &update)
+        .apply_membership(&mut world.rng, &update, NOW)
         .unwrap();
     let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
         panic!("expected one action")
@@ -367,7 +408,7 @@ fn removing_a_member_rotates_and_sends_the_new_key_to_the_remaining_members_only
     let update = world.update(&[0, 1, 3]);
     let actions = world.nodes[1]
         .room
-        .apply_membership(&mut world.rng, &update)
+        .apply_membership(&mut world.rng, &update, NOW)
         .unwrap();
     let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
         panic!("expected one action")
@@ -395,8 +436,13 @@ fn membership_update_from_a_non_owner_is_rejected() {
     let mut world = World::with_members(8, 3);
     let members = vec![world.id(0), world.id(1)];
     // A member signs an update as itself...
-    let by_member =
-        MembershipUpdate::sign(&world.nodes[1].identity, world.room, 99, members.clone());
+    let by_member = MembershipUpdate::sign(
+        &world.nodes[1].identity,
+        world.room,
+        99,
+        99,
+        members.clone(),
+    );
     assert!(by_member.verify().is_ok());
     // ...or names the owner but cannot produce the owner's signature.
     let mut claimed = by_member.clone();
@@ -406,14 +452,14 @@ fn membership_update_from_a_non_owner_is_rejected() {
     assert_eq!(
         world.nodes[2]
             .room
-            .apply_membership(rng, &by_member)
+            .apply_membership(rng, &by_member, NOW)
             .unwrap_err(),
         CryptoError::NotRoomOwner
     );
     assert_eq!(
         world.nodes[2]
             .room
-            .apply_membership(rng, &claimed)
+            .apply_membership(rng, &claimed, NOW)
             .unwrap_err(),
         CryptoError::BadSignature
     );
@@ -436,7 +482,7 @@ fn tampered_membership_update_is_rejected() {
         assert_eq!(
             world.nodes[1]
                 .room
-                .apply_membership(rng, forged)
+                .apply_membership(rng, forged, NOW)
                 .unwrap_err(),
             CryptoError::BadSignature
         );
@@ -445,7 +491,7 @@ fn tampered_membership_update_is_rejected() {
     assert_eq!(
         world.nodes[1]
             .room
-            .apply_membership(rng, &room)
+            .apply_membership(rng, &room, NOW)
             .unwrap_err(),
         CryptoError::WrongRoom
     );
@@ -454,7 +500,13 @@ fn tampered_membership_update_is_rejected() {
 #[test]
 fn stale_or_replayed_membership_update_is_rejected() {
     let mut world = World::with_members(10, 3);
-    let first = MembershipUpdate::sign(&world.nodes[0].identity, world.room, 1, vec![world.id(0)]);
+    let first = MembershipUpdate::sign(
+        &world.nodes[0].identity,
+        world.room,
+        1,
+        1,
+        vec![world.id(0)],
+    );
     world.set_members(&[0, 1]);
     let current = world.update(&[0, 1, 2]);
     world.broadcast(&current, &[0, 1, 2]);
@@ -464,7 +516,7 @@ fn stale_or_replayed_membership_update_is_rejected() {
         assert_eq!(
             world.nodes[1]
                 .room
-                .apply_membership(rng, stale)
+                .apply_membership(rng, stale, NOW)
                 .unwrap_err(),
             CryptoError::StaleMembership
         );
@@ -479,7 +531,7 @@ fn distribution_from_a_non_member_is_rejected() {
     let mut world = World::new(11, 3);
     world.set_members(&[0, 1]);
     let outsider = world.id(2);
-    let distribution = SenderKey::generate(&mut world.rng).distribution();
+    let distribution = SenderKey::generate(&mut world.rng, 1).distribution();
     assert_eq!(
         world.nodes[1]
             .room
@@ -530,11 +582,11 @@ fn room_messages_are_bound_to_their_sender_and_room() {
     assert_eq!(
         world.nodes[0]
             .room
-            .decrypt(&impostor.sender, &impostor.message),
+            .decrypt(&impostor.sender, &impostor.message, EpochClock::at(NOW)),
         Err(CryptoError::Decrypt)
     );
     assert_eq!(
-        read_with(&mut world.nodes[0].room, &impostor),
+        read_with(&mut world.nodes[0].room, &impostor, EpochClock::at(NOW)),
         Err(CryptoError::BadSignature)
     );
     // A member of the same room with the same keys but a different room id cannot open it.
@@ -543,7 +595,7 @@ fn room_messages_are_bound_to_their_sender_and_room() {
     bytes[0] ^= 1; // the room id is the first field
     other_room = decode(&bytes);
     assert_eq!(
-        other_room.decrypt(&posted.sender, &posted.message),
+        other_room.decrypt(&posted.sender, &posted.message, world.clock()),
         Err(CryptoError::Decrypt)
     );
     assert_eq!(world.read(0, &posted).unwrap(), "from one");
@@ -565,12 +617,245 @@ fn room_keys_survive_bincode_round_trip() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Membership epochs: keys from before a removal are refused once the grace is over
+// ---------------------------------------------------------------------------------------------
+
+/// Four members; the owner kicks 3, and the update reaches 0 and 1 but not 2, which keeps its
+/// pre-kick key (one that 3 holds). Returns the kicked member's hoard of keys.
+fn kick_that_member_two_misses(seed: u64) -> (World, RoomKeys) {
+    let mut world = World::with_members(seed, 4);
+    let hoard: RoomKeys = decode(&encode(&world.nodes[3].room));
+    let update = world.update(&[0, 1, 2]);
+    world.members = vec![0, 1, 2];
+    // 0 and 1 rotate; their new keys are handed to 2 as well, which cannot take them yet.
+    let mut actions = Vec::new();
+    for node in [0, 1] {
+        let rng = &mut world.rng;
+        actions.extend(
+            world.nodes[node]
+                .room
+                .apply_membership(rng, &update, world.now)
+                .unwrap()
+                .into_iter()
+                .map(|action| (node, action)),
+        );
+    }
+    for (from, KeyAction::Distribute { to, distribution }) in actions {
+        for recipient in to {
+            let to = world.index_of(&recipient);
+            let taken = world.send_distribution(from, to, &distribution);
+            if to == 2 {
+                assert_eq!(taken, Err(CryptoError::FutureEpoch));
+            } else {
+                taken.unwrap();
+            }
+        }
+    }
+    (world, hoard)
+}
+
+#[test]
+fn the_epoch_is_authenticated_a_message_relabelled_with_another_epoch_does_not_open() {
+    let mut rng = ChaCha20Rng::seed_from_u64(40);
+    let mut sender = SenderKey::generate(&mut rng, 3);
+    let genuine = sender.distribution();
+    let message = sender.encrypt(b"epoch three", b"ad").unwrap();
+    assert_eq!(message.epoch, 3);
+    // A receiver told (falsely) that the key is for epoch 4, and the message relabelled to
+    // match: the associated data differs, so the tag fails.
+    let mut lied_to = ReceivedSenderKey::from_distribution(&SenderKeyDistribution {
+        epoch: 4,
+        ..genuine.clone()
+    });
+    let relabelled = SenderKeyMessage {
+        epoch: 4,
+        ..message.clone()
+    };
+    assert_eq!(
+        lied_to.decrypt(&relabelled, b"ad"),
+        Err(CryptoError::Decrypt)
+    );
+    // With the key's true epoch, a relabelled message does not even reach the AEAD.
+    let mut receiver = ReceivedSenderKey::from_distribution(&genuine);
+    assert_eq!(
+        receiver.decrypt(&relabelled, b"ad"),
+        Err(CryptoError::UnknownSenderKey)
+    );
+    assert_eq!(receiver.decrypt(&message, b"ad").unwrap(), b"epoch three");
+
+    // In a room: a member's message relabelled with another epoch is refused.
+    let mut world = World::with_members(41, 3);
+    let mut posted = world.post(1, "genuine");
+    for epoch in [posted.message.epoch - 1, posted.message.epoch + 1] {
+        posted.message.epoch = epoch;
+        assert!(world.read(0, &posted).is_err());
+    }
+}
+
+#[test]
+fn after_a_kick_keys_from_before_it_are_read_within_the_grace_and_refused_after() {
+    let (mut world, _) = kick_that_member_two_misses(42);
+    let kick_epoch = world.epoch;
+    // 2 missed the kick and still sends under its old key, from the epoch before.
+    let lagging = world.post(2, "from the member that missed the kick");
+    assert!(lagging.message.epoch < kick_epoch);
+    // In flight at the kick: still read during the grace.
+    assert_eq!(world.read(0, &lagging).unwrap(), lagging.text);
+    // Once the grace is over, the old key is refused.
+    world.now += EPOCH_GRACE_MS;
+    let again = world.post(2, "still lagging");
+    assert_eq!(world.read(0, &again), Err(CryptoError::StaleEpoch));
+    assert_eq!(world.read(1, &again), Err(CryptoError::StaleEpoch));
+    // One millisecond less is still in the grace; a clock that went back is not.
+    let mut just_in_time: RoomKeys = decode(&encode(&world.nodes[1].room));
+    let clock = EpochClock {
+        now_ms: world.now - 1,
+        grace_ms: EPOCH_GRACE_MS,
+    };
+    assert_eq!(
+        read_with(&mut just_in_time, &again, clock).unwrap(),
+        again.text
+    );
+    let went_back = EpochClock::at(NOW - 1);
+    assert_eq!(
+        world.nodes[1]
+            .room
+            .check_epoch(again.message.epoch, went_back),
+        Err(CryptoError::StaleEpoch)
+    );
+    // The remaining members' rotated keys are of the kick's epoch and read fine.
+    let current = world.post(1, "rotated");
+    assert_eq!(current.message.epoch, kick_epoch);
+    assert_eq!(world.read(0, &current).unwrap(), "rotated");
+}
+
+#[test]
+fn a_member_that_missed_the_kick_catches_up_from_a_forwarded_update_and_is_read_again() {
+    let (mut world, mut hoard) = kick_that_member_two_misses(43);
+    world.now += EPOCH_GRACE_MS;
+    let refused = world.post(2, "under the old key");
+    assert_eq!(world.read(1, &refused), Err(CryptoError::StaleEpoch));
+    // The kicked member reads that one: this is what the refusal pushes the sender to fix.
+    assert_eq!(
+        read_with(&mut hoard, &refused, world.clock()).unwrap(),
+        refused.text
+    );
+    // 1 hands 2 the owner's signed update it applied; 2 applies it and rotates.
+    let forwarded = world.nodes[1].room.signed_membership().unwrap().clone();
+    world.deliver(&forwarded, &[2]);
+    // 0's and 1's new keys, refused before, are handed again and taken now.
+    for from in [0, 1] {
+        let distribution = world.nodes[from].room.my_distribution();
+        world.send_distribution(from, 2, &distribution).unwrap();
+    }
+    let caught_up = world.post(2, "after catching up");
+    assert_eq!(caught_up.message.epoch, world.epoch);
+    for reader in [0, 1] {
+        assert_eq!(world.read(reader, &caught_up).unwrap(), caught_up.text);
+    }
+    assert_eq!(
+        read_with(&mut hoard, &caught_up, world.clock()),
+        Err(CryptoError::UnknownSenderKey)
+    );
+    let from_one = world.post(1, "welcome back");
+    assert_eq!(world.read(2, &from_one).unwrap(), "welcome back");
+}
+
+#[test]
+fn a_message_from_an_epoch_we_have_not_seen_is_refused_as_future_until_we_have_the_update() {
+    let (mut world, _) = kick_that_member_two_misses(44);
+    let ahead = world.post(1, "from the new epoch");
+    // 2 does not know the epoch yet: it should ask for the update, not drop the sender.
+    assert_eq!(
+        world.nodes[2]
+            .room
+            .check_epoch(ahead.message.epoch, world.clock()),
+        Err(CryptoError::FutureEpoch)
+    );
+    assert_eq!(world.read(2, &ahead), Err(CryptoError::UnknownSenderKey));
+    let before = encode(&world.nodes[2].room);
+    let clock = world.clock();
+    assert_eq!(
+        world.nodes[2]
+            .room
+            .decrypt(&ahead.sender, &ahead.message, clock),
+        Err(CryptoError::FutureEpoch)
+    );
+    assert_eq!(encode(&world.nodes[2].room), before);
+    let forwarded = world.nodes[0].room.signed_membership().unwrap().clone();
+    world.deliver(&forwarded, &[2]);
+    let distribution = world.nodes[1].room.my_distribution();
+    world.send_distribution(1, 2, &distribution).unwrap();
+    // The key was handed at its current index: the message posted before is out of reach, the
+    // next one reads.
+    let next = world.post(1, "next");
+    assert_eq!(world.read(2, &next).unwrap(), "next");
+}
+
+#[test]
+fn a_member_that_saw_nobody_leave_still_rotates_a_key_from_before_the_last_removal() {
+    let mut world = World::with_members(45, 3);
+    let old = world.nodes[1].room.my_distribution();
+    // 2 is kicked and invited back; 1 gets only the second update, whose list looks unchanged.
+    let kick = world.update(&[0, 1]);
+    world.members = vec![0, 1];
+    let rng = &mut world.rng;
+    world.nodes[0]
+        .room
+        .apply_membership(rng, &kick, world.now)
+        .unwrap();
+    let back = world.update(&[0, 1, 2]);
+    assert_eq!(back.keys_from, kick.epoch);
+    let rng = &mut world.rng;
+    let actions = world.nodes[1]
+        .room
+        .apply_membership(rng, &back, world.now)
+        .unwrap();
+    let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
+        panic!("expected one action")
+    };
+    assert_ne!(distribution.key_id, old.key_id);
+    assert_eq!(distribution.epoch, back.epoch);
+    assert_eq!(to, &vec![world.id(0), world.id(2)]);
+}
+
+#[test]
+fn the_owner_moves_keys_from_on_removals_only_and_nobody_accepts_it_moving_back() {
+    let mut world = World::with_members(46, 3);
+    let owner = world.nodes[0].identity.clone();
+    let start = world.nodes[0].room.keys_from().unwrap();
+    let add_only = world.nodes[0]
+        .room
+        .next_membership(&owner, world.nodes[0].room.members().to_vec());
+    assert_eq!(add_only.keys_from, start);
+    let removal = world.nodes[0]
+        .room
+        .next_membership(&owner, vec![world.id(0), world.id(1)]);
+    assert_eq!(removal.keys_from, removal.epoch);
+    world.set_members(&[0, 1]);
+    let keys_from = world.nodes[1].room.keys_from().unwrap();
+    let members = vec![world.id(0), world.id(1), world.id(2)];
+    for bad in [keys_from - 1, world.epoch + 2] {
+        let update =
+            MembershipUpdate::sign(&owner, world.room, world.epoch + 1, bad, members.clone());
+        let rng = &mut world.rng;
+        assert_eq!(
+            world.nodes[1]
+                .room
+                .apply_membership(rng, &update, NOW)
+                .unwrap_err(),
+            CryptoError::MalformedMembership
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sender keys on their own
 // ---------------------------------------------------------------------------------------------
 
 fn sender_and_receiver(seed: u64) -> (SenderKey, ReceivedSenderKey) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let sender = SenderKey::generate(&mut rng);
+    let sender = SenderKey::generate(&mut rng, 1);
     let receiver = ReceivedSenderKey::from_distribution(&sender.distribution());
     (sender, receiver)
 }
@@ -676,8 +961,8 @@ fn envelope_signature_verifies_only_with_the_senders_distributed_key() {
 #[test]
 fn sender_key_rotation_is_fresh_and_takes_the_next_id() {
     let mut rng = ChaCha20Rng::seed_from_u64(25);
-    let old = SenderKey::generate(&mut rng);
-    let new = old.rotate(&mut rng);
+    let old = SenderKey::generate(&mut rng, 1);
+    let new = old.rotate(&mut rng, 2);
     assert_eq!(new.key_id(), old.key_id().wrapping_add(1));
     assert_ne!(new.verifying_key(), old.verifying_key());
     assert_ne!(new.distribution().chain_key, old.distribution().chain_key);
@@ -790,7 +1075,7 @@ fn many_member_simulation_only_current_members_read() {
                         }
                         let mut hoard: RoomKeys = decode(hoard);
                         assert!(
-                            read_with(&mut hoard, &posted).is_err(),
+                            read_with(&mut hoard, &posted, world.clock()).is_err(),
                             "kicked {hoarder} read a later message"
                         );
                     }
@@ -825,7 +1110,7 @@ proptest! {
     #[test]
     fn joining_at_index_k_reads_exactly_the_messages_from_k_on(seed in any::<u64>(), k in 0..12usize) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let mut sender = SenderKey::generate(&mut rng);
+        let mut sender = SenderKey::generate(&mut rng, 1);
         let before: Vec<SenderKeyMessage> = (0..k).map(|_| sender.encrypt(b"before", b"").unwrap()).collect();
         let mut joiner = ReceivedSenderKey::from_distribution(&sender.distribution());
         let after: Vec<SenderKeyMessage> = (0..5).map(|_| sender.encrypt(b"after", b"").unwrap()).collect();
@@ -847,7 +1132,7 @@ proptest! {
         let (sender, mut receiver) = sender_and_receiver(seed);
         let key_id = if key_id_matches { sender.key_id() } else { sender.key_id().wrapping_add(7) };
         let before = encode(&receiver);
-        let forged = SenderKeyMessage { key_id, index, ciphertext };
+        let forged = SenderKeyMessage { key_id, epoch: 1, index, ciphertext };
         prop_assert!(receiver.decrypt(&forged, b"").is_err());
         prop_assert_eq!(encode(&receiver), before);
     }

@@ -8,6 +8,12 @@
 //! Public rooms: id and key are derived from the room's name, so anyone who knows the name can
 //! join and read; there is no owner and no kick.
 //!
+//! Epochs: every private-room message carries the membership epoch of its sender key. A message
+//! from an epoch newer than ours is held while we ask its sender for the owner's signed update
+//! (as for a missing key); one under a key from before the last removal is refused once the
+//! grace is over ([`EpochClock`]), and we hand its sender the update it evidently missed, so it
+//! rotates and its next messages go through.
+//!
 //! Every room message we hold (sent or received) is kept in a per-room log keyed by sender and
 //! sequence number, so a member who was away can ask for what it missed ([`Node::request_gap_fill`])
 //! when it next connects to another member; the answer is verified and deduplicated like gossip.
@@ -16,7 +22,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
-use palaver_protocol::crypto::room::{KeyAction, MembershipUpdate, RoomKeys};
+use palaver_protocol::crypto::CryptoError;
+use palaver_protocol::crypto::room::{
+    EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys,
+};
 use palaver_protocol::crypto::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::wire::{Body, Content, MAX_TEXT_LEN, Payload, RoomInvite, RoomMessage};
@@ -54,6 +63,12 @@ const KEY_ASK_EVERY_MS: u64 = 30_000;
 const MAX_MISSING_KEYS: usize = 1024;
 /// Senders whose chains a public room keeps; one more is refused.
 const MAX_PUBLIC_SENDERS: usize = 4096;
+/// How often at most we hand the same member the membership update when it keeps sending
+/// under a key from before the last removal (the update travels over the pairwise outbox,
+/// which retries by itself).
+const STALE_PUSH_EVERY_MS: u64 = 30_000;
+/// Members we remember having handed the update to, over all rooms.
+const MAX_STALE_PUSHES: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Room {
@@ -137,8 +152,12 @@ pub(crate) struct Rooms {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
     /// Our own messages written but not yet durable, so not published yet.
     not_yet_durable: HashSet<MessageId>,
-    /// Senders whose key we lack for messages we hold: since when, and when we last asked.
+    /// Senders whose key (or whose epoch's membership update) we lack for messages we hold:
+    /// since when, and when we last asked.
     missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
+    /// Members that sent under a key from before the last removal, and when we last handed
+    /// them the membership update.
+    stale_pushes: HashMap<(RoomId, [u8; 32]), u64>,
     /// Rooms whose receiving chains moved since they were last written ([`Node::save_dirty_rooms`]).
     dirty: HashSet<RoomId>,
     /// Room messages from gossip that failed the signature or decryption checks.
@@ -149,6 +168,9 @@ pub(crate) struct Rooms {
 struct MissingKey {
     since: u64,
     asked: Option<u64>,
+    /// The held messages are from an epoch newer than ours: what we lack is the membership
+    /// update, so that is what we ask for.
+    behind: bool,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -292,15 +314,71 @@ impl Node {
                 .is_none_or(|at| now.saturating_sub(at) >= KEY_ASK_EVERY_MS);
             if waited && due {
                 missing.asked = Some(now);
-                ask.push((room, sender));
+                ask.push((room, sender, missing.behind));
             }
         }
-        for (room, sender) in ask {
+        for (room, sender, behind) in ask {
             let Ok(sender) = VerifyingKey::from_bytes(&sender) else {
                 continue;
             };
-            tracing::info!("asking {} for its key to a room", short_key(&sender));
-            self.send_direct(Job::to_key(sender, Payload::KeyRequest { room }));
+            let payload = if behind {
+                tracing::info!("asking {} for a room's membership", short_key(&sender));
+                Payload::MembershipRequest { room }
+            } else {
+                tracing::info!("asking {} for its key to a room", short_key(&sender));
+                Payload::KeyRequest { room }
+            };
+            self.send_direct(Job::to_key(sender, payload));
+        }
+    }
+
+    /// A member holds messages from an epoch it has not seen: hand it the owner's signed update
+    /// we applied (any member may; the owner's signature is what counts).
+    pub(crate) fn on_membership_request(&mut self, from: VerifyingKey, room_id: RoomId) {
+        let Some(room) = self.rooms.by_id.get(&room_id) else {
+            return;
+        };
+        let RoomCrypto::Private(keys) = &room.keys else {
+            return;
+        };
+        if !room.joined || room.removed || !keys.is_member(&from) {
+            return tracing::debug!("ignoring a membership request from {}", short_key(&from));
+        }
+        if let Some(update) = keys.signed_membership().cloned() {
+            self.send_direct(Job::to_key(from, Payload::Membership(update)));
+        }
+    }
+
+    /// `sender` is still sending under a key from before the last removal: it missed the
+    /// update, so hand it over (at most every [`STALE_PUSH_EVERY_MS`] per member).
+    fn hand_membership_to_stale_sender(&mut self, room_id: RoomId, sender: VerifyingKey) {
+        let now = now_ms();
+        let pushes = &mut self.rooms.stale_pushes;
+        if pushes.len() >= MAX_STALE_PUSHES {
+            pushes.retain(|_, at| now.saturating_sub(*at) < STALE_PUSH_EVERY_MS);
+        }
+        let key = (room_id, sender.to_bytes());
+        let due = pushes
+            .get(&key)
+            .is_none_or(|at| now.saturating_sub(*at) >= STALE_PUSH_EVERY_MS);
+        if !due || (!pushes.contains_key(&key) && pushes.len() >= MAX_STALE_PUSHES) {
+            return;
+        }
+        pushes.insert(key, now);
+        let update = self
+            .rooms
+            .by_id
+            .get(&room_id)
+            .and_then(|room| match &room.keys {
+                RoomCrypto::Private(keys) => keys.signed_membership().cloned(),
+                RoomCrypto::Public { .. } => None,
+            });
+        if let Some(update) = update {
+            tracing::info!(
+                "{} sends under a key from before the last removal; handing it the membership",
+                short_key(&sender)
+            );
+            self.send_direct(Job::to_key(sender, Payload::Membership(update)));
         }
     }
 
@@ -353,6 +431,29 @@ impl Node {
                 .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
     }
 
+    /// Test builds only: `PALAVER_FAULT_DROP_REMOVALS_TO=<user>` (on the owner) loses every
+    /// membership update that removes someone on its way to that member, so the tests can show
+    /// that a member that missed a kick is refused and then catches up.
+    fn fault_drops_removals_to(&self, member: &VerifyingKey) -> bool {
+        cfg!(debug_assertions)
+            && std::env::var("PALAVER_FAULT_DROP_REMOVALS_TO")
+                .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
+    }
+
+    /// The clock for room epoch checks. Test builds take `PALAVER_ROOM_EPOCH_GRACE_MS` to
+    /// shorten the grace, so a test need not wait 30 s.
+    fn epoch_clock(&self) -> EpochClock {
+        let grace_ms = std::env::var("PALAVER_ROOM_EPOCH_GRACE_MS")
+            .ok()
+            .filter(|_| cfg!(debug_assertions))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(EPOCH_GRACE_MS);
+        EpochClock {
+            now_ms: now_ms(),
+            grace_ms,
+        }
+    }
+
     /// Writes the rooms whose receiving chains moved (each tick, and before the daemon exits).
     pub(crate) fn save_dirty_rooms(&mut self) {
         let mut batch = StateBatch::default();
@@ -390,8 +491,11 @@ impl Node {
 /// Why a room message was not taken.
 #[derive(Debug)]
 pub(crate) enum RoomReject {
-    /// Kept until the sender's key arrives.
+    /// Kept until the sender's key (or its epoch's membership update) arrives.
     Held,
+    /// Under a sender key from before the last removal, after the grace: genuine, but its
+    /// sender missed the update (it is handed the update). Not held against who relayed it.
+    Stale,
     Invalid(String),
 }
 
@@ -556,6 +660,7 @@ mod tests {
                 inviter.signing_key(),
                 id.0,
                 9,
+                9,
                 vec![inviter.public(), me.public()],
             ),
             invite_secret: None,
@@ -600,7 +705,7 @@ mod tests {
     fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {
         let owner = Identity::from_secret_bytes(&[1; 32]);
         let update = |epoch| {
-            MembershipUpdate::sign(owner.signing_key(), [7; 32], epoch, vec![owner.public()])
+            MembershipUpdate::sign(owner.signing_key(), [7; 32], epoch, 1, vec![owner.public()])
         };
         let mut kept = None;
         keep_newest(&mut kept, update(3));

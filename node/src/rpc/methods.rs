@@ -247,7 +247,7 @@ pub static METHODS: &[Method] = &[
         name: "room.list",
         summary: "Your rooms and invitations.",
         params: &[],
-        result: r#"[{"room","id","public","owner","members","state":"joined|invited|removed"}]"#,
+        result: r#"[{"room","id","public","owner","members","state":"joined|invited|removed","epoch"}]"#,
         errors: "none",
     },
     Method {

@@ -1,19 +1,26 @@
 //! One room's keys and membership, as a sans-IO state machine.
 //!
-//! 1. The room's owner signs every [`MembershipUpdate`] (room, epoch, full member list). Each
-//!    member passes every update it receives to [`RoomKeys::apply_membership`]; newer epochs win.
+//! 1. The room's owner signs every [`MembershipUpdate`] (room, epoch, the epoch of the last
+//!    removal, full member list); the epoch goes up with every change. Each member passes every
+//!    update it receives to [`RoomKeys::apply_membership`]; newer epochs win.
 //! 2. `apply_membership` answers with [`KeyAction`]s for the caller to carry out over pairwise
 //!    sessions. When anyone is removed I rotate my sender key and send the new one to the
 //!    remaining members only, and forget the removed members' keys. When members are added I send
 //!    them my current key at its current index, so they cannot read what came before.
 //! 3. Distributions arriving over pairwise sessions go to [`RoomKeys::accept_distribution`], which
 //!    takes them only from current members.
-//! 4. [`RoomKeys::encrypt`] and [`RoomKeys::decrypt`] bind every message to the room and its
-//!    sender as associated data; [`RoomKeys::sign`] and [`RoomKeys::verify`] cover the envelope.
+//! 4. [`RoomKeys::encrypt`] and [`RoomKeys::decrypt`] bind every message to the room, its
+//!    sender and the epoch its sender key was made for as associated data; [`RoomKeys::sign`]
+//!    and [`RoomKeys::verify`] cover the envelope.
+//! 5. Epochs: every sender key belongs to the epoch it was made in. [`RoomKeys::check_epoch`]
+//!    refuses a message from an epoch newer than ours ([`CryptoError::FutureEpoch`]: ask for the
+//!    membership update), and one whose key predates the last removal
+//!    ([`CryptoError::StaleEpoch`]) once [`EPOCH_GRACE_MS`] have passed since we learned of it.
 //!
 //! A removed member keeps what it already had: the old keys read the messages sent before
 //! everyone has rotated. Each remaining member rotates on applying the update, so messages sent
-//! after that are out of its reach.
+//! after that are out of its reach; a member that missed the update and still sends under its
+//! old key is refused by the others after the grace, until it has caught up and rotated.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -26,11 +33,41 @@ use super::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution, Sen
 
 const MEMBERSHIP_DOMAIN: &[u8] = b"palaver/v1/room-membership";
 
+/// How long after learning of a removal a receiver still takes messages under keys from before
+/// it. Messages sent just before the removal are still in flight: gossipsub delivers within a
+/// few heartbeats (1 s each) and re-offers what a peer missed for 3 s, a sender republishes
+/// what nobody took every few seconds, and the membership update itself may take a retry or two
+/// over the pairwise session. 30 s covers those with room to spare, while keeping short the
+/// window in which a member that missed the removal can still be read by the removed member.
+pub const EPOCH_GRACE_MS: u64 = 30_000;
+
+/// The receiver's clock for the epoch checks, and the grace it allows (normally
+/// [`EPOCH_GRACE_MS`]; tests shorten it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochClock {
+    pub now_ms: u64,
+    pub grace_ms: u64,
+}
+
+impl EpochClock {
+    /// `now_ms` with the standard grace.
+    pub fn at(now_ms: u64) -> Self {
+        Self {
+            now_ms,
+            grace_ms: EPOCH_GRACE_MS,
+        }
+    }
+}
+
 /// The owner's signed statement of who is in the room as of `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipUpdate {
     pub room: [u8; 32],
+    /// Goes up by one with every change the owner signs.
     pub epoch: u64,
+    /// The epoch of the last removal (at most `epoch`): sender keys made for an earlier epoch
+    /// are known to someone no longer in the room, so receivers refuse them (after a grace).
+    pub keys_from: u64,
     /// Everyone in the room, the owner included if the owner takes part.
     pub members: Vec<VerifyingKey>,
     pub owner: VerifyingKey,
@@ -39,17 +76,23 @@ pub struct MembershipUpdate {
 }
 
 impl MembershipUpdate {
+    /// Signs a membership; [`RoomKeys::next_membership`] picks `epoch` and `keys_from` for a
+    /// change.
     pub fn sign(
         owner: &SigningKey,
         room: [u8; 32],
         epoch: u64,
+        keys_from: u64,
         members: Vec<VerifyingKey>,
     ) -> Self {
         let owner_key = owner.verifying_key();
-        let signature = owner.sign(&Self::signed_bytes(&room, epoch, &members, &owner_key));
+        let signature = owner.sign(&Self::signed_bytes(
+            &room, epoch, keys_from, &members, &owner_key,
+        ));
         Self {
             room,
             epoch,
+            keys_from,
             members,
             owner: owner_key,
             signature,
@@ -59,7 +102,13 @@ impl MembershipUpdate {
     /// Checks the signature by `self.owner`. Whether that is the room's owner is for
     /// [`RoomKeys::apply_membership`] to decide.
     pub fn verify(&self) -> Result<(), CryptoError> {
-        let bytes = Self::signed_bytes(&self.room, self.epoch, &self.members, &self.owner);
+        let bytes = Self::signed_bytes(
+            &self.room,
+            self.epoch,
+            self.keys_from,
+            &self.members,
+            &self.owner,
+        );
         self.owner
             .verify_strict(&bytes, &self.signature)
             .map_err(|_| CryptoError::BadSignature)
@@ -68,14 +117,16 @@ impl MembershipUpdate {
     fn signed_bytes(
         room: &[u8; 32],
         epoch: u64,
+        keys_from: u64,
         members: &[VerifyingKey],
         owner: &VerifyingKey,
     ) -> Vec<u8> {
         let mut bytes =
-            Vec::with_capacity(MEMBERSHIP_DOMAIN.len() + 32 + 8 + 32 + 8 + 32 * members.len());
+            Vec::with_capacity(MEMBERSHIP_DOMAIN.len() + 32 + 16 + 32 + 8 + 32 * members.len());
         bytes.extend_from_slice(MEMBERSHIP_DOMAIN);
         bytes.extend_from_slice(room);
         bytes.extend_from_slice(&epoch.to_be_bytes());
+        bytes.extend_from_slice(&keys_from.to_be_bytes());
         bytes.extend_from_slice(owner.as_bytes());
         bytes.extend_from_slice(&(members.len() as u64).to_be_bytes());
         for member in members {
@@ -113,6 +164,12 @@ pub struct RoomKeys {
 struct Membership {
     epoch: u64,
     members: Vec<VerifyingKey>,
+    /// Keys made for an earlier epoch are refused once the grace has passed.
+    keys_from: u64,
+    /// When (our clock) `keys_from` last went up: the grace runs from here.
+    keys_from_since_ms: u64,
+    /// The owner's signed update, as applied: any member can hand it to one that missed it.
+    signed: MembershipUpdate,
 }
 
 /// A member's current key and the one it replaced: after a rotation, messages under the old key
@@ -150,7 +207,7 @@ impl RoomKeys {
             room,
             owner,
             me,
-            my_key: SenderKey::generate(rng),
+            my_key: SenderKey::generate(rng, 0),
             membership: None,
             received: BTreeMap::new(),
         }
@@ -176,12 +233,48 @@ impl RoomKeys {
         self.members().contains(identity)
     }
 
+    /// The epoch of the last removal: keys made for an earlier epoch are refused after the grace.
+    pub fn keys_from(&self) -> Option<u64> {
+        self.membership
+            .as_ref()
+            .map(|membership| membership.keys_from)
+    }
+
+    /// The owner's signed membership as last applied, to hand to a member that missed it.
+    pub fn signed_membership(&self) -> Option<&MembershipUpdate> {
+        self.membership
+            .as_ref()
+            .map(|membership| &membership.signed)
+    }
+
+    /// For the owner: the next membership, listing `members`. Its epoch follows the current one;
+    /// if anyone current is missing from `members`, it is also the new `keys_from`, so every key
+    /// the removed members hold is retired.
+    pub fn next_membership(
+        &self,
+        owner: &SigningKey,
+        members: Vec<VerifyingKey>,
+    ) -> MembershipUpdate {
+        let epoch = self.epoch().unwrap_or(0) + 1;
+        let anyone_removed = self
+            .members()
+            .iter()
+            .any(|member| !members.contains(member));
+        let keys_from = match self.keys_from() {
+            Some(keys_from) if !anyone_removed => keys_from,
+            _ => epoch,
+        };
+        MembershipUpdate::sign(owner, self.room, epoch, keys_from, members)
+    }
+
     /// Applies a newer membership and says which keys to send to whom. Rejects updates for other
-    /// rooms, not signed by the room's owner, or not newer than the current epoch.
+    /// rooms, not signed by the room's owner, not newer than the current epoch, or moving
+    /// `keys_from` back (or past its own epoch). `now_ms` starts the grace when `keys_from` rises.
     pub fn apply_membership(
         &mut self,
         rng: &mut (impl CryptoRng + RngCore),
         update: &MembershipUpdate,
+        now_ms: u64,
     ) -> Result<Vec<KeyAction>, CryptoError> {
         if update.room != self.room {
             return Err(CryptoError::WrongRoom);
@@ -192,6 +285,13 @@ impl RoomKeys {
         update.verify()?;
         if self.epoch().is_some_and(|epoch| update.epoch <= epoch) {
             return Err(CryptoError::StaleMembership);
+        }
+        if update.keys_from > update.epoch
+            || self
+                .keys_from()
+                .is_some_and(|keys_from| update.keys_from < keys_from)
+        {
+            return Err(CryptoError::MalformedMembership);
         }
 
         let mut listed = HashSet::new();
@@ -218,9 +318,16 @@ impl RoomKeys {
 
         self.received.retain(|member, _| listed.contains(member));
         let is_member = listed.contains(self.me.as_bytes());
+        let keys_from_since_ms = match &self.membership {
+            Some(old) if old.keys_from == update.keys_from => old.keys_from_since_ms,
+            _ => now_ms,
+        };
         self.membership = Some(Membership {
             epoch: update.epoch,
             members,
+            keys_from: update.keys_from,
+            keys_from_since_ms,
+            signed: update.clone(),
         });
         if !is_member {
             // Removed (or not yet added): nothing to send, nothing to keep.
@@ -230,14 +337,16 @@ impl RoomKeys {
 
         // A removed member knows my current chain key: replace it, and give the new one only to
         // those who remain. Joining (or rejoining) also starts a fresh key, because everyone else
-        // dropped my old one when I left.
-        let (to, rotate) = if anyone_removed || !was_member {
+        // dropped my old one when I left. A key from before the owner's last removal goes too,
+        // even if I saw no one leave (someone left and came back between the updates I got).
+        let stale = self.my_key.epoch() < update.keys_from;
+        let (to, rotate) = if anyone_removed || !was_member || stale {
             (others, true)
         } else {
             (added, false)
         };
         if rotate {
-            self.my_key = self.my_key.rotate(rng);
+            self.my_key = self.my_key.rotate(rng, update.epoch);
         }
         if to.is_empty() {
             return Ok(Vec::new());
@@ -250,8 +359,9 @@ impl RoomKeys {
 
     /// Takes a sender key that `from` sent us over our pairwise session. Only current members'
     /// keys are accepted ([`CryptoError::NotAMember`]: if the update adding them has not arrived
-    /// yet, retry after it). A key we already hold is kept as it is: taking it again at an
-    /// earlier index would let replayed messages decrypt a second time.
+    /// yet, retry after it), and only for an epoch we know ([`CryptoError::FutureEpoch`]: retry
+    /// after the update). A key we already hold is kept as it is: taking it again at an earlier
+    /// index would let replayed messages decrypt a second time.
     pub fn accept_distribution(
         &mut self,
         from: &VerifyingKey,
@@ -259,6 +369,9 @@ impl RoomKeys {
     ) -> Result<(), CryptoError> {
         if !self.is_member(from) || *from == self.me || !self.is_member(&self.me) {
             return Err(CryptoError::NotAMember);
+        }
+        if self.epoch().is_some_and(|epoch| distribution.epoch > epoch) {
+            return Err(CryptoError::FutureEpoch);
         }
         let key = ReceivedSenderKey::from_distribution(distribution);
         match self.received.get_mut(from.as_bytes()) {
@@ -282,25 +395,53 @@ impl RoomKeys {
         self.my_key.distribution()
     }
 
-    /// Encrypts a message from me to the room.
+    /// Encrypts a message from me to the room. Never under a key from before the last removal
+    /// ([`CryptoError::StaleEpoch`]; applying the membership has already replaced it).
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, CryptoError> {
         if !self.is_member(&self.me) {
             return Err(CryptoError::NotAMember);
+        }
+        if self
+            .keys_from()
+            .is_some_and(|keys_from| self.my_key.epoch() < keys_from)
+        {
+            return Err(CryptoError::StaleEpoch);
         }
         let ad = self.associated_data(&self.me);
         self.my_key.encrypt(plaintext, &ad)
     }
 
+    /// Whether a message under a sender key made for `epoch` may be read now: not from an epoch
+    /// we have not seen ([`CryptoError::FutureEpoch`]: ask a member for the membership update),
+    /// and not from before the last removal once the grace since we learned of it is over
+    /// ([`CryptoError::StaleEpoch`]). A clock that went back counts as the grace being over.
+    pub fn check_epoch(&self, epoch: u64, clock: EpochClock) -> Result<(), CryptoError> {
+        let membership = self.membership.as_ref().ok_or(CryptoError::NotAMember)?;
+        if epoch > membership.epoch {
+            return Err(CryptoError::FutureEpoch);
+        }
+        let in_grace = clock
+            .now_ms
+            .checked_sub(membership.keys_from_since_ms)
+            .is_some_and(|elapsed| elapsed < clock.grace_ms);
+        if epoch < membership.keys_from && !in_grace {
+            return Err(CryptoError::StaleEpoch);
+        }
+        Ok(())
+    }
+
     /// Decrypts a message that `sender` (authenticated by the envelope signature, see
-    /// [`RoomKeys::verify`]) sent to the room.
+    /// [`RoomKeys::verify`]) sent to the room, if its epoch passes [`RoomKeys::check_epoch`].
     pub fn decrypt(
         &mut self,
         sender: &VerifyingKey,
         message: &SenderKeyMessage,
+        clock: EpochClock,
     ) -> Result<Vec<u8>, CryptoError> {
         if !self.is_member(sender) {
             return Err(CryptoError::NotAMember);
         }
+        self.check_epoch(message.epoch, clock)?;
         let ad = self.associated_data(sender);
         self.received_key(sender, message.key_id)?
             .decrypt(message, &ad)
@@ -354,6 +495,7 @@ impl std::fmt::Debug for RoomKeys {
             .field("room", &self.room)
             .field("me", &self.me)
             .field("epoch", &self.epoch())
+            .field("keys_from", &self.keys_from())
             .field("members", &self.members().len())
             .field("my_key", &self.my_key)
             .field("senders_with_keys", &self.received.len())

@@ -46,6 +46,9 @@ const PUBLIC_ROOM_INFO: &[u8] = b"palaver/v1/public-room-sender-key";
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct SenderKeyDistribution {
     pub key_id: u32,
+    /// The room membership epoch the key was made for (0 in public rooms): its messages carry
+    /// it, and receivers refuse keys from before the room's last removal.
+    pub epoch: u64,
     pub index: u32,
     pub chain_key: [u8; 32],
     #[zeroize(skip)]
@@ -56,6 +59,7 @@ impl std::fmt::Debug for SenderKeyDistribution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SenderKeyDistribution")
             .field("key_id", &self.key_id)
+            .field("epoch", &self.epoch)
             .field("index", &self.index)
             .field("signing_key", &self.signing_key)
             .finish_non_exhaustive()
@@ -67,6 +71,9 @@ impl std::fmt::Debug for SenderKeyDistribution {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenderKeyMessage {
     pub key_id: u32,
+    /// The epoch of the sender key (see [`SenderKeyDistribution::epoch`]); authenticated as
+    /// associated data.
+    pub epoch: u64,
     pub index: u32,
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
@@ -76,26 +83,29 @@ pub struct SenderKeyMessage {
 #[derive(Serialize, Deserialize)]
 pub struct SenderKey {
     key_id: u32,
+    /// The membership epoch this key was made for.
+    epoch: u64,
     chain: Chain,
     signing_key: SigningKey,
 }
 
 impl SenderKey {
-    /// A fresh sender key with a random id.
-    pub fn generate(rng: &mut (impl CryptoRng + RngCore)) -> Self {
+    /// A fresh sender key with a random id, for membership `epoch` (0 outside private rooms).
+    pub fn generate(rng: &mut (impl CryptoRng + RngCore), epoch: u64) -> Self {
         Self {
             key_id: rng.next_u32(),
+            epoch,
             chain: Chain::new(SecretKey::random(rng)),
             signing_key: SigningKey::generate(rng),
         }
     }
 
-    /// A fresh replacement (new chain, new signing key) whose id follows this one's, so receivers
-    /// that still hold the old key can tell the two apart.
-    pub fn rotate(&self, rng: &mut (impl CryptoRng + RngCore)) -> Self {
+    /// A fresh replacement (new chain, new signing key) for membership `epoch`, whose id follows
+    /// this one's, so receivers that still hold the old key can tell the two apart.
+    pub fn rotate(&self, rng: &mut (impl CryptoRng + RngCore), epoch: u64) -> Self {
         Self {
             key_id: self.key_id.wrapping_add(1),
-            ..Self::generate(rng)
+            ..Self::generate(rng, epoch)
         }
     }
 
@@ -111,6 +121,7 @@ impl SenderKey {
         let (chain_key, signing_key) = invite_derived_key(secret, member, key_id);
         Self {
             key_id,
+            epoch: 0,
             chain: Chain::new(chain_key),
             signing_key,
         }
@@ -120,17 +131,24 @@ impl SenderKey {
         self.key_id
     }
 
+    /// The membership epoch this key was made for.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The current chain position, for receivers: they can read from our next message on.
     pub fn distribution(&self) -> SenderKeyDistribution {
         SenderKeyDistribution {
             key_id: self.key_id,
+            epoch: self.epoch,
             index: self.chain.index(),
             chain_key: *self.chain.key().as_bytes(),
             signing_key: self.signing_key.verifying_key(),
         }
     }
 
-    /// Encrypts one message, binding `associated_data` (the room and sender, via `RoomKeys`).
+    /// Encrypts one message, binding the key's epoch and `associated_data` (the room and sender,
+    /// via `RoomKeys`).
     /// Fails after 2^32 - 1 messages ([`CryptoError::ChainExhausted`]: rotate) or for plaintexts
     /// over 256 GiB; either way nothing changes.
     pub fn encrypt(
@@ -140,11 +158,12 @@ impl SenderKey {
     ) -> Result<SenderKeyMessage, CryptoError> {
         let mut chain = self.chain.clone();
         let (index, message_key) = chain.next_message_key()?;
-        let ad = message_ad(self.key_id, index, associated_data);
+        let ad = message_ad(self.key_id, self.epoch, index, associated_data);
         let ciphertext = seal(&message_key, &ad, plaintext)?;
         self.chain = chain;
         Ok(SenderKeyMessage {
             key_id: self.key_id,
+            epoch: self.epoch,
             index,
             ciphertext,
         })
@@ -164,6 +183,7 @@ impl std::fmt::Debug for SenderKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SenderKey")
             .field("key_id", &self.key_id)
+            .field("epoch", &self.epoch)
             .field("index", &self.chain.index())
             .field("verifying_key", &self.signing_key.verifying_key())
             .finish_non_exhaustive()
@@ -175,6 +195,8 @@ impl std::fmt::Debug for SenderKey {
 #[derive(Serialize, Deserialize)]
 pub struct ReceivedSenderKey {
     key_id: u32,
+    /// The membership epoch the sender made the key for; its messages must carry it.
+    epoch: u64,
     /// Where the distribution started us: earlier messages are out of reach by design.
     first_index: u32,
     chain: Chain,
@@ -187,6 +209,7 @@ impl ReceivedSenderKey {
     pub fn from_distribution(distribution: &SenderKeyDistribution) -> Self {
         Self {
             key_id: distribution.key_id,
+            epoch: distribution.epoch,
             first_index: distribution.index,
             chain: Chain::starting_at(
                 SecretKey::from_bytes(&distribution.chain_key),
@@ -203,6 +226,7 @@ impl ReceivedSenderKey {
         let (chain_key, signing_key) = invite_derived_key(secret, member, key_id);
         Self {
             key_id,
+            epoch: 0,
             first_index: 0,
             chain: Chain::new(chain_key),
             signing_key: signing_key.verifying_key(),
@@ -212,6 +236,11 @@ impl ReceivedSenderKey {
 
     pub fn key_id(&self) -> u32 {
         self.key_id
+    }
+
+    /// The membership epoch the sender made this key for.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn signing_key(&self) -> &VerifyingKey {
@@ -227,16 +256,17 @@ impl ReceivedSenderKey {
 
     /// Decrypts one message. Out-of-order messages within [`MAX_SKIP`] decrypt; replays fail
     /// with [`CryptoError::DuplicateMessage`], messages from before our distribution with
-    /// [`CryptoError::BeforeKeyDistribution`]. Any error leaves the key unchanged.
+    /// [`CryptoError::BeforeKeyDistribution`]; a message claiming another epoch than the key's
+    /// is [`CryptoError::UnknownSenderKey`]. Any error leaves the key unchanged.
     pub fn decrypt(
         &mut self,
         message: &SenderKeyMessage,
         associated_data: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        if message.key_id != self.key_id {
+        if message.key_id != self.key_id || message.epoch != self.epoch {
             return Err(CryptoError::UnknownSenderKey);
         }
-        let ad = message_ad(self.key_id, message.index, associated_data);
+        let ad = message_ad(self.key_id, message.epoch, message.index, associated_data);
 
         if message.index < self.chain.index() {
             let Some(position) = self
@@ -270,6 +300,7 @@ impl std::fmt::Debug for ReceivedSenderKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReceivedSenderKey")
             .field("key_id", &self.key_id)
+            .field("epoch", &self.epoch)
             .field("first_index", &self.first_index)
             .field("index", &self.chain.index())
             .field("signing_key", &self.signing_key)
@@ -278,12 +309,13 @@ impl std::fmt::Debug for ReceivedSenderKey {
     }
 }
 
-/// Binds the ciphertext to its key id and index as well as the caller's associated data; the
-/// fixed-length prefix keeps the concatenation unambiguous.
-fn message_ad(key_id: u32, index: u32, associated_data: &[u8]) -> Vec<u8> {
+/// Binds the ciphertext to its key id, membership epoch and index as well as the caller's
+/// associated data; the fixed-length prefix keeps the concatenation unambiguous.
+fn message_ad(key_id: u32, epoch: u64, index: u32, associated_data: &[u8]) -> Vec<u8> {
     [
         MESSAGE_DOMAIN,
         &key_id.to_be_bytes(),
+        &epoch.to_be_bytes(),
         &index.to_be_bytes(),
         associated_data,
     ]
@@ -320,6 +352,7 @@ impl PartialEq for SenderKeyDistribution {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         (diff == 0)
             & (self.key_id == other.key_id)
+            & (self.epoch == other.epoch)
             & (self.index == other.index)
             & (self.signing_key == other.signing_key)
     }
@@ -338,7 +371,7 @@ mod tests {
     #[test]
     fn exhausted_sender_key_refuses_to_encrypt_and_changes_nothing() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let mut sender = SenderKey::generate(&mut rng);
+        let mut sender = SenderKey::generate(&mut rng, 1);
         sender.chain = Chain::starting_at(SecretKey::from_bytes(&[5; 32]), u32::MAX - 1);
         let mut receiver = ReceivedSenderKey::from_distribution(&sender.distribution());
 

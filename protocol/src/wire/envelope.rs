@@ -187,6 +187,10 @@ pub enum Payload {
     /// The sender holds messages of ours in this room under a sender key it never got: the
     /// answer is our current key ([`Payload::SenderKey`]), if the sender is a member.
     KeyRequest { room: RoomId },
+    /// The sender holds messages in this room from a membership epoch newer than its own: it
+    /// missed an update. The answer is the owner's latest signed one ([`Payload::Membership`]),
+    /// if the sender is a member.
+    MembershipRequest { room: RoomId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

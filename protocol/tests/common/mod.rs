@@ -50,6 +50,7 @@ pub fn room_envelope(from: u8, sender_key: u8) -> Envelope {
         signing_key: signing.verifying_key(),
         message: SenderKeyMessage {
             key_id: 2,
+            epoch: 3,
             index: 40,
             ciphertext: vec![0xab; 24],
         },
@@ -61,6 +62,7 @@ pub fn membership() -> MembershipUpdate {
     MembershipUpdate {
         room: [4; 32],
         epoch: 3,
+        keys_from: 2,
         members: vec![identity(1).public(), identity(2).public()],
         owner: identity(1).public(),
         signature: Signature::from_bytes(&[6; 64]),
@@ -134,6 +136,7 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
                 room: RoomId([4; 32]),
                 distribution: SenderKeyDistribution {
                     key_id: 2,
+                    epoch: 3,
                     index: 0,
                     chain_key: [7; 32],
                     signing_key: SigningKey::from_bytes(&[10; 32]).verifying_key(),
@@ -155,6 +158,13 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
         (
             "content_key_request",
             encode(&content(Payload::KeyRequest {
+                room: RoomId([5; 32]),
+            }))
+            .unwrap(),
+        ),
+        (
+            "content_membership_request",
+            encode(&content(Payload::MembershipRequest {
                 room: RoomId([5; 32]),
             }))
             .unwrap(),
@@ -372,22 +382,26 @@ pub fn any_envelope() -> impl Strategy<Value = Envelope> {
         any_key(),
         any::<[u8; 32]>(),
         any::<u32>(),
+        any::<u64>(),
         any::<u32>(),
         any_bytes(),
     )
-        .prop_map(|(sender_key, sender, room, key_id, index, ciphertext)| {
-            let body = Body::Room(RoomMessage {
-                room: RoomId(room),
-                sender,
-                signing_key: sender_key.public(),
-                message: SenderKeyMessage {
-                    key_id,
-                    index,
-                    ciphertext,
-                },
-            });
-            Envelope::sign(body, sender_key.signing_key()).unwrap()
-        });
+        .prop_map(
+            |(sender_key, sender, room, key_id, epoch, index, ciphertext)| {
+                let body = Body::Room(RoomMessage {
+                    room: RoomId(room),
+                    sender,
+                    signing_key: sender_key.public(),
+                    message: SenderKeyMessage {
+                        key_id,
+                        epoch,
+                        index,
+                        ciphertext,
+                    },
+                });
+                Envelope::sign(body, sender_key.signing_key()).unwrap()
+            },
+        );
     prop_oneof![direct, room]
 }
 
@@ -395,14 +409,16 @@ pub fn any_membership() -> impl Strategy<Value = MembershipUpdate> {
     (
         any::<[u8; 32]>(),
         any::<u64>(),
+        any::<u64>(),
         proptest::collection::vec(any_key(), 0..5),
         any_key(),
         any_signature(),
     )
         .prop_map(
-            |(room, epoch, members, owner, signature)| MembershipUpdate {
+            |(room, epoch, keys_from, members, owner, signature)| MembershipUpdate {
                 room,
                 epoch,
+                keys_from,
                 members,
                 owner,
                 signature,
@@ -432,24 +448,27 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
         (
             any::<[u8; 32]>(),
             any::<u32>(),
+            any::<u64>(),
             any::<u32>(),
             any::<[u8; 32]>(),
             any_key()
         )
-            .prop_map(
-                |(room, key_id, index, chain_key, signing_key)| Payload::SenderKey {
+            .prop_map(|(room, key_id, epoch, index, chain_key, signing_key)| {
+                Payload::SenderKey {
                     room: RoomId(room),
                     distribution: SenderKeyDistribution {
                         key_id,
+                        epoch,
                         index,
                         chain_key,
-                        signing_key
+                        signing_key,
                     },
                 }
-            ),
+            }),
         any_membership().prop_map(Payload::Membership),
         any::<[u8; 32]>().prop_map(|room| Payload::Leave { room: RoomId(room) }),
         any::<[u8; 32]>().prop_map(|room| Payload::KeyRequest { room: RoomId(room) }),
+        any::<[u8; 32]>().prop_map(|room| Payload::MembershipRequest { room: RoomId(room) }),
     ]
 }
 

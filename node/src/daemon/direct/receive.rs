@@ -178,6 +178,7 @@ impl Node {
             Payload::Membership(update) => self.on_membership(sender, update),
             Payload::Leave { room } => self.on_member_left(sender, room),
             Payload::KeyRequest { room } => self.on_key_request(sender, room),
+            Payload::MembershipRequest { room } => self.on_membership_request(sender, room),
             Payload::Text(_) => {}
         }
     }

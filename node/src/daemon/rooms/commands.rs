@@ -24,8 +24,8 @@ impl Node {
         } else {
             let id = RoomId::random(&mut OsRng);
             let mut keys = RoomKeys::new(&mut OsRng, id.0, me, me);
-            let update = MembershipUpdate::sign(self.identity.signing_key(), id.0, 1, vec![me]);
-            keys.apply_membership(&mut OsRng, &update)
+            let update = keys.next_membership(self.identity.signing_key(), vec![me]);
+            keys.apply_membership(&mut OsRng, &update, now_ms())
                 .map_err(|e| RpcError::failed(e.to_string()))?;
             (id, RoomCrypto::Private(Box::new(keys)))
         };
@@ -180,11 +180,10 @@ impl Node {
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return Err(RpcError::failed("public room"));
         };
-        let epoch = keys.epoch().unwrap_or(0) + 1;
-        let update =
-            MembershipUpdate::sign(self.identity.signing_key(), id.0, epoch, members.clone());
+        let removes = previous_members.iter().any(|m| !members.contains(m));
+        let update = keys.next_membership(self.identity.signing_key(), members.clone());
         let actions = keys
-            .apply_membership(&mut OsRng, &update)
+            .apply_membership(&mut OsRng, &update, now_ms())
             .map_err(|e| RpcError::failed(e.to_string()))?;
         self.save_room(&id)?;
         self.gate_room(&id);
@@ -192,6 +191,9 @@ impl Node {
             .iter()
             .filter(|m| **m != me && previous_members.contains(m))
         {
+            if removes && self.fault_drops_removals_to(member) {
+                continue;
+            }
             self.send_direct(Job::to_key(*member, Payload::Membership(update.clone())));
         }
         self.find_members(&id);
@@ -247,7 +249,7 @@ impl Node {
             return Err(RpcError::failed("public room"));
         };
         let actions = keys
-            .apply_membership(&mut OsRng, &update)
+            .apply_membership(&mut OsRng, &update, now_ms())
             .map_err(|e| RpcError::failed(e.to_string()))?;
         room.joined = true;
         room.removed = false;
@@ -362,6 +364,12 @@ impl Node {
                         "owner": room.owner().map(|o| o == me).unwrap_or(false),
                         "members": self.known_members(room).len(),
                         "state": state,
+                        // The membership epoch we hold (private rooms; null before joining and
+                        // for public rooms): members that agree on it read each other.
+                        "epoch": match &room.keys {
+                            RoomCrypto::Private(keys) => keys.epoch(),
+                            RoomCrypto::Public { .. } => None,
+                        },
                     })
                 })
                 .collect(),

@@ -21,7 +21,9 @@ impl Node {
                     };
                     match self.receive_room(id, room, data) {
                         Ok(()) => gossipsub::MessageAcceptance::Accept,
-                        Err(RoomReject::Held) => gossipsub::MessageAcceptance::Ignore,
+                        Err(RoomReject::Held | RoomReject::Stale) => {
+                            gossipsub::MessageAcceptance::Ignore
+                        }
                         Err(RoomReject::Invalid(reason)) => {
                             self.rooms.rejected_gossip += 1;
                             tracing::debug!("room message from {source} rejected: {reason}");
@@ -50,6 +52,7 @@ impl Node {
     ) -> Result<(), RoomReject> {
         let me = self.identity.public();
         let room_id = message.room;
+        let clock = self.epoch_clock();
         let room = self
             .rooms
             .by_id
@@ -66,31 +69,44 @@ impl Node {
                 if !keys.is_member(&message.sender) {
                     return Err(RoomReject::Invalid("sender is not a member".into()));
                 }
+                let epoch = keys.check_epoch(message.message.epoch, clock);
+                if epoch == Err(CryptoError::StaleEpoch) {
+                    tracing::debug!(
+                        "refusing {id}: {}'s key is from before the last removal",
+                        short_key(&message.sender)
+                    );
+                    self.hand_membership_to_stale_sender(room_id, message.sender);
+                    return Err(RoomReject::Stale);
+                }
+                let behind = epoch == Err(CryptoError::FutureEpoch);
                 match keys.signing_key_of(&message.sender, message.message.key_id) {
-                    None => {
-                        tracing::debug!(
-                            "holding {id} until {}'s key {} arrives",
-                            short_key(&message.sender),
-                            message.message.key_id
-                        );
-                        let missing = &mut self.rooms.missing_keys;
-                        if missing.len() < MAX_MISSING_KEYS {
-                            missing
-                                .entry((room_id, message.sender.to_bytes()))
-                                .or_insert(MissingKey {
-                                    since: now_ms(),
-                                    asked: None,
-                                });
-                        }
-                        hold(&mut self.rooms.held, id, message, frame);
-                        return Err(RoomReject::Held);
-                    }
                     Some(key) if *key != message.signing_key => {
                         return Err(RoomReject::Invalid(
                             "signed with a key the sender did not give us".into(),
                         ));
                     }
-                    Some(_) => keys.decrypt(&message.sender, &message.message),
+                    Some(_) if !behind => keys.decrypt(&message.sender, &message.message, clock),
+                    _ => {
+                        tracing::debug!(
+                            "holding {id} until {}'s key {} (epoch {}) arrives",
+                            short_key(&message.sender),
+                            message.message.key_id,
+                            message.message.epoch
+                        );
+                        let missing = &mut self.rooms.missing_keys;
+                        if missing.len() < MAX_MISSING_KEYS {
+                            let entry = missing
+                                .entry((room_id, message.sender.to_bytes()))
+                                .or_insert(MissingKey {
+                                    since: now_ms(),
+                                    asked: None,
+                                    behind,
+                                });
+                            entry.behind |= behind;
+                        }
+                        hold(&mut self.rooms.held, id, message, frame);
+                        return Err(RoomReject::Held);
+                    }
                 }
             }
             RoomCrypto::Public {
@@ -251,8 +267,13 @@ impl Node {
         let Some(room) = self.rooms.by_id.get_mut(&room_id) else {
             return;
         };
-        if room.owner() != Some(sender) {
-            return;
+        // The owner sends it, or a member forwards it to one that missed it: either way the
+        // owner's signature is what counts.
+        if room.owner() != Some(update.owner) || update.verify().is_err() {
+            return tracing::debug!(
+                "ignoring a membership update from {}: not signed by the owner",
+                short_key(&sender)
+            );
         }
         if !room.joined {
             // Not accepted yet: join with the newest membership (updates may arrive out of order;
@@ -265,7 +286,7 @@ impl Node {
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return;
         };
-        match keys.apply_membership(&mut OsRng, &update) {
+        match keys.apply_membership(&mut OsRng, &update, now_ms()) {
             Ok(actions) => {
                 let removed = !update.members.contains(&me);
                 let name = room.name.clone();
@@ -287,6 +308,16 @@ impl Node {
                 for (from, distribution) in early {
                     self.on_sender_key(from, room_id, distribution);
                 }
+                // Messages held for this epoch: readable now, or waiting for keys instead.
+                for missing in self
+                    .rooms
+                    .missing_keys
+                    .iter_mut()
+                    .filter(|((room, _), _)| *room == room_id)
+                {
+                    missing.1.behind = false;
+                }
+                self.release_held(room_id);
                 self.find_members(&room_id);
             }
             Err(err) => tracing::debug!("membership update for {}: {err}", room.name),
