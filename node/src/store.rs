@@ -636,6 +636,25 @@ impl Store {
         self.state.contains_key(key.bytes()).unwrap_or(false)
     }
 
+    /// Every value in one namespace with its key, each decoded on its own: one record that does
+    /// not decode does not hide the others.
+    pub fn scan_each<T: DeserializeOwned>(
+        &self,
+        namespace: StateKey<'_>,
+    ) -> Vec<(Vec<u8>, Result<T, StoreError>)> {
+        let prefix = &namespace.bytes()[..1];
+        self.state
+            .scan_prefix(prefix)
+            .map(|item| match item {
+                Ok((key, bytes)) => {
+                    let value = self.read_value(&key, &bytes);
+                    (key.to_vec(), value)
+                }
+                Err(err) => (Vec::new(), Err(err.into())),
+            })
+            .collect()
+    }
+
     /// Every value in one namespace (for example every outbox item).
     pub fn scan<T: DeserializeOwned>(&self, namespace: StateKey<'_>) -> Result<Vec<T>, StoreError> {
         let prefix = &namespace.bytes()[..1];
