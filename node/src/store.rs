@@ -281,10 +281,16 @@ impl StateBatch {
     }
 }
 
-/// Whether the value under `key` is a secret to seal at rest: ratchet sessions, room keys, the
-/// sender keys handed to members, our prekey secrets.
+/// The namespaces whose values are secrets to seal at rest (see [`StateKey::bytes`]): ratchet
+/// sessions, room keys, the sender keys handed to members; and our prekey secrets' one key.
+const SECRET_NAMESPACES: [u8; 3] = [b's', b'r', b'k'];
+/// `StateKey::Meta("prekeys")`, where `daemon::link` keeps our prekey secrets.
+const PREKEY_SECRETS_KEY: &[u8] = b"mprekeys";
+
 fn is_secret(key: &[u8]) -> bool {
-    matches!(key.first(), Some(b's' | b'r' | b'k')) || key == b"mprekeys"
+    key.first()
+        .is_some_and(|tag| SECRET_NAMESPACES.contains(tag))
+        || key == PREKEY_SECRETS_KEY
 }
 
 /// What is written under `key`: `value`, sealed if it is a secret and the store has the key.
@@ -352,25 +358,21 @@ impl Store {
     /// 10 s).
     #[cfg(test)]
     pub(crate) fn reopen(dir: &Path) -> Self {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Self::open(dir) {
-                Ok(store) => return store,
-                Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                Err(err) => panic!("cannot reopen the store: {err}"),
-            }
-        }
+        Self::retry_while_locked(|| Self::open(dir))
     }
 
     /// [`Store::reopen`], sealed (tests).
     #[cfg(test)]
     pub(crate) fn reopen_sealed(dir: &Path, secrets: SecretsKey) -> Self {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let secrets = std::sync::Arc::new(secrets);
+        Self::retry_while_locked(|| Self::open_sealed_shared(dir, secrets.clone()))
+    }
+
+    #[cfg(test)]
+    fn retry_while_locked(open: impl Fn() -> Result<Self, StoreError>) -> Self {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match Self::open_sealed_shared(dir, secrets.clone()) {
+            match open() {
                 Ok(store) => return store,
                 Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -421,7 +423,11 @@ impl Store {
         let mut store = Self::open(dir)?;
         let mut batch = sled::Batch::default();
         let mut sealed = 0;
-        for item in store.state.iter() {
+        let secrets_held = SECRET_NAMESPACES
+            .iter()
+            .flat_map(|tag| store.state.scan_prefix([*tag]))
+            .chain(store.state.scan_prefix(PREKEY_SECRETS_KEY));
+        for item in secrets_held {
             let (key, value) = item?;
             if is_secret(&key) && value.first() != Some(&SEALED) {
                 batch.insert(key.clone(), at_rest(Some(&secrets), &key, &value));

@@ -120,9 +120,14 @@ impl Node {
 
     /// Feeds the send pipeline, then does what it asks.
     pub(crate) fn pipeline_input(&mut self, input: PipelineInput<Job>) {
+        self.feed_pipeline(input);
+        self.drive_pipeline();
+    }
+
+    /// Feeds the send pipeline; what it asks waits in its outputs.
+    fn feed_pipeline(&mut self, input: PipelineInput<Job>) {
         let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
         self.sends.handle(input, now_ms(), &mut facts);
-        self.drive_pipeline();
     }
 
     /// Waiting sends whose time to ask for prekeys again has come.
@@ -184,12 +189,8 @@ impl Node {
             return self.rendezvous_request(request, pending);
         }
         let answer = PipelineAnswer::Failed(self.offline_reason(what));
-        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
-        self.sends.handle(
-            PipelineInput::Answered { call, answer },
-            now_ms(),
-            &mut facts,
-        );
+        // Inside `drive_pipeline`'s loop, which carries out what this answer leads to.
+        self.feed_pipeline(PipelineInput::Answered { call, answer });
     }
 
     /// What the rendezvous answered a send's question: the pipeline goes on.

@@ -51,11 +51,16 @@ fn external_addrs(node: &Node) -> Vec<Multiaddr> {
 }
 
 impl Node {
+    /// Discovery is served to logged-in sessions only.
+    fn may_ask_discovery(&self) -> bool {
+        self.rendezvous_peer().is_some() && self.session.is_logged_in()
+    }
+
     /// Registers our signed record — our external addresses now — under our own peer namespace
     /// and each public room we are in. Without external addresses yet there is nothing to tell:
     /// the change that brings one registers again.
     pub(crate) fn register_discovery(&mut self) {
-        if self.rendezvous_peer().is_none() || !self.session.is_logged_in() {
+        if !self.may_ask_discovery() {
             return;
         }
         let addrs = external_addrs(self);
@@ -81,7 +86,7 @@ impl Node {
     /// unless it is there already with our current addresses. Even without an address yet: a
     /// member that cannot be dialed is still one to be dialed by.
     pub(crate) fn register_in_room(&mut self, room: RoomId) {
-        if self.rendezvous_peer().is_none() || !self.session.is_logged_in() {
+        if !self.may_ask_discovery() {
             return;
         }
         let addrs = external_addrs(self);
@@ -97,7 +102,7 @@ impl Node {
     /// Takes our record out of a public room's namespace (we left it).
     pub(crate) fn unregister_from_room(&mut self, room: RoomId) {
         self.discovery.rooms.remove(&room);
-        if self.rendezvous_peer().is_some() && self.session.is_logged_in() {
+        if self.may_ask_discovery() {
             self.rendezvous_request(
                 RendezvousRequest::UnregisterDiscovery {
                     namespace: Namespace::Room(room),
@@ -132,7 +137,7 @@ impl Node {
     }
 
     fn discover_namespace(&mut self, namespace: Namespace) -> bool {
-        if self.rendezvous_peer().is_none() || !self.session.is_logged_in() {
+        if !self.may_ask_discovery() {
             return false;
         }
         self.rendezvous_request(

@@ -442,28 +442,33 @@ impl Node {
     /// that user with a membership change, as a lost control message would, so the tests can
     /// show the key is asked for and handed again.
     fn fault_drops_keys_to(&self, member: &VerifyingKey) -> bool {
-        cfg!(debug_assertions)
-            && std::env::var("PALAVER_FAULT_DROP_KEYS_TO")
-                .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
+        self.fault_drops_to("PALAVER_FAULT_DROP_KEYS_TO", member)
     }
 
     /// Test builds only: `PALAVER_FAULT_DROP_REMOVALS_TO=<user>` (on the owner) loses every
     /// membership update that removes someone on its way to that member, so the tests can show
     /// that a member that missed a kick is refused and then catches up.
     fn fault_drops_removals_to(&self, member: &VerifyingKey) -> bool {
+        self.fault_drops_to("PALAVER_FAULT_DROP_REMOVALS_TO", member)
+    }
+
+    fn fault_drops_to(&self, variable: &str, member: &VerifyingKey) -> bool {
         cfg!(debug_assertions)
-            && std::env::var("PALAVER_FAULT_DROP_REMOVALS_TO")
+            && std::env::var(variable)
                 .is_ok_and(|name| self.name_of_key(member).is_some_and(|n| n == name))
     }
 
     /// The clock for room epoch checks. Test builds take `PALAVER_ROOM_EPOCH_GRACE_MS` to
-    /// shorten the grace, so a test need not wait 30 s.
+    /// shorten the grace, so a test need not wait 30 s (read once: this runs per message).
     fn epoch_clock(&self) -> EpochClock {
-        let grace_ms = std::env::var("PALAVER_ROOM_EPOCH_GRACE_MS")
-            .ok()
-            .filter(|_| cfg!(debug_assertions))
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(EPOCH_GRACE_MS);
+        static GRACE_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let grace_ms = *GRACE_MS.get_or_init(|| {
+            std::env::var("PALAVER_ROOM_EPOCH_GRACE_MS")
+                .ok()
+                .filter(|_| cfg!(debug_assertions))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(EPOCH_GRACE_MS)
+        });
         EpochClock {
             now_ms: now_ms(),
             grace_ms,

@@ -256,7 +256,7 @@ impl Node {
             json!({
                 "name": name.as_str(),
                 "safety_number": SafetyNumber::of(&mine, &their_key).to_string(),
-                "verified": contact.verified && contact.unconfirmed.is_none(),
+                "verified": contact.is_verified(),
                 "key_changed": contact.unconfirmed.is_some(),
                 "fingerprint": Fingerprint::of(&their_key).to_string(),
                 "me": self.name.as_str(),
@@ -266,7 +266,7 @@ impl Node {
         if !confirm {
             return drop(reply.send(Ok(answer(&contact))));
         }
-        let was_verified = contact.verified && contact.unconfirmed.is_none();
+        let was_verified = contact.is_verified();
         contact.confirm();
         let value = answer(&contact);
         let mut batch = StateBatch::default();
@@ -287,6 +287,6 @@ impl Node {
         load_contact(&self.store, name)
             .ok()
             .flatten()
-            .is_some_and(|c| c.verified && c.unconfirmed.is_none())
+            .is_some_and(|c| c.is_verified())
     }
 }

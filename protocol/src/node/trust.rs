@@ -58,6 +58,11 @@ impl Contact {
         }
     }
 
+    /// The user vouched for the key the name has now (verified, and no change waits).
+    pub fn is_verified(&self) -> bool {
+        self.verified && self.unconfirmed.is_none()
+    }
+
     /// The key the rendezvous says the name has now: the one the user would confirm, compare or
     /// be warned about.
     pub fn latest(&self) -> [u8; 32] {

@@ -92,7 +92,6 @@ pub enum RendezvousResponse {
     Done,
     Prekeys(Box<PrekeyBundle>),
     Users(Vec<UserRecord>),
-    Presence(Vec<PresenceRecord>),
     Deposited {
         id: super::MessageId,
     },

@@ -633,7 +633,6 @@ pub fn any_rendezvous_response() -> impl Strategy<Value = RendezvousResponse> {
                 )
             }
         ),
-        proptest::collection::vec(any_presence(), 0..3).prop_map(RendezvousResponse::Presence),
         any_message_id().prop_map(|id| RendezvousResponse::Deposited { id }),
         (
             proptest::collection::vec((any_envelope(), any::<u64>()), 0..3),

@@ -109,8 +109,9 @@ struct Parked<J> {
     warning: Option<String>,
     /// The prekey wait's end, from the first "no prekeys".
     prekeys_until: Option<u64>,
-    /// What it asked, so an answer is checked against the question.
-    asked: Asked,
+    /// What it asked last (`None`: nothing yet): a fact still missing after its answer fails
+    /// the send instead of being asked for again.
+    asked: Option<Asked>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +119,8 @@ enum Asked {
     Lookup,
     WhoIs,
     Prekeys,
-    /// Nothing out: it asks for prekeys again at this time.
-    RetryPrekeysAt(u64),
+    /// Nothing out: it asks for prekeys again when its time in `retries` comes.
+    WaitingForPrekeys,
 }
 
 /// The sends on their way to being sealed.
@@ -158,7 +159,7 @@ impl<J> SendPipeline<J> {
                     to,
                     warning: None,
                     prekeys_until: None,
-                    asked: Asked::Lookup,
+                    asked: None,
                 };
                 self.advance(self.next_call, parked, facts);
             }
@@ -166,42 +167,20 @@ impl<J> SendPipeline<J> {
                 let Some(mut parked) = self.parked.remove(&call) else {
                     return;
                 };
-                if matches!(parked.asked, Asked::RetryPrekeysAt(_)) {
+                if parked.asked == Some(Asked::WaitingForPrekeys) {
                     // It asks nothing now: a stray answer. It keeps waiting.
                     self.parked.insert(call, parked);
                     return;
                 }
                 match answer {
-                    Answer::Learned | Answer::SessionStarted => {
-                        if let (Asked::Lookup, Recipient::Name(name)) = (parked.asked, &parked.to)
-                            && matches!(facts.key_to_send(name), Ok(None))
-                        {
-                            let error = format!("unknown user {name} at this rendezvous");
-                            return self.fail(parked, error);
-                        }
-                        if let (Asked::WhoIs, Recipient::Key(key)) = (parked.asked, &parked.to)
-                            && facts.name_of(key).is_none()
-                        {
-                            let error = "that key is not registered at this rendezvous".to_owned();
-                            return self.fail(parked, error);
-                        }
-                        if parked.asked == Asked::Prekeys && answer != Answer::SessionStarted {
-                            return self.fail(parked, "no session was started".into());
-                        }
-                        self.advance(call, parked, facts);
-                    }
+                    Answer::Learned | Answer::SessionStarted => self.advance(call, parked, facts),
                     Answer::NoPrekeys(reason) => {
                         let until = *parked.prekeys_until.get_or_insert(now_ms + PREKEY_WAIT_MS);
-                        let waiting = self
-                            .parked
-                            .values()
-                            .filter(|p| matches!(p.asked, Asked::RetryPrekeysAt(_)))
-                            .count();
-                        if now_ms >= until || waiting >= MAX_WAITING_FOR_PREKEYS {
+                        if now_ms >= until || self.retries.len() >= MAX_WAITING_FOR_PREKEYS {
                             return self.fail(parked, format!("cannot start a session: {reason}"));
                         }
                         let at = (now_ms + PREKEY_RETRY_MS).min(until);
-                        parked.asked = Asked::RetryPrekeysAt(at);
+                        parked.asked = Some(Asked::WaitingForPrekeys);
                         self.retries.insert((at, call));
                         self.parked.insert(call, parked);
                     }
@@ -245,11 +224,17 @@ impl<J> SendPipeline<J> {
         });
     }
 
-    /// Asks for the first fact still missing, or hands the send on to be sealed.
+    /// Asks for the first fact still missing, or hands the send on to be sealed. A fact still
+    /// missing right after its own answer came is not there to be had: the send fails.
     fn advance(&mut self, call: CallId, mut parked: Parked<J>, facts: &mut impl Facts) {
+        let just_asked = parked.asked;
         let (key, name) = match &parked.to {
             Recipient::Name(name) => match facts.key_to_send(name) {
                 Err(refusal) => return self.fail(parked, refusal),
+                Ok(None) if just_asked == Some(Asked::Lookup) => {
+                    let error = format!("unknown user {name} at this rendezvous");
+                    return self.fail(parked, error);
+                }
                 Ok(None) => {
                     let name = name.clone();
                     return self.ask(call, parked, Asked::Lookup, Output::Lookup { call, name });
@@ -261,6 +246,10 @@ impl<J> SendPipeline<J> {
             },
             Recipient::Key(key) => match facts.name_of(key) {
                 Some(name) => (*key, name),
+                None if just_asked == Some(Asked::WhoIs) => {
+                    let error = "that key is not registered at this rendezvous".to_owned();
+                    return self.fail(parked, error);
+                }
                 None => {
                     let key = *key;
                     return self.ask(call, parked, Asked::WhoIs, Output::WhoIs { call, key });
@@ -271,6 +260,9 @@ impl<J> SendPipeline<J> {
             return self.fail(parked, "that is you".into());
         }
         if !facts.has_session(&key) {
+            if just_asked == Some(Asked::Prekeys) {
+                return self.fail(parked, "no session was started".into());
+            }
             let output = Output::FetchPrekeys { call, name, key };
             return self.ask(call, parked, Asked::Prekeys, output);
         }
@@ -283,7 +275,7 @@ impl<J> SendPipeline<J> {
     }
 
     fn ask(&mut self, call: CallId, mut parked: Parked<J>, asked: Asked, output: Output<J>) {
-        parked.asked = asked;
+        parked.asked = Some(asked);
         self.parked.insert(call, parked);
         self.outputs.push_back(output);
     }
