@@ -177,25 +177,6 @@ fn peers_keep_talking_while_the_rendezvous_is_down_and_resume_presence_and_mail_
 }
 
 #[test]
-fn a_member_whose_room_key_was_lost_asks_for_it_and_reads_the_held_messages() -> anyhow::Result<()>
-{
-    let dir = tempfile::tempdir()?;
-    let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let mut ann = User::init(dir.path(), "ann")?;
-    let mut ben = User::init(dir.path(), "ben")?;
-    // Every key ann hands ben with a membership change is lost on the way.
-    ann.start_with_env(&server.addr, &[("PALAVER_FAULT_DROP_KEYS_TO", "ben")])?;
-    ben.start(&server.addr)?;
-    ann.ok(&["room", "create", "lossy"])?;
-    ann.ok(&["room", "invite", "lossy", "ben"])?;
-    ben.accept_invitation("lossy")?;
-    ann.ok(&["room", "send", "lossy", "can you read this?"])?;
-    // Ben holds the message, asks ann for her key after a few seconds, and then reads it.
-    ben.wait_room_texts("lossy", &["can you read this?"])?;
-    Ok(())
-}
-
-#[test]
 fn a_room_member_killed_right_after_reading_keeps_reading_after_restart() -> anyhow::Result<()> {
     // The receiving chains are written a moment after the messages they opened: a member killed
     // in between restarts with a chain a little behind, and must still read what follows, once.

@@ -186,7 +186,8 @@ pub(crate) struct Node {
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     commit: durable::GroupCommit<durable::AfterFlush>,
-    rooms: rooms::Rooms,
+    rooms: palaver_protocol::node::rooms::Rooms,
+    room_io: rooms::RoomIo,
     reach: reach::Reach,
     /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
     rendezvous_outage_logged: bool,
@@ -250,7 +251,7 @@ impl Node {
             identity.signing_key().clone(),
             link::load_prekeys(&store, &identity)?,
         );
-        let rooms = rooms::Rooms::load(&store)?;
+        let rooms = rooms::load(&store, &identity)?;
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
         let reach = reach::Reach::with_instances(
@@ -282,6 +283,7 @@ impl Node {
             internal: Some(internal),
             commit: durable::GroupCommit::default(),
             rooms,
+            room_io: rooms::RoomIo::default(),
             reach,
             rendezvous_outage_logged: false,
             announced: HashMap::new(),
@@ -312,6 +314,7 @@ impl Node {
             let session_due = self.session.poll_timeout().map(instant_of);
             let delivery_due = self.delivery.poll_timeout().map(instant_of);
             let pipeline_due = self.sends.poll_timeout().map(instant_of);
+            let rooms_due = self.rooms.poll_timeout().map(instant_of);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
@@ -319,6 +322,7 @@ impl Node {
                 _ = sleep_until(session_due) => self.on_session_timeout(),
                 _ = sleep_until(delivery_due) => self.on_delivery_timeout(),
                 _ = sleep_until(pipeline_due) => self.on_pipeline_timeout(),
+                _ = sleep_until(rooms_due) => self.on_rooms_timeout(),
                 _ = retry.tick() => {
                     self.on_retry_tick();
                     self.renew_discovery();

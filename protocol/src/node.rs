@@ -7,6 +7,8 @@
 //!   discovery lookup, the mailbox — and when it is tried again.
 //! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
 //!   reported, verified contacts guarded.
+//! - [`rooms`]: room membership, sender-key logistics (held messages, early and missing keys,
+//!   epochs) and room crypto, private and public; gap fill's decisions over the room log.
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
 //!   mail, and the bounded request window.
 //!
@@ -17,5 +19,6 @@
 pub mod addr;
 pub mod direct;
 pub mod reach;
+pub mod rooms;
 pub mod session;
 pub mod trust;

@@ -96,8 +96,8 @@ fn conversation_of(
             let room: RoomName = room
                 .parse()
                 .map_err(|e: palaver_protocol::name::NameError| RpcError::invalid(e.to_string()))?;
-            let id = match super::rooms::Rooms::load(store) {
-                Ok(rooms) => rooms.id_by_name(&room),
+            let id = match super::rooms::stored_id(store, &room) {
+                Ok(id) => id,
                 // Read without the daemon in a passphrase-protected home: the room records are
                 // sealed, but each history line names its room.
                 Err(crate::store::StoreError::SecretsSealed) => store.room_by_label(&room),
@@ -272,11 +272,7 @@ impl Node {
             Command::RoomInvite { room, name } => self.room_invite(room, name, reply),
             Command::RoomKick { room, name } => self.room_kick(room, name, reply),
             Command::RoomJoin { room, public } => {
-                let result = if public {
-                    self.room_join_public(room)
-                } else {
-                    self.room_join(room)
-                };
+                let result = self.room_join(room, public);
                 self.answer_when_durable(reply, result);
             }
             Command::RoomLeave { room } => {

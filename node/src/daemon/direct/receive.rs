@@ -171,15 +171,8 @@ impl Node {
                     self.delivery_input(DeliveryInput::Receipt(id));
                 }
             }
-            Payload::RoomInvite(invite) => self.on_room_invite(sender, invite),
-            Payload::SenderKey { room, distribution } => {
-                self.on_sender_key(sender, room, distribution)
-            }
-            Payload::Membership(update) => self.on_membership(sender, update),
-            Payload::Leave { room } => self.on_member_left(sender, room),
-            Payload::KeyRequest { room } => self.on_key_request(sender, room),
-            Payload::MembershipRequest { room } => self.on_membership_request(sender, room),
             Payload::Text(_) => {}
+            room => self.on_room_payload(sender, room),
         }
     }
 

@@ -1,28 +1,24 @@
-//! Gap fill: gossip does not reach members who are away, so a member asks another for what it
-//! missed when they connect — per sender, everything after the highest sequence number it holds
-//! without a gap — and takes the answer in like gossip (verified, deduplicated, decrypted).
-
-use std::collections::{BTreeMap, HashMap};
+//! Gap fill's traffic: ask a member we connect to for what we missed in the rooms we share,
+//! answer such requests from the room log, and take the answers in like gossip. What to ask
+//! and what to answer are [`palaver_protocol::node::rooms::gap_fill`]'s.
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
 use palaver_protocol::identity::identity_of;
-use palaver_protocol::wire::{
-    Body, GapFillRequest, GapFillResponse, PeerRequest, PeerResponse, SenderCursor,
-    peer::MAX_GAP_FILL,
-};
-use palaver_protocol::{Envelope, MessageId, RoomId, VerifyingKey};
+use palaver_protocol::node::rooms::gap_fill;
+use palaver_protocol::wire::{Body, GapFillRequest, GapFillResponse, PeerRequest, PeerResponse};
+use palaver_protocol::{MessageId, RoomId};
 
-use crate::daemon::Node;
+use super::topic;
+use crate::daemon::{Node, now_ms};
 
 impl Node {
     pub(crate) fn on_gossip_subscribed(&mut self, peer: PeerId, topic_hash: gossipsub::TopicHash) {
         let room = self
             .rooms
-            .by_id
-            .values()
-            .find(|room| room.topic().hash() == topic_hash)
-            .map(|r| r.id);
+            .iter()
+            .find(|room| topic(&room.id).hash() == topic_hash)
+            .map(|room| room.id);
         if let Some(room) = room {
             self.rooms_tick();
             self.request_gap_fill(peer, room);
@@ -33,109 +29,38 @@ impl Node {
         let Some(key) = identity_of(&peer) else {
             return;
         };
-        let shared: Vec<RoomId> = self
-            .rooms
-            .by_id
-            .values()
-            .filter(|room| {
-                room.joined && !room.removed && !room.is_public() && room.is_member(&key)
-            })
-            .map(|room| room.id)
-            .collect();
-        for room in shared {
+        for room in self.rooms.shared_with(&key) {
             self.request_gap_fill(peer, room);
         }
     }
 
-    /// Per sender, the highest sequence number we hold without a gap.
-    fn cursors(&self, room: &RoomId) -> Vec<SenderCursor> {
-        let mut have: BTreeMap<[u8; 32], u64> = BTreeMap::new();
-        for (sender, seq) in self.store.room_log_index(room) {
-            let through = have.entry(sender).or_insert(0);
-            if seq == *through + 1 {
-                *through = seq;
-            }
-        }
-        have.into_iter()
-            .filter_map(|(sender, have_through)| {
-                VerifyingKey::from_bytes(&sender)
-                    .ok()
-                    .map(|sender| SenderCursor {
-                        sender,
-                        have_through,
-                    })
-            })
-            .collect()
-    }
-
-    pub(crate) fn request_gap_fill(&mut self, peer: PeerId, room: RoomId) {
+    fn request_gap_fill(&mut self, peer: PeerId, room: RoomId) {
         if !self.swarm.is_connected(&peer) {
             return;
         }
-        let request = GapFillRequest {
-            room,
-            cursors: self.cursors(&room),
-            max: MAX_GAP_FILL as u16,
-        };
+        let request = gap_fill::request(room, self.store.room_log_index(&room));
         let id = self
             .swarm
             .behaviour_mut()
             .peer
             .send_request(&peer, PeerRequest::GapFill(request));
-        self.rooms.gap_fills.insert(id, (room, peer));
+        self.room_io.gap_fills.insert(id, (room, peer));
     }
 
     pub(crate) fn answer_gap_fill(&self, peer: PeerId, request: GapFillRequest) -> PeerResponse {
-        let empty = PeerResponse::GapFill(GapFillResponse {
-            envelopes: Vec::new(),
-            more: false,
-        });
-        let Some(room) = self.rooms.by_id.get(&request.room) else {
-            return empty;
-        };
         let Some(asker) = identity_of(&peer) else {
-            return empty;
+            let empty = GapFillResponse {
+                envelopes: Vec::new(),
+                more: false,
+            };
+            return PeerResponse::GapFill(empty);
         };
-        if !room.is_member(&asker) || !room.joined || room.removed {
-            return empty;
-        }
-        let have: HashMap<[u8; 32], u64> = request
-            .cursors
-            .iter()
-            .map(|c| (c.sender.to_bytes(), c.have_through))
-            .collect();
-        let max = usize::from(request.max).min(MAX_GAP_FILL);
-        let me = self.identity.public().to_bytes();
-        let mut envelopes = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
-        for (sender, seq, frame) in self.store.room_log(&request.room) {
-            if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
-                continue;
-            }
-            // Our own message still waiting for its flush leaves with its publish, not before
-            // (only our own are hashed to ask, and only while any wait).
-            if sender == me
-                && !self.rooms.not_yet_durable.is_empty()
-                && self
-                    .rooms
-                    .not_yet_durable
-                    .contains(&MessageId::of_frame(&frame))
-            {
-                continue;
-            }
-            if envelopes.len() == max
-                || bytes + frame.len() > palaver_protocol::codec::MAX_FRAME_LEN / 2
-            {
-                more = true;
-                break;
-            }
-            if let Ok(envelope) = Envelope::from_bytes(&frame) {
-                bytes += frame.len();
-                envelopes.push(envelope);
-            }
-        }
-        PeerResponse::GapFill(GapFillResponse { envelopes, more })
+        let waiting = &self.room_io.not_yet_durable;
+        let log = self.store.room_log(&request.room);
+        // Only our own are hashed to ask, and only while any wait for their flush.
+        let withheld =
+            |frame: &[u8]| !waiting.is_empty() && waiting.contains(&MessageId::of_frame(frame));
+        PeerResponse::GapFill(self.rooms.answer_gap_fill(&asker, &request, log, withheld))
     }
 
     pub(crate) fn on_gap_fill_response(
@@ -143,12 +68,7 @@ impl Node {
         request: OutboundRequestId,
         response: PeerResponse,
     ) {
-        let Some((room, peer)) = self
-            .rooms
-            .gap_fills
-            .remove(&request)
-            .map(|(room, peer)| (room, Some(peer)))
-        else {
+        let Some((room, peer)) = self.room_io.gap_fills.remove(&request) else {
             return;
         };
         let PeerResponse::GapFill(GapFillResponse { envelopes, more }) = response else {
@@ -166,14 +86,12 @@ impl Node {
             if let Body::Room(message) = envelope.body
                 && message.room == room
             {
-                progressed |= self.receive_room(id, message, frame).is_ok();
+                progressed |= self.rooms.receive(id, message, frame, now_ms()).is_ok();
             }
         }
+        let _ = self.drive_rooms();
         // Ask again while the peer has more and we are still taking it in.
-        if more
-            && progressed
-            && let Some(peer) = peer
-        {
+        if more && progressed {
             self.request_gap_fill(peer, room);
         }
     }

@@ -1,0 +1,736 @@
+//! Rooms: membership, sender-key logistics and room crypto, as one sans-IO machine.
+//!
+//! Private rooms: the creator owns the room and signs every membership change. An invitation
+//! travels over the pairwise session; `join` accepts it, and every member then hands its sender
+//! key to the others, each over its pairwise session ([`KeyAction::Distribute`]). A kick makes
+//! every remaining member rotate its key and hand the new one to the remaining members only.
+//!
+//! Public rooms: id and key are derived from the room's name, so anyone who knows the name can
+//! join and read; there is no owner and no kick.
+//!
+//! Keys that go missing: a message whose sender's key has not arrived is held (bounded), and
+//! after [`KEY_WAIT_MS`] its sender is asked for the key, again every [`KEY_ASK_EVERY_MS`]. A
+//! key that arrives before its invitation, or before the membership update naming its sender,
+//! is kept (bounded) until then.
+//!
+//! Epochs: every private-room message carries the membership epoch of its sender key. A message
+//! from an epoch newer than ours is held while we ask its sender for the owner's signed update
+//! (as for a missing key); one under a key from before the last removal is refused once the
+//! grace is over ([`EpochClock`]), and we hand its sender the update it evidently missed, so it
+//! rotates and its next messages go through.
+//!
+//! [`Rooms`] takes what arrives (`receive`, `on_*`) and what the user asks (the commands), with
+//! the time and randomness passed in, and hands out what to do through [`Rooms::poll_output`]:
+//! records to write, pairwise payloads to send, messages read, topics to join or leave. The
+//! driver owns the store, the swarm and the history; gap fill's cursors and answers are pure
+//! functions of the room log it holds ([`gap_fill`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use ed25519_dalek::VerifyingKey;
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec;
+use crate::crypto::CryptoError;
+use crate::crypto::room::{EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys};
+use crate::crypto::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution};
+use crate::identity::Identity;
+use crate::wire::{Content, MessageId, Payload, RoomId, RoomInvite, RoomMessage, WireError};
+use crate::{RoomName, UserName};
+
+mod commands;
+pub mod gap_fill;
+mod receive;
+
+#[cfg(test)]
+mod tests;
+
+/// Messages held while their sender's key has not arrived, per room.
+pub const MAX_HELD: usize = 256;
+/// Sender keys that arrived before the invitation they belong to.
+pub const MAX_EARLY_KEYS: usize = 64;
+/// How long a message waits for its sender's key before we ask the sender for it: keys normally
+/// arrive within moments of the messages they open, so asking at once would only add traffic.
+pub const KEY_WAIT_MS: u64 = 5_000;
+/// How often we ask the same sender again while its key stays missing.
+pub const KEY_ASK_EVERY_MS: u64 = 30_000;
+/// Senders whose keys we wait for, over all rooms.
+pub const MAX_MISSING_KEYS: usize = 1024;
+/// Senders whose chains a public room keeps; one more is refused.
+pub const MAX_PUBLIC_SENDERS: usize = 4096;
+/// How often at most we hand the same member the membership update when it keeps sending
+/// under a key from before the last removal (the update travels over the pairwise outbox,
+/// which retries by itself).
+pub const STALE_PUSH_EVERY_MS: u64 = 30_000;
+/// Members we remember having handed the update to, over all rooms.
+pub const MAX_STALE_PUSHES: usize = 1024;
+
+/// One room as it is stored.
+#[derive(Serialize, Deserialize)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: RoomName,
+    pub keys: RoomCrypto,
+    /// `false` while this is an invitation not yet accepted.
+    pub joined: bool,
+    /// The owner's latest membership update, kept so that `join` can apply it.
+    pub invitation: Option<MembershipUpdate>,
+    /// Removed by the owner: we keep the history, but read and send nothing more.
+    pub removed: bool,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("public", &self.is_public())
+            .field("state", &self.state())
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RoomCrypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoomCrypto::Private(_) => "RoomCrypto::Private(..)",
+            RoomCrypto::Public { .. } => "RoomCrypto::Public(..)",
+        })
+    }
+}
+
+/// A room's keys: a private room's sender keys and membership, or a public room's derived ones.
+#[derive(Serialize, Deserialize)]
+pub enum RoomCrypto {
+    Private(Box<RoomKeys>),
+    Public {
+        secret: [u8; 32],
+        mine: Box<SenderKey>,
+        received: BTreeMap<[u8; 32], ReceivedSenderKey>,
+    },
+}
+
+impl Room {
+    pub fn is_public(&self) -> bool {
+        matches!(self.keys, RoomCrypto::Public { .. })
+    }
+
+    /// Joined and not removed: we read and write here.
+    pub fn is_active(&self) -> bool {
+        self.joined && !self.removed
+    }
+
+    /// A private room's members (a public room has no list).
+    pub fn members(&self) -> Vec<VerifyingKey> {
+        match &self.keys {
+            RoomCrypto::Private(keys) => keys.members().to_vec(),
+            RoomCrypto::Public { .. } => Vec::new(),
+        }
+    }
+
+    pub fn is_member(&self, key: &VerifyingKey) -> bool {
+        match &self.keys {
+            RoomCrypto::Private(keys) => keys.is_member(key),
+            RoomCrypto::Public { .. } => true,
+        }
+    }
+
+    pub fn owner(&self) -> Option<VerifyingKey> {
+        match &self.keys {
+            RoomCrypto::Private(keys) => Some(*keys.owner()),
+            RoomCrypto::Public { .. } => None,
+        }
+    }
+
+    /// The membership epoch we hold (private rooms, once joined).
+    pub fn epoch(&self) -> Option<u64> {
+        match &self.keys {
+            RoomCrypto::Private(keys) => keys.epoch(),
+            RoomCrypto::Public { .. } => None,
+        }
+    }
+
+    /// "joined", "invited" or "removed".
+    pub fn state(&self) -> &'static str {
+        match (self.joined, self.removed) {
+            (_, true) => "removed",
+            (true, false) => "joined",
+            (false, false) => "invited",
+        }
+    }
+
+    /// Who is in the room as far as we can tell: a private room's member list; for a public
+    /// room, which anyone may join unannounced, `me` and everyone whose chain we keep, and
+    /// `also` (the senders in the room's log, say), each once.
+    pub fn known_members(
+        &self,
+        me: VerifyingKey,
+        also: impl IntoIterator<Item = [u8; 32]>,
+    ) -> Vec<VerifyingKey> {
+        let RoomCrypto::Public { received, .. } = &self.keys else {
+            return self.members();
+        };
+        let mut seen = HashSet::new();
+        std::iter::once(me.to_bytes())
+            .chain(received.keys().copied())
+            .chain(also)
+            .filter(|key| seen.insert(*key))
+            .filter_map(|key| VerifyingKey::from_bytes(&key).ok())
+            .collect()
+    }
+}
+
+/// The gossipsub topic of room `id`.
+pub fn topic_name(id: &RoomId) -> String {
+    format!("palaver/room/{}", id.to_hex())
+}
+
+/// Public rooms' id and secret come from their name.
+pub fn public_room(name: &RoomName) -> (RoomId, [u8; 32]) {
+    let derive = |label: &[u8]| -> [u8; 32] {
+        Sha256::new()
+            .chain_update(label)
+            .chain_update(name.as_str().as_bytes())
+            .finalize()
+            .into()
+    };
+    (
+        RoomId(derive(b"palaver/v1/public-room/id")),
+        derive(b"palaver/v1/public-room/secret"),
+    )
+}
+
+/// A room message read: for the history, and for the room's log (gap fill serves `frame`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMessage {
+    pub id: MessageId,
+    pub room: RoomId,
+    pub room_name: RoomName,
+    pub sender: VerifyingKey,
+    pub text: String,
+    pub sent_at_ms: u64,
+    pub stamp: crate::delivery::Stamp,
+    pub seq: u64,
+    pub frame: Vec<u8>,
+}
+
+/// What the user should hear of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Invited { room: RoomName, from: VerifyingKey },
+    Removed { room: RoomName },
+}
+
+/// What to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Write room `id`'s record ([`Rooms::room`]) now; if that fails, [`Rooms::mark_dirty`].
+    Save(RoomId),
+    /// Remove room `id`'s record (we left it).
+    Forget(RoomId),
+    /// Write down that `distribution` was handed to `members` (before the sends that follow):
+    /// a member who asks again gets the same, never an earlier index.
+    KeyGiven {
+        room: RoomId,
+        members: Vec<VerifyingKey>,
+        distribution: SenderKeyDistribution,
+    },
+    /// Send `payload` to `to` over the pairwise session.
+    Send {
+        to: VerifyingKey,
+        payload: Box<Payload>,
+    },
+    /// A message was read.
+    Read(Box<ReadMessage>),
+    /// Who may be in room `id`'s gossip mesh changed ([`Rooms::mesh`]).
+    MeshChanged(RoomId),
+    Subscribe(RoomId),
+    Unsubscribe(RoomId),
+    /// Find these members (connect, discover); a public room's members are found by
+    /// registering in its namespace (`public`).
+    Seek {
+        room: RoomId,
+        members: Vec<VerifyingKey>,
+        public: bool,
+    },
+    /// Stop registering in public room `room`'s namespace.
+    Unregister(RoomId),
+    Event(RoomEvent),
+}
+
+/// Why a room message was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoomReject {
+    /// Kept until the sender's key (or its epoch's membership update) arrives.
+    Held,
+    /// Under a sender key from before the last removal, after the grace: genuine, but its
+    /// sender missed the update (it is handed the update). Not held against who relayed it.
+    Stale,
+    Invalid(String),
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("you already have a room called {0}")]
+    Exists(RoomName),
+    #[error("no room called {0}")]
+    NoSuchRoom(RoomName),
+    #[error("{0} is public: anyone may join, and nobody can be removed")]
+    Public(RoomName),
+    #[error("only the owner of {0} can change its members")]
+    NotOwner(RoomName),
+    #[error("{user} is already a member of {room}")]
+    AlreadyMember { user: UserName, room: RoomName },
+    #[error("{user} is not a member of {room}")]
+    NotMember { user: UserName, room: RoomName },
+    #[error("the owner cannot kick themselves; use `room leave`")]
+    KickingSelf,
+    #[error(
+        "no invitation to {0}; ask its owner to invite you, or create it with --public for a public room"
+    )]
+    NoInvitation(RoomName),
+    #[error("you were removed from {0}; ask its owner to invite you again")]
+    RemovedAskAgain(RoomName),
+    #[error("you own {0}: kick the other members first, then leave")]
+    OwnerLeaving(RoomName),
+    #[error("you are invited to {0} but have not joined: `room join {0}`")]
+    NotJoined(RoomName),
+    #[error("you were removed from {0}")]
+    Removed(RoomName),
+    #[error("an invitation {0}")]
+    InvitationRefused(&'static str),
+    #[error("the room is gone")]
+    Gone,
+    #[error("a message has at most {} bytes", crate::wire::MAX_TEXT_LEN)]
+    TooLong,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Encode(#[from] crate::codec::EncodeError),
+}
+
+/// A sender whose key (or whose epoch's membership update) we lack for messages we hold.
+#[derive(Debug, Clone, Copy)]
+struct MissingKey {
+    since: u64,
+    asked: Option<u64>,
+    /// The held messages are from an epoch newer than ours: what we lack is the membership
+    /// update, so that is what we ask for.
+    behind: bool,
+}
+
+impl MissingKey {
+    fn due(&self) -> u64 {
+        let waited = self.since.saturating_add(KEY_WAIT_MS);
+        match self.asked {
+            Some(at) => waited.max(at.saturating_add(KEY_ASK_EVERY_MS)),
+            None => waited,
+        }
+    }
+}
+
+/// A room message waiting for its sender's key.
+struct HeldMessage {
+    id: MessageId,
+    message: RoomMessage,
+    frame: Vec<u8>,
+}
+
+/// All rooms, in memory; every change is handed out to be written ([`Output::Save`]), except a
+/// receiving chain's advance, which [`Rooms::take_dirty`] collects for a write a moment later.
+pub struct Rooms {
+    identity: Identity,
+    grace_ms: u64,
+    by_id: BTreeMap<RoomId, Room>,
+    held: HashMap<RoomId, VecDeque<HeldMessage>>,
+    early_keys: HashMap<RoomId, Vec<(VerifyingKey, SenderKeyDistribution)>>,
+    missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
+    /// Members that sent under a key from before the last removal, and when we last handed
+    /// them the membership update.
+    stale_pushes: HashMap<(RoomId, [u8; 32]), u64>,
+    /// Rooms whose receiving chains moved since they were last written.
+    dirty: BTreeSet<RoomId>,
+    /// Room messages that failed the signature or decryption checks.
+    rejected: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("rooms", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rooms {
+    /// `rooms` as they were stored; the standard epoch grace.
+    pub fn new(identity: Identity, rooms: impl IntoIterator<Item = Room>) -> Self {
+        Self {
+            identity,
+            grace_ms: EPOCH_GRACE_MS,
+            by_id: rooms.into_iter().map(|room| (room.id, room)).collect(),
+            held: HashMap::new(),
+            early_keys: HashMap::new(),
+            missing_keys: HashMap::new(),
+            stale_pushes: HashMap::new(),
+            dirty: BTreeSet::new(),
+            rejected: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// With a different grace for messages under keys from before a removal.
+    pub fn with_grace_ms(mut self, grace_ms: u64) -> Self {
+        self.grace_ms = grace_ms;
+        self
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn room(&self, id: &RoomId) -> Option<&Room> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Room> {
+        self.by_id.values()
+    }
+
+    pub fn id_by_name(&self, name: &RoomName) -> Option<RoomId> {
+        self.by_id
+            .values()
+            .find(|room| &room.name == name)
+            .map(|room| room.id)
+    }
+
+    /// The room called `name`, or why not.
+    pub fn find(&self, name: &RoomName) -> Result<&Room, RoomError> {
+        self.id_by_name(name)
+            .and_then(|id| self.by_id.get(&id))
+            .ok_or_else(|| RoomError::NoSuchRoom(name.clone()))
+    }
+
+    /// The public rooms we are in, whose namespaces carry our discovery record.
+    pub fn public_joined(&self) -> Vec<RoomId> {
+        self.by_id
+            .values()
+            .filter(|room| room.is_public() && room.is_active())
+            .map(|room| room.id)
+            .collect()
+    }
+
+    /// The private rooms we are in whose members include `key` (to ask it for what we missed).
+    pub fn shared_with(&self, key: &VerifyingKey) -> Vec<RoomId> {
+        self.by_id
+            .values()
+            .filter(|room| room.is_active() && !room.is_public() && room.is_member(key))
+            .map(|room| room.id)
+            .collect()
+    }
+
+    /// Who may be in room `id`'s gossip mesh besides us: a private room's members (an
+    /// invitation not yet accepted admits the members it names, so they are in the mesh the
+    /// moment we join). `None`: anyone (a public room, or one we no longer hold).
+    pub fn mesh(&self, id: &RoomId) -> Option<Vec<VerifyingKey>> {
+        let room = self.by_id.get(id)?;
+        let RoomCrypto::Private(keys) = &room.keys else {
+            return None;
+        };
+        let mut members: BTreeSet<[u8; 32]> = keys.members().iter().map(|m| m.to_bytes()).collect();
+        if !room.joined
+            && let Some(invitation) = &room.invitation
+        {
+            members.extend(invitation.members.iter().map(|m| m.to_bytes()));
+        }
+        members.remove(&self.identity.public().to_bytes());
+        Some(
+            members
+                .iter()
+                .filter_map(|m| VerifyingKey::from_bytes(m).ok())
+                .collect(),
+        )
+    }
+
+    /// Room messages that failed the signature or decryption checks, so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Counts a room message that could not even be decoded.
+    pub fn count_rejected(&mut self) {
+        self.rejected += 1;
+    }
+
+    /// The rooms whose receiving chains moved since they were last written.
+    pub fn take_dirty(&mut self) -> Vec<RoomId> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// Room `id` could not be written: it is handed out again by [`Rooms::take_dirty`].
+    pub fn mark_dirty(&mut self, id: RoomId) {
+        self.dirty.insert(id);
+    }
+
+    /// After start-up: the topics to join, who may be in their meshes.
+    pub fn start(&mut self) {
+        let ids: Vec<RoomId> = self.by_id.keys().copied().collect();
+        for id in ids {
+            self.outputs.push_back(Output::MeshChanged(id));
+            if self.by_id[&id].is_active() {
+                self.outputs.push_back(Output::Subscribe(id));
+            }
+        }
+    }
+
+    /// After login: find the other members of every room we are in.
+    pub fn seek_all(&mut self) {
+        let ids: Vec<RoomId> = self.by_id.keys().copied().collect();
+        for id in ids {
+            self.seek(&id);
+        }
+    }
+
+    fn seek(&mut self, id: &RoomId) {
+        let Some(room) = self.by_id.get(id).filter(|room| room.is_active()) else {
+            return;
+        };
+        let me = self.identity.public();
+        let members = room.members().into_iter().filter(|m| *m != me).collect();
+        self.outputs.push_back(Output::Seek {
+            room: *id,
+            members,
+            public: room.is_public(),
+        });
+    }
+
+    /// When [`Rooms::poll`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.missing_keys.values().map(MissingKey::due).min()
+    }
+
+    /// Asks each sender whose key has been missing a while for it, every so often.
+    pub fn poll(&mut self, now: u64) {
+        // Only while we still hold something of theirs (the held queue drops its oldest).
+        let held = &self.held;
+        self.missing_keys.retain(|(room, sender), _| {
+            held.get(room).is_some_and(|queue| {
+                queue
+                    .iter()
+                    .any(|held| held.message.sender.as_bytes() == sender)
+            })
+        });
+        let mut ask = Vec::new();
+        for (&(room, sender), missing) in &mut self.missing_keys {
+            if missing.due() <= now {
+                missing.asked = Some(now);
+                ask.push((room, sender, missing.behind));
+            }
+        }
+        ask.sort_unstable();
+        for (room, sender, behind) in ask {
+            let Ok(to) = VerifyingKey::from_bytes(&sender) else {
+                continue;
+            };
+            let payload = if behind {
+                Payload::MembershipRequest { room }
+            } else {
+                Payload::KeyRequest { room }
+            };
+            self.outputs.push_back(Output::Send {
+                to,
+                payload: Box::new(payload),
+            });
+        }
+    }
+
+    fn epoch_clock(&self, now: u64) -> EpochClock {
+        EpochClock {
+            now_ms: now,
+            grace_ms: self.grace_ms,
+        }
+    }
+
+    /// Signs and applies a new member list, writes it, and tells the members who were in
+    /// already (a new member learns of it from its invitation); returns the update and the key
+    /// hand-outs it asks for, which the caller carries out once anything that must precede them
+    /// is sent.
+    fn change_membership(
+        &mut self,
+        id: RoomId,
+        members: Vec<VerifyingKey>,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(MembershipUpdate, Vec<KeyAction>), RoomError> {
+        let me = self.identity.public();
+        let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
+        let previous = room.members();
+        let RoomCrypto::Private(keys) = &mut room.keys else {
+            return Err(RoomError::Public(room.name.clone()));
+        };
+        let update = keys.next_membership(self.identity.signing_key(), members.clone());
+        let actions = keys.apply_membership(rng, &update, now)?;
+        self.outputs.push_back(Output::Save(id));
+        self.outputs.push_back(Output::MeshChanged(id));
+        for member in members.iter().filter(|m| **m != me && previous.contains(m)) {
+            self.outputs.push_back(Output::Send {
+                to: *member,
+                payload: Box::new(Payload::Membership(update.clone())),
+            });
+        }
+        self.seek(&id);
+        Ok((update, actions))
+    }
+
+    fn carry_out(&mut self, room: RoomId, actions: Vec<KeyAction>) {
+        for KeyAction::Distribute { to, distribution } in actions {
+            self.outputs.push_back(Output::KeyGiven {
+                room,
+                members: to.clone(),
+                distribution: distribution.clone(),
+            });
+            for member in to {
+                self.outputs.push_back(Output::Send {
+                    to: member,
+                    payload: Box::new(Payload::SenderKey {
+                        room,
+                        distribution: distribution.clone(),
+                    }),
+                });
+            }
+        }
+    }
+
+    fn hold(
+        &mut self,
+        id: MessageId,
+        message: RoomMessage,
+        frame: Vec<u8>,
+        behind: bool,
+        now: u64,
+    ) {
+        let key = (message.room, message.sender.to_bytes());
+        if self.missing_keys.len() < MAX_MISSING_KEYS || self.missing_keys.contains_key(&key) {
+            let entry = self.missing_keys.entry(key).or_insert(MissingKey {
+                since: now,
+                asked: None,
+                behind,
+            });
+            entry.behind |= behind;
+        }
+        let queue = self.held.entry(message.room).or_default();
+        if queue.len() == MAX_HELD {
+            queue.pop_front();
+        }
+        queue.push_back(HeldMessage { id, message, frame });
+    }
+
+    /// Messages held for room `id`: read now, or held again (for another key).
+    fn release_held(&mut self, id: RoomId, now: u64) {
+        let held = self.held.remove(&id).unwrap_or_default();
+        for HeldMessage { id, message, frame } in held {
+            let _ = self.receive(id, message, frame, now);
+        }
+    }
+
+    /// Decodes a message's content once its key opened it.
+    fn read(
+        room: &Room,
+        id: MessageId,
+        message: &RoomMessage,
+        plaintext: &[u8],
+        frame: Vec<u8>,
+    ) -> Result<ReadMessage, RoomReject> {
+        let content: Content = codec::decode(plaintext)
+            .map_err(|e| RoomReject::Invalid(format!("bad content: {e}")))?;
+        let Payload::Text(text) = content.payload else {
+            return Err(RoomReject::Invalid("rooms carry text only".into()));
+        };
+        Ok(ReadMessage {
+            id,
+            room: room.id,
+            room_name: room.name.clone(),
+            sender: message.sender,
+            text,
+            sent_at_ms: content.sent_at_ms,
+            stamp: content.stamp,
+            seq: content.seq,
+            frame,
+        })
+    }
+}
+
+/// Why an invitation from `sender` is not taken, if it is not: only a room's owner invites, to
+/// the room it signed for; a room we already hold (one we were removed from, say) keeps the
+/// owner it has, so nobody else can invite us back into it under their own membership.
+fn invite_refusal(
+    existing: Option<&Room>,
+    sender: &VerifyingKey,
+    invite: &RoomInvite,
+) -> Option<&'static str> {
+    if invite.membership.owner != *sender {
+        return Some("not sent by the owner it names");
+    }
+    if invite.membership.room != invite.room.0 {
+        return Some("its membership is for another room");
+    }
+    if let Some(room) = existing
+        && room.owner() != Some(*sender)
+    {
+        return Some("not sent by the room's owner");
+    }
+    if invite.membership.verify().is_err() {
+        return Some("its membership is not signed by the owner");
+    }
+    None
+}
+
+/// Keeps `update` as the membership to join with unless a newer one is already kept.
+fn keep_newest(kept: &mut Option<MembershipUpdate>, update: MembershipUpdate) {
+    if kept.as_ref().is_none_or(|kept| update.epoch > kept.epoch) {
+        *kept = Some(update);
+    }
+}
+
+/// The chain that opens a public-room `message`, once its author is proven. Everyone who knows
+/// the room's name holds every member's derived keys, so authorship rests on the envelope's
+/// identity signature alone: the envelope (verified on decode against `signing_key`) must be
+/// signed by the sender's identity key. Only then is a chain derived and kept: for the key id
+/// the member drew when it joined (a new id is a new join and replaces the old chain; replays
+/// are caught by the message index before this), and for at most [`MAX_PUBLIC_SENDERS`].
+fn public_sender_key<'a>(
+    secret: &[u8; 32],
+    received: &'a mut BTreeMap<[u8; 32], ReceivedSenderKey>,
+    message: &RoomMessage,
+) -> Result<&'a mut ReceivedSenderKey, RoomReject> {
+    if message.signing_key != message.sender {
+        return Err(RoomReject::Invalid(
+            "not signed by the sender's identity key".into(),
+        ));
+    }
+    let (sender, key_id) = (message.sender.to_bytes(), message.message.key_id);
+    if !received.contains_key(&sender) && received.len() >= MAX_PUBLIC_SENDERS {
+        return Err(RoomReject::Invalid("too many senders in this room".into()));
+    }
+    let key = received
+        .entry(sender)
+        .or_insert_with(|| ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id));
+    if key.key_id() != key_id {
+        *key = ReceivedSenderKey::from_invite_secret(secret, &message.sender, key_id);
+    }
+    Ok(key)
+}
+
+fn public_ad(room: &RoomId, sender: &VerifyingKey) -> Vec<u8> {
+    let mut ad = b"palaver/v1/public-room/ad".to_vec();
+    ad.extend_from_slice(&room.0);
+    ad.extend_from_slice(sender.as_bytes());
+    ad
+}

@@ -1,0 +1,276 @@
+//! What the user asks: create, invite, kick, join, leave, and sealing a message to send.
+
+use super::*;
+use crate::wire::{Body, Envelope};
+
+/// Our message to a room, sealed: the frame to publish and keep in the room's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub room: RoomId,
+    pub id: MessageId,
+    pub frame: Vec<u8>,
+}
+
+impl Rooms {
+    /// A new room, private (we own it) or public (anyone who knows the name may join).
+    pub fn create(
+        &mut self,
+        name: RoomName,
+        public: bool,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<RoomId, RoomError> {
+        if self.id_by_name(&name).is_some() {
+            return Err(RoomError::Exists(name));
+        }
+        let me = self.identity.public();
+        let (id, keys) = if public {
+            let (id, secret) = public_room(&name);
+            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me, rng));
+            let received = BTreeMap::new();
+            (
+                id,
+                RoomCrypto::Public {
+                    secret,
+                    mine,
+                    received,
+                },
+            )
+        } else {
+            let id = RoomId::random(rng);
+            let mut keys = RoomKeys::new(rng, id.0, me, me);
+            let update = keys.next_membership(self.identity.signing_key(), vec![me]);
+            keys.apply_membership(rng, &update, now)?;
+            (id, RoomCrypto::Private(Box::new(keys)))
+        };
+        let room = Room {
+            id,
+            name,
+            keys,
+            joined: true,
+            invitation: None,
+            removed: false,
+        };
+        self.by_id.insert(id, room);
+        self.outputs.push_back(Output::Save(id));
+        self.outputs.push_back(Output::MeshChanged(id));
+        self.outputs.push_back(Output::Subscribe(id));
+        self.seek(&id);
+        Ok(id)
+    }
+
+    /// Room `name`, if we own it and it is private (only then are its members ours to change).
+    pub fn owned(&self, name: &RoomName) -> Result<RoomId, RoomError> {
+        let room = self.find(name)?;
+        if room.is_public() {
+            return Err(RoomError::Public(name.clone()));
+        }
+        if room.owner() != Some(self.identity.public()) {
+            return Err(RoomError::NotOwner(name.clone()));
+        }
+        Ok(room.id)
+    }
+
+    /// Invites `user` (`key`) to room `name`: a new membership, the invitation, then our key.
+    pub fn invite(
+        &mut self,
+        name: &RoomName,
+        user: &UserName,
+        key: VerifyingKey,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        let id = self.owned(name)?;
+        let mut members = self.by_id[&id].members();
+        if members.contains(&key) {
+            let (user, room) = (user.clone(), name.clone());
+            return Err(RoomError::AlreadyMember { user, room });
+        }
+        members.push(key);
+        let (update, actions) = self.change_membership(id, members, now, rng)?;
+        // The invitation goes first, so the keys that follow find the room.
+        let invite = RoomInvite {
+            room: id,
+            name: name.clone(),
+            membership: update,
+            invite_secret: None,
+        };
+        self.outputs.push_back(Output::Send {
+            to: key,
+            payload: Box::new(Payload::RoomInvite(invite)),
+        });
+        self.carry_out(id, actions);
+        Ok(())
+    }
+
+    /// Removes `user` (`key`, if we know one) from room `name`; every remaining member rotates.
+    pub fn kick(
+        &mut self,
+        name: &RoomName,
+        user: &UserName,
+        key: Option<VerifyingKey>,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        let id = self.owned(name)?;
+        let not_member = || RoomError::NotMember {
+            user: user.clone(),
+            room: name.clone(),
+        };
+        let key = key.ok_or_else(not_member)?;
+        if key == self.identity.public() {
+            return Err(RoomError::KickingSelf);
+        }
+        let before = self.by_id[&id].members();
+        if !before.contains(&key) {
+            return Err(not_member());
+        }
+        let members = before.into_iter().filter(|m| *m != key).collect();
+        let (update, actions) = self.change_membership(id, members, now, rng)?;
+        // The removed member learns it was removed (and stops sending to the room).
+        self.outputs.push_back(Output::Send {
+            to: key,
+            payload: Box::new(Payload::Membership(update)),
+        });
+        self.carry_out(id, actions);
+        Ok(())
+    }
+
+    /// Accepts the invitation to room `name`.
+    pub fn join(
+        &mut self,
+        name: &RoomName,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        let id = self
+            .id_by_name(name)
+            .ok_or_else(|| RoomError::NoInvitation(name.clone()))?;
+        let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
+        if room.is_active() {
+            return Ok(());
+        }
+        let me = self.identity.public();
+        let Some(update) = room.invitation.take().filter(|u| u.members.contains(&me)) else {
+            return Err(RoomError::RemovedAskAgain(name.clone()));
+        };
+        let RoomCrypto::Private(keys) = &mut room.keys else {
+            return Err(RoomError::Public(name.clone()));
+        };
+        let actions = match keys.apply_membership(rng, &update, now) {
+            Ok(actions) => actions,
+            Err(err) => {
+                room.invitation = Some(update);
+                return Err(err.into());
+            }
+        };
+        room.joined = true;
+        room.removed = false;
+        self.outputs.push_back(Output::Save(id));
+        self.outputs.push_back(Output::MeshChanged(id));
+        self.outputs.push_back(Output::Subscribe(id));
+        self.carry_out(id, actions);
+        // Keys that came before we accepted.
+        self.take_early_keys(id, now);
+        self.seek(&id);
+        Ok(())
+    }
+
+    /// Joins public room `name` (creating it here if we have never seen it); `true` if it is
+    /// new to us.
+    pub fn join_public(
+        &mut self,
+        name: &RoomName,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<bool, RoomError> {
+        if self.id_by_name(name).is_some() {
+            self.join(name, now, rng)?;
+            return Ok(false);
+        }
+        self.create(name.clone(), true, now, rng)?;
+        Ok(true)
+    }
+
+    /// Leaves room `name` and forgets it (its history stays with the driver).
+    pub fn leave(&mut self, name: &RoomName) -> Result<RoomId, RoomError> {
+        let room = self.find(name)?;
+        let (id, me) = (room.id, self.identity.public());
+        let (owner, public, active) = (room.owner(), room.is_public(), room.is_active());
+        if owner == Some(me) && room.members().len() > 1 {
+            return Err(RoomError::OwnerLeaving(name.clone()));
+        }
+        if let Some(owner) = owner.filter(|o| *o != me && active) {
+            self.outputs.push_back(Output::Send {
+                to: owner,
+                payload: Box::new(Payload::Leave { room: id }),
+            });
+        }
+        if public {
+            self.outputs.push_back(Output::Unregister(id));
+        }
+        self.by_id.remove(&id);
+        self.held.remove(&id);
+        self.early_keys.remove(&id);
+        self.missing_keys.retain(|(room, _), _| *room != id);
+        self.stale_pushes.retain(|(room, _), _| *room != id);
+        self.dirty.remove(&id);
+        self.outputs.push_back(Output::Unsubscribe(id));
+        self.outputs.push_back(Output::Forget(id));
+        self.outputs.push_back(Output::MeshChanged(id));
+        Ok(id)
+    }
+
+    /// Room `name`, if we may write in it now (before the driver stamps a message for it).
+    pub fn writable(&self, name: &RoomName) -> Result<RoomId, RoomError> {
+        let room = self.find(name)?;
+        if !room.joined {
+            return Err(RoomError::NotJoined(name.clone()));
+        }
+        if room.removed {
+            return Err(RoomError::Removed(name.clone()));
+        }
+        Ok(room.id)
+    }
+
+    /// Encrypts and signs `content` as our next message to room `id` (its chain moves: write
+    /// the room with the message, [`Rooms::room`]).
+    pub fn seal(&mut self, id: RoomId, content: &Content) -> Result<Sealed, RoomError> {
+        if let Payload::Text(text) = &content.payload
+            && text.len() > crate::wire::MAX_TEXT_LEN
+        {
+            return Err(RoomError::TooLong);
+        }
+        let plaintext = codec::encode(content)?;
+        let me = self.identity.public();
+        let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
+        if !room.is_active() {
+            return Err(RoomError::Removed(room.name.clone()));
+        }
+        let (message, signing_key) = match &mut room.keys {
+            RoomCrypto::Private(keys) => (
+                keys.encrypt(&plaintext)?,
+                keys.my_distribution().signing_key,
+            ),
+            // Signed by our identity key: everyone who knows the name holds the derived one.
+            RoomCrypto::Public { mine, .. } => {
+                (mine.encrypt(&plaintext, &public_ad(&id, &me))?, me)
+            }
+        };
+        let body = Body::Room(RoomMessage {
+            room: id,
+            sender: me,
+            signing_key,
+            message,
+        });
+        let envelope = match &room.keys {
+            RoomCrypto::Private(keys) => Envelope::sign_with(body, |bytes| keys.sign(bytes))?,
+            RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key())?,
+        };
+        Ok(Sealed {
+            room: id,
+            id: envelope.id(),
+            frame: envelope.to_bytes()?,
+        })
+    }
+}

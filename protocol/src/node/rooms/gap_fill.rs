@@ -1,0 +1,95 @@
+//! Gap fill: gossip does not reach members who are away, so a member asks another for what it
+//! missed when they connect — per sender, everything after the highest sequence number it holds
+//! without a gap — and takes the answer in like gossip (verified, deduplicated, decrypted).
+//!
+//! The room log (sender, sequence number → frame) lives in the driver's store; these are the
+//! decisions over it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ed25519_dalek::VerifyingKey;
+
+use super::Rooms;
+use crate::codec::MAX_FRAME_LEN;
+use crate::wire::peer::MAX_GAP_FILL;
+use crate::wire::{Envelope, GapFillRequest, GapFillResponse, RoomId, SenderCursor};
+
+/// Per sender, the highest sequence number held without a gap, from the room log's
+/// `(sender, seq)` index in order.
+pub fn cursors(index: impl IntoIterator<Item = ([u8; 32], u64)>) -> Vec<SenderCursor> {
+    let mut have: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    for (sender, seq) in index {
+        let through = have.entry(sender).or_insert(0);
+        if seq == *through + 1 {
+            *through = seq;
+        }
+    }
+    have.into_iter()
+        .filter_map(|(sender, have_through)| {
+            let sender = VerifyingKey::from_bytes(&sender).ok()?;
+            Some(SenderCursor {
+                sender,
+                have_through,
+            })
+        })
+        .collect()
+}
+
+/// What we ask a member for in room `room`, given our log's index.
+pub fn request(room: RoomId, index: impl IntoIterator<Item = ([u8; 32], u64)>) -> GapFillRequest {
+    GapFillRequest {
+        room,
+        cursors: cursors(index),
+        max: MAX_GAP_FILL as u16,
+    }
+}
+
+impl Rooms {
+    /// The answer to `asker`'s gap fill request, from our room `log` in order (`(sender, seq,
+    /// frame)`): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes,
+    /// `more` if there is more. Nothing for one who is not a member. `withheld` frames (our own
+    /// not yet durable) leave with their publish, not before.
+    pub fn answer_gap_fill(
+        &self,
+        asker: &VerifyingKey,
+        request: &GapFillRequest,
+        log: impl IntoIterator<Item = ([u8; 32], u64, Vec<u8>)>,
+        withheld: impl Fn(&[u8]) -> bool,
+    ) -> GapFillResponse {
+        let mut response = GapFillResponse {
+            envelopes: Vec::new(),
+            more: false,
+        };
+        let Some(room) = self.room(&request.room) else {
+            return response;
+        };
+        if !room.is_member(asker) || !room.is_active() {
+            return response;
+        }
+        let have: HashMap<[u8; 32], u64> = request
+            .cursors
+            .iter()
+            .map(|c| (c.sender.to_bytes(), c.have_through))
+            .collect();
+        let max = usize::from(request.max).min(MAX_GAP_FILL);
+        let me = self.identity.public().to_bytes();
+        let mut bytes = 0usize;
+        for (sender, seq, frame) in log {
+            if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
+                continue;
+            }
+            if sender == me && withheld(&frame) {
+                continue;
+            }
+            if response.envelopes.len() == max || bytes + frame.len() > MAX_FRAME_LEN / 2 {
+                response.more = true;
+                break;
+            }
+            if let Ok(envelope) = Envelope::from_bytes(&frame) {
+                bytes += frame.len();
+                response.envelopes.push(envelope);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,373 @@
+//! What arrives: room messages (gossip or gap fill; held while their sender's key is missing),
+//! and the room payloads of pairwise messages — invitations, sender keys, membership updates,
+//! key and membership requests, and members leaving.
+
+use super::*;
+
+impl Rooms {
+    /// Takes in a room message whose envelope was verified and which we have not seen before;
+    /// on success it is handed out as [`Output::Read`]. `Held` while its sender's key is still
+    /// to come.
+    pub fn receive(
+        &mut self,
+        id: MessageId,
+        message: RoomMessage,
+        frame: Vec<u8>,
+        now: u64,
+    ) -> Result<(), RoomReject> {
+        let result = self.open(id, message, frame, now);
+        if let Err(RoomReject::Invalid(_)) = &result {
+            self.rejected += 1;
+        }
+        result
+    }
+
+    fn open(
+        &mut self,
+        id: MessageId,
+        message: RoomMessage,
+        frame: Vec<u8>,
+        now: u64,
+    ) -> Result<(), RoomReject> {
+        let me = self.identity.public();
+        let room_id = message.room;
+        let clock = self.epoch_clock(now);
+        let room = self
+            .by_id
+            .get_mut(&room_id)
+            .ok_or(RoomReject::Invalid("unknown room".into()))?;
+        if !room.is_active() {
+            return Err(RoomReject::Invalid("not a member".into()));
+        }
+        if message.sender == me {
+            return Err(RoomReject::Invalid("my own message".into()));
+        }
+        let plaintext = match &mut room.keys {
+            RoomCrypto::Private(keys) => {
+                let epoch = keys.check_epoch(message.message.epoch, clock);
+                if !keys.is_member(&message.sender) {
+                    if epoch == Err(CryptoError::FutureEpoch) {
+                        // Added by an update we have not seen: held while we ask for it.
+                        self.hold(id, message, frame, true, now);
+                        return Err(RoomReject::Held);
+                    }
+                    // Removed by an update it has not seen: hand it over, so it stops.
+                    self.hand_membership_to_stale_sender(room_id, message.sender, now);
+                    return Err(RoomReject::Invalid("sender is not a member".into()));
+                }
+                if epoch == Err(CryptoError::StaleEpoch) {
+                    self.hand_membership_to_stale_sender(room_id, message.sender, now);
+                    return Err(RoomReject::Stale);
+                }
+                let behind = epoch == Err(CryptoError::FutureEpoch);
+                match keys.signing_key_of(&message.sender, message.message.key_id) {
+                    Some(key) if *key != message.signing_key => {
+                        return Err(RoomReject::Invalid(
+                            "signed with a key the sender did not give us".into(),
+                        ));
+                    }
+                    Some(_) if !behind => keys.decrypt(&message.sender, &message.message, clock),
+                    _ => {
+                        self.hold(id, message, frame, behind, now);
+                        return Err(RoomReject::Held);
+                    }
+                }
+            }
+            RoomCrypto::Public {
+                secret, received, ..
+            } => public_sender_key(secret, received, &message)?
+                .decrypt(&message.message, &public_ad(&room_id, &message.sender)),
+        }
+        .map_err(|e| RoomReject::Invalid(format!("cannot decrypt: {e}")))?;
+        let read = Self::read(room, id, &message, &plaintext, frame)?;
+        // The receiving chain that moved is written a moment later, not with every message: a
+        // chain that restarts a little behind only derives forward again (replays are caught
+        // by the message index first), and the room is most of what a message would write.
+        self.dirty.insert(room_id);
+        self.outputs.push_back(Output::Read(Box::new(read)));
+        Ok(())
+    }
+
+    /// `sender` is still sending under a key from before the last removal: it missed the
+    /// update, so hand it over (at most every [`STALE_PUSH_EVERY_MS`] per member).
+    fn hand_membership_to_stale_sender(&mut self, room: RoomId, sender: VerifyingKey, now: u64) {
+        let pushes = &mut self.stale_pushes;
+        if pushes.len() >= MAX_STALE_PUSHES {
+            pushes.retain(|_, at| now.saturating_sub(*at) < STALE_PUSH_EVERY_MS);
+        }
+        let key = (room, sender.to_bytes());
+        let due = pushes
+            .get(&key)
+            .is_none_or(|at| now.saturating_sub(*at) >= STALE_PUSH_EVERY_MS);
+        if !due || (!pushes.contains_key(&key) && pushes.len() >= MAX_STALE_PUSHES) {
+            return;
+        }
+        pushes.insert(key, now);
+        if let Some(update) = self.signed_membership(&room) {
+            self.outputs.push_back(Output::Send {
+                to: sender,
+                payload: Box::new(Payload::Membership(update)),
+            });
+        }
+    }
+
+    fn signed_membership(&self, room: &RoomId) -> Option<MembershipUpdate> {
+        match &self.by_id.get(room)?.keys {
+            RoomCrypto::Private(keys) => keys.signed_membership().cloned(),
+            RoomCrypto::Public { .. } => None,
+        }
+    }
+
+    /// An invitation from `sender`; `Err` says why it is ignored. One to a room we are in
+    /// already (it overtook the update that removed us) is taken as the membership it carries.
+    pub fn on_invite(
+        &mut self,
+        sender: VerifyingKey,
+        invite: RoomInvite,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        if let Some(reason) = invite_refusal(self.by_id.get(&invite.room), &sender, &invite) {
+            return Err(RoomError::InvitationRefused(reason));
+        }
+        let me = self.identity.public();
+        match self.by_id.get_mut(&invite.room) {
+            Some(room) if room.is_active() => {
+                let newer = room
+                    .epoch()
+                    .is_none_or(|epoch| invite.membership.epoch > epoch);
+                return match newer {
+                    true => self.on_membership(invite.membership, now, rng),
+                    false => Ok(()),
+                };
+            }
+            Some(room) => {
+                keep_newest(&mut room.invitation, invite.membership.clone());
+                room.removed = false;
+                room.joined = false;
+            }
+            None => {
+                let keys = RoomKeys::new(rng, invite.room.0, sender, me);
+                self.by_id.insert(
+                    invite.room,
+                    Room {
+                        id: invite.room,
+                        name: invite.name.clone(),
+                        keys: RoomCrypto::Private(Box::new(keys)),
+                        joined: false,
+                        invitation: Some(invite.membership.clone()),
+                        removed: false,
+                    },
+                );
+            }
+        }
+        self.outputs.push_back(Output::Save(invite.room));
+        self.outputs.push_back(Output::MeshChanged(invite.room));
+        self.outputs.push_back(Output::Event(RoomEvent::Invited {
+            room: invite.name,
+            from: sender,
+        }));
+        Ok(())
+    }
+
+    /// A member's sender key for a room.
+    pub fn on_sender_key(
+        &mut self,
+        from: VerifyingKey,
+        room_id: RoomId,
+        distribution: SenderKeyDistribution,
+        now: u64,
+    ) {
+        let joined = self.by_id.get(&room_id).map(|room| room.joined);
+        if joined != Some(true) {
+            // Not joined yet, or the invitation is still on its way: keep it (bounded) for then.
+            if joined.is_some() || self.early_keys.len() < MAX_EARLY_KEYS {
+                self.keep_early(room_id, from, distribution);
+            }
+            return;
+        }
+        let Some(room) = self.by_id.get_mut(&room_id) else {
+            return;
+        };
+        let RoomCrypto::Private(keys) = &mut room.keys else {
+            return;
+        };
+        if keys.accept_distribution(&from, &distribution).is_err() {
+            // The membership update that adds `from` may still be on its way.
+            return self.keep_early(room_id, from, distribution);
+        }
+        self.missing_keys.remove(&(room_id, from.to_bytes()));
+        self.outputs.push_back(Output::Save(room_id));
+        self.release_held(room_id, now);
+    }
+
+    fn keep_early(
+        &mut self,
+        room: RoomId,
+        from: VerifyingKey,
+        distribution: SenderKeyDistribution,
+    ) {
+        let early = self.early_keys.entry(room).or_default();
+        if early.len() < MAX_EARLY_KEYS {
+            early.push((from, distribution));
+        }
+    }
+
+    /// Keys that came before they could be taken: taken now, if they can be.
+    pub(super) fn take_early_keys(&mut self, room: RoomId, now: u64) {
+        for (from, distribution) in self.early_keys.remove(&room).unwrap_or_default() {
+            self.on_sender_key(from, room, distribution, now);
+        }
+    }
+
+    /// The owner's signed membership update, from the owner or forwarded by a member.
+    pub fn on_membership(
+        &mut self,
+        update: MembershipUpdate,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        let room_id = RoomId(update.room);
+        let me = self.identity.public();
+        let Some(room) = self.by_id.get_mut(&room_id) else {
+            return Ok(());
+        };
+        // Either way the owner's signature is what counts.
+        if room.owner() != Some(update.owner) {
+            return Err(RoomError::NotOwner(room.name.clone()));
+        }
+        update.verify()?;
+        if room.removed && !update.members.contains(&me) {
+            return Ok(()); // nothing more of this room concerns us
+        }
+        if !room.is_active() {
+            // Not accepted yet (or removed, and named again): join with the newest membership
+            // (updates may arrive out of order; joining with an older one would leave the
+            // newest members without our key).
+            keep_newest(&mut room.invitation, update);
+            self.outputs.push_back(Output::Save(room_id));
+            self.outputs.push_back(Output::MeshChanged(room_id));
+            return Ok(());
+        }
+        let RoomCrypto::Private(keys) = &mut room.keys else {
+            return Ok(());
+        };
+        let actions = keys.apply_membership(rng, &update, now)?;
+        if !update.members.contains(&me) {
+            room.removed = true;
+            self.outputs.push_back(Output::Unsubscribe(room_id));
+            self.outputs.push_back(Output::Event(RoomEvent::Removed {
+                room: room.name.clone(),
+            }));
+        }
+        self.outputs.push_back(Output::Save(room_id));
+        self.outputs.push_back(Output::MeshChanged(room_id));
+        self.carry_out(room_id, actions);
+        self.take_early_keys(room_id, now);
+        // Messages held for this epoch: readable now, or waiting for keys instead.
+        for ((_, _), missing) in self
+            .missing_keys
+            .iter_mut()
+            .filter(|((room, _), _)| *room == room_id)
+        {
+            missing.behind = false;
+        }
+        self.release_held(room_id, now);
+        self.seek(&room_id);
+        Ok(())
+    }
+
+    /// A member lacks our key: hand it again, as we first handed it to them (`given`, read from
+    /// what [`Output::KeyGiven`] wrote) or, if we never did, as it is now. One we do not count
+    /// as a member is asked for the membership that names it (we may have missed its addition).
+    pub fn on_key_request(
+        &mut self,
+        from: VerifyingKey,
+        room_id: RoomId,
+        given: Option<SenderKeyDistribution>,
+    ) -> Result<(), &'static str> {
+        let me = self.identity.public();
+        let Some(room) = self.by_id.get(&room_id) else {
+            return Err("no such room");
+        };
+        let RoomCrypto::Private(keys) = &room.keys else {
+            return Err("a public room");
+        };
+        if !room.is_active() || !keys.is_member(&me) {
+            return Err("not a member");
+        }
+        if !keys.is_member(&from) {
+            // Perhaps added by an update we missed: one who holds it hands it over, and
+            // applying it hands our key to the new members.
+            self.outputs.push_back(Output::Send {
+                to: from,
+                payload: Box::new(Payload::MembershipRequest { room: room_id }),
+            });
+            return Err("not a member as far as we know; asked it for the membership");
+        }
+        let current = keys.my_distribution();
+        let distribution = match given.filter(|given| given.key_id == current.key_id) {
+            Some(given) => given,
+            None => {
+                self.outputs.push_back(Output::KeyGiven {
+                    room: room_id,
+                    members: vec![from],
+                    distribution: current.clone(),
+                });
+                current
+            }
+        };
+        self.outputs.push_back(Output::Send {
+            to: from,
+            payload: Box::new(Payload::SenderKey {
+                room: room_id,
+                distribution,
+            }),
+        });
+        Ok(())
+    }
+
+    /// A member holds messages from an epoch it has not seen: hand it the owner's signed update
+    /// we applied (any member may; the owner's signature is what counts).
+    pub fn on_membership_request(
+        &mut self,
+        from: VerifyingKey,
+        room_id: RoomId,
+    ) -> Result<(), &'static str> {
+        let room = self.by_id.get(&room_id).ok_or("no such room")?;
+        if !room.is_active() || room.is_public() || !room.is_member(&from) {
+            return Err("not a member");
+        }
+        if let Some(update) = self.signed_membership(&room_id) {
+            self.outputs.push_back(Output::Send {
+                to: from,
+                payload: Box::new(Payload::Membership(update)),
+            });
+        }
+        Ok(())
+    }
+
+    /// A member left a room we own: sign it out.
+    pub fn on_member_left(
+        &mut self,
+        sender: VerifyingKey,
+        room_id: RoomId,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
+        let Some(room) = self.by_id.get(&room_id) else {
+            return Ok(());
+        };
+        if room.owner() != Some(self.identity.public()) || !room.is_member(&sender) {
+            return Ok(());
+        }
+        let members = room
+            .members()
+            .into_iter()
+            .filter(|m| *m != sender)
+            .collect();
+        let (_, actions) = self.change_membership(room_id, members, now, rng)?;
+        self.carry_out(room_id, actions);
+        Ok(())
+    }
+}

@@ -1,0 +1,560 @@
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::delivery::Stamp;
+use crate::wire::{Body, Envelope};
+
+/// A few members' machines passing pairwise payloads and room messages by hand.
+struct Members {
+    rooms: Vec<Rooms>,
+    rng: ChaCha20Rng,
+    now: u64,
+    /// Pairwise payloads on their way: (from, to, payload).
+    pairwise: Vec<(usize, usize, Payload)>,
+    read: Vec<Vec<String>>,
+    /// What each member wrote down as handed out ([`Output::KeyGiven`]), by room and member.
+    given: BTreeMap<(usize, RoomId, [u8; 32]), SenderKeyDistribution>,
+    /// Drops pairwise payloads for which this says so.
+    lose: fn(usize, usize, &Payload) -> bool,
+}
+
+fn name(i: usize) -> UserName {
+    UserName::new(["ann", "ben", "cat", "dan"][i]).unwrap()
+}
+
+fn team() -> RoomName {
+    RoomName::new("team").unwrap()
+}
+
+impl Members {
+    fn new(n: usize) -> Self {
+        let rooms = (0..n)
+            .map(|i| {
+                Rooms::new(Identity::from_secret_bytes(&[i as u8 + 1; 32]), []).with_grace_ms(0)
+            })
+            .collect();
+        Self {
+            rooms,
+            rng: ChaCha20Rng::seed_from_u64(7),
+            now: 1_000,
+            pairwise: Vec::new(),
+            read: vec![Vec::new(); n],
+            given: BTreeMap::new(),
+            lose: |_, _, _| false,
+        }
+    }
+
+    fn key(&self, i: usize) -> VerifyingKey {
+        self.rooms[i].identity.public()
+    }
+
+    fn index(&self, key: &VerifyingKey) -> usize {
+        (0..self.rooms.len())
+            .find(|i| self.key(*i) == *key)
+            .unwrap()
+    }
+
+    /// Carries out member `i`'s outputs; room messages are not published here (see `send`).
+    fn drain(&mut self, i: usize) {
+        while let Some(output) = self.rooms[i].poll_output() {
+            match output {
+                Output::Send { to, payload } => {
+                    let to = self.index(&to);
+                    self.pairwise.push((i, to, *payload));
+                }
+                Output::Read(read) => self.read[i].push(read.text),
+                Output::KeyGiven {
+                    room,
+                    members,
+                    distribution,
+                } => {
+                    for member in members {
+                        let key = (i, room, member.to_bytes());
+                        self.given.insert(key, distribution.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Delivers every pairwise payload (and what they cause) until none is left.
+    fn settle(&mut self) {
+        for i in 0..self.rooms.len() {
+            self.drain(i);
+        }
+        while !self.pairwise.is_empty() {
+            for (from, to, payload) in std::mem::take(&mut self.pairwise) {
+                if (self.lose)(from, to, &payload) {
+                    continue;
+                }
+                let sender = self.key(from);
+                let given = |room| self.given.get(&(to, room, sender.to_bytes())).cloned();
+                let (now, rng, rooms) = (self.now, &mut self.rng, &mut self.rooms[to]);
+                let _ = match payload {
+                    Payload::RoomInvite(invite) => {
+                        rooms.on_invite(sender, invite, now, rng).map_err(drop)
+                    }
+                    Payload::SenderKey { room, distribution } => {
+                        rooms.on_sender_key(sender, room, distribution, now);
+                        Ok(())
+                    }
+                    Payload::Membership(update) => {
+                        rooms.on_membership(update, now, rng).map_err(drop)
+                    }
+                    Payload::KeyRequest { room } => rooms
+                        .on_key_request(sender, room, given(room))
+                        .map_err(drop),
+                    Payload::MembershipRequest { room } => {
+                        rooms.on_membership_request(sender, room).map_err(drop)
+                    }
+                    Payload::Leave { room } => {
+                        rooms.on_member_left(sender, room, now, rng).map_err(drop)
+                    }
+                    _ => Ok(()),
+                };
+                self.drain(to);
+            }
+        }
+    }
+
+    /// Member `i` seals `text` for the team room; the frame is returned to be handed round.
+    fn seal(&mut self, i: usize, text: &str) -> (MessageId, RoomMessage, Vec<u8>) {
+        let id = self.rooms[i].writable(&team()).unwrap();
+        let content = Content {
+            sent_at_ms: self.now,
+            stamp: Stamp(self.now),
+            seq: 1,
+            payload: Payload::Text(text.into()),
+        };
+        let sealed = self.rooms[i].seal(id, &content).unwrap();
+        let envelope = Envelope::from_bytes(&sealed.frame).unwrap();
+        let Body::Room(message) = envelope.body else {
+            unreachable!()
+        };
+        (sealed.id, message, sealed.frame)
+    }
+
+    /// `i` sends `text` to every other member's machine; returns what each said.
+    fn send(&mut self, i: usize, text: &str) -> Vec<Result<(), RoomReject>> {
+        let (id, message, frame) = self.seal(i, text);
+        let mut results = Vec::new();
+        for j in (0..self.rooms.len()).filter(|j| *j != i) {
+            results.push(self.rooms[j].receive(id, message.clone(), frame.clone(), self.now));
+            self.drain(j);
+        }
+        results
+    }
+
+    /// Everyone's clocks move on and the machines whose time came act.
+    fn pass(&mut self, ms: u64) {
+        self.now += ms;
+        for i in 0..self.rooms.len() {
+            if self.rooms[i]
+                .poll_timeout()
+                .is_some_and(|at| at <= self.now)
+            {
+                self.rooms[i].poll(self.now);
+            }
+        }
+        self.settle();
+    }
+
+    /// Ann creates the team room and invites everyone else, who join.
+    fn team(&mut self) {
+        let now = self.now;
+        self.rooms[0]
+            .create(team(), false, now, &mut self.rng)
+            .unwrap();
+        for guest in 1..self.rooms.len() {
+            let key = self.key(guest);
+            self.rooms[0]
+                .invite(&team(), &name(guest), key, now, &mut self.rng)
+                .unwrap();
+            self.settle();
+            self.rooms[guest].join(&team(), now, &mut self.rng).unwrap();
+            self.settle();
+        }
+    }
+
+    fn members_at(&self, i: usize) -> usize {
+        self.rooms[i].find(&team()).unwrap().members().len()
+    }
+}
+
+#[test]
+fn a_member_whose_key_was_lost_is_asked_for_it_and_the_held_message_is_read() {
+    let mut net = Members::new(2);
+    // Every sender key ann hands ben is lost on the way.
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::SenderKey { .. });
+    net.team();
+    assert_eq!(
+        net.send(0, "can you read this?"),
+        vec![Err(RoomReject::Held)]
+    );
+    assert_eq!(net.rooms[1].poll_timeout(), Some(net.now + KEY_WAIT_MS));
+    // Not asked before the wait is over.
+    net.pass(KEY_WAIT_MS - 1);
+    assert!(net.read[1].is_empty());
+    // Asked, and this time ann's key arrives.
+    net.lose = |_, _, _| false;
+    net.pass(1);
+    assert_eq!(net.read[1], vec!["can you read this?"]);
+    assert_eq!(
+        net.rooms[1].poll_timeout(),
+        None,
+        "nothing missing any more"
+    );
+}
+
+#[test]
+fn a_key_still_missing_is_asked_for_again_every_while_not_at_every_poll() {
+    let mut net = Members::new(2);
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::SenderKey { .. });
+    net.team();
+    net.send(0, "held");
+    net.lose = |_, _, _| true; // the requests themselves are lost now
+    net.pass(KEY_WAIT_MS);
+    let first_ask = net.now;
+    assert_eq!(
+        net.rooms[1].poll_timeout(),
+        Some(first_ask + KEY_ASK_EVERY_MS)
+    );
+    net.lose = |_, _, _| false;
+    net.pass(KEY_ASK_EVERY_MS);
+    assert_eq!(net.read[1], vec!["held"]);
+}
+
+#[test]
+fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_is_read() {
+    let mut net = Members::new(4);
+    net.team();
+    let hellos: Vec<String> = (0..4).map(|i| format!("{} here", name(i))).collect();
+    for (i, text) in hellos.iter().enumerate() {
+        assert!(net.send(i, text).iter().all(Result::is_ok), "{text}");
+    }
+    // Ann's updates to cat that remove someone are lost: cat misses dan's kick.
+    net.lose = |from, to, payload| {
+        from == 0
+            && to == 2
+            && matches!(payload, Payload::Membership(update) if update.members.len() < 4)
+    };
+    let dan = net.key(3);
+    let now = net.now;
+    net.rooms[0]
+        .kick(&team(), &name(3), Some(dan), now, &mut net.rng)
+        .unwrap();
+    net.settle();
+    assert_eq!((net.members_at(1), net.members_at(2)), (3, 4));
+    net.lose = |_, _, _| false;
+    net.pass(1);
+    // Under cat's pre-kick key: refused by ann and ben (the grace is 0 here), who hand cat the
+    // owner's update; dan, kicked, reads nothing of the room any more.
+    let results = net.send(2, "under the old key");
+    assert_eq!(
+        results[..2],
+        [Err(RoomReject::Stale), Err(RoomReject::Stale)]
+    );
+    assert!(matches!(results[2], Err(RoomReject::Invalid(_))));
+    net.settle();
+    assert_eq!(net.members_at(2), 3, "cat caught up with the kick");
+    assert_eq!(
+        net.rooms[2].find(&team()).unwrap().epoch(),
+        net.rooms[0].find(&team()).unwrap().epoch()
+    );
+    // Rotated: read by everyone still in the room.
+    let results = net.send(2, "under the new key");
+    assert_eq!(results[..2], [Ok(()), Ok(())]);
+    for i in [0, 1] {
+        assert!(net.read[i].contains(&"under the new key".to_string()));
+        assert!(!net.read[i].contains(&"under the old key".to_string()));
+    }
+    assert!(!net.read[3].iter().any(|t| t.starts_with("under the")));
+}
+
+#[test]
+fn a_member_that_missed_a_kick_asks_for_the_update_when_it_hears_the_new_epoch() {
+    let mut net = Members::new(3);
+    net.team();
+    net.lose =
+        |from, to, payload| from == 0 && to == 2 && matches!(payload, Payload::Membership(_));
+    let ben = net.key(1);
+    let now = net.now;
+    net.rooms[0]
+        .kick(&team(), &name(1), Some(ben), now, &mut net.rng)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.members_at(2), 3, "cat missed the kick");
+    net.lose = |_, _, _| false;
+    // Under ann's rotated key, from the kick's epoch: cat holds it and asks for the membership.
+    let results = net.send(0, "from the new epoch");
+    assert_eq!(results[1], Err(RoomReject::Held));
+    net.pass(KEY_WAIT_MS);
+    assert_eq!(net.read[2], vec!["from the new epoch"]);
+    assert_eq!(net.members_at(2), 2);
+    assert!(net.read[1].is_empty(), "the kicked member read nothing");
+}
+
+#[test]
+fn a_key_that_arrives_before_its_invitation_is_kept_for_the_join() {
+    let mut net = Members::new(3);
+    net.team();
+    // A fresh member: dan is not in this network; take ben out and in again instead.
+    let ben = net.key(1);
+    let now = net.now;
+    net.rooms[0]
+        .kick(&team(), &name(1), Some(ben), now, &mut net.rng)
+        .unwrap();
+    net.settle();
+    // Cat's key for ben reaches ben before ann's invitation: the invitation is held back.
+    net.lose = |_, to, payload| to == 1 && matches!(payload, Payload::RoomInvite(_));
+    net.rooms[0]
+        .invite(&team(), &name(1), ben, now, &mut net.rng)
+        .unwrap();
+    let invitation = net.rooms[0]
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { payload, .. } => match &**payload {
+                Payload::RoomInvite(invite) => Some(invite.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    net.settle();
+    net.lose = |_, _, _| false;
+    let ann = net.key(0);
+    net.rooms[1]
+        .on_invite(ann, invitation, now, &mut net.rng)
+        .unwrap();
+    net.rooms[1].join(&team(), now, &mut net.rng).unwrap();
+    net.settle();
+    assert!(net.send(2, "welcome back").iter().all(Result::is_ok));
+    assert_eq!(net.read[1], vec!["welcome back"]);
+}
+
+#[test]
+fn a_request_from_outside_the_room_is_answered_with_nothing() {
+    let mut net = Members::new(3);
+    net.team();
+    let outsider = Identity::from_secret_bytes(&[9; 32]).public();
+    let room = net.rooms[0].id_by_name(&team()).unwrap();
+    assert!(net.rooms[0].on_membership_request(outsider, room).is_err());
+    assert!(net.rooms[0].poll_output().is_none());
+    // Asked for our key: no key, but the membership it may hold (we may have missed it).
+    assert!(net.rooms[0].on_key_request(outsider, room, None).is_err());
+    let asked = net.rooms[0].poll_output();
+    assert!(
+        matches!(&asked, Some(Output::Send { to, payload }) if *to == outsider
+            && matches!(**payload, Payload::MembershipRequest { .. })),
+        "{asked:?}"
+    );
+    assert!(net.rooms[0].poll_output().is_none());
+}
+
+#[test]
+fn commands_refuse_what_a_member_may_not_do() {
+    let mut net = Members::new(2);
+    net.team();
+    let (ann, ben) = (net.key(0), net.key(1));
+    let now = net.now;
+    let rng = &mut net.rng;
+    assert!(matches!(
+        net.rooms[0].invite(&team(), &name(1), ben, now, rng),
+        Err(RoomError::AlreadyMember { .. })
+    ));
+    assert!(matches!(
+        net.rooms[1].kick(&team(), &name(0), Some(ann), now, rng),
+        Err(RoomError::NotOwner(_))
+    ));
+    assert!(matches!(
+        net.rooms[0].kick(&team(), &name(0), Some(ann), now, rng),
+        Err(RoomError::KickingSelf)
+    ));
+    assert!(matches!(
+        net.rooms[0].leave(&team()),
+        Err(RoomError::OwnerLeaving(_))
+    ));
+    assert!(matches!(
+        net.rooms[0].create(team(), true, now, rng),
+        Err(RoomError::Exists(_))
+    ));
+    let id = net.rooms[0].id_by_name(&team()).unwrap();
+    let long = Content {
+        sent_at_ms: 0,
+        stamp: Stamp(0),
+        seq: 1,
+        payload: Payload::Text("x".repeat(crate::wire::MAX_TEXT_LEN + 1)),
+    };
+    assert!(matches!(
+        net.rooms[0].seal(id, &long),
+        Err(RoomError::TooLong)
+    ));
+    // Ben leaves: ann signs him out; he can no longer write.
+    net.rooms[1].leave(&team()).unwrap();
+    net.settle();
+    assert_eq!(net.members_at(0), 1);
+    assert!(matches!(
+        net.rooms[1].writable(&team()),
+        Err(RoomError::NoSuchRoom(_))
+    ));
+}
+
+#[test]
+fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
+    let mut net = Members::new(2);
+    net.team();
+    let room = net.rooms[0].id_by_name(&team()).unwrap();
+    let (ann, ben) = (net.key(0).to_bytes(), net.key(1));
+    let frames: Vec<Vec<u8>> = (1..=3).map(|i| net.seal(0, &format!("m{i}")).2).collect();
+    let log: Vec<([u8; 32], u64, Vec<u8>)> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (ann, i as u64 + 1, f.clone()))
+        .collect();
+    // Ben holds 1 and 3: his cursor says 1, so 2 and 3 come.
+    let request = gap_fill::request(room, [(ann, 1), (ann, 3)]);
+    assert_eq!(request.cursors[0].have_through, 1);
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |_| false);
+    assert_eq!(answer.envelopes.len(), 2);
+    assert!(!answer.more);
+    // Our own frame not yet durable stays back.
+    let withheld = frames[2].clone();
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |f| f == withheld);
+    assert_eq!(answer.envelopes.len(), 1);
+    let outsider = Identity::from_secret_bytes(&[9; 32]).public();
+    assert!(
+        net.rooms[0]
+            .answer_gap_fill(&outsider, &request, log, |_| false)
+            .envelopes
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_forged_public_room_message_naming_a_member_is_rejected() {
+    let ann = Identity::from_secret_bytes(&[1; 32]);
+    let (room, secret) = (RoomId([3; 32]), [5; 32]);
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // Knowing the name is knowing the secret: a forger derives ann's sender key itself.
+    let mut derived = SenderKey::from_invite_secret(&secret, &ann.public(), &mut rng);
+    let message = derived
+        .encrypt(b"content", &public_ad(&room, &ann.public()))
+        .unwrap();
+    let body = |signing_key| {
+        Body::Room(RoomMessage {
+            room,
+            sender: ann.public(),
+            signing_key,
+            message: message.clone(),
+        })
+    };
+    let decoded = |envelope: Envelope| -> Result<RoomMessage, WireError> {
+        match Envelope::from_bytes(&envelope.to_bytes()?)?.body {
+            Body::Room(message) => Ok(message),
+            Body::Direct(_) => unreachable!(),
+        }
+    };
+    let mut received = BTreeMap::new();
+
+    // Signed with the derived key it carries: a valid envelope, but not ann's signature.
+    let forged = Envelope::sign_with(body(derived.verifying_key()), |b| derived.sign(b)).unwrap();
+    let forged = decoded(forged).unwrap();
+    assert!(matches!(
+        public_sender_key(&secret, &mut received, &forged),
+        Err(RoomReject::Invalid(_))
+    ));
+    assert!(
+        received.is_empty(),
+        "nothing is kept for a message that failed"
+    );
+    // Claiming ann's identity key as the signer: the signature does not check out.
+    let claimed = Envelope::sign_with(body(ann.public()), |b| derived.sign(b)).unwrap();
+    assert!(matches!(decoded(claimed), Err(WireError::BadSignature)));
+
+    // Ann's own, signed with her identity key, opens.
+    let genuine = decoded(Envelope::sign(body(ann.public()), ann.signing_key()).unwrap()).unwrap();
+    let key = public_sender_key(&secret, &mut received, &genuine).unwrap();
+    assert_eq!(
+        key.decrypt(&genuine.message, &public_ad(&room, &ann.public()))
+            .unwrap(),
+        b"content"
+    );
+}
+
+#[test]
+fn only_the_owner_invites_even_into_a_room_we_were_removed_from() {
+    let (owner, stranger, me) = (
+        Identity::from_secret_bytes(&[1; 32]),
+        Identity::from_secret_bytes(&[2; 32]),
+        Identity::from_secret_bytes(&[3; 32]),
+    );
+    let id = RoomId([7; 32]);
+    let invite_by = |inviter: &Identity| RoomInvite {
+        room: id,
+        name: team(),
+        membership: MembershipUpdate::sign(
+            inviter.signing_key(),
+            id.0,
+            9,
+            9,
+            vec![inviter.public(), me.public()],
+        ),
+        invite_secret: None,
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    // A room we were removed from, owned by `owner`.
+    let removed = Room {
+        id,
+        name: team(),
+        keys: RoomCrypto::Private(Box::new(RoomKeys::new(
+            &mut rng,
+            id.0,
+            owner.public(),
+            me.public(),
+        ))),
+        joined: true,
+        invitation: None,
+        removed: true,
+    };
+    let from_owner = invite_by(&owner);
+    assert_eq!(
+        invite_refusal(Some(&removed), &owner.public(), &from_owner),
+        None
+    );
+    // Someone else signs a membership naming themselves the owner of that same room.
+    let from_stranger = invite_by(&stranger);
+    assert_eq!(
+        invite_refusal(Some(&removed), &stranger.public(), &from_stranger),
+        Some("not sent by the room's owner")
+    );
+    // A new room: whoever signs it owns it, but must send it themselves.
+    assert_eq!(
+        invite_refusal(None, &stranger.public(), &from_stranger),
+        None
+    );
+    assert_eq!(
+        invite_refusal(None, &stranger.public(), &from_owner),
+        Some("not sent by the owner it names")
+    );
+}
+
+#[test]
+fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {
+    let owner = Identity::from_secret_bytes(&[1; 32]);
+    let update = |epoch| {
+        MembershipUpdate::sign(owner.signing_key(), [7; 32], epoch, 1, vec![owner.public()])
+    };
+    let mut kept = None;
+    keep_newest(&mut kept, update(3));
+    keep_newest(&mut kept, update(2));
+    assert_eq!(kept.as_ref().map(|u| u.epoch), Some(3));
+    keep_newest(&mut kept, update(4));
+    assert_eq!(kept.map(|u| u.epoch), Some(4));
+}
