@@ -59,6 +59,7 @@ fn room_keys_converge_after_kicks_crashes_and_lost_control_messages() {
         "{totals:?}"
     );
     assert!(totals.gap_filled > 0, "{totals:?}");
+    assert!(totals.full_rooms * 3 >= seeds, "{totals:?}");
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,6 +72,8 @@ struct Totals {
     membership_requests: u64,
     gap_filled: u64,
     read: u64,
+    /// Runs that ended with three members or more (so the last round proved something).
+    full_rooms: u64,
 }
 
 impl Totals {
@@ -83,6 +86,7 @@ impl Totals {
         self.membership_requests += o.membership_requests;
         self.gap_filled += o.gap_filled;
         self.read += o.read;
+        self.full_rooms += o.full_rooms;
     }
 }
 
@@ -314,7 +318,8 @@ impl Sim {
                     self.at(delay, Event::Restart(i));
                 }
             }
-            Event::Restart(i) => self.restart(i)?,
+            Event::Restart(i) if !self.members[i].up() => self.restart(i)?,
+            Event::Restart(_) => {} // the heal restarted it already
             Event::CutOff(i) => {
                 if !self.healed {
                     self.members[i].cut_off = true;
@@ -387,7 +392,7 @@ impl Sim {
             Payload::KeyRequest { room } => {
                 self.totals.key_requests += 1;
                 let given = member.disk.given.get(&(room, sender.to_bytes())).cloned();
-                let _ = rooms.on_key_request(sender, room, given);
+                let _ = rooms.on_key_request(sender, room, given, now);
             }
             Payload::MembershipRequest { room } => {
                 self.totals.membership_requests += 1;
@@ -422,7 +427,15 @@ impl Sim {
                         self.members[i].disk.given.insert(key, distribution.clone());
                     }
                 }
-                Output::Send { to, payload } => {
+                Output::Send { room, to, payload } => {
+                    if matches!(*payload, Payload::SenderKey { .. }) {
+                        let rooms = self.members[i].rooms.as_ref().unwrap();
+                        let members = rooms.room(&room).map(Room::members).unwrap_or_default();
+                        if !members.contains(&to) {
+                            let to = self.index(&to);
+                            return Err(format!("m{i} handed its key to m{to}, not a member"));
+                        }
+                    }
                     let to = self.index(&to);
                     // An invitation is not lost: one that were would only mean the user asks
                     // the owner again (who sees the name in the member list).
@@ -626,11 +639,12 @@ impl Sim {
         Ok(())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&mut self) -> Result<(), String> {
         let owner = self.members[0].rooms.as_ref().unwrap();
         let room = owner.room(&self.room.unwrap()).unwrap();
         let (epoch, members) = (room.epoch(), room.members());
         let in_room: Vec<usize> = members.iter().map(|k| self.index(k)).collect();
+        self.totals.full_rooms += u64::from(in_room.len() >= 3);
         for &i in &in_room {
             let theirs = self.members[i].rooms.as_ref().unwrap();
             let Ok(id) = theirs.writable(&team()) else {

@@ -13,6 +13,7 @@ use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::rooms::{
     Output, ReadMessage, Room, RoomError, RoomEvent, Rooms, topic_name,
 };
+use palaver_protocol::wire::Payload;
 use palaver_protocol::{Identity, MessageId, RoomId, VerifyingKey};
 use serde_json::{Value, json};
 
@@ -31,7 +32,14 @@ pub(crate) struct RoomIo {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
     /// Our own messages written but not yet durable, so not published yet.
     not_yet_durable: HashSet<MessageId>,
+    /// Rooms whose last write failed, and what is to be sent about them once it is written:
+    /// a membership must not leave before the record that signed it is on disk (a restart
+    /// would sign another change under the same epoch).
+    unwritten: HashMap<RoomId, Vec<(VerifyingKey, Payload)>>,
 }
+
+/// Sends held back behind rooms' failed writes, over all rooms; past that, the oldest go.
+const MAX_HELD_BACK: usize = 1024;
 
 /// The rooms in the store. A room record an older version wrote in a format this one no longer
 /// reads (room keys before membership epochs) is left where it is and skipped, with a warning:
@@ -104,6 +112,7 @@ impl Node {
                     if let Err(err) = self.store.apply(&batch) {
                         tracing::error!("cannot store a room change ({err}); trying again");
                         self.rooms.mark_dirty(id);
+                        self.room_io.unwritten.entry(id).or_default();
                         result = result.and(Err(err));
                     }
                 }
@@ -114,6 +123,9 @@ impl Node {
                     if let Err(err) = forget {
                         tracing::error!("cannot forget a room ({err})");
                         result = result.and(Err(err));
+                    }
+                    for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
+                        self.send_direct(Job::to_key(to, payload));
                     }
                 }
                 Output::KeyGiven {
@@ -129,7 +141,15 @@ impl Node {
                         tracing::warn!("store: {err}");
                     }
                 }
-                Output::Send { to, payload } => self.send_direct(Job::to_key(to, *payload)),
+                Output::Send { room, to, payload } => match self.room_io.unwritten.get_mut(&room) {
+                    Some(waiting) => {
+                        if waiting.len() >= MAX_HELD_BACK {
+                            waiting.remove(0);
+                        }
+                        waiting.push((to, *payload));
+                    }
+                    None => self.send_direct(Job::to_key(to, *payload)),
+                },
                 Output::Read(read) => self.record_room_message(*read),
                 Output::MeshChanged(id) => self.gate_room(&id),
                 Output::Subscribe(id) => {
@@ -253,6 +273,13 @@ impl Node {
             tracing::error!("cannot store room state ({err}); trying again");
             for id in dirty {
                 self.rooms.mark_dirty(id);
+            }
+            return;
+        }
+        // Written now: what waited for the write goes out.
+        for id in dirty {
+            for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
+                self.send_direct(Job::to_key(to, payload));
             }
         }
     }

@@ -13,6 +13,7 @@ mod answers;
 mod conversation;
 mod events;
 mod input;
+mod people;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +27,7 @@ use crate::localtime::LocalTime;
 use conversation::clean;
 pub(crate) use conversation::{ConvKey, Conversation, Delivery, Message, RoomState};
 pub(crate) use input::Input;
+pub(crate) use people::{Link, Member, Person, Presence};
 
 /// Messages held per conversation; past this the far end is dropped (and read again if needed).
 pub(crate) const MAX_KEPT: usize = 1000;
@@ -55,57 +57,6 @@ pub(crate) struct Rendezvous {
     pub(crate) connected: bool,
     pub(crate) logged_in: bool,
     pub(crate) error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Presence {
-    Online,
-    Away,
-    Offline,
-    Unknown,
-}
-
-impl Presence {
-    fn parse(state: &str) -> Self {
-        match state {
-            "online" => Presence::Online,
-            "away" => Presence::Away,
-            "offline" => Presence::Offline,
-            _ => Presence::Unknown,
-        }
-    }
-
-    fn order(self) -> u8 {
-        match self {
-            Presence::Online => 0,
-            Presence::Away => 1,
-            Presence::Offline => 2,
-            Presence::Unknown => 3,
-        }
-    }
-}
-
-/// How a peer is connected, when it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Link {
-    Direct,
-    Relayed,
-}
-
-/// One line of the people pane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Person {
-    pub(crate) name: String,
-    pub(crate) presence: Presence,
-    pub(crate) link: Option<Link>,
-    pub(crate) owner: bool,
-}
-
-/// A room member, as `room.members` lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Member {
-    pub(crate) name: String,
-    pub(crate) owner: bool,
 }
 
 /// A one-line note in the status bar.

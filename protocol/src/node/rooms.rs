@@ -56,15 +56,18 @@ pub const MAX_EARLY_KEYS: usize = 64;
 pub const KEY_WAIT_MS: u64 = 5_000;
 /// How often we ask the same sender again while its key stays missing.
 pub const KEY_ASK_EVERY_MS: u64 = 30_000;
+/// How often we ask for a missing key before we give up and drop what we hold of that sender
+/// (about four minutes): gap fill brings those messages again when we next meet a member.
+pub const MAX_ASKS: u32 = 8;
 /// Senders whose keys we wait for, over all rooms.
 pub const MAX_MISSING_KEYS: usize = 1024;
 /// Senders whose chains a public room keeps; one more is refused.
 pub const MAX_PUBLIC_SENDERS: usize = 4096;
 /// How often at most we hand the same member the membership update when it keeps sending
-/// under a key from before the last removal (the update travels over the pairwise outbox,
-/// which retries by itself).
+/// under a key from before the last removal, or answer one we do not count as a member (the
+/// update travels over the pairwise outbox, which retries by itself).
 pub const STALE_PUSH_EVERY_MS: u64 = 30_000;
-/// Members we remember having handed the update to, over all rooms.
+/// Members we remember having answered so, over all rooms.
 pub const MAX_STALE_PUSHES: usize = 1024;
 
 /// One room as it is stored.
@@ -238,8 +241,10 @@ pub enum Output {
         members: Vec<VerifyingKey>,
         distribution: SenderKeyDistribution,
     },
-    /// Send `payload` to `to` over the pairwise session.
+    /// Send `payload` about `room` to `to` over the pairwise session (after the record of
+    /// `room` is written, if the last write of it failed).
     Send {
+        room: RoomId,
         to: VerifyingKey,
         payload: Box<Payload>,
     },
@@ -320,6 +325,7 @@ pub enum RoomError {
 struct MissingKey {
     since: u64,
     asked: Option<u64>,
+    asks: u32,
     /// The held messages are from an epoch newer than ours: what we lack is the membership
     /// update, so that is what we ask for.
     behind: bool,
@@ -351,9 +357,9 @@ pub struct Rooms {
     held: HashMap<RoomId, VecDeque<HeldMessage>>,
     early_keys: HashMap<RoomId, Vec<(VerifyingKey, SenderKeyDistribution)>>,
     missing_keys: HashMap<(RoomId, [u8; 32]), MissingKey>,
-    /// Members that sent under a key from before the last removal, and when we last handed
-    /// them the membership update.
-    stale_pushes: HashMap<(RoomId, [u8; 32]), u64>,
+    /// Whom we last handed the membership (or asked for it) unbidden, and when: members that
+    /// sent under a key from before the last removal, senders we do not count as members.
+    answered: HashMap<(RoomId, [u8; 32]), u64>,
     /// Rooms whose receiving chains moved since they were last written.
     dirty: BTreeSet<RoomId>,
     /// Room messages that failed the signature or decryption checks.
@@ -379,7 +385,7 @@ impl Rooms {
             held: HashMap::new(),
             early_keys: HashMap::new(),
             missing_keys: HashMap::new(),
-            stale_pushes: HashMap::new(),
+            answered: HashMap::new(),
             dirty: BTreeSet::new(),
             rejected: 0,
             outputs: VecDeque::new(),
@@ -528,10 +534,23 @@ impl Rooms {
             })
         });
         let mut ask = Vec::new();
+        let mut give_up = Vec::new();
         for (&(room, sender), missing) in &mut self.missing_keys {
-            if missing.due() <= now {
-                missing.asked = Some(now);
-                ask.push((room, sender, missing.behind));
+            if missing.due() > now {
+                continue;
+            }
+            if missing.asks == MAX_ASKS {
+                give_up.push((room, sender));
+                continue;
+            }
+            missing.asked = Some(now);
+            missing.asks += 1;
+            ask.push((room, sender, missing.behind));
+        }
+        for (room, sender) in give_up {
+            self.missing_keys.remove(&(room, sender));
+            if let Some(queue) = self.held.get_mut(&room) {
+                queue.retain(|held| held.message.sender.to_bytes() != sender);
             }
         }
         ask.sort_unstable();
@@ -544,11 +563,32 @@ impl Rooms {
             } else {
                 Payload::KeyRequest { room }
             };
-            self.outputs.push_back(Output::Send {
-                to,
-                payload: Box::new(payload),
-            });
+            self.send(room, to, payload);
         }
+    }
+
+    fn send(&mut self, room: RoomId, to: VerifyingKey, payload: Payload) {
+        let payload = Box::new(payload);
+        self.outputs.push_back(Output::Send { room, to, payload });
+    }
+
+    /// Whether to answer `key` about `room` now: at most every [`STALE_PUSH_EVERY_MS`] per
+    /// member and room, for at most [`MAX_STALE_PUSHES`] at once (what a non-member can make
+    /// us send is bounded by this).
+    fn may_answer(&mut self, room: RoomId, key: &VerifyingKey, now: u64) -> bool {
+        let answered = &mut self.answered;
+        if answered.len() >= MAX_STALE_PUSHES {
+            answered.retain(|_, at| now.saturating_sub(*at) < STALE_PUSH_EVERY_MS);
+        }
+        let key = (room, key.to_bytes());
+        let due = answered
+            .get(&key)
+            .is_none_or(|at| now.saturating_sub(*at) >= STALE_PUSH_EVERY_MS);
+        if !due || (!answered.contains_key(&key) && answered.len() >= MAX_STALE_PUSHES) {
+            return false;
+        }
+        answered.insert(key, now);
+        true
     }
 
     fn epoch_clock(&self, now: u64) -> EpochClock {
@@ -580,10 +620,7 @@ impl Rooms {
         self.outputs.push_back(Output::Save(id));
         self.outputs.push_back(Output::MeshChanged(id));
         for member in members.iter().filter(|m| **m != me && previous.contains(m)) {
-            self.outputs.push_back(Output::Send {
-                to: *member,
-                payload: Box::new(Payload::Membership(update.clone())),
-            });
+            self.send(id, *member, Payload::Membership(update.clone()));
         }
         self.seek(&id);
         Ok((update, actions))
@@ -597,13 +634,14 @@ impl Rooms {
                 distribution: distribution.clone(),
             });
             for member in to {
-                self.outputs.push_back(Output::Send {
-                    to: member,
-                    payload: Box::new(Payload::SenderKey {
+                self.send(
+                    room,
+                    member,
+                    Payload::SenderKey {
                         room,
                         distribution: distribution.clone(),
-                    }),
-                });
+                    },
+                );
             }
         }
     }
@@ -621,6 +659,7 @@ impl Rooms {
             let entry = self.missing_keys.entry(key).or_insert(MissingKey {
                 since: now,
                 asked: None,
+                asks: 0,
                 behind,
             });
             entry.behind |= behind;

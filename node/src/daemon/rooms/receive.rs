@@ -69,7 +69,7 @@ impl Node {
             Payload::KeyRequest { room } => {
                 let given = self.key_given(room, &sender);
                 self.rooms
-                    .on_key_request(sender, room, given)
+                    .on_key_request(sender, room, given, now)
                     .map_err(|reason| format!("a key request: {reason}"))
             }
             Payload::MembershipRequest { room } => rooms

@@ -95,10 +95,7 @@ impl Rooms {
             membership: update,
             invite_secret: None,
         };
-        self.outputs.push_back(Output::Send {
-            to: key,
-            payload: Box::new(Payload::RoomInvite(invite)),
-        });
+        self.send(id, key, Payload::RoomInvite(invite));
         self.carry_out(id, actions);
         Ok(())
     }
@@ -128,10 +125,7 @@ impl Rooms {
         let members = before.into_iter().filter(|m| *m != key).collect();
         let (update, actions) = self.change_membership(id, members, now, rng)?;
         // The removed member learns it was removed (and stops sending to the room).
-        self.outputs.push_back(Output::Send {
-            to: key,
-            payload: Box::new(Payload::Membership(update)),
-        });
+        self.send(id, key, Payload::Membership(update));
         self.carry_out(id, actions);
         Ok(())
     }
@@ -201,10 +195,7 @@ impl Rooms {
             return Err(RoomError::OwnerLeaving(name.clone()));
         }
         if let Some(owner) = owner.filter(|o| *o != me && active) {
-            self.outputs.push_back(Output::Send {
-                to: owner,
-                payload: Box::new(Payload::Leave { room: id }),
-            });
+            self.send(id, owner, Payload::Leave { room: id });
         }
         if public {
             self.outputs.push_back(Output::Unregister(id));
@@ -213,7 +204,7 @@ impl Rooms {
         self.held.remove(&id);
         self.early_keys.remove(&id);
         self.missing_keys.retain(|(room, _), _| *room != id);
-        self.stale_pushes.retain(|(room, _), _| *room != id);
+        self.answered.retain(|(room, _), _| *room != id);
         self.dirty.remove(&id);
         self.outputs.push_back(Output::Unsubscribe(id));
         self.outputs.push_back(Output::Forget(id));

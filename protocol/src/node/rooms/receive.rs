@@ -91,23 +91,11 @@ impl Rooms {
     /// `sender` is still sending under a key from before the last removal: it missed the
     /// update, so hand it over (at most every [`STALE_PUSH_EVERY_MS`] per member).
     fn hand_membership_to_stale_sender(&mut self, room: RoomId, sender: VerifyingKey, now: u64) {
-        let pushes = &mut self.stale_pushes;
-        if pushes.len() >= MAX_STALE_PUSHES {
-            pushes.retain(|_, at| now.saturating_sub(*at) < STALE_PUSH_EVERY_MS);
-        }
-        let key = (room, sender.to_bytes());
-        let due = pushes
-            .get(&key)
-            .is_none_or(|at| now.saturating_sub(*at) >= STALE_PUSH_EVERY_MS);
-        if !due || (!pushes.contains_key(&key) && pushes.len() >= MAX_STALE_PUSHES) {
+        if !self.may_answer(room, &sender, now) {
             return;
         }
-        pushes.insert(key, now);
         if let Some(update) = self.signed_membership(&room) {
-            self.outputs.push_back(Output::Send {
-                to: sender,
-                payload: Box::new(Payload::Membership(update)),
-            });
+            self.send(room, sender, Payload::Membership(update));
         }
     }
 
@@ -140,6 +128,9 @@ impl Rooms {
                     true => self.on_membership(invite.membership, now, rng),
                     false => Ok(()),
                 };
+            }
+            Some(room) if room.epoch().is_some_and(|e| invite.membership.epoch <= e) => {
+                return Ok(()); // an old invitation, overtaken by our removal
             }
             Some(room) => {
                 keep_newest(&mut room.invitation, invite.membership.clone());
@@ -240,11 +231,28 @@ impl Rooms {
         if room.removed && !update.members.contains(&me) {
             return Ok(()); // nothing more of this room concerns us
         }
+        if room.epoch().is_some_and(|epoch| update.epoch <= epoch) {
+            return Ok(()); // one we had, or older
+        }
         if !room.is_active() {
             // Not accepted yet (or removed, and named again): join with the newest membership
             // (updates may arrive out of order; joining with an older one would leave the
             // newest members without our key).
+            let kept = room.invitation.as_ref().map(|u| u.epoch);
+            let owner = update.owner;
             keep_newest(&mut room.invitation, update);
+            if room.invitation.as_ref().map(|u| u.epoch) == kept {
+                return Ok(()); // nothing new
+            }
+            if room.removed {
+                // Named again by the owner: an invitation like any other.
+                room.removed = false;
+                room.joined = false;
+                self.outputs.push_back(Output::Event(RoomEvent::Invited {
+                    room: room.name.clone(),
+                    from: owner,
+                }));
+            }
             self.outputs.push_back(Output::Save(room_id));
             self.outputs.push_back(Output::MeshChanged(room_id));
             return Ok(());
@@ -285,6 +293,7 @@ impl Rooms {
         from: VerifyingKey,
         room_id: RoomId,
         given: Option<SenderKeyDistribution>,
+        now: u64,
     ) -> Result<(), &'static str> {
         let me = self.identity.public();
         let Some(room) = self.by_id.get(&room_id) else {
@@ -299,10 +308,9 @@ impl Rooms {
         if !keys.is_member(&from) {
             // Perhaps added by an update we missed: one who holds it hands it over, and
             // applying it hands our key to the new members.
-            self.outputs.push_back(Output::Send {
-                to: from,
-                payload: Box::new(Payload::MembershipRequest { room: room_id }),
-            });
+            if self.may_answer(room_id, &from, now) {
+                self.send(room_id, from, Payload::MembershipRequest { room: room_id });
+            }
             return Err("not a member as far as we know; asked it for the membership");
         }
         let current = keys.my_distribution();
@@ -317,13 +325,14 @@ impl Rooms {
                 current
             }
         };
-        self.outputs.push_back(Output::Send {
-            to: from,
-            payload: Box::new(Payload::SenderKey {
+        self.send(
+            room_id,
+            from,
+            Payload::SenderKey {
                 room: room_id,
                 distribution,
-            }),
-        });
+            },
+        );
         Ok(())
     }
 
@@ -339,10 +348,7 @@ impl Rooms {
             return Err("not a member");
         }
         if let Some(update) = self.signed_membership(&room_id) {
-            self.outputs.push_back(Output::Send {
-                to: from,
-                payload: Box::new(Payload::Membership(update)),
-            });
+            self.send(room_id, from, Payload::Membership(update));
         }
         Ok(())
     }

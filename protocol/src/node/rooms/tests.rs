@@ -61,7 +61,7 @@ impl Members {
     fn drain(&mut self, i: usize) {
         while let Some(output) = self.rooms[i].poll_output() {
             match output {
-                Output::Send { to, payload } => {
+                Output::Send { to, payload, .. } => {
                     let to = self.index(&to);
                     self.pairwise.push((i, to, *payload));
                 }
@@ -106,7 +106,7 @@ impl Members {
                         rooms.on_membership(update, now, rng).map_err(drop)
                     }
                     Payload::KeyRequest { room } => rooms
-                        .on_key_request(sender, room, given(room))
+                        .on_key_request(sender, room, given(room), now)
                         .map_err(drop),
                     Payload::MembershipRequest { room } => {
                         rooms.on_membership_request(sender, room).map_err(drop)
@@ -180,6 +180,15 @@ impl Members {
         }
     }
 
+    /// Ann kicks member `i`; what follows is delivered (but for what `lose` drops).
+    fn kick(&mut self, i: usize) {
+        let (key, now) = (self.key(i), self.now);
+        self.rooms[0]
+            .kick(&team(), &name(i), Some(key), now, &mut self.rng)
+            .unwrap();
+        self.settle();
+    }
+
     fn members_at(&self, i: usize) -> usize {
         self.rooms[i].find(&team()).unwrap().members().len()
     }
@@ -244,12 +253,7 @@ fn a_member_that_missed_a_kick_is_refused_under_its_old_key_then_catches_up_and_
             && to == 2
             && matches!(payload, Payload::Membership(update) if update.members.len() < 4)
     };
-    let dan = net.key(3);
-    let now = net.now;
-    net.rooms[0]
-        .kick(&team(), &name(3), Some(dan), now, &mut net.rng)
-        .unwrap();
-    net.settle();
+    net.kick(3);
     assert_eq!((net.members_at(1), net.members_at(2)), (3, 4));
     net.lose = |_, _, _| false;
     net.pass(1);
@@ -283,12 +287,7 @@ fn a_member_that_missed_a_kick_asks_for_the_update_when_it_hears_the_new_epoch()
     net.team();
     net.lose =
         |from, to, payload| from == 0 && to == 2 && matches!(payload, Payload::Membership(_));
-    let ben = net.key(1);
-    let now = net.now;
-    net.rooms[0]
-        .kick(&team(), &name(1), Some(ben), now, &mut net.rng)
-        .unwrap();
-    net.settle();
+    net.kick(1);
     assert_eq!(net.members_at(2), 3, "cat missed the kick");
     net.lose = |_, _, _| false;
     // Under ann's rotated key, from the kick's epoch: cat holds it and asks for the membership.
@@ -305,12 +304,8 @@ fn a_key_that_arrives_before_its_invitation_is_kept_for_the_join() {
     let mut net = Members::new(3);
     net.team();
     // A fresh member: dan is not in this network; take ben out and in again instead.
-    let ben = net.key(1);
-    let now = net.now;
-    net.rooms[0]
-        .kick(&team(), &name(1), Some(ben), now, &mut net.rng)
-        .unwrap();
-    net.settle();
+    net.kick(1);
+    let (ben, now) = (net.key(1), net.now);
     // Cat's key for ben reaches ben before ann's invitation: the invitation is held back.
     net.lose = |_, to, payload| to == 1 && matches!(payload, Payload::RoomInvite(_));
     net.rooms[0]
@@ -348,10 +343,14 @@ fn a_request_from_outside_the_room_is_answered_with_nothing() {
     assert!(net.rooms[0].on_membership_request(outsider, room).is_err());
     assert!(net.rooms[0].poll_output().is_none());
     // Asked for our key: no key, but the membership it may hold (we may have missed it).
-    assert!(net.rooms[0].on_key_request(outsider, room, None).is_err());
+    assert!(
+        net.rooms[0]
+            .on_key_request(outsider, room, None, 0)
+            .is_err()
+    );
     let asked = net.rooms[0].poll_output();
     assert!(
-        matches!(&asked, Some(Output::Send { to, payload }) if *to == outsider
+        matches!(&asked, Some(Output::Send { to, payload, .. }) if *to == outsider
             && matches!(**payload, Payload::MembershipRequest { .. })),
         "{asked:?}"
     );
@@ -557,4 +556,59 @@ fn an_older_membership_arriving_late_does_not_replace_a_newer_invitation() {
     assert_eq!(kept.as_ref().map(|u| u.epoch), Some(3));
     keep_newest(&mut kept, update(4));
     assert_eq!(kept.map(|u| u.epoch), Some(4));
+}
+
+#[test]
+fn a_key_that_never_comes_is_given_up_after_a_few_asks() {
+    let mut net = Members::new(2);
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::SenderKey { .. });
+    net.team();
+    net.send(0, "never readable here");
+    // Each deadline is one ask (the answers are lost too), and one more gives up.
+    let mut deadlines = 0;
+    while let Some(due) = net.rooms[1].poll_timeout() {
+        net.pass(due - net.now);
+        deadlines += 1;
+        assert!(deadlines <= MAX_ASKS + 1, "still asking");
+    }
+    assert_eq!(deadlines, MAX_ASKS + 1);
+    assert!(
+        net.rooms[1].held.values().all(VecDeque::is_empty),
+        "dropped"
+    );
+    assert!(net.read[1].is_empty());
+}
+
+#[test]
+fn a_removed_member_named_again_by_a_forwarded_update_is_invited_and_may_join() {
+    let mut net = Members::new(3);
+    net.team();
+    net.kick(1);
+    let (ben, now) = (net.key(1), net.now);
+    let room = net.rooms[1].id_by_name(&team()).unwrap();
+    assert_eq!(net.rooms[1].room(&room).unwrap().state(), "removed");
+    // Ann invites ben again; the invitation is lost, but cat forwards the update naming him.
+    net.lose = |_, _, payload| matches!(payload, Payload::RoomInvite(_));
+    net.rooms[0]
+        .invite(&team(), &name(1), ben, now, &mut net.rng)
+        .unwrap();
+    net.settle();
+    let forwarded = match &net.rooms[2].room(&room).unwrap().keys {
+        RoomCrypto::Private(keys) => keys.signed_membership().cloned().unwrap(),
+        RoomCrypto::Public { .. } => unreachable!(),
+    };
+    // An older update (the kick's) changes nothing; the newer one is an invitation.
+    net.rooms[1]
+        .on_membership(forwarded, now, &mut net.rng)
+        .unwrap();
+    let invited = std::iter::from_fn(|| net.rooms[1].poll_output())
+        .any(|o| matches!(o, Output::Event(RoomEvent::Invited { .. })));
+    assert!(invited);
+    assert_eq!(net.rooms[1].room(&room).unwrap().state(), "invited");
+    net.lose = |_, _, _| false;
+    net.rooms[1].join(&team(), now, &mut net.rng).unwrap();
+    net.settle();
+    assert!(net.send(2, "welcome back").iter().all(Result::is_ok));
+    assert_eq!(net.read[1].last().map(String::as_str), Some("welcome back"));
 }

@@ -1,0 +1,303 @@
+use super::*;
+
+fn entry(conversation: ConversationId, stamp: u64, seq: u64, text: &str) -> HistoryEntry {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&stamp.to_be_bytes());
+    id[8..16].copy_from_slice(&seq.to_be_bytes());
+    id[16] = text.len() as u8;
+    HistoryEntry {
+        id: MessageId(id),
+        conversation,
+        label: "bob".into(),
+        from: "bob".into(),
+        sender: [7; 32],
+        text: text.into(),
+        sent_at_ms: 1,
+        stamp: Stamp(stamp),
+        seq,
+        status: Status::Received,
+    }
+}
+
+/// A sender reusing its (stamp, seq) — or stamps clamped to the same bound — cannot overwrite
+/// an earlier message: the later one is filed just after it, and both stay readable.
+#[test]
+fn a_message_never_takes_the_place_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Direct([1; 32]);
+    let first = entry(conv, 7, 1, "first");
+    let mut second = entry(conv, 7, 1, "second, same place");
+    second.id = MessageId([0xee; 32]);
+    let mut gap_filled = entry(conv, 7, 1, "third, by gap fill");
+    gap_filled.id = MessageId([0xdd; 32]);
+    assert!(store.record(&first, &StateBatch::default()).unwrap());
+    assert!(store.record(&second, &StateBatch::default()).unwrap());
+    assert_eq!(store.record_many(&conv, &[gap_filled.clone()]).unwrap(), 1);
+    let texts: Vec<String> = store
+        .history(&conv, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.text)
+        .collect();
+    assert_eq!(texts, ["first", "second, same place", "third, by gap fill"]);
+    // Each is found by its id where it was filed (status changes reach the right one).
+    let changed = store.set_status(&second.id, Status::Delivered).unwrap();
+    assert_eq!(changed.map(|e| e.text), Some(second.text.clone()));
+    assert_eq!(
+        store.entry(&first.id).unwrap().map(|e| e.text),
+        Some(first.text)
+    );
+}
+
+#[test]
+fn history_reads_back_in_stamp_order_whatever_the_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Direct([1; 32]);
+    for stamp in [5u64, 1, 300, 2, 256] {
+        assert!(
+            store
+                .record(&entry(conv, stamp, stamp, "m"), &StateBatch::default())
+                .unwrap()
+        );
+    }
+    let stamps: Vec<u64> = store
+        .history(&conv, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.stamp.0)
+        .collect();
+    assert_eq!(stamps, vec![1, 2, 5, 256, 300]);
+    let last_two: Vec<u64> = store
+        .history(&conv, 2)
+        .unwrap()
+        .iter()
+        .map(|e| e.stamp.0)
+        .collect();
+    assert_eq!(last_two, vec![256, 300]);
+    let before = entry(conv, 256, 256, "m").order_key();
+    let page: Vec<u64> = store
+        .history_before(&conv, Some(&before), 2)
+        .unwrap()
+        .iter()
+        .map(|e| e.stamp.0)
+        .collect();
+    assert_eq!(page, vec![2, 5]);
+    assert_eq!(store.conversations(), vec![conv]);
+}
+
+#[test]
+fn record_many_appends_in_order_and_skips_known_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Direct([3; 32]);
+    let page: Vec<HistoryEntry> = (1..=50).rev().map(|n| entry(conv, n, n, "m")).collect();
+    assert_eq!(store.record_many(&conv, &page).unwrap(), 50);
+    assert_eq!(store.record_many(&conv, &page[..10]).unwrap(), 0);
+    let stamps: Vec<u64> = store
+        .history(&conv, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.stamp.0)
+        .collect();
+    assert_eq!(stamps, (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_known_id_is_not_recorded_twice_and_its_batch_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Room(RoomId([2; 32]));
+    let first = entry(conv, 1, 1, "hello");
+    assert!(
+        store
+            .record(
+                &first,
+                StateBatch::default().put(StateKey::Meta("n"), &1u32)
+            )
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record(
+                &first,
+                StateBatch::default().put(StateKey::Meta("n"), &2u32)
+            )
+            .unwrap()
+    );
+    assert_eq!(store.get::<u32>(StateKey::Meta("n")).unwrap(), Some(1));
+    assert_eq!(store.history(&conv, 10).unwrap().len(), 1);
+    assert!(store.contains(&first.id).unwrap());
+}
+
+#[test]
+fn status_only_moves_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Direct([1; 32]);
+    let mut mine = entry(conv, 1, 1, "hi");
+    mine.status = Status::Sending;
+    store.record(&mine, &StateBatch::default()).unwrap();
+    assert_eq!(
+        store
+            .set_status(&mine.id, Status::Queued)
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Queued
+    );
+    assert_eq!(
+        store
+            .set_status(&mine.id, Status::Delivered)
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Delivered
+    );
+    assert!(store.set_status(&mine.id, Status::Sent).unwrap().is_none());
+    assert_eq!(
+        store.entry(&mine.id).unwrap().unwrap().status,
+        Status::Delivered
+    );
+}
+
+#[test]
+fn state_survives_reopening_and_scans_by_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Outbox(MessageId([1; 32])), &"a".to_string());
+        batch.put(StateKey::Outbox(MessageId([2; 32])), &"b".to_string());
+        batch.put(StateKey::Contact("bob"), &[9u8; 32]);
+        store.apply(&batch).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::reopen(dir.path());
+    assert_eq!(
+        store
+            .scan::<String>(StateKey::Outbox(MessageId([0; 32])))
+            .unwrap(),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+        Some([9; 32])
+    );
+    store
+        .apply(StateBatch::default().remove(StateKey::Contact("bob")))
+        .unwrap();
+    assert_eq!(
+        store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+        None
+    );
+}
+
+/// Sealed secrets: what a copy of the store shows, and what reading needs.
+#[test]
+fn a_passphrase_homes_secrets_are_sealed_at_rest_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+    let session = "RATCHET-STATE-".repeat(4);
+    let room_key = "ROOM-SENDER-KEY-".repeat(4);
+    let history = entry(ConversationId::Direct([7; 32]), 1, 1, "hello, readable");
+    {
+        let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&identity));
+        let mut batch = StateBatch::default();
+        batch
+            .put(StateKey::Session([7; 32]), &session)
+            .put(StateKey::Room(RoomId([8; 32])), &room_key)
+            .put(StateKey::KeyGiven(RoomId([8; 32]), [7; 32]), &room_key)
+            .put(StateKey::Meta("prekeys"), &"PREKEY-SECRETS".to_string())
+            .put(StateKey::Contact("bob"), &[7u8; 32]);
+        store.record(&history, &batch).unwrap();
+        let get = |key| store.get::<String>(key).unwrap();
+        assert_eq!(get(StateKey::Session([7; 32])), Some(session.clone()));
+        assert_eq!(get(StateKey::Room(RoomId([8; 32]))), Some(room_key.clone()));
+        store.flush().unwrap();
+    }
+    // Nothing secret is on disk in the clear; what is not secret still is (for offline reads).
+    let mut on_disk = Vec::new();
+    for file in walk(dir.path()) {
+        on_disk.extend(std::fs::read(file).unwrap());
+    }
+    let found = |text: &str| on_disk.windows(text.len()).any(|w| w == text.as_bytes());
+    assert!(!found("RATCHET-STATE-"));
+    assert!(!found("ROOM-SENDER-KEY-"));
+    assert!(!found("PREKEY-SECRETS"));
+    assert!(found("hello, readable"), "history is not a secret");
+    // Without the key: history and contacts read, secrets refuse with a clear error.
+    let store = Store::reopen(dir.path());
+    assert_eq!(
+        store.history(&history.conversation, 10).unwrap(),
+        vec![history.clone()]
+    );
+    assert_eq!(
+        store.get::<[u8; 32]>(StateKey::Contact("bob")).unwrap(),
+        Some([7; 32])
+    );
+    assert!(matches!(
+        store.get::<String>(StateKey::Session([7; 32])),
+        Err(StoreError::SecretsSealed)
+    ));
+    drop(store);
+    // Under another identity's key a sealed secret does not open.
+    let other = palaver_protocol::Identity::from_secret_bytes(&[6; 32]);
+    let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&other));
+    assert!(matches!(
+        store.get::<String>(StateKey::Session([7; 32])),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn secrets_written_in_the_clear_before_are_sealed_when_opened_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Session([7; 32]), &"old".to_string());
+        store.apply(&batch).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::reopen_sealed(dir.path(), SecretsKey::of(&identity));
+    let raw = store
+        .state
+        .get(StateKey::Session([7; 32]).bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.first(), Some(&SEALED));
+    assert_eq!(
+        store.get::<String>(StateKey::Session([7; 32])).unwrap(),
+        Some("old".to_string())
+    );
+}
+
+#[test]
+fn a_room_is_found_by_its_history_label_without_the_room_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut line = entry(ConversationId::Room(RoomId([3; 32])), 1, 1, "hi");
+    line.label = "#lunch".into();
+    store.record(&line, &StateBatch::default()).unwrap();
+    assert_eq!(
+        store.room_by_label(&"lunch".parse().unwrap()),
+        Some(RoomId([3; 32]))
+    );
+    assert_eq!(store.room_by_label(&"dinner".parse().unwrap()), None);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
