@@ -139,6 +139,7 @@ pub enum Command {
     /// The terminal chat window.
     Chat,
     /// Run the scripted demo on loopback: a rendezvous and three peers in this process.
+    #[cfg(feature = "rendezvous-server")]
     Demo {
         /// After the first scripted steps, open the chat window as alice (bob and carol answer).
         #[arg(long)]
@@ -500,6 +501,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             let notifications = Config::load(home.dir())?.notifications;
             crate::tui::run(&socket, notifications).await?
         }
+        #[cfg(feature = "rendezvous-server")]
         Command::Demo { interactive } => crate::demo::run(interactive).await?,
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write (a closed pipe).

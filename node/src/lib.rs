@@ -4,10 +4,12 @@
 pub mod access;
 pub mod cli;
 pub mod daemon;
+#[cfg(feature = "rendezvous-server")]
 pub mod demo;
 pub mod home;
 pub mod localtime;
 pub mod printable;
+#[cfg(feature = "rendezvous-server")]
 pub mod reference;
 pub mod rpc;
 pub mod store;

@@ -19,18 +19,17 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, identity::Keypair, noise, ping,
-    relay, request_response, tcp, yamux,
+    relay, request_response,
 };
-use palaver_protocol::wire::protocol_names;
-use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, ServerPush};
+use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse};
 
 use crate::FrameCodec;
 use crate::config::Limits;
 use crate::relay_meter;
 use crate::service::RelayGate;
-
-/// The request-response codec of `/palaver/rendezvous/1` (the node's side).
-pub type RendezvousCodec = FrameCodec<RendezvousRequest, RendezvousResponse>;
+use crate::transport::{
+    IDENTIFY_PROTOCOL, PushCodec, RendezvousCodec, push_codec, push_protocol, rendezvous_protocol,
+};
 
 /// A request as the server reads it: request-response drops streams whose request fails to decode
 /// without telling anyone, so the server's codec turns bad frames into values instead, and the
@@ -127,14 +126,6 @@ impl request_response::Codec for ServerCodec {
         self.frames.write_response(protocol, io, response).await
     }
 }
-/// The request-response codec of `/palaver/push/1`.
-pub type PushCodec = FrameCodec<ServerPush, ()>;
-
-/// Largest push frame (a presence record or a count).
-pub const MAX_PUSH_BYTES: usize = 4 * 1024;
-/// The identify protocol version Palaver peers announce.
-pub const IDENTIFY_PROTOCOL: &str = "/palaver/1.0.0";
-
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
@@ -176,14 +167,6 @@ fn relay_config(limits: &Limits, gate: &RelayGate) -> relay::Config {
     }
     .reservation_rate_per_peer(burst, interval)
     .circuit_src_per_peer(burst, interval)
-}
-
-pub(crate) fn rendezvous_protocol() -> StreamProtocol {
-    StreamProtocol::new(protocol_names::RENDEZVOUS)
-}
-
-pub(crate) fn push_protocol() -> StreamProtocol {
-    StreamProtocol::new(protocol_names::PUSH)
 }
 
 /// Builds the server's swarm (not yet listening).
@@ -234,7 +217,7 @@ pub(crate) fn build_swarm(
                         .with_max_concurrent_streams(16),
                 ),
                 push: request_response::Behaviour::with_codec(
-                    FrameCodec::new(MAX_PUSH_BYTES, 16),
+                    push_codec(),
                     [(push_protocol(), request_response::ProtocolSupport::Outbound)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10))
@@ -246,15 +229,6 @@ pub(crate) fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(limits.idle_connection_timeout))
         .build();
     Ok(swarm)
-}
-
-/// The transports the light client uses too: TCP (Noise, Yamux) and QUIC.
-pub(crate) fn tcp_config() -> tcp::Config {
-    tcp::Config::default().nodelay(true)
-}
-
-pub(crate) fn yamux_config() -> yamux::Config {
-    yamux::Config::default()
 }
 
 pub(crate) fn noise_config(key: &Keypair) -> Result<noise::Config, noise::Error> {

@@ -37,8 +37,8 @@ use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, ServerPush};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::FrameCodec;
-use crate::behaviour::{
-    MAX_PUSH_BYTES, PushCodec, RendezvousCodec, push_protocol, rendezvous_protocol, tcp_config,
+use crate::transport::{
+    PushCodec, RendezvousCodec, push_codec, push_protocol, rendezvous_protocol, tcp_config,
     yamux_config,
 };
 
@@ -283,7 +283,7 @@ fn build_swarm(
                 request_response::Config::default().with_request_timeout(config.timeout),
             ),
             push: request_response::Behaviour::with_codec(
-                FrameCodec::new(MAX_PUSH_BYTES, 16),
+                push_codec(),
                 [(push_protocol(), ProtocolSupport::Inbound)],
                 request_response::Config::default(),
             ),

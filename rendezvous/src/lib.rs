@@ -18,32 +18,56 @@
 //! - [`admin`]: an admin's tasks on the store without serving (`remove-user`).
 //! - [`cli`]: the binary's flags and `--config` file; [`logging`] and [`listen_check`]: what both
 //!   binaries share (the log setup, refusing a TCP port another process listens on).
+//! - [`transport`]: the protocols, codecs and transport settings peer and server agree on.
+//!
+//! Feature `server` (default) builds the server; without it the crate is only what the peer
+//! shares with it ([`client`], [`discovery`], [`frame_codec`], [`transport`], [`logging`],
+//! [`listen_check`]), so `palaver` links the server only for `palaver demo`.
 //!
 //! Modules: `service` decides (no network), `store` persists (sled, or PostgreSQL for a cluster), `cluster` carries presence between
 //! instances (LISTEN/NOTIFY), `server` is the actor,
 //! `behaviour` composes libp2p, `relay_meter` builds the transport and counts relayed bytes,
 //! `metrics` exports Prometheus metrics.
 
-pub mod admin;
-mod behaviour;
-pub mod cli;
+// Shared with the peer: always built.
 pub mod client;
-mod cluster;
-mod config;
 pub mod discovery;
 pub mod frame_codec;
 pub mod listen_check;
 pub mod logging;
+pub mod transport;
+
+// The server itself (feature `server`, on by default).
+#[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
+mod behaviour;
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+mod cluster;
+#[cfg(feature = "server")]
+mod config;
+#[cfg(feature = "server")]
 mod metrics;
+#[cfg(feature = "server")]
 mod relay_meter;
+#[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
 mod service;
+#[cfg(feature = "server")]
 pub mod sim;
+#[cfg(feature = "server")]
 mod store;
+#[cfg(feature = "server")]
 pub mod testing;
 
-pub use behaviour::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};
+#[cfg(feature = "server")]
 pub use config::{Config, Limits, RelayLimits, StoreLocation};
 pub use frame_codec::FrameCodec;
+#[cfg(feature = "server")]
 pub use server::{KEY_FILE, Server, ServerError};
+#[cfg(feature = "server")]
 pub use store::StoreError;
+pub use transport::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};

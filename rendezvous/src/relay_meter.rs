@@ -19,7 +19,8 @@ use libp2p::identity::Keypair;
 use libp2p::{PeerId, Transport, quic, tcp};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::behaviour::{noise_config, tcp_config, yamux_config};
+use crate::behaviour::noise_config;
+use crate::transport::{tcp_config, yamux_config};
 
 /// The multistream-select proposal of every circuit relay v2 protocol contains this.
 const RELAY_PROTOCOL: &[u8] = b"/libp2p/circuit/relay/";

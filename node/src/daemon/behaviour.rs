@@ -6,21 +6,17 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, mdns, noise, ping, relay,
-    swarm::NetworkBehaviour, tcp, yamux,
+    swarm::NetworkBehaviour,
 };
 use palaver_protocol::codec::MAX_FRAME_LEN;
-use palaver_protocol::wire::{
-    MAX_ENVELOPE_LEN, PeerRequest, PeerResponse, RendezvousRequest, RendezvousResponse, ServerPush,
-    protocol_names,
-};
+use palaver_protocol::wire::{MAX_ENVELOPE_LEN, PeerRequest, PeerResponse, protocol_names};
 use palaver_protocol::{Identity, MessageId};
-use palaver_rendezvous::FrameCodec;
+use palaver_rendezvous::{FrameCodec, transport};
 
 use super::gossip_gate::GossipGate;
 
-pub(crate) type RendezvousRpc =
-    request_response::Behaviour<FrameCodec<RendezvousRequest, RendezvousResponse>>;
-pub(crate) type PushRpc = request_response::Behaviour<FrameCodec<ServerPush, ()>>;
+pub(crate) type RendezvousRpc = request_response::Behaviour<transport::RendezvousCodec>;
+pub(crate) type PushRpc = request_response::Behaviour<transport::PushCodec>;
 pub(crate) type PeerRpc = request_response::Behaviour<FrameCodec<PeerRequest, PeerResponse>>;
 
 #[derive(NetworkBehaviour)]
@@ -51,12 +47,12 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
-            tcp::Config::default().nodelay(true),
+            transport::tcp_config(),
             noise::Config::new,
-            yamux::Config::default,
+            transport::yamux_config,
         )?
         .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_relay_client(noise::Config::new, transport::yamux_config)?
         .with_behaviour(|key, relay_client| {
             let local = key.public().to_peer_id();
             let rr_config =
@@ -84,7 +80,7 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
             Ok(Behaviour {
                 relay_client,
                 identify: identify::Behaviour::new(identify::Config::new(
-                    "/palaver/1".into(),
+                    transport::IDENTIFY_PROTOCOL.into(),
                     key.public(),
                 )),
                 ping: ping::Behaviour::new(
@@ -96,19 +92,13 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                 autonat: autonat::v2::client::Behaviour::default(),
                 gossipsub: GossipGate::new(gossipsub),
                 rendezvous: request_response::Behaviour::with_codec(
-                    FrameCodec::new(MAX_ENVELOPE_LEN + 4096, MAX_FRAME_LEN),
-                    [(
-                        StreamProtocol::new(protocol_names::RENDEZVOUS),
-                        ProtocolSupport::Outbound,
-                    )],
+                    transport::rendezvous_client_codec(),
+                    [(transport::rendezvous_protocol(), ProtocolSupport::Outbound)],
                     rr_config.clone(),
                 ),
                 push: request_response::Behaviour::with_codec(
-                    FrameCodec::new(64 * 1024, 16),
-                    [(
-                        StreamProtocol::new(protocol_names::PUSH),
-                        ProtocolSupport::Inbound,
-                    )],
+                    transport::push_codec(),
+                    [(transport::push_protocol(), ProtocolSupport::Inbound)],
                     rr_config.clone(),
                 ),
                 peer: request_response::Behaviour::with_codec(
