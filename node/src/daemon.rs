@@ -29,8 +29,10 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay};
 use palaver_protocol::node::session::{RequestKey, SessionConfig};
+use palaver_protocol::node::state::NodeState;
 use palaver_protocol::wire::PresenceRecord;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
+use rand_core::OsRng;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -176,17 +178,15 @@ pub(crate) struct Node {
     name: UserName,
     store: Store,
     swarm: Swarm<Behaviour>,
-    session: link::Session,
+    /// The session, the delivery planner and its outbox, the send pipeline, the rooms.
+    state: NodeState<link::Pending, OutboundRequestId, direct::Job>,
     /// The session's request each request to the rendezvous carries.
     rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
-    /// Which path each pending direct message takes, and when it is tried (the outbox).
-    delivery: palaver_protocol::node::direct::Delivery<OutboundRequestId>,
     presence: HashMap<String, PresenceRecord>,
     events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
     commit: durable::GroupCommit<durable::AfterFlush>,
-    rooms: palaver_protocol::node::rooms::Rooms,
     room_io: rooms::RoomIo,
     reach: reach::Reach,
     /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
@@ -196,8 +196,6 @@ pub(crate) struct Node {
     announced: HashMap<PeerId, (&'static str, bool)>,
     /// Message events from senders whose name we are asking the rendezvous for (bounded).
     unnamed_events: HashMap<[u8; 32], Vec<rpc::Event>>,
-    /// Sends waiting for their recipient's key, name or session.
-    sends: palaver_protocol::node::direct::pipeline::SendPipeline<direct::Job>,
     stopping: bool,
     /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
     /// non-zero, so a supervisor restarts it.
@@ -274,21 +272,23 @@ impl Node {
             name,
             store,
             swarm,
-            session,
+            state: NodeState {
+                session,
+                delivery,
+                sends: Default::default(),
+                rooms,
+            },
             rendezvous_requests: HashMap::new(),
-            delivery,
             presence: HashMap::new(),
             events,
             internal_tx,
             internal: Some(internal),
             commit: durable::GroupCommit::default(),
-            rooms,
             room_io: rooms::RoomIo::default(),
             reach,
             rendezvous_outage_logged: false,
             announced: HashMap::new(),
             unnamed_events: HashMap::new(),
-            sends: Default::default(),
             stopping: false,
             fatal: None,
             sends_in_flight: HashMap::new(),
@@ -310,19 +310,14 @@ impl Node {
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
-            // The session's deadlines are wall-clock ms (it persists the signed prekey's age).
-            let session_due = self.session.poll_timeout().map(instant_of);
-            let delivery_due = self.delivery.poll_timeout().map(instant_of);
-            let pipeline_due = self.sends.poll_timeout().map(instant_of);
-            let rooms_due = self.rooms.poll_timeout().map(instant_of);
+            // The other machines' deadlines are wall-clock ms (the session persists the signed
+            // prekey's age).
+            let state_due = self.state.poll_timeout().map(instant_of);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
-                _ = sleep_until(session_due) => self.on_session_timeout(),
-                _ = sleep_until(delivery_due) => self.on_delivery_timeout(),
-                _ = sleep_until(pipeline_due) => self.on_pipeline_timeout(),
-                _ = sleep_until(rooms_due) => self.on_rooms_timeout(),
+                _ = sleep_until(state_due) => self.on_state_timeout(),
                 _ = retry.tick() => {
                     self.on_retry_tick();
                     self.renew_discovery();
@@ -336,6 +331,24 @@ impl Node {
         match self.fatal.take() {
             Some(reason) => Err(anyhow::anyhow!("the daemon stopped: {reason}")),
             None => Ok(()),
+        }
+    }
+
+    /// A machine's deadline came: wake those due, carry out what they decided.
+    fn on_state_timeout(&mut self) {
+        let mut facts = trust::StoreFacts::new(&self.store, self.identity.public());
+        let woken = self.state.handle_timeout(now_ms(), &mut OsRng, &mut facts);
+        if woken.session {
+            self.drive_session();
+        }
+        if woken.delivery {
+            self.drive_delivery();
+        }
+        if woken.sends {
+            self.drive_pipeline();
+        }
+        if woken.rooms {
+            let _ = self.drive_rooms();
         }
     }
 

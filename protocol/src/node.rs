@@ -12,6 +12,8 @@
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
 //!   mail, and the bounded request window.
 //!
+//! - [`state`]: the session, delivery, send pipeline and rooms together, with one deadline.
+//!
 //! Each machine takes inputs through `handle`, hands out what to do through `poll_output` and
 //! names its next deadline in `poll_timeout`; time is passed in, so a simulation can run many
 //! nodes on one simulated clock.
@@ -21,4 +23,5 @@ pub mod direct;
 pub mod reach;
 pub mod rooms;
 pub mod session;
+pub mod state;
 pub mod trust;

@@ -267,7 +267,7 @@ impl Sim {
                         continue;
                     };
                     if rooms.poll_timeout().is_some_and(|due| due <= now) {
-                        rooms.poll(now);
+                        rooms.handle_timeout(now);
                     }
                     self.save_dirty(i);
                     self.drain(i)?;

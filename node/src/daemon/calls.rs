@@ -300,13 +300,13 @@ impl Node {
                 "server": self.reach.rendezvous_peer().map(|p| p.to_string()),
                 "instances": self.reach.rendezvous_instances().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "connected": self.reach.rendezvous_connected(),
-                "logged_in": self.session.is_logged_in(),
+                "logged_in": self.state.session.is_logged_in(),
                 // The server's refusal of our login, verbatim, and what to do about it.
-                "refused": self.session.refusal().map(ToString::to_string),
-                "hint": self.session.refusal().map(|r| refusal_hint(r.reason)),
+                "refused": self.state.session.refusal().map(ToString::to_string),
+                "hint": self.state.session.refusal().map(|r| refusal_hint(r.reason)),
             },
             "listen": self.reach.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "outbox": self.delivery.len(),
+            "outbox": self.state.delivery.len(),
             "gossip": self.gossip_status(),
         })
     }
@@ -315,7 +315,7 @@ impl Node {
     /// the server's refusal of our login (verbatim, with what to do), or that we are not
     /// (yet) logged in.
     pub(crate) fn offline_reason(&self, what: &str) -> String {
-        match self.session.refusal() {
+        match self.state.session.refusal() {
             Some(refusal) => format!(
                 "{what}: the rendezvous refused to log us in: {refusal} ({})",
                 refusal_hint(refusal.reason)
@@ -361,7 +361,7 @@ impl Node {
         if names.is_empty() {
             return drop(reply.send(Ok(json!([]))));
         }
-        if !self.session.is_logged_in() {
+        if !self.state.session.is_logged_in() {
             // The rendezvous is down (or will not have us): what we last heard, marked stale.
             return drop(reply.send(Ok(self.last_known_presence(&names))));
         }
@@ -470,7 +470,7 @@ impl Node {
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),
     /// then answers with the safety number (see [`Node::answer_verify`]).
     pub(crate) fn verify(&mut self, name: UserName, confirm: bool, reply: Reply) {
-        if self.session.is_logged_in() {
+        if self.state.session.is_logged_in() {
             let request = RendezvousRequest::Lookup {
                 names: vec![name.clone()],
             };

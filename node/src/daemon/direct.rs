@@ -127,18 +127,11 @@ impl Node {
     /// Feeds the send pipeline; what it asks waits in its outputs.
     fn feed_pipeline(&mut self, input: PipelineInput<Job>) {
         let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
-        self.sends.handle(input, now_ms(), &mut facts);
+        self.state.sends.handle(input, now_ms(), &mut facts);
     }
 
-    /// Waiting sends whose time to ask for prekeys again has come.
-    pub(crate) fn on_pipeline_timeout(&mut self) {
-        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
-        self.sends.handle_timeout(now_ms(), &mut facts);
-        self.drive_pipeline();
-    }
-
-    fn drive_pipeline(&mut self) {
-        while let Some(output) = self.sends.poll_output() {
+    pub(crate) fn drive_pipeline(&mut self) {
+        while let Some(output) = self.state.sends.poll_output() {
             match output {
                 PipelineOutput::Lookup { call, name } => {
                     let request = RendezvousRequest::Lookup {
@@ -185,7 +178,7 @@ impl Node {
 
     /// Sends a send's question to the rendezvous; when not logged in, its answer is that.
     fn ask_for(&mut self, call: CallId, request: RendezvousRequest, pending: Pending, what: &str) {
-        if self.session.is_logged_in() {
+        if self.state.session.is_logged_in() {
             return self.rendezvous_request(request, pending);
         }
         let answer = PipelineAnswer::Failed(self.offline_reason(what));
@@ -245,7 +238,7 @@ impl Node {
         let Some(route) = item.route() else {
             return fail_reply(job.reply, "the recipient's key is not valid".into());
         };
-        if let Err(err) = self.delivery.hold(id, route, now_ms()) {
+        if let Err(err) = self.state.delivery.hold(id, route, now_ms()) {
             return fail_reply(job.reply, format!("cannot send now: {err}"));
         }
         let mut batch = StateBatch::default();
@@ -254,7 +247,7 @@ impl Node {
             .put(StateKey::Meta(CLOCK_META), &stamp)
             .put(StateKey::Seq(conversation), &seq)
             .put(StateKey::Outbox(id), &item)
-            .put(StateKey::Meta(OUTBOX_META), self.delivery.outbox());
+            .put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         if let Some(key) = &job.client_key {
             let sent = super::client_ids::ClientSend {
                 id,
@@ -282,7 +275,7 @@ impl Node {
             None => self.store.apply(&batch),
         };
         if let Err(err) = committed {
-            self.delivery.cancel(id);
+            self.state.delivery.cancel(id);
             return fail_reply(job.reply, format!("could not store the message: {err}"));
         }
         let reply = job.reply;

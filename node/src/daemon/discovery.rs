@@ -53,7 +53,7 @@ fn external_addrs(node: &Node) -> Vec<Multiaddr> {
 impl Node {
     /// Discovery is served to logged-in sessions only.
     fn may_ask_discovery(&self) -> bool {
-        self.rendezvous_peer().is_some() && self.session.is_logged_in()
+        self.rendezvous_peer().is_some() && self.state.session.is_logged_in()
     }
 
     /// Registers our signed record — our external addresses now — under our own peer namespace
@@ -74,7 +74,7 @@ impl Node {
             return;
         };
         self.discovery.renew_at = Some(now_ms().saturating_add(RENEW_MS));
-        let rooms = self.rooms.public_joined();
+        let rooms = self.state.rooms.public_joined();
         self.discovery.rooms.extend(rooms.iter().copied());
         let own = Namespace::Peer(*self.swarm.local_peer_id());
         for namespace in std::iter::once(own).chain(rooms.into_iter().map(Namespace::Room)) {
@@ -116,7 +116,7 @@ impl Node {
     /// or our external addresses are not the ones in them (an address confirmed by AutoNAT, a
     /// relay slot given back): the record follows the addresses, as libp2p's own client does.
     pub(crate) fn renew_discovery(&mut self) {
-        if !self.session.is_logged_in() {
+        if !self.state.session.is_logged_in() {
             return;
         }
         let due = self.discovery.renew_at.is_some_and(|at| now_ms() >= at);

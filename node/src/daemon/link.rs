@@ -130,17 +130,12 @@ impl Node {
     /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
     /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
     pub(crate) fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
-        self.session.request(request, pending);
+        self.state.session.request(request, pending);
         self.drive_session();
     }
 
     pub(crate) fn session_input(&mut self, input: Input) {
-        self.session.handle(input, now_ms(), &mut OsRng);
-        self.drive_session();
-    }
-
-    pub(crate) fn on_session_timeout(&mut self) {
-        self.session.handle_timeout(now_ms(), &mut OsRng);
+        self.state.session.handle(input, now_ms(), &mut OsRng);
         self.drive_session();
     }
 
@@ -160,8 +155,8 @@ impl Node {
         });
     }
 
-    fn drive_session(&mut self) {
-        while let Some(output) = self.session.poll_output() {
+    pub(crate) fn drive_session(&mut self) {
+        while let Some(output) = self.state.session.poll_output() {
             match output {
                 Output::Send { key, request } => match self.rendezvous_peer() {
                     Some(peer) => {
@@ -172,7 +167,7 @@ impl Node {
                             .send_request(&peer, request);
                         self.rendezvous_requests.insert(id, key);
                     }
-                    None => self.session.handle(
+                    None => self.state.session.handle(
                         Input::Failed {
                             key,
                             error: "not connected to the rendezvous".into(),
@@ -215,7 +210,10 @@ impl Node {
 
     /// The secrets are on disk before any public half leaves.
     fn persist_prekeys(&mut self, then_publish: bool) {
-        if let Err(err) = self.store.apply(&prekey_batch(self.session.prekeys())) {
+        if let Err(err) = self
+            .store
+            .apply(&prekey_batch(self.state.session.prekeys()))
+        {
             tracing::error!("cannot store prekeys, not publishing them: {err}");
             if then_publish {
                 self.session_input(Input::PrekeysDurable(Err(err.to_string())));
@@ -284,7 +282,7 @@ impl Node {
 
     pub(crate) fn subscribe_presence(&mut self) {
         let names = self.contact_names();
-        self.session.subscribe_presence(names);
+        self.state.session.subscribe_presence(names);
         self.drive_session();
     }
 
@@ -315,6 +313,7 @@ impl Node {
                 self.on_users(users, call, Asked::Keys(keys));
                 // Asked about, but not registered here: show them with their stand-in.
                 if self
+                    .state
                     .session
                     .waiting()
                     .all(|p| !matches!(p, Pending::WhoIs { .. }))
@@ -441,7 +440,7 @@ impl Node {
         });
         let user = record.name.clone();
         self.remember_presence(record);
-        if came_online && self.session.is_logged_in() {
+        if came_online && self.state.session.is_logged_in() {
             // A contact that logs in may have come back with another key: ask, and see.
             let request = RendezvousRequest::Lookup {
                 names: vec![user.clone()],

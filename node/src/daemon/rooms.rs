@@ -94,7 +94,7 @@ fn refused(err: RoomError) -> RpcError {
 
 impl Node {
     fn persist_room(&self, id: &RoomId, batch: &mut StateBatch) {
-        if let Some(room) = self.rooms.room(id) {
+        if let Some(room) = self.state.rooms.room(id) {
             batch.put(StateKey::Room(*id), room);
         }
     }
@@ -104,14 +104,14 @@ impl Node {
     /// command to answer with), rather than the change living only in memory.
     pub(crate) fn drive_rooms(&mut self) -> Result<(), StoreError> {
         let mut result = Ok(());
-        while let Some(output) = self.rooms.poll_output() {
+        while let Some(output) = self.state.rooms.poll_output() {
             match output {
                 Output::Save(id) => {
                     let mut batch = StateBatch::default();
                     self.persist_room(&id, &mut batch);
                     if let Err(err) = self.store.apply(&batch) {
                         tracing::error!("cannot store a room change ({err}); trying again");
-                        self.rooms.mark_dirty(id);
+                        self.state.rooms.mark_dirty(id);
                         self.room_io.unwritten.entry(id).or_default();
                         result = result.and(Err(err));
                     }
@@ -237,7 +237,7 @@ impl Node {
     fn gate_room(&mut self, id: &RoomId) {
         let topic = topic(id).hash();
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-        match self.rooms.mesh(id) {
+        match self.state.rooms.mesh(id) {
             Some(members) => gossipsub.set_members(topic, members.iter().map(peer_id_of).collect()),
             None => gossipsub.open(&topic),
         }
@@ -245,25 +245,19 @@ impl Node {
 
     /// At start-up: the rooms' topics and their gates.
     pub(crate) fn subscribe_room_topics(&mut self) {
-        self.rooms.start();
+        self.state.rooms.start();
         let _ = self.drive_rooms();
     }
 
     /// After login: find the other members of every room we are in.
     pub(crate) fn rooms_after_login(&mut self) {
-        self.rooms.seek_all();
-        let _ = self.drive_rooms();
-    }
-
-    /// The rooms machine's deadline came (a missing key to ask for).
-    pub(crate) fn on_rooms_timeout(&mut self) {
-        self.rooms.poll(super::now_ms());
+        self.state.rooms.seek_all();
         let _ = self.drive_rooms();
     }
 
     /// Writes the rooms whose receiving chains moved (each tick, and before the daemon exits).
     pub(crate) fn save_dirty_rooms(&mut self) {
-        let dirty = self.rooms.take_dirty();
+        let dirty = self.state.rooms.take_dirty();
         let mut batch = StateBatch::default();
         for id in &dirty {
             self.persist_room(id, &mut batch);
@@ -272,7 +266,7 @@ impl Node {
             // Kept dirty: written again at the next tick.
             tracing::error!("cannot store room state ({err}); trying again");
             for id in dirty {
-                self.rooms.mark_dirty(id);
+                self.state.rooms.mark_dirty(id);
             }
             return;
         }
@@ -323,7 +317,10 @@ impl Node {
         if let Some(fields) = status.as_object_mut() {
             // Messages that reached the signature and decryption checks and failed them: an
             // outsider's never get this far.
-            fields.insert("rejected_after_checks".into(), json!(self.rooms.rejected()));
+            fields.insert(
+                "rejected_after_checks".into(),
+                json!(self.state.rooms.rejected()),
+            );
         }
         status
     }

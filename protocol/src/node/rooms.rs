@@ -517,13 +517,13 @@ impl Rooms {
         });
     }
 
-    /// When [`Rooms::poll`] next has something to do.
+    /// When [`Rooms::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.missing_keys.values().map(MissingKey::due).min()
     }
 
     /// Asks each sender whose key has been missing a while for it, every so often.
-    pub fn poll(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: u64) {
         // Only while we still hold something of theirs (the held queue drops its oldest).
         let held = &self.held;
         self.missing_keys.retain(|(room, sender), _| {

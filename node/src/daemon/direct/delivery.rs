@@ -10,21 +10,15 @@ use super::*;
 impl Node {
     /// Hands the planner an input at the current time, then carries out what it asks.
     pub(crate) fn delivery_input(&mut self, input: Input<OutboundRequestId>) {
-        self.delivery.handle(input, now_ms(), &mut OsRng);
-        self.drive_delivery();
-    }
-
-    /// The planner's deadline passed: whatever is due is tried.
-    pub(crate) fn on_delivery_timeout(&mut self) {
-        self.delivery.handle_timeout(now_ms(), &mut OsRng);
+        self.state.delivery.handle(input, now_ms(), &mut OsRng);
         self.drive_delivery();
     }
 
     /// Carries out the planner's outputs; the store changes they ask for go in one batch.
-    fn drive_delivery(&mut self) {
+    pub(crate) fn drive_delivery(&mut self) {
         let mut batch = StateBatch::default();
         let mut save_outbox = false;
-        while let Some(output) = self.delivery.poll_output() {
+        while let Some(output) = self.state.delivery.poll_output() {
             match output {
                 Output::Deliver { peer, id } => self.send_deliver(peer, id),
                 Output::Dial { peer, addrs } => {
@@ -33,7 +27,7 @@ impl Node {
                 Output::Discover(peer) => {
                     if !self.discover(peer) {
                         let input = Input::DiscoveryFailed(peer);
-                        self.delivery.handle(input, now_ms(), &mut OsRng);
+                        self.state.delivery.handle(input, now_ms(), &mut OsRng);
                     }
                 }
                 Output::Deposit { id, to } => self.deposit_in_mailbox(id, to),
@@ -59,7 +53,7 @@ impl Node {
             }
         }
         if save_outbox {
-            batch.put(StateKey::Meta(OUTBOX_META), self.delivery.outbox());
+            batch.put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         }
         if !batch.is_empty()
             && let Err(err) = self.store.apply(&batch)
@@ -86,13 +80,17 @@ impl Node {
                     .behaviour_mut()
                     .peer
                     .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
-                self.delivery
-                    .handle(Input::DeliverySent { id, request }, now_ms(), &mut OsRng);
+                self.state.delivery.handle(
+                    Input::DeliverySent { id, request },
+                    now_ms(),
+                    &mut OsRng,
+                );
                 self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
             }
             Some(Err(err)) => tracing::error!("outbox item {id} is unreadable: {err}"),
             // Gone from the store: nothing to send; the receipt lets the planner forget it.
             None => self
+                .state
                 .delivery
                 .handle(Input::Receipt(id), now_ms(), &mut OsRng),
         }
@@ -111,6 +109,7 @@ impl Node {
                 Pending::Deposit { id },
             ),
             None => self
+                .state
                 .delivery
                 .handle(Input::DepositFailed(id), now_ms(), &mut OsRng),
         }
@@ -133,7 +132,7 @@ impl Node {
     }
 
     pub(crate) fn on_peer_response(&mut self, request: OutboundRequestId, response: PeerResponse) {
-        if !self.delivery.is_delivery(&request) {
+        if !self.state.delivery.is_delivery(&request) {
             return self.on_gap_fill_response(request, response);
         }
         let answer = match response {

@@ -96,7 +96,7 @@ impl Node {
         let opened = pairwise::open(
             self.identity.signing_key(),
             existing,
-            &self.session.prekeys().secrets,
+            &self.state.session.prekeys().secrets,
             &mut clock,
             &direct,
             now_ms(),
@@ -137,7 +137,7 @@ impl Node {
         };
         let (entry, control) = stored;
         if let Some(prekeys) = prekeys_after {
-            self.session.prekeys_mut().secrets = prekeys;
+            self.state.session.prekeys_mut().secrets = prekeys;
         }
         if from.is_none() {
             // A stranger: ask the rendezvous who it is, for display and replies.

@@ -22,6 +22,7 @@ impl Node {
 
     pub(crate) fn room_create(&mut self, name: RoomName, public: bool) -> Result<Value, RpcError> {
         let created = self
+            .state
             .rooms
             .create(name.clone(), public, now_ms(), &mut OsRng);
         let id = created.map_err(refused)?;
@@ -31,11 +32,11 @@ impl Node {
 
     /// Invites `name` (the owner only); a user we have no key for is looked up first.
     pub(crate) fn room_invite(&mut self, room: RoomName, name: UserName, reply: Reply) {
-        if let Err(err) = self.rooms.owned(&room) {
+        if let Err(err) = self.state.rooms.owned(&room) {
             return drop(reply.send(Err(refused(err))));
         }
         let Some(key) = self.contact_key(&name) else {
-            if !self.session.is_logged_in() {
+            if !self.state.session.is_logged_in() {
                 let _ = reply.send(Err(RpcError::failed(
                     "not connected to the rendezvous; cannot look up the user",
                 )));
@@ -52,6 +53,7 @@ impl Node {
             return self.rendezvous_request(request, pending);
         };
         let result = self
+            .state
             .rooms
             .invite(&room, &name, key, now_ms(), &mut OsRng)
             .map_err(refused)
@@ -63,6 +65,7 @@ impl Node {
     pub(crate) fn room_kick(&mut self, room: RoomName, name: UserName, reply: Reply) {
         let key = self.contact_key(&name);
         let result = self
+            .state
             .rooms
             .kick(&room, &name, key, now_ms(), &mut OsRng)
             .map_err(refused)
@@ -75,24 +78,29 @@ impl Node {
         let (now, rng) = (now_ms(), &mut OsRng);
         let mut answer = json!({"room": name.as_str(), "joined": true});
         if public {
-            if self.rooms.join_public(&name, now, rng).map_err(refused)? {
+            if self
+                .state
+                .rooms
+                .join_public(&name, now, rng)
+                .map_err(refused)?
+            {
                 answer["public"] = json!(true);
             }
         } else {
-            self.rooms.join(&name, now, rng).map_err(refused)?;
+            self.state.rooms.join(&name, now, rng).map_err(refused)?;
         }
         self.carry_out_command()?;
         Ok(answer)
     }
 
     pub(crate) fn room_leave(&mut self, name: RoomName) -> Result<Value, RpcError> {
-        self.rooms.leave(&name).map_err(refused)?;
+        self.state.rooms.leave(&name).map_err(refused)?;
         self.carry_out_command()?;
         Ok(json!({"room": name.as_str(), "left": true}))
     }
 
     pub(crate) fn room_members(&self, name: &RoomName) -> Result<Value, RpcError> {
-        let room = self.rooms.find(name).map_err(refused)?;
+        let room = self.state.rooms.find(name).map_err(refused)?;
         let owner = room.owner();
         let members: Vec<Value> = self
             .known_members(room)
@@ -122,7 +130,7 @@ impl Node {
 
     pub(crate) fn room_list(&self) -> Value {
         let me = self.identity.public();
-        let rooms = self.rooms.iter().map(|room| {
+        let rooms = self.state.rooms.iter().map(|room| {
             json!({
                 "room": room.name.as_str(),
                 "id": room.id.to_hex(),
@@ -183,7 +191,7 @@ impl Node {
         if text.len() > palaver_protocol::wire::MAX_TEXT_LEN {
             return Err(refused(RoomError::TooLong));
         }
-        let room = self.rooms.writable(&name).map_err(refused)?;
+        let room = self.state.rooms.writable(&name).map_err(refused)?;
         let conversation = ConversationId::Room(room);
         let (stamp, seq) = (self.next_stamp(), self.next_seq(&conversation));
         let content = Content {
@@ -192,7 +200,7 @@ impl Node {
             seq,
             payload: Payload::Text(text.clone()),
         };
-        let sealed = self.rooms.seal(room, &content).map_err(refused)?;
+        let sealed = self.state.rooms.seal(room, &content).map_err(refused)?;
         let me = self.identity.public();
         let entry = HistoryEntry {
             id: sealed.id,

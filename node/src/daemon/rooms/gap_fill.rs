@@ -15,6 +15,7 @@ use crate::daemon::{Node, now_ms};
 impl Node {
     pub(crate) fn on_gossip_subscribed(&mut self, peer: PeerId, topic_hash: gossipsub::TopicHash) {
         let room = self
+            .state
             .rooms
             .iter()
             .find(|room| topic(&room.id).hash() == topic_hash)
@@ -29,7 +30,7 @@ impl Node {
         let Some(key) = identity_of(&peer) else {
             return;
         };
-        for room in self.rooms.shared_with(&key) {
+        for room in self.state.rooms.shared_with(&key) {
             self.request_gap_fill(peer, room);
         }
     }
@@ -60,7 +61,11 @@ impl Node {
         // Only our own are hashed to ask, and only while any wait for their flush.
         let withheld =
             |frame: &[u8]| !waiting.is_empty() && waiting.contains(&MessageId::of_frame(frame));
-        PeerResponse::GapFill(self.rooms.answer_gap_fill(&asker, &request, log, withheld))
+        PeerResponse::GapFill(
+            self.state
+                .rooms
+                .answer_gap_fill(&asker, &request, log, withheld),
+        )
     }
 
     pub(crate) fn on_gap_fill_response(
@@ -86,7 +91,11 @@ impl Node {
             if let Body::Room(message) = envelope.body
                 && message.room == room
             {
-                progressed |= self.rooms.receive(id, message, frame, now_ms()).is_ok();
+                progressed |= self
+                    .state
+                    .rooms
+                    .receive(id, message, frame, now_ms())
+                    .is_ok();
             }
         }
         let _ = self.drive_rooms();

@@ -26,7 +26,7 @@ impl Node {
                 gossipsub::MessageAcceptance::Ignore
             }
             (Some(Body::Room(message)), Some(id)) => {
-                match self.rooms.receive(id, message, data, now_ms()) {
+                match self.state.rooms.receive(id, message, data, now_ms()) {
                     Ok(()) => gossipsub::MessageAcceptance::Accept,
                     Err(RoomReject::Held | RoomReject::Stale) => {
                         gossipsub::MessageAcceptance::Ignore
@@ -38,7 +38,7 @@ impl Node {
                 }
             }
             _ => {
-                self.rooms.count_rejected();
+                self.state.rooms.count_rejected();
                 gossipsub::MessageAcceptance::Reject
             }
         };
@@ -51,7 +51,7 @@ impl Node {
 
     /// A room payload that arrived over the pairwise session with `sender`.
     pub(crate) fn on_room_payload(&mut self, sender: VerifyingKey, payload: Payload) {
-        let (now, rooms) = (now_ms(), &mut self.rooms);
+        let (now, rooms) = (now_ms(), &mut self.state.rooms);
         let ignored = match payload {
             Payload::RoomInvite(invite) => rooms
                 .on_invite(sender, invite, now, &mut OsRng)
@@ -68,7 +68,8 @@ impl Node {
                 .map_err(|err| format!("a member leaving: {err}")),
             Payload::KeyRequest { room } => {
                 let given = self.key_given(room, &sender);
-                self.rooms
+                self.state
+                    .rooms
                     .on_key_request(sender, room, given, now)
                     .map_err(|reason| format!("a key request: {reason}"))
             }

@@ -157,7 +157,7 @@ impl Members {
                 .poll_timeout()
                 .is_some_and(|at| at <= self.now)
             {
-                self.rooms[i].poll(self.now);
+                self.rooms[i].handle_timeout(self.now);
             }
         }
         self.settle();
