@@ -15,6 +15,7 @@ mod durable;
 mod gossip_gate;
 mod link;
 mod reach;
+mod replies;
 pub(crate) mod rooms;
 mod trust;
 
@@ -188,6 +189,8 @@ pub(crate) struct Node {
     internal: Option<mpsc::Receiver<Internal>>,
     commit: durable::GroupCommit<durable::AfterFlush>,
     room_io: rooms::RoomIo,
+    /// Calls waiting for a rendezvous answer, by the token their request carries.
+    replies: replies::Replies,
     reach: reach::Reach,
     /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
     rendezvous_outage_logged: bool,
@@ -285,6 +288,7 @@ impl Node {
             internal: Some(internal),
             commit: durable::GroupCommit::default(),
             room_io: rooms::RoomIo::default(),
+            replies: replies::Replies::default(),
             reach,
             rendezvous_outage_logged: false,
             announced: HashMap::new(),

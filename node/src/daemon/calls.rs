@@ -365,6 +365,7 @@ impl Node {
             // The rendezvous is down (or will not have us): what we last heard, marked stale.
             return drop(reply.send(Ok(self.last_known_presence(&names))));
         }
+        let reply = self.replies.park(reply);
         self.rendezvous_request(
             RendezvousRequest::Lookup {
                 names: names.clone(),
@@ -477,7 +478,7 @@ impl Node {
             let pending = Pending::LookupThenVerify {
                 name,
                 confirm,
-                reply,
+                reply: self.replies.park(reply),
             };
             return self.rendezvous_request(request, pending);
         }

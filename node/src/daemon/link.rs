@@ -12,7 +12,6 @@ use palaver_protocol::wire::{
 use palaver_protocol::{MessageId, UserName};
 use rand_core::OsRng;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use super::trust::Asked;
 use super::{Node, now_ms};
@@ -48,17 +47,17 @@ pub(crate) enum Pending {
         names: Vec<UserName>,
         /// Named by the caller (an unknown one is an error), not the contact list.
         explicit: bool,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
+        reply: super::replies::ReplyToken,
     },
     LookupThenInvite {
         room: palaver_protocol::RoomName,
         user: UserName,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
+        reply: super::replies::ReplyToken,
     },
     LookupThenVerify {
         name: UserName,
         confirm: bool,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
+        reply: super::replies::ReplyToken,
     },
     /// A discovery registration or lookup.
     Discovery(super::discovery::Asked),
@@ -361,20 +360,22 @@ impl Node {
                 },
                 R::Users(users),
             ) => {
-                let _ = reply.send(self.presence_answer(&names, explicit, users));
+                let answer = self.presence_answer(&names, explicit, users);
+                self.replies.answer(reply, answer);
             }
             (Pending::Presence { names, reply, .. }, R::Refused(_)) => {
-                let _ = reply.send(Ok(self.last_known_presence(&names)));
+                let answer = Ok(self.last_known_presence(&names));
+                self.replies.answer(reply, answer);
             }
             (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
                 let found = users.iter().any(|u| u.name == user);
                 self.on_users(users, None, Asked::Names(vec![user.clone()]));
-                if found {
-                    self.room_invite(room, user, reply);
-                } else {
-                    let _ = reply.send(Err(RpcError::failed(format!(
+                match self.replies.take(reply) {
+                    Some(reply) if found => self.room_invite(room, user, reply),
+                    Some(reply) => drop(reply.send(Err(RpcError::failed(format!(
                         "unknown user {user} at this rendezvous"
-                    ))));
+                    ))))),
+                    None => {}
                 }
             }
             (
@@ -386,13 +387,16 @@ impl Node {
                 R::Users(users),
             ) => {
                 self.on_users(users, None, Asked::Names(vec![name.clone()]));
-                self.answer_verify(name, confirm, reply);
+                if let Some(reply) = self.replies.take(reply) {
+                    self.answer_verify(name, confirm, reply);
+                }
             }
             (
                 Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. },
                 R::Refused(refusal),
             ) => {
-                let _ = reply.send(Err(RpcError::failed(refusal.to_string())));
+                self.replies
+                    .answer(reply, Err(RpcError::failed(refusal.to_string())));
             }
             (pending, response) => {
                 tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}")
@@ -415,12 +419,12 @@ impl Node {
             ),
             Pending::Deposit { id } => self.on_deposit_refused(id, error),
             Pending::Presence { names, reply, .. } => {
-                let _ = reply.send(Ok(self.last_known_presence(&names)));
+                let answer = Ok(self.last_known_presence(&names));
+                self.replies.answer(reply, answer);
             }
             Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. } => {
-                let _ = reply.send(Err(RpcError::failed(format!(
-                    "the rendezvous did not answer: {error}"
-                ))));
+                let error = format!("the rendezvous did not answer: {error}");
+                self.replies.answer(reply, Err(RpcError::failed(error)));
             }
             other => tracing::debug!("rendezvous request {other:?} failed: {error}"),
         }

@@ -48,7 +48,7 @@ impl Node {
             let pending = crate::daemon::Pending::LookupThenInvite {
                 room,
                 user: name,
-                reply,
+                reply: self.replies.park(reply),
             };
             return self.rendezvous_request(request, pending);
         };
