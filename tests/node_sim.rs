@@ -1,6 +1,7 @@
-//! Whole-network simulation of the node's message path: several nodes' rendezvous sessions
-//! (`palaver_protocol::node::session`) and direct-delivery planners
-//! (`palaver_protocol::node::direct`), and the rendezvous server's own decisions
+//! Whole-network simulation of the node's message path: several nodes' `NodeState`s
+//! (`palaver_protocol::node::state`: the rendezvous session, the send pipeline and the
+//! direct-delivery planner, woken at their deadlines as the daemon wakes them), and the
+//! rendezvous server's own decisions
 //! (`palaver_rendezvous::sim::SimServer`, over a real store), on one simulated clock, over a
 //! seeded network that delays, reorders and loses requests and answers, partitions nodes,
 //! crashes and restarts them (state reloaded from what they persisted) and restarts the server.
@@ -23,14 +24,16 @@ use palaver_protocol::delivery::{DeliveryStatus, Outbox};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::direct::pipeline::{self, CallId, SendPipeline};
 use palaver_protocol::node::direct::{self, Answer, Delivery, Route};
+use palaver_protocol::node::rooms::Rooms;
 use palaver_protocol::node::session::{
     Input, Output, PrekeyState, RequestKey, Session, SessionConfig,
 };
+use palaver_protocol::node::state::NodeState;
 use palaver_protocol::wire::RefusalReason;
 use palaver_protocol::wire::{
     Body, DirectMessage, Envelope, MessageId, RendezvousRequest, RendezvousResponse, ServerPush,
 };
-use palaver_protocol::{PeerId, SigningKey, UserName, VerifyingKey};
+use palaver_protocol::{Identity, PeerId, SigningKey, UserName, VerifyingKey};
 use palaver_rendezvous::Limits;
 use palaver_rendezvous::sim::SimServer;
 use rand::{Rng, SeedableRng};
@@ -274,18 +277,15 @@ struct Node {
     peer: PeerId,
     name: UserName,
     disk: Disk,
-    /// `None` while crashed.
-    session: Option<Session<Token>>,
+    /// The node's machines (session, delivery planner, send pipeline, rooms) as the daemon
+    /// composes them; `None` while crashed (sends waiting in the pipeline are lost with it, as
+    /// nothing about them was acknowledged yet).
+    state: Option<NodeState<Token, u64, usize>>,
     /// Whether the network lets it reach the server (not partitioned).
     link_up: bool,
     /// The current connection's number; 0 while not connected.
     epoch: u64,
     in_flight: HashSet<RequestKey>,
-    /// `None` while crashed.
-    delivery: Option<Delivery<u64>>,
-    /// Sends waiting for their recipient's key or session (in memory: lost in a crash, as
-    /// nothing about them was acknowledged yet). The job is the recipient's index.
-    pipeline: SendPipeline<usize>,
     /// Sends that failed before they were sealed (the user was told).
     sends_failed: Vec<String>,
     /// How long storing its prekeys takes (a slow disk); they are published only then.
@@ -336,12 +336,10 @@ impl Sim {
                     name: UserName::new(format!("user{i}")).expect("name"),
                     key,
                     disk: Disk::default(),
-                    session: None,
+                    state: None,
                     link_up: true,
                     epoch: 0,
                     in_flight: HashSet::new(),
-                    delivery: None,
-                    pipeline: SendPipeline::default(),
                     sends_failed: Vec::new(),
                     prekey_store_ms: 0,
                     life: 0,
@@ -517,12 +515,10 @@ impl Sim {
             Event::Crash(i) => {
                 self.disconnect(i);
                 self.drop_links(i);
-                self.nodes[i].session = None;
-                self.nodes[i].delivery = None;
-                self.nodes[i].pipeline = SendPipeline::default();
+                self.nodes[i].state = None;
             }
             Event::Restart(i) => {
-                if self.nodes[i].session.is_none() {
+                if self.nodes[i].state.is_none() {
                     self.boot(i);
                 }
             }
@@ -547,7 +543,7 @@ impl Sim {
             }
             Event::Send { from, to } => {
                 // Nobody types into a crashed node.
-                if self.nodes[from].session.is_some() {
+                if self.nodes[from].state.is_some() {
                     let to = pipeline::Recipient::Name(self.nodes[to].name.clone());
                     let input = pipeline::Input::Send {
                         job: self.index_by_name(&to),
@@ -558,33 +554,26 @@ impl Sim {
             }
             Event::PrekeysStored { node, life } => {
                 if self.nodes[node].life == life
-                    && let Some(session) = &mut self.nodes[node].session
+                    && let Some(session) = self.nodes[node].state.as_mut().map(|s| &mut s.session)
                 {
                     session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
                     self.drive(node);
                 }
             }
             Event::Tick => {
+                // Each node's machines whose deadline came, as the daemon wakes them.
                 for i in 0..NODES {
-                    if let Some(session) = &mut self.nodes[i].session {
-                        session.handle_timeout(self.now, &mut self.rng);
+                    let Some((state, mut facts)) = Known::split(&mut self.nodes[i]) else {
+                        continue;
+                    };
+                    let woken = state.handle_timeout(self.now, &mut self.rng, &mut facts);
+                    if woken.session {
+                        self.drive(i);
                     }
-                    self.drive(i);
-                    let now = self.now;
-                    if self.nodes[i].session.is_some()
-                        && self.nodes[i]
-                            .pipeline
-                            .poll_timeout()
-                            .is_some_and(|at| at <= now)
-                    {
-                        let (pipeline, mut facts) = Known::split(&mut self.nodes[i]);
-                        pipeline.handle_timeout(now, &mut facts);
+                    if woken.sends {
                         self.drive_pipeline(i);
                     }
-                    if let Some(delivery) = &mut self.nodes[i].delivery
-                        && delivery.poll_timeout().is_some_and(|at| at <= now)
-                    {
-                        delivery.handle_timeout(now, &mut self.rng);
+                    if woken.delivery {
                         self.drive_delivery(i);
                     }
                 }
@@ -613,7 +602,7 @@ impl Sim {
             }
             Event::Dialed { from, to } => {
                 let pair = (from.min(to), from.max(to));
-                let up = |n: &Node| n.delivery.is_some() && n.link_up;
+                let up = |n: &Node| n.state.is_some() && n.link_up;
                 if up(&self.nodes[from])
                     && up(&self.nodes[to])
                     && !self.no_direct_path.contains(&pair)
@@ -713,7 +702,7 @@ impl Sim {
             registration_token: None,
             heartbeat_ms: HEARTBEAT_MS,
         };
-        node.session = Some(Session::new(config, node.key.clone(), prekeys));
+        let session = Session::new(config, node.key.clone(), prekeys);
         let outbox: Outbox = match &node.disk.outbox_state {
             Some(bytes) => palaver_protocol::codec::decode(bytes).expect("stored outbox"),
             None => Outbox::default(),
@@ -725,14 +714,20 @@ impl Sim {
             .map(|(id, (to, _, in_history))| (*id, route(&self.nodes, *to, *in_history)))
             .collect();
         let node = &mut self.nodes[i];
-        node.delivery = Some(Delivery::new(node.peer, outbox, stored, self.now));
+        let identity = Identity::from_secret_bytes(&node.key.to_bytes());
+        node.state = Some(NodeState {
+            session,
+            delivery: Delivery::new(node.peer, outbox, stored, self.now),
+            sends: SendPipeline::default(),
+            rooms: Rooms::new(identity, []),
+        });
         node.life += 1;
         self.connect(i);
     }
 
     fn connect(&mut self, i: usize) {
         let node = &self.nodes[i];
-        if node.epoch != 0 || !node.link_up || node.session.is_none() || self.server.is_none() {
+        if node.epoch != 0 || !node.link_up || node.state.is_none() || self.server.is_none() {
             return;
         }
         let peer = node.peer;
@@ -778,7 +773,7 @@ impl Sim {
     }
 
     fn input(&mut self, i: usize, input: Input) {
-        let Some(session) = &mut self.nodes[i].session else {
+        let Some(session) = self.nodes[i].state.as_mut().map(|s| &mut s.session) else {
             return;
         };
         session.handle(input, self.now, &mut self.rng);
@@ -786,7 +781,7 @@ impl Sim {
     }
 
     fn delivery_input(&mut self, i: usize, input: direct::Input<u64>) {
-        let Some(delivery) = &mut self.nodes[i].delivery else {
+        let Some(delivery) = self.nodes[i].state.as_mut().map(|s| &mut s.delivery) else {
             return;
         };
         delivery.handle(input, self.now, &mut self.rng);
@@ -797,9 +792,9 @@ impl Sim {
     fn drive(&mut self, i: usize) {
         loop {
             let Some(output) = self.nodes[i]
-                .session
+                .state
                 .as_mut()
-                .and_then(Session::poll_output)
+                .and_then(|s| s.session.poll_output())
             else {
                 return;
             };
@@ -816,14 +811,14 @@ impl Sim {
                     self.over_the_network(i, epoch, key, event);
                 }
                 Output::PersistPrekeys { then_publish } => {
-                    let session = self.nodes[i].session.as_ref().expect("running");
+                    let session = &self.nodes[i].state.as_ref().expect("running").session;
                     self.nodes[i].disk.prekeys = Some(persist(session.prekeys()));
                     let slow = self.nodes[i].prekey_store_ms;
                     if then_publish && slow > 0 {
                         let life = self.nodes[i].life;
                         self.at(slow, Event::PrekeysStored { node: i, life });
                     } else if then_publish {
-                        let session = self.nodes[i].session.as_mut().expect("running");
+                        let session = &mut self.nodes[i].state.as_mut().expect("running").session;
                         session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
                     }
                 }
@@ -861,9 +856,9 @@ impl Sim {
     fn drive_delivery(&mut self, i: usize) {
         loop {
             let Some(output) = self.nodes[i]
-                .delivery
+                .state
                 .as_mut()
-                .and_then(Delivery::poll_output)
+                .and_then(|s| s.delivery.poll_output())
             else {
                 return;
             };
@@ -872,7 +867,7 @@ impl Sim {
                     let to = self.index_of(&peer);
                     let request = self.nodes[i].next_request;
                     self.nodes[i].next_request += 1;
-                    let delivery = self.nodes[i].delivery.as_mut().expect("running");
+                    let delivery = &mut self.nodes[i].state.as_mut().expect("running").delivery;
                     let sent = direct::Input::DeliverySent { id, request };
                     delivery.handle(sent, self.now, &mut self.rng);
                     let life = self.nodes[i].life;
@@ -936,7 +931,7 @@ impl Sim {
                         to,
                         envelope: Box::new(envelope),
                     };
-                    if let Some(session) = &mut self.nodes[i].session {
+                    if let Some(session) = self.nodes[i].state.as_mut().map(|s| &mut s.session) {
                         session.request(request, Token::Deposit(id));
                     }
                     self.drive(i);
@@ -961,7 +956,7 @@ impl Sim {
     }
 
     fn save_outbox(&mut self, i: usize) {
-        if let Some(delivery) = &self.nodes[i].delivery {
+        if let Some(delivery) = self.nodes[i].state.as_ref().map(|s| &s.delivery) {
             let bytes = palaver_protocol::codec::encode(delivery.outbox()).expect("outbox");
             self.nodes[i].disk.outbox_state = Some(bytes);
         }
@@ -1054,7 +1049,7 @@ impl Sim {
             acks.push(id);
         }
         let more = remaining > 0;
-        if let Some(session) = &mut self.nodes[i].session {
+        if let Some(session) = self.nodes[i].state.as_mut().map(|s| &mut s.session) {
             session.handle(Input::MailStored { acks, more }, self.now, &mut self.rng);
         }
         self.drive(i);
@@ -1066,13 +1061,19 @@ impl Sim {
 
     /// Feeds node `i`'s send pipeline, then does what it asks, as the daemon's driver does.
     fn pipeline_input(&mut self, i: usize, input: pipeline::Input<usize>) {
-        let (pipeline, mut facts) = Known::split(&mut self.nodes[i]);
-        pipeline.handle(input, self.now, &mut facts);
+        let Some((state, mut facts)) = Known::split(&mut self.nodes[i]) else {
+            return; // crashed: nobody types into it
+        };
+        state.sends.handle(input, self.now, &mut facts);
         self.drive_pipeline(i);
     }
 
     fn drive_pipeline(&mut self, i: usize) {
-        while let Some(output) = self.nodes[i].pipeline.poll_output() {
+        while let Some(output) = self.nodes[i]
+            .state
+            .as_mut()
+            .and_then(|s| s.sends.poll_output())
+        {
             let (call, request, token) = match output {
                 pipeline::Output::Lookup { call, name } => {
                     let request = RendezvousRequest::Lookup {
@@ -1101,7 +1102,7 @@ impl Sim {
                     continue;
                 }
             };
-            match &mut self.nodes[i].session {
+            match self.nodes[i].state.as_mut().map(|s| &mut s.session) {
                 Some(session) if session.is_logged_in() => {
                     session.request(request, token);
                     self.drive(i);
@@ -1124,7 +1125,7 @@ impl Sim {
     /// Node `from` sends a message: on its disk, with the planner's outbox, before the planner
     /// may hand it out.
     fn send(&mut self, from: usize, to: usize, kind: Kind) {
-        if self.nodes[from].delivery.is_none() {
+        if self.nodes[from].state.is_none() {
             return;
         }
         self.next_message += 1;
@@ -1147,7 +1148,7 @@ impl Sim {
         let in_history = matches!(kind, Kind::Text);
         self.sent.insert(id, (from, to, kind));
         let route = route(&self.nodes, to, in_history);
-        let delivery = self.nodes[from].delivery.as_mut().expect("running");
+        let delivery = &mut self.nodes[from].state.as_mut().expect("running").delivery;
         delivery.hold(id, route, self.now).expect("outbox has room");
         self.nodes[from]
             .disk
@@ -1213,7 +1214,7 @@ impl Sim {
         }
         for i in 0..NODES {
             let node = &self.nodes[i];
-            let Some(session) = &node.session else {
+            let Some(session) = node.state.as_ref().map(|s| &s.session) else {
                 return Err(format!("{} never restarted", node.name));
             };
             if !session.is_logged_in() {
@@ -1231,7 +1232,10 @@ impl Sim {
             let (sender, recipient) = (&self.nodes[*from], &self.nodes[*to]);
             let (from, to) = (&sender.name, &recipient.name);
             if !recipient.disk.history.contains(id) {
-                let status = sender.delivery.as_ref().map(|d| d.outbox().status(id));
+                let status = sender
+                    .state
+                    .as_ref()
+                    .map(|s| s.delivery.outbox().status(id));
                 return Err(format!(
                     "{id:?} from {from} never reached {to} (at the sender: {status:?}, stored {}; links {:?}, no direct path {:?}, registered {:?})",
                     sender.disk.outbox.contains_key(id),
@@ -1248,7 +1252,7 @@ impl Sim {
         // over a lossless network, so the answer always comes.)
         self.loss = 0.0;
         for i in 0..NODES {
-            if let Some(session) = &mut self.nodes[i].session {
+            if let Some(session) = self.nodes[i].state.as_mut().map(|s| &mut s.session) {
                 session.request(RendezvousRequest::FetchMail { max: 64 }, Token::FinalFetch);
             }
             self.drive(i);
@@ -1281,16 +1285,17 @@ struct Known<'a> {
 }
 
 impl<'a> Known<'a> {
-    /// A node's pipeline, and what it knows.
-    fn split(node: &'a mut Node) -> (&'a mut SendPipeline<usize>, Self) {
+    /// A running node's machines, and what it knows.
+    fn split(node: &'a mut Node) -> Option<(&'a mut NodeState<Token, u64, usize>, Self)> {
         let me = node.key.verifying_key();
-        (
-            &mut node.pipeline,
+        let state = node.state.as_mut()?;
+        Some((
+            state,
             Self {
                 me,
                 disk: &node.disk,
             },
-        )
+        ))
     }
 }
 
