@@ -1,6 +1,6 @@
 //! Whole-network simulation of the node's message path: several nodes' `NodeState`s
 //! (`palaver_protocol::node::state`: the rendezvous session, the send pipeline and the
-//! direct-delivery planner, woken at their deadlines as the daemon wakes them), and the
+//! direct-delivery planner, woken as the daemon wakes them), and the
 //! rendezvous server's own decisions
 //! (`palaver_rendezvous::sim::SimServer`, over a real store), on one simulated clock, over a
 //! seeded network that delays, reorders and loses requests and answers, partitions nodes,
@@ -566,16 +566,10 @@ impl Sim {
                     let Some((state, mut facts)) = Known::split(&mut self.nodes[i]) else {
                         continue;
                     };
-                    let woken = state.handle_timeout(self.now, &mut self.rng, &mut facts);
-                    if woken.session {
-                        self.drive(i);
-                    }
-                    if woken.sends {
-                        self.drive_pipeline(i);
-                    }
-                    if woken.delivery {
-                        self.drive_delivery(i);
-                    }
+                    state.handle_timeout(self.now, &mut self.rng, &mut facts);
+                    self.drive(i);
+                    self.drive_pipeline(i);
+                    self.drive_delivery(i);
                 }
                 if let Some(server) = &mut self.server {
                     server.tick(self.now);

@@ -206,7 +206,7 @@ pub(crate) struct Node {
     /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
     sends_in_flight: HashMap<String, client_ids::InFlight>,
     /// What our discovery registrations say, and when they are renewed.
-    discovery: discovery::Published,
+    discovery: palaver_protocol::node::discovery::Publisher,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -270,6 +270,7 @@ impl Node {
             Self::stored_routes(&store),
             now_ms(),
         );
+        let local_peer = *swarm.local_peer_id();
         let mut node = Self {
             identity,
             name,
@@ -296,7 +297,7 @@ impl Node {
             stopping: false,
             fatal: None,
             sends_in_flight: HashMap::new(),
-            discovery: discovery::Published::default(),
+            discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
         };
         node.subscribe_room_topics();
         node.drive_reach();
@@ -338,22 +339,14 @@ impl Node {
         }
     }
 
-    /// A machine's deadline came: wake those due, carry out what they decided.
+    /// A machine's deadline came (or a minute passed): wake them, carry out what they decided.
     fn on_state_timeout(&mut self) {
         let mut facts = trust::StoreFacts::new(&self.store, self.identity.public());
-        let woken = self.state.handle_timeout(now_ms(), &mut OsRng, &mut facts);
-        if woken.session {
-            self.drive_session();
-        }
-        if woken.delivery {
-            self.drive_delivery();
-        }
-        if woken.sends {
-            self.drive_pipeline();
-        }
-        if woken.rooms {
-            let _ = self.drive_rooms();
-        }
+        self.state.handle_timeout(now_ms(), &mut OsRng, &mut facts);
+        self.drive_session();
+        self.drive_delivery();
+        self.drive_pipeline();
+        let _ = self.drive_rooms();
     }
 
     fn on_internal(&mut self, done: Internal) {

@@ -5,6 +5,7 @@
 //! - [`direct`]: what a direct message needs before it is sealed (key, name, session: the
 //!   send pipeline), then which path each sealed direct message takes — the open connection, a dial, a
 //!   discovery lookup, the mailbox — and when it is tried again.
+//! - [`discovery`]: where our signed peer record is registered at the rendezvous, and when.
 //! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
 //!   reported, verified contacts guarded.
 //! - [`rooms`]: room membership, sender-key logistics (held messages, early and missing keys,
@@ -20,6 +21,7 @@
 
 pub mod addr;
 pub mod direct;
+pub mod discovery;
 pub mod reach;
 pub mod rooms;
 pub mod session;

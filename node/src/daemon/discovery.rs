@@ -1,16 +1,14 @@
 //! Discovery at the rendezvous, as requests of Palaver's own protocol (only for a logged-in
-//! session): our signed peer record goes under our own peer namespace and each public room's,
-//! and we look up one namespace at a time — a room's once our own registration there is kept
-//! (the server shows a room's members only to its registered members).
-//!
-//! The record holds our external addresses, signed with our key; it is registered at each
-//! login, whenever those addresses change, and again at half its TTL. An answer is believed only
+//! session). Where and when our signed peer record is registered is
+//! [`palaver_protocol::node::discovery::Publisher`]'s to decide; this seals the record, sends
+//! the requests, and looks up one namespace at a time. An answer is believed only
 //! as far as its signatures go: for a peer, only a record that peer signed; for a room, each
 //! record for the peer that signed it. So neither the server nor another instance can send us to
 //! addresses a peer did not publish.
 
 use libp2p::{Multiaddr, PeerId};
 use palaver_protocol::node::direct::Input;
+use palaver_protocol::node::discovery::Output;
 use palaver_protocol::rendezvous::discovery::{DEFAULT_TTL_SECS, Namespace};
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, RoomId, SignedPeerRecord};
 use palaver_rendezvous::discovery::{open, open_any};
@@ -29,25 +27,8 @@ pub(crate) enum Asked {
     Discover(Namespace),
 }
 
-/// Registrations are renewed at half their TTL, so they never lapse while we are logged in.
-const RENEW_MS: u64 = DEFAULT_TTL_SECS as u64 * 1000 / 2;
-
-/// What our registrations say, to notice when they need saying again.
-#[derive(Debug, Default)]
-pub(crate) struct Published {
-    /// The external addresses in our last record, sorted.
-    addrs: Vec<Multiaddr>,
-    /// When to renew it (ms since the epoch).
-    renew_at: Option<u64>,
-    /// The public rooms it went to with those addresses (so a login's room lookups do not
-    /// register there twice).
-    rooms: std::collections::BTreeSet<RoomId>,
-}
-
 fn external_addrs(node: &Node) -> Vec<Multiaddr> {
-    let mut addrs: Vec<Multiaddr> = node.swarm.external_addresses().cloned().collect();
-    addrs.sort();
-    addrs
+    node.swarm.external_addresses().cloned().collect()
 }
 
 impl Node {
@@ -56,72 +37,66 @@ impl Node {
         self.rendezvous_peer().is_some() && self.state.session.is_logged_in()
     }
 
-    /// Registers our signed record — our external addresses now — under our own peer namespace
-    /// and each public room we are in. Without external addresses yet there is nothing to tell:
-    /// the change that brings one registers again.
+    /// At login, and when our listen addresses changed: our record, everywhere it goes.
     pub(crate) fn register_discovery(&mut self) {
-        if !self.may_ask_discovery() {
-            return;
-        }
-        let addrs = external_addrs(self);
-        self.discovery.addrs = addrs.clone();
-        self.discovery.rooms.clear();
-        if addrs.is_empty() {
-            tracing::debug!("no external address to register for discovery yet");
-            return;
-        }
-        let Some(record) = self.our_record(addrs) else {
-            return;
-        };
-        self.discovery.renew_at = Some(now_ms().saturating_add(RENEW_MS));
-        let rooms = self.state.rooms.public_joined();
-        self.discovery.rooms.extend(rooms.iter().copied());
-        let own = Namespace::Peer(*self.swarm.local_peer_id());
-        for namespace in std::iter::once(own).chain(rooms.into_iter().map(Namespace::Room)) {
-            self.register_under(namespace, record.clone());
+        if self.may_ask_discovery() {
+            let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
+            self.discovery.register_all(now_ms(), addrs, &rooms);
+            self.drive_discovery();
         }
     }
 
-    /// Registers our record under a public room's namespace (just joined, or after login),
-    /// unless it is there already with our current addresses. Even without an address yet: a
-    /// member that cannot be dialed is still one to be dialed by.
+    /// Registers our record under a public room's namespace (just joined, or after login).
     pub(crate) fn register_in_room(&mut self, room: RoomId) {
-        if !self.may_ask_discovery() {
-            return;
-        }
-        let addrs = external_addrs(self);
-        if self.discovery.rooms.contains(&room) && addrs == self.discovery.addrs {
-            return;
-        }
-        if let Some(record) = self.our_record(addrs) {
-            self.discovery.rooms.insert(room);
-            self.register_under(Namespace::Room(room), record);
+        if self.may_ask_discovery() {
+            let addrs = external_addrs(self);
+            self.discovery.register_in_room(room, addrs);
+            self.drive_discovery();
         }
     }
 
     /// Takes our record out of a public room's namespace (we left it).
     pub(crate) fn unregister_from_room(&mut self, room: RoomId) {
-        self.discovery.rooms.remove(&room);
+        self.discovery.leave_room(room);
+        self.drive_discovery();
+    }
+
+    /// From the retry tick: the publisher says whether our record is due again.
+    pub(crate) fn renew_discovery(&mut self) {
         if self.may_ask_discovery() {
-            self.rendezvous_request(
-                RendezvousRequest::UnregisterDiscovery {
-                    namespace: Namespace::Room(room),
-                },
-                Pending::Discovery(Asked::Unregister),
-            );
+            let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
+            self.discovery.check(now_ms(), addrs, &rooms);
+            self.drive_discovery();
         }
     }
 
-    /// Registers again (from the retry tick) when our registrations are half-way to expiring,
-    /// or our external addresses are not the ones in them (an address confirmed by AutoNAT, a
-    /// relay slot given back): the record follows the addresses, as libp2p's own client does.
-    pub(crate) fn renew_discovery(&mut self) {
-        if !self.state.session.is_logged_in() {
-            return;
-        }
-        let due = self.discovery.renew_at.is_some_and(|at| now_ms() >= at);
-        if due || external_addrs(self) != self.discovery.addrs {
-            self.register_discovery();
+    /// Carries out the publisher's requests (dropped while we may not ask: the next login
+    /// registers everything again).
+    fn drive_discovery(&mut self) {
+        while let Some(output) = self.discovery.poll_output() {
+            if !self.may_ask_discovery() {
+                continue;
+            }
+            match output {
+                Output::Register { namespaces, addrs } => {
+                    if addrs.is_empty() {
+                        tracing::debug!("registering for discovery without an address yet");
+                    }
+                    let Some(record) = self.our_record(addrs) else {
+                        continue;
+                    };
+                    for namespace in namespaces {
+                        self.register_under(namespace, record.clone());
+                    }
+                }
+                Output::Unregister(namespace) => self.rendezvous_request(
+                    RendezvousRequest::UnregisterDiscovery { namespace },
+                    Pending::Discovery(Asked::Unregister),
+                ),
+                Output::Discover(namespace) => {
+                    self.discover_namespace(namespace);
+                }
+            }
         }
     }
 
@@ -129,11 +104,6 @@ impl Node {
     /// or not logged in: the lookup then waits for the next login).
     pub(crate) fn discover(&mut self, peer: PeerId) -> bool {
         self.discover_namespace(Namespace::Peer(peer))
-    }
-
-    /// Asks the rendezvous who has registered under a public room's namespace (once we have).
-    fn discover_room(&mut self, room: RoomId) {
-        self.discover_namespace(Namespace::Room(room));
     }
 
     fn discover_namespace(&mut self, namespace: Namespace) -> bool {
@@ -187,11 +157,11 @@ impl Node {
                     self.delivery_input(Input::DiscoveryFailed(peer));
                 }
             }
-            // The server shows a room's members to those registered there: now we are.
-            (Asked::Register(Namespace::Room(room)), Ok(RendezvousResponse::Done)) => {
-                self.discover_room(room)
+            (Asked::Register(namespace), Ok(RendezvousResponse::Done)) => {
+                self.discovery.registered(&namespace, true);
+                self.drive_discovery();
             }
-            (Asked::Register(_), Ok(RendezvousResponse::Done)) | (Asked::Unregister, _) => {}
+            (Asked::Unregister, _) => {}
             (Asked::Register(namespace), Err(error)) => {
                 tracing::debug!("registering under {namespace} failed: {error}")
             }

@@ -63,6 +63,18 @@ pub(crate) enum Pending {
     Discovery(super::discovery::Asked),
 }
 
+impl Pending {
+    /// The parked reply of the call waiting on this request, if one waits.
+    fn reply(&self) -> Option<super::replies::ReplyToken> {
+        match self {
+            Pending::Presence { reply, .. }
+            | Pending::LookupThenInvite { reply, .. }
+            | Pending::LookupThenVerify { reply, .. } => Some(*reply),
+            _ => None,
+        }
+    }
+}
+
 const PREKEYS_META: &str = "prekeys";
 const SIGNED_PREKEY_AT_META: &str = "signed_prekey_at";
 const PREKEYS_PUBLISHED_META: &str = "prekeys_published";
@@ -370,8 +382,14 @@ impl Node {
             (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
                 let found = users.iter().any(|u| u.name == user);
                 self.on_users(users, None, Asked::Names(vec![user.clone()]));
+                // Invited only once the key is pinned: looking up again would go round for ever
+                // (our own name, a contact that cannot be written).
+                let pinned = self.contact_key(&user).is_some();
                 match self.replies.take(reply) {
-                    Some(reply) if found => self.room_invite(room, user, reply),
+                    Some(reply) if found && pinned => self.room_invite(room, user, reply),
+                    Some(reply) if found => drop(reply.send(Err(RpcError::failed(format!(
+                        "cannot invite {user}: their key could not be taken in"
+                    ))))),
                     Some(reply) => drop(reply.send(Err(RpcError::failed(format!(
                         "unknown user {user} at this rendezvous"
                     ))))),
@@ -399,7 +417,11 @@ impl Node {
                     .answer(reply, Err(RpcError::failed(refusal.to_string())));
             }
             (pending, response) => {
-                tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}")
+                tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}");
+                if let Some(reply) = pending.reply() {
+                    let error = format!("unexpected answer from the rendezvous: {response:?}");
+                    self.replies.answer(reply, Err(RpcError::failed(error)));
+                }
             }
         }
     }

@@ -32,6 +32,10 @@ impl Node {
 
     /// Invites `name` (the owner only); a user we have no key for is looked up first.
     pub(crate) fn room_invite(&mut self, room: RoomName, name: UserName, reply: Reply) {
+        if name == self.name {
+            let error = format!("you are in {room} already");
+            return drop(reply.send(Err(RpcError::failed(error))));
+        }
         if let Err(err) = self.state.rooms.owned(&room) {
             return drop(reply.send(Err(refused(err))));
         }

@@ -1,0 +1,194 @@
+//! Our discovery registrations at the rendezvous: which namespaces our signed peer record goes
+//! under, and when it is said again.
+//!
+//! The record holds our external addresses. It goes under our own peer namespace and each
+//! public room's we are in, at each login and whenever those addresses change; it is renewed at
+//! half its TTL ([`RENEW_MS`]), so it never lapses while we are logged in. A public room's
+//! members are shown only to those registered there, so once our registration in a room is
+//! kept, we look the room up. The driver seals the record (it holds the key), sends the
+//! requests, and calls in only while logged in: discovery is served to sessions only.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
+
+use crate::rendezvous::discovery::{DEFAULT_TTL_SECS, Namespace};
+use crate::wire::RoomId;
+
+/// Registrations are renewed at half their TTL.
+pub const RENEW_MS: u64 = DEFAULT_TTL_SECS as u64 * 1000 / 2;
+
+/// What to ask the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Seal a record of `addrs` and register it under each of `namespaces`.
+    Register {
+        namespaces: Vec<Namespace>,
+        addrs: Vec<Multiaddr>,
+    },
+    Unregister(Namespace),
+    Discover(Namespace),
+}
+
+#[derive(Debug)]
+pub struct Publisher {
+    me: PeerId,
+    /// The external addresses in our last record, sorted.
+    addrs: Vec<Multiaddr>,
+    /// When to renew it (wall-clock ms).
+    renew_at: Option<u64>,
+    /// The public rooms it went to with those addresses (so a login's room lookups do not
+    /// register there twice).
+    rooms: BTreeSet<RoomId>,
+    outputs: VecDeque<Output>,
+}
+
+impl Publisher {
+    pub fn new(me: PeerId) -> Self {
+        Self {
+            me,
+            addrs: Vec::new(),
+            renew_at: None,
+            rooms: BTreeSet::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Registers our record — `addrs` now — under our own namespace and each of
+    /// `public_rooms`. Without external addresses there is nothing to tell yet: the change that
+    /// brings one registers again.
+    pub fn register_all(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
+        addrs.sort();
+        self.addrs = addrs.clone();
+        self.rooms.clear();
+        if addrs.is_empty() {
+            return;
+        }
+        self.renew_at = Some(now.saturating_add(RENEW_MS));
+        self.rooms.extend(public_rooms.iter().copied());
+        let own = std::iter::once(Namespace::Peer(self.me));
+        let namespaces = own.chain(public_rooms.iter().map(|r| Namespace::Room(*r)));
+        self.outputs.push_back(Output::Register {
+            namespaces: namespaces.collect(),
+            addrs,
+        });
+    }
+
+    /// Registers again when half-way to expiring, or when our external addresses are not the
+    /// ones in the record (an address confirmed by AutoNAT, a relay slot given back): the
+    /// record follows the addresses, as libp2p's own client does. Call it now and then.
+    pub fn check(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
+        addrs.sort();
+        let due = self.renew_at.is_some_and(|at| now >= at);
+        if due || addrs != self.addrs {
+            self.register_all(now, addrs, public_rooms);
+        }
+    }
+
+    /// Registers in public room `room` (just joined, or after login) unless our record is there
+    /// already with these addresses. Even without an address: a member that cannot be dialed is
+    /// still one to be dialed by.
+    pub fn register_in_room(&mut self, room: RoomId, mut addrs: Vec<Multiaddr>) {
+        addrs.sort();
+        if self.rooms.contains(&room) && addrs == self.addrs {
+            return;
+        }
+        self.rooms.insert(room);
+        self.outputs.push_back(Output::Register {
+            namespaces: vec![Namespace::Room(room)],
+            addrs,
+        });
+    }
+
+    /// We left public room `room`: our record comes out of it.
+    pub fn leave_room(&mut self, room: RoomId) {
+        self.rooms.remove(&room);
+        self.outputs
+            .push_back(Output::Unregister(Namespace::Room(room)));
+    }
+
+    /// The rendezvous kept (or refused) our record under `namespace`.
+    pub fn registered(&mut self, namespace: &Namespace, kept: bool) {
+        // The server shows a room's members to those registered there: now we are.
+        if let (Namespace::Room(room), true) = (namespace, kept) {
+            self.outputs
+                .push_back(Output::Discover(Namespace::Room(*room)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(seed: u8) -> PeerId {
+        crate::identity::peer_id_of(&crate::Identity::from_secret_bytes(&[seed; 32]).public())
+    }
+
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    fn outputs(publisher: &mut Publisher) -> Vec<Output> {
+        std::iter::from_fn(|| publisher.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_login_registers_everywhere_and_the_record_follows_the_addresses() {
+        let me = peer(1);
+        let mut publisher = Publisher::new(me);
+        let room = RoomId([1; 32]);
+        // No address yet: nothing to say.
+        publisher.register_all(0, Vec::new(), &[room]);
+        assert!(outputs(&mut publisher).is_empty());
+        // One comes: registered under our namespace and the room's.
+        publisher.check(1_000, vec![addr(2), addr(1)], &[room]);
+        let registered = Output::Register {
+            namespaces: vec![Namespace::Peer(me), Namespace::Room(room)],
+            addrs: vec![addr(1), addr(2)],
+        };
+        assert_eq!(outputs(&mut publisher), vec![registered.clone()]);
+        // The same addresses, in another order, before the renewal: nothing.
+        publisher.check(2_000, vec![addr(1), addr(2)], &[room]);
+        assert!(outputs(&mut publisher).is_empty());
+        // Half the TTL later: again.
+        publisher.check(1_000 + RENEW_MS, vec![addr(1), addr(2)], &[room]);
+        assert_eq!(outputs(&mut publisher), vec![registered]);
+        // An address goes: again, with what is left.
+        publisher.check(1_000 + RENEW_MS + 1, vec![addr(2)], &[room]);
+        assert!(matches!(&outputs(&mut publisher)[..],
+            [Output::Register { addrs, .. }] if *addrs == vec![addr(2)]));
+    }
+
+    #[test]
+    fn a_room_is_registered_once_per_record_and_looked_up_once_kept() {
+        let mut publisher = Publisher::new(peer(2));
+        let room = RoomId([2; 32]);
+        publisher.register_in_room(room, Vec::new());
+        publisher.register_in_room(room, Vec::new());
+        assert_eq!(outputs(&mut publisher).len(), 1, "once");
+        publisher.registered(&Namespace::Room(room), false);
+        assert!(
+            outputs(&mut publisher).is_empty(),
+            "refused: nothing to look up"
+        );
+        publisher.registered(&Namespace::Room(room), true);
+        assert_eq!(
+            outputs(&mut publisher),
+            vec![Output::Discover(Namespace::Room(room))]
+        );
+        publisher.leave_room(room);
+        assert_eq!(
+            outputs(&mut publisher),
+            vec![Output::Unregister(Namespace::Room(room))]
+        );
+        // Joined again: registered again.
+        publisher.register_in_room(room, Vec::new());
+        assert_eq!(outputs(&mut publisher).len(), 1);
+    }
+}
