@@ -679,10 +679,4 @@ fn instant_of(at_ms: u64) -> std::time::Instant {
     std::time::Instant::now() + wait
 }
 
-/// Wall-clock milliseconds since the Unix epoch: the one clock the node's machines are given.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use palaver_rendezvous::clock::now_ms;

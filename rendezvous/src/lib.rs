@@ -31,6 +31,7 @@
 
 // Shared with the peer: always built.
 pub mod client;
+pub mod clock;
 pub mod discovery;
 pub mod frame_codec;
 pub mod listen_check;

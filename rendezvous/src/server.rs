@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use rand_core::OsRng;
 
 use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
+use crate::clock::now_ms;
 use crate::cluster::{ClusterBus, ClusterNote, PgBus};
 use crate::config::{Config, Limits};
 use crate::metrics::{self, Metrics, Rejection};
@@ -151,12 +152,6 @@ impl std::fmt::Debug for Server {
             .field("listen_addrs", &self.listen_addrs)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Loads the server's key from `dir`, creating it on first start.

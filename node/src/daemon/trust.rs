@@ -4,7 +4,8 @@
 //! (`key_changed`) and, for a verified contact, by refusing sends until the user confirms.
 
 use palaver_protocol::node::direct::pipeline::Facts;
-use palaver_protocol::node::trust::{Contact, Observed, Unconfirmed};
+pub(crate) use palaver_protocol::node::trust::Asked;
+use palaver_protocol::node::trust::{self, Contact, KeyChange, Unconfirmed};
 use palaver_protocol::{Fingerprint, MessageId, SafetyNumber, UserName, VerifyingKey};
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
@@ -23,22 +24,6 @@ pub(crate) fn load_contact(store: &Store, name: &str) -> Result<Option<Contact>,
             Ok(key) => Ok(key.map(Contact::first)),
             Err(_) => Err(err),
         },
-    }
-}
-
-/// What an answer was about: users named in it that nobody asked about are ignored.
-#[derive(Debug, Clone)]
-pub(crate) enum Asked {
-    Names(Vec<UserName>),
-    Keys(Vec<[u8; 32]>),
-}
-
-impl Asked {
-    pub(crate) fn covers(&self, name: &UserName, key: &VerifyingKey) -> bool {
-        match self {
-            Asked::Names(names) => names.contains(name),
-            Asked::Keys(keys) => keys.contains(&key.to_bytes()),
-        }
     }
 }
 
@@ -141,54 +126,46 @@ impl Node {
         ConversationId::Direct(anchor)
     }
 
-    /// Takes in what an answer said about users' keys: first keys pinned, changed ones
-    /// reported, users nobody asked about left out. True when a contact is new.
+    /// Takes in what an answer said about users' keys ([`trust::learn`] decides); true when a
+    /// contact is new.
     pub(crate) fn learn_keys<'a>(
         &mut self,
         users: impl IntoIterator<Item = (&'a UserName, &'a VerifyingKey)>,
         asked: &Asked,
     ) -> bool {
+        let store = &self.store;
+        let learned = trust::learn(&self.identity.public(), users, asked, |name| {
+            load_contact(store, name.as_str())
+                .inspect_err(|err| tracing::warn!("store: {err}"))
+                .ok()
+        });
+        for (name, key) in &learned.named {
+            self.release_unnamed(key, Some(name.as_str()));
+        }
         let mut batch = StateBatch::default();
-        let mut new_contact = false;
-        let mut changes = Vec::new();
-        for (name, key) in users {
-            if !asked.covers(name, key) || *key == self.identity.public() {
-                continue;
-            }
-            self.release_unnamed(&key.to_bytes(), Some(name.as_str()));
-            let bytes = key.to_bytes();
-            let contact = match load_contact(&self.store, name.as_str()) {
-                Ok(Some(mut contact)) => match contact.observe(bytes) {
-                    Observed::Same => continue,
-                    Observed::Changed { old, new } => {
-                        changes.push((name.clone(), old, new, contact.verified));
-                        contact
-                    }
-                },
-                Ok(None) => {
-                    new_contact = true;
-                    Contact::first(bytes)
-                }
-                Err(err) => {
-                    tracing::warn!("store: {err}");
-                    continue;
-                }
-            };
+        for (name, contact) in &learned.contacts {
             batch
-                .put(StateKey::Contact(name.as_str()), &contact)
-                .put(StateKey::Peer(bytes), &name.to_string());
+                .put(StateKey::Contact(name.as_str()), contact)
+                .put(StateKey::Peer(contact.latest()), &name.to_string());
         }
         if let Err(err) = self.store.apply(&batch) {
             tracing::warn!("store: {err}");
             return false;
         }
-        for (name, old, new, verified) in changes {
-            self.on_key_changed(&name, old, new, verified);
+        for change in learned.changes {
+            self.on_key_changed(change);
         }
-        new_contact
+        learned.new_contact
     }
 
-    fn on_key_changed(&mut self, name: &UserName, old: [u8; 32], new: [u8; 32], verified: bool) {
+    fn on_key_changed(&mut self, change: KeyChange) {
+        let KeyChange {
+            name,
+            old,
+            new,
+            verified,
+        } = change;
+        let name = &name;
         let (old_fingerprint, new_fingerprint) = (fingerprint(&old), fingerprint(&new));
         tracing::warn!(%name, %old_fingerprint, %new_fingerprint, verified, "a contact's key changed");
         let text = if verified {

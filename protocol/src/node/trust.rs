@@ -10,7 +10,10 @@
 //! - verified: the verified key stays pinned, the new one waits for confirmation, and sends to the
 //!   name are refused until the user confirms it.
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+
+use crate::UserName;
 
 /// What this node holds about one user name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,9 +108,124 @@ impl Contact {
     }
 }
 
+/// What a rendezvous answer was about: users named in it that nobody asked about are ignored
+/// (a server cannot slip in keys for names we never looked up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    Names(Vec<UserName>),
+    Keys(Vec<[u8; 32]>),
+}
+
+impl Asked {
+    pub fn covers(&self, name: &UserName, key: &VerifyingKey) -> bool {
+        match self {
+            Asked::Names(names) => names.contains(name),
+            Asked::Keys(keys) => keys.contains(&key.to_bytes()),
+        }
+    }
+}
+
+/// A contact's key changed: to report, in the conversation and to `listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    pub name: UserName,
+    pub old: [u8; 32],
+    pub new: [u8; 32],
+    /// The user had verified the old key: sends wait for a confirmation.
+    pub verified: bool,
+}
+
+/// What an answer taught us.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Who holds which key, for every user the answer covered (to name their messages).
+    pub named: Vec<(UserName, [u8; 32])>,
+    /// Contact records to write, new or changed.
+    pub contacts: Vec<(UserName, Contact)>,
+    pub changes: Vec<KeyChange>,
+    /// A contact was heard of for the first time.
+    pub new_contact: bool,
+}
+
+/// Takes in what an answer said about users' keys: first keys pinned, changed ones reported,
+/// users nobody asked about (and our own key, `me`) left out. `contact_of` reads what we hold
+/// (`None` for a name that cannot be read: it is skipped).
+pub fn learn<'a>(
+    me: &VerifyingKey,
+    users: impl IntoIterator<Item = (&'a UserName, &'a VerifyingKey)>,
+    asked: &Asked,
+    mut contact_of: impl FnMut(&UserName) -> Option<Option<Contact>>,
+) -> Learned {
+    let mut learned = Learned::default();
+    for (name, key) in users {
+        if !asked.covers(name, key) || key == me {
+            continue;
+        }
+        let bytes = key.to_bytes();
+        learned.named.push((name.clone(), bytes));
+        let contact = match contact_of(name) {
+            Some(Some(mut contact)) => match contact.observe(bytes) {
+                Observed::Same => continue,
+                Observed::Changed { old, new } => {
+                    let verified = contact.verified;
+                    let name = name.clone();
+                    learned.changes.push(KeyChange {
+                        name,
+                        old,
+                        new,
+                        verified,
+                    });
+                    contact
+                }
+            },
+            Some(None) => {
+                learned.new_contact = true;
+                Contact::first(bytes)
+            }
+            None => continue,
+        };
+        learned.contacts.push((name.clone(), contact));
+    }
+    learned
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_pins_first_keys_reports_changes_and_ignores_what_nobody_asked() {
+        let key = |seed: u8| crate::Identity::from_secret_bytes(&[seed; 32]).public();
+        let (me, bob, eve, carol) = (key(1), key(2), key(3), key(4));
+        let name = |n: &str| UserName::new(n).unwrap();
+        let (bob_name, eve_name, carol_name, me_name) =
+            (name("bob"), name("eve"), name("carol"), name("me"));
+        let asked = Asked::Names(vec![bob_name.clone(), carol_name.clone(), me_name.clone()]);
+        // Bob is new; carol was pinned to another key; eve was not asked about; ours is ours.
+        let held = Contact::first(key(9).to_bytes());
+        let users = [
+            (&bob_name, &bob),
+            (&eve_name, &eve),
+            (&carol_name, &carol),
+            (&me_name, &me),
+        ];
+        let learned = learn(&me, users, &asked, |n| {
+            Some((*n == carol_name).then(|| held.clone()))
+        });
+        assert!(learned.new_contact);
+        let names: Vec<&str> = learned.named.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["bob", "carol"]);
+        assert_eq!(learned.contacts.len(), 2);
+        assert_eq!(
+            learned.changes,
+            vec![KeyChange {
+                name: carol_name,
+                old: key(9).to_bytes(),
+                new: carol.to_bytes(),
+                verified: false
+            }]
+        );
+    }
 
     const OLD: [u8; 32] = [1; 32];
     const NEW: [u8; 32] = [2; 32];
