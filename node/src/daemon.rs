@@ -166,7 +166,7 @@ async fn run_until(
 #[derive(Debug)]
 enum Internal {
     /// The group commit's flush is done (see [`durable`]).
-    Flushed(Result<(), String>),
+    Flushed(durable::Flushed),
     /// A send keyed by the client has its answer (see [`client_ids`]).
     SendAnswered {
         client_id: String,

@@ -5,16 +5,37 @@
 //! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
 //! flush at a time never does.)
 
+use std::sync::Arc;
+
 use super::{Internal, Node};
 use crate::rpc::Reply;
 use crate::rpc::RpcError;
+use crate::store::StoreError;
 use serde_json::Value;
 
+/// Why the writes a waiter waited for could not be made durable (shared by all its waiters).
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum FlushError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the flush did not finish: {0}")]
+    Interrupted(String),
+}
+
+impl From<StoreError> for FlushError {
+    fn from(err: StoreError) -> Self {
+        FlushError::Store(Arc::new(err))
+    }
+}
+
+/// How a flush ended.
+pub(crate) type Flushed = Result<(), FlushError>;
+
 /// What to do once the writes made before it are durable (or the flush failed).
-pub(crate) type AfterFlush = Box<dyn FnOnce(&mut Node, Result<(), String>) + Send>;
+pub(crate) type AfterFlush = Box<dyn FnOnce(&mut Node, Flushed) + Send>;
 
 /// What a caller hears when the flush its write waited for failed.
-pub(crate) fn not_durable(err: &str) -> String {
+pub(crate) fn not_durable(err: &FlushError) -> String {
     format!(
         "the store could not confirm it is on disk ({err}); the daemon stops, and whatever \
          reached the disk goes out after a restart"
@@ -73,10 +94,7 @@ impl<T> GroupCommit<T> {
 
 impl Node {
     /// Runs `then` once everything written to the store so far is on disk.
-    pub(crate) fn when_durable(
-        &mut self,
-        then: impl FnOnce(&mut Node, Result<(), String>) + Send + 'static,
-    ) {
+    pub(crate) fn when_durable(&mut self, then: impl FnOnce(&mut Node, Flushed) + Send + 'static) {
         if self.commit.wait(Box::new(then)) {
             self.start_flush();
         }
@@ -101,14 +119,14 @@ impl Node {
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = match tokio::task::spawn_blocking(move || store.flush()).await {
-                Ok(flushed) => flushed.map_err(|e| e.to_string()),
-                Err(join) => Err(format!("the flush did not finish: {join}")),
+                Ok(flushed) => flushed.map_err(FlushError::from),
+                Err(join) => Err(FlushError::Interrupted(join.to_string())),
             };
             let _ = internal.send(Internal::Flushed(result)).await;
         });
     }
 
-    pub(crate) fn on_flushed(&mut self, result: Result<(), String>) {
+    pub(crate) fn on_flushed(&mut self, result: Flushed) {
         if let Err(err) = &result {
             // After a failed fsync nothing written since can be trusted to reach the disk, and
             // retrying it proves nothing: stop, rather than let anything that waited go out.
@@ -127,13 +145,13 @@ impl Node {
     /// On the way out (the swarm stopped): flushes in place until nobody waits any more, since
     /// what runs may write again. A flush still running on the blocking pool may overlap this
     /// one; sled serialises the two, and it happens once. An error if the last flush failed.
-    pub(crate) fn flush_before_exit(&mut self) -> Result<(), String> {
+    pub(crate) fn flush_before_exit(&mut self) -> Flushed {
         self.stopping = true;
         self.save_dirty_rooms();
         // A waiter rarely writes again; the bound only guards against a cycle.
         let mut result = Ok(());
         for _ in 0..8 {
-            result = self.store.flush().map_err(|e| e.to_string());
+            result = self.store.flush().map_err(FlushError::from);
             let waiting = self.commit.drain();
             if waiting.is_empty() {
                 break;
@@ -175,9 +193,9 @@ mod tests {
         let mut node = Node::new(identity, name, store, &config, events).unwrap();
         let (_calls, calls) = tokio::sync::mpsc::channel(1);
         node.internal_tx
-            .send(Internal::Flushed(Err(
+            .send(Internal::Flushed(Err(super::FlushError::Interrupted(
                 "No space left on device (os error 28)".into(),
-            )))
+            ))))
             .await
             .unwrap();
         let stopped = node.run(calls, std::future::pending()).await;

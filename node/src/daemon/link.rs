@@ -236,7 +236,7 @@ impl Node {
                 if let Err(err) = &flushed {
                     tracing::error!("cannot store prekeys, not publishing them: {err}");
                 }
-                node.session_input(Input::PrekeysDurable(flushed));
+                node.session_input(Input::PrekeysDurable(flushed.map_err(|e| e.to_string())));
             });
         }
     }
