@@ -38,37 +38,28 @@ pub mod listen_check;
 pub mod logging;
 pub mod transport;
 
-// The server itself (feature `server`, on by default).
-#[cfg(feature = "server")]
-pub mod admin;
-#[cfg(feature = "server")]
-mod behaviour;
-#[cfg(feature = "server")]
-pub mod cli;
-#[cfg(feature = "server")]
-mod cluster;
-#[cfg(feature = "server")]
-mod config;
-#[cfg(feature = "server")]
-mod metrics;
-#[cfg(feature = "server")]
-mod relay_meter;
-#[cfg(feature = "server")]
-mod server;
-#[cfg(feature = "server")]
-mod service;
-#[cfg(feature = "server")]
-pub mod sim;
-#[cfg(feature = "server")]
-mod store;
-#[cfg(feature = "server")]
-pub mod testing;
+/// The server itself: built with feature `server` (on by default).
+macro_rules! server_only {
+    ($($item:item)*) => { $(#[cfg(feature = "server")] $item)* };
+}
 
-#[cfg(feature = "server")]
-pub use config::{Config, Limits, RelayLimits, StoreLocation};
+server_only! {
+    pub mod admin;
+    mod behaviour;
+    pub mod cli;
+    mod cluster;
+    mod config;
+    mod metrics;
+    mod relay_meter;
+    mod server;
+    mod service;
+    pub mod sim;
+    mod store;
+    pub mod testing;
+    pub use config::{Config, Limits, RelayLimits, StoreLocation};
+    pub use server::{KEY_FILE, Server, ServerError};
+    pub use store::StoreError;
+}
+
 pub use frame_codec::FrameCodec;
-#[cfg(feature = "server")]
-pub use server::{KEY_FILE, Server, ServerError};
-#[cfg(feature = "server")]
-pub use store::StoreError;
 pub use transport::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};

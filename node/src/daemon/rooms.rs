@@ -5,7 +5,7 @@
 //! Our own messages are published only once durable (a crash must not make us reuse a chain
 //! index); one published while nobody was subscribed yet goes out again at the next tick.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
@@ -35,7 +35,7 @@ pub(crate) struct RoomIo {
     /// Rooms whose last write failed, and what is to be sent about them once it is written:
     /// a membership must not leave before the record that signed it is on disk (a restart
     /// would sign another change under the same epoch).
-    unwritten: HashMap<RoomId, Vec<(VerifyingKey, Payload)>>,
+    unwritten: HashMap<RoomId, VecDeque<(VerifyingKey, Payload)>>,
 }
 
 /// Sends held back behind rooms' failed writes, over all rooms; past that, the oldest go.
@@ -144,9 +144,9 @@ impl Node {
                 Output::Send { room, to, payload } => match self.room_io.unwritten.get_mut(&room) {
                     Some(waiting) => {
                         if waiting.len() >= MAX_HELD_BACK {
-                            waiting.remove(0);
+                            waiting.pop_front();
                         }
-                        waiting.push((to, *payload));
+                        waiting.push_back((to, *payload));
                     }
                     None => self.send_direct(Job::to_key(to, *payload)),
                 },
