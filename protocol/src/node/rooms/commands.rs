@@ -6,7 +6,6 @@ use crate::wire::{Body, Envelope};
 /// Our message to a room, sealed: the frame to publish and keep in the room's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
-    pub room: RoomId,
     pub id: MessageId,
     pub frame: Vec<u8>,
 }
@@ -259,7 +258,6 @@ impl Rooms {
             RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key())?,
         };
         Ok(Sealed {
-            room: id,
             id: envelope.id(),
             frame: envelope.to_bytes()?,
         })
