@@ -24,6 +24,7 @@ use palaver_protocol::delivery::{DeliveryStatus, Outbox};
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::direct::pipeline::{self, CallId, SendPipeline};
 use palaver_protocol::node::direct::{self, Answer, Delivery, Route};
+use palaver_protocol::node::discovery::Publisher;
 use palaver_protocol::node::rooms::Rooms;
 use palaver_protocol::node::session::{
     Input, Output, PrekeyState, RequestKey, Session, SessionConfig,
@@ -714,6 +715,7 @@ impl Sim {
             delivery: Delivery::new(node.peer, outbox, stored, self.now),
             sends: SendPipeline::default(),
             rooms: Rooms::new(identity, []),
+            discovery: Publisher::new(node.peer),
         });
         node.life += 1;
         self.connect(i);

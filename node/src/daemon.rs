@@ -179,7 +179,8 @@ pub(crate) struct Node {
     name: UserName,
     store: Store,
     swarm: Swarm<Behaviour>,
-    /// The session, the delivery planner and its outbox, the send pipeline, the rooms.
+    /// The session, the delivery planner and its outbox, the send pipeline, the rooms, the
+    /// discovery publisher.
     state: NodeState<link::Pending, OutboundRequestId, direct::Job>,
     /// The session's request each request to the rendezvous carries.
     rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
@@ -205,8 +206,6 @@ pub(crate) struct Node {
     fatal: Option<String>,
     /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
     sends_in_flight: HashMap<String, client_ids::InFlight>,
-    /// What our discovery registrations say, and when they are renewed.
-    discovery: palaver_protocol::node::discovery::Publisher,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -281,6 +280,7 @@ impl Node {
                 delivery,
                 sends: Default::default(),
                 rooms,
+                discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
             },
             rendezvous_requests: HashMap::new(),
             presence: HashMap::new(),
@@ -297,7 +297,6 @@ impl Node {
             stopping: false,
             fatal: None,
             sends_in_flight: HashMap::new(),
-            discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
         };
         node.subscribe_room_topics();
         node.drive_reach();
@@ -310,8 +309,6 @@ impl Node {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut internal = self.internal.take().context("actor started twice")?;
-        // The outbox's own schedule has second granularity; a one-second tick follows it closely.
-        let mut retry = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
@@ -323,10 +320,6 @@ impl Node {
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
                 _ = sleep_until(state_due) => self.on_state_timeout(),
-                _ = retry.tick() => {
-                    self.on_retry_tick();
-                    self.renew_discovery();
-                }
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
             }
@@ -347,6 +340,7 @@ impl Node {
         self.drive_delivery();
         self.drive_pipeline();
         let _ = self.drive_rooms();
+        self.drive_discovery();
     }
 
     fn on_internal(&mut self, done: Internal) {
@@ -489,6 +483,9 @@ impl Node {
                     peer: peer_id,
                     conn: connection_id,
                 });
+            }
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+                self.on_external_addresses()
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}

@@ -269,7 +269,6 @@ impl Sim {
                     if rooms.poll_timeout().is_some_and(|due| due <= now) {
                         rooms.handle_timeout(now);
                     }
-                    self.save_dirty(i);
                     self.drain(i)?;
                 }
                 // Members meet now and then, and ask each other for what they missed.
@@ -489,6 +488,7 @@ impl Sim {
                 | Output::MeshChanged(_)
                 | Output::Seek { .. }
                 | Output::Unregister(_)
+                | Output::Republish(_)
                 | Output::Event(RoomEvent::Removed { .. }) => {}
             }
         }
@@ -498,13 +498,6 @@ impl Sim {
         let member = &mut self.members[i];
         if let Some(room) = member.rooms.as_ref().and_then(|r| r.room(&id)) {
             member.disk.rooms.insert(id, codec::encode(room).unwrap());
-        }
-    }
-
-    fn save_dirty(&mut self, i: usize) {
-        let dirty = self.members[i].rooms.as_mut().unwrap().take_dirty();
-        for id in dirty {
-            self.save(i, id);
         }
     }
 

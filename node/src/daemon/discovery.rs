@@ -41,7 +41,7 @@ impl Node {
     pub(crate) fn register_discovery(&mut self) {
         if self.may_ask_discovery() {
             let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
-            self.discovery.register_all(now_ms(), addrs, &rooms);
+            self.state.discovery.register_all(now_ms(), addrs, &rooms);
             self.drive_discovery();
         }
     }
@@ -50,30 +50,31 @@ impl Node {
     pub(crate) fn register_in_room(&mut self, room: RoomId) {
         if self.may_ask_discovery() {
             let addrs = external_addrs(self);
-            self.discovery.register_in_room(room, addrs);
+            self.state.discovery.register_in_room(room, addrs);
             self.drive_discovery();
         }
     }
 
     /// Takes our record out of a public room's namespace (we left it).
     pub(crate) fn unregister_from_room(&mut self, room: RoomId) {
-        self.discovery.leave_room(room);
+        self.state.discovery.leave_room(room);
         self.drive_discovery();
     }
 
-    /// From the retry tick: the publisher says whether our record is due again.
-    pub(crate) fn renew_discovery(&mut self) {
+    /// Our external addresses may have changed: the publisher says whether our record is to
+    /// be said again.
+    pub(crate) fn on_external_addresses(&mut self) {
         if self.may_ask_discovery() {
             let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
-            self.discovery.check(now_ms(), addrs, &rooms);
+            self.state.discovery.addresses(now_ms(), addrs, &rooms);
             self.drive_discovery();
         }
     }
 
     /// Carries out the publisher's requests (dropped while we may not ask: the next login
     /// registers everything again).
-    fn drive_discovery(&mut self) {
-        while let Some(output) = self.discovery.poll_output() {
+    pub(crate) fn drive_discovery(&mut self) {
+        while let Some(output) = self.state.discovery.poll_output() {
             if !self.may_ask_discovery() {
                 continue;
             }
@@ -158,7 +159,7 @@ impl Node {
                 }
             }
             (Asked::Register(namespace), Ok(RendezvousResponse::Done)) => {
-                self.discovery.registered(&namespace, true);
+                self.state.discovery.registered(&namespace, true);
                 self.drive_discovery();
             }
             (Asked::Unregister, _) => {}

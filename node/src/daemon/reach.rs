@@ -79,8 +79,15 @@ impl Node {
                     tracing::debug!("closing connection {connection}");
                     self.swarm.close_connection(connection);
                 }
-                Output::AddExternalAddress(addr) => self.swarm.add_external_address(addr),
-                Output::RemoveExternalAddress(addr) => self.swarm.remove_external_address(&addr),
+                // The swarm tells no event of these: our record follows them here.
+                Output::AddExternalAddress(addr) => {
+                    self.swarm.add_external_address(addr);
+                    self.on_external_addresses();
+                }
+                Output::RemoveExternalAddress(addr) => {
+                    self.swarm.remove_external_address(&addr);
+                    self.on_external_addresses();
+                }
                 Output::ListenAddrsChanged => self.register_discovery(),
                 Output::RendezvousConnected(peer) => self.on_rendezvous_connected(peer),
                 Output::RendezvousLost => self.on_rendezvous_lost(),

@@ -3,7 +3,8 @@
 //! records, the room log that gap fill serves, history) and the pairwise outbox.
 //!
 //! Our own messages are published only once durable (a crash must not make us reuse a chain
-//! index); one published while nobody was subscribed yet goes out again at the next tick.
+//! index); one published while nobody was subscribed yet goes out again when the machine says
+//! (a moment later, or when a peer joins the topic).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -100,8 +101,9 @@ impl Node {
     }
 
     /// Carries out what the rooms machine decided, in order. A room record that cannot be
-    /// written is written again at the next tick (and the first such error is returned, for a
-    /// command to answer with), rather than the change living only in memory.
+    /// written is handed back to the machine, which has it written again a moment later (and
+    /// the first such error is returned, for a command to answer with), rather than the change
+    /// living only in memory.
     pub(crate) fn drive_rooms(&mut self) -> Result<(), StoreError> {
         let mut result = Ok(());
         while let Some(output) = self.state.rooms.poll_output() {
@@ -109,11 +111,15 @@ impl Node {
                 Output::Save(id) => {
                     let mut batch = StateBatch::default();
                     self.persist_room(&id, &mut batch);
-                    if let Err(err) = self.store.apply(&batch) {
-                        tracing::error!("cannot store a room change ({err}); trying again");
-                        self.state.rooms.mark_dirty(id);
-                        self.room_io.unwritten.entry(id).or_default();
-                        result = result.and(Err(err));
+                    match self.store.apply(&batch) {
+                        // Written now: what waited for the write goes out.
+                        Ok(()) => self.send_held_back(id),
+                        Err(err) => {
+                            tracing::error!("cannot store a room change ({err}); trying again");
+                            self.state.rooms.mark_dirty(id, super::now_ms());
+                            self.room_io.unwritten.entry(id).or_default();
+                            result = result.and(Err(err));
+                        }
                     }
                 }
                 Output::Forget(id) => {
@@ -124,9 +130,7 @@ impl Node {
                         tracing::error!("cannot forget a room ({err})");
                         result = result.and(Err(err));
                     }
-                    for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
-                        self.send_direct(Job::to_key(to, payload));
-                    }
+                    self.send_held_back(id);
                 }
                 Output::KeyGiven {
                     room,
@@ -151,6 +155,7 @@ impl Node {
                     None => self.send_direct(Job::to_key(to, *payload)),
                 },
                 Output::Read(read) => self.record_room_message(*read),
+                Output::Republish(room) => self.republish(room),
                 Output::MeshChanged(id) => self.gate_room(&id),
                 Output::Subscribe(id) => {
                     let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&topic(&id));
@@ -243,9 +248,13 @@ impl Node {
         }
     }
 
-    /// At start-up: the rooms' topics and their gates.
+    /// At start-up: the rooms' topics and their gates, and what a previous run could not
+    /// publish yet.
     pub(crate) fn subscribe_room_topics(&mut self) {
         self.state.rooms.start();
+        for (room, ..) in self.unsent() {
+            self.state.rooms.unpublished(room, super::now_ms());
+        }
         let _ = self.drive_rooms();
     }
 
@@ -255,37 +264,37 @@ impl Node {
         let _ = self.drive_rooms();
     }
 
-    /// Writes the rooms whose receiving chains moved (each tick, and before the daemon exits).
-    pub(crate) fn save_dirty_rooms(&mut self) {
-        let dirty = self.state.rooms.take_dirty();
-        let mut batch = StateBatch::default();
-        for id in &dirty {
-            self.persist_room(id, &mut batch);
-        }
-        if let Err(err) = self.store.apply(&batch) {
-            // Kept dirty: written again at the next tick.
-            tracing::error!("cannot store room state ({err}); trying again");
-            for id in dirty {
-                self.state.rooms.mark_dirty(id);
-            }
-            return;
-        }
-        // Written now: what waited for the write goes out.
-        for id in dirty {
-            for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
-                self.send_direct(Job::to_key(to, payload));
-            }
+    /// The sends held back behind room `id`'s failed write go out (it is written now, or gone).
+    fn send_held_back(&mut self, id: RoomId) {
+        for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
+            self.send_direct(Job::to_key(to, payload));
         }
     }
 
-    pub(crate) fn rooms_tick(&mut self) {
-        self.save_dirty_rooms();
-        // Own messages published while nobody was subscribed yet go out again.
-        let unsent = self
-            .store
-            .scan::<(RoomId, Vec<u8>, MessageId)>(StateKey::RoomUnsent(MessageId([0; 32])))
-            .unwrap_or_default();
-        for (room, frame, id) in unsent {
+    /// Writes the rooms whose receiving chains moved since they were last written (on the way
+    /// out; otherwise the machine has them written a moment after they moved).
+    pub(crate) fn save_dirty_rooms(&mut self) {
+        let mut batch = StateBatch::default();
+        for id in self.state.rooms.take_dirty() {
+            self.persist_room(&id, &mut batch);
+        }
+        if let Err(err) = self.store.apply(&batch) {
+            // A receiving chain a little behind only derives forward again after the restart.
+            tracing::error!("cannot store room state on the way out: {err}");
+        }
+    }
+
+    /// Our messages stored as not yet published (nobody was subscribed when they were sealed).
+    fn unsent(&self) -> Vec<(RoomId, Vec<u8>, MessageId)> {
+        self.store
+            .scan(StateKey::RoomUnsent(MessageId([0; 32])))
+            .unwrap_or_default()
+    }
+
+    /// Publishes again our messages in `room` that found nobody subscribed; the machine
+    /// said when.
+    fn republish(&mut self, room: RoomId) {
+        for (_, frame, id) in self.unsent().into_iter().filter(|(r, ..)| *r == room) {
             if self.room_io.not_yet_durable.contains(&id) {
                 continue; // its first publish waits for the flush
             }
@@ -306,7 +315,10 @@ impl Node {
                     .apply(StateBatch::default().remove(StateKey::RoomUnsent(id)));
                 self.set_status(&id, Status::Sent);
             }
-            Err(err) => tracing::debug!("room message {id} not published yet: {err}"),
+            Err(err) => {
+                tracing::debug!("room message {id} not published yet: {err}");
+                self.state.rooms.unpublished(*room, super::now_ms());
+            }
         }
     }
 

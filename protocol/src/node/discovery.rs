@@ -67,6 +67,7 @@ impl Publisher {
         self.addrs = addrs.clone();
         self.rooms.clear();
         if addrs.is_empty() {
+            self.renew_at = None;
             return;
         }
         self.renew_at = Some(now.saturating_add(RENEW_MS));
@@ -79,14 +80,24 @@ impl Publisher {
         });
     }
 
-    /// Registers again when half-way to expiring, or when our external addresses are not the
-    /// ones in the record (an address confirmed by AutoNAT, a relay slot given back): the
-    /// record follows the addresses, as libp2p's own client does. Call it now and then.
-    pub fn check(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
+    /// Our external addresses are now `addrs` (one confirmed by AutoNAT, a relay slot given
+    /// back): registered again if the record says otherwise, as libp2p's own client does.
+    pub fn addresses(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
         addrs.sort();
-        let due = self.renew_at.is_some_and(|at| now >= at);
-        if due || addrs != self.addrs {
+        if addrs != self.addrs {
             self.register_all(now, addrs, public_rooms);
+        }
+    }
+
+    /// When our record is to be renewed (wall-clock ms).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.renew_at
+    }
+
+    /// Renews our record, half-way to its expiry, wherever it goes now.
+    pub fn handle_timeout(&mut self, now: u64, public_rooms: &[RoomId]) {
+        if self.renew_at.is_some_and(|at| at <= now) {
+            self.register_all(now, self.addrs.clone(), public_rooms);
         }
     }
 
@@ -146,23 +157,32 @@ mod tests {
         // No address yet: nothing to say.
         publisher.register_all(0, Vec::new(), &[room]);
         assert!(outputs(&mut publisher).is_empty());
+        assert_eq!(publisher.poll_timeout(), None);
         // One comes: registered under our namespace and the room's.
-        publisher.check(1_000, vec![addr(2), addr(1)], &[room]);
+        publisher.addresses(1_000, vec![addr(2), addr(1)], &[room]);
         let registered = Output::Register {
             namespaces: vec![Namespace::Peer(me), Namespace::Room(room)],
             addrs: vec![addr(1), addr(2)],
         };
         assert_eq!(outputs(&mut publisher), vec![registered.clone()]);
         // The same addresses, in another order, before the renewal: nothing.
-        publisher.check(2_000, vec![addr(1), addr(2)], &[room]);
+        publisher.addresses(2_000, vec![addr(1), addr(2)], &[room]);
         assert!(outputs(&mut publisher).is_empty());
         // Half the TTL later: again.
-        publisher.check(1_000 + RENEW_MS, vec![addr(1), addr(2)], &[room]);
+        assert_eq!(publisher.poll_timeout(), Some(1_000 + RENEW_MS));
+        publisher.handle_timeout(RENEW_MS, &[room]);
+        assert!(outputs(&mut publisher).is_empty(), "not due yet");
+        publisher.handle_timeout(1_000 + RENEW_MS, &[room]);
         assert_eq!(outputs(&mut publisher), vec![registered]);
+        assert_eq!(publisher.poll_timeout(), Some(1_000 + 2 * RENEW_MS));
         // An address goes: again, with what is left.
-        publisher.check(1_000 + RENEW_MS + 1, vec![addr(2)], &[room]);
+        publisher.addresses(1_000 + RENEW_MS + 1, vec![addr(2)], &[room]);
         assert!(matches!(&outputs(&mut publisher)[..],
             [Output::Register { addrs, .. }] if *addrs == vec![addr(2)]));
+        // The last one goes: nothing to say, nothing to renew.
+        publisher.addresses(1_000 + RENEW_MS + 2, Vec::new(), &[room]);
+        assert!(outputs(&mut publisher).is_empty());
+        assert_eq!(publisher.poll_timeout(), None);
     }
 
     #[test]

@@ -230,7 +230,8 @@ pub enum RoomEvent {
 /// What to do.
 #[derive(Debug)]
 pub enum Output {
-    /// Write room `id`'s record ([`Rooms::room`]) now; if that fails, [`Rooms::mark_dirty`].
+    /// Write room `id`'s record ([`Rooms::room`]) now; if that fails, [`Rooms::mark_dirty`]
+    /// (it is handed out again a moment later).
     Save(RoomId),
     /// Remove room `id`'s record (we left it).
     Forget(RoomId),
@@ -250,6 +251,9 @@ pub enum Output {
     },
     /// A message was read.
     Read(Box<ReadMessage>),
+    /// Publish again our messages in room `id` that found nobody subscribed (the driver keeps
+    /// them); one that fails again is reported with [`Rooms::unpublished`].
+    Republish(RoomId),
     /// Who may be in room `id`'s gossip mesh changed ([`Rooms::mesh`]).
     MeshChanged(RoomId),
     Subscribe(RoomId),
@@ -348,8 +352,16 @@ struct HeldMessage {
     frame: Vec<u8>,
 }
 
-/// All rooms, in memory; every change is handed out to be written ([`Output::Save`]), except a
-/// receiving chain's advance, which [`Rooms::take_dirty`] collects for a write a moment later.
+/// A receiving chain that moved is written this long after (with every other that moved
+/// meanwhile), not with each message.
+pub const SAVE_CHAINS_AFTER_MS: u64 = 1_000;
+
+/// Our own messages that found nobody subscribed to their room are published again this often
+/// (and at once when a peer joins the room's topic).
+pub const REPUBLISH_EVERY_MS: u64 = 1_000;
+
+/// All rooms, in memory; every change is handed out to be written ([`Output::Save`]); a
+/// receiving chain's advance is written [`SAVE_CHAINS_AFTER_MS`] later.
 pub struct Rooms {
     identity: Identity,
     grace_ms: u64,
@@ -360,8 +372,12 @@ pub struct Rooms {
     /// Whom we last handed the membership (or asked for it) unbidden, and when: members that
     /// sent under a key from before the last removal, senders we do not count as members.
     answered: HashMap<(RoomId, [u8; 32]), u64>,
-    /// Rooms whose receiving chains moved since they were last written.
+    /// Rooms whose receiving chains moved since they were last written, and when they are
+    /// written (wall-clock ms).
     dirty: BTreeSet<RoomId>,
+    save_dirty_at: Option<u64>,
+    /// Rooms holding our own messages that found nobody subscribed, and when to try again.
+    unpublished: BTreeMap<RoomId, u64>,
     /// Room messages that failed the signature or decryption checks.
     rejected: u64,
     outputs: VecDeque<Output>,
@@ -387,6 +403,8 @@ impl Rooms {
             missing_keys: HashMap::new(),
             answered: HashMap::new(),
             dirty: BTreeSet::new(),
+            save_dirty_at: None,
+            unpublished: BTreeMap::new(),
             rejected: 0,
             outputs: VecDeque::new(),
         }
@@ -475,14 +493,38 @@ impl Rooms {
         self.rejected += 1;
     }
 
-    /// The rooms whose receiving chains moved since they were last written.
+    /// The rooms whose receiving chains moved since they were last written (on the way out:
+    /// otherwise they are handed out as [`Output::Save`] a moment after they moved).
     pub fn take_dirty(&mut self) -> Vec<RoomId> {
+        self.save_dirty_at = None;
         std::mem::take(&mut self.dirty).into_iter().collect()
     }
 
-    /// Room `id` could not be written: it is handed out again by [`Rooms::take_dirty`].
-    pub fn mark_dirty(&mut self, id: RoomId) {
-        self.dirty.insert(id);
+    /// Room `id` must be written (its receiving chain moved, or its last write failed): it is
+    /// handed out as [`Output::Save`] [`SAVE_CHAINS_AFTER_MS`] after `now`, with the others.
+    pub fn mark_dirty(&mut self, id: RoomId, now: u64) {
+        if self.by_id.contains_key(&id) {
+            self.dirty.insert(id);
+            self.save_dirty_at
+                .get_or_insert(now.saturating_add(SAVE_CHAINS_AFTER_MS));
+        }
+    }
+
+    /// Some of our messages in room `id` found nobody subscribed: they are handed out as
+    /// [`Output::Republish`] in [`REPUBLISH_EVERY_MS`], or when a peer joins its topic.
+    pub fn unpublished(&mut self, id: RoomId, now: u64) {
+        if self.by_id.get(&id).is_some_and(Room::is_active) {
+            self.unpublished
+                .entry(id)
+                .or_insert(now.saturating_add(REPUBLISH_EVERY_MS));
+        }
+    }
+
+    /// A peer joined room `id`'s topic: what found nobody before goes out now.
+    pub fn topic_peer_joined(&mut self, id: RoomId) {
+        if self.unpublished.remove(&id).is_some() {
+            self.outputs.push_back(Output::Republish(id));
+        }
     }
 
     /// After start-up: the topics to join, who may be in their meshes.
@@ -519,11 +561,31 @@ impl Rooms {
 
     /// When [`Rooms::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.missing_keys.values().map(MissingKey::due).min()
+        let keys = self.missing_keys.values().map(MissingKey::due);
+        let republish = self.unpublished.values().copied();
+        keys.chain(republish).chain(self.save_dirty_at).min()
     }
 
-    /// Asks each sender whose key has been missing a while for it, every so often.
+    /// Asks each sender whose key has been missing a while for it, every so often; hands out
+    /// the rooms whose chains moved to be written, and what found nobody to be published again.
     pub fn handle_timeout(&mut self, now: u64) {
+        if self.save_dirty_at.is_some_and(|at| at <= now) {
+            for id in self.take_dirty() {
+                self.outputs.push_back(Output::Save(id));
+            }
+        }
+        let due: Vec<RoomId> = (self.unpublished.iter())
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.unpublished.remove(&id);
+            self.outputs.push_back(Output::Republish(id));
+        }
+        self.ask_for_missing_keys(now);
+    }
+
+    fn ask_for_missing_keys(&mut self, now: u64) {
         // Only while we still hold something of theirs (the held queue drops its oldest).
         let held = &self.held;
         self.missing_keys.retain(|(room, sender), _| {

@@ -1,5 +1,6 @@
 //! One peer's machines together: the rendezvous [`Session`], the direct [`Delivery`] planner
-//! (with its outbox), the [`SendPipeline`] in front of it and the [`Rooms`]. Each keeps its own
+//! (with its outbox), the [`SendPipeline`] in front of it, the [`Rooms`] and the discovery
+//! [`Publisher`]. Each keeps its own
 //! inputs and outputs; [`NodeState`] gives the driver one deadline to sleep until — the earliest
 //! of theirs — and wakes them all then (each acts on what is due by its own reckoning). The
 //! reach planner stays beside it: its deadlines are on the monotonic clock, these on the wall
@@ -12,6 +13,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::direct::Delivery;
 use super::direct::pipeline::{Facts, SendPipeline};
+use super::discovery::Publisher;
 use super::rooms::Rooms;
 use super::session::Session;
 
@@ -21,6 +23,7 @@ pub struct NodeState<P, R, J> {
     pub delivery: Delivery<R>,
     pub sends: SendPipeline<J>,
     pub rooms: Rooms,
+    pub discovery: Publisher,
 }
 
 impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> {
@@ -31,6 +34,7 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
             self.delivery.poll_timeout(),
             self.sends.poll_timeout(),
             self.rooms.poll_timeout(),
+            self.discovery.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -51,5 +55,7 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
         self.delivery.handle_timeout(now, rng);
         self.sends.handle_timeout(now, facts);
         self.rooms.handle_timeout(now);
+        self.discovery
+            .handle_timeout(now, &self.rooms.public_joined());
     }
 }

@@ -199,10 +199,3 @@ fn history_status(status: DeliveryStatus) -> Status {
         DeliveryStatus::Failed { .. } => Status::Failed,
     }
 }
-
-impl Node {
-    /// Every second: rooms' unsent messages.
-    pub(crate) fn on_retry_tick(&mut self) {
-        self.rooms_tick();
-    }
-}

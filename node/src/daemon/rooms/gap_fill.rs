@@ -21,7 +21,8 @@ impl Node {
             .find(|room| topic(&room.id).hash() == topic_hash)
             .map(|room| room.id);
         if let Some(room) = room {
-            self.rooms_tick();
+            self.state.rooms.topic_peer_joined(room);
+            let _ = self.drive_rooms();
             self.request_gap_fill(peer, room);
         }
     }

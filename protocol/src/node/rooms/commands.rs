@@ -205,6 +205,7 @@ impl Rooms {
         self.missing_keys.retain(|(room, _), _| *room != id);
         self.answered.retain(|(room, _), _| *room != id);
         self.dirty.remove(&id);
+        self.unpublished.remove(&id);
         self.outputs.push_back(Output::Unsubscribe(id));
         self.outputs.push_back(Output::Forget(id));
         self.outputs.push_back(Output::MeshChanged(id));

@@ -83,7 +83,7 @@ impl Rooms {
         // The receiving chain that moved is written a moment later, not with every message: a
         // chain that restarts a little behind only derives forward again (replays are caught
         // by the message index first), and the room is most of what a message would write.
-        self.dirty.insert(room_id);
+        self.mark_dirty(room_id, now);
         self.outputs.push_back(Output::Read(Box::new(read)));
         Ok(())
     }

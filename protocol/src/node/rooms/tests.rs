@@ -215,9 +215,54 @@ fn a_member_whose_key_was_lost_is_asked_for_it_and_the_held_message_is_read() {
     assert_eq!(net.read[1], vec!["can you read this?"]);
     assert_eq!(
         net.rooms[1].poll_timeout(),
-        None,
-        "nothing missing any more"
+        Some(net.now + SAVE_CHAINS_AFTER_MS),
+        "nothing missing any more: only the chain that moved is to be written"
     );
+}
+
+#[test]
+fn a_moved_chain_is_written_a_moment_later_and_unpublished_messages_go_out_again() {
+    let mut net = Members::new(2);
+    net.team();
+    let room = net.rooms[0].writable(&team()).unwrap();
+    net.send(0, "one");
+    net.pass(10);
+    net.send(0, "two");
+    // Both reads write the room once, a moment after the first.
+    let due = net.now - 10 + SAVE_CHAINS_AFTER_MS;
+    assert_eq!(net.rooms[1].poll_timeout(), Some(due));
+    net.now = due;
+    net.rooms[1].handle_timeout(due);
+    let outputs: Vec<Output> = std::iter::from_fn(|| net.rooms[1].poll_output()).collect();
+    assert!(
+        matches!(&outputs[..], [Output::Save(id)] if *id == room),
+        "{outputs:?}"
+    );
+    assert_eq!(net.rooms[1].poll_timeout(), None);
+    // A write that failed is tried again a moment later.
+    net.rooms[1].mark_dirty(room, due);
+    assert_eq!(
+        net.rooms[1].poll_timeout(),
+        Some(due + SAVE_CHAINS_AFTER_MS)
+    );
+
+    // Ann's message found nobody subscribed: out again after a while, or when a peer joins.
+    let now = net.now;
+    net.rooms[0].unpublished(room, now);
+    net.rooms[0].unpublished(room, now + 5);
+    assert_eq!(net.rooms[0].poll_timeout(), Some(now + REPUBLISH_EVERY_MS));
+    net.rooms[0].handle_timeout(now + REPUBLISH_EVERY_MS);
+    let outputs: Vec<Output> = std::iter::from_fn(|| net.rooms[0].poll_output()).collect();
+    assert!(
+        matches!(&outputs[..], [Output::Republish(id)] if *id == room),
+        "{outputs:?}"
+    );
+    net.rooms[0].topic_peer_joined(room);
+    assert!(net.rooms[0].poll_output().is_none(), "nothing was waiting");
+    net.rooms[0].unpublished(room, now);
+    net.rooms[0].topic_peer_joined(room);
+    assert!(matches!(net.rooms[0].poll_output(), Some(Output::Republish(id)) if id == room));
+    assert_eq!(net.rooms[0].poll_timeout(), None);
 }
 
 #[test]
