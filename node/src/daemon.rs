@@ -29,9 +29,10 @@ use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping, relay};
+use palaver_protocol::node::announce::{Connections, Unnamed};
 use palaver_protocol::node::session::{RequestKey, SessionConfig};
 use palaver_protocol::node::state::NodeState;
-use palaver_protocol::wire::PresenceRecord;
+use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
 use rand_core::OsRng;
 use serde_json::Value;
@@ -39,7 +40,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::home::Home;
 use crate::rpc::{self, Call};
-use crate::store::{StateKey, Store};
+use crate::store::{HistoryEntry, StateKey, Store};
 use behaviour::{Behaviour, BehaviourEvent};
 use link::Pending;
 
@@ -184,7 +185,8 @@ pub(crate) struct Node {
     state: NodeState<link::Pending, OutboundRequestId, direct::Job>,
     /// The session's request each request to the rendezvous carries.
     rendezvous_requests: HashMap<OutboundRequestId, RequestKey>,
-    presence: HashMap<String, PresenceRecord>,
+    /// What we last heard of other users' presence.
+    presence: palaver_protocol::node::presence::Presence,
     events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
@@ -195,11 +197,10 @@ pub(crate) struct Node {
     reach: reach::Reach,
     /// A rendezvous outage was logged (lost or unreachable): one line for it, one when it ends.
     rendezvous_outage_logged: bool,
-    /// How each peer's connection was last announced to `listen` subscribers, and whether the
-    /// announcement could name the peer.
-    announced: HashMap<PeerId, (&'static str, bool)>,
-    /// Message events from senders whose name we are asking the rendezvous for (bounded).
-    unnamed_events: HashMap<[u8; 32], Vec<rpc::Event>>,
+    /// How each peer's connection was last told to `listen` subscribers.
+    announced: Connections<PeerId, &'static str>,
+    /// Message events from senders whose name we are asking the rendezvous for.
+    unnamed: Unnamed<rpc::Event>,
     stopping: bool,
     /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
     /// non-zero, so a supervisor restarts it.
@@ -283,7 +284,7 @@ impl Node {
                 discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
             },
             rendezvous_requests: HashMap::new(),
-            presence: HashMap::new(),
+            presence: Default::default(),
             events,
             internal_tx,
             internal: Some(internal),
@@ -292,8 +293,8 @@ impl Node {
             replies: replies::Replies::default(),
             reach,
             rendezvous_outage_logged: false,
-            announced: HashMap::new(),
-            unnamed_events: HashMap::new(),
+            announced: Connections::default(),
+            unnamed: Unnamed::default(),
             stopping: false,
             fatal: None,
             keyed_sends: Default::default(),
@@ -362,29 +363,31 @@ impl Node {
         let _ = self.events.send(event);
     }
 
-    /// Emits a message event; from a sender we cannot name yet, once the rendezvous has named it
-    /// (see [`Node::on_users`]), so scripts can answer by name.
-    fn emit_message(&mut self, entry: &crate::store::HistoryEntry, named: bool) {
-        let event = rpc::Event::message(entry);
+    /// Emits a message event (`None`: a control message, nothing to tell); from a sender we
+    /// cannot name yet, once the rendezvous has named it (see [`Node::on_users`]), so scripts
+    /// can answer by name.
+    fn emit_message(&mut self, sender: &VerifyingKey, entry: Option<&HistoryEntry>, named: bool) {
+        let event = entry.map(rpc::Event::message);
         if named {
-            return self.emit(event);
+            return event.into_iter().for_each(|event| self.emit(event));
         }
-        const MAX_SENDERS: usize = 64;
-        const MAX_PER_SENDER: usize = 32;
-        if self.unnamed_events.len() >= MAX_SENDERS
-            && !self.unnamed_events.contains_key(&entry.sender)
-        {
-            return self.emit(event);
+        let stranger = self.unnamed.heard(sender.to_bytes(), event);
+        if stranger.ask {
+            let keys = vec![*sender];
+            let pending = Pending::WhoIs {
+                keys: vec![sender.to_bytes()],
+                call: None,
+            };
+            self.rendezvous_request(RendezvousRequest::WhoIs { keys }, pending);
         }
-        let held = self.unnamed_events.entry(entry.sender).or_default();
-        if held.len() < MAX_PER_SENDER {
-            held.push(event);
+        if let Some(event) = stranger.emit {
+            self.emit(event);
         }
     }
 
     /// Emits the held events of a sender now named `name` (or with its stand-in if unknown).
     fn release_unnamed(&mut self, key: &[u8; 32], name: Option<&str>) {
-        for mut event in self.unnamed_events.remove(key).unwrap_or_default() {
+        for mut event in self.unnamed.release(key) {
             if let (
                 Some(name),
                 rpc::Event::Message {
@@ -625,18 +628,8 @@ impl Node {
             .map(|(kind, _)| kind)
             .unwrap_or("disconnected");
         let name = self.name_of_peer(&peer);
-        let changed = if kind == "disconnected" {
-            self.announced.remove(&peer).is_some()
-        } else {
-            match self.announced.get(&peer).copied() {
-                Some((old, was_named)) if old == kind && (was_named || name.is_none()) => false,
-                _ => {
-                    self.announced.insert(peer, (kind, name.is_some()));
-                    true
-                }
-            }
-        };
-        if changed {
+        let connected = Some(kind).filter(|kind| *kind != "disconnected");
+        if self.announced.changed(peer, connected, name.is_some()) {
             self.emit(rpc::Event::Connection {
                 peer_id: peer.to_string(),
                 name,

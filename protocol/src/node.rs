@@ -12,16 +12,22 @@
 //!   epochs) and room crypto, private and public; gap fill's decisions over the room log.
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
 //!   mail, and the bounded request window.
+//! - [`presence`]: what we know of other users' presence, also while the rendezvous is down.
+//! - [`announce`]: when what the node tells its user goes out — messages from senders not yet
+//!   named wait for the name, connections are told as they change.
 //!
-//! - [`state`]: the session, delivery, send pipeline and rooms together, with one deadline.
+//! - [`state`]: the session, delivery, send pipeline, rooms and discovery publisher together,
+//!   with one deadline.
 //!
 //! Each machine takes inputs through `handle`, hands out what to do through `poll_output` and
 //! names its next deadline in `poll_timeout`; time is passed in, so a simulation can run many
 //! nodes on one simulated clock.
 
 pub mod addr;
+pub mod announce;
 pub mod direct;
 pub mod discovery;
+pub mod presence;
 pub mod reach;
 pub mod rooms;
 pub mod session;

@@ -1,6 +1,8 @@
 //! The control-socket methods: parse the params, carry the call out, answer.
 
-use palaver_protocol::wire::{PresenceRecord, RefusalReason, RendezvousRequest, UserRecord};
+use palaver_protocol::node::presence;
+use palaver_protocol::node::session::refusal_hint;
+use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, UserRecord};
 use palaver_protocol::{RoomName, UserName};
 use serde_json::{Value, json};
 
@@ -292,24 +294,10 @@ impl Node {
         })
     }
 
-    /// Why something that needs the rendezvous cannot be done now: `what`, then the reason —
-    /// the server's refusal of our login (verbatim, with what to do), or that we are not
-    /// (yet) logged in.
+    /// Why something that needs the rendezvous cannot be done now (the session says).
     pub(crate) fn offline_reason(&self, what: &str) -> String {
-        match self.state.session.refusal() {
-            Some(refusal) => format!(
-                "{what}: the rendezvous refused to log us in: {refusal} ({})",
-                refusal_hint(refusal.reason)
-            ),
-            None if self.reach.rendezvous_connected() => {
-                format!("{what}: still logging in at the rendezvous; try again in a moment")
-            }
-            None => format!(
-                "{what}: the rendezvous at {} is not reachable; the daemon keeps trying \
-                 (`palaver status` shows when it is back)",
-                self.reach.rendezvous_addr()
-            ),
-        }
+        let addr = self.reach.rendezvous_addr();
+        self.state.session.offline_reason(what, addr)
     }
 
     fn peers(&self) -> Value {
@@ -367,18 +355,13 @@ impl Node {
         explicit: bool,
         users: Vec<UserRecord>,
     ) -> Result<Value, RpcError> {
-        let unknown: Vec<&str> = names
-            .iter()
-            .filter(|name| !users.iter().any(|u| &u.name == *name))
-            .map(UserName::as_str)
-            .collect();
         // A check of our contacts' keys too (asking about others pins nobody).
         let contacts = names.iter().filter(|name| self.contact_key(name).is_some());
         let asked = super::trust::Asked::Names(contacts.cloned().collect());
         self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
-        let records: Vec<Value> = users
-            .iter()
-            .filter(|user| names.contains(&user.name))
+        let (records, unknown) = presence::answer(names, &users);
+        let records: Vec<Value> = records
+            .into_iter()
             .map(|user| {
                 let mut record = super::link::presence_json(&user.presence);
                 record["stale"] = Value::Bool(false);
@@ -386,49 +369,42 @@ impl Node {
                 record
             })
             .collect();
+        let unknown: Vec<&str> = unknown.into_iter().map(UserName::as_str).collect();
+        let error = (explicit && !unknown.is_empty())
+            .then(|| format!("unknown user {} at this rendezvous", unknown.join(", ")));
         for user in users {
             self.remember_presence(user.presence);
         }
-        if explicit && !unknown.is_empty() {
-            return Err(RpcError::failed(format!(
-                "unknown user {} at this rendezvous",
-                unknown.join(", ")
-            )));
+        match error {
+            Some(error) => Err(RpcError::failed(error)),
+            None => Ok(Value::Array(records)),
         }
-        Ok(Value::Array(records))
     }
 
     /// What we last heard of each of `names`, marked `"stale": true`, for when the rendezvous
     /// cannot be asked: a peer we are connected to right now is online whatever we last heard;
     /// one we never heard of is `unknown`.
     pub(crate) fn last_known_presence(&self, names: &[UserName]) -> Value {
-        let records = names
-            .iter()
-            .map(|name| {
-                let stored = || {
-                    let key = presence_key(name.as_str());
-                    self.store
-                        .get::<PresenceRecord>(StateKey::Meta(&key))
-                        .ok()
-                        .flatten()
-                };
-                let heard = self.presence.get(name.as_str()).cloned().or_else(stored);
-                let heard = heard.as_ref();
-                let connected = self.contact_key(name).is_some_and(|key| {
-                    self.swarm
-                        .is_connected(&palaver_protocol::identity::peer_id_of(&key))
-                });
-                let state = match (connected, heard) {
-                    (true, _) => "online",
-                    (false, Some(record)) => super::link::state_str(record.state),
-                    (false, None) => "unknown",
-                };
+        let connected = |name: &UserName| {
+            self.contact_key(name).is_some_and(|key| {
+                self.swarm
+                    .is_connected(&palaver_protocol::identity::peer_id_of(&key))
+            })
+        };
+        let stored = |name: &UserName| {
+            let key = presence_key(name.as_str());
+            self.store.get(StateKey::Meta(&key)).ok().flatten()
+        };
+        let known = self.presence.last_known(names, connected, stored);
+        let records = known
+            .into_iter()
+            .map(|known| {
                 json!({
-                    "name": name.as_str(),
-                    "state": state,
-                    "last_seen": heard.and_then(|r| r.last_seen_ms),
+                    "name": known.name.as_str(),
+                    "state": known.state.as_str(),
+                    "last_seen": known.last_seen_ms,
                     "stale": true,
-                    "verified": self.is_verified(name.as_str()),
+                    "verified": self.is_verified(known.name.as_str()),
                 })
             })
             .collect();
@@ -446,7 +422,7 @@ impl Node {
         {
             tracing::debug!("cannot keep presence: {err}");
         }
-        self.presence.insert(record.name.to_string(), record);
+        self.presence.heard(record);
     }
 
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),
@@ -474,23 +450,4 @@ impl Node {
 
 fn presence_key(name: &str) -> String {
     format!("presence/{name}")
-}
-
-/// What a user can do about the rendezvous refusing the login, by the reason it gave.
-fn refusal_hint(reason: RefusalReason) -> &'static str {
-    match reason {
-        RefusalReason::TokenRequired | RefusalReason::BadToken => {
-            "this server registers only users with a token from its admin: restart the daemon \
-             with --registration-token TOKEN"
-        }
-        RefusalReason::NameTaken | RefusalReason::NotYourName => {
-            "the name belongs to another key at this server: pick another name \
-             (`palaver --home NEW_DIR init --name OTHER`)"
-        }
-        RefusalReason::Unavailable => {
-            "this server offers no accounts: give a full rendezvous to --rendezvous (a relay-only \
-             server goes in --relay)"
-        }
-        _ => "see the rendezvous's reason; the daemon logs in again when it reconnects",
-    }
 }

@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::durable::AfterFlush;
+use super::replies::ReplyToken;
 use super::trust::Asked;
 use super::{Node, OUTBOX_META, Pending, now_ms};
-use super::replies::ReplyToken;
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
@@ -350,8 +350,7 @@ impl Node {
             .filter(|user| asked.covers(&user.name, &user.identity))
             .collect();
         for user in &users {
-            self.presence
-                .insert(user.name.to_string(), user.presence.clone());
+            self.presence.heard(user.presence.clone());
         }
         if self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked) {
             self.subscribe_presence();

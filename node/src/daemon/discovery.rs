@@ -8,7 +8,7 @@
 
 use libp2p::{Multiaddr, PeerId};
 use palaver_protocol::node::direct::Input;
-use palaver_protocol::node::discovery::Output;
+use palaver_protocol::node::discovery::{Found, Opened, Output};
 use palaver_protocol::rendezvous::discovery::{DEFAULT_TTL_SECS, Namespace};
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, RoomId, SignedPeerRecord};
 use palaver_rendezvous::discovery::{open, open_any};
@@ -153,10 +153,8 @@ impl Node {
             }
             (Asked::Discover(namespace), other) => {
                 tracing::debug!("discovery of {namespace} failed: {other:?}");
-                // As good as no record: its messages go to the mailbox rather than wait.
-                if let Namespace::Peer(peer) = namespace {
-                    self.delivery_input(Input::DiscoveryFailed(peer));
-                }
+                let found = self.state.discovery.found(namespace, None);
+                self.on_found(found);
             }
             (Asked::Register(namespace), Ok(RendezvousResponse::Done)) => {
                 self.state.discovery.registered(&namespace, true);
@@ -175,42 +173,36 @@ impl Node {
     }
 
     fn on_records(&mut self, namespace: Namespace, records: Vec<SignedPeerRecord>) {
-        match namespace {
-            // Asked for one peer: only a record it signed counts, the newest if several. None
-            // (it is offline, or never registered here) is as good as a failed lookup.
-            Namespace::Peer(peer) => {
-                let newest = records
-                    .iter()
-                    .filter_map(|signed| match open(signed, &peer) {
-                        Ok(record) => Some(record),
-                        Err(err) => {
-                            tracing::warn!("discarded a discovery record for {peer}: {err}");
-                            None
-                        }
-                    })
-                    .max_by_key(|record| record.seq());
-                match newest {
-                    Some(record) => self.on_discovered(peer, record.addresses().to_vec()),
-                    None => self.delivery_input(Input::DiscoveryFailed(peer)),
-                }
-            }
-            // A public room's members registered here: each one found is wanted.
-            Namespace::Room(_) => {
-                let me = *self.swarm.local_peer_id();
-                for signed in &records {
-                    let record = match open_any(signed) {
-                        Ok(record) => record,
-                        Err(err) => {
-                            tracing::warn!("discarded a room's discovery record: {err}");
-                            continue;
-                        }
-                    };
-                    let peer = record.peer_id();
-                    if peer != me {
-                        self.delivery_input(Input::Want(peer));
-                    }
-                    self.on_discovered(peer, record.addresses().to_vec());
-                }
+        // Believed only as far as the signatures go: for a peer, a record it signed; for a
+        // room, each record for the peer that signed it.
+        let opened = records
+            .iter()
+            .filter_map(|signed| {
+                let record = match &namespace {
+                    Namespace::Peer(peer) => open(signed, peer),
+                    Namespace::Room(_) => open_any(signed),
+                };
+                record
+                    .inspect_err(|err| tracing::warn!("discarded a discovery record: {err}"))
+                    .ok()
+            })
+            .map(|record| Opened {
+                peer: record.peer_id(),
+                seq: record.seq(),
+                addrs: record.addresses().to_vec(),
+            })
+            .collect();
+        let found = self.state.discovery.found(namespace, Some(opened));
+        self.on_found(found);
+    }
+
+    /// What a lookup found goes to the delivery planner.
+    fn on_found(&mut self, found: Vec<Found>) {
+        for found in found {
+            match found {
+                Found::At { peer, addrs } => self.on_discovered(peer, addrs),
+                Found::Member(peer) => self.delivery_input(Input::Want(peer)),
+                Found::NotFound(peer) => self.delivery_input(Input::DiscoveryFailed(peer)),
             }
         }
     }

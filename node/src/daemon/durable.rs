@@ -181,7 +181,9 @@ impl Node {
                     tracing::error!("cannot store prekeys, not publishing them: {err}");
                 }
                 let durable = flushed.map_err(|err| err.to_string());
-                self.session_input(palaver_protocol::node::session::Input::PrekeysDurable(durable));
+                self.session_input(palaver_protocol::node::session::Input::PrekeysDurable(
+                    durable,
+                ));
             }
         }
     }

@@ -7,7 +7,7 @@ use libp2p::request_response::OutboundRequestId;
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState};
 use palaver_protocol::wire::{
-    PresenceRecord, PresenceState, RefusalReason, RendezvousRequest, RendezvousResponse,
+    PresenceRecord, RefusalReason, RendezvousRequest, RendezvousResponse,
 };
 use palaver_protocol::{MessageId, UserName};
 use rand_core::OsRng;
@@ -282,8 +282,9 @@ impl Node {
         // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
         // told us how the rendezvous sees us: see the reach planner).
         self.reach(super::reach::ReachInput::LoggedIn(true));
-        self.rooms_after_login();
+        // Logged in for the planner first: the rooms' members it is asked for are looked up.
         self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(true));
+        self.rooms_after_login();
     }
 
     pub(crate) fn subscribe_presence(&mut self) {
@@ -297,6 +298,7 @@ impl Node {
             .scan_keys(StateKey::Contact(""))
             .into_iter()
             .filter_map(|name| UserName::new(name).ok())
+            // As many as one request to the rendezvous names.
             .take(palaver_protocol::wire::rendezvous::MAX_BATCH)
             .collect()
     }
@@ -309,25 +311,9 @@ impl Node {
                 self.on_users(users, call, Asked::Names(names))
             }
             (Pending::WhoIs { keys, call }, R::Users(users)) => {
-                let named: Vec<[u8; 32]> = users.iter().map(|u| u.identity.to_bytes()).collect();
-                let unknown: Vec<[u8; 32]> = self
-                    .unnamed_events
-                    .keys()
-                    .filter(|k| !named.contains(k))
-                    .copied()
-                    .collect();
-                self.on_users(users, call, Asked::Keys(keys));
-                // Asked about, but not registered here: show them with their stand-in.
-                if self
-                    .state
-                    .session
-                    .waiting()
-                    .all(|p| !matches!(p, Pending::WhoIs { .. }))
-                {
-                    for key in unknown {
-                        self.release_unnamed(&key, None);
-                    }
-                }
+                self.on_users(users, call, Asked::Keys(keys.clone()));
+                // The named ones were released with their names.
+                self.strangers_unnamed(keys);
             }
             (Pending::Prekeys { key, call }, R::Prekeys(bundle)) => {
                 self.on_prekeys(key, *bundle, call)
@@ -353,6 +339,7 @@ impl Node {
                 call,
                 PipelineAnswer::Failed(format!("lookup failed: {refusal}")),
             ),
+            (Pending::WhoIs { keys, call: None }, R::Refused(_)) => self.strangers_unnamed(keys),
             (Pending::Deposit { id }, R::Deposited { .. }) => {
                 self.delivery_input(palaver_protocol::node::direct::Input::Deposited(id))
             }
@@ -434,6 +421,7 @@ impl Node {
                 call,
                 PipelineAnswer::Failed(format!("the rendezvous did not answer: {error}")),
             ),
+            Pending::WhoIs { keys, call: None } => self.strangers_unnamed(keys),
             Pending::Deposit { id } => self.on_deposit_refused(id, error),
             Pending::Presence { names, reply, .. } => {
                 let answer = Ok(self.last_known_presence(&names));
@@ -447,13 +435,17 @@ impl Node {
         }
     }
 
+    /// Senders asked about that the rendezvous did not name: what waited for their name is
+    /// shown with their stand-in.
+    fn strangers_unnamed(&mut self, keys: Vec<[u8; 32]>) {
+        for key in keys {
+            self.release_unnamed(&key, None);
+        }
+    }
+
     fn on_presence_push(&mut self, record: PresenceRecord) {
         let name = record.name.to_string();
-        let came_online = record.state != PresenceState::Offline
-            && self
-                .presence
-                .get(&name)
-                .is_none_or(|old| old.state == PresenceState::Offline);
+        let came_online = self.presence.pushed(record.clone());
         self.emit(crate::rpc::Event::Presence {
             name,
             state: state_str(record.state),
@@ -478,13 +470,7 @@ impl Node {
     }
 }
 
-pub(crate) fn state_str(state: PresenceState) -> &'static str {
-    match state {
-        PresenceState::Online => "online",
-        PresenceState::Away => "away",
-        PresenceState::Offline => "offline",
-    }
-}
+pub(crate) use palaver_protocol::node::presence::state_str;
 
 pub(crate) fn presence_json(record: &PresenceRecord) -> Value {
     json!({"name": record.name.as_str(), "state": state_str(record.state), "last_seen": record.last_seen_ms})

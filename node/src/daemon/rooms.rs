@@ -31,6 +31,8 @@ use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, S
 #[derive(Debug, Default)]
 pub(crate) struct RoomIo {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
+    /// Whom we ask for what we missed, and when again.
+    asking: palaver_protocol::node::rooms::gap_fill::GapFills,
     /// Our own messages written but not yet durable, so not published yet.
     not_yet_durable: HashSet<MessageId>,
     /// Rooms whose last write failed, and what is to be sent about them once it is written:
@@ -190,12 +192,9 @@ impl Node {
     /// Connects to a room's members (or, for a public room, registers in its namespace, to
     /// see who else is there).
     fn seek_members(&mut self, room: RoomId, members: &[VerifyingKey], public: bool) {
+        // The delivery planner looks up those we are not connected to.
         for peer in members.iter().map(peer_id_of) {
             self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
-            if !self.swarm.is_connected(&peer) {
-                // Without the rendezvous, it is looked up at the next login.
-                self.discover(peer);
-            }
         }
         if public {
             self.register_in_room(room);
@@ -206,17 +205,6 @@ impl Node {
     fn record_room_message(&mut self, read: ReadMessage) {
         let from = self.name_of_key(&read.sender);
         let named = from.is_some();
-        if !named {
-            self.rendezvous_request(
-                palaver_protocol::wire::RendezvousRequest::WhoIs {
-                    keys: vec![read.sender],
-                },
-                crate::daemon::Pending::WhoIs {
-                    keys: vec![read.sender.to_bytes()],
-                    call: None,
-                },
-            );
-        }
         let mut batch = StateBatch::default();
         let entry = HistoryEntry {
             id: read.id,
@@ -232,7 +220,7 @@ impl Node {
         };
         batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
         match self.store.record(&entry, &batch) {
-            Ok(true) => self.emit_message(&entry, named),
+            Ok(true) => self.emit_message(&read.sender, Some(&entry), named),
             Ok(false) => {}
             Err(err) => tracing::error!("cannot store room message {}: {err}", read.id),
         }

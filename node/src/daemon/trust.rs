@@ -27,7 +27,6 @@ pub(crate) fn load_contact(store: &Store, name: &str) -> Result<Option<Contact>,
     }
 }
 
-
 /// What the store knows, as the send pipeline asks it.
 pub(crate) struct StoreFacts<'a> {
     store: &'a Store,
@@ -135,8 +134,10 @@ impl Node {
     }
 
     fn on_key_changed(&mut self, change: KeyChange) {
-        let (old_fingerprint, new_fingerprint) =
-            (trust::fingerprint(&change.old), trust::fingerprint(&change.new));
+        let (old_fingerprint, new_fingerprint) = (
+            trust::fingerprint(&change.old),
+            trust::fingerprint(&change.new),
+        );
         let (name, verified) = (&change.name, change.verified);
         tracing::warn!(%name, %old_fingerprint, %new_fingerprint, verified, "a contact's key changed");
         self.record_notice(name, change.notice());
@@ -206,8 +207,7 @@ impl Node {
         if !confirm {
             return drop(reply.send(Ok(answer(&contact))));
         }
-        let was_verified = contact.is_verified();
-        contact.confirm();
+        let newly_verified = contact.confirm();
         let value = answer(&contact);
         let mut batch = StateBatch::default();
         batch
@@ -216,7 +216,7 @@ impl Node {
         if let Err(err) = self.store.apply(&batch) {
             return drop(reply.send(Err(RpcError::failed(err.to_string()))));
         }
-        if !was_verified {
+        if newly_verified {
             self.record_notice(&name, trust::verified_notice(&name));
         }
         self.answer_when_durable(reply, Ok(value));

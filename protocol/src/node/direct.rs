@@ -69,7 +69,8 @@ pub enum Input<R> {
     Discovered { peer: PeerId, addrs: Vec<Multiaddr> },
     /// Discovery has no record for `peer`.
     DiscoveryFailed(PeerId),
-    /// Keep a connection to `peer` (a room member): dial it once its addresses are found.
+    /// Keep a connection to `peer` (a room member): dial it once its addresses are found, and
+    /// look it up now unless connected (while logged in: the next login's wants look it up).
     Want(PeerId),
     /// The [`Output::Deliver`] for `id` went out as `request`.
     DeliverySent { id: MessageId, request: R },
@@ -227,8 +228,15 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
                 }
             }
             Input::Want(peer) => {
-                if peer != self.local && self.wanted.len() < MAX_WANTED_PEERS {
-                    self.wanted.insert(peer);
+                if peer == self.local || self.wanted.len() >= MAX_WANTED_PEERS {
+                    return;
+                }
+                self.wanted.insert(peer);
+                if !self.connected.contains(&peer)
+                    && self.logged_in
+                    && self.awaiting_discovery.insert(peer)
+                {
+                    self.outputs.push_back(Output::Discover(peer));
                 }
             }
             Input::DeliverySent { id, request } => {

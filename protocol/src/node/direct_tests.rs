@@ -315,6 +315,24 @@ fn coming_online_retries_that_users_messages_now() {
 }
 
 #[test]
+fn a_wanted_peer_is_looked_up_once_while_logged_in_and_not_connected() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (member, other) = (peer(2), peer(3));
+    d.handle(Input::Want(member), T0, &mut rng);
+    assert!(drain(&mut d).is_empty(), "logged out: the next login asks");
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    drain(&mut d);
+    d.handle(Input::Want(member), T0, &mut rng);
+    assert_eq!(drain(&mut d), [Output::Discover(member)]);
+    d.handle(Input::Want(member), T0, &mut rng);
+    assert!(drain(&mut d).is_empty(), "asked already");
+    d.handle(Input::Connected(other), T0, &mut rng);
+    drain(&mut d);
+    d.handle(Input::Want(other), T0, &mut rng);
+    assert!(drain(&mut d).is_empty(), "connected: nothing to look up");
+}
+
+#[test]
 fn wanted_peers_are_dialed_when_found_and_known_addresses_are_bounded() {
     let (mut d, mut rng) = (planner(), rng());
     let member = peer(2);

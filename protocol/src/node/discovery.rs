@@ -31,6 +31,27 @@ pub enum Output {
     Discover(Namespace),
 }
 
+/// A record from a lookup's answer whose signature the driver checked: who signed it, its
+/// version, and where that peer says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub peer: PeerId,
+    pub seq: u64,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// What a lookup found, for the delivery planner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// `peer` says it is at `addrs`.
+    At { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// A public room's member: keep a connection to it.
+    Member(PeerId),
+    /// No record of `peer` (offline, or never registered here): its messages go to the mailbox
+    /// rather than wait.
+    NotFound(PeerId),
+}
+
 #[derive(Debug)]
 pub struct Publisher {
     me: PeerId,
@@ -123,6 +144,37 @@ impl Publisher {
             .push_back(Output::Unregister(Namespace::Room(room)));
     }
 
+    /// What a lookup under `namespace` found: `records` opened (for a peer's namespace, only
+    /// those that peer signed), or `None` if the lookup failed. For one peer: the newest of its
+    /// records, or nothing found. For a public room: each member other than us, wanted, and
+    /// where it is.
+    pub fn found(&self, namespace: Namespace, records: Option<Vec<Opened>>) -> Vec<Found> {
+        let records = records.unwrap_or_default();
+        match namespace {
+            Namespace::Peer(peer) => {
+                let newest = records.into_iter().max_by_key(|record| record.seq);
+                vec![match newest {
+                    Some(record) => Found::At {
+                        peer,
+                        addrs: record.addrs,
+                    },
+                    None => Found::NotFound(peer),
+                }]
+            }
+            Namespace::Room(_) => records
+                .into_iter()
+                .filter(|record| record.peer != self.me)
+                .flat_map(|record| {
+                    let at = Found::At {
+                        peer: record.peer,
+                        addrs: record.addrs,
+                    };
+                    [Found::Member(record.peer), at]
+                })
+                .collect(),
+        }
+    }
+
     /// The rendezvous kept (or refused) our record under `namespace`.
     pub fn registered(&mut self, namespace: &Namespace, kept: bool) {
         // The server shows a room's members to those registered there: now we are.
@@ -183,6 +235,46 @@ mod tests {
         publisher.addresses(1_000 + RENEW_MS + 2, Vec::new(), &[room]);
         assert!(outputs(&mut publisher).is_empty());
         assert_eq!(publisher.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_lookup_finds_a_peers_newest_record_and_a_rooms_other_members() {
+        let (me, ann, ben) = (peer(1), peer(2), peer(3));
+        let publisher = Publisher::new(me);
+        let opened = |peer, seq, port| Opened {
+            peer,
+            seq,
+            addrs: vec![addr(port)],
+        };
+        let records = vec![opened(ann, 2, 20), opened(ann, 5, 50), opened(ann, 3, 30)];
+        assert_eq!(
+            publisher.found(Namespace::Peer(ann), Some(records)),
+            [Found::At {
+                peer: ann,
+                addrs: vec![addr(50)]
+            }]
+        );
+        assert_eq!(
+            publisher.found(Namespace::Peer(ann), Some(Vec::new())),
+            [Found::NotFound(ann)]
+        );
+        assert_eq!(
+            publisher.found(Namespace::Peer(ann), None),
+            [Found::NotFound(ann)]
+        );
+        let room = Namespace::Room(RoomId([1; 32]));
+        let members = vec![opened(me, 1, 10), opened(ben, 1, 30)];
+        assert_eq!(
+            publisher.found(room.clone(), Some(members)),
+            [
+                Found::Member(ben),
+                Found::At {
+                    peer: ben,
+                    addrs: vec![addr(30)]
+                }
+            ]
+        );
+        assert!(publisher.found(room, None).is_empty());
     }
 
     #[test]

@@ -281,7 +281,30 @@ impl<T: std::fmt::Debug> Session<T> {
     }
 
     /// Subscribes to the presence of `names` (replacing any earlier subscription).
-    pub fn subscribe_presence(&mut self, names: Vec<UserName>) {
+    /// Why something that needs the rendezvous cannot be done now: `what`, then the reason —
+    /// the server's refusal of our login (verbatim, with what to do), or that we are not
+    /// (yet) logged in at `rendezvous`.
+    pub fn offline_reason(&self, what: &str, rendezvous: &impl std::fmt::Display) -> String {
+        match &self.refusal {
+            Some(refusal) => format!(
+                "{what}: the rendezvous refused to log us in: {refusal} ({})",
+                refusal_hint(refusal.reason)
+            ),
+            None if self.connected => {
+                format!("{what}: still logging in at the rendezvous; try again in a moment")
+            }
+            None => format!(
+                "{what}: the rendezvous at {rendezvous} is not reachable; the daemon keeps \
+                 trying (`palaver status` shows when it is back)"
+            ),
+        }
+    }
+
+    /// Watches the presence of `names` (replacing what was watched): at most
+    /// [`MAX_BATCH`](crate::wire::rendezvous::MAX_BATCH), as many as a server watches for one
+    /// session; the first ones are kept.
+    pub fn subscribe_presence(&mut self, mut names: Vec<UserName>) {
+        names.truncate(crate::wire::rendezvous::MAX_BATCH);
         if !names.is_empty() {
             let request = RendezvousRequest::SubscribePresence {
                 names: names.clone(),
@@ -649,6 +672,25 @@ impl<T: std::fmt::Debug> Session<T> {
             Purpose::Login | Purpose::Register => self.logging_in = false,
             _ => {}
         }
+    }
+}
+
+/// What a user can do about the rendezvous refusing the login, by the reason it gave.
+pub fn refusal_hint(reason: RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::TokenRequired | RefusalReason::BadToken => {
+            "this server registers only users with a token from its admin: restart the daemon \
+             with --registration-token TOKEN"
+        }
+        RefusalReason::NameTaken | RefusalReason::NotYourName => {
+            "the name belongs to another key at this server: pick another name \
+             (`palaver --home NEW_DIR init --name OTHER`)"
+        }
+        RefusalReason::Unavailable => {
+            "this server offers no accounts: give a full rendezvous to --rendezvous (a relay-only \
+             server goes in --relay)"
+        }
+        _ => "see the rendezvous's reason; the daemon logs in again when it reconnects",
     }
 }
 

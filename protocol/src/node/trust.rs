@@ -100,11 +100,15 @@ impl Contact {
     }
 
     /// The user compared safety numbers over [`Contact::latest`] and vouches for it.
-    pub fn confirm(&mut self) {
+    /// The user confirmed the latest key: it is the one sent to, verified. `true` when the
+    /// contact was not verified before (worth a line in the conversation).
+    pub fn confirm(&mut self) -> bool {
+        let newly = !self.is_verified();
         self.key = self.latest();
         self.unconfirmed = None;
         self.unreported_change = None;
         self.verified = true;
+        newly
     }
 }
 

@@ -150,6 +150,9 @@ impl Node {
     }
 
     pub(crate) fn on_peer_failure(&mut self, request: OutboundRequestId) {
+        if self.on_gap_fill_failure(request) {
+            return;
+        }
         let answer = Answer::Failed;
         self.delivery_input(Input::DeliveryAnswered { request, answer });
     }

@@ -131,19 +131,8 @@ impl Node {
         if let Some(prekeys) = prekeys_after {
             self.state.session.prekeys_mut().secrets = prekeys;
         }
-        if from.is_none() {
-            // A stranger: ask the rendezvous who it is, for display and replies.
-            self.rendezvous_request(
-                RendezvousRequest::WhoIs { keys: vec![sender] },
-                Pending::WhoIs {
-                    keys: vec![sender.to_bytes()],
-                    call: None,
-                },
-            );
-        }
-        if let Some(entry) = entry {
-            self.emit_message(&entry, from.is_some());
-        }
+        // A stranger is asked about at the rendezvous, for display and replies.
+        self.emit_message(&sender, entry.as_ref(), from.is_some());
         if let Some(payload) = control {
             self.on_control(sender, payload);
         }

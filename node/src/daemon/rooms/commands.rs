@@ -1,7 +1,6 @@
 //! The room commands of the control socket: create, join, invite, kick, leave, send, list.
 //! Each asks the machine, carries out what it decided, and answers once that is durable.
 
-use palaver_protocol::node::rooms::RoomError;
 use palaver_protocol::wire::{Content, Payload};
 use palaver_protocol::{MessageId, RoomId, RoomName, UserName};
 use rand_core::OsRng;
@@ -113,11 +112,8 @@ impl Node {
                 let name = self
                     .name_of_key(key)
                     .unwrap_or_else(|| super::short_key(key));
-                let state = self
-                    .presence
-                    .get(&name)
-                    .map(|p| crate::daemon::link::state_str(p.state))
-                    .unwrap_or("unknown");
+                let state = UserName::new(&name)
+                    .map_or("unknown", |name| self.presence.heard_state(&name).as_str());
                 json!({"name": name, "owner": owner == Some(*key), "presence": state})
             })
             .collect();
@@ -207,9 +203,6 @@ impl Node {
         ),
         RpcError,
     > {
-        if text.len() > palaver_protocol::wire::MAX_TEXT_LEN {
-            return Err(refused(RoomError::TooLong));
-        }
         let room = self.state.rooms.writable(&name).map_err(refused)?;
         let conversation = ConversationId::Room(room);
         let (stamp, seq) = (self.next_stamp(), self.next_seq(&conversation));

@@ -37,9 +37,15 @@ impl Node {
     }
 
     fn request_gap_fill(&mut self, peer: PeerId, room: RoomId) {
-        if !self.swarm.is_connected(&peer) {
+        let Some(member) = identity_of(&peer) else {
             return;
+        };
+        if self.swarm.is_connected(&peer) && self.room_io.asking.ask(room, &member) {
+            self.send_gap_fill(peer, room);
         }
+    }
+
+    fn send_gap_fill(&mut self, peer: PeerId, room: RoomId) {
         let request = gap_fill::request(room, self.store.room_log_index(&room));
         let id = self
             .swarm
@@ -78,7 +84,7 @@ impl Node {
             return;
         };
         let PeerResponse::GapFill(GapFillResponse { envelopes, more }) = response else {
-            return;
+            return self.gap_fill_ended(room, peer, false, false);
         };
         let mut progressed = false;
         for envelope in envelopes {
@@ -100,9 +106,30 @@ impl Node {
             }
         }
         let _ = self.drive_rooms();
-        // Ask again while the peer has more and we are still taking it in.
-        if more && progressed {
-            self.request_gap_fill(peer, room);
+        self.gap_fill_ended(room, peer, more, progressed);
+    }
+
+    /// A gap fill request `request` got no answer; false if it was not one.
+    pub(crate) fn on_gap_fill_failure(&mut self, request: OutboundRequestId) -> bool {
+        let Some((room, peer)) = self.room_io.gap_fills.remove(&request) else {
+            return false;
+        };
+        self.gap_fill_ended(room, peer, false, false);
+        true
+    }
+
+    fn gap_fill_ended(&mut self, room: RoomId, peer: PeerId, more: bool, progressed: bool) {
+        let Some(member) = identity_of(&peer) else {
+            return;
+        };
+        // Not asked again once gone: the next meeting asks.
+        let more = more && self.swarm.is_connected(&peer);
+        if self
+            .room_io
+            .asking
+            .answered(room, &member, more, progressed)
+        {
+            self.send_gap_fill(peer, room);
         }
     }
 }

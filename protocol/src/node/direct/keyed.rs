@@ -45,12 +45,18 @@ pub enum KeyedError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin<T> {
     /// Sent before: answer `waiter` with this message (once what recorded it is durable).
-    Sent { id: MessageId, waiter: T },
+    Sent {
+        id: MessageId,
+        waiter: T,
+    },
     /// The same send is under way: `waiter` hears its answer ([`KeyedSends::answered`]).
     Joined,
     /// Send it; its answer goes to everyone [`KeyedSends::answered`] names.
     Start,
-    Refused { waiter: T, error: KeyedError },
+    Refused {
+        waiter: T,
+        error: KeyedError,
+    },
 }
 
 /// A keyed send under way.

@@ -5,7 +5,7 @@
 //! The room log (sender, sequence number → frame) lives in the driver's store; these are the
 //! decisions over it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -41,6 +41,38 @@ pub fn request(room: RoomId, index: impl IntoIterator<Item = ([u8; 32], u64)>) -
         room,
         cursors: cursors(index),
         max: MAX_GAP_FILL as u16,
+    }
+}
+
+/// Gap fill requests out at once; past that, a member is not asked until some are answered.
+pub const MAX_GAP_FILLS_OUT: usize = 1024;
+
+/// Whom we are asking for what we missed in which room: one request at a time per member and
+/// room (a member that connects and joins the topic at once is asked once), and again only
+/// while it has more and we are still taking it in.
+#[derive(Debug, Default)]
+pub struct GapFills {
+    out: HashSet<(RoomId, [u8; 32])>,
+}
+
+impl GapFills {
+    /// Whether to ask `member` about `room` now; if so, a request is out until
+    /// [`GapFills::answered`].
+    pub fn ask(&mut self, room: RoomId, member: &VerifyingKey) -> bool {
+        self.out.len() < MAX_GAP_FILLS_OUT && self.out.insert((room, member.to_bytes()))
+    }
+
+    /// `member` answered about `room` (or the request failed: nothing `more`): whether to ask
+    /// it again now — while it has more and the answer taught us something.
+    pub fn answered(
+        &mut self,
+        room: RoomId,
+        member: &VerifyingKey,
+        more: bool,
+        progressed: bool,
+    ) -> bool {
+        self.out.remove(&(room, member.to_bytes()));
+        more && progressed && self.ask(room, member)
     }
 }
 

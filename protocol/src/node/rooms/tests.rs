@@ -657,3 +657,32 @@ fn a_removed_member_named_again_by_a_forwarded_update_is_invited_and_may_join() 
     assert!(net.send(2, "welcome back").iter().all(Result::is_ok));
     assert_eq!(net.read[1].last().map(String::as_str), Some("welcome back"));
 }
+
+#[test]
+fn a_member_is_asked_once_at_a_time_and_again_only_while_it_teaches_us_something() {
+    let mut asking = gap_fill::GapFills::default();
+    let (room, ben) = (
+        RoomId([1; 32]),
+        Identity::from_secret_bytes(&[2; 32]).public(),
+    );
+    assert!(asking.ask(room, &ben));
+    assert!(
+        !asking.ask(room, &ben),
+        "one request out per member and room"
+    );
+    assert!(
+        asking.ask(RoomId([2; 32]), &ben),
+        "another room is another request"
+    );
+    assert!(
+        asking.answered(room, &ben, true, true),
+        "more, and it was news"
+    );
+    assert!(!asking.ask(room, &ben), "the new request is out");
+    assert!(
+        !asking.answered(room, &ben, true, false),
+        "more, but nothing new"
+    );
+    assert!(!asking.answered(room, &ben, false, true), "nothing more");
+    assert!(asking.ask(room, &ben), "asked again at the next meeting");
+}
