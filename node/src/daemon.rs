@@ -204,8 +204,8 @@ pub(crate) struct Node {
     /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
     /// non-zero, so a supervisor restarts it.
     fatal: Option<String>,
-    /// Sends keyed by the client that are under way (bounded: see [`client_ids`]).
-    sends_in_flight: HashMap<String, client_ids::InFlight>,
+    /// Sends keyed by the client that are under way, and who waits for each.
+    keyed_sends: palaver_protocol::node::direct::keyed::KeyedSends<replies::ReplyToken>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -296,7 +296,7 @@ impl Node {
             unnamed_events: HashMap::new(),
             stopping: false,
             fatal: None,
-            sends_in_flight: HashMap::new(),
+            keyed_sends: Default::default(),
         };
         node.subscribe_room_topics();
         node.drive_reach();

@@ -36,11 +36,21 @@ pub(crate) fn history_page(
     let entries = store
         .history_before(&conversation, before.as_ref().map(|key| &key[..]), limit)
         .map_err(|e| RpcError::failed(e.to_string()))?;
-    let gaps = RoomGaps::of(store, &conversation);
+    // Which of each sender's room messages we hold, to show where some are missing: every
+    // room text takes its sender's next sequence number, so a jump is a message we have not
+    // (yet) received. (Direct conversations number their control messages too, so a jump
+    // there means nothing.)
+    let held = match &conversation {
+        ConversationId::Room(room) => {
+            palaver_protocol::node::rooms::gap_fill::held(store.room_log_index(room))
+        }
+        ConversationId::Direct(_) => Default::default(),
+    };
     Ok(entries
         .into_iter()
         .map(|mut entry| {
-            let missing = gaps.missing_before(&entry.sender, entry.seq);
+            let missing = palaver_protocol::VerifyingKey::from_bytes(&entry.sender)
+                .map_or(0, |sender| held.missing_before(&sender, entry.seq));
             // Names learned after a message arrived replace the stand-in it was stored with.
             if let Ok(Some(name)) = store.get::<String>(StateKey::Peer(entry.sender)) {
                 entry.from = name;
@@ -143,35 +153,6 @@ pub(crate) fn mark_read(
         unread: unread.count as u64,
     };
     Ok((read, moved))
-}
-
-/// Which of each sender's room messages we hold, to show where some are missing: every room text
-/// takes its sender's next sequence number, so a jump is a message we have not (yet) received.
-/// (Direct conversations number their control messages too, so a jump there means nothing.)
-struct RoomGaps(std::collections::HashMap<[u8; 32], Vec<u64>>);
-
-impl RoomGaps {
-    fn of(store: &Store, conversation: &ConversationId) -> Self {
-        let mut held: std::collections::HashMap<[u8; 32], Vec<u64>> = Default::default();
-        if let ConversationId::Room(room) = conversation {
-            for (sender, seq) in store.room_log_index(room) {
-                held.entry(sender).or_default().push(seq);
-            }
-        }
-        Self(held)
-    }
-
-    /// How many of `sender`'s messages just before `seq` we do not hold.
-    fn missing_before(&self, sender: &[u8; 32], seq: u64) -> u64 {
-        let Some(seqs) = self.0.get(sender) else {
-            return 0;
-        };
-        // Sorted: the room log is keyed by (sender, seq) in big-endian order.
-        let previous = match seqs.binary_search(&seq) {
-            Ok(i) | Err(i) => i.checked_sub(1).map(|i| seqs[i]).unwrap_or(0),
-        };
-        seq.saturating_sub(previous + 1)
-    }
 }
 
 /// Every conversation with at least one message, most recent first:
@@ -511,28 +492,5 @@ fn refusal_hint(reason: RefusalReason) -> &'static str {
              server goes in --relay)"
         }
         _ => "see the rendezvous's reason; the daemon logs in again when it reconnects",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RoomGaps;
-
-    #[test]
-    fn a_jump_in_a_senders_sequence_is_counted_as_missing_messages() {
-        let gaps = RoomGaps([([1; 32], vec![1, 2, 5, 6, 9])].into_iter().collect());
-        let missing: Vec<u64> = [1, 2, 5, 6, 9]
-            .iter()
-            .map(|seq| gaps.missing_before(&[1; 32], *seq))
-            .collect();
-        assert_eq!(missing, [0, 0, 2, 0, 2]);
-        // A first message that is not seq 1: the ones before it are missing too.
-        let late = RoomGaps([([2; 32], vec![4])].into_iter().collect());
-        assert_eq!(late.missing_before(&[2; 32], 4), 3);
-        assert_eq!(
-            late.missing_before(&[3; 32], 7),
-            0,
-            "unknown senders: nothing to say"
-        );
     }
 }

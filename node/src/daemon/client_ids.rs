@@ -1,40 +1,17 @@
-//! Idempotent sends. A client may name a send with a key of its own (`client_id` in the `send`
-//! call, `palaver send --id`): an interrupted send can then be repeated safely. The key is stored
-//! with the message, in the same transaction, so a repeat — also after a daemon restart —
-//! answers with the first send's message id and sends nothing; a repeat while the first is still
-//! under way waits for the first's answer. A key reused for a different recipient or text is an
-//! error rather than a silent "already sent".
+//! Idempotent sends, driven: which repeat is answered how is
+//! [`palaver_protocol::node::direct::keyed`]'s to decide; this reads what the store holds under
+//! the client's key, and answers.
 
+use palaver_protocol::UserName;
+use palaver_protocol::node::direct::keyed::{Begin, KeyedError, KeyedSend, text_digest};
 use palaver_protocol::wire::Payload;
-use palaver_protocol::{MessageId, UserName};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::direct::Job;
 use super::{Internal, Node};
 use crate::rpc::Reply;
 use crate::rpc::RpcError;
 use crate::store::StateKey;
-
-/// Keyed sends under way at once; past that, a new one is refused until some are answered.
-const MAX_IN_FLIGHT: usize = 1024;
-
-/// What a client's key stands for: the message it sent, and what was in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ClientSend {
-    pub(crate) id: MessageId,
-    pub(crate) to: UserName,
-    pub(crate) text_sha256: [u8; 32],
-}
-
-/// A keyed send that is under way: what it is, and who waits for its answer.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    to: UserName,
-    text_sha256: [u8; 32],
-    waiting: Vec<Reply>,
-}
 
 /// The key a keyed send is stored under, and what it records once the message is sealed.
 #[derive(Debug, Clone)]
@@ -48,14 +25,19 @@ impl ClientKey {
     pub(crate) fn state_key(&self) -> String {
         state_key(&self.client_id)
     }
+
+    /// What the store keeps under the key, with message `id`.
+    pub(crate) fn record(&self, id: palaver_protocol::MessageId) -> KeyedSend {
+        KeyedSend {
+            id,
+            to: self.to.clone(),
+            text_sha256: self.text_sha256,
+        }
+    }
 }
 
 fn state_key(client_id: &str) -> String {
     format!("client_id/{client_id}")
-}
-
-fn sha256(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
 }
 
 impl Node {
@@ -68,44 +50,45 @@ impl Node {
         reply: Reply,
     ) {
         let Some(client_id) = client_id else {
+            let reply = self.replies.park(reply);
             return self.send_direct(Job::to_name(to, Payload::Text(text), Some(reply)));
         };
-        let text_sha256 = sha256(&text);
-        let reused = || {
-            Err(RpcError::invalid(format!(
-                "client_id {client_id:?} was already used for another message; pick a new one"
-            )))
-        };
-        match self
+        let text_sha256 = text_digest(&text);
+        let stored = match self
             .store
-            .get::<ClientSend>(StateKey::Meta(&state_key(&client_id)))
+            .get::<KeyedSend>(StateKey::Meta(&state_key(&client_id)))
         {
-            Ok(Some(sent)) if sent.to == to && sent.text_sha256 == text_sha256 => {
-                let status = self.store.entry(&sent.id).ok().flatten().map(|e| e.status);
+            Ok(stored) => stored,
+            Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
+        };
+        let waiter = self.replies.park(reply);
+        match self
+            .keyed_sends
+            .begin(&client_id, &to, text_sha256, stored.as_ref(), waiter)
+        {
+            Begin::Sent { id, waiter } => {
+                let status = self.store.entry(&id).ok().flatten().map(|e| e.status);
                 let status = status.map(|s| s.as_str()).unwrap_or("sending");
                 // Once durable: the record may have been written by a send that is just now
                 // being flushed.
-                let answer = json!({"id": sent.id.to_hex(), "status": status});
-                return self.answer_when_durable(reply, Ok(answer));
+                let answer = json!({"id": id.to_hex(), "status": status});
+                if let Some(reply) = self.replies.take(waiter) {
+                    self.answer_when_durable(reply, Ok(answer));
+                }
             }
-            Ok(Some(_)) => return drop(reply.send(reused())),
-            Ok(None) => {}
-            Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
-        }
-        if let Some(under_way) = self.sends_in_flight.get_mut(&client_id) {
-            if under_way.to == to && under_way.text_sha256 == text_sha256 {
-                under_way.waiting.push(reply);
-            } else {
-                let _ = reply.send(reused());
+            Begin::Joined => {}
+            Begin::Refused { waiter, error } => {
+                let error = match error {
+                    KeyedError::Reused(_) => RpcError::invalid(error.to_string()),
+                    KeyedError::TooMany => RpcError::failed(error.to_string()),
+                };
+                self.replies.answer(waiter, Err(error));
             }
-            return;
+            Begin::Start => self.start_keyed_send(client_id, to, text, text_sha256),
         }
-        if self.sends_in_flight.len() >= MAX_IN_FLIGHT {
-            let _ = reply.send(Err(RpcError::failed(
-                "too many sends with a client_id under way; try again in a moment",
-            )));
-            return;
-        }
+    }
+
+    fn start_keyed_send(&mut self, client_id: String, to: UserName, text: String, sha: [u8; 32]) {
         // The job answers into this channel; whoever waits (the first caller and any repeat
         // that came meanwhile) hears that answer through the actor.
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -122,32 +105,20 @@ impl Node {
                 })
                 .await;
         });
-        self.sends_in_flight.insert(
-            client_id.clone(),
-            InFlight {
-                to: to.clone(),
-                text_sha256,
-                waiting: vec![reply],
-            },
-        );
+        let answer = self.replies.park(answer);
         let mut job = Job::to_name(to.clone(), Payload::Text(text), Some(answer));
         job.client_key = Some(ClientKey {
             client_id,
             to,
-            text_sha256,
+            text_sha256: sha,
         });
         self.send_direct(job);
     }
 
     /// A keyed send has its answer: everyone waiting for it hears the same.
     pub(crate) fn on_send_answered(&mut self, client_id: String, result: Result<Value, RpcError>) {
-        for reply in self
-            .sends_in_flight
-            .remove(&client_id)
-            .map(|f| f.waiting)
-            .unwrap_or_default()
-        {
-            let _ = reply.send(result.clone());
+        for waiter in self.keyed_sends.answered(&client_id) {
+            self.replies.answer(waiter, result.clone());
         }
     }
 }

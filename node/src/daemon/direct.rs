@@ -31,9 +31,11 @@ use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::durable::AfterFlush;
 use super::trust::Asked;
 use super::{Node, OUTBOX_META, Pending, now_ms};
-use crate::rpc::{Reply, RpcError};
+use super::replies::ReplyToken;
+use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
 
 mod delivery;
@@ -45,7 +47,8 @@ mod receive;
 pub(crate) struct Job {
     pub(crate) to: Recipient,
     pub(crate) payload: palaver_protocol::wire::Payload,
-    pub(crate) reply: Option<Reply>,
+    /// The parked reply of the call that asked for it (none for control messages).
+    pub(crate) reply: Option<ReplyToken>,
     /// The client's own key for this send, stored with the message (see [`super::client_ids`]).
     pub(crate) client_key: Option<super::client_ids::ClientKey>,
 }
@@ -58,7 +61,7 @@ impl Job {
     pub(crate) fn to_name(
         name: UserName,
         payload: palaver_protocol::wire::Payload,
-        reply: Option<Reply>,
+        reply: Option<ReplyToken>,
     ) -> Self {
         Self {
             to: Recipient::Name(name),
@@ -74,15 +77,6 @@ impl Job {
             payload,
             reply: None,
             client_key: None,
-        }
-    }
-
-    pub(crate) fn fail(self, message: String) {
-        match self.reply {
-            Some(reply) => {
-                let _ = reply.send(Err(RpcError::failed(message)));
-            }
-            None => tracing::warn!("could not send a control message: {message}"),
         }
     }
 }
@@ -168,10 +162,12 @@ impl Node {
                     .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
                 {
                     Ok(Some(sessions)) => self.seal_and_send(job, key, name, sessions, warning),
-                    Ok(None) => job.fail("the session with the recipient is gone".into()),
-                    Err(err) => job.fail(err.to_string()),
+                    Ok(None) => {
+                        self.fail_send(job.reply, "the session with the recipient is gone".into())
+                    }
+                    Err(err) => self.fail_send(job.reply, err.to_string()),
                 },
-                PipelineOutput::Fail { job, error } => job.fail(error),
+                PipelineOutput::Fail { job, error } => self.fail_send(job.reply, error),
             }
         }
     }
@@ -223,7 +219,7 @@ impl Node {
             sent_at_ms,
         } = match sealed {
             Ok(sealed) => sealed,
-            Err(err) => return fail_reply(job.reply, err.to_string()),
+            Err(err) => return self.fail_send(job.reply, err.to_string()),
         };
         let item = OutboxItem {
             id,
@@ -236,10 +232,10 @@ impl Node {
         // it is durable (with the ratchet state that encrypted it: a crash must not make us
         // encrypt with the same key twice).
         let Some(route) = item.route() else {
-            return fail_reply(job.reply, "the recipient's key is not valid".into());
+            return self.fail_send(job.reply, "the recipient's key is not valid".into());
         };
         if let Err(err) = self.state.delivery.hold(id, route, now_ms()) {
-            return fail_reply(job.reply, format!("cannot send now: {err}"));
+            return self.fail_send(job.reply, format!("cannot send now: {err}"));
         }
         let mut batch = StateBatch::default();
         batch
@@ -249,12 +245,7 @@ impl Node {
             .put(StateKey::Outbox(id), &item)
             .put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         if let Some(key) = &job.client_key {
-            let sent = super::client_ids::ClientSend {
-                id,
-                to: key.to.clone(),
-                text_sha256: key.text_sha256,
-            };
-            batch.put(StateKey::Meta(&key.state_key()), &sent);
+            batch.put(StateKey::Meta(&key.state_key()), &key.record(id));
         }
         let committed = match text {
             Some(text) => {
@@ -276,22 +267,43 @@ impl Node {
         };
         if let Err(err) = committed {
             self.state.delivery.cancel(id);
-            return fail_reply(job.reply, format!("could not store the message: {err}"));
+            return self.fail_send(job.reply, format!("could not store the message: {err}"));
         }
         let reply = job.reply;
-        self.when_durable(move |node, flushed| match flushed {
+        self.when_durable(AfterFlush::Sealed { id, reply, warning });
+    }
+
+    /// A message we sealed is on disk (with the ratchet state that sealed it): the send
+    /// answers, and the planner may hand it out.
+    pub(crate) fn on_sealed_durable(
+        &mut self,
+        id: MessageId,
+        reply: Option<ReplyToken>,
+        warning: Option<String>,
+        flushed: super::durable::Flushed,
+    ) {
+        match flushed {
             Ok(()) => {
                 if let Some(reply) = reply {
                     let mut answer = json!({"id": id.to_hex(), "status": "sending"});
                     if let Some(warning) = warning {
                         answer["warning"] = warning.into();
                     }
-                    let _ = reply.send(Ok(answer));
+                    self.replies.answer(reply, Ok(answer));
                 }
-                node.delivery_input(DeliveryInput::Durable(id));
+                self.delivery_input(DeliveryInput::Durable(id));
             }
-            Err(err) => fail_reply(reply, super::durable::not_durable(&err)),
-        });
+            Err(err) => self.fail_send(reply, super::durable::not_durable(&err)),
+        }
+    }
+
+    /// A send ended without its message: the call that asked hears why (a control message's
+    /// failure is logged).
+    fn fail_send(&mut self, reply: Option<ReplyToken>, message: String) {
+        match reply {
+            Some(reply) => self.replies.answer(reply, Err(RpcError::failed(message))),
+            None => tracing::warn!("could not send a control message: {message}"),
+        }
     }
 
     /// Our hybrid logical clock as last committed.
@@ -386,15 +398,6 @@ impl Node {
             Ok(()) => PipelineAnswer::SessionStarted,
             Err(err) => PipelineAnswer::Failed(err.to_string()),
         }
-    }
-}
-
-fn fail_reply(reply: Option<Reply>, message: String) {
-    match reply {
-        Some(reply) => {
-            let _ = reply.send(Err(RpcError::failed(message)));
-        }
-        None => tracing::warn!("{message}"),
     }
 }
 

@@ -5,13 +5,18 @@
 //! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
 //! flush at a time never does.)
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use libp2p::request_response::ResponseChannel;
+use palaver_protocol::wire::PeerResponse;
+use palaver_protocol::{MessageId, RoomId};
+use serde_json::Value;
 
 use super::{Internal, Node};
 use crate::rpc::Reply;
 use crate::rpc::RpcError;
 use crate::store::StoreError;
-use serde_json::Value;
 
 /// Why the writes a waiter waited for could not be made durable (shared by all its waiters).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,8 +36,42 @@ impl From<StoreError> for FlushError {
 /// How a flush ended.
 pub(crate) type Flushed = Result<(), FlushError>;
 
-/// What to do once the writes made before it are durable (or the flush failed).
-pub(crate) type AfterFlush = Box<dyn FnOnce(&mut Node, Flushed) + Send>;
+/// What waits for the writes made before it to be durable, and is done once they are (or
+/// the flush failed).
+#[derive(Debug)]
+pub(crate) enum AfterFlush {
+    /// Answer a call with `value` (with the failure if the flush failed).
+    Answer { reply: Reply, value: Value },
+    /// A direct message we sealed: the send is answered, and the delivery planner may hand it
+    /// out (see [`Node::on_sealed_durable`]).
+    Sealed {
+        id: MessageId,
+        reply: Option<super::replies::ReplyToken>,
+        warning: Option<String>,
+    },
+    /// A room message of ours: published, and the send answered (see
+    /// [`Node::on_room_message_durable`]).
+    RoomSealed {
+        room: RoomId,
+        frame: Vec<u8>,
+        id: MessageId,
+        reply: Reply,
+    },
+    /// A peer's delivery is stored: it is acknowledged (a sender that hears nothing tries again).
+    Acknowledge {
+        channel: ResponseChannel<PeerResponse>,
+        response: PeerResponse,
+    },
+    /// Held mail is stored: the mailbox lets it go, and its senders get receipts (see
+    /// [`Node::on_mail_durable`]).
+    MailStored {
+        acks: Vec<MessageId>,
+        more: bool,
+        receipts: HashMap<[u8; 32], Vec<MessageId>>,
+    },
+    /// Our prekeys' secrets are on disk: the session may publish their public halves.
+    Prekeys,
+}
 
 /// What a caller hears when the flush its write waited for failed.
 pub(crate) fn not_durable(err: &FlushError) -> String {
@@ -93,9 +132,9 @@ impl<T> GroupCommit<T> {
 }
 
 impl Node {
-    /// Runs `then` once everything written to the store so far is on disk.
-    pub(crate) fn when_durable(&mut self, then: impl FnOnce(&mut Node, Flushed) + Send + 'static) {
-        if self.commit.wait(Box::new(then)) {
+    /// Does `then` once everything written to the store so far is on disk.
+    pub(crate) fn when_durable(&mut self, then: AfterFlush) {
+        if self.commit.wait(then) {
             self.start_flush();
         }
     }
@@ -103,13 +142,47 @@ impl Node {
     /// Answers a command once what it wrote is durable (an error at once).
     pub(crate) fn answer_when_durable(&mut self, reply: Reply, result: Result<Value, RpcError>) {
         match result {
-            Ok(value) => self.when_durable(move |_, flushed| {
+            Ok(value) => self.when_durable(AfterFlush::Answer { reply, value }),
+            Err(err) => drop(reply.send(Err(err))),
+        }
+    }
+
+    /// What waited for a flush, done now that it ended.
+    fn after_flush(&mut self, then: AfterFlush, flushed: Flushed) {
+        match then {
+            AfterFlush::Answer { reply, value } => {
                 let answer = flushed
                     .map(|()| value)
                     .map_err(|e| RpcError::failed(not_durable(&e)));
                 let _ = reply.send(answer);
-            }),
-            Err(err) => drop(reply.send(Err(err))),
+            }
+            AfterFlush::Sealed { id, reply, warning } => {
+                self.on_sealed_durable(id, reply, warning, flushed)
+            }
+            AfterFlush::RoomSealed {
+                room,
+                frame,
+                id,
+                reply,
+            } => self.on_room_message_durable(room, frame, id, reply, flushed),
+            AfterFlush::Acknowledge { channel, response } => {
+                if flushed.is_ok() {
+                    let peer = &mut self.swarm.behaviour_mut().peer;
+                    let _ = peer.send_response(channel, response);
+                }
+            }
+            AfterFlush::MailStored {
+                acks,
+                more,
+                receipts,
+            } => self.on_mail_durable(acks, more, receipts, flushed),
+            AfterFlush::Prekeys => {
+                if let Err(err) = &flushed {
+                    tracing::error!("cannot store prekeys, not publishing them: {err}");
+                }
+                let durable = flushed.map_err(|err| err.to_string());
+                self.session_input(palaver_protocol::node::session::Input::PrekeysDurable(durable));
+            }
         }
     }
 
@@ -135,7 +208,7 @@ impl Node {
             self.fatal = Some(format!("cannot make the store durable: {err}"));
         }
         for then in self.commit.finish() {
-            then(self, result.clone());
+            self.after_flush(then, result.clone());
         }
         if self.commit.settle() && !self.stopping {
             self.start_flush();
@@ -157,7 +230,7 @@ impl Node {
                 break;
             }
             for then in waiting {
-                then(self, result.clone());
+                self.after_flush(then, result.clone());
             }
         }
         result

@@ -232,12 +232,7 @@ impl Node {
             return;
         }
         if then_publish {
-            self.when_durable(|node, flushed| {
-                if let Err(err) = &flushed {
-                    tracing::error!("cannot store prekeys, not publishing them: {err}");
-                }
-                node.session_input(Input::PrekeysDurable(flushed.map_err(|e| e.to_string())));
-            });
+            self.when_durable(super::durable::AfterFlush::Prekeys);
         }
     }
 

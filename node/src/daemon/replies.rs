@@ -1,7 +1,8 @@
-//! Control-socket calls that wait for something (a rendezvous answer): the request they wait on
-//! carries a token ([`super::Pending`] is plain data), and the driver keeps the reply here until
-//! the answer, or the request's failure, comes. Every parked reply belongs to a request the
-//! session machine holds (its window and queue are bounded), and each request ends in an
+//! Control-socket calls that wait for something (a rendezvous answer, a send under way): what
+//! they wait on carries a token ([`super::Pending`] and the send pipeline's jobs are plain
+//! data), and the driver keeps the reply here until the answer, or the failure, comes. Every
+//! parked reply belongs to a request the session machine holds or a job the send pipeline
+//! holds (both bounded), or to a sealed message waiting for its flush; each of those ends in an
 //! answer or a failure, so this is bounded too.
 
 use std::collections::HashMap;

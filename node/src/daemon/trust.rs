@@ -5,7 +5,7 @@
 
 use palaver_protocol::node::direct::pipeline::Facts;
 pub(crate) use palaver_protocol::node::trust::Asked;
-use palaver_protocol::node::trust::{self, Contact, KeyChange, Unconfirmed};
+use palaver_protocol::node::trust::{self, Contact, KeyChange};
 use palaver_protocol::{Fingerprint, MessageId, SafetyNumber, UserName, VerifyingKey};
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
@@ -27,30 +27,6 @@ pub(crate) fn load_contact(store: &Store, name: &str) -> Result<Option<Contact>,
     }
 }
 
-fn fingerprint(key: &[u8; 32]) -> String {
-    VerifyingKey::from_bytes(key)
-        .map(|key| Fingerprint::of(&key).to_string())
-        .unwrap_or_else(|_| "(not a key)".into())
-}
-
-/// The error a send to a verified contact whose key changed answers with.
-pub(crate) fn unconfirmed_error(name: &UserName, change: Unconfirmed) -> String {
-    format!(
-        "{name}'s safety number changed since you verified it (key {} is now {}): someone may \
-         be in between. Compare the new one with `palaver verify {name}`, then accept it with \
-         `palaver verify {name} --confirm`",
-        fingerprint(&change.verified),
-        fingerprint(&change.new),
-    )
-}
-
-/// The warning a send to an unverified contact whose key changed carries, once.
-pub(crate) fn change_warning(name: &UserName) -> String {
-    format!(
-        "{name}'s safety number changed (a reinstall, or someone in between); compare it with \
-         `palaver verify {name}`"
-    )
-}
 
 /// What the store knows, as the send pipeline asks it.
 pub(crate) struct StoreFacts<'a> {
@@ -80,7 +56,7 @@ impl Facts for StoreFacts<'_> {
         };
         let (key, changed) = contact
             .key_to_send()
-            .map_err(|change| unconfirmed_error(name, change))?;
+            .map_err(|change| change.refusal(name))?;
         let key = VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
         let warning = changed.map(|_| {
             // Losing this write shows the warning once more: nothing to wait for.
@@ -89,7 +65,7 @@ impl Facts for StoreFacts<'_> {
             if let Err(err) = self.store.apply(&batch) {
                 tracing::warn!("store: {err}");
             }
-            change_warning(name)
+            trust::change_warning(name)
         });
         Ok(Some((key, warning)))
     }
@@ -159,24 +135,11 @@ impl Node {
     }
 
     fn on_key_changed(&mut self, change: KeyChange) {
-        let KeyChange {
-            name,
-            old,
-            new,
-            verified,
-        } = change;
-        let name = &name;
-        let (old_fingerprint, new_fingerprint) = (fingerprint(&old), fingerprint(&new));
+        let (old_fingerprint, new_fingerprint) =
+            (trust::fingerprint(&change.old), trust::fingerprint(&change.new));
+        let (name, verified) = (&change.name, change.verified);
         tracing::warn!(%name, %old_fingerprint, %new_fingerprint, verified, "a contact's key changed");
-        let text = if verified {
-            format!(
-                "{name}'s safety number changed. You had verified the old one: messages to \
-                 {name} wait until you compare the new one (palaver verify {name}) and confirm it."
-            )
-        } else {
-            format!("{name}'s safety number changed. Compare it: palaver verify {name}")
-        };
-        self.record_notice(name, text);
+        self.record_notice(name, change.notice());
         self.emit(crate::rpc::Event::KeyChanged {
             name: name.to_string(),
             old_fingerprint,
@@ -254,7 +217,7 @@ impl Node {
             return drop(reply.send(Err(RpcError::failed(err.to_string()))));
         }
         if !was_verified {
-            self.record_notice(&name, format!("You marked {name} as verified."));
+            self.record_notice(&name, trust::verified_notice(&name));
         }
         self.answer_when_durable(reply, Ok(value));
     }

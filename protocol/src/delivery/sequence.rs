@@ -174,6 +174,20 @@ impl SequenceTracker {
         gaps
     }
 
+    /// How many of `sender`'s seqs just below `seq` are missing (to show where a conversation
+    /// has a hole); 0 for a sender not tracked, or below `have_through`.
+    pub fn missing_before(&self, sender: &VerifyingKey, seq: u64) -> u64 {
+        let Some(state) = self.senders.get(sender.as_bytes()) else {
+            return 0;
+        };
+        if seq <= state.have_through.saturating_add(1) {
+            return 0;
+        }
+        let previous = state.ahead.range(..seq).next_back().copied();
+        let previous = previous.unwrap_or(state.have_through);
+        seq.saturating_sub(previous.saturating_add(1))
+    }
+
     /// Every tracked sender's `have_through`, for a [`GapFillRequest`](crate::wire::GapFillRequest).
     pub fn cursors(&self) -> Vec<SenderCursor> {
         self.senders
@@ -256,6 +270,28 @@ mod tests {
         tracker.observe(&alice, 4).unwrap();
         assert_eq!(tracker.gaps(&alice), vec![7..=8]);
         assert_eq!(tracker.have_through(&alice), 6);
+    }
+
+    #[test]
+    fn a_jump_in_a_senders_sequence_is_counted_as_missing_messages() {
+        let mut tracker = SequenceTracker::new();
+        let (alice, bob, carol) = (key(1), key(2), key(3));
+        for seq in [1, 2, 5, 6, 9] {
+            tracker.observe(&alice, seq).unwrap();
+        }
+        let missing: Vec<u64> = [1, 2, 5, 6, 9]
+            .iter()
+            .map(|seq| tracker.missing_before(&alice, *seq))
+            .collect();
+        assert_eq!(missing, [0, 0, 2, 0, 2]);
+        // A first message that is not seq 1: the ones before it are missing too.
+        tracker.observe(&bob, 4).unwrap();
+        assert_eq!(tracker.missing_before(&bob, 4), 3);
+        assert_eq!(
+            tracker.missing_before(&carol, 7),
+            0,
+            "unknown senders: nothing to say"
+        );
     }
 
     #[test]

@@ -437,6 +437,7 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
     }
 }
 
+pub mod keyed;
 pub mod pairwise;
 pub mod pipeline;
 

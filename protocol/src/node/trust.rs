@@ -135,6 +135,54 @@ pub struct KeyChange {
     pub verified: bool,
 }
 
+impl KeyChange {
+    /// The line filed in the conversation with the contact.
+    pub fn notice(&self) -> String {
+        let name = &self.name;
+        if self.verified {
+            format!(
+                "{name}'s safety number changed. You had verified the old one: messages to \
+                 {name} wait until you compare the new one (palaver verify {name}) and confirm it."
+            )
+        } else {
+            format!("{name}'s safety number changed. Compare it: palaver verify {name}")
+        }
+    }
+}
+
+impl Unconfirmed {
+    /// Why a send to `name` is refused.
+    pub fn refusal(&self, name: &UserName) -> String {
+        format!(
+            "{name}'s safety number changed since you verified it (key {} is now {}): someone \
+             may be in between. Compare the new one with `palaver verify {name}`, then accept \
+             it with `palaver verify {name} --confirm`",
+            fingerprint(&self.verified),
+            fingerprint(&self.new),
+        )
+    }
+}
+
+/// The warning the first send to `name` after its (unverified) key changed carries.
+pub fn change_warning(name: &UserName) -> String {
+    format!(
+        "{name}'s safety number changed (a reinstall, or someone in between); compare it with \
+         `palaver verify {name}`"
+    )
+}
+
+/// The line filed in the conversation with `name` when the user marks it verified.
+pub fn verified_notice(name: &UserName) -> String {
+    format!("You marked {name} as verified.")
+}
+
+/// A key's fingerprint as shown to people (or a placeholder for bytes that are no key).
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    VerifyingKey::from_bytes(key)
+        .map(|key| crate::Fingerprint::of(&key).to_string())
+        .unwrap_or_else(|_| "(not a key)".into())
+}
+
 /// What an answer taught us.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Learned {

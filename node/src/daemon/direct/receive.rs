@@ -44,15 +44,7 @@ impl Node {
                 };
                 // Acknowledge only once what we stored is on disk; without an answer the
                 // sender tries again.
-                self.when_durable(move |node, flushed| {
-                    if flushed.is_ok() {
-                        let _ = node
-                            .swarm
-                            .behaviour_mut()
-                            .peer
-                            .send_response(channel, response);
-                    }
-                });
+                self.when_durable(AfterFlush::Acknowledge { channel, response });
             }
             PeerRequest::GapFill(request) => {
                 let response = self.answer_gap_fill(peer, request);
@@ -202,24 +194,30 @@ impl Node {
                 }
             }
         }
-        self.when_durable(move |node, flushed| {
-            if let Err(err) = flushed {
-                return tracing::error!(
-                    "received mail is not on disk, not acknowledging it: {err}"
-                );
-            }
-            node.session_input(palaver_protocol::node::session::Input::MailStored {
-                acks,
-                more: remaining > 0,
-            });
-            for (sender, ids) in receipts {
-                if let Ok(key) = VerifyingKey::from_bytes(&sender) {
-                    node.send_direct(Job::to_key(
-                        key,
-                        palaver_protocol::wire::Payload::Receipt(ids),
-                    ));
-                }
-            }
+        self.when_durable(AfterFlush::MailStored {
+            acks,
+            more: remaining > 0,
+            receipts,
         });
+    }
+
+    /// Held mail is on disk: the mailbox may let it go, and its senders hear it arrived.
+    pub(crate) fn on_mail_durable(
+        &mut self,
+        acks: Vec<MessageId>,
+        more: bool,
+        receipts: std::collections::HashMap<[u8; 32], Vec<MessageId>>,
+        flushed: super::super::durable::Flushed,
+    ) {
+        if let Err(err) = flushed {
+            return tracing::error!("received mail is not on disk, not acknowledging it: {err}");
+        }
+        self.session_input(palaver_protocol::node::session::Input::MailStored { acks, more });
+        for (sender, ids) in receipts {
+            if let Ok(key) = VerifyingKey::from_bytes(&sender) {
+                let receipt = palaver_protocol::wire::Payload::Receipt(ids);
+                self.send_direct(Job::to_key(key, receipt));
+            }
+        }
     }
 }

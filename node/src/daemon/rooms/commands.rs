@@ -3,12 +3,12 @@
 
 use palaver_protocol::node::rooms::RoomError;
 use palaver_protocol::wire::{Content, Payload};
-use palaver_protocol::{RoomName, UserName};
+use palaver_protocol::{MessageId, RoomId, RoomName, UserName};
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
 use super::{log_key, refused};
-use crate::daemon::durable::not_durable;
+use crate::daemon::durable::{AfterFlush, Flushed, not_durable};
 use crate::daemon::{Node, now_ms};
 use crate::rpc::{Reply, RpcError};
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
@@ -159,24 +159,39 @@ impl Node {
         };
         self.room_io.not_yet_durable.insert(id);
         // Published only once durable: a crash must not make us reuse a chain index.
-        self.when_durable(move |node, flushed| {
-            if flushed.is_ok() {
-                node.room_io.not_yet_durable.remove(&id);
-            }
-            let result = flushed
-                .map_err(|e| RpcError::failed(not_durable(&e)))
-                .map(|()| {
-                    // A daemon on its way out has stopped its swarm: the message stays unsent
-                    // on disk and goes out at the next start.
-                    if !node.stopping {
-                        node.publish(&room, frame, id);
-                    }
-                    let status = node.store.entry(&id).ok().flatten().map(|e| e.status);
-                    let status = status.unwrap_or(Status::Sending).as_str();
-                    json!({"id": id.to_hex(), "status": status})
-                });
-            let _ = reply.send(result);
+        self.when_durable(AfterFlush::RoomSealed {
+            room,
+            frame,
+            id,
+            reply,
         });
+    }
+
+    /// Our room message is on disk: published now, and the send answered.
+    pub(crate) fn on_room_message_durable(
+        &mut self,
+        room: RoomId,
+        frame: Vec<u8>,
+        id: MessageId,
+        reply: Reply,
+        flushed: Flushed,
+    ) {
+        if flushed.is_ok() {
+            self.room_io.not_yet_durable.remove(&id);
+        }
+        let result = flushed
+            .map_err(|e| RpcError::failed(not_durable(&e)))
+            .map(|()| {
+                // A daemon on its way out has stopped its swarm: the message stays unsent on
+                // disk and goes out at the next start.
+                if !self.stopping {
+                    self.publish(&room, frame, id);
+                }
+                let status = self.store.entry(&id).ok().flatten().map(|e| e.status);
+                let status = status.unwrap_or(Status::Sending).as_str();
+                json!({"id": id.to_hex(), "status": status})
+            });
+        let _ = reply.send(result);
     }
 
     /// Seals and stores our next message to a room: `(room, frame, id)` to publish.

@@ -5,34 +5,34 @@
 //! The room log (sender, sequence number → frame) lives in the driver's store; these are the
 //! decisions over it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use ed25519_dalek::VerifyingKey;
 
 use super::Rooms;
 use crate::codec::MAX_FRAME_LEN;
+use crate::delivery::SequenceTracker;
 use crate::wire::peer::MAX_GAP_FILL;
 use crate::wire::{Envelope, GapFillRequest, GapFillResponse, RoomId, SenderCursor};
 
-/// Per sender, the highest sequence number held without a gap, from the room log's
-/// `(sender, seq)` index in order.
-pub fn cursors(index: impl IntoIterator<Item = ([u8; 32], u64)>) -> Vec<SenderCursor> {
-    let mut have: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+/// What the room log holds of each sender, from its `(sender, seq)` index: for gap fill's
+/// cursors, and to show where history has holes. A gap with more than
+/// [`MAX_AHEAD_PER_SENDER`](crate::delivery::MAX_AHEAD_PER_SENDER) of the sender's
+/// messages after it is given up (see [`SequenceTracker`]), rather than asked for for ever.
+pub fn held(index: impl IntoIterator<Item = ([u8; 32], u64)>) -> SequenceTracker {
+    let mut tracker = SequenceTracker::new();
     for (sender, seq) in index {
-        let through = have.entry(sender).or_insert(0);
-        if seq == *through + 1 {
-            *through = seq;
+        if let Ok(sender) = VerifyingKey::from_bytes(&sender) {
+            // Seq 0 (never stored) and senders past the bound are left out.
+            let _ = tracker.observe(&sender, seq);
         }
     }
-    have.into_iter()
-        .filter_map(|(sender, have_through)| {
-            let sender = VerifyingKey::from_bytes(&sender).ok()?;
-            Some(SenderCursor {
-                sender,
-                have_through,
-            })
-        })
-        .collect()
+    tracker
+}
+
+/// Per sender, the highest sequence number held without a gap, from the room log's index.
+pub fn cursors(index: impl IntoIterator<Item = ([u8; 32], u64)>) -> Vec<SenderCursor> {
+    held(index).cursors()
 }
 
 /// What we ask a member for in room `room`, given our log's index.
