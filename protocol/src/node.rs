@@ -8,6 +8,8 @@
 //! - [`discovery`]: where our signed peer record is registered at the rendezvous, and when.
 //! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
 //!   reported, verified contacts guarded.
+//! - [`gate`]: who may take part in a private room's gossip topic, and what becomes of the
+//!   outsiders who try (refused, dropped, disconnected and banned for a while).
 //! - [`rooms`]: room membership, sender-key logistics (held messages, early and missing keys,
 //!   epochs) and room crypto, private and public; gap fill's decisions over the room log.
 //! - [`session`]: the rendezvous session — login and registration, prekeys, heartbeats, held
@@ -27,6 +29,7 @@ pub mod addr;
 pub mod announce;
 pub mod direct;
 pub mod discovery;
+pub mod gate;
 pub mod presence;
 pub mod reach;
 pub mod rooms;

@@ -1,5 +1,8 @@
 //! Gossipsub with a gate in front: a private room's topic is for its members only.
 //!
+//! The rulebook (who is admitted, thresholds, bans, warnings, which peers to push out) is
+//! [`palaver_protocol::node::gate`]; this wrapper carries its decisions out against gossipsub.
+//!
 //! Gossipsub decides who is in a topic's mesh, whom it forwards to and whom it gossips IHAVE to
 //! from one record, the topics each peer subscribed to; it has no per-topic say over remote
 //! peers (its subscription filter does not know whose subscription it filters). So every RPC a
@@ -11,7 +14,7 @@
 //!   the peer becomes a member (we learnt of a join after the joiner subscribed);
 //! - a message to a gated topic from a peer that is not a member is dropped before gossipsub
 //!   (or our signature checks) sees it, and counted; a peer that keeps at it is disconnected and
-//!   its connections refused for a while ([`access::BAN`]);
+//!   its connections refused for a while ([`BAN_MS`](palaver_protocol::node::gate::BAN_MS));
 //! - a member who is removed while subscribed is disconnected at once: gossipsub has no other
 //!   way to drop a peer from a topic, and when it reconnects, its subscription meets the gate.
 //!
@@ -29,11 +32,7 @@ use libp2p::swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-
-pub(crate) mod access;
-
-pub(crate) use access::GateCounters;
-use access::MeshAccess;
+use palaver_protocol::node::gate::{GateCounters, MembershipChange, MeshAccess};
 
 type Inner = gossipsub::Behaviour;
 /// What a gossipsub connection hands up: for a received RPC, its subscriptions, messages and
@@ -46,7 +45,10 @@ struct Banned;
 
 pub(crate) struct GossipGate {
     inner: Inner,
-    access: MeshAccess,
+    access: MeshAccess<TopicHash>,
+    /// What the gate's `now` counts from: a monotonic clock, so a ban neither ends early nor
+    /// lasts longer when the wall clock is set.
+    started: Instant,
     /// Per peer, its last refused subscription change per gated topic, as an RPC to hand to
     /// gossipsub if the peer becomes a member (bounded by the connected peers times our rooms).
     refused: HashMap<PeerId, HashMap<TopicHash, (ConnectionId, FromConnection)>>,
@@ -59,6 +61,7 @@ impl GossipGate {
         Self {
             inner,
             access: MeshAccess::default(),
+            started: Instant::now(),
             refused: HashMap::new(),
             to_close: VecDeque::new(),
             waker: None,
@@ -68,7 +71,14 @@ impl GossipGate {
     /// Gates `topic` to the peers in `members`: who is let in now takes part at once (a refused
     /// subscription of theirs is taken after all); who was in and is not any more is pushed out.
     pub(crate) fn set_members(&mut self, topic: TopicHash, members: HashSet<PeerId>) {
-        for peer in self.access.set_members(topic.clone(), members) {
+        let subscribers = self
+            .inner
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .map(|(peer, _)| *peer);
+        let MembershipChange { admitted, evicted } =
+            self.access.set_members(topic.clone(), members, subscribers);
+        for peer in admitted {
             let Some((connection, rpc)) = self
                 .refused
                 .get_mut(&peer)
@@ -80,17 +90,8 @@ impl GossipGate {
             self.inner
                 .on_connection_handler_event(peer, connection, rpc);
         }
-        // Whoever gossipsub has in the topic and the gate would not admit: one removed just
-        // now, or one that subscribed before we knew the topic was a private room's.
-        let intruders: Vec<PeerId> = self
-            .inner
-            .all_peers()
-            .filter(|(peer, topics)| topics.contains(&&topic) && !self.access.admits(peer, &topic))
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in intruders {
+        for peer in evicted {
             tracing::info!("{peer} is no longer a member of {topic}: disconnecting it");
-            self.access.on_evicted();
             self.close(peer);
         }
     }
@@ -105,6 +106,11 @@ impl GossipGate {
 
     pub(crate) fn counters(&self) -> GateCounters {
         self.access.counters()
+    }
+
+    /// The gate's time: ms since it was made.
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn close(&mut self, peer: PeerId) {
@@ -158,24 +164,25 @@ impl GossipGate {
         let before = rpc.messages.len();
         let access = &self.access;
         rpc.messages.retain(|m| access.admits(&peer, &m.topic));
-        let now = Instant::now();
-        for _ in rpc.messages.len()..before {
-            let verdict = self.access.on_outsider_message(peer, now);
-            if let Some(dropped) = verdict.warn {
-                tracing::warn!(
-                    "dropped {dropped} message(s) from {peer} to a private room it is not a member of"
-                );
-            }
-            if verdict.disconnect {
-                tracing::warn!("{peer} keeps publishing into a private room: disconnecting it");
-                self.close(peer);
-                break;
-            }
+        let dropped = before - rpc.messages.len();
+        if dropped == 0 {
+            return;
+        }
+        let verdict = self.access.on_outsider_messages(peer, dropped, self.now());
+        if let Some(dropped) = verdict.warn {
+            tracing::warn!(
+                "dropped {dropped} message(s) from {peer} to a private room it is not a member of"
+            );
+        }
+        if verdict.disconnect {
+            tracing::warn!("{peer} keeps publishing into a private room: disconnecting it");
+            self.close(peer);
         }
     }
 
     fn refuse_banned(&mut self, peer: &PeerId) -> Result<(), ConnectionDenied> {
-        if self.access.is_banned(peer, Instant::now()) {
+        let now = self.now();
+        if self.access.is_banned(peer, now) {
             tracing::debug!("refusing a connection from {peer}: banned for flooding");
             return Err(ConnectionDenied::new(Banned));
         }

@@ -44,6 +44,8 @@ mod commands;
 pub mod gap_fill;
 mod receive;
 
+pub use receive::GossipVerdict;
+
 #[cfg(test)]
 mod tests;
 

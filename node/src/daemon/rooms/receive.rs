@@ -2,9 +2,9 @@
 //! machine with the time and randomness it needs.
 
 use libp2p::{PeerId, gossipsub};
-use palaver_protocol::node::rooms::RoomReject;
-use palaver_protocol::wire::{Body, Payload};
-use palaver_protocol::{Envelope, RoomId, VerifyingKey};
+use palaver_protocol::node::rooms::GossipVerdict;
+use palaver_protocol::wire::Payload;
+use palaver_protocol::{RoomId, VerifyingKey};
 use rand_core::OsRng;
 
 use super::super::now_ms;
@@ -19,26 +19,16 @@ impl Node {
         message_id: gossipsub::MessageId,
         data: Vec<u8>,
     ) {
-        let envelope = Envelope::from_bytes(&data).ok();
-        let id = envelope.as_ref().map(Envelope::id);
-        let acceptance = match (envelope.map(|e| e.body), id) {
-            (Some(Body::Room(_)), Some(id)) if self.store.contains(&id).unwrap_or(false) => {
-                gossipsub::MessageAcceptance::Ignore
-            }
-            (Some(Body::Room(message)), Some(id)) => {
-                match self.state.rooms.receive(id, message, data, now_ms()) {
-                    Ok(()) => gossipsub::MessageAcceptance::Accept,
-                    Err(RoomReject::Held | RoomReject::Stale) => {
-                        gossipsub::MessageAcceptance::Ignore
-                    }
-                    Err(RoomReject::Invalid(reason)) => {
-                        tracing::debug!("room message from {source} rejected: {reason}");
-                        gossipsub::MessageAcceptance::Reject
-                    }
-                }
-            }
-            _ => {
-                self.state.rooms.count_rejected();
+        let store = &self.store;
+        let verdict =
+            self.state
+                .rooms
+                .on_gossip(data, |id| store.contains(id).unwrap_or(false), now_ms());
+        let acceptance = match verdict {
+            GossipVerdict::Accept => gossipsub::MessageAcceptance::Accept,
+            GossipVerdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            GossipVerdict::Reject(reason) => {
+                tracing::debug!("room message from {source} rejected: {reason}");
                 gossipsub::MessageAcceptance::Reject
             }
         };

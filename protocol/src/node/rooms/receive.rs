@@ -3,8 +3,53 @@
 //! key and membership requests, and members leaving.
 
 use super::*;
+use crate::wire::{Body, Envelope};
+
+/// What gossip is to be told about a frame that came in on a room topic: whether to pass it on
+/// to the other peers in the mesh, and whether to hold it against who relayed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipVerdict {
+    /// Taken: pass it on.
+    Accept,
+    /// Genuine or harmless but not taken now (a duplicate, held for a key, or stale): neither
+    /// passed on nor held against the relay.
+    Ignore,
+    /// Not a valid room message: not passed on, and held against the relay; why.
+    Reject(String),
+}
 
 impl Rooms {
+    /// A frame that came in on a room topic. `stored` says whether the driver has the message
+    /// with this id already (its store holds every message read or sent); a room message is
+    /// otherwise taken in as by [`Self::receive`], and anything else is counted as rejected.
+    pub fn on_gossip(
+        &mut self,
+        frame: Vec<u8>,
+        stored: impl FnOnce(&MessageId) -> bool,
+        now: u64,
+    ) -> GossipVerdict {
+        let envelope = match Envelope::from_bytes(&frame) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                self.count_rejected();
+                return GossipVerdict::Reject(format!("not an envelope: {err}"));
+            }
+        };
+        let id = envelope.id();
+        let Body::Room(message) = envelope.body else {
+            self.count_rejected();
+            return GossipVerdict::Reject("not a room message".into());
+        };
+        if stored(&id) {
+            return GossipVerdict::Ignore;
+        }
+        match self.receive(id, message, frame, now) {
+            Ok(()) => GossipVerdict::Accept,
+            Err(RoomReject::Held | RoomReject::Stale) => GossipVerdict::Ignore,
+            Err(RoomReject::Invalid(reason)) => GossipVerdict::Reject(reason),
+        }
+    }
+
     /// Takes in a room message whose envelope was verified and which we have not seen before;
     /// on success it is handed out as [`Output::Read`]. `Held` while its sender's key is still
     /// to come.

@@ -686,3 +686,51 @@ fn a_member_is_asked_once_at_a_time_and_again_only_while_it_teaches_us_something
     assert!(!asking.answered(room, &ben, false, true), "nothing more");
     assert!(asking.ask(room, &ben), "asked again at the next meeting");
 }
+
+#[test]
+fn gossip_is_told_to_pass_on_what_was_read_to_ignore_duplicates_and_held_and_to_reject_the_rest() {
+    let mut net = Members::new(2);
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::SenderKey { .. });
+    net.team();
+    let (_, _, held) = net.seal(0, "held");
+    assert_eq!(
+        net.rooms[1].on_gossip(held, |_| false, net.now),
+        GossipVerdict::Ignore,
+        "held while ann's key is missing: genuine, not held against the relay"
+    );
+    net.lose = |_, _, _| false;
+    net.pass(KEY_WAIT_MS);
+    assert_eq!(net.read[1], vec!["held"]);
+
+    let (id, _, frame) = net.seal(0, "read");
+    assert_eq!(
+        net.rooms[1].on_gossip(frame.clone(), |_| false, net.now),
+        GossipVerdict::Accept
+    );
+    net.drain(1);
+    assert_eq!(net.read[1], vec!["held", "read"]);
+    assert_eq!(
+        net.rooms[1].on_gossip(frame.clone(), |seen| *seen == id, net.now),
+        GossipVerdict::Ignore,
+        "one the driver has stored already"
+    );
+
+    let rejected = net.rooms[1].rejected();
+    let mut tampered = frame.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    for junk in [b"not an envelope".to_vec(), tampered] {
+        assert!(matches!(
+            net.rooms[1].on_gossip(junk, |_| false, net.now),
+            GossipVerdict::Reject(_)
+        ));
+    }
+    assert_eq!(net.rooms[1].rejected(), rejected + 2);
+    // Our own message coming back is no room message for us to take.
+    assert!(matches!(
+        net.rooms[0].on_gossip(frame, |_| false, net.now),
+        GossipVerdict::Reject(_)
+    ));
+    assert!(net.read[0].is_empty());
+}
