@@ -373,7 +373,7 @@ impl Node {
         let error = (explicit && !unknown.is_empty())
             .then(|| format!("unknown user {} at this rendezvous", unknown.join(", ")));
         for user in users {
-            self.remember_presence(user.presence);
+            let _ = self.remember_presence(user.presence);
         }
         match error {
             Some(error) => Err(RpcError::failed(error)),
@@ -412,8 +412,9 @@ impl Node {
     }
 
     /// Keeps what the rendezvous says of a user's presence: in memory, and in the store, so
-    /// that a daemon restarted while the rendezvous is down still knows the last state.
-    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) {
+    /// that a daemon restarted while the rendezvous is down still knows the last state. `true`
+    /// when the user came online (see [`presence::Presence::pushed`]).
+    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) -> bool {
         let key = presence_key(record.name.as_str());
         // Best effort: it is only shown, marked stale, when nothing fresher can be had.
         if let Err(err) = self
@@ -422,7 +423,7 @@ impl Node {
         {
             tracing::debug!("cannot keep presence: {err}");
         }
-        self.presence.heard(record);
+        self.presence.pushed(record)
     }
 
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),

@@ -211,7 +211,7 @@ impl Node {
                     let asked = Asked::Names(self.contact_names());
                     self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
-                        self.remember_presence(user.presence);
+                        let _ = self.remember_presence(user.presence);
                     }
                 }
                 Output::Mail { items, remaining } => self.on_mail(items, remaining),
@@ -444,15 +444,13 @@ impl Node {
     }
 
     fn on_presence_push(&mut self, record: PresenceRecord) {
-        let name = record.name.to_string();
-        let came_online = self.presence.pushed(record.clone());
         self.emit(crate::rpc::Event::Presence {
-            name,
+            name: record.name.to_string(),
             state: state_str(record.state),
             last_seen: record.last_seen_ms,
         });
         let user = record.name.clone();
-        self.remember_presence(record);
+        let came_online = self.remember_presence(record);
         if came_online && self.state.session.is_logged_in() {
             // A contact that logs in may have come back with another key: ask, and see.
             let request = RendezvousRequest::Lookup {
