@@ -167,8 +167,8 @@ enum Token {
     FinalFetch,
     /// A send's lookup of its recipient's name.
     Lookup(CallId, UserName),
-    /// A send's prekey fetch, for a session with this key.
-    Prekeys(CallId, VerifyingKey),
+    /// A send's prekey fetch.
+    Prekeys(CallId),
 }
 
 /// What a simulated envelope stands for (its ciphertext is only a counter).
@@ -557,7 +557,11 @@ impl Sim {
                 if self.nodes[node].life == life
                     && let Some(session) = self.nodes[node].state.as_mut().map(|s| &mut s.session)
                 {
-                    session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
+                    session.handle(
+                        Input::PrekeysDurable { durable: true },
+                        self.now,
+                        &mut self.rng,
+                    );
                     self.drive(node);
                 }
             }
@@ -815,7 +819,11 @@ impl Sim {
                         self.at(slow, Event::PrekeysStored { node: i, life });
                     } else if then_publish {
                         let session = &mut self.nodes[i].state.as_mut().expect("running").session;
-                        session.handle(Input::PrekeysDurable(Ok(())), self.now, &mut self.rng);
+                        session.handle(
+                            Input::PrekeysDurable { durable: true },
+                            self.now,
+                            &mut self.rng,
+                        );
                     }
                 }
                 Output::LoggedIn { .. } => {
@@ -835,7 +843,7 @@ impl Sim {
                     Token::FinalFetch => {
                         self.nodes[i].final_fetch = Some(Err("final fetch failed".into()))
                     }
-                    Token::Lookup(call, _) | Token::Prekeys(call, _) => {
+                    Token::Lookup(call, _) | Token::Prekeys(call) => {
                         let answer = pipeline::Answer::Failed(error);
                         self.pipeline_input(i, pipeline::Input::Answered { call, answer });
                     }
@@ -989,22 +997,17 @@ impl Sim {
                 let answer = pipeline::Answer::Learned;
                 self.pipeline_input(i, pipeline::Input::Answered { call, answer });
             }
-            (Token::Prekeys(call, key), RendezvousResponse::Prekeys(bundle)) => {
-                let answer = if bundle.identity == key && bundle.verify().is_ok() {
-                    self.nodes[i].disk.sessions.insert(key.to_bytes());
-                    pipeline::Answer::SessionStarted
-                } else {
-                    pipeline::Answer::Failed("a bundle for another key".into())
-                };
+            (Token::Prekeys(call), RendezvousResponse::Prekeys(bundle)) => {
+                let answer = pipeline::Answer::Prekeys(bundle);
                 self.pipeline_input(i, pipeline::Input::Answered { call, answer });
             }
-            (Token::Prekeys(call, _), RendezvousResponse::Refused(refusal))
+            (Token::Prekeys(call), RendezvousResponse::Refused(refusal))
                 if refusal.reason == RefusalReason::NoPrekeys =>
             {
                 let answer = pipeline::Answer::NoPrekeys(refusal.to_string());
                 self.pipeline_input(i, pipeline::Input::Answered { call, answer });
             }
-            (Token::Lookup(call, _) | Token::Prekeys(call, _), other) => {
+            (Token::Lookup(call, _) | Token::Prekeys(call), other) => {
                 let answer = pipeline::Answer::Failed(format!("{other:?}"));
                 self.pipeline_input(i, pipeline::Input::Answered { call, answer });
             }
@@ -1077,11 +1080,23 @@ impl Sim {
                     };
                     (call, request, Token::Lookup(call, name))
                 }
-                pipeline::Output::FetchPrekeys { call, name, key } => {
+                pipeline::Output::FetchPrekeys { call, name, .. } => {
                     self.paths.prekey_fetches += 1;
                     let request = RendezvousRequest::FetchPrekeys { name };
-                    (call, request, Token::Prekeys(call, key))
+                    (call, request, Token::Prekeys(call))
                 }
+                pipeline::Output::StartSession { call, key, bundle } => {
+                    let answer = if bundle.verify().is_ok() {
+                        self.nodes[i].disk.sessions.insert(key.to_bytes());
+                        pipeline::Answer::SessionStarted
+                    } else {
+                        pipeline::Answer::Failed("a bad prekey bundle".into())
+                    };
+                    self.pipeline_input(i, pipeline::Input::Answered { call, answer });
+                    continue;
+                }
+                // The server here never rebinds a name; the send's failure is counted below.
+                pipeline::Output::KeyChanged { .. } => continue,
                 pipeline::Output::WhoIs { call, .. } => {
                     let answer = pipeline::Answer::Failed("sends here go by name".into());
                     self.pipeline_input(i, pipeline::Input::Answered { call, answer });
@@ -1296,6 +1311,7 @@ impl<'a> Known<'a> {
 }
 
 impl pipeline::Facts for Known<'_> {
+    type Refusal = String;
     fn me(&self) -> VerifyingKey {
         self.me
     }

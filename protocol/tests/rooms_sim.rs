@@ -542,7 +542,7 @@ impl Sim {
                 .iter()
                 .map(|((sender, seq), frame)| (*sender, *seq, frame.clone()));
             let rooms = self.members[peer].rooms.as_ref().unwrap();
-            let answer = rooms.answer_gap_fill(&key, &request, log.collect::<Vec<_>>(), |_| false);
+            let answer = rooms.answer_gap_fill(&key, &request, log.collect::<Vec<_>>());
             let mut progressed = false;
             for envelope in answer.envelopes {
                 let id = envelope.id();
@@ -602,7 +602,9 @@ impl Sim {
             payload: Payload::Text(format!("{round} from m{i}")),
         };
         let sealed = rooms.seal(room, &content).map_err(|e| e.to_string())?;
-        // The chain moved: the room is written with the message, and the message to the log.
+        // The chain moved: the room is written with the message, and the message to the log;
+        // that is durable at once here.
+        rooms.durable(&sealed.id);
         let key = member.identity.public().to_bytes();
         member.disk.log.insert((key, seq), sealed.frame.clone());
         self.save(i, room);

@@ -18,6 +18,7 @@ use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
+use palaver_protocol::node::direct::mail;
 use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
 use palaver_protocol::node::direct::pipeline::{
     Answer as PipelineAnswer, CallId, Input as PipelineInput, Output as PipelineOutput, Recipient,
@@ -146,11 +147,18 @@ impl Node {
                     };
                     self.ask_for(call, request, pending, "cannot look the recipient up");
                 }
-                PipelineOutput::FetchPrekeys { call, name, key } => {
+                PipelineOutput::FetchPrekeys { call, name, .. } => {
                     let request = RendezvousRequest::FetchPrekeys { name };
-                    let key = key.to_bytes();
-                    let pending = Pending::Prekeys { key, call };
+                    let pending = Pending::Prekeys { call };
                     self.ask_for(call, request, pending, "cannot open a session yet");
+                }
+                PipelineOutput::StartSession { call, key, bundle } => {
+                    let answer = self.start_session(key, &bundle);
+                    self.feed_pipeline(PipelineInput::Answered { call, answer });
+                }
+                PipelineOutput::KeyChanged { name, key } => {
+                    let asked = Asked::Names(vec![name.clone()]);
+                    self.learn_keys([(&name, &key)], &asked);
                 }
                 PipelineOutput::Seal {
                     job,
@@ -360,28 +368,9 @@ impl Node {
         }
     }
 
-    /// A prekey bundle for the send `call`: a session is started with `key` from it.
-    pub(crate) fn on_prekeys(&mut self, key: [u8; 32], bundle: PrekeyBundle, call: CallId) {
-        let answer = self.start_session(key, &bundle);
-        self.answer_send(call, answer);
-    }
-
-    fn start_session(&mut self, key: [u8; 32], bundle: &PrekeyBundle) -> PipelineAnswer {
-        if bundle.identity.to_bytes() != key {
-            // The rendezvous names another key for the user now than it did: a key change.
-            let name = VerifyingKey::from_bytes(&key)
-                .ok()
-                .and_then(|old| self.name_of_key(&old))
-                .and_then(|name| UserName::new(name).ok());
-            if let Some(name) = name {
-                let asked = Asked::Names(vec![name.clone()]);
-                self.learn_keys([(&name, &bundle.identity)], &asked);
-            }
-            return PipelineAnswer::Failed(
-                "the recipient's key changed while the message was being sent; send it again"
-                    .into(),
-            );
-        }
+    /// Starts a session with `key` from its prekey `bundle`, and stores it.
+    fn start_session(&mut self, key: VerifyingKey, bundle: &PrekeyBundle) -> PipelineAnswer {
+        let key = key.to_bytes();
         let existing = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
             Ok(existing) => existing,
             Err(err) => return PipelineAnswer::Failed(err.to_string()),

@@ -5,7 +5,6 @@
 //! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
 //! flush at a time never does.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use libp2p::request_response::ResponseChannel;
@@ -65,9 +64,8 @@ pub(crate) enum AfterFlush {
     /// Held mail is stored: the mailbox lets it go, and its senders get receipts (see
     /// [`Node::on_mail_durable`]).
     MailStored {
-        acks: Vec<MessageId>,
+        batch: palaver_protocol::node::direct::mail::MailBatch,
         more: bool,
-        receipts: HashMap<[u8; 32], Vec<MessageId>>,
     },
     /// Our prekeys' secrets are on disk: the session may publish their public halves.
     Prekeys,
@@ -171,19 +169,15 @@ impl Node {
                     let _ = peer.send_response(channel, response);
                 }
             }
-            AfterFlush::MailStored {
-                acks,
-                more,
-                receipts,
-            } => self.on_mail_durable(acks, more, receipts, flushed),
+            AfterFlush::MailStored { batch, more } => self.on_mail_durable(batch, more, flushed),
             AfterFlush::Prekeys => {
                 if let Err(err) = &flushed {
                     tracing::error!("cannot store prekeys, not publishing them: {err}");
                 }
-                let durable = flushed.map_err(|err| err.to_string());
-                self.session_input(palaver_protocol::node::session::Input::PrekeysDurable(
+                let durable = flushed.is_ok();
+                self.session_input(palaver_protocol::node::session::Input::PrekeysDurable {
                     durable,
-                ));
+                });
             }
         }
     }

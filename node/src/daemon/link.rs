@@ -35,9 +35,8 @@ pub(crate) enum Pending {
         keys: Vec<[u8; 32]>,
         call: Option<CallId>,
     },
-    /// A prekey bundle to start a session with `key`, for the send `call`.
+    /// A prekey bundle, for the send `call`.
     Prekeys {
-        key: [u8; 32],
         call: CallId,
     },
     Deposit {
@@ -227,7 +226,7 @@ impl Node {
         {
             tracing::error!("cannot store prekeys, not publishing them: {err}");
             if then_publish {
-                self.session_input(Input::PrekeysDurable(Err(err.to_string())));
+                self.session_input(Input::PrekeysDurable { durable: false });
             }
             return;
         }
@@ -315,8 +314,8 @@ impl Node {
                 // The named ones were released with their names.
                 self.strangers_unnamed(keys);
             }
-            (Pending::Prekeys { key, call }, R::Prekeys(bundle)) => {
-                self.on_prekeys(key, *bundle, call)
+            (Pending::Prekeys { call }, R::Prekeys(bundle)) => {
+                self.answer_send(call, PipelineAnswer::Prekeys(bundle))
             }
             (Pending::Prekeys { call, .. }, R::Refused(refusal))
                 if refusal.reason == RefusalReason::NoPrekeys =>

@@ -63,14 +63,18 @@ impl Node {
                     );
                 }
                 Output::ReserveSlot { relay, circuit } => {
-                    let result = self.swarm.listen_on(circuit.clone());
-                    match &result {
-                        Ok(_) => tracing::info!("asking {relay} for a relay slot ({circuit})"),
-                        Err(err) => tracing::warn!("relay slot at {circuit}: {err}"),
-                    }
-                    let result = result.map_err(|e| e.to_string());
-                    self.reach
-                        .handle(Input::SlotListener { relay, result }, Instant::now());
+                    let listener = match self.swarm.listen_on(circuit.clone()) {
+                        Ok(listener) => {
+                            tracing::info!("asking {relay} for a relay slot ({circuit})");
+                            Some(listener)
+                        }
+                        Err(err) => {
+                            tracing::warn!("relay slot at {circuit}: {err}");
+                            None
+                        }
+                    };
+                    let input = Input::SlotListener { relay, listener };
+                    self.reach.handle(input, Instant::now());
                 }
                 Output::ReleaseSlot(listener) => {
                     self.swarm.remove_listener(listener);

@@ -6,7 +6,7 @@
 //! index); one published while nobody was subscribed yet goes out again when the machine says
 //! (a moment later, or when a peer joins the topic).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
@@ -14,7 +14,6 @@ use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::rooms::{
     Output, ReadMessage, Room, RoomError, RoomEvent, Rooms, topic_name,
 };
-use palaver_protocol::wire::Payload;
 use palaver_protocol::{Identity, MessageId, RoomId, VerifyingKey};
 use serde_json::{Value, json};
 
@@ -27,22 +26,13 @@ use super::direct::{Job, short_key};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError};
 
-/// What the driver keeps of rooms beside the machine: requests out and flushes awaited.
+/// What the driver keeps of rooms beside the machine: gap fill requests out.
 #[derive(Debug, Default)]
 pub(crate) struct RoomIo {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
     /// Whom we ask for what we missed, and when again.
     asking: palaver_protocol::node::rooms::gap_fill::GapFills,
-    /// Our own messages written but not yet durable, so not published yet.
-    not_yet_durable: HashSet<MessageId>,
-    /// Rooms whose last write failed, and what is to be sent about them once it is written:
-    /// a membership must not leave before the record that signed it is on disk (a restart
-    /// would sign another change under the same epoch).
-    unwritten: HashMap<RoomId, VecDeque<(VerifyingKey, Payload)>>,
 }
-
-/// Sends held back behind rooms' failed writes, over all rooms; past that, the oldest go.
-const MAX_HELD_BACK: usize = 1024;
 
 /// The rooms in the store. A room record an older version wrote in a format this one no longer
 /// reads (room keys before membership epochs) is left where it is and skipped, with a warning:
@@ -103,9 +93,9 @@ impl Node {
     }
 
     /// Carries out what the rooms machine decided, in order. A room record that cannot be
-    /// written is handed back to the machine, which has it written again a moment later (and
-    /// the first such error is returned, for a command to answer with), rather than the change
-    /// living only in memory.
+    /// written is handed back to the machine, which has it written again a moment later and
+    /// holds what is to be sent about the room until then (the first such error is returned,
+    /// for a command to answer with), rather than the change living only in memory.
     pub(crate) fn drive_rooms(&mut self) -> Result<(), StoreError> {
         let mut result = Ok(());
         while let Some(output) = self.state.rooms.poll_output() {
@@ -114,12 +104,10 @@ impl Node {
                     let mut batch = StateBatch::default();
                     self.persist_room(&id, &mut batch);
                     match self.store.apply(&batch) {
-                        // Written now: what waited for the write goes out.
-                        Ok(()) => self.send_held_back(id),
+                        Ok(()) => self.state.rooms.written(id),
                         Err(err) => {
                             tracing::error!("cannot store a room change ({err}); trying again");
-                            self.state.rooms.mark_dirty(id, super::now_ms());
-                            self.room_io.unwritten.entry(id).or_default();
+                            self.state.rooms.write_failed(id, super::now_ms());
                             result = result.and(Err(err));
                         }
                     }
@@ -132,7 +120,6 @@ impl Node {
                         tracing::error!("cannot forget a room ({err})");
                         result = result.and(Err(err));
                     }
-                    self.send_held_back(id);
                 }
                 Output::KeyGiven {
                     room,
@@ -147,15 +134,7 @@ impl Node {
                         tracing::warn!("store: {err}");
                     }
                 }
-                Output::Send { room, to, payload } => match self.room_io.unwritten.get_mut(&room) {
-                    Some(waiting) => {
-                        if waiting.len() >= MAX_HELD_BACK {
-                            waiting.pop_front();
-                        }
-                        waiting.push_back((to, *payload));
-                    }
-                    None => self.send_direct(Job::to_key(to, *payload)),
-                },
+                Output::Send { to, payload, .. } => self.send_direct(Job::to_key(to, *payload)),
                 Output::Read(read) => self.record_room_message(*read),
                 Output::Republish(room) => self.republish(room),
                 Output::MeshChanged(id) => self.gate_room(&id),
@@ -252,13 +231,6 @@ impl Node {
         let _ = self.drive_rooms();
     }
 
-    /// The sends held back behind room `id`'s failed write go out (it is written now, or gone).
-    fn send_held_back(&mut self, id: RoomId) {
-        for (to, payload) in self.room_io.unwritten.remove(&id).unwrap_or_default() {
-            self.send_direct(Job::to_key(to, payload));
-        }
-    }
-
     /// Writes the rooms whose receiving chains moved since they were last written (on the way
     /// out; otherwise the machine has them written a moment after they moved).
     pub(crate) fn save_dirty_rooms(&mut self) {
@@ -283,10 +255,10 @@ impl Node {
     /// said when.
     fn republish(&mut self, room: RoomId) {
         for (_, frame, id) in self.unsent().into_iter().filter(|(r, ..)| *r == room) {
-            if self.room_io.not_yet_durable.contains(&id) {
-                continue; // its first publish waits for the flush
+            // One not yet durable is published by its flush.
+            if self.state.rooms.may_publish(&id) {
+                self.publish(&room, frame, id);
             }
-            self.publish(&room, frame, id);
         }
     }
 

@@ -27,6 +27,21 @@ pub(crate) fn load_contact(store: &Store, name: &str) -> Result<Option<Contact>,
     }
 }
 
+/// Why sends to a contact are refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendRefused {
+    /// A verified contact's key changed: the user confirms the new one first.
+    #[error("{}", .change.refusal(.name))]
+    Unconfirmed {
+        name: UserName,
+        change: trust::Unconfirmed,
+    },
+    #[error("{name}'s pinned key is not a valid key")]
+    BadKey { name: UserName },
+    #[error("cannot read the contact: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// What the store knows, as the send pipeline asks it.
 pub(crate) struct StoreFacts<'a> {
     store: &'a Store,
@@ -40,6 +55,8 @@ impl<'a> StoreFacts<'a> {
 }
 
 impl Facts for StoreFacts<'_> {
+    type Refusal = SendRefused;
+
     fn me(&self) -> VerifyingKey {
         self.me
     }
@@ -47,16 +64,18 @@ impl Facts for StoreFacts<'_> {
     fn key_to_send(
         &mut self,
         name: &UserName,
-    ) -> Result<Option<(VerifyingKey, Option<String>)>, String> {
-        let Some(mut contact) =
-            load_contact(self.store, name.as_str()).map_err(|e| e.to_string())?
-        else {
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, SendRefused> {
+        let Some(mut contact) = load_contact(self.store, name.as_str())? else {
             return Ok(None);
         };
         let (key, changed) = contact
             .key_to_send()
-            .map_err(|change| change.refusal(name))?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
+            .map_err(|change| SendRefused::Unconfirmed {
+                name: name.clone(),
+                change,
+            })?;
+        let key = VerifyingKey::from_bytes(&key)
+            .map_err(|_| SendRefused::BadKey { name: name.clone() })?;
         let warning = changed.map(|_| {
             // Losing this write shows the warning once more: nothing to wait for.
             let mut batch = StateBatch::default();

@@ -537,7 +537,7 @@ impl App {
         match command::parse(&line) {
             Ok(command) => self.run(command),
             Err(err) => {
-                self.error(err);
+                self.error(err.to_string());
                 Vec::new()
             }
         }

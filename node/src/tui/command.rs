@@ -2,6 +2,7 @@
 //! `/command`. Names are checked here, as the daemon would check them, so mistakes are reported
 //! at once and in the same words.
 
+use palaver_protocol::name::NameError;
 use palaver_protocol::{RoomName, UserName};
 
 /// A parsed input line.
@@ -36,6 +37,19 @@ pub(crate) enum Command {
     Quit,
 }
 
+/// Why a typed line is not a command, as shown under the input box.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CommandError {
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("type a command after the slash; /help lists them")]
+    NoCommand,
+    #[error("unknown command /{0}; /help lists them")]
+    Unknown(String),
+}
+
 /// The `/help` text, one entry a line (it fits an 80×24 window).
 pub(crate) const HELP: &[&str] = &[
     "/msg NAME TEXT    write to NAME (opens the conversation)",
@@ -57,7 +71,7 @@ pub(crate) const HELP: &[&str] = &[
 ];
 
 /// Parses one input line.
-pub(crate) fn parse(line: &str) -> Result<Command, String> {
+pub(crate) fn parse(line: &str) -> Result<Command, CommandError> {
     let Some(rest) = line.strip_prefix('/') else {
         return Ok(Command::Say(line.to_owned()));
     };
@@ -75,7 +89,7 @@ pub(crate) fn parse(line: &str) -> Result<Command, String> {
                 None => (args, ""),
             };
             if name.is_empty() {
-                return Err("usage: /msg NAME TEXT".into());
+                return Err(CommandError::Usage("/msg NAME TEXT"));
             }
             Ok(Command::Msg {
                 to: user(name)?,
@@ -99,39 +113,35 @@ pub(crate) fn parse(line: &str) -> Result<Command, String> {
         },
         "help" | "h" | "?" => Ok(Command::Help),
         "quit" | "exit" | "q" => Ok(Command::Quit),
-        "" => Err("type a command after the slash; /help lists them".into()),
-        other => Err(format!("unknown command /{other}; /help lists them")),
+        "" => Err(CommandError::NoCommand),
+        other => Err(CommandError::Unknown(other.to_owned())),
     }
 }
 
-fn user(name: &str) -> Result<String, String> {
-    name.parse::<UserName>()
-        .map(|name| name.to_string())
-        .map_err(|e| e.to_string())
+fn user(name: &str) -> Result<String, CommandError> {
+    Ok(name.parse::<UserName>()?.to_string())
 }
 
-fn one_user(args: &str, usage: &str) -> Result<String, String> {
+fn one_user(args: &str, usage: &'static str) -> Result<String, CommandError> {
     match args.split_whitespace().next() {
         Some(name) => user(name),
-        None => Err(format!("usage: {usage}")),
+        None => Err(CommandError::Usage(usage)),
     }
 }
 
-fn room_and_flag(args: &str, usage: &str) -> Result<(String, bool), String> {
+fn room_and_flag(args: &str, usage: &'static str) -> Result<(String, bool), CommandError> {
     let mut room = None;
     let mut public = false;
     for word in args.split_whitespace() {
         match word {
             "--public" | "-p" => public = true,
             _ if room.is_none() => room = Some(word),
-            _ => return Err(format!("usage: {usage}")),
+            _ => return Err(CommandError::Usage(usage)),
         }
     }
-    let room = room.ok_or_else(|| format!("usage: {usage}"))?;
+    let room = room.ok_or(CommandError::Usage(usage))?;
     let room = room.strip_prefix('#').unwrap_or(room);
-    room.parse::<RoomName>()
-        .map(|room| (room.to_string(), public))
-        .map_err(|e| e.to_string())
+    Ok((room.parse::<RoomName>()?.to_string(), public))
 }
 
 #[cfg(test)]
@@ -160,10 +170,11 @@ mod tests {
                 text: None
             })
         );
-        assert!(parse("/msg").unwrap_err().contains("usage"));
+        assert!(parse("/msg").unwrap_err().to_string().contains("usage"));
         assert!(
             parse("/msg b@d hi")
                 .unwrap_err()
+                .to_string()
                 .contains("not a valid user name")
         );
     }
@@ -184,8 +195,13 @@ mod tests {
                 public: true
             })
         );
-        assert!(parse("/join").unwrap_err().contains("usage"));
-        assert!(parse("/join a b").unwrap_err().contains("usage"));
+        assert!(parse("/join").unwrap_err().to_string().contains("usage"));
+        assert!(
+            parse("/join a b")
+                .unwrap_err()
+                .to_string()
+                .contains("usage")
+        );
     }
 
     #[test]
@@ -200,10 +216,11 @@ mod tests {
         );
         assert_eq!(parse("/help"), Ok(Command::Help));
         assert_eq!(parse("/QUIT"), Ok(Command::Quit));
-        assert!(parse("/invite").unwrap_err().contains("usage"));
+        assert!(parse("/invite").unwrap_err().to_string().contains("usage"));
         assert!(
             parse("/frobnicate")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown command /frobnicate")
         );
     }

@@ -446,6 +446,7 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
 }
 
 pub mod keyed;
+pub mod mail;
 pub mod pairwise;
 pub mod pipeline;
 

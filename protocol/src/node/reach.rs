@@ -298,7 +298,7 @@ where
                 addrs,
                 error,
             } => self.on_listener_closed(listener, &addrs, error.is_some(), now),
-            Input::SlotListener { relay, result } => self.on_slot_listener(relay, result, now),
+            Input::SlotListener { relay, listener } => self.on_slot_listener(relay, listener, now),
             Input::SlotReserved { relay, renewal } => {
                 if let Some(i) = self.relay_index(&relay) {
                     self.relays[i].reserved = true;
@@ -665,20 +665,20 @@ where
         }
     }
 
-    fn on_slot_listener(&mut self, relay: PeerId, result: Result<L, String>, now: Instant) {
+    fn on_slot_listener(&mut self, relay: PeerId, listener: Option<L>, now: Instant) {
         let Some(i) = self.relay_index(&relay) else {
-            if let Ok(listener) = result {
+            if let Some(listener) = listener {
                 self.outputs.push_back(Output::ReleaseSlot(listener));
             }
             return;
         };
         self.relays[i].asking = false;
-        match result {
-            Ok(listener) if self.public || self.stopping => {
+        match listener {
+            Some(listener) if self.public || self.stopping => {
                 self.outputs.push_back(Output::ReleaseSlot(listener));
             }
-            Ok(listener) => self.relays[i].listener = Some(listener),
-            Err(_) => self.relays[i].not_before = now + RELAY_RETRY,
+            Some(listener) => self.relays[i].listener = Some(listener),
+            None => self.relays[i].not_before = now + RELAY_RETRY,
         }
     }
 

@@ -172,7 +172,7 @@ fn a_refused_login_closes_the_instance_gives_its_slot_back_and_moves_on() {
     reach.handle(
         Input::SlotListener {
             relay: peer(1),
-            result: Ok(7),
+            listener: Some(7),
         },
         t0,
     );

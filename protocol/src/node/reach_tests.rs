@@ -398,7 +398,7 @@ fn a_slot_is_reserved_once_the_relay_observed_us_and_we_logged_in_and_given_back
     reach.handle(
         Input::SlotListener {
             relay: peer(1),
-            result: Ok(8),
+            listener: Some(8),
         },
         t0,
     );
@@ -445,7 +445,7 @@ fn a_lost_slot_is_asked_for_again_after_the_retry_pause() {
     reach.handle(
         Input::SlotListener {
             relay: peer(1),
-            result: Ok(8),
+            listener: Some(8),
         },
         t0,
     );

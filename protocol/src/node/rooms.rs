@@ -42,7 +42,10 @@ use crate::{RoomName, UserName};
 
 mod commands;
 pub mod gap_fill;
+mod outgoing;
 mod receive;
+
+pub use outgoing::{MAX_AWAITING_FLUSH, MAX_HELD_BACK};
 
 pub use receive::GossipVerdict;
 
@@ -232,8 +235,8 @@ pub enum RoomEvent {
 /// What to do.
 #[derive(Debug)]
 pub enum Output {
-    /// Write room `id`'s record ([`Rooms::room`]) now; if that fails, [`Rooms::mark_dirty`]
-    /// (it is handed out again a moment later).
+    /// Write room `id`'s record ([`Rooms::room`]) now, then [`Rooms::written`]; if that fails,
+    /// [`Rooms::write_failed`] (it is handed out again a moment later).
     Save(RoomId),
     /// Remove room `id`'s record (we left it).
     Forget(RoomId),
@@ -318,6 +321,8 @@ pub enum RoomError {
     Gone,
     #[error("a message has at most {} bytes", crate::wire::MAX_TEXT_LEN)]
     TooLong,
+    #[error("too many room messages are waiting for the disk; try again in a moment")]
+    DiskBehind,
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -380,6 +385,10 @@ pub struct Rooms {
     save_dirty_at: Option<u64>,
     /// Rooms holding our own messages that found nobody subscribed, and when to try again.
     unpublished: BTreeMap<RoomId, u64>,
+    /// Our own messages sealed but not yet durable ([`Rooms::durable`]).
+    awaiting_flush: HashSet<MessageId>,
+    /// Rooms whose last write failed, and what is to be sent about them once written.
+    unwritten: BTreeMap<RoomId, VecDeque<(VerifyingKey, Payload)>>,
     /// Room messages that failed the signature or decryption checks.
     rejected: u64,
     outputs: VecDeque<Output>,
@@ -407,6 +416,8 @@ impl Rooms {
             dirty: BTreeSet::new(),
             save_dirty_at: None,
             unpublished: BTreeMap::new(),
+            awaiting_flush: HashSet::new(),
+            unwritten: BTreeMap::new(),
             rejected: 0,
             outputs: VecDeque::new(),
         }
@@ -629,11 +640,6 @@ impl Rooms {
             };
             self.send(room, to, payload);
         }
-    }
-
-    fn send(&mut self, room: RoomId, to: VerifyingKey, payload: Payload) {
-        let payload = Box::new(payload);
-        self.outputs.push_back(Output::Send { room, to, payload });
     }
 
     /// Whether to answer `key` about `room` now: at most every [`STALE_PUSH_EVERY_MS`] per

@@ -108,9 +108,9 @@ pub enum Input {
     Failed { key: RequestKey, error: String },
     /// The server pushed something.
     Push(ServerPush),
-    /// The prekeys persisted on [`Output::PersistPrekeys`] with `then_publish` are on disk (or
-    /// could not be written: then nothing is published).
-    PrekeysDurable(Result<(), String>),
+    /// The prekeys persisted on [`Output::PersistPrekeys`] with `then_publish` are on disk
+    /// (`durable`), or could not be written: then nothing is published.
+    PrekeysDurable { durable: bool },
     /// The node stored a batch of held mail durably: these ids may go, and `more` remain.
     MailStored { acks: Vec<MessageId>, more: bool },
 }
@@ -363,9 +363,9 @@ impl<T: std::fmt::Debug> Session<T> {
             Input::Push(ServerPush::PrekeysLow { remaining }) => {
                 self.publish_prekeys(remaining, now_ms, rng)
             }
-            Input::PrekeysDurable(result) => {
+            Input::PrekeysDurable { durable } => {
                 if let Some(request) = self.publish_waiting.take()
-                    && result.is_ok()
+                    && durable
                 {
                     self.enqueue(request, Purpose::Publish);
                 }

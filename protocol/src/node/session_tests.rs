@@ -134,7 +134,7 @@ fn a_first_login_registers_once_then_publishes_prekeys_only_once_they_are_durabl
             .iter()
             .any(|(_, r)| matches!(r, RendezvousRequest::Heartbeat { .. }))
     );
-    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    s.handle(Input::PrekeysDurable { durable: true }, T0, &mut rng);
     let publish = sent(&drain(&mut s));
     assert!(
         matches!(&publish[..], [(_, RendezvousRequest::PublishPrekeys(upload))] if upload.one_time_prekeys.len() == ONE_TIME_PREKEYS),
@@ -310,7 +310,7 @@ fn the_signed_prekey_is_replaced_weekly_and_one_time_prekeys_topped_up_when_low(
         out[1],
         Output::PersistPrekeys { then_publish: true }
     ));
-    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    s.handle(Input::PrekeysDurable { durable: true }, T0, &mut rng);
     assert!(matches!(
         sent(&drain(&mut s))[..],
         [(_, RendezvousRequest::AddOneTimePrekeys(ref keys))] if keys.len() == ONE_TIME_PREKEYS
@@ -322,7 +322,11 @@ fn the_signed_prekey_is_replaced_weekly_and_one_time_prekeys_topped_up_when_low(
         &mut rng,
     );
     drain(&mut s);
-    s.handle(Input::PrekeysDurable(Ok(())), week_later, &mut rng);
+    s.handle(
+        Input::PrekeysDurable { durable: true },
+        week_later,
+        &mut rng,
+    );
     let publish = sent(&drain(&mut s));
     assert!(
         matches!(&publish[..], [(_, RendezvousRequest::PublishPrekeys(_))]),
@@ -337,7 +341,7 @@ fn the_signed_prekey_is_replaced_weekly_and_one_time_prekeys_topped_up_when_low(
     );
     drain(&mut s);
     s.handle(
-        Input::PrekeysDurable(Err("disk full".into())),
+        Input::PrekeysDurable { durable: false },
         week_later,
         &mut rng,
     );
@@ -483,7 +487,7 @@ fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
     let mut rng = ChaCha20Rng::seed_from_u64(12);
     let mut s = session(&mut rng);
     let out = log_in(&mut s, &mut rng, 5, 50);
-    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    s.handle(Input::PrekeysDurable { durable: true }, T0, &mut rng);
     let mut lost = sent(&out);
     lost.extend(sent(&drain(&mut s)));
     s.subscribe_presence(vec![UserName::new("bob").expect("name")]);
@@ -506,7 +510,11 @@ fn a_lost_fetch_subscription_or_publish_is_sent_again_while_logged_in() {
             .any(|r| matches!(r, RendezvousRequest::SubscribePresence { .. }))
     );
     // The upload goes out again, made afresh, once its secrets are on disk.
-    s.handle(Input::PrekeysDurable(Ok(())), T0 + RETRY_MS, &mut rng);
+    s.handle(
+        Input::PrekeysDurable { durable: true },
+        T0 + RETRY_MS,
+        &mut rng,
+    );
     let first = lost
         .iter()
         .find_map(|(_, r)| match r {
@@ -538,7 +546,7 @@ fn a_lost_top_up_is_not_sent_again_as_the_same_batch() {
     s.prekeys_mut().published = true;
     s.prekeys_mut().signed_at_ms = Some(T0);
     log_in(&mut s, &mut rng, 0, PREKEYS_LOW - 1);
-    s.handle(Input::PrekeysDurable(Ok(())), T0, &mut rng);
+    s.handle(Input::PrekeysDurable { durable: true }, T0, &mut rng);
     let top_up = sent(&drain(&mut s));
     assert!(matches!(
         top_up[..],

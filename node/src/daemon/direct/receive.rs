@@ -157,56 +157,47 @@ impl Node {
         }
     }
 
-    /// Mail held for us: store each, flush, acknowledge, then send receipts to their senders.
+    /// Mail held for us: store each, flush, then settle (see [`mail`]).
     pub(crate) fn on_mail(&mut self, items: Vec<MailItem>, remaining: u32) {
-        let mut acks = Vec::new();
-        let mut receipts: std::collections::HashMap<[u8; 32], Vec<MessageId>> = Default::default();
+        let mut batch = mail::MailBatch::default();
         for item in items {
             let envelope = item.envelope;
-            let sender = *envelope.sender();
-            let is_text_candidate = matches!(envelope.body, Body::Direct(_));
-            match self.receive_envelope(envelope.clone()) {
+            let (id, sender) = (envelope.id(), *envelope.sender());
+            let direct = matches!(envelope.body, Body::Direct(_));
+            let taken = match self.receive_envelope(envelope) {
                 Ok(id) => {
-                    acks.push(id);
-                    if is_text_candidate && self.store.entry(&id).ok().flatten().is_some() {
-                        receipts.entry(sender.to_bytes()).or_default().push(id);
-                    }
+                    let text = direct && self.store.entry(&id).ok().flatten().is_some();
+                    mail::Taken::Stored { text }
                 }
                 Err(err) if err.is_lasting() => {
-                    // Undecryptable mail will not become decryptable by waiting: drop it.
-                    tracing::warn!("dropping held mail {}: {err}", envelope.id());
-                    acks.push(envelope.id());
+                    tracing::warn!("dropping held mail {id}: {err}");
+                    mail::Taken::Unreadable
                 }
                 Err(err) => {
-                    // Not acknowledged: the mailbox keeps it, and the next fetch brings it back.
-                    tracing::error!("held mail {} stays held: {err}", envelope.id());
+                    tracing::error!("held mail {id} stays held: {err}");
+                    mail::Taken::NotNow
                 }
-            }
+            };
+            batch.taken(id, &sender, taken);
         }
-        self.when_durable(AfterFlush::MailStored {
-            acks,
-            more: remaining > 0,
-            receipts,
-        });
+        let more = remaining > 0;
+        self.when_durable(AfterFlush::MailStored { batch, more });
     }
 
     /// Held mail is on disk: the mailbox may let it go, and its senders hear it arrived.
     pub(crate) fn on_mail_durable(
         &mut self,
-        acks: Vec<MessageId>,
+        batch: mail::MailBatch,
         more: bool,
-        receipts: std::collections::HashMap<[u8; 32], Vec<MessageId>>,
         flushed: super::super::durable::Flushed,
     ) {
         if let Err(err) = flushed {
             return tracing::error!("received mail is not on disk, not acknowledging it: {err}");
         }
+        let (acks, receipts) = batch.settle();
         self.session_input(palaver_protocol::node::session::Input::MailStored { acks, more });
-        for (sender, ids) in receipts {
-            if let Ok(key) = VerifyingKey::from_bytes(&sender) {
-                let receipt = palaver_protocol::wire::Payload::Receipt(ids);
-                self.send_direct(Job::to_key(key, receipt));
-            }
+        for (key, receipt) in receipts {
+            self.send_direct(Job::to_key(key, receipt));
         }
     }
 }

@@ -153,7 +153,6 @@ impl Node {
             Ok(sealed) => sealed,
             Err(err) => return drop(reply.send(Err(err))),
         };
-        self.room_io.not_yet_durable.insert(id);
         // Published only once durable: a crash must not make us reuse a chain index.
         self.when_durable(AfterFlush::RoomSealed {
             room,
@@ -173,7 +172,7 @@ impl Node {
         flushed: Flushed,
     ) {
         if flushed.is_ok() {
-            self.room_io.not_yet_durable.remove(&id);
+            self.state.rooms.durable(&id);
         }
         let result = flushed
             .map_err(|e| RpcError::failed(not_durable(&e)))

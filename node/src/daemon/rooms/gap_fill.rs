@@ -4,10 +4,10 @@
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
+use palaver_protocol::RoomId;
 use palaver_protocol::identity::identity_of;
 use palaver_protocol::node::rooms::gap_fill;
 use palaver_protocol::wire::{Body, GapFillRequest, GapFillResponse, PeerRequest, PeerResponse};
-use palaver_protocol::{MessageId, RoomId};
 
 use super::topic;
 use crate::daemon::{Node, now_ms};
@@ -63,16 +63,8 @@ impl Node {
             };
             return PeerResponse::GapFill(empty);
         };
-        let waiting = &self.room_io.not_yet_durable;
         let log = self.store.room_log(&request.room);
-        // Only our own are hashed to ask, and only while any wait for their flush.
-        let withheld =
-            |frame: &[u8]| !waiting.is_empty() && waiting.contains(&MessageId::of_frame(frame));
-        PeerResponse::GapFill(
-            self.state
-                .rooms
-                .answer_gap_fill(&asker, &request, log, withheld),
-        )
+        PeerResponse::GapFill(self.state.rooms.answer_gap_fill(&asker, &request, log))
     }
 
     pub(crate) fn on_gap_fill_response(

@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use ed25519_dalek::VerifyingKey;
 
 use crate::UserName;
+use crate::crypto::x3dh::PrekeyBundle;
 
 /// How long a send waits for a recipient who has published no prekeys yet.
 pub const PREKEY_WAIT_MS: u64 = 15_000;
@@ -41,12 +42,15 @@ pub enum Recipient {
 pub trait Facts {
     /// Our own identity key.
     fn me(&self) -> VerifyingKey;
+    /// Why sends to a user are refused, as the user should read it.
+    type Refusal: std::fmt::Display;
     /// The key to seal for `name` if one is pinned, with a warning to give once (its key
-    /// changed); `Err` if sends to `name` are refused (a verified contact's key changed).
+    /// changed); `Err` if sends to `name` are refused (a verified contact's key changed, or
+    /// the contact cannot be read).
     fn key_to_send(
         &mut self,
         name: &UserName,
-    ) -> Result<Option<(VerifyingKey, Option<String>)>, String>;
+    ) -> Result<Option<(VerifyingKey, Option<String>)>, Self::Refusal>;
     /// The name the holder of `key` goes by, if known.
     fn name_of(&self, key: &VerifyingKey) -> Option<UserName>;
     /// Whether a session with `key` exists.
@@ -58,6 +62,8 @@ pub trait Facts {
 pub enum Answer {
     /// A lookup or who-is was answered and what it said is in the [`Facts`] now.
     Learned,
+    /// The rendezvous handed out the recipient's prekey bundle.
+    Prekeys(Box<PrekeyBundle>),
     /// A session was started from a prekey bundle.
     SessionStarted,
     /// The recipient has published no prekeys yet (the rendezvous's words).
@@ -82,13 +88,23 @@ pub enum Output<J> {
     Lookup { call: CallId, name: UserName },
     /// Ask the rendezvous who holds `key`; answer with [`Answer::Learned`].
     WhoIs { call: CallId, key: VerifyingKey },
-    /// Fetch `name`'s prekeys and start a session with `key` (the bundle must be for it);
-    /// answer with [`Answer::SessionStarted`], or [`Answer::NoPrekeys`].
+    /// Fetch `name`'s prekeys (for `key`); answer with [`Answer::Prekeys`], or
+    /// [`Answer::NoPrekeys`].
     FetchPrekeys {
         call: CallId,
         name: UserName,
         key: VerifyingKey,
     },
+    /// Start a session with `key` from `bundle` (it is `key`'s); answer with
+    /// [`Answer::SessionStarted`] or [`Answer::Failed`].
+    StartSession {
+        call: CallId,
+        key: VerifyingKey,
+        bundle: Box<PrekeyBundle>,
+    },
+    /// The rendezvous handed out prekeys under another key for `name` than the one pinned:
+    /// take `key` in as a key change (the trust rules decide what it means).
+    KeyChanged { name: UserName, key: VerifyingKey },
     /// Everything is known: seal `job` for `key` (`name`) with the session, and send it.
     Seal {
         job: J,
@@ -109,6 +125,8 @@ struct Parked<J> {
     warning: Option<String>,
     /// The prekey wait's end, from the first "no prekeys".
     prekeys_until: Option<u64>,
+    /// Whose prekeys were asked for: a bundle must be for this key.
+    prekeys_for: Option<(VerifyingKey, UserName)>,
     /// What it asked last (`None`: nothing yet): a fact still missing after its answer fails
     /// the send instead of being asked for again.
     asked: Option<Asked>,
@@ -159,6 +177,7 @@ impl<J> SendPipeline<J> {
                     to,
                     warning: None,
                     prekeys_until: None,
+                    prekeys_for: None,
                     asked: None,
                 };
                 self.advance(self.next_call, parked, facts);
@@ -174,6 +193,7 @@ impl<J> SendPipeline<J> {
                 }
                 match answer {
                     Answer::Learned | Answer::SessionStarted => self.advance(call, parked, facts),
+                    Answer::Prekeys(bundle) => self.on_prekeys(call, parked, bundle),
                     Answer::NoPrekeys(reason) => {
                         let until = *parked.prekeys_until.get_or_insert(now_ms + PREKEY_WAIT_MS);
                         if now_ms >= until || self.retries.len() >= MAX_WAITING_FOR_PREKEYS {
@@ -217,6 +237,27 @@ impl<J> SendPipeline<J> {
         self.parked.len()
     }
 
+    /// A bundle for the key asked for starts the session; one under another key is that
+    /// user's key change, and this send (sealed for the old key in the user's mind) fails.
+    fn on_prekeys(&mut self, call: CallId, parked: Parked<J>, bundle: Box<PrekeyBundle>) {
+        match &parked.prekeys_for {
+            Some((key, _)) if bundle.identity == *key => {
+                let key = *key;
+                self.parked.insert(call, parked);
+                let output = Output::StartSession { call, key, bundle };
+                self.outputs.push_back(output);
+            }
+            Some((_, name)) => {
+                let (name, key) = (name.clone(), bundle.identity);
+                self.outputs.push_back(Output::KeyChanged { name, key });
+                let error = "the recipient's key changed while the message was being sent; \
+                             send it again";
+                self.fail(parked, error.into());
+            }
+            None => self.fail(parked, "prekeys came that were not asked for".into()),
+        }
+    }
+
     fn fail(&mut self, parked: Parked<J>, error: String) {
         self.outputs.push_back(Output::Fail {
             job: parked.job,
@@ -230,7 +271,7 @@ impl<J> SendPipeline<J> {
         let just_asked = parked.asked;
         let (key, name) = match &parked.to {
             Recipient::Name(name) => match facts.key_to_send(name) {
-                Err(refusal) => return self.fail(parked, refusal),
+                Err(refusal) => return self.fail(parked, refusal.to_string()),
                 Ok(None) if just_asked == Some(Asked::Lookup) => {
                     let error = format!("unknown user {name} at this rendezvous");
                     return self.fail(parked, error);
@@ -263,6 +304,7 @@ impl<J> SendPipeline<J> {
             if just_asked == Some(Asked::Prekeys) {
                 return self.fail(parked, "no session was started".into());
             }
+            parked.prekeys_for = Some((key, name.clone()));
             let output = Output::FetchPrekeys { call, name, key };
             return self.ask(call, parked, Asked::Prekeys, output);
         }

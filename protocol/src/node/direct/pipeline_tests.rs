@@ -8,6 +8,19 @@ fn key(seed: u8) -> VerifyingKey {
     SigningKey::from_bytes(&[seed; 32]).verifying_key()
 }
 
+/// A prekey bundle of the key `key(seed)`.
+fn bundle(seed: u8) -> Box<PrekeyBundle> {
+    use rand_core::SeedableRng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::from(seed));
+    let signing = SigningKey::from_bytes(&[seed; 32]);
+    let upload = crate::crypto::x3dh::PrekeySecrets::generate(&mut rng, &signing, 1).upload();
+    Box::new(PrekeyBundle {
+        identity: upload.identity,
+        signed_prekey: upload.signed_prekey,
+        one_time_prekey: upload.one_time_prekeys.first().copied(),
+    })
+}
+
 fn name(n: &str) -> UserName {
     n.parse().unwrap()
 }
@@ -28,6 +41,7 @@ impl Known {
 }
 
 impl Facts for Known {
+    type Refusal = String;
     fn me(&self) -> VerifyingKey {
         key(1)
     }
@@ -87,6 +101,22 @@ fn a_first_message_looks_the_name_up_then_starts_a_session_then_is_sealed() {
             call: 1,
             name: name("bob"),
             key: key(2)
+        }]
+    );
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Prekeys(bundle(2)),
+        },
+        6,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::StartSession {
+            call: 1,
+            key: key(2),
+            bundle: bundle(2)
         }]
     );
     known.sessions.insert(key(2));
@@ -332,4 +362,38 @@ fn the_waiting_sends_are_bounded() {
         &mut known,
     );
     assert!(outputs(&mut p).is_empty());
+}
+
+/// The rendezvous hands out prekeys under another key than the one pinned: that is the user's
+/// key change, taken in as such, and the send (meant for the key the user knew) fails.
+#[test]
+fn prekeys_under_another_key_are_a_key_change_and_the_send_fails() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    known.learn("bob", 2);
+    send(&mut p, &mut known, "hi", "bob");
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::FetchPrekeys { call: 1, .. }]
+    ));
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Prekeys(bundle(3)),
+        },
+        5,
+        &mut known,
+    );
+    let out = outputs(&mut p);
+    assert_eq!(
+        out[0],
+        Output::KeyChanged {
+            name: name("bob"),
+            key: key(3)
+        }
+    );
+    assert!(
+        matches!(&out[1..], [Output::Fail { job: "hi", error }] if error.contains("key changed")),
+        "{out:?}"
+    );
+    assert_eq!(p.parked(), 0);
 }

@@ -79,10 +79,11 @@ pub enum Input<C, L> {
         addrs: Vec<Multiaddr>,
         error: Option<String>,
     },
-    /// The outcome of [`Output::ReserveSlot`]: the listener asking for the slot, or why not.
+    /// The outcome of [`Output::ReserveSlot`]: the listener asking for the slot, or `None`
+    /// if the listen failed (the driver says why; it is tried again a while later).
     SlotListener {
         relay: PeerId,
-        result: Result<L, String>,
+        listener: Option<L>,
     },
     /// A relay granted (or renewed) our slot.
     SlotReserved {

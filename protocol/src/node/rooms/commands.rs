@@ -208,6 +208,7 @@ impl Rooms {
         self.unpublished.remove(&id);
         self.outputs.push_back(Output::Unsubscribe(id));
         self.outputs.push_back(Output::Forget(id));
+        self.written(id);
         self.outputs.push_back(Output::MeshChanged(id));
         Ok(id)
     }
@@ -232,6 +233,7 @@ impl Rooms {
         {
             return Err(RoomError::TooLong);
         }
+        self.may_seal()?;
         let plaintext = codec::encode(content)?;
         let me = self.identity.public();
         let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
@@ -258,9 +260,12 @@ impl Rooms {
             RoomCrypto::Private(keys) => Envelope::sign_with(body, |bytes| keys.sign(bytes))?,
             RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key())?,
         };
-        Ok(Sealed {
+        let sealed = Sealed {
             id: envelope.id(),
             frame: envelope.to_bytes()?,
-        })
+        };
+        // Published, and handed to gap fill, once durable.
+        self.awaiting_flush.insert(sealed.id);
+        Ok(sealed)
     }
 }

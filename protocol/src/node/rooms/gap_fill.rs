@@ -79,14 +79,13 @@ impl GapFills {
 impl Rooms {
     /// The answer to `asker`'s gap fill request, from our room `log` in order (`(sender, seq,
     /// frame)`): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes,
-    /// `more` if there is more. Nothing for one who is not a member. `withheld` frames (our own
-    /// not yet durable) leave with their publish, not before.
+    /// `more` if there is more. Nothing for one who is not a member. Our own not yet durable
+    /// leave with their publish, not before.
     pub fn answer_gap_fill(
         &self,
         asker: &VerifyingKey,
         request: &GapFillRequest,
         log: impl IntoIterator<Item = ([u8; 32], u64, Vec<u8>)>,
-        withheld: impl Fn(&[u8]) -> bool,
     ) -> GapFillResponse {
         let mut response = GapFillResponse {
             envelopes: Vec::new(),
@@ -110,7 +109,7 @@ impl Rooms {
             if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
                 continue;
             }
-            if sender == me && withheld(&frame) {
+            if sender == me && self.withheld(&frame) {
                 continue;
             }
             if response.envelopes.len() == max || bytes + frame.len() > MAX_FRAME_LEN / 2 {

@@ -131,6 +131,10 @@ impl Members {
             payload: Payload::Text(text.into()),
         };
         let sealed = self.rooms[i].seal(id, &content).unwrap();
+        // Not published before it is durable.
+        assert!(!self.rooms[i].may_publish(&sealed.id));
+        self.rooms[i].durable(&sealed.id);
+        assert!(self.rooms[i].may_publish(&sealed.id));
         let envelope = Envelope::from_bytes(&sealed.frame).unwrap();
         let Body::Room(message) = envelope.body else {
             unreachable!()
@@ -456,7 +460,16 @@ fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
     net.team();
     let room = net.rooms[0].id_by_name(&team()).unwrap();
     let (ann, ben) = (net.key(0).to_bytes(), net.key(1));
-    let frames: Vec<Vec<u8>> = (1..=3).map(|i| net.seal(0, &format!("m{i}")).2).collect();
+    let mut frames: Vec<Vec<u8>> = (1..=3).map(|i| net.seal(0, &format!("m{i}")).2).collect();
+    // A fourth, written but not yet durable.
+    let content = Content {
+        sent_at_ms: net.now,
+        stamp: Stamp(net.now),
+        seq: 4,
+        payload: Payload::Text("m4".into()),
+    };
+    let waiting = net.rooms[0].seal(room, &content).unwrap();
+    frames.push(waiting.frame);
     let log: Vec<([u8; 32], u64, Vec<u8>)> = frames
         .iter()
         .enumerate()
@@ -465,17 +478,18 @@ fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
     // Ben holds 1 and 3: his cursor says 1, so 2 and 3 come.
     let request = gap_fill::request(room, [(ann, 1), (ann, 3)]);
     assert_eq!(request.cursors[0].have_through, 1);
-    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |_| false);
+    // Our own fourth, not yet durable, stays back.
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone());
     assert_eq!(answer.envelopes.len(), 2);
     assert!(!answer.more);
-    // Our own frame not yet durable stays back.
-    let withheld = frames[2].clone();
-    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |f| f == withheld);
-    assert_eq!(answer.envelopes.len(), 1);
+    // Durable, it leaves too.
+    net.rooms[0].durable(&waiting.id);
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone());
+    assert_eq!(answer.envelopes.len(), 3);
     let outsider = Identity::from_secret_bytes(&[9; 32]).public();
     assert!(
         net.rooms[0]
-            .answer_gap_fill(&outsider, &request, log, |_| false)
+            .answer_gap_fill(&outsider, &request, log)
             .envelopes
             .is_empty()
     );
@@ -733,4 +747,45 @@ fn gossip_is_told_to_pass_on_what_was_read_to_ignore_duplicates_and_held_and_to_
         GossipVerdict::Reject(_)
     ));
     assert!(net.read[0].is_empty());
+}
+
+#[test]
+fn what_is_sent_about_a_room_whose_write_failed_waits_for_that_write() {
+    let mut net = Members::new(3);
+    net.team();
+    let room = net.rooms[0].id_by_name(&team()).unwrap();
+    let (cat, now) = (net.key(2), net.now);
+    net.rooms[0]
+        .kick(&team(), &name(2), Some(cat), now, &mut net.rng)
+        .unwrap();
+    assert!(matches!(net.rooms[0].poll_output(), Some(Output::Save(id)) if id == room));
+    // The signed removal could not be written: neither it nor the new key may leave yet.
+    net.rooms[0].write_failed(room, now);
+    let outputs: Vec<Output> = std::iter::from_fn(|| net.rooms[0].poll_output()).collect();
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::Send { .. })),
+        "{outputs:?}"
+    );
+    // A key request answered meanwhile waits behind the write too.
+    let ben = net.key(1);
+    let given = net.given.get(&(0, room, ben.to_bytes())).cloned();
+    net.rooms[0].on_key_request(ben, room, given, now).unwrap();
+    assert!(
+        std::iter::from_fn(|| net.rooms[0].poll_output())
+            .all(|o| !matches!(o, Output::Send { .. }))
+    );
+    // Handed out again a moment later; written, what waited goes, in order.
+    let due = now + SAVE_CHAINS_AFTER_MS;
+    assert_eq!(net.rooms[0].poll_timeout(), Some(due));
+    net.rooms[0].handle_timeout(due);
+    assert!(matches!(net.rooms[0].poll_output(), Some(Output::Save(id)) if id == room));
+    net.rooms[0].written(room);
+    let sent: Vec<VerifyingKey> = std::iter::from_fn(|| net.rooms[0].poll_output())
+        .filter_map(|o| match o {
+            Output::Send { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert!(sent.contains(&ben) && sent.contains(&cat), "{sent:?}");
+    assert_eq!(sent.last(), Some(&ben), "the key request's answer last");
 }

@@ -1,0 +1,94 @@
+//! What leaves for a room, and when: our own messages are published only once durable (a
+//! crash must not make us reuse a chain index, nor gap fill hand out what we might seal again),
+//! and what is to be sent about a room whose record could not be written waits for that write
+//! (a membership must not leave before the record that signed it is on disk: a restart would
+//! sign another change under the same epoch).
+
+use std::collections::VecDeque;
+
+use ed25519_dalek::VerifyingKey;
+
+use super::{Output, RoomError, Rooms};
+use crate::wire::{MessageId, Payload, RoomId};
+
+/// Sends held back behind one room's failed write; past that, the oldest go.
+pub const MAX_HELD_BACK: usize = 1024;
+
+/// Our room messages sealed and written but not yet known durable; past that, sealing waits
+/// (only a disk that stopped confirming writes gets here).
+pub const MAX_AWAITING_FLUSH: usize = 4096;
+
+impl Rooms {
+    /// Whether another message may be sealed: not while [`MAX_AWAITING_FLUSH`] wait for the
+    /// disk.
+    pub(super) fn may_seal(&self) -> Result<(), RoomError> {
+        if self.awaiting_flush.len() >= MAX_AWAITING_FLUSH {
+            return Err(RoomError::DiskBehind);
+        }
+        Ok(())
+    }
+
+    /// Our message `id` is on disk: it may be published (and handed to gap fill) now. One whose
+    /// flush failed stays withheld until a restart finds it on disk (or does not).
+    pub fn durable(&mut self, id: &MessageId) {
+        self.awaiting_flush.remove(id);
+    }
+
+    /// Whether our message `id` may be published: it is durable.
+    pub fn may_publish(&self, id: &MessageId) -> bool {
+        !self.awaiting_flush.contains(id)
+    }
+
+    /// Whether our own `frame` waits for its flush (gap fill leaves it out).
+    pub(super) fn withheld(&self, frame: &[u8]) -> bool {
+        // Only our own are hashed to ask, and only while any wait.
+        !self.awaiting_flush.is_empty() && self.awaiting_flush.contains(&MessageId::of_frame(frame))
+    }
+
+    /// Room `id`'s record could not be written: it is handed out as [`Output::Save`] again a
+    /// moment after `now`, and what is to be sent about it (including what is already waiting
+    /// in [`Rooms::poll_output`]) waits for [`Rooms::written`].
+    pub fn write_failed(&mut self, id: RoomId, now: u64) {
+        self.mark_dirty(id, now);
+        if !self.by_id.contains_key(&id) {
+            return;
+        }
+        let held = self.unwritten.entry(id).or_default();
+        for output in std::mem::take(&mut self.outputs) {
+            match output {
+                Output::Send { room, to, payload } if room == id => hold(held, (to, *payload)),
+                output => self.outputs.push_back(output),
+            }
+        }
+    }
+
+    /// Room `id`'s record is written (or gone): what waited for it is sent now.
+    pub fn written(&mut self, id: RoomId) {
+        for (to, payload) in self.unwritten.remove(&id).unwrap_or_default() {
+            let payload = Box::new(payload);
+            self.outputs.push_back(Output::Send {
+                room: id,
+                to,
+                payload,
+            });
+        }
+    }
+
+    /// Sends `payload` about `room` to `to`, or holds it while the room's record is unwritten.
+    pub(super) fn send(&mut self, room: RoomId, to: VerifyingKey, payload: Payload) {
+        match self.unwritten.get_mut(&room) {
+            Some(held) => hold(held, (to, payload)),
+            None => {
+                let payload = Box::new(payload);
+                self.outputs.push_back(Output::Send { room, to, payload });
+            }
+        }
+    }
+}
+
+fn hold(held: &mut VecDeque<(VerifyingKey, Payload)>, send: (VerifyingKey, Payload)) {
+    if held.len() >= MAX_HELD_BACK {
+        held.pop_front();
+    }
+    held.push_back(send);
+}
