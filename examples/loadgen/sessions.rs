@@ -1,10 +1,12 @@
 //! The rendezvous part (after `rendezvous/examples/load.rs`, the server's own load test): the
 //! server runs in a child process — this binary re-executed as `loadgen __serve DIR` — so its
 //! resident memory is its own. From here `sessions` light clients (each its own key, swarm and
-//! TCP connection) register and log in, `CONCURRENCY` at a time; then:
+//! TCP connection) log in the way a node does — the node's session machine registers the name,
+//! logs in and publishes prekeys ([`ClientSession`]) — `CONCURRENCY` at a time; then:
 //!
 //! - `rss_kib_per_session`: (server RSS with every session logged in − RSS before) / sessions;
-//! - `logins_per_s`: a login on every established session, `CONCURRENCY` in flight;
+//! - `logins_per_s`: a login again on every established session (as after a reconnection),
+//!   `CONCURRENCY` in flight;
 //! - `presence_p99_ms`: `TARGETS` users each watched by `WATCHERS` sessions flip between online
 //!   and away `ROUNDS` times; from just before the heartbeat is sent to the push at each watcher.
 
@@ -19,6 +21,7 @@ use palaver_protocol::wire::{
     PresenceRecord, PresenceState, RendezvousRequest, RendezvousResponse, ServerPush,
 };
 use palaver_protocol::{Identity, UserName};
+use palaver_rendezvous::client::session::ClientSession;
 use palaver_rendezvous::client::{Client, ClientConfig};
 use palaver_rendezvous::{Config, Limits, Server};
 use serde_json::{Value, json};
@@ -133,19 +136,10 @@ async fn measure(
             let identity = Identity::generate(&mut rand_core::OsRng);
             let client = Client::connect_with(addr, &identity, config).await?;
             let name = UserName::new(format!("user{i}"))?;
-            let registered = client
-                .request(RendezvousRequest::Register {
-                    name: name.clone(),
-                    token: None,
-                })
-                .await?;
-            anyhow::ensure!(matches!(registered, RendezvousResponse::Registered { .. }));
-            let login = client
-                .request(RendezvousRequest::Login { name: name.clone() })
-                .await?;
-            anyhow::ensure!(matches!(login, RendezvousResponse::LoggedIn { .. }));
+            let session = ClientSession::log_in(client, &identity, name.clone(), None).await?;
+            anyhow::ensure!(session.prekeys_published(), "prekeys not published");
             progress.inc(1);
-            anyhow::Ok((client, name))
+            anyhow::Ok(tokio::sync::Mutex::new((session, name)))
         }));
     }
     let mut sessions = Vec::with_capacity(count);
@@ -172,18 +166,15 @@ async fn measure(
     let rss_after = stats::rss_kib(pid);
     let per_session = rss_after.saturating_sub(rss_before) as f64 / sessions.len() as f64;
 
-    // Logins on established sessions.
+    // Logins again on established sessions.
     let sessions = Arc::new(sessions);
     let start = Instant::now();
     let mut lanes = Vec::new();
     for lane in 0..CONCURRENCY {
         let sessions = sessions.clone();
         lanes.push(tokio::spawn(async move {
-            for (client, name) in sessions.iter().skip(lane).step_by(CONCURRENCY) {
-                let r = client
-                    .request(RendezvousRequest::Login { name: name.clone() })
-                    .await?;
-                anyhow::ensure!(matches!(r, RendezvousResponse::LoggedIn { .. }));
+            for session in sessions.iter().skip(lane).step_by(CONCURRENCY) {
+                session.lock().await.0.log_in_again().await?;
             }
             anyhow::Ok(())
         }));
@@ -193,7 +184,8 @@ async fn measure(
     }
     let logins_per_s = sessions.len() as f64 / start.elapsed().as_secs_f64();
 
-    let presence = presence(Arc::into_inner(sessions).context("sessions still shared")?).await?;
+    let sessions = Arc::into_inner(sessions).context("sessions still shared")?;
+    let presence = presence(sessions.into_iter().map(|s| s.into_inner()).collect()).await?;
     Ok(json!({
         "sessions": count - failed,
         "failed": failed,
@@ -210,7 +202,9 @@ async fn measure(
 }
 
 /// Presence fan-out: (p50 ms, p99 ms, pushes seen, pushes missing).
-async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64, usize, usize)> {
+async fn presence(
+    sessions: Vec<(ClientSession, UserName)>,
+) -> anyhow::Result<(f64, f64, usize, usize)> {
     let targets = TARGETS.min(sessions.len() / 2);
     let watchers = WATCHERS.min((sessions.len() - targets) / targets.max(1));
     let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
@@ -219,15 +213,16 @@ async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64
     for t in 0..targets {
         let target = sessions[t].as_ref().context("target")?.1.clone();
         for w in 0..watchers {
-            let (mut client, _) = sessions[targets + t * watchers + w]
+            let (mut session, _) = sessions[targets + t * watchers + w]
                 .take()
                 .context("watcher")?;
-            let r = client
+            let r = session
                 .request(RendezvousRequest::SubscribePresence {
                     names: vec![target.clone()],
                 })
                 .await?;
             anyhow::ensure!(matches!(r, RendezvousResponse::Users(_)));
+            let mut client = session.into_client();
             let tx = sample_tx.clone();
             watcher_tasks.push(tokio::spawn(async move {
                 while let Some(push) = client.next_push().await {
@@ -241,9 +236,10 @@ async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64
         }
     }
     drop(sample_tx);
-    let target_clients: Vec<(Client, UserName)> = sessions[..targets]
+    let mut target_sessions: Vec<ClientSession> = sessions[..targets]
         .iter_mut()
         .filter_map(Option::take)
+        .map(|(session, _)| session)
         .collect();
     let mut latencies = Vec::new();
     let mut missing = 0usize;
@@ -254,9 +250,9 @@ async fn presence(sessions: Vec<(Client, UserName)>) -> anyhow::Result<(f64, f64
             PresenceState::Online
         };
         let sent = Instant::now();
-        let sends = target_clients
-            .iter()
-            .map(|(client, _)| client.request(RendezvousRequest::Heartbeat { state }));
+        let sends = target_sessions
+            .iter_mut()
+            .map(|session| session.request(RendezvousRequest::Heartbeat { state }));
         futures::future::join_all(sends).await;
         let expected = targets * watchers;
         let mut got = 0;

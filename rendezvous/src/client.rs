@@ -36,6 +36,8 @@ use palaver_protocol::Identity;
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, ServerPush};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod session;
+
 use crate::FrameCodec;
 use crate::transport::{
     PushCodec, RendezvousCodec, push_codec, push_protocol, rendezvous_protocol, tcp_config,
@@ -99,6 +101,23 @@ enum Command {
     Request(RendezvousRequest, Reply<RendezvousResponse>),
     Reserve(Reply<Multiaddr>),
     Dial(Multiaddr, PeerId, Reply<()>),
+}
+
+/// Hands `make`'s command to the client's task and waits (at most `timeout`) for its answer.
+async fn call<T>(
+    commands: mpsc::Sender<Command>,
+    timeout: Duration,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, ClientError> {
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(make(tx))
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    tokio::time::timeout(timeout, rx)
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|_| ClientError::Disconnected)?
 }
 
 /// A connection to a rendezvous server.
@@ -218,15 +237,7 @@ impl Client {
     }
 
     async fn command<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
-        tokio::time::timeout(self.timeout, rx)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|_| ClientError::Disconnected)?
+        call(self.commands.clone(), self.timeout, make).await
     }
 
     /// Sends one request and waits for its response.
@@ -235,6 +246,16 @@ impl Client {
         request: RendezvousRequest,
     ) -> Result<RendezvousResponse, ClientError> {
         self.command(|tx| Command::Request(request, tx)).await
+    }
+
+    /// [`Client::request`], as a future that does not borrow the client (several in flight
+    /// at once, as [`session::ClientSession`] keeps them).
+    pub fn request_owned(
+        &self,
+        request: RendezvousRequest,
+    ) -> impl Future<Output = Result<RendezvousResponse, ClientError>> + Send + 'static {
+        let make = |tx| Command::Request(request, tx);
+        call(self.commands.clone(), self.timeout, make)
     }
 
     /// The next push from the server; `None` once the client has stopped.

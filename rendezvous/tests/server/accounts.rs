@@ -177,3 +177,52 @@ async fn fetching_prekeys_consumes_one_one_time_key_each_and_warns_the_owner_whe
     }
     server.stop().await;
 }
+
+/// The client session logs in as a node does: it registers the name the first time, publishes
+/// prekeys (another user can start a session from them), logs in again, and a name held by
+/// another key is refused with the server's reason (the login is tried before registering).
+#[tokio::test]
+async fn a_client_session_logs_in_as_a_node_does() {
+    use palaver_rendezvous::client::session::{ClientSession, SessionError};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let id = identity();
+    let client = connect(&server.tcp(), &id).await;
+    let mut carol = ClientSession::log_in(client, &id, name("carol"), None)
+        .await
+        .expect("logs in");
+    assert!(carol.prekeys_published());
+    let (bob, _) = session(&server.tcp(), "bob").await;
+    let bundle = ask(
+        &bob,
+        RendezvousRequest::FetchPrekeys {
+            name: name("carol"),
+        },
+    )
+    .await;
+    let RendezvousResponse::Prekeys(bundle) = bundle else {
+        panic!("no prekeys: {bundle:?}");
+    };
+    assert_eq!(bundle.identity, id.public());
+    bundle.verify().expect("signed by carol");
+
+    carol.log_in_again().await.expect("logs in again");
+    let users = carol
+        .request(RendezvousRequest::Lookup {
+            names: vec![name("bob")],
+        })
+        .await
+        .expect("answered");
+    assert!(
+        matches!(&users, RendezvousResponse::Users(users) if users.len() == 1),
+        "{users:?}"
+    );
+
+    let mallory = identity();
+    let client = connect(&server.tcp(), &mallory).await;
+    let refused = ClientSession::log_in(client, &mallory, name("carol"), None).await;
+    assert!(
+        matches!(&refused, Err(SessionError::Refused(r)) if r.reason == RefusalReason::NotYourName),
+        "{refused:?}"
+    );
+}
