@@ -267,7 +267,7 @@ impl Node {
         let delivery = palaver_protocol::node::direct::Delivery::new(
             *swarm.local_peer_id(),
             outbox,
-            Self::stored_routes(&store),
+            Self::stored_routes(&store)?,
             now_ms(),
         );
         let local_peer = *swarm.local_peer_id();

@@ -80,7 +80,9 @@ impl Node {
             Begin::Refused { waiter, error } => {
                 let error = match error {
                     KeyedError::Reused(_) => RpcError::invalid(error.to_string()),
-                    KeyedError::TooMany => RpcError::failed(error.to_string()),
+                    KeyedError::TooMany | KeyedError::TooManyRepeats(_) => {
+                        RpcError::failed(error.to_string())
+                    }
                 };
                 self.replies.answer(waiter, Err(error));
             }

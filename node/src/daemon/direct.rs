@@ -37,7 +37,7 @@ use super::replies::ReplyToken;
 use super::trust::Asked;
 use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
-use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status};
+use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, StoreError};
 
 mod delivery;
 mod receive;
@@ -203,9 +203,15 @@ impl Node {
         mut sessions: PeerSessions,
         warning: Option<String>,
     ) {
-        let conversation = self.conversation_with(&key.to_bytes());
-        let mut clock = self.clock();
-        let seq = self.next_seq(&conversation);
+        let read = |node: &Self| -> Result<_, StoreError> {
+            let conversation = node.conversation_with(&key.to_bytes())?;
+            let seq = node.next_seq(&conversation)?;
+            Ok((conversation, node.clock()?, seq))
+        };
+        let (conversation, mut clock, seq) = match read(self) {
+            Ok(read) => read,
+            Err(err) => return self.fail_send(job.reply, format!("cannot read the store: {err}")),
+        };
         let text = match &job.payload {
             palaver_protocol::wire::Payload::Text(text) => Some(text.clone()),
             _ => None,
@@ -314,16 +320,17 @@ impl Node {
         }
     }
 
-    /// Our hybrid logical clock as last committed.
-    fn clock(&self) -> HybridClock {
-        let last = self.store.get::<Stamp>(StateKey::Meta(CLOCK_META));
-        HybridClock::resume(last.ok().flatten().unwrap_or_default())
+    /// Our hybrid logical clock as last committed (a store that cannot say is an error: a
+    /// clock started afresh would stamp messages before ones already sent).
+    pub(crate) fn clock(&self) -> Result<HybridClock, StoreError> {
+        let last = self.store.get::<Stamp>(StateKey::Meta(CLOCK_META))?;
+        Ok(HybridClock::resume(last.unwrap_or_default()))
     }
 
     /// The stamp for a message we send; the caller commits it (under [`CLOCK_META`]) with the
     /// message.
-    pub(crate) fn next_stamp(&self) -> Stamp {
-        self.clock().tick(now_ms())
+    pub(crate) fn next_stamp(&self) -> Result<Stamp, StoreError> {
+        Ok(self.clock()?.tick(now_ms()))
     }
 
     /// Moves our clock past a received message's stamp, in the batch that stores it; the stamp
@@ -334,20 +341,18 @@ impl Node {
         remote: Stamp,
         sent_at_ms: u64,
         batch: &mut StateBatch,
-    ) -> Stamp {
-        let mut clock = self.clock();
+    ) -> Result<Stamp, StoreError> {
+        let mut clock = self.clock()?;
         let filed = clock.observe(remote.or_sent_at(sent_at_ms), now_ms());
         batch.put(StateKey::Meta(CLOCK_META), &clock.current());
-        filed
+        Ok(filed)
     }
 
-    pub(crate) fn next_seq(&self, conversation: &ConversationId) -> u64 {
-        self.store
-            .get::<u64>(StateKey::Seq(*conversation))
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-            + 1
+    /// Our next sequence number in `conversation` (a store that cannot say is an error: a
+    /// number used again would overwrite an earlier message in a room's log).
+    pub(crate) fn next_seq(&self, conversation: &ConversationId) -> Result<u64, StoreError> {
+        let last = self.store.get::<u64>(StateKey::Seq(*conversation))?;
+        Ok(last.unwrap_or(0) + 1)
     }
 
     /// What a lookup or who-is answered: keys learned (see [`Node::learn_keys`]), presence

@@ -185,6 +185,10 @@ impl Node {
         let from = self.name_of_key(&read.sender);
         let named = from.is_some();
         let mut batch = StateBatch::default();
+        let stamp = match self.observe_stamp(read.stamp, read.sent_at_ms, &mut batch) {
+            Ok(stamp) => stamp,
+            Err(err) => return tracing::error!("cannot store room message {}: {err}", read.id),
+        };
         let entry = HistoryEntry {
             id: read.id,
             conversation: ConversationId::Room(read.room),
@@ -193,7 +197,7 @@ impl Node {
             sender: read.sender.to_bytes(),
             text: read.text,
             sent_at_ms: read.sent_at_ms,
-            stamp: self.observe_stamp(read.stamp, read.sent_at_ms, &mut batch),
+            stamp,
             seq: read.seq,
             status: Status::Received,
         };
@@ -219,8 +223,14 @@ impl Node {
     /// publish yet.
     pub(crate) fn subscribe_room_topics(&mut self) {
         self.state.rooms.start();
-        for (room, ..) in self.unsent() {
-            self.state.rooms.unpublished(room, super::now_ms());
+        match self.unsent() {
+            Ok(unsent) => {
+                for (room, ..) in unsent {
+                    self.state.rooms.unpublished(room, super::now_ms());
+                }
+            }
+            // What waits goes out at the next start.
+            Err(err) => tracing::error!("cannot read the room messages not yet published: {err}"),
         }
         let _ = self.drive_rooms();
     }
@@ -245,16 +255,22 @@ impl Node {
     }
 
     /// Our messages stored as not yet published (nobody was subscribed when they were sealed).
-    fn unsent(&self) -> Vec<(RoomId, Vec<u8>, MessageId)> {
-        self.store
-            .scan(StateKey::RoomUnsent(MessageId([0; 32])))
-            .unwrap_or_default()
+    fn unsent(&self) -> Result<Vec<(RoomId, Vec<u8>, MessageId)>, StoreError> {
+        self.store.scan(StateKey::RoomUnsent(MessageId([0; 32])))
     }
 
     /// Publishes again our messages in `room` that found nobody subscribed; the machine
     /// said when.
     fn republish(&mut self, room: RoomId) {
-        for (_, frame, id) in self.unsent().into_iter().filter(|(r, ..)| *r == room) {
+        let unsent = match self.unsent() {
+            Ok(unsent) => unsent,
+            Err(err) => {
+                tracing::error!("cannot read the room messages not yet published: {err}");
+                // Asked again a moment later.
+                return self.state.rooms.unpublished(room, super::now_ms());
+            }
+        };
+        for (_, frame, id) in unsent.into_iter().filter(|(r, ..)| *r == room) {
             // One not yet durable is published by its flush.
             if self.state.rooms.may_publish(&id) {
                 self.publish(&room, frame, id);
@@ -270,9 +286,13 @@ impl Node {
             .publish(topic(room), frame)
         {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
-                let _ = self
-                    .store
-                    .apply(StateBatch::default().remove(StateKey::RoomUnsent(id)));
+                // Left behind, it is published once more at the next start (gossip and the
+                // receivers drop the duplicate).
+                let mut published = StateBatch::default();
+                published.remove(StateKey::RoomUnsent(id));
+                if let Err(err) = self.store.apply(&published) {
+                    tracing::warn!("cannot note room message {id} as published: {err}");
+                }
                 self.set_status(&id, Status::Sent);
             }
             Err(err) => {

@@ -109,15 +109,14 @@ impl Node {
 
     /// The conversation a direct message with the holder of `key` is filed in: its name's
     /// conversation (which outlives key changes), else one of its own.
-    pub(crate) fn conversation_with(&self, key: &[u8; 32]) -> ConversationId {
-        let anchor = self
-            .store
-            .get::<String>(StateKey::Peer(*key))
-            .ok()
-            .flatten()
-            .and_then(|name| load_contact(&self.store, &name).ok().flatten())
-            .map_or(*key, |contact| contact.conversation);
-        ConversationId::Direct(anchor)
+    pub(crate) fn conversation_with(&self, key: &[u8; 32]) -> Result<ConversationId, StoreError> {
+        let contact = match self.store.get::<String>(StateKey::Peer(*key))? {
+            Some(name) => load_contact(&self.store, &name)?,
+            None => None,
+        };
+        Ok(ConversationId::Direct(
+            contact.map_or(*key, |contact| contact.conversation),
+        ))
     }
 
     /// Takes in what an answer said about users' keys ([`trust::learn`] decides); true when a
@@ -175,7 +174,10 @@ impl Node {
         };
         let mut id = [0u8; 32];
         OsRng.fill_bytes(&mut id);
-        let stamp = self.next_stamp();
+        let stamp = match self.next_stamp() {
+            Ok(stamp) => stamp,
+            Err(err) => return tracing::error!("cannot file a notice for {name}: {err}"),
+        };
         let mut batch = StateBatch::default();
         batch.put(StateKey::Meta(super::direct::CLOCK_META), &stamp);
         let entry = HistoryEntry {

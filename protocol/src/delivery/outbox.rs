@@ -145,12 +145,15 @@ impl fmt::Display for DeliveryStatus {
 pub enum FailureReason {
     /// No confirmation within [`OutboxConfig::give_up_after_ms`] of sending.
     Expired,
+    /// The stored envelope is gone or cannot be read: there is nothing left to send.
+    Lost,
 }
 
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FailureReason::Expired => f.write_str("not delivered before the give-up deadline"),
+            FailureReason::Lost => f.write_str("its stored copy is gone or unreadable"),
         }
     }
 }
@@ -428,6 +431,19 @@ impl Outbox {
         } else {
             entry.deposit_requested = true;
             Attempt::DepositInMailbox { retry_at: at }
+        }
+    }
+
+    /// Gives `id` up at once: there is nothing left to send (see [`FailureReason::Lost`]).
+    /// Returns whether this failed a message the outbox was still waiting for.
+    pub fn give_up(&mut self, id: MessageId, reason: FailureReason) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(entry) if !entry.status.is_final() => {
+                entry.in_flight_until = None;
+                entry.set_status(id, DeliveryStatus::Failed { reason }, &mut self.changed);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -82,6 +82,10 @@ pub enum Input<R> {
     DepositFailed(MessageId),
     /// The recipient confirmed `id` (a receipt, by any path).
     Receipt(MessageId),
+    /// The envelope handed out as [`Output::Deliver`] or [`Output::Deposit`] could not be read
+    /// from the store: `lost` if it is gone or undecodable (the message fails: nothing is left
+    /// to send), otherwise the read failed this time (the attempt failed; it is tried again).
+    Unsendable { id: MessageId, lost: bool },
     /// `name` came online: try its messages now rather than at the backoff.
     CameOnline(UserName),
 }
@@ -264,6 +268,15 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
             }
             Input::Receipt(id) => {
                 self.outbox.handle_receipt(id);
+            }
+            Input::Unsendable { id, lost: true } => {
+                self.outbox
+                    .give_up(id, crate::delivery::FailureReason::Lost);
+            }
+            Input::Unsendable { id, lost: false } => {
+                // A deposit asked for is asked again at the next failure.
+                self.outbox.handle_deposit_failed(id);
+                self.attempt_failed(id, now, rng);
             }
             Input::CameOnline(name) => self.retry_now(now, |route| route.to == name),
         }

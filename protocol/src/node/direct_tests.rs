@@ -398,3 +398,47 @@ fn a_restart_goes_on_with_what_is_stored_and_nothing_else() {
     assert!(out.contains(&Output::Deliver { peer, id: lost }));
     assert!(!out.contains(&Output::Deliver { peer, id: gone }));
 }
+
+/// An envelope the store cannot give back: gone or undecodable, the message fails (nothing is
+/// left to send, and it is not called delivered); a read that failed this once is an attempt
+/// that failed, tried again later.
+#[test]
+fn an_envelope_the_store_cannot_give_back_fails_or_is_tried_again() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::Connected(peer), T0, &mut rng);
+    let (lost, unread) = (MessageId([1; 32]), MessageId([2; 32]));
+    let out = send(&mut d, lost, route(peer, &name), T0, &mut rng);
+    assert!(out.contains(&Output::Deliver { peer, id: lost }));
+    d.handle(
+        Input::Unsendable {
+            id: lost,
+            lost: true,
+        },
+        T0,
+        &mut rng,
+    );
+    let out = drain(&mut d);
+    assert_eq!(statuses(&out), ["failed"]);
+    assert!(out.contains(&Output::Forget(lost)));
+
+    let out = send(&mut d, unread, route(peer, &name), T0, &mut rng);
+    assert!(out.contains(&Output::Deliver { peer, id: unread }));
+    d.handle(
+        Input::Unsendable {
+            id: unread,
+            lost: false,
+        },
+        T0,
+        &mut rng,
+    );
+    let out = drain(&mut d);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Forget(_))),
+        "{out:?}"
+    );
+    let retry = d.poll_timeout().expect("tried again");
+    assert!(retry > T0, "after a backoff");
+    d.handle_timeout(retry, &mut rng);
+    assert!(drain(&mut d).contains(&Output::Deliver { peer, id: unread }));
+}

@@ -62,56 +62,51 @@ impl Node {
         }
     }
 
-    fn outbox_item(&self, id: &MessageId) -> Option<OutboxItem> {
-        self.store
-            .get::<OutboxItem>(StateKey::Outbox(*id))
-            .ok()
-            .flatten()
+    /// The stored envelope of outbox item `id`; the planner hears if it cannot be had (gone or
+    /// undecodable: lost; the read failed: this attempt failed).
+    fn outbox_envelope(&mut self, id: MessageId) -> Option<Envelope> {
+        let lost = match self.store.get::<OutboxItem>(StateKey::Outbox(id)) {
+            Ok(Some(item)) => match Envelope::from_bytes(&item.frame) {
+                Ok(envelope) => return Some(envelope),
+                Err(err) => {
+                    tracing::error!("outbox item {id} is unreadable: {err}");
+                    true
+                }
+            },
+            Ok(None) => {
+                tracing::error!("outbox item {id} is gone from the store");
+                true
+            }
+            Err(err) => {
+                tracing::error!("cannot read outbox item {id} now: {err}");
+                false
+            }
+        };
+        // Inside `drive_delivery`'s loop, which carries out what this leads to.
+        let input = Input::Unsendable { id, lost };
+        self.state.delivery.handle(input, now_ms(), &mut OsRng);
+        None
     }
 
     fn send_deliver(&mut self, peer: PeerId, id: MessageId) {
-        let envelope = self
-            .outbox_item(&id)
-            .map(|item| Envelope::from_bytes(&item.frame));
-        match envelope {
-            Some(Ok(envelope)) => {
-                let request = self
-                    .swarm
-                    .behaviour_mut()
-                    .peer
-                    .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
-                self.state.delivery.handle(
-                    Input::DeliverySent { id, request },
-                    now_ms(),
-                    &mut OsRng,
-                );
-                self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
-            }
-            Some(Err(err)) => tracing::error!("outbox item {id} is unreadable: {err}"),
-            // Gone from the store: nothing to send; the receipt lets the planner forget it.
-            None => self
-                .state
-                .delivery
-                .handle(Input::Receipt(id), now_ms(), &mut OsRng),
-        }
+        let Some(envelope) = self.outbox_envelope(id) else {
+            return;
+        };
+        let request = self
+            .swarm
+            .behaviour_mut()
+            .peer
+            .send_request(&peer, PeerRequest::Deliver(Box::new(envelope)));
+        let input = Input::DeliverySent { id, request };
+        self.state.delivery.handle(input, now_ms(), &mut OsRng);
+        self.reach(crate::daemon::reach::ReachInput::DeliveryStarted(peer));
     }
 
     fn deposit_in_mailbox(&mut self, id: MessageId, to: UserName) {
-        let envelope = self
-            .outbox_item(&id)
-            .and_then(|item| Envelope::from_bytes(&item.frame).ok());
-        match envelope {
-            Some(envelope) => self.rendezvous_request(
-                RendezvousRequest::Deposit {
-                    to,
-                    envelope: Box::new(envelope),
-                },
-                Pending::Deposit { id },
-            ),
-            None => self
-                .state
-                .delivery
-                .handle(Input::DepositFailed(id), now_ms(), &mut OsRng),
+        if let Some(envelope) = self.outbox_envelope(id) {
+            let envelope = Box::new(envelope);
+            let request = RendezvousRequest::Deposit { to, envelope };
+            self.rendezvous_request(request, Pending::Deposit { id });
         }
     }
 
@@ -175,11 +170,11 @@ impl Node {
     }
 
     /// Every message the store holds for delivery, with its route (at start, for the planner).
-    pub(crate) fn stored_routes(store: &crate::store::Store) -> Vec<(MessageId, Route)> {
-        let items = store
-            .scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))
-            .unwrap_or_default();
-        items
+    pub(crate) fn stored_routes(
+        store: &crate::store::Store,
+    ) -> Result<Vec<(MessageId, Route)>, crate::store::StoreError> {
+        let items = store.scan::<OutboxItem>(StateKey::Outbox(MessageId([0; 32])))?;
+        Ok(items
             .into_iter()
             .filter_map(|item| match item.route() {
                 Some(route) => Some((item.id, route)),
@@ -188,7 +183,7 @@ impl Node {
                     None
                 }
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -84,7 +84,7 @@ impl Node {
             .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))?;
         // Staged copies: ours change only once the message that changed them is stored (a
         // one-time prekey used up by a message we then failed to store would break that session).
-        let mut clock = self.clock();
+        let mut clock = self.clock()?;
         let opened = pairwise::open(
             self.identity.signing_key(),
             existing,
@@ -100,7 +100,7 @@ impl Node {
         if let Some(prekeys) = &opened.prekeys_after {
             crate::daemon::link::put_prekey_secrets(&mut batch, prekeys);
         }
-        let conversation = self.conversation_with(&sender.to_bytes());
+        let conversation = self.conversation_with(&sender.to_bytes())?;
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;

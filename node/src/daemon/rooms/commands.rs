@@ -204,7 +204,10 @@ impl Node {
     > {
         let room = self.state.rooms.writable(&name).map_err(refused)?;
         let conversation = ConversationId::Room(room);
-        let (stamp, seq) = (self.next_stamp(), self.next_seq(&conversation));
+        let unreadable =
+            |e: crate::store::StoreError| RpcError::failed(format!("cannot read the store: {e}"));
+        let stamp = self.next_stamp().map_err(unreadable)?;
+        let seq = self.next_seq(&conversation).map_err(unreadable)?;
         let content = Content {
             sent_at_ms: now_ms(),
             stamp,

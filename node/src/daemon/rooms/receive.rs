@@ -57,11 +57,16 @@ impl Node {
                 .on_member_left(sender, room, now, &mut OsRng)
                 .map_err(|err| format!("a member leaving: {err}")),
             Payload::KeyRequest { room } => {
-                let given = self.key_given(room, &sender);
-                self.state
-                    .rooms
-                    .on_key_request(sender, room, given, now)
-                    .map_err(|reason| format!("a key request: {reason}"))
+                // Unanswered if the store cannot say what was handed out (the current key
+                // would skip what the asker missed): it asks again.
+                match self.key_given(room, &sender) {
+                    Ok(given) => self
+                        .state
+                        .rooms
+                        .on_key_request(sender, room, given, now)
+                        .map_err(|reason| format!("a key request: {reason}")),
+                    Err(err) => Err(format!("a key request, for now ({err})")),
+                }
             }
             Payload::MembershipRequest { room } => rooms
                 .on_membership_request(sender, room)
@@ -79,10 +84,10 @@ impl Node {
         &self,
         room: RoomId,
         member: &VerifyingKey,
-    ) -> Option<palaver_protocol::crypto::sender_key::SenderKeyDistribution> {
-        self.store
-            .get(StateKey::KeyGiven(room, member.to_bytes()))
-            .ok()
-            .flatten()
+    ) -> Result<
+        Option<palaver_protocol::crypto::sender_key::SenderKeyDistribution>,
+        crate::store::StoreError,
+    > {
+        self.store.get(StateKey::KeyGiven(room, member.to_bytes()))
     }
 }

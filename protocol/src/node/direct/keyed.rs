@@ -17,6 +17,9 @@ use crate::{MessageId, UserName};
 
 /// Keyed sends under way at once; past that, a new one is refused until some are answered.
 pub const MAX_UNDER_WAY: usize = 1024;
+/// Callers waiting for one keyed send (the first and its repeats); past that, a repeat is
+/// refused until the send is answered.
+pub const MAX_WAITING: usize = 16;
 
 /// What a client's key stands for, as stored with the message: the message it sent, and what
 /// was in it.
@@ -39,6 +42,8 @@ pub enum KeyedError {
     Reused(String),
     #[error("too many sends with a client_id under way; try again in a moment")]
     TooMany,
+    #[error("client_id {0:?} is being sent and repeated too often; wait for its answer")]
+    TooManyRepeats(String),
 }
 
 /// What to do with a keyed send.
@@ -108,6 +113,10 @@ impl<T> KeyedSends<T> {
         }
         if let Some(under_way) = self.under_way.get_mut(client_id) {
             if under_way.to == *to && under_way.text_sha256 == text_sha256 {
+                if under_way.waiting.len() >= MAX_WAITING {
+                    let error = KeyedError::TooManyRepeats(client_id.to_string());
+                    return Begin::Refused { waiter, error };
+                }
                 under_way.waiting.push(waiter);
                 return Begin::Joined;
             }
@@ -208,5 +217,18 @@ mod tests {
             sends.begin("one more", &ann(), [0; 32], None, 0),
             Begin::Start
         );
+        // Repeats of one send wait with it, up to a bound.
+        for waiter in 1..MAX_WAITING {
+            let begun = sends.begin("one more", &ann(), [0; 32], None, waiter);
+            assert_eq!(begun, Begin::Joined);
+        }
+        assert_eq!(
+            sends.begin("one more", &ann(), [0; 32], None, 99),
+            Begin::Refused {
+                waiter: 99,
+                error: KeyedError::TooManyRepeats("one more".into())
+            }
+        );
+        assert_eq!(sends.answered("one more").len(), MAX_WAITING);
     }
 }
