@@ -1312,6 +1312,10 @@ impl<'a> Known<'a> {
 
 impl pipeline::Facts for Known<'_> {
     type Refusal = String;
+    /// The driver here answers a question it cannot send (see `drive_pipeline`).
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
     fn me(&self) -> VerifyingKey {
         self.me
     }

@@ -27,6 +27,7 @@
 
 pub mod addr;
 pub mod announce;
+pub mod asks;
 pub mod direct;
 pub mod discovery;
 pub mod gate;

@@ -2,6 +2,7 @@
 
 use palaver_protocol::node::presence;
 use palaver_protocol::node::session::refusal_hint;
+use palaver_protocol::node::trust::{self, VerifyStep};
 use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, UserRecord};
 use palaver_protocol::{RoomName, UserName};
 use serde_json::{Value, json};
@@ -252,7 +253,7 @@ impl Node {
                 let result = self.room_create(room, public);
                 self.answer_when_durable(reply, result);
             }
-            Command::RoomInvite { room, name } => self.room_invite(room, name, reply),
+            Command::RoomInvite { room, name } => self.room_invite(room, name, reply, false),
             Command::RoomKick { room, name } => self.room_kick(room, name, reply),
             Command::RoomJoin { room, public } => {
                 let result = self.room_join(room, public);
@@ -295,11 +296,6 @@ impl Node {
     }
 
     /// Why something that needs the rendezvous cannot be done now (the session says).
-    pub(crate) fn offline_reason(&self, what: &str) -> String {
-        let addr = self.reach.rendezvous_addr();
-        self.state.session.offline_reason(what, addr)
-    }
-
     fn peers(&self) -> Value {
         let mut peers: Vec<Value> = self
             .swarm
@@ -429,23 +425,25 @@ impl Node {
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),
     /// then answers with the safety number (see [`Node::answer_verify`]).
     pub(crate) fn verify(&mut self, name: UserName, confirm: bool, reply: Reply) {
-        if self.state.session.is_logged_in() {
-            let request = RendezvousRequest::Lookup {
-                names: vec![name.clone()],
-            };
-            let pending = Pending::LookupThenVerify {
-                name,
-                confirm,
-                reply: self.replies.park(reply),
-            };
-            return self.rendezvous_request(request, pending);
+        let (logged_in, known) = (
+            self.state.session.is_logged_in(),
+            self.contact_key(&name).is_some(),
+        );
+        match trust::verify_step(&name, logged_in, known) {
+            Ok(VerifyStep::LookUp) => {
+                let request = RendezvousRequest::Lookup {
+                    names: vec![name.clone()],
+                };
+                let pending = Pending::Verify {
+                    name,
+                    confirm,
+                    reply: self.replies.park(reply),
+                };
+                self.rendezvous_request(request, pending);
+            }
+            Ok(VerifyStep::Answer) => self.answer_verify(name, confirm, reply),
+            Err(err) => drop(reply.send(Err(RpcError::failed(err.to_string())))),
         }
-        if self.contact_key(&name).is_none() {
-            return drop(reply.send(Err(RpcError::failed(format!(
-                "{name} is not a contact yet and the rendezvous is not connected"
-            )))));
-        }
-        self.answer_verify(name, confirm, reply);
     }
 }
 

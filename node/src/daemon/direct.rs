@@ -34,7 +34,7 @@ use serde_json::json;
 
 use super::durable::AfterFlush;
 use super::replies::ReplyToken;
-use super::trust::Asked;
+use super::trust::{Asked, StoreFacts};
 use super::{Node, OUTBOX_META, Pending, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, StoreError};
@@ -121,7 +121,8 @@ impl Node {
 
     /// Feeds the send pipeline; what it asks waits in its outputs.
     fn feed_pipeline(&mut self, input: PipelineInput<Job>) {
-        let mut facts = super::trust::StoreFacts::new(&self.store, self.identity.public());
+        let unavailable = self.rendezvous_unavailable();
+        let mut facts = StoreFacts::new(&self.store, self.identity.public(), unavailable);
         self.state.sends.handle(input, now_ms(), &mut facts);
     }
 
@@ -132,12 +133,11 @@ impl Node {
                     let request = RendezvousRequest::Lookup {
                         names: vec![name.clone()],
                     };
-                    let offline = format!("cannot look {name} up");
                     let pending = Pending::Lookup {
                         names: vec![name],
                         call: Some(call),
                     };
-                    self.ask_for(call, request, pending, &offline);
+                    self.rendezvous_request(request, pending);
                 }
                 PipelineOutput::WhoIs { call, key } => {
                     let request = RendezvousRequest::WhoIs { keys: vec![key] };
@@ -145,12 +145,12 @@ impl Node {
                         keys: vec![key.to_bytes()],
                         call: Some(call),
                     };
-                    self.ask_for(call, request, pending, "cannot look the recipient up");
+                    self.rendezvous_request(request, pending);
                 }
                 PipelineOutput::FetchPrekeys { call, name, .. } => {
                     let request = RendezvousRequest::FetchPrekeys { name };
                     let pending = Pending::Prekeys { call };
-                    self.ask_for(call, request, pending, "cannot open a session yet");
+                    self.rendezvous_request(request, pending);
                 }
                 PipelineOutput::StartSession { call, key, bundle } => {
                     let answer = self.start_session(key, &bundle);
@@ -178,16 +178,6 @@ impl Node {
                 PipelineOutput::Fail { job, error } => self.fail_send(job.reply, error),
             }
         }
-    }
-
-    /// Sends a send's question to the rendezvous; when not logged in, its answer is that.
-    fn ask_for(&mut self, call: CallId, request: RendezvousRequest, pending: Pending, what: &str) {
-        if self.state.session.is_logged_in() {
-            return self.rendezvous_request(request, pending);
-        }
-        let answer = PipelineAnswer::Failed(self.offline_reason(what));
-        // Inside `drive_pipeline`'s loop, which carries out what this answer leads to.
-        self.feed_pipeline(PipelineInput::Answered { call, answer });
     }
 
     /// What the rendezvous answered a send's question: the pipeline goes on.
@@ -355,9 +345,9 @@ impl Node {
         Ok(last.unwrap_or(0) + 1)
     }
 
-    /// What a lookup or who-is answered: keys learned (see [`Node::learn_keys`]), presence
-    /// noted, and the send that asked (if one did) goes on.
-    pub(crate) fn on_users(&mut self, users: Vec<UserRecord>, call: Option<CallId>, asked: Asked) {
+    /// What a lookup or who-is answered: keys learned (see [`Node::learn_keys`]) and presence
+    /// noted.
+    pub(crate) fn on_users(&mut self, users: Vec<UserRecord>, asked: Asked) {
         let users: Vec<UserRecord> = users
             .into_iter()
             .filter(|user| asked.covers(&user.name, &user.identity))
@@ -367,9 +357,6 @@ impl Node {
         }
         if self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked) {
             self.subscribe_presence();
-        }
-        if let Some(call) = call {
-            self.answer_send(call, PipelineAnswer::Learned);
         }
     }
 

@@ -1,15 +1,12 @@
 //! Discovery at the rendezvous, as requests of Palaver's own protocol (only for a logged-in
-//! session). Where and when our signed peer record is registered is
-//! [`palaver_protocol::node::discovery::Publisher`]'s to decide; this seals the record, sends
-//! the requests, and looks up one namespace at a time. An answer is believed only
-//! as far as its signatures go: for a peer, only a record that peer signed; for a room, each
-//! record for the peer that signed it. So neither the server nor another instance can send us to
-//! addresses a peer did not publish.
+//! session). Where and when our signed peer record is registered, and whose signatures make
+//! a record found believable, is [`palaver_protocol::node::discovery`]'s to decide; this seals
+//! the record, sends the requests, checks the signatures, and looks up one namespace at a time.
 
 use libp2p::{Multiaddr, PeerId};
 use palaver_protocol::node::direct::Input;
-use palaver_protocol::node::discovery::{Found, Opened, Output};
-use palaver_protocol::rendezvous::discovery::{DEFAULT_TTL_SECS, Namespace};
+use palaver_protocol::node::discovery::{Found, Opened, Output, Signer, signer};
+use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse, RoomId, SignedPeerRecord};
 use palaver_rendezvous::discovery::{open, open_any};
 
@@ -79,7 +76,11 @@ impl Node {
                 continue;
             }
             match output {
-                Output::Register { namespaces, addrs } => {
+                Output::Register {
+                    namespaces,
+                    addrs,
+                    ttl_secs,
+                } => {
                     if addrs.is_empty() {
                         tracing::debug!("registering for discovery without an address yet");
                     }
@@ -87,7 +88,7 @@ impl Node {
                         continue;
                     };
                     for namespace in namespaces {
-                        self.register_under(namespace, record.clone());
+                        self.register_under(namespace, record.clone(), ttl_secs);
                     }
                 }
                 Output::Unregister(namespace) => self.rendezvous_request(
@@ -130,12 +131,12 @@ impl Node {
         }
     }
 
-    fn register_under(&mut self, namespace: Namespace, record: SignedPeerRecord) {
+    fn register_under(&mut self, namespace: Namespace, record: SignedPeerRecord, ttl_secs: u32) {
         self.rendezvous_request(
             RendezvousRequest::RegisterDiscovery {
                 namespace: namespace.clone(),
                 record,
-                ttl_secs: DEFAULT_TTL_SECS,
+                ttl_secs,
             },
             Pending::Discovery(Asked::Register(namespace)),
         );
@@ -156,31 +157,30 @@ impl Node {
                 let found = self.state.discovery.found(namespace, None);
                 self.on_found(found);
             }
-            (Asked::Register(namespace), Ok(RendezvousResponse::Done)) => {
-                self.state.discovery.registered(&namespace, true);
-                self.drive_discovery();
-            }
             (Asked::Unregister, _) => {}
-            (Asked::Register(namespace), Err(error)) => {
-                tracing::debug!("registering under {namespace} failed: {error}")
-            }
-            (Asked::Register(namespace), other) => {
-                tracing::warn!(
-                    "the rendezvous did not keep our record under {namespace}: {other:?}"
-                )
+            (Asked::Register(namespace), answer) => {
+                let kept = matches!(answer, Ok(RendezvousResponse::Done));
+                match answer {
+                    Ok(RendezvousResponse::Done) => {}
+                    Err(error) => tracing::debug!("registering under {namespace} failed: {error}"),
+                    Ok(other) => tracing::warn!(
+                        "the rendezvous did not keep our record under {namespace}: {other:?}"
+                    ),
+                }
+                self.state.discovery.registered(&namespace, kept, now_ms());
+                self.drive_discovery();
             }
         }
     }
 
     fn on_records(&mut self, namespace: Namespace, records: Vec<SignedPeerRecord>) {
-        // Believed only as far as the signatures go: for a peer, a record it signed; for a
-        // room, each record for the peer that signed it.
+        let signer = signer(&namespace);
         let opened = records
             .iter()
             .filter_map(|signed| {
-                let record = match &namespace {
-                    Namespace::Peer(peer) => open(signed, peer),
-                    Namespace::Room(_) => open_any(signed),
+                let record = match &signer {
+                    Signer::Exactly(peer) => open(signed, peer),
+                    Signer::Any => open_any(signed),
                 };
                 record
                     .inspect_err(|err| tracing::warn!("discarded a discovery record: {err}"))

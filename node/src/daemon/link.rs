@@ -4,12 +4,11 @@
 
 use libp2p::PeerId;
 use libp2p::request_response::OutboundRequestId;
+use palaver_protocol::UserName;
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
+use palaver_protocol::node::asks::{self, Step};
 use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState};
-use palaver_protocol::wire::{
-    PresenceRecord, RefusalReason, RendezvousRequest, RendezvousResponse,
-};
-use palaver_protocol::{MessageId, UserName};
+use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, RendezvousResponse};
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
@@ -17,62 +16,13 @@ use super::trust::Asked;
 use super::{Node, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{StateBatch, StateKey, Store};
-use palaver_protocol::node::direct::pipeline::{Answer as PipelineAnswer, CallId};
 
 /// The session, with the node's own requests continued by [`Pending`].
 pub(crate) type Session = plan::Session<Pending>;
 
-/// What to do with the answer to a request of the node's own.
-#[derive(Debug)]
-pub(crate) enum Pending {
-    /// Name lookups; then the send that asked (if one did) goes on.
-    Lookup {
-        names: Vec<UserName>,
-        call: Option<CallId>,
-    },
-    /// Who holds these keys; then the send that asked (if one did) goes on.
-    WhoIs {
-        keys: Vec<[u8; 32]>,
-        call: Option<CallId>,
-    },
-    /// A prekey bundle, for the send `call`.
-    Prekeys {
-        call: CallId,
-    },
-    Deposit {
-        id: MessageId,
-    },
-    Presence {
-        names: Vec<UserName>,
-        /// Named by the caller (an unknown one is an error), not the contact list.
-        explicit: bool,
-        reply: super::replies::ReplyToken,
-    },
-    LookupThenInvite {
-        room: palaver_protocol::RoomName,
-        user: UserName,
-        reply: super::replies::ReplyToken,
-    },
-    LookupThenVerify {
-        name: UserName,
-        confirm: bool,
-        reply: super::replies::ReplyToken,
-    },
-    /// A discovery registration or lookup.
-    Discovery(super::discovery::Asked),
-}
-
-impl Pending {
-    /// The parked reply of the call waiting on this request, if one waits.
-    fn reply(&self) -> Option<super::replies::ReplyToken> {
-        match self {
-            Pending::Presence { reply, .. }
-            | Pending::LookupThenInvite { reply, .. }
-            | Pending::LookupThenVerify { reply, .. } => Some(*reply),
-            _ => None,
-        }
-    }
-}
+/// What a request of the node's own was for, and who waits on its answer (decided on by
+/// [`asks::answered`]).
+pub(crate) type Pending = asks::Ask<super::replies::ReplyToken, super::discovery::Asked>;
 
 const PREKEYS_META: &str = "prekeys";
 const SIGNED_PREKEY_AT_META: &str = "signed_prekey_at";
@@ -130,6 +80,11 @@ impl Node {
         self.reach.is_rendezvous(peer)
     }
 
+    /// Why the rendezvous cannot be asked now (`None`: logged in, it can).
+    pub(crate) fn rendezvous_unavailable(&self) -> Option<String> {
+        self.state.session.unavailable(self.reach.rendezvous_addr())
+    }
+
     /// The rendezvous, while connected to it.
     pub(crate) fn rendezvous_peer(&self) -> Option<PeerId> {
         self.reach
@@ -138,7 +93,7 @@ impl Node {
     }
 
     /// Sends a request to the rendezvous (or queues it behind those in flight). Whatever
-    /// happens, `pending` hears of it: an answer, or [`Node::on_rendezvous_failure`].
+    /// happens, `pending` hears of it: an answer, or why none came.
     pub(crate) fn rendezvous_request(&mut self, request: RendezvousRequest, pending: Pending) {
         self.state.session.request(request, pending);
         self.drive_session();
@@ -202,8 +157,8 @@ impl Node {
                         error: Some(refusal.to_string()),
                     });
                 }
-                Output::Answer { token, response } => self.on_rendezvous_response(token, response),
-                Output::Failed { token, error } => self.on_rendezvous_failure(token, error),
+                Output::Answer { token, response } => self.on_asked(token, Ok(response)),
+                Output::Failed { token, error } => self.on_asked(token, Err(error)),
                 Output::Presence(record) => self.on_presence_push(record),
                 Output::Subscribed(users) => {
                     // Asked for by name: our contacts. Each login checks their keys again.
@@ -302,135 +257,49 @@ impl Node {
             .collect()
     }
 
-    fn on_rendezvous_response(&mut self, pending: Pending, response: RendezvousResponse) {
-        use RendezvousResponse as R;
-        match (pending, response) {
-            (Pending::Discovery(asked), response) => self.on_discovery_answer(asked, Ok(response)),
-            (Pending::Lookup { names, call }, R::Users(users)) => {
-                self.on_users(users, call, Asked::Names(names))
-            }
-            (Pending::WhoIs { keys, call }, R::Users(users)) => {
-                self.on_users(users, call, Asked::Keys(keys.clone()));
-                // The named ones were released with their names.
-                self.strangers_unnamed(keys);
-            }
-            (Pending::Prekeys { call }, R::Prekeys(bundle)) => {
-                self.answer_send(call, PipelineAnswer::Prekeys(bundle))
-            }
-            (Pending::Prekeys { call, .. }, R::Refused(refusal))
-                if refusal.reason == RefusalReason::NoPrekeys =>
-            {
-                self.answer_send(call, PipelineAnswer::NoPrekeys(refusal.to_string()))
-            }
-            (Pending::Prekeys { call, .. }, R::Refused(refusal)) => self.answer_send(
-                call,
-                PipelineAnswer::Failed(format!("cannot start a session: {refusal}")),
-            ),
-            (
-                Pending::Lookup {
-                    call: Some(call), ..
+    /// The rendezvous answered a request of the node's own (`Err`: why no answer came): its
+    /// steps are carried out in order.
+    fn on_asked(&mut self, pending: Pending, answer: Result<RendezvousResponse, String>) {
+        for step in asks::answered(pending, answer) {
+            match step {
+                Step::Learn { users, asked } => self.on_users(users, asked),
+                Step::Pipeline { call, answer } => self.answer_send(call, answer),
+                Step::Unnamed(keys) => self.strangers_unnamed(keys),
+                Step::Deposited(id) => {
+                    self.delivery_input(palaver_protocol::node::direct::Input::Deposited(id))
                 }
-                | Pending::WhoIs {
-                    call: Some(call), ..
-                },
-                R::Refused(refusal),
-            ) => self.answer_send(
-                call,
-                PipelineAnswer::Failed(format!("lookup failed: {refusal}")),
-            ),
-            (Pending::WhoIs { keys, call: None }, R::Refused(_)) => self.strangers_unnamed(keys),
-            (Pending::Deposit { id }, R::Deposited { .. }) => {
-                self.delivery_input(palaver_protocol::node::direct::Input::Deposited(id))
-            }
-            (Pending::Deposit { id }, R::Refused(refusal)) => {
-                self.on_deposit_refused(id, refusal.to_string())
-            }
-            (
-                Pending::Presence {
+                Step::DepositFailed { id, reason } => self.on_deposit_refused(id, reason),
+                Step::Presence {
                     names,
                     explicit,
+                    users,
                     reply,
-                },
-                R::Users(users),
-            ) => {
-                let answer = self.presence_answer(&names, explicit, users);
-                self.replies.answer(reply, answer);
-            }
-            (Pending::Presence { names, reply, .. }, R::Refused(_)) => {
-                let answer = Ok(self.last_known_presence(&names));
-                self.replies.answer(reply, answer);
-            }
-            (Pending::LookupThenInvite { room, user, reply }, R::Users(users)) => {
-                let found = users.iter().any(|u| u.name == user);
-                self.on_users(users, None, Asked::Names(vec![user.clone()]));
-                // Invited only once the key is pinned: looking up again would go round for ever
-                // (our own name, a contact that cannot be written).
-                let pinned = self.contact_key(&user).is_some();
-                match self.replies.take(reply) {
-                    Some(reply) if found && pinned => self.room_invite(room, user, reply),
-                    Some(reply) if found => drop(reply.send(Err(RpcError::failed(format!(
-                        "cannot invite {user}: their key could not be taken in"
-                    ))))),
-                    Some(reply) => drop(reply.send(Err(RpcError::failed(format!(
-                        "unknown user {user} at this rendezvous"
-                    ))))),
-                    None => {}
+                } => {
+                    let answer = match users {
+                        Some(users) => self.presence_answer(&names, explicit, users),
+                        None => Ok(self.last_known_presence(&names)),
+                    };
+                    self.replies.answer(reply, answer);
                 }
-            }
-            (
-                Pending::LookupThenVerify {
+                Step::Invite { room, user, reply } => {
+                    if let Some(reply) = self.replies.take(reply) {
+                        self.room_invite(room, user, reply, true);
+                    }
+                }
+                Step::Verify {
                     name,
                     confirm,
                     reply,
-                },
-                R::Users(users),
-            ) => {
-                self.on_users(users, None, Asked::Names(vec![name.clone()]));
-                if let Some(reply) = self.replies.take(reply) {
-                    self.answer_verify(name, confirm, reply);
+                } => {
+                    if let Some(reply) = self.replies.take(reply) {
+                        self.answer_verify(name, confirm, reply);
+                    }
                 }
-            }
-            (
-                Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. },
-                R::Refused(refusal),
-            ) => {
-                self.replies
-                    .answer(reply, Err(RpcError::failed(refusal.to_string())));
-            }
-            (pending, response) => {
-                tracing::debug!("unexpected rendezvous answer {response:?} to {pending:?}");
-                if let Some(reply) = pending.reply() {
-                    let error = format!("unexpected answer from the rendezvous: {response:?}");
-                    self.replies.answer(reply, Err(RpcError::failed(error)));
+                Step::Fail { reply, error } => {
+                    self.replies.answer(reply, Err(RpcError::failed(error)))
                 }
+                Step::Discovery(asked, answer) => self.on_discovery_answer(asked, answer),
             }
-        }
-    }
-
-    fn on_rendezvous_failure(&mut self, pending: Pending, error: String) {
-        match pending {
-            Pending::Discovery(asked) => self.on_discovery_answer(asked, Err(error)),
-            Pending::Lookup {
-                call: Some(call), ..
-            }
-            | Pending::WhoIs {
-                call: Some(call), ..
-            }
-            | Pending::Prekeys { call, .. } => self.answer_send(
-                call,
-                PipelineAnswer::Failed(format!("the rendezvous did not answer: {error}")),
-            ),
-            Pending::WhoIs { keys, call: None } => self.strangers_unnamed(keys),
-            Pending::Deposit { id } => self.on_deposit_refused(id, error),
-            Pending::Presence { names, reply, .. } => {
-                let answer = Ok(self.last_known_presence(&names));
-                self.replies.answer(reply, answer);
-            }
-            Pending::LookupThenInvite { reply, .. } | Pending::LookupThenVerify { reply, .. } => {
-                let error = format!("the rendezvous did not answer: {error}");
-                self.replies.answer(reply, Err(RpcError::failed(error)));
-            }
-            other => tracing::debug!("rendezvous request {other:?} failed: {error}"),
         }
     }
 

@@ -42,20 +42,30 @@ pub(crate) enum SendRefused {
     Store(#[from] StoreError),
 }
 
-/// What the store knows, as the send pipeline asks it.
+/// What the store knows, as the send pipeline asks it (and why the rendezvous cannot be
+/// asked now, if it cannot).
 pub(crate) struct StoreFacts<'a> {
     store: &'a Store,
     me: VerifyingKey,
+    unavailable: Option<String>,
 }
 
 impl<'a> StoreFacts<'a> {
-    pub(crate) fn new(store: &'a Store, me: VerifyingKey) -> Self {
-        Self { store, me }
+    pub(crate) fn new(store: &'a Store, me: VerifyingKey, unavailable: Option<String>) -> Self {
+        Self {
+            store,
+            me,
+            unavailable,
+        }
     }
 }
 
 impl Facts for StoreFacts<'_> {
     type Refusal = SendRefused;
+
+    fn unavailable(&self) -> Option<String> {
+        self.unavailable.clone()
+    }
 
     fn me(&self) -> VerifyingKey {
         self.me
@@ -200,18 +210,17 @@ impl Node {
     /// The safety number with `name` (whose key is known); with `confirm`, marks that key
     /// verified and answers once that is durable.
     pub(crate) fn answer_verify(&mut self, name: UserName, confirm: bool, reply: Reply) {
+        let refuse = |reply: Reply, error: trust::VerifyError| {
+            drop(reply.send(Err(RpcError::failed(error.to_string()))))
+        };
         let mut contact = match load_contact(&self.store, name.as_str()) {
             Ok(Some(contact)) => contact,
-            Ok(None) => {
-                let error = format!("unknown user {name} at this rendezvous");
-                return drop(reply.send(Err(RpcError::failed(error))));
-            }
+            Ok(None) => return refuse(reply, trust::VerifyError::Unknown(name)),
             Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
         };
         let latest = contact.latest();
         let Ok(their_key) = VerifyingKey::from_bytes(&latest) else {
-            let error = format!("{name}'s key is not valid");
-            return drop(reply.send(Err(RpcError::failed(error))));
+            return refuse(reply, trust::VerifyError::BadKey(name));
         };
         let answer = |contact: &Contact| -> Value {
             let mine = self.identity.public();

@@ -5,10 +5,12 @@
 //! public room's we are in, at each login and whenever those addresses change; it is renewed at
 //! half its TTL ([`RENEW_MS`]), so it never lapses while we are logged in. A public room's
 //! members are shown only to those registered there, so once our registration in a room is
-//! kept, we look the room up. The driver seals the record (it holds the key), sends the
-//! requests, and calls in only while logged in: discovery is served to sessions only.
+//! kept, we look the room up. A registration refused or unanswered is tried again
+//! [`REGISTER_RETRY_MS`] later. The driver seals the record (it holds the key), sends the
+//! requests, and calls in only while logged in: discovery is served to sessions only. What it
+//! finds it believes only as far as the signatures go ([`signer`]).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -18,17 +20,39 @@ use crate::wire::RoomId;
 
 /// Registrations are renewed at half their TTL.
 pub const RENEW_MS: u64 = DEFAULT_TTL_SECS as u64 * 1000 / 2;
+/// A registration refused or unanswered is tried again this much later.
+pub const REGISTER_RETRY_MS: u64 = 30_000;
 
 /// What to ask the rendezvous.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Seal a record of `addrs` and register it under each of `namespaces`.
+    /// Seal a record of `addrs` and register it under each of `namespaces` for `ttl_secs`;
+    /// report each with [`Publisher::registered`].
     Register {
         namespaces: Vec<Namespace>,
         addrs: Vec<Multiaddr>,
+        ttl_secs: u32,
     },
     Unregister(Namespace),
     Discover(Namespace),
+}
+
+/// Whose signature makes a record found under a namespace believable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// Only the peer's own: neither the server nor another instance can send us to addresses
+    /// a peer did not publish.
+    Exactly(PeerId),
+    /// Any: a public room's members each sign their own record (the record is for its signer).
+    Any,
+}
+
+/// Whose signature a record under `namespace` needs.
+pub fn signer(namespace: &Namespace) -> Signer {
+    match namespace {
+        Namespace::Peer(peer) => Signer::Exactly(*peer),
+        Namespace::Room(_) => Signer::Any,
+    }
 }
 
 /// A record from a lookup's answer whose signature the driver checked: who signed it, its
@@ -62,6 +86,8 @@ pub struct Publisher {
     /// The public rooms it went to with those addresses (so a login's room lookups do not
     /// register there twice).
     rooms: BTreeSet<RoomId>,
+    /// Registrations refused or unanswered, and when to try each again.
+    retry: HashMap<Namespace, u64>,
     outputs: VecDeque<Output>,
 }
 
@@ -72,6 +98,7 @@ impl Publisher {
             addrs: Vec::new(),
             renew_at: None,
             rooms: BTreeSet::new(),
+            retry: HashMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -87,6 +114,7 @@ impl Publisher {
         addrs.sort();
         self.addrs = addrs.clone();
         self.rooms.clear();
+        self.retry.clear();
         if addrs.is_empty() {
             self.renew_at = None;
             return;
@@ -95,9 +123,15 @@ impl Publisher {
         self.rooms.extend(public_rooms.iter().copied());
         let own = std::iter::once(Namespace::Peer(self.me));
         let namespaces = own.chain(public_rooms.iter().map(|r| Namespace::Room(*r)));
+        self.register(namespaces.collect(), addrs);
+    }
+
+    fn register(&mut self, namespaces: Vec<Namespace>, addrs: Vec<Multiaddr>) {
+        let ttl_secs = DEFAULT_TTL_SECS;
         self.outputs.push_back(Output::Register {
-            namespaces: namespaces.collect(),
+            namespaces,
             addrs,
+            ttl_secs,
         });
     }
 
@@ -110,16 +144,32 @@ impl Publisher {
         }
     }
 
-    /// When our record is to be renewed (wall-clock ms).
+    /// When our record is to be renewed, or a registration tried again (wall-clock ms).
     pub fn poll_timeout(&self) -> Option<u64> {
         self.renew_at
+            .into_iter()
+            .chain(self.retry.values().copied())
+            .min()
     }
 
-    /// Renews our record, half-way to its expiry, wherever it goes now.
+    /// Renews our record, half-way to its expiry, wherever it goes now; tries again the
+    /// registrations whose time came.
     pub fn handle_timeout(&mut self, now: u64, public_rooms: &[RoomId]) {
         if self.renew_at.is_some_and(|at| at <= now) {
-            self.register_all(now, self.addrs.clone(), public_rooms);
+            return self.register_all(now, self.addrs.clone(), public_rooms);
         }
+        let mut due: Vec<Namespace> = (self.retry.iter())
+            .filter(|(_, at)| **at <= now)
+            .map(|(namespace, _)| namespace.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort_by_key(|namespace| matches!(namespace, Namespace::Room(_)));
+        for namespace in &due {
+            self.retry.remove(namespace);
+        }
+        self.register(due, self.addrs.clone());
     }
 
     /// Registers in public room `room` (just joined, or after login) unless our record is there
@@ -131,15 +181,13 @@ impl Publisher {
             return;
         }
         self.rooms.insert(room);
-        self.outputs.push_back(Output::Register {
-            namespaces: vec![Namespace::Room(room)],
-            addrs,
-        });
+        self.register(vec![Namespace::Room(room)], addrs);
     }
 
     /// We left public room `room`: our record comes out of it.
     pub fn leave_room(&mut self, room: RoomId) {
         self.rooms.remove(&room);
+        self.retry.remove(&Namespace::Room(room));
         self.outputs
             .push_back(Output::Unregister(Namespace::Room(room)));
     }
@@ -175,12 +223,24 @@ impl Publisher {
         }
     }
 
-    /// The rendezvous kept (or refused) our record under `namespace`.
-    pub fn registered(&mut self, namespace: &Namespace, kept: bool) {
-        // The server shows a room's members to those registered there: now we are.
-        if let (Namespace::Room(room), true) = (namespace, kept) {
-            self.outputs
-                .push_back(Output::Discover(Namespace::Room(*room)));
+    /// The rendezvous kept our record under `namespace`, or refused it (or did not answer):
+    /// then it is tried again [`REGISTER_RETRY_MS`] after `now`, while it still goes there.
+    pub fn registered(&mut self, namespace: &Namespace, kept: bool, now: u64) {
+        let still = match namespace {
+            Namespace::Peer(peer) => *peer == self.me,
+            Namespace::Room(room) => self.rooms.contains(room),
+        };
+        match (namespace, kept) {
+            // The server shows a room's members to those registered there: now we are.
+            (Namespace::Room(room), true) => self
+                .outputs
+                .push_back(Output::Discover(Namespace::Room(*room))),
+            (_, true) => {}
+            (_, false) if still => {
+                let at = now.saturating_add(REGISTER_RETRY_MS);
+                self.retry.entry(namespace.clone()).or_insert(at);
+            }
+            (_, false) => {}
         }
     }
 }
@@ -215,6 +275,7 @@ mod tests {
         let registered = Output::Register {
             namespaces: vec![Namespace::Peer(me), Namespace::Room(room)],
             addrs: vec![addr(1), addr(2)],
+            ttl_secs: DEFAULT_TTL_SECS,
         };
         assert_eq!(outputs(&mut publisher), vec![registered.clone()]);
         // The same addresses, in another order, before the renewal: nothing.
@@ -274,7 +335,10 @@ mod tests {
                 }
             ]
         );
-        assert!(publisher.found(room, None).is_empty());
+        assert!(publisher.found(room.clone(), None).is_empty());
+        // A peer's record must be its own; a room's, each its signer's.
+        assert_eq!(signer(&Namespace::Peer(ann)), Signer::Exactly(ann));
+        assert_eq!(signer(&room), Signer::Any);
     }
 
     #[test]
@@ -284,12 +348,20 @@ mod tests {
         publisher.register_in_room(room, Vec::new());
         publisher.register_in_room(room, Vec::new());
         assert_eq!(outputs(&mut publisher).len(), 1, "once");
-        publisher.registered(&Namespace::Room(room), false);
+        publisher.registered(&Namespace::Room(room), false, 0);
         assert!(
             outputs(&mut publisher).is_empty(),
             "refused: nothing to look up"
         );
-        publisher.registered(&Namespace::Room(room), true);
+        // Tried again a while later.
+        assert_eq!(publisher.poll_timeout(), Some(REGISTER_RETRY_MS));
+        publisher.handle_timeout(REGISTER_RETRY_MS - 1, &[room]);
+        assert!(outputs(&mut publisher).is_empty(), "not yet");
+        publisher.handle_timeout(REGISTER_RETRY_MS, &[room]);
+        assert!(matches!(&outputs(&mut publisher)[..],
+            [Output::Register { namespaces, .. }] if *namespaces == vec![Namespace::Room(room)]));
+        assert_eq!(publisher.poll_timeout(), None);
+        publisher.registered(&Namespace::Room(room), true, REGISTER_RETRY_MS);
         assert_eq!(
             outputs(&mut publisher),
             vec![Output::Discover(Namespace::Room(room))]

@@ -286,6 +286,15 @@ pub enum RoomReject {
     Invalid(String),
 }
 
+/// What inviting a user takes first ([`Rooms::invite_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteStep {
+    /// Their key is pinned: invite them with it.
+    Invite(VerifyingKey),
+    /// Look them up at the rendezvous first, then ask again.
+    LookUp,
+}
+
 /// Why a command was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
@@ -303,6 +312,12 @@ pub enum RoomError {
     NotMember { user: UserName, room: RoomName },
     #[error("the owner cannot kick themselves; use `room leave`")]
     KickingSelf,
+    #[error("you are in {0} already")]
+    InvitingSelf(RoomName),
+    #[error("cannot invite {0}: their key could not be taken in")]
+    KeyNotTakenIn(UserName),
+    #[error("not connected to the rendezvous; cannot look up the user")]
+    CannotLookUp,
     #[error(
         "no invitation to {0}; ask its owner to invite you, or create it with --public for a public room"
     )]

@@ -281,23 +281,26 @@ impl<T: std::fmt::Debug> Session<T> {
     }
 
     /// Subscribes to the presence of `names` (replacing any earlier subscription).
-    /// Why something that needs the rendezvous cannot be done now: `what`, then the reason —
-    /// the server's refusal of our login (verbatim, with what to do), or that we are not
-    /// (yet) logged in at `rendezvous`.
-    pub fn offline_reason(&self, what: &str, rendezvous: &impl std::fmt::Display) -> String {
-        match &self.refusal {
+    /// Why the rendezvous cannot be asked now (`None`: logged in, it can): the server's
+    /// refusal of our login (verbatim, with what to do), or that we are not (yet) logged in at
+    /// `rendezvous`.
+    pub fn unavailable(&self, rendezvous: &impl std::fmt::Display) -> Option<String> {
+        if self.logged_in {
+            return None;
+        }
+        Some(match &self.refusal {
             Some(refusal) => format!(
-                "{what}: the rendezvous refused to log us in: {refusal} ({})",
+                "the rendezvous refused to log us in: {refusal} ({})",
                 refusal_hint(refusal.reason)
             ),
             None if self.connected => {
-                format!("{what}: still logging in at the rendezvous; try again in a moment")
+                "still logging in at the rendezvous; try again in a moment".to_owned()
             }
             None => format!(
-                "{what}: the rendezvous at {rendezvous} is not reachable; the daemon keeps \
-                 trying (`palaver status` shows when it is back)"
+                "the rendezvous at {rendezvous} is not reachable; the daemon keeps trying \
+                 (`palaver status` shows when it is back)"
             ),
-        }
+        })
     }
 
     /// Watches the presence of `names` (replacing what was watched): at most

@@ -175,6 +175,40 @@ pub fn change_warning(name: &UserName) -> String {
     )
 }
 
+/// What showing (or confirming) a contact's safety number takes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStep {
+    /// Ask the rendezvous for the key first, so that a change shows now.
+    LookUp,
+    /// Answer from the pinned key.
+    Answer,
+}
+
+/// Why a safety number cannot be shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0} is not a contact yet and the rendezvous is not connected")]
+    Offline(UserName),
+    #[error("unknown user {0} at this rendezvous")]
+    Unknown(UserName),
+    #[error("{0}'s key is not valid")]
+    BadKey(UserName),
+}
+
+/// Before verifying `name`: looked up when the rendezvous can be asked (`logged_in`), else
+/// answered from the pinned key if there is one (`known`).
+pub fn verify_step(
+    name: &UserName,
+    logged_in: bool,
+    known: bool,
+) -> Result<VerifyStep, VerifyError> {
+    match (logged_in, known) {
+        (true, _) => Ok(VerifyStep::LookUp),
+        (false, true) => Ok(VerifyStep::Answer),
+        (false, false) => Err(VerifyError::Offline(name.clone())),
+    }
+}
+
 /// The line filed in the conversation with `name` when the user marks it verified.
 pub fn verified_notice(name: &UserName) -> String {
     format!("You marked {name} as verified.")
@@ -244,6 +278,18 @@ pub fn learn<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verifying_looks_the_key_up_when_it_can_and_else_needs_a_pinned_one() {
+        let bob = UserName::new("bob").unwrap();
+        assert_eq!(verify_step(&bob, true, false), Ok(VerifyStep::LookUp));
+        assert_eq!(verify_step(&bob, false, true), Ok(VerifyStep::Answer));
+        let offline = verify_step(&bob, false, false).unwrap_err();
+        assert_eq!(
+            offline.to_string(),
+            "bob is not a contact yet and the rendezvous is not connected"
+        );
+    }
 
     #[test]
     fn an_answer_pins_first_keys_reports_changes_and_ignores_what_nobody_asked() {

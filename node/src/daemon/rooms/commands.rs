@@ -1,6 +1,7 @@
 //! The room commands of the control socket: create, join, invite, kick, leave, send, list.
 //! Each asks the machine, carries out what it decided, and answers once that is durable.
 
+use palaver_protocol::node::rooms::InviteStep;
 use palaver_protocol::wire::{Content, Payload};
 use palaver_protocol::{MessageId, RoomId, RoomName, UserName};
 use rand_core::OsRng;
@@ -29,31 +30,35 @@ impl Node {
         Ok(json!({"room": name.as_str(), "id": id.to_hex(), "public": public}))
     }
 
-    /// Invites `name` (the owner only); a user we have no key for is looked up first.
-    pub(crate) fn room_invite(&mut self, room: RoomName, name: UserName, reply: Reply) {
-        if name == self.name {
-            let error = format!("you are in {room} already");
-            return drop(reply.send(Err(RpcError::failed(error))));
-        }
-        if let Err(err) = self.state.rooms.owned(&room) {
-            return drop(reply.send(Err(refused(err))));
-        }
-        let Some(key) = self.contact_key(&name) else {
-            if !self.state.session.is_logged_in() {
-                let _ = reply.send(Err(RpcError::failed(
-                    "not connected to the rendezvous; cannot look up the user",
-                )));
-                return;
+    /// Invites `name` (the owner only); a user we have no key for is looked up first
+    /// (`looked_up`: that was done).
+    pub(crate) fn room_invite(
+        &mut self,
+        room: RoomName,
+        name: UserName,
+        reply: Reply,
+        looked_up: bool,
+    ) {
+        let (key, can_look_up) = (self.contact_key(&name), self.state.session.is_logged_in());
+        let step =
+            self.state
+                .rooms
+                .invite_step(&room, &name, &self.name, key, can_look_up, looked_up);
+        let key = match step {
+            Ok(InviteStep::Invite(key)) => key,
+            Ok(InviteStep::LookUp) => {
+                let request = palaver_protocol::wire::RendezvousRequest::Lookup {
+                    names: vec![name.clone()],
+                };
+                let reply = self.replies.park(reply);
+                let pending = crate::daemon::Pending::Invite {
+                    room,
+                    user: name,
+                    reply,
+                };
+                return self.rendezvous_request(request, pending);
             }
-            let request = palaver_protocol::wire::RendezvousRequest::Lookup {
-                names: vec![name.clone()],
-            };
-            let pending = crate::daemon::Pending::LookupThenInvite {
-                room,
-                user: name,
-                reply: self.replies.park(reply),
-            };
-            return self.rendezvous_request(request, pending);
+            Err(err) => return drop(reply.send(Err(refused(err)))),
         };
         let result = self
             .state

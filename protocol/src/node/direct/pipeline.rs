@@ -55,6 +55,9 @@ pub trait Facts {
     fn name_of(&self, key: &VerifyingKey) -> Option<UserName>;
     /// Whether a session with `key` exists.
     fn has_session(&self, key: &VerifyingKey) -> bool;
+    /// Why the rendezvous cannot be asked now (`None`: it can); a send that needs to ask
+    /// fails with this.
+    fn unavailable(&self) -> Option<String>;
 }
 
 /// How the rendezvous (or the node) answered what a send asked.
@@ -278,7 +281,8 @@ impl<J> SendPipeline<J> {
                 }
                 Ok(None) => {
                     let name = name.clone();
-                    return self.ask(call, parked, Asked::Lookup, Output::Lookup { call, name });
+                    let output = Output::Lookup { call, name };
+                    return self.ask(call, parked, Asked::Lookup, output, facts);
                 }
                 Ok(Some((key, warning))) => {
                     parked.warning = parked.warning.take().or(warning);
@@ -293,7 +297,8 @@ impl<J> SendPipeline<J> {
                 }
                 None => {
                     let key = *key;
-                    return self.ask(call, parked, Asked::WhoIs, Output::WhoIs { call, key });
+                    let output = Output::WhoIs { call, key };
+                    return self.ask(call, parked, Asked::WhoIs, output, facts);
                 }
             },
         };
@@ -306,7 +311,7 @@ impl<J> SendPipeline<J> {
             }
             parked.prekeys_for = Some((key, name.clone()));
             let output = Output::FetchPrekeys { call, name, key };
-            return self.ask(call, parked, Asked::Prekeys, output);
+            return self.ask(call, parked, Asked::Prekeys, output, facts);
         }
         self.outputs.push_back(Output::Seal {
             job: parked.job,
@@ -316,7 +321,23 @@ impl<J> SendPipeline<J> {
         });
     }
 
-    fn ask(&mut self, call: CallId, mut parked: Parked<J>, asked: Asked, output: Output<J>) {
+    /// Asks the rendezvous `output`'s question, or fails the send if it cannot be asked now.
+    fn ask(
+        &mut self,
+        call: CallId,
+        mut parked: Parked<J>,
+        asked: Asked,
+        output: Output<J>,
+        facts: &impl Facts,
+    ) {
+        if let Some(reason) = facts.unavailable() {
+            let what = match &output {
+                Output::Lookup { name, .. } => format!("cannot look {name} up"),
+                Output::WhoIs { .. } => "cannot look the recipient up".to_owned(),
+                _ => "cannot open a session yet".to_owned(),
+            };
+            return self.fail(parked, format!("{what}: {reason}"));
+        }
         parked.asked = Some(asked);
         self.parked.insert(call, parked);
         self.outputs.push_back(output);

@@ -32,6 +32,8 @@ struct Known {
     refused: HashSet<UserName>,
     warn_once: HashSet<UserName>,
     sessions: HashSet<VerifyingKey>,
+    /// Why the rendezvous cannot be asked now, if it cannot.
+    offline: Option<String>,
 }
 
 impl Known {
@@ -42,6 +44,9 @@ impl Known {
 
 impl Facts for Known {
     type Refusal = String;
+    fn unavailable(&self) -> Option<String> {
+        self.offline.clone()
+    }
     fn me(&self) -> VerifyingKey {
         key(1)
     }
@@ -395,5 +400,26 @@ fn prekeys_under_another_key_are_a_key_change_and_the_send_fails() {
         matches!(&out[1..], [Output::Fail { job: "hi", error }] if error.contains("key changed")),
         "{out:?}"
     );
+    assert_eq!(p.parked(), 0);
+}
+
+/// Not logged in, a send that must ask the rendezvous fails at once, saying why; one that
+/// knows all it needs is sealed.
+#[test]
+fn a_send_that_must_ask_fails_at_once_while_the_rendezvous_cannot_be_asked() {
+    let (mut p, mut known) = (SendPipeline::default(), Known::default());
+    known.offline = Some("the rendezvous at /ip4/127.0.0.1 is not reachable".into());
+    send(&mut p, &mut known, "hi", "bob");
+    assert!(
+        matches!(&outputs(&mut p)[..], [Output::Fail { job: "hi", error }]
+            if error == "cannot look bob up: the rendezvous at /ip4/127.0.0.1 is not reachable"),
+    );
+    known.learn("bob", 2);
+    known.sessions.insert(key(2));
+    send(&mut p, &mut known, "known", "bob");
+    assert!(matches!(
+        &outputs(&mut p)[..],
+        [Output::Seal { job: "known", .. }]
+    ));
     assert_eq!(p.parked(), 0);
 }

@@ -70,6 +70,31 @@ impl Rooms {
         Ok(room.id)
     }
 
+    /// What inviting `user` into room `name` takes first, before [`Rooms::invite`]: `key` is
+    /// the user's pinned key if we have one, `me` our own name, `can_look_up` whether the
+    /// rendezvous can be asked now, and `looked_up` whether it just was.
+    pub fn invite_step(
+        &self,
+        name: &RoomName,
+        user: &UserName,
+        me: &UserName,
+        key: Option<VerifyingKey>,
+        can_look_up: bool,
+        looked_up: bool,
+    ) -> Result<InviteStep, RoomError> {
+        if user == me {
+            return Err(RoomError::InvitingSelf(name.clone()));
+        }
+        self.owned(name)?;
+        match key {
+            Some(key) => Ok(InviteStep::Invite(key)),
+            // Asked once: asking again would go round for ever (a key that cannot be pinned).
+            None if looked_up => Err(RoomError::KeyNotTakenIn(user.clone())),
+            None if can_look_up => Ok(InviteStep::LookUp),
+            None => Err(RoomError::CannotLookUp),
+        }
+    }
+
     /// Invites `user` (`key`) to room `name`: a new membership, the invitation, then our key.
     pub fn invite(
         &mut self,

@@ -789,3 +789,39 @@ fn what_is_sent_about_a_room_whose_write_failed_waits_for_that_write() {
     assert!(sent.contains(&ben) && sent.contains(&cat), "{sent:?}");
     assert_eq!(sent.last(), Some(&ben), "the key request's answer last");
 }
+
+#[test]
+fn an_invite_looks_the_user_up_once_and_refuses_what_cannot_be() {
+    let mut net = Members::new(2);
+    net.team();
+    let (ann, cat) = (name(0), name(2));
+    let key = Identity::from_secret_bytes(&[3; 32]).public();
+    let step = |net: &Members, i: usize, user: &UserName, key, can, looked| {
+        net.rooms[i].invite_step(&team(), user, &name(i), key, can, looked)
+    };
+    assert_eq!(
+        step(&net, 0, &cat, Some(key), true, false).unwrap(),
+        InviteStep::Invite(key)
+    );
+    assert_eq!(
+        step(&net, 0, &cat, None, true, false).unwrap(),
+        InviteStep::LookUp
+    );
+    assert!(matches!(
+        step(&net, 0, &cat, None, true, true),
+        Err(RoomError::KeyNotTakenIn(_))
+    ));
+    assert!(matches!(
+        step(&net, 0, &cat, None, false, false),
+        Err(RoomError::CannotLookUp)
+    ));
+    assert!(matches!(
+        step(&net, 0, &ann, Some(key), true, false),
+        Err(RoomError::InvitingSelf(_))
+    ));
+    // Only the owner invites.
+    assert!(matches!(
+        step(&net, 1, &cat, Some(key), true, false),
+        Err(RoomError::NotOwner(_))
+    ));
+}

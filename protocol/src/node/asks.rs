@@ -1,0 +1,280 @@
+//! The node's own questions to the rendezvous, and what follows from each answer.
+//!
+//! A question goes out through the session's window ([`super::session::Session::request`])
+//! with an [`Ask`] as its token: what it was for, and who waits on it. Its answer (or the
+//! transport's failure) comes back to [`answered`], which says in order what follows
+//! ([`Step`]): what to take in, which send goes on, which call is answered, and with what
+//! words. The driver carries the steps out; it decides nothing about the answer itself.
+//!
+//! `T` is the driver's handle on a waiting call (a reply token); `D` its discovery question
+//! (answered by [`super::discovery`], handed back untouched).
+
+use crate::node::direct::pipeline::{Answer as PipelineAnswer, CallId};
+use crate::node::trust::Asked;
+use crate::wire::{MessageId, RefusalReason, RendezvousResponse, UserRecord};
+use crate::{RoomName, UserName};
+
+/// What a question to the rendezvous was for.
+#[derive(Debug)]
+pub enum Ask<T, D> {
+    /// Name lookups (a send's, when `call` is set; else to notice a contact's new key).
+    Lookup {
+        names: Vec<UserName>,
+        call: Option<CallId>,
+    },
+    /// Who holds these keys (a send's, when `call` is set; else to name a stranger).
+    WhoIs {
+        keys: Vec<[u8; 32]>,
+        call: Option<CallId>,
+    },
+    /// A prekey bundle, for the send `call`.
+    Prekeys { call: CallId },
+    /// A deposit of `id` in its recipient's mailbox.
+    Deposit { id: MessageId },
+    /// Presence of `names` for a call (`explicit`: named by the caller, not the contacts).
+    Presence {
+        names: Vec<UserName>,
+        explicit: bool,
+        reply: T,
+    },
+    /// `user`'s key, to invite them into `room`.
+    Invite {
+        room: RoomName,
+        user: UserName,
+        reply: T,
+    },
+    /// `name`'s key, to show (or confirm: `confirm`) its safety number.
+    Verify {
+        name: UserName,
+        confirm: bool,
+        reply: T,
+    },
+    /// A discovery question.
+    Discovery(D),
+}
+
+/// What follows from an answer, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<T, D> {
+    /// Take in what the rendezvous said of these users: keys (pinned, or a key change; only
+    /// users `asked` covers) and presence.
+    Learn {
+        users: Vec<UserRecord>,
+        asked: Asked,
+    },
+    /// The send `call` goes on with this.
+    Pipeline {
+        call: CallId,
+        answer: PipelineAnswer,
+    },
+    /// These senders are not named here: what waited for their names goes out with stand-ins.
+    Unnamed(Vec<[u8; 32]>),
+    /// The mailbox holds `id`.
+    Deposited(MessageId),
+    /// The deposit of `id` did not happen; it stays in the outbox.
+    DepositFailed { id: MessageId, reason: String },
+    /// Answer the presence call: from `users`, or (`None`: the rendezvous could not say) from
+    /// what we last knew.
+    Presence {
+        names: Vec<UserName>,
+        explicit: bool,
+        users: Option<Vec<UserRecord>>,
+        reply: T,
+    },
+    /// `user` is known now (after the [`Step::Learn`] before this): invite them.
+    Invite {
+        room: RoomName,
+        user: UserName,
+        reply: T,
+    },
+    /// `name`'s key is as fresh as can be had: answer with its safety number.
+    Verify {
+        name: UserName,
+        confirm: bool,
+        reply: T,
+    },
+    /// The call fails with this.
+    Fail { reply: T, error: String },
+    /// The discovery question `D` was answered (or failed: `Err`, why).
+    Discovery(D, Result<RendezvousResponse, String>),
+}
+
+/// What follows from `answer`, the rendezvous's answer to `ask` (`Err`: why none came).
+pub fn answered<T, D>(
+    ask: Ask<T, D>,
+    answer: Result<RendezvousResponse, String>,
+) -> Vec<Step<T, D>> {
+    use RendezvousResponse as R;
+    let no_answer = |error: &str| format!("the rendezvous did not answer: {error}");
+    match (ask, answer) {
+        (Ask::Discovery(asked), answer) => vec![Step::Discovery(asked, answer)],
+        (Ask::Lookup { names, call }, Ok(R::Users(users))) => {
+            let learn = Step::Learn {
+                users,
+                asked: Asked::Names(names),
+            };
+            std::iter::once(learn).chain(call.map(learned)).collect()
+        }
+        (Ask::WhoIs { keys, call }, Ok(R::Users(users))) => {
+            let learn = Step::Learn {
+                users,
+                asked: Asked::Keys(keys.clone()),
+            };
+            // Those named were released with their names.
+            let rest = call.map(learned).into_iter().chain([Step::Unnamed(keys)]);
+            std::iter::once(learn).chain(rest).collect()
+        }
+        (Ask::Prekeys { call }, Ok(R::Prekeys(bundle))) => {
+            vec![pipeline(call, PipelineAnswer::Prekeys(bundle))]
+        }
+        (Ask::Prekeys { call }, Ok(R::Refused(refusal)))
+            if refusal.reason == RefusalReason::NoPrekeys =>
+        {
+            vec![pipeline(
+                call,
+                PipelineAnswer::NoPrekeys(refusal.to_string()),
+            )]
+        }
+        (Ask::Prekeys { call }, Ok(R::Refused(refusal))) => {
+            let error = format!("cannot start a session: {refusal}");
+            vec![pipeline(call, PipelineAnswer::Failed(error))]
+        }
+        (
+            Ask::Lookup {
+                call: Some(call), ..
+            }
+            | Ask::WhoIs {
+                call: Some(call), ..
+            },
+            Ok(R::Refused(refusal)),
+        ) => {
+            let error = format!("lookup failed: {refusal}");
+            vec![pipeline(call, PipelineAnswer::Failed(error))]
+        }
+        (
+            Ask::Lookup {
+                call: Some(call), ..
+            }
+            | Ask::WhoIs {
+                call: Some(call), ..
+            }
+            | Ask::Prekeys { call },
+            Err(error),
+        ) => vec![pipeline(call, PipelineAnswer::Failed(no_answer(&error)))],
+        (Ask::WhoIs { keys, call: None }, Ok(R::Refused(_)) | Err(_)) => {
+            vec![Step::Unnamed(keys)]
+        }
+        (Ask::Deposit { id }, Ok(R::Deposited { .. })) => vec![Step::Deposited(id)],
+        (Ask::Deposit { id }, Ok(R::Refused(refusal))) => vec![Step::DepositFailed {
+            id,
+            reason: refusal.to_string(),
+        }],
+        (Ask::Deposit { id }, Err(error)) => vec![Step::DepositFailed {
+            id,
+            reason: no_answer(&error),
+        }],
+        (
+            Ask::Presence {
+                names,
+                explicit,
+                reply,
+            },
+            answer,
+        ) => {
+            let users = match answer {
+                Ok(R::Users(users)) => Some(users),
+                // Refused, or no answer: what we last knew, marked stale.
+                _ => None,
+            };
+            vec![Step::Presence {
+                names,
+                explicit,
+                users,
+                reply,
+            }]
+        }
+        (Ask::Invite { room, user, reply }, Ok(R::Users(users))) => {
+            let found = users.iter().any(|u| u.name == user);
+            let learn = Step::Learn {
+                users,
+                asked: Asked::Names(vec![user.clone()]),
+            };
+            let then = if found {
+                Step::Invite { room, user, reply }
+            } else {
+                let error = format!("unknown user {user} at this rendezvous");
+                Step::Fail { reply, error }
+            };
+            vec![learn, then]
+        }
+        (
+            Ask::Verify {
+                name,
+                confirm,
+                reply,
+            },
+            Ok(R::Users(users)),
+        ) => {
+            let learn = Step::Learn {
+                users,
+                asked: Asked::Names(vec![name.clone()]),
+            };
+            vec![
+                learn,
+                Step::Verify {
+                    name,
+                    confirm,
+                    reply,
+                },
+            ]
+        }
+        (Ask::Invite { reply, .. } | Ask::Verify { reply, .. }, Ok(R::Refused(refusal))) => {
+            vec![Step::Fail {
+                reply,
+                error: refusal.to_string(),
+            }]
+        }
+        (Ask::Invite { reply, .. } | Ask::Verify { reply, .. }, Err(error)) => {
+            vec![Step::Fail {
+                reply,
+                error: no_answer(&error),
+            }]
+        }
+        (Ask::Invite { reply, .. } | Ask::Verify { reply, .. }, Ok(other)) => {
+            let error = format!("unexpected answer from the rendezvous: {other:?}");
+            vec![Step::Fail { reply, error }]
+        }
+        (
+            Ask::Lookup {
+                call: Some(call), ..
+            }
+            | Ask::WhoIs {
+                call: Some(call), ..
+            },
+            Ok(other),
+        )
+        | (Ask::Prekeys { call }, Ok(other)) => {
+            let error = format!("unexpected answer from the rendezvous: {other:?}");
+            vec![pipeline(call, PipelineAnswer::Failed(error))]
+        }
+        (Ask::WhoIs { keys, call: None }, Ok(_)) => vec![Step::Unnamed(keys)],
+        // A lookup nobody waits on: nothing to learn from a refusal or silence.
+        (Ask::Lookup { call: None, .. }, _) => Vec::new(),
+        (Ask::Deposit { id }, Ok(other)) => vec![Step::DepositFailed {
+            id,
+            reason: format!("unexpected answer: {other:?}"),
+        }],
+    }
+}
+
+fn learned<T, D>(call: CallId) -> Step<T, D> {
+    pipeline(call, PipelineAnswer::Learned)
+}
+
+fn pipeline<T, D>(call: CallId, answer: PipelineAnswer) -> Step<T, D> {
+    Step::Pipeline { call, answer }
+}
+
+#[cfg(test)]
+#[path = "asks_tests.rs"]
+mod tests;
