@@ -318,29 +318,24 @@ impl Node {
         Value::Array(peers)
     }
 
-    fn presence_call(&mut self, mut names: Vec<UserName>, reply: Reply) {
-        let explicit = !names.is_empty();
-        if !explicit {
-            names = self.contact_names();
+    fn presence_call(&mut self, names: Vec<UserName>, reply: Reply) {
+        let logged_in = self.state.session.is_logged_in();
+        match presence::query(names, || self.contact_names(), logged_in) {
+            presence::Query::Nobody => drop(reply.send(Ok(json!([])))),
+            presence::Query::Stale(names) => drop(reply.send(Ok(self.last_known_presence(&names)))),
+            presence::Query::Ask { names, explicit } => {
+                let reply = self.replies.park(reply);
+                let request = RendezvousRequest::Lookup {
+                    names: names.clone(),
+                };
+                let pending = Pending::Presence {
+                    names,
+                    explicit,
+                    reply,
+                };
+                self.rendezvous_request(request, pending);
+            }
         }
-        if names.is_empty() {
-            return drop(reply.send(Ok(json!([]))));
-        }
-        if !self.state.session.is_logged_in() {
-            // The rendezvous is down (or will not have us): what we last heard, marked stale.
-            return drop(reply.send(Ok(self.last_known_presence(&names))));
-        }
-        let reply = self.replies.park(reply);
-        self.rendezvous_request(
-            RendezvousRequest::Lookup {
-                names: names.clone(),
-            },
-            Pending::Presence {
-                names,
-                explicit,
-                reply,
-            },
-        );
     }
 
     /// The rendezvous's answer to a presence lookup (`"stale": false`); a name the caller gave
@@ -355,26 +350,19 @@ impl Node {
         let contacts = names.iter().filter(|name| self.contact_key(name).is_some());
         let asked = super::trust::Asked::Names(contacts.cloned().collect());
         self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
-        let (records, unknown) = presence::answer(names, &users);
-        let records: Vec<Value> = records
-            .into_iter()
-            .map(|user| {
+        let answer = presence::answer(names, explicit, &users).map(|records| {
+            let records = records.into_iter().map(|user| {
                 let mut record = super::link::presence_json(&user.presence);
                 record["stale"] = Value::Bool(false);
                 record["verified"] = self.is_verified(user.name.as_str()).into();
                 record
-            })
-            .collect();
-        let unknown: Vec<&str> = unknown.into_iter().map(UserName::as_str).collect();
-        let error = (explicit && !unknown.is_empty())
-            .then(|| format!("unknown user {} at this rendezvous", unknown.join(", ")));
+            });
+            Value::Array(records.collect())
+        });
         for user in users {
             let _ = self.remember_presence(user.presence);
         }
-        match error {
-            Some(error) => Err(RpcError::failed(error)),
-            None => Ok(Value::Array(records)),
-        }
+        answer.map_err(|unknown| RpcError::failed(unknown.to_string()))
     }
 
     /// What we last heard of each of `names`, marked `"stale": true`, for when the rendezvous

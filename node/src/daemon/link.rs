@@ -252,8 +252,6 @@ impl Node {
             .scan_keys(StateKey::Contact(""))
             .into_iter()
             .filter_map(|name| UserName::new(name).ok())
-            // As many as one request to the rendezvous names.
-            .take(palaver_protocol::wire::rendezvous::MAX_BATCH)
             .collect()
     }
 

@@ -11,13 +11,55 @@
 use std::collections::HashMap;
 
 use crate::UserName;
+use crate::wire::rendezvous::MAX_BATCH;
 use crate::wire::{PresenceRecord, PresenceState, UserRecord};
 
-/// What we last heard of each user.
+/// Users whose presence is kept in memory; past that, the records of those not heard of for
+/// the longest go (they are on disk, and the rendezvous says again).
+pub const MAX_HEARD: usize = 4096;
+
+/// What we last heard of each user, and in which order (a counter).
 #[derive(Debug, Default)]
 pub struct Presence {
-    heard: HashMap<UserName, PresenceRecord>,
+    heard: HashMap<UserName, (u64, PresenceRecord)>,
+    next: u64,
 }
+
+/// What a presence call asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// Nobody to ask about: an empty answer.
+    Nobody,
+    /// The rendezvous cannot be asked: what we last knew of these, marked stale.
+    Stale(Vec<UserName>),
+    /// Ask the rendezvous about these (`explicit`: the caller named them, not the contacts).
+    Ask {
+        names: Vec<UserName>,
+        explicit: bool,
+    },
+}
+
+/// A presence call for `names` (none: our `contacts`, at most a request's worth), while
+/// the rendezvous can be asked (`logged_in`) or not.
+pub fn query(
+    names: Vec<UserName>,
+    contacts: impl FnOnce() -> Vec<UserName>,
+    logged_in: bool,
+) -> Query {
+    let explicit = !names.is_empty();
+    let mut names = if explicit { names } else { contacts() };
+    names.truncate(MAX_BATCH);
+    match (names.is_empty(), logged_in) {
+        (true, _) => Query::Nobody,
+        (false, false) => Query::Stale(names),
+        (false, true) => Query::Ask { names, explicit },
+    }
+}
+
+/// Why a presence call fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown user {} at this rendezvous", .0.iter().map(UserName::as_str).collect::<Vec<_>>().join(", "))]
+pub struct UnknownUsers(pub Vec<UserName>);
 
 /// A user's state as we last knew it, for when the rendezvous cannot be asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,17 +96,21 @@ pub struct LastKnown {
 }
 
 /// The rendezvous's answer to a presence call for `names`: the records asked for, in the
-/// answer's order, and the names it does not know.
+/// answer's order; a name the caller gave (`explicit`) that it does not know is an error.
 pub fn answer<'a>(
-    names: &'a [UserName],
+    names: &[UserName],
+    explicit: bool,
     users: &'a [UserRecord],
-) -> (Vec<&'a UserRecord>, Vec<&'a UserName>) {
-    let records = users.iter().filter(|u| names.contains(&u.name)).collect();
-    let unknown = names
+) -> Result<Vec<&'a UserRecord>, UnknownUsers> {
+    let unknown: Vec<UserName> = names
         .iter()
         .filter(|name| !users.iter().any(|u| &u.name == *name))
+        .cloned()
         .collect();
-    (records, unknown)
+    if explicit && !unknown.is_empty() {
+        return Err(UnknownUsers(unknown));
+    }
+    Ok(users.iter().filter(|u| names.contains(&u.name)).collect())
 }
 
 impl Presence {
@@ -75,21 +121,30 @@ impl Presence {
             && self
                 .heard
                 .get(&record.name)
-                .is_none_or(|old| old.state == PresenceState::Offline);
+                .is_none_or(|(_, old)| old.state == PresenceState::Offline);
         self.heard(record);
         came_online
     }
 
     /// The rendezvous said this of a user (a lookup's answer, a subscription).
     pub fn heard(&mut self, record: PresenceRecord) {
-        self.heard.insert(record.name.clone(), record);
+        if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&record.name) {
+            let oldest = self.heard.iter().min_by_key(|(_, (at, _))| *at);
+            if let Some(oldest) = oldest.map(|(name, _)| name.clone()) {
+                self.heard.remove(&oldest);
+            }
+        }
+        self.next += 1;
+        self.heard.insert(record.name.clone(), (self.next, record));
     }
 
     /// What we last heard of `name` here (no store, no connections: a room's member list).
     pub fn heard_state(&self, name: &UserName) -> KnownState {
-        self.heard.get(name).map_or(KnownState::Unknown, |record| {
-            KnownState::Heard(record.state)
-        })
+        self.heard
+            .get(name)
+            .map_or(KnownState::Unknown, |(_, record)| {
+                KnownState::Heard(record.state)
+            })
     }
 
     /// What we last knew of `names`: what we heard (here, else `stored`), but online for one
@@ -103,7 +158,8 @@ impl Presence {
         names
             .iter()
             .map(|name| {
-                let heard = self.heard.get(name).cloned().or_else(|| stored(name));
+                let heard = self.heard.get(name).map(|(_, record)| record.clone());
+                let heard = heard.or_else(|| stored(name));
                 let state = match (connected(name), &heard) {
                     (true, _) => KnownState::Heard(PresenceState::Online),
                     (false, Some(record)) => KnownState::Heard(record.state),
@@ -168,6 +224,61 @@ mod tests {
                 ("online", None),  // connected now, never heard of
                 ("unknown", None),
             ]
+        );
+    }
+
+    fn user(n: &str) -> UserRecord {
+        UserRecord {
+            name: name(n),
+            identity: ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key(),
+            presence: record(n, PresenceState::Online, Some(1)),
+        }
+    }
+
+    #[test]
+    fn a_presence_call_asks_about_whom_it_is_told_or_the_contacts_and_unknown_names_fail() {
+        let contacts = || vec![name("ann"), name("ben")];
+        assert_eq!(query(Vec::new(), Vec::new, true), Query::Nobody);
+        assert_eq!(
+            query(Vec::new(), contacts, true),
+            Query::Ask {
+                names: contacts(),
+                explicit: false
+            }
+        );
+        assert_eq!(
+            query(vec![name("cat")], contacts, false),
+            Query::Stale(vec![name("cat")])
+        );
+        let users = vec![user("ann"), user("zed")];
+        let records = answer(&contacts(), false, &users).unwrap();
+        assert_eq!(
+            records,
+            [&users[0]],
+            "only those asked about; ben is just not there"
+        );
+        let unknown = answer(&contacts(), true, &users).unwrap_err();
+        assert_eq!(unknown.to_string(), "unknown user ben at this rendezvous");
+    }
+
+    #[test]
+    fn what_is_kept_in_memory_is_bounded_and_the_longest_unheard_goes() {
+        let mut presence = Presence::default();
+        for i in 0..MAX_HEARD {
+            presence.heard(record(&format!("u{i}"), PresenceState::Online, None));
+        }
+        presence.heard(record("u0", PresenceState::Away, None));
+        presence.heard(record("new", PresenceState::Online, None));
+        assert_eq!(presence.heard.len(), MAX_HEARD);
+        assert_eq!(
+            presence.heard_state(&name("u1")),
+            KnownState::Unknown,
+            "u1 went"
+        );
+        assert_eq!(
+            presence.heard_state(&name("u0")),
+            KnownState::Heard(PresenceState::Away),
+            "heard again, kept"
         );
     }
 }

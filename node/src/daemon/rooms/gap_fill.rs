@@ -7,7 +7,7 @@ use libp2p::{PeerId, gossipsub};
 use palaver_protocol::RoomId;
 use palaver_protocol::identity::identity_of;
 use palaver_protocol::node::rooms::gap_fill;
-use palaver_protocol::wire::{Body, GapFillRequest, GapFillResponse, PeerRequest, PeerResponse};
+use palaver_protocol::wire::{GapFillRequest, GapFillResponse, PeerRequest, PeerResponse};
 
 use super::topic;
 use crate::daemon::{Node, now_ms};
@@ -78,25 +78,10 @@ impl Node {
         let PeerResponse::GapFill(GapFillResponse { envelopes, more }) = response else {
             return self.gap_fill_ended(room, peer, false, false);
         };
-        let mut progressed = false;
-        for envelope in envelopes {
-            let (Ok(()), Ok(frame)) = (envelope.verify(), envelope.to_bytes()) else {
-                continue;
-            };
-            let id = envelope.id();
-            if self.store.contains(&id).unwrap_or(true) {
-                continue;
-            }
-            if let Body::Room(message) = envelope.body
-                && message.room == room
-            {
-                progressed |= self
-                    .state
-                    .rooms
-                    .receive(id, message, frame, now_ms())
-                    .is_ok();
-            }
-        }
+        // A store that cannot say counts as holding it: asked again at the next meeting.
+        let store = &self.store;
+        let stored = |id: &palaver_protocol::MessageId| store.contains(id).unwrap_or(true);
+        let progressed = (self.state.rooms).take_gap_fill(room, envelopes, stored, now_ms());
         let _ = self.drive_rooms();
         self.gap_fill_ended(room, peer, more, progressed);
     }

@@ -13,7 +13,9 @@ use super::Rooms;
 use crate::codec::MAX_FRAME_LEN;
 use crate::delivery::SequenceTracker;
 use crate::wire::peer::MAX_GAP_FILL;
-use crate::wire::{Envelope, GapFillRequest, GapFillResponse, RoomId, SenderCursor};
+use crate::wire::{
+    Body, Envelope, GapFillRequest, GapFillResponse, MessageId, RoomId, SenderCursor,
+};
 
 /// What the room log holds of each sender, from its `(sender, seq)` index: for gap fill's
 /// cursors, and to show where history has holes. A gap with more than
@@ -77,6 +79,35 @@ impl GapFills {
 }
 
 impl Rooms {
+    /// Takes in the envelopes a member sent for our gap fill request about `room`, like
+    /// gossip: each signed, for that room, and not `stored` yet. Whether any was read (the
+    /// answer taught us something: worth asking for more).
+    pub fn take_gap_fill(
+        &mut self,
+        room: RoomId,
+        envelopes: Vec<Envelope>,
+        stored: impl Fn(&MessageId) -> bool,
+        now: u64,
+    ) -> bool {
+        let mut progressed = false;
+        for envelope in envelopes {
+            let (Ok(()), Ok(frame)) = (envelope.verify(), envelope.to_bytes()) else {
+                self.rejected += 1;
+                continue;
+            };
+            let id = envelope.id();
+            if stored(&id) {
+                continue;
+            }
+            if let Body::Room(message) = envelope.body
+                && message.room == room
+            {
+                progressed |= self.receive(id, message, frame, now).is_ok();
+            }
+        }
+        progressed
+    }
+
     /// The answer to `asker`'s gap fill request, from our room `log` in order (`(sender, seq,
     /// frame)`): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes,
     /// `more` if there is more. Nothing for one who is not a member. Our own not yet durable

@@ -825,3 +825,31 @@ fn an_invite_looks_the_user_up_once_and_refuses_what_cannot_be() {
         Err(RoomError::NotOwner(_))
     ));
 }
+
+#[test]
+fn a_gap_fill_answer_is_taken_in_like_gossip() {
+    let mut net = Members::new(2);
+    net.team();
+    let room = net.rooms[0].id_by_name(&team()).unwrap();
+    // Ben missed two of ann's messages; the answer brings them, one he has already, and one
+    // for another room.
+    let missed: Vec<_> = ["one", "two"].map(|t| net.seal(0, t)).into();
+    let envelope = |frame: &[u8]| Envelope::from_bytes(frame).unwrap();
+    let mut envelopes: Vec<Envelope> = missed.iter().map(|(_, _, f)| envelope(f)).collect();
+    let mut elsewhere = envelope(&missed[0].2);
+    if let Body::Room(message) = &mut elsewhere.body {
+        message.room = RoomId([9; 32]);
+    }
+    envelopes.push(elsewhere);
+    let (have, ..) = net.seal(0, "three");
+    let (_, _, frame) = net.seal(0, "four");
+    envelopes.push(envelope(&frame));
+    let now = net.now;
+    let stored = |id: &MessageId| *id == have;
+    assert!(net.rooms[1].take_gap_fill(room, envelopes, stored, now));
+    net.drain(1);
+    assert_eq!(net.read[1], ["one", "two", "four"]);
+    // Nothing new: not worth asking again.
+    let again = missed.iter().map(|(_, _, f)| envelope(f)).collect();
+    assert!(!net.rooms[1].take_gap_fill(room, again, |_| false, now));
+}
