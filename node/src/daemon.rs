@@ -190,7 +190,7 @@ pub(crate) struct Node {
     events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
-    commit: durable::GroupCommit<durable::AfterFlush>,
+    commit: palaver_protocol::node::commit::GroupCommit<durable::AfterFlush>,
     room_io: rooms::RoomIo,
     /// Calls waiting for a rendezvous answer, by the token their request carries.
     replies: replies::Replies,
@@ -288,7 +288,7 @@ impl Node {
             events,
             internal_tx,
             internal: Some(internal),
-            commit: durable::GroupCommit::default(),
+            commit: Default::default(),
             room_io: rooms::RoomIo::default(),
             replies: replies::Replies::default(),
             reach,

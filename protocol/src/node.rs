@@ -17,6 +17,10 @@
 //! - [`presence`]: what we know of other users' presence, also while the rendezvous is down.
 //! - [`announce`]: when what the node tells its user goes out — messages from senders not yet
 //!   named wait for the name, connections are told as they change.
+//! - [`asks`]: the node's own questions to the rendezvous (lookups, prekeys, deposits,
+//!   presence, invite and verify lookups) and what follows from each answer.
+//! - [`commit`]: group commit — which waiters each flush of the store covers, and when the
+//!   backlog turns incoming work away.
 //!
 //! - [`state`]: the session, delivery, send pipeline, rooms and discovery publisher together,
 //!   with one deadline.
@@ -28,6 +32,7 @@
 pub mod addr;
 pub mod announce;
 pub mod asks;
+pub mod commit;
 pub mod direct;
 pub mod discovery;
 pub mod gate;

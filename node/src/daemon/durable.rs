@@ -79,56 +79,6 @@ pub(crate) fn not_durable(err: &FlushError) -> String {
     )
 }
 
-/// Who waits for which flush. One flush at a time: the waiters of the one under way, and those
-/// for the next. A flush counts as under way until its waiters have all run, so whatever they
-/// write (a receipt, a key) waits for the next flush rather than starting one beside it.
-#[derive(Debug)]
-pub(crate) struct GroupCommit<T> {
-    waiting: Vec<T>,
-    flushing: Option<Vec<T>>,
-}
-
-impl<T> Default for GroupCommit<T> {
-    fn default() -> Self {
-        Self {
-            waiting: Vec::new(),
-            flushing: None,
-        }
-    }
-}
-
-impl<T> GroupCommit<T> {
-    /// Queues `then` for the next flush; `true` if that flush should start now.
-    fn wait(&mut self, then: T) -> bool {
-        self.waiting.push(then);
-        self.flushing.is_none()
-    }
-
-    /// A flush starts: it covers everything waiting.
-    fn start(&mut self) {
-        debug_assert!(self.flushing.is_none(), "one flush at a time");
-        self.flushing = Some(std::mem::take(&mut self.waiting));
-    }
-
-    /// The flush is done: its waiters, to run. It stays under way until [`GroupCommit::settle`].
-    fn finish(&mut self) -> Vec<T> {
-        self.flushing.replace(Vec::new()).unwrap_or_default()
-    }
-
-    /// The waiters have run; `true` if the next flush should start.
-    fn settle(&mut self) -> bool {
-        self.flushing = None;
-        !self.waiting.is_empty()
-    }
-
-    /// Everything still waiting, under way or not (on the way out).
-    fn drain(&mut self) -> Vec<T> {
-        let mut all = self.flushing.take().unwrap_or_default();
-        all.append(&mut self.waiting);
-        all
-    }
-}
-
 impl Node {
     /// Does `then` once everything written to the store so far is on disk.
     pub(crate) fn when_durable(&mut self, then: AfterFlush) {
@@ -235,8 +185,6 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use super::GroupCommit;
-
     /// A store that cannot be made durable (a full disk, say) stops the daemon with an error,
     /// so the process exits non-zero and a supervisor restarts it.
     #[tokio::test]
@@ -270,25 +218,5 @@ mod tests {
         let stopped = node.run(calls, std::future::pending()).await;
         let err = stopped.expect_err("a daemon whose store failed must not exit 0");
         assert!(err.to_string().contains("No space left"), "{err}");
-    }
-
-    #[test]
-    fn one_flush_at_a_time_and_no_waiter_is_dropped() {
-        let mut commit = GroupCommit::default();
-        assert!(commit.wait(1), "nothing under way: flush now");
-        commit.start();
-        assert!(!commit.wait(2), "under way: wait for the next");
-        let done = commit.finish();
-        assert_eq!(done, vec![1]);
-        // What the waiters write while they run (two receipts, say) waits for the next flush.
-        assert!(!commit.wait(3));
-        assert!(!commit.wait(4));
-        assert!(commit.settle(), "the next flush starts once they have run");
-        commit.start();
-        assert!(!commit.wait(5));
-        assert_eq!(commit.finish(), vec![2, 3, 4]);
-        assert!(commit.settle());
-        assert_eq!(commit.drain(), vec![5]);
-        assert!(commit.drain().is_empty());
     }
 }

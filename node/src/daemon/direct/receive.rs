@@ -32,6 +32,16 @@ impl Node {
         channel: ResponseChannel<PeerResponse>,
     ) {
         match request {
+            PeerRequest::Deliver(_) if self.commit.is_full() => {
+                // The disk is behind: the sender tries again after its backoff.
+                let reason = "the recipient is busy writing; try again".to_owned();
+                let response = PeerResponse::Rejected { reason };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .peer
+                    .send_response(channel, response);
+            }
             PeerRequest::Deliver(envelope) => {
                 let response = match self.receive_envelope(*envelope) {
                     Ok(id) => PeerResponse::Stored { id },
