@@ -1022,8 +1022,9 @@ impl Sim {
                 self.nodes[i].disk.history.insert(id);
             }
             Some(Kind::Receipt(ids)) => {
+                let from = self.nodes[from].peer;
                 for id in ids {
-                    self.delivery_input(i, direct::Input::Receipt(id));
+                    self.delivery_input(i, direct::Input::Receipt { from, id });
                 }
             }
             None => panic!(

@@ -295,7 +295,7 @@ impl Node {
         })
     }
 
-    /// Why something that needs the rendezvous cannot be done now (the session says).
+    /// The peers we are connected to, and how, for `status`.
     fn peers(&self) -> Value {
         let mut peers: Vec<Value> = self
             .swarm
@@ -321,9 +321,12 @@ impl Node {
     fn presence_call(&mut self, names: Vec<UserName>, reply: Reply) {
         let logged_in = self.state.session.is_logged_in();
         match presence::query(names, || self.contact_names(), logged_in) {
-            presence::Query::Nobody => drop(reply.send(Ok(json!([])))),
-            presence::Query::Stale(names) => drop(reply.send(Ok(self.last_known_presence(&names)))),
-            presence::Query::Ask { names, explicit } => {
+            Err(err) => drop(reply.send(Err(RpcError::invalid(err.to_string())))),
+            Ok(presence::Query::Nobody) => drop(reply.send(Ok(json!([])))),
+            Ok(presence::Query::Stale(names)) => {
+                drop(reply.send(Ok(self.last_known_presence(&names))))
+            }
+            Ok(presence::Query::Ask { names, explicit }) => {
                 let reply = self.replies.park(reply);
                 let request = RendezvousRequest::Lookup {
                     names: names.clone(),
@@ -396,9 +399,9 @@ impl Node {
     }
 
     /// Keeps what the rendezvous says of a user's presence: in memory, and in the store, so
-    /// that a daemon restarted while the rendezvous is down still knows the last state. `true`
-    /// when the user came online (see [`presence::Presence::pushed`]).
-    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) -> bool {
+    /// that a daemon restarted while the rendezvous is down still knows the last state; what
+    /// follows (see [`presence::Presence::pushed`]).
+    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) -> presence::Pushed {
         let key = presence_key(record.name.as_str());
         // Best effort: it is only shown, marked stale, when nothing fresher can be had.
         if let Err(err) = self
@@ -407,7 +410,8 @@ impl Node {
         {
             tracing::debug!("cannot keep presence: {err}");
         }
-        self.presence.pushed(record)
+        let logged_in = self.state.session.is_logged_in();
+        self.presence.pushed(record, logged_in)
     }
 
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),

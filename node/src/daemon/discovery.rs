@@ -85,6 +85,10 @@ impl Node {
                         tracing::debug!("registering for discovery without an address yet");
                     }
                     let Some(record) = self.our_record(addrs) else {
+                        // Tried again like a registration the rendezvous refused.
+                        for namespace in &namespaces {
+                            self.state.discovery.registered(namespace, false, now_ms());
+                        }
                         continue;
                     };
                     for namespace in namespaces {

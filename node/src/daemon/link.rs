@@ -315,20 +315,16 @@ impl Node {
             state: state_str(record.state),
             last_seen: record.last_seen_ms,
         });
-        let user = record.name.clone();
-        let came_online = self.remember_presence(record);
-        if came_online && self.state.session.is_logged_in() {
-            // A contact that logs in may have come back with another key: ask, and see.
+        let pushed = self.remember_presence(record);
+        if let Some(user) = pushed.look_up {
+            let names = vec![user];
             let request = RendezvousRequest::Lookup {
-                names: vec![user.clone()],
+                names: names.clone(),
             };
-            let pending = Pending::Lookup {
-                names: vec![user.clone()],
-                call: None,
-            };
+            let pending = Pending::Lookup { names, call: None };
             self.rendezvous_request(request, pending);
         }
-        if came_online {
+        if let Some(user) = pushed.came_online {
             self.delivery_input(palaver_protocol::node::direct::Input::CameOnline(user));
         }
     }

@@ -131,7 +131,10 @@ impl Node {
                         batch.put(StateKey::KeyGiven(room, member.to_bytes()), &distribution);
                     }
                     if let Err(err) = self.store.apply(&batch) {
-                        tracing::warn!("store: {err}");
+                        tracing::error!("cannot note a room key handed out ({err}); trying again");
+                        let now = super::now_ms();
+                        (self.state.rooms).key_given_failed(room, members, distribution, now);
+                        result = result.and(Err(err));
                     }
                 }
                 Output::Send { to, payload, .. } => self.send_direct(Job::to_key(to, *payload)),

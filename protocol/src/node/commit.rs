@@ -6,6 +6,11 @@
 /// Waiters for the next flush past which incoming work that would wait is turned away.
 pub const MAX_WAITING: usize = 4096;
 
+/// Why incoming work was turned away ([`GroupCommit::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the recipient is busy writing; try again")]
+pub struct Busy;
+
 /// Who waits for which flush. One flush at a time: the waiters of the one under way, and those
 /// for the next. A flush counts as under way until its waiters have all run, so whatever they
 /// write (a receipt, a key) waits for the next flush rather than starting one beside it.
@@ -25,10 +30,14 @@ impl<T> Default for GroupCommit<T> {
 }
 
 impl<T> GroupCommit<T> {
-    /// Whether [`MAX_WAITING`] wait for the next flush: take in nothing more that would wait
-    /// (a delivery refused now is sent again; a reply must not be dropped).
-    pub fn is_full(&self) -> bool {
-        self.waiting.len() >= MAX_WAITING
+    /// Whether incoming work that would wait for the next flush (a delivery) is taken in now:
+    /// not while [`MAX_WAITING`] wait already (its sender tries again later, or deposits it in
+    /// the mailbox, which we fetch in batches). Replies to our own user are never turned away.
+    pub fn admit(&self) -> Result<(), Busy> {
+        if self.waiting.len() >= MAX_WAITING {
+            return Err(Busy);
+        }
+        Ok(())
     }
 
     /// Queues `then` for the next flush; `true` if that flush should start now.
@@ -91,13 +100,13 @@ mod tests {
         let mut commit = GroupCommit::default();
         commit.start();
         for i in 0..MAX_WAITING {
-            assert!(!commit.is_full());
+            assert_eq!(commit.admit(), Ok(()));
             commit.wait(i);
         }
-        assert!(commit.is_full());
+        assert_eq!(commit.admit(), Err(Busy));
         commit.finish();
         commit.settle();
         commit.start();
-        assert!(!commit.is_full(), "the next flush covers them");
+        assert_eq!(commit.admit(), Ok(()), "the next flush covers them");
     }
 }

@@ -80,8 +80,8 @@ pub enum Input<R> {
     Deposited(MessageId),
     /// The deposit of `id` was refused or failed.
     DepositFailed(MessageId),
-    /// The recipient confirmed `id` (a receipt, by any path).
-    Receipt(MessageId),
+    /// `from` confirmed `id` (a receipt, by any path); only the message's recipient can.
+    Receipt { from: PeerId, id: MessageId },
     /// The envelope handed out as [`Output::Deliver`] or [`Output::Deposit`] could not be read
     /// from the store: `lost` if it is gone or undecodable (the message fails: nothing is left
     /// to send), otherwise the read failed this time (the attempt failed; it is tried again).
@@ -266,8 +266,11 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
             Input::DepositFailed(id) => {
                 self.outbox.handle_deposit_failed(id);
             }
-            Input::Receipt(id) => {
-                self.outbox.handle_receipt(id);
+            Input::Receipt { from, id } => {
+                // Anyone with a session could otherwise mark our messages delivered.
+                if self.routes.get(&id).is_some_and(|route| route.peer == from) {
+                    self.outbox.handle_receipt(id);
+                }
             }
             Input::Unsendable { id, lost: true } => {
                 self.outbox

@@ -159,8 +159,18 @@ fn no_record_means_the_mailbox() {
     );
     d.handle(Input::Deposited(id), T0 + 20, &mut rng);
     assert_eq!(statuses(&drain(&mut d)), ["queued"]);
-    // A receipt after mailbox delivery ends it.
-    d.handle(Input::Receipt(id), T0 + 30, &mut rng);
+    // A receipt from anyone but the recipient counts for nothing.
+    d.handle(
+        Input::Receipt {
+            from: self::peer(7),
+            id,
+        },
+        T0 + 25,
+        &mut rng,
+    );
+    assert!(statuses(&drain(&mut d)).is_empty());
+    // The recipient's, after mailbox delivery, ends it.
+    d.handle(Input::Receipt { from: peer, id }, T0 + 30, &mut rng);
     let out = drain(&mut d);
     assert_eq!(statuses(&out), ["delivered"]);
     assert!(out.contains(&Output::Forget(id)));

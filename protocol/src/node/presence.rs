@@ -25,6 +25,15 @@ pub struct Presence {
     next: u64,
 }
 
+/// What follows from a presence push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// Look this user up again (its key may have changed).
+    pub look_up: Option<UserName>,
+    /// This user came online: try what waits for it now.
+    pub came_online: Option<UserName>,
+}
+
 /// What a presence call asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
@@ -39,22 +48,31 @@ pub enum Query {
     },
 }
 
-/// A presence call for `names` (none: our `contacts`, at most a request's worth), while
-/// the rendezvous can be asked (`logged_in`) or not.
+/// A presence call for `names` (none: our `contacts`, the first request's worth of them),
+/// while the rendezvous can be asked (`logged_in`) or not. More names than one request holds
+/// are refused.
 pub fn query(
     names: Vec<UserName>,
     contacts: impl FnOnce() -> Vec<UserName>,
     logged_in: bool,
-) -> Query {
+) -> Result<Query, TooManyNames> {
     let explicit = !names.is_empty();
+    if names.len() > MAX_BATCH {
+        return Err(TooManyNames);
+    }
     let mut names = if explicit { names } else { contacts() };
     names.truncate(MAX_BATCH);
-    match (names.is_empty(), logged_in) {
+    Ok(match (names.is_empty(), logged_in) {
         (true, _) => Query::Nobody,
         (false, false) => Query::Stale(names),
         (false, true) => Query::Ask { names, explicit },
-    }
+    })
 }
+
+/// A presence call named more users than one request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("at most {MAX_BATCH} names at a time")]
+pub struct TooManyNames;
 
 /// Why a presence call fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,16 +132,22 @@ pub fn answer<'a>(
 }
 
 impl Presence {
-    /// The rendezvous pushed a contact's presence; `true` when it came online (from offline, or
-    /// first heard): ask for its key again and deliver what waits for it.
-    pub fn pushed(&mut self, record: PresenceRecord) -> bool {
+    /// The rendezvous pushed a contact's presence; what follows when it came online (from
+    /// offline, or first heard).
+    pub fn pushed(&mut self, record: PresenceRecord, logged_in: bool) -> Pushed {
         let came_online = record.state != PresenceState::Offline
             && self
                 .heard
                 .get(&record.name)
                 .is_none_or(|(_, old)| old.state == PresenceState::Offline);
+        let name = record.name.clone();
         self.heard(record);
-        came_online
+        Pushed {
+            // It may have come back with another key: ask, and see.
+            look_up: (came_online && logged_in).then(|| name.clone()),
+            // What waits for it goes now, not at its backoff.
+            came_online: came_online.then_some(name),
+        }
     }
 
     /// The rendezvous said this of a user (a lookup's answer, a subscription).
@@ -194,12 +218,23 @@ mod tests {
     #[test]
     fn a_contact_comes_online_when_first_heard_or_back_from_offline() {
         let mut presence = Presence::default();
-        assert!(presence.pushed(record("ann", PresenceState::Online, None)));
-        assert!(!presence.pushed(record("ann", PresenceState::Away, None)));
-        assert!(!presence.pushed(record("ann", PresenceState::Online, None)));
-        assert!(!presence.pushed(record("ann", PresenceState::Offline, Some(5))));
-        assert!(presence.pushed(record("ann", PresenceState::Away, None)));
-        assert!(!presence.pushed(record("ben", PresenceState::Offline, Some(1))));
+        let mut online = |n, state, logged_in| {
+            let pushed = presence.pushed(record(n, state, None), logged_in);
+            assert_eq!(
+                pushed.look_up.is_some(),
+                pushed.came_online.is_some() && logged_in
+            );
+            pushed.came_online.is_some()
+        };
+        assert!(online("ann", PresenceState::Online, true));
+        assert!(!online("ann", PresenceState::Away, true));
+        assert!(!online("ann", PresenceState::Online, true));
+        assert!(!online("ann", PresenceState::Offline, true));
+        assert!(
+            online("ann", PresenceState::Away, false),
+            "no lookup while logged out"
+        );
+        assert!(!online("ben", PresenceState::Offline, true));
     }
 
     #[test]
@@ -238,18 +273,20 @@ mod tests {
     #[test]
     fn a_presence_call_asks_about_whom_it_is_told_or_the_contacts_and_unknown_names_fail() {
         let contacts = || vec![name("ann"), name("ben")];
-        assert_eq!(query(Vec::new(), Vec::new, true), Query::Nobody);
+        assert_eq!(query(Vec::new(), Vec::new, true), Ok(Query::Nobody));
         assert_eq!(
             query(Vec::new(), contacts, true),
-            Query::Ask {
+            Ok(Query::Ask {
                 names: contacts(),
                 explicit: false
-            }
+            })
         );
         assert_eq!(
             query(vec![name("cat")], contacts, false),
-            Query::Stale(vec![name("cat")])
+            Ok(Query::Stale(vec![name("cat")]))
         );
+        let many = (0..=MAX_BATCH).map(|i| name(&format!("u{i}"))).collect();
+        assert_eq!(query(many, contacts, true), Err(TooManyNames));
         let users = vec![user("ann"), user("zed")];
         let records = answer(&contacts(), false, &users).unwrap();
         assert_eq!(

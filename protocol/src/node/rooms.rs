@@ -403,7 +403,7 @@ pub struct Rooms {
     /// Our own messages sealed but not yet durable ([`Rooms::durable`]).
     awaiting_flush: HashSet<MessageId>,
     /// Rooms whose last write failed, and what is to be sent about them once written.
-    unwritten: BTreeMap<RoomId, VecDeque<(VerifyingKey, Payload)>>,
+    unwritten: BTreeMap<RoomId, VecDeque<Output>>,
     /// Room messages that failed the signature or decryption checks.
     rejected: u64,
     outputs: VecDeque<Output>,

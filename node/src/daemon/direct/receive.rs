@@ -32,10 +32,10 @@ impl Node {
         channel: ResponseChannel<PeerResponse>,
     ) {
         match request {
-            PeerRequest::Deliver(_) if self.commit.is_full() => {
-                // The disk is behind: the sender tries again after its backoff.
-                let reason = "the recipient is busy writing; try again".to_owned();
-                let response = PeerResponse::Rejected { reason };
+            PeerRequest::Deliver(_) if let Err(busy) = self.commit.admit() => {
+                let response = PeerResponse::Rejected {
+                    reason: busy.to_string(),
+                };
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -158,8 +158,9 @@ impl Node {
         use palaver_protocol::wire::Payload;
         match payload {
             Payload::Receipt(ids) => {
+                let from = peer_id_of(&sender);
                 for id in ids {
-                    self.delivery_input(DeliveryInput::Receipt(id));
+                    self.delivery_input(DeliveryInput::Receipt { from, id });
                 }
             }
             Payload::Text(_) => {}

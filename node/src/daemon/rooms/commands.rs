@@ -244,9 +244,12 @@ impl Node {
             );
         // The chain moved: the room is written with the message.
         self.persist_room(&room, &mut batch);
-        self.store
-            .record(&entry, &batch)
-            .map_err(|e| RpcError::failed(format!("could not store the message: {e}")))?;
+        if let Err(err) = self.store.record(&entry, &batch) {
+            self.state.rooms.not_written(&sealed.id);
+            return Err(RpcError::failed(format!(
+                "could not store the message: {err}"
+            )));
+        }
         Ok((room, sealed.frame, sealed.id))
     }
 }

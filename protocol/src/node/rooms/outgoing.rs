@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use ed25519_dalek::VerifyingKey;
 
 use super::{Output, RoomError, Rooms};
+use crate::crypto::sender_key::SenderKeyDistribution;
 use crate::wire::{MessageId, Payload, RoomId};
 
 /// Sends held back behind one room's failed write; past that, the oldest go.
@@ -34,6 +35,12 @@ impl Rooms {
         self.awaiting_flush.remove(id);
     }
 
+    /// Our sealed message `id` could not even be written: it will never be published (its
+    /// chain index is skipped; receivers allow for that).
+    pub fn not_written(&mut self, id: &MessageId) {
+        self.awaiting_flush.remove(id);
+    }
+
     /// Whether our message `id` may be published: it is durable.
     pub fn may_publish(&self, id: &MessageId) -> bool {
         !self.awaiting_flush.contains(id)
@@ -56,39 +63,57 @@ impl Rooms {
         let held = self.unwritten.entry(id).or_default();
         for output in std::mem::take(&mut self.outputs) {
             match output {
-                Output::Send { room, to, payload } if room == id => hold(held, (to, *payload)),
+                Output::Send { room, .. } if room == id => hold(held, output),
                 output => self.outputs.push_back(output),
             }
         }
     }
 
-    /// Room `id`'s record is written (or gone): what waited for it is sent now.
-    pub fn written(&mut self, id: RoomId) {
-        for (to, payload) in self.unwritten.remove(&id).unwrap_or_default() {
-            let payload = Box::new(payload);
-            self.outputs.push_back(Output::Send {
-                room: id,
-                to,
-                payload,
+    /// The record that `distribution` was handed to `members` ([`Output::KeyGiven`]) could not
+    /// be written: it is handed out again, and the sends about the room wait behind it, once
+    /// the room's record is written ([`Rooms::write_failed`]). A member asking again must get
+    /// the same key, never a later one that skips what it missed.
+    pub fn key_given_failed(
+        &mut self,
+        room: RoomId,
+        members: Vec<VerifyingKey>,
+        distribution: SenderKeyDistribution,
+        now: u64,
+    ) {
+        self.write_failed(room, now);
+        if let Some(held) = self.unwritten.get_mut(&room) {
+            held.push_front(Output::KeyGiven {
+                room,
+                members,
+                distribution,
             });
         }
     }
 
+    /// Room `id`'s record is written (or gone): what waited for it goes now.
+    pub fn written(&mut self, id: RoomId) {
+        let held = self.unwritten.remove(&id).unwrap_or_default();
+        self.outputs.extend(held);
+    }
+
     /// Sends `payload` about `room` to `to`, or holds it while the room's record is unwritten.
     pub(super) fn send(&mut self, room: RoomId, to: VerifyingKey, payload: Payload) {
+        let payload = Box::new(payload);
+        let send = Output::Send { room, to, payload };
         match self.unwritten.get_mut(&room) {
-            Some(held) => hold(held, (to, payload)),
-            None => {
-                let payload = Box::new(payload);
-                self.outputs.push_back(Output::Send { room, to, payload });
-            }
+            Some(held) => hold(held, send),
+            None => self.outputs.push_back(send),
         }
     }
 }
 
-fn hold(held: &mut VecDeque<(VerifyingKey, Payload)>, send: (VerifyingKey, Payload)) {
-    if held.len() >= MAX_HELD_BACK {
-        held.pop_front();
+/// Holds `output` behind a failed write; past [`MAX_HELD_BACK`], the oldest send goes (never
+/// a record of a key handed out).
+fn hold(held: &mut VecDeque<Output>, output: Output) {
+    if held.len() >= MAX_HELD_BACK
+        && let Some(oldest) = held.iter().position(|o| matches!(o, Output::Send { .. }))
+    {
+        held.remove(oldest);
     }
-    held.push_back(send);
+    held.push_back(output);
 }
