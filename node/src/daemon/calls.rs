@@ -349,10 +349,6 @@ impl Node {
         explicit: bool,
         users: Vec<UserRecord>,
     ) -> Result<Value, RpcError> {
-        // A check of our contacts' keys too (asking about others pins nobody).
-        let contacts = names.iter().filter(|name| self.contact_key(name).is_some());
-        let asked = super::trust::Asked::Names(contacts.cloned().collect());
-        self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
         let answer = presence::answer(names, explicit, &users).map(|records| {
             let records = records.into_iter().map(|user| {
                 let mut record = super::link::presence_json(&user.presence);

@@ -181,17 +181,25 @@ pub fn answered<T, D>(
             },
             answer,
         ) => {
-            let users = match answer {
-                Ok(R::Users(users)) => Some(users),
+            let (users, learn) = match answer {
+                // A check of our contacts' keys too (asking about others pins nobody).
+                Ok(R::Users(users)) => {
+                    let learn = Step::Learn {
+                        users: users.clone(),
+                        asked: Asked::ContactsAmong(names.clone()),
+                    };
+                    (Some(users), Some(learn))
+                }
                 // Refused, or no answer: what we last knew, marked stale.
-                _ => None,
+                _ => (None, None),
             };
-            vec![Step::Presence {
+            let presence = Step::Presence {
                 names,
                 explicit,
                 users,
                 reply,
-            }]
+            };
+            learn.into_iter().chain([presence]).collect()
         }
         (Ask::Invite { room, user, reply }, Ok(R::Users(users))) => {
             let found = users.iter().any(|u| u.name == user);

@@ -125,6 +125,21 @@ fn presence_falls_back_to_what_we_knew_and_deposits_report_both_ways() {
     };
     let steps: Vec<S> = answered(ask(), refused(RefusalReason::RateLimited));
     assert!(matches!(&steps[..], [Step::Presence { users: None, .. }]));
+    // An answer checks the keys of those already contacts, and pins nobody new.
+    let steps: Vec<S> = answered(ask(), Ok(RendezvousResponse::Users(vec![user("bob", 2)])));
+    assert!(
+        matches!(
+            &steps[..],
+            [
+                Step::Learn {
+                    asked: Asked::ContactsAmong(_),
+                    ..
+                },
+                Step::Presence { users: Some(_), .. }
+            ]
+        ),
+        "{steps:?}"
+    );
     let id = MessageId([5; 32]);
     let steps: Vec<S> = answered(Ask::Deposit { id }, Err("lost".into()));
     assert!(matches!(&steps[..], [Step::DepositFailed { id: i, .. }] if *i == id));

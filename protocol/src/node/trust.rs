@@ -118,12 +118,15 @@ impl Contact {
 pub enum Asked {
     Names(Vec<UserName>),
     Keys(Vec<[u8; 32]>),
+    /// These names, but only to check the keys of those already contacts: asking about
+    /// someone (their presence, say) pins nobody new.
+    ContactsAmong(Vec<UserName>),
 }
 
 impl Asked {
     pub fn covers(&self, name: &UserName, key: &VerifyingKey) -> bool {
         match self {
-            Asked::Names(names) => names.contains(name),
+            Asked::Names(names) | Asked::ContactsAmong(names) => names.contains(name),
             Asked::Keys(keys) => keys.contains(&key.to_bytes()),
         }
     }
@@ -264,6 +267,7 @@ pub fn learn<'a>(
                     contact
                 }
             },
+            Some(None) if matches!(asked, Asked::ContactsAmong(_)) => continue,
             Some(None) => {
                 learned.new_contact = true;
                 Contact::first(bytes)
@@ -381,5 +385,24 @@ mod tests {
         assert_eq!(bob.observe(OLD), Observed::Changed { old: NEW, new: OLD });
         assert_eq!(bob.unconfirmed, None);
         assert_eq!(bob.key_to_send(), Ok((OLD, None)));
+    }
+
+    #[test]
+    fn asking_about_someone_checks_contacts_keys_and_pins_nobody_new() {
+        let key = |b| ed25519_dalek::SigningKey::from_bytes(&[b; 32]).verifying_key();
+        let me = key(9);
+        let (bob, cat) = (UserName::new("bob").unwrap(), UserName::new("cat").unwrap());
+        let (bob_key, cat_key) = (key(1), key(2));
+        let users = [(&bob, &bob_key), (&cat, &cat_key)];
+        let contacts = |name: &UserName| {
+            Some((name.as_str() == "bob").then(|| Contact::first(key(3).to_bytes())))
+        };
+        let asked = Asked::ContactsAmong(vec![bob.clone(), cat.clone()]);
+        let learned = learn(&me, users, &asked, contacts);
+        assert_eq!(learned.changes.len(), 1, "bob's key changed");
+        assert_eq!(learned.contacts.len(), 1, "cat is not pinned");
+        assert!(!learned.new_contact);
+        let learned = learn(&me, users, &Asked::Names(vec![cat.clone()]), contacts);
+        assert!(learned.new_contact, "looked up by name, cat is pinned");
     }
 }
