@@ -487,6 +487,7 @@ impl Sim {
                 | Output::Unsubscribe(_)
                 | Output::MeshChanged(_)
                 | Output::Seek { .. }
+                | Output::Register(_)
                 | Output::Unregister(_)
                 | Output::Republish(_)
                 | Output::Event(RoomEvent::Removed { .. }) => {}

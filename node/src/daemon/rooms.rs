@@ -151,11 +151,13 @@ impl Node {
                         .gossipsub
                         .unsubscribe(&topic(&id));
                 }
-                Output::Seek {
-                    room,
-                    members,
-                    public,
-                } => self.seek_members(room, &members, public),
+                Output::Seek { members, .. } => {
+                    // The delivery planner looks up those we are not connected to.
+                    for peer in members.iter().map(peer_id_of) {
+                        self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
+                    }
+                }
+                Output::Register(room) => self.register_in_room(room),
                 Output::Unregister(room) => self.unregister_from_room(room),
                 Output::Event(RoomEvent::Invited { room, from }) => {
                     let from = self.name_of_key(&from).unwrap_or_else(|| short_key(&from));
@@ -169,18 +171,6 @@ impl Node {
             }
         }
         result
-    }
-
-    /// Connects to a room's members (or, for a public room, registers in its namespace, to
-    /// see who else is there).
-    fn seek_members(&mut self, room: RoomId, members: &[VerifyingKey], public: bool) {
-        // The delivery planner looks up those we are not connected to.
-        for peer in members.iter().map(peer_id_of) {
-            self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
-        }
-        if public {
-            self.register_in_room(room);
-        }
     }
 
     /// A message the machine read: into the history and the room's log, then to `listen`.

@@ -263,13 +263,13 @@ pub enum Output {
     MeshChanged(RoomId),
     Subscribe(RoomId),
     Unsubscribe(RoomId),
-    /// Find these members (connect, discover); a public room's members are found by
-    /// registering in its namespace (`public`).
+    /// Find these members (keep a connection to each: discover, dial).
     Seek {
         room: RoomId,
         members: Vec<VerifyingKey>,
-        public: bool,
     },
+    /// Register in public room `room`'s discovery namespace: its members are found there.
+    Register(RoomId),
     /// Stop registering in public room `room`'s namespace.
     Unregister(RoomId),
     Event(RoomEvent),
@@ -580,11 +580,11 @@ impl Rooms {
         };
         let me = self.identity.public();
         let members = room.members().into_iter().filter(|m| *m != me).collect();
-        self.outputs.push_back(Output::Seek {
-            room: *id,
-            members,
-            public: room.is_public(),
-        });
+        let public = room.is_public();
+        self.outputs.push_back(Output::Seek { room: *id, members });
+        if public {
+            self.outputs.push_back(Output::Register(*id));
+        }
     }
 
     /// When [`Rooms::handle_timeout`] next has something to do.
