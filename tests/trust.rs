@@ -55,6 +55,9 @@ fn a_rebound_name_is_caught_and_a_verified_contact_is_not_sent_to_until_confirme
     };
     bob.stop()?;
     carol.stop()?;
+    // Sealed for the old carol, it waits in her mailbox; her key will change before she reads.
+    let stranded = alice.send("carol", "are you away?")?;
+    alice.wait_status("carol", &stranded, "queued")?;
     let mut events = alice
         .command()
         .args(["--json", "listen"])
@@ -125,6 +128,8 @@ fn a_rebound_name_is_caught_and_a_verified_contact_is_not_sent_to_until_confirme
     );
     let _ = events.kill();
     let _ = events.wait();
+    // What was sealed for the old key fails, rather than wait for a key that is gone.
+    alice.wait_status("carol", &stranded, "failed")?;
     let notice = |name: &str| {
         alice
             .history_with(name)

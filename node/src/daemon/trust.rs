@@ -175,6 +175,11 @@ impl Node {
             new_fingerprint,
             verified,
         });
+        // What was sealed for the old key can no longer be read: it fails, saying so.
+        if let Ok(old) = VerifyingKey::from_bytes(&change.old) {
+            let old = palaver_protocol::identity::peer_id_of(&old);
+            self.delivery_input(palaver_protocol::node::direct::Input::KeyReplaced(old));
+        }
     }
 
     /// Files a line of our own (not a message anyone sent) in the conversation with `name`.

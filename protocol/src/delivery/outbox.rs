@@ -147,6 +147,8 @@ pub enum FailureReason {
     Expired,
     /// The stored envelope is gone or cannot be read: there is nothing left to send.
     Lost,
+    /// The recipient's key changed: sealed for the old one, it can no longer be read.
+    KeyChanged,
 }
 
 impl fmt::Display for FailureReason {
@@ -154,6 +156,9 @@ impl fmt::Display for FailureReason {
         match self {
             FailureReason::Expired => f.write_str("not delivered before the give-up deadline"),
             FailureReason::Lost => f.write_str("its stored copy is gone or unreadable"),
+            FailureReason::KeyChanged => {
+                f.write_str("the recipient's key changed before it arrived; send it again")
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ pub enum Input<R> {
     Unsendable { id: MessageId, lost: bool },
     /// `name` came online: try its messages now rather than at the backoff.
     CameOnline(UserName),
+    /// The key behind `peer` was replaced (its user's name now stands for another key): what
+    /// was sealed for it fails, since the new key cannot read it.
+    KeyReplaced(PeerId),
 }
 
 /// What the driver is asked to do.
@@ -282,6 +285,16 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
                 self.attempt_failed(id, now, rng);
             }
             Input::CameOnline(name) => self.retry_now(now, |route| route.to == name),
+            Input::KeyReplaced(peer) => {
+                let sealed_for: Vec<MessageId> = (self.routes.iter())
+                    .filter(|(_, route)| route.peer == peer)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in sealed_for {
+                    self.outbox
+                        .give_up(id, crate::delivery::FailureReason::KeyChanged);
+                }
+            }
         }
         self.drive(now, rng);
     }

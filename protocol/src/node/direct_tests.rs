@@ -452,3 +452,31 @@ fn an_envelope_the_store_cannot_give_back_fails_or_is_tried_again() {
     d.handle_timeout(retry, &mut rng);
     assert!(drain(&mut d).contains(&Output::Deliver { peer, id: unread }));
 }
+
+/// A contact's key was replaced: what was sealed for the old key (sent or waiting in the
+/// mailbox) fails, saying why, instead of waiting for a key that will not come back.
+#[test]
+fn messages_sealed_for_a_replaced_key_fail() {
+    let (mut d, mut rng) = (planner(), rng());
+    let (peer, name) = bob();
+    d.handle(Input::LoggedIn(true), T0, &mut rng);
+    let (waiting, other) = (MessageId([1; 32]), MessageId([2; 32]));
+    send(&mut d, waiting, route(peer, &name), T0, &mut rng);
+    let carol = (self::peer(3), UserName::new("carol").unwrap());
+    send(&mut d, other, route(carol.0, &carol.1), T0, &mut rng);
+    drain(&mut d);
+    d.handle(Input::KeyReplaced(peer), T0 + 5, &mut rng);
+    let out = drain(&mut d);
+    assert!(out.contains(&Output::Status {
+        id: waiting,
+        status: DeliveryStatus::Failed {
+            reason: crate::delivery::FailureReason::KeyChanged
+        },
+        in_history: true,
+    }));
+    assert!(out.contains(&Output::Forget(waiting)));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Forget(id) if *id == other))
+    );
+}
