@@ -831,7 +831,7 @@ impl Sim {
                     self.delivery_input(i, direct::Input::LoggedIn(true));
                 }
                 Output::LoggedOut => self.delivery_input(i, direct::Input::LoggedIn(false)),
-                Output::Presence(_) | Output::Subscribed(_) => {}
+                Output::Presence(_) | Output::Subscribed { .. } => {}
                 Output::LoginRefused(refusal) => self
                     .refusals
                     .push(format!("{} refused: {refusal}", self.nodes[i].name)),

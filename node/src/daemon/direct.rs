@@ -105,6 +105,28 @@ impl OutboxItem {
     }
 }
 
+/// Why a send ended without its message.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendFailed {
+    /// The send pipeline's refusal, in its words.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the session with the recipient is gone")]
+    NoSession,
+    #[error("cannot read the store: {0}")]
+    Unreadable(StoreError),
+    #[error(transparent)]
+    Seal(pairwise::SealError),
+    #[error("the recipient's key is not valid")]
+    BadKey,
+    #[error("cannot send now: {0}")]
+    Outbox(palaver_protocol::delivery::OutboxError),
+    #[error("could not store the message: {0}")]
+    NotStored(StoreError),
+    #[error("{0}")]
+    NotDurable(String),
+}
+
 impl Node {
     /// Sends `job` once its recipient's key, name and session are known (the pipeline asks
     /// for what is missing first).
@@ -170,12 +192,12 @@ impl Node {
                     .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
                 {
                     Ok(Some(sessions)) => self.seal_and_send(job, key, name, sessions, warning),
-                    Ok(None) => {
-                        self.fail_send(job.reply, "the session with the recipient is gone".into())
-                    }
-                    Err(err) => self.fail_send(job.reply, err.to_string()),
+                    Ok(None) => self.fail_send(job.reply, SendFailed::NoSession),
+                    Err(err) => self.fail_send(job.reply, SendFailed::Unreadable(err)),
                 },
-                PipelineOutput::Fail { job, error } => self.fail_send(job.reply, error),
+                PipelineOutput::Fail { job, error } => {
+                    self.fail_send(job.reply, SendFailed::Refused(error))
+                }
             }
         }
     }
@@ -200,7 +222,7 @@ impl Node {
         };
         let (conversation, mut clock, seq) = match read(self) {
             Ok(read) => read,
-            Err(err) => return self.fail_send(job.reply, format!("cannot read the store: {err}")),
+            Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
         let text = match &job.payload {
             palaver_protocol::wire::Payload::Text(text) => Some(text.clone()),
@@ -223,7 +245,7 @@ impl Node {
             sent_at_ms,
         } = match sealed {
             Ok(sealed) => sealed,
-            Err(err) => return self.fail_send(job.reply, err.to_string()),
+            Err(err) => return self.fail_send(job.reply, SendFailed::Seal(err)),
         };
         let item = OutboxItem {
             id,
@@ -236,10 +258,10 @@ impl Node {
         // it is durable (with the ratchet state that encrypted it: a crash must not make us
         // encrypt with the same key twice).
         let Some(route) = item.route() else {
-            return self.fail_send(job.reply, "the recipient's key is not valid".into());
+            return self.fail_send(job.reply, SendFailed::BadKey);
         };
         if let Err(err) = self.state.delivery.hold(id, route, now_ms()) {
-            return self.fail_send(job.reply, format!("cannot send now: {err}"));
+            return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
         let mut batch = StateBatch::default();
         batch
@@ -271,7 +293,7 @@ impl Node {
         };
         if let Err(err) = committed {
             self.state.delivery.cancel(id);
-            return self.fail_send(job.reply, format!("could not store the message: {err}"));
+            return self.fail_send(job.reply, SendFailed::NotStored(err));
         }
         let reply = job.reply;
         self.when_durable(AfterFlush::Sealed { id, reply, warning });
@@ -297,16 +319,21 @@ impl Node {
                 }
                 self.delivery_input(DeliveryInput::Durable(id));
             }
-            Err(err) => self.fail_send(reply, super::durable::not_durable(&err)),
+            Err(err) => self.fail_send(
+                reply,
+                SendFailed::NotDurable(super::durable::not_durable(&err)),
+            ),
         }
     }
 
     /// A send ended without its message: the call that asked hears why (a control message's
     /// failure is logged).
-    fn fail_send(&mut self, reply: Option<ReplyToken>, message: String) {
+    fn fail_send(&mut self, reply: Option<ReplyToken>, failed: SendFailed) {
         match reply {
-            Some(reply) => self.replies.answer(reply, Err(RpcError::failed(message))),
-            None => tracing::warn!("could not send a control message: {message}"),
+            Some(reply) => self
+                .replies
+                .answer(reply, Err(RpcError::failed(failed.to_string()))),
+            None => tracing::warn!("could not send a control message: {failed}"),
         }
     }
 

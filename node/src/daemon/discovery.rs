@@ -68,8 +68,9 @@ impl Node {
         }
     }
 
-    /// Carries out the publisher's requests (dropped while we may not ask: the next login
-    /// registers everything again).
+    /// Carries out the publisher's requests. Logged out, it asks nothing
+    /// ([`palaver_protocol::node::discovery::Publisher::logged_out`]) but taking our record out of a room we left, which cannot be
+    /// sent then (the record lapses at its TTL).
     pub(crate) fn drive_discovery(&mut self) {
         while let Some(output) = self.state.discovery.poll_output() {
             if !self.may_ask_discovery() {

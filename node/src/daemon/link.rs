@@ -144,6 +144,7 @@ impl Node {
                 Output::PersistPrekeys { then_publish } => self.persist_prekeys(then_publish),
                 Output::LoggedIn { mail_waiting } => self.on_logged_in(mail_waiting),
                 Output::LoggedOut => {
+                    self.state.discovery.logged_out();
                     self.reach(super::reach::ReachInput::LoggedIn(false));
                     self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(false));
                 }
@@ -160,9 +161,8 @@ impl Node {
                 Output::Answer { token, response } => self.on_asked(token, Ok(response)),
                 Output::Failed { token, error } => self.on_asked(token, Err(error)),
                 Output::Presence(record) => self.on_presence_push(record),
-                Output::Subscribed(users) => {
-                    // Asked for by name: our contacts. Each login checks their keys again.
-                    let asked = Asked::Names(self.contact_names());
+                Output::Subscribed { names, users } => {
+                    let asked = Asked::Names(names);
                     self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
                         let _ = self.remember_presence(user.presence);

@@ -135,6 +135,15 @@ impl Publisher {
         });
     }
 
+    /// We are logged out: nothing is renewed or tried again until the next login registers
+    /// everything afresh ([`Publisher::register_all`]); what was still to be asked is dropped.
+    pub fn logged_out(&mut self) {
+        self.renew_at = None;
+        self.retry.clear();
+        self.rooms.clear();
+        self.outputs.clear();
+    }
+
     /// Our external addresses are now `addrs` (one confirmed by AutoNAT, a relay slot given
     /// back): registered again if the record says otherwise, as libp2p's own client does.
     pub fn addresses(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
@@ -294,6 +303,12 @@ mod tests {
             [Output::Register { addrs, .. }] if *addrs == vec![addr(2)]));
         // The last one goes: nothing to say, nothing to renew.
         publisher.addresses(1_000 + RENEW_MS + 2, Vec::new(), &[room]);
+        assert!(outputs(&mut publisher).is_empty());
+        assert_eq!(publisher.poll_timeout(), None);
+        // Logged out: nothing is renewed until the next login.
+        publisher.register_all(5_000, vec![addr(1)], &[room]);
+        publisher.registered(&Namespace::Peer(me), false, 5_000);
+        publisher.logged_out();
         assert!(outputs(&mut publisher).is_empty());
         assert_eq!(publisher.poll_timeout(), None);
     }

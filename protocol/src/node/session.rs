@@ -143,7 +143,11 @@ pub enum Output<T> {
     /// A contact's presence changed (a push).
     Presence(PresenceRecord),
     /// Presence of the users we subscribed to, as the subscription took effect.
-    Subscribed(Vec<UserRecord>),
+    Subscribed {
+        /// Whom the subscription named: each login checks their keys again.
+        names: Vec<UserName>,
+        users: Vec<UserRecord>,
+    },
     /// Held mail to store; answer with [`Input::MailStored`] once it is durable.
     Mail {
         items: Vec<MailItem>,
@@ -484,8 +488,8 @@ impl<T: std::fmt::Debug> Session<T> {
             (Purpose::FetchMail, R::Mail { items, remaining }) => {
                 self.outputs.push_back(Output::Mail { items, remaining })
             }
-            (Purpose::Subscribe(_), R::Users(users)) => {
-                self.outputs.push_back(Output::Subscribed(users))
+            (Purpose::Subscribe(names), R::Users(users)) => {
+                self.outputs.push_back(Output::Subscribed { names, users })
             }
             (Purpose::Caller(token), response) => {
                 if let R::Refused(refusal) = &response {
