@@ -826,11 +826,19 @@ impl Sim {
                         );
                     }
                 }
+                // As the daemon does: the machines hear of it together (no contacts to watch, no
+                // rooms, no external addresses here), then their outputs are carried out.
                 Output::LoggedIn { .. } => {
                     self.registered.insert(i);
-                    self.delivery_input(i, direct::Input::LoggedIn(true));
+                    let state = self.nodes[i].state.as_mut().expect("running");
+                    state.logged_in(self.now, &mut self.rng, Vec::new(), Vec::new());
+                    self.drive_delivery(i);
                 }
-                Output::LoggedOut => self.delivery_input(i, direct::Input::LoggedIn(false)),
+                Output::LoggedOut => {
+                    let state = self.nodes[i].state.as_mut().expect("running");
+                    state.logged_out(self.now, &mut self.rng);
+                    self.drive_delivery(i);
+                }
                 Output::Presence(_) | Output::Subscribed { .. } => {}
                 Output::LoginRefused(refusal) => self
                     .refusals

@@ -34,7 +34,8 @@ impl Node {
         self.rendezvous_peer().is_some() && self.state.session.is_logged_in()
     }
 
-    /// At login, and when our listen addresses changed: our record, everywhere it goes.
+    /// When our listen addresses changed: our record, everywhere it goes (at login,
+    /// [`palaver_protocol::node::state::NodeState::logged_in`] does it).
     pub(crate) fn register_discovery(&mut self) {
         if self.may_ask_discovery() {
             let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());

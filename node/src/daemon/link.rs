@@ -144,9 +144,9 @@ impl Node {
                 Output::PersistPrekeys { then_publish } => self.persist_prekeys(then_publish),
                 Output::LoggedIn { mail_waiting } => self.on_logged_in(mail_waiting),
                 Output::LoggedOut => {
-                    self.state.discovery.logged_out();
+                    self.state.logged_out(now_ms(), &mut OsRng);
                     self.reach(super::reach::ReachInput::LoggedIn(false));
-                    self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(false));
+                    self.drive_delivery();
                 }
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");
@@ -231,14 +231,18 @@ impl Node {
             logged_in: true,
             error: None,
         });
-        self.subscribe_presence();
-        self.register_discovery();
+        let (contacts, addrs) = (
+            self.contact_names(),
+            self.swarm.external_addresses().cloned().collect(),
+        );
+        self.state.logged_in(now_ms(), &mut OsRng, contacts, addrs);
         // A relay slot at the rendezvous, so peers can reach us behind a NAT (once identify has
         // told us how the rendezvous sees us: see the reach planner).
         self.reach(super::reach::ReachInput::LoggedIn(true));
-        // Logged in for the planner first: the rooms' members it is asked for are looked up.
-        self.delivery_input(palaver_protocol::node::direct::Input::LoggedIn(true));
-        self.rooms_after_login();
+        self.drive_session();
+        self.drive_discovery();
+        self.drive_delivery();
+        let _ = self.drive_rooms();
     }
 
     pub(crate) fn subscribe_presence(&mut self) {

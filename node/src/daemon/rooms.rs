@@ -228,12 +228,6 @@ impl Node {
         let _ = self.drive_rooms();
     }
 
-    /// After login: find the other members of every room we are in.
-    pub(crate) fn rooms_after_login(&mut self) {
-        self.state.rooms.seek_all();
-        let _ = self.drive_rooms();
-    }
-
     /// Writes the rooms whose receiving chains moved since they were last written (on the way
     /// out; otherwise the machine has them written a moment after they moved).
     pub(crate) fn save_dirty_rooms(&mut self) {

@@ -9,13 +9,15 @@
 //! The type parameters are the driver's: `P` what a session request carries back, `R` a direct
 //! delivery's request handle, `J` a send's job.
 
+use multiaddr::Multiaddr;
 use rand_core::{CryptoRng, RngCore};
 
-use super::direct::Delivery;
 use super::direct::pipeline::{Facts, SendPipeline};
+use super::direct::{Delivery, Input as DeliveryInput};
 use super::discovery::Publisher;
 use super::rooms::Rooms;
 use super::session::Session;
+use crate::UserName;
 
 #[derive(Debug)]
 pub struct NodeState<P, R, J> {
@@ -39,6 +41,32 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The session logged in (after every connection). In this order: the presence of our
+    /// `contacts` is watched, our record (at our external `addrs`) is registered, the delivery
+    /// planner hears of it (so the room members it is asked for next are looked up, and what
+    /// failed while logged out goes now), and every room's members are sought.
+    pub fn logged_in(
+        &mut self,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+        contacts: Vec<UserName>,
+        addrs: Vec<Multiaddr>,
+    ) {
+        self.session.subscribe_presence(contacts);
+        self.discovery
+            .register_all(now, addrs, &self.rooms.public_joined());
+        self.delivery
+            .handle(DeliveryInput::LoggedIn(true), now, rng);
+        self.rooms.seek_all();
+    }
+
+    /// The login is gone: discovery asks nothing, and the planner tries no mailbox.
+    pub fn logged_out(&mut self, now: u64, rng: &mut (impl CryptoRng + RngCore)) {
+        self.discovery.logged_out();
+        self.delivery
+            .handle(DeliveryInput::LoggedIn(false), now, rng);
     }
 
     /// Wakes every machine at `now`. Each acts only on what is due by its own reckoning — which
