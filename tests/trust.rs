@@ -58,6 +58,8 @@ fn a_rebound_name_is_caught_and_a_verified_contact_is_not_sent_to_until_confirme
     // Sealed for the old carol, it waits in her mailbox; her key will change before she reads.
     let stranded = alice.send("carol", "are you away?")?;
     alice.wait_status("carol", &stranded, "queued")?;
+    let kept = alice.send("bob", "are you away, bob?")?;
+    alice.wait_status("bob", &kept, "queued")?;
     let mut events = alice
         .command()
         .args(["--json", "listen"])
@@ -130,6 +132,13 @@ fn a_rebound_name_is_caught_and_a_verified_contact_is_not_sent_to_until_confirme
     let _ = events.wait();
     // What was sealed for the old key fails, rather than wait for a key that is gone.
     alice.wait_status("carol", &stranded, "failed")?;
+    // Verified bob keeps his key until alice confirms the new one: his message still waits.
+    let status = |id: &str| {
+        let history = alice.history_with("bob").unwrap_or_default();
+        let entry = history.into_iter().find(|e| e["id"] == id);
+        entry.map(|e| e["status"].clone())
+    };
+    assert_eq!(status(&kept), Some(Value::from("queued")));
     let notice = |name: &str| {
         alice
             .history_with(name)
@@ -179,6 +188,8 @@ fn a_rebound_name_is_caught_and_a_verified_contact_is_not_sent_to_until_confirme
     let accepted = first(alice.json(&["verify", "bob", "--confirm"])?);
     assert_eq!(accepted["verified"], true);
     assert_eq!(accepted["key_changed"], false);
+    // Confirmed: the old key is replaced, and what was sealed for it fails.
+    alice.wait_status("bob", &kept, "failed")?;
     let id = alice.send("bob", "hello new bob")?;
     alice.wait_status("bob", &id, "delivered")?;
     assert_eq!(texts(&new_bob.history_with("alice")?), ["hello new bob"]);

@@ -175,8 +175,17 @@ impl Node {
             new_fingerprint,
             verified,
         });
-        // What was sealed for the old key can no longer be read: it fails, saying so.
-        if let Ok(old) = VerifyingKey::from_bytes(&change.old) {
+        // An unverified contact's pinned key was replaced: what was sealed for the old one can
+        // no longer be read, and fails, saying so. A verified contact keeps its key until the
+        // user confirms the new one (see `answer_verify`).
+        if !verified {
+            self.key_replaced(&change.old);
+        }
+    }
+
+    /// Messages sealed for `old`, a key its user no longer holds, fail.
+    fn key_replaced(&mut self, old: &[u8; 32]) {
+        if let Ok(old) = VerifyingKey::from_bytes(old) {
             let old = palaver_protocol::identity::peer_id_of(&old);
             self.delivery_input(palaver_protocol::node::direct::Input::KeyReplaced(old));
         }
@@ -242,6 +251,8 @@ impl Node {
         if !confirm {
             return drop(reply.send(Ok(answer(&contact))));
         }
+        // Confirming a changed key replaces the one that was kept pinned.
+        let replaced = (contact.key != contact.latest()).then_some(contact.key);
         let newly_verified = contact.confirm();
         let value = answer(&contact);
         let mut batch = StateBatch::default();
@@ -253,6 +264,9 @@ impl Node {
         }
         if newly_verified {
             self.record_notice(&name, trust::verified_notice(&name));
+        }
+        if let Some(old) = replaced {
+            self.key_replaced(&old);
         }
         self.answer_when_durable(reply, Ok(value));
     }
