@@ -605,7 +605,7 @@ impl Sim {
         let sealed = rooms.seal(room, &content).map_err(|e| e.to_string())?;
         // The chain moved: the room is written with the message, and the message to the log;
         // that is durable at once here.
-        rooms.durable(&sealed.id);
+        rooms.settled(&sealed.id);
         let key = member.identity.public().to_bytes();
         member.disk.log.insert((key, seq), sealed.frame.clone());
         self.save(i, room);

@@ -359,7 +359,7 @@ impl Node {
             Value::Array(records.collect())
         });
         for user in users {
-            let _ = self.remember_presence(user.presence);
+            self.remember_presence(user.presence);
         }
         answer.map_err(|unknown| RpcError::failed(unknown.to_string()))
     }
@@ -394,20 +394,24 @@ impl Node {
         Value::Array(records)
     }
 
-    /// Keeps what the rendezvous says of a user's presence: in memory, and in the store, so
-    /// that a daemon restarted while the rendezvous is down still knows the last state; what
-    /// follows (see [`presence::Presence::pushed`]).
-    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) -> presence::Pushed {
+    /// Keeps what the rendezvous answered of a user's presence (a lookup, a subscription): in
+    /// memory, and in the store (see [`Node::store_presence`]).
+    pub(crate) fn remember_presence(&mut self, record: PresenceRecord) {
+        self.store_presence(&record);
+        self.presence.heard(record);
+    }
+
+    /// Keeps a user's presence in the store, so that a daemon restarted while the rendezvous
+    /// is down still knows the last state.
+    pub(crate) fn store_presence(&self, record: &PresenceRecord) {
         let key = presence_key(record.name.as_str());
         // Best effort: it is only shown, marked stale, when nothing fresher can be had.
         if let Err(err) = self
             .store
-            .apply(StateBatch::default().put(StateKey::Meta(&key), &record))
+            .apply(StateBatch::default().put(StateKey::Meta(&key), record))
         {
             tracing::debug!("cannot keep presence: {err}");
         }
-        let logged_in = self.state.session.is_logged_in();
-        self.presence.pushed(record, logged_in)
     }
 
     /// Asks the rendezvous for `name`'s key first when it can (so that a change shows now),

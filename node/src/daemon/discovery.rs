@@ -69,9 +69,10 @@ impl Node {
         }
     }
 
-    /// Carries out the publisher's requests. Logged out, it asks nothing
-    /// ([`palaver_protocol::node::discovery::Publisher::logged_out`]) but taking our record out of a room we left, which cannot be
-    /// sent then (the record lapses at its TTL).
+    /// Carries out the publisher's requests. Logged out, the publisher asks nothing
+    /// ([`palaver_protocol::node::discovery::Publisher::logged_out`]) but to take our record
+    /// out of a room we left; that is dropped, as it cannot be sent (the record lapses at its
+    /// TTL).
     pub(crate) fn drive_discovery(&mut self) {
         while let Some(output) = self.state.discovery.poll_output() {
             if !self.may_ask_discovery() {

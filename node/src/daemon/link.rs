@@ -165,7 +165,7 @@ impl Node {
                     let asked = Asked::Names(names);
                     self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
-                        let _ = self.remember_presence(user.presence);
+                        self.remember_presence(user.presence);
                     }
                 }
                 Output::Mail { items, remaining } => self.on_mail(items, remaining),
@@ -319,7 +319,9 @@ impl Node {
             state: state_str(record.state),
             last_seen: record.last_seen_ms,
         });
-        let pushed = self.remember_presence(record);
+        self.store_presence(&record);
+        let logged_in = self.state.session.is_logged_in();
+        let pushed = self.presence.pushed(record, logged_in);
         if let Some(user) = pushed.look_up {
             let names = vec![user];
             let request = RendezvousRequest::Lookup {

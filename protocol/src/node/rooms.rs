@@ -400,7 +400,7 @@ pub struct Rooms {
     save_dirty_at: Option<u64>,
     /// Rooms holding our own messages that found nobody subscribed, and when to try again.
     unpublished: BTreeMap<RoomId, u64>,
-    /// Our own messages sealed but not yet durable ([`Rooms::durable`]).
+    /// Our own messages sealed but not yet durable ([`Rooms::settled`]).
     awaiting_flush: HashSet<MessageId>,
     /// Rooms whose last write failed, and what is to be sent about them once written.
     unwritten: BTreeMap<RoomId, VecDeque<Output>>,

@@ -48,14 +48,13 @@ pub struct ClientSession {
     /// Answers to [`ClientSession::request`] calls, by call.
     answers: HashMap<u64, Answer>,
     next_call: u64,
-    logged_in: bool,
     refused: Option<Refusal>,
 }
 
 impl std::fmt::Debug for ClientSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientSession")
-            .field("logged_in", &self.logged_in)
+            .field("logged_in", &self.session.is_logged_in())
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
@@ -82,7 +81,6 @@ impl ClientSession {
             in_flight: FuturesUnordered::new(),
             answers: HashMap::new(),
             next_call: 0,
-            logged_in: false,
             refused: None,
         };
         this.session.handle(Input::Connected, now_ms(), &mut OsRng);
@@ -101,7 +99,6 @@ impl ClientSession {
         let now = now_ms();
         self.session.handle(Input::Disconnected, now, &mut OsRng);
         self.session.handle(Input::Connected, now, &mut OsRng);
-        self.logged_in = false;
         self.until_logged_in().await
     }
 
@@ -135,7 +132,7 @@ impl ClientSession {
             if let Some(refusal) = self.refused.take() {
                 return Err(SessionError::Refused(refusal));
             }
-            if self.logged_in {
+            if self.session.is_logged_in() {
                 return Ok(());
             }
             self.wait().await?;
@@ -158,8 +155,8 @@ impl ClientSession {
                         self.session.handle(input, now_ms(), &mut OsRng);
                     }
                 }
-                Output::LoggedIn { .. } => self.logged_in = true,
-                Output::LoggedOut => self.logged_in = false,
+                // The session knows whether it is logged in.
+                Output::LoggedIn { .. } | Output::LoggedOut => {}
                 Output::LoginRefused(refusal) => self.refused = Some(refusal),
                 Output::Answer { token, response } => {
                     self.answers.insert(token, Ok(response));

@@ -8,6 +8,7 @@ use rand_core::OsRng;
 use serde_json::{Value, json};
 
 use super::{log_key, refused};
+use crate::daemon::direct::SendFailed;
 use crate::daemon::durable::{AfterFlush, Flushed, not_durable};
 use crate::daemon::{Node, now_ms};
 use crate::rpc::{Reply, RpcError};
@@ -177,7 +178,7 @@ impl Node {
         flushed: Flushed,
     ) {
         if flushed.is_ok() {
-            self.state.rooms.durable(&id);
+            self.state.rooms.settled(&id);
         }
         let result = flushed
             .map_err(|e| RpcError::failed(not_durable(&e)))
@@ -209,8 +210,7 @@ impl Node {
     > {
         let room = self.state.rooms.writable(&name).map_err(refused)?;
         let conversation = ConversationId::Room(room);
-        let unreadable =
-            |e: crate::store::StoreError| RpcError::failed(format!("cannot read the store: {e}"));
+        let unreadable = |e| RpcError::failed(SendFailed::Unreadable(e).to_string());
         let stamp = self.next_stamp().map_err(unreadable)?;
         let seq = self.next_seq(&conversation).map_err(unreadable)?;
         let content = Content {
@@ -245,10 +245,9 @@ impl Node {
         // The chain moved: the room is written with the message.
         self.persist_room(&room, &mut batch);
         if let Err(err) = self.store.record(&entry, &batch) {
-            self.state.rooms.not_written(&sealed.id);
-            return Err(RpcError::failed(format!(
-                "could not store the message: {err}"
-            )));
+            // Never published: it waits for no flush.
+            self.state.rooms.settled(&sealed.id);
+            return Err(RpcError::failed(SendFailed::NotStored(err).to_string()));
         }
         Ok((room, sealed.frame, sealed.id))
     }

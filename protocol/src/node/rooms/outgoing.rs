@@ -29,15 +29,11 @@ impl Rooms {
         Ok(())
     }
 
-    /// Our message `id` is on disk: it may be published (and handed to gap fill) now. One whose
-    /// flush failed stays withheld until a restart finds it on disk (or does not).
-    pub fn durable(&mut self, id: &MessageId) {
-        self.awaiting_flush.remove(id);
-    }
-
-    /// Our sealed message `id` could not even be written: it will never be published (its
-    /// chain index is skipped; receivers allow for that).
-    pub fn not_written(&mut self, id: &MessageId) {
+    /// Our message `id` waits for the disk no more: it is durable, and may be published (and
+    /// handed to gap fill) now; or it could not even be written, and will never be published
+    /// (its chain index is skipped; receivers allow for that). One whose flush failed stays
+    /// withheld until a restart finds it on disk (or does not).
+    pub fn settled(&mut self, id: &MessageId) {
         self.awaiting_flush.remove(id);
     }
 

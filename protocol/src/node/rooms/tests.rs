@@ -133,7 +133,7 @@ impl Members {
         let sealed = self.rooms[i].seal(id, &content).unwrap();
         // Not published before it is durable.
         assert!(!self.rooms[i].may_publish(&sealed.id));
-        self.rooms[i].durable(&sealed.id);
+        self.rooms[i].settled(&sealed.id);
         assert!(self.rooms[i].may_publish(&sealed.id));
         let envelope = Envelope::from_bytes(&sealed.frame).unwrap();
         let Body::Room(message) = envelope.body else {
@@ -483,7 +483,7 @@ fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
     assert_eq!(answer.envelopes.len(), 2);
     assert!(!answer.more);
     // Durable, it leaves too.
-    net.rooms[0].durable(&waiting.id);
+    net.rooms[0].settled(&waiting.id);
     let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone());
     assert_eq!(answer.envelopes.len(), 3);
     let outsider = Identity::from_secret_bytes(&[9; 32]).public();
@@ -832,7 +832,7 @@ fn a_gap_fill_answer_is_taken_in_like_gossip() {
     net.team();
     let room = net.rooms[0].id_by_name(&team()).unwrap();
     // Ben missed two of ann's messages; the answer brings them, one he has already, and one
-    // for another room.
+    // altered to name another room (its signature no longer holds: not read).
     let missed: Vec<_> = ["one", "two"].map(|t| net.seal(0, t)).into();
     let envelope = |frame: &[u8]| Envelope::from_bytes(frame).unwrap();
     let mut envelopes: Vec<Envelope> = missed.iter().map(|(_, _, f)| envelope(f)).collect();
