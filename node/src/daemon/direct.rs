@@ -157,7 +157,7 @@ impl Node {
                     };
                     let pending = Pending::Lookup {
                         names: vec![name],
-                        call: Some(call),
+                        call,
                     };
                     self.rendezvous_request(request, pending);
                 }
@@ -382,9 +382,7 @@ impl Node {
         for user in &users {
             self.presence.heard(user.presence.clone());
         }
-        if self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked) {
-            self.subscribe_presence();
-        }
+        self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
     }
 
     /// Starts a session with `key` from its prekey `bundle`, and stores it.

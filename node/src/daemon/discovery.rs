@@ -29,28 +29,19 @@ fn external_addrs(node: &Node) -> Vec<Multiaddr> {
 }
 
 impl Node {
-    /// Discovery is served to logged-in sessions only.
-    fn may_ask_discovery(&self) -> bool {
-        self.rendezvous_peer().is_some() && self.state.session.is_logged_in()
-    }
-
     /// When our listen addresses changed: our record, everywhere it goes (at login,
     /// [`palaver_protocol::node::state::NodeState::logged_in`] does it).
     pub(crate) fn register_discovery(&mut self) {
-        if self.may_ask_discovery() {
-            let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
-            self.state.discovery.register_all(now_ms(), addrs, &rooms);
-            self.drive_discovery();
-        }
+        let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
+        self.state.discovery.register_all(now_ms(), addrs, &rooms);
+        self.drive_discovery();
     }
 
     /// Registers our record under a public room's namespace (just joined, or after login).
     pub(crate) fn register_in_room(&mut self, room: RoomId) {
-        if self.may_ask_discovery() {
-            let addrs = external_addrs(self);
-            self.state.discovery.register_in_room(room, addrs);
-            self.drive_discovery();
-        }
+        let addrs = external_addrs(self);
+        self.state.discovery.register_in_room(room, addrs);
+        self.drive_discovery();
     }
 
     /// Takes our record out of a public room's namespace (we left it).
@@ -62,22 +53,15 @@ impl Node {
     /// Our external addresses may have changed: the publisher says whether our record is to
     /// be said again.
     pub(crate) fn on_external_addresses(&mut self) {
-        if self.may_ask_discovery() {
-            let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
-            self.state.discovery.addresses(now_ms(), addrs, &rooms);
-            self.drive_discovery();
-        }
+        let (addrs, rooms) = (external_addrs(self), self.state.rooms.public_joined());
+        self.state.discovery.addresses(now_ms(), addrs, &rooms);
+        self.drive_discovery();
     }
 
-    /// Carries out the publisher's requests. Logged out, the publisher asks nothing
-    /// ([`palaver_protocol::node::discovery::Publisher::logged_out`]) but to take our record
-    /// out of a room we left; that is dropped, as it cannot be sent (the record lapses at its
-    /// TTL).
+    /// Carries out the publisher's requests (logged out, it asks nothing:
+    /// [`palaver_protocol::node::discovery::Publisher::logged_out`]).
     pub(crate) fn drive_discovery(&mut self) {
         while let Some(output) = self.state.discovery.poll_output() {
-            if !self.may_ask_discovery() {
-                continue;
-            }
             match output {
                 Output::Register {
                     namespaces,
@@ -116,7 +100,7 @@ impl Node {
     }
 
     fn discover_namespace(&mut self, namespace: Namespace) -> bool {
-        if !self.may_ask_discovery() {
+        if !self.state.session.is_logged_in() {
             return false;
         }
         self.rendezvous_request(

@@ -12,7 +12,6 @@ use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, RendezvousRespon
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
-use super::trust::Asked;
 use super::{Node, now_ms};
 use crate::rpc::RpcError;
 use crate::store::{StateBatch, StateKey, Store};
@@ -161,8 +160,7 @@ impl Node {
                 Output::Answer { token, response } => self.on_asked(token, Ok(response)),
                 Output::Failed { token, error } => self.on_asked(token, Err(error)),
                 Output::Presence(record) => self.on_presence_push(record),
-                Output::Subscribed { names, users } => {
-                    let asked = Asked::Names(names);
+                Output::Subscribed { users, asked } => {
                     self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
                         self.remember_presence(user.presence);
@@ -245,12 +243,6 @@ impl Node {
         let _ = self.drive_rooms();
     }
 
-    pub(crate) fn subscribe_presence(&mut self) {
-        let names = self.contact_names();
-        self.state.session.subscribe_presence(names);
-        self.drive_session();
-    }
-
     pub(crate) fn contact_names(&self) -> Vec<UserName> {
         self.store
             .scan_keys(StateKey::Contact(""))
@@ -322,13 +314,12 @@ impl Node {
         self.store_presence(&record);
         let logged_in = self.state.session.is_logged_in();
         let pushed = self.presence.pushed(record, logged_in);
-        if let Some(user) = pushed.look_up {
+        if let Some(user) = pushed.check_key {
             let names = vec![user];
             let request = RendezvousRequest::Lookup {
                 names: names.clone(),
             };
-            let pending = Pending::Lookup { names, call: None };
-            self.rendezvous_request(request, pending);
+            self.rendezvous_request(request, Pending::CheckKeys { names });
         }
         if let Some(user) = pushed.came_online {
             self.delivery_input(palaver_protocol::node::direct::Input::CameOnline(user));

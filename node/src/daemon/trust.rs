@@ -129,13 +129,12 @@ impl Node {
         ))
     }
 
-    /// Takes in what an answer said about users' keys ([`trust::learn`] decides); true when a
-    /// contact is new.
+    /// Takes in what an answer said about users' keys ([`trust::learn`] decides).
     pub(crate) fn learn_keys<'a>(
         &mut self,
         users: impl IntoIterator<Item = (&'a UserName, &'a VerifyingKey)>,
         asked: &Asked,
-    ) -> bool {
+    ) {
         let store = &self.store;
         let learned = trust::learn(&self.identity.public(), users, asked, |name| {
             load_contact(store, name.as_str())
@@ -153,12 +152,13 @@ impl Node {
         }
         if let Err(err) = self.store.apply(&batch) {
             tracing::warn!("store: {err}");
-            return false;
+            return;
         }
+        self.state.contacts_pinned(&learned.new_contacts);
+        self.drive_session();
         for change in learned.changes {
             self.on_key_changed(change);
         }
-        learned.new_contact
     }
 
     fn on_key_changed(&mut self, change: KeyChange) {

@@ -17,11 +17,11 @@ use crate::{RoomName, UserName};
 /// What a question to the rendezvous was for.
 #[derive(Debug)]
 pub enum Ask<T, D> {
-    /// Name lookups (a send's, when `call` is set; else to notice a contact's new key).
-    Lookup {
-        names: Vec<UserName>,
-        call: Option<CallId>,
-    },
+    /// A name lookup for the send `call`.
+    Lookup { names: Vec<UserName>, call: CallId },
+    /// Contacts' keys, looked up again to notice a new one (a contact came back online): the
+    /// answer pins nobody new.
+    CheckKeys { names: Vec<UserName> },
     /// Who holds these keys (a send's, when `call` is set; else to name a stranger).
     WhoIs {
         keys: Vec<[u8; 32]>,
@@ -113,8 +113,12 @@ pub fn answered<T, D>(
                 users,
                 asked: Asked::Names(names),
             };
-            std::iter::once(learn).chain(call.map(learned)).collect()
+            vec![learn, learned(call)]
         }
+        (Ask::CheckKeys { names }, Ok(R::Users(users))) => vec![Step::Learn {
+            users,
+            asked: Asked::ContactsAmong(names),
+        }],
         (Ask::WhoIs { keys, call }, Ok(R::Users(users))) => {
             let learn = Step::Learn {
                 users,
@@ -140,9 +144,7 @@ pub fn answered<T, D>(
             vec![pipeline(call, PipelineAnswer::Failed(error))]
         }
         (
-            Ask::Lookup {
-                call: Some(call), ..
-            }
+            Ask::Lookup { call, .. }
             | Ask::WhoIs {
                 call: Some(call), ..
             },
@@ -152,9 +154,7 @@ pub fn answered<T, D>(
             vec![pipeline(call, PipelineAnswer::Failed(error))]
         }
         (
-            Ask::Lookup {
-                call: Some(call), ..
-            }
+            Ask::Lookup { call, .. }
             | Ask::WhoIs {
                 call: Some(call), ..
             }
@@ -253,9 +253,7 @@ pub fn answered<T, D>(
             vec![Step::Fail { reply, error }]
         }
         (
-            Ask::Lookup {
-                call: Some(call), ..
-            }
+            Ask::Lookup { call, .. }
             | Ask::WhoIs {
                 call: Some(call), ..
             },
@@ -266,8 +264,8 @@ pub fn answered<T, D>(
             vec![pipeline(call, PipelineAnswer::Failed(error))]
         }
         (Ask::WhoIs { keys, call: None }, Ok(_)) => vec![Step::Unnamed(keys)],
-        // A lookup nobody waits on: nothing to learn from a refusal or silence.
-        (Ask::Lookup { call: None, .. }, _) => Vec::new(),
+        // Nobody waits on it: nothing to learn from a refusal or silence.
+        (Ask::CheckKeys { .. }, _) => Vec::new(),
         (Ask::Deposit { id }, Ok(other)) => vec![Step::DepositFailed {
             id,
             reason: format!("unexpected answer: {other:?}"),

@@ -33,7 +33,7 @@ fn a_sends_lookup_is_learned_then_the_send_goes_on_and_a_failure_says_why() {
         call,
     };
     let users = vec![user("bob", 2)];
-    let steps: Vec<S> = answered(ask(Some(4)), Ok(RendezvousResponse::Users(users.clone())));
+    let steps: Vec<S> = answered(ask(4), Ok(RendezvousResponse::Users(users.clone())));
     assert_eq!(
         steps,
         [
@@ -47,16 +47,30 @@ fn a_sends_lookup_is_learned_then_the_send_goes_on_and_a_failure_says_why() {
             }
         ]
     );
-    // Nobody waits: only learned; silence teaches nothing.
-    let steps: Vec<S> = answered(ask(None), Ok(RendezvousResponse::Users(users)));
-    assert_eq!(steps.len(), 1);
-    assert!(answered::<u8, &str>(ask(None), Err("gone".into())).is_empty());
-    let steps: Vec<S> = answered(ask(Some(4)), Err("timed out".into()));
+    let steps: Vec<S> = answered(ask(4), Err("timed out".into()));
     assert!(
         matches!(&steps[..], [Step::Pipeline { call: 4, answer: PipelineAnswer::Failed(e) }]
             if e.contains("did not answer") && e.contains("timed out")),
         "{steps:?}"
     );
+}
+
+#[test]
+fn checking_contacts_keys_pins_nobody_new_and_silence_teaches_nothing() {
+    let check = || Ask::<u8, &str>::CheckKeys {
+        names: vec![name("bob")],
+    };
+    let users = vec![user("bob", 2)];
+    let steps: Vec<S> = answered(check(), Ok(RendezvousResponse::Users(users.clone())));
+    assert_eq!(
+        steps,
+        [Step::Learn {
+            users,
+            asked: Asked::ContactsAmong(vec![name("bob")])
+        }]
+    );
+    assert!(answered::<u8, &str>(check(), Err("gone".into())).is_empty());
+    assert!(answered::<u8, &str>(check(), refused(RefusalReason::RateLimited)).is_empty());
 }
 
 #[test]

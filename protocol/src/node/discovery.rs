@@ -6,9 +6,10 @@
 //! half its TTL ([`RENEW_MS`]), so it never lapses while we are logged in. A public room's
 //! members are shown only to those registered there, so once our registration in a room is
 //! kept, we look the room up. A registration refused or unanswered is tried again
-//! [`REGISTER_RETRY_MS`] later. The driver seals the record (it holds the key), sends the
-//! requests, and calls in only while logged in: discovery is served to sessions only. What it
-//! finds it believes only as far as the signatures go ([`signer`]).
+//! [`REGISTER_RETRY_MS`] later. Discovery is served to logged-in sessions only, so between
+//! [`Publisher::logged_out`] and [`Publisher::logged_in`] it asks nothing. The driver seals the
+//! record (it holds the key) and sends the requests. What it finds it believes only as far as
+//! the signatures go ([`signer`]).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -79,6 +80,8 @@ pub enum Found {
 #[derive(Debug)]
 pub struct Publisher {
     me: PeerId,
+    /// Discovery is served to logged-in sessions only: logged out, nothing is asked.
+    logged_in: bool,
     /// The external addresses in our last record, sorted.
     addrs: Vec<Multiaddr>,
     /// When to renew it (wall-clock ms).
@@ -95,6 +98,7 @@ impl Publisher {
     pub fn new(me: PeerId) -> Self {
         Self {
             me,
+            logged_in: false,
             addrs: Vec::new(),
             renew_at: None,
             rooms: BTreeSet::new(),
@@ -107,10 +111,19 @@ impl Publisher {
         self.outputs.pop_front()
     }
 
+    /// We logged in: our record goes everywhere ([`Publisher::register_all`]).
+    pub fn logged_in(&mut self, now: u64, addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
+        self.logged_in = true;
+        self.register_all(now, addrs, public_rooms);
+    }
+
     /// Registers our record — `addrs` now — under our own namespace and each of
-    /// `public_rooms`. Without external addresses there is nothing to tell yet: the change that
-    /// brings one registers again.
+    /// `public_rooms` (while logged in). Without external addresses there is nothing to tell
+    /// yet: the change that brings one registers again.
     pub fn register_all(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
+        if !self.logged_in {
+            return;
+        }
         addrs.sort();
         self.addrs = addrs.clone();
         self.rooms.clear();
@@ -138,6 +151,7 @@ impl Publisher {
     /// We are logged out: nothing is renewed or tried again until the next login registers
     /// everything afresh ([`Publisher::register_all`]); what was still to be asked is dropped.
     pub fn logged_out(&mut self) {
+        self.logged_in = false;
         self.renew_at = None;
         self.retry.clear();
         self.rooms.clear();
@@ -148,7 +162,7 @@ impl Publisher {
     /// back): registered again if the record says otherwise, as libp2p's own client does.
     pub fn addresses(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
         addrs.sort();
-        if addrs != self.addrs {
+        if self.logged_in && addrs != self.addrs {
             self.register_all(now, addrs, public_rooms);
         }
     }
@@ -186,19 +200,22 @@ impl Publisher {
     /// still one to be dialed by.
     pub fn register_in_room(&mut self, room: RoomId, mut addrs: Vec<Multiaddr>) {
         addrs.sort();
-        if self.rooms.contains(&room) && addrs == self.addrs {
+        if !self.logged_in || self.rooms.contains(&room) && addrs == self.addrs {
             return;
         }
         self.rooms.insert(room);
         self.register(vec![Namespace::Room(room)], addrs);
     }
 
-    /// We left public room `room`: our record comes out of it.
+    /// We left public room `room`: our record comes out of it (logged out, it cannot be
+    /// asked, and lapses at its TTL).
     pub fn leave_room(&mut self, room: RoomId) {
         self.rooms.remove(&room);
         self.retry.remove(&Namespace::Room(room));
-        self.outputs
-            .push_back(Output::Unregister(Namespace::Room(room)));
+        if self.logged_in {
+            self.outputs
+                .push_back(Output::Unregister(Namespace::Room(room)));
+        }
     }
 
     /// What a lookup under `namespace` found: `records` opened (for a peer's namespace, only
@@ -275,8 +292,13 @@ mod tests {
         let me = peer(1);
         let mut publisher = Publisher::new(me);
         let room = RoomId([1; 32]);
+        // Logged out: nothing is asked.
+        publisher.register_all(0, vec![addr(1)], &[room]);
+        publisher.register_in_room(room, vec![addr(1)]);
+        publisher.leave_room(room);
+        assert!(outputs(&mut publisher).is_empty());
         // No address yet: nothing to say.
-        publisher.register_all(0, Vec::new(), &[room]);
+        publisher.logged_in(0, Vec::new(), &[room]);
         assert!(outputs(&mut publisher).is_empty());
         assert_eq!(publisher.poll_timeout(), None);
         // One comes: registered under our namespace and the room's.
@@ -311,6 +333,8 @@ mod tests {
         publisher.logged_out();
         assert!(outputs(&mut publisher).is_empty());
         assert_eq!(publisher.poll_timeout(), None);
+        publisher.addresses(6_000, vec![addr(3)], &[room]);
+        assert!(outputs(&mut publisher).is_empty());
     }
 
     #[test]
@@ -360,6 +384,7 @@ mod tests {
     fn a_room_is_registered_once_per_record_and_looked_up_once_kept() {
         let mut publisher = Publisher::new(peer(2));
         let room = RoomId([2; 32]);
+        publisher.logged_in(0, Vec::new(), &[]);
         publisher.register_in_room(room, Vec::new());
         publisher.register_in_room(room, Vec::new());
         assert_eq!(outputs(&mut publisher).len(), 1, "once");

@@ -28,8 +28,8 @@ pub struct Presence {
 /// What follows from a presence push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
-    /// Look this user up again (its key may have changed).
-    pub look_up: Option<UserName>,
+    /// Check this contact's key again (it may have come back with a new one).
+    pub check_key: Option<UserName>,
     /// This user came online: try what waits for it now.
     pub came_online: Option<UserName>,
 }
@@ -144,7 +144,7 @@ impl Presence {
         self.heard(record);
         Pushed {
             // It may have come back with another key: ask, and see.
-            look_up: (came_online && logged_in).then(|| name.clone()),
+            check_key: (came_online && logged_in).then(|| name.clone()),
             // What waits for it goes now, not at its backoff.
             came_online: came_online.then_some(name),
         }
@@ -221,7 +221,7 @@ mod tests {
         let mut online = |n, state, logged_in| {
             let pushed = presence.pushed(record(n, state, None), logged_in);
             assert_eq!(
-                pushed.look_up.is_some(),
+                pushed.check_key.is_some(),
                 pushed.came_online.is_some() && logged_in
             );
             pushed.came_online.is_some()

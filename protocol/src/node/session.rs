@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use ed25519_dalek::SigningKey;
 use rand_core::{CryptoRng, RngCore};
 
+use super::trust::Asked;
 use crate::crypto::x3dh::{PrekeySecrets, PrekeyUpload};
 use crate::name::UserName;
 use crate::wire::{
@@ -142,11 +143,11 @@ pub enum Output<T> {
     Failed { token: T, error: String },
     /// A contact's presence changed (a push).
     Presence(PresenceRecord),
-    /// Presence of the users we subscribed to, as the subscription took effect.
+    /// Presence of the users we subscribed to, as the subscription took effect; each login
+    /// checks their keys again (`asked`: only contacts', pinning nobody new).
     Subscribed {
-        /// Whom the subscription named: each login checks their keys again.
-        names: Vec<UserName>,
         users: Vec<UserRecord>,
+        asked: Asked,
     },
     /// Held mail to store; answer with [`Input::MailStored`] once it is durable.
     Mail {
@@ -190,6 +191,8 @@ pub struct Session<T> {
     /// We asked to register on this connection already.
     registered: bool,
     refusal: Option<Refusal>,
+    /// Whose presence is watched (the last subscription's names).
+    watched: Vec<UserName>,
     /// A publish of prekeys waits for them to be durable.
     publish_waiting: Option<RendezvousRequest>,
     next_heartbeat_ms: Option<u64>,
@@ -219,6 +222,7 @@ impl<T: std::fmt::Debug> Session<T> {
             logging_in: false,
             registered: false,
             refusal: None,
+            watched: Vec::new(),
             publish_waiting: None,
             next_heartbeat_ms: None,
             login_retry_ms: None,
@@ -312,11 +316,26 @@ impl<T: std::fmt::Debug> Session<T> {
     /// session; the first ones are kept.
     pub fn subscribe_presence(&mut self, mut names: Vec<UserName>) {
         names.truncate(crate::wire::rendezvous::MAX_BATCH);
+        self.watched.clone_from(&names);
         if !names.is_empty() {
             let request = RendezvousRequest::SubscribePresence {
                 names: names.clone(),
             };
             self.enqueue(request, Purpose::Subscribe(names));
+        }
+    }
+
+    /// Watches `names` too (new contacts), if there is room: the subscription is sent again
+    /// with them.
+    pub fn watch_too(&mut self, names: &[UserName]) {
+        let mut watched = self.watched.clone();
+        for name in names {
+            if !watched.contains(name) && watched.len() < crate::wire::rendezvous::MAX_BATCH {
+                watched.push(name.clone());
+            }
+        }
+        if watched.len() > self.watched.len() {
+            self.subscribe_presence(watched);
         }
     }
 
@@ -489,7 +508,10 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.outputs.push_back(Output::Mail { items, remaining })
             }
             (Purpose::Subscribe(names), R::Users(users)) => {
-                self.outputs.push_back(Output::Subscribed { names, users })
+                self.outputs.push_back(Output::Subscribed {
+                    users,
+                    asked: Asked::ContactsAmong(names),
+                })
             }
             (Purpose::Caller(token), response) => {
                 if let R::Refused(refusal) = &response {

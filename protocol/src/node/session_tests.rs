@@ -588,3 +588,44 @@ fn mail_announced_before_the_login_answer_is_fetched_once_logged_in() {
             .any(|(_, r)| matches!(r, RendezvousRequest::FetchMail { .. }))
     );
 }
+
+#[test]
+fn a_new_contact_is_watched_with_the_others_and_its_keys_checked_as_contacts_only() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut s = session(&mut rng);
+    log_in(&mut s, &mut rng, 0, 100);
+    let name = |n: &str| UserName::new(n).expect("name");
+    let subscriptions = |s: &mut S| -> Vec<(RequestKey, Vec<UserName>)> {
+        sent(&drain(s))
+            .into_iter()
+            .filter_map(|(key, r)| match r {
+                RendezvousRequest::SubscribePresence { names } => Some((key, names)),
+                _ => None,
+            })
+            .collect()
+    };
+    s.subscribe_presence(vec![name("bob")]);
+    assert_eq!(subscriptions(&mut s)[0].1, [name("bob")]);
+    // One already watched changes nothing; a new one is added to the rest.
+    s.watch_too(&[name("bob")]);
+    assert!(subscriptions(&mut s).is_empty());
+    s.watch_too(&[name("bob"), name("carol")]);
+    let subscribed = subscriptions(&mut s);
+    assert_eq!(subscribed[0].1, [name("bob"), name("carol")]);
+    s.handle(
+        Input::Response {
+            key: subscribed[0].0,
+            response: R::Users(Vec::new()),
+        },
+        T0,
+        &mut rng,
+    );
+    let asked = drain(&mut s).into_iter().find_map(|o| match o {
+        Output::Subscribed { asked, .. } => Some(asked),
+        _ => None,
+    });
+    assert_eq!(
+        asked,
+        Some(Asked::ContactsAmong(vec![name("bob"), name("carol")]))
+    );
+}

@@ -56,10 +56,16 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
     ) {
         self.session.subscribe_presence(contacts);
         self.discovery
-            .register_all(now, addrs, &self.rooms.public_joined());
+            .logged_in(now, addrs, &self.rooms.public_joined());
         self.delivery
             .handle(DeliveryInput::LoggedIn(true), now, rng);
         self.rooms.seek_all();
+    }
+
+    /// First keys of these users were pinned (and stored): their presence is watched from now
+    /// on, as every contact's is.
+    pub fn contacts_pinned(&mut self, new: &[UserName]) {
+        self.session.watch_too(new);
     }
 
     /// The login is gone: discovery asks nothing, and the planner tries no mailbox.

@@ -227,13 +227,14 @@ pub fn fingerprint(key: &[u8; 32]) -> String {
 /// What an answer taught us.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Learned {
-    /// Who holds which key, for every user the answer covered (to name their messages).
+    /// Who holds which key, for every user the answer covered (to name their messages; a
+    /// name is not a pin, so under [`Asked::ContactsAmong`] strangers are named too).
     pub named: Vec<(UserName, [u8; 32])>,
     /// Contact records to write, new or changed.
     pub contacts: Vec<(UserName, Contact)>,
     pub changes: Vec<KeyChange>,
-    /// A contact was heard of for the first time.
-    pub new_contact: bool,
+    /// Contacts heard of for the first time.
+    pub new_contacts: Vec<UserName>,
 }
 
 /// Takes in what an answer said about users' keys: first keys pinned, changed ones reported,
@@ -269,7 +270,7 @@ pub fn learn<'a>(
             },
             Some(None) if matches!(asked, Asked::ContactsAmong(_)) => continue,
             Some(None) => {
-                learned.new_contact = true;
+                learned.new_contacts.push(name.clone());
                 Contact::first(bytes)
             }
             None => continue,
@@ -314,7 +315,7 @@ mod tests {
         let learned = learn(&me, users, &asked, |n| {
             Some((*n == carol_name).then(|| held.clone()))
         });
-        assert!(learned.new_contact);
+        assert_eq!(learned.new_contacts, std::slice::from_ref(&bob_name));
         let names: Vec<&str> = learned.named.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["bob", "carol"]);
         assert_eq!(learned.contacts.len(), 2);
@@ -401,8 +402,12 @@ mod tests {
         let learned = learn(&me, users, &asked, contacts);
         assert_eq!(learned.changes.len(), 1, "bob's key changed");
         assert_eq!(learned.contacts.len(), 1, "cat is not pinned");
-        assert!(!learned.new_contact);
+        assert!(learned.new_contacts.is_empty());
         let learned = learn(&me, users, &Asked::Names(vec![cat.clone()]), contacts);
-        assert!(learned.new_contact, "looked up by name, cat is pinned");
+        assert_eq!(
+            learned.new_contacts,
+            std::slice::from_ref(&cat),
+            "looked up by name, cat is pinned"
+        );
     }
 }
