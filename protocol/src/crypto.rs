@@ -25,6 +25,7 @@
 //! Edwards point mapped to its Montgomery u-coordinate. `CRYPTO.md` has the threat model.
 
 pub mod at_rest;
+pub mod file;
 pub mod ratchet;
 pub mod room;
 pub mod sender_key;
@@ -95,4 +96,7 @@ pub enum CryptoError {
     /// The plaintext exceeds ChaCha20-Poly1305's per-message limit (256 GiB).
     #[error("plaintext too large to encrypt")]
     MessageTooLarge,
+    /// A file chunk is not where, or not as long as, its file's offer says it can be.
+    #[error("not a chunk of this file")]
+    NotAChunk,
 }

@@ -6,6 +6,8 @@
 //!   send pipeline), then which path each sealed direct message takes — the open connection, a dial, a
 //!   discovery lookup, the mailbox — and when it is tried again.
 //! - [`discovery`]: where our signed peer record is registered at the rendezvous, and when.
+//! - [`files`]: file transfers — what is fetched from whom, resumed from where, checked and
+//!   kept; and whom a file is served to.
 //! - [`trust`]: which key each contact's name stands for — pinned on first use, changes
 //!   reported, verified contacts guarded.
 //! - [`gate`]: who may take part in a private room's gossip topic, and what becomes of the
@@ -35,6 +37,7 @@ pub mod asks;
 pub mod commit;
 pub mod direct;
 pub mod discovery;
+pub mod files;
 pub mod gate;
 pub mod presence;
 pub mod reach;

@@ -6,8 +6,10 @@
 //! - [`rendezvous`]: node ↔ rendezvous server requests (accounts, prekeys, presence, mailbox,
 //!   discovery) and the server's pushes.
 //! - [`peer`]: node ↔ node requests (deliver an envelope, fill a room's gaps).
+//! - [`file`]: a file's offer, and the stream its chunks are fetched over.
 
 pub mod envelope;
+pub mod file;
 pub mod peer;
 pub mod rendezvous;
 
@@ -17,6 +19,7 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 
 pub use envelope::{Body, Content, DirectMessage, Envelope, Payload, RoomInvite, RoomMessage};
+pub use file::{FileFetch, FileFrame, FileOffer, TransferId};
 pub use peer::{GapFillRequest, GapFillResponse, PeerRequest, PeerResponse, SenderCursor};
 pub use rendezvous::{
     MailItem, PresenceRecord, PresenceState, Refusal, RefusalReason, RendezvousRequest,
@@ -41,6 +44,8 @@ pub enum WireError {
     WrongSigner,
     #[error("envelope of {0} bytes is over the {MAX_ENVELOPE_LEN}-byte limit")]
     TooLarge(usize),
+    #[error("bad file offer: {0}")]
+    BadFileOffer(&'static str),
 }
 
 /// A message's identity: SHA-256 over its canonical signed envelope. Used for dedup on every path.

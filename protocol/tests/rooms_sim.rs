@@ -400,7 +400,7 @@ impl Sim {
             Payload::Leave { room } => {
                 let _ = rooms.on_member_left(sender, room, now, &mut rng);
             }
-            Payload::Text(_) | Payload::Receipt(_) => {}
+            Payload::Text(_) | Payload::Receipt(_) | Payload::File(_) => {}
         }
         self.drain(to)
     }

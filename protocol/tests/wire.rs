@@ -62,6 +62,8 @@ proptest! {
         let _ = codec::decode::<ServerPush>(&frame);
         let _ = codec::decode::<PeerRequest>(&frame);
         let _ = codec::decode::<PeerResponse>(&frame);
+        let _ = codec::decode::<FileFetch>(&frame);
+        let _ = codec::decode::<FileFrame>(&frame);
     }
 
     #[test]

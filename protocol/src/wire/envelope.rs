@@ -191,6 +191,9 @@ pub enum Payload {
     /// missed an update. The answer is the owner's latest signed one ([`Payload::Membership`]),
     /// if the sender is a member.
     MembershipRequest { room: RoomId },
+    /// A file, offered: the receiver fetches its chunks from the sender (or, in a room, from a
+    /// member that has it) under the message's id.
+    File(super::FileOffer),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

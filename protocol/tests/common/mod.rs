@@ -1,6 +1,7 @@
 //! Fixed and generated values of every wire type, shared by the wire tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use palaver_protocol::crypto::file::FileKey;
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
 use palaver_protocol::crypto::room::MembershipUpdate;
 use palaver_protocol::crypto::sender_key::{SenderKeyDistribution, SenderKeyMessage};
@@ -167,6 +168,34 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             encode(&content(Payload::MembershipRequest {
                 room: RoomId([5; 32]),
             }))
+            .unwrap(),
+        ),
+        (
+            "content_file",
+            encode(&content(Payload::File(FileOffer {
+                transfer: TransferId([5; 16]),
+                name: "notes.txt".into(),
+                size: 70_000,
+                mime: "text/plain".into(),
+                sha256: [6; 32],
+                key: FileKey::from_bytes([7; 32]),
+            })))
+            .unwrap(),
+        ),
+        (
+            "file_fetch",
+            encode(&FileFetch {
+                transfer: TransferId([8; 16]),
+                from_chunk: 3,
+            })
+            .unwrap(),
+        ),
+        (
+            "file_chunk",
+            encode(&FileFrame::Chunk {
+                index: 3,
+                sealed: vec![9; 20],
+            })
             .unwrap(),
         ),
         (
@@ -469,6 +498,24 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
         any::<[u8; 32]>().prop_map(|room| Payload::Leave { room: RoomId(room) }),
         any::<[u8; 32]>().prop_map(|room| Payload::KeyRequest { room: RoomId(room) }),
         any::<[u8; 32]>().prop_map(|room| Payload::MembershipRequest { room: RoomId(room) }),
+        (
+            any::<[u8; 16]>(),
+            ".{0,40}",
+            any::<u64>(),
+            ".{0,20}",
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(transfer, name, size, mime, sha256, key)| Payload::File(
+                FileOffer {
+                    transfer: TransferId(transfer),
+                    name,
+                    size,
+                    mime,
+                    sha256,
+                    key: FileKey::from_bytes(key),
+                }
+            )),
     ]
 }
 

@@ -1,0 +1,586 @@
+//! File transfers: which files we fetch, from whom, from which chunk, when again, and what
+//! becomes of each; and whom we serve a file to.
+//!
+//! A file arrives as an offer in a message ([`Input::Offered`]). Up to the auto-accept size it is
+//! accepted at once; a larger one waits for the user ([`Input::Accept`]); one over the size
+//! limit, or larger than the free disk space, is refused. An accepted file is fetched from its
+//! sender — in a room, from any member that has it, the sender first — starting at the first
+//! chunk not yet verified, at most [`MAX_FETCHES`] at once. The driver's fetch opens each chunk
+//! (which checks it is that chunk of that file), writes it at its place in a partial file, makes
+//! it durable and only then reports how far it got ([`Input::Verified`]), so a transfer resumes
+//! after a crash of either side or a lost connection from the last chunk it holds. A fetch that
+//! ends early is tried again after a backoff, from the next source. With every chunk in, the
+//! driver hashes the whole file ([`Output::Check`]); only a match is moved into place
+//! ([`Output::Move`]), under a name that overwrites nothing.
+//!
+//! Every transfer is one [`Incoming`] record, which the driver persists on [`Output::Save`];
+//! this machine holds only those under way. Serving is [`may_serve`]: a pure decision over the
+//! record of a file we offered or received.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ed25519_dalek::VerifyingKey;
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::peer_id_of;
+use crate::wire::{FileOffer, MessageId, RoomId};
+
+/// Fetches under way at once; more accepted files wait their turn.
+pub const MAX_FETCHES: usize = 4;
+/// Transfers under way (fetching or waiting to), at most: accepting more is refused.
+pub const MAX_ACTIVE: usize = 256;
+/// A fetch that ended early is tried again this much later, doubling per failure in a row...
+pub const RETRY_MS: u64 = 2_000;
+/// ...up to this.
+pub const MAX_RETRY_MS: u64 = 60_000;
+/// Progress events for one transfer, at most this often.
+pub const PROGRESS_EVERY_MS: u64 = 250;
+
+/// The limits the user set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger offers are refused.
+    pub max_size: u64,
+    /// Offers up to this size are accepted without asking.
+    pub auto_accept: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_size: 2 << 30,
+            auto_accept: 16 << 20,
+        }
+    }
+}
+
+/// A file offered to us, and how far it got: what the driver stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    pub offer: FileOffer,
+    pub sender: VerifyingKey,
+    /// The room it was offered in (its members may serve it too).
+    pub room: Option<RoomId>,
+    pub status: Status,
+    /// Chunks verified and durable in the partial file, from the first.
+    pub verified: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Waits for the user to accept or reject it.
+    Offered,
+    /// Accepted: being fetched, or waiting to be.
+    Fetching,
+    /// Every chunk is in: the whole file is being checked against its hash.
+    Checking,
+    /// In place at `path`.
+    Done {
+        path: String,
+    },
+    Rejected,
+    Failed {
+        reason: String,
+    },
+}
+
+impl Incoming {
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status,
+            Status::Done { .. } | Status::Rejected | Status::Failed { .. }
+        )
+    }
+
+    /// Bytes verified so far.
+    pub fn bytes_done(&self) -> u64 {
+        (self.verified * crate::crypto::file::CHUNK_LEN as u64).min(self.offer.size)
+    }
+}
+
+/// What the driver tells the machine.
+#[derive(Debug)]
+pub enum Input {
+    /// A message offered this file (`file` is the message's id); `free_space` is what the disk
+    /// the files go to has free.
+    Offered {
+        file: MessageId,
+        offer: FileOffer,
+        sender: VerifyingKey,
+        room: Option<RoomId>,
+        free_space: u64,
+    },
+    /// The user accepts the file `record` (as stored) describes.
+    Accept {
+        file: MessageId,
+        record: Incoming,
+        free_space: u64,
+    },
+    /// The user rejects it (or gives up on it while under way).
+    Reject { file: MessageId, record: Incoming },
+    /// The fetch of `file` has chunks up to `through` (exclusive) verified and durable.
+    Verified { file: MessageId, through: u64 },
+    /// The fetch of `file` ended: every chunk sent (`Ok`), or not, and why.
+    Ended {
+        file: MessageId,
+        result: Result<(), String>,
+    },
+    /// The whole of `file` was hashed: whether it matches its offer.
+    Checked { file: MessageId, matches: bool },
+    /// `file` was moved into place at `path`, or could not be.
+    Moved {
+        file: MessageId,
+        path: Result<String, String>,
+    },
+}
+
+/// What the machine asks of the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Store this record of `file` (replacing what was stored).
+    Save { file: MessageId, record: Incoming },
+    /// Fetch `file`'s chunks from `from_chunk` on, from `peer`; report with
+    /// [`Input::Verified`] and [`Input::Ended`].
+    Fetch {
+        file: MessageId,
+        offer: FileOffer,
+        peer: PeerId,
+        from_chunk: u64,
+    },
+    /// Stop fetching `file` (rejected while under way).
+    StopFetch { file: MessageId },
+    /// Hash the partial file of `file`; report with [`Input::Checked`].
+    Check { file: MessageId, sha256: [u8; 32] },
+    /// Move the checked partial file into place under `name` (or a free variant of it);
+    /// report with [`Input::Moved`].
+    Move { file: MessageId, name: String },
+    /// Remove the partial file (rejected, or it failed).
+    Discard { file: MessageId },
+    /// Tell the user.
+    Event(FileEvent),
+}
+
+/// What the user hears of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEvent {
+    /// Offered; `accepted` when it is fetched without asking.
+    Offer {
+        file: MessageId,
+        /// The sender's identity key.
+        sender: [u8; 32],
+        room: Option<RoomId>,
+        name: String,
+        size: u64,
+        accepted: bool,
+    },
+    Progress {
+        file: MessageId,
+        bytes: u64,
+        size: u64,
+    },
+    Done {
+        file: MessageId,
+        path: String,
+    },
+    Failed {
+        file: MessageId,
+        reason: String,
+    },
+}
+
+/// Why an accept was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the file is {size} bytes, over the {max}-byte limit")]
+    TooLarge { size: u64, max: u64 },
+    #[error("the file needs {needed} bytes and the disk has {free} free")]
+    NoSpace { needed: u64, free: u64 },
+    #[error("{MAX_ACTIVE} transfers are under way already; try again when some are done")]
+    TooMany,
+    #[error("the file was {0} already")]
+    Finished(&'static str),
+}
+
+/// Who may have a file fetched, besides its own sender.
+pub trait Sources {
+    /// The peers of `room`'s members other than us (any of them may have the file).
+    fn room_members(&self, room: &RoomId) -> Vec<PeerId>;
+}
+
+#[derive(Debug)]
+struct Active {
+    record: Incoming,
+    /// Being fetched from this peer now.
+    fetching: Option<PeerId>,
+    /// When to try (again), if not being fetched.
+    next_try: u64,
+    /// Fetches in a row that ended early.
+    failures: u32,
+    /// The last progress event.
+    told_at: u64,
+    /// Why the last fetch ended early.
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Transfers {
+    limits: Limits,
+    active: BTreeMap<MessageId, Active>,
+    outputs: VecDeque<Output>,
+}
+
+impl Transfers {
+    /// With the transfers that were under way when the node last stopped (as stored).
+    pub fn new(limits: Limits, under_way: impl IntoIterator<Item = (MessageId, Incoming)>) -> Self {
+        let mut transfers = Self {
+            limits,
+            active: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        };
+        for (file, record) in under_way {
+            match record.status {
+                Status::Fetching => transfers.activate(file, record, 0),
+                Status::Checking => {
+                    let sha256 = record.offer.sha256;
+                    transfers.activate(file, record, u64::MAX);
+                    transfers.outputs.push_back(Output::Check { file, sha256 });
+                }
+                _ => {}
+            }
+        }
+        transfers
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// How far `file` got, if it is under way.
+    pub fn under_way(&self, file: &MessageId) -> Option<&Incoming> {
+        self.active.get(file).map(|active| &active.record)
+    }
+
+    /// Why `file`'s last fetch ended early, if it is waiting to be tried again.
+    pub fn why_waiting(&self, file: &MessageId) -> Option<&str> {
+        let active = self.active.get(file)?;
+        active
+            .fetching
+            .is_none()
+            .then_some(active.last_error.as_deref())?
+    }
+
+    /// When a waiting fetch is due (wall-clock ms), if a fetch slot is free.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.fetching() >= MAX_FETCHES {
+            return None;
+        }
+        (self.active.values())
+            .filter(|a| a.fetching.is_none() && a.record.status == Status::Fetching)
+            .map(|a| a.next_try)
+            .min()
+    }
+
+    fn fetching(&self) -> usize {
+        self.active
+            .values()
+            .filter(|a| a.fetching.is_some())
+            .count()
+    }
+
+    /// Starts the fetches that are due, while slots are free.
+    pub fn handle_timeout(&mut self, now: u64, sources: &impl Sources) {
+        let due: Vec<MessageId> = (self.active.iter())
+            .filter(|(_, a)| {
+                a.fetching.is_none() && a.record.status == Status::Fetching && a.next_try <= now
+            })
+            .map(|(file, _)| *file)
+            .collect();
+        for file in due {
+            if self.fetching() >= MAX_FETCHES {
+                break;
+            }
+            self.start(file, sources);
+        }
+    }
+
+    fn start(&mut self, file: MessageId, sources: &impl Sources) {
+        let Some(active) = self.active.get_mut(&file) else {
+            return;
+        };
+        let record = &active.record;
+        // The sender first; in a room, then each other member in turn.
+        let mut peers = vec![peer_id_of(&record.sender)];
+        if let Some(room) = &record.room {
+            let sender = peers[0];
+            peers.extend(
+                sources
+                    .room_members(room)
+                    .into_iter()
+                    .filter(|p| *p != sender),
+            );
+        }
+        let peer = peers[active.failures as usize % peers.len()];
+        active.fetching = Some(peer);
+        self.outputs.push_back(Output::Fetch {
+            file,
+            offer: record.offer.clone(),
+            peer,
+            from_chunk: record.verified,
+        });
+    }
+
+    fn activate(&mut self, file: MessageId, record: Incoming, now: u64) {
+        self.active.insert(
+            file,
+            Active {
+                record,
+                fetching: None,
+                next_try: now,
+                failures: 0,
+                told_at: 0,
+                last_error: None,
+            },
+        );
+    }
+
+    fn check_accept(&self, offer: &FileOffer, free_space: u64) -> Result<(), AcceptError> {
+        let (size, max) = (offer.size, self.limits.max_size);
+        if size > max {
+            return Err(AcceptError::TooLarge { size, max });
+        }
+        if size > free_space {
+            let (needed, free) = (size, free_space);
+            return Err(AcceptError::NoSpace { needed, free });
+        }
+        if self.active.len() >= MAX_ACTIVE {
+            return Err(AcceptError::TooMany);
+        }
+        Ok(())
+    }
+
+    /// Accepts `file`: it is fetched from now on.
+    fn accept(&mut self, file: MessageId, mut record: Incoming, now: u64) {
+        record.status = Status::Fetching;
+        self.save(file, record.clone());
+        self.activate(file, record, now);
+    }
+
+    fn save(&mut self, file: MessageId, record: Incoming) {
+        self.outputs.push_back(Output::Save { file, record });
+    }
+
+    fn fail(&mut self, file: MessageId, mut record: Incoming, reason: String) {
+        self.active.remove(&file);
+        record.status = Status::Failed {
+            reason: reason.clone(),
+        };
+        self.save(file, record);
+        self.outputs.push_back(Output::Discard { file });
+        self.outputs
+            .push_back(Output::Event(FileEvent::Failed { file, reason }));
+    }
+
+    /// Takes an input. An accept that cannot be taken says why (the record is unchanged).
+    pub fn handle(&mut self, input: Input, now: u64) -> Result<(), AcceptError> {
+        match input {
+            Input::Offered {
+                file,
+                offer,
+                sender,
+                room,
+                free_space,
+            } => {
+                if self.active.contains_key(&file) {
+                    return Ok(());
+                }
+                let (name, size) = (offer.name.clone(), offer.size);
+                let record = Incoming {
+                    offer,
+                    sender,
+                    room,
+                    status: Status::Offered,
+                    verified: 0,
+                };
+                let refused = self.check_accept(&record.offer, free_space).err();
+                let accepted = refused.is_none() && size <= self.limits.auto_accept;
+                self.outputs.push_back(Output::Event(FileEvent::Offer {
+                    file,
+                    sender: sender.to_bytes(),
+                    room,
+                    name,
+                    size,
+                    accepted,
+                }));
+                match refused {
+                    // Too large for the limit is final; the others may pass later.
+                    Some(too_large @ AcceptError::TooLarge { .. }) => {
+                        self.fail(file, record, too_large.to_string())
+                    }
+                    _ if accepted => self.accept(file, record, now),
+                    _ => self.save(file, record),
+                }
+            }
+            Input::Accept {
+                file,
+                record,
+                free_space,
+            } => {
+                if self.active.contains_key(&file) {
+                    return Ok(());
+                }
+                match record.status {
+                    Status::Offered => {}
+                    Status::Fetching | Status::Checking => return Ok(()),
+                    Status::Done { .. } => return Err(AcceptError::Finished("received")),
+                    Status::Rejected => return Err(AcceptError::Finished("rejected")),
+                    Status::Failed { .. } => {}
+                }
+                self.check_accept(&record.offer, free_space)?;
+                self.accept(file, record, now);
+            }
+            Input::Reject { file, mut record } => {
+                if let Some(active) = self.active.remove(&file) {
+                    if active.fetching.is_some() {
+                        self.outputs.push_back(Output::StopFetch { file });
+                    }
+                    record = active.record;
+                }
+                if !record.is_finished() {
+                    record.status = Status::Rejected;
+                    self.save(file, record);
+                    self.outputs.push_back(Output::Discard { file });
+                }
+            }
+            Input::Verified { file, through } => {
+                let Some(active) = self.active.get_mut(&file) else {
+                    return Ok(());
+                };
+                let chunks = active.record.offer.shape().chunks();
+                if through <= active.record.verified || through > chunks {
+                    return Ok(());
+                }
+                active.record.verified = through;
+                active.failures = 0;
+                active.last_error = None;
+                let record = active.record.clone();
+                let tell =
+                    now.saturating_sub(active.told_at) >= PROGRESS_EVERY_MS || through == chunks;
+                if tell {
+                    active.told_at = now;
+                }
+                let (bytes, size) = (record.bytes_done(), record.offer.size);
+                self.save(file, record);
+                if tell {
+                    let progress = FileEvent::Progress { file, bytes, size };
+                    self.outputs.push_back(Output::Event(progress));
+                }
+            }
+            Input::Ended { file, result } => {
+                let Some(active) = self.active.get_mut(&file) else {
+                    return Ok(());
+                };
+                active.fetching = None;
+                let complete = active.record.verified >= active.record.offer.shape().chunks();
+                if complete {
+                    active.record.status = Status::Checking;
+                    let (record, sha256) = (active.record.clone(), active.record.offer.sha256);
+                    self.save(file, record);
+                    self.outputs.push_back(Output::Check { file, sha256 });
+                } else {
+                    active.last_error = Some(match result {
+                        Err(reason) => reason,
+                        Ok(()) => "the peer ended the transfer early".to_owned(),
+                    });
+                    active.failures = active.failures.saturating_add(1);
+                    let backoff = RETRY_MS.saturating_mul(1 << (active.failures - 1).min(10));
+                    active.next_try = now.saturating_add(backoff.min(MAX_RETRY_MS));
+                }
+            }
+            Input::Checked { file, matches } => {
+                let Some(active) = self.active.get(&file) else {
+                    return Ok(());
+                };
+                let record = active.record.clone();
+                if matches {
+                    let name = record.offer.name.clone();
+                    self.outputs.push_back(Output::Move { file, name });
+                } else {
+                    let reason = "the file does not match its hash".to_owned();
+                    self.fail(file, record, reason);
+                }
+            }
+            Input::Moved { file, path } => {
+                let Some(active) = self.active.remove(&file) else {
+                    return Ok(());
+                };
+                let mut record = active.record;
+                match path {
+                    Ok(path) => {
+                        record.status = Status::Done { path: path.clone() };
+                        self.save(file, record);
+                        let done = FileEvent::Done { file, path };
+                        self.outputs.push_back(Output::Event(done));
+                    }
+                    Err(reason) => {
+                        let reason = format!("cannot put the file in place: {reason}");
+                        self.fail(file, record, reason)
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// To whom a file we hold may be served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Audience {
+    /// The one peer it was offered to directly.
+    Peer(VerifyingKey),
+    /// The current members of a room.
+    Room(RoomId),
+}
+
+/// A file we serve, whole: one we offered (a copy kept for it), or one we received in a room,
+/// which its other members may fetch from us too. The driver stores it by its transfer id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub offer: FileOffer,
+    pub audience: Audience,
+    pub path: String,
+}
+
+/// Why a fetch is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("no such file here")]
+    Unknown,
+    #[error("the file was not offered to you")]
+    NotYours,
+}
+
+/// Whether `peer` may fetch the file `served` (as stored; `None`: nothing under that id).
+/// `is_member` says whether a peer is a current member of a room.
+pub fn may_serve(
+    served: Option<&Served>,
+    peer: &PeerId,
+    is_member: impl Fn(&RoomId, &PeerId) -> bool,
+) -> Result<(), Refused> {
+    let allowed = match &served.ok_or(Refused::Unknown)?.audience {
+        Audience::Peer(key) => peer_id_of(key) == *peer,
+        Audience::Room(room) => is_member(room, peer),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refused::NotYours)
+    }
+}
+
+#[cfg(test)]
+mod tests;

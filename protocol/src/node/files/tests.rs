@@ -1,0 +1,415 @@
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::crypto::file::{CHUNK_LEN, FileKey};
+
+fn key(seed: u8) -> VerifyingKey {
+    crate::Identity::from_secret_bytes(&[seed; 32]).public()
+}
+
+fn offer(size: u64) -> FileOffer {
+    FileOffer {
+        transfer: crate::wire::TransferId([size as u8; 16]),
+        name: "photo.jpg".into(),
+        size,
+        mime: "image/jpeg".into(),
+        sha256: [9; 32],
+        key: FileKey::random(&mut ChaCha20Rng::seed_from_u64(size)),
+    }
+}
+
+fn file(n: u8) -> MessageId {
+    MessageId([n; 32])
+}
+
+struct Members(Vec<PeerId>);
+
+impl Sources for Members {
+    fn room_members(&self, _room: &RoomId) -> Vec<PeerId> {
+        self.0.clone()
+    }
+}
+
+const NOBODY: Members = Members(Vec::new());
+const LOTS: u64 = u64::MAX;
+
+fn drain(t: &mut Transfers) -> Vec<Output> {
+    std::iter::from_fn(|| t.poll_output()).collect()
+}
+
+fn offered(t: &mut Transfers, n: u8, size: u64, room: Option<RoomId>, free_space: u64) {
+    let input = Input::Offered {
+        file: file(n),
+        offer: offer(size),
+        sender: key(1),
+        room,
+        free_space,
+    };
+    t.handle(input, 0).unwrap();
+}
+
+fn fetches(outputs: &[Output]) -> Vec<(MessageId, PeerId, u64)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Fetch {
+                file,
+                peer,
+                from_chunk,
+                ..
+            } => Some((*file, *peer, *from_chunk)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn saved(outputs: &[Output]) -> Vec<Status> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Save { record, .. } => Some(record.status.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_small_file_is_fetched_checked_and_moved_into_place() {
+    let mut t = Transfers::new(Limits::default(), []);
+    let size = 3 * CHUNK_LEN as u64 - 1;
+    offered(&mut t, 1, size, None, LOTS);
+    let out = drain(&mut t);
+    assert!(matches!(
+        &out[0],
+        Output::Event(FileEvent::Offer { accepted: true, .. })
+    ));
+    assert_eq!(saved(&out), [Status::Fetching]);
+    t.handle_timeout(0, &NOBODY);
+    let sender = peer_id_of(&key(1));
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), sender, 0)]);
+    assert_eq!(t.poll_timeout(), None, "nothing else waits");
+    // Progress: saved each time, told at most every PROGRESS_EVERY_MS.
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through: 1,
+        },
+        300,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Event(FileEvent::Progress { bytes, .. }) if *bytes == CHUNK_LEN as u64)));
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through: 2,
+        },
+        310,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert_eq!(out.len(), 1, "saved, not told: {out:?}");
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through: 3,
+        },
+        320,
+    )
+    .unwrap();
+    assert!(
+        drain(&mut t).iter().any(|o| matches!(o,
+        Output::Event(FileEvent::Progress { bytes, size: s, .. }) if *bytes == size && *s == size))
+    );
+    t.handle(
+        Input::Ended {
+            file: file(1),
+            result: Ok(()),
+        },
+        330,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert_eq!(saved(&out), [Status::Checking]);
+    assert!(out.contains(&Output::Check {
+        file: file(1),
+        sha256: [9; 32]
+    }));
+    t.handle(
+        Input::Checked {
+            file: file(1),
+            matches: true,
+        },
+        340,
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut t),
+        [Output::Move {
+            file: file(1),
+            name: "photo.jpg".into()
+        }]
+    );
+    let path = Ok("/home/a/files/photo.jpg".to_owned());
+    t.handle(
+        Input::Moved {
+            file: file(1),
+            path,
+        },
+        350,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert_eq!(
+        saved(&out),
+        [Status::Done {
+            path: "/home/a/files/photo.jpg".into()
+        }]
+    );
+    assert!(t.under_way(&file(1)).is_none());
+}
+
+#[test]
+fn a_large_file_waits_for_the_user_and_space_and_one_over_the_limit_is_refused() {
+    let limits = Limits {
+        max_size: 1000,
+        auto_accept: 10,
+    };
+    let mut t = Transfers::new(limits, []);
+    offered(&mut t, 1, 500, None, LOTS);
+    let out = drain(&mut t);
+    assert!(matches!(
+        &out[0],
+        Output::Event(FileEvent::Offer {
+            accepted: false,
+            ..
+        })
+    ));
+    let record = match &out[1] {
+        Output::Save { record, .. } => record.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(record.status, Status::Offered);
+    t.handle_timeout(0, &NOBODY);
+    assert!(fetches(&drain(&mut t)).is_empty(), "not accepted yet");
+    let accept = |free_space| Input::Accept {
+        file: file(1),
+        record: record.clone(),
+        free_space,
+    };
+    assert_eq!(
+        t.handle(accept(499), 5),
+        Err(AcceptError::NoSpace {
+            needed: 500,
+            free: 499
+        })
+    );
+    t.handle(accept(500), 5).unwrap();
+    assert_eq!(saved(&drain(&mut t)), [Status::Fetching]);
+    t.handle_timeout(5, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)).len(), 1);
+    // Accepting again changes nothing.
+    t.handle(accept(500), 6).unwrap();
+    assert!(drain(&mut t).is_empty());
+
+    offered(&mut t, 2, 1001, None, LOTS);
+    let out = drain(&mut t);
+    assert!(matches!(&saved(&out)[..], [Status::Failed { reason }] if reason.contains("limit")));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(FileEvent::Failed { .. })))
+    );
+    // A small one with no room on the disk waits, as if large.
+    offered(&mut t, 3, 5, None, 4);
+    assert_eq!(saved(&drain(&mut t)), [Status::Offered]);
+}
+
+#[test]
+fn a_fetch_cut_short_resumes_from_the_last_verified_chunk_from_the_next_member() {
+    let mut t = Transfers::new(Limits::default(), []);
+    let room = RoomId([5; 32]);
+    let (sender, other) = (peer_id_of(&key(1)), peer_id_of(&key(2)));
+    let members = Members(vec![sender, other]);
+    offered(&mut t, 1, 10 * CHUNK_LEN as u64, Some(room), LOTS);
+    drain(&mut t);
+    t.handle_timeout(0, &members);
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), sender, 0)]);
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through: 4,
+        },
+        10,
+    )
+    .unwrap();
+    let gone = Err("connection closed".to_owned());
+    t.handle(
+        Input::Ended {
+            file: file(1),
+            result: gone,
+        },
+        20,
+    )
+    .unwrap();
+    drain(&mut t);
+    assert_eq!(t.why_waiting(&file(1)), Some("connection closed"));
+    assert_eq!(t.poll_timeout(), Some(20 + RETRY_MS));
+    t.handle_timeout(20 + RETRY_MS - 1, &members);
+    assert!(drain(&mut t).is_empty(), "not yet");
+    t.handle_timeout(20 + RETRY_MS, &members);
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), other, 4)]);
+    // Failing again backs off further, and goes back to the sender.
+    let refused = Err("not here".to_owned());
+    t.handle(
+        Input::Ended {
+            file: file(1),
+            result: refused,
+        },
+        5_000,
+    )
+    .unwrap();
+    assert_eq!(t.poll_timeout(), Some(5_000 + 2 * RETRY_MS));
+    t.handle_timeout(5_000 + 2 * RETRY_MS, &members);
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), sender, 4)]);
+}
+
+#[test]
+fn after_a_restart_what_was_under_way_goes_on() {
+    let record = |status, verified| Incoming {
+        offer: offer(10 * CHUNK_LEN as u64),
+        sender: key(1),
+        room: None,
+        status,
+        verified,
+    };
+    let stored = [
+        (file(1), record(Status::Fetching, 7)),
+        (file(2), record(Status::Checking, 10)),
+        (file(3), record(Status::Offered, 0)),
+        (file(4), record(Status::Done { path: "x".into() }, 10)),
+    ];
+    let mut t = Transfers::new(Limits::default(), stored);
+    assert_eq!(
+        drain(&mut t),
+        [Output::Check {
+            file: file(2),
+            sha256: [9; 32]
+        }]
+    );
+    t.handle_timeout(1, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), peer_id_of(&key(1)), 7)]);
+    assert!(t.under_way(&file(3)).is_none() && t.under_way(&file(4)).is_none());
+}
+
+#[test]
+fn at_most_a_few_fetches_run_at_once() {
+    let mut t = Transfers::new(Limits::default(), []);
+    for n in 0..(MAX_FETCHES as u8 + 2) {
+        offered(&mut t, n, 100, None, LOTS);
+    }
+    drain(&mut t);
+    t.handle_timeout(0, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)).len(), MAX_FETCHES);
+    assert_eq!(t.poll_timeout(), None, "no slot free");
+    t.handle(
+        Input::Ended {
+            file: file(0),
+            result: Err("gone".into()),
+        },
+        1,
+    )
+    .unwrap();
+    assert!(t.poll_timeout().is_some());
+    t.handle_timeout(1, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)).len(), 1, "the next one waiting");
+}
+
+#[test]
+fn a_file_that_does_not_match_its_hash_fails_and_a_rejected_one_stops() {
+    let mut t = Transfers::new(Limits::default(), []);
+    offered(&mut t, 1, 10, None, LOTS);
+    t.handle_timeout(0, &NOBODY);
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through: 1,
+        },
+        1,
+    )
+    .unwrap();
+    t.handle(
+        Input::Ended {
+            file: file(1),
+            result: Ok(()),
+        },
+        1,
+    )
+    .unwrap();
+    drain(&mut t);
+    t.handle(
+        Input::Checked {
+            file: file(1),
+            matches: false,
+        },
+        2,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert!(matches!(&saved(&out)[..], [Status::Failed { reason }] if reason.contains("hash")));
+    assert!(out.contains(&Output::Discard { file: file(1) }));
+
+    offered(&mut t, 2, 10, None, LOTS);
+    t.handle_timeout(0, &NOBODY);
+    let record = t.under_way(&file(2)).unwrap().clone();
+    drain(&mut t);
+    t.handle(
+        Input::Reject {
+            file: file(2),
+            record,
+        },
+        3,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    assert!(out.contains(&Output::StopFetch { file: file(2) }));
+    assert_eq!(saved(&out), [Status::Rejected]);
+    assert!(t.under_way(&file(2)).is_none());
+    // A stray report of the stopped fetch is ignored.
+    t.handle(
+        Input::Ended {
+            file: file(2),
+            result: Err("stopped".into()),
+        },
+        4,
+    )
+    .unwrap();
+    assert!(drain(&mut t).is_empty());
+}
+
+#[test]
+fn a_file_is_served_only_to_whom_it_was_offered() {
+    let (bob, eve) = (key(2), key(3));
+    let (bob_peer, eve_peer) = (peer_id_of(&bob), peer_id_of(&eve));
+    let room = RoomId([1; 32]);
+    let members = |_: &RoomId, peer: &PeerId| *peer == bob_peer;
+    let served = |audience| Served {
+        offer: offer(10),
+        audience,
+        path: "/x".into(),
+    };
+    let to_bob = served(Audience::Peer(bob));
+    assert_eq!(may_serve(Some(&to_bob), &bob_peer, members), Ok(()));
+    assert_eq!(
+        may_serve(Some(&to_bob), &eve_peer, members),
+        Err(Refused::NotYours)
+    );
+    let in_room = served(Audience::Room(room));
+    assert_eq!(may_serve(Some(&in_room), &bob_peer, members), Ok(()));
+    assert_eq!(
+        may_serve(Some(&in_room), &eve_peer, members),
+        Err(Refused::NotYours)
+    );
+    assert_eq!(may_serve(None, &bob_peer, members), Err(Refused::Unknown));
+}
