@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon;
 #[cfg(feature = "rendezvous-server")]
 pub mod demo;
+pub mod files;
 pub mod home;
 pub mod localtime;
 pub mod printable;

@@ -1,0 +1,300 @@
+//! File transfers' I/O, for the daemon to drive ([`palaver_protocol::node::files`] decides):
+//! both ends of the `/palaver/file/1` stream, the copy kept of a file we offer, the partial
+//! file a fetch writes, the whole-file check and the move into place.
+//!
+//! The stream's frames are a 4-byte big-endian length and a [`codec`] frame, each at most
+//! [`MAX_FILE_FRAME_LEN`]. Memory stays at one chunk per transfer whatever the file's size.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use palaver_protocol::codec;
+use palaver_protocol::crypto::file::{FileShape, open_chunk, seal_chunk};
+use palaver_protocol::wire::file::MAX_FILE_FRAME_LEN;
+use palaver_protocol::wire::{FileFetch, FileFrame, FileOffer};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+/// A fetch makes what it wrote durable, and reports it, every this many chunks (and at the end).
+pub const SYNC_EVERY: u64 = 16;
+
+/// Why a transfer's I/O stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error("the peer refused: {0}")]
+    Refused(String),
+    #[error("chunk {0} is not a chunk of this file (corrupt or tampered)")]
+    BadChunk(u64),
+    #[error("expected chunk {expected}, got chunk {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("the peer ended the transfer after {got} of {chunks} chunks")]
+    EndedEarly { got: u64, chunks: u64 },
+    #[error("the file we offered changed or went away: {0}")]
+    SourceChanged(String),
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> Result<(), TransferError> {
+    let frame = codec::encode(value).map_err(|err| TransferError::Frame(err.to_string()))?;
+    let len = u32::try_from(frame.len()).map_err(|_| TransferError::Frame("too long".into()))?;
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame, refusing one over [`MAX_FILE_FRAME_LEN`] before reading it.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+) -> Result<T, TransferError> {
+    let mut len = [0; 4];
+    reader.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FILE_FRAME_LEN {
+        return Err(TransferError::Frame(format!(
+            "{len} bytes, over the {MAX_FILE_FRAME_LEN}-byte limit"
+        )));
+    }
+    let mut frame = vec![0; len];
+    reader.read_exact(&mut frame).await?;
+    codec::decode_bounded(&frame, MAX_FILE_FRAME_LEN)
+        .map_err(|err| TransferError::Frame(err.to_string()))
+}
+
+/// Serves `offer`'s chunks from `path` (a file we hold whole) from `from_chunk` on, then
+/// [`FileFrame::End`]. A file that is no longer the size offered is refused.
+pub async fn serve<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    path: &Path,
+    offer: &FileOffer,
+    from_chunk: u64,
+) -> Result<(), TransferError> {
+    let shape = offer.shape();
+    let opened = async {
+        let file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        Ok::<_, std::io::Error>((file, size))
+    };
+    let mut file = match opened.await {
+        Ok((file, size)) if size == offer.size => file,
+        Ok((_, size)) => {
+            let reason = format!("{} is {size} bytes, not {}", path.display(), offer.size);
+            return refuse(writer, TransferError::SourceChanged(reason)).await;
+        }
+        Err(err) => return refuse(writer, TransferError::SourceChanged(err.to_string())).await,
+    };
+    file.seek(SeekFrom::Start(FileShape::offset(from_chunk)))
+        .await?;
+    let mut chunk = Vec::new();
+    for index in from_chunk..shape.chunks() {
+        let len = shape.chunk_len(index).unwrap_or(0);
+        chunk.resize(len, 0);
+        file.read_exact(&mut chunk).await?;
+        let sealed = seal_chunk(&offer.key, &shape, index, &chunk)
+            .map_err(|err| TransferError::Frame(err.to_string()))?;
+        write_frame(writer, &FileFrame::Chunk { index, sealed }).await?;
+    }
+    write_frame(writer, &FileFrame::End).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Tells the fetcher why not, and reports the same.
+pub async fn refuse<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    why: TransferError,
+) -> Result<(), TransferError> {
+    let reason = why.to_string();
+    write_frame(writer, &FileFrame::Refused { reason }).await?;
+    writer.flush().await?;
+    Err(why)
+}
+
+/// Fetches `offer`'s chunks from `from_chunk` on into `partial` (created if missing): asks
+/// with a [`FileFetch`], opens each chunk as it comes (in order, each checked to be that chunk
+/// of that file), writes it at its place, and every [`SYNC_EVERY`] chunks makes the file
+/// durable and only then calls `verified(through)`. `Ok` once every chunk is in.
+pub async fn fetch<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    offer: &FileOffer,
+    from_chunk: u64,
+    partial: &Path,
+    mut verified: impl FnMut(u64),
+) -> Result<(), TransferError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let shape = offer.shape();
+    let chunks = shape.chunks();
+    let request = FileFetch {
+        transfer: offer.transfer,
+        from_chunk,
+    };
+    write_frame(writer, &request).await?;
+    writer.flush().await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(partial)
+        .await?;
+    file.seek(SeekFrom::Start(FileShape::offset(from_chunk)))
+        .await?;
+    let mut next = from_chunk;
+    let mut synced = from_chunk;
+    loop {
+        match read_frame::<_, FileFrame>(reader).await? {
+            FileFrame::Chunk { index, sealed } => {
+                if index != next {
+                    let (expected, got) = (next, index);
+                    return Err(TransferError::OutOfOrder { expected, got });
+                }
+                let plain = open_chunk(&offer.key, &shape, index, &sealed)
+                    .map_err(|_| TransferError::BadChunk(index))?;
+                file.write_all(&plain).await?;
+                next += 1;
+                if next - synced >= SYNC_EVERY || next == chunks {
+                    file.sync_data().await?;
+                    synced = next;
+                    verified(next);
+                }
+            }
+            FileFrame::End if next >= chunks => return Ok(()),
+            FileFrame::End => {
+                let got = next;
+                return Err(TransferError::EndedEarly { got, chunks });
+            }
+            FileFrame::Refused { reason } => return Err(TransferError::Refused(reason)),
+        }
+    }
+}
+
+/// SHA-256 of the file at `path`, read in chunks.
+pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; palaver_protocol::crypto::file::CHUNK_LEN];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => return Ok(hasher.finalize().into()),
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+}
+
+/// What a file to offer is, once copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub sha256: [u8; 32],
+    pub size: u64,
+    /// The copy served from (the user may move or change the original meanwhile).
+    pub path: PathBuf,
+}
+
+/// Copies `source` into `dir` while hashing it (at most `max_size` bytes), under its hash: the
+/// copy is what is served, so the original may change or go once offered.
+pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Kept> {
+    use std::io::{Read, Write};
+    let mut input = std::fs::File::open(source)?;
+    let size = input.metadata()?.len();
+    if !input.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a file",
+            source.display()
+        )));
+    }
+    if size > max_size {
+        return Err(std::io::Error::other(format!(
+            "{} is {size} bytes, over the {max_size}-byte limit",
+            source.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut copy = tempfile::NamedTempFile::new_in(dir)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; palaver_protocol::crypto::file::CHUNK_LEN];
+    let mut copied = 0u64;
+    loop {
+        let n = input.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        copy.write_all(&buffer[..n])?;
+        copied += n as u64;
+    }
+    if copied != size {
+        return Err(std::io::Error::other(format!(
+            "{} changed while it was read",
+            source.display()
+        )));
+    }
+    copy.as_file().sync_all()?;
+    let sha256: [u8; 32] = hasher.finalize().into();
+    let path = dir.join(hex::encode(sha256));
+    copy.persist(&path).map_err(|err| err.error)?;
+    Ok(Kept { sha256, size, path })
+}
+
+/// Moves the checked `partial` into `dir` as `name`, or `name (1)`, `name (2)`… — never over an
+/// existing file. Returns where it went.
+pub fn move_into_place(partial: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let (stem, extension) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (name, String::new()),
+    };
+    for n in 0..10_000u32 {
+        let candidate = match n {
+            0 => dir.join(name),
+            n => dir.join(format!("{stem} ({n}){extension}")),
+        };
+        // A hard link fails if the name is taken: no check-then-rename race.
+        match std::fs::hard_link(partial, &candidate) {
+            Ok(()) => {
+                std::fs::remove_file(partial)?;
+                return Ok(candidate);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // Another file system (or one without hard links): copy, never overwriting.
+            Err(_) => match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&candidate)
+            {
+                Ok(mut out) => {
+                    let mut input = std::fs::File::open(partial)?;
+                    std::io::copy(&mut input, &mut out)?;
+                    out.sync_all()?;
+                    std::fs::remove_file(partial)?;
+                    return Ok(candidate);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            },
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
+}
+
+/// The bytes free for us on the file system that holds `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests;
