@@ -58,7 +58,7 @@ impl FileShape {
     /// The plaintext length of chunk `index`, or `None` past the end.
     pub fn chunk_len(&self, index: u64) -> Option<usize> {
         let chunks = self.chunks();
-        if index + 1 < chunks {
+        if index.checked_add(1)? < chunks {
             Some(CHUNK_LEN)
         } else if index + 1 == chunks {
             Some((self.size - index * CHUNK_LEN as u64) as usize)
@@ -69,7 +69,7 @@ impl FileShape {
 
     /// Where chunk `index` starts in the file.
     pub fn offset(index: u64) -> u64 {
-        index * CHUNK_LEN as u64
+        index.saturating_mul(CHUNK_LEN as u64)
     }
 
     fn aad(&self, index: u64) -> [u8; 64] {
@@ -138,6 +138,9 @@ mod tests {
         assert_eq!(shape(size).chunk_len(1), Some(CHUNK_LEN));
         assert_eq!(shape(size).chunk_len(2), Some(5));
         assert_eq!(shape(size).chunk_len(3), None);
+        // Any index a peer names is answered, not overflowed.
+        assert_eq!(shape(size).chunk_len(u64::MAX), None);
+        assert_eq!(FileShape::offset(u64::MAX), u64::MAX);
         assert_eq!(shape(CHUNK_LEN as u64).chunks(), 1);
         assert_eq!(shape(CHUNK_LEN as u64).chunk_len(0), Some(CHUNK_LEN));
     }

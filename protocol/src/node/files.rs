@@ -23,6 +23,7 @@ use ed25519_dalek::VerifyingKey;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::file::FileShape;
 use crate::identity::peer_id_of;
 use crate::wire::{FileOffer, MessageId, RoomId};
 
@@ -95,7 +96,7 @@ impl Incoming {
 
     /// Bytes verified so far.
     pub fn bytes_done(&self) -> u64 {
-        (self.verified * crate::crypto::file::CHUNK_LEN as u64).min(self.offer.size)
+        FileShape::offset(self.verified).min(self.offer.size)
     }
 }
 
