@@ -180,14 +180,26 @@ where
 
 /// SHA-256 of the file at `path`, read in chunks.
 pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let (sha256, _) = hash_reading(std::fs::File::open(path)?, |_| Ok(()))?;
+    Ok(sha256)
+}
+
+/// Reads `input` to its end in chunks, handing each to `also`: its SHA-256 and length.
+fn hash_reading(
+    mut input: impl std::io::Read,
+    mut also: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; palaver_protocol::crypto::file::CHUNK_LEN];
+    let mut len = 0u64;
     loop {
-        match file.read(&mut buffer)? {
-            0 => return Ok(hasher.finalize().into()),
-            n => hasher.update(&buffer[..n]),
+        match input.read(&mut buffer)? {
+            0 => return Ok((hasher.finalize().into(), len)),
+            n => {
+                hasher.update(&buffer[..n]);
+                also(&buffer[..n])?;
+                len += n as u64;
+            }
         }
     }
 }
@@ -204,10 +216,11 @@ pub struct Kept {
 /// Copies `source` into `dir` while hashing it (at most `max_size` bytes), under its hash: the
 /// copy is what is served, so the original may change or go once offered.
 pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Kept> {
-    use std::io::{Read, Write};
-    let mut input = std::fs::File::open(source)?;
-    let size = input.metadata()?.len();
-    if !input.metadata()?.is_file() {
+    use std::io::Write;
+    let input = std::fs::File::open(source)?;
+    let metadata = input.metadata()?;
+    let size = metadata.len();
+    if !metadata.is_file() {
         return Err(std::io::Error::other(format!(
             "{} is not a file",
             source.display()
@@ -221,18 +234,7 @@ pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Ke
     }
     std::fs::create_dir_all(dir)?;
     let mut copy = tempfile::NamedTempFile::new_in(dir)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; palaver_protocol::crypto::file::CHUNK_LEN];
-    let mut copied = 0u64;
-    loop {
-        let n = input.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        copy.write_all(&buffer[..n])?;
-        copied += n as u64;
-    }
+    let (sha256, copied) = hash_reading(input, |bytes| copy.write_all(bytes))?;
     if copied != size {
         return Err(std::io::Error::other(format!(
             "{} changed while it was read",
@@ -240,7 +242,6 @@ pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Ke
         )));
     }
     copy.as_file().sync_all()?;
-    let sha256: [u8; 32] = hasher.finalize().into();
     let path = dir.join(hex::encode(sha256));
     copy.persist(&path).map_err(|err| err.error)?;
     Ok(Kept { sha256, size, path })

@@ -159,10 +159,11 @@ impl Publisher {
     }
 
     /// Our external addresses are now `addrs` (one confirmed by AutoNAT, a relay slot given
-    /// back): registered again if the record says otherwise, as libp2p's own client does.
+    /// back): registered again (while logged in) if the record says otherwise, as libp2p's
+    /// own client does.
     pub fn addresses(&mut self, now: u64, mut addrs: Vec<Multiaddr>, public_rooms: &[RoomId]) {
         addrs.sort();
-        if self.logged_in && addrs != self.addrs {
+        if addrs != self.addrs {
             self.register_all(now, addrs, public_rooms);
         }
     }

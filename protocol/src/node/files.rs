@@ -240,21 +240,15 @@ impl Transfers {
             outputs: VecDeque::new(),
         };
         for (file, record) in under_way {
-            match record.status {
-                Status::Fetching => transfers.activate(file, record, 0),
-                Status::Checking => {
-                    let sha256 = record.offer.sha256;
-                    transfers.activate(file, record, u64::MAX);
-                    transfers.outputs.push_back(Output::Check { file, sha256 });
-                }
-                _ => {}
+            if record.status == Status::Checking {
+                let sha256 = record.offer.sha256;
+                transfers.outputs.push_back(Output::Check { file, sha256 });
+            }
+            if matches!(record.status, Status::Fetching | Status::Checking) {
+                transfers.activate(file, record, 0);
             }
         }
         transfers
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
