@@ -12,6 +12,7 @@ use palaver_protocol::UserName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod files;
 mod input;
 
 use crate::access::{self, Source};
@@ -85,6 +86,16 @@ pub enum Command {
         /// NAT, besides the rendezvous; e.g. a `palaver-rendezvous --relay-only`.
         #[arg(long = "relay", value_name = "MULTIADDR", value_parser = input::multiaddr)]
         relays: Vec<Multiaddr>,
+        /// Where received files go [default: <home>/files].
+        #[arg(long, env = "PALAVER_DOWNLOAD_DIR")]
+        download_dir: Option<PathBuf>,
+        /// Files offered to you up to this size are fetched without asking; larger ones wait
+        /// for `palaver file get ID`.
+        #[arg(long, value_parser = input::size, default_value = "16MiB")]
+        auto_accept_size: u64,
+        /// Files over this size are refused.
+        #[arg(long, value_parser = input::size, default_value = "2GiB")]
+        max_file_size: u64,
     },
     /// The daemon's state: rendezvous connection, listen addresses.
     Status {
@@ -109,7 +120,24 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Rooms: create, invite, join, leave, kick, members, list, send.
+    /// Offer a file to a user, end-to-end encrypted; they fetch it from you. Follows it until
+    /// they have it on a terminal (or with --wait).
+    SendFile {
+        name: String,
+        path: PathBuf,
+        /// Follow the transfer until the recipient has the whole file.
+        #[arg(long, conflicts_with = "no_wait")]
+        wait: bool,
+        /// Return once the offer is stored, even on a terminal.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Files offered to you or by you, newest first.
+    Files,
+    /// One file offered to you: get (fetch and follow), accept, reject, info.
+    #[command(subcommand)]
+    File(files::FileCommand),
+    /// Rooms: create, invite, join, leave, kick, members, list, send, send-file.
     #[command(subcommand)]
     Room(RoomCommand),
     /// A conversation's messages, oldest first.
@@ -183,6 +211,8 @@ pub enum RoomCommand {
         #[arg(long, conflicts_with = "text")]
         file: Option<PathBuf>,
     },
+    /// Offer a file to a room: each member fetches it from you or from a member that has it.
+    SendFile { room: String, path: PathBuf },
 }
 
 /// `<home>/config.toml`: what `daemon` remembers between runs.
@@ -288,6 +318,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             registration_token,
             relay_only_transport,
             relays,
+            download_dir,
+            auto_accept_size,
+            max_file_size,
         } => {
             let mut config = Config::load(home.dir())?;
             let rendezvous = if rendezvous.is_empty() {
@@ -329,6 +362,13 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             daemon_config.passphrase = passphrase;
             daemon_config.relay_only_transport = relay_only_transport;
             daemon_config.relays = relays;
+            daemon_config.files = daemon::FileConfig {
+                download_dir,
+                limits: palaver_protocol::node::files::Limits {
+                    max_size: max_file_size,
+                    auto_accept: auto_accept_size,
+                },
+            };
             daemon::run(daemon_config, shutdown_signal()).await?;
         }
         Command::Status { wait } => {
@@ -391,6 +431,17 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
             }
             print_one(json, &sent, |s| s["id"].as_str().unwrap_or("").to_owned());
         }
+        Command::SendFile {
+            name,
+            path,
+            wait,
+            no_wait,
+        } => {
+            let wait = wait || !no_wait && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            files::send_file(&socket, json, Ok(name), path, wait).await?
+        }
+        Command::Files => files::files(&socket, json).await?,
+        Command::File(command) => files::file(&socket, json, command).await?,
         Command::Room(command) => room(&socket, json, command).await?,
         Command::History { with, room, limit } => {
             let params = json!({"with": with, "room": room, "limit": limit});
@@ -515,6 +566,10 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
 
 async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result<()> {
     let (method, params) = match &command {
+        RoomCommand::SendFile { room, path } => {
+            let to = Err(room.clone());
+            return files::send_file(socket, json, to, path.clone(), false).await;
+        }
         RoomCommand::Create { room, public } => {
             ("room.create", json!({"room": room, "public": public}))
         }

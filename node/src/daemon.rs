@@ -12,6 +12,7 @@ mod client_ids;
 mod direct;
 mod discovery;
 mod durable;
+mod files;
 mod gossip_gate;
 mod link;
 mod reach;
@@ -44,10 +45,14 @@ use crate::store::{HistoryEntry, StateKey, Store};
 use behaviour::{Behaviour, BehaviourEvent};
 use link::Pending;
 
+pub use files::FileConfig;
+
 /// How the daemon is started.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub home: PathBuf,
+    /// Where received files go, and the sizes taken.
+    pub files: FileConfig,
     pub rendezvous: Multiaddr,
     /// Further rendezvous instances (of one cluster, or independent servers) to fail over to,
     /// in order, when the one in use dies or refuses us.
@@ -67,6 +72,7 @@ impl DaemonConfig {
     pub fn new(home: PathBuf, rendezvous: Multiaddr) -> Self {
         Self {
             home,
+            files: FileConfig::default(),
             rendezvous,
             more_rendezvous: Vec::new(),
             listen: Vec::new(),
@@ -173,6 +179,8 @@ enum Internal {
         client_id: String,
         result: Result<Value, rpc::RpcError>,
     },
+    /// A file transfer's I/O finished a step (see [`files`]).
+    File(files::FileDone),
 }
 
 pub(crate) struct Node {
@@ -207,6 +215,7 @@ pub(crate) struct Node {
     fatal: Option<String>,
     /// Sends keyed by the client that are under way, and who waits for each.
     keyed_sends: palaver_protocol::node::direct::keyed::KeyedSends<replies::ReplyToken>,
+    file_io: files::FileIo,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -271,6 +280,13 @@ impl Node {
             now_ms(),
         );
         let local_peer = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let file_io =
+            files::FileIo::new(&config.home, &config.files, control, internal_tx.clone())?;
+        let transfers = palaver_protocol::node::files::Transfers::new(
+            config.files.limits,
+            files::under_way(&store),
+        );
         let mut node = Self {
             identity,
             name,
@@ -282,6 +298,7 @@ impl Node {
                 sends: Default::default(),
                 rooms,
                 discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
+                files: transfers,
             },
             rendezvous_requests: HashMap::new(),
             presence: Default::default(),
@@ -298,8 +315,10 @@ impl Node {
             stopping: false,
             fatal: None,
             keyed_sends: Default::default(),
+            file_io,
         };
         node.subscribe_room_topics();
+        node.drive_files();
         node.drive_reach();
         Ok(node)
     }
@@ -343,6 +362,7 @@ impl Node {
         self.drive_pipeline();
         let _ = self.drive_rooms();
         self.drive_discovery();
+        self.drive_files();
     }
 
     fn on_internal(&mut self, done: Internal) {
@@ -351,6 +371,7 @@ impl Node {
             Internal::SendAnswered { client_id, result } => {
                 self.on_send_answered(client_id, result)
             }
+            Internal::File(done) => self.on_file_done(done),
         }
     }
 

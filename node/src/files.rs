@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 /// A fetch makes what it wrote durable, and reports it, every this many chunks (and at the end).
 pub const SYNC_EVERY: u64 = 16;
+/// A peer that sends no frame for this long has stalled: the transfer ends (and is resumed).
+pub const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a transfer's I/O stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum TransferError {
     EndedEarly { got: u64, chunks: u64 },
     #[error("the file we offered changed or went away: {0}")]
     SourceChanged(String),
+    #[error("the peer stopped sending (nothing for {}s)", FRAME_TIMEOUT.as_secs())]
+    Stalled,
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
@@ -69,12 +73,14 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
 }
 
 /// Serves `offer`'s chunks from `path` (a file we hold whole) from `from_chunk` on, then
-/// [`FileFrame::End`]. A file that is no longer the size offered is refused.
+/// [`FileFrame::End`], calling `sent(through)` after each chunk. A file that is no longer the
+/// size offered is refused.
 pub async fn serve<W: AsyncWrite + Unpin>(
     writer: &mut W,
     path: &Path,
     offer: &FileOffer,
     from_chunk: u64,
+    mut sent: impl FnMut(u64),
 ) -> Result<(), TransferError> {
     let shape = offer.shape();
     let opened = async {
@@ -100,6 +106,7 @@ pub async fn serve<W: AsyncWrite + Unpin>(
         let sealed = seal_chunk(&offer.key, &shape, index, &chunk)
             .map_err(|err| TransferError::Frame(err.to_string()))?;
         write_frame(writer, &FileFrame::Chunk { index, sealed }).await?;
+        sent(index + 1);
     }
     write_frame(writer, &FileFrame::End).await?;
     writer.flush().await?;
@@ -152,7 +159,9 @@ where
     let mut next = from_chunk;
     let mut synced = from_chunk;
     loop {
-        match read_frame::<_, FileFrame>(reader).await? {
+        let frame = tokio::time::timeout(FRAME_TIMEOUT, read_frame::<_, FileFrame>(reader));
+        let frame = frame.await.map_err(|_| TransferError::Stalled)??;
+        match frame {
             FileFrame::Chunk { index, sealed } => {
                 if index != next {
                     let (expected, got) = (next, index);

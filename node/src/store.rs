@@ -15,6 +15,7 @@ use std::path::Path;
 
 use palaver_protocol::crypto::at_rest::{SEALED, SecretsKey};
 use palaver_protocol::delivery::{HISTORY_KEY_LEN, HistoryOrder, Stamp};
+use palaver_protocol::wire::TransferId;
 use palaver_protocol::{MessageId, RoomId, codec};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -197,6 +198,13 @@ pub enum StateKey<'a> {
     KeyGiven(RoomId, [u8; 32]),
     /// The order key of the last message read in a conversation (see [`Store::unread`]).
     ReadUpTo(ConversationId),
+    /// A file offered to us, by the message that offered it: how far it got
+    /// ([`palaver_protocol::node::files::Incoming`]).
+    FileIn(MessageId),
+    /// A file we serve whole, by its transfer id ([`palaver_protocol::node::files::Served`]).
+    Served(TransferId),
+    /// The transfer id of a file we offered, by the message that offered it.
+    FileSent(MessageId),
     Meta(&'a str),
 }
 
@@ -228,6 +236,9 @@ impl StateKey<'_> {
             StateKey::ReadUpTo(ConversationId::Room(room)) => {
                 bytes.extend([&[b'w', b'r'][..], &room.0].concat())
             }
+            StateKey::FileIn(id) => bytes.extend([&[b'f'][..], &id.0].concat()),
+            StateKey::Served(transfer) => bytes.extend([&[b'v'][..], &transfer.0].concat()),
+            StateKey::FileSent(id) => bytes.extend([&[b'x'][..], &id.0].concat()),
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes
@@ -282,8 +293,9 @@ impl StateBatch {
 }
 
 /// The namespaces whose values are secrets to seal at rest (see [`StateKey::bytes`]): ratchet
-/// sessions, room keys, the sender keys handed to members; and our prekey secrets' one key.
-const SECRET_NAMESPACES: [u8; 3] = [b's', b'r', b'k'];
+/// sessions, room keys, the sender keys handed to members, the keys of files offered to us and
+/// of files we serve; and our prekey secrets' one key.
+const SECRET_NAMESPACES: [u8; 5] = [b's', b'r', b'k', b'f', b'v'];
 /// `StateKey::Meta("prekeys")`, where `daemon::link` keeps our prekey secrets.
 const PREKEY_SECRETS_KEY: &[u8] = b"mprekeys";
 

@@ -118,4 +118,6 @@ pub mod protocol_names {
     pub const PUSH: &str = "/palaver/push/1";
     /// Node ↔ node: [`super::PeerRequest`] / [`super::PeerResponse`].
     pub const PEER: &str = "/palaver/peer/1";
+    /// Node ↔ node, a stream of its own: [`super::FileFetch`], then [`super::FileFrame`]s.
+    pub const FILE: &str = "/palaver/file/1";
 }

@@ -75,6 +75,35 @@ pub(crate) fn multiaddr(typed: &str) -> Result<Multiaddr, String> {
 
 /// The passphrase in the first line of `path`; an empty one is refused rather than taken as
 /// "no passphrase" (which would leave the key unsealed without a word).
+/// A size as people write it: `5000`, `16MiB`, `2GiB`, `512K`, `1.5G` (binary units).
+pub(crate) fn size(typed: &str) -> Result<u64, String> {
+    let typed = typed.trim();
+    let split = typed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(typed.len());
+    let (number, unit) = typed.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use B, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{typed:?} is not a size like 500MiB or 2GiB"))?;
+    let bytes = number * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{typed:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
 pub(crate) fn passphrase_file(path: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -105,6 +134,18 @@ mod tests {
             message_text(None, Some(&fits)).unwrap(),
             "y".repeat(MAX_TEXT_LEN)
         );
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size("5000"), Ok(5000));
+        assert_eq!(size("16MiB"), Ok(16 << 20));
+        assert_eq!(size("2 GiB"), Ok(2 << 30));
+        assert_eq!(size("512k"), Ok(512 << 10));
+        assert_eq!(size("1.5G"), Ok(3 << 29));
+        assert!(size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(size("MiB").is_err());
+        assert!(size("99999999999T").is_err());
     }
 
     #[test]

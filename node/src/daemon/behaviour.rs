@@ -33,6 +33,8 @@ pub(crate) struct Behaviour {
     pub(crate) push: PushRpc,
     pub(crate) peer: PeerRpc,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// File transfers' streams (`/palaver/file/1`, see `daemon::files`).
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 /// How long a peer has to answer a request before it counts as failed.
@@ -110,6 +112,7 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                     rr_config,
                 ),
                 mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })?
         .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))

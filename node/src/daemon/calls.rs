@@ -64,6 +64,9 @@ pub(crate) fn history_page(
                 entry.label = name;
             }
             let mut json = entry.to_json();
+            if let Some(file) = super::files::file_json(store, &entry.id, None) {
+                json["file"] = file;
+            }
             if missing > 0 {
                 json["missing_before"] = Value::from(missing);
             }
@@ -266,6 +269,21 @@ impl Node {
             Command::RoomMembers { room } => answer(reply, self.room_members(&room)),
             Command::RoomList => answer(reply, Ok(self.room_list())),
             Command::RoomSend { room, text } => self.room_send(room, text, reply),
+            Command::SendFile { to, path } => {
+                self.send_file(super::files::FileTo::User(to), path, reply)
+            }
+            Command::RoomSendFile { room, path } => {
+                self.send_file(super::files::FileTo::Room(room), path, reply)
+            }
+            Command::Files => {
+                let transfers = &self.state.files;
+                let list =
+                    super::files::list_files(&self.store, |id| transfers.under_way(id).cloned());
+                answer(reply, Ok(Value::Array(list)))
+            }
+            Command::FileInfo { id } => answer(reply, self.file_info(&id)),
+            Command::FileAccept { id } => self.decide_file(id, true, reply),
+            Command::FileReject { id } => self.decide_file(id, false, reply),
             Command::Shutdown => {
                 self.stopping = true;
                 answer(reply, Ok(json!(true)));

@@ -52,6 +52,8 @@ pub(crate) struct Job {
     pub(crate) reply: Option<ReplyToken>,
     /// The client's own key for this send, stored with the message (see [`super::client_ids`]).
     pub(crate) client_key: Option<super::client_ids::ClientKey>,
+    /// For a file offer: the copy it is served from (see [`super::files`]).
+    pub(crate) served_from: Option<std::path::PathBuf>,
 }
 
 /// Where our hybrid logical clock is kept (named for the Lamport clock it replaced, whose last
@@ -69,6 +71,7 @@ impl Job {
             payload,
             reply,
             client_key: None,
+            served_from: None,
         }
     }
 
@@ -78,6 +81,7 @@ impl Job {
             payload,
             reply: None,
             client_key: None,
+            served_from: None,
         }
     }
 }
@@ -224,8 +228,9 @@ impl Node {
             Ok(read) => read,
             Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
-        let text = match &job.payload {
-            palaver_protocol::wire::Payload::Text(text) => Some(text.clone()),
+        let text = job.payload.history_text();
+        let offer = match &job.payload {
+            palaver_protocol::wire::Payload::File(offer) => Some(offer.clone()),
             _ => None,
         };
         let sealed = pairwise::seal(
@@ -272,6 +277,10 @@ impl Node {
             .put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         if let Some(key) = &job.client_key {
             batch.put(StateKey::Meta(&key.state_key()), &key.record(id));
+        }
+        if let (Some(offer), Some(path)) = (&offer, &job.served_from) {
+            let audience = palaver_protocol::node::files::Audience::Peer(key);
+            Self::put_served(&mut batch, id, offer, audience, path);
         }
         let committed = match text {
             Some(text) => {

@@ -195,8 +195,17 @@ impl Node {
             status: Status::Received,
         };
         batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
+        if let Some(offer) = &read.file {
+            let record = Self::offered_record(offer, read.sender, Some(read.room));
+            batch.put(StateKey::FileIn(read.id), &record);
+        }
         match self.store.record(&entry, &batch) {
-            Ok(true) => self.emit_message(&read.sender, Some(&entry), named),
+            Ok(true) => {
+                self.emit_message(&read.sender, Some(&entry), named);
+                if let Some(offer) = read.file {
+                    self.file_offered(read.id, offer, read.sender, Some(read.room));
+                }
+            }
             Ok(false) => {}
             Err(err) => tracing::error!("cannot store room message {}: {err}", read.id),
         }

@@ -31,7 +31,7 @@ fn offered(dir: &Path, len: usize) -> (Vec<u8>, Kept, FileOffer) {
 /// What the server writes for a fetch from `from_chunk`.
 async fn served(kept: &Kept, offer: &FileOffer, from_chunk: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    serve(&mut out, &kept.path, offer, from_chunk)
+    serve(&mut out, &kept.path, offer, from_chunk, |_| {})
         .await
         .unwrap();
     out
@@ -143,7 +143,7 @@ async fn a_file_that_changed_is_refused_and_the_fetcher_hears_why() {
     let (_, kept, offer) = offered(dir.path(), 1000);
     std::fs::write(&kept.path, b"shorter").unwrap();
     let mut out = Vec::new();
-    let served = serve(&mut out, &kept.path, &offer, 0).await;
+    let served = serve(&mut out, &kept.path, &offer, 0, |_| {}).await;
     assert!(matches!(served, Err(TransferError::SourceChanged(_))));
     let (result, _, _) = fetched(out, &offer, 0, &dir.path().join("partial")).await;
     assert!(

@@ -69,6 +69,24 @@ pub enum Command {
         room: RoomName,
         text: String,
     },
+    SendFile {
+        to: UserName,
+        path: std::path::PathBuf,
+    },
+    RoomSendFile {
+        room: RoomName,
+        path: std::path::PathBuf,
+    },
+    Files,
+    FileInfo {
+        id: palaver_protocol::MessageId,
+    },
+    FileAccept {
+        id: palaver_protocol::MessageId,
+    },
+    FileReject {
+        id: palaver_protocol::MessageId,
+    },
     Shutdown,
 }
 
@@ -128,6 +146,18 @@ impl Command {
                 room: p.room()?,
                 text: p.text()?,
             },
+            "send_file" => Command::SendFile {
+                to: p.user("to")?,
+                path: p.path()?,
+            },
+            "room.send_file" => Command::RoomSendFile {
+                room: p.room()?,
+                path: p.path()?,
+            },
+            "files" => Command::Files,
+            "file.info" => Command::FileInfo { id: p.id()? },
+            "file.accept" => Command::FileAccept { id: p.id()? },
+            "file.reject" => Command::FileReject { id: p.id()? },
             "shutdown" => Command::Shutdown,
             other => {
                 return Err(RpcError {
@@ -195,6 +225,24 @@ impl Params<'_> {
             )));
         }
         Ok(text.to_owned())
+    }
+
+    /// A file's path: absolute, since the daemon's working directory is not the caller's.
+    fn path(&self) -> Result<std::path::PathBuf, RpcError> {
+        let path = std::path::PathBuf::from(self.required("path")?);
+        if !path.is_absolute() {
+            return Err(RpcError::invalid(format!(
+                "{} is not an absolute path",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    fn id(&self) -> Result<palaver_protocol::MessageId, RpcError> {
+        let id = self.required("id")?;
+        palaver_protocol::MessageId::from_hex(id)
+            .ok_or_else(|| RpcError::invalid(format!("{id:?} is not a message id")))
     }
 
     fn client_id(&self) -> Result<Option<String>, RpcError> {

@@ -66,6 +66,35 @@ pub enum Event {
         conversation: String,
         unread: u64,
     },
+    /// A file was offered to us; `accepted` when it is fetched without asking.
+    FileOffer {
+        id: String,
+        conversation: String,
+        from: String,
+        name: String,
+        size: u64,
+        accepted: bool,
+    },
+    /// A file is coming in (`receiving`) or going out to a peer (`sending`); at most four a
+    /// second per transfer.
+    FileProgress {
+        id: String,
+        direction: &'static str,
+        bytes: u64,
+        size: u64,
+    },
+    /// A file is here whole and checked, at `path` (receiving), or a peer fetched all of it
+    /// (sending).
+    FileDone {
+        id: String,
+        direction: &'static str,
+        path: Option<String>,
+    },
+    /// A file will not arrive, and why.
+    FileFailed {
+        id: String,
+        reason: String,
+    },
     /// This subscriber fell behind and missed events.
     Lagged {
         missed: u64,
@@ -150,6 +179,29 @@ mod tests {
             Event::Read {
                 conversation: "bob".into(),
                 unread: 2,
+            },
+            Event::FileOffer {
+                id: "ab".into(),
+                conversation: "#lunch".into(),
+                from: "bob".into(),
+                name: "menu.pdf".into(),
+                size: 10,
+                accepted: true,
+            },
+            Event::FileProgress {
+                id: "ab".into(),
+                direction: "receiving",
+                bytes: 5,
+                size: 10,
+            },
+            Event::FileDone {
+                id: "ab".into(),
+                direction: "sending",
+                path: None,
+            },
+            Event::FileFailed {
+                id: "ab".into(),
+                reason: "no".into(),
             },
             Event::Lagged { missed: 3 },
         ];

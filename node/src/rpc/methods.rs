@@ -124,7 +124,7 @@ pub static METHODS: &[Method] = &[
                 "at most this many, the latest (default 100)",
             ),
         ],
-        result: r#"[{"id","conversation","from","text","sent_at","status","missing_before"?}]"#,
+        result: r#"[{"id","conversation","from","text","sent_at","status","missing_before"?,"file"?:{"name","size","status","path"?,…}}]"#,
         errors: "both or neither of `with`/`room` (code -32602); no such conversation or room",
     },
     Method {
@@ -259,6 +259,66 @@ pub static METHODS: &[Method] = &[
         ],
         result: r#"{"id","status"}"#,
         errors: "a bad room name or text; no such room or not joined",
+    },
+    Method {
+        name: "send_file",
+        summary: "Offers a file to a user: a copy is kept (hashed as it is copied) and offered in an encrypted message; the recipient fetches it from you. Answers once the offer is stored durably.",
+        params: &[
+            required("to", Kind::String, "the recipient's user name"),
+            required(
+                "path",
+                Kind::String,
+                "the file, as the daemon sees it (absolute)",
+            ),
+        ],
+        result: r#"{"id","status":"sending","warning"?}"#,
+        errors: "no such file, not a file, over the size limit; the errors of `send`",
+    },
+    Method {
+        name: "room.send_file",
+        summary: "Offers a file to a room: each member fetches it from you or from a member that has it.",
+        params: &[
+            required("room", Kind::String, "the room"),
+            required(
+                "path",
+                Kind::String,
+                "the file, as the daemon sees it (absolute)",
+            ),
+        ],
+        result: r#"{"id","status"}"#,
+        errors: "no such file, not a file, over the size limit; the errors of `room.send`",
+    },
+    Method {
+        name: "files",
+        summary: "Every file offered to you or by you, newest first.",
+        params: &[],
+        result: r#"[{"id","name","size","mime","sha256","direction":"receiving|sending","status":"offered|fetching|checking|done|rejected|failed","bytes"?,"path"?,"reason"?,"waiting"?,"sent_at"}]"#,
+        errors: "none",
+    },
+    Method {
+        name: "file.info",
+        summary: "One file, as `files` lists it.",
+        params: &[required(
+            "id",
+            Kind::String,
+            "the file's id (its message's id)",
+        )],
+        result: r#"{"id","name","size","mime","sha256","direction","status","bytes"?,"path"?,"reason"?,"waiting"?}"#,
+        errors: "no such file",
+    },
+    Method {
+        name: "file.accept",
+        summary: "Fetches a file that waits for you (over the auto-accept size), or one that failed, again.",
+        params: &[required("id", Kind::String, "the file's id")],
+        result: r#"{"id","name","size","status","bytes",…}"#,
+        errors: "no such file; over the size limit; not enough free disk space; already received or rejected",
+    },
+    Method {
+        name: "file.reject",
+        summary: "Refuses a file offered to you, or stops fetching it.",
+        params: &[required("id", Kind::String, "the file's id")],
+        result: r#"{"id","name","size","status":"rejected",…}"#,
+        errors: "no such file",
     },
     Method {
         name: "subscribe",
@@ -451,6 +511,57 @@ pub static EVENTS: &[Event] = &[
                 Kind::Integer,
                 "received messages after the marker",
             ),
+        ],
+    },
+    Event {
+        kind: "file_offer",
+        about: "A file was offered to you (a message carrying it arrived too).",
+        fields: &[
+            required(
+                "id",
+                Kind::String,
+                "the offering message's id (hex): the file's id",
+            ),
+            required("conversation", Kind::String, "the sender, or the room"),
+            required("from", Kind::String, "the sender"),
+            required("name", Kind::String, "the file's name"),
+            required("size", Kind::Integer, "bytes"),
+            required(
+                "accepted",
+                Kind::Bool,
+                "fetched without asking (up to the auto-accept size); else `file.accept` it",
+            ),
+        ],
+    },
+    Event {
+        kind: "file_progress",
+        about: "A file is coming in or going out; at most four a second per transfer.",
+        fields: &[
+            required("id", Kind::String, "the file's id"),
+            required("direction", Kind::String, "receiving|sending"),
+            required(
+                "bytes",
+                Kind::Integer,
+                "verified (receiving) or sent (sending) so far",
+            ),
+            required("size", Kind::Integer, "the file's size"),
+        ],
+    },
+    Event {
+        kind: "file_done",
+        about: "A file is here whole and checked against its hash (receiving), or a peer fetched all of it (sending).",
+        fields: &[
+            required("id", Kind::String, "the file's id"),
+            required("direction", Kind::String, "receiving|sending"),
+            optional("path", Kind::String, "where it is (receiving)"),
+        ],
+    },
+    Event {
+        kind: "file_failed",
+        about: "A file offered to you will not arrive.",
+        fields: &[
+            required("id", Kind::String, "the file's id"),
+            required("reason", Kind::String, "why, in a line"),
         ],
     },
     Event {

@@ -209,6 +209,12 @@ pub trait Sources {
     fn room_members(&self, room: &RoomId) -> Vec<PeerId>;
 }
 
+impl Sources for crate::node::rooms::Rooms {
+    fn room_members(&self, room: &RoomId) -> Vec<PeerId> {
+        self.others(room).iter().map(peer_id_of).collect()
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     record: Incoming,
@@ -545,6 +551,8 @@ pub enum Audience {
 /// which its other members may fetch from us too. The driver stores it by its transfer id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
+    /// The message that offered it.
+    pub message: MessageId,
     pub offer: FileOffer,
     pub audience: Audience,
     pub path: String,

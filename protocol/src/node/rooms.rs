@@ -218,7 +218,10 @@ pub struct ReadMessage {
     pub room: RoomId,
     pub room_name: RoomName,
     pub sender: VerifyingKey,
+    /// What the history shows: the text, or a file's [`FileOffer::summary`].
     pub text: String,
+    /// The file it offers, if it is a file message.
+    pub file: Option<crate::wire::FileOffer>,
     pub sent_at_ms: u64,
     pub stamp: crate::delivery::Stamp,
     pub seq: u64,
@@ -476,6 +479,17 @@ impl Rooms {
             .values()
             .filter(|room| room.is_public() && room.is_active())
             .map(|room| room.id)
+            .collect()
+    }
+
+    /// Who else is in room `id` as far as we know (see [`Room::known_members`]): nobody if we
+    /// are not in it.
+    pub fn others(&self, id: &RoomId) -> Vec<VerifyingKey> {
+        let me = self.identity.public();
+        let room = self.by_id.get(id).filter(|room| room.is_active());
+        (room.into_iter())
+            .flat_map(|room| room.known_members(me, []))
+            .filter(|key| *key != me)
             .collect()
     }
 
@@ -774,8 +788,19 @@ impl Rooms {
     ) -> Result<ReadMessage, RoomReject> {
         let content: Content = codec::decode(plaintext)
             .map_err(|e| RoomReject::Invalid(format!("bad content: {e}")))?;
-        let Payload::Text(text) = content.payload else {
-            return Err(RoomReject::Invalid("rooms carry text only".into()));
+        let (text, file) = match content.payload {
+            Payload::Text(text) => (text, None),
+            Payload::File(offer) => {
+                offer
+                    .check()
+                    .map_err(|e| RoomReject::Invalid(e.to_string()))?;
+                (offer.summary(), Some(offer))
+            }
+            _ => {
+                return Err(RoomReject::Invalid(
+                    "rooms carry text and files only".into(),
+                ));
+            }
         };
         Ok(ReadMessage {
             id,
@@ -783,6 +808,7 @@ impl Rooms {
             room_name: room.name.clone(),
             sender: message.sender,
             text,
+            file,
             sent_at_ms: content.sent_at_ms,
             stamp: content.stamp,
             seq: content.seq,

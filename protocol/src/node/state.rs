@@ -1,6 +1,6 @@
 //! One peer's machines together: the rendezvous [`Session`], the direct [`Delivery`] planner
-//! (with its outbox), the [`SendPipeline`] in front of it, the [`Rooms`] and the discovery
-//! [`Publisher`]. Each keeps its own
+//! (with its outbox), the [`SendPipeline`] in front of it, the [`Rooms`], the discovery
+//! [`Publisher`] and the file [`Transfers`]. Each keeps its own
 //! inputs and outputs; [`NodeState`] gives the driver one deadline to sleep until — the earliest
 //! of theirs — and wakes them all then (each acts on what is due by its own reckoning). The
 //! reach planner stays beside it: its deadlines are on the monotonic clock, these on the wall
@@ -15,6 +15,7 @@ use rand_core::{CryptoRng, RngCore};
 use super::direct::pipeline::{Facts, SendPipeline};
 use super::direct::{Delivery, Input as DeliveryInput};
 use super::discovery::Publisher;
+use super::files::Transfers;
 use super::rooms::Rooms;
 use super::session::Session;
 use crate::UserName;
@@ -26,6 +27,7 @@ pub struct NodeState<P, R, J> {
     pub sends: SendPipeline<J>,
     pub rooms: Rooms,
     pub discovery: Publisher,
+    pub files: Transfers,
 }
 
 impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> {
@@ -37,6 +39,7 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
             self.sends.poll_timeout(),
             self.rooms.poll_timeout(),
             self.discovery.poll_timeout(),
+            self.files.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -91,5 +94,6 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
         self.rooms.handle_timeout(now);
         self.discovery
             .handle_timeout(now, &self.rooms.public_joined());
+        self.files.handle_timeout(now, &self.rooms);
     }
 }

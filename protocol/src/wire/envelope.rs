@@ -196,6 +196,18 @@ pub enum Payload {
     File(super::FileOffer),
 }
 
+impl Payload {
+    /// What a conversation's history shows of it; `None` for control messages, which it does
+    /// not show.
+    pub fn history_text(&self) -> Option<String> {
+        match self {
+            Payload::Text(text) => Some(text.clone()),
+            Payload::File(offer) => Some(offer.summary()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInvite {
     pub room: RoomId,

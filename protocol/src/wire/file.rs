@@ -75,6 +75,26 @@ impl FileOffer {
         }
         Ok(())
     }
+
+    /// How the offer reads in a conversation's history: `[file] name (size)`.
+    pub fn summary(&self) -> String {
+        format!("[file] {} ({})", self.name, human_size(self.size))
+    }
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `20.0 MiB`, `2.0 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// "Send me the chunks of the file offered as `transfer`, from `from_chunk` on."
@@ -166,6 +186,16 @@ mod tests {
         let mut odd = offer("a.txt");
         odd.mime = "text/plain\r\nX: y".into();
         assert!(odd.check().is_err());
+    }
+
+    #[test]
+    fn sizes_read_for_people() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(20 << 20), "20.0 MiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+        assert_eq!(offer("a.txt").summary(), "[file] a.txt (3 B)");
     }
 
     #[test]

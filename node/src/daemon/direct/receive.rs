@@ -115,8 +115,17 @@ impl Node {
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;
         let prekeys_after = opened.prekeys_after;
-        let stored = match opened.payload {
-            Payload::Text(text) => {
+        let offer = match &opened.payload {
+            Payload::File(offer) => {
+                offer.check()?;
+                let record = Self::offered_record(offer, sender, None);
+                batch.put(StateKey::FileIn(id), &record);
+                Some(offer.clone())
+            }
+            _ => None,
+        };
+        let stored = match opened.payload.history_text() {
+            Some(text) => {
                 let entry = HistoryEntry {
                     id,
                     conversation,
@@ -132,12 +141,13 @@ impl Node {
                 let new = self.store.record(&entry, &batch)?;
                 (new.then_some(entry), None)
             }
-            payload => {
+            None => {
                 self.store.record_control(&id, &batch)?;
-                (None, Some(payload))
+                (None, Some(opened.payload))
             }
         };
         let (entry, control) = stored;
+        let offer = offer.filter(|_| entry.is_some());
         if let Some(prekeys) = prekeys_after {
             self.state.session.prekeys_mut().secrets = prekeys;
         }
@@ -145,6 +155,9 @@ impl Node {
         self.emit_message(&sender, entry.as_ref(), from.is_some());
         if let Some(payload) = control {
             self.on_control(sender, payload);
+        }
+        if let Some(offer) = offer {
+            self.file_offered(id, offer, sender, None);
         }
         Ok(id)
     }
@@ -163,7 +176,7 @@ impl Node {
                     self.delivery_input(DeliveryInput::Receipt { from, id });
                 }
             }
-            Payload::Text(_) => {}
+            Payload::Text(_) | Payload::File(_) => {}
             room => self.on_room_payload(sender, room),
         }
     }

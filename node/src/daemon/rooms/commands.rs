@@ -155,7 +155,18 @@ impl Node {
     /// Sends `text` to a room; answers once the message is durable and published (or waiting
     /// for a subscriber).
     pub(crate) fn room_send(&mut self, name: RoomName, text: String, reply: Reply) {
-        let (room, frame, id) = match self.room_seal(name, text) {
+        self.room_send_payload(name, Payload::Text(text), None, reply)
+    }
+
+    /// Sends `payload` (a text or a file offer, served from `served_from`) to a room.
+    pub(crate) fn room_send_payload(
+        &mut self,
+        name: RoomName,
+        payload: Payload,
+        served_from: Option<std::path::PathBuf>,
+        reply: Reply,
+    ) {
+        let (room, frame, id) = match self.room_seal(name, payload, served_from) {
             Ok(sealed) => sealed,
             Err(err) => return drop(reply.send(Err(err))),
         };
@@ -199,7 +210,8 @@ impl Node {
     fn room_seal(
         &mut self,
         name: RoomName,
-        text: String,
+        payload: Payload,
+        served_from: Option<std::path::PathBuf>,
     ) -> Result<
         (
             palaver_protocol::RoomId,
@@ -213,11 +225,16 @@ impl Node {
         let unreadable = |e| RpcError::failed(SendFailed::Unreadable(e).to_string());
         let stamp = self.next_stamp().map_err(unreadable)?;
         let seq = self.next_seq(&conversation).map_err(unreadable)?;
+        let text = payload.history_text().unwrap_or_default();
+        let offer = match &payload {
+            Payload::File(offer) => Some(offer.clone()),
+            _ => None,
+        };
         let content = Content {
             sent_at_ms: now_ms(),
             stamp,
             seq,
-            payload: Payload::Text(text.clone()),
+            payload,
         };
         let sealed = self.state.rooms.seal(room, &content).map_err(refused)?;
         let me = self.identity.public();
@@ -242,6 +259,10 @@ impl Node {
                 StateKey::RoomUnsent(sealed.id),
                 &(room, sealed.frame.clone(), sealed.id),
             );
+        if let (Some(offer), Some(path)) = (&offer, &served_from) {
+            let audience = palaver_protocol::node::files::Audience::Room(room);
+            Self::put_served(&mut batch, sealed.id, offer, audience, path);
+        }
         // The chain moved: the room is written with the message.
         self.persist_room(&room, &mut batch);
         if let Err(err) = self.store.record(&entry, &batch) {

@@ -395,6 +395,7 @@ fn a_file_is_served_only_to_whom_it_was_offered() {
     let room = RoomId([1; 32]);
     let members = |_: &RoomId, peer: &PeerId| *peer == bob_peer;
     let served = |audience| Served {
+        message: MessageId([9; 32]),
         offer: offer(10),
         audience,
         path: "/x".into(),

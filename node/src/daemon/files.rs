@@ -1,0 +1,736 @@
+//! Files, driven: [`Transfers`] decides what is fetched from whom and what becomes of each file;
+//! this carries it out with the I/O of [`crate::files`] — the copy kept of a file we offer,
+//! fetches over `/palaver/file/1` streams, the whole-file check, the move into place — off the
+//! actor (tasks and blocking threads that report back as [`Internal::File`]).
+//!
+//! Sending: `send_file` keeps a copy of the file (hashed as it is copied), then offers it in a
+//! message ([`Payload::File`]) like any other; the record of what we serve to whom is written
+//! with that message. Receiving: an offer is stored with its message, then handed to
+//! [`Transfers`]. Serving: a peer's fetch names a transfer; [`may_serve`] decides over the
+//! stored record whether that peer gets it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, StreamExt as _};
+use libp2p::{PeerId, StreamProtocol};
+use palaver_protocol::crypto::file::FileKey;
+use palaver_protocol::identity::identity_of;
+use palaver_protocol::node::files::{
+    self as transfers, Audience, FileEvent, Incoming, Input, Limits, Output, Served, Status,
+    may_serve,
+};
+use palaver_protocol::wire::file::guess_mime;
+use palaver_protocol::wire::{FileFetch, FileOffer, Payload, TransferId, protocol_names};
+use palaver_protocol::{MessageId, RoomId, RoomName, UserName, VerifyingKey};
+use rand_core::OsRng;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::direct::Job;
+use super::{Internal, Node, now_ms};
+use crate::files::{self as file_io, Kept, TransferError};
+use crate::rpc::{self, Reply, RpcError};
+use crate::store::{StateBatch, StateKey, Store};
+
+pub(crate) const FILE_PROTOCOL: StreamProtocol = StreamProtocol::new(protocol_names::FILE);
+/// Peers served at once; a fetch beyond that is refused (and tried again by its fetcher).
+const MAX_SERVING: usize = 16;
+/// How long opening a stream to a peer (dialing it if need be) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a serve reports its progress, at most.
+const SERVE_PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Where a daemon keeps files, and the limits it takes them under.
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    /// Where received files go [default: `<home>/files`].
+    pub download_dir: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// The driver's side of the transfers: where the files are, the fetches running.
+pub(crate) struct FileIo {
+    control: libp2p_stream::Control,
+    /// Received files, once whole and checked.
+    download: PathBuf,
+    /// Files being fetched, one per transfer, by message id.
+    partial: PathBuf,
+    /// The copies of files we offered (served from).
+    kept: PathBuf,
+    max_size: u64,
+    fetches: HashMap<MessageId, tokio::task::AbortHandle>,
+}
+
+/// What a task or blocking thread of the file driver finished.
+#[derive(Debug)]
+pub(crate) enum FileDone {
+    /// The copy of a file to offer is kept (or not): the offer can go out.
+    Kept {
+        to: FileTo,
+        result: std::io::Result<Kept>,
+        name: String,
+        reply: Reply,
+    },
+    /// A fetch has its chunks up to `through` durable.
+    Verified { file: MessageId, through: u64 },
+    Ended {
+        file: MessageId,
+        result: Result<(), String>,
+    },
+    Checked {
+        file: MessageId,
+        matches: Result<bool, String>,
+    },
+    Moved {
+        file: MessageId,
+        path: Result<String, String>,
+    },
+    /// A peer asks for a transfer: may it have it, and from where?
+    ServeAsk {
+        peer: PeerId,
+        transfer: TransferId,
+        answer: oneshot::Sender<Result<Served, String>>,
+    },
+    /// We served `message`'s file up to `bytes` (all of it when `done`).
+    Serving {
+        message: MessageId,
+        bytes: u64,
+        size: u64,
+        done: bool,
+    },
+}
+
+/// Whom a file is offered to.
+#[derive(Debug, Clone)]
+pub(crate) enum FileTo {
+    User(UserName),
+    Room(RoomName),
+}
+
+impl FileIo {
+    pub(crate) fn new(
+        home: &Path,
+        config: &FileConfig,
+        mut control: libp2p_stream::Control,
+        internal: mpsc::Sender<Internal>,
+    ) -> anyhow::Result<Self> {
+        let incoming = control
+            .accept(FILE_PROTOCOL)
+            .map_err(|_| anyhow::anyhow!("the file protocol is served twice"))?;
+        tokio::spawn(accept_fetches(incoming, internal));
+        let transfers = home.join("transfers");
+        let download = (config.download_dir.clone()).unwrap_or_else(|| home.join("files"));
+        let partial = transfers.join("partial");
+        for dir in [&download, &partial] {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", dir.display()))?;
+        }
+        Ok(Self {
+            control,
+            download,
+            partial,
+            kept: transfers.join("sent"),
+            max_size: config.limits.max_size,
+            fetches: HashMap::new(),
+        })
+    }
+
+    fn partial_of(&self, file: &MessageId) -> PathBuf {
+        self.partial.join(file.to_hex())
+    }
+
+    /// What the disks a file is fetched to and then moved to have free, the less of the two
+    /// (none if they cannot say: nothing is accepted).
+    fn free_space(&self) -> u64 {
+        [&self.partial, &self.download]
+            .into_iter()
+            .map(|dir| file_io::free_space(dir).unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// The transfers under way when the daemon last stopped, as stored.
+pub(crate) fn under_way(store: &Store) -> Vec<(MessageId, Incoming)> {
+    let any = StateKey::FileIn(MessageId([0; 32]));
+    store
+        .scan_each::<Incoming>(any)
+        .into_iter()
+        .filter_map(|(key, record)| {
+            let id = MessageId(key.get(1..)?.try_into().ok()?);
+            match record {
+                Ok(record) if !record.is_finished() => Some((id, record)),
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::error!("cannot read the transfer of {id}: {err}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+impl Node {
+    /// `send-file` / `room.send_file`: keeps a copy of `path` (off the actor: it may be large),
+    /// then offers it.
+    pub(crate) fn send_file(&mut self, to: FileTo, path: PathBuf, reply: Reply) {
+        let name = match path.file_name().and_then(|name| name.to_str()) {
+            Some(name) => name.to_owned(),
+            None => {
+                let error = format!("{} does not end in a file name", path.display());
+                return drop(reply.send(Err(RpcError::invalid(error))));
+            }
+        };
+        let (kept, max) = (self.file_io.kept.clone(), self.file_io.max_size);
+        let internal = self.internal_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = file_io::keep_copy(&path, &kept, max).map_err(|err| {
+                std::io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+            });
+            let done = FileDone::Kept {
+                to,
+                result,
+                name,
+                reply,
+            };
+            let _ = internal.blocking_send(Internal::File(done));
+        });
+    }
+
+    pub(crate) fn on_file_done(&mut self, done: FileDone) {
+        let now = now_ms();
+        let input = match done {
+            FileDone::Kept {
+                to,
+                result,
+                name,
+                reply,
+            } => return self.offer_file(to, result, name, reply),
+            FileDone::Verified { file, through } => Input::Verified { file, through },
+            FileDone::Ended { file, result } => {
+                self.file_io.fetches.remove(&file);
+                Input::Ended { file, result }
+            }
+            FileDone::Checked { file, matches } => match matches {
+                Ok(matches) => Input::Checked { file, matches },
+                // Unreadable now: every chunk is fetched again.
+                Err(reason) => Input::Ended {
+                    file,
+                    result: Err(format!("cannot read the fetched file: {reason}")),
+                },
+            },
+            FileDone::Moved { file, path } => Input::Moved { file, path },
+            FileDone::ServeAsk {
+                peer,
+                transfer,
+                answer,
+            } => {
+                let _ = answer.send(self.may_serve(&peer, transfer));
+                return;
+            }
+            FileDone::Serving {
+                message,
+                bytes,
+                size,
+                done,
+            } => {
+                let id = message.to_hex();
+                let event = if done {
+                    rpc::Event::FileDone {
+                        id,
+                        direction: "sending",
+                        path: None,
+                    }
+                } else {
+                    rpc::Event::FileProgress {
+                        id,
+                        direction: "sending",
+                        bytes,
+                        size,
+                    }
+                };
+                return self.emit(event);
+            }
+        };
+        self.files_input(input, now);
+    }
+
+    fn files_input(&mut self, input: Input, now: u64) {
+        if let Err(err) = self.state.files.handle(input, now) {
+            tracing::warn!("file transfer: {err}");
+        }
+        self.drive_files();
+    }
+
+    /// A message offered us a file (stored with it): fetched now, or when the user accepts.
+    pub(crate) fn file_offered(
+        &mut self,
+        file: MessageId,
+        offer: FileOffer,
+        sender: VerifyingKey,
+        room: Option<RoomId>,
+    ) {
+        let free_space = self.file_io.free_space();
+        let input = Input::Offered {
+            file,
+            offer,
+            sender,
+            room,
+            free_space,
+        };
+        self.files_input(input, now_ms());
+    }
+
+    /// The record to store with a message offering `offer` (before the machine has seen it).
+    pub(crate) fn offered_record(
+        offer: &FileOffer,
+        sender: VerifyingKey,
+        room: Option<RoomId>,
+    ) -> Incoming {
+        Incoming {
+            offer: offer.clone(),
+            sender,
+            room,
+            status: Status::Offered,
+            verified: 0,
+        }
+    }
+
+    fn offer_file(&mut self, to: FileTo, kept: std::io::Result<Kept>, name: String, reply: Reply) {
+        let kept = match kept {
+            Ok(kept) => kept,
+            Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
+        };
+        let offer = FileOffer {
+            transfer: TransferId::random(&mut OsRng),
+            mime: guess_mime(&name).to_owned(),
+            name,
+            size: kept.size,
+            sha256: kept.sha256,
+            key: FileKey::random(&mut OsRng),
+        };
+        if let Err(err) = offer.check() {
+            return drop(reply.send(Err(RpcError::invalid(err.to_string()))));
+        }
+        match to {
+            FileTo::User(name) => {
+                let token = self.replies.park(reply);
+                let mut job = Job::to_name(name, Payload::File(offer), Some(token));
+                job.served_from = Some(kept.path);
+                self.send_direct(job);
+            }
+            FileTo::Room(room) => {
+                self.room_send_payload(room, Payload::File(offer), Some(kept.path), reply)
+            }
+        }
+    }
+
+    /// The records to write with a message `id` that offers `offer` to `audience`.
+    pub(crate) fn put_served(
+        batch: &mut StateBatch,
+        id: MessageId,
+        offer: &FileOffer,
+        audience: Audience,
+        path: &Path,
+    ) {
+        let served = Served {
+            message: id,
+            offer: offer.clone(),
+            audience,
+            path: path.to_string_lossy().into_owned(),
+        };
+        batch
+            .put(StateKey::Served(offer.transfer), &served)
+            .put(StateKey::FileSent(id), &offer.transfer);
+    }
+
+    fn may_serve(&self, peer: &PeerId, transfer: TransferId) -> Result<Served, String> {
+        let served = (self.store.get::<Served>(StateKey::Served(transfer)))
+            .map_err(|err| format!("cannot read the store: {err}"))?;
+        let rooms = &self.state.rooms;
+        let is_member = |room: &RoomId, peer: &PeerId| {
+            let key = identity_of(peer);
+            let room = rooms.room(room).filter(|room| room.is_active());
+            room.zip(key)
+                .is_some_and(|(room, key)| room.is_member(&key))
+        };
+        may_serve(served.as_ref(), peer, is_member).map_err(|refused| refused.to_string())?;
+        served.ok_or_else(|| transfers::Refused::Unknown.to_string())
+    }
+
+    /// Carries out what the transfers decided.
+    pub(crate) fn drive_files(&mut self) {
+        while let Some(output) = self.state.files.poll_output() {
+            match output {
+                Output::Save { file, record } => self.save_transfer(file, &record),
+                Output::Fetch {
+                    file,
+                    offer,
+                    peer,
+                    from_chunk,
+                } => {
+                    // Connected to, or looked up and dialed.
+                    self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
+                    let partial = self.file_io.partial_of(&file);
+                    let control = self.file_io.control.clone();
+                    let internal = self.internal_tx.clone();
+                    let task = tokio::spawn(fetch_task(
+                        control, peer, file, offer, from_chunk, partial, internal,
+                    ));
+                    self.file_io.fetches.insert(file, task.abort_handle());
+                }
+                Output::StopFetch { file } => {
+                    if let Some(task) = self.file_io.fetches.remove(&file) {
+                        task.abort();
+                    }
+                }
+                Output::Check { file, sha256 } => {
+                    let partial = self.file_io.partial_of(&file);
+                    self.off_actor(move || {
+                        let matches = file_io::hash_file(&partial)
+                            .map(|hash| hash == sha256)
+                            .map_err(|err| err.to_string());
+                        FileDone::Checked { file, matches }
+                    });
+                }
+                Output::Move { file, name } => {
+                    let partial = self.file_io.partial_of(&file);
+                    let dir = self.file_io.download.clone();
+                    self.off_actor(move || {
+                        let path = file_io::move_into_place(&partial, &dir, &name)
+                            .map(|path| path.to_string_lossy().into_owned())
+                            .map_err(|err| err.to_string());
+                        FileDone::Moved { file, path }
+                    });
+                }
+                Output::Discard { file } => {
+                    let partial = self.file_io.partial_of(&file);
+                    if let Err(err) = std::fs::remove_file(&partial)
+                        && err.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!("cannot remove {}: {err}", partial.display());
+                    }
+                }
+                Output::Event(event) => self.emit_file_event(event),
+            }
+        }
+    }
+
+    /// Runs `work` on a blocking thread; what it returns comes back to the actor.
+    fn off_actor(&self, work: impl FnOnce() -> FileDone + Send + 'static) {
+        let internal = self.internal_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = internal.blocking_send(Internal::File(work()));
+        });
+    }
+
+    fn save_transfer(&mut self, file: MessageId, record: &Incoming) {
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::FileIn(file), record);
+        // A room's file, once here whole, is served to its other members too.
+        if let (Status::Done { path }, Some(room)) = (&record.status, record.room) {
+            let audience = Audience::Room(room);
+            let served = Served {
+                message: file,
+                offer: record.offer.clone(),
+                audience,
+                path: path.clone(),
+            };
+            batch.put(StateKey::Served(record.offer.transfer), &served);
+        }
+        if let Err(err) = self.store.apply(&batch) {
+            tracing::error!("cannot store the transfer of {file}: {err}");
+        }
+    }
+
+    fn emit_file_event(&mut self, event: FileEvent) {
+        let event = match event {
+            FileEvent::Offer {
+                file,
+                sender,
+                room,
+                name,
+                size,
+                accepted,
+            } => {
+                let from = VerifyingKey::from_bytes(&sender).ok();
+                let from = from.map(|key| {
+                    self.name_of_key(&key)
+                        .unwrap_or_else(|| super::direct::short_key(&key))
+                });
+                let conversation = match room.and_then(|room| self.state.rooms.room(&room)) {
+                    Some(room) => format!("#{}", room.name),
+                    None => from.clone().unwrap_or_default(),
+                };
+                rpc::Event::FileOffer {
+                    id: file.to_hex(),
+                    conversation,
+                    from: from.unwrap_or_default(),
+                    name,
+                    size,
+                    accepted,
+                }
+            }
+            FileEvent::Progress { file, bytes, size } => rpc::Event::FileProgress {
+                id: file.to_hex(),
+                direction: "receiving",
+                bytes,
+                size,
+            },
+            FileEvent::Done { file, path } => rpc::Event::FileDone {
+                id: file.to_hex(),
+                direction: "receiving",
+                path: Some(path),
+            },
+            FileEvent::Failed { file, reason } => rpc::Event::FileFailed {
+                id: file.to_hex(),
+                reason,
+            },
+        };
+        self.emit(event);
+    }
+
+    /// `file.accept` (fetch a file that waits for the user, or one that failed, again) or
+    /// `file.reject` (refuse it, or stop fetching it).
+    pub(crate) fn decide_file(&mut self, id: MessageId, accept: bool, reply: Reply) {
+        let record = match self.stored_transfer(&id) {
+            Ok(record) => record,
+            Err(err) => return drop(reply.send(Err(err))),
+        };
+        let input = if accept {
+            let free_space = self.file_io.free_space();
+            Input::Accept {
+                file: id,
+                record,
+                free_space,
+            }
+        } else {
+            Input::Reject { file: id, record }
+        };
+        let result = self.state.files.handle(input, now_ms());
+        self.drive_files();
+        let result = result
+            .map_err(|err| RpcError::failed(err.to_string()))
+            .and_then(|()| self.file_info(&id));
+        self.answer_when_durable(reply, result);
+    }
+
+    fn stored_transfer(&self, id: &MessageId) -> Result<Incoming, RpcError> {
+        if let Some(record) = self.state.files.under_way(id) {
+            return Ok(record.clone());
+        }
+        match self.store.get::<Incoming>(StateKey::FileIn(*id)) {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(RpcError::failed(format!("no file offered to us as {id}"))),
+            Err(err) => Err(RpcError::failed(err.to_string())),
+        }
+    }
+
+    /// `file.info`: one file, as `files` lists it.
+    pub(crate) fn file_info(&self, id: &MessageId) -> Result<Value, RpcError> {
+        let why_waiting = self.state.files.why_waiting(id).map(str::to_owned);
+        let under_way = self.state.files.under_way(id).cloned();
+        let mut info = file_json(&self.store, id, under_way)
+            .ok_or_else(|| RpcError::failed(format!("no file under the id {id}")))?;
+        if let Some(why) = why_waiting {
+            info["waiting"] = Value::from(why);
+        }
+        Ok(info)
+    }
+}
+
+/// What the history and `files` show of message `id`'s file (`None`: not a file message).
+/// `under_way` is the machine's fresher record of a transfer in progress.
+pub(crate) fn file_json(
+    store: &Store,
+    id: &MessageId,
+    under_way: Option<Incoming>,
+) -> Option<Value> {
+    let incoming = under_way.or_else(|| store.get::<Incoming>(StateKey::FileIn(*id)).ok()?);
+    if let Some(record) = incoming {
+        let (status, path, reason) = match &record.status {
+            Status::Offered => ("offered", None, None),
+            Status::Fetching => ("fetching", None, None),
+            Status::Checking => ("checking", None, None),
+            Status::Done { path } => ("done", Some(path.clone()), None),
+            Status::Rejected => ("rejected", None, None),
+            Status::Failed { reason } => ("failed", None, Some(reason.clone())),
+        };
+        let mut info = offer_json(id, &record.offer, "receiving", status);
+        info["bytes"] = record.bytes_done().into();
+        info["path"] = path.into();
+        if let Some(reason) = reason {
+            info["reason"] = reason.into();
+        }
+        return Some(info);
+    }
+    let transfer = store.get::<TransferId>(StateKey::FileSent(*id)).ok()??;
+    let served = store.get::<Served>(StateKey::Served(transfer)).ok()??;
+    let mut info = offer_json(id, &served.offer, "sending", "offered");
+    info["path"] = served.path.into();
+    Some(info)
+}
+
+fn offer_json(id: &MessageId, offer: &FileOffer, direction: &str, status: &str) -> Value {
+    json!({
+        "id": id.to_hex(),
+        "name": offer.name,
+        "size": offer.size,
+        "mime": offer.mime,
+        "sha256": hex::encode(offer.sha256),
+        "direction": direction,
+        "status": status,
+    })
+}
+
+/// Every file offered to us or by us, newest first.
+pub(crate) fn list_files(
+    store: &Store,
+    under_way: impl Fn(&MessageId) -> Option<Incoming>,
+) -> Vec<Value> {
+    let ids = |namespace: StateKey<'_>| {
+        store
+            .scan_each::<serde::de::IgnoredAny>(namespace)
+            .into_iter()
+            .filter_map(|(key, _)| Some(MessageId(key.get(1..)?.try_into().ok()?)))
+            .collect::<Vec<_>>()
+    };
+    let any = MessageId([0; 32]);
+    let mut files: Vec<(u64, Value)> = ids(StateKey::FileIn(any))
+        .into_iter()
+        .chain(ids(StateKey::FileSent(any)))
+        .filter_map(|id| {
+            let info = file_json(store, &id, under_way(&id))?;
+            let at = store.entry(&id).ok().flatten().map_or(0, |e| e.sent_at_ms);
+            let mut info = info;
+            info["sent_at"] = at.into();
+            Some((at, info))
+        })
+        .collect();
+    files.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    files.into_iter().map(|(_, info)| info).collect()
+}
+
+/// Serves the fetches peers open, each in a task of its own, at most [`MAX_SERVING`] at once.
+async fn accept_fetches(
+    mut incoming: libp2p_stream::IncomingStreams,
+    internal: mpsc::Sender<Internal>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_SERVING));
+    while let Some((peer, stream)) = incoming.next().await {
+        let slot = slots.clone().try_acquire_owned().ok();
+        let internal = internal.clone();
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            if slot.is_none() {
+                let busy = TransferError::Refused("busy serving others; try again".into());
+                let _ = file_io::refuse(&mut writer, busy).await;
+                return;
+            }
+            if let Err(err) = serve_one(peer, &mut reader, &mut writer, internal).await {
+                tracing::debug!("serving a file to {peer} stopped: {err}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_one(
+    peer: PeerId,
+    reader: &mut (impl futures::AsyncRead + Unpin),
+    writer: &mut (impl futures::AsyncWrite + Unpin),
+    internal: mpsc::Sender<Internal>,
+) -> Result<(), TransferError> {
+    let fetch = tokio::time::timeout(file_io::FRAME_TIMEOUT, file_io::read_frame(reader));
+    let fetch: FileFetch = fetch.await.map_err(|_| TransferError::Stalled)??;
+    let (answer, answered) = oneshot::channel();
+    let ask = FileDone::ServeAsk {
+        peer,
+        transfer: fetch.transfer,
+        answer,
+    };
+    let stopping = || TransferError::Refused("the daemon is stopping".into());
+    internal
+        .send(Internal::File(ask))
+        .await
+        .map_err(|_| stopping())?;
+    let served = match answered.await.map_err(|_| stopping())? {
+        Ok(served) => served,
+        Err(reason) => return file_io::refuse(writer, TransferError::Refused(reason)).await,
+    };
+    let (message, size) = (served.message, served.offer.size);
+    let chunks = served.offer.shape().chunks();
+    let mut told = tokio::time::Instant::now();
+    let progress = |through: u64| {
+        if told.elapsed() >= SERVE_PROGRESS_EVERY && through < chunks {
+            told = tokio::time::Instant::now();
+            let bytes = palaver_protocol::crypto::file::FileShape::offset(through).min(size);
+            let report = FileDone::Serving {
+                message,
+                bytes,
+                size,
+                done: false,
+            };
+            // Progress only: one lost to a full queue is made up by the next.
+            let _ = internal.try_send(Internal::File(report));
+        }
+    };
+    let path = PathBuf::from(&served.path);
+    file_io::serve(writer, &path, &served.offer, fetch.from_chunk, progress).await?;
+    let done = FileDone::Serving {
+        message,
+        bytes: size,
+        size,
+        done: true,
+    };
+    let _ = internal.send(Internal::File(done)).await;
+    Ok(())
+}
+
+/// One fetch of `file` from `peer`: its progress and its end reported to the actor.
+async fn fetch_task(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    file: MessageId,
+    offer: FileOffer,
+    from_chunk: u64,
+    partial: PathBuf,
+    internal: mpsc::Sender<Internal>,
+) {
+    let mut through = from_chunk;
+    let result = async {
+        if let Some(dir) = partial.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, FILE_PROTOCOL))
+            .await
+            .map_err(|_| TransferError::Refused(format!("cannot reach {peer}")))?
+            .map_err(|err| TransferError::Refused(format!("cannot reach {peer}: {err}")))?;
+        let (mut reader, mut writer) = stream.split();
+        let verified = |now: u64| {
+            through = now;
+            // Progress only: the last count goes with the end, below.
+            let report = FileDone::Verified { file, through: now };
+            let _ = internal.try_send(Internal::File(report));
+        };
+        file_io::fetch(
+            &mut reader,
+            &mut writer,
+            &offer,
+            from_chunk,
+            &partial,
+            verified,
+        )
+        .await
+    }
+    .await;
+    let verified = FileDone::Verified { file, through };
+    let _ = internal.send(Internal::File(verified)).await;
+    let result = result.map_err(|err| err.to_string());
+    let _ = internal
+        .send(Internal::File(FileDone::Ended { file, result }))
+        .await;
+}
