@@ -13,9 +13,11 @@
 //!    Palaver: the `message` event on each daemon's control socket).
 //! 2. dm: round trips `send` → `delivery: delivered` event through the daemons, direct and to a
 //!    daemon that listens only through the rendezvous relay.
-//! 3. history: the node's store, one `record` per message as the daemon does, then reading the
+//! 3. file: one `--file-size` file between two daemons, beside a plain libp2p stream copying
+//!    the same bytes (see `loadgen/file.rs`).
+//! 4. history: the node's store, one `record` per message as the daemon does, then reading the
 //!    last 100.
-//! 4. rendezvous: a server in a child process (this binary re-executed), `--sessions` light
+//! 5. rendezvous: a server in a child process (this binary re-executed), `--sessions` light
 //!    clients logged in from here; its RSS per session, logins per second, presence fan-out.
 //!
 //! Every loop is bounded in count and time; only 127.0.0.1 is used; `--json` prints one JSON
@@ -27,6 +29,8 @@ mod baseline;
 mod chart;
 #[path = "loadgen/dm.rs"]
 mod dm;
+#[path = "loadgen/file.rs"]
+mod file;
 #[path = "loadgen/history.rs"]
 mod history;
 #[path = "loadgen/palaver.rs"]
@@ -69,6 +73,12 @@ pub(crate) struct Args {
     /// History entries appended (then the last 100 read).
     #[arg(long, default_value_t = 20_000)]
     history: usize,
+    /// The file part's file, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    file_size: usize,
+    /// Alternating rounds of the file part (each network sends the file this many times).
+    #[arg(long, default_value_t = 4)]
+    file_rounds: usize,
     /// Logged-in rendezvous sessions.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
@@ -78,7 +88,7 @@ pub(crate) struct Args {
     /// Where the sweep's chart goes (SVG).
     #[arg(long, default_value = "docs/benchmarks-room.svg")]
     chart: PathBuf,
-    /// Skip parts: any of room, dm, history, rendezvous.
+    /// Skip parts: any of room, dm, file, history, rendezvous.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Run the room rounds of one network only (`palaver` or `baseline`), for profiling.
@@ -142,6 +152,9 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         if args.runs("dm") {
             report["dm"] = dm;
         }
+    }
+    if args.runs("file") {
+        report["file"] = file::run(args.file_size, args.file_rounds).await?;
     }
     if args.runs("history") {
         report["history"] = history::run(args.history)?;

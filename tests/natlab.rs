@@ -26,6 +26,11 @@
 //!   notices its address went away, reconnects, logs in, takes a relay slot again, and the two
 //!   reach each other again — relayed, then direct — without restarting anything.
 //!
+//! - `relayed_file`: a 20 MiB file from a peer behind a home NAT to one behind a symmetric NAT,
+//!   so over the relay all the way, through a relay that cuts each circuit after 8 MiB: the
+//!   fetch ends at each cut-off and resumes over a new circuit from its last verified chunk,
+//!   and the file arrives byte-identical.
+//!
 //! Each scenario reports the time to the first message (send → the recipient's `listen` event)
 //! and the time to a direct connection (send → the sender's `listen` event saying `direct`).
 //!
@@ -55,6 +60,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("symmetric_nat", symmetric_nat),
     ("public_and_restart", public_and_restart),
     ("network_change", network_change),
+    ("relayed_file", relayed_file),
 ];
 
 /// The rendezvous' ports inside its namespace.
@@ -556,6 +562,18 @@ impl Drop for Peer {
     }
 }
 
+/// Waits until each of `peers` holds a relay slot.
+fn wait_relay_slots(peers: &[&Peer]) -> anyhow::Result<()> {
+    for peer in peers {
+        wait_until(
+            &format!("{} to hold a relay slot", peer.name()),
+            Duration::from_secs(20),
+            || Ok(peer.has_relay_slot()),
+        )?;
+    }
+    Ok(())
+}
+
 /// Whether `e` is a `listen` event saying the connection to `peer` is now `kind`.
 fn is_connection(e: &Value, peer: &Peer, kind: &str) -> bool {
     e["type"] == "connection" && e["peer_id"] == peer.peer_id.as_str() && e["connection"] == kind
@@ -751,13 +769,7 @@ fn home_nats(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report>
     let mut bob = Peer::new(dir, "bob", &net.device(rt, "bob", &home2)?)?;
     alice.start(&server.addr)?;
     bob.start(&server.addr)?;
-    for peer in [&alice, &bob] {
-        wait_until(
-            &format!("{} to hold a relay slot", peer.name()),
-            Duration::from_secs(20),
-            || Ok(peer.has_relay_slot()),
-        )?;
-    }
+    wait_relay_slots(&[&alice, &bob])?;
 
     let sent = Instant::now();
     let first = alice.send("bob", "hello over the relay")?;
@@ -843,13 +855,7 @@ fn symmetric_nat(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Rep
     let mut sam = Peer::new(dir, "sam", &net.device(rt, "sam", &carrier)?)?;
     alice.start(&server.addr)?;
     sam.start(&server.addr)?;
-    for peer in [&alice, &sam] {
-        wait_until(
-            &format!("{} to hold a relay slot", peer.name()),
-            Duration::from_secs(20),
-            || Ok(peer.has_relay_slot()),
-        )?;
-    }
+    wait_relay_slots(&[&alice, &sam])?;
 
     let sent = Instant::now();
     let first = alice.send("sam", "hello through a symmetric NAT")?;
@@ -897,6 +903,78 @@ fn symmetric_nat(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Rep
              cut them",
             2 * i,
             traffic.as_secs()
+        )],
+    })
+}
+
+/// A 20 MiB file over the relay, across the relay's circuit byte limit.
+fn relayed_file(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Report> {
+    const SIZE: usize = 20 << 20;
+    const CIRCUIT_BYTES: usize = 8 << 20;
+    let net = Net::new(rt)?;
+    let home = net.router(rt, "home", RouterPreset::Home)?;
+    let carrier = net.router(rt, "carrier", RouterPreset::IspCgnatSymmetric)?;
+    let rv = net.device(rt, "rv", &net.dc)?;
+    let limit = CIRCUIT_BYTES.to_string();
+    let server = Server::start(&rv, dir, &["--relay-circuit-bytes", &limit])?;
+    let mut alice = Peer::new(dir, "alice", &net.device(rt, "alice", &home)?)?;
+    let mut sam = Peer::new(dir, "sam", &net.device(rt, "sam", &carrier)?)?;
+    alice.start(&server.addr)?;
+    sam.start_with(&server.addr, &["--auto-accept-size", "1GiB"])?;
+    wait_relay_slots(&[&alice, &sam])?;
+    // Deterministic bytes that are not all alike (a pattern no compressor could shortcut).
+    let source = dir.join("film.bin");
+    let bytes: Vec<u8> = (0..SIZE as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&source, &bytes)?;
+    // (Counted from the first circuit on: none before.)
+    let circuits_before = server
+        .metric("palaver_relay_circuit_requests_total")
+        .unwrap_or(0.0);
+
+    let sent = Instant::now();
+    let id = alice
+        .user
+        .ok(&["send-file", "sam", source.to_str().context("path")?])?
+        .trim()
+        .to_owned();
+    let done = sam.events()?.wait(
+        "sam to have the whole file",
+        Duration::from_secs(240),
+        |e| e["type"] == "file_done" && e["id"] == id.as_str(),
+    )?;
+    let took = done - sent;
+    let info = sam.user.json(&["file", "info", &id])?;
+    let path = info
+        .first()
+        .and_then(|info| info["path"].as_str())
+        .context("no path for the file")?;
+    ensure!(
+        std::fs::read(path)? == bytes,
+        "the relayed file is not byte-identical"
+    );
+    let circuits = server.metric("palaver_relay_circuit_requests_total")? - circuits_before;
+    ensure!(
+        circuits >= 2.0,
+        "a {SIZE}-byte file through {CIRCUIT_BYTES}-byte circuits took {circuits} circuits"
+    );
+    for (peer, other) in [(&alice, &sam), (&sam, &alice)] {
+        let changes = peer.events()?.connection_changes(other);
+        ensure!(
+            changes.iter().all(|(_, kind)| kind != "direct"),
+            "{} claimed a direct connection through a symmetric NAT: {changes:?}",
+            peer.name()
+        );
+    }
+    let rate = SIZE as f64 / took.as_secs_f64() / f64::from(1 << 20);
+    Ok(Report {
+        scenario: "file over the relay",
+        first_message: took,
+        direct: None,
+        notes: vec![format!(
+            "20 MiB relayed in {:.1} s ({rate:.2} MiB/s) over {circuits} circuits of at most 8 MiB",
+            took.as_secs_f64()
         )],
     })
 }

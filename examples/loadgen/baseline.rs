@@ -106,6 +106,22 @@ impl Baseline {
 type Swarm = libp2p::Swarm<gossipsub::Behaviour>;
 
 fn build() -> anyhow::Result<Swarm> {
+    plain_swarm(|key| {
+        gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::Config::default(),
+        )
+        .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    })
+}
+
+/// A plain rust-libp2p swarm on TCP (nodelay, as the daemon), Noise and Yamux with their
+/// default configs, running `behaviour`.
+pub(crate) fn plain_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(
+        &libp2p::identity::Keypair,
+    ) -> Result<B, Box<dyn std::error::Error + Send + Sync>>,
+) -> anyhow::Result<libp2p::Swarm<B>> {
     Ok(libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -113,13 +129,7 @@ fn build() -> anyhow::Result<Swarm> {
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_behaviour(|key| {
-            gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub::Config::default(),
-            )
-            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-        })?
+        .with_behaviour(behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build())
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use palaver_protocol::codec;
-use palaver_protocol::crypto::file::{FileShape, open_chunk, seal_chunk};
+use palaver_protocol::crypto::file::{CHUNK_LEN, FileShape, open_chunk, seal_chunk};
 use palaver_protocol::wire::file::MAX_FILE_FRAME_LEN;
 use palaver_protocol::wire::{FileFetch, FileFrame, FileOffer};
 use serde::{Serialize, de::DeserializeOwned};
@@ -39,7 +39,7 @@ pub enum TransferError {
     EndedEarly { got: u64, chunks: u64 },
     #[error("the file we offered changed or went away: {0}")]
     SourceChanged(String),
-    #[error("the peer stopped sending (nothing for {}s)", FRAME_TIMEOUT.as_secs())]
+    #[error("the peer stalled (nothing moved for {}s)", FRAME_TIMEOUT.as_secs())]
     Stalled,
 }
 
@@ -49,8 +49,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 ) -> Result<(), TransferError> {
     let frame = codec::encode(value).map_err(|err| TransferError::Frame(err.to_string()))?;
     let len = u32::try_from(frame.len()).map_err(|_| TransferError::Frame("too long".into()))?;
-    writer.write_all(&len.to_be_bytes()).await?;
-    writer.write_all(&frame).await?;
+    // One write: one muxer frame, not two.
+    let mut framed = Vec::with_capacity(4 + frame.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&frame);
+    writer.write_all(&framed).await?;
     Ok(())
 }
 
@@ -105,7 +108,11 @@ pub async fn serve<W: AsyncWrite + Unpin>(
         file.read_exact(&mut chunk).await?;
         let sealed = seal_chunk(&offer.key, &shape, index, &chunk)
             .map_err(|err| TransferError::Frame(err.to_string()))?;
-        write_frame(writer, &FileFrame::Chunk { index, sealed }).await?;
+        let frame = FileFrame::Chunk { index, sealed };
+        // A fetcher that stops reading must not hold its slot for ever.
+        tokio::time::timeout(FRAME_TIMEOUT, write_frame(writer, &frame))
+            .await
+            .map_err(|_| TransferError::Stalled)??;
         sent(index + 1);
     }
     write_frame(writer, &FileFrame::End).await?;
@@ -127,7 +134,9 @@ pub async fn refuse<W: AsyncWrite + Unpin>(
 /// Fetches `offer`'s chunks from `from_chunk` on into `partial` (created if missing): asks
 /// with a [`FileFetch`], opens each chunk as it comes (in order, each checked to be that chunk
 /// of that file), writes it at its place, and every [`SYNC_EVERY`] chunks makes the file
-/// durable and only then calls `verified(through)`. `Ok` once every chunk is in.
+/// durable and only then calls `verified(through)`. Once every chunk is in: the SHA-256 of
+/// the whole file, hashed as it was written (on a resume, the part already there read first),
+/// so the whole-file check need not read it again.
 pub async fn fetch<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -135,7 +144,7 @@ pub async fn fetch<R, W>(
     from_chunk: u64,
     partial: &Path,
     mut verified: impl FnMut(u64),
-) -> Result<(), TransferError>
+) -> Result<[u8; 32], TransferError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -150,12 +159,24 @@ where
     writer.flush().await?;
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .write(true)
         .truncate(false)
         .open(partial)
         .await?;
-    file.seek(SeekFrom::Start(FileShape::offset(from_chunk)))
-        .await?;
+    let mut hasher = Sha256::new();
+    let mut held = (&mut file).take(FileShape::offset(from_chunk).min(offer.size));
+    let mut buffer = vec![0; CHUNK_LEN];
+    loop {
+        match held.read(&mut buffer).await? {
+            0 => break,
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+    if file.stream_position().await? != FileShape::offset(from_chunk).min(offer.size) {
+        let lost = format!("{} is shorter than the chunks verified", partial.display());
+        return Err(TransferError::Io(std::io::Error::other(lost)));
+    }
     let mut next = from_chunk;
     let mut synced = from_chunk;
     loop {
@@ -170,6 +191,7 @@ where
                 let plain = open_chunk(&offer.key, &shape, index, &sealed)
                     .map_err(|_| TransferError::BadChunk(index))?;
                 file.write_all(&plain).await?;
+                hasher.update(&plain);
                 next += 1;
                 if next - synced >= SYNC_EVERY || next == chunks {
                     file.sync_data().await?;
@@ -177,7 +199,7 @@ where
                     verified(next);
                 }
             }
-            FileFrame::End if next >= chunks => return Ok(()),
+            FileFrame::End if next >= chunks => return Ok(hasher.finalize().into()),
             FileFrame::End => {
                 let got = next;
                 return Err(TransferError::EndedEarly { got, chunks });
@@ -199,7 +221,7 @@ fn hash_reading(
     mut also: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0; palaver_protocol::crypto::file::CHUNK_LEN];
+    let mut buffer = vec![0; CHUNK_LEN];
     let mut len = 0u64;
     loop {
         match input.read(&mut buffer)? {
@@ -259,6 +281,11 @@ pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Ke
 /// Moves the checked `partial` into `dir` as `name`, or `name (1)`, `name (2)`… — never over an
 /// existing file. Returns where it went.
 pub fn move_into_place(partial: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    place(partial, dir, name, true)
+}
+
+/// [`move_into_place`]; `may_copy`: across file systems, by way of a whole copy in `dir`.
+fn place(partial: &Path, dir: &Path, name: &str, may_copy: bool) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (stem, extension) = match name.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
@@ -276,22 +303,17 @@ pub fn move_into_place(partial: &Path, dir: &Path, name: &str) -> std::io::Resul
                 return Ok(candidate);
             }
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            // Another file system (or one without hard links): copy, never overwriting.
-            Err(_) => match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&candidate)
-            {
-                Ok(mut out) => {
-                    let mut input = std::fs::File::open(partial)?;
-                    std::io::copy(&mut input, &mut out)?;
-                    out.sync_all()?;
-                    std::fs::remove_file(partial)?;
-                    return Ok(candidate);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(err),
-            },
+            // Another file system: a whole copy there first (a crash leaves no truncated file
+            // under the real name), then linked into place the same way.
+            Err(_) if n == 0 && may_copy => {
+                let mut copy = tempfile::NamedTempFile::new_in(dir)?;
+                std::io::copy(&mut std::fs::File::open(partial)?, &mut copy)?;
+                copy.as_file().sync_all()?;
+                let placed = place(copy.path(), dir, name, false)?;
+                std::fs::remove_file(partial)?;
+                return Ok(placed);
+            }
+            Err(err) => return Err(err),
         }
     }
     Err(std::io::Error::other(format!(

@@ -136,9 +136,10 @@ fn describe(file: &Value) -> String {
         }
         _ => String::new(),
     };
+    // The whole id: `file get/accept/reject/info` take it as printed.
     format!(
         "{}  {arrow} {:<9} {} ({size})  {detail}",
-        &text("id")[..12.min(text("id").len())],
+        text("id"),
         text("status"),
         text("name"),
     )

@@ -73,8 +73,6 @@ pub(crate) fn multiaddr(typed: &str) -> Result<Multiaddr, String> {
     ))
 }
 
-/// The passphrase in the first line of `path`; an empty one is refused rather than taken as
-/// "no passphrase" (which would leave the key unsealed without a word).
 /// A size as people write it: `5000`, `16MiB`, `2GiB`, `512K`, `1.5G` (binary units).
 pub(crate) fn size(typed: &str) -> Result<u64, String> {
     let typed = typed.trim();
@@ -104,6 +102,8 @@ pub(crate) fn size(typed: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// The passphrase in the first line of `path`; an empty one is refused rather than taken as
+/// "no passphrase" (which would leave the key unsealed without a word).
 pub(crate) fn passphrase_file(path: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -40,6 +40,8 @@ pub(crate) const FILE_PROTOCOL: StreamProtocol = StreamProtocol::new(protocol_na
 const MAX_SERVING: usize = 16;
 /// How long opening a stream to a peer (dialing it if need be) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer that opened a file stream has to say what it wants.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a serve reports its progress, at most.
 const SERVE_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -62,6 +64,9 @@ pub(crate) struct FileIo {
     kept: PathBuf,
     max_size: u64,
     fetches: HashMap<MessageId, tokio::task::AbortHandle>,
+    /// Whole-file hashes fetches computed as they wrote, for the check that follows (at most
+    /// one per fetch, taken by it).
+    hashed: HashMap<MessageId, [u8; 32]>,
 }
 
 /// What a task or blocking thread of the file driver finished.
@@ -76,9 +81,10 @@ pub(crate) enum FileDone {
     },
     /// A fetch has its chunks up to `through` durable.
     Verified { file: MessageId, through: u64 },
+    /// A fetch ended: with every chunk in, the whole file's hash, as written.
     Ended {
         file: MessageId,
-        result: Result<(), String>,
+        result: Result<[u8; 32], String>,
     },
     Checked {
         file: MessageId,
@@ -135,6 +141,7 @@ impl FileIo {
             kept: transfers.join("sent"),
             max_size: config.limits.max_size,
             fetches: HashMap::new(),
+            hashed: HashMap::new(),
         })
     }
 
@@ -212,14 +219,18 @@ impl Node {
             FileDone::Verified { file, through } => Input::Verified { file, through },
             FileDone::Ended { file, result } => {
                 self.file_io.fetches.remove(&file);
+                let result = result.map(|sha256| {
+                    self.file_io.hashed.insert(file, sha256);
+                });
                 Input::Ended { file, result }
             }
             FileDone::Checked { file, matches } => match matches {
                 Ok(matches) => Input::Checked { file, matches },
-                // Unreadable now: every chunk is fetched again.
-                Err(reason) => Input::Ended {
+                // Unreadable (gone, say, after a crash between the move and its record):
+                // fetched again.
+                Err(reason) => Input::Lost {
                     file,
-                    result: Err(format!("cannot read the fetched file: {reason}")),
+                    reason: format!("cannot read the fetched file: {reason}"),
                 },
             },
             FileDone::Moved { file, path } => Input::Moved { file, path },
@@ -389,8 +400,11 @@ impl Node {
                 }
                 Output::Check { file, sha256 } => {
                     let partial = self.file_io.partial_of(&file);
+                    // Hashed as it was fetched, or (after a restart) read again.
+                    let hashed = self.file_io.hashed.remove(&file);
                     self.off_actor(move || {
-                        let matches = file_io::hash_file(&partial)
+                        let hash = hashed.map_or_else(|| file_io::hash_file(&partial), Ok);
+                        let matches = hash
                             .map(|hash| hash == sha256)
                             .map_err(|err| err.to_string());
                         FileDone::Checked { file, matches }
@@ -407,6 +421,7 @@ impl Node {
                     });
                 }
                 Output::Discard { file } => {
+                    self.file_io.hashed.remove(&file);
                     let partial = self.file_io.partial_of(&file);
                     if let Err(err) = std::fs::remove_file(&partial)
                         && err.kind() != std::io::ErrorKind::NotFound
@@ -430,16 +445,22 @@ impl Node {
     fn save_transfer(&mut self, file: MessageId, record: &Incoming) {
         let mut batch = StateBatch::default();
         batch.put(StateKey::FileIn(file), record);
-        // A room's file, once here whole, is served to its other members too.
+        // A room's file, once here whole, is served to its other members too (unless the id
+        // is another message's: ids are the sender's to choose).
         if let (Status::Done { path }, Some(room)) = (&record.status, record.room) {
-            let audience = Audience::Room(room);
-            let served = Served {
-                message: file,
-                offer: record.offer.clone(),
-                audience,
-                path: path.clone(),
-            };
-            batch.put(StateKey::Served(record.offer.transfer), &served);
+            let transfer = record.offer.transfer;
+            let taken = (self.store.get::<Served>(StateKey::Served(transfer)))
+                .ok()
+                .flatten();
+            if taken.is_none_or(|taken| taken.message == file) {
+                let served = Served {
+                    message: file,
+                    offer: record.offer.clone(),
+                    audience: Audience::Room(room),
+                    path: path.clone(),
+                };
+                batch.put(StateKey::Served(transfer), &served);
+            }
         }
         if let Err(err) = self.store.apply(&batch) {
             tracing::error!("cannot store the transfer of {file}: {err}");
@@ -620,12 +641,15 @@ async fn accept_fetches(
     internal: mpsc::Sender<Internal>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SERVING));
+    // Each peer's share of the slots: one peer cannot take them all.
+    let per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>> = Default::default();
     while let Some((peer, stream)) = incoming.next().await {
         let slot = slots.clone().try_acquire_owned().ok();
+        let share = PeerShare::take(&per_peer, peer);
         let internal = internal.clone();
         tokio::spawn(async move {
             let (mut reader, mut writer) = stream.split();
-            if slot.is_none() {
+            if slot.is_none() || share.is_none() {
                 let busy = TransferError::Refused("busy serving others; try again".into());
                 let _ = file_io::refuse(&mut writer, busy).await;
                 return;
@@ -633,8 +657,49 @@ async fn accept_fetches(
             if let Err(err) = serve_one(peer, &mut reader, &mut writer, internal).await {
                 tracing::debug!("serving a file to {peer} stopped: {err}");
             }
-            drop(slot);
+            drop((slot, share));
         });
+    }
+}
+
+/// Fetches one peer is served at once, at most.
+const MAX_SERVING_PER_PEER: usize = 4;
+
+/// One of a peer's serving slots, given back when dropped.
+struct PeerShare {
+    peers: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl PeerShare {
+    fn take(peers: &Arc<std::sync::Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut taken = peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = taken.entry(peer).or_default();
+        if *count >= MAX_SERVING_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            peers: peers.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerShare {
+    fn drop(&mut self) {
+        let mut taken = self
+            .peers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = taken.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                taken.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -644,7 +709,7 @@ async fn serve_one(
     writer: &mut (impl futures::AsyncWrite + Unpin),
     internal: mpsc::Sender<Internal>,
 ) -> Result<(), TransferError> {
-    let fetch = tokio::time::timeout(file_io::FRAME_TIMEOUT, file_io::read_frame(reader));
+    let fetch = tokio::time::timeout(REQUEST_TIMEOUT, file_io::read_frame(reader));
     let fetch: FileFetch = fetch.await.map_err(|_| TransferError::Stalled)??;
     let (answer, answered) = oneshot::channel();
     let ask = FileDone::ServeAsk {

@@ -42,7 +42,7 @@ async fn fetched(
     offer: &FileOffer,
     from_chunk: u64,
     partial: &Path,
-) -> (Result<(), TransferError>, Vec<u64>, FileFetch) {
+) -> (Result<[u8; 32], TransferError>, Vec<u64>, FileFetch) {
     let (mut request, mut reports) = (Vec::new(), Vec::new());
     let result = fetch(
         &mut Cursor::new(stream),
@@ -70,7 +70,7 @@ async fn a_file_arrives_byte_identical_and_is_reported_as_it_becomes_durable() {
     let partial = dir.path().join("partial");
     let stream = served(&kept, &offer, 0).await;
     let (result, reports, asked) = fetched(stream, &offer, 0, &partial).await;
-    result.unwrap();
+    assert_eq!(result.unwrap(), offer.sha256, "hashed as it was written");
     assert_eq!(asked.from_chunk, 0);
     assert_eq!(reports, [16, 21]);
     assert_eq!(hash_file(&partial).unwrap(), offer.sha256);
@@ -98,7 +98,11 @@ async fn a_fetch_cut_short_resumes_from_its_last_durable_chunk() {
     assert_eq!(reports, [16]);
     let stream = served(&kept, &offer, 16).await;
     let (result, reports, asked) = fetched(stream, &offer, 16, &partial).await;
-    result.unwrap();
+    assert_eq!(
+        result.unwrap(),
+        offer.sha256,
+        "the part already there hashed too"
+    );
     assert_eq!((asked.from_chunk, reports), (16, vec![32, 40]));
     assert_eq!(std::fs::read(&partial).unwrap(), bytes);
 }

@@ -12,6 +12,7 @@
 mod answers;
 mod conversation;
 mod events;
+mod files;
 mod input;
 mod people;
 
@@ -166,6 +167,8 @@ pub(crate) struct App {
     pub(crate) local: LocalTime,
     /// When the last notification went out (they are spaced by [`NOTIFY_GAP_MS`]).
     last_notified: Option<u64>,
+    /// File transfers heard of, for the status line and `/get`.
+    transfers: files::Transfers,
     pub(crate) quit: bool,
 }
 
@@ -190,6 +193,7 @@ impl App {
             viewport: (40, 10),
             local: LocalTime::system(),
             last_notified: None,
+            transfers: Default::default(),
             quit: false,
         }
     }
@@ -651,6 +655,8 @@ impl App {
                     }
                 }
             }
+            Command::File(path) => self.send_file(&path),
+            Command::Get(id) => self.get_file(id.as_deref()),
             Command::Help => {
                 self.overlay = Some(Overlay {
                     title: "Help (Esc closes)".into(),
@@ -684,20 +690,7 @@ impl App {
             self.error(format!("a message has at most {MAX_TEXT_LEN} bytes"));
             return Vec::new();
         }
-        let local = self.next_local;
-        self.next_local += 1;
-        let message = Message {
-            id: None,
-            local: Some(local),
-            from: self.me().to_owned(),
-            text: clean(&text),
-            sent_at: self.now,
-            status: Delivery::Sending,
-        };
-        let at = self.ensure(key.clone());
-        let conv = &mut self.conversations[at];
-        conv.push(message);
-        conv.scroll = 0;
+        let local = self.show_sending(key.clone(), text.clone());
         let (method, params) = match &key {
             ConvKey::Direct(name) => ("send", json!({"to": name, "text": text})),
             ConvKey::Room(room) => ("room.send", json!({"room": room, "text": text})),

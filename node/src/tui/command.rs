@@ -33,6 +33,10 @@ pub(crate) enum Command {
     Leave,
     /// `/verify [NAME]`: NAME, or the selected direct conversation.
     Verify(Option<String>),
+    /// `/file PATH`: offer a file to the selected conversation.
+    File(String),
+    /// `/get [ID]`: fetch a file offered to me (by default the latest waiting).
+    Get(Option<String>),
     Help,
     Quit,
 }
@@ -59,6 +63,7 @@ pub(crate) const HELP: &[&str] = &[
     "/kick NAME        remove NAME from this room (owner)",
     "/leave            leave this room",
     "/verify [NAME]    compare fingerprints out of band",
+    "/file PATH        offer a file here      /get [ID]  fetch one",
     "/help  /quit      this help; leave the chat",
     "//text            send text that starts with a slash",
     "",
@@ -111,6 +116,13 @@ pub(crate) fn parse(line: &str) -> Result<Command, CommandError> {
             Some(name) => Ok(Command::Verify(Some(user(name)?))),
             None => Ok(Command::Verify(None)),
         },
+        "file" | "send" => match args.trim() {
+            "" => Err(CommandError::Usage("/file PATH")),
+            path => Ok(Command::File(path.to_owned())),
+        },
+        "get" | "accept" => Ok(Command::Get(
+            args.split_whitespace().next().map(str::to_owned),
+        )),
         "help" | "h" | "?" => Ok(Command::Help),
         "quit" | "exit" | "q" => Ok(Command::Quit),
         "" => Err(CommandError::NoCommand),
@@ -214,6 +226,13 @@ mod tests {
             parse("/verify bob"),
             Ok(Command::Verify(Some("bob".into())))
         );
+        assert_eq!(
+            parse("/file ~/My Photos/cat.jpg"),
+            Ok(Command::File("~/My Photos/cat.jpg".into()))
+        );
+        assert!(parse("/file").unwrap_err().to_string().contains("usage"));
+        assert_eq!(parse("/get"), Ok(Command::Get(None)));
+        assert_eq!(parse("/get ab12"), Ok(Command::Get(Some("ab12".into()))));
         assert_eq!(parse("/help"), Ok(Command::Help));
         assert_eq!(parse("/QUIT"), Ok(Command::Quit));
         assert!(parse("/invite").unwrap_err().to_string().contains("usage"));

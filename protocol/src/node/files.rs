@@ -129,6 +129,9 @@ pub enum Input {
     },
     /// The whole of `file` was hashed: whether it matches its offer.
     Checked { file: MessageId, matches: bool },
+    /// The partial file of `file` cannot be read (gone, or the disk fails): fetched again,
+    /// from the first chunk, after a backoff.
+    Lost { file: MessageId, reason: String },
     /// `file` was moved into place at `path`, or could not be.
     Moved {
         file: MessageId,
@@ -228,6 +231,9 @@ struct Active {
     told_at: u64,
     /// Why the last fetch ended early.
     last_error: Option<String>,
+    /// Whole files that did not match their hash: in a room, a member may have served other
+    /// bytes; fetched once more, from the sender first, before it counts as failed.
+    mismatches: u32,
 }
 
 #[derive(Debug)]
@@ -250,8 +256,13 @@ impl Transfers {
                 let sha256 = record.offer.sha256;
                 transfers.outputs.push_back(Output::Check { file, sha256 });
             }
-            if matches!(record.status, Status::Fetching | Status::Checking) {
-                transfers.activate(file, record, 0);
+            match record.status {
+                Status::Fetching | Status::Checking => transfers.activate(file, record, 0),
+                // Stored with its message, and stopped before it was accepted.
+                Status::Offered if record.offer.size <= limits.auto_accept => {
+                    transfers.accept(file, record, 0)
+                }
+                _ => {}
             }
         }
         transfers
@@ -345,6 +356,7 @@ impl Transfers {
                 failures: 0,
                 told_at: 0,
                 last_error: None,
+                mismatches: 0,
             },
         );
     }
@@ -364,8 +376,12 @@ impl Transfers {
         Ok(())
     }
 
-    /// Accepts `file`: it is fetched from now on.
+    /// Accepts `file`: it is fetched from now on (a failed one from its first chunk: its
+    /// partial file was discarded).
     fn accept(&mut self, file: MessageId, mut record: Incoming, now: u64) {
+        if matches!(record.status, Status::Failed { .. }) {
+            record.verified = 0;
+        }
         record.status = Status::Fetching;
         self.save(file, record.clone());
         self.activate(file, record, now);
@@ -384,6 +400,28 @@ impl Transfers {
         self.outputs.push_back(Output::Discard { file });
         self.outputs
             .push_back(Output::Event(FileEvent::Failed { file, reason }));
+    }
+
+    /// Fetches `file` again from its first chunk (the partial discarded), after the backoff its
+    /// failures call for (none after the first), from the sender first.
+    fn refetch(&mut self, file: MessageId, reason: String, now: u64) {
+        let Some(active) = self.active.get_mut(&file) else {
+            return;
+        };
+        active.record.status = Status::Fetching;
+        active.record.verified = 0;
+        active.last_error = Some(reason);
+        active.next_try = match active.failures {
+            0 => now,
+            n => now.saturating_add(
+                RETRY_MS
+                    .saturating_mul(1 << (n - 1).min(10))
+                    .min(MAX_RETRY_MS),
+            ),
+        };
+        let record = active.record.clone();
+        self.outputs.push_back(Output::Discard { file });
+        self.save(file, record);
     }
 
     /// Takes an input. An accept that cannot be taken says why (the record is unchanged).
@@ -503,16 +541,26 @@ impl Transfers {
                 }
             }
             Input::Checked { file, matches } => {
-                let Some(active) = self.active.get(&file) else {
+                let Some(active) = self.active.get_mut(&file) else {
                     return Ok(());
                 };
-                let record = active.record.clone();
                 if matches {
-                    let name = record.offer.name.clone();
+                    let name = active.record.offer.name.clone();
                     self.outputs.push_back(Output::Move { file, name });
+                } else if active.record.room.is_some() && active.mismatches == 0 {
+                    active.mismatches += 1;
+                    let reason = "the file did not match its hash".to_owned();
+                    self.refetch(file, reason, now);
                 } else {
                     let reason = "the file does not match its hash".to_owned();
+                    let record = active.record.clone();
                     self.fail(file, record, reason);
+                }
+            }
+            Input::Lost { file, reason } => {
+                if let Some(active) = self.active.get_mut(&file) {
+                    active.failures = active.failures.saturating_add(1);
+                    self.refetch(file, reason, now);
                 }
             }
             Input::Moved { file, path } => {

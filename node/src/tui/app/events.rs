@@ -12,6 +12,9 @@ impl App {
     pub(crate) fn handle_event(&mut self, event: &Value) -> Vec<Effect> {
         match event["type"].as_str() {
             Some("message") => self.on_message(event),
+            Some("file_offer" | "file_progress" | "file_done" | "file_failed") => {
+                self.on_file_event(event)
+            }
             Some("delivery") => {
                 let (Some(id), Some(label), Some(status)) = (
                     event["id"].as_str(),

@@ -682,3 +682,52 @@ fn after_a_reconnect_the_daemons_counts_replace_the_windows() {
     assert_eq!(app.conversations[1].unread, 0);
     assert_eq!(app.conversations[1].marker, None);
 }
+
+#[test]
+fn a_file_is_offered_here_and_one_offered_to_me_is_fetched_with_its_progress_shown() {
+    let mut app = connected();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("menu.pdf");
+    std::fs::write(&path, vec![7u8; 3000]).unwrap();
+    let effects = type_line(&mut app, &format!("/file {}", path.display()));
+    let sent = calls(&effects);
+    assert_eq!(sent[0].0, "send_file");
+    assert_eq!(sent[0].1["to"], "bob");
+    assert_eq!(sent[0].1["path"], path.to_str().unwrap());
+    let shown = app.selected().unwrap().messages.back().unwrap();
+    assert_eq!(shown.text, "[file] menu.pdf (2.9 KiB)");
+    assert_eq!(shown.status, Delivery::Sending);
+    let missing = type_line(&mut app, "/file /no/such/file");
+    assert!(missing.is_empty());
+    assert!(app.notice.as_ref().unwrap().error);
+
+    // Offered to me, over the auto-accept size: /get fetches it, the status line follows it.
+    assert!(type_line(&mut app, "/get").is_empty(), "nothing waits yet");
+    app.handle_event(
+        &json!({"type": "file_offer", "id": "f1aa", "conversation": "bob",
+        "from": "bob", "name": "film.mkv", "size": 4u64 << 30, "accepted": false}),
+    );
+    assert!(app.notice.as_ref().unwrap().text.contains("/get"));
+    assert_eq!(files::waiting_file(&app).as_deref(), Some("f1aa"));
+    let get = calls(&type_line(&mut app, "/get"));
+    assert_eq!(get, [("file.accept", json!({"id": "f1aa"}))]);
+    app.handle_event(
+        &json!({"type": "file_progress", "id": "f1aa", "direction": "receiving",
+        "bytes": 1u64 << 30, "size": 4u64 << 30}),
+    );
+    let line = &app.notice.as_ref().unwrap().text;
+    assert!(line.contains("film.mkv") && line.contains("25%"), "{line}");
+    app.handle_event(
+        &json!({"type": "file_done", "id": "f1aa", "direction": "receiving",
+        "path": "/home/alice/files/film.mkv"}),
+    );
+    assert!(
+        app.notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("/home/alice/files/film.mkv")
+    );
+    app.handle_event(&json!({"type": "file_failed", "id": "f2bb", "reason": "too big"}));
+    assert!(app.notice.as_ref().unwrap().error);
+}

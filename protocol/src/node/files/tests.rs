@@ -291,16 +291,129 @@ fn after_a_restart_what_was_under_way_goes_on() {
         (file(4), record(Status::Done { path: "x".into() }, 10)),
     ];
     let mut t = Transfers::new(Limits::default(), stored);
-    assert_eq!(
-        drain(&mut t),
-        [Output::Check {
-            file: file(2),
-            sha256: [9; 32]
-        }]
-    );
+    let out = drain(&mut t);
+    assert!(out.contains(&Output::Check {
+        file: file(2),
+        sha256: [9; 32]
+    }));
+    // file 3 was stored with its message and the daemon stopped before it was accepted: it is
+    // within the auto-accept size, so it is accepted now.
+    assert_eq!(saved(&out), [Status::Fetching]);
     t.handle_timeout(1, &NOBODY);
-    assert_eq!(fetches(&drain(&mut t)), [(file(1), peer_id_of(&key(1)), 7)]);
-    assert!(t.under_way(&file(3)).is_none() && t.under_way(&file(4)).is_none());
+    let sender = peer_id_of(&key(1));
+    assert_eq!(
+        fetches(&drain(&mut t)),
+        [(file(1), sender, 7), (file(3), sender, 0)]
+    );
+    assert!(t.under_way(&file(4)).is_none());
+    // One waiting for the user stays waiting.
+    let large = Incoming {
+        offer: offer(LOTS / 2),
+        ..record(Status::Offered, 0)
+    };
+    let t = Transfers::new(Limits::default(), [(file(5), large)]);
+    assert!(t.under_way(&file(5)).is_none());
+}
+
+/// The fetch of `file(1)` (2 chunks) started, then every chunk in.
+fn fetched_whole(t: &mut Transfers) {
+    t.handle_timeout(10, &Members(vec![peer_id_of(&key(7))]));
+    drain(t);
+    let through = offer(2 * CHUNK_LEN as u64).shape().chunks();
+    t.handle(
+        Input::Verified {
+            file: file(1),
+            through,
+        },
+        11,
+    )
+    .unwrap();
+    t.handle(
+        Input::Ended {
+            file: file(1),
+            result: Ok(()),
+        },
+        11,
+    )
+    .unwrap();
+    drain(t);
+}
+
+/// Fetches the offered `file(1)` whole and has it checked: what the machine says to `matches`.
+fn fetched_and_checked(t: &mut Transfers, matches: bool) -> Vec<Output> {
+    fetched_whole(t);
+    t.handle(
+        Input::Checked {
+            file: file(1),
+            matches,
+        },
+        12,
+    )
+    .unwrap();
+    drain(t)
+}
+
+#[test]
+fn a_room_file_that_does_not_match_is_fetched_once_more_from_the_sender() {
+    let room = RoomId([4; 32]);
+    let mut t = Transfers::new(Limits::default(), []);
+    offered(&mut t, 1, 2 * CHUNK_LEN as u64, Some(room), LOTS);
+    drain(&mut t);
+    let out = fetched_and_checked(&mut t, false);
+    assert!(out.contains(&Output::Discard { file: file(1) }), "{out:?}");
+    assert_eq!(saved(&out), [Status::Fetching]);
+    t.handle_timeout(12, &Members(vec![peer_id_of(&key(7))]));
+    let again = fetches(&drain(&mut t));
+    assert_eq!(
+        again,
+        [(file(1), peer_id_of(&key(1)), 0)],
+        "the sender, from chunk 0"
+    );
+    let out = fetched_and_checked(&mut t, false);
+    assert!(
+        matches!(&saved(&out)[..], [Status::Failed { .. }]),
+        "twice: failed"
+    );
+}
+
+#[test]
+fn a_lost_partial_file_is_fetched_again_and_a_failed_file_accepted_again_starts_over() {
+    let mut t = Transfers::new(Limits::default(), []);
+    offered(&mut t, 1, 2 * CHUNK_LEN as u64, None, LOTS);
+    fetched_whole(&mut t);
+    let lost = Input::Lost {
+        file: file(1),
+        reason: "gone".into(),
+    };
+    t.handle(lost, 12).unwrap();
+    let out = drain(&mut t);
+    assert!(out.contains(&Output::Discard { file: file(1) }));
+    assert_eq!(t.under_way(&file(1)).unwrap().verified, 0);
+    assert_eq!(t.why_waiting(&file(1)), Some("gone"));
+    let due = t.poll_timeout().unwrap();
+    assert!(due > 12, "after a backoff, not in a loop");
+    t.handle_timeout(due, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)), [(file(1), peer_id_of(&key(1)), 0)]);
+
+    // A failed file (its partial discarded) accepted again is fetched from its first chunk.
+    let failed = Incoming {
+        offer: offer(2 * CHUNK_LEN as u64),
+        sender: key(1),
+        room: None,
+        status: Status::Failed {
+            reason: "no".into(),
+        },
+        verified: 2,
+    };
+    let mut t = Transfers::new(Limits::default(), []);
+    let accept = Input::Accept {
+        file: file(2),
+        record: failed,
+        free_space: LOTS,
+    };
+    t.handle(accept, 0).unwrap();
+    t.handle_timeout(0, &NOBODY);
+    assert_eq!(fetches(&drain(&mut t)), [(file(2), peer_id_of(&key(1)), 0)]);
 }
 
 #[test]
