@@ -94,6 +94,31 @@ pub async fn run(interactive: bool) -> anyhow::Result<()> {
     wait_status(bob, "alice", &id, "delivered").await?;
     show(bob, "alice", &id, alice).await?;
 
+    section("A file: offered in an encrypted message, fetched from alice in sealed chunks");
+    let menu = dir.path().join("menu.txt");
+    let lines = (1..=20_000).map(|n| format!("dish {n}: soup of the day\n"));
+    std::fs::write(&menu, lines.collect::<String>())?;
+    let path = menu.to_str().context("a path in UTF-8")?;
+    let sent = alice
+        .call("send_file", json!({"to": "bob", "path": path}))
+        .await?;
+    let file = sent["id"].as_str().context("send_file answered no id")?;
+    wait_until(bob.name, "the file", || async {
+        let info = bob.call("file.info", json!({"id": file})).await;
+        Ok(info.is_ok_and(|info| info["status"] == "done"))
+    })
+    .await?;
+    let info = bob.call("file.info", json!({"id": file})).await?;
+    let got = std::fs::read(info["path"].as_str().context("no path")?)?;
+    anyhow::ensure!(got == std::fs::read(&menu)?, "the file arrived changed");
+    println!(
+        "  alice → bob  {} ({} bytes), checked against its SHA-256 {}…, now in {}",
+        info["name"].as_str().unwrap_or(""),
+        info["size"],
+        &info["sha256"].as_str().unwrap_or("")[..16],
+        info["path"].as_str().unwrap_or("")
+    );
+
     section("A private room: alice creates #lunch and invites bob and carol");
     alice.call("room.create", json!({"room": "lunch"})).await?;
     for guest in ["bob", "carol"] {
