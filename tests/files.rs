@@ -132,6 +132,61 @@ fn a_file_over_the_size_limit_is_refused_with_the_reason() -> anyhow::Result<()>
     Ok(())
 }
 
+#[test]
+fn a_file_larger_than_the_free_disk_space_waits_and_says_why() -> anyhow::Result<()> {
+    // bob's download directory is a 2 MiB tmpfs of his daemon's own (a mount namespace).
+    if !std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|status| status.success())
+    {
+        eprintln!("skipped: `unshare -m` needs root (CI runs this as root)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&server.addr)?;
+    let small = dir.path().join("small-disk");
+    std::fs::create_dir(&small)?;
+    let small = small.to_str().unwrap();
+    let mount = r#"mount -t tmpfs -o size=2m palaver-test "$0" && shift && exec "$@""#;
+    let wrapper = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        mount,
+        small,
+        "--",
+    ];
+    bob.start_wrapped(&server.addr, &wrapper, &["--download-dir", small])?;
+
+    // Under the auto-accept size, but over the free space: it waits, and nothing is written.
+    let source = random_file(dir.path(), "backup.tar", 3 << 20, 7);
+    let id = send_file(&alice, "bob", &source)?;
+    let info = wait_for("bob to hear of the offer", || {
+        file_info(&bob, &id).filter(|info| info["status"] == "offered")
+    })?;
+    assert_eq!(info["bytes"], 0);
+    let refused = bob.run(&["file", "get", &id]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("the file needs 3145728 bytes and the disk has"),
+        "{said}"
+    );
+    assert_eq!(
+        file_info(&bob, &id).unwrap()["status"],
+        "offered",
+        "still there to accept"
+    );
+    Ok(())
+}
+
 /// A 96 MiB transfer, alice to bob, with the sender (or the receiver) killed -9 mid-way and
 /// restarted: bob ends with the whole file, byte-identical.
 fn resumes_after_kill_9(sender_crashes: bool) -> anyhow::Result<()> {

@@ -720,7 +720,7 @@ impl Sim {
             sends: SendPipeline::default(),
             rooms: Rooms::new(identity, []),
             discovery: Publisher::new(node.peer),
-            files: palaver_protocol::node::files::Transfers::new(Default::default(), []),
+            files: palaver_protocol::node::files::Transfers::new(Default::default(), [], 0),
         });
         node.life += 1;
         self.connect(i);

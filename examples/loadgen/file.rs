@@ -131,8 +131,8 @@ enum Command {
 struct Baseline {
     sender: mpsc::Sender<Command>,
     receiver: PeerId,
-    /// Written once a copy is whole and synced.
-    received: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// Told once a copy is whole and synced (or how receiving it failed).
+    received: tokio::sync::Mutex<mpsc::Receiver<std::io::Result<()>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -157,7 +157,7 @@ impl Baseline {
         let mut incoming = (receiver.behaviour().new_control())
             .accept(PROTOCOL)
             .map_err(|_| anyhow::anyhow!("accepting twice"))?;
-        let (received_tx, received) = mpsc::channel(4);
+        let (received_tx, received) = mpsc::channel::<std::io::Result<()>>(4);
         let into = dir.join("baseline.bin");
         let mut tasks = vec![tokio::spawn(async move {
             loop {
@@ -178,10 +178,7 @@ impl Baseline {
                     file.sync_all().await?;
                     std::io::Result::Ok(())
                 };
-                if let Err(err) = written.await {
-                    eprintln!("file baseline: receiving failed: {err}");
-                }
-                let _ = received_tx.send(()).await;
+                let _ = received_tx.send(written.await).await;
             }
         }));
         let mut sender = build()?;
@@ -237,7 +234,8 @@ impl Baseline {
         self.sender.send(copy).await?;
         tokio::time::timeout(ROUND_LIMIT, async {
             copied.await??;
-            self.received.lock().await.recv().await;
+            let received = self.received.lock().await.recv().await;
+            received.context("the baseline receiver stopped")??;
             anyhow::Ok(())
         })
         .await

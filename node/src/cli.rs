@@ -212,7 +212,13 @@ pub enum RoomCommand {
         file: Option<PathBuf>,
     },
     /// Offer a file to a room: each member fetches it from you or from a member that has it.
-    SendFile { room: String, path: PathBuf },
+    SendFile {
+        room: String,
+        path: PathBuf,
+        /// Follow the upload until a member has fetched all of it.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// `<home>/config.toml`: what `daemon` remembers between runs.
@@ -566,9 +572,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
 
 async fn room(socket: &Path, json: bool, command: RoomCommand) -> anyhow::Result<()> {
     let (method, params) = match &command {
-        RoomCommand::SendFile { room, path } => {
+        RoomCommand::SendFile { room, path, wait } => {
             let to = Err(room.clone());
-            return files::send_file(socket, json, to, path.clone(), false).await;
+            return files::send_file(socket, json, to, path.clone(), *wait).await;
         }
         RoomCommand::Create { room, public } => {
             ("room.create", json!({"room": room, "public": public}))

@@ -286,6 +286,7 @@ impl Node {
         let transfers = palaver_protocol::node::files::Transfers::new(
             config.files.limits,
             files::under_way(&store),
+            file_io.free_space(),
         );
         let mut node = Self {
             identity,

@@ -115,7 +115,10 @@ pub async fn run(interactive: bool) -> anyhow::Result<()> {
         "  alice → bob  {} ({} bytes), checked against its SHA-256 {}…, now in {}",
         info["name"].as_str().unwrap_or(""),
         info["size"],
-        &info["sha256"].as_str().unwrap_or("")[..16],
+        info["sha256"]
+            .as_str()
+            .and_then(|hash| hash.get(..16))
+            .unwrap_or(""),
         info["path"].as_str().unwrap_or("")
     );
 

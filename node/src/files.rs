@@ -115,9 +115,14 @@ pub async fn serve<W: AsyncWrite + Unpin>(
             .map_err(|_| TransferError::Stalled)??;
         sent(index + 1);
     }
-    write_frame(writer, &FileFrame::End).await?;
-    writer.flush().await?;
-    Ok(())
+    let end = async {
+        write_frame(writer, &FileFrame::End).await?;
+        writer.flush().await?;
+        Ok::<_, TransferError>(())
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, end)
+        .await
+        .map_err(|_| TransferError::Stalled)?
 }
 
 /// Tells the fetcher why not, and reports the same.
@@ -151,12 +156,6 @@ where
 {
     let shape = offer.shape();
     let chunks = shape.chunks();
-    let request = FileFetch {
-        transfer: offer.transfer,
-        from_chunk,
-    };
-    write_frame(writer, &request).await?;
-    writer.flush().await?;
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .read(true)
@@ -177,6 +176,13 @@ where
         let lost = format!("{} is shorter than the chunks verified", partial.display());
         return Err(TransferError::Io(std::io::Error::other(lost)));
     }
+    // Asked only now: the peer's chunks must not wait while what is here is read back.
+    let request = FileFetch {
+        transfer: offer.transfer,
+        from_chunk,
+    };
+    write_frame(writer, &request).await?;
+    writer.flush().await?;
     let mut next = from_chunk;
     let mut synced = from_chunk;
     loop {
@@ -279,42 +285,56 @@ pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Ke
 }
 
 /// Moves the checked `partial` into `dir` as `name`, or `name (1)`, `name (2)`… — never over an
-/// existing file. Returns where it went.
+/// existing file. Returns where it went. Across file systems (or on one without hard links) by
+/// way of a whole copy in `dir`, so that a crash never leaves a truncated file under the name.
 pub fn move_into_place(partial: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
-    place(partial, dir, name, true)
-}
-
-/// [`move_into_place`]; `may_copy`: across file systems, by way of a whole copy in `dir`.
-fn place(partial: &Path, dir: &Path, name: &str, may_copy: bool) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (stem, extension) = match name.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
         _ => (name, String::new()),
     };
-    for n in 0..10_000u32 {
-        let candidate = match n {
-            0 => dir.join(name),
-            n => dir.join(format!("{stem} ({n}){extension}")),
-        };
-        // A hard link fails if the name is taken: no check-then-rename race.
-        match std::fs::hard_link(partial, &candidate) {
-            Ok(()) => {
-                std::fs::remove_file(partial)?;
-                return Ok(candidate);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            // Another file system: a whole copy there first (a crash leaves no truncated file
-            // under the real name), then linked into place the same way.
-            Err(_) if n == 0 && may_copy => {
-                let mut copy = tempfile::NamedTempFile::new_in(dir)?;
-                std::io::copy(&mut std::fs::File::open(partial)?, &mut copy)?;
-                copy.as_file().sync_all()?;
-                let placed = place(copy.path(), dir, name, false)?;
-                std::fs::remove_file(partial)?;
-                return Ok(placed);
-            }
-            Err(err) => return Err(err),
+    let candidate = |n: u32| match n {
+        0 => dir.join(name),
+        n => dir.join(format!("{stem} ({n}){extension}")),
+    };
+    const NAMES: u32 = 10_000;
+    let mut n = 0;
+    // A hard link fails if the name is taken: no check-then-rename race.
+    let linked = loop {
+        if n == NAMES {
+            break None;
         }
+        match std::fs::hard_link(partial, candidate(n)) {
+            Ok(()) => break Some(Ok(())),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(err) => break Some(Err(err)),
+        }
+    };
+    match linked {
+        Some(Ok(())) => {
+            std::fs::remove_file(partial)?;
+            return Ok(candidate(n));
+        }
+        // Another file system, or no hard links: copy, then place the copy without clobbering.
+        Some(Err(_)) => {
+            let mut copy = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::copy(&mut std::fs::File::open(partial)?, &mut copy)?;
+            copy.as_file().sync_all()?;
+            while n < NAMES {
+                match copy.persist_noclobber(candidate(n)) {
+                    Ok(_) => {
+                        std::fs::remove_file(partial)?;
+                        return Ok(candidate(n));
+                    }
+                    Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        copy = err.file;
+                        n += 1;
+                    }
+                    Err(err) => return Err(err.error),
+                }
+            }
+        }
+        None => {}
     }
     Err(std::io::Error::other(format!(
         "no free name for {name} in {}",

@@ -321,6 +321,32 @@ impl User {
         self.wait_logged_in()
     }
 
+    /// Starts the daemon under `wrapper` (a command that ends by running the rest of its
+    /// arguments: `unshare -m sh -c '…; exec "$@"' sh`, say), with more daemon flags.
+    pub fn start_wrapped(
+        &mut self,
+        rendezvous: &str,
+        wrapper: &[&str],
+        flags: &[&str],
+    ) -> anyhow::Result<()> {
+        let (program, wrapper_args) = wrapper.split_first().context("an empty wrapper")?;
+        let child = Command::new(program)
+            .args(wrapper_args)
+            .arg(&bins().palaver)
+            .arg("--home")
+            .arg(&self.home)
+            .env_remove("PALAVER_PASSPHRASE")
+            .args(["daemon", "--rendezvous", rendezvous])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the wrapped daemon")?;
+        self.daemon = Some(child);
+        self.wait_logged_in()
+    }
+
     pub fn wait_logged_in(&self) -> anyhow::Result<()> {
         wait_for(&format!("{} to log in", self.name), || {
             let status = self.json(&["status"]).ok()?;

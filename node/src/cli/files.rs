@@ -161,7 +161,7 @@ impl Watch {
         let bar = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(size);
             let style = ProgressStyle::with_template(
-                "{bytes:>10}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
+                "{bytes:>10}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta} {msg}",
             )?;
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(250));
@@ -179,6 +179,11 @@ impl Watch {
             match event["type"].as_str() {
                 Some("file_progress") if event["direction"] == direction => {
                     bar.set_position(event["bytes"].as_u64().unwrap_or(0));
+                    // A relay is slower (and may cut circuits): say so while it lasts.
+                    bar.set_message(match event["via"].as_str() {
+                        Some("relayed") => "over the relay (direct once a hole is punched)",
+                        _ => "",
+                    });
                 }
                 Some("file_done") if event["direction"] == direction => break Ok(()),
                 Some("file_failed") => {

@@ -151,7 +151,7 @@ impl FileIo {
 
     /// What the disks a file is fetched to and then moved to have free, the less of the two
     /// (none if they cannot say: nothing is accepted).
-    fn free_space(&self) -> u64 {
+    pub(crate) fn free_space(&self) -> u64 {
         [&self.partial, &self.download]
             .into_iter()
             .map(|dir| file_io::free_space(dir).unwrap_or(0))
@@ -261,6 +261,7 @@ impl Node {
                         direction: "sending",
                         bytes,
                         size,
+                        via: None,
                     }
                 };
                 return self.emit(event);
@@ -394,6 +395,7 @@ impl Node {
                     self.file_io.fetches.insert(file, task.abort_handle());
                 }
                 Output::StopFetch { file } => {
+                    self.file_io.hashed.remove(&file);
                     if let Some(task) = self.file_io.fetches.remove(&file) {
                         task.abort();
                     }
@@ -500,6 +502,7 @@ impl Node {
                 direction: "receiving",
                 bytes,
                 size,
+                via: self.fetched_via(&file),
             },
             FileEvent::Done { file, path } => rpc::Event::FileDone {
                 id: file.to_hex(),
@@ -550,14 +553,24 @@ impl Node {
         }
     }
 
+    /// How the peer `file` is being fetched from is connected: `direct` or `relayed`.
+    fn fetched_via(&self, file: &MessageId) -> Option<&'static str> {
+        let source = self.state.files.source(file)?;
+        self.connection_kind(&source).map(|(kind, _)| kind)
+    }
+
     /// `file.info`: one file, as `files` lists it.
     pub(crate) fn file_info(&self, id: &MessageId) -> Result<Value, RpcError> {
         let why_waiting = self.state.files.why_waiting(id).map(str::to_owned);
+        let via = self.fetched_via(id);
         let under_way = self.state.files.under_way(id).cloned();
         let mut info = file_json(&self.store, id, under_way)
             .ok_or_else(|| RpcError::failed(format!("no file under the id {id}")))?;
         if let Some(why) = why_waiting {
             info["waiting"] = Value::from(why);
+        }
+        if let Some(via) = via {
+            info["via"] = Value::from(via);
         }
         Ok(info)
     }

@@ -82,6 +82,8 @@ pub enum Event {
         direction: &'static str,
         bytes: u64,
         size: u64,
+        /// How we are connected to the peer it comes from (`direct`, `relayed`; receiving).
+        via: Option<&'static str>,
     },
     /// A file is here whole and checked, at `path` (receiving), or a peer fetched all of it
     /// (sending).
@@ -193,6 +195,7 @@ mod tests {
                 direction: "receiving",
                 bytes: 5,
                 size: 10,
+                via: Some("relayed"),
             },
             Event::FileDone {
                 id: "ab".into(),

@@ -292,7 +292,7 @@ pub static METHODS: &[Method] = &[
         name: "files",
         summary: "Every file offered to you or by you, newest first.",
         params: &[],
-        result: r#"[{"id","name","size","mime","sha256","direction":"receiving|sending","status":"offered|fetching|checking|done|rejected|failed","bytes"?,"path"?,"reason"?,"waiting"?,"sent_at"}]"#,
+        result: r#"[{"id","name","size","mime","sha256","direction":"receiving|sending","status":"offered|fetching|checking|done|rejected|failed","bytes"?,"path"?,"reason"?,"waiting"?,"via"?,"sent_at"}]"#,
         errors: "none",
     },
     Method {
@@ -303,7 +303,7 @@ pub static METHODS: &[Method] = &[
             Kind::String,
             "the file's id (its message's id)",
         )],
-        result: r#"{"id","name","size","mime","sha256","direction","status","bytes"?,"path"?,"reason"?,"waiting"?}"#,
+        result: r#"{"id","name","size","mime","sha256","direction","status","bytes"?,"path"?,"reason"?,"waiting"?,"via"?}"#,
         errors: "no such file",
     },
     Method {
@@ -545,6 +545,11 @@ pub static EVENTS: &[Event] = &[
                 "verified (receiving) or sent (sending) so far",
             ),
             required("size", Kind::Integer, "the file's size"),
+            optional(
+                "via",
+                Kind::String,
+                "direct|relayed: how the peer it comes from is connected (receiving); a relay is slower, and the fetch moves to a direct connection once a hole is punched",
+            ),
         ],
     },
     Event {

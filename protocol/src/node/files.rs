@@ -244,8 +244,13 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    /// With the transfers that were under way when the node last stopped (as stored).
-    pub fn new(limits: Limits, under_way: impl IntoIterator<Item = (MessageId, Incoming)>) -> Self {
+    /// With the transfers that were under way when the node last stopped (as stored), and
+    /// what the disk the files go to has free.
+    pub fn new(
+        limits: Limits,
+        under_way: impl IntoIterator<Item = (MessageId, Incoming)>,
+        mut free_space: u64,
+    ) -> Self {
         let mut transfers = Self {
             limits,
             active: BTreeMap::new(),
@@ -258,8 +263,13 @@ impl Transfers {
             }
             match record.status {
                 Status::Fetching | Status::Checking => transfers.activate(file, record, 0),
-                // Stored with its message, and stopped before it was accepted.
-                Status::Offered if record.offer.size <= limits.auto_accept => {
+                // Stored with its message, and stopped before it was accepted: accepted now,
+                // if it is within the auto-accept size and every limit.
+                Status::Offered
+                    if record.offer.size <= limits.auto_accept
+                        && transfers.check_accept(&record.offer, free_space).is_ok() =>
+                {
+                    free_space -= record.offer.size;
                     transfers.accept(file, record, 0)
                 }
                 _ => {}
@@ -275,6 +285,11 @@ impl Transfers {
     /// How far `file` got, if it is under way.
     pub fn under_way(&self, file: &MessageId) -> Option<&Incoming> {
         self.active.get(file).map(|active| &active.record)
+    }
+
+    /// The peer `file` is being fetched from now, if it is.
+    pub fn source(&self, file: &MessageId) -> Option<PeerId> {
+        self.active.get(file)?.fetching
     }
 
     /// Why `file`'s last fetch ended early, if it is waiting to be tried again.
@@ -403,7 +418,8 @@ impl Transfers {
     }
 
     /// Fetches `file` again from its first chunk (the partial discarded), after the backoff its
-    /// failures call for (none after the first), from the sender first.
+    /// failures in a row call for (at once with none), from the source they point to (the
+    /// sender, with none).
     fn refetch(&mut self, file: MessageId, reason: String, now: u64) {
         let Some(active) = self.active.get_mut(&file) else {
             return;

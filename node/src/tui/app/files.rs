@@ -199,6 +199,8 @@ impl App {
                         transfer.bytes = bytes;
                         let what = if event["direction"] == "sending" {
                             format!("→ {}", transfer.name)
+                        } else if event["via"] == "relayed" {
+                            format!("← {} from {} over the relay", transfer.name, transfer.from)
                         } else {
                             format!("← {} from {}", transfer.name, transfer.from)
                         };
@@ -223,11 +225,8 @@ impl App {
                 if let Some(transfer) = self.transfers.by_id.get_mut(id) {
                     transfer.finished = true;
                 }
-                self.error(format!(
-                    "file {}: {}",
-                    &id[..12.min(id.len())],
-                    text("reason")
-                ));
+                let short = id.get(..12).unwrap_or(id);
+                self.error(format!("file {short}: {}", text("reason")));
             }
             _ => {}
         }

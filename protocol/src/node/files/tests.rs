@@ -76,7 +76,7 @@ fn saved(outputs: &[Output]) -> Vec<Status> {
 
 #[test]
 fn a_small_file_is_fetched_checked_and_moved_into_place() {
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     let size = 3 * CHUNK_LEN as u64 - 1;
     offered(&mut t, 1, size, None, LOTS);
     let out = drain(&mut t);
@@ -88,6 +88,7 @@ fn a_small_file_is_fetched_checked_and_moved_into_place() {
     t.handle_timeout(0, &NOBODY);
     let sender = peer_id_of(&key(1));
     assert_eq!(fetches(&drain(&mut t)), [(file(1), sender, 0)]);
+    assert_eq!(t.source(&file(1)), Some(sender));
     assert_eq!(t.poll_timeout(), None, "nothing else waits");
     // Progress: saved each time, told at most every PROGRESS_EVERY_MS.
     t.handle(
@@ -177,7 +178,7 @@ fn a_large_file_waits_for_the_user_and_space_and_one_over_the_limit_is_refused()
         max_size: 1000,
         auto_accept: 10,
     };
-    let mut t = Transfers::new(limits, []);
+    let mut t = Transfers::new(limits, [], LOTS);
     offered(&mut t, 1, 500, None, LOTS);
     let out = drain(&mut t);
     assert!(matches!(
@@ -228,7 +229,7 @@ fn a_large_file_waits_for_the_user_and_space_and_one_over_the_limit_is_refused()
 
 #[test]
 fn a_fetch_cut_short_resumes_from_the_last_verified_chunk_from_the_next_member() {
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     let room = RoomId([5; 32]);
     let (sender, other) = (peer_id_of(&key(1)), peer_id_of(&key(2)));
     let members = Members(vec![sender, other]);
@@ -290,7 +291,7 @@ fn after_a_restart_what_was_under_way_goes_on() {
         (file(3), record(Status::Offered, 0)),
         (file(4), record(Status::Done { path: "x".into() }, 10)),
     ];
-    let mut t = Transfers::new(Limits::default(), stored);
+    let mut t = Transfers::new(Limits::default(), stored, LOTS);
     let out = drain(&mut t);
     assert!(out.contains(&Output::Check {
         file: file(2),
@@ -311,8 +312,12 @@ fn after_a_restart_what_was_under_way_goes_on() {
         offer: offer(LOTS / 2),
         ..record(Status::Offered, 0)
     };
-    let t = Transfers::new(Limits::default(), [(file(5), large)]);
+    let t = Transfers::new(Limits::default(), [(file(5), large)], LOTS);
     assert!(t.under_way(&file(5)).is_none());
+    // Nor is one the disk has no room for now.
+    let small = record(Status::Offered, 0);
+    let t = Transfers::new(Limits::default(), [(file(6), small)], 100);
+    assert!(t.under_way(&file(6)).is_none());
 }
 
 /// The fetch of `file(1)` (2 chunks) started, then every chunk in.
@@ -356,7 +361,7 @@ fn fetched_and_checked(t: &mut Transfers, matches: bool) -> Vec<Output> {
 #[test]
 fn a_room_file_that_does_not_match_is_fetched_once_more_from_the_sender() {
     let room = RoomId([4; 32]);
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     offered(&mut t, 1, 2 * CHUNK_LEN as u64, Some(room), LOTS);
     drain(&mut t);
     let out = fetched_and_checked(&mut t, false);
@@ -378,7 +383,7 @@ fn a_room_file_that_does_not_match_is_fetched_once_more_from_the_sender() {
 
 #[test]
 fn a_lost_partial_file_is_fetched_again_and_a_failed_file_accepted_again_starts_over() {
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     offered(&mut t, 1, 2 * CHUNK_LEN as u64, None, LOTS);
     fetched_whole(&mut t);
     let lost = Input::Lost {
@@ -405,7 +410,7 @@ fn a_lost_partial_file_is_fetched_again_and_a_failed_file_accepted_again_starts_
         },
         verified: 2,
     };
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     let accept = Input::Accept {
         file: file(2),
         record: failed,
@@ -418,7 +423,7 @@ fn a_lost_partial_file_is_fetched_again_and_a_failed_file_accepted_again_starts_
 
 #[test]
 fn at_most_a_few_fetches_run_at_once() {
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     for n in 0..(MAX_FETCHES as u8 + 2) {
         offered(&mut t, n, 100, None, LOTS);
     }
@@ -441,7 +446,7 @@ fn at_most_a_few_fetches_run_at_once() {
 
 #[test]
 fn a_file_that_does_not_match_its_hash_fails_and_a_rejected_one_stops() {
-    let mut t = Transfers::new(Limits::default(), []);
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
     offered(&mut t, 1, 10, None, LOTS);
     t.handle_timeout(0, &NOBODY);
     t.handle(
