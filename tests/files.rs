@@ -73,6 +73,16 @@ fn wait_partly_fetched(user: &User, id: &str, size: u64) -> anyhow::Result<()> {
     }
 }
 
+/// A rendezvous, and alice and bob logged in (bob's daemon with `bob_flags`).
+fn alice_and_bob(dir: &Path, bob_flags: &[&str]) -> anyhow::Result<(Rendezvous, User, User)> {
+    let server = Rendezvous::start(&dir.join("rv"))?;
+    let mut alice = User::init(dir, "alice")?;
+    let mut bob = User::init(dir, "bob")?;
+    alice.start(&server.addr)?;
+    bob.start_at_instances_with(&[&server.addr], &[], bob_flags)?;
+    Ok((server, alice, bob))
+}
+
 #[test]
 fn a_20_mib_file_arrives_byte_identical_once_accepted() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -111,13 +121,30 @@ fn a_20_mib_file_arrives_byte_identical_once_accepted() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_small_file_for_an_offline_user_travels_through_the_mailbox() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, mut alice, mut bob) = alice_and_bob(dir.path(), &[])?;
+    alice.send("bob", "hello")?; // a session first
+    bob.stop()?;
+
+    let source = random_file(dir.path(), "note.txt", 20_000, 8);
+    let id = send_file(&alice, "bob", &source)?;
+    alice.wait_status("bob", &id, "queued")?;
+    // The sender is gone too: nobody could serve a fetch.
+    alice.stop()?;
+    bob.start(&server.addr)?;
+    let path = wait_done(&bob, &id)?;
+    assert!(
+        same_bytes(&source, &path),
+        "byte-identical from the mailbox"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_file_over_the_size_limit_is_refused_with_the_reason() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let mut alice = User::init(dir.path(), "alice")?;
-    let mut bob = User::init(dir.path(), "bob")?;
-    alice.start(&server.addr)?;
-    bob.start_at_instances_with(&[&server.addr], &[], &["--max-file-size", "1MiB"])?;
+    let (_server, alice, bob) = alice_and_bob(dir.path(), &["--max-file-size", "1MiB"])?;
     let source = random_file(dir.path(), "big.bin", 2 << 20, 2);
     let id = send_file(&alice, "bob", &source)?;
     let failed = wait_for("bob to refuse it", || {
@@ -191,12 +218,8 @@ fn a_file_larger_than_the_free_disk_space_waits_and_says_why() -> anyhow::Result
 /// restarted: bob ends with the whole file, byte-identical.
 fn resumes_after_kill_9(sender_crashes: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let mut alice = User::init(dir.path(), "alice")?;
-    let mut bob = User::init(dir.path(), "bob")?;
-    alice.start(&server.addr)?;
     let accept_all = ["--auto-accept-size", "1GiB"];
-    bob.start_at_instances_with(&[&server.addr], &[], &accept_all)?;
+    let (server, mut alice, mut bob) = alice_and_bob(dir.path(), &accept_all)?;
     let size = 96 << 20;
     let source = random_file(dir.path(), "video.bin", size, 3);
 

@@ -400,7 +400,10 @@ impl Sim {
             Payload::Leave { room } => {
                 let _ = rooms.on_member_left(sender, room, now, &mut rng);
             }
-            Payload::Text(_) | Payload::Receipt(_) | Payload::File(_) => {}
+            Payload::Text(_)
+            | Payload::Receipt(_)
+            | Payload::File(_)
+            | Payload::FileWhole { .. } => {}
         }
         self.drain(to)
     }

@@ -229,10 +229,7 @@ impl Node {
             Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
         let text = job.payload.history_text();
-        let offer = match &job.payload {
-            palaver_protocol::wire::Payload::File(offer) => Some(offer.clone()),
-            _ => None,
-        };
+        let offer = job.payload.file_offer().cloned();
         let sealed = pairwise::seal(
             &mut OsRng,
             self.identity.signing_key(),

@@ -22,7 +22,7 @@ use palaver_protocol::node::files::{
     self as transfers, Audience, FileEvent, Incoming, Input, Limits, Output, Served, Status,
     may_serve,
 };
-use palaver_protocol::wire::file::guess_mime;
+use palaver_protocol::wire::file::{MAX_WHOLE_FILE_LEN, guess_mime};
 use palaver_protocol::wire::{FileFetch, FileOffer, Payload, TransferId, protocol_names};
 use palaver_protocol::{MessageId, RoomId, RoomName, UserName, VerifyingKey};
 use rand_core::OsRng;
@@ -277,14 +277,32 @@ impl Node {
         self.drive_files();
     }
 
-    /// A message offered us a file (stored with it): fetched now, or when the user accepts.
+    /// A message offered us a file (stored with it), or brought it whole (`bytes`): fetched (or
+    /// checked) now, or when the user accepts.
     pub(crate) fn file_offered(
         &mut self,
         file: MessageId,
         offer: FileOffer,
         sender: VerifyingKey,
         room: Option<RoomId>,
+        bytes: Option<Vec<u8>>,
     ) {
+        // A file that came whole is written as its partial file now (small: at most
+        // MAX_WHOLE_FILE_LEN); if that fails, it is fetched like any other.
+        let whole = bytes.is_some_and(|bytes| {
+            let partial = self.file_io.partial_of(&file);
+            let written = std::fs::File::create(&partial).and_then(|mut out| {
+                std::io::Write::write_all(&mut out, &bytes)?;
+                out.sync_data()
+            });
+            if let Err(err) = &written {
+                tracing::warn!(
+                    "cannot write {}: {err}; fetching it instead",
+                    partial.display()
+                );
+            }
+            written.is_ok()
+        });
         let free_space = self.file_io.free_space();
         let input = Input::Offered {
             file,
@@ -292,6 +310,7 @@ impl Node {
             sender,
             room,
             free_space,
+            whole,
         };
         self.files_input(input, now_ms());
     }
@@ -329,8 +348,17 @@ impl Node {
         }
         match to {
             FileTo::User(name) => {
+                // A small file goes whole in its message: through the mailbox too, no fetch.
+                let payload = match (kept.size as usize <= MAX_WHOLE_FILE_LEN)
+                    .then(|| std::fs::read(&kept.path))
+                {
+                    Some(Ok(bytes)) if bytes.len() as u64 == offer.size => {
+                        Payload::FileWhole { offer, bytes }
+                    }
+                    _ => Payload::File(offer),
+                };
                 let token = self.replies.park(reply);
-                let mut job = Job::to_name(name, Payload::File(offer), Some(token));
+                let mut job = Job::to_name(name, payload, Some(token));
                 job.served_from = Some(kept.path);
                 self.send_direct(job);
             }

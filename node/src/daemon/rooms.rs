@@ -203,7 +203,7 @@ impl Node {
             Ok(true) => {
                 self.emit_message(&read.sender, Some(&entry), named);
                 if let Some(offer) = read.file {
-                    self.file_offered(read.id, offer, read.sender, Some(read.room));
+                    self.file_offered(read.id, offer, read.sender, Some(read.room), None);
                 }
             }
             Ok(false) => {}

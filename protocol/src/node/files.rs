@@ -111,6 +111,9 @@ pub enum Input {
         sender: VerifyingKey,
         room: Option<RoomId>,
         free_space: u64,
+        /// It came whole with its message, and the driver wrote it as the partial file: once
+        /// accepted, it is only checked and moved.
+        whole: bool,
     },
     /// The user accepts the file `record` (as stored) describes.
     Accept {
@@ -449,6 +452,7 @@ impl Transfers {
                 sender,
                 room,
                 free_space,
+                whole,
             } => {
                 if self.active.contains_key(&file) {
                     return Ok(());
@@ -475,6 +479,15 @@ impl Transfers {
                     // Too large for the limit is final; the others may pass later.
                     Some(too_large @ AcceptError::TooLarge { .. }) => {
                         self.fail(file, record, too_large.to_string())
+                    }
+                    _ if accepted && whole => {
+                        let mut record = record;
+                        record.status = Status::Checking;
+                        record.verified = record.offer.shape().chunks();
+                        let sha256 = record.offer.sha256;
+                        self.save(file, record.clone());
+                        self.activate(file, record, now);
+                        self.outputs.push_back(Output::Check { file, sha256 });
                     }
                     _ if accepted => self.accept(file, record, now),
                     _ => self.save(file, record),

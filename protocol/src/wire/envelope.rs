@@ -194,6 +194,13 @@ pub enum Payload {
     /// A file, offered: the receiver fetches its chunks from the sender (or, in a room, from a
     /// member that has it) under the message's id.
     File(super::FileOffer),
+    /// A small file whole (at most [`super::file::MAX_WHOLE_FILE_LEN`]), so that it travels like
+    /// a message — through the mailbox too — and needs no fetch.
+    FileWhole {
+        offer: super::FileOffer,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl Payload {
@@ -202,7 +209,15 @@ impl Payload {
     pub fn history_text(&self) -> Option<String> {
         match self {
             Payload::Text(text) => Some(text.clone()),
-            Payload::File(offer) => Some(offer.summary()),
+            Payload::File(offer) | Payload::FileWhole { offer, .. } => Some(offer.summary()),
+            _ => None,
+        }
+    }
+
+    /// The file it offers, if it does.
+    pub fn file_offer(&self) -> Option<&super::FileOffer> {
+        match self {
+            Payload::File(offer) | Payload::FileWhole { offer, .. } => Some(offer),
             _ => None,
         }
     }

@@ -14,6 +14,9 @@ use crate::crypto::file::{CHUNK_LEN, FileKey, FileShape, TAG_LEN};
 pub const MAX_FILE_NAME_LEN: usize = 255;
 /// The longest MIME type an offer may carry.
 pub const MAX_MIME_LEN: usize = 127;
+/// The largest file sent whole inside its message ([`super::Payload::FileWhole`]); larger ones
+/// are fetched.
+pub const MAX_WHOLE_FILE_LEN: usize = 48 * 1024;
 /// The largest frame on a file stream: one sealed chunk and its header.
 pub const MAX_FILE_FRAME_LEN: usize = CHUNK_LEN + TAG_LEN + 64;
 
@@ -72,6 +75,24 @@ impl FileOffer {
         }
         if self.mime.len() > MAX_MIME_LEN || self.mime.chars().any(char::is_control) {
             return Err(WireError::BadFileOffer("its type is not a plain MIME type"));
+        }
+        Ok(())
+    }
+
+    /// A file sent whole with this offer: within [`MAX_WHOLE_FILE_LEN`], of the size offered
+    /// and matching its hash.
+    pub fn check_whole(&self, bytes: &[u8]) -> Result<(), WireError> {
+        use sha2::Digest as _;
+        self.check()?;
+        if bytes.len() > MAX_WHOLE_FILE_LEN || bytes.len() as u64 != self.size {
+            return Err(WireError::BadFileOffer(
+                "the file sent whole is not the size offered",
+            ));
+        }
+        if <[u8; 32]>::from(sha2::Sha256::digest(bytes)) != self.sha256 {
+            return Err(WireError::BadFileOffer(
+                "the file sent whole does not match its hash",
+            ));
         }
         Ok(())
     }
@@ -186,6 +207,20 @@ mod tests {
         let mut odd = offer("a.txt");
         odd.mime = "text/plain\r\nX: y".into();
         assert!(odd.check().is_err());
+    }
+
+    #[test]
+    fn a_file_sent_whole_must_be_the_file_offered() {
+        use sha2::Digest as _;
+        let bytes = b"abc".to_vec();
+        let mut whole = offer("a.txt");
+        whole.sha256 = sha2::Sha256::digest(&bytes).into();
+        assert!(whole.check_whole(&bytes).is_ok());
+        assert!(whole.check_whole(b"abd").is_err(), "another hash");
+        assert!(whole.check_whole(b"abcd").is_err(), "another size");
+        let mut large = whole.clone();
+        large.size = MAX_WHOLE_FILE_LEN as u64 + 1;
+        assert!(large.check_whole(&vec![0; MAX_WHOLE_FILE_LEN + 1]).is_err());
     }
 
     #[test]

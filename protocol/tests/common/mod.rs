@@ -183,6 +183,21 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "content_file_whole",
+            encode(&content(Payload::FileWhole {
+                offer: FileOffer {
+                    transfer: TransferId([5; 16]),
+                    name: "a.txt".into(),
+                    size: 3,
+                    mime: "text/plain".into(),
+                    sha256: [6; 32],
+                    key: FileKey::from_bytes([7; 32]),
+                },
+                bytes: b"abc".to_vec(),
+            }))
+            .unwrap(),
+        ),
+        (
             "file_fetch",
             encode(&FileFetch {
                 transfer: TransferId([8; 16]),

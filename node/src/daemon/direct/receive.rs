@@ -115,14 +115,21 @@ impl Node {
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
         use palaver_protocol::wire::Payload;
         let prekeys_after = opened.prekeys_after;
-        let offer = match &opened.payload {
-            Payload::File(offer) => {
+        if let Payload::FileWhole { offer, bytes } = &opened.payload {
+            offer.check_whole(bytes)?;
+        }
+        let offer = match opened.payload.file_offer() {
+            Some(offer) => {
                 offer.check()?;
                 let record = Self::offered_record(offer, sender, None);
                 batch.put(StateKey::FileIn(id), &record);
-                Some(offer.clone())
+                let bytes = match &opened.payload {
+                    Payload::FileWhole { bytes, .. } => Some(bytes.clone()),
+                    _ => None,
+                };
+                Some((offer.clone(), bytes))
             }
-            _ => None,
+            None => None,
         };
         let stored = match opened.payload.history_text() {
             Some(text) => {
@@ -156,8 +163,8 @@ impl Node {
         if let Some(payload) = control {
             self.on_control(sender, payload);
         }
-        if let Some(offer) = offer {
-            self.file_offered(id, offer, sender, None);
+        if let Some((offer, bytes)) = offer {
+            self.file_offered(id, offer, sender, None, bytes);
         }
         Ok(id)
     }
@@ -176,7 +183,7 @@ impl Node {
                     self.delivery_input(DeliveryInput::Receipt { from, id });
                 }
             }
-            Payload::Text(_) | Payload::File(_) => {}
+            Payload::Text(_) | Payload::File(_) | Payload::FileWhole { .. } => {}
             room => self.on_room_payload(sender, room),
         }
     }

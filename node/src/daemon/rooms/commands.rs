@@ -226,10 +226,7 @@ impl Node {
         let stamp = self.next_stamp().map_err(unreadable)?;
         let seq = self.next_seq(&conversation).map_err(unreadable)?;
         let text = payload.history_text().unwrap_or_default();
-        let offer = match &payload {
-            Payload::File(offer) => Some(offer.clone()),
-            _ => None,
-        };
+        let offer = payload.file_offer().cloned();
         let content = Content {
             sent_at_ms: now_ms(),
             stamp,

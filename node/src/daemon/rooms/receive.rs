@@ -71,7 +71,10 @@ impl Node {
             Payload::MembershipRequest { room } => rooms
                 .on_membership_request(sender, room)
                 .map_err(|reason| format!("a membership request: {reason}")),
-            Payload::Text(_) | Payload::Receipt(_) | Payload::File(_) => Ok(()),
+            Payload::Text(_)
+            | Payload::Receipt(_)
+            | Payload::File(_)
+            | Payload::FileWhole { .. } => Ok(()),
         };
         if let Err(what) = ignored {
             tracing::debug!("ignoring {what} (from {})", short_key(&sender));

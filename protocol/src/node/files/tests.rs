@@ -45,6 +45,7 @@ fn offered(t: &mut Transfers, n: u8, size: u64, room: Option<RoomId>, free_space
         sender: key(1),
         room,
         free_space,
+        whole: false,
     };
     t.handle(input, 0).unwrap();
 }
@@ -531,4 +532,36 @@ fn a_file_is_served_only_to_whom_it_was_offered() {
         Err(Refused::NotYours)
     );
     assert_eq!(may_serve(None, &bob_peer, members), Err(Refused::Unknown));
+}
+
+#[test]
+fn a_file_that_came_whole_is_only_checked_and_moved() {
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
+    let input = Input::Offered {
+        file: file(1),
+        offer: offer(100),
+        sender: key(1),
+        room: None,
+        free_space: LOTS,
+        whole: true,
+    };
+    t.handle(input, 0).unwrap();
+    let out = drain(&mut t);
+    assert_eq!(saved(&out), [Status::Checking]);
+    assert!(out.contains(&Output::Check {
+        file: file(1),
+        sha256: [9; 32]
+    }));
+    t.handle_timeout(0, &NOBODY);
+    assert!(fetches(&drain(&mut t)).is_empty(), "nothing to fetch");
+    let checked = Input::Checked {
+        file: file(1),
+        matches: true,
+    };
+    t.handle(checked, 1).unwrap();
+    assert!(
+        drain(&mut t)
+            .iter()
+            .any(|o| matches!(o, Output::Move { .. }))
+    );
 }
