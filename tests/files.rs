@@ -146,6 +146,11 @@ fn a_file_over_the_size_limit_is_refused_with_the_reason() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let (_server, alice, bob) = alice_and_bob(dir.path(), &["--max-file-size", "1MiB"])?;
     let source = random_file(dir.path(), "big.bin", 2 << 20, 2);
+    // The sender, waiting for it, hears why bob will not fetch it.
+    let waited = alice.run(&["send-file", "bob", source.to_str().unwrap(), "--wait"]);
+    assert!(!waited.status.success());
+    let said = String::from_utf8_lossy(&waited.stderr);
+    assert!(said.contains("bob will not fetch big.bin"), "{said}");
     let id = send_file(&alice, "bob", &source)?;
     let failed = wait_for("bob to refuse it", || {
         file_info(&bob, &id).filter(|info| info["status"] == "failed")

@@ -403,7 +403,8 @@ impl Sim {
             Payload::Text(_)
             | Payload::Receipt(_)
             | Payload::File(_)
-            | Payload::FileWhole { .. } => {}
+            | Payload::FileWhole { .. }
+            | Payload::FileDeclined { .. } => {}
         }
         self.drain(to)
     }

@@ -40,6 +40,8 @@ pub(crate) const FILE_PROTOCOL: StreamProtocol = StreamProtocol::new(protocol_na
 const MAX_SERVING: usize = 16;
 /// How long opening a stream to a peer (dialing it if need be) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest reason a decline carries, in characters.
+const MAX_DECLINE_REASON: usize = 200;
 /// How long a peer that opened a file stream has to say what it wants.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a serve reports its progress, at most.
@@ -459,9 +461,43 @@ impl Node {
                         tracing::warn!("cannot remove {}: {err}", partial.display());
                     }
                 }
+                Output::Decline {
+                    file,
+                    sender,
+                    reason,
+                } => {
+                    let reason = reason.chars().take(MAX_DECLINE_REASON).collect();
+                    let payload = Payload::FileDeclined { file, reason };
+                    self.send_direct(Job::to_key(sender, payload));
+                }
                 Output::Event(event) => self.emit_file_event(event),
             }
         }
+    }
+
+    /// The recipient of a file we offered will not fetch it: whoever waits for it hears why.
+    pub(crate) fn file_declined(&mut self, from: VerifyingKey, file: MessageId, reason: String) {
+        let transfer = self.store.get::<TransferId>(StateKey::FileSent(file));
+        let served = transfer
+            .ok()
+            .flatten()
+            .and_then(|transfer| self.store.get::<Served>(StateKey::Served(transfer)).ok()?);
+        // Only the one it was offered to may decline it.
+        let Some(served) = served.filter(|served| served.audience == Audience::Peer(from)) else {
+            return;
+        };
+        let name = self
+            .name_of_key(&from)
+            .unwrap_or_else(|| super::direct::short_key(&from));
+        let reason = format!(
+            "{name} will not fetch {}: {}",
+            served.offer.name,
+            crate::printable::printable_line(&reason)
+        );
+        self.emit(rpc::Event::FileFailed {
+            id: file.to_hex(),
+            reason,
+        });
     }
 
     /// Runs `work` on a blocking thread; what it returns comes back to the actor.

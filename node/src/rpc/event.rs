@@ -92,7 +92,7 @@ pub enum Event {
         direction: &'static str,
         path: Option<String>,
     },
-    /// A file will not arrive, and why.
+    /// A file will not arrive (or one we offered will not be fetched), and why.
     FileFailed {
         id: String,
         reason: String,

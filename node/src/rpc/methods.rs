@@ -563,7 +563,7 @@ pub static EVENTS: &[Event] = &[
     },
     Event {
         kind: "file_failed",
-        about: "A file offered to you will not arrive.",
+        about: "A file offered to you will not arrive; or one you offered will not be fetched (its recipient rejected it or could not take it).",
         fields: &[
             required("id", Kind::String, "the file's id"),
             required("reason", Kind::String, "why, in a line"),

@@ -164,6 +164,13 @@ pub enum Output {
     Move { file: MessageId, name: String },
     /// Remove the partial file (rejected, or it failed).
     Discard { file: MessageId },
+    /// Tell `sender` (over the pairwise session) that `file` will not be fetched, and why: a
+    /// file offered directly, not in a room, whose sender may be waiting for it.
+    Decline {
+        file: MessageId,
+        sender: VerifyingKey,
+        reason: String,
+    },
     /// Tell the user.
     Event(FileEvent),
 }
@@ -414,8 +421,17 @@ impl Transfers {
         record.status = Status::Failed {
             reason: reason.clone(),
         };
+        let (sender, direct) = (record.sender, record.room.is_none());
         self.save(file, record);
         self.outputs.push_back(Output::Discard { file });
+        if direct {
+            let reason = reason.clone();
+            self.outputs.push_back(Output::Decline {
+                file,
+                sender,
+                reason,
+            });
+        }
         self.outputs
             .push_back(Output::Event(FileEvent::Failed { file, reason }));
     }
@@ -520,8 +536,17 @@ impl Transfers {
                 }
                 if !record.is_finished() {
                     record.status = Status::Rejected;
+                    let (sender, direct) = (record.sender, record.room.is_none());
                     self.save(file, record);
                     self.outputs.push_back(Output::Discard { file });
+                    if direct {
+                        let reason = "rejected".to_owned();
+                        self.outputs.push_back(Output::Decline {
+                            file,
+                            sender,
+                            reason,
+                        });
+                    }
                 }
             }
             Input::Verified { file, through } => {

@@ -201,6 +201,9 @@ pub enum Payload {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The file offered in message `file` will not be fetched (the recipient rejected it, or it
+    /// failed there), and why: its sender stops waiting.
+    FileDeclined { file: MessageId, reason: String },
 }
 
 impl Payload {

@@ -198,6 +198,14 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "content_file_declined",
+            encode(&content(Payload::FileDeclined {
+                file: MessageId([4; 32]),
+                reason: "rejected".into(),
+            }))
+            .unwrap(),
+        ),
+        (
             "file_fetch",
             encode(&FileFetch {
                 transfer: TransferId([8; 16]),

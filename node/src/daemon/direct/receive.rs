@@ -183,6 +183,7 @@ impl Node {
                     self.delivery_input(DeliveryInput::Receipt { from, id });
                 }
             }
+            Payload::FileDeclined { file, reason } => self.file_declined(sender, file, reason),
             Payload::Text(_) | Payload::File(_) | Payload::FileWhole { .. } => {}
             room => self.on_room_payload(sender, room),
         }

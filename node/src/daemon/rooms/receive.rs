@@ -74,7 +74,8 @@ impl Node {
             Payload::Text(_)
             | Payload::Receipt(_)
             | Payload::File(_)
-            | Payload::FileWhole { .. } => Ok(()),
+            | Payload::FileWhole { .. }
+            | Payload::FileDeclined { .. } => Ok(()),
         };
         if let Err(what) = ignored {
             tracing::debug!("ignoring {what} (from {})", short_key(&sender));

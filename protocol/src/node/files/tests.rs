@@ -380,6 +380,8 @@ fn a_room_file_that_does_not_match_is_fetched_once_more_from_the_sender() {
         matches!(&saved(&out)[..], [Status::Failed { .. }]),
         "twice: failed"
     );
+    let declined = out.iter().any(|o| matches!(o, Output::Decline { .. }));
+    assert!(!declined, "a room's sender waits for nobody");
 }
 
 #[test]
