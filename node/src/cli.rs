@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use libp2p::Multiaddr;
 use palaver_protocol::UserName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod daemon_args;
 mod files;
 mod input;
 
 use crate::access::{self, Source};
-use crate::daemon::{self, DaemonConfig};
+use crate::daemon;
 use crate::home::Home;
 use crate::rpc::{Client, RpcError};
 use crate::store::{Store, StoreError};
@@ -66,37 +66,7 @@ pub enum Command {
     /// Show this identity: name, peer id, fingerprint.
     Whoami,
     /// Run the daemon: log in at the rendezvous and keep this user reachable.
-    Daemon {
-        /// The rendezvous server (remembered in <home>/config.toml for next time). Repeatable:
-        /// the instances of a cluster (or other servers) to move to, in order, when the one in
-        /// use dies or refuses us.
-        #[arg(long, value_parser = input::multiaddr)]
-        rendezvous: Vec<Multiaddr>,
-        /// Where to listen for peers (remembered in <home>/config.toml for next time)
-        /// [default: all interfaces, TCP and QUIC, any port].
-        #[arg(long, value_parser = input::multiaddr)]
-        listen: Vec<Multiaddr>,
-        /// Token for servers that only register users who have one.
-        #[arg(long)]
-        registration_token: Option<String>,
-        /// Accept connections only through the relay (for testing NAT traversal).
-        #[arg(long)]
-        relay_only_transport: bool,
-        /// An extra relay (repeatable, ending in /p2p/<id>) to be reachable through when behind a
-        /// NAT, besides the rendezvous; e.g. a `palaver-rendezvous --relay-only`.
-        #[arg(long = "relay", value_name = "MULTIADDR", value_parser = input::multiaddr)]
-        relays: Vec<Multiaddr>,
-        /// Where received files go [default: <home>/files].
-        #[arg(long, env = "PALAVER_DOWNLOAD_DIR")]
-        download_dir: Option<PathBuf>,
-        /// Files offered to you up to this size are fetched without asking; larger ones wait
-        /// for `palaver file get ID`.
-        #[arg(long, value_parser = input::size, default_value = "16MiB")]
-        auto_accept_size: u64,
-        /// Files over this size are refused.
-        #[arg(long, value_parser = input::size, default_value = "2GiB")]
-        max_file_size: u64,
-    },
+    Daemon(daemon_args::DaemonArgs),
     /// The daemon's state: rendezvous connection, listen addresses.
     Status {
         /// Wait (up to a minute) for the daemon to start and log in at the rendezvous.
@@ -318,64 +288,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Daemon {
-            rendezvous,
-            listen,
-            registration_token,
-            relay_only_transport,
-            relays,
-            download_dir,
-            auto_accept_size,
-            max_file_size,
-        } => {
-            let mut config = Config::load(home.dir())?;
-            let rendezvous = if rendezvous.is_empty() {
-                config
-                    .rendezvous
-                    .iter()
-                    .map(|a| input::multiaddr(a).map_err(anyhow::Error::msg))
-                    .collect::<Result<Vec<_>, _>>()
-                    .context("the rendezvous address in config.toml")?
-            } else {
-                if config.rendezvous.is_empty() {
-                    config.rendezvous = rendezvous.iter().map(ToString::to_string).collect();
-                    config.save(home.dir())?;
-                }
-                rendezvous
-            };
-            let mut instances = rendezvous.into_iter();
-            let first = instances.next().context(
-                "no rendezvous: pass --rendezvous MULTIADDR (it is remembered for next time)",
-            )?;
-            let mut daemon_config = DaemonConfig::new(home.dir().to_path_buf(), first);
-            daemon_config.more_rendezvous = instances.collect();
-            daemon_config.listen = if listen.is_empty() {
-                config
-                    .listen
-                    .iter()
-                    .map(|a| input::multiaddr(a).map_err(anyhow::Error::msg))
-                    .collect::<Result<_, _>>()
-                    .context("listen addresses in config.toml")?
-            } else {
-                let given: Vec<String> = listen.iter().map(ToString::to_string).collect();
-                if given != config.listen {
-                    config.listen = given;
-                    config.save(home.dir())?;
-                }
-                listen
-            };
-            daemon_config.registration_token = registration_token.or(config.registration_token);
-            daemon_config.passphrase = passphrase;
-            daemon_config.relay_only_transport = relay_only_transport;
-            daemon_config.relays = relays;
-            daemon_config.files = daemon::FileConfig {
-                download_dir,
-                limits: palaver_protocol::node::files::Limits {
-                    max_size: max_file_size,
-                    auto_accept: auto_accept_size,
-                },
-            };
-            daemon::run(daemon_config, shutdown_signal()).await?;
+        Command::Daemon(args) => {
+            let config = args.into_config(&home, passphrase)?;
+            daemon::run(config, shutdown_signal()).await?;
         }
         Command::Status { wait } => {
             let status = if wait {

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     // The daemon says where it listens, when the rendezvous is lost or back, and why it refused
     // us; a one-shot command only warns.
     let default_filter = match cli.command {
-        Command::Daemon { .. } => "warn,palaver_node=info",
+        Command::Daemon(_) => "warn,palaver_node=info",
         _ => "warn",
     };
     // The chat window points stderr at <home>/chat.log once it opens.

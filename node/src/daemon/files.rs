@@ -11,10 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{AsyncReadExt as _, StreamExt as _};
 use libp2p::{PeerId, StreamProtocol};
 use palaver_protocol::crypto::file::FileKey;
 use palaver_protocol::identity::identity_of;
@@ -23,29 +20,23 @@ use palaver_protocol::node::files::{
     may_serve,
 };
 use palaver_protocol::wire::file::{MAX_WHOLE_FILE_LEN, guess_mime};
-use palaver_protocol::wire::{FileFetch, FileOffer, Payload, TransferId, protocol_names};
+use palaver_protocol::wire::{FileOffer, Payload, TransferId, protocol_names};
 use palaver_protocol::{MessageId, RoomId, RoomName, UserName, VerifyingKey};
 use rand_core::OsRng;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::direct::Job;
 use super::{Internal, Node, now_ms};
-use crate::files::{self as file_io, Kept, TransferError};
+use crate::files::{self as file_io, Kept};
 use crate::rpc::{self, Reply, RpcError};
 use crate::store::{StateBatch, StateKey, Store};
 
+mod streams;
+
 pub(crate) const FILE_PROTOCOL: StreamProtocol = StreamProtocol::new(protocol_names::FILE);
-/// Peers served at once; a fetch beyond that is refused (and tried again by its fetcher).
-const MAX_SERVING: usize = 16;
-/// How long opening a stream to a peer (dialing it if need be) may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest reason a decline carries, in characters.
 const MAX_DECLINE_REASON: usize = 200;
-/// How long a peer that opened a file stream has to say what it wants.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a serve reports its progress, at most.
-const SERVE_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Where a daemon keeps files, and the limits it takes them under.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +119,7 @@ impl FileIo {
         let incoming = control
             .accept(FILE_PROTOCOL)
             .map_err(|_| anyhow::anyhow!("the file protocol is served twice"))?;
-        tokio::spawn(accept_fetches(incoming, internal));
+        tokio::spawn(streams::accept_fetches(incoming, internal));
         let transfers = home.join("transfers");
         let download = (config.download_dir.clone()).unwrap_or_else(|| home.join("files"));
         let partial = transfers.join("partial");
@@ -419,7 +410,7 @@ impl Node {
                     let partial = self.file_io.partial_of(&file);
                     let control = self.file_io.control.clone();
                     let internal = self.internal_tx.clone();
-                    let task = tokio::spawn(fetch_task(
+                    let task = tokio::spawn(streams::fetch_task(
                         control, peer, file, offer, from_chunk, partial, internal,
                     ));
                     self.file_io.fetches.insert(file, task.abort_handle());
@@ -710,169 +701,4 @@ pub(crate) fn list_files(
         .collect();
     files.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     files.into_iter().map(|(_, info)| info).collect()
-}
-
-/// Serves the fetches peers open, each in a task of its own, at most [`MAX_SERVING`] at once.
-async fn accept_fetches(
-    mut incoming: libp2p_stream::IncomingStreams,
-    internal: mpsc::Sender<Internal>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_SERVING));
-    // Each peer's share of the slots: one peer cannot take them all.
-    let per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>> = Default::default();
-    while let Some((peer, stream)) = incoming.next().await {
-        let slot = slots.clone().try_acquire_owned().ok();
-        let share = PeerShare::take(&per_peer, peer);
-        let internal = internal.clone();
-        tokio::spawn(async move {
-            let (mut reader, mut writer) = stream.split();
-            if slot.is_none() || share.is_none() {
-                let busy = TransferError::Refused("busy serving others; try again".into());
-                let _ = file_io::refuse(&mut writer, busy).await;
-                return;
-            }
-            if let Err(err) = serve_one(peer, &mut reader, &mut writer, internal).await {
-                tracing::debug!("serving a file to {peer} stopped: {err}");
-            }
-            drop((slot, share));
-        });
-    }
-}
-
-/// Fetches one peer is served at once, at most.
-const MAX_SERVING_PER_PEER: usize = 4;
-
-/// One of a peer's serving slots, given back when dropped.
-struct PeerShare {
-    peers: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
-    peer: PeerId,
-}
-
-impl PeerShare {
-    fn take(peers: &Arc<std::sync::Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
-        let mut taken = peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = taken.entry(peer).or_default();
-        if *count >= MAX_SERVING_PER_PEER {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            peers: peers.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for PeerShare {
-    fn drop(&mut self) {
-        let mut taken = self
-            .peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = taken.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                taken.remove(&self.peer);
-            }
-        }
-    }
-}
-
-async fn serve_one(
-    peer: PeerId,
-    reader: &mut (impl futures::AsyncRead + Unpin),
-    writer: &mut (impl futures::AsyncWrite + Unpin),
-    internal: mpsc::Sender<Internal>,
-) -> Result<(), TransferError> {
-    let fetch = tokio::time::timeout(REQUEST_TIMEOUT, file_io::read_frame(reader));
-    let fetch: FileFetch = fetch.await.map_err(|_| TransferError::Stalled)??;
-    let (answer, answered) = oneshot::channel();
-    let ask = FileDone::ServeAsk {
-        peer,
-        transfer: fetch.transfer,
-        answer,
-    };
-    let stopping = || TransferError::Refused("the daemon is stopping".into());
-    internal
-        .send(Internal::File(ask))
-        .await
-        .map_err(|_| stopping())?;
-    let served = match answered.await.map_err(|_| stopping())? {
-        Ok(served) => served,
-        Err(reason) => return file_io::refuse(writer, TransferError::Refused(reason)).await,
-    };
-    let (message, size) = (served.message, served.offer.size);
-    let chunks = served.offer.shape().chunks();
-    let mut told = tokio::time::Instant::now();
-    let progress = |through: u64| {
-        if told.elapsed() >= SERVE_PROGRESS_EVERY && through < chunks {
-            told = tokio::time::Instant::now();
-            let bytes = palaver_protocol::crypto::file::FileShape::offset(through).min(size);
-            let report = FileDone::Serving {
-                message,
-                bytes,
-                size,
-                done: false,
-            };
-            // Progress only: one lost to a full queue is made up by the next.
-            let _ = internal.try_send(Internal::File(report));
-        }
-    };
-    let path = PathBuf::from(&served.path);
-    file_io::serve(writer, &path, &served.offer, fetch.from_chunk, progress).await?;
-    let done = FileDone::Serving {
-        message,
-        bytes: size,
-        size,
-        done: true,
-    };
-    let _ = internal.send(Internal::File(done)).await;
-    Ok(())
-}
-
-/// One fetch of `file` from `peer`: its progress and its end reported to the actor.
-async fn fetch_task(
-    mut control: libp2p_stream::Control,
-    peer: PeerId,
-    file: MessageId,
-    offer: FileOffer,
-    from_chunk: u64,
-    partial: PathBuf,
-    internal: mpsc::Sender<Internal>,
-) {
-    let mut through = from_chunk;
-    let result = async {
-        if let Some(dir) = partial.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, FILE_PROTOCOL))
-            .await
-            .map_err(|_| TransferError::Refused(format!("cannot reach {peer}")))?
-            .map_err(|err| TransferError::Refused(format!("cannot reach {peer}: {err}")))?;
-        let (mut reader, mut writer) = stream.split();
-        let verified = |now: u64| {
-            through = now;
-            // Progress only: the last count goes with the end, below.
-            let report = FileDone::Verified { file, through: now };
-            let _ = internal.try_send(Internal::File(report));
-        };
-        file_io::fetch(
-            &mut reader,
-            &mut writer,
-            &offer,
-            from_chunk,
-            &partial,
-            verified,
-        )
-        .await
-    }
-    .await;
-    let verified = FileDone::Verified { file, through };
-    let _ = internal.send(Internal::File(verified)).await;
-    let result = result.map_err(|err| err.to_string());
-    let _ = internal
-        .send(Internal::File(FileDone::Ended { file, result }))
-        .await;
 }
