@@ -562,6 +562,20 @@ impl Drop for Peer {
     }
 }
 
+/// Neither of `a` and `b` ever said it was connected to the other directly (a symmetric NAT
+/// between them).
+fn ensure_never_direct(a: &Peer, b: &Peer) -> anyhow::Result<()> {
+    for (peer, other) in [(a, b), (b, a)] {
+        let changes = peer.events()?.connection_changes(other);
+        ensure!(
+            changes.iter().all(|(_, kind)| kind != "direct"),
+            "{} claimed a direct connection through a symmetric NAT: {changes:?}",
+            peer.name()
+        );
+    }
+    Ok(())
+}
+
 /// Waits until each of `peers` holds a relay slot.
 fn wait_relay_slots(peers: &[&Peer]) -> anyhow::Result<()> {
     for peer in peers {
@@ -886,14 +900,7 @@ fn symmetric_nat(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Rep
         "expected the relay to cut circuits (10 s / 16 KiB) and the peers to open new ones, \
          saw {circuits} new circuit requests"
     );
-    for (peer, other) in [(&alice, &sam), (&sam, &alice)] {
-        let changes = peer.events()?.connection_changes(other);
-        ensure!(
-            changes.iter().all(|(_, kind)| kind != "direct"),
-            "{} claimed a direct connection through a symmetric NAT: {changes:?}",
-            peer.name()
-        );
-    }
+    ensure_never_direct(&alice, &sam)?;
     Ok(Report {
         scenario: "home NAT + symmetric NAT",
         first_message: arrived - sent,
@@ -966,14 +973,7 @@ fn relayed_file(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Repo
         circuits >= 3.0,
         "a {SIZE}-byte file through {CIRCUIT_BYTES}-byte circuits took {circuits} circuits"
     );
-    for (peer, other) in [(&alice, &sam), (&sam, &alice)] {
-        let changes = peer.events()?.connection_changes(other);
-        ensure!(
-            changes.iter().all(|(_, kind)| kind != "direct"),
-            "{} claimed a direct connection through a symmetric NAT: {changes:?}",
-            peer.name()
-        );
-    }
+    ensure_never_direct(&alice, &sam)?;
     let rate = SIZE as f64 / took.as_secs_f64() / f64::from(1 << 20);
     Ok(Report {
         scenario: "file over the relay",
