@@ -339,7 +339,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 params["client_id"] = Value::from(id);
             }
             let watch = if wait {
-                Some(wait::DeliveryWatch::open(&socket).await?)
+                Some(wait::Watch::open(&socket).await?)
             } else {
                 None
             };

@@ -254,7 +254,8 @@ pub struct Kept {
 /// copy is what is served, so the original may change or go once offered.
 pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Kept> {
     use std::io::Write;
-    let input = std::fs::File::open(source)?;
+    let input = std::fs::File::open(source)
+        .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", source.display())))?;
     let metadata = input.metadata()?;
     let size = metadata.len();
     if !metadata.is_file() {

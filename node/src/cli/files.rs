@@ -10,9 +10,9 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
+use super::wait::Watch;
 use super::{call, print_list, print_one};
 use crate::printable::printable_line;
-use crate::rpc::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum FileCommand {
@@ -145,16 +145,7 @@ fn describe(file: &Value) -> String {
     )
 }
 
-/// A subscription opened before the call it watches, so no event of it slips past.
-struct Watch(Client);
-
 impl Watch {
-    async fn open(socket: &Path) -> anyhow::Result<Self> {
-        let mut client = Client::connect(socket).await?;
-        client.subscribe().await?;
-        Ok(Self(client))
-    }
-
     /// Follows file `id` going `direction` until it is done (an error if it failed), with a
     /// progress bar on a terminal.
     async fn follow(mut self, id: &str, direction: &str, size: u64) -> anyhow::Result<()> {

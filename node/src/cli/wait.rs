@@ -56,11 +56,12 @@ pub(super) async fn until_logged_in(socket: &Path) -> anyhow::Result<Value> {
     }
 }
 
-/// A subscription opened before a send, so the send's delivery event cannot slip past.
+/// A subscription opened before a call (a send, a file offer), so the events it leads to cannot
+/// slip past.
 #[derive(Debug)]
-pub(super) struct DeliveryWatch(Client);
+pub(super) struct Watch(pub(super) Client);
 
-impl DeliveryWatch {
+impl Watch {
     pub(super) async fn open(socket: &Path) -> anyhow::Result<Self> {
         let mut client = Client::connect(socket).await?;
         client.subscribe().await?;

@@ -153,21 +153,25 @@ impl FileIo {
     }
 }
 
+/// Every record in a namespace keyed by message id (`FileIn`, `FileSent`), with its id.
+fn by_message<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    namespace: StateKey<'_>,
+) -> impl Iterator<Item = (MessageId, Result<T, crate::store::StoreError>)> {
+    (store.scan_each::<T>(namespace).into_iter())
+        .filter_map(|(key, value)| Some((MessageId(key.get(1..)?.try_into().ok()?), value)))
+}
+
 /// The transfers under way when the daemon last stopped, as stored.
 pub(crate) fn under_way(store: &Store) -> Vec<(MessageId, Incoming)> {
     let any = StateKey::FileIn(MessageId([0; 32]));
-    store
-        .scan_each::<Incoming>(any)
-        .into_iter()
-        .filter_map(|(key, record)| {
-            let id = MessageId(key.get(1..)?.try_into().ok()?);
-            match record {
-                Ok(record) if !record.is_finished() => Some((id, record)),
-                Ok(_) => None,
-                Err(err) => {
-                    tracing::error!("cannot read the transfer of {id}: {err}");
-                    None
-                }
+    by_message::<Incoming>(store, any)
+        .filter_map(|(id, record)| match record {
+            Ok(record) if !record.is_finished() => Some((id, record)),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::error!("cannot read the transfer of {id}: {err}");
+                None
             }
         })
         .collect()
@@ -185,18 +189,11 @@ impl Node {
             }
         };
         let (kept, max) = (self.file_io.kept.clone(), self.file_io.max_size);
-        let internal = self.internal_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = file_io::keep_copy(&path, &kept, max).map_err(|err| {
-                std::io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-            });
-            let done = FileDone::Kept {
-                to,
-                result,
-                name,
-                reply,
-            };
-            let _ = internal.blocking_send(Internal::File(done));
+        self.off_actor(move || FileDone::Kept {
+            to,
+            result: file_io::keep_copy(&path, &kept, max),
+            name,
+            reply,
         });
     }
 
@@ -306,21 +303,6 @@ impl Node {
             whole,
         };
         self.files_input(input, now_ms());
-    }
-
-    /// The record to store with a message offering `offer` (before the machine has seen it).
-    pub(crate) fn offered_record(
-        offer: &FileOffer,
-        sender: VerifyingKey,
-        room: Option<RoomId>,
-    ) -> Incoming {
-        Incoming {
-            offer: offer.clone(),
-            sender,
-            room,
-            status: Status::Offered,
-            verified: 0,
-        }
     }
 
     fn offer_file(&mut self, to: FileTo, kept: std::io::Result<Kept>, name: String, reply: Reply) {
@@ -680,21 +662,13 @@ pub(crate) fn list_files(
     store: &Store,
     under_way: impl Fn(&MessageId) -> Option<Incoming>,
 ) -> Vec<Value> {
-    let ids = |namespace: StateKey<'_>| {
-        store
-            .scan_each::<serde::de::IgnoredAny>(namespace)
-            .into_iter()
-            .filter_map(|(key, _)| Some(MessageId(key.get(1..)?.try_into().ok()?)))
-            .collect::<Vec<_>>()
-    };
+    let ids = |namespace| by_message::<serde::de::IgnoredAny>(store, namespace).map(|(id, _)| id);
     let any = MessageId([0; 32]);
     let mut files: Vec<(u64, Value)> = ids(StateKey::FileIn(any))
-        .into_iter()
         .chain(ids(StateKey::FileSent(any)))
         .filter_map(|id| {
-            let info = file_json(store, &id, under_way(&id))?;
+            let mut info = file_json(store, &id, under_way(&id))?;
             let at = store.entry(&id).ok().flatten().map_or(0, |e| e.sent_at_ms);
-            let mut info = info;
             info["sent_at"] = at.into();
             Some((at, info))
         })

@@ -196,7 +196,11 @@ impl Node {
         };
         batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
         if let Some(offer) = &read.file {
-            let record = Self::offered_record(offer, read.sender, Some(read.room));
+            let record = palaver_protocol::node::files::Incoming::offered(
+                offer.clone(),
+                read.sender,
+                Some(read.room),
+            );
             batch.put(StateKey::FileIn(read.id), &record);
         }
         match self.store.record(&entry, &batch) {

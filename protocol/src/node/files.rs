@@ -87,6 +87,17 @@ pub enum Status {
 }
 
 impl Incoming {
+    /// Just offered: nothing fetched, nothing decided.
+    pub fn offered(offer: FileOffer, sender: VerifyingKey, room: Option<RoomId>) -> Self {
+        Self {
+            offer,
+            sender,
+            room,
+            status: Status::Offered,
+            verified: 0,
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         matches!(
             self.status,
@@ -474,13 +485,7 @@ impl Transfers {
                     return Ok(());
                 }
                 let (name, size) = (offer.name.clone(), offer.size);
-                let record = Incoming {
-                    offer,
-                    sender,
-                    room,
-                    status: Status::Offered,
-                    verified: 0,
-                };
+                let record = Incoming::offered(offer, sender, room);
                 let refused = self.check_accept(&record.offer, free_space).err();
                 let accepted = refused.is_none() && size <= self.limits.auto_accept;
                 self.outputs.push_back(Output::Event(FileEvent::Offer {

@@ -121,7 +121,8 @@ impl Node {
         let offer = match opened.payload.file_offer() {
             Some(offer) => {
                 offer.check()?;
-                let record = Self::offered_record(offer, sender, None);
+                let record =
+                    palaver_protocol::node::files::Incoming::offered(offer.clone(), sender, None);
                 batch.put(StateKey::FileIn(id), &record);
                 let bytes = match &opened.payload {
                     Payload::FileWhole { bytes, .. } => Some(bytes.clone()),

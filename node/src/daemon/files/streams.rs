@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, StreamExt as _};
 use libp2p::PeerId;
 use palaver_protocol::MessageId;
 use palaver_protocol::wire::{FileFetch, FileOffer};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{FILE_PROTOCOL, FileDone};
 use crate::daemon::Internal;
@@ -25,29 +25,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a serve reports its progress, at most.
 const SERVE_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Serves the fetches peers open, each in a task of its own, at most [`MAX_SERVING`] at once.
+/// Serves the fetches peers open, each in a task of its own, at most [`MAX_SERVING`] at once and
+/// [`MAX_SERVING_PER_PEER`] for one peer.
 pub(super) async fn accept_fetches(
     mut incoming: libp2p_stream::IncomingStreams,
     internal: mpsc::Sender<Internal>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_SERVING));
-    // Each peer's share of the slots: one peer cannot take them all.
-    let per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>> = Default::default();
+    let serving: Arc<Mutex<HashMap<PeerId, usize>>> = Default::default();
     while let Some((peer, stream)) = incoming.next().await {
-        let slot = slots.clone().try_acquire_owned().ok();
-        let share = PeerShare::take(&per_peer, peer);
+        let slot = Slot::take(&serving, peer);
         let internal = internal.clone();
         tokio::spawn(async move {
             let (mut reader, mut writer) = stream.split();
-            if slot.is_none() || share.is_none() {
+            let Some(slot) = slot else {
                 let busy = TransferError::Refused("busy serving others; try again".into());
                 let _ = file_io::refuse(&mut writer, busy).await;
                 return;
-            }
+            };
             if let Err(err) = serve_one(peer, &mut reader, &mut writer, internal).await {
                 tracing::debug!("serving a file to {peer} stopped: {err}");
             }
-            drop((slot, share));
+            drop(slot);
         });
     }
 }
@@ -55,39 +53,37 @@ pub(super) async fn accept_fetches(
 /// Fetches one peer is served at once, at most.
 const MAX_SERVING_PER_PEER: usize = 4;
 
-/// One of a peer's serving slots, given back when dropped.
-struct PeerShare {
-    peers: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+/// A serving slot, counted against the total and its peer's share; given back when dropped.
+struct Slot {
+    serving: Arc<Mutex<HashMap<PeerId, usize>>>,
     peer: PeerId,
 }
 
-impl PeerShare {
-    fn take(peers: &Arc<std::sync::Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
-        let mut taken = peers
+impl Slot {
+    fn take(serving: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut counts = serving
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = taken.entry(peer).or_default();
-        if *count >= MAX_SERVING_PER_PEER {
+        let total: usize = counts.values().sum();
+        let count = counts.entry(peer).or_default();
+        if total >= MAX_SERVING || *count >= MAX_SERVING_PER_PEER {
             return None;
         }
         *count += 1;
         Some(Self {
-            peers: peers.clone(),
+            serving: serving.clone(),
             peer,
         })
     }
 }
 
-impl Drop for PeerShare {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut taken = self
-            .peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = taken.get_mut(&self.peer) {
+        let mut counts = (self.serving.lock()).unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {
-                taken.remove(&self.peer);
+                counts.remove(&self.peer);
             }
         }
     }
