@@ -5,17 +5,16 @@
 //! The stream's frames are a 4-byte big-endian length and a [`codec`] frame, each at most
 //! [`MAX_FILE_FRAME_LEN`]. Memory stays at one chunk per transfer whatever the file's size.
 
-use std::io::SeekFrom;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use palaver_protocol::codec;
-use palaver_protocol::crypto::file::{CHUNK_LEN, FileShape, open_chunk, seal_chunk};
+use palaver_protocol::crypto::file::{CHUNK_LEN, FileKey, FileShape, open_chunk, seal_chunk};
 use palaver_protocol::wire::file::MAX_FILE_FRAME_LEN;
 use palaver_protocol::wire::{FileFetch, FileFrame, FileOffer};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 /// A fetch makes what it wrote durable, and reports it, every this many chunks (and at the end).
 pub const SYNC_EVERY: u64 = 16;
@@ -43,17 +42,22 @@ pub enum TransferError {
     Stalled,
 }
 
+/// `value` as it goes on the stream: its 4-byte length, then the frame (one write: one muxer
+/// frame, not two).
+fn frame_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, TransferError> {
+    let frame = codec::encode(value).map_err(|err| TransferError::Frame(err.to_string()))?;
+    let len = u32::try_from(frame.len()).map_err(|_| TransferError::Frame("too long".into()))?;
+    let mut framed = Vec::with_capacity(4 + frame.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&frame);
+    Ok(framed)
+}
+
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     writer: &mut W,
     value: &T,
 ) -> Result<(), TransferError> {
-    let frame = codec::encode(value).map_err(|err| TransferError::Frame(err.to_string()))?;
-    let len = u32::try_from(frame.len()).map_err(|_| TransferError::Frame("too long".into()))?;
-    // One write: one muxer frame, not two.
-    let mut framed = Vec::with_capacity(4 + frame.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(&frame);
-    writer.write_all(&framed).await?;
+    writer.write_all(&frame_bytes(value)?).await?;
     Ok(())
 }
 
@@ -75,9 +79,17 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
         .map_err(|err| TransferError::Frame(err.to_string()))
 }
 
+/// Whichever error ended a pipeline's blocking half (a panic there is reported, not resumed).
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, TransferError> {
+    result.map_err(|err| TransferError::Io(std::io::Error::other(err.to_string())))
+}
+
 /// Serves `offer`'s chunks from `path` (a file we hold whole) from `from_chunk` on, then
 /// [`FileFrame::End`], calling `sent(through)` after each chunk. A file that is no longer the
 /// size offered is refused.
+///
+/// Reading and sealing run on a blocking thread of their own, [`AHEAD`] frames in front of
+/// the stream, so the disk, the chunk AEAD and the connection's own encryption overlap.
 pub async fn serve<W: AsyncWrite + Unpin>(
     writer: &mut W,
     path: &Path,
@@ -86,31 +98,30 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     mut sent: impl FnMut(u64),
 ) -> Result<(), TransferError> {
     let shape = offer.shape();
-    let opened = async {
-        let file = tokio::fs::File::open(path).await?;
-        let size = file.metadata().await?.len();
-        Ok::<_, std::io::Error>((file, size))
-    };
-    let mut file = match opened.await {
-        Ok((file, size)) if size == offer.size => file,
-        Ok((_, size)) => {
+    let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let file = match opened {
+        Ok((size, file)) if size == offer.size => file,
+        Ok((size, _)) => {
             let reason = format!("{} is {size} bytes, not {}", path.display(), offer.size);
             return refuse(writer, TransferError::SourceChanged(reason)).await;
         }
         Err(err) => return refuse(writer, TransferError::SourceChanged(err.to_string())).await,
     };
-    file.seek(SeekFrom::Start(FileShape::offset(from_chunk)))
-        .await?;
-    let mut chunk = Vec::new();
+    let (frames_in, mut frames) = tokio::sync::mpsc::channel(AHEAD);
+    let key = offer.key.clone();
+    let sealing = tokio::task::spawn_blocking(move || {
+        seal_chunks(file, &key, &shape, from_chunk, &frames_in);
+    });
     for index in from_chunk..shape.chunks() {
-        let len = shape.chunk_len(index).unwrap_or(0);
-        chunk.resize(len, 0);
-        file.read_exact(&mut chunk).await?;
-        let sealed = seal_chunk(&offer.key, &shape, index, &chunk)
-            .map_err(|err| TransferError::Frame(err.to_string()))?;
-        let frame = FileFrame::Chunk { index, sealed };
+        let frame = match frames.recv().await {
+            Some(frame) => frame?,
+            None => {
+                let early = || TransferError::Frame("the sealing thread ended early".into());
+                return Err(joined(sealing.await).err().unwrap_or_else(early));
+            }
+        };
         // A fetcher that stops reading must not hold its slot for ever.
-        tokio::time::timeout(FRAME_TIMEOUT, write_frame(writer, &frame))
+        tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&frame))
             .await
             .map_err(|_| TransferError::Stalled)??;
         sent(index + 1);
@@ -123,6 +134,38 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     tokio::time::timeout(FRAME_TIMEOUT, end)
         .await
         .map_err(|_| TransferError::Stalled)?
+}
+
+/// Frames a serve keeps sealed ahead of its stream (and a fetch received ahead of its disk).
+const AHEAD: usize = 4;
+
+/// The blocking half of [`serve`]: reads, seals and frames each chunk from `from_chunk` on,
+/// stopping at the first error (handed on) or once the stream's half has gone.
+fn seal_chunks(
+    mut file: std::fs::File,
+    key: &FileKey,
+    shape: &FileShape,
+    from_chunk: u64,
+    frames: &tokio::sync::mpsc::Sender<Result<Vec<u8>, TransferError>>,
+) {
+    let mut chunk = Vec::with_capacity(CHUNK_LEN);
+    let mut sealed = |index: u64, at_start: bool| {
+        if at_start {
+            file.seek(SeekFrom::Start(FileShape::offset(index)))?;
+        }
+        chunk.resize(shape.chunk_len(index).unwrap_or(0), 0);
+        file.read_exact(&mut chunk)?;
+        let sealed = seal_chunk(key, shape, index, &chunk)
+            .map_err(|err| TransferError::Frame(err.to_string()))?;
+        frame_bytes(&FileFrame::Chunk { index, sealed })
+    };
+    for index in from_chunk..shape.chunks() {
+        let frame = sealed(index, index == from_chunk);
+        let failed = frame.is_err();
+        if frames.blocking_send(frame).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Tells the fetcher why not, and reports the same.
@@ -142,40 +185,29 @@ pub async fn refuse<W: AsyncWrite + Unpin>(
 /// durable and only then calls `verified(through)`. Once every chunk is in: the SHA-256 of
 /// the whole file, hashed as it was written (on a resume, the part already there read first),
 /// so the whole-file check need not read it again.
+///
+/// The stream is read here; opening, hashing and writing run on a blocking thread of their
+/// own, up to [`AHEAD`] chunks behind.
 pub async fn fetch<R, W>(
     reader: &mut R,
     writer: &mut W,
     offer: &FileOffer,
     from_chunk: u64,
     partial: &Path,
-    mut verified: impl FnMut(u64),
+    verified: impl FnMut(u64) + Send + 'static,
 ) -> Result<[u8; 32], TransferError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let shape = offer.shape();
-    let chunks = shape.chunks();
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(partial)
-        .await?;
-    let mut hasher = Sha256::new();
-    let mut held = (&mut file).take(FileShape::offset(from_chunk).min(offer.size));
-    let mut buffer = vec![0; CHUNK_LEN];
-    loop {
-        match held.read(&mut buffer).await? {
-            0 => break,
-            n => hasher.update(&buffer[..n]),
-        }
-    }
-    if file.stream_position().await? != FileShape::offset(from_chunk).min(offer.size) {
-        let lost = format!("{} is shorter than the chunks verified", partial.display());
-        return Err(TransferError::Io(std::io::Error::other(lost)));
-    }
+    let held = {
+        let partial = partial.to_owned();
+        tokio::task::spawn_blocking(move || {
+            held_part(&partial, FileShape::offset(from_chunk).min(shape.size))
+        })
+    };
+    let (file, hasher) = joined(held.await)??;
     // Asked only now: the peer's chunks must not wait while what is here is read back.
     let request = FileFetch {
         transfer: offer.transfer,
@@ -183,36 +215,102 @@ where
     };
     write_frame(writer, &request).await?;
     writer.flush().await?;
-    let mut next = from_chunk;
-    let mut synced = from_chunk;
+    let (chunks_in, chunks) = tokio::sync::mpsc::channel(AHEAD);
+    let writing = {
+        let key = offer.key.clone();
+        tokio::task::spawn_blocking(move || {
+            write_chunks(file, hasher, &key, &shape, from_chunk, chunks, verified)
+        })
+    };
+    let received = async {
+        let mut next = from_chunk;
+        loop {
+            let frame = tokio::time::timeout(FRAME_TIMEOUT, read_frame::<_, FileFrame>(reader));
+            match frame.await.map_err(|_| TransferError::Stalled)?? {
+                FileFrame::Chunk { index, sealed } => {
+                    if index != next {
+                        let (expected, got) = (next, index);
+                        return Err(TransferError::OutOfOrder { expected, got });
+                    }
+                    next += 1;
+                    if chunks_in.send((index, sealed)).await.is_err() {
+                        // The writing half stopped: its error says why.
+                        return Ok(());
+                    }
+                }
+                FileFrame::End if next >= shape.chunks() => return Ok(()),
+                FileFrame::End => {
+                    let (got, chunks) = (next, shape.chunks());
+                    return Err(TransferError::EndedEarly { got, chunks });
+                }
+                FileFrame::Refused { reason } => return Err(TransferError::Refused(reason)),
+            }
+        }
+    };
+    let received = received.await;
+    drop(chunks_in);
+    match (received, joined(writing.await)?) {
+        // A bad chunk or the disk, whatever the stream did meanwhile.
+        (_, Err(err)) | (Err(err), _) => Err(err),
+        (Ok(()), Ok(Some(sha256))) => Ok(sha256),
+        (Ok(()), Ok(None)) => Err(TransferError::Frame(
+            "the file's writer stopped before the last chunk".into(),
+        )),
+    }
+}
+
+/// The part of `partial` already verified (its first `len` bytes), hashed: the file, left at
+/// their end for the rest to follow, and the hasher.
+fn held_part(partial: &Path, len: u64) -> Result<(std::fs::File, Sha256), TransferError> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(partial)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK_LEN];
+    let mut held = (&mut file).take(len);
     loop {
-        let frame = tokio::time::timeout(FRAME_TIMEOUT, read_frame::<_, FileFrame>(reader));
-        let frame = frame.await.map_err(|_| TransferError::Stalled)??;
-        match frame {
-            FileFrame::Chunk { index, sealed } => {
-                if index != next {
-                    let (expected, got) = (next, index);
-                    return Err(TransferError::OutOfOrder { expected, got });
-                }
-                let plain = open_chunk(&offer.key, &shape, index, &sealed)
-                    .map_err(|_| TransferError::BadChunk(index))?;
-                file.write_all(&plain).await?;
-                hasher.update(&plain);
-                next += 1;
-                if next - synced >= SYNC_EVERY || next == chunks {
-                    file.sync_data().await?;
-                    synced = next;
-                    verified(next);
-                }
-            }
-            FileFrame::End if next >= chunks => return Ok(hasher.finalize().into()),
-            FileFrame::End => {
-                let got = next;
-                return Err(TransferError::EndedEarly { got, chunks });
-            }
-            FileFrame::Refused { reason } => return Err(TransferError::Refused(reason)),
+        match held.read(&mut buffer)? {
+            0 => break,
+            n => hasher.update(&buffer[..n]),
         }
     }
+    if file.stream_position()? != len {
+        let lost = format!("{} is shorter than the chunks verified", partial.display());
+        return Err(TransferError::Io(std::io::Error::other(lost)));
+    }
+    Ok((file, hasher))
+}
+
+/// The blocking half of [`fetch`]: opens, writes and hashes each chunk the stream's half hands
+/// over, syncing every [`SYNC_EVERY`]; the whole file's hash once the last is in and the
+/// stream's half is done (`None` if it stopped short).
+fn write_chunks(
+    mut file: std::fs::File,
+    mut hasher: Sha256,
+    key: &FileKey,
+    shape: &FileShape,
+    from_chunk: u64,
+    mut chunks: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    mut verified: impl FnMut(u64),
+) -> Result<Option<[u8; 32]>, TransferError> {
+    let (mut next, mut synced) = (from_chunk, from_chunk);
+    while let Some((index, sealed)) = chunks.blocking_recv() {
+        let plain =
+            open_chunk(key, shape, index, &sealed).map_err(|_| TransferError::BadChunk(index))?;
+        file.write_all(&plain)?;
+        hasher.update(&plain);
+        next = index + 1;
+        if next - synced >= SYNC_EVERY || next == shape.chunks() {
+            file.sync_data()?;
+            synced = next;
+            verified(next);
+        }
+    }
+    // Short of the last chunk only if the stream's half stopped early (it says why).
+    Ok((next == shape.chunks()).then(|| hasher.finalize().into()))
 }
 
 /// SHA-256 of the file at `path`, read in chunks.
@@ -253,7 +351,6 @@ pub struct Kept {
 /// Copies `source` into `dir` while hashing it (at most `max_size` bytes), under its hash: the
 /// copy is what is served, so the original may change or go once offered.
 pub fn keep_copy(source: &Path, dir: &Path, max_size: u64) -> std::io::Result<Kept> {
-    use std::io::Write;
     let input = std::fs::File::open(source)
         .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", source.display())))?;
     let metadata = input.metadata()?;

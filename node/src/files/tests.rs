@@ -43,17 +43,20 @@ async fn fetched(
     from_chunk: u64,
     partial: &Path,
 ) -> (Result<[u8; 32], TransferError>, Vec<u64>, FileFetch) {
-    let (mut request, mut reports) = (Vec::new(), Vec::new());
+    let mut request = Vec::new();
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reported = reports.clone();
     let result = fetch(
         &mut Cursor::new(stream),
         &mut request,
         offer,
         from_chunk,
         partial,
-        |through| reports.push(through),
+        move |through| reported.lock().unwrap().push(through),
     )
     .await;
     let asked = read_frame(&mut Cursor::new(request)).await.unwrap();
+    let reports = reports.lock().unwrap().clone();
     (result, reports, asked)
 }
 

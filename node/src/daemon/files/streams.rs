@@ -151,7 +151,8 @@ pub(super) async fn fetch_task(
     partial: PathBuf,
     internal: mpsc::Sender<Internal>,
 ) {
-    let mut through = from_chunk;
+    // Where the fetch has got to, kept by its writing thread (see `file_io::fetch`).
+    let through = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(from_chunk));
     let result = async {
         if let Some(dir) = partial.parent() {
             tokio::fs::create_dir_all(dir).await?;
@@ -161,8 +162,9 @@ pub(super) async fn fetch_task(
             .map_err(|_| TransferError::Refused(format!("cannot reach {peer}")))?
             .map_err(|err| TransferError::Refused(format!("cannot reach {peer}: {err}")))?;
         let (mut reader, mut writer) = stream.split();
-        let verified = |now: u64| {
-            through = now;
+        let (reached, internal) = (through.clone(), internal.clone());
+        let verified = move |now: u64| {
+            reached.store(now, std::sync::atomic::Ordering::Relaxed);
             // Progress only: the last count goes with the end, below.
             let report = FileDone::Verified { file, through: now };
             let _ = internal.try_send(Internal::File(report));
@@ -178,6 +180,7 @@ pub(super) async fn fetch_task(
         .await
     }
     .await;
+    let through = through.load(std::sync::atomic::Ordering::Relaxed);
     let verified = FileDone::Verified { file, through };
     let _ = internal.send(Internal::File(verified)).await;
     let result = result.map_err(|err| err.to_string());
