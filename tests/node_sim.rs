@@ -700,6 +700,8 @@ impl Sim {
             name: node.name.clone(),
             registration_token: None,
             heartbeat_ms: HEARTBEAT_MS,
+            // Each boot is a new run of the daemon.
+            instance: self.rng.r#gen(),
         };
         let session = Session::new(config, node.key.clone(), prekeys);
         let outbox: Outbox = match &node.disk.outbox_state {

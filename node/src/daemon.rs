@@ -35,7 +35,7 @@ use palaver_protocol::node::session::{RequestKey, SessionConfig};
 use palaver_protocol::node::state::NodeState;
 use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore as _};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -257,6 +257,7 @@ impl Node {
                 name: name.clone(),
                 registration_token: config.registration_token.clone(),
                 heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                instance: OsRng.next_u64(),
             },
             identity.signing_key().clone(),
             link::load_prekeys(&store, &identity)?,

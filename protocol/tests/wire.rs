@@ -117,7 +117,8 @@ fn the_snapshot_bytes_decode_to_the_fixed_values() {
     assert_eq!(
         codec::decode::<RendezvousRequest>(get("rendezvous_login")).unwrap(),
         RendezvousRequest::Login {
-            name: user("alice")
+            name: user("alice"),
+            instance: 7,
         }
     );
     assert_eq!(

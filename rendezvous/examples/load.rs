@@ -277,7 +277,10 @@ async fn scenario(args: &Args, count: usize, store: Option<String>) {
                 .unwrap();
             assert!(matches!(registered, RendezvousResponse::Registered { .. }));
             let login = client
-                .request(RendezvousRequest::Login { name: name.clone() })
+                .request(RendezvousRequest::Login {
+                    name: name.clone(),
+                    instance: 1,
+                })
                 .await
                 .unwrap();
             assert!(matches!(login, RendezvousResponse::LoggedIn { .. }));
@@ -320,7 +323,10 @@ async fn scenario(args: &Args, count: usize, store: Option<String>) {
                 while i < sessions.len() {
                     let (client, name, _) = &sessions[i];
                     let r = client
-                        .request(RendezvousRequest::Login { name: name.clone() })
+                        .request(RendezvousRequest::Login {
+                            name: name.clone(),
+                            instance: 1,
+                        })
                         .await
                         .unwrap();
                     assert!(matches!(r, RendezvousResponse::LoggedIn { .. }));

@@ -12,7 +12,7 @@
 //! let mut client = Client::connect(addr, &me).await?;
 //! let name = UserName::new("alice")?;
 //! client.request(RendezvousRequest::Register { name: name.clone(), token: None }).await?;
-//! client.request(RendezvousRequest::Login { name }).await?;
+//! client.request(RendezvousRequest::Login { name, instance: 1 }).await?;
 //! while let Some(push) = client.next_push().await {
 //!     println!("{push:?}");
 //! }

@@ -54,6 +54,7 @@ impl Rejection {
                 R::Invalid => "invalid",
                 R::Unavailable => "unavailable",
                 R::NotAllowed => "not_allowed",
+                R::InUse => "in_use",
             },
         }
     }

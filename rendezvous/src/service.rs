@@ -121,6 +121,10 @@ struct Session {
     name: UserName,
     key: VerifyingKey,
     subscriptions: Vec<UserName>,
+    /// The run of the daemon that logged in (see [`RendezvousRequest::Login`]).
+    instance: u64,
+    /// When the session last sent anything.
+    heard_at: Millis,
 }
 
 fn refuse(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
@@ -455,14 +459,15 @@ impl Service {
         }
         match request {
             RendezvousRequest::Register { name, token } => self.register(peer, name, token, now),
-            RendezvousRequest::Login { name } => self.login(peer, name, now),
+            RendezvousRequest::Login { name, instance } => self.login(peer, name, instance, now),
             other => {
-                let Some(session) = state.session.as_ref() else {
+                let Some(session) = state.session.as_mut() else {
                     return Err(refuse(
                         RefusalReason::NotLoggedIn,
                         "log in first: only register and login are open before that",
                     ));
                 };
+                session.heard_at = now;
                 let (name, key) = (session.name.clone(), session.key);
                 self.presence_heard(&name, None, now);
                 self.session_request(peer, name, key, other, now)
@@ -629,7 +634,11 @@ impl Service {
         }
     }
 
-    fn login(&mut self, peer: PeerId, name: UserName, now: Millis) -> Handled {
+    /// A login starts the session, or renews it for the same run of the daemon (after its
+    /// connection dropped, say). Another run with the same key (a copied home: one peer id, a
+    /// second connection) is refused while the session's own run is still heard from, and
+    /// takes the session over once that run has been silent for the presence timeout.
+    fn login(&mut self, peer: PeerId, name: UserName, instance: u64, now: Millis) -> Handled {
         let key = Self::key_of(&peer)?;
         let Some(user) = self.store.user(&name)? else {
             return Err(refuse(
@@ -648,11 +657,27 @@ impl Service {
             bucket: TokenBucket::new(limit, now),
             session: None,
         });
-        if state.session.is_none() {
+        if let Some(session) = &mut state.session {
+            let silent = now.saturating_sub(session.heard_at);
+            if session.instance != instance && silent < millis(self.limits.presence_timeout) {
+                return Err(refuse(
+                    RefusalReason::InUse,
+                    format!(
+                        "{name} is logged in here from another running daemon with this key \
+                         (heard from {} s ago)",
+                        silent / 1000
+                    ),
+                ));
+            }
+            session.instance = instance;
+            session.heard_at = now;
+        } else {
             state.session = Some(Session {
                 name: name.clone(),
                 key,
                 subscriptions: Vec::new(),
+                instance,
+                heard_at: now,
             });
             self.online.insert(name.clone(), peer);
             self.login_deadlines.remove(&peer);

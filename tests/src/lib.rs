@@ -219,6 +219,15 @@ impl User {
         Ok(user)
     }
 
+    /// A user whose home is already there (made by hand, copied), no daemon running.
+    pub fn at_home(name: &str, home: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            home,
+            daemon: None,
+        }
+    }
+
     pub fn command(&self) -> Command {
         let mut command = Command::new(&bins().palaver);
         command

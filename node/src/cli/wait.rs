@@ -21,7 +21,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// log in. A login the rendezvous refused ends the wait with the refusal.
 pub(super) async fn until_logged_in(socket: &Path) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut last = None;
+    let mut last: Option<Value> = None;
     loop {
         match Client::connect(socket).await {
             Ok(mut client) => {
@@ -34,6 +34,11 @@ pub(super) async fn until_logged_in(socket: &Path) -> anyhow::Result<Value> {
                     bail!("the rendezvous refused to log us in: {refused}");
                 }
                 last = Some(status);
+            }
+            // Up a moment ago, gone now: it stopped rather than logged in (a copied home's
+            // daemon does, refused by the rendezvous), and said why where it runs.
+            Err(ClientError::NotRunning(_)) if last.is_some() => {
+                bail!("the daemon stopped before it logged in: its output (or log) says why")
             }
             // Not started yet (or just starting): its socket is not there.
             Err(ClientError::NotRunning(_)) => {}

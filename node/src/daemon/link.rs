@@ -7,8 +7,10 @@ use libp2p::request_response::OutboundRequestId;
 use palaver_protocol::UserName;
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::node::asks::{self, Step};
-use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState};
-use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, RendezvousResponse};
+use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState, refusal_hint};
+use palaver_protocol::wire::{
+    PresenceRecord, RefusalReason, RendezvousRequest, RendezvousResponse,
+};
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
@@ -146,6 +148,11 @@ impl Node {
                     self.state.logged_out(now_ms(), &mut OsRng);
                     self.reach(super::reach::ReachInput::LoggedIn(false));
                     self.drive_delivery();
+                }
+                Output::LoginRefused(refusal) if refusal.reason == RefusalReason::InUse => {
+                    // Another instance would take the copy in: stop, and say why.
+                    self.fatal = Some(format!("{refusal}; {}", refusal_hint(refusal.reason)));
+                    self.stopping = true;
                 }
                 Output::LoginRefused(refusal) => {
                     tracing::error!("the rendezvous refused us: {refusal}");

@@ -91,6 +91,9 @@ pub struct SessionConfig {
     pub registration_token: Option<String>,
     /// Presence heartbeat period (the server times a user out after missing a few).
     pub heartbeat_ms: u64,
+    /// Drawn afresh by each run of the daemon, and sent with every login: the server refuses a
+    /// second daemon with the same key (a copied home) while this one is heard from.
+    pub instance: u64,
 }
 
 /// What the driver tells the session.
@@ -439,8 +442,11 @@ impl<T: std::fmt::Debug> Session<T> {
             return;
         }
         self.logging_in = true;
-        let name = self.config.name.clone();
-        self.enqueue(RendezvousRequest::Login { name }, Purpose::Login);
+        let request = RendezvousRequest::Login {
+            name: self.config.name.clone(),
+            instance: self.config.instance,
+        };
+        self.enqueue(request, Purpose::Login);
     }
 
     fn on_response(
@@ -714,6 +720,12 @@ pub fn refusal_hint(reason: RefusalReason) -> &'static str {
         RefusalReason::NameTaken | RefusalReason::NotYourName => {
             "the name belongs to another key at this server: pick another name \
              (`palaver --home NEW_DIR init --name OTHER`)"
+        }
+        RefusalReason::InUse => {
+            "was this home copied from another device? One key runs in one daemon at a time: \
+             stop the other daemon, or give this device a home of its own \
+             (`palaver --home NEW_DIR init`); linking a second device to one account \
+             (`palaver device link`) is not there yet"
         }
         RefusalReason::Unavailable => {
             "this server offers no accounts: give a full rendezvous to --rendezvous (a relay-only \

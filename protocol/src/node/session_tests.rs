@@ -18,6 +18,7 @@ fn session(rng: &mut ChaCha20Rng) -> S {
         name: UserName::new("alice").expect("name"),
         registration_token: Some("letmein".into()),
         heartbeat_ms: HEARTBEAT,
+        instance: 1,
     };
     let prekeys = PrekeyState::generate(rng, &alice());
     Session::new(config, alice(), prekeys)

@@ -27,7 +27,9 @@ pub enum RendezvousRequest {
         token: Option<String>,
     },
     /// Start a session as `name`, which must already be bound to the connecting key.
-    Login { name: UserName },
+    /// `instance` is drawn afresh by each run of a daemon: a second daemon with the same key
+    /// (a copied home) has another, and is refused while the first is still heard from.
+    Login { name: UserName, instance: u64 },
     /// Replace this user's prekeys (signed prekey and a batch of one-time prekeys).
     PublishPrekeys(Box<PrekeyUpload>),
     /// Top up the one-time prekeys.
@@ -159,6 +161,8 @@ pub enum RefusalReason {
     /// Not this session's to do: registering under another peer's namespace, or holding more
     /// discovery registrations than the server allows.
     NotAllowed,
+    /// The key is logged in from another running daemon (a copied home): one key, one daemon.
+    InUse,
 }
 
 impl std::fmt::Display for RefusalReason {
@@ -177,6 +181,7 @@ impl std::fmt::Display for RefusalReason {
             RefusalReason::Invalid => "invalid request",
             RefusalReason::Unavailable => "not offered by this server",
             RefusalReason::NotAllowed => "not allowed",
+            RefusalReason::InUse => "key in use",
         })
     }
 }

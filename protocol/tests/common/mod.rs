@@ -233,6 +233,7 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             "rendezvous_login",
             encode(&RendezvousRequest::Login {
                 name: user("alice"),
+                instance: 7,
             })
             .unwrap(),
         ),
@@ -590,7 +591,8 @@ pub fn any_rendezvous_request() -> impl Strategy<Value = RendezvousRequest> {
     prop_oneof![
         (any_user(), proptest::option::of(".{0,20}"))
             .prop_map(|(name, token)| RendezvousRequest::Register { name, token }),
-        any_user().prop_map(|name| RendezvousRequest::Login { name }),
+        (any_user(), any::<u64>())
+            .prop_map(|(name, instance)| RendezvousRequest::Login { name, instance }),
         (
             any_key(),
             any_signed_prekey(),
@@ -661,6 +663,7 @@ pub fn any_refusal_reason() -> impl Strategy<Value = RefusalReason> {
         Invalid,
         Unavailable,
         NotAllowed,
+        InUse,
     ])
 }
 

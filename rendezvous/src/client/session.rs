@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use palaver_protocol::node::session::{Input, Output, PrekeyState, RequestKey, Session};
 use palaver_protocol::wire::{Refusal, RendezvousRequest, RendezvousResponse};
 use palaver_protocol::{Identity, UserName};
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore as _};
 
 use super::{Client, ClientError};
 use crate::clock::now_ms;
@@ -73,6 +73,7 @@ impl ClientSession {
             name,
             registration_token,
             heartbeat_ms: HEARTBEAT.as_millis() as u64,
+            instance: OsRng.next_u64(),
         };
         let prekeys = PrekeyState::generate(&mut OsRng, identity.signing_key());
         let mut this = Self {

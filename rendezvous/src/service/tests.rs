@@ -90,7 +90,7 @@ impl Harness {
             matches!(registered, RendezvousResponse::Registered { .. }),
             "{registered:?}"
         );
-        let login = self.ask(peer, RendezvousRequest::Login { name: name(n) }, now);
+        let login = self.ask(peer, RendezvousRequest::Login { name: name(n), instance: 1 }, now);
         assert!(
             matches!(login, RendezvousResponse::LoggedIn { .. }),
             "{login:?}"
@@ -232,14 +232,15 @@ fn names_are_first_come_and_bound_to_one_key() {
         h.refusal(
             mallory,
             RendezvousRequest::Login {
-                name: name("alice")
+                name: name("alice"),
+                instance: 1,
             },
             1
         ),
         RefusalReason::NotYourName
     );
     assert_eq!(
-        h.refusal(mallory, RendezvousRequest::Login { name: name("bob") }, 1),
+        h.refusal(mallory, RendezvousRequest::Login { name: name("bob"), instance: 1 }, 1),
         RefusalReason::UnknownUser
     );
     // One key, one name.
@@ -255,6 +256,37 @@ fn names_are_first_come_and_bound_to_one_key() {
         ),
         RefusalReason::Invalid
     );
+}
+
+#[test]
+fn a_second_daemon_with_the_same_key_is_refused_while_the_first_is_heard_from() {
+    let mut h = harness();
+    // The first run logged in as instance 1 (see `Harness::session`).
+    let (_, alice) = h.session(1, "alice", 0);
+    let login = |instance| RendezvousRequest::Login {
+        name: name("alice"),
+        instance,
+    };
+    // A copied home: the same peer id, another run. Refused, and the session stays the first's.
+    assert_eq!(h.refusal(alice, login(2), 1_000), RefusalReason::InUse);
+    assert!(matches!(
+        h.ask(alice, RendezvousRequest::Heartbeat { state: PresenceState::Online }, 30_000),
+        RendezvousResponse::Done
+    ));
+    // Heard at 30 s: still refused just before the presence timeout (60 s) has passed since.
+    assert_eq!(h.refusal(alice, login(2), 89_000), RefusalReason::InUse);
+    // The first run logging in again (its connection dropped, say) renews its own session.
+    assert!(matches!(
+        h.ask(alice, login(1), 89_500),
+        RendezvousResponse::LoggedIn { .. }
+    ));
+    // Silent for the presence timeout (a daemon gone without its connection closing): a new
+    // run takes the session over, and then the old one is the one refused.
+    assert!(matches!(
+        h.ask(alice, login(2), 149_500),
+        RendezvousResponse::LoggedIn { .. }
+    ));
+    assert_eq!(h.refusal(alice, login(1), 150_000), RefusalReason::InUse);
 }
 
 #[test]
@@ -488,6 +520,7 @@ fn one_time_prekeys_are_handed_out_once_and_a_low_stock_is_signalled() {
         alice,
         RendezvousRequest::Login {
             name: name("alice"),
+            instance: 1,
         },
         3,
     )
@@ -585,7 +618,7 @@ fn deposits_are_checked_deduplicated_held_within_quota_and_expire() {
     h.service.connected(bob, 3_601_500);
     let RendezvousResponse::LoggedIn { mail_waiting, .. } = h.ask(
         bob,
-        RendezvousRequest::Login { name: name("bob") },
+        RendezvousRequest::Login { name: name("bob"), instance: 1 },
         3_601_500,
     ) else {
         panic!()

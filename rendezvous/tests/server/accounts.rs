@@ -30,12 +30,22 @@ async fn a_name_is_first_come_and_a_login_needs_the_key_it_was_registered_with()
             &mallory,
             RendezvousRequest::Login {
                 name: name("alice"),
+                instance: 1,
             },
         )
         .await,
     );
     assert_eq!(stolen.reason, RefusalReason::NotYourName);
-    let unknown = refusal(ask(&mallory, RendezvousRequest::Login { name: name("zed") }).await);
+    let unknown = refusal(
+        ask(
+            &mallory,
+            RendezvousRequest::Login {
+                name: name("zed"),
+                instance: 1,
+            },
+        )
+        .await,
+    );
     assert_eq!(unknown.reason, RefusalReason::UnknownUser);
 
     // Registering again with the same key is a harmless retry.

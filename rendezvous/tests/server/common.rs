@@ -171,7 +171,14 @@ pub(crate) async fn session(addr: &Multiaddr, n: &str) -> (Client, Identity) {
 }
 
 pub(crate) async fn login(client: &Client, n: &str) -> RendezvousResponse {
-    let response = ask(client, RendezvousRequest::Login { name: name(n) }).await;
+    let response = ask(
+        client,
+        RendezvousRequest::Login {
+            name: name(n),
+            instance: 1,
+        },
+    )
+    .await;
     assert!(
         matches!(response, RendezvousResponse::LoggedIn { .. }),
         "{response:?}"

@@ -106,6 +106,7 @@ pub(crate) async fn send_raw_as(
         },
         RendezvousRequest::Login {
             name: crate::common::name(name),
+            instance: 1,
         },
     ]
     .map(|request| palaver_protocol::codec::encode(&request).unwrap());

@@ -70,7 +70,7 @@ fn presence_crosses_instances_and_a_user_moving_between_them_stays_online() {
 
     // Bob moves to A (his connection to B drops after): never shown offline meanwhile.
     a.service.connected(bob, 20);
-    a.ask(bob, RendezvousRequest::Login { name: name("bob") }, 20);
+    a.ask(bob, RendezvousRequest::Login { name: name("bob"), instance: 1 }, 20);
     b.service.disconnected(bob, 21);
     carry(&mut b, "B", &mut a, 22);
     assert!(
