@@ -32,5 +32,5 @@ pub use outbox::{
 };
 pub use sequence::{
     MAX_AHEAD_PER_SENDER, MAX_AHEAD_TOTAL, MAX_GAP_RANGES, MAX_SENDERS, Observation, SequenceError,
-    SequenceTracker,
+    SequenceTracker, next_own_seq_after,
 };

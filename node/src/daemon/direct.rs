@@ -371,11 +371,12 @@ impl Node {
         Ok(filed)
     }
 
-    /// Our next sequence number in `conversation` (a store that cannot say is an error: a
-    /// number used again would overwrite an earlier message in a room's log).
+    /// Our next sequence number in `conversation`, after the last one stored (a store that
+    /// cannot say is an error: a number used again would overwrite an earlier message in a
+    /// room's log).
     pub(crate) fn next_seq(&self, conversation: &ConversationId) -> Result<u64, StoreError> {
         let last = self.store.get::<u64>(StateKey::Seq(*conversation))?;
-        Ok(last.unwrap_or(0) + 1)
+        Ok(palaver_protocol::delivery::next_own_seq_after(last))
     }
 
     /// What a lookup or who-is answered: keys learned (see [`Node::learn_keys`]) and presence

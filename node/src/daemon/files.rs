@@ -13,13 +13,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use libp2p::{PeerId, StreamProtocol};
-use palaver_protocol::crypto::file::FileKey;
 use palaver_protocol::identity::identity_of;
 use palaver_protocol::node::files::{
     self as transfers, Audience, FileEvent, Incoming, Input, Limits, Output, Served, Status,
     may_serve,
 };
-use palaver_protocol::wire::file::{MAX_WHOLE_FILE_LEN, guess_mime};
 use palaver_protocol::wire::{FileOffer, Payload, TransferId, protocol_names};
 use palaver_protocol::{MessageId, RoomId, RoomName, UserName, VerifyingKey};
 use rand_core::OsRng;
@@ -35,8 +33,6 @@ use crate::store::{StateBatch, StateKey, Store};
 mod streams;
 
 pub(crate) const FILE_PROTOCOL: StreamProtocol = StreamProtocol::new(protocol_names::FILE);
-/// The longest reason a decline carries, in characters.
-const MAX_DECLINE_REASON: usize = 200;
 
 /// Where a daemon keeps files, and the limits it takes them under.
 #[derive(Debug, Clone, Default)]
@@ -65,13 +61,17 @@ pub(crate) struct FileIo {
 /// What a task or blocking thread of the file driver finished.
 #[derive(Debug)]
 pub(crate) enum FileDone {
-    /// The copy of a file to offer is kept (or not): the offer can go out.
+    /// The copy of a file to offer is kept (or not), read too if it goes whole: the offer can
+    /// go out.
     Kept {
         to: FileTo,
-        result: std::io::Result<Kept>,
+        result: std::io::Result<(Kept, Option<Vec<u8>>)>,
         name: String,
         reply: Reply,
     },
+    /// A file offered to us, written as its partial file if it came whole, and the free space
+    /// asked: the [`Input::Offered`] for the machine.
+    Offered(Box<Input>),
     /// A fetch has its chunks up to `through` durable.
     Verified { file: MessageId, through: u64 },
     /// A fetch ended: with every chunk in, the whole file's hash, as written.
@@ -145,12 +145,15 @@ impl FileIo {
     /// What the disks a file is fetched to and then moved to have free, the less of the two
     /// (none if they cannot say: nothing is accepted).
     pub(crate) fn free_space(&self) -> u64 {
-        [&self.partial, &self.download]
-            .into_iter()
-            .map(|dir| file_io::free_space(dir).unwrap_or(0))
-            .min()
-            .unwrap_or(0)
+        free_space_in(&[&self.partial, &self.download])
     }
+}
+
+fn free_space_in(dirs: &[&Path]) -> u64 {
+    (dirs.iter())
+        .map(|dir| file_io::free_space(dir).unwrap_or(0))
+        .min()
+        .unwrap_or(0)
 }
 
 /// Every record in a namespace keyed by message id (`FileIn`, `FileSent`), with its id.
@@ -189,11 +192,19 @@ impl Node {
             }
         };
         let (kept, max) = (self.file_io.kept.clone(), self.file_io.max_size);
-        self.off_actor(move || FileDone::Kept {
-            to,
-            result: file_io::keep_copy(&path, &kept, max),
-            name,
-            reply,
+        let to_room = matches!(to, FileTo::Room(_));
+        self.off_actor(move || {
+            let result = file_io::keep_copy(&path, &kept, max).map(|kept| {
+                let whole = transfers::goes_whole(kept.size, to_room);
+                let bytes = whole.then(|| std::fs::read(&kept.path).ok()).flatten();
+                (kept, bytes)
+            });
+            FileDone::Kept {
+                to,
+                result,
+                name,
+                reply,
+            }
         });
     }
 
@@ -206,6 +217,7 @@ impl Node {
                 name,
                 reply,
             } => return self.offer_file(to, result, name, reply),
+            FileDone::Offered(input) => *input,
             FileDone::Verified { file, through } => Input::Verified { file, through },
             FileDone::Ended { file, result } => {
                 self.file_io.fetches.remove(&file);
@@ -277,61 +289,54 @@ impl Node {
         room: Option<RoomId>,
         bytes: Option<Vec<u8>>,
     ) {
-        // A file that came whole is written as its partial file now (small: at most
-        // MAX_WHOLE_FILE_LEN); if that fails, it is fetched like any other.
-        let whole = bytes.is_some_and(|bytes| {
-            let partial = self.file_io.partial_of(&file);
-            let written = std::fs::File::create(&partial).and_then(|mut out| {
-                std::io::Write::write_all(&mut out, &bytes)?;
-                out.sync_data()
+        // Off the actor: a file that came whole (small: at most MAX_WHOLE_FILE_LEN) is written
+        // as its partial file, durably (if that fails, it is fetched like any other), and the
+        // free space asked of the disks.
+        let partial = self.file_io.partial_of(&file);
+        let dirs = (self.file_io.partial.clone(), self.file_io.download.clone());
+        self.off_actor(move || {
+            let whole = bytes.is_some_and(|bytes| {
+                let written = std::fs::File::create(&partial).and_then(|mut out| {
+                    std::io::Write::write_all(&mut out, &bytes)?;
+                    out.sync_data()
+                });
+                if let Err(err) = &written {
+                    tracing::warn!(
+                        "cannot write {}: {err}; fetching it instead",
+                        partial.display()
+                    );
+                }
+                written.is_ok()
             });
-            if let Err(err) = &written {
-                tracing::warn!(
-                    "cannot write {}: {err}; fetching it instead",
-                    partial.display()
-                );
-            }
-            written.is_ok()
+            FileDone::Offered(Box::new(Input::Offered {
+                file,
+                offer,
+                sender,
+                room,
+                free_space: free_space_in(&[&dirs.0, &dirs.1]),
+                whole,
+            }))
         });
-        let free_space = self.file_io.free_space();
-        let input = Input::Offered {
-            file,
-            offer,
-            sender,
-            room,
-            free_space,
-            whole,
-        };
-        self.files_input(input, now_ms());
     }
 
-    fn offer_file(&mut self, to: FileTo, kept: std::io::Result<Kept>, name: String, reply: Reply) {
-        let kept = match kept {
+    fn offer_file(
+        &mut self,
+        to: FileTo,
+        kept: std::io::Result<(Kept, Option<Vec<u8>>)>,
+        name: String,
+        reply: Reply,
+    ) {
+        let (kept, bytes) = match kept {
             Ok(kept) => kept,
             Err(err) => return drop(reply.send(Err(RpcError::failed(err.to_string())))),
         };
-        let offer = FileOffer {
-            transfer: TransferId::random(&mut OsRng),
-            mime: guess_mime(&name).to_owned(),
-            name,
-            size: kept.size,
-            sha256: kept.sha256,
-            key: FileKey::random(&mut OsRng),
+        let offer = match transfers::new_offer(name, kept.size, kept.sha256, &mut OsRng) {
+            Ok(offer) => offer,
+            Err(err) => return drop(reply.send(Err(RpcError::invalid(err.to_string())))),
         };
-        if let Err(err) = offer.check() {
-            return drop(reply.send(Err(RpcError::invalid(err.to_string()))));
-        }
         match to {
             FileTo::User(name) => {
-                // A small file goes whole in its message: through the mailbox too, no fetch.
-                let payload = match (kept.size as usize <= MAX_WHOLE_FILE_LEN)
-                    .then(|| std::fs::read(&kept.path))
-                {
-                    Some(Ok(bytes)) if bytes.len() as u64 == offer.size => {
-                        Payload::FileWhole { offer, bytes }
-                    }
-                    _ => Payload::File(offer),
-                };
+                let payload = transfers::offer_payload(offer, bytes);
                 let token = self.replies.park(reply);
                 let mut job = Job::to_name(name, payload, Some(token));
                 job.served_from = Some(kept.path);
@@ -378,7 +383,8 @@ impl Node {
 
     /// Carries out what the transfers decided.
     pub(crate) fn drive_files(&mut self) {
-        while let Some(output) = self.state.files.poll_output() {
+        let mut fetched = false;
+        while let Some(output) = self.state.poll_file_output(now_ms(), &mut OsRng) {
             match output {
                 Output::Save { file, record } => self.save_transfer(file, &record),
                 Output::Fetch {
@@ -387,8 +393,7 @@ impl Node {
                     peer,
                     from_chunk,
                 } => {
-                    // Connected to, or looked up and dialed.
-                    self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
+                    fetched = true;
                     let partial = self.file_io.partial_of(&file);
                     let control = self.file_io.control.clone();
                     let internal = self.internal_tx.clone();
@@ -439,12 +444,15 @@ impl Node {
                     sender,
                     reason,
                 } => {
-                    let reason = reason.chars().take(MAX_DECLINE_REASON).collect();
                     let payload = Payload::FileDeclined { file, reason };
                     self.send_direct(Job::to_key(sender, payload));
                 }
                 Output::Event(event) => self.emit_file_event(event),
             }
+        }
+        // The delivery planner was asked to reach the sources fetched from.
+        if fetched {
+            self.drive_delivery();
         }
     }
 
@@ -455,8 +463,7 @@ impl Node {
             .ok()
             .flatten()
             .and_then(|transfer| self.store.get::<Served>(StateKey::Served(transfer)).ok()?);
-        // Only the one it was offered to may decline it.
-        let Some(served) = served.filter(|served| served.audience == Audience::Peer(from)) else {
+        let Some(served) = served.filter(|served| transfers::may_decline(served, &from)) else {
             return;
         };
         let name = self
@@ -484,20 +491,12 @@ impl Node {
     fn save_transfer(&mut self, file: MessageId, record: &Incoming) {
         let mut batch = StateBatch::default();
         batch.put(StateKey::FileIn(file), record);
-        // A room's file, once here whole, is served to its other members too (unless the id
-        // is another message's: ids are the sender's to choose).
-        if let (Status::Done { path }, Some(room)) = (&record.status, record.room) {
+        if matches!(record.status, Status::Done { .. }) {
             let transfer = record.offer.transfer;
             let taken = (self.store.get::<Served>(StateKey::Served(transfer)))
                 .ok()
                 .flatten();
-            if taken.is_none_or(|taken| taken.message == file) {
-                let served = Served {
-                    message: file,
-                    offer: record.offer.clone(),
-                    audience: Audience::Room(room),
-                    path: path.clone(),
-                };
+            if let Some(served) = transfers::served_on(file, record, taken.as_ref()) {
                 batch.put(StateKey::Served(transfer), &served);
             }
         }

@@ -15,6 +15,7 @@ use palaver_protocol::node::rooms::{
     Output, ReadMessage, Room, RoomError, RoomEvent, Rooms, topic_name,
 };
 use palaver_protocol::{Identity, MessageId, RoomId, VerifyingKey};
+use rand_core::OsRng;
 use serde_json::{Value, json};
 
 mod commands;
@@ -98,7 +99,8 @@ impl Node {
     /// for a command to answer with), rather than the change living only in memory.
     pub(crate) fn drive_rooms(&mut self) -> Result<(), StoreError> {
         let mut result = Ok(());
-        while let Some(output) = self.state.rooms.poll_output() {
+        let mut sought = false;
+        while let Some(output) = self.state.poll_room_output(super::now_ms(), &mut OsRng) {
             match output {
                 Output::Save(id) => {
                     let mut batch = StateBatch::default();
@@ -151,12 +153,8 @@ impl Node {
                         .gossipsub
                         .unsubscribe(&topic(&id));
                 }
-                Output::Seek { members, .. } => {
-                    // The delivery planner looks up those we are not connected to.
-                    for peer in members.iter().map(peer_id_of) {
-                        self.delivery_input(palaver_protocol::node::direct::Input::Want(peer));
-                    }
-                }
+                // The delivery planner was asked to reach them.
+                Output::Seek { .. } => sought = true,
                 Output::Register(room) => self.register_in_room(room),
                 Output::Unregister(room) => self.unregister_from_room(room),
                 Output::Event(RoomEvent::Invited { room, from }) => {
@@ -169,6 +167,9 @@ impl Node {
                     self.emit(crate::rpc::Event::Removed { room });
                 }
             }
+        }
+        if sought {
+            self.drive_delivery();
         }
         result
     }

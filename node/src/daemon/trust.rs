@@ -175,11 +175,8 @@ impl Node {
             new_fingerprint,
             verified,
         });
-        // An unverified contact's pinned key was replaced: what was sealed for the old one can
-        // no longer be read, and fails, saying so. A verified contact keeps its key until the
-        // user confirms the new one (see `answer_verify`).
-        if !verified {
-            self.key_replaced(&change.old);
+        if let Some(old) = change.replaced_now() {
+            self.key_replaced(&old);
         }
     }
 
@@ -251,9 +248,7 @@ impl Node {
         if !confirm {
             return drop(reply.send(Ok(answer(&contact))));
         }
-        // Confirming a changed key replaces the one that was kept pinned.
-        let replaced = (contact.key != contact.latest()).then_some(contact.key);
-        let newly_verified = contact.confirm();
+        let confirmed = contact.confirm();
         let value = answer(&contact);
         let mut batch = StateBatch::default();
         batch
@@ -262,10 +257,10 @@ impl Node {
         if let Err(err) = self.store.apply(&batch) {
             return drop(reply.send(Err(RpcError::failed(err.to_string()))));
         }
-        if newly_verified {
+        if confirmed.newly_verified {
             self.record_notice(&name, trust::verified_notice(&name));
         }
-        if let Some(old) = replaced {
+        if let Some(old) = confirmed.replaced {
             self.key_replaced(&old);
         }
         self.answer_when_durable(reply, Ok(value));

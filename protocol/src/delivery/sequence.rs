@@ -30,6 +30,13 @@ pub const MAX_SENDERS: usize = 1024;
 pub const MAX_AHEAD_PER_SENDER: usize = 256;
 /// Seqs held above `have_through`, across all senders of one conversation.
 pub const MAX_AHEAD_TOTAL: usize = 16 * 1024;
+/// Our seq for the next message in a conversation, after `last` (the last we sent there, as
+/// stored; `None` before the first): 1, 2, 3, … with no gaps. A driver that keeps only the last
+/// seq durable (not a whole [`SequenceTracker`]) numbers its messages with this.
+pub fn next_own_seq_after(last: Option<u64>) -> u64 {
+    last.unwrap_or(0).saturating_add(1)
+}
+
 /// Ranges [`SequenceTracker::gaps`] returns at most (the lowest ones).
 pub const MAX_GAP_RANGES: usize = 64;
 
@@ -96,7 +103,7 @@ impl SequenceTracker {
 
     /// The seq for the next message we send: 1, 2, 3, …
     pub fn next_own_seq(&mut self) -> u64 {
-        self.own_seq = self.own_seq.saturating_add(1);
+        self.own_seq = next_own_seq_after(Some(self.own_seq));
         self.own_seq
     }
 

@@ -15,7 +15,10 @@
 //!
 //! Every transfer is one [`Incoming`] record, which the driver persists on [`Output::Save`];
 //! this machine holds only those under way. Serving is [`may_serve`]: a pure decision over the
-//! record of a file we offered or received.
+//! record of a file we offered or received. Offering is [`new_offer`] and [`offer_payload`]
+//! (whole in its message, or fetched); what a decline may say, and who may send one, are
+//! [`decline_reason`] and [`may_decline`]; a room's file received whole is served on to the
+//! other members ([`served_on`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -23,9 +26,12 @@ use ed25519_dalek::VerifyingKey;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::file::FileShape;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::crypto::file::{FileKey, FileShape};
 use crate::identity::peer_id_of;
-use crate::wire::{FileOffer, MessageId, RoomId};
+use crate::wire::file::{MAX_WHOLE_FILE_LEN, guess_mime};
+use crate::wire::{FileOffer, MessageId, Payload, RoomId, TransferId, WireError};
 
 /// Fetches under way at once; more accepted files wait their turn.
 pub const MAX_FETCHES: usize = 4;
@@ -37,6 +43,8 @@ pub const RETRY_MS: u64 = 2_000;
 pub const MAX_RETRY_MS: u64 = 60_000;
 /// Progress events for one transfer, at most this often.
 pub const PROGRESS_EVERY_MS: u64 = 250;
+/// The longest reason a decline carries, in characters.
+pub const MAX_DECLINE_REASON: usize = 200;
 
 /// The limits the user set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,11 +444,10 @@ impl Transfers {
         self.save(file, record);
         self.outputs.push_back(Output::Discard { file });
         if direct {
-            let reason = reason.clone();
             self.outputs.push_back(Output::Decline {
                 file,
                 sender,
-                reason,
+                reason: decline_reason(&reason),
             });
         }
         self.outputs
@@ -545,11 +552,10 @@ impl Transfers {
                     self.save(file, record);
                     self.outputs.push_back(Output::Discard { file });
                     if direct {
-                        let reason = "rejected".to_owned();
                         self.outputs.push_back(Output::Decline {
                             file,
                             sender,
-                            reason,
+                            reason: decline_reason("rejected"),
                         });
                     }
                 }
@@ -690,6 +696,69 @@ pub fn may_serve(
     } else {
         Err(Refused::NotYours)
     }
+}
+
+/// The offer of a file we keep a copy of (`size` bytes, hashed to `sha256`): a fresh transfer id
+/// and key, and the MIME type its name suggests. A name a receiver would refuse is refused here.
+pub fn new_offer(
+    name: String,
+    size: u64,
+    sha256: [u8; 32],
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<FileOffer, WireError> {
+    let offer = FileOffer {
+        transfer: TransferId::random(rng),
+        mime: guess_mime(&name).to_owned(),
+        name,
+        size,
+        sha256,
+        key: FileKey::random(rng),
+    };
+    offer.check()?;
+    Ok(offer)
+}
+
+/// Whether a file of `size` goes whole inside its message (then through the mailbox too, no
+/// fetch): a small one offered to one peer. In a room every member fetches, from any member
+/// that has it.
+pub fn goes_whole(size: u64, to_room: bool) -> bool {
+    !to_room && size <= MAX_WHOLE_FILE_LEN as u64
+}
+
+/// The message that offers `offer`: whole when `bytes` (read because [`goes_whole`]) are the
+/// file as offered, else an offer to fetch.
+pub fn offer_payload(offer: FileOffer, bytes: Option<Vec<u8>>) -> Payload {
+    match bytes {
+        Some(bytes) if offer.check_whole(&bytes).is_ok() => Payload::FileWhole { offer, bytes },
+        _ => Payload::File(offer),
+    }
+}
+
+/// What a decline tells the sender: the reason, cut to [`MAX_DECLINE_REASON`] characters.
+pub fn decline_reason(reason: &str) -> String {
+    reason.chars().take(MAX_DECLINE_REASON).collect()
+}
+
+/// Whether `from` may decline the file `served`: only the one peer it was offered to.
+pub fn may_decline(served: &Served, from: &VerifyingKey) -> bool {
+    served.audience == Audience::Peer(*from)
+}
+
+/// A room's file `file`, once here whole (`record`), is served to the room's other members
+/// too — unless its transfer id is already another message's (`taken`: what is served under
+/// it now; ids are the sender's to choose, and one must not take over another's).
+pub fn served_on(file: MessageId, record: &Incoming, taken: Option<&Served>) -> Option<Served> {
+    let (Status::Done { path }, Some(room)) = (&record.status, record.room) else {
+        return None;
+    };
+    taken
+        .is_none_or(|taken| taken.message == file)
+        .then(|| Served {
+            message: file,
+            offer: record.offer.clone(),
+            audience: Audience::Room(room),
+            path: path.clone(),
+        })
 }
 
 #[cfg(test)]

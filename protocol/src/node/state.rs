@@ -15,8 +15,8 @@ use rand_core::{CryptoRng, RngCore};
 use super::direct::pipeline::{Facts, SendPipeline};
 use super::direct::{Delivery, Input as DeliveryInput};
 use super::discovery::Publisher;
-use super::files::Transfers;
-use super::rooms::Rooms;
+use super::files::{Output as FileOutput, Transfers};
+use super::rooms::{Output as RoomOutput, Rooms};
 use super::session::Session;
 use crate::UserName;
 
@@ -76,6 +76,39 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
         self.discovery.logged_out();
         self.delivery
             .handle(DeliveryInput::LoggedIn(false), now, rng);
+    }
+
+    /// The file transfers' next output. A fetch first asks the delivery planner to reach its
+    /// source (connected to, or looked up and dialed), so the stream the driver opens for it
+    /// has a connection to go over; the driver then carries out the planner's outputs too.
+    pub fn poll_file_output(
+        &mut self,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Option<FileOutput> {
+        let output = self.files.poll_output()?;
+        if let FileOutput::Fetch { peer, .. } = &output {
+            self.delivery.handle(DeliveryInput::Want(*peer), now, rng);
+        }
+        Some(output)
+    }
+
+    /// The rooms' next output. Members sought are asked of the delivery planner, which keeps
+    /// a connection to each (looked up and dialed when there is none); the driver then
+    /// carries out the planner's outputs too.
+    pub fn poll_room_output(
+        &mut self,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Option<RoomOutput> {
+        let output = self.rooms.poll_output()?;
+        if let RoomOutput::Seek { members, .. } = &output {
+            for member in members {
+                let peer = crate::identity::peer_id_of(member);
+                self.delivery.handle(DeliveryInput::Want(peer), now, rng);
+            }
+        }
+        Some(output)
     }
 
     /// Wakes every machine at `now`. Each acts only on what is due by its own reckoning — which

@@ -99,17 +99,30 @@ impl Contact {
         Ok((self.key, self.unreported_change.take()))
     }
 
-    /// The user compared safety numbers over [`Contact::latest`] and vouches for it.
-    /// The user confirmed the latest key: it is the one sent to, verified. `true` when the
-    /// contact was not verified before (worth a line in the conversation).
-    pub fn confirm(&mut self) -> bool {
-        let newly = !self.is_verified();
+    /// The user compared safety numbers over [`Contact::latest`] and vouches for it: it is
+    /// the one sent to, verified.
+    pub fn confirm(&mut self) -> Confirmed {
+        let confirmed = Confirmed {
+            newly_verified: !self.is_verified(),
+            replaced: (self.key != self.latest()).then_some(self.key),
+        };
         self.key = self.latest();
         self.unconfirmed = None;
         self.unreported_change = None;
         self.verified = true;
-        newly
+        confirmed
     }
+}
+
+/// What a confirmation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Confirmed {
+    /// The contact was not verified before: worth a line in the conversation.
+    pub newly_verified: bool,
+    /// The key that stayed pinned until now, replaced by the confirmed one: what was sealed
+    /// for it can no longer be read, and fails.
+    pub replaced: Option<[u8; 32]>,
 }
 
 /// What a rendezvous answer was about: users named in it that nobody asked about are ignored
@@ -143,6 +156,13 @@ pub struct KeyChange {
 }
 
 impl KeyChange {
+    /// The key whose pending messages fail now: an unverified contact's, replaced at once. A
+    /// verified contact keeps its key until the user confirms the new one (see
+    /// [`Contact::confirm`]).
+    pub fn replaced_now(&self) -> Option<[u8; 32]> {
+        (!self.verified).then_some(self.old)
+    }
+
     /// The line filed in the conversation with the contact.
     pub fn notice(&self) -> String {
         let name = &self.name;
@@ -353,7 +373,14 @@ mod tests {
     #[test]
     fn a_verified_contact_keeps_its_key_and_refuses_sends_until_the_new_one_is_confirmed() {
         let mut bob = Contact::first(OLD);
-        bob.confirm();
+        let first = bob.confirm();
+        assert_eq!(
+            first,
+            Confirmed {
+                newly_verified: true,
+                replaced: None
+            }
+        );
         assert!(bob.verified);
         assert_eq!(bob.observe(NEW), Observed::Changed { old: OLD, new: NEW });
         assert_eq!(bob.key, OLD);
@@ -373,15 +400,35 @@ mod tests {
             }
         );
         assert_eq!(bob.latest(), THIRD);
-        bob.confirm();
+        // What was sealed for OLD (kept pinned until now) fails; the new key is verified now
+        // (the changed one was not: worth the line again).
+        assert_eq!(
+            bob.confirm(),
+            Confirmed {
+                newly_verified: true,
+                replaced: Some(OLD)
+            }
+        );
         assert_eq!(bob.key_to_send(), Ok((THIRD, None)));
         assert!(bob.verified);
     }
 
     #[test]
+    fn an_unverified_contacts_old_key_fails_at_once_and_a_verified_ones_waits_for_the_user() {
+        let change = |verified| KeyChange {
+            name: UserName::new("bob").unwrap(),
+            old: OLD,
+            new: NEW,
+            verified,
+        };
+        assert_eq!(change(false).replaced_now(), Some(OLD));
+        assert_eq!(change(true).replaced_now(), None);
+    }
+
+    #[test]
     fn a_verified_contact_whose_key_comes_back_sends_again() {
         let mut bob = Contact::first(OLD);
-        bob.confirm();
+        let _ = bob.confirm();
         bob.observe(NEW);
         assert_eq!(bob.observe(OLD), Observed::Changed { old: NEW, new: OLD });
         assert_eq!(bob.unconfirmed, None);

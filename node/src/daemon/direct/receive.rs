@@ -1,17 +1,17 @@
 //! Receiving direct messages: a peer's delivery or held mail, opened through the Double Ratchet
 //! (answering a session initiation with our prekeys), stored once, acknowledged once durable.
+//! Which envelopes are opened and what each becomes are [`pairwise`]'s ([`pairwise::admit`],
+//! [`pairwise::open`], [`pairwise::received`]); this loads what they need and stores the result.
 
 use super::*;
 
 /// Why an envelope was not taken in.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReceiveError {
-    #[error("bad envelope: {0}")]
-    Invalid(#[from] palaver_protocol::wire::WireError),
+    #[error(transparent)]
+    NotOpened(#[from] pairwise::NotOpened),
     #[error(transparent)]
     Open(#[from] pairwise::OpenError),
-    #[error("room messages travel by gossip and gap fill")]
-    RoomByDirect,
     /// Ours, not the message's: it may well be taken in later.
     #[error("cannot store it now: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -72,14 +72,11 @@ impl Node {
         &mut self,
         envelope: Envelope,
     ) -> Result<MessageId, ReceiveError> {
-        envelope.verify()?;
         let id = envelope.id();
-        if self.store.contains(&id)? {
-            return Ok(id);
-        }
-        match envelope.body {
-            Body::Direct(direct) => self.receive_direct(id, direct),
-            Body::Room(_) => Err(ReceiveError::RoomByDirect),
+        let stored = self.store.contains(&id)?;
+        match pairwise::admit(envelope, stored)? {
+            Some(direct) => self.receive_direct(id, direct),
+            None => Ok(id),
         }
     }
 
@@ -113,27 +110,16 @@ impl Node {
         let conversation = self.conversation_with(&sender.to_bytes())?;
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
-        use palaver_protocol::wire::Payload;
-        let prekeys_after = opened.prekeys_after;
-        if let Payload::FileWhole { offer, bytes } = &opened.payload {
-            offer.check_whole(bytes)?;
-        }
-        let offer = match opened.payload.file_offer() {
-            Some(offer) => {
-                offer.check()?;
-                let record =
-                    palaver_protocol::node::files::Incoming::offered(offer.clone(), sender, None);
-                batch.put(StateKey::FileIn(id), &record);
-                let bytes = match &opened.payload {
-                    Payload::FileWhole { bytes, .. } => Some(bytes.clone()),
-                    _ => None,
-                };
-                Some((offer.clone(), bytes))
-            }
-            None => None,
-        };
-        let stored = match opened.payload.history_text() {
-            Some(text) => {
+        let (entry, control, offer) = match pairwise::received(opened.payload) {
+            pairwise::Received::Entry { text, offer, whole } => {
+                if let Some(offer) = &offer {
+                    let record = palaver_protocol::node::files::Incoming::offered(
+                        offer.clone(),
+                        sender,
+                        None,
+                    );
+                    batch.put(StateKey::FileIn(id), &record);
+                }
                 let entry = HistoryEntry {
                     id,
                     conversation,
@@ -146,17 +132,17 @@ impl Node {
                     seq: opened.seq,
                     status: Status::Received,
                 };
+                // Only a new line offers its file.
                 let new = self.store.record(&entry, &batch)?;
-                (new.then_some(entry), None)
+                let offer = offer.filter(|_| new).map(|offer| (offer, whole));
+                (new.then_some(entry), None, offer)
             }
-            None => {
+            pairwise::Received::Control(payload) => {
                 self.store.record_control(&id, &batch)?;
-                (None, Some(opened.payload))
+                (None, Some(*payload), None)
             }
         };
-        let (entry, control) = stored;
-        let offer = offer.filter(|_| entry.is_some());
-        if let Some(prekeys) = prekeys_after {
+        if let Some(prekeys) = opened.prekeys_after {
             self.state.session.prekeys_mut().secrets = prekeys;
         }
         // A stranger is asked about at the rendezvous, for display and replies.

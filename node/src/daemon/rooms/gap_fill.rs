@@ -100,13 +100,12 @@ impl Node {
         let Some(member) = identity_of(&peer) else {
             return;
         };
-        // Not asked again once gone: the next meeting asks.
-        let more = more && self.swarm.is_connected(&peer);
-        if self
-            .room_io
-            .asking
-            .answered(room, &member, more, progressed)
-        {
+        let answer = gap_fill::Answered {
+            more,
+            progressed,
+            connected: self.swarm.is_connected(&peer),
+        };
+        if self.room_io.asking.answered(room, &member, answer) {
             self.send_gap_fill(peer, room);
         }
     }

@@ -1,5 +1,8 @@
 //! Sealing a direct message for one peer and opening one from a peer: the pairwise Double
 //! Ratchet sessions, the hybrid clock stamp and the signed envelope, without the store.
+//! Receiving runs [`admit`] (which envelopes are opened at all), [`open`], then [`received`]
+//! (what the message becomes: a line in the history, perhaps offering a file, or a control
+//! payload).
 //!
 //! The caller loads the state these change (the peer's sessions, our clock, the conversation's
 //! sequence number, our one-time prekeys) and commits all of it with the message in one batch;
@@ -14,7 +17,9 @@ use crate::crypto::CryptoError;
 use crate::crypto::ratchet::{RatchetMessage, Session};
 use crate::crypto::x3dh::{PrekeyBundle, PrekeySecrets};
 use crate::delivery::{HybridClock, Stamp};
-use crate::wire::{Body, Content, DirectMessage, Envelope, MAX_TEXT_LEN, MessageId, Payload};
+use crate::wire::{
+    Body, Content, DirectMessage, Envelope, FileOffer, MAX_TEXT_LEN, MessageId, Payload, WireError,
+};
 
 /// Recent sessions kept besides the current one.
 const MAX_ARCHIVED: usize = 3;
@@ -225,6 +230,14 @@ pub fn open(
     {
         return Err(OpenError::TextTooLong);
     }
+    // A file offer a receiver cannot take (a name with a path in it, bytes sent whole that
+    // are not the file offered) is refused with the message.
+    match &content.payload {
+        Payload::FileWhole { offer, bytes } => offer.check_whole(bytes),
+        Payload::File(offer) => offer.check(),
+        _ => Ok(()),
+    }
+    .map_err(|e| OpenError::BadContent(e.to_string()))?;
     let stamp = clock.observe(content.stamp.or_sent_at(content.sent_at_ms), now_ms);
     Ok(Opened {
         sender,
@@ -235,6 +248,58 @@ pub fn open(
         seq: content.seq,
         payload: content.payload,
     })
+}
+
+/// Why an envelope that came by direct delivery or from the mailbox is not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum NotOpened {
+    #[error("bad envelope: {0}")]
+    Invalid(#[from] WireError),
+    #[error("room messages travel by gossip and gap fill")]
+    RoomByDirect,
+}
+
+/// An envelope that came by direct delivery or from the mailbox: its signature is checked
+/// first; then there is nothing to open if it is `stored` already (it is acknowledged again,
+/// and taken in no more), else the direct message to [`open`]. Room messages are refused here:
+/// they travel by gossip and gap fill, where the room's own checks run.
+pub fn admit(envelope: Envelope, stored: bool) -> Result<Option<DirectMessage>, NotOpened> {
+    envelope.verify()?;
+    if stored {
+        return Ok(None);
+    }
+    match envelope.body {
+        Body::Direct(direct) => Ok(Some(direct)),
+        Body::Room(_) => Err(NotOpened::RoomByDirect),
+    }
+}
+
+/// What an opened message becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A line in the conversation. A file it offers has its transfer record stored with the
+    /// line and, if the line is new, is fetched — or, sent `whole`, checked — once stored.
+    Entry {
+        text: String,
+        offer: Option<FileOffer>,
+        whole: Option<Vec<u8>>,
+    },
+    /// Not shown in the history: recorded as seen with the message, then carried out
+    /// (receipts, declines, room keys and membership).
+    Control(Box<Payload>),
+}
+
+/// What `payload` (of an [`Opened`] message) becomes.
+pub fn received(payload: Payload) -> Received {
+    let Some(text) = payload.history_text() else {
+        return Received::Control(Box::new(payload));
+    };
+    let (offer, whole) = match payload {
+        Payload::FileWhole { offer, bytes } => (Some(offer), Some(bytes)),
+        Payload::File(offer) => (Some(offer), None),
+        _ => (None, None),
+    };
+    Received::Entry { text, offer, whole }
 }
 
 #[cfg(test)]

@@ -159,3 +159,85 @@ fn a_message_for_someone_else_is_refused() {
     );
     assert_eq!(err.err(), Some(OpenError::NotForMe));
 }
+
+#[test]
+fn only_signed_direct_envelopes_not_stored_yet_are_opened() {
+    let mut p = pair();
+    let sealed = first_message(&mut p, Payload::Text("x".into()));
+    let envelope = || Envelope::from_bytes(&sealed.frame).expect("frame");
+    assert_eq!(admit(envelope(), false).unwrap(), Some(direct_of(&sealed)));
+    assert_eq!(
+        admit(envelope(), true).unwrap(),
+        None,
+        "stored: acknowledged again"
+    );
+    let mut forged = envelope();
+    forged.signature = ed25519_dalek::Signature::from_bytes(&[0; 64]);
+    assert!(matches!(admit(forged, true), Err(NotOpened::Invalid(_))));
+}
+
+#[test]
+fn an_opened_message_becomes_a_line_a_file_offer_or_a_control_payload() {
+    use crate::crypto::file::FileKey;
+    use crate::wire::TransferId;
+    let text = Payload::Text("hi".into());
+    assert_eq!(
+        received(text),
+        Received::Entry {
+            text: "hi".into(),
+            offer: None,
+            whole: None
+        }
+    );
+    let bytes = b"hello".to_vec();
+    let offer = FileOffer {
+        transfer: TransferId([1; 16]),
+        name: "note.txt".into(),
+        size: 5,
+        mime: "text/plain".into(),
+        sha256: <sha2::Sha256 as sha2::Digest>::digest(&bytes).into(),
+        key: FileKey::random(&mut ChaCha20Rng::seed_from_u64(1)),
+    };
+    let whole = Payload::FileWhole {
+        offer: offer.clone(),
+        bytes: bytes.clone(),
+    };
+    assert!(matches!(
+        received(whole),
+        Received::Entry { offer: Some(o), whole: Some(b), .. } if o == offer && b == bytes
+    ));
+    let receipt = Payload::Receipt(vec![MessageId([3; 32])]);
+    assert_eq!(
+        received(receipt.clone()),
+        Received::Control(Box::new(receipt))
+    );
+}
+
+#[test]
+fn a_file_offer_a_receiver_cannot_take_is_refused_when_opened() {
+    use crate::crypto::file::FileKey;
+    use crate::wire::TransferId;
+    let mut p = pair();
+    let offer = FileOffer {
+        transfer: TransferId([1; 16]),
+        name: "../../.bashrc".into(),
+        size: 5,
+        mime: "text/plain".into(),
+        sha256: [0; 32],
+        key: FileKey::random(&mut ChaCha20Rng::seed_from_u64(1)),
+    };
+    let sealed = first_message(&mut p, Payload::File(offer));
+    let err = open(
+        &p.bob,
+        None,
+        &p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct_of(&sealed),
+        T0,
+    );
+    assert!(
+        matches!(err, Err(OpenError::BadContent(_))),
+        "{:?}",
+        err.err()
+    );
+}

@@ -534,6 +534,65 @@ fn a_file_is_served_only_to_whom_it_was_offered() {
         Err(Refused::NotYours)
     );
     assert_eq!(may_serve(None, &bob_peer, members), Err(Refused::Unknown));
+    // Declining is the recipient's alone, and never a room member's.
+    assert!(may_decline(&to_bob, &bob));
+    assert!(!may_decline(&to_bob, &eve));
+    assert!(!may_decline(&in_room, &bob));
+}
+
+#[test]
+fn a_room_file_received_whole_is_served_on_unless_its_id_is_another_messages() {
+    let room = RoomId([1; 32]);
+    let mut record = Incoming::offered(offer(10), key(1), Some(room));
+    assert_eq!(served_on(file(1), &record, None), None, "not here yet");
+    record.status = Status::Done {
+        path: "/files/photo.jpg".into(),
+    };
+    let on = served_on(file(1), &record, None).unwrap();
+    assert_eq!(on.audience, Audience::Room(room));
+    assert_eq!(
+        (on.message, on.path.as_str()),
+        (file(1), "/files/photo.jpg")
+    );
+    // Stored again (a restart): still ours. Another message's id: not taken over.
+    assert_eq!(served_on(file(1), &record, Some(&on)), Some(on.clone()));
+    assert_eq!(served_on(file(2), &record, Some(&on)), None);
+    // A file offered directly is for us alone.
+    let mut direct = Incoming::offered(offer(10), key(1), None);
+    direct.status = record.status.clone();
+    assert_eq!(served_on(file(3), &direct, None), None);
+}
+
+#[test]
+fn an_offer_goes_whole_only_when_small_direct_and_as_offered() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let bytes = b"hello".to_vec();
+    let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    let offer = new_offer("note.txt".into(), 5, sha256, &mut rng).unwrap();
+    assert_eq!(offer.mime, "text/plain");
+    assert_ne!(
+        offer.transfer,
+        new_offer("note.txt".into(), 5, sha256, &mut rng)
+            .unwrap()
+            .transfer,
+        "a fresh id per offer"
+    );
+    assert!(new_offer("../x".into(), 5, sha256, &mut rng).is_err());
+    assert!(goes_whole(5, false));
+    assert!(!goes_whole(5, true), "rooms always fetch");
+    assert!(!goes_whole(MAX_WHOLE_FILE_LEN as u64 + 1, false));
+    assert!(matches!(
+        offer_payload(offer.clone(), Some(bytes)),
+        Payload::FileWhole { .. }
+    ));
+    // Changed since it was hashed, or not read: fetched instead.
+    assert!(matches!(
+        offer_payload(offer.clone(), Some(b"hellO".to_vec())),
+        Payload::File(_)
+    ));
+    assert!(matches!(offer_payload(offer, None), Payload::File(_)));
+    let long = "x".repeat(MAX_DECLINE_REASON + 50);
+    assert_eq!(decline_reason(&long).chars().count(), MAX_DECLINE_REASON);
 }
 
 #[test]

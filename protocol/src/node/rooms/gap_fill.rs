@@ -65,17 +65,23 @@ impl GapFills {
     }
 
     /// `member` answered about `room` (or the request failed: nothing `more`): whether to ask
-    /// it again now — while it has more and the answer taught us something.
-    pub fn answered(
-        &mut self,
-        room: RoomId,
-        member: &VerifyingKey,
-        more: bool,
-        progressed: bool,
-    ) -> bool {
+    /// it again now — while it is still connected, has more and the answer taught us
+    /// something. Once it is gone, the next meeting asks.
+    pub fn answered(&mut self, room: RoomId, member: &VerifyingKey, answer: Answered) -> bool {
         self.out.remove(&(room, member.to_bytes()));
-        more && progressed && self.ask(room, member)
+        answer.more && answer.progressed && answer.connected && self.ask(room, member)
     }
+}
+
+/// How a gap fill request ended, for [`GapFills::answered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    /// The member holds more than it sent.
+    pub more: bool,
+    /// The answer held a message we had not read.
+    pub progressed: bool,
+    /// The member is still connected.
+    pub connected: bool,
 }
 
 impl Rooms {

@@ -688,16 +688,30 @@ fn a_member_is_asked_once_at_a_time_and_again_only_while_it_teaches_us_something
         asking.ask(RoomId([2; 32]), &ben),
         "another room is another request"
     );
+    let answer = |more, progressed, connected| gap_fill::Answered {
+        more,
+        progressed,
+        connected,
+    };
     assert!(
-        asking.answered(room, &ben, true, true),
+        asking.answered(room, &ben, answer(true, true, true)),
         "more, and it was news"
     );
     assert!(!asking.ask(room, &ben), "the new request is out");
     assert!(
-        !asking.answered(room, &ben, true, false),
+        !asking.answered(room, &ben, answer(true, false, true)),
         "more, but nothing new"
     );
-    assert!(!asking.answered(room, &ben, false, true), "nothing more");
+    assert!(asking.ask(room, &ben));
+    assert!(
+        !asking.answered(room, &ben, answer(true, true, false)),
+        "more and news, but gone"
+    );
+    assert!(asking.ask(room, &ben));
+    assert!(
+        !asking.answered(room, &ben, answer(false, true, true)),
+        "nothing more"
+    );
     assert!(asking.ask(room, &ben), "asked again at the next meeting");
 }
 
