@@ -843,7 +843,7 @@ impl Sim {
                     self.drive_delivery(i);
                 }
                 Output::Presence(_) | Output::Subscribed { .. } => {}
-                Output::LoginRefused(refusal) => self
+                Output::LoginRefused(refusal) | Output::Stop(refusal) => self
                     .refusals
                     .push(format!("{} refused: {refusal}", self.nodes[i].name)),
                 Output::Answer { token, response } => self.on_answer(i, token, response),

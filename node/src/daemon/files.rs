@@ -70,7 +70,7 @@ pub(crate) enum FileDone {
         reply: Reply,
     },
     /// A file offered to us, written as its partial file if it came whole, and the free space
-    /// asked: the [`Input::Offered`] for the machine.
+    /// asked: the [`Input::Offered`] for the machine, but for its stored record.
     Offered(Box<Input>),
     /// A fetch has its chunks up to `through` durable.
     Verified { file: MessageId, through: u64 },
@@ -217,7 +217,13 @@ impl Node {
                 name,
                 reply,
             } => return self.offer_file(to, result, name, reply),
-            FileDone::Offered(input) => *input,
+            FileDone::Offered(input) => {
+                let mut input = *input;
+                if let Input::Offered { file, stored, .. } = &mut input {
+                    *stored = self.stored_transfer(file).ok().map(|record| record.status);
+                }
+                input
+            }
             FileDone::Verified { file, through } => Input::Verified { file, through },
             FileDone::Ended { file, result } => {
                 self.file_io.fetches.remove(&file);
@@ -315,6 +321,7 @@ impl Node {
                 room,
                 free_space: free_space_in(&[&dirs.0, &dirs.1]),
                 whole,
+                stored: None,
             }))
         });
     }

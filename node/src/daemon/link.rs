@@ -8,9 +8,7 @@ use palaver_protocol::UserName;
 use palaver_protocol::crypto::x3dh::PrekeySecrets;
 use palaver_protocol::node::asks::{self, Step};
 use palaver_protocol::node::session::{self as plan, Input, Output, PrekeyState, refusal_hint};
-use palaver_protocol::wire::{
-    PresenceRecord, RefusalReason, RendezvousRequest, RendezvousResponse,
-};
+use palaver_protocol::wire::{PresenceRecord, RendezvousRequest, RendezvousResponse};
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
@@ -149,8 +147,7 @@ impl Node {
                     self.reach(super::reach::ReachInput::LoggedIn(false));
                     self.drive_delivery();
                 }
-                Output::LoginRefused(refusal) if refusal.reason == RefusalReason::InUse => {
-                    // Another instance would take the copy in: stop, and say why.
+                Output::Stop(refusal) => {
                     self.fatal = Some(format!("{refusal}; {}", refusal_hint(refusal.reason)));
                     self.stopping = true;
                 }

@@ -94,6 +94,16 @@ pub enum Status {
     },
 }
 
+impl Status {
+    /// Done, rejected or failed: nothing more happens to it unless the user asks again.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            Status::Done { .. } | Status::Rejected | Status::Failed { .. }
+        )
+    }
+}
+
 impl Incoming {
     /// Just offered: nothing fetched, nothing decided.
     pub fn offered(offer: FileOffer, sender: VerifyingKey, room: Option<RoomId>) -> Self {
@@ -107,10 +117,7 @@ impl Incoming {
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self.status,
-            Status::Done { .. } | Status::Rejected | Status::Failed { .. }
-        )
+        self.status.is_finished()
     }
 
     /// Bytes verified so far.
@@ -133,6 +140,10 @@ pub enum Input {
         /// It came whole with its message, and the driver wrote it as the partial file: once
         /// accepted, it is only checked and moved.
         whole: bool,
+        /// Its record's status as stored now. The record is stored with the message, and the
+        /// offer handed in after (the driver writes a whole file first): what the user did in
+        /// between (a reject) stands.
+        stored: Option<Status>,
     },
     /// The user accepts the file `record` (as stored) describes.
     Accept {
@@ -487,8 +498,15 @@ impl Transfers {
                 room,
                 free_space,
                 whole,
+                stored,
             } => {
                 if self.active.contains_key(&file) {
+                    return Ok(());
+                }
+                if stored.is_some_and(|status| status.is_finished()) {
+                    if whole {
+                        self.outputs.push_back(Output::Discard { file });
+                    }
                     return Ok(());
                 }
                 let (name, size) = (offer.name.clone(), offer.size);

@@ -137,6 +137,9 @@ pub enum Output<T> {
     LoggedOut,
     /// The server refused our login; it stays refused until the next connection.
     LoginRefused(Refusal),
+    /// The daemon must stop: the rendezvous refused the login because another running daemon
+    /// holds this key ([`RefusalReason::InUse`]); see [`refusal_hint`] for what to tell the user.
+    Stop(Refusal),
     /// The server's answer to a request of the node's own.
     Answer {
         token: T,
@@ -498,6 +501,13 @@ impl<T: std::fmt::Debug> Session<T> {
             {
                 self.logging_in = false;
                 self.login_retry_ms = Some(now_ms + LOGIN_RETRY_MS);
+            }
+            // Another run of this key is logged in (a copied home): not a refusal to try the
+            // next instance with, which would let this run in beside the first.
+            (Purpose::Login, R::Refused(refusal)) if refusal.reason == RefusalReason::InUse => {
+                self.logging_in = false;
+                self.refusal = Some(refusal.clone());
+                self.outputs.push_back(Output::Stop(refusal));
             }
             (Purpose::Login | Purpose::Register, R::Refused(refusal)) => {
                 self.logging_in = false;

@@ -167,6 +167,36 @@ fn a_first_login_registers_once_then_publishes_prekeys_only_once_they_are_durabl
 }
 
 #[test]
+fn a_key_in_use_elsewhere_stops_the_daemon_instead_of_trying_elsewhere() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let mut s = session(&mut rng);
+    s.handle(Input::Connected, T0, &mut rng);
+    let login = sent(&drain(&mut s));
+    assert!(
+        matches!(
+            login[..],
+            [(_, RendezvousRequest::Login { instance: 1, .. })]
+        ),
+        "the login names this run: {login:?}"
+    );
+    s.handle(
+        Input::Response {
+            key: login[0].0,
+            response: refusal(RefusalReason::InUse),
+        },
+        T0,
+        &mut rng,
+    );
+    let out = drain(&mut s);
+    assert!(
+        matches!(&out[..], [Output::Stop(r)] if r.reason == RefusalReason::InUse),
+        "{out:?}"
+    );
+    assert_eq!(s.refusal().map(|r| r.reason), Some(RefusalReason::InUse));
+    assert!(!s.is_logged_in());
+}
+
+#[test]
 fn a_login_refused_after_registering_stays_refused_and_says_why() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let mut s = session(&mut rng);

@@ -130,3 +130,115 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
         self.files.handle_timeout(now, &self.rooms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::Identity;
+    use crate::crypto::file::FileKey;
+    use crate::delivery::Outbox;
+    use crate::identity::peer_id_of;
+    use crate::name::RoomName;
+    use crate::node::direct::Output as DeliveryOutput;
+    use crate::node::files::{Input as FileInput, Limits};
+    use crate::node::session::{PrekeyState, SessionConfig};
+    use crate::wire::{FileOffer, MessageId, TransferId};
+
+    type State = NodeState<u32, u32, ()>;
+
+    fn state(me: &Identity, rng: &mut ChaCha20Rng) -> State {
+        let config = SessionConfig {
+            name: UserName::new("alice").unwrap(),
+            registration_token: None,
+            heartbeat_ms: 10_000,
+            instance: 1,
+        };
+        let prekeys = PrekeyState::generate(rng, me.signing_key());
+        let peer = me.peer_id();
+        let mut state = NodeState {
+            session: Session::new(config, me.signing_key().clone(), prekeys),
+            delivery: Delivery::new(peer, Outbox::default(), [], 0),
+            sends: SendPipeline::default(),
+            rooms: Rooms::new(me.clone(), []),
+            discovery: Publisher::new(peer),
+            files: Transfers::new(Limits::default(), [], u64::MAX),
+        };
+        state.delivery.handle(DeliveryInput::LoggedIn(true), 0, rng);
+        while state.delivery.poll_output().is_some() {}
+        state
+    }
+
+    fn discovered(state: &mut State) -> Vec<libp2p_identity::PeerId> {
+        std::iter::from_fn(|| state.delivery.poll_output())
+            .filter_map(|o| match o {
+                DeliveryOutput::Discover(peer) => Some(peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fetch_asks_the_delivery_planner_to_reach_its_source() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let me = Identity::from_secret_bytes(&[1; 32]);
+        let bob = Identity::from_secret_bytes(&[2; 32]).public();
+        let mut state = state(&me, &mut rng);
+        let offer = FileOffer {
+            transfer: TransferId([1; 16]),
+            name: "photo.jpg".into(),
+            size: 100_000,
+            mime: "image/jpeg".into(),
+            sha256: [9; 32],
+            key: FileKey::random(&mut rng),
+        };
+        let offered = FileInput::Offered {
+            file: MessageId([1; 32]),
+            offer,
+            sender: bob,
+            room: None,
+            free_space: u64::MAX,
+            whole: false,
+            stored: None,
+        };
+        state.files.handle(offered, 0).unwrap();
+        state.files.handle_timeout(0, &state.rooms);
+        let mut fetched = Vec::new();
+        while let Some(output) = state.poll_file_output(0, &mut rng) {
+            if let FileOutput::Fetch { peer, .. } = output {
+                fetched.push(peer);
+            }
+        }
+        assert_eq!(fetched, [peer_id_of(&bob)]);
+        assert_eq!(discovered(&mut state), [peer_id_of(&bob)]);
+    }
+
+    #[test]
+    fn the_members_a_room_seeks_are_asked_of_the_delivery_planner() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let me = Identity::from_secret_bytes(&[1; 32]);
+        let bob = Identity::from_secret_bytes(&[2; 32]).public();
+        let mut state = state(&me, &mut rng);
+        let team = RoomName::new("team").unwrap();
+        state
+            .rooms
+            .create(team.clone(), false, 0, &mut rng)
+            .unwrap();
+        let bob_name = UserName::new("bob").unwrap();
+        state
+            .rooms
+            .invite(&team, &bob_name, bob, 0, &mut rng)
+            .unwrap();
+        state.rooms.seek_all();
+        let mut sought = Vec::new();
+        while let Some(output) = state.poll_room_output(0, &mut rng) {
+            if let RoomOutput::Seek { members, .. } = output {
+                sought.extend(members);
+            }
+        }
+        assert!(sought.contains(&bob), "{sought:?}");
+        assert!(discovered(&mut state).contains(&peer_id_of(&bob)));
+    }
+}

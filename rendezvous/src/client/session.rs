@@ -158,7 +158,9 @@ impl ClientSession {
                 }
                 // The session knows whether it is logged in.
                 Output::LoggedIn { .. } | Output::LoggedOut => {}
-                Output::LoginRefused(refusal) => self.refused = Some(refusal),
+                Output::LoginRefused(refusal) | Output::Stop(refusal) => {
+                    self.refused = Some(refusal)
+                }
                 Output::Answer { token, response } => {
                     self.answers.insert(token, Ok(response));
                 }

@@ -40,7 +40,8 @@ impl Node {
         let Some(member) = identity_of(&peer) else {
             return;
         };
-        if self.swarm.is_connected(&peer) && self.room_io.asking.ask(room, &member) {
+        let connected = self.swarm.is_connected(&peer);
+        if self.room_io.asking.ask(room, &member, connected) {
             self.send_gap_fill(peer, room);
         }
     }

@@ -46,6 +46,7 @@ fn offered(t: &mut Transfers, n: u8, size: u64, room: Option<RoomId>, free_space
         room,
         free_space,
         whole: false,
+        stored: None,
     };
     t.handle(input, 0).unwrap();
 }
@@ -605,6 +606,7 @@ fn a_file_that_came_whole_is_only_checked_and_moved() {
         room: None,
         free_space: LOTS,
         whole: true,
+        stored: None,
     };
     t.handle(input, 0).unwrap();
     let out = drain(&mut t);
@@ -625,4 +627,43 @@ fn a_file_that_came_whole_is_only_checked_and_moved() {
             .iter()
             .any(|o| matches!(o, Output::Move { .. }))
     );
+}
+
+#[test]
+fn a_reject_before_the_offer_is_handed_in_stands() {
+    // The message (and its record) are stored; the user rejects the file at once, before the
+    // driver, done writing it whole, hands the offer in.
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
+    let record = Incoming::offered(offer(100), key(1), None);
+    t.handle(
+        Input::Reject {
+            file: file(1),
+            record: record.clone(),
+        },
+        0,
+    )
+    .unwrap();
+    let out = drain(&mut t);
+    let rejected = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Save { record, .. } => Some(record.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(rejected.status, Status::Rejected);
+    let late = Input::Offered {
+        file: file(1),
+        offer: offer(100),
+        sender: key(1),
+        room: None,
+        free_space: LOTS,
+        whole: true,
+        stored: Some(rejected.status),
+    };
+    t.handle(late, 1).unwrap();
+    // Not stored again as offered, not checked or fetched: only the file written whole goes.
+    assert_eq!(drain(&mut t), [Output::Discard { file: file(1) }]);
+    t.handle_timeout(10_000, &NOBODY);
+    assert!(fetches(&drain(&mut t)).is_empty());
 }

@@ -58,10 +58,12 @@ pub struct GapFills {
 }
 
 impl GapFills {
-    /// Whether to ask `member` about `room` now; if so, a request is out until
-    /// [`GapFills::answered`].
-    pub fn ask(&mut self, room: RoomId, member: &VerifyingKey) -> bool {
-        self.out.len() < MAX_GAP_FILLS_OUT && self.out.insert((room, member.to_bytes()))
+    /// Whether to ask `member` (`connected` to us, or not: then the next meeting asks) about
+    /// `room` now; if so, a request is out until [`GapFills::answered`].
+    pub fn ask(&mut self, room: RoomId, member: &VerifyingKey, connected: bool) -> bool {
+        connected
+            && self.out.len() < MAX_GAP_FILLS_OUT
+            && self.out.insert((room, member.to_bytes()))
     }
 
     /// `member` answered about `room` (or the request failed: nothing `more`): whether to ask
@@ -69,7 +71,7 @@ impl GapFills {
     /// something. Once it is gone, the next meeting asks.
     pub fn answered(&mut self, room: RoomId, member: &VerifyingKey, answer: Answered) -> bool {
         self.out.remove(&(room, member.to_bytes()));
-        answer.more && answer.progressed && answer.connected && self.ask(room, member)
+        answer.more && answer.progressed && self.ask(room, member, answer.connected)
     }
 }
 

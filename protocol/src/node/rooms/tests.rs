@@ -679,13 +679,13 @@ fn a_member_is_asked_once_at_a_time_and_again_only_while_it_teaches_us_something
         RoomId([1; 32]),
         Identity::from_secret_bytes(&[2; 32]).public(),
     );
-    assert!(asking.ask(room, &ben));
+    assert!(asking.ask(room, &ben, true));
     assert!(
-        !asking.ask(room, &ben),
+        !asking.ask(room, &ben, true),
         "one request out per member and room"
     );
     assert!(
-        asking.ask(RoomId([2; 32]), &ben),
+        asking.ask(RoomId([2; 32]), &ben, true),
         "another room is another request"
     );
     let answer = |more, progressed, connected| gap_fill::Answered {
@@ -697,22 +697,26 @@ fn a_member_is_asked_once_at_a_time_and_again_only_while_it_teaches_us_something
         asking.answered(room, &ben, answer(true, true, true)),
         "more, and it was news"
     );
-    assert!(!asking.ask(room, &ben), "the new request is out");
+    assert!(!asking.ask(room, &ben, true), "the new request is out");
     assert!(
         !asking.answered(room, &ben, answer(true, false, true)),
         "more, but nothing new"
     );
-    assert!(asking.ask(room, &ben));
+    assert!(asking.ask(room, &ben, true));
     assert!(
         !asking.answered(room, &ben, answer(true, true, false)),
         "more and news, but gone"
     );
-    assert!(asking.ask(room, &ben));
+    assert!(asking.ask(room, &ben, true));
     assert!(
         !asking.answered(room, &ben, answer(false, true, true)),
         "nothing more"
     );
-    assert!(asking.ask(room, &ben), "asked again at the next meeting");
+    assert!(!asking.ask(room, &ben, false), "not while it is away");
+    assert!(
+        asking.ask(room, &ben, true),
+        "asked again at the next meeting"
+    );
 }
 
 #[test]
