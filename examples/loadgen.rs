@@ -18,7 +18,8 @@
 //! 4. history: the node's store, one `record` per message as the daemon does, then reading the
 //!    last 100.
 //! 5. rendezvous: a server in a child process (this binary re-executed), `--sessions` light
-//!    clients logged in from here; its RSS per session, logins per second, presence fan-out.
+//!    clients logged in from here; its RSS per session (beside a bare rust-libp2p listener's per
+//!    connection, the library floor), logins per second, presence fan-out.
 //!
 //! Every loop is bounded in count and time; only 127.0.0.1 is used; `--json` prints one JSON
 //! object as the last line of stdout.
@@ -110,9 +111,13 @@ const RUN_LIMIT: Duration = Duration::from_secs(900);
 
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
-    if argv.next().as_deref() == Some(sessions::SERVE_ARG) {
-        let dir = PathBuf::from(argv.next().unwrap_or_default());
-        return sessions::serve(dir);
+    match argv.next().as_deref() {
+        Some(sessions::SERVE_ARG) => {
+            let dir = PathBuf::from(argv.next().unwrap_or_default());
+            return sessions::serve(dir);
+        }
+        Some(sessions::BARE_ARG) => return sessions::serve_bare(),
+        _ => {}
     }
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -8,7 +8,11 @@
 //! - `logins_per_s`: a login again on every established session (as after a reconnection),
 //!   `CONCURRENCY` in flight;
 //! - `presence_p99_ms`: `TARGETS` users each watched by `WATCHERS` sessions flip between online
-//!   and away `ROUNDS` times; from just before the heartbeat is sent to the push at each watcher.
+//!   and away `ROUNDS` times; from just before the heartbeat is sent to the push at each watcher;
+//! - `bare_rss_kib_per_connection`: the library floor, measured first in the same run — a bare
+//!   rust-libp2p listener (TCP, Noise, Yamux and ping; no Palaver code) in a child process of its
+//!   own (`loadgen __bare`), the same number of connections from the same clients, held open; and
+//!   `rss_ratio_to_bare` = `rss_kib_per_session` / that.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::stats;
 
 pub(crate) const SERVE_ARG: &str = "__serve";
+pub(crate) const BARE_ARG: &str = "__bare";
 const CONCURRENCY: usize = 128;
 const TARGETS: usize = 10;
 const WATCHERS: usize = 50;
@@ -70,39 +75,139 @@ pub(crate) fn serve(dir: PathBuf) -> anyhow::Result<()> {
         })
 }
 
-pub(crate) async fn run(sessions: usize) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg(SERVE_ARG)
-        .arg(dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("server pid")?.to_string();
-    let mut lines =
-        tokio::io::BufReader::new(child.stdout.take().context("server stdout")?).lines();
-    let addr: libp2p::Multiaddr = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match lines.next_line().await? {
-                Some(line) => {
-                    if let Ok(addr) = line.parse() {
-                        return anyhow::Ok(addr);
+/// The library floor: a bare rust-libp2p listener (TCP, Noise, Yamux, ping), which prints its
+/// address and runs until its stdin closes.
+pub(crate) fn serve_bare() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    libp2p::tcp::Config::default().nodelay(true),
+                    libp2p::noise::Config::new,
+                    libp2p::yamux::Config::default,
+                )?
+                .with_behaviour(|_| libp2p::ping::Behaviour::default())?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+                .build();
+            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+            let mut stdin_closed = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+            });
+            loop {
+                tokio::select! {
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::NewListenAddr { address, .. } = event {
+                            println!("{address}");
+                        }
                     }
+                    _ = &mut stdin_closed => return Ok(()),
                 }
-                None => anyhow::bail!("the server exited"),
             }
-        }
-    })
-    .await??;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = stats::rss_kib(&pid);
-    let result = tokio::time::timeout(PHASE_LIMIT, measure(addr, sessions, &pid, rss_before)).await;
-    drop(child.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let report = result.context("the rendezvous part took too long")??;
+        })
+}
+
+/// A server in a child process (this binary re-executed with `args`), its pid and the address
+/// it printed; it stops when its stdin closes.
+struct ChildServer {
+    child: tokio::process::Child,
+    pid: String,
+    addr: libp2p::Multiaddr,
+}
+
+impl ChildServer {
+    async fn start(args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("server pid")?.to_string();
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().context("server stdout")?).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match lines.next_line().await? {
+                    Some(line) => {
+                        if let Ok(addr) = line.parse() {
+                            return anyhow::Ok(addr);
+                        }
+                    }
+                    None => anyhow::bail!("the server exited"),
+                }
+            }
+        })
+        .await??;
+        // Settled before its RSS is read.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Self { child, pid, addr })
+    }
+
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+pub(crate) async fn run(sessions: usize) -> anyhow::Result<Value> {
+    let bare = ChildServer::start(&[BARE_ARG.as_ref()]).await?;
+    let floor = tokio::time::timeout(PHASE_LIMIT, bare_floor(&bare, sessions)).await;
+    bare.stop().await;
+    let floor = floor.context("the bare floor took too long")??;
+
+    let dir = tempfile::tempdir()?;
+    let server = ChildServer::start(&[SERVE_ARG.as_ref(), dir.path().as_os_str()]).await?;
+    let rss_before = stats::rss_kib(&server.pid);
+    let result = tokio::time::timeout(
+        PHASE_LIMIT,
+        measure(server.addr.clone(), sessions, &server.pid, rss_before),
+    )
+    .await;
+    server.stop().await;
+    let mut report = result.context("the rendezvous part took too long")??;
+    report["bare_rss_kib_per_connection"] = json!(stats::round3(floor));
+    let per_session = report["rss_kib_per_session"].as_f64().unwrap_or(0.0);
+    report["rss_ratio_to_bare"] = json!(stats::round3(per_session / floor.max(f64::EPSILON)));
     eprintln!("rendezvous: {report}");
     Ok(report)
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        push_buffer: 64,
+        timeout: Duration::from_secs(120),
+        ..ClientConfig::default()
+    }
+}
+
+/// RSS per connection of the bare listener: `count` clients (the same light clients the
+/// sessions use, `CONCURRENCY` connecting at a time) connect and stay connected.
+async fn bare_floor(server: &ChildServer, count: usize) -> anyhow::Result<f64> {
+    let rss_before = stats::rss_kib(&server.pid);
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut joins = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (permits, addr) = (permits.clone(), server.addr.clone());
+        joins.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let identity = Identity::generate(&mut rand_core::OsRng);
+            anyhow::Ok(Client::connect_with(addr, &identity, client_config()).await?)
+        }));
+    }
+    let mut clients = Vec::with_capacity(count);
+    for join in joins {
+        clients.push(join.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = stats::rss_kib(&server.pid);
+    drop(clients);
+    Ok(rss_after.saturating_sub(rss_before) as f64 / count as f64)
 }
 
 async fn measure(
@@ -111,11 +216,7 @@ async fn measure(
     pid: &str,
     rss_before: u64,
 ) -> anyhow::Result<Value> {
-    let config = ClientConfig {
-        push_buffer: 64,
-        timeout: Duration::from_secs(120),
-        ..ClientConfig::default()
-    };
+    let config = client_config();
     let progress = ProgressBar::new(count as u64);
     progress.set_style(
         ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
