@@ -37,7 +37,7 @@ use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::{Identity, UserName, VerifyingKey};
 use rand_core::{OsRng, RngCore as _};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::home::Home;
 use crate::rpc::{self, Call};
@@ -198,6 +198,10 @@ pub(crate) struct Node {
     events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
     internal: Option<mpsc::Receiver<Internal>>,
+    /// What servers pushed us, with who pushed it (only the rendezvous's are taken).
+    pushes: Option<mpsc::Receiver<(PeerId, palaver_protocol::wire::ServerPush)>>,
+    /// The rendezvous in use, whose push streams are taken (any other peer's are dropped).
+    push_server: watch::Sender<Option<PeerId>>,
     commit: palaver_protocol::node::commit::GroupCommit<durable::AfterFlush>,
     room_io: rooms::RoomIo,
     /// Calls waiting for a rendezvous answer, by the token their request carries.
@@ -284,6 +288,17 @@ impl Node {
         let control = swarm.behaviour().stream.new_control();
         let file_io =
             files::FileIo::new(&config.home, &config.files, control, internal_tx.clone())?;
+        // The push streams the rendezvous opens to us (one per session).
+        let (push_tx, pushes) = mpsc::channel(64);
+        let incoming_pushes = (swarm.behaviour().stream.new_control())
+            .accept(palaver_rendezvous::transport::push_protocol())
+            .map_err(|_| anyhow::anyhow!("the push protocol is accepted twice"))?;
+        let (push_server, from) = watch::channel(None);
+        tokio::spawn(palaver_rendezvous::transport::accept_pushes(
+            incoming_pushes,
+            from,
+            push_tx,
+        ));
         let transfers = palaver_protocol::node::files::Transfers::new(
             config.files.limits,
             files::under_way(&store),
@@ -307,6 +322,8 @@ impl Node {
             events,
             internal_tx,
             internal: Some(internal),
+            pushes: Some(pushes),
+            push_server,
             commit: Default::default(),
             room_io: rooms::RoomIo::default(),
             replies: replies::Replies::default(),
@@ -331,6 +348,7 @@ impl Node {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let mut internal = self.internal.take().context("actor started twice")?;
+        let mut pushes = self.pushes.take().context("actor started twice")?;
         let mut shutdown = std::pin::pin!(shutdown);
         while !self.stopping {
             let reach_due = self.reach.poll_timeout();
@@ -341,6 +359,11 @@ impl Node {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
+                Some((from, push)) = pushes.recv() => {
+                    if self.is_rendezvous(&from) {
+                        self.session_input(palaver_protocol::node::session::Input::Push(push));
+                    }
+                }
                 _ = sleep_until(state_due) => self.on_state_timeout(),
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
@@ -534,19 +557,6 @@ impl Node {
                 error,
                 ..
             }) => self.on_rendezvous_answer(request_id, Err(error.to_string())),
-            BehaviourEvent::Push(request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            }) => {
-                let _ = self.swarm.behaviour_mut().push.send_response(channel, ());
-                if self.is_rendezvous(&peer) {
-                    self.session_input(palaver_protocol::node::session::Input::Push(request));
-                }
-            }
             BehaviourEvent::Peer(request_response::Event::Message { peer, message, .. }) => {
                 match message {
                     request_response::Message::Request {

@@ -110,12 +110,14 @@ impl MessageId {
 hex_id!(MessageId);
 hex_id!(RoomId);
 
-/// libp2p protocol names of Palaver's own request-response protocols.
+/// libp2p protocol names of Palaver's own protocols.
 pub mod protocol_names {
     /// Node → rendezvous: [`super::RendezvousRequest`] / [`super::RendezvousResponse`].
     pub const RENDEZVOUS: &str = "/palaver/rendezvous/1";
-    /// Rendezvous → node: [`super::ServerPush`] / `()`.
-    pub const PUSH: &str = "/palaver/push/1";
+    /// Rendezvous → node, one long-lived stream per session, opened by the server as the
+    /// session logs in: [`super::ServerPush`] frames (a big-endian `u32` length, then the encoded push),
+    /// unanswered.
+    pub const PUSH: &str = "/palaver/push/2";
     /// Node ↔ node: [`super::PeerRequest`] / [`super::PeerResponse`].
     pub const PEER: &str = "/palaver/peer/1";
     /// Node ↔ node, a stream of its own: [`super::FileFetch`], then [`super::FileFrame`]s.

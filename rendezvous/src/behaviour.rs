@@ -1,8 +1,9 @@
 //! The server's one libp2p `NetworkBehaviour` and the swarm around it.
 //!
 //! Transports: TCP (Noise, Yamux) and QUIC. Behaviours: identify, ping, autonat (v1 and v2, server
-//! side), the circuit relay v2 server, and Palaver's two request-response protocols:
-//! `/palaver/rendezvous/1` (node → server) and `/palaver/push/1` (server → node).
+//! side), the circuit relay v2 server, and Palaver's two protocols:
+//! `/palaver/rendezvous/1` (node → server, request-response) and `/palaver/push/2` (server →
+//! node: one stream per session, which the server opens, see [`crate::push_stream`]).
 //!
 //! Everything a peer can ask of the server beyond identify, ping and autonat is gated on login.
 //! Accounts, prekeys, presence, the mailbox and discovery are all requests of
@@ -28,7 +29,7 @@ use crate::config::Limits;
 use crate::relay_meter;
 use crate::service::RelayGate;
 use crate::transport::{
-    IDENTIFY_PROTOCOL, PushCodec, RendezvousCodec, push_codec, push_protocol, rendezvous_protocol,
+    IDENTIFY_PROTOCOL, RendezvousCodec, rendezvous_protocol,
 };
 
 /// A request as the server reads it: request-response drops streams whose request fails to decode
@@ -134,7 +135,7 @@ pub(crate) struct Behaviour {
     pub(crate) autonat_v2: autonat::v2::server::Behaviour,
     pub(crate) relay: relay::Behaviour,
     pub(crate) palaver: request_response::Behaviour<ServerCodec>,
-    pub(crate) push: request_response::Behaviour<PushCodec>,
+    pub(crate) push: crate::push_stream::PushStreams,
 }
 
 /// Admits only logged-in peers to the relay (checked before the per-peer rate limiters, so
@@ -216,13 +217,7 @@ pub(crate) fn build_swarm(
                         .with_request_timeout(Duration::from_secs(30))
                         .with_max_concurrent_streams(16),
                 ),
-                push: request_response::Behaviour::with_codec(
-                    push_codec(),
-                    [(push_protocol(), request_response::ProtocolSupport::Outbound)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10))
-                        .with_max_concurrent_streams(limits.max_pushes_in_flight),
-                ),
+                push: Default::default(),
             }
         })
         .map_err(|e| build(&e))?

@@ -1,6 +1,6 @@
 //! A lightweight client of the rendezvous: one small swarm (TCP or QUIC, Noise, Yamux; the
-//! rendezvous protocol outbound, the push protocol inbound, the relay client) driven by its own
-//! task, with async methods in front of it. Tests, tools and the load generator use it; a session
+//! rendezvous protocol outbound, the push stream, the relay client) driven by its own task, with
+//! async methods in front of it. Tests, tools and the load generator use it; a session
 //! costs one swarm with one connection.
 //!
 //! ```no_run
@@ -19,9 +19,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Pushes arrive on a bounded channel ([`ClientConfig::push_buffer`]); when it is full, further
-//! pushes are dropped (and still acknowledged to the server), so a slow reader never stalls the
-//! connection.
+//! Pushes arrive over the push stream the server opens to a session, onto a bounded channel
+//! ([`ClientConfig::push_buffer`]); a reader that falls behind holds up only that stream (the
+//! server then drops pushes for it), never the connection.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,8 +40,7 @@ pub mod session;
 
 use crate::FrameCodec;
 use crate::transport::{
-    PushCodec, RendezvousCodec, push_codec, push_protocol, rendezvous_protocol, tcp_config,
-    yamux_config,
+    RendezvousCodec, accept_pushes, push_protocol, rendezvous_protocol, tcp_config, yamux_config,
 };
 
 /// How a client behaves.
@@ -49,7 +48,7 @@ use crate::transport::{
 pub struct ClientConfig {
     /// How long to wait for the connection, and for each response.
     pub timeout: Duration,
-    /// Pushes held for the reader before new ones are dropped.
+    /// Pushes held for the reader; beyond this the push stream waits (and the server drops).
     pub push_buffer: usize,
     /// Largest response accepted.
     pub max_response_bytes: usize,
@@ -92,7 +91,7 @@ pub enum ClientError {
 struct ClientBehaviour {
     relay: relay::client::Behaviour,
     palaver: request_response::Behaviour<RendezvousCodec>,
-    push: request_response::Behaviour<PushCodec>,
+    push: libp2p_stream::Behaviour,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -128,14 +127,17 @@ pub struct Client {
     server_addr: Multiaddr,
     timeout: Duration,
     commands: mpsc::Sender<Command>,
-    pushes: mpsc::Receiver<ServerPush>,
+    /// Pushes, with the peer that pushed them (only the server's are handed out).
+    pushes: mpsc::Receiver<(PeerId, ServerPush)>,
     connected: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    push_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.task.abort();
+        self.push_task.abort();
     }
 }
 
@@ -191,6 +193,11 @@ impl Client {
         let (push_tx, pushes) = mpsc::channel(config.push_buffer.max(1));
         let (connected_tx, connected) = watch::channel(true);
         let peer_id = *swarm.local_peer_id();
+        let incoming = (swarm.behaviour().push.new_control())
+            .accept(push_protocol())
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        let (_, from) = watch::channel(Some(server));
+        let push_task = tokio::spawn(accept_pushes(incoming, from, push_tx));
         let task = tokio::spawn(
             Driver {
                 swarm,
@@ -199,7 +206,6 @@ impl Client {
                 pending: HashMap::new(),
                 reservation: None,
                 dials: HashMap::new(),
-                push_tx,
                 connected: connected_tx,
             }
             .run(command_rx),
@@ -213,6 +219,7 @@ impl Client {
             pushes,
             connected,
             task,
+            push_task,
         })
     }
 
@@ -260,12 +267,22 @@ impl Client {
 
     /// The next push from the server; `None` once the client has stopped.
     pub async fn next_push(&mut self) -> Option<ServerPush> {
-        self.pushes.recv().await
+        loop {
+            let (from, push) = self.pushes.recv().await?;
+            if from == self.server {
+                return Some(push);
+            }
+        }
     }
 
     /// A push already received, without waiting.
     pub fn try_next_push(&mut self) -> Option<ServerPush> {
-        self.pushes.try_recv().ok()
+        loop {
+            let (from, push) = self.pushes.try_recv().ok()?;
+            if from == self.server {
+                return Some(push);
+            }
+        }
     }
 
     /// Reserves a relay slot at the server; returns our circuit address.
@@ -303,11 +320,7 @@ fn build_swarm(
                 [(rendezvous_protocol(), ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(config.timeout),
             ),
-            push: request_response::Behaviour::with_codec(
-                push_codec(),
-                [(push_protocol(), ProtocolSupport::Inbound)],
-                request_response::Config::default(),
-            ),
+            push: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| build(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
@@ -322,7 +335,6 @@ struct Driver {
     pending: HashMap<OutboundRequestId, Reply<RendezvousResponse>>,
     reservation: Option<(ListenerId, Reply<Multiaddr>)>,
     dials: HashMap<PeerId, Vec<Reply<()>>>,
-    push_tx: mpsc::Sender<ServerPush>,
     connected: watch::Sender<bool>,
 }
 
@@ -405,22 +417,6 @@ impl Driver {
                 }
                 _ => {}
             },
-            SwarmEvent::Behaviour(ClientBehaviourEvent::Push(
-                request_response::Event::Message {
-                    peer,
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                },
-            )) => {
-                if peer == self.server {
-                    // Full: the push is dropped; the reader is behind and will re-query.
-                    let _ = self.push_tx.try_send(request);
-                }
-                let _ = self.swarm.behaviour_mut().push.send_response(channel, ());
-            }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,

@@ -71,7 +71,8 @@ pub struct Limits {
     pub mail_sweep_interval: Duration,
     /// Most users one session may subscribe to.
     pub max_subscriptions: usize,
-    /// Pushes not yet acknowledged by a peer; beyond this, new pushes to it are dropped.
+    /// Pushes queued for a peer's push stream, not yet written; beyond this, new pushes to it
+    /// are dropped.
     pub max_pushes_in_flight: usize,
     pub relay: RelayLimits,
     /// Most discovery registrations held (all namespaces together, in the store: with a shared

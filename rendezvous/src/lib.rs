@@ -4,8 +4,9 @@
 //! are offline. A node connects (Noise authenticates its key), registers a name or logs in, then
 //! publishes prekeys, heartbeats its presence, subscribes to its contacts' presence, deposits
 //! envelopes for offline users and collects its own; the server pushes presence changes, new-mail
-//! counts and low-prekey warnings back over `/palaver/push/1`. Sessions also register their signed
-//! peer records there and discover each other's, one namespace at a time. Beside that it runs
+//! counts and low-prekey warnings back over `/palaver/push/2` (one stream per session). Sessions
+//! also register their signed peer records there and discover each other's, one namespace at a
+//! time. Beside that it runs
 //! identify, ping, autonat and a circuit relay v2 for logged-in peers.
 //!
 //! - [`Server`]: `bind` (store, key, swarm, listeners) then `run` until a shutdown future.
@@ -50,6 +51,7 @@ server_only! {
     mod cluster;
     mod config;
     mod metrics;
+    mod push_stream;
     mod relay_meter;
     mod server;
     mod service;
@@ -62,4 +64,4 @@ server_only! {
 }
 
 pub use frame_codec::FrameCodec;
-pub use transport::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, PushCodec, RendezvousCodec};
+pub use transport::{IDENTIFY_PROTOCOL, MAX_PUSH_BYTES, RendezvousCodec, read_push, write_push};

@@ -20,14 +20,15 @@ use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, relay};
 use palaver_protocol::Identity;
 use palaver_protocol::identity::keyfile::{self, KeyFileError};
 use palaver_protocol::rendezvous::Millis;
-use palaver_protocol::wire::{Refusal, RefusalReason, RendezvousResponse};
+use palaver_protocol::wire::{Refusal, RefusalReason, RendezvousResponse, ServerPush};
 use prometheus_client::registry::Registry;
 use rand_core::OsRng;
+use tokio::sync::mpsc;
 
 use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
 use crate::clock::now_ms;
@@ -134,7 +135,9 @@ pub struct Server {
     /// Listen addresses announced as external until the admin names the real ones.
     auto_external: Vec<Multiaddr>,
     explicit_external: bool,
-    pushes_in_flight: HashMap<PeerId, usize>,
+    /// Each session's push stream: the queue its writer task reads (opened as the session logs
+    /// in, or at a push when it has none; the queue holds what comes before the stream is open).
+    push_streams: HashMap<PeerId, PushQueue>,
     reservations: HashSet<PeerId>,
     /// Events that arrived while `bind` waited for listen addresses.
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
@@ -242,7 +245,7 @@ impl Server {
             metrics_endpoint,
             auto_external: Vec::new(),
             explicit_external: false,
-            pushes_in_flight: HashMap::new(),
+            push_streams: HashMap::new(),
             reservations: HashSet::new(),
             early_events: Vec::new(),
             cluster,
@@ -445,14 +448,16 @@ impl Server {
     /// Sends the service's pushes and carries out its disconnects.
     fn carry_out(&mut self) {
         for (peer, push) in self.service.take_pushes() {
-            let in_flight = self.pushes_in_flight.entry(peer).or_default();
-            if *in_flight >= self.limits.max_pushes_in_flight {
-                self.metrics.pushes_dropped.inc();
-                continue;
-            }
-            *in_flight += 1;
-            self.swarm.behaviour_mut().push.send_request(&peer, push);
-            self.metrics.pushes_sent.inc();
+            let counter = match self.push_queue(peer).try_send(push) {
+                Ok(()) => &self.metrics.pushes_sent,
+                // Behind by a full queue: it re-asks what it missed when it next looks.
+                Err(mpsc::error::TrySendError::Full(_)) => &self.metrics.pushes_dropped,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.push_streams.remove(&peer);
+                    &self.metrics.pushes_dropped
+                }
+            };
+            counter.inc();
         }
         for peer in self.service.take_disconnects() {
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -476,11 +481,11 @@ impl Server {
             SwarmEvent::Behaviour(BehaviourEvent::Palaver(event)) => {
                 self.on_request_event(event, commit, now)
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Push(event)) => self.on_push_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
                 self.libp2p_metrics.record(&event);
                 self.on_relay_event(event, now);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Push(opened)) => self.on_push_stream(opened),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
                 self.libp2p_metrics.record(&event)
             }
@@ -496,12 +501,23 @@ impl Server {
                 ..
             } => {
                 self.service.disconnected(peer_id, now);
-                self.pushes_in_flight.remove(&peer_id);
+                self.push_streams.remove(&peer_id);
                 if self.reservations.remove(&peer_id) {
                     self.metrics
                         .relay_reservations
                         .set(self.reservations.len() as i64);
                 }
+            }
+            // One of a peer's connections closed, others stay: if its push stream was on that
+            // one, the session gets a new one on another.
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } if self.push_streams.get(&peer_id).and_then(|q| q.connection)
+                == Some(connection_id) =>
+            {
+                self.open_push_stream(peer_id, None)
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -541,11 +557,11 @@ impl Server {
         match event {
             request_response::Event::Message {
                 peer,
+                connection_id,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
-                ..
             } => {
                 let reply = match request {
                     Inbound::Request(request) => self.service.handle(peer, request, now),
@@ -562,6 +578,11 @@ impl Server {
                         now,
                     ),
                 };
+                // A session's push stream opens as it starts, so its first push waits for no
+                // stream negotiation.
+                if matches!(reply.response, RendezvousResponse::LoggedIn { .. }) {
+                    self.logged_in(peer, connection_id);
+                }
                 if reply.durable {
                     commit.push((channel, reply.response), self.service.store());
                 } else {
@@ -586,24 +607,61 @@ impl Server {
         }
     }
 
-    fn on_push_event(
-        &mut self,
-        event: request_response::Event<palaver_protocol::wire::ServerPush, ()>,
-    ) {
-        let peer = match event {
-            request_response::Event::Message {
-                peer,
-                message: request_response::Message::Response { .. },
-                ..
-            } => peer,
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "push failed");
-                peer
-            }
-            _ => return,
+
+    /// The queue of `peer`'s push stream, opened now if it has none (or its last one broke).
+    fn push_queue(&mut self, peer: PeerId) -> &mpsc::Sender<ServerPush> {
+        match self.push_streams.get(&peer) {
+            None => self.open_push_stream(peer, None),
+            Some(q) if q.queue.is_closed() => self.open_push_stream(peer, q.connection),
+            Some(_) => {}
+        }
+        &self.push_streams[&peer].queue
+    }
+
+    /// `peer` logged in on `connection`: its push stream is opened there, unless it has one on
+    /// that connection already (a connection it logged in on before may be one that lingers,
+    /// dead, after a network change).
+    fn logged_in(&mut self, peer: PeerId, connection: ConnectionId) {
+        let current = self.push_streams.get(&peer);
+        if !current.is_some_and(|q| q.connection == Some(connection) && !q.queue.is_closed()) {
+            self.open_push_stream(peer, Some(connection));
+        }
+    }
+
+    /// Opens a new push stream to `peer` (on `connection`, or any of its connections),
+    /// replacing its last, whose writer then ends: what is pushed meanwhile waits in the queue.
+    fn open_push_stream(&mut self, peer: PeerId, connection: Option<ConnectionId>) {
+        let (queue, waiting) = mpsc::channel(self.limits.max_pushes_in_flight.max(1));
+        let waiting = Some(waiting);
+        let entry = PushQueue {
+            queue,
+            waiting,
+            connection,
         };
-        if let Some(n) = self.pushes_in_flight.get_mut(&peer) {
-            *n = n.saturating_sub(1);
+        self.push_streams.insert(peer, entry);
+        self.swarm.behaviour_mut().push.open(peer, connection);
+    }
+
+    /// A push stream opened (or not): its writer starts on the queue that waits for it. A
+    /// stream no queue waits for (one opened again since, or on another connection) is dropped.
+    /// One that could not be opened closes the queue: the next push opens another.
+    fn on_push_stream(&mut self, opened: crate::push_stream::Opened) {
+        let peer = opened.peer;
+        let Some(entry) = self.push_streams.get_mut(&peer) else {
+            return;
+        };
+        if entry.connection.is_some_and(|c| c != opened.connection) {
+            return;
+        }
+        let Some(waiting) = entry.waiting.take() else {
+            return;
+        };
+        match opened.stream {
+            Ok(stream) => {
+                entry.connection = Some(opened.connection);
+                tokio::spawn(write_pushes(peer, stream, waiting));
+            }
+            Err(error) => tracing::debug!(%peer, %error, "cannot open a push stream"),
         }
     }
 
@@ -647,5 +705,26 @@ impl Server {
         self.metrics
             .relay_reservations
             .set(self.reservations.len() as i64);
+    }
+}
+
+/// A session's push queue: the sender the server pushes into, and the receiver that waits for
+/// the stream to open (then its writer's).
+struct PushQueue {
+    queue: mpsc::Sender<ServerPush>,
+    waiting: Option<mpsc::Receiver<ServerPush>>,
+    /// The connection it is (to be) on, once known.
+    connection: Option<ConnectionId>,
+}
+
+/// Writes `peer`'s pushes to its push stream, in a task of its own (a slow reader holds up no
+/// one else), until the queue closes or the stream breaks. The stream does not count for
+/// keeping the connection open: the session's own requests do.
+async fn write_pushes(peer: PeerId, mut stream: libp2p::Stream, mut queued: mpsc::Receiver<ServerPush>) {
+    stream.ignore_for_keep_alive();
+    while let Some(push) = queued.recv().await {
+        if let Err(error) = crate::transport::write_push(&mut stream, &push).await {
+            return tracing::debug!(%peer, %error, "a push stream closed");
+        }
     }
 }

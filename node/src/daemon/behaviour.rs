@@ -16,7 +16,6 @@ use palaver_rendezvous::{FrameCodec, transport};
 use super::gossip_gate::GossipGate;
 
 pub(crate) type RendezvousRpc = request_response::Behaviour<transport::RendezvousCodec>;
-pub(crate) type PushRpc = request_response::Behaviour<transport::PushCodec>;
 pub(crate) type PeerRpc = request_response::Behaviour<FrameCodec<PeerRequest, PeerResponse>>;
 
 #[derive(NetworkBehaviour)]
@@ -30,10 +29,10 @@ pub(crate) struct Behaviour {
     /// Gossipsub behind the gate that keeps private rooms' topics to their members.
     pub(crate) gossipsub: GossipGate,
     pub(crate) rendezvous: RendezvousRpc,
-    pub(crate) push: PushRpc,
     pub(crate) peer: PeerRpc,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    /// File transfers' streams (`/palaver/file/1`, see `daemon::files`).
+    /// Streams of their own: file transfers (`/palaver/file/1`, see `daemon::files`) and the
+    /// rendezvous's pushes (`/palaver/push/2`, one stream per session, which it opens).
     pub(crate) stream: libp2p_stream::Behaviour,
 }
 
@@ -96,11 +95,6 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                 rendezvous: request_response::Behaviour::with_codec(
                     transport::rendezvous_client_codec(),
                     [(transport::rendezvous_protocol(), ProtocolSupport::Outbound)],
-                    rr_config.clone(),
-                ),
-                push: request_response::Behaviour::with_codec(
-                    transport::push_codec(),
-                    [(transport::push_protocol(), ProtocolSupport::Inbound)],
                     rr_config.clone(),
                 ),
                 peer: request_response::Behaviour::with_codec(

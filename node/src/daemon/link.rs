@@ -202,6 +202,7 @@ impl Node {
             "connected to the rendezvous at {} ({peer}){again}",
             self.reach.rendezvous_addr()
         );
+        self.push_server.send_replace(Some(peer));
         self.session_input(Input::Connected);
     }
 

@@ -135,3 +135,41 @@ async fn presence_changes_are_pushed_to_subscribers_within_a_second_and_silence_
     }
     server.stop().await;
 }
+
+/// Pushes travel on one stream per session, which the server opens at login: logging in again
+/// (as after a reconnection) replaces it, and every push after still arrives, in order.
+#[tokio::test]
+async fn pushes_keep_arriving_in_order_after_the_watcher_logs_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let (alice, _) = session(&server.tcp(), "alice").await;
+    let (mut watcher, _) = session(&server.tcp(), "watcher").await;
+    let subscribe = RendezvousRequest::SubscribePresence {
+        names: vec![name("alice")],
+    };
+    assert!(matches!(
+        ask(&watcher, subscribe.clone()).await,
+        RendezvousResponse::Users(_)
+    ));
+    let flip = |round: usize| {
+        if round.is_multiple_of(2) {
+            PresenceState::Away
+        } else {
+            PresenceState::Online
+        }
+    };
+    for again in [false, true] {
+        if again {
+            login(&watcher, "watcher").await;
+            assert!(matches!(
+                ask(&watcher, subscribe.clone()).await,
+                RendezvousResponse::Users(_)
+            ));
+        }
+        for round in 0..6 {
+            let state = flip(round);
+            ask(&alice, RendezvousRequest::Heartbeat { state }).await;
+            expect_push(&mut watcher, Duration::from_secs(2), is_state(state)).await;
+        }
+    }
+}
