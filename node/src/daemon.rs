@@ -55,7 +55,8 @@ pub struct DaemonConfig {
     pub files: FileConfig,
     pub rendezvous: Multiaddr,
     /// Further rendezvous instances (of one cluster, or independent servers) to fail over to,
-    /// in order, when the one in use dies or refuses us.
+    /// in order, when the one in use dies or refuses us (a refusal because our key is in use
+    /// by another daemon stops this one instead).
     pub more_rendezvous: Vec<Multiaddr>,
     pub listen: Vec<Multiaddr>,
     pub registration_token: Option<String>,
@@ -214,8 +215,9 @@ pub(crate) struct Node {
     /// Message events from senders whose name we are asking the rendezvous for.
     unnamed: Unnamed<rpc::Event>,
     stopping: bool,
-    /// Why the daemon stops on its own (a store that cannot be made durable): it then exits
-    /// non-zero, so a supervisor restarts it.
+    /// Why the daemon stops on its own: a store that cannot be made durable (it exits non-zero,
+    /// so a supervisor restarts it), or its key in use by another running daemon (a copied
+    /// home: a restart is refused again until that one stops).
     fatal: Option<String>,
     /// Sends keyed by the client that are under way, and who waits for each.
     keyed_sends: palaver_protocol::node::direct::keyed::KeyedSends<replies::ReplyToken>,

@@ -3,7 +3,8 @@
 //! file a fetch writes, the whole-file check and the move into place.
 //!
 //! The stream's frames are a 4-byte big-endian length and a [`codec`] frame, each at most
-//! [`MAX_FILE_FRAME_LEN`]. Memory stays at one chunk per transfer whatever the file's size.
+//! [`MAX_FILE_FRAME_LEN`]. Memory stays at a few chunks per transfer (the [`AHEAD`] in flight
+//! between the disk thread and the stream) whatever the file's size.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -98,7 +99,12 @@ pub async fn serve<W: AsyncWrite + Unpin>(
     mut sent: impl FnMut(u64),
 ) -> Result<(), TransferError> {
     let shape = offer.shape();
-    let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let source = path.to_owned();
+    let opened = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&source).and_then(|file| Ok((file.metadata()?.len(), file)))
+    })
+    .await
+    .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
     let file = match opened {
         Ok((size, file)) if size == offer.size => file,
         Ok((size, _)) => {

@@ -127,7 +127,7 @@ pub struct Client {
     server_addr: Multiaddr,
     timeout: Duration,
     commands: mpsc::Sender<Command>,
-    /// Pushes, with the peer that pushed them (only the server's are handed out).
+    /// The server's pushes (with its peer id: `accept_pushes` takes no one else's).
     pushes: mpsc::Receiver<(PeerId, ServerPush)>,
     connected: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -267,22 +267,12 @@ impl Client {
 
     /// The next push from the server; `None` once the client has stopped.
     pub async fn next_push(&mut self) -> Option<ServerPush> {
-        loop {
-            let (from, push) = self.pushes.recv().await?;
-            if from == self.server {
-                return Some(push);
-            }
-        }
+        self.pushes.recv().await.map(|(_, push)| push)
     }
 
     /// A push already received, without waiting.
     pub fn try_next_push(&mut self) -> Option<ServerPush> {
-        loop {
-            let (from, push) = self.pushes.try_recv().ok()?;
-            if from == self.server {
-                return Some(push);
-            }
-        }
+        self.pushes.try_recv().ok().map(|(_, push)| push)
     }
 
     /// Reserves a relay slot at the server; returns our circuit address.

@@ -15,7 +15,8 @@ use crate::home::Home;
 pub struct DaemonArgs {
     /// The rendezvous server (remembered in <home>/config.toml for next time). Repeatable:
     /// the instances of a cluster (or other servers) to move to, in order, when the one in
-    /// use dies or refuses us.
+    /// use dies or refuses us (refused because this key runs in another daemon, the daemon
+    /// stops instead).
     #[arg(long, value_parser = input::multiaddr)]
     rendezvous: Vec<Multiaddr>,
     /// Where to listen for peers (remembered in <home>/config.toml for next time)

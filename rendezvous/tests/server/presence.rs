@@ -136,14 +136,16 @@ async fn presence_changes_are_pushed_to_subscribers_within_a_second_and_silence_
     server.stop().await;
 }
 
-/// Pushes travel on one stream per session, which the server opens at login: logging in again
-/// (as after a reconnection) replaces it, and every push after still arrives, in order.
+/// Pushes travel on one stream per session, which the server opens on the connection the
+/// session logs in on: logging in again over a second connection (as after a network change,
+/// the first lingering) moves it there, and every push after arrives on the new connection.
 #[tokio::test]
-async fn pushes_keep_arriving_in_order_after_the_watcher_logs_in_again() {
+async fn pushes_follow_the_watcher_to_the_connection_it_logs_in_on_again() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let (alice, _) = session(&server.tcp(), "alice").await;
-    let (mut watcher, _) = session(&server.tcp(), "watcher").await;
+    let (mut watcher, watcher_id) = session(&server.tcp(), "watcher").await;
+    let mut lingering = None;
     let subscribe = RendezvousRequest::SubscribePresence {
         names: vec![name("alice")],
     };
@@ -160,6 +162,9 @@ async fn pushes_keep_arriving_in_order_after_the_watcher_logs_in_again() {
     };
     for again in [false, true] {
         if again {
+            // The first connection stays open; only the new one is read from now on.
+            let second = connect(&server.tcp(), &watcher_id).await;
+            lingering = Some(std::mem::replace(&mut watcher, second));
             login(&watcher, "watcher").await;
             assert!(matches!(
                 ask(&watcher, subscribe.clone()).await,
@@ -172,4 +177,5 @@ async fn pushes_keep_arriving_in_order_after_the_watcher_logs_in_again() {
             expect_push(&mut watcher, Duration::from_secs(2), is_state(state)).await;
         }
     }
+    assert!(lingering.is_some_and(|first| first.is_connected()));
 }

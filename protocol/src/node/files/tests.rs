@@ -596,19 +596,24 @@ fn an_offer_goes_whole_only_when_small_direct_and_as_offered() {
     assert_eq!(decline_reason(&long).chars().count(), MAX_DECLINE_REASON);
 }
 
-#[test]
-fn a_file_that_came_whole_is_only_checked_and_moved() {
-    let mut t = Transfers::new(Limits::default(), [], LOTS);
-    let input = Input::Offered {
+/// File 1 (100 bytes, direct) offered, written whole by the driver; `stored`: its record's
+/// status by then.
+fn came_whole(stored: Option<Status>) -> Input {
+    Input::Offered {
         file: file(1),
         offer: offer(100),
         sender: key(1),
         room: None,
         free_space: LOTS,
         whole: true,
-        stored: None,
-    };
-    t.handle(input, 0).unwrap();
+        stored,
+    }
+}
+
+#[test]
+fn a_file_that_came_whole_is_only_checked_and_moved() {
+    let mut t = Transfers::new(Limits::default(), [], LOTS);
+    t.handle(came_whole(None), 0).unwrap();
     let out = drain(&mut t);
     assert_eq!(saved(&out), [Status::Checking]);
     assert!(out.contains(&Output::Check {
@@ -652,16 +657,7 @@ fn a_reject_before_the_offer_is_handed_in_stands() {
         })
         .unwrap();
     assert_eq!(rejected.status, Status::Rejected);
-    let late = Input::Offered {
-        file: file(1),
-        offer: offer(100),
-        sender: key(1),
-        room: None,
-        free_space: LOTS,
-        whole: true,
-        stored: Some(rejected.status),
-    };
-    t.handle(late, 1).unwrap();
+    t.handle(came_whole(Some(rejected.status)), 1).unwrap();
     // Not stored again as offered, not checked or fetched: only the file written whole goes.
     assert_eq!(drain(&mut t), [Output::Discard { file: file(1) }]);
     t.handle_timeout(10_000, &NOBODY);
