@@ -2,18 +2,18 @@
 //! both ends of the `/palaver/file/1` stream, the copy kept of a file we offer, the partial
 //! file a fetch writes, the whole-file check and the move into place.
 //!
-//! The stream's frames are a 4-byte big-endian length and a [`codec`] frame, each at most
-//! [`MAX_FILE_FRAME_LEN`]. Memory stays at a few chunks per transfer (the [`AHEAD`] in flight
+//! The stream's frames are [`transport::length_prefixed`] (a 4-byte big-endian length and a
+//! codec frame), each at most [`MAX_FILE_FRAME_LEN`]. Memory stays at a few chunks per transfer (the [`AHEAD`] in flight
 //! between the disk thread and the stream) whatever the file's size.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
-use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use palaver_protocol::codec;
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use palaver_protocol::crypto::file::{CHUNK_LEN, FileKey, FileShape, open_chunk, seal_chunk};
 use palaver_protocol::wire::file::MAX_FILE_FRAME_LEN;
 use palaver_protocol::wire::{FileFetch, FileFrame, FileOffer};
+use palaver_rendezvous::transport;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
@@ -43,15 +43,9 @@ pub enum TransferError {
     Stalled,
 }
 
-/// `value` as it goes on the stream: its 4-byte length, then the frame (one write: one muxer
-/// frame, not two).
+/// `value` as it goes on the stream (see [`transport::length_prefixed`]).
 fn frame_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, TransferError> {
-    let frame = codec::encode(value).map_err(|err| TransferError::Frame(err.to_string()))?;
-    let len = u32::try_from(frame.len()).map_err(|_| TransferError::Frame("too long".into()))?;
-    let mut framed = Vec::with_capacity(4 + frame.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(&frame);
-    Ok(framed)
+    transport::length_prefixed(value, MAX_FILE_FRAME_LEN).map_err(frame_error)
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
@@ -66,18 +60,20 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     reader: &mut R,
 ) -> Result<T, TransferError> {
-    let mut len = [0; 4];
-    reader.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FILE_FRAME_LEN {
-        return Err(TransferError::Frame(format!(
-            "{len} bytes, over the {MAX_FILE_FRAME_LEN}-byte limit"
-        )));
+    transport::read_length_prefixed(reader, MAX_FILE_FRAME_LEN)
+        .await
+        .map_err(frame_error)?
+        .ok_or_else(|| TransferError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+}
+
+/// A frame that was too large or did not decode is the frame's fault; the rest is I/O.
+fn frame_error(err: std::io::Error) -> TransferError {
+    match err.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+            TransferError::Frame(err.to_string())
+        }
+        _ => TransferError::Io(err),
     }
-    let mut frame = vec![0; len];
-    reader.read_exact(&mut frame).await?;
-    codec::decode_bounded(&frame, MAX_FILE_FRAME_LEN)
-        .map_err(|err| TransferError::Frame(err.to_string()))
 }
 
 /// Whichever error ended a pipeline's blocking half (a panic there is reported, not resumed).

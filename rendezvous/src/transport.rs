@@ -10,6 +10,7 @@ use palaver_protocol::codec::MAX_FRAME_LEN;
 use palaver_protocol::wire::{
     MAX_ENVELOPE_LEN, RendezvousRequest, RendezvousResponse, ServerPush, protocol_names,
 };
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, watch};
 
 use crate::FrameCodec;
@@ -38,23 +39,59 @@ pub fn rendezvous_client_codec() -> RendezvousCodec {
     FrameCodec::new(MAX_RENDEZVOUS_REQUEST, MAX_FRAME_LEN)
 }
 
+/// `value` as a length-prefixed frame: its 4-byte big-endian length, then the [`codec`] frame
+/// (at most `max` bytes), in one buffer (written in one write: one muxer frame, not two). The
+/// framing of the push stream, and of the node's file stream.
+///
+/// [`codec`]: palaver_protocol::codec
+pub fn length_prefixed<T: Serialize>(value: &T, max: usize) -> std::io::Result<Vec<u8>> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let body = palaver_protocol::codec::encode(value).map_err(|e| invalid(e.to_string()))?;
+    if body.len() > max {
+        let len = body.len();
+        return Err(invalid(format!(
+            "a frame of {len} bytes is over the {max}-byte limit"
+        )));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Reads one [`length_prefixed`] frame; `None` at a clean end between frames. A frame over
+/// `max` is refused before it is read; that and one that does not decode are `InvalidData`.
+pub async fn read_length_prefixed<T: DeserializeOwned>(
+    io: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match io.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    if len > max {
+        return Err(invalid(format!(
+            "a frame of {len} bytes is over the {max}-byte limit"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    palaver_protocol::codec::decode_bounded(&body, max)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// Writes one push frame to a push stream (and flushes it).
 pub async fn write_push(
     io: &mut (impl AsyncWrite + Unpin),
     push: &ServerPush,
 ) -> std::io::Result<()> {
-    let body = palaver_protocol::codec::encode(push)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    if body.len() > MAX_PUSH_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("a push of {} bytes is over {MAX_PUSH_BYTES}", body.len()),
-        ));
-    }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    io.write_all(&frame).await?;
+    io.write_all(&length_prefixed(push, MAX_PUSH_BYTES)?)
+        .await?;
     io.flush().await
 }
 
@@ -93,26 +130,9 @@ pub async fn accept_pushes(
 }
 
 /// Reads the next push frame from a push stream; `None` once the server closed it between
-/// frames. A frame over [`MAX_PUSH_BYTES`] is refused before it is read.
+/// frames.
 pub async fn read_push(io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<ServerPush>> {
-    let mut len = [0u8; 4];
-    match io.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    if len > MAX_PUSH_BYTES {
-        return Err(invalid(format!(
-            "a push of {len} bytes is over {MAX_PUSH_BYTES}"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
-    palaver_protocol::codec::decode_bounded(&body, MAX_PUSH_BYTES)
-        .map(Some)
-        .map_err(|e| invalid(e.to_string()))
+    read_length_prefixed(io, MAX_PUSH_BYTES).await
 }
 
 pub fn tcp_config() -> tcp::Config {

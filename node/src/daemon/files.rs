@@ -70,8 +70,8 @@ pub(crate) enum FileDone {
         reply: Reply,
     },
     /// A file offered to us, written as its partial file if it came whole, and the free space
-    /// asked: the [`Input::Offered`] for the machine, but for its stored record.
-    Offered(Box<Input>),
+    /// asked.
+    Offered(Box<OfferedFile>),
     /// A fetch has its chunks up to `through` durable.
     Verified { file: MessageId, through: u64 },
     /// A fetch ended: with every chunk in, the whole file's hash, as written.
@@ -100,6 +100,18 @@ pub(crate) enum FileDone {
         size: u64,
         done: bool,
     },
+}
+
+/// What [`FileDone::Offered`] brings back: [`Input::Offered`] but for the stored record's
+/// status, which the actor reads as it hands the offer in.
+#[derive(Debug)]
+pub(crate) struct OfferedFile {
+    file: MessageId,
+    offer: FileOffer,
+    sender: VerifyingKey,
+    room: Option<RoomId>,
+    whole: bool,
+    free_space: u64,
 }
 
 /// Whom a file is offered to.
@@ -217,12 +229,25 @@ impl Node {
                 name,
                 reply,
             } => return self.offer_file(to, result, name, reply),
-            FileDone::Offered(input) => {
-                let mut input = *input;
-                if let Input::Offered { file, stored, .. } = &mut input {
-                    *stored = self.stored_transfer(file).ok().map(|record| record.status);
+            FileDone::Offered(offered) => {
+                let OfferedFile {
+                    file,
+                    offer,
+                    sender,
+                    room,
+                    whole,
+                    free_space,
+                } = *offered;
+                let stored = self.stored_transfer(&file).ok().map(|record| record.status);
+                Input::Offered {
+                    file,
+                    offer,
+                    sender,
+                    room,
+                    free_space,
+                    whole,
+                    stored,
                 }
-                input
             }
             FileDone::Verified { file, through } => Input::Verified { file, through },
             FileDone::Ended { file, result } => {
@@ -314,14 +339,13 @@ impl Node {
                 }
                 written.is_ok()
             });
-            FileDone::Offered(Box::new(Input::Offered {
+            FileDone::Offered(Box::new(OfferedFile {
                 file,
                 offer,
                 sender,
                 room,
-                free_space: free_space_in(&[&dirs.0, &dirs.1]),
                 whole,
-                stored: None,
+                free_space: free_space_in(&[&dirs.0, &dirs.1]),
             }))
         });
     }

@@ -1,4 +1,5 @@
 use futures::io::Cursor;
+use palaver_protocol::codec;
 use palaver_protocol::crypto::file::{CHUNK_LEN, FileKey};
 use palaver_protocol::wire::TransferId;
 use rand::{RngCore, SeedableRng};
