@@ -5,6 +5,7 @@
 //! sealed with a passphrase. People compare [`Fingerprint`]s out of band to detect a server that
 //! hands out the wrong key for a name.
 
+pub mod devices;
 pub mod keyfile;
 
 use std::fmt;

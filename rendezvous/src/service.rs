@@ -28,7 +28,7 @@ use palaver_protocol::{Envelope, UserName, VerifyingKey};
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Rejection};
-use crate::store::{self, Registration, SharedStore, StoreError};
+use crate::store::{self, Holder, Registration, SharedStore, StoreError};
 
 pub(crate) use cluster::ClusterEvent;
 
@@ -119,12 +119,22 @@ struct PeerState {
 #[derive(Debug)]
 struct Session {
     name: UserName,
+    /// The device's key (the account key itself for the account's first device).
     key: VerifyingKey,
+    /// Where the device's prekeys and mail are filed.
+    holder: Holder,
     subscriptions: Vec<UserName>,
     /// The run of the daemon that logged in (see [`RendezvousRequest::Login`]).
     instance: u64,
     /// When the session last sent anything.
     heard_at: Millis,
+}
+
+/// Who sent a session request.
+struct Me {
+    name: UserName,
+    key: VerifyingKey,
+    holder: Holder,
 }
 
 fn refuse(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
@@ -163,6 +173,9 @@ fn kind_of(request: &RendezvousRequest) -> &'static str {
         RendezvousRequest::RegisterDiscovery { .. } => "register_discovery",
         RendezvousRequest::UnregisterDiscovery { .. } => "unregister_discovery",
         RendezvousRequest::Discover { .. } => "discover",
+        RendezvousRequest::PublishDevices(_) => "publish_devices",
+        RendezvousRequest::FetchDevices { .. } => "fetch_devices",
+        RendezvousRequest::FetchDevicePrekeys { .. } => "fetch_device_prekeys",
     }
 }
 
@@ -190,8 +203,10 @@ pub(crate) struct Service {
     tokens: Vec<String>,
     relay_only: bool,
     peers: HashMap<PeerId, PeerState>,
-    /// Which peer holds each logged-in name's session.
-    online: HashMap<UserName, PeerId>,
+    /// The peers holding each logged-in name's sessions, one per device.
+    online: HashMap<UserName, Vec<PeerId>>,
+    /// Sessions in all (the sum over `online`).
+    session_count: usize,
     /// Who wants presence changes of each name.
     subscribers: HashMap<UserName, HashSet<PeerId>>,
     presence: PresenceTable,
@@ -229,6 +244,7 @@ impl Service {
             relay_only,
             peers: HashMap::new(),
             online: HashMap::new(),
+            session_count: 0,
             subscribers: HashMap::new(),
             login_deadlines: Deadlines::new(),
             gate,
@@ -300,10 +316,19 @@ impl Service {
 
     fn end_session(&mut self, peer: PeerId, session: Session, now: Millis) {
         self.unsubscribe(peer, &session.subscriptions);
-        if self.online.get(&session.name) == Some(&peer) {
-            self.online.remove(&session.name);
-        }
         self.gate.set(peer, false);
+        let Some(peers) = self.online.get_mut(&session.name) else {
+            return;
+        };
+        let before = peers.len();
+        peers.retain(|p| *p != peer);
+        self.session_count = self.session_count.saturating_sub(before - peers.len());
+        self.metrics.sessions.set(gauge(self.session_count));
+        if !peers.is_empty() {
+            // Another of the account's devices is still here: the user is too.
+            return;
+        }
+        self.online.remove(&session.name);
         let (record, changed) = self.presence.gone(&session.name, now);
         if let Err(error) = self.store.set_last_seen(&session.name, now) {
             tracing::warn!(%error, "could not record last seen");
@@ -311,7 +336,6 @@ impl Service {
         if changed {
             self.presence_changed(record);
         }
-        self.metrics.sessions.set(gauge(self.online.len()));
         self.metrics
             .online_users
             .set(gauge(self.presence.present()));
@@ -468,9 +492,13 @@ impl Service {
                     ));
                 };
                 session.heard_at = now;
-                let (name, key) = (session.name.clone(), session.key);
-                self.presence_heard(&name, None, now);
-                self.session_request(peer, name, key, other, now)
+                let me = Me {
+                    name: session.name.clone(),
+                    key: session.key,
+                    holder: session.holder.clone(),
+                };
+                self.presence_heard(&me.name, None, now);
+                self.session_request(peer, me, other, now)
             }
         }
     }
@@ -478,8 +506,7 @@ impl Service {
     fn session_request(
         &mut self,
         peer: PeerId,
-        me: UserName,
-        key: VerifyingKey,
+        Me { name: me, key, holder }: Me,
         request: RendezvousRequest,
         now: Millis,
     ) -> Handled {
@@ -520,18 +547,18 @@ impl Service {
                         ),
                     ));
                 }
-                self.store.publish_prekeys(&me, &upload)?;
+                self.store.publish_prekeys(&holder, &upload)?;
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
             RendezvousRequest::AddOneTimePrekeys(keys) => {
                 check_batch(keys.len(), "one-time prekeys")?;
-                if !self.store.has_signed_prekey(&me)? {
+                if !self.store.has_signed_prekey(&holder)? {
                     return Err(refuse(
                         RefusalReason::NoPrekeys,
                         "publish a signed prekey before adding one-time prekeys",
                     ));
                 }
-                let held = self.store.one_time_count(&me)?;
+                let held = self.store.one_time_count(&holder)?;
                 let max = self.limits.max_one_time_prekeys;
                 if u64::from(held) + keys.len() as u64 > u64::from(max) {
                     return Err(refuse(
@@ -542,24 +569,33 @@ impl Service {
                         ),
                     ));
                 }
-                self.store.add_one_time_prekeys(&me, &keys)?;
+                self.store.add_one_time_prekeys(&holder, &keys)?;
                 Ok(Reply::durable(RendezvousResponse::Done))
             }
-            RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(&me, name, now),
+            RendezvousRequest::FetchPrekeys { name } => self.fetch_prekeys(&me, name, None, now),
+            RendezvousRequest::FetchDevicePrekeys { name, device } => {
+                self.fetch_prekeys(&me, name, Some(device), now)
+            }
             RendezvousRequest::Deposit { to, envelope } => self.deposit(key, to, *envelope, now),
+            RendezvousRequest::PublishDevices(list) => self.publish_devices(&me, key, *list, now),
+            RendezvousRequest::FetchDevices { name } => {
+                Ok(Reply::now(RendezvousResponse::Devices(
+                    self.store.devices(&name)?.map(Box::new),
+                )))
+            }
             RendezvousRequest::FetchMail { max } => {
                 let max = usize::from(max).min(MAX_BATCH);
                 // Leave room for the response's own framing around the items.
                 let budget = self.limits.max_response_bytes.saturating_sub(1024) as u64;
                 let not_before = self.limits.mailbox.expiry_cutoff(now);
-                let items = self.store.fetch(&me, max, budget, not_before)?;
-                let held = self.store.usage(&me)?.messages;
+                let items = self.store.fetch(&holder, max, budget, not_before)?;
+                let held = self.store.usage(&holder)?.messages;
                 let remaining = held.saturating_sub(u32::try_from(items.len()).unwrap_or(0));
                 Ok(Reply::now(RendezvousResponse::Mail { items, remaining }))
             }
             RendezvousRequest::AckMail { ids } => {
                 check_batch(ids.len(), "ids")?;
-                let removed = self.store.ack(&me, &ids)?;
+                let removed = self.store.ack(&holder, &ids)?;
                 self.metrics.mailbox_acked.inc_by(removed.len() as u64);
                 self.forget_mail(&removed);
                 Ok(Reply::durable(RendezvousResponse::Done))
@@ -614,6 +650,12 @@ impl Service {
             }
         }
         let key = Self::key_of(&peer)?;
+        if let Some(owner) = self.store.device_owner(&key)? {
+            return Err(refuse(
+                RefusalReason::Invalid,
+                format!("this key is a linked device of {owner}; log in as {owner} instead"),
+            ));
+        }
         match self.store.register(&name, &key, now)? {
             Registration::New => {
                 self.metrics.registrations.inc();
@@ -646,12 +688,19 @@ impl Service {
                 format!("no user {name} is registered here"),
             ));
         };
-        if user.identity != key {
+        let holder = if user.identity == key {
+            Holder::account(&name)
+        } else if self.store.device_owner(&key)?.as_ref() == Some(&name) {
+            Holder::device(&name, &key)
+        } else {
             return Err(refuse(
                 RefusalReason::NotYourName,
-                format!("the name {name} is registered to another key"),
+                format!(
+                    "the name {name} is registered to another key, and its device list does not \
+                     name this one"
+                ),
             ));
-        }
+        };
         let limit = self.limits.requests;
         let state = self.peers.entry(peer).or_insert_with(|| PeerState {
             bucket: TokenBucket::new(limit, now),
@@ -675,20 +724,22 @@ impl Service {
             state.session = Some(Session {
                 name: name.clone(),
                 key,
+                holder: holder.clone(),
                 subscriptions: Vec::new(),
                 instance,
                 heard_at: now,
             });
-            self.online.insert(name.clone(), peer);
+            self.online.entry(name.clone()).or_default().push(peer);
+            self.session_count += 1;
             self.login_deadlines.remove(&peer);
             self.gate.set(peer, true);
-            self.metrics.sessions.set(gauge(self.online.len()));
+            self.metrics.sessions.set(gauge(self.session_count));
         }
         self.metrics.logins.inc();
         self.presence_heard(&name, Some(PresenceState::Online), now);
         Ok(Reply::now(RendezvousResponse::LoggedIn {
-            mail_waiting: self.store.usage(&name)?.messages,
-            one_time_prekeys_left: self.store.one_time_count(&name)?,
+            mail_waiting: self.store.usage(&holder)?.messages,
+            one_time_prekeys_left: self.store.one_time_count(&holder)?,
             name,
         }))
     }
@@ -709,11 +760,15 @@ impl Service {
         Ok(Reply::now(RendezvousResponse::Users(users)))
     }
 
+    /// The users holding these keys, as their account keys or as linked devices.
     fn who_is(&mut self, keys: Vec<VerifyingKey>) -> Handled {
         check_batch(keys.len(), "keys")?;
         let mut users = Vec::with_capacity(keys.len());
         for key in keys {
-            let Some(name) = self.store.name_of(&key)? else {
+            let Some(name) = (match self.store.name_of(&key)? {
+                Some(name) => Some(name),
+                None => self.store.device_owner(&key)?,
+            }) else {
                 continue;
             };
             if let Some(user) = self.store.user(&name)? {
@@ -728,10 +783,12 @@ impl Service {
         Ok(Reply::now(RendezvousResponse::Users(users)))
     }
 
-    /// Ids held for `name` (tests).
+    /// Ids held for `name`'s account key (tests).
     #[cfg(test)]
     fn held(&self, name: &UserName) -> u32 {
-        self.store.usage(name).map_or(0, |u| u.messages)
+        self.store
+            .usage(&Holder::account(name))
+            .map_or(0, |u| u.messages)
     }
 }
 
@@ -744,6 +801,7 @@ fn gauge(n: impl TryInto<i64>) -> i64 {
 }
 
 mod cluster;
+mod devices;
 mod discovery;
 mod mailbox;
 mod prekeys;

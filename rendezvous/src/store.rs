@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use palaver_protocol::codec;
+use palaver_protocol::identity::devices::SignedDeviceList;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload, SignedPrekey};
 use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
@@ -100,10 +101,79 @@ pub(crate) enum Deposit {
     Duplicate,
 }
 
+/// Whose prekeys and mailbox: an account's first device — the account key itself, filed under
+/// the bare name as before there were devices — or one of its linked devices, filed under
+/// `name/<device key in hex>`. `/` is not in the name alphabet, so the two never collide, and
+/// neither holds a 0 byte (the sled back-end's separator).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Holder {
+    text: String,
+    name: UserName,
+    device: Option<VerifyingKey>,
+}
+
+impl Holder {
+    pub(crate) fn account(name: &UserName) -> Self {
+        Self {
+            text: name.as_str().to_owned(),
+            name: name.clone(),
+            device: None,
+        }
+    }
+
+    pub(crate) fn device(name: &UserName, device: &VerifyingKey) -> Self {
+        let hex: String = device.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            text: format!("{name}/{hex}"),
+            name: name.clone(),
+            device: Some(*device),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The account this holder belongs to.
+    pub(crate) fn name(&self) -> &UserName {
+        &self.name
+    }
+
+    /// The linked device, or `None` for the account key's own.
+    pub(crate) fn linked_device(&self) -> Option<&VerifyingKey> {
+        self.device.as_ref()
+    }
+
+    /// A holder as the store wrote it.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("mailbox holder: {what}"));
+        let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
+        let Some((name, hex)) = text.split_once('/') else {
+            return Ok(Self::account(&name_of_bytes(bytes)?));
+        };
+        let mut key = [0u8; 32];
+        if hex.len() != 64 {
+            return Err(corrupt("device key is not 64 hex digits"));
+        }
+        for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| corrupt("not hex"))?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| corrupt("not hex"))?;
+        }
+        let device = VerifyingKey::from_bytes(&key).map_err(|_| corrupt("not a key"))?;
+        Ok(Self::device(&name_of_bytes(name.as_bytes())?, &device))
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// A message removed from a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Removed {
-    pub(crate) recipient: UserName,
+    pub(crate) recipient: Holder,
     pub(crate) bytes: u64,
 }
 
@@ -144,40 +214,50 @@ pub(crate) trait Storage: Send + Sync + Debug {
     /// Records when the user was last seen (not flushed: losing it in a crash is harmless).
     fn set_last_seen(&self, name: &UserName, ms: u64) -> Result<()>;
     fn user_count(&self) -> Result<u64>;
-    /// Forgets `name` — its key, prekeys and held mail — so that it can be registered again
-    /// (an admin's action for a user who lost their key); false if there was no such user.
+    /// Forgets `name` — its key, its devices, their prekeys and held mail — so that it can be
+    /// registered again (an admin's action for a user who lost their key); false if there was
+    /// no such user.
     fn remove_user(&self, name: &UserName) -> Result<bool>;
+
+    // ---- devices ----
+    /// The device list `name` published last, if any.
+    fn devices(&self, name: &UserName) -> Result<Option<SignedDeviceList>>;
+    /// Stores `name`'s new device list. Devices it no longer names leave with their prekeys
+    /// and held mail; the devices it names are found by [`Storage::device_owner`].
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()>;
+    /// The account whose published list names `device` (a linked device, not an account key).
+    fn device_owner(&self, device: &VerifyingKey) -> Result<Option<UserName>>;
 
     // ---- prekeys ----
     /// Replaces the user's signed prekey and all its one-time prekeys.
-    fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()>;
-    fn has_signed_prekey(&self, name: &UserName) -> Result<bool>;
+    fn publish_prekeys(&self, name: &Holder, upload: &PrekeyUpload) -> Result<()>;
+    fn has_signed_prekey(&self, name: &Holder) -> Result<bool>;
     /// Adds one-time prekeys (a key with an id already held replaces it).
-    fn add_one_time_prekeys(&self, name: &UserName, keys: &[OneTimePrekey]) -> Result<()>;
-    fn one_time_count(&self, name: &UserName) -> Result<u32>;
+    fn add_one_time_prekeys(&self, name: &Holder, keys: &[OneTimePrekey]) -> Result<()>;
+    fn one_time_count(&self, name: &Holder) -> Result<u32>;
     /// A bundle for `name`, consuming its lowest-numbered one-time prekey (each handed out once,
     /// whichever instance asks) if `with_one_time`; `None` if it has published no signed prekey.
-    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>>;
+    fn take_bundle(&self, name: &Holder, with_one_time: bool) -> Result<Option<PrekeyBundle>>;
 
     // ---- mailbox ----
-    fn holds(&self, name: &UserName, id: &MessageId) -> Result<bool>;
-    fn deposit(&self, to: &UserName, id: &MessageId, item: &MailItem) -> Result<Deposit>;
+    fn holds(&self, name: &Holder, id: &MessageId) -> Result<bool>;
+    fn deposit(&self, to: &Holder, id: &MessageId, item: &MailItem) -> Result<Deposit>;
     /// Up to `max` held messages for `name`, oldest first, together at most `max_bytes` (but at
     /// least one), skipping any deposited before `not_before` (expired, swept soon).
     fn fetch(
         &self,
-        name: &UserName,
+        name: &Holder,
         max: usize,
         max_bytes: u64,
         not_before: u64,
     ) -> Result<Vec<MailItem>>;
     /// Deletes the acknowledged messages of `name`; ids it does not hold are ignored. Each
     /// message is reported removed once, however many acks (at however many instances) race.
-    fn ack(&self, name: &UserName, ids: &[MessageId]) -> Result<Vec<Removed>>;
+    fn ack(&self, name: &Holder, ids: &[MessageId]) -> Result<Vec<Removed>>;
     /// Deletes every message deposited before `cutoff`, oldest first, at most `max` per call.
     fn expire(&self, cutoff: u64, max: usize) -> Result<Vec<Removed>>;
     /// What `name`'s mailbox holds now (the quota check and the "mail waiting" count).
-    fn usage(&self, name: &UserName) -> Result<Usage>;
+    fn usage(&self, name: &Holder) -> Result<Usage>;
     /// What all mailboxes hold together (for the gauges at start).
     fn mailbox_totals(&self) -> Result<Usage>;
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Envelope;
 use crate::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
+use crate::identity::devices::SignedDeviceList;
 use crate::name::UserName;
 use crate::rendezvous::discovery::Namespace;
 
@@ -43,7 +44,8 @@ pub enum RendezvousRequest {
     /// Push me presence changes of these users (replaces any earlier subscription). Answered
     /// with `Users`: the keys and presence of those registered (the others are watched too).
     SubscribePresence { names: Vec<UserName> },
-    /// Hold this envelope for `to` until it comes online and acknowledges it.
+    /// Hold this envelope for `to` until it comes online and acknowledges it: for the device
+    /// the envelope is sealed for (the account key's, or one its device list names).
     Deposit {
         to: UserName,
         envelope: Box<Envelope>,
@@ -67,6 +69,17 @@ pub enum RendezvousRequest {
     /// The records under `namespace` that have not expired (a room's only for a peer registered
     /// in it). Answered with `Discovered`.
     Discover { namespace: Namespace },
+    /// Replace my account's device list: only from the account key's own device, and only with
+    /// a newer version. The devices it leaves out are logged out and lose their prekeys and mail.
+    PublishDevices(Box<SignedDeviceList>),
+    /// The device list `name` published last, if any. Answered with `Devices`.
+    FetchDevices { name: UserName },
+    /// A bundle for starting a session with one of `name`'s devices (the account key's own, or
+    /// one its device list names); consumes one of that device's one-time prekeys.
+    FetchDevicePrekeys {
+        name: UserName,
+        device: VerifyingKey,
+    },
 }
 
 /// A peer's addresses as it signed them: a libp2p signed envelope holding a `PeerRecord`, in its
@@ -105,6 +118,9 @@ pub enum RendezvousResponse {
     /// The records under the namespace asked for, at most
     /// [`crate::rendezvous::discovery::MAX_DISCOVERED`].
     Discovered(Vec<SignedPeerRecord>),
+    /// The device list asked for; `None`: the account never published one, so its only device
+    /// is the account key ([`crate::identity::devices::DeviceList::single`]).
+    Devices(Option<Box<SignedDeviceList>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

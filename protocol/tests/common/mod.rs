@@ -9,6 +9,7 @@ use palaver_protocol::crypto::x3dh::{
     OneTimePrekey, PrekeyBundle, PrekeyUpload, SessionInit, SignedPrekey,
 };
 use palaver_protocol::delivery::Stamp;
+use palaver_protocol::identity::devices::{Device, DeviceList, SignedDeviceList};
 use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::wire::*;
 use palaver_protocol::{Identity, MessageId, RoomId, RoomName, Signature, SigningKey, UserName};
@@ -331,6 +332,14 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "rendezvous_publish_devices",
+            encode(&RendezvousRequest::PublishDevices(Box::new(device_list(
+                1,
+                &[2],
+            ))))
+            .unwrap(),
+        ),
+        (
             "server_push_presence",
             encode(&ServerPush::Presence(presence())).unwrap(),
         ),
@@ -360,7 +369,31 @@ pub fn fixed_frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The device list of account `seed`, at version 1, with these linked device seeds.
+pub fn device_list(seed: u8, linked: &[u8]) -> SignedDeviceList {
+    let account = identity(seed);
+    let mut list = DeviceList::single(account.public());
+    list.version = 1;
+    for &device in linked {
+        list.devices.push(Device {
+            key: identity(device).public(),
+            label: format!("device {device}"),
+            added_at_ms: 1_700_000_000_000,
+        });
+    }
+    SignedDeviceList::sign(list, &account).unwrap()
+}
+
 // ---- proptest strategies -------------------------------------------------------------------
+
+pub fn any_device_list() -> impl Strategy<Value = SignedDeviceList> {
+    (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..4)).prop_map(|(seed, mut linked)| {
+        linked.sort();
+        linked.dedup();
+        linked.retain(|&d| d != seed);
+        device_list(seed, &linked)
+    })
+}
 
 pub fn any_identity() -> impl Strategy<Value = Identity> {
     any::<[u8; 32]>().prop_map(|s| Identity::from_secret_bytes(&s))
@@ -632,6 +665,10 @@ pub fn any_rendezvous_request() -> impl Strategy<Value = RendezvousRequest> {
         ),
         any_namespace().prop_map(|namespace| RendezvousRequest::UnregisterDiscovery { namespace }),
         any_namespace().prop_map(|namespace| RendezvousRequest::Discover { namespace }),
+        any_device_list().prop_map(|list| RendezvousRequest::PublishDevices(Box::new(list))),
+        any_user().prop_map(|name| RendezvousRequest::FetchDevices { name }),
+        (any_user(), any_key())
+            .prop_map(|(name, device)| RendezvousRequest::FetchDevicePrekeys { name, device }),
     ]
 }
 
@@ -726,6 +763,8 @@ pub fn any_rendezvous_response() -> impl Strategy<Value = RendezvousResponse> {
         (any_refusal_reason(), ".{0,40}")
             .prop_map(|(reason, detail)| RendezvousResponse::Refused(Refusal { reason, detail })),
         proptest::collection::vec(any_peer_record(), 0..3).prop_map(RendezvousResponse::Discovered),
+        proptest::option::of(any_device_list())
+            .prop_map(|list| RendezvousResponse::Devices(list.map(Box::new))),
     ]
 }
 

@@ -21,6 +21,12 @@ pub(crate) enum ClusterEvent {
     Alive,
     /// For the session of `name`, if it is at the receiving instance.
     ForUser { name: UserName, push: ServerPush },
+    /// For the session of `name`'s linked `device`, if it is at the receiving instance.
+    ForDevice {
+        name: UserName,
+        device: VerifyingKey,
+        push: ServerPush,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -82,16 +88,31 @@ impl Service {
             .or(here)
     }
 
-    /// Hands `push` to `name`'s session here, or to the instance that has it.
-    pub(super) fn push_to_user(&mut self, name: &UserName, push: ServerPush) {
-        if let Some(peer) = self.online.get(name) {
-            self.pushes.push((*peer, push));
+    /// Hands `push` to the session of `holder`'s device here, or to the instance that has it.
+    pub(super) fn push_to(&mut self, holder: &Holder, push: ServerPush) {
+        if let Some(peer) = self.session_of(holder) {
+            self.pushes.push((peer, push));
         } else if let Some(cluster) = self.cluster.as_mut() {
-            cluster.outbox.push(ClusterEvent::ForUser {
-                name: name.clone(),
-                push,
+            let name = holder.name().clone();
+            cluster.outbox.push(match holder.linked_device() {
+                None => ClusterEvent::ForUser { name, push },
+                Some(device) => ClusterEvent::ForDevice {
+                    name,
+                    device: *device,
+                    push,
+                },
             });
         }
+    }
+
+    /// The peer whose session is `holder`'s, if it is here.
+    pub(super) fn session_of(&self, holder: &Holder) -> Option<PeerId> {
+        self.online.get(holder.name())?.iter().copied().find(|peer| {
+            self.peers
+                .get(peer)
+                .and_then(|p| p.session.as_ref())
+                .is_some_and(|s| s.holder == *holder)
+        })
     }
 
     /// Our own user's presence changed: tell the other instances.
@@ -120,8 +141,13 @@ impl Service {
                 self.push_presence(shown);
             }
             ClusterEvent::ForUser { name, push } => {
-                if let Some(peer) = self.online.get(&name) {
-                    self.pushes.push((*peer, push));
+                if let Some(peer) = self.session_of(&Holder::account(&name)) {
+                    self.pushes.push((peer, push));
+                }
+            }
+            ClusterEvent::ForDevice { name, device, push } => {
+                if let Some(peer) = self.session_of(&Holder::device(&name, &device)) {
+                    self.pushes.push((peer, push));
                 }
             }
         }

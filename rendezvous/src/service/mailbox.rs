@@ -28,17 +28,17 @@ impl Service {
                 "the envelope's sender is not the key you are connected with",
             ));
         }
-        if direct.recipient != recipient.identity {
+        let Some(holder) = self.holder_of(&to, &recipient, &direct.recipient)? else {
             return Err(refuse(
                 RefusalReason::Invalid,
-                format!("the envelope's recipient is not {to}'s key"),
+                format!("the envelope's recipient is not one of {to}'s devices"),
             ));
-        }
+        };
         envelope
             .verify()
             .map_err(|e| refuse(RefusalReason::Invalid, format!("envelope rejected: {e}")))?;
         let id = envelope.id();
-        if self.store.holds(&to, &id)? {
+        if self.store.holds(&holder, &id)? {
             return Ok(Reply::now(RendezvousResponse::Deposited { id }));
         }
         let item = MailItem {
@@ -52,7 +52,7 @@ impl Service {
                 format!("an envelope may be at most {MAX_ENVELOPE_LEN} bytes"),
             ));
         }
-        let usage = self.store.usage(&to)?;
+        let usage = self.store.usage(&holder)?;
         usage.admit(len, &self.limits.mailbox).map_err(|e| {
             refuse(
                 RefusalReason::QuotaExceeded,
@@ -61,12 +61,12 @@ impl Service {
                 ),
             )
         })?;
-        if let store::Deposit::Stored(len) = self.store.deposit(&to, &id, &item)? {
+        if let store::Deposit::Stored(len) = self.store.deposit(&holder, &id, &item)? {
             let count = usage.messages.saturating_add(1);
             self.metrics.mailbox_deposits.inc();
             self.metrics.mailbox_messages.inc();
             self.metrics.mailbox_bytes.inc_by(gauge(len));
-            self.push_to_user(&to, ServerPush::MailWaiting { count });
+            self.push_to(&holder, ServerPush::MailWaiting { count });
         }
         Ok(Reply::durable(RendezvousResponse::Deposited { id }))
     }

@@ -18,12 +18,12 @@ const MAX_PAIRS: usize = 100_000;
 
 /// (requester, owner) → (window start, one-time prekeys taken in it).
 #[derive(Debug, Default)]
-pub(crate) struct Takes(HashMap<(UserName, UserName), (u64, u32)>);
+pub(crate) struct Takes(HashMap<(UserName, Holder), (u64, u32)>);
 
 impl Takes {
     /// Whether `requester` may take one more of `owner`'s one-time prekeys at `now` (and, if
     /// so, counts it).
-    fn allow(&mut self, requester: &UserName, owner: &UserName, now: u64) -> bool {
+    fn allow(&mut self, requester: &UserName, owner: &Holder, now: u64) -> bool {
         if self.0.len() >= MAX_PAIRS {
             self.0
                 .retain(|_, (start, _)| now.saturating_sub(*start) < WINDOW_MS);
@@ -47,24 +47,37 @@ impl Takes {
 }
 
 impl Service {
-    pub(super) fn fetch_prekeys(&mut self, me: &UserName, name: UserName, now: u64) -> Handled {
-        if self.store.user(&name)?.is_none() {
+    /// A bundle for `name`'s `device` (`None`: the account key's own).
+    pub(super) fn fetch_prekeys(
+        &mut self,
+        me: &UserName,
+        name: UserName,
+        device: Option<VerifyingKey>,
+        now: u64,
+    ) -> Handled {
+        let Some(user) = self.store.user(&name)? else {
             return Err(refuse(
                 RefusalReason::UnknownUser,
                 format!("no user {name} is registered here"),
             ));
-        }
-        let with_one_time = self.prekey_takes.allow(me, &name, now);
-        let Some(bundle) = self.store.take_bundle(&name, with_one_time)? else {
+        };
+        let Some(holder) = self.holder_of(&name, &user, &device.unwrap_or(user.identity))? else {
+            return Err(refuse(
+                RefusalReason::UnknownUser,
+                format!("{name} has no device with that key"),
+            ));
+        };
+        let with_one_time = self.prekey_takes.allow(me, &holder, now);
+        let Some(bundle) = self.store.take_bundle(&holder, with_one_time)? else {
             return Err(refuse(
                 RefusalReason::NoPrekeys,
-                format!("{name} has not published prekeys yet"),
+                format!("{name} has not published prekeys yet on that device"),
             ));
         };
         if bundle.one_time_prekey.is_some() {
-            let left = self.store.one_time_count(&name)?;
+            let left = self.store.one_time_count(&holder)?;
             if left < self.limits.prekeys_low {
-                self.push_to_user(&name, ServerPush::PrekeysLow { remaining: left });
+                self.push_to(&holder, ServerPush::PrekeysLow { remaining: left });
             }
         }
         // Durable: a one-time prekey is handed out once, even across a crash.

@@ -713,6 +713,7 @@ fn a_relay_only_server_offers_nothing_but_the_relay() {
 }
 
 mod cluster;
+mod devices;
 
 /// One user cannot drain another's one-time prekeys: past its quota it gets bundles without one,
 /// while others still get theirs; the quota comes back with the next window.

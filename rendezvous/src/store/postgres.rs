@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use libp2p::PeerId;
+use palaver_protocol::identity::devices::SignedDeviceList;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
 use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
@@ -33,7 +34,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::FromSql;
 
 use super::{
-    Deposit, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
+    Deposit, Holder, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
     StoredSignedPrekey, StoredUser, decode, encode, name_of_bytes, redact,
 };
 
@@ -80,6 +81,30 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX discovery_in_order ON discovery (namespace, expires_at_ms);
     CREATE INDEX discovery_by_expiry ON discovery (expires_at_ms);",
     ),
+    (
+        3,
+        // Prekeys and mail are filed by holder now: a name, or `name/device` for a linked
+        // device, which has no account row of its own.
+        "ALTER TABLE signed_prekeys DROP CONSTRAINT signed_prekeys_name_fkey;
+    ALTER TABLE one_time_prekeys DROP CONSTRAINT one_time_prekeys_name_fkey;
+    ALTER TABLE mail DROP CONSTRAINT mail_recipient_fkey;
+    CREATE TABLE device_lists (
+        name TEXT PRIMARY KEY REFERENCES accounts (name),
+        list BYTEA NOT NULL
+    );
+    CREATE TABLE devices (
+        device BYTEA PRIMARY KEY,
+        name TEXT NOT NULL REFERENCES accounts (name)
+    );
+    CREATE INDEX devices_by_name ON devices (name);",
+    ),
+];
+
+/// The tables filed by [`Holder`], with the column that names it.
+const HOLDER_COLUMNS: [(&str, &str); 3] = [
+    ("mail", "recipient"),
+    ("one_time_prekeys", "name"),
+    ("signed_prekeys", "name"),
 ];
 
 /// Any number that is ours alone: instances take this advisory lock to migrate one at a time.
@@ -341,7 +366,7 @@ impl PgStore {
                 let recipient: &str = column(row, 0)?;
                 let bytes: i64 = column(row, 1)?;
                 Ok(Removed {
-                    recipient: name_of_bytes(recipient.as_bytes())?,
+                    recipient: Holder::from_bytes(recipient.as_bytes())?,
                     bytes: u64::try_from(bytes).unwrap_or(0),
                 })
             })
@@ -445,13 +470,23 @@ impl Storage for PgStore {
         self.call("remove_user", async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            for table in [
-                "mail WHERE recipient",
-                "one_time_prekeys WHERE name",
-                "signed_prekeys WHERE name",
-            ] {
-                tx.execute(&format!("DELETE FROM {table} = $1"), &[&name.as_str()])
-                    .await?;
+            // The account's own holder is its name; its linked devices' are `name/…`.
+            let linked = format!("{name}/");
+            for (table, holder) in HOLDER_COLUMNS {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE {holder} = $1 OR starts_with({holder}, $2)"
+                    ),
+                    &[&name.as_str(), &linked],
+                )
+                .await?;
+            }
+            for table in ["devices", "device_lists"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE name = $1"),
+                    &[&name.as_str()],
+                )
+                .await?;
             }
             let removed = tx
                 .execute("DELETE FROM accounts WHERE name = $1", &[&name.as_str()])
@@ -461,7 +496,77 @@ impl Storage for PgStore {
         })
     }
 
-    fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()> {
+    fn devices(&self, name: &UserName) -> Result<Option<SignedDeviceList>> {
+        self.call("devices", async {
+            let rows = self
+                .rows(
+                    "SELECT list FROM device_lists WHERE name = $1",
+                    &[&name.as_str()],
+                )
+                .await?;
+            rows.first().map(|row| decode(column(row, 0)?)).transpose()
+        })
+    }
+
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()> {
+        let account = list.claimed().account;
+        let linked: Vec<&[u8]> = list
+            .claimed()
+            .others(&account)
+            .map(|d| d.key.as_bytes().as_slice())
+            .collect();
+        let encoded = encode(list)?;
+        self.call("put_devices", async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let gone = tx
+                .query(
+                    "DELETE FROM devices WHERE name = $1 AND NOT device = ANY($2) RETURNING device",
+                    &[&name.as_str(), &linked],
+                )
+                .await?;
+            for row in &gone {
+                let holder = Holder::device(name, &key_of_bytes(column(row, 0)?)?);
+                for (table, column) in HOLDER_COLUMNS {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE {column} = $1"),
+                        &[&holder.as_str()],
+                    )
+                    .await?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO devices (device, name) SELECT d, $1 FROM unnest($2::BYTEA[]) AS d \
+                 ON CONFLICT (device) DO NOTHING",
+                &[&name.as_str(), &linked],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO device_lists (name, list) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET list = excluded.list",
+                &[&name.as_str(), &encoded],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn device_owner(&self, device: &VerifyingKey) -> Result<Option<UserName>> {
+        self.call("device_owner", async {
+            let rows = self
+                .rows(
+                    "SELECT name FROM devices WHERE device = $1",
+                    &[&device.as_bytes().as_slice()],
+                )
+                .await?;
+            rows.first()
+                .map(|row| name_of_bytes(column::<&str>(row, 0)?.as_bytes()))
+                .transpose()
+        })
+    }
+
+    fn publish_prekeys(&self, name: &Holder, upload: &PrekeyUpload) -> Result<()> {
         let signed = encode(&StoredSignedPrekey {
             identity: upload.identity,
             signed_prekey: upload.signed_prekey.clone(),
@@ -492,7 +597,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn has_signed_prekey(&self, name: &UserName) -> Result<bool> {
+    fn has_signed_prekey(&self, name: &Holder) -> Result<bool> {
         self.call("has_signed_prekey", async {
             let rows = self
                 .rows(
@@ -504,7 +609,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn add_one_time_prekeys(&self, name: &UserName, keys: &[OneTimePrekey]) -> Result<()> {
+    fn add_one_time_prekeys(&self, name: &Holder, keys: &[OneTimePrekey]) -> Result<()> {
         let (ids, records) = one_time_rows(keys)?;
         self.call("add_one_time_prekeys", async {
             self.execute(
@@ -518,7 +623,7 @@ impl Storage for PgStore {
         Ok(())
     }
 
-    fn one_time_count(&self, name: &UserName) -> Result<u32> {
+    fn one_time_count(&self, name: &Holder) -> Result<u32> {
         self.call("one_time_count", async {
             let rows = self
                 .rows(
@@ -535,7 +640,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
+    fn take_bundle(&self, name: &Holder, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
         self.call("take_bundle", async {
             // One statement: the signed prekey and (if asked) the lowest one-time prekey, taken
             // only when there is a signed prekey to go with it. SKIP LOCKED: an instance taking
@@ -566,7 +671,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn holds(&self, name: &UserName, id: &MessageId) -> Result<bool> {
+    fn holds(&self, name: &Holder, id: &MessageId) -> Result<bool> {
         self.call("holds", async {
             let rows = self
                 .rows(
@@ -578,7 +683,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn deposit(&self, to: &UserName, id: &MessageId, item: &MailItem) -> Result<Deposit> {
+    fn deposit(&self, to: &Holder, id: &MessageId, item: &MailItem) -> Result<Deposit> {
         let value = encode(item)?;
         let len = value.len() as u64;
         let inserted = self.call("deposit", async {
@@ -603,7 +708,7 @@ impl Storage for PgStore {
 
     fn fetch(
         &self,
-        name: &UserName,
+        name: &Holder,
         max: usize,
         max_bytes: u64,
         not_before: u64,
@@ -631,7 +736,7 @@ impl Storage for PgStore {
         Ok(items)
     }
 
-    fn ack(&self, name: &UserName, ids: &[MessageId]) -> Result<Vec<Removed>> {
+    fn ack(&self, name: &Holder, ids: &[MessageId]) -> Result<Vec<Removed>> {
         let ids: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
         let rows = self.call("ack", async {
             self.rows(
@@ -660,7 +765,7 @@ impl Storage for PgStore {
         Self::removed(&rows)
     }
 
-    fn usage(&self, name: &UserName) -> Result<Usage> {
+    fn usage(&self, name: &Holder) -> Result<Usage> {
         self.call("usage", async {
             let rows = self
                 .rows(

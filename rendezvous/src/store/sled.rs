@@ -5,10 +5,13 @@
 //! (registrations, prekeys, deposits, acks). Keys are prefixed by kind; names never contain a 0
 //! byte, so `name || 0` is an unambiguous prefix.
 //!
-//! - `accounts`: `u name` → [`StoredUser`]; `k key` → name (one name per key).
-//! - `prekeys`: `s name` → [`StoredSignedPrekey`]; `o name 0 id` → one-time prekey.
-//! - `mail`: `m name 0 time id` → [`MailItem`]; `i name 0 id` → time (dedup and ack);
-//!   `e time name 0 id` → nothing (the expiry index, oldest first).
+//! - `accounts`: `u name` → [`StoredUser`]; `k key` → name (one name per key); `d name` → the
+//!   account's [`SignedDeviceList`]; `v device key` → name (the linked devices it names).
+//! - `prekeys`: `s holder` → [`StoredSignedPrekey`]; `o holder 0 id` → one-time prekey.
+//! - `mail`: `m holder 0 time id` → [`MailItem`]; `i holder 0 id` → time (dedup and ack);
+//!   `e time holder 0 id` → nothing (the expiry index, oldest first).
+//!
+//! A [`Holder`] is a name, or `name/device` for a linked device.
 //! - `discovery`: `r namespace 0 peer` → expiry ‖ signed record; `p len(peer) peer namespace` →
 //!   nothing (a peer's registrations, counted against its limit); `e expiry namespace 0 peer` →
 //!   nothing (the expiry index). Namespaces are text without a 0 byte; a peer id is raw bytes.
@@ -21,6 +24,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
+use palaver_protocol::identity::devices::SignedDeviceList;
 use palaver_protocol::crypto::x3dh::{OneTimePrekey, PrekeyBundle, PrekeyUpload};
 use palaver_protocol::rendezvous::discovery::Namespace;
 use palaver_protocol::rendezvous::mailbox::Usage;
@@ -28,7 +32,7 @@ use palaver_protocol::wire::{MailItem, SignedPeerRecord};
 use palaver_protocol::{MessageId, UserName, VerifyingKey};
 
 use super::{
-    Deposit, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
+    Deposit, Holder, PutRecord, RecordLimits, Registration, Removed, Result, Storage, StoreError,
     StoredSignedPrekey, StoredUser, decode, encode, name_of_bytes,
 };
 
@@ -39,7 +43,7 @@ pub(crate) struct SledStore {
     prekeys: sled::Tree,
     mail: sled::Tree,
     discovery: sled::Tree,
-    usage: Mutex<HashMap<UserName, Usage>>,
+    usage: Mutex<HashMap<Holder, Usage>>,
     /// Discovery records held (the `r` entries).
     records: Mutex<usize>,
 }
@@ -124,25 +128,25 @@ impl SledStore {
         Ok(true)
     }
 
-    fn usage_table(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, Usage>> {
+    fn usage_table(&self) -> std::sync::MutexGuard<'_, HashMap<Holder, Usage>> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn one_time_prefix(name: &UserName) -> Vec<u8> {
+    fn one_time_prefix(name: &Holder) -> Vec<u8> {
         key(&[b"o", name.as_str().as_bytes(), &[SEP]])
     }
 
-    fn mail_prefix(name: &UserName) -> Vec<u8> {
+    fn mail_prefix(name: &Holder) -> Vec<u8> {
         key(&[b"m", name.as_str().as_bytes(), &[SEP]])
     }
 
-    fn index_key(name: &UserName, id: &MessageId) -> Vec<u8> {
+    fn index_key(name: &Holder, id: &MessageId) -> Vec<u8> {
         key(&[b"i", name.as_str().as_bytes(), &[SEP], &id.0])
     }
 
     fn remove_message(
         &self,
-        name: &UserName,
+        name: &Holder,
         id: &MessageId,
         time: [u8; 8],
     ) -> Result<Option<Removed>> {
@@ -168,6 +172,31 @@ impl SledStore {
         }))
     }
 
+    /// Deletes everything filed under `holder`: its held mail and its prekeys.
+    fn remove_holder(&self, holder: &Holder) -> Result<()> {
+        let prefix = Self::mail_prefix(holder);
+        for entry in self.mail.scan_prefix(&prefix).keys() {
+            let entry = entry?;
+            // `m` holder 0 time(8) id(32)
+            let rest = &entry[prefix.len()..];
+            if rest.len() != 8 + 32 {
+                return Err(StoreError::Corrupt("mail key of the wrong length".into()));
+            }
+            let (time, id) = rest.split_at(8);
+            let mut message = [0u8; 32];
+            message.copy_from_slice(id);
+            let time: [u8; 8] = time.try_into().unwrap_or_default();
+            self.remove_message(holder, &MessageId(message), time)?;
+        }
+        let mut prekeys = sled::Batch::default();
+        prekeys.remove(key(&[b"s", holder.as_str().as_bytes()]));
+        for one_time in self.prekeys.scan_prefix(Self::one_time_prefix(holder)).keys() {
+            prekeys.remove(one_time?);
+        }
+        self.prekeys.apply_batch(prekeys)?;
+        Ok(())
+    }
+
     /// Records in the mail tree, indexes included (tests).
     #[cfg(test)]
     pub(super) fn mail_records(&self) -> usize {
@@ -175,16 +204,16 @@ impl SledStore {
     }
 
     /// What every mailbox holds (read once at startup).
-    fn load_usage(&self) -> Result<HashMap<UserName, Usage>> {
-        let mut usage: HashMap<UserName, Usage> = HashMap::new();
+    fn load_usage(&self) -> Result<HashMap<Holder, Usage>> {
+        let mut usage: HashMap<Holder, Usage> = HashMap::new();
         for entry in self.mail.scan_prefix(b"m") {
             let (k, v) = entry?;
             let end = k
                 .iter()
                 .position(|&b| b == SEP)
                 .ok_or_else(|| StoreError::Corrupt("mail key without separator".into()))?;
-            let name = name_of_bytes(&k[1..end])?;
-            usage.entry(name).or_default().add(v.len() as u64);
+            let holder = Holder::from_bytes(&k[1..end])?;
+            usage.entry(holder).or_default().add(v.len() as u64);
         }
         Ok(usage)
     }
@@ -254,26 +283,15 @@ impl Storage for SledStore {
         };
         // Mail and prekeys first, the account last: a crash in between leaves an account that
         // another run removes, never a free name with someone's leftovers under it.
-        for entry in self.mail.scan_prefix(Self::mail_prefix(name)).keys() {
-            let entry = entry?;
-            // `m` name 0 time(8) id(32)
-            let rest = &entry[Self::mail_prefix(name).len()..];
-            if rest.len() != 8 + 32 {
-                return Err(StoreError::Corrupt("mail key of the wrong length".into()));
-            }
-            let (time, id) = rest.split_at(8);
-            let mut message = [0u8; 32];
-            message.copy_from_slice(id);
-            let time: [u8; 8] = time.try_into().unwrap_or_default();
-            self.remove_message(name, &MessageId(message), time)?;
-        }
-        let mut prekeys = sled::Batch::default();
-        prekeys.remove(key(&[b"s", name.as_str().as_bytes()]));
-        for one_time in self.prekeys.scan_prefix(Self::one_time_prefix(name)).keys() {
-            prekeys.remove(one_time?);
-        }
-        self.prekeys.apply_batch(prekeys)?;
+        let linked = self.devices(name)?;
+        let linked = linked.as_ref().map(|l| l.claimed().others(&user.identity));
         let mut account = sled::Batch::default();
+        for device in linked.into_iter().flatten() {
+            self.remove_holder(&Holder::device(name, &device.key))?;
+            account.remove(key(&[b"v", device.key.as_bytes()]));
+        }
+        self.remove_holder(&Holder::account(name))?;
+        account.remove(key(&[b"d", name.as_str().as_bytes()]));
         account.remove(key(&[b"u", name.as_str().as_bytes()]));
         account.remove(key(&[b"k", user.identity.as_bytes()]));
         self.accounts.apply_batch(account)?;
@@ -281,7 +299,41 @@ impl Storage for SledStore {
         Ok(true)
     }
 
-    fn publish_prekeys(&self, name: &UserName, upload: &PrekeyUpload) -> Result<()> {
+    fn devices(&self, name: &UserName) -> Result<Option<SignedDeviceList>> {
+        self.accounts
+            .get(key(&[b"d", name.as_str().as_bytes()]))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()> {
+        let account = list.claimed().account;
+        let previous = self.devices(name)?;
+        let mut batch = sled::Batch::default();
+        for gone in previous
+            .iter()
+            .flat_map(|p| p.claimed().others(&account))
+            .filter(|d| !list.claimed().contains(&d.key))
+        {
+            self.remove_holder(&Holder::device(name, &gone.key))?;
+            batch.remove(key(&[b"v", gone.key.as_bytes()]));
+        }
+        for device in list.claimed().others(&account) {
+            batch.insert(key(&[b"v", device.key.as_bytes()]), name.as_str().as_bytes());
+        }
+        batch.insert(key(&[b"d", name.as_str().as_bytes()]), encode(list)?);
+        self.accounts.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn device_owner(&self, device: &VerifyingKey) -> Result<Option<UserName>> {
+        self.accounts
+            .get(key(&[b"v", device.as_bytes()]))?
+            .map(|v| name_of_bytes(&v))
+            .transpose()
+    }
+
+    fn publish_prekeys(&self, name: &Holder, upload: &PrekeyUpload) -> Result<()> {
         let mut batch = sled::Batch::default();
         let prefix = Self::one_time_prefix(name);
         for entry in self.prekeys.scan_prefix(&prefix).keys() {
@@ -302,13 +354,13 @@ impl Storage for SledStore {
         Ok(())
     }
 
-    fn has_signed_prekey(&self, name: &UserName) -> Result<bool> {
+    fn has_signed_prekey(&self, name: &Holder) -> Result<bool> {
         Ok(self
             .prekeys
             .contains_key(key(&[b"s", name.as_str().as_bytes()]))?)
     }
 
-    fn add_one_time_prekeys(&self, name: &UserName, keys: &[OneTimePrekey]) -> Result<()> {
+    fn add_one_time_prekeys(&self, name: &Holder, keys: &[OneTimePrekey]) -> Result<()> {
         let prefix = Self::one_time_prefix(name);
         let mut batch = sled::Batch::default();
         for one_time in keys {
@@ -321,7 +373,7 @@ impl Storage for SledStore {
         Ok(())
     }
 
-    fn one_time_count(&self, name: &UserName) -> Result<u32> {
+    fn one_time_count(&self, name: &Holder) -> Result<u32> {
         let count = self
             .prekeys
             .scan_prefix(Self::one_time_prefix(name))
@@ -329,7 +381,7 @@ impl Storage for SledStore {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
-    fn take_bundle(&self, name: &UserName, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
+    fn take_bundle(&self, name: &Holder, with_one_time: bool) -> Result<Option<PrekeyBundle>> {
         let Some(signed) = self.prekeys.get(key(&[b"s", name.as_str().as_bytes()]))? else {
             return Ok(None);
         };
@@ -352,11 +404,11 @@ impl Storage for SledStore {
         }))
     }
 
-    fn holds(&self, name: &UserName, id: &MessageId) -> Result<bool> {
+    fn holds(&self, name: &Holder, id: &MessageId) -> Result<bool> {
         Ok(self.mail.contains_key(Self::index_key(name, id))?)
     }
 
-    fn deposit(&self, to: &UserName, id: &MessageId, item: &MailItem) -> Result<Deposit> {
+    fn deposit(&self, to: &Holder, id: &MessageId, item: &MailItem) -> Result<Deposit> {
         let index = Self::index_key(to, id);
         if self.mail.contains_key(&index)? {
             return Ok(Deposit::Duplicate);
@@ -378,7 +430,7 @@ impl Storage for SledStore {
 
     fn fetch(
         &self,
-        name: &UserName,
+        name: &Holder,
         max: usize,
         max_bytes: u64,
         not_before: u64,
@@ -404,7 +456,7 @@ impl Storage for SledStore {
         Ok(items)
     }
 
-    fn ack(&self, name: &UserName, ids: &[MessageId]) -> Result<Vec<Removed>> {
+    fn ack(&self, name: &Holder, ids: &[MessageId]) -> Result<Vec<Removed>> {
         let mut removed = Vec::new();
         for id in ids {
             let Some(time) = self.mail.get(Self::index_key(name, id))? else {
@@ -430,7 +482,7 @@ impl Storage for SledStore {
             }
             let rest = &entry[9..];
             let (name, id) = rest.split_at(rest.len() - 32);
-            let name = name_of_bytes(name.strip_suffix(&[SEP]).unwrap_or(name))?;
+            let name = Holder::from_bytes(name.strip_suffix(&[SEP]).unwrap_or(name))?;
             let mut message = [0u8; 32];
             message.copy_from_slice(id);
             due.push((name, MessageId(message), time));
@@ -442,7 +494,7 @@ impl Storage for SledStore {
         Ok(removed)
     }
 
-    fn usage(&self, name: &UserName) -> Result<Usage> {
+    fn usage(&self, name: &Holder) -> Result<Usage> {
         Ok(self.usage_table().get(name).copied().unwrap_or_default())
     }
 

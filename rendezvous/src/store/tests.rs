@@ -6,6 +6,7 @@
 
 use libp2p::PeerId;
 use palaver_protocol::Identity;
+use palaver_protocol::identity::devices::{Device, DeviceList, SignedDeviceList};
 use palaver_protocol::crypto::ratchet::{Header, RatchetMessage};
 use palaver_protocol::wire::{Body, DirectMessage, SignedPeerRecord};
 
@@ -146,32 +147,32 @@ fn one_time_prekeys_are_replaced_added_and_handed_out_lowest_first_once() {
         let store = backend.open();
         let bob = name("bob");
         store.register(&bob, &key_of(3), 1).unwrap();
-        assert!(!store.has_signed_prekey(&bob).unwrap());
-        assert_eq!(store.take_bundle(&bob, true).unwrap(), None);
-        store.publish_prekeys(&bob, &upload(3, &[5, 1, 9])).unwrap();
+        assert!(!store.has_signed_prekey(&Holder::account(&bob)).unwrap());
+        assert_eq!(store.take_bundle(&Holder::account(&bob), true).unwrap(), None);
+        store.publish_prekeys(&Holder::account(&bob), &upload(3, &[5, 1, 9])).unwrap();
         // Publishing again replaces every one-time prekey.
         let published = upload(3, &[7, 2]);
-        store.publish_prekeys(&bob, &published).unwrap();
-        assert!(store.has_signed_prekey(&bob).unwrap());
-        assert_eq!(store.one_time_count(&bob).unwrap(), 2);
+        store.publish_prekeys(&Holder::account(&bob), &published).unwrap();
+        assert!(store.has_signed_prekey(&Holder::account(&bob)).unwrap());
+        assert_eq!(store.one_time_count(&Holder::account(&bob)).unwrap(), 2);
         // A repeated id replaces the key held under it; the last of a repeat wins.
         store
-            .add_one_time_prekeys(&bob, &[one_time(2, 200), one_time(4, 4), one_time(4, 44)])
+            .add_one_time_prekeys(&Holder::account(&bob), &[one_time(2, 200), one_time(4, 4), one_time(4, 44)])
             .unwrap();
-        assert_eq!(store.one_time_count(&bob).unwrap(), 3);
+        assert_eq!(store.one_time_count(&Holder::account(&bob)).unwrap(), 3);
         drop(store);
         let store = backend.open();
         let mut handed = Vec::new();
         for _ in 0..3 {
-            let bundle = store.take_bundle(&bob, true).unwrap().unwrap();
+            let bundle = store.take_bundle(&Holder::account(&bob), true).unwrap().unwrap();
             assert_eq!(bundle.identity, published.identity);
             assert_eq!(bundle.signed_prekey, published.signed_prekey);
             handed.push(bundle.one_time_prekey.unwrap());
         }
         assert_eq!(handed, [one_time(2, 200), one_time(4, 44), one_time(7, 7)]);
-        assert_eq!(store.one_time_count(&bob).unwrap(), 0);
+        assert_eq!(store.one_time_count(&Holder::account(&bob)).unwrap(), 0);
         // Out of one-time prekeys: the signed prekey alone.
-        let last = store.take_bundle(&bob, true).unwrap().unwrap();
+        let last = store.take_bundle(&Holder::account(&bob), true).unwrap().unwrap();
         assert_eq!(last.one_time_prekey, None);
     });
 }
@@ -183,15 +184,15 @@ fn a_removed_user_leaves_nothing_behind_and_the_name_can_be_registered_again() {
         let (bob, carol) = (name("bob"), name("carol"));
         store.register(&bob, &key_of(3), 1).unwrap();
         store.register(&carol, &key_of(5), 1).unwrap();
-        store.publish_prekeys(&bob, &upload(3, &[1, 2])).unwrap();
-        store.publish_prekeys(&carol, &upload(5, &[1])).unwrap();
+        store.publish_prekeys(&Holder::account(&bob), &upload(3, &[1, 2])).unwrap();
+        store.publish_prekeys(&Holder::account(&carol), &upload(5, &[1])).unwrap();
         for n in 1..=3 {
             let mail = item(100 * u64::from(n), n, &key_of(3));
-            store.deposit(&bob, &mail.envelope.id(), &mail).unwrap();
+            store.deposit(&Holder::account(&bob), &mail.envelope.id(), &mail).unwrap();
         }
         let for_carol = item(50, 9, &key_of(5));
         store
-            .deposit(&carol, &for_carol.envelope.id(), &for_carol)
+            .deposit(&Holder::account(&carol), &for_carol.envelope.id(), &for_carol)
             .unwrap();
         assert!(store.remove_user(&bob).unwrap());
         assert!(!store.remove_user(&bob).unwrap(), "removed once");
@@ -200,21 +201,105 @@ fn a_removed_user_leaves_nothing_behind_and_the_name_can_be_registered_again() {
         let store = backend.open();
         assert_eq!(store.user(&bob).unwrap(), None);
         assert_eq!(store.name_of(&key_of(3)).unwrap(), None);
-        assert_eq!(store.usage(&bob).unwrap(), Usage::default());
-        assert_eq!(store.one_time_count(&bob).unwrap(), 0);
-        assert!(!store.has_signed_prekey(&bob).unwrap());
+        assert_eq!(store.usage(&Holder::account(&bob)).unwrap(), Usage::default());
+        assert_eq!(store.one_time_count(&Holder::account(&bob)).unwrap(), 0);
+        assert!(!store.has_signed_prekey(&Holder::account(&bob)).unwrap());
         // The name is free for another key; the new bob starts with an empty mailbox.
         assert_eq!(
             store.register(&bob, &key_of(7), 9).unwrap(),
             Registration::New
         );
-        assert!(store.fetch(&bob, 10, u64::MAX, 0).unwrap().is_empty());
-        assert_eq!(store.take_bundle(&bob, true).unwrap(), None);
+        assert!(store.fetch(&Holder::account(&bob), 10, u64::MAX, 0).unwrap().is_empty());
+        assert_eq!(store.take_bundle(&Holder::account(&bob), true).unwrap(), None);
         // Others are untouched.
-        assert_eq!(store.usage(&carol).unwrap().messages, 1);
-        assert_eq!(store.one_time_count(&carol).unwrap(), 1);
+        assert_eq!(store.usage(&Holder::account(&carol)).unwrap().messages, 1);
+        assert_eq!(store.one_time_count(&Holder::account(&carol)).unwrap(), 1);
         assert_eq!(store.mailbox_totals().unwrap().messages, 1);
     });
+}
+
+/// Alice's account key (seed 3) with the linked devices of these seeds, at `version`.
+fn alice_devices(version: u64, linked: &[u8]) -> SignedDeviceList {
+    let account = Identity::from_secret_bytes(&[3; 32]);
+    let mut list = DeviceList::single(account.public());
+    list.version = version;
+    for &seed in linked {
+        list.devices.push(Device {
+            key: key_of(seed),
+            label: format!("device {seed}"),
+            added_at_ms: u64::from(seed),
+        });
+    }
+    SignedDeviceList::sign(list, &account).unwrap()
+}
+
+#[test]
+fn linked_devices_have_their_own_prekeys_and_mail_and_leave_nothing_when_removed() {
+    on_both("store::devices", |backend| {
+        let store = backend.open();
+        let alice = name("alice");
+        store.register(&alice, &key_of(3), 1).unwrap();
+        assert_eq!(store.devices(&alice).unwrap(), None);
+        let (own, laptop, phone) = (
+            Holder::account(&alice),
+            Holder::device(&alice, &key_of(11)),
+            Holder::device(&alice, &key_of(12)),
+        );
+        store.put_devices(&alice, &alice_devices(1, &[11, 12])).unwrap();
+        assert_eq!(store.device_owner(&key_of(11)).unwrap(), Some(alice.clone()));
+        assert_eq!(store.device_owner(&key_of(3)).unwrap(), None, "the account key is not linked");
+        for (holder, seed) in [(&own, 3), (&laptop, 11), (&phone, 12)] {
+            store.publish_prekeys(holder, &upload(seed, &[1, 2])).unwrap();
+            let mail = item(u64::from(seed), seed, &key_of(seed));
+            store.deposit(holder, &mail.envelope.id(), &mail).unwrap();
+        }
+        // Each device reads its own mail and takes its own prekeys.
+        let bundle = store.take_bundle(&laptop, true).unwrap().unwrap();
+        assert_eq!(bundle.identity, key_of(11));
+        assert_eq!(store.one_time_count(&laptop).unwrap(), 1);
+        assert_eq!(store.one_time_count(&own).unwrap(), 2);
+        let mail = store.fetch(&phone, 10, u64::MAX, 0).unwrap();
+        assert_eq!(mail.len(), 1);
+        assert_eq!(mail[0].deposited_at_ms, 12);
+        assert_eq!(store.mailbox_totals().unwrap().messages, 3);
+
+        // Dropping the phone drops what was filed for it, and only that.
+        store.put_devices(&alice, &alice_devices(2, &[11])).unwrap();
+        store.flush_blocking().unwrap();
+        drop(store);
+        let store = backend.open();
+        assert_eq!(store.devices(&alice).unwrap(), Some(alice_devices(2, &[11])));
+        assert_eq!(store.device_owner(&key_of(12)).unwrap(), None);
+        assert!(!store.has_signed_prekey(&phone).unwrap());
+        assert_eq!(store.usage(&phone).unwrap(), Usage::default());
+        assert!(store.has_signed_prekey(&laptop).unwrap());
+        assert_eq!(store.usage(&laptop).unwrap().messages, 1);
+        assert_eq!(store.mailbox_totals().unwrap().messages, 2);
+        // Expiry reads the holder back out of the store's keys.
+        let expired = store.expire(u64::MAX, 10).unwrap();
+        let mut holders: Vec<_> = expired.iter().map(|r| r.recipient.clone()).collect();
+        holders.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(holders, [own.clone(), laptop.clone()]);
+
+        // Removing the user removes its devices too.
+        store.publish_prekeys(&laptop, &upload(11, &[7])).unwrap();
+        assert!(store.remove_user(&alice).unwrap());
+        assert_eq!(store.devices(&alice).unwrap(), None);
+        assert_eq!(store.device_owner(&key_of(11)).unwrap(), None);
+        assert!(!store.has_signed_prekey(&laptop).unwrap());
+    });
+}
+
+#[test]
+fn a_holder_reads_back_as_written_and_refuses_what_it_did_not_write() {
+    let alice = name("alice");
+    for holder in [Holder::account(&alice), Holder::device(&alice, &key_of(9))] {
+        assert_eq!(Holder::from_bytes(holder.as_str().as_bytes()).unwrap(), holder);
+        assert_eq!(holder.name(), &alice);
+    }
+    for bad in ["alice/", "alice/zz", "Alice", "alice/00", &format!("alice/{}", "g".repeat(64))] {
+        assert!(Holder::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -237,46 +322,46 @@ fn mail_is_held_in_order_within_a_budget_and_removed_once_by_ack_or_expiry() {
             encoded_len(&c).unwrap(),
         );
         // Deposited out of order; held oldest first.
-        assert_eq!(store.deposit(&bob, &idc, &c).unwrap(), Deposit::Stored(lc));
-        assert_eq!(store.deposit(&bob, &ida, &a).unwrap(), Deposit::Stored(la));
-        assert_eq!(store.deposit(&bob, &ida, &a).unwrap(), Deposit::Duplicate);
-        assert_eq!(store.deposit(&bob, &idb, &b).unwrap(), Deposit::Stored(lb));
+        assert_eq!(store.deposit(&Holder::account(&bob), &idc, &c).unwrap(), Deposit::Stored(lc));
+        assert_eq!(store.deposit(&Holder::account(&bob), &ida, &a).unwrap(), Deposit::Stored(la));
+        assert_eq!(store.deposit(&Holder::account(&bob), &ida, &a).unwrap(), Deposit::Duplicate);
+        assert_eq!(store.deposit(&Holder::account(&bob), &idb, &b).unwrap(), Deposit::Stored(lb));
         let carol_item = item(150, 6, &key_of(5));
         let carol_id = carol_item.envelope.id();
         store
-            .deposit(&name("carol"), &carol_id, &carol_item)
+            .deposit(&Holder::account(&name("carol")), &carol_id, &carol_item)
             .unwrap();
         store.flush_blocking().unwrap();
         drop(store);
         let store = backend.open();
-        assert!(store.holds(&bob, &ida).unwrap());
-        assert!(!store.holds(&bob, &carol_id).unwrap());
+        assert!(store.holds(&Holder::account(&bob), &ida).unwrap());
+        assert!(!store.holds(&Holder::account(&bob), &carol_id).unwrap());
         assert_eq!(
-            store.usage(&bob).unwrap(),
+            store.usage(&Holder::account(&bob)).unwrap(),
             Usage {
                 messages: 3,
                 bytes: la + lb + lc
             }
         );
         assert_eq!(store.mailbox_totals().unwrap().messages, 4);
-        let all = store.fetch(&bob, 10, 1 << 20, 0).unwrap();
+        let all = store.fetch(&Holder::account(&bob), 10, 1 << 20, 0).unwrap();
         assert_eq!(all, [a.clone(), b.clone(), c.clone()]);
         assert_eq!(
-            store.fetch(&bob, 2, 1 << 20, 0).unwrap(),
+            store.fetch(&Holder::account(&bob), 2, 1 << 20, 0).unwrap(),
             [a.clone(), b.clone()]
         );
         // The byte budget stops the batch, but one message always comes.
         assert_eq!(
-            store.fetch(&bob, 10, la + lb - 1, 0).unwrap(),
+            store.fetch(&Holder::account(&bob), 10, la + lb - 1, 0).unwrap(),
             std::slice::from_ref(&a)
         );
         assert_eq!(
-            store.fetch(&bob, 10, 1, 0).unwrap(),
+            store.fetch(&Holder::account(&bob), 10, 1, 0).unwrap(),
             std::slice::from_ref(&a)
         );
         // Expired but not yet swept: not handed out.
         assert_eq!(
-            store.fetch(&bob, 10, 1 << 20, 150).unwrap(),
+            store.fetch(&Holder::account(&bob), 10, 1 << 20, 150).unwrap(),
             [b.clone(), c.clone()]
         );
 
@@ -289,26 +374,26 @@ fn mail_is_held_in_order_within_a_budget_and_removed_once_by_ack_or_expiry() {
         recipients.sort();
         assert_eq!(recipients, ["bob", "carol"]);
         assert!(store.expire(160, 100).unwrap().is_empty());
-        assert!(!store.holds(&bob, &ida).unwrap());
+        assert!(!store.holds(&Holder::account(&bob), &ida).unwrap());
 
         // An ack removes each message once; unknown ids are ignored.
-        let removed = store.ack(&bob, &[idb, ida, idb]).unwrap();
+        let removed = store.ack(&Holder::account(&bob), &[idb, ida, idb]).unwrap();
         assert_eq!(
             removed,
             [Removed {
-                recipient: bob.clone(),
+                recipient: Holder::account(&bob),
                 bytes: lb
             }]
         );
-        assert!(store.ack(&bob, &[idb]).unwrap().is_empty());
+        assert!(store.ack(&Holder::account(&bob), &[idb]).unwrap().is_empty());
         assert_eq!(
-            store.fetch(&bob, 10, 1 << 20, 0).unwrap(),
+            store.fetch(&Holder::account(&bob), 10, 1 << 20, 0).unwrap(),
             std::slice::from_ref(&c)
         );
-        assert_eq!(store.usage(&bob).unwrap().messages, 1);
-        assert_eq!(store.ack(&bob, &[idc]).unwrap().len(), 1);
-        assert!(store.fetch(&bob, 10, 1 << 20, 0).unwrap().is_empty());
-        assert_eq!(store.usage(&bob).unwrap(), Usage::default());
+        assert_eq!(store.usage(&Holder::account(&bob)).unwrap().messages, 1);
+        assert_eq!(store.ack(&Holder::account(&bob), &[idc]).unwrap().len(), 1);
+        assert!(store.fetch(&Holder::account(&bob), 10, 1 << 20, 0).unwrap().is_empty());
+        assert_eq!(store.usage(&Holder::account(&bob)).unwrap(), Usage::default());
         assert_eq!(store.mailbox_totals().unwrap(), Usage::default());
     });
 }
@@ -329,7 +414,7 @@ fn two_instances_on_one_database_see_each_others_writes_and_never_hand_out_a_pre
         Registration::Taken
     );
     let ids: Vec<u32> = (0..40).collect();
-    a.publish_prekeys(&bob, &upload(7, &ids)).unwrap();
+    a.publish_prekeys(&Holder::account(&bob), &upload(7, &ids)).unwrap();
     let (a, b, bob) = (&a, &b, &bob);
     let taken: Vec<u32> = std::thread::scope(|scope| {
         let takers: Vec<_> = [a, b, a, b]
@@ -339,7 +424,7 @@ fn two_instances_on_one_database_see_each_others_writes_and_never_hand_out_a_pre
                     (0..10)
                         .map(|_| {
                             store
-                                .take_bundle(bob, true)
+                                .take_bundle(&Holder::account(bob), true)
                                 .unwrap()
                                 .unwrap()
                                 .one_time_prekey
@@ -358,12 +443,12 @@ fn two_instances_on_one_database_see_each_others_writes_and_never_hand_out_a_pre
 
     let mail = item(10, 9, &key_of(7));
     let id = mail.envelope.id();
-    a.deposit(bob, &id, &mail).unwrap();
-    assert_eq!(b.deposit(bob, &id, &mail).unwrap(), Deposit::Duplicate);
-    assert_eq!(b.fetch(bob, 10, 1 << 20, 0).unwrap(), [mail]);
+    a.deposit(&Holder::account(bob), &id, &mail).unwrap();
+    assert_eq!(b.deposit(&Holder::account(bob), &id, &mail).unwrap(), Deposit::Duplicate);
+    assert_eq!(b.fetch(&Holder::account(bob), 10, 1 << 20, 0).unwrap(), [mail]);
     let (first, second) = std::thread::scope(|scope| {
-        let one = scope.spawn(|| a.ack(bob, &[id]).unwrap().len());
-        let two = scope.spawn(|| b.ack(bob, &[id]).unwrap().len());
+        let one = scope.spawn(|| a.ack(&Holder::account(bob), &[id]).unwrap().len());
+        let two = scope.spawn(|| b.ack(&Holder::account(bob), &[id]).unwrap().len());
         (one.join().unwrap(), two.join().unwrap())
     });
     assert_eq!(
@@ -560,10 +645,10 @@ fn sled_keeps_its_mail_indexes_consistent_through_ack_and_expiry() {
     let bob = name("bob");
     let (a, b) = (item(100, 1, &key_of(9)), item(200, 2, &key_of(9)));
     let (ida, idb) = (a.envelope.id(), b.envelope.id());
-    store.deposit(&bob, &ida, &a).unwrap();
-    store.deposit(&bob, &idb, &b).unwrap();
+    store.deposit(&Holder::account(&bob), &ida, &a).unwrap();
+    store.deposit(&Holder::account(&bob), &idb, &b).unwrap();
     assert_eq!(store.expire(150, 100).unwrap().len(), 1);
-    assert_eq!(store.ack(&bob, &[idb, ida]).unwrap().len(), 1);
+    assert_eq!(store.ack(&Holder::account(&bob), &[idb, ida]).unwrap().len(), 1);
     assert_eq!(
         store.mail_records(),
         0,
