@@ -1,10 +1,105 @@
-//! One person, several devices. Until linked devices exist, one key runs in one daemon at a
-//! time: a home copied to a second machine is refused at login, with what to do instead, and
-//! the daemon already running keeps working (before, both ran, and later first messages from
-//! new contacts were lost for good: the copies consumed each other's one-time prekeys).
+//! One person, several devices. A new device is linked with a code from the first; then a
+//! message to the person reaches every device, what one device sends shows on the others as
+//! sent by the person, and the other side sees one contact. A revoked device gets nothing new.
+//! One key still runs in one daemon at a time: a home copied to a second machine is refused at
+//! login, with what to do instead, and the daemon already running keeps working (before, both
+//! ran, and later first messages from new contacts were lost for good: the copies consumed each
+//! other's one-time prekeys).
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
-use palaver_tests::{Rendezvous, User, started_users, texts};
+use palaver_tests::{Rendezvous, User, started_users, texts, wait_for};
+use serde_json::Value;
+
+/// How many devices `user` knows `of` to have (its own with `of` = its own name).
+fn devices_known(user: &User, of: &str) -> usize {
+    user.json(&["device", "list", of])
+        .map_or(0, |list| list.len())
+}
+
+/// The history line of `user`'s conversation with `with` whose text is `text`, once it is there.
+fn line(user: &User, with: &str, text: &str) -> anyhow::Result<Value> {
+    wait_for(&format!("{}: {text:?} with {with}", user.name), || {
+        user.history_with(with)
+            .ok()?
+            .into_iter()
+            .find(|e| e["text"] == text)
+    })
+}
+
+#[test]
+fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_revoked()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let (alice, bob) = (&users[0], &users[1]);
+    let id = bob.send("alice", "hello")?;
+    bob.wait_status("alice", &id, "delivered")?;
+
+    // The code from alice's first device; the new device uses it and is linked.
+    let started = alice.json(&["device", "link", "--no-wait"])?;
+    let code = started[0]["code"].as_str().unwrap().to_owned();
+    let mut laptop = User::at_home("alice", dir.path().join("laptop"));
+    let linked = laptop.ok(&["init", "--link", &code, "--label", "laptop"])?;
+    assert!(linked.contains("linked to alice's account"), "{linked}");
+    laptop.start(&server.addr)?;
+    let mine = alice.json(&["device", "list"])?;
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(
+        mine.iter()
+            .any(|d| d["label"] == "laptop" && d["this_device"] == false)
+    );
+
+    // bob learns of the laptop (the rendezvous tells him alice's list changed); his message
+    // reaches both of alice's devices.
+    wait_for("bob to know alice's laptop", || {
+        (devices_known(bob, "alice") == 2).then_some(())
+    })?;
+    let id = bob.send("alice", "to both")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    line(alice, "bob", "to both")?;
+    let on_laptop = line(&laptop, "bob", "to both")?;
+    assert_eq!(on_laptop["from"], "bob");
+
+    // What the laptop sends shows at bob as alice's, in the one conversation, and on alice's
+    // first device as sent by alice.
+    wait_for("the laptop to know alice's devices", || {
+        (devices_known(&laptop, "alice") == 2).then_some(())
+    })?;
+    laptop.send("bob", "from the laptop")?;
+    let at_bob = line(bob, "alice", "from the laptop")?;
+    assert_eq!(at_bob["from"], "alice");
+    let on_desk = line(alice, "bob", "from the laptop")?;
+    assert_eq!(on_desk["from"], "alice");
+    assert_eq!(on_desk["status"], "sent");
+    let conversations = bob.json(&["conversations"])?;
+    assert_eq!(conversations.len(), 1, "{conversations:?}");
+    // And the other way round.
+    alice.send("bob", "from the desk")?;
+    let on_laptop = line(&laptop, "bob", "from the desk")?;
+    assert_eq!(on_laptop["from"], "alice");
+    assert_eq!(
+        texts(&bob.history_with("alice")?),
+        ["hello", "to both", "from the laptop", "from the desk"]
+    );
+
+    // Revoked: bob learns of it, and what he sends next reaches only the first device.
+    let left = alice.json(&["device", "revoke", "laptop"])?;
+    assert_eq!(left.len(), 1);
+    wait_for("bob to know the laptop is gone", || {
+        (devices_known(bob, "alice") == 1).then_some(())
+    })?;
+    let id = bob.send("alice", "after the revoke")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    line(alice, "bob", "after the revoke")?;
+    laptop.stop().ok();
+    let history = texts(&laptop.history_with("bob")?);
+    assert!(
+        !history.iter().any(|t| t == "after the revoke"),
+        "{history:?}"
+    );
+    Ok(())
+}
 
 #[test]
 fn a_copied_home_is_refused_at_login_and_the_running_daemon_keeps_working() -> anyhow::Result<()> {

@@ -723,6 +723,7 @@ impl Sim {
             rooms: Rooms::new(identity, []),
             discovery: Publisher::new(node.peer),
             files: palaver_protocol::node::files::Transfers::new(Default::default(), [], 0),
+            link: None,
         });
         node.life += 1;
         self.connect(i);
@@ -842,7 +843,7 @@ impl Sim {
                     state.logged_out(self.now, &mut self.rng);
                     self.drive_delivery(i);
                 }
-                Output::Presence(_) | Output::Subscribed { .. } => {}
+                Output::Presence(_) | Output::Subscribed { .. } | Output::DevicesChanged(_) => {}
                 Output::LoginRefused(refusal) | Output::Stop(refusal) => self
                     .refusals
                     .push(format!("{} refused: {refusal}", self.nodes[i].name)),

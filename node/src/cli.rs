@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 mod daemon_args;
+mod devices;
 mod files;
 mod input;
 
@@ -55,13 +56,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create an identity in --home.
+    /// Create an identity in --home: a new account (--name), or a new device of an account
+    /// (--link CODE, from `palaver device link` on a device of that account).
     Init {
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "link", conflicts_with = "link")]
+        name: Option<String>,
         /// Replace an existing identity (its key is lost).
         #[arg(long)]
         force: bool,
+        /// Link this new device to an account, with the code `palaver device link` printed.
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+        /// What to call this device in `palaver device list` [default: the host name].
+        #[arg(long, requires = "link")]
+        label: Option<String>,
     },
     /// Show this identity: name, peer id, fingerprint.
     Whoami,
@@ -127,6 +135,9 @@ pub enum Command {
     Peers,
     /// Print events (messages, delivery changes, presence) as they happen.
     Listen,
+    /// This account's devices: link a new one, list them, revoke one.
+    #[command(subcommand)]
+    Device(devices::DeviceCommand),
     /// Show the safety number with a user, to compare out of band (in person, on a call).
     Verify {
         name: String,
@@ -265,8 +276,14 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     let socket = home.dir().join("palaver.sock");
     match cli.command {
-        Command::Init { name, force } => {
-            let name: UserName = name.parse()?;
+        Command::Init {
+            link: Some(code),
+            label,
+            force,
+            ..
+        } => devices::init_linked(&home, &code, label, passphrase.as_deref(), force).await?,
+        Command::Init { name, force, .. } => {
+            let name: UserName = name.unwrap_or_default().parse()?;
             let identity = home.init(name.clone(), passphrase.as_deref(), force)?;
             out(format_args!("created {name} in {}", home.dir().display()));
             out(format_args!("peer id      {}", identity.peer_id()));
@@ -364,6 +381,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Files => files::files(&socket, json).await?,
         Command::File(command) => files::file(&socket, json, command).await?,
         Command::Room(command) => room(&socket, json, command).await?,
+        Command::Device(command) => devices::device(&socket, json, command).await?,
         Command::History { with, room, limit } => {
             let params = json!({"with": with, "room": room, "limit": limit});
             let entries = read_call(&home, "history", params, |store| {
@@ -668,6 +686,7 @@ fn describe_event(event: &Value) -> String {
             s("room")
         ),
         Some("removed") => format!("you were removed from {}", s("room")),
+        Some("devices") => format!("{} has {} device(s) now", s("name"), event["devices"]),
         Some("key_changed") => format!(
             "{}'s safety number changed ({} → {}); compare it: palaver verify {}",
             s("name"),

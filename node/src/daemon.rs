@@ -9,6 +9,7 @@
 mod behaviour;
 pub(crate) mod calls;
 mod client_ids;
+mod devices;
 mod direct;
 mod discovery;
 mod durable;
@@ -222,6 +223,8 @@ pub(crate) struct Node {
     /// Sends keyed by the client that are under way, and who waits for each.
     keyed_sends: palaver_protocol::node::direct::keyed::KeyedSends<replies::ReplyToken>,
     file_io: files::FileIo,
+    /// Calls waiting for the link under way to end (`device link --wait`).
+    link_waiters: Vec<rpc::Reply>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -318,6 +321,7 @@ impl Node {
                 rooms,
                 discovery: palaver_protocol::node::discovery::Publisher::new(local_peer),
                 files: transfers,
+                link: None,
             },
             rendezvous_requests: HashMap::new(),
             presence: Default::default(),
@@ -337,6 +341,7 @@ impl Node {
             fatal: None,
             keyed_sends: Default::default(),
             file_io,
+            link_waiters: Vec::new(),
         };
         node.subscribe_room_topics();
         node.drive_files();
@@ -390,6 +395,7 @@ impl Node {
         let _ = self.drive_rooms();
         self.drive_discovery();
         self.drive_files();
+        self.drive_link();
     }
 
     fn on_internal(&mut self, done: Internal) {

@@ -69,15 +69,33 @@ impl Home {
         passphrase: Option<&str>,
         force: bool,
     ) -> Result<Identity, HomeError> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| HomeError::Io { path, source }
-        };
+        let identity = Identity::generate(&mut rand_core::OsRng);
+        self.init_with(identity, name, passphrase, force)
+    }
+
+    /// Refuses if an identity is here already, unless `force`.
+    pub fn check_free(&self, force: bool) -> Result<(), HomeError> {
         if self.key_path().exists() && !force {
             return Err(HomeError::AlreadyInitialised(
                 self.dir.display().to_string(),
             ));
         }
+        Ok(())
+    }
+
+    /// Stores `identity` (a linked device's, made before it knew its name) as `name`.
+    pub fn init_with(
+        &self,
+        identity: Identity,
+        name: UserName,
+        passphrase: Option<&str>,
+        force: bool,
+    ) -> Result<Identity, HomeError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| HomeError::Io { path, source }
+        };
+        self.check_free(force)?;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         #[cfg(unix)]
         {
@@ -85,7 +103,6 @@ impl Home {
             std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(&self.dir))?;
         }
-        let identity = Identity::generate(&mut rand_core::OsRng);
         keyfile::write(
             &self.key_path(),
             &keyfile::seal(&identity, passphrase, &mut rand_core::OsRng)?,

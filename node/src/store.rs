@@ -205,6 +205,9 @@ pub enum StateKey<'a> {
     Served(TransferId),
     /// The transfer id of a file we offered, by the message that offered it.
     FileSent(MessageId),
+    /// A user's device list, as pinned ([`palaver_protocol::identity::devices::DevicePin`]);
+    /// under our own name, our account's.
+    Devices(&'a str),
     Meta(&'a str),
 }
 
@@ -239,6 +242,7 @@ impl StateKey<'_> {
             StateKey::FileIn(id) => bytes.extend([&[b'f'][..], &id.0].concat()),
             StateKey::Served(transfer) => bytes.extend([&[b'v'][..], &transfer.0].concat()),
             StateKey::FileSent(id) => bytes.extend([&[b'x'][..], &id.0].concat()),
+            StateKey::Devices(name) => bytes.extend([&[b'D'][..], name.as_bytes()].concat()),
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes

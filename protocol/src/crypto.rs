@@ -26,6 +26,7 @@
 
 pub mod at_rest;
 pub mod file;
+pub mod link;
 pub mod ratchet;
 pub mod room;
 pub mod sender_key;

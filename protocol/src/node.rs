@@ -5,6 +5,8 @@
 //! - [`direct`]: what a direct message needs before it is sealed (key, name, session: the
 //!   send pipeline), then which path each sealed direct message takes — the open connection, a dial, a
 //!   discovery lookup, the mailbox — and when it is tried again.
+//! - [`devices`]: linked devices — which devices a message is copied to, what a device list
+//!   from the rendezvous changes, and linking a new device.
 //! - [`discovery`]: where our signed peer record is registered at the rendezvous, and when.
 //! - [`files`]: file transfers — what is fetched from whom, resumed from where, checked and
 //!   kept; and whom a file is served to.
@@ -35,6 +37,7 @@ pub mod addr;
 pub mod announce;
 pub mod asks;
 pub mod commit;
+pub mod devices;
 pub mod direct;
 pub mod discovery;
 pub mod files;

@@ -404,7 +404,8 @@ impl Sim {
             | Payload::Receipt(_)
             | Payload::File(_)
             | Payload::FileWhole { .. }
-            | Payload::FileDeclined { .. } => {}
+            | Payload::FileDeclined { .. }
+            | Payload::Sent { .. } => {}
         }
         self.drain(to)
     }

@@ -5,8 +5,9 @@
 //! the pushes and disconnects it asks for. Nothing here touches a socket, so one test can step a
 //! service through a whole conversation.
 //!
-//! A peer is *unauthenticated* until it logs in: it may only register or log in, and is
-//! disconnected after [`crate::Limits::login_timeout`]. Logging in makes it a *session*: it may
+//! A peer is *unauthenticated* until it logs in: it may only register, log in or use the link
+//! drop (how a device being linked, which has no session yet, meets the device linking it; see
+//! [`devices`]), and is disconnected after [`crate::Limits::login_timeout`]. Logging in makes it a *session*: it may
 //! use the rest of the protocol — prekeys, presence, the mailbox, discovery — and the relay
 //! ([`RelayGate`]). All of it is gated here, in [`Service::handle`]: the server runs no other
 //! protocol that answers an unauthenticated peer. The Noise-authenticated `PeerId` is the proof of
@@ -176,6 +177,8 @@ fn kind_of(request: &RendezvousRequest) -> &'static str {
         RendezvousRequest::PublishDevices(_) => "publish_devices",
         RendezvousRequest::FetchDevices { .. } => "fetch_devices",
         RendezvousRequest::FetchDevicePrekeys { .. } => "fetch_device_prekeys",
+        RendezvousRequest::LinkPost { .. } => "link_post",
+        RendezvousRequest::LinkTake { .. } => "link_take",
     }
 }
 
@@ -222,6 +225,8 @@ pub(crate) struct Service {
     /// One-time prekeys each user took of each other user's, this window (see
     /// [`prekeys::ONE_TIME_PER_REQUESTER`]).
     prekey_takes: prekeys::Takes,
+    /// What devices being linked left for each other.
+    link_drop: devices::LinkDrop,
 }
 
 impl Service {
@@ -254,6 +259,7 @@ impl Service {
             disconnects: Vec::new(),
             cluster: None,
             prekey_takes: prekeys::Takes::default(),
+            link_drop: devices::LinkDrop::default(),
             limits,
         })
     }
@@ -390,6 +396,7 @@ impl Service {
         if !self.relay_only && now >= self.next_sweep {
             self.next_sweep = now.saturating_add(millis(self.limits.mail_sweep_interval));
             self.log_throttle.prune(now);
+            self.link_drop.expire(now);
             if let Err(error) = self.sweep_mail(now) {
                 tracing::error!(%error, "mail sweep failed");
             }
@@ -484,6 +491,8 @@ impl Service {
         match request {
             RendezvousRequest::Register { name, token } => self.register(peer, name, token, now),
             RendezvousRequest::Login { name, instance } => self.login(peer, name, instance, now),
+            RendezvousRequest::LinkPost { slot, sealed } => self.link_post(slot, sealed, now),
+            RendezvousRequest::LinkTake { slot } => Ok(self.link_take(&slot, now)),
             other => {
                 let Some(session) = state.session.as_mut() else {
                     return Err(refuse(
@@ -511,9 +520,12 @@ impl Service {
         now: Millis,
     ) -> Handled {
         match request {
-            RendezvousRequest::Register { .. } | RendezvousRequest::Login { .. } => Err(refuse(
+            RendezvousRequest::Register { .. }
+            | RendezvousRequest::Login { .. }
+            | RendezvousRequest::LinkPost { .. }
+            | RendezvousRequest::LinkTake { .. } => Err(refuse(
                 RefusalReason::Invalid,
-                "register and login are not session requests",
+                "register, login and the link drop are not session requests",
             )),
             RendezvousRequest::Heartbeat { state } => {
                 self.presence_heard(&me, Some(state), now);
@@ -578,11 +590,7 @@ impl Service {
             }
             RendezvousRequest::Deposit { to, envelope } => self.deposit(key, to, *envelope, now),
             RendezvousRequest::PublishDevices(list) => self.publish_devices(&me, key, *list, now),
-            RendezvousRequest::FetchDevices { name } => {
-                Ok(Reply::now(RendezvousResponse::Devices(
-                    self.store.devices(&name)?.map(Box::new),
-                )))
-            }
+            RendezvousRequest::FetchDevices { names } => self.fetch_devices(names),
             RendezvousRequest::FetchMail { max } => {
                 let max = usize::from(max).min(MAX_BATCH);
                 // Leave room for the response's own framing around the items.
@@ -695,10 +703,7 @@ impl Service {
         } else {
             return Err(refuse(
                 RefusalReason::NotYourName,
-                format!(
-                    "the name {name} is registered to another key, and its device list does not \
-                     name this one"
-                ),
+                format!("the name {name} is registered to another key"),
             ));
         };
         let limit = self.limits.requests;

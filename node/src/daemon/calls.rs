@@ -284,6 +284,10 @@ impl Node {
             Command::FileInfo { id } => answer(reply, self.file_info(&id)),
             Command::FileAccept { id } => self.decide_file(id, true, reply),
             Command::FileReject { id } => self.decide_file(id, false, reply),
+            Command::DeviceLink => self.device_link(reply),
+            Command::DeviceLinkWait => self.device_link_wait(reply),
+            Command::DeviceList { name } => answer(reply, self.device_list_call(name)),
+            Command::DeviceRevoke { device } => self.device_revoke(device, reply),
             Command::Shutdown => {
                 self.stopping = true;
                 answer(reply, Ok(json!(true)));

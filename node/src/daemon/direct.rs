@@ -54,6 +54,9 @@ pub(crate) struct Job {
     pub(crate) client_key: Option<super::client_ids::ClientKey>,
     /// For a file offer: the copy it is served from (see [`super::files`]).
     pub(crate) served_from: Option<std::path::PathBuf>,
+    /// A copy of a message for another device (see [`palaver_protocol::node::devices`]): it
+    /// goes under the message's sequence number, and is no line in our history of its own.
+    pub(crate) copy_of_seq: Option<u64>,
 }
 
 /// Where our hybrid logical clock is kept (named for the Lamport clock it replaced, whose last
@@ -72,6 +75,7 @@ impl Job {
             reply,
             client_key: None,
             served_from: None,
+            copy_of_seq: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl Job {
             reply: None,
             client_key: None,
             served_from: None,
+            copy_of_seq: None,
         }
     }
 }
@@ -173,8 +178,18 @@ impl Node {
                     };
                     self.rendezvous_request(request, pending);
                 }
-                PipelineOutput::FetchPrekeys { call, name, .. } => {
-                    let request = RendezvousRequest::FetchPrekeys { name };
+                PipelineOutput::FetchPrekeys { call, name, key } => {
+                    // A linked device's prekeys are its own; the account key's are the name's.
+                    let account = if name == self.name {
+                        Some(self.account_key())
+                    } else {
+                        self.contact_key(&name)
+                    };
+                    let request = if account.is_none_or(|account| account == key) {
+                        RendezvousRequest::FetchPrekeys { name }
+                    } else {
+                        RendezvousRequest::FetchDevicePrekeys { name, device: key }
+                    };
                     let pending = Pending::Prekeys { call };
                     self.rendezvous_request(request, pending);
                 }
@@ -221,14 +236,25 @@ impl Node {
     ) {
         let read = |node: &Self| -> Result<_, StoreError> {
             let conversation = node.conversation_with(&key.to_bytes())?;
-            let seq = node.next_seq(&conversation)?;
+            let seq = match job.copy_of_seq {
+                Some(seq) => seq,
+                None => node.next_seq(&conversation)?,
+            };
             Ok((conversation, node.clock()?, seq))
         };
         let (conversation, mut clock, seq) = match read(self) {
             Ok(read) => read,
             Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
-        let text = job.payload.history_text();
+        let copy = job.copy_of_seq.is_some();
+        let text = job.payload.history_text().filter(|_| !copy);
+        // A person's text to a name goes to their other devices and ours too.
+        let copied = match (&job.payload, &job.to, copy) {
+            (palaver_protocol::wire::Payload::Text(text), Recipient::Name(_), false) => {
+                Some(text.clone())
+            }
+            _ => None,
+        };
         let offer = job.payload.file_offer().cloned();
         let sealed = pairwise::seal(
             &mut OsRng,
@@ -266,10 +292,12 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
         let mut batch = StateBatch::default();
+        if !copy {
+            batch.put(StateKey::Seq(conversation), &seq);
+        }
         batch
             .put(StateKey::Session(key.to_bytes()), &sessions)
             .put(StateKey::Meta(CLOCK_META), &stamp)
-            .put(StateKey::Seq(conversation), &seq)
             .put(StateKey::Outbox(id), &item)
             .put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         if let Some(key) = &job.client_key {
@@ -303,6 +331,52 @@ impl Node {
         }
         let reply = job.reply;
         self.when_durable(AfterFlush::Sealed { id, reply, warning });
+        if let Some(text) = copied {
+            self.send_copies(&name, key, id, seq, text, sent_at_ms);
+        }
+    }
+
+    /// Copies of our message `id` to `to` (account key `to_key`): the same text to their other
+    /// devices, the line as we sent it to ours.
+    fn send_copies(
+        &mut self,
+        to: &UserName,
+        to_key: VerifyingKey,
+        id: MessageId,
+        seq: u64,
+        text: String,
+        sent_at_ms: u64,
+    ) {
+        use palaver_protocol::wire::Payload;
+        let copies = palaver_protocol::node::devices::copies(
+            &to_key,
+            self.devices_of(to).as_ref(),
+            self.own_devices().as_ref(),
+            &self.identity.public(),
+        );
+        let jobs = copies
+            .for_recipient
+            .into_iter()
+            .map(|device| (device, Payload::Text(text.clone())))
+            .chain(copies.for_me.into_iter().map(|device| {
+                let sent = Payload::Sent {
+                    to: to.clone(),
+                    to_key,
+                    id,
+                    text: text.clone(),
+                    sent_at_ms,
+                };
+                (device, sent)
+            }));
+        for (device, payload) in jobs {
+            let mut job = Job::to_key(device, payload);
+            job.copy_of_seq = Some(seq);
+            // Fed, not driven: this runs inside the pipeline's own loop, which carries it on.
+            self.feed_pipeline(PipelineInput::Send {
+                to: job.to.clone(),
+                job,
+            });
+        }
     }
 
     /// A message we sealed is on disk (with the ratchet state that sealed it): the send

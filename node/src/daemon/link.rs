@@ -164,6 +164,7 @@ impl Node {
                 Output::Answer { token, response } => self.on_asked(token, Ok(response)),
                 Output::Failed { token, error } => self.on_asked(token, Err(error)),
                 Output::Presence(record) => self.on_presence_push(record),
+                Output::DevicesChanged(name) => self.refresh_devices(vec![name]),
                 Output::Subscribed { users, asked } => {
                     self.learn_keys(users.iter().map(|u| (&u.name, &u.identity)), &asked);
                     for user in users {
@@ -246,6 +247,7 @@ impl Node {
         self.drive_discovery();
         self.drive_delivery();
         let _ = self.drive_rooms();
+        self.refresh_all_devices();
     }
 
     pub(crate) fn contact_names(&self) -> Vec<UserName> {
@@ -298,6 +300,9 @@ impl Node {
                     self.replies.answer(reply, Err(RpcError::failed(error)))
                 }
                 Step::Discovery(asked, answer) => self.on_discovery_answer(asked, answer),
+                Step::Devices(lists) => self.on_devices(lists),
+                Step::Link(answer) => self.on_link_answer(answer),
+                Step::Revoked { list, reply } => self.on_revoked(*list, reply),
             }
         }
     }

@@ -155,6 +155,9 @@ impl Node {
             return;
         }
         self.state.contacts_pinned(&learned.new_contacts);
+        if !learned.new_contacts.is_empty() {
+            self.refresh_devices(learned.new_contacts.clone());
+        }
         self.drive_session();
         for change in learned.changes {
             self.on_key_changed(change);

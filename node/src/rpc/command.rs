@@ -88,6 +88,18 @@ pub enum Command {
         id: palaver_protocol::MessageId,
     },
     Shutdown,
+    /// A code for linking a new device; the link then runs in the daemon.
+    DeviceLink,
+    /// Waits for the link under way to end.
+    DeviceLinkWait,
+    /// Our devices, or (with a name) the devices of that contact that our messages go to.
+    DeviceList {
+        name: Option<UserName>,
+    },
+    /// Takes a device (by label or key prefix) off the account's list.
+    DeviceRevoke {
+        device: String,
+    },
 }
 
 impl Command {
@@ -159,6 +171,14 @@ impl Command {
             "file.accept" => Command::FileAccept { id: p.id()? },
             "file.reject" => Command::FileReject { id: p.id()? },
             "shutdown" => Command::Shutdown,
+            "device.link" => Command::DeviceLink,
+            "device.link_wait" => Command::DeviceLinkWait,
+            "device.list" => Command::DeviceList {
+                name: p.optional_user("name")?,
+            },
+            "device.revoke" => Command::DeviceRevoke {
+                device: p.required("device")?.to_owned(),
+            },
             other => {
                 return Err(RpcError {
                     code: RpcError::METHOD_NOT_FOUND,
@@ -194,6 +214,10 @@ impl Params<'_> {
 
     fn user(&self, key: &str) -> Result<UserName, RpcError> {
         parse_name(self.required(key)?)
+    }
+
+    fn optional_user(&self, key: &str) -> Result<Option<UserName>, RpcError> {
+        self.string(key).as_deref().map(parse_name).transpose()
     }
 
     fn users(&self, key: &str) -> Result<Vec<UserName>, RpcError> {

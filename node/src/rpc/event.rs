@@ -97,6 +97,11 @@ pub enum Event {
         id: String,
         reason: String,
     },
+    /// A user's device list (ours under our own name) was pinned anew: `devices` devices now.
+    Devices {
+        name: String,
+        devices: usize,
+    },
     /// This subscriber fell behind and missed events.
     Lagged {
         missed: u64,
@@ -205,6 +210,10 @@ mod tests {
             Event::FileFailed {
                 id: "ab".into(),
                 reason: "no".into(),
+            },
+            Event::Devices {
+                name: "bob".into(),
+                devices: 2,
             },
             Event::Lagged { missed: 3 },
         ];

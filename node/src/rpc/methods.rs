@@ -328,6 +328,38 @@ pub static METHODS: &[Method] = &[
         errors: "none",
     },
     Method {
+        name: "device.link",
+        summary: "Starts linking a new device to this account (only on the device holding the account key): returns a one-line code for `palaver init --link CODE` on the new device, valid for five minutes. The link then runs in the daemon; `device.link_wait` follows it.",
+        params: &[],
+        result: r#"{"code","expires_in"}"#,
+        errors: "not the device holding the account key; not logged in at the rendezvous; a link already under way",
+    },
+    Method {
+        name: "device.link_wait",
+        summary: "Waits for the link under way to end: the new device is on the account's list and has its contacts, or the link failed (the code expired, the new device's request did not check out).",
+        params: &[],
+        result: r#"{"device","label"}"#,
+        errors: "no link under way; the link failed, and why",
+    },
+    Method {
+        name: "device.list",
+        summary: "This account's devices; with `name`, the devices of that contact our messages are sealed for (as their pinned device list names them).",
+        params: &[optional("name", Kind::String, "a contact")],
+        result: r#"[{"device","label","added_at","account_key","this_device","fingerprint"}]"#,
+        errors: "none",
+    },
+    Method {
+        name: "device.revoke",
+        summary: "Takes a device off the account's list (only on the device holding the account key): the rendezvous logs it out and refuses it, and contacts stop sealing messages for it once they fetch the new list.",
+        params: &[required(
+            "device",
+            Kind::String,
+            "the device's label, or the first 8 or more hex digits of its key",
+        )],
+        result: r#"[{"device","label","added_at","account_key","this_device","fingerprint"}] (the list now)"#,
+        errors: "not the device holding the account key; no such device, or several; the account key's own device; the rendezvous refused or did not answer",
+    },
+    Method {
         name: "shutdown",
         summary: "Stops the daemon (after flushing its store).",
         params: &[],
@@ -567,6 +599,14 @@ pub static EVENTS: &[Event] = &[
         fields: &[
             required("id", Kind::String, "the file's id"),
             required("reason", Kind::String, "why, in a line"),
+        ],
+    },
+    Event {
+        kind: "devices",
+        about: "A user's device list (ours, under our own name) was taken in anew: messages to them go to every device it names.",
+        fields: &[
+            required("name", Kind::String, "whose"),
+            required("devices", Kind::Integer, "how many devices it names"),
         ],
     },
     Event {

@@ -9,8 +9,10 @@
 //! `T` is the driver's handle on a waiting call (a reply token); `D` its discovery question
 //! (answered by [`super::discovery`], handed back untouched).
 
+use crate::identity::devices::SignedDeviceList;
 use crate::node::direct::pipeline::{Answer as PipelineAnswer, CallId};
 use crate::node::trust::Asked;
+use crate::wire::rendezvous::AccountDevices;
 use crate::wire::{MessageId, RefusalReason, RendezvousResponse, UserRecord};
 use crate::{RoomName, UserName};
 
@@ -51,6 +53,15 @@ pub enum Ask<T, D> {
     },
     /// A discovery question.
     Discovery(D),
+    /// Device lists of these users (contacts', or our own), to take in.
+    Devices { names: Vec<UserName> },
+    /// A step of the link under way ([`crate::node::devices::Linker`]).
+    Link(LinkStep),
+    /// Our new device list (a device revoked), published for a call.
+    Revoke {
+        list: Box<SignedDeviceList>,
+        reply: T,
+    },
 }
 
 /// What follows from an answer, in order.
@@ -97,6 +108,32 @@ pub enum Step<T, D> {
     Fail { reply: T, error: String },
     /// The discovery question `D` was answered (or failed: `Err`, why).
     Discovery(D, Result<RendezvousResponse, String>),
+    /// Take in these device lists (see [`crate::node::devices::learn`]).
+    Devices(Vec<AccountDevices>),
+    /// The link under way goes on with this.
+    Link(LinkAnswer),
+    /// Our device list is published: keep it as ours, and answer the call.
+    Revoked {
+        list: Box<SignedDeviceList>,
+        reply: T,
+    },
+}
+
+/// Which step of a link a question was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStep {
+    Take,
+    Publish,
+    Grant,
+}
+
+/// What the rendezvous said to a step of a link (`Err`: why it did not do it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAnswer {
+    /// What the link drop held at the slot asked for.
+    Taken(Result<Option<Vec<u8>>, String>),
+    Published(Result<(), String>),
+    Granted(Result<(), String>),
 }
 
 /// What follows from `answer`, the rendezvous's answer to `ask` (`Err`: why none came).
@@ -108,6 +145,39 @@ pub fn answered<T, D>(
     let no_answer = |error: &str| format!("the rendezvous did not answer: {error}");
     match (ask, answer) {
         (Ask::Discovery(asked), answer) => vec![Step::Discovery(asked, answer)],
+        (Ask::Devices { .. }, Ok(R::Devices(lists))) => vec![Step::Devices(lists)],
+        // Nobody waits on it: the lists are asked for again at the next login or push.
+        (Ask::Devices { .. }, _) => Vec::new(),
+        (Ask::Link(step), answer) => {
+            let done = |answer: Result<RendezvousResponse, String>| match answer {
+                Ok(R::Done) => Ok(()),
+                Ok(R::Refused(refusal)) => Err(refusal.to_string()),
+                Ok(other) => Err(format!("unexpected answer from the rendezvous: {other:?}")),
+                Err(error) => Err(no_answer(&error)),
+            };
+            vec![Step::Link(match step {
+                LinkStep::Take => LinkAnswer::Taken(match answer {
+                    Ok(R::Link(held)) => Ok(held.map(|sealed| sealed.0)),
+                    Ok(other) => Err(format!("unexpected answer from the rendezvous: {other:?}")),
+                    Err(error) => Err(no_answer(&error)),
+                }),
+                LinkStep::Publish => LinkAnswer::Published(done(answer)),
+                LinkStep::Grant => LinkAnswer::Granted(done(answer)),
+            })]
+        }
+        (Ask::Revoke { list, reply }, Ok(R::Done)) => vec![Step::Revoked { list, reply }],
+        (Ask::Revoke { reply, .. }, Ok(R::Refused(refusal))) => vec![Step::Fail {
+            reply,
+            error: format!("the rendezvous refused the new device list: {refusal}"),
+        }],
+        (Ask::Revoke { reply, .. }, Ok(other)) => vec![Step::Fail {
+            reply,
+            error: format!("unexpected answer from the rendezvous: {other:?}"),
+        }],
+        (Ask::Revoke { reply, .. }, Err(error)) => vec![Step::Fail {
+            reply,
+            error: no_answer(&error),
+        }],
         (Ask::Lookup { names, call }, Ok(R::Users(users))) => {
             let learn = Step::Learn {
                 users,

@@ -149,6 +149,8 @@ pub enum Output<T> {
     Failed { token: T, error: String },
     /// A contact's presence changed (a push).
     Presence(PresenceRecord),
+    /// A contact published a new device list (a push): fetch it.
+    DevicesChanged(UserName),
     /// Presence of the users we subscribed to, as the subscription took effect; each login
     /// checks their keys again (`asked`: only contacts', pinning nobody new).
     Subscribed {
@@ -392,6 +394,9 @@ impl<T: std::fmt::Debug> Session<T> {
                 self.outputs.push_back(Output::Presence(record))
             }
             Input::Push(ServerPush::MailWaiting { .. }) => self.fetch_mail(),
+            Input::Push(ServerPush::DevicesChanged { name }) => {
+                self.outputs.push_back(Output::DevicesChanged(name))
+            }
             Input::Push(ServerPush::PrekeysLow { remaining }) => {
                 self.publish_prekeys(remaining, now_ms, rng)
             }
@@ -733,9 +738,9 @@ pub fn refusal_hint(reason: RefusalReason) -> &'static str {
         }
         RefusalReason::InUse => {
             "was this home copied from another device? One key runs in one daemon at a time: \
-             stop the other daemon, or give this device a home of its own \
-             (`palaver --home NEW_DIR init`); linking a second device to one account \
-             (`palaver device link`) is not there yet"
+             stop the other daemon; to use this account on a second device, run \
+             `palaver device link` on the first and `palaver --home NEW_DIR init --link CODE` \
+             on the second"
         }
         RefusalReason::Unavailable => {
             "this server offers no accounts: give a full rendezvous to --rendezvous (a relay-only \

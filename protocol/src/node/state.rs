@@ -12,6 +12,7 @@
 use multiaddr::Multiaddr;
 use rand_core::{CryptoRng, RngCore};
 
+use super::devices::Linker;
 use super::direct::pipeline::{Facts, SendPipeline};
 use super::direct::{Delivery, Input as DeliveryInput};
 use super::discovery::Publisher;
@@ -28,6 +29,8 @@ pub struct NodeState<P, R, J> {
     pub rooms: Rooms,
     pub discovery: Publisher,
     pub files: Transfers,
+    /// A new device being linked (`palaver device link`), while it is.
+    pub link: Option<Linker>,
 }
 
 impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> {
@@ -40,6 +43,7 @@ impl<P: std::fmt::Debug, R: Clone + Eq + std::hash::Hash, J> NodeState<P, R, J> 
             self.rooms.poll_timeout(),
             self.discovery.poll_timeout(),
             self.files.poll_timeout(),
+            self.link.as_ref().and_then(Linker::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -165,6 +169,7 @@ mod tests {
             rooms: Rooms::new(me.clone(), []),
             discovery: Publisher::new(peer),
             files: Transfers::new(Limits::default(), [], u64::MAX),
+            link: None,
         };
         state.delivery.handle(DeliveryInput::LoggedIn(true), 0, rng);
         while state.delivery.poll_output().is_some() {}

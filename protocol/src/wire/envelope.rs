@@ -204,6 +204,16 @@ pub enum Payload {
     /// The file offered in message `file` will not be fetched (the recipient rejected it, or it
     /// failed there), and why: its sender stops waiting.
     FileDeclined { file: MessageId, reason: String },
+    /// A line this account sent from another of its devices, copied here so that every device
+    /// shows the whole conversation: `text` went to `to` (account key `to_key`) as message `id`
+    /// at `sent_at_ms`. Taken only from one of the account's own devices.
+    Sent {
+        to: crate::UserName,
+        to_key: ed25519_dalek::VerifyingKey,
+        id: MessageId,
+        text: String,
+        sent_at_ms: u64,
+    },
 }
 
 impl Payload {

@@ -72,14 +72,42 @@ pub enum RendezvousRequest {
     /// Replace my account's device list: only from the account key's own device, and only with
     /// a newer version. The devices it leaves out are logged out and lose their prekeys and mail.
     PublishDevices(Box<SignedDeviceList>),
-    /// The device list `name` published last, if any. Answered with `Devices`.
-    FetchDevices { name: UserName },
+    /// The device lists these users published last (at most [`MAX_BATCH`]). Answered with
+    /// `Devices`, which leaves out those that never published one.
+    FetchDevices { names: Vec<UserName> },
     /// A bundle for starting a session with one of `name`'s devices (the account key's own, or
     /// one its device list names); consumes one of that device's one-time prekeys.
     FetchDevicePrekeys {
         name: UserName,
         device: VerifyingKey,
     },
+    /// Leave `sealed` at `slot` for whoever takes it next (at most [`MAX_LINK_LEN`] bytes, kept
+    /// a few minutes): how a device being linked and the device linking it meet. Open before
+    /// login — the new device has no session yet — and end-to-end sealed with the link code's
+    /// secret, which the server never sees.
+    LinkPost { slot: [u8; 32], sealed: SealedLink },
+    /// Take what was left at `slot`, if anything. Answered with `Link`.
+    LinkTake { slot: [u8; 32] },
+}
+
+/// The longest sealed link message the server holds.
+pub const MAX_LINK_LEN: usize = 256 * 1024;
+
+/// A link message, sealed by its two ends; opaque to the server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedLink(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for SealedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedLink({} bytes)", self.0.len())
+    }
+}
+
+/// One account's published device list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDevices {
+    pub name: UserName,
+    pub list: SignedDeviceList,
 }
 
 /// A peer's addresses as it signed them: a libp2p signed envelope holding a `PeerRecord`, in its
@@ -118,9 +146,11 @@ pub enum RendezvousResponse {
     /// The records under the namespace asked for, at most
     /// [`crate::rendezvous::discovery::MAX_DISCOVERED`].
     Discovered(Vec<SignedPeerRecord>),
-    /// The device list asked for; `None`: the account never published one, so its only device
-    /// is the account key ([`crate::identity::devices::DeviceList::single`]).
-    Devices(Option<Box<SignedDeviceList>>),
+    /// The device lists asked for. An account left out never published one: its only device is
+    /// its account key ([`crate::identity::devices::DeviceList::single`]).
+    Devices(Vec<AccountDevices>),
+    /// What was left at the slot asked for (taken now), if anything.
+    Link(Option<SealedLink>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +236,14 @@ impl std::fmt::Display for RefusalReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerPush {
     Presence(PresenceRecord),
-    MailWaiting { count: u32 },
-    PrekeysLow { remaining: u32 },
+    MailWaiting {
+        count: u32,
+    },
+    PrekeysLow {
+        remaining: u32,
+    },
+    /// A user whose presence this session watches published a new device list.
+    DevicesChanged {
+        name: UserName,
+    },
 }

@@ -11,6 +11,7 @@ use palaver_protocol::crypto::x3dh::{
 use palaver_protocol::delivery::Stamp;
 use palaver_protocol::identity::devices::{Device, DeviceList, SignedDeviceList};
 use palaver_protocol::rendezvous::discovery::Namespace;
+use palaver_protocol::wire::rendezvous::{AccountDevices, SealedLink};
 use palaver_protocol::wire::*;
 use palaver_protocol::{Identity, MessageId, RoomId, RoomName, Signature, SigningKey, UserName};
 use proptest::prelude::*;
@@ -573,6 +574,20 @@ pub fn any_payload() -> impl Strategy<Value = Payload> {
                     key: FileKey::from_bytes(key),
                 }
             )),
+        (
+            any_user(),
+            any_key(),
+            any_message_id(),
+            ".{0,40}",
+            any::<u64>()
+        )
+            .prop_map(|(to, to_key, id, text, sent_at_ms)| Payload::Sent {
+                to,
+                to_key,
+                id,
+                text,
+                sent_at_ms,
+            }),
     ]
 }
 
@@ -666,7 +681,13 @@ pub fn any_rendezvous_request() -> impl Strategy<Value = RendezvousRequest> {
         any_namespace().prop_map(|namespace| RendezvousRequest::UnregisterDiscovery { namespace }),
         any_namespace().prop_map(|namespace| RendezvousRequest::Discover { namespace }),
         any_device_list().prop_map(|list| RendezvousRequest::PublishDevices(Box::new(list))),
-        any_user().prop_map(|name| RendezvousRequest::FetchDevices { name }),
+        proptest::collection::vec(any_user(), 0..4)
+            .prop_map(|names| RendezvousRequest::FetchDevices { names }),
+        (any::<[u8; 32]>(), any_bytes()).prop_map(|(slot, sealed)| RendezvousRequest::LinkPost {
+            slot,
+            sealed: SealedLink(sealed)
+        }),
+        any::<[u8; 32]>().prop_map(|slot| RendezvousRequest::LinkTake { slot }),
         (any_user(), any_key())
             .prop_map(|(name, device)| RendezvousRequest::FetchDevicePrekeys { name, device }),
     ]
@@ -763,8 +784,16 @@ pub fn any_rendezvous_response() -> impl Strategy<Value = RendezvousResponse> {
         (any_refusal_reason(), ".{0,40}")
             .prop_map(|(reason, detail)| RendezvousResponse::Refused(Refusal { reason, detail })),
         proptest::collection::vec(any_peer_record(), 0..3).prop_map(RendezvousResponse::Discovered),
-        proptest::option::of(any_device_list())
-            .prop_map(|list| RendezvousResponse::Devices(list.map(Box::new))),
+        proptest::collection::vec((any_user(), any_device_list()), 0..3).prop_map(|lists| {
+            RendezvousResponse::Devices(
+                lists
+                    .into_iter()
+                    .map(|(name, list)| AccountDevices { name, list })
+                    .collect(),
+            )
+        }),
+        proptest::option::of(any_bytes())
+            .prop_map(|sealed| RendezvousResponse::Link(sealed.map(SealedLink))),
     ]
 }
 
@@ -773,6 +802,7 @@ pub fn any_server_push() -> impl Strategy<Value = ServerPush> {
         any_presence().prop_map(ServerPush::Presence),
         any::<u32>().prop_map(|count| ServerPush::MailWaiting { count }),
         any::<u32>().prop_map(|remaining| ServerPush::PrekeysLow { remaining }),
+        any_user().prop_map(|name| ServerPush::DevicesChanged { name }),
     ]
 }
 

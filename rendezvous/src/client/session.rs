@@ -176,7 +176,7 @@ impl ClientSession {
                     };
                     self.session.handle(input, now_ms(), &mut OsRng);
                 }
-                Output::Presence(_) | Output::Subscribed { .. } => {}
+                Output::Presence(_) | Output::Subscribed { .. } | Output::DevicesChanged(_) => {}
             }
         }
     }

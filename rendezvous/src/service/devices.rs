@@ -6,8 +6,42 @@
 //! refuses what peers would, but cannot add a device itself: peers verify the signature again.
 
 use palaver_protocol::identity::devices::{DeviceChange, DevicePin, SignedDeviceList};
+use palaver_protocol::wire::rendezvous::{AccountDevices, MAX_LINK_LEN, SealedLink};
 
 use super::*;
+
+/// How long a link message is held.
+pub(crate) const LINK_TTL_MS: Millis = 5 * 60 * 1000;
+/// Link messages held at once, and their bytes together: linking is rare, and what is held
+/// is in memory only (a restart loses it; the devices try again).
+const MAX_LINK_SLOTS: usize = 256;
+const MAX_LINK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Link messages by slot, each until taken or [`LINK_TTL_MS`] old.
+#[derive(Debug, Default)]
+pub(crate) struct LinkDrop {
+    slots: HashMap<[u8; 32], (Millis, SealedLink)>,
+    bytes: usize,
+}
+
+impl LinkDrop {
+    pub(super) fn expire(&mut self, now: Millis) {
+        let bytes = &mut self.bytes;
+        self.slots.retain(|_, (at, sealed)| {
+            let keep = now.saturating_sub(*at) < LINK_TTL_MS;
+            if !keep {
+                *bytes -= sealed.0.len();
+            }
+            keep
+        });
+    }
+
+    fn take(&mut self, slot: &[u8; 32]) -> Option<SealedLink> {
+        let (_, sealed) = self.slots.remove(slot)?;
+        self.bytes -= sealed.0.len();
+        Some(sealed)
+    }
+}
 
 impl Service {
     /// Where `device`'s prekeys and mail are filed, if it is the account key of `name`
@@ -71,6 +105,7 @@ impl Service {
             }
         };
         self.store.put_devices(me, &offered)?;
+        self.devices_changed(me);
         // A device taken off the list is logged out now, not at its next reconnect.
         for device in removed {
             if let Some(peer) = self.session_of(&Holder::device(me, &device.key)) {
@@ -81,5 +116,55 @@ impl Service {
             }
         }
         Ok(Reply::durable(RendezvousResponse::Done))
+    }
+}
+
+impl Service {
+    pub(super) fn fetch_devices(&mut self, names: Vec<UserName>) -> Handled {
+        check_batch(names.len(), "names")?;
+        let mut lists = Vec::new();
+        for name in names {
+            if let Some(list) = self.store.devices(&name)? {
+                lists.push(AccountDevices { name, list });
+            }
+        }
+        Ok(Reply::now(RendezvousResponse::Devices(lists)))
+    }
+
+    pub(super) fn link_post(&mut self, slot: [u8; 32], sealed: SealedLink, now: Millis) -> Handled {
+        if sealed.0.len() > MAX_LINK_LEN {
+            return Err(refuse(
+                RefusalReason::TooLarge,
+                format!("a link message is at most {MAX_LINK_LEN} bytes"),
+            ));
+        }
+        self.link_drop.expire(now);
+        let drop = &mut self.link_drop;
+        // A second post at a slot replaces the first.
+        drop.take(&slot);
+        if drop.slots.len() >= MAX_LINK_SLOTS || drop.bytes + sealed.0.len() > MAX_LINK_BYTES {
+            return Err(refuse(
+                RefusalReason::RateLimited,
+                "the server holds too many link messages now; try again in a few minutes",
+            ));
+        }
+        drop.bytes += sealed.0.len();
+        drop.slots.insert(slot, (now, sealed));
+        Ok(Reply::now(RendezvousResponse::Done))
+    }
+
+    pub(super) fn link_take(&mut self, slot: &[u8; 32], now: Millis) -> Reply {
+        self.link_drop.expire(now);
+        Reply::now(RendezvousResponse::Link(self.link_drop.take(slot)))
+    }
+
+    /// Tells the sessions watching `name` that its device list changed.
+    fn devices_changed(&mut self, name: &UserName) {
+        if let Some(subscribers) = self.subscribers.get(name) {
+            for peer in subscribers {
+                self.pushes
+                    .push((*peer, ServerPush::DevicesChanged { name: name.clone() }));
+            }
+        }
     }
 }

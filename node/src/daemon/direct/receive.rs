@@ -3,6 +3,8 @@
 //! Which envelopes are opened and what each becomes are [`pairwise`]'s ([`pairwise::admit`],
 //! [`pairwise::open`], [`pairwise::received`]); this loads what they need and stores the result.
 
+use palaver_protocol::node::trust::Contact;
+
 use super::*;
 
 /// Why an envelope was not taken in.
@@ -110,7 +112,44 @@ impl Node {
         let conversation = self.conversation_with(&sender.to_bytes())?;
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
-        let (entry, control, offer) = match pairwise::received(opened.payload) {
+        let from_own_device =
+            matches!(opened.payload, palaver_protocol::wire::Payload::Sent { .. })
+                && palaver_protocol::node::devices::is_own_device(
+                    self.own_devices().as_ref(),
+                    &self.identity.public(),
+                    &sender,
+                );
+        let mut new_contact = None;
+        let (entry, control, offer) = match pairwise::received(opened.payload, from_own_device) {
+            pairwise::Received::Sent { to, to_key, text } => {
+                // Filed with `to`, as ours. A contact new to this device is pinned as our other
+                // device knew it.
+                let contact = match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
+                    Some(contact) => contact,
+                    None => {
+                        let contact = Contact::first(to_key.to_bytes());
+                        batch
+                            .put(StateKey::Contact(to.as_str()), &contact)
+                            .put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
+                        new_contact = Some(to.clone());
+                        contact
+                    }
+                };
+                let entry = HistoryEntry {
+                    id,
+                    conversation: ConversationId::Direct(contact.conversation),
+                    label: to.to_string(),
+                    from: self.name.to_string(),
+                    sender: sender.to_bytes(),
+                    text,
+                    sent_at_ms: opened.sent_at_ms,
+                    stamp: opened.stamp,
+                    seq: opened.seq,
+                    status: Status::Sent,
+                };
+                let new = self.store.record(&entry, &batch)?;
+                (new.then_some(entry), None, None)
+            }
             pairwise::Received::Entry { text, offer, whole } => {
                 if let Some(offer) = &offer {
                     let record = palaver_protocol::node::files::Incoming::offered(
@@ -144,6 +183,10 @@ impl Node {
         };
         if let Some(prekeys) = opened.prekeys_after {
             self.state.session.prekeys_mut().secrets = prekeys;
+        }
+        if let Some(name) = new_contact {
+            self.state.contacts_pinned(std::slice::from_ref(&name));
+            self.refresh_devices(vec![name]);
         }
         // A stranger is asked about at the rendezvous, for display and replies.
         self.emit_message(&sender, entry.as_ref(), from.is_some());

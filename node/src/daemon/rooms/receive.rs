@@ -76,6 +76,7 @@ impl Node {
             | Payload::File(_)
             | Payload::FileWhole { .. }
             | Payload::FileDeclined { .. } => Ok(()),
+            Payload::Sent { .. } => Err("a line sent by another device, not one of ours".into()),
         };
         if let Err(what) = ignored {
             tracing::debug!("ignoring {what} (from {})", short_key(&sender));

@@ -284,13 +284,31 @@ pub enum Received {
         offer: Option<FileOffer>,
         whole: Option<Vec<u8>>,
     },
+    /// A line we sent to `to` (account key `to_key`) from another of our devices: filed in the
+    /// conversation with `to`, as ours.
+    Sent {
+        to: crate::UserName,
+        to_key: VerifyingKey,
+        text: String,
+    },
     /// Not shown in the history: recorded as seen with the message, then carried out
     /// (receipts, declines, room keys and membership).
     Control(Box<Payload>),
 }
 
-/// What `payload` (of an [`Opened`] message) becomes.
-pub fn received(payload: Payload) -> Received {
+/// What `payload` (of an [`Opened`] message) becomes. A [`Payload::Sent`] is a line only
+/// `from_own_device` (see [`crate::node::devices::is_own_device`]); from anyone else it is a
+/// control message that does nothing.
+pub fn received(payload: Payload, from_own_device: bool) -> Received {
+    match payload {
+        Payload::Sent {
+            to, to_key, text, ..
+        } if from_own_device && text.len() <= MAX_TEXT_LEN => {
+            return Received::Sent { to, to_key, text };
+        }
+        Payload::Sent { .. } => return Received::Control(Box::new(payload)),
+        _ => {}
+    }
     let Some(text) = payload.history_text() else {
         return Received::Control(Box::new(payload));
     };

@@ -182,7 +182,7 @@ fn an_opened_message_becomes_a_line_a_file_offer_or_a_control_payload() {
     use crate::wire::TransferId;
     let text = Payload::Text("hi".into());
     assert_eq!(
-        received(text),
+        received(text, false),
         Received::Entry {
             text: "hi".into(),
             offer: None,
@@ -203,13 +203,29 @@ fn an_opened_message_becomes_a_line_a_file_offer_or_a_control_payload() {
         bytes: bytes.clone(),
     };
     assert!(matches!(
-        received(whole),
+        received(whole, false),
         Received::Entry { offer: Some(o), whole: Some(b), .. } if o == offer && b == bytes
     ));
     let receipt = Payload::Receipt(vec![MessageId([3; 32])]);
     assert_eq!(
-        received(receipt.clone()),
+        received(receipt.clone(), false),
         Received::Control(Box::new(receipt))
+    );
+    // A line we sent from another device: ours only from our own devices.
+    let sent = Payload::Sent {
+        to: crate::UserName::new("bob").unwrap(),
+        to_key: crate::Identity::from_secret_bytes(&[2; 32]).public(),
+        id: MessageId([4; 32]),
+        text: "hi bob".into(),
+        sent_at_ms: 5,
+    };
+    assert!(matches!(
+        received(sent.clone(), true),
+        Received::Sent { text, .. } if text == "hi bob"
+    ));
+    assert_eq!(
+        received(sent.clone(), false),
+        Received::Control(Box::new(sent))
     );
 }
 

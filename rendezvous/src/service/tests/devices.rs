@@ -2,6 +2,7 @@
 //! prekeys and mail, and a removed device logged out.
 
 use palaver_protocol::identity::devices::{Device, DeviceList, SignedDeviceList};
+use palaver_protocol::wire::rendezvous::{AccountDevices, SealedLink};
 
 use super::*;
 
@@ -49,13 +50,17 @@ fn a_listed_device_logs_in_as_the_account_and_is_named_by_its_key() {
     let (alice_id, alice, laptop_id, laptop) = alice_with_laptop(&mut h);
     assert!(h.gate.allows(&laptop));
     let (_, bob) = h.session(2, "bob", 3);
-    let reply = h.ask(bob, RendezvousRequest::FetchDevices { name: name("alice") }, 4);
+    let fetch = RendezvousRequest::FetchDevices {
+        names: vec![name("alice"), name("bob"), name("nobody")],
+    };
+    // Those that never published a list are left out.
     assert_eq!(
-        reply,
-        RendezvousResponse::Devices(Some(Box::new(devices(&alice_id, 1, &[&laptop_id]))))
+        h.ask(bob, fetch, 4),
+        RendezvousResponse::Devices(vec![AccountDevices {
+            name: name("alice"),
+            list: devices(&alice_id, 1, &[&laptop_id]),
+        }])
     );
-    let reply = h.ask(bob, RendezvousRequest::FetchDevices { name: name("bob") }, 4);
-    assert_eq!(reply, RendezvousResponse::Devices(None));
     // Who is the laptop's key? Alice, under her account key.
     let RendezvousResponse::Users(users) = h.ask(
         bob,
@@ -103,10 +108,24 @@ fn only_the_account_key_publishes_and_only_newer_lists_it_signed() {
         h.refusal(alice, publish(devices(&alice_id, 1, &[&phone_id])), 3),
         RefusalReason::Invalid
     );
-    // The same list again is a no-op; a newer one is taken.
+    // The same list again is a no-op; a newer one is taken, and alice's watchers are told.
     let same = h.ask(alice, publish(devices(&alice_id, 1, &[&laptop_id])), 3);
     assert_eq!(same, RendezvousResponse::Done);
+    let (_, watcher) = h.session(3, "watcher", 3);
+    h.ask(
+        watcher,
+        RendezvousRequest::SubscribePresence {
+            names: vec![name("alice")],
+        },
+        3,
+    );
+    h.service.take_pushes();
     assert_eq!(h.ask(alice, publish(newer), 4), RendezvousResponse::Done);
+    let pushes = h.service.take_pushes();
+    assert!(
+        matches!(&pushes[..], [(w, ServerPush::DevicesChanged { name: n })] if *w == watcher && *n == name("alice")),
+        "{pushes:?}"
+    );
     // Another account's key cannot be listed as a device.
     let (bob_id, _) = h.session(2, "bob", 5);
     let stolen = devices(&alice_id, 3, &[&laptop_id, &phone_id, &bob_id]);
@@ -224,5 +243,45 @@ fn the_user_stays_online_while_a_device_is_and_a_removed_device_is_logged_out() 
     assert!(
         matches!(&pushes[..], [(w, ServerPush::Presence(r))] if *w == watcher && r.state == PresenceState::Offline),
         "{pushes:?}"
+    );
+}
+
+#[test]
+fn the_link_drop_holds_one_message_per_slot_for_a_while_before_login() {
+    let mut h = harness();
+    let (_, newcomer) = user(40);
+    h.service.connected(newcomer, 0);
+    let (_, alice) = h.session(1, "alice", 0);
+    let post = |slot: u8, bytes: Vec<u8>| RendezvousRequest::LinkPost {
+        slot: [slot; 32],
+        sealed: SealedLink(bytes),
+    };
+    let take = |slot: u8| RendezvousRequest::LinkTake { slot: [slot; 32] };
+    // A device with no session posts; the logged-in one takes it, once.
+    assert_eq!(h.ask(newcomer, post(1, vec![1, 2, 3]), 1), RendezvousResponse::Done);
+    assert_eq!(
+        h.ask(alice, take(1), 2),
+        RendezvousResponse::Link(Some(SealedLink(vec![1, 2, 3])))
+    );
+    assert_eq!(h.ask(alice, take(1), 3), RendezvousResponse::Link(None));
+    // A second post replaces the first; an old one is gone.
+    h.ask(alice, post(2, vec![1]), 4);
+    h.ask(alice, post(2, vec![2]), 5);
+    assert_eq!(
+        h.ask(newcomer, take(2), 6),
+        RendezvousResponse::Link(Some(SealedLink(vec![2])))
+    );
+    h.ask(alice, post(3, vec![3]), 10);
+    assert_eq!(
+        h.ask(newcomer, take(3), 10 + crate::service::devices::LINK_TTL_MS),
+        RendezvousResponse::Link(None)
+    );
+    // Too large: refused.
+    let big = vec![0; palaver_protocol::wire::rendezvous::MAX_LINK_LEN + 1];
+    assert_eq!(h.refusal(newcomer, post(4, big), 11), RefusalReason::TooLarge);
+    // Still only the link drop before login.
+    assert_eq!(
+        h.refusal(newcomer, RendezvousRequest::FetchMail { max: 1 }, 12),
+        RefusalReason::NotLoggedIn
     );
 }

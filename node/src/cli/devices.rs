@@ -1,0 +1,251 @@
+//! `palaver device link | list | revoke`, and `palaver init --link CODE` on the new device.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use palaver_protocol::crypto::link::{Direction, LinkCode, LinkRequest};
+use palaver_protocol::identity::devices::{DevicePin, valid_label};
+use palaver_protocol::node::devices::LinkGrant;
+use palaver_protocol::wire::RendezvousRequest;
+use palaver_protocol::wire::RendezvousResponse;
+use palaver_protocol::wire::rendezvous::SealedLink;
+use palaver_protocol::{Identity, codec};
+use palaver_rendezvous::client::Client;
+use rand_core::OsRng;
+use serde_json::{Value, json};
+
+use super::{call, out, print_list, print_one};
+use crate::home::Home;
+use crate::store::{StateBatch, StateKey, Store};
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Link a new device to this account: prints a one-line code for `palaver init --link CODE`
+    /// on the new device, then waits (up to five minutes) until it is linked.
+    Link {
+        /// Print the code and return; the link goes on in the daemon.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// This account's devices; with a name, that contact's devices your messages go to.
+    List { name: Option<String> },
+    /// Take a device off this account: it is logged out, and gets nothing new.
+    Revoke {
+        /// Its label, or the first 8 or more hex digits of its key (see `palaver device list`).
+        device: String,
+    },
+}
+
+pub(super) async fn device(
+    socket: &Path,
+    json: bool,
+    command: DeviceCommand,
+) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Link { no_wait } => {
+            let started = call(socket, "device.link", Value::Null).await?;
+            let code = started["code"].as_str().unwrap_or_default().to_owned();
+            if json {
+                out(&started);
+            } else {
+                out(format_args!(
+                    "On the new device, run:\n\n    palaver --home DIR init --link {code}\n\n\
+                     The code works once, for {} minutes. Anyone who has it can add a device \
+                     to your account: keep it to yourself.",
+                    started["expires_in"].as_u64().unwrap_or(300) / 60
+                ));
+            }
+            if no_wait {
+                return Ok(());
+            }
+            if !json {
+                eprintln!("waiting for the new device…");
+            }
+            let linked = call(socket, "device.link_wait", Value::Null).await?;
+            print_one(json, &linked, |d| {
+                format!(
+                    "linked {} ({})",
+                    d["label"].as_str().unwrap_or(""),
+                    short(d["device"].as_str().unwrap_or(""))
+                )
+            });
+        }
+        DeviceCommand::List { name } => {
+            let list = call(socket, "device.list", json!({ "name": name })).await?;
+            print_list(json, &list, describe_device);
+        }
+        DeviceCommand::Revoke { device } => {
+            let list = call(socket, "device.revoke", json!({ "device": device })).await?;
+            print_list(json, &list, describe_device);
+        }
+    }
+    Ok(())
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..16).unwrap_or(hex)
+}
+
+fn describe_device(d: &Value) -> String {
+    let mut notes = Vec::new();
+    if d["account_key"].as_bool() == Some(true) {
+        notes.push("holds the account key");
+    }
+    if d["this_device"].as_bool() == Some(true) {
+        notes.push("this device");
+    }
+    format!(
+        "{:<20} {}  {}{}",
+        crate::printable::printable_line(d["label"].as_str().unwrap_or("")),
+        short(d["device"].as_str().unwrap_or("")),
+        d["fingerprint"].as_str().unwrap_or(""),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", notes.join(", "))
+        }
+    )
+}
+
+/// How long `init --link` waits for the other device.
+const LINK_WAIT: Duration = Duration::from_secs(120);
+
+/// `init --link CODE`: a new device key, proven to the device that printed the code over the
+/// rendezvous's link drop; what it hands back becomes this home.
+pub(super) async fn init_linked(
+    home: &Home,
+    code: &str,
+    label: Option<String>,
+    passphrase: Option<&str>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let code: LinkCode = code.parse()?;
+    home.check_free(force)?;
+    let label = label.unwrap_or_else(default_label);
+    anyhow::ensure!(
+        valid_label(&label),
+        "--label is printable text of 1 to 32 characters"
+    );
+    let device = Identity::generate(&mut OsRng);
+    let request = LinkRequest::new(&device, label.clone(), &code.secret);
+    let sealed = code
+        .secret
+        .seal(Direction::Request, &codec::encode(&request)?, &mut OsRng);
+    let grant = tokio::time::timeout(LINK_WAIT, exchange(&code, &device, sealed))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the other device did not answer within {} s: is its `palaver device link` still \
+                 waiting, and its daemon running?",
+                LINK_WAIT.as_secs()
+            )
+        })??;
+    let name = grant.name.clone();
+    home.init_with(device.clone(), name.clone(), passphrase, force)?;
+    let store = if home.is_sealed() {
+        let secrets = palaver_protocol::crypto::at_rest::SecretsKey::of(&device);
+        Store::open_sealed(&home.dir().join("store"), secrets)?
+    } else {
+        Store::open(&home.dir().join("store"))?
+    };
+    store.apply(&linked_state(&grant, &device))?;
+    store.flush()?;
+    out(format_args!(
+        "linked to {name}'s account as \"{label}\" in {}",
+        home.dir().display()
+    ));
+    out(format_args!("peer id      {}", device.peer_id()));
+    out(format_args!("fingerprint  {}", device.fingerprint()));
+    out(format_args!(
+        "contacts     {} handed over; start the daemon with `palaver daemon --rendezvous {}`",
+        grant.contacts.len(),
+        code.rendezvous
+    ));
+    Ok(())
+}
+
+/// Leaves the request at the link drop and waits for the grant, connecting again when the
+/// rendezvous drops us (it gives a connection that never logs in a few seconds).
+async fn exchange(
+    code: &LinkCode,
+    device: &Identity,
+    sealed: Vec<u8>,
+) -> anyhow::Result<LinkGrant> {
+    let mut posted = false;
+    loop {
+        let client = Client::connect(code.rendezvous.clone(), device)
+            .await
+            .with_context(|| format!("cannot reach the rendezvous at {}", code.rendezvous))?;
+        if !posted {
+            let request = RendezvousRequest::LinkPost {
+                slot: code.secret.slot(Direction::Request),
+                sealed: SealedLink(sealed.clone()),
+            };
+            match client.request(request).await? {
+                RendezvousResponse::Done => posted = true,
+                RendezvousResponse::Refused(refusal) => anyhow::bail!("the rendezvous: {refusal}"),
+                other => anyhow::bail!("unexpected answer from the rendezvous: {other:?}"),
+            }
+        }
+        while client.is_connected() {
+            let take = RendezvousRequest::LinkTake {
+                slot: code.secret.slot(Direction::Grant),
+            };
+            match client.request(take).await {
+                Ok(RendezvousResponse::Link(Some(sealed))) => {
+                    return LinkGrant::open(&code.secret, &sealed.0, &device.public())
+                        .map_err(|e| anyhow::anyhow!("the other device's answer: {e}"));
+                }
+                Ok(RendezvousResponse::Link(None)) => {}
+                Ok(RendezvousResponse::Refused(refusal)) => {
+                    anyhow::bail!("the rendezvous: {refusal}")
+                }
+                Ok(other) => anyhow::bail!("unexpected answer from the rendezvous: {other:?}"),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// What a linked device starts with: its account's device list, and every contact as the
+/// other device pinned it (key, device list, and the keys that stand for its name).
+fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
+    let mut batch = StateBatch::default();
+    let account = grant.devices.claimed().account;
+    let mut own = DevicePin::new(account);
+    // Checked by LinkGrant::open: signed by the account, naming this device.
+    let _ = own.accept(&grant.devices);
+    for other in own.list().others(&device.public()) {
+        batch.put(
+            StateKey::Peer(other.key.to_bytes()),
+            &grant.name.to_string(),
+        );
+    }
+    batch.put(StateKey::Devices(grant.name.as_str()), &own);
+    for linked in &grant.contacts {
+        let name = linked.name.to_string();
+        batch
+            .put(StateKey::Contact(linked.name.as_str()), &linked.contact)
+            .put(StateKey::Peer(linked.contact.latest()), &name);
+        if let Some(pin) = &linked.devices {
+            for d in &pin.list().devices {
+                batch.put(StateKey::Peer(d.key.to_bytes()), &name);
+            }
+            batch.put(StateKey::Devices(linked.name.as_str()), pin);
+        }
+    }
+    batch
+}
+
+fn default_label() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().take(32).collect();
+    if valid_label(&host) {
+        host
+    } else {
+        "linked device".into()
+    }
+}

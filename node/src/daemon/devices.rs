@@ -1,0 +1,412 @@
+//! Linked devices, driven by [`palaver_protocol::node::devices`]: device lists fetched and
+//! pinned (ours and our contacts'), a new device linked (`palaver device link`), one revoked.
+//!
+//! A pinned device list makes each of its keys stand for the account's name (`StateKey::Peer`),
+//! so a message from any of a contact's devices is filed in the one conversation with that
+//! contact, and sends to a device key find the name its prekeys and mailbox are under.
+
+use palaver_protocol::crypto::link::{LinkCode, LinkSecret};
+use palaver_protocol::identity::devices::{DeviceList, DevicePin, SignedDeviceList};
+use palaver_protocol::node::asks::{LinkAnswer, LinkStep};
+use palaver_protocol::node::devices::{
+    self, Learned, LinkGrant, LinkOutput, LinkedContact, Linker,
+};
+use palaver_protocol::wire::RendezvousRequest;
+use palaver_protocol::wire::rendezvous::{AccountDevices, MAX_BATCH, SealedLink};
+use palaver_protocol::{UserName, VerifyingKey};
+use rand_core::OsRng;
+use serde_json::{Value, json};
+
+use super::link::Pending;
+use super::{Node, now_ms};
+use crate::rpc::{Reply, RpcError};
+use crate::store::{StateBatch, StateKey, Store};
+
+/// The device list pinned for `name` (our own under our name), if any.
+pub(crate) fn pinned_devices(store: &Store, name: &str) -> Option<DevicePin> {
+    store
+        .get::<DevicePin>(StateKey::Devices(name))
+        .inspect_err(|err| tracing::warn!("store: {err}"))
+        .ok()
+        .flatten()
+}
+
+/// `name`'s devices as `device list` shows them (`account`: its account key, the only device
+/// of an account with no list pinned; `me`: this device).
+pub(crate) fn device_list(
+    store: &Store,
+    name: &UserName,
+    account: &VerifyingKey,
+    me: &VerifyingKey,
+) -> Value {
+    let list = pinned_devices(store, name.as_str())
+        .map(|pin| pin.list().clone())
+        .unwrap_or_else(|| DeviceList::single(*account));
+    let devices = list
+        .devices
+        .iter()
+        .map(|d| {
+            json!({
+                "device": hex::encode(d.key.as_bytes()),
+                "label": d.label,
+                "added_at": d.added_at_ms,
+                "account_key": d.key == list.account,
+                "this_device": d.key == *me,
+                "fingerprint": palaver_protocol::Fingerprint::of(&d.key).to_string(),
+            })
+        })
+        .collect();
+    Value::Array(devices)
+}
+
+impl Node {
+    /// `device list [NAME]`.
+    pub(crate) fn device_list_call(&self, name: Option<UserName>) -> Result<Value, RpcError> {
+        let name = name.unwrap_or_else(|| self.name.clone());
+        let account = self.account_of(&name).ok_or_else(|| {
+            RpcError::failed(format!("{name} is not a contact: no device list is pinned"))
+        })?;
+        let me = self.identity.public();
+        Ok(device_list(&self.store, &name, &account, &me))
+    }
+
+    /// Our account's device list, if it has one (a linked device, or one that linked another).
+    pub(crate) fn own_devices(&self) -> Option<DeviceList> {
+        pinned_devices(&self.store, self.name.as_str()).map(|pin| pin.list().clone())
+    }
+
+    /// `name`'s device list, if one is pinned.
+    pub(crate) fn devices_of(&self, name: &UserName) -> Option<DeviceList> {
+        pinned_devices(&self.store, name.as_str()).map(|pin| pin.list().clone())
+    }
+
+    /// Our account key: our own key on the device that holds it; a linked device's list names it.
+    pub(crate) fn account_key(&self) -> VerifyingKey {
+        self.own_devices()
+            .map_or(self.identity.public(), |list| list.account)
+    }
+
+    /// The key `name`'s account is pinned under (our own for our name).
+    fn account_of(&self, name: &UserName) -> Option<VerifyingKey> {
+        if *name == self.name {
+            Some(self.account_key())
+        } else {
+            self.contact_key(name)
+        }
+    }
+
+    /// Asks the rendezvous for these users' device lists.
+    pub(crate) fn refresh_devices(&mut self, names: Vec<UserName>) {
+        for names in names.chunks(MAX_BATCH) {
+            let names = names.to_vec();
+            let request = RendezvousRequest::FetchDevices {
+                names: names.clone(),
+            };
+            self.rendezvous_request(request, Pending::Devices { names });
+        }
+    }
+
+    /// After a login: our own list and every contact's, which may have changed meanwhile.
+    pub(crate) fn refresh_all_devices(&mut self) {
+        let mut names = self.contact_names();
+        names.push(self.name.clone());
+        self.refresh_devices(names);
+    }
+
+    /// Takes in device lists from the rendezvous: each checked against the account key pinned
+    /// for its name, and kept only if newer ([`devices::learn`]).
+    pub(crate) fn on_devices(&mut self, lists: Vec<AccountDevices>) {
+        for AccountDevices { name, list } in lists {
+            let Some(account) = self.account_of(&name) else {
+                continue;
+            };
+            let pinned = pinned_devices(&self.store, name.as_str());
+            match devices::learn(&account, pinned, &list) {
+                Learned::Same => {}
+                Learned::Refused(error) => {
+                    tracing::warn!(%name, "refused a device list from the rendezvous: {error}")
+                }
+                Learned::Updated {
+                    pin,
+                    added,
+                    removed,
+                } => self.pin_devices(&name, *pin, &added, &removed),
+            }
+        }
+    }
+
+    fn pin_devices(
+        &mut self,
+        name: &UserName,
+        pin: DevicePin,
+        added: &[VerifyingKey],
+        removed: &[VerifyingKey],
+    ) {
+        let me = self.identity.public();
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::Devices(name.as_str()), &pin);
+        for key in added.iter().filter(|key| **key != me) {
+            batch.put(StateKey::Peer(key.to_bytes()), &name.to_string());
+        }
+        for key in removed.iter().filter(|key| **key != pin.list().account) {
+            // What a removed device could read of ours ends with it.
+            batch
+                .remove(StateKey::Peer(key.to_bytes()))
+                .remove(StateKey::Session(key.to_bytes()));
+        }
+        if let Err(err) = self.store.apply(&batch) {
+            return tracing::warn!("store: {err}");
+        }
+        let devices = pin.list().devices.len();
+        tracing::info!(%name, devices, version = pin.list().version, "device list pinned");
+        self.emit(crate::rpc::Event::Devices {
+            name: name.to_string(),
+            devices,
+        });
+        if *name == self.name && !pin.list().contains(&me) {
+            self.fatal = Some(format!(
+                "this device was removed from {name}'s account; link it again with \
+                 `palaver device link` on the device holding the account key"
+            ));
+            self.stopping = true;
+        }
+    }
+
+    // ---- linking a new device ----
+
+    /// `device link`: a code for the new device; the link then runs on its own until it is done
+    /// or the code expires (`device link --wait` follows it).
+    pub(crate) fn device_link(&mut self, reply: Reply) {
+        let result = (|| {
+            if self.account_key() != self.identity.public() {
+                return Err(RpcError::failed(
+                    "only the device holding the account key links new devices; run this there",
+                ));
+            }
+            if !self.state.session.is_logged_in() {
+                return Err(RpcError::failed(
+                    "not logged in at the rendezvous; a link goes through it",
+                ));
+            }
+            if self.state.link.as_ref().is_some_and(|l| !l.is_over()) {
+                return Err(RpcError::failed(
+                    "a link is already under way; finish it or wait for its code to expire",
+                ));
+            }
+            let mut rendezvous = self.reach.rendezvous_addr().clone();
+            if let Some(server) = self.reach.rendezvous_peer()
+                && !rendezvous
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            {
+                rendezvous.push(libp2p::multiaddr::Protocol::P2p(server));
+            }
+            let secret = LinkSecret::generate(&mut OsRng);
+            let code = LinkCode {
+                secret: secret.clone(),
+                rendezvous,
+            };
+            self.state.link = Some(Linker::new(secret, now_ms()));
+            self.link_waiters.clear();
+            Ok(json!({
+                "code": code.to_string(),
+                "expires_in": palaver_protocol::crypto::link::LINK_CODE_TTL_MS / 1000,
+            }))
+        })();
+        let _ = reply.send(result);
+        self.drive_link();
+    }
+
+    /// `device link --wait`: answered when the link under way ends.
+    pub(crate) fn device_link_wait(&mut self, reply: Reply) {
+        if self.state.link.as_ref().is_none_or(Linker::is_over) {
+            let _ = reply.send(Err(RpcError::failed(
+                "no link is under way; start one with `palaver device link`",
+            )));
+            return;
+        }
+        self.link_waiters.push(reply);
+    }
+
+    /// Carries out what the link under way asks when its time comes.
+    pub(crate) fn drive_link(&mut self) {
+        let now = now_ms();
+        while let Some(output) = self.state.link.as_mut().and_then(|l| l.handle_timeout(now)) {
+            self.on_link_output(output);
+        }
+    }
+
+    /// What the rendezvous said to a step of the link.
+    pub(crate) fn on_link_answer(&mut self, answer: LinkAnswer) {
+        let Some(linker) = self.state.link.as_mut() else {
+            return;
+        };
+        let output = match answer {
+            LinkAnswer::Taken(held) => {
+                let own = self
+                    .own_devices()
+                    .unwrap_or_else(|| DeviceList::single(self.identity.public()));
+                let linker = self.state.link.as_mut();
+                linker.and_then(|l| l.taken(held, &own, &self.identity, now_ms()))
+            }
+            LinkAnswer::Published(result) => linker.published(result),
+            LinkAnswer::Granted(result) => linker.granted(result),
+        };
+        if let Some(output) = output {
+            self.on_link_output(output);
+        }
+        self.drive_link();
+    }
+
+    fn on_link_output(&mut self, output: LinkOutput) {
+        match output {
+            LinkOutput::Take { slot } => {
+                let request = RendezvousRequest::LinkTake { slot };
+                self.rendezvous_request(request, Pending::Link(LinkStep::Take));
+            }
+            LinkOutput::Publish(list) => {
+                let request = RendezvousRequest::PublishDevices(list);
+                self.rendezvous_request(request, Pending::Link(LinkStep::Publish));
+            }
+            LinkOutput::Grant { slot, device, list } => {
+                // The list the rendezvous took is ours now (peers fetch it on its push).
+                self.take_own_list(&list);
+                tracing::info!(label = %device.label, "device added to the account");
+                let sealed = self.link_grant(*list).and_then(|grant| {
+                    let linker = self.state.link.as_ref().ok_or("no link under way")?;
+                    linker.seal_grant(&grant, &mut OsRng)
+                });
+                match sealed {
+                    Ok(sealed) => {
+                        let request = RendezvousRequest::LinkPost {
+                            slot,
+                            sealed: SealedLink(sealed),
+                        };
+                        self.rendezvous_request(request, Pending::Link(LinkStep::Grant));
+                    }
+                    Err(error) => self.on_link_answer(LinkAnswer::Granted(Err(error))),
+                }
+            }
+            LinkOutput::Linked(device) => {
+                tracing::info!(label = %device.label, "device linked");
+                let answer = json!({
+                    "device": hex::encode(device.key.as_bytes()),
+                    "label": device.label,
+                });
+                for reply in self.link_waiters.drain(..) {
+                    let _ = reply.send(Ok(answer.clone()));
+                }
+            }
+            LinkOutput::Failed(error) => {
+                tracing::warn!("device link failed: {error}");
+                for reply in self.link_waiters.drain(..) {
+                    let _ = reply.send(Err(RpcError::failed(error.clone())));
+                }
+            }
+        }
+    }
+
+    /// What the new device is handed: our name, our device list naming it, and every contact
+    /// with its pins.
+    fn link_grant(&self, list: SignedDeviceList) -> Result<LinkGrant, String> {
+        let mut contacts = Vec::new();
+        for name in self.contact_names() {
+            let contact = super::trust::load_contact(&self.store, name.as_str())
+                .map_err(|e| e.to_string())?;
+            if let Some(contact) = contact {
+                let devices = pinned_devices(&self.store, name.as_str());
+                contacts.push(LinkedContact {
+                    name,
+                    contact,
+                    devices,
+                });
+            }
+        }
+        Ok(LinkGrant {
+            name: self.name.clone(),
+            devices: list,
+            contacts,
+        })
+    }
+
+    // ---- revoking one ----
+
+    /// `device revoke DEVICE`: a new list without it, published; the rendezvous logs it out and
+    /// our contacts stop sealing for it when they fetch the list.
+    pub(crate) fn device_revoke(&mut self, device: String, reply: Reply) {
+        let result = (|| {
+            if self.account_key() != self.identity.public() {
+                return Err(RpcError::failed(
+                    "only the device holding the account key revokes devices; run this there",
+                ));
+            }
+            let own = self
+                .own_devices()
+                .ok_or_else(|| RpcError::failed("this account has no linked devices"))?;
+            let matches: Vec<_> = own
+                .devices
+                .iter()
+                .filter(|d| {
+                    d.label == device
+                        || hex::encode(d.key.as_bytes()).starts_with(&device.to_lowercase())
+                            && device.len() >= 8
+                })
+                .collect();
+            let target = match matches[..] {
+                [one] => one.key,
+                [] => {
+                    return Err(RpcError::failed(format!(
+                        "no device {device}; see `palaver device list`"
+                    )));
+                }
+                _ => {
+                    return Err(RpcError::failed(format!(
+                        "{device} names several devices; give more of its key"
+                    )));
+                }
+            };
+            let list = own
+                .without(&target)
+                .and_then(|list| SignedDeviceList::sign(list, &self.identity))
+                .map_err(|e| RpcError::failed(e.to_string()))?;
+            Ok(list)
+        })();
+        match result {
+            Ok(list) => {
+                let token = self.replies.park(reply);
+                let request = RendezvousRequest::PublishDevices(Box::new(list.clone()));
+                let pending = Pending::Revoke {
+                    list: Box::new(list),
+                    reply: token,
+                };
+                self.rendezvous_request(request, pending);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// A list of ours the rendezvous took: pinned as ours.
+    fn take_own_list(&mut self, list: &SignedDeviceList) {
+        let own = pinned_devices(&self.store, self.name.as_str());
+        let name = self.name.clone();
+        match devices::learn(&self.identity.public(), own, list) {
+            Learned::Updated {
+                pin,
+                added,
+                removed,
+            } => self.pin_devices(&name, *pin, &added, &removed),
+            Learned::Same => {}
+            Learned::Refused(error) => tracing::warn!("our own new device list: {error}"),
+        }
+    }
+
+    /// Our new list is at the rendezvous (the rendezvous pushes it to our contacts).
+    pub(crate) fn on_revoked(&mut self, list: SignedDeviceList, reply: super::replies::ReplyToken) {
+        self.take_own_list(&list);
+        let me = self.identity.public();
+        let answer = device_list(&self.store, &self.name, &me, &me);
+        self.replies.answer(reply, Ok(answer));
+    }
+}

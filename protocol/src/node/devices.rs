@@ -1,0 +1,353 @@
+//! The node's decisions about linked devices: which devices a direct message is copied to,
+//! what a device list from the rendezvous changes, which copies of our own messages are taken,
+//! and linking a new device ([`Linker`]).
+//!
+//! A message to a user is sealed once for each of their devices and once for each of our own
+//! other devices. The copy for the recipient's account key is the message (its id, its line,
+//! its status); the others carry the same text. Our own devices get [`Payload::Sent`], the line
+//! as we sent it, so that every device shows the whole conversation.
+//!
+//! [`Payload::Sent`]: crate::wire::Payload::Sent
+
+use ed25519_dalek::VerifyingKey;
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::UserName;
+use crate::codec;
+use crate::crypto::link::{Direction, LINK_CODE_TTL_MS, LinkRequest, LinkSecret};
+use crate::identity::Identity;
+use crate::identity::devices::{
+    Device, DeviceChange, DeviceList, DeviceListError, DevicePin, SignedDeviceList, valid_label,
+};
+use crate::node::trust::Contact;
+use crate::wire::rendezvous::MAX_LINK_LEN;
+
+/// How often a device waiting for a link asks the rendezvous for the new device's request.
+pub const LINK_POLL_MS: u64 = 500;
+
+/// Where copies of a direct message go, besides the recipient's account key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copies {
+    /// The recipient's other devices: the same message.
+    pub for_recipient: Vec<VerifyingKey>,
+    /// Our own other devices: the line as we sent it.
+    pub for_me: Vec<VerifyingKey>,
+}
+
+/// The copies of a message to the user with account key `recipient` (devices `theirs`, if
+/// any were published), sent by this device, `me`, of an account with devices `mine`.
+pub fn copies(
+    recipient: &VerifyingKey,
+    theirs: Option<&DeviceList>,
+    mine: Option<&DeviceList>,
+    me: &VerifyingKey,
+) -> Copies {
+    let keys = |list: Option<&DeviceList>, except: &VerifyingKey| -> Vec<VerifyingKey> {
+        list.map(|l| l.others(except).map(|d| d.key).collect())
+            .unwrap_or_default()
+    };
+    let for_recipient = keys(theirs, recipient)
+        .into_iter()
+        .filter(|key| key != me)
+        .collect();
+    Copies {
+        for_recipient,
+        for_me: keys(mine, me),
+    }
+}
+
+/// What a device list from the rendezvous changes in what we hold for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Learned {
+    /// The list we hold already.
+    Same,
+    /// A newer list: pin it; these device keys now speak for the account, these no longer.
+    Updated {
+        pin: Box<DevicePin>,
+        added: Vec<VerifyingKey>,
+        removed: Vec<VerifyingKey>,
+    },
+    /// Not the account's, or older than ours: the server's word is not taken.
+    Refused(DeviceListError),
+}
+
+/// Takes `offered`, a list the rendezvous gave for the account whose key we pinned as
+/// `account`, against the pin we hold (`None`: none yet).
+pub fn learn(
+    account: &VerifyingKey,
+    pinned: Option<DevicePin>,
+    offered: &SignedDeviceList,
+) -> Learned {
+    let mut pin = pinned
+        .filter(|p| p.list().account == *account)
+        .unwrap_or_else(|| DevicePin::new(*account));
+    match pin.accept(offered) {
+        Ok(DeviceChange::Same) => Learned::Same,
+        Ok(DeviceChange::Updated { added, removed }) => Learned::Updated {
+            pin: Box::new(pin),
+            added: added.into_iter().map(|d| d.key).collect(),
+            removed: removed.into_iter().map(|d| d.key).collect(),
+        },
+        Err(error) => Learned::Refused(error),
+    }
+}
+
+/// Whether `sender` is another of our own devices: only those may hand us lines we sent.
+pub fn is_own_device(mine: Option<&DeviceList>, me: &VerifyingKey, sender: &VerifyingKey) -> bool {
+    sender != me && mine.is_some_and(|list| list.contains(sender))
+}
+
+/// A contact as a new device receives it: the pinned key and device list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedContact {
+    pub name: UserName,
+    pub contact: Contact,
+    pub devices: Option<DevicePin>,
+}
+
+/// What the device linking hands the new one: who it is now, and whom it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkGrant {
+    pub name: UserName,
+    /// The account's device list, naming the new device.
+    pub devices: SignedDeviceList,
+    pub contacts: Vec<LinkedContact>,
+}
+
+impl LinkGrant {
+    /// The grant, if it opens under `secret`, decodes within bounds, and names `device` in a
+    /// list its account signed.
+    pub fn open(secret: &LinkSecret, sealed: &[u8], device: &VerifyingKey) -> Result<Self, String> {
+        let plain = secret
+            .open(Direction::Grant, sealed)
+            .map_err(|e| e.to_string())?;
+        let grant: LinkGrant = codec::decode_bounded(&plain, MAX_LINK_LEN)
+            .map_err(|e| format!("the grant does not decode: {e}"))?;
+        let account = grant.devices.claimed().account;
+        let list = grant
+            .devices
+            .verify(&account)
+            .map_err(|e| format!("the grant's device list: {e}"))?;
+        if !list.contains(device) {
+            return Err("the grant's device list does not name this device".into());
+        }
+        Ok(grant)
+    }
+}
+
+/// What the driver does for a link in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutput {
+    /// Ask the rendezvous's link drop for what is at `slot`; answer with [`Linker::taken`].
+    Take { slot: [u8; 32] },
+    /// Publish this device list (it adds the new device); answer with [`Linker::published`].
+    Publish(Box<SignedDeviceList>),
+    /// The rendezvous holds `list`, ours now: seal the grant for `device` with
+    /// [`Linker::seal_grant`] and leave it at `slot`; answer with [`Linker::granted`].
+    Grant {
+        slot: [u8; 32],
+        device: Device,
+        list: Box<SignedDeviceList>,
+    },
+    /// The link is done: `device` is on the account's list and has what it needs.
+    Linked(Device),
+    /// The link failed, for this reason.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the new device's request; asking again at `next_poll_ms`.
+    Waiting {
+        next_poll_ms: u64,
+        asking: bool,
+    },
+    Publishing(Device, Box<SignedDeviceList>),
+    Granting(Device),
+    Over,
+}
+
+/// A link under way on the device holding the account key (`palaver device link`).
+#[derive(Debug)]
+pub struct Linker {
+    secret: LinkSecret,
+    deadline_ms: u64,
+    stage: Stage,
+}
+
+impl Linker {
+    pub fn new(secret: LinkSecret, now_ms: u64) -> Self {
+        Self {
+            secret,
+            deadline_ms: now_ms + LINK_CODE_TTL_MS,
+            stage: Stage::Waiting {
+                next_poll_ms: now_ms,
+                asking: false,
+            },
+        }
+    }
+
+    pub fn secret(&self) -> &LinkSecret {
+        &self.secret
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.stage == Stage::Over
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.stage {
+            Stage::Waiting {
+                next_poll_ms,
+                asking: false,
+            } => Some(next_poll_ms.min(self.deadline_ms)),
+            Stage::Over => None,
+            _ => Some(self.deadline_ms),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Option<LinkOutput> {
+        if self.stage == Stage::Over {
+            return None;
+        }
+        if now_ms >= self.deadline_ms {
+            return Some(
+                self.fail(
+                    "no new device used the code within 5 minutes; run `palaver device link` again"
+                        .into(),
+                ),
+            );
+        }
+        match &mut self.stage {
+            Stage::Waiting {
+                next_poll_ms,
+                asking,
+            } if !*asking && now_ms >= *next_poll_ms => {
+                *asking = true;
+                Some(LinkOutput::Take {
+                    slot: self.secret.slot(Direction::Request),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// What the rendezvous's link drop held (`Err`: the question failed; asked again later).
+    /// `own` is the account's device list as it stands; `account` the account key.
+    pub fn taken(
+        &mut self,
+        held: Result<Option<Vec<u8>>, String>,
+        own: &DeviceList,
+        account: &Identity,
+        now_ms: u64,
+    ) -> Option<LinkOutput> {
+        let Stage::Waiting { .. } = self.stage else {
+            return None;
+        };
+        let sealed = match held {
+            Ok(Some(sealed)) => sealed,
+            Ok(None) | Err(_) => {
+                self.stage = Stage::Waiting {
+                    next_poll_ms: now_ms + LINK_POLL_MS,
+                    asking: false,
+                };
+                return None;
+            }
+        };
+        let request = match self.open_request(&sealed) {
+            Ok(request) => request,
+            Err(error) => return Some(self.fail(error)),
+        };
+        let device = Device {
+            key: request.device,
+            label: request.label,
+            added_at_ms: now_ms,
+        };
+        let signed = own
+            .with(device.clone())
+            .and_then(|list| SignedDeviceList::sign(list, account));
+        match signed {
+            Ok(list) => {
+                let list = Box::new(list);
+                self.stage = Stage::Publishing(device, list.clone());
+                Some(LinkOutput::Publish(list))
+            }
+            Err(error) => Some(self.fail(format!("cannot add the device: {error}"))),
+        }
+    }
+
+    fn open_request(&self, sealed: &[u8]) -> Result<LinkRequest, String> {
+        let plain = self
+            .secret
+            .open(Direction::Request, sealed)
+            .map_err(|e| e.to_string())?;
+        let request: LinkRequest = codec::decode_bounded(&plain, MAX_LINK_LEN)
+            .map_err(|e| format!("the new device's request does not decode: {e}"))?;
+        if !request.proves_key(&self.secret) {
+            return Err("the new device's request does not prove its key".into());
+        }
+        if !valid_label(&request.label) {
+            return Err(
+                "the new device's label is not printable text of 1 to 32 characters".into(),
+            );
+        }
+        Ok(request)
+    }
+
+    /// How publishing the new list went.
+    pub fn published(&mut self, result: Result<(), String>) -> Option<LinkOutput> {
+        let Stage::Publishing(device, list) = self.stage.clone() else {
+            return None;
+        };
+        match result {
+            Ok(()) => {
+                self.stage = Stage::Granting(device.clone());
+                Some(LinkOutput::Grant {
+                    slot: self.secret.slot(Direction::Grant),
+                    device,
+                    list,
+                })
+            }
+            Err(error) => Some(self.fail(format!(
+                "the rendezvous refused the new device list: {error}"
+            ))),
+        }
+    }
+
+    /// Seals `grant` for the new device.
+    pub fn seal_grant(
+        &self,
+        grant: &LinkGrant,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<Vec<u8>, String> {
+        let plain = codec::encode(grant).map_err(|e| e.to_string())?;
+        if plain.len() > MAX_LINK_LEN - 64 {
+            return Err("too many contacts to hand over in one link".into());
+        }
+        Ok(self.secret.seal(Direction::Grant, &plain, rng))
+    }
+
+    /// How leaving the grant went.
+    pub fn granted(&mut self, result: Result<(), String>) -> Option<LinkOutput> {
+        let Stage::Granting(device) = self.stage.clone() else {
+            return None;
+        };
+        self.stage = Stage::Over;
+        Some(match result {
+            Ok(()) => LinkOutput::Linked(device),
+            Err(error) => LinkOutput::Failed(format!(
+                "the device was added but could not be handed its keys ({error}); revoke it and link again"
+            )),
+        })
+    }
+
+    fn fail(&mut self, error: String) -> LinkOutput {
+        self.stage = Stage::Over;
+        LinkOutput::Failed(error)
+    }
+}
+
+#[cfg(test)]
+#[path = "devices_tests.rs"]
+mod tests;

@@ -1,0 +1,242 @@
+use rand_core::OsRng;
+
+use super::*;
+
+fn device(identity: &Identity, label: &str) -> Device {
+    Device {
+        key: identity.public(),
+        label: label.into(),
+        added_at_ms: 1,
+    }
+}
+
+fn list_of(account: &Identity, linked: &[&Identity]) -> DeviceList {
+    let mut list = DeviceList::single(account.public());
+    for (i, d) in linked.iter().enumerate() {
+        list = list.with(device(d, &format!("d{i}"))).unwrap();
+    }
+    list
+}
+
+#[test]
+fn a_message_is_copied_to_the_recipients_other_devices_and_to_ours() {
+    let (bob, bob_laptop) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let (alice, alice_phone) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let theirs = list_of(&bob, &[&bob_laptop]);
+    let mine = list_of(&alice, &[&alice_phone]);
+    // From alice's first device: bob's laptop, and alice's phone.
+    assert_eq!(
+        copies(&bob.public(), Some(&theirs), Some(&mine), &alice.public()),
+        Copies {
+            for_recipient: vec![bob_laptop.public()],
+            for_me: vec![alice_phone.public()],
+        }
+    );
+    // From the phone: alice's first device gets the copy.
+    assert_eq!(
+        copies(
+            &bob.public(),
+            Some(&theirs),
+            Some(&mine),
+            &alice_phone.public()
+        )
+        .for_me,
+        vec![alice.public()]
+    );
+    // Nobody with a device list: no copies, as before devices.
+    assert_eq!(
+        copies(&bob.public(), None, None, &alice.public()),
+        Copies::default()
+    );
+}
+
+#[test]
+fn device_lists_are_taken_only_newer_and_only_from_the_pinned_account() {
+    let (bob, laptop) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let mallory = Identity::generate(&mut OsRng);
+    let v1 = list_of(&bob, &[&laptop]);
+    let signed_v1 = SignedDeviceList::sign(v1.clone(), &bob).unwrap();
+    let Learned::Updated {
+        pin,
+        added,
+        removed,
+    } = learn(&bob.public(), None, &signed_v1)
+    else {
+        panic!()
+    };
+    assert_eq!((added, removed), (vec![laptop.public()], vec![]));
+    assert_eq!(
+        learn(&bob.public(), Some(*pin.clone()), &signed_v1),
+        Learned::Same
+    );
+    // A list signed by someone else, for the name pinned to bob's key: refused.
+    let forged = SignedDeviceList::sign(list_of(&mallory, &[&laptop]), &mallory).unwrap();
+    assert!(matches!(
+        learn(&bob.public(), Some(*pin.clone()), &forged),
+        Learned::Refused(DeviceListError::WrongAccount)
+    ));
+    // Revoked, then the old list replayed: refused.
+    let v2 = v1.without(&laptop.public()).unwrap();
+    let Learned::Updated { pin, removed, .. } = learn(
+        &bob.public(),
+        Some(*pin),
+        &SignedDeviceList::sign(v2, &bob).unwrap(),
+    ) else {
+        panic!()
+    };
+    assert_eq!(removed, vec![laptop.public()]);
+    assert!(matches!(
+        learn(&bob.public(), Some(*pin), &signed_v1),
+        Learned::Refused(DeviceListError::Rollback { .. })
+    ));
+}
+
+#[test]
+fn only_our_own_other_devices_hand_us_our_lines() {
+    let (alice, phone, bob) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let mine = list_of(&alice, &[&phone]);
+    assert!(is_own_device(Some(&mine), &alice.public(), &phone.public()));
+    assert!(is_own_device(Some(&mine), &phone.public(), &alice.public()));
+    assert!(!is_own_device(Some(&mine), &alice.public(), &bob.public()));
+    assert!(!is_own_device(
+        Some(&mine),
+        &alice.public(),
+        &alice.public()
+    ));
+    assert!(!is_own_device(None, &alice.public(), &phone.public()));
+}
+
+/// The new device's side, as `init --link` runs it.
+fn request(secret: &LinkSecret, device: &Identity, label: &str) -> Vec<u8> {
+    let request = LinkRequest::new(device, label.into(), secret);
+    secret.seal(
+        Direction::Request,
+        &codec::encode(&request).unwrap(),
+        &mut OsRng,
+    )
+}
+
+#[test]
+fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
+    let alice = Identity::generate(&mut OsRng);
+    let laptop = Identity::generate(&mut OsRng);
+    let own = DeviceList::single(alice.public());
+    let secret = LinkSecret::generate(&mut OsRng);
+    let mut linker = Linker::new(secret.clone(), 1_000);
+    assert_eq!(linker.poll_timeout(), Some(1_000));
+    let take = linker.handle_timeout(1_000);
+    assert_eq!(
+        take,
+        Some(LinkOutput::Take {
+            slot: secret.slot(Direction::Request)
+        })
+    );
+    // Nothing asked twice while a question is out; nothing there yet: ask again later.
+    assert_eq!(linker.handle_timeout(1_100), None);
+    assert_eq!(linker.taken(Ok(None), &own, &alice, 1_200), None);
+    assert_eq!(linker.poll_timeout(), Some(1_200 + LINK_POLL_MS));
+    assert!(linker.handle_timeout(1_200 + LINK_POLL_MS).is_some());
+
+    let Some(LinkOutput::Publish(list)) = linker.taken(
+        Ok(Some(request(&secret, &laptop, "laptop"))),
+        &own,
+        &alice,
+        2_000,
+    ) else {
+        panic!()
+    };
+    let published = list.verify(&alice.public()).unwrap().clone();
+    assert_eq!(published.version, 1);
+    assert!(published.contains(&laptop.public()));
+    let Some(LinkOutput::Grant { slot, device, list }) = linker.published(Ok(())) else {
+        panic!()
+    };
+    assert_eq!(slot, secret.slot(Direction::Grant));
+    assert_eq!(device.label, "laptop");
+    let grant = LinkGrant {
+        name: UserName::new("alice").unwrap(),
+        devices: *list,
+        contacts: vec![LinkedContact {
+            name: UserName::new("bob").unwrap(),
+            contact: Contact::first([7; 32]),
+            devices: None,
+        }],
+    };
+    let sealed = linker.seal_grant(&grant, &mut OsRng).unwrap();
+    assert_eq!(
+        LinkGrant::open(&secret, &sealed, &laptop.public()),
+        Ok(grant.clone())
+    );
+    assert!(LinkGrant::open(&secret, &sealed, &alice.public()).is_ok());
+    assert!(LinkGrant::open(&secret, &sealed, &Identity::generate(&mut OsRng).public()).is_err());
+    assert!(LinkGrant::open(&LinkSecret::generate(&mut OsRng), &sealed, &laptop.public()).is_err());
+    assert_eq!(linker.granted(Ok(())), Some(LinkOutput::Linked(device)));
+    assert!(linker.is_over());
+    assert_eq!(linker.poll_timeout(), None);
+}
+
+#[test]
+fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
+    let alice = Identity::generate(&mut OsRng);
+    let own = DeviceList::single(alice.public());
+    let secret = LinkSecret::generate(&mut OsRng);
+
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    let wrong = request(&LinkSecret::generate(&mut OsRng), &alice, "x");
+    assert!(matches!(
+        linker.taken(Ok(Some(wrong)), &own, &alice, 1),
+        Some(LinkOutput::Failed(_))
+    ));
+    assert!(linker.is_over());
+
+    // A request whose proof is for another key.
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    let laptop = Identity::generate(&mut OsRng);
+    let mut forged = LinkRequest::new(&laptop, "laptop".into(), &secret);
+    forged.device = Identity::generate(&mut OsRng).public();
+    let sealed = secret.seal(
+        Direction::Request,
+        &codec::encode(&forged).unwrap(),
+        &mut OsRng,
+    );
+    assert!(matches!(
+        linker.taken(Ok(Some(sealed)), &own, &alice, 1),
+        Some(LinkOutput::Failed(e)) if e.contains("prove")
+    ));
+
+    // A bad label.
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    assert!(matches!(
+        linker.taken(
+            Ok(Some(request(&secret, &laptop, "a\u{7}b"))),
+            &own,
+            &alice,
+            1
+        ),
+        Some(LinkOutput::Failed(_))
+    ));
+
+    // Nobody comes.
+    let mut linker = Linker::new(secret, 0);
+    assert!(matches!(
+        linker.handle_timeout(LINK_CODE_TTL_MS),
+        Some(LinkOutput::Failed(e)) if e.contains("5 minutes")
+    ));
+    assert_eq!(linker.handle_timeout(LINK_CODE_TTL_MS + 1), None);
+}
