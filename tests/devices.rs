@@ -40,8 +40,20 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     let started = alice.json(&["device", "link", "--no-wait"])?;
     let code = started[0]["code"].as_str().unwrap().to_owned();
     let mut laptop = User::at_home("alice", dir.path().join("laptop"));
-    let linked = laptop.ok(&["init", "--link", &code, "--label", "laptop"])?;
+    let linked = laptop.ok(&[
+        "init",
+        "--link",
+        &code,
+        "--label",
+        "laptop",
+        "--history",
+        "10",
+    ])?;
     assert!(linked.contains("linked to alice's account"), "{linked}");
+    // The conversation so far came along, offline-readable before the daemon starts.
+    let before = laptop.history_with("bob")?;
+    assert_eq!(texts(&before), ["hello"]);
+    assert_eq!(before[0]["from"], "bob");
     laptop.start(&server.addr)?;
     let mine = alice.json(&["device", "list"])?;
     assert_eq!(mine.len(), 2, "{mine:?}");
@@ -82,6 +94,14 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
         texts(&bob.history_with("alice")?),
         ["hello", "to both", "from the laptop", "from the desk"]
     );
+
+    // The laptop offline: what bob sends meanwhile reaches it when it is back (deposited in the
+    // laptop's own mailbox at the rendezvous).
+    laptop.stop()?;
+    let id = bob.send("alice", "while the laptop sleeps")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    laptop.start(&server.addr)?;
+    line(&laptop, "bob", "while the laptop sleeps")?;
 
     // Revoked: bob learns of it, and what he sends next reaches only the first device.
     let left = alice.json(&["device", "revoke", "laptop"])?;

@@ -70,6 +70,10 @@ pub enum Command {
         /// What to call this device in `palaver device list` [default: the host name].
         #[arg(long, requires = "link")]
         label: Option<String>,
+        /// Bring over the last N messages of each conversation (at most 1000; as many as fit
+        /// in one link message, the newest first).
+        #[arg(long, requires = "link", value_name = "N", default_value_t = 0)]
+        history: u32,
     },
     /// Show this identity: name, peer id, fingerprint.
     Whoami,
@@ -279,9 +283,13 @@ async fn run_async(cli: Cli) -> anyhow::Result<()> {
         Command::Init {
             link: Some(code),
             label,
+            history,
             force,
             ..
-        } => devices::init_linked(&home, &code, label, passphrase.as_deref(), force).await?,
+        } => {
+            let passphrase = passphrase.as_deref();
+            devices::init_linked(&home, &code, label, history, passphrase, force).await?
+        }
         Command::Init { name, force, .. } => {
             let name: UserName = name.unwrap_or_default().parse()?;
             let identity = home.init(name.clone(), passphrase.as_deref(), force)?;

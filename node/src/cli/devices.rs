@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{call, out, print_list, print_one};
 use crate::home::Home;
-use crate::store::{StateBatch, StateKey, Store};
+use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
@@ -118,6 +118,7 @@ pub(super) async fn init_linked(
     home: &Home,
     code: &str,
     label: Option<String>,
+    history: u32,
     passphrase: Option<&str>,
     force: bool,
 ) -> anyhow::Result<()> {
@@ -129,7 +130,7 @@ pub(super) async fn init_linked(
         "--label is printable text of 1 to 32 characters"
     );
     let device = Identity::generate(&mut OsRng);
-    let request = LinkRequest::new(&device, label.clone(), &code.secret);
+    let request = LinkRequest::new(&device, label.clone(), history, &code.secret);
     let sealed = code
         .secret
         .seal(Direction::Request, &codec::encode(&request)?, &mut OsRng);
@@ -151,6 +152,7 @@ pub(super) async fn init_linked(
         Store::open(&home.dir().join("store"))?
     };
     store.apply(&linked_state(&grant, &device))?;
+    let lines = record_history(&store, &grant)?;
     store.flush()?;
     out(format_args!(
         "linked to {name}'s account as \"{label}\" in {}",
@@ -159,8 +161,12 @@ pub(super) async fn init_linked(
     out(format_args!("peer id      {}", device.peer_id()));
     out(format_args!("fingerprint  {}", device.fingerprint()));
     out(format_args!(
-        "contacts     {} handed over; start the daemon with `palaver daemon --rendezvous {}`",
+        "contacts     {} handed over, with {lines} lines of history",
         grant.contacts.len(),
+    ));
+    out(format_args!(
+        "start it     palaver --home {} daemon --rendezvous {}",
+        home.dir().display(),
         code.rendezvous
     ));
     Ok(())
@@ -238,6 +244,44 @@ fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
         }
     }
     batch
+}
+
+/// Files the lines handed over in their conversations; how many were new.
+fn record_history(store: &Store, grant: &LinkGrant) -> anyhow::Result<usize> {
+    let mut by_conversation: std::collections::BTreeMap<&str, Vec<HistoryEntry>> =
+        Default::default();
+    for line in &grant.history {
+        let Some(linked) = grant.contacts.iter().find(|c| c.name == line.with) else {
+            continue;
+        };
+        let (from, status) = match (line.from_me, line.delivered) {
+            (true, true) => (grant.name.to_string(), Status::Delivered),
+            (true, false) => (grant.name.to_string(), Status::Sent),
+            (false, _) => (line.with.to_string(), Status::Received),
+        };
+        by_conversation
+            .entry(line.with.as_str())
+            .or_default()
+            .push(HistoryEntry {
+                id: line.id,
+                conversation: ConversationId::Direct(linked.contact.conversation),
+                label: line.with.to_string(),
+                from,
+                sender: line.sender,
+                text: line.text.clone(),
+                sent_at_ms: line.sent_at_ms,
+                stamp: line.stamp,
+                seq: line.seq,
+                status,
+            });
+    }
+    let mut new = 0;
+    for entries in by_conversation.values() {
+        if let Some(first) = entries.first() {
+            new += store.record_many(&first.conversation, entries)?;
+        }
+    }
+    Ok(new)
 }
 
 fn default_label() -> String {

@@ -9,7 +9,7 @@ use palaver_protocol::crypto::link::{LinkCode, LinkSecret};
 use palaver_protocol::identity::devices::{DeviceList, DevicePin, SignedDeviceList};
 use palaver_protocol::node::asks::{LinkAnswer, LinkStep};
 use palaver_protocol::node::devices::{
-    self, Learned, LinkGrant, LinkOutput, LinkedContact, Linker,
+    self, Learned, LinkGrant, LinkOutput, LinkedContact, LinkedLine, Linker,
 };
 use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::wire::rendezvous::{AccountDevices, MAX_BATCH, SealedLink};
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::link::Pending;
 use super::{Node, now_ms};
 use crate::rpc::{Reply, RpcError};
-use crate::store::{StateBatch, StateKey, Store};
+use crate::store::{ConversationId, StateBatch, StateKey, Status, Store};
 
 /// The device list pinned for `name` (our own under our name), if any.
 pub(crate) fn pinned_devices(store: &Store, name: &str) -> Option<DevicePin> {
@@ -268,11 +268,16 @@ impl Node {
                 let request = RendezvousRequest::PublishDevices(list);
                 self.rendezvous_request(request, Pending::Link(LinkStep::Publish));
             }
-            LinkOutput::Grant { slot, device, list } => {
+            LinkOutput::Grant {
+                slot,
+                device,
+                list,
+                history,
+            } => {
                 // The list the rendezvous took is ours now (peers fetch it on its push).
                 self.take_own_list(&list);
                 tracing::info!(label = %device.label, "device added to the account");
-                let sealed = self.link_grant(*list).and_then(|grant| {
+                let sealed = self.link_grant(*list, history).and_then(|grant| {
                     let linker = self.state.link.as_ref().ok_or("no link under way")?;
                     linker.seal_grant(&grant, &mut OsRng)
                 });
@@ -306,27 +311,48 @@ impl Node {
         }
     }
 
-    /// What the new device is handed: our name, our device list naming it, and every contact
-    /// with its pins.
-    fn link_grant(&self, list: SignedDeviceList) -> Result<LinkGrant, String> {
+    /// What the new device is handed: our name, our device list naming it, every contact with
+    /// its pins, and the last `history` lines of each conversation with one (as many as fit).
+    fn link_grant(&self, list: SignedDeviceList, history: u32) -> Result<LinkGrant, String> {
         let mut contacts = Vec::new();
+        let mut lines = Vec::new();
         for name in self.contact_names() {
             let contact = super::trust::load_contact(&self.store, name.as_str())
                 .map_err(|e| e.to_string())?;
-            if let Some(contact) = contact {
-                let devices = pinned_devices(&self.store, name.as_str());
-                contacts.push(LinkedContact {
-                    name,
-                    contact,
-                    devices,
+            let Some(contact) = contact else { continue };
+            let conversation = ConversationId::Direct(contact.conversation);
+            let entries = match history {
+                0 => Vec::new(),
+                n => (self.store.history(&conversation, n as usize)).map_err(|e| e.to_string())?,
+            };
+            for entry in entries.into_iter().filter(|e| !e.is_notice()) {
+                lines.push(LinkedLine {
+                    with: name.clone(),
+                    id: entry.id,
+                    sender: entry.sender,
+                    from_me: entry.from == self.name.as_str(),
+                    text: entry.text,
+                    sent_at_ms: entry.sent_at_ms,
+                    stamp: entry.stamp,
+                    seq: entry.seq,
+                    delivered: entry.status == Status::Delivered,
                 });
             }
+            let devices = pinned_devices(&self.store, name.as_str());
+            contacts.push(LinkedContact {
+                name,
+                contact,
+                devices,
+            });
         }
-        Ok(LinkGrant {
+        let mut grant = LinkGrant {
             name: self.name.clone(),
             devices: list,
             contacts,
-        })
+            history: lines,
+        };
+        grant.fit();
+        Ok(grant)
     }
 
     // ---- revoking one ----

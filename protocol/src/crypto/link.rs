@@ -120,21 +120,24 @@ impl LinkSecret {
     }
 }
 
-/// What the new device asks: to add its key, under its label.
+/// What the new device asks: to add its key, under its label, and the last `history` lines of
+/// each conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRequest {
     pub device: VerifyingKey,
     pub label: String,
+    pub history: u32,
     /// The device key's signature over this link's request slot and the key.
     pub proof: Signature,
 }
 
 impl LinkRequest {
-    pub fn new(device: &Identity, label: String, secret: &LinkSecret) -> Self {
+    pub fn new(device: &Identity, label: String, history: u32, secret: &LinkSecret) -> Self {
         let proof = device.sign(PROOF_DOMAIN, &secret.proof_message(&device.public()));
         Self {
             device: device.public(),
             label,
+            history,
             proof,
         }
     }
@@ -255,7 +258,7 @@ mod tests {
     fn a_request_proves_its_key_for_this_link_only() {
         let secret = LinkSecret::generate(&mut OsRng);
         let device = Identity::generate(&mut OsRng);
-        let request = LinkRequest::new(&device, "laptop".into(), &secret);
+        let request = LinkRequest::new(&device, "laptop".into(), 0, &secret);
         assert!(request.proves_key(&secret));
         assert!(!request.proves_key(&LinkSecret::generate(&mut OsRng)));
         let mut claimed = request;

@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use crate::UserName;
 use crate::codec;
 use crate::crypto::link::{Direction, LINK_CODE_TTL_MS, LinkRequest, LinkSecret};
+use crate::delivery::Stamp;
 use crate::identity::Identity;
 use crate::identity::devices::{
     Device, DeviceChange, DeviceList, DeviceListError, DevicePin, SignedDeviceList, valid_label,
 };
 use crate::node::trust::Contact;
+use crate::wire::MessageId;
 use crate::wire::rendezvous::MAX_LINK_LEN;
 
 /// How often a device waiting for a link asks the rendezvous for the new device's request.
@@ -106,13 +108,48 @@ pub struct LinkedContact {
     pub devices: Option<DevicePin>,
 }
 
-/// What the device linking hands the new one: who it is now, and whom it knows.
+/// A line of a direct conversation, as a new device is handed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedLine {
+    /// The contact the conversation is with.
+    pub with: UserName,
+    pub id: MessageId,
+    /// The key it was sent from (ours, or the contact's), as it sorts.
+    pub sender: [u8; 32],
+    pub from_me: bool,
+    pub text: String,
+    pub sent_at_ms: u64,
+    pub stamp: Stamp,
+    pub seq: u64,
+    /// One of ours the contact has.
+    pub delivered: bool,
+}
+
+/// The most lines of each conversation a new device may ask for.
+pub const MAX_LINKED_HISTORY: u32 = 1000;
+
+/// What the device linking hands the new one: who it is now, whom it knows, and (if it asked)
+/// the last lines of each conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkGrant {
     pub name: UserName,
     /// The account's device list, naming the new device.
     pub devices: SignedDeviceList,
     pub contacts: Vec<LinkedContact>,
+    pub history: Vec<LinkedLine>,
+}
+
+impl LinkGrant {
+    /// Drops the oldest lines until the grant fits one link message.
+    pub fn fit(&mut self) {
+        self.history.sort_by_key(|line| line.stamp);
+        while !self.history.is_empty()
+            && codec::encode(self).map_or(usize::MAX, |bytes| bytes.len()) > MAX_LINK_LEN - 64
+        {
+            let drop = self.history.len().div_ceil(8);
+            self.history.drain(..drop);
+        }
+    }
 }
 
 impl LinkGrant {
@@ -143,12 +180,14 @@ pub enum LinkOutput {
     Take { slot: [u8; 32] },
     /// Publish this device list (it adds the new device); answer with [`Linker::published`].
     Publish(Box<SignedDeviceList>),
-    /// The rendezvous holds `list`, ours now: seal the grant for `device` with
-    /// [`Linker::seal_grant`] and leave it at `slot`; answer with [`Linker::granted`].
+    /// The rendezvous holds `list`, ours now: seal the grant for `device` (with the last
+    /// `history` lines of each conversation) with [`Linker::seal_grant`] and leave it at `slot`;
+    /// answer with [`Linker::granted`].
     Grant {
         slot: [u8; 32],
         device: Device,
         list: Box<SignedDeviceList>,
+        history: u32,
     },
     /// The link is done: `device` is on the account's list and has what it needs.
     Linked(Device),
@@ -163,7 +202,7 @@ enum Stage {
         next_poll_ms: u64,
         asking: bool,
     },
-    Publishing(Device, Box<SignedDeviceList>),
+    Publishing(Device, Box<SignedDeviceList>, u32),
     Granting(Device),
     Over,
 }
@@ -259,6 +298,7 @@ impl Linker {
             Ok(request) => request,
             Err(error) => return Some(self.fail(error)),
         };
+        let history = request.history.min(MAX_LINKED_HISTORY);
         let device = Device {
             key: request.device,
             label: request.label,
@@ -270,7 +310,7 @@ impl Linker {
         match signed {
             Ok(list) => {
                 let list = Box::new(list);
-                self.stage = Stage::Publishing(device, list.clone());
+                self.stage = Stage::Publishing(device, list.clone(), history);
                 Some(LinkOutput::Publish(list))
             }
             Err(error) => Some(self.fail(format!("cannot add the device: {error}"))),
@@ -297,7 +337,7 @@ impl Linker {
 
     /// How publishing the new list went.
     pub fn published(&mut self, result: Result<(), String>) -> Option<LinkOutput> {
-        let Stage::Publishing(device, list) = self.stage.clone() else {
+        let Stage::Publishing(device, list, history) = self.stage.clone() else {
             return None;
         };
         match result {
@@ -307,6 +347,7 @@ impl Linker {
                     slot: self.secret.slot(Direction::Grant),
                     device,
                     list,
+                    history,
                 })
             }
             Err(error) => Some(self.fail(format!(

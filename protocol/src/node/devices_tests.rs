@@ -121,7 +121,7 @@ fn only_our_own_other_devices_hand_us_our_lines() {
 
 /// The new device's side, as `init --link` runs it.
 fn request(secret: &LinkSecret, device: &Identity, label: &str) -> Vec<u8> {
-    let request = LinkRequest::new(device, label.into(), secret);
+    let request = LinkRequest::new(device, label.into(), 50, secret);
     secret.seal(
         Direction::Request,
         &codec::encode(&request).unwrap(),
@@ -161,9 +161,16 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
     let published = list.verify(&alice.public()).unwrap().clone();
     assert_eq!(published.version, 1);
     assert!(published.contains(&laptop.public()));
-    let Some(LinkOutput::Grant { slot, device, list }) = linker.published(Ok(())) else {
+    let Some(LinkOutput::Grant {
+        slot,
+        device,
+        list,
+        history,
+    }) = linker.published(Ok(()))
+    else {
         panic!()
     };
+    assert_eq!(history, 50);
     assert_eq!(slot, secret.slot(Direction::Grant));
     assert_eq!(device.label, "laptop");
     let grant = LinkGrant {
@@ -174,6 +181,7 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
             contact: Contact::first([7; 32]),
             devices: None,
         }],
+        history: Vec::new(),
     };
     let sealed = linker.seal_grant(&grant, &mut OsRng).unwrap();
     assert_eq!(
@@ -207,7 +215,7 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
     let mut linker = Linker::new(secret.clone(), 0);
     linker.handle_timeout(0);
     let laptop = Identity::generate(&mut OsRng);
-    let mut forged = LinkRequest::new(&laptop, "laptop".into(), &secret);
+    let mut forged = LinkRequest::new(&laptop, "laptop".into(), 0, &secret);
     forged.device = Identity::generate(&mut OsRng).public();
     let sealed = secret.seal(
         Direction::Request,
@@ -239,4 +247,36 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
         Some(LinkOutput::Failed(e)) if e.contains("5 minutes")
     ));
     assert_eq!(linker.handle_timeout(LINK_CODE_TTL_MS + 1), None);
+}
+
+#[test]
+fn a_grant_too_large_for_one_link_message_keeps_its_newest_lines() {
+    let alice = Identity::generate(&mut OsRng);
+    let line = |n: u64| LinkedLine {
+        with: UserName::new("bob").unwrap(),
+        id: MessageId([0; 32]),
+        sender: [1; 32],
+        from_me: n.is_multiple_of(2),
+        text: "x".repeat(1000),
+        sent_at_ms: n,
+        stamp: Stamp(n),
+        seq: n,
+        delivered: true,
+    };
+    let mut grant = LinkGrant {
+        name: UserName::new("alice").unwrap(),
+        devices: SignedDeviceList::sign(DeviceList::single(alice.public()), &alice).unwrap(),
+        contacts: Vec::new(),
+        history: (0..1000).rev().map(line).collect(),
+    };
+    grant.fit();
+    let kept = grant.history.len();
+    assert!(kept > 100 && kept < 1000, "{kept}");
+    assert!(codec::encode(&grant).unwrap().len() <= MAX_LINK_LEN);
+    assert_eq!(
+        grant.history.last().unwrap().stamp,
+        Stamp(999),
+        "the newest stays"
+    );
+    assert!(grant.history.windows(2).all(|w| w[0].stamp < w[1].stamp));
 }
