@@ -31,8 +31,9 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
-    let (alice, bob) = (&users[0], &users[1]);
+    let mut users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let bob = users.pop().unwrap();
+    let mut alice = users.pop().unwrap();
     let id = bob.send("alice", "hello")?;
     bob.wait_status("alice", &id, "delivered")?;
 
@@ -65,11 +66,11 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     // bob learns of the laptop (the rendezvous tells him alice's list changed); his message
     // reaches both of alice's devices.
     wait_for("bob to know alice's laptop", || {
-        (devices_known(bob, "alice") == 2).then_some(())
+        (devices_known(&bob, "alice") == 2).then_some(())
     })?;
     let id = bob.send("alice", "to both")?;
     bob.wait_status("alice", &id, "delivered")?;
-    line(alice, "bob", "to both")?;
+    line(&alice, "bob", "to both")?;
     let on_laptop = line(&laptop, "bob", "to both")?;
     assert_eq!(on_laptop["from"], "bob");
 
@@ -79,9 +80,9 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
         (devices_known(&laptop, "alice") == 2).then_some(())
     })?;
     laptop.send("bob", "from the laptop")?;
-    let at_bob = line(bob, "alice", "from the laptop")?;
+    let at_bob = line(&bob, "alice", "from the laptop")?;
     assert_eq!(at_bob["from"], "alice");
-    let on_desk = line(alice, "bob", "from the laptop")?;
+    let on_desk = line(&alice, "bob", "from the laptop")?;
     assert_eq!(on_desk["from"], "alice");
     assert_eq!(on_desk["status"], "sent");
     let conversations = bob.json(&["conversations"])?;
@@ -103,15 +104,24 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     laptop.start(&server.addr)?;
     line(&laptop, "bob", "while the laptop sleeps")?;
 
+    // alice's first device offline, her laptop online: bob's message is delivered (to alice, on
+    // one of her devices), not left queued.
+    alice.stop()?;
+    let id = bob.send("alice", "desk asleep")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    line(&laptop, "bob", "desk asleep")?;
+    alice.start(&server.addr)?;
+    line(&alice, "bob", "desk asleep")?;
+
     // Revoked: bob learns of it, and what he sends next reaches only the first device.
     let left = alice.json(&["device", "revoke", "laptop"])?;
     assert_eq!(left.len(), 1);
     wait_for("bob to know the laptop is gone", || {
-        (devices_known(bob, "alice") == 1).then_some(())
+        (devices_known(&bob, "alice") == 1).then_some(())
     })?;
     let id = bob.send("alice", "after the revoke")?;
     bob.wait_status("alice", &id, "delivered")?;
-    line(alice, "bob", "after the revoke")?;
+    line(&alice, "bob", "after the revoke")?;
     laptop.stop().ok();
     let history = texts(&laptop.history_with("bob")?);
     assert!(

@@ -208,6 +208,8 @@ pub enum StateKey<'a> {
     /// A user's device list, as pinned ([`palaver_protocol::identity::devices::DevicePin`]);
     /// under our own name, our account's.
     Devices(&'a str),
+    /// A copy of one of our messages for another device: the message, and whose device.
+    CopyOf(MessageId),
     Meta(&'a str),
 }
 
@@ -243,6 +245,7 @@ impl StateKey<'_> {
             StateKey::Served(transfer) => bytes.extend([&[b'v'][..], &transfer.0].concat()),
             StateKey::FileSent(id) => bytes.extend([&[b'x'][..], &id.0].concat()),
             StateKey::Devices(name) => bytes.extend([&[b'D'][..], name.as_bytes()].concat()),
+            StateKey::CopyOf(id) => bytes.extend([&[b'C'][..], &id.0].concat()),
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes

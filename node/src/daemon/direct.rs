@@ -18,6 +18,7 @@ use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
+use palaver_protocol::node::devices::CopyFor;
 use palaver_protocol::node::direct::mail;
 use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
 use palaver_protocol::node::direct::pipeline::{
@@ -56,7 +57,15 @@ pub(crate) struct Job {
     pub(crate) served_from: Option<std::path::PathBuf>,
     /// A copy of a message for another device (see [`palaver_protocol::node::devices`]): it
     /// goes under the message's sequence number, and is no line in our history of its own.
-    pub(crate) copy_of_seq: Option<u64>,
+    pub(crate) copy: Option<Copy>,
+}
+
+/// Which message a copy is of, and for whom.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Copy {
+    pub(crate) of: MessageId,
+    pub(crate) seq: u64,
+    pub(crate) for_: CopyFor,
 }
 
 /// Where our hybrid logical clock is kept (named for the Lamport clock it replaced, whose last
@@ -75,7 +84,7 @@ impl Job {
             reply,
             client_key: None,
             served_from: None,
-            copy_of_seq: None,
+            copy: None,
         }
     }
 
@@ -86,7 +95,7 @@ impl Job {
             reply: None,
             client_key: None,
             served_from: None,
-            copy_of_seq: None,
+            copy: None,
         }
     }
 }
@@ -236,8 +245,8 @@ impl Node {
     ) {
         let read = |node: &Self| -> Result<_, StoreError> {
             let conversation = node.conversation_with(&key.to_bytes())?;
-            let seq = match job.copy_of_seq {
-                Some(seq) => seq,
+            let seq = match job.copy {
+                Some(copy) => copy.seq,
                 None => node.next_seq(&conversation)?,
             };
             Ok((conversation, node.clock()?, seq))
@@ -246,7 +255,7 @@ impl Node {
             Ok(read) => read,
             Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
-        let copy = job.copy_of_seq.is_some();
+        let copy = job.copy.is_some();
         let text = job.payload.history_text().filter(|_| !copy);
         // A person's text to a name goes to their other devices and ours too.
         let copied = match (&job.payload, &job.to, copy) {
@@ -292,9 +301,10 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
         let mut batch = StateBatch::default();
-        if !copy {
-            batch.put(StateKey::Seq(conversation), &seq);
-        }
+        match job.copy {
+            None => batch.put(StateKey::Seq(conversation), &seq),
+            Some(copy) => batch.put(StateKey::CopyOf(id), &(copy.of, copy.for_)),
+        };
         batch
             .put(StateKey::Session(key.to_bytes()), &sessions)
             .put(StateKey::Meta(CLOCK_META), &stamp)
@@ -357,7 +367,7 @@ impl Node {
         let jobs = copies
             .for_recipient
             .into_iter()
-            .map(|device| (device, Payload::Text(text.clone())))
+            .map(|device| (device, CopyFor::Recipient, Payload::Text(text.clone())))
             .chain(copies.for_me.into_iter().map(|device| {
                 let sent = Payload::Sent {
                     to: to.clone(),
@@ -366,11 +376,11 @@ impl Node {
                     text: text.clone(),
                     sent_at_ms,
                 };
-                (device, sent)
+                (device, CopyFor::Me, sent)
             }));
-        for (device, payload) in jobs {
+        for (device, for_, payload) in jobs {
             let mut job = Job::to_key(device, payload);
-            job.copy_of_seq = Some(seq);
+            job.copy = Some(Copy { of: id, seq, for_ });
             // Fed, not driven: this runs inside the pipeline's own loop, which carries it on.
             self.feed_pipeline(PipelineInput::Send {
                 to: job.to.clone(),

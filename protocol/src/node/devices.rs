@@ -59,6 +59,21 @@ pub fn copies(
     }
 }
 
+/// Whom a copy of a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyFor {
+    /// One of the recipient's other devices.
+    Recipient,
+    /// One of our own other devices.
+    Me,
+}
+
+/// Whether a copy reaching `status` delivers the message it copies: the recipient has it,
+/// on one of their devices (as Signal counts it). Our own devices' copies count for nothing.
+pub fn delivers_message(copy: CopyFor, status: &crate::delivery::DeliveryStatus) -> bool {
+    copy == CopyFor::Recipient && matches!(status, crate::delivery::DeliveryStatus::Delivered)
+}
+
 /// What a device list from the rendezvous changes in what we hold for one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Learned {

@@ -101,6 +101,20 @@ fn device_lists_are_taken_only_newer_and_only_from_the_pinned_account() {
 }
 
 #[test]
+fn a_message_is_delivered_once_any_of_the_recipients_devices_has_it() {
+    use crate::delivery::DeliveryStatus;
+    assert!(delivers_message(
+        CopyFor::Recipient,
+        &DeliveryStatus::Delivered
+    ));
+    assert!(!delivers_message(
+        CopyFor::Recipient,
+        &DeliveryStatus::Queued
+    ));
+    assert!(!delivers_message(CopyFor::Me, &DeliveryStatus::Delivered));
+}
+
+#[test]
 fn only_our_own_other_devices_hand_us_our_lines() {
     let (alice, phone, bob) = (
         Identity::generate(&mut OsRng),

@@ -44,10 +44,14 @@ impl Node {
                     }
                     if in_history {
                         self.set_status(&id, history_status(status));
+                    } else {
+                        self.copy_status(&id, &status);
                     }
                 }
                 Output::Forget(id) => {
-                    batch.remove(StateKey::Outbox(id));
+                    batch
+                        .remove(StateKey::Outbox(id))
+                        .remove(StateKey::CopyOf(id));
                 }
                 Output::SaveOutbox => save_outbox = true,
             }
@@ -155,6 +159,19 @@ impl Node {
     pub(crate) fn on_deposit_refused(&mut self, id: MessageId, reason: String) {
         tracing::warn!("the mailbox refused {id}: {reason}; it stays in the outbox");
         self.delivery_input(Input::DepositFailed(id));
+    }
+
+    /// A copy for another device reached `status`: the message it copies is delivered once
+    /// one of the recipient's devices has it.
+    fn copy_status(&mut self, id: &MessageId, status: &DeliveryStatus) {
+        let copy = self
+            .store
+            .get::<(MessageId, CopyFor)>(StateKey::CopyOf(*id));
+        if let Ok(Some((of, for_))) = copy
+            && palaver_protocol::node::devices::delivers_message(for_, status)
+        {
+            self.set_status(&of, Status::Delivered);
+        }
     }
 
     pub(crate) fn set_status(&mut self, id: &MessageId, status: Status) {
