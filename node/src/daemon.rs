@@ -387,7 +387,14 @@ impl Node {
     /// A machine's deadline came (or a minute passed): wake them, carry out what they decided.
     fn on_state_timeout(&mut self) {
         let unavailable = self.rendezvous_unavailable();
-        let mut facts = trust::StoreFacts::new(&self.store, self.identity.public(), unavailable);
+        let account = self.account_key();
+        let mut facts = trust::StoreFacts::new(
+            &self.store,
+            self.identity.public(),
+            &self.name,
+            account,
+            unavailable,
+        );
         self.state.handle_timeout(now_ms(), &mut OsRng, &mut facts);
         self.drive_session();
         self.drive_delivery();

@@ -491,8 +491,8 @@ impl Service {
         match request {
             RendezvousRequest::Register { name, token } => self.register(peer, name, token, now),
             RendezvousRequest::Login { name, instance } => self.login(peer, name, instance, now),
-            RendezvousRequest::LinkPost { slot, sealed } => self.link_post(slot, sealed, now),
-            RendezvousRequest::LinkTake { slot } => Ok(self.link_take(&slot, now)),
+            RendezvousRequest::LinkPost { slot, sealed } => self.link_post(peer, slot, sealed, now),
+            RendezvousRequest::LinkTake { slot } => Ok(self.link_take(peer, &slot, now)),
             other => {
                 let Some(session) = state.session.as_mut() else {
                     return Err(refuse(

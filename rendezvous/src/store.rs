@@ -223,8 +223,9 @@ pub(crate) trait Storage: Send + Sync + Debug {
     /// The device list `name` published last, if any.
     fn devices(&self, name: &UserName) -> Result<Option<SignedDeviceList>>;
     /// Stores `name`'s new device list. Devices it no longer names leave with their prekeys
-    /// and held mail; the devices it names are found by [`Storage::device_owner`].
-    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()>;
+    /// and held mail (reported removed); the devices it names are found by
+    /// [`Storage::device_owner`]. A list naming another account's device is refused.
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<Vec<Removed>>;
     /// The account whose published list names `device` (a linked device, not an account key).
     fn device_owner(&self, device: &VerifyingKey) -> Result<Option<UserName>>;
 

@@ -109,8 +109,9 @@ fn describe_device(d: &Value) -> String {
     )
 }
 
-/// How long `init --link` waits for the other device.
-const LINK_WAIT: Duration = Duration::from_secs(120);
+/// How long `init --link` waits for the other device: as long as its code is good.
+const LINK_WAIT: Duration =
+    Duration::from_millis(palaver_protocol::crypto::link::LINK_CODE_TTL_MS + 10_000);
 
 /// `init --link CODE`: a new device key, proven to the device that printed the code over the
 /// rendezvous's link drop; what it hands back becomes this home.
@@ -134,15 +135,18 @@ pub(super) async fn init_linked(
     let sealed = code
         .secret
         .seal(Direction::Request, &codec::encode(&request)?, &mut OsRng);
-    let grant = tokio::time::timeout(LINK_WAIT, exchange(&code, &device, sealed))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
+    let grant = match tokio::time::timeout(LINK_WAIT, exchange(&code, &device, sealed)).await {
+        Ok(grant) => grant?,
+        Err(_) => {
+            // Taken back, so that the other device cannot add a key that is about to be gone.
+            withdraw(&code, &device).await;
+            anyhow::bail!(
                 "the other device did not answer within {} s: is its `palaver device link` still \
                  waiting, and its daemon running?",
                 LINK_WAIT.as_secs()
-            )
-        })??;
+            );
+        }
+    };
     let name = grant.name.clone();
     home.init_with(device.clone(), name.clone(), passphrase, force)?;
     let store = if home.is_sealed() {
@@ -179,20 +183,37 @@ async fn exchange(
     device: &Identity,
     sealed: Vec<u8>,
 ) -> anyhow::Result<LinkGrant> {
-    let mut posted = false;
     loop {
+        let mut posted = false;
         let client = Client::connect(code.rendezvous.clone(), device)
             .await
             .with_context(|| format!("cannot reach the rendezvous at {}", code.rendezvous))?;
-        if !posted {
+        // Posted again after every reconnect: the rendezvous keeps link messages in memory
+        // only, and a second post at the slot replaces the first.
+        let mut refused_since = None;
+        while !posted && client.is_connected() {
             let request = RendezvousRequest::LinkPost {
                 slot: code.secret.slot(Direction::Request),
                 sealed: SealedLink(sealed.clone()),
             };
-            match client.request(request).await? {
-                RendezvousResponse::Done => posted = true,
-                RendezvousResponse::Refused(refusal) => anyhow::bail!("the rendezvous: {refusal}"),
-                other => anyhow::bail!("unexpected answer from the rendezvous: {other:?}"),
+            match client.request(request).await {
+                Ok(RendezvousResponse::Done) => posted = true,
+                // Nobody waits on the code yet (the other device's first question may still be
+                // on its way), or any more: a few seconds tell which.
+                Ok(RendezvousResponse::Refused(refusal))
+                    if refusal.reason == palaver_protocol::wire::RefusalReason::NotAllowed =>
+                {
+                    let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(10) {
+                        anyhow::bail!("the rendezvous: {refusal}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(RendezvousResponse::Refused(refusal)) => {
+                    anyhow::bail!("the rendezvous: {refusal}")
+                }
+                Ok(other) => anyhow::bail!("unexpected answer from the rendezvous: {other:?}"),
+                Err(_) => break,
             }
         }
         while client.is_connected() {
@@ -213,6 +234,16 @@ async fn exchange(
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+}
+
+/// Takes our request back from the link drop, if it is still there (best effort).
+async fn withdraw(code: &LinkCode, device: &Identity) {
+    if let Ok(client) = Client::connect(code.rendezvous.clone(), device).await {
+        let take = RendezvousRequest::LinkTake {
+            slot: code.secret.slot(Direction::Request),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.request(take)).await;
     }
 }
 

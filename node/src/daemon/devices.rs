@@ -114,24 +114,43 @@ impl Node {
     }
 
     /// Takes in device lists from the rendezvous: each checked against the account key pinned
-    /// for its name, and kept only if newer ([`devices::learn`]).
+    /// for its name, and kept only if newer and naming no key that stands for someone else
+    /// ([`devices::learn`]).
     pub(crate) fn on_devices(&mut self, lists: Vec<AccountDevices>) {
         for AccountDevices { name, list } in lists {
-            let Some(account) = self.account_of(&name) else {
-                continue;
-            };
-            let pinned = pinned_devices(&self.store, name.as_str());
-            match devices::learn(&account, pinned, &list) {
-                Learned::Same => {}
-                Learned::Refused(error) => {
-                    tracing::warn!(%name, "refused a device list from the rendezvous: {error}")
-                }
-                Learned::Updated {
-                    pin,
-                    added,
-                    removed,
-                } => self.pin_devices(&name, *pin, &added, &removed),
+            self.take_list(&name, &list);
+        }
+    }
+
+    fn take_list(&mut self, name: &UserName, list: &SignedDeviceList) {
+        let Some(account) = self.account_of(name) else {
+            return;
+        };
+        // A pin that cannot be read is not taken for "none": an older list would be let in.
+        let pinned = match self
+            .store
+            .get::<DevicePin>(StateKey::Devices(name.as_str()))
+        {
+            Ok(pinned) => pinned,
+            Err(err) => return tracing::warn!(%name, "cannot read the pinned device list: {err}"),
+        };
+        let (ours, me) = (*name == self.name, self.identity.public());
+        let store = &self.store;
+        let owner_of = |key: &VerifyingKey| {
+            let owner = store.get::<String>(StateKey::Peer(key.to_bytes()));
+            owner.ok().flatten().and_then(|n| UserName::new(n).ok())
+        };
+        match devices::learn(name, &account, ours, &me, pinned, list, owner_of) {
+            Learned::Same => {}
+            Learned::Refused(error) => {
+                tracing::warn!(%name, "refused a device list from the rendezvous: {error}")
             }
+            Learned::Updated {
+                pin,
+                named,
+                dropped,
+                this_device_removed,
+            } => self.pin_devices(name, *pin, &named, &dropped, this_device_removed),
         }
     }
 
@@ -139,16 +158,16 @@ impl Node {
         &mut self,
         name: &UserName,
         pin: DevicePin,
-        added: &[VerifyingKey],
-        removed: &[VerifyingKey],
+        named: &[VerifyingKey],
+        dropped: &[VerifyingKey],
+        this_device_removed: bool,
     ) {
-        let me = self.identity.public();
         let mut batch = StateBatch::default();
         batch.put(StateKey::Devices(name.as_str()), &pin);
-        for key in added.iter().filter(|key| **key != me) {
+        for key in named {
             batch.put(StateKey::Peer(key.to_bytes()), &name.to_string());
         }
-        for key in removed.iter().filter(|key| **key != pin.list().account) {
+        for key in dropped {
             // What a removed device could read of ours ends with it.
             batch
                 .remove(StateKey::Peer(key.to_bytes()))
@@ -163,7 +182,7 @@ impl Node {
             name: name.to_string(),
             devices,
         });
-        if *name == self.name && !pin.list().contains(&me) {
+        if this_device_removed {
             self.fatal = Some(format!(
                 "this device was removed from {name}'s account; link it again with \
                  `palaver device link` on the device holding the account key"
@@ -325,7 +344,16 @@ impl Node {
                 0 => Vec::new(),
                 n => (self.store.history(&conversation, n as usize)).map_err(|e| e.to_string())?,
             };
-            for entry in entries.into_iter().filter(|e| !e.is_notice()) {
+            // Newest first, no more of one conversation than fits a link message at all.
+            let mut budget = palaver_protocol::wire::rendezvous::MAX_LINK_LEN;
+            let fitting = entries.into_iter().rev().filter(|e| !e.is_notice());
+            let fitting: Vec<_> = fitting
+                .take_while(|e| {
+                    budget = budget.saturating_sub(e.text.len() + 128);
+                    budget > 0
+                })
+                .collect();
+            for entry in fitting {
                 lines.push(LinkedLine {
                     with: name.clone(),
                     id: entry.id,
@@ -369,28 +397,10 @@ impl Node {
             let own = self
                 .own_devices()
                 .ok_or_else(|| RpcError::failed("this account has no linked devices"))?;
-            let matches: Vec<_> = own
-                .devices
-                .iter()
-                .filter(|d| {
-                    d.label == device
-                        || hex::encode(d.key.as_bytes()).starts_with(&device.to_lowercase())
-                            && device.len() >= 8
-                })
-                .collect();
-            let target = match matches[..] {
-                [one] => one.key,
-                [] => {
-                    return Err(RpcError::failed(format!(
-                        "no device {device}; see `palaver device list`"
-                    )));
-                }
-                _ => {
-                    return Err(RpcError::failed(format!(
-                        "{device} names several devices; give more of its key"
-                    )));
-                }
-            };
+            let target = own
+                .find(&device)
+                .map_err(|e| RpcError::failed(format!("{device}: {e}; see `palaver device list`")))?
+                .key;
             let list = own
                 .without(&target)
                 .and_then(|list| SignedDeviceList::sign(list, &self.identity))
@@ -415,17 +425,8 @@ impl Node {
 
     /// A list of ours the rendezvous took: pinned as ours.
     fn take_own_list(&mut self, list: &SignedDeviceList) {
-        let own = pinned_devices(&self.store, self.name.as_str());
         let name = self.name.clone();
-        match devices::learn(&self.identity.public(), own, list) {
-            Learned::Updated {
-                pin,
-                added,
-                removed,
-            } => self.pin_devices(&name, *pin, &added, &removed),
-            Learned::Same => {}
-            Learned::Refused(error) => tracing::warn!("our own new device list: {error}"),
-        }
+        self.take_list(&name, list);
     }
 
     /// Our new list is at the rendezvous (the rendezvous pushes it to our contacts).

@@ -162,7 +162,9 @@ impl Node {
     /// Feeds the send pipeline; what it asks waits in its outputs.
     fn feed_pipeline(&mut self, input: PipelineInput<Job>) {
         let unavailable = self.rendezvous_unavailable();
-        let mut facts = StoreFacts::new(&self.store, self.identity.public(), unavailable);
+        let account = self.account_key();
+        let me = self.identity.public();
+        let mut facts = StoreFacts::new(&self.store, me, &self.name, account, unavailable);
         self.state.sends.handle(input, now_ms(), &mut facts);
     }
 
@@ -187,17 +189,15 @@ impl Node {
                     };
                     self.rendezvous_request(request, pending);
                 }
-                PipelineOutput::FetchPrekeys { call, name, key } => {
-                    // A linked device's prekeys are its own; the account key's are the name's.
-                    let account = if name == self.name {
-                        Some(self.account_key())
-                    } else {
-                        self.contact_key(&name)
-                    };
-                    let request = if account.is_none_or(|account| account == key) {
-                        RendezvousRequest::FetchPrekeys { name }
-                    } else {
-                        RendezvousRequest::FetchDevicePrekeys { name, device: key }
+                PipelineOutput::FetchPrekeys {
+                    call,
+                    name,
+                    key,
+                    device,
+                } => {
+                    let request = match device {
+                        false => RendezvousRequest::FetchPrekeys { name },
+                        true => RendezvousRequest::FetchDevicePrekeys { name, device: key },
                     };
                     let pending = Pending::Prekeys { call };
                     self.rendezvous_request(request, pending);
@@ -257,13 +257,9 @@ impl Node {
         };
         let copy = job.copy.is_some();
         let text = job.payload.history_text().filter(|_| !copy);
-        // A person's text to a name goes to their other devices and ours too.
-        let copied = match (&job.payload, &job.to, copy) {
-            (palaver_protocol::wire::Payload::Text(text), Recipient::Name(_), false) => {
-                Some(text.clone())
-            }
-            _ => None,
-        };
+        // A person's message to a name goes to their other devices and ours too.
+        let copied = matches!(job.to, Recipient::Name(_)) && !copy;
+        let copied = copied.then(|| job.payload.clone());
         let offer = job.payload.file_offer().cloned();
         let sealed = pairwise::seal(
             &mut OsRng,
@@ -341,46 +337,34 @@ impl Node {
         }
         let reply = job.reply;
         self.when_durable(AfterFlush::Sealed { id, reply, warning });
-        if let Some(text) = copied {
-            self.send_copies(&name, key, id, seq, text, sent_at_ms);
+        if let Some(payload) = copied {
+            self.send_copies(&payload, &name, key, (id, seq, sent_at_ms));
         }
     }
 
-    /// Copies of our message `id` to `to` (account key `to_key`): the same text to their other
-    /// devices, the line as we sent it to ours.
+    /// Copies of our message `id` to `to` (account key `to_key`) for the other devices (see
+    /// [`palaver_protocol::node::devices::copy_jobs`]).
     fn send_copies(
         &mut self,
+        payload: &palaver_protocol::wire::Payload,
         to: &UserName,
         to_key: VerifyingKey,
-        id: MessageId,
-        seq: u64,
-        text: String,
-        sent_at_ms: u64,
+        (id, seq, sent_at_ms): (MessageId, u64, u64),
     ) {
-        use palaver_protocol::wire::Payload;
-        let copies = palaver_protocol::node::devices::copies(
+        use palaver_protocol::node::devices;
+        let copies = devices::copies(
             &to_key,
             self.devices_of(to).as_ref(),
             self.own_devices().as_ref(),
             &self.identity.public(),
         );
-        let jobs = copies
-            .for_recipient
-            .into_iter()
-            .map(|device| (device, CopyFor::Recipient, Payload::Text(text.clone())))
-            .chain(copies.for_me.into_iter().map(|device| {
-                let sent = Payload::Sent {
-                    to: to.clone(),
-                    to_key,
-                    id,
-                    text: text.clone(),
-                    sent_at_ms,
-                };
-                (device, CopyFor::Me, sent)
-            }));
-        for (device, for_, payload) in jobs {
-            let mut job = Job::to_key(device, payload);
-            job.copy = Some(Copy { of: id, seq, for_ });
+        for copy in devices::copy_jobs(payload, to, &to_key, id, sent_at_ms, copies) {
+            let mut job = Job::to_key(copy.device, copy.payload);
+            job.copy = Some(Copy {
+                of: id,
+                seq,
+                for_: copy.copy,
+            });
             // Fed, not driven: this runs inside the pipeline's own loop, which carries it on.
             self.feed_pipeline(PipelineInput::Send {
                 to: job.to.clone(),

@@ -47,14 +47,25 @@ pub(crate) enum SendRefused {
 pub(crate) struct StoreFacts<'a> {
     store: &'a Store,
     me: VerifyingKey,
+    name: &'a UserName,
+    account: VerifyingKey,
     unavailable: Option<String>,
 }
 
 impl<'a> StoreFacts<'a> {
-    pub(crate) fn new(store: &'a Store, me: VerifyingKey, unavailable: Option<String>) -> Self {
+    /// What `store` knows, for this device `me` of the account `name` (account key `account`).
+    pub(crate) fn new(
+        store: &'a Store,
+        me: VerifyingKey,
+        name: &'a UserName,
+        account: VerifyingKey,
+        unavailable: Option<String>,
+    ) -> Self {
         Self {
             store,
             me,
+            name,
+            account,
             unavailable,
         }
     }
@@ -107,6 +118,18 @@ impl Facts for StoreFacts<'_> {
 
     fn has_session(&self, key: &VerifyingKey) -> bool {
         self.store.holds(StateKey::Session(key.to_bytes()))
+    }
+
+    fn account_of(&self, name: &UserName) -> Option<VerifyingKey> {
+        if name == self.name {
+            return Some(self.account);
+        }
+        let contact = load_contact(self.store, name.as_str()).ok().flatten()?;
+        VerifyingKey::from_bytes(&contact.key).ok()
+    }
+
+    fn is_own(&self, name: &UserName) -> bool {
+        name == self.name
     }
 }
 

@@ -62,6 +62,8 @@ pub enum DeviceListError {
     Conflict(u64),
     #[error("no such device")]
     UnknownDevice,
+    #[error("that names several devices; give more of its key")]
+    Ambiguous,
     #[error("the device holding the account key cannot be removed")]
     AccountDevice,
 }
@@ -95,6 +97,22 @@ impl DeviceList {
 
     pub fn device(&self, key: &VerifyingKey) -> Option<&Device> {
         self.devices.iter().find(|d| d.key == *key)
+    }
+
+    /// The one device `query` names: its label, or 8 or more hex digits its key starts with.
+    pub fn find(&self, query: &str) -> Result<&Device, DeviceListError> {
+        let prefix = query.to_lowercase();
+        let by_key =
+            |d: &&Device| prefix.len() >= 8 && hex::encode(d.key.as_bytes()).starts_with(&prefix);
+        let mut found = self
+            .devices
+            .iter()
+            .filter(|d| d.label == query || by_key(d));
+        match (found.next(), found.next()) {
+            (Some(device), None) => Ok(device),
+            (None, _) => Err(DeviceListError::UnknownDevice),
+            (Some(_), Some(_)) => Err(DeviceListError::Ambiguous),
+        }
     }
 
     /// The devices other than `me`'s: where a copy of what `me` sends goes too.
@@ -357,6 +375,13 @@ mod tests {
             list.without(&device("stranger", 1).key),
             Err(DeviceListError::UnknownDevice)
         );
+        // Found by label or by 8+ hex digits of its key.
+        let d1 = list.devices[1].clone();
+        assert_eq!(list.find("d1"), Ok(&d1));
+        let hex = hex::encode(d1.key.as_bytes());
+        assert_eq!(list.find(&hex[..8].to_uppercase()), Ok(&d1));
+        assert_eq!(list.find(&hex[..7]), Err(DeviceListError::UnknownDevice));
+        assert_eq!(list.find("nobody"), Err(DeviceListError::UnknownDevice));
         let mut orphan = first(&account);
         orphan.devices[0].key = device("x", 1).key;
         assert_eq!(

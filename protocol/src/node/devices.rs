@@ -19,7 +19,7 @@ use crate::crypto::link::{Direction, LINK_CODE_TTL_MS, LinkRequest, LinkSecret};
 use crate::delivery::Stamp;
 use crate::identity::Identity;
 use crate::identity::devices::{
-    Device, DeviceChange, DeviceList, DeviceListError, DevicePin, SignedDeviceList, valid_label,
+    Device, DeviceChange, DeviceList, DevicePin, SignedDeviceList, valid_label,
 };
 use crate::node::trust::Contact;
 use crate::wire::MessageId;
@@ -49,6 +49,8 @@ pub fn copies(
         list.map(|l| l.others(except).map(|d| d.key).collect())
             .unwrap_or_default()
     };
+    // A list pinned under an account key the name no longer has is not this account's.
+    let theirs = theirs.filter(|list| list.account == *recipient);
     let for_recipient = keys(theirs, recipient)
         .into_iter()
         .filter(|key| key != me)
@@ -57,6 +59,48 @@ pub fn copies(
         for_recipient,
         for_me: keys(mine, me),
     }
+}
+
+/// A copy to seal and send: for `device`, on behalf of `copy`, carrying `payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyJob {
+    pub device: VerifyingKey,
+    pub copy: CopyFor,
+    pub payload: crate::wire::Payload,
+}
+
+/// The copies a person's message `id` (its `payload`, sent at `sent_at_ms` to `to`, account
+/// key `recipient`) makes: the same text to the recipient's other devices, the line as we sent
+/// it to ours. Only plain text is copied (a file offer stays with the device that serves it).
+pub fn copy_jobs(
+    payload: &crate::wire::Payload,
+    to: &UserName,
+    recipient: &VerifyingKey,
+    id: MessageId,
+    sent_at_ms: u64,
+    copies: Copies,
+) -> Vec<CopyJob> {
+    use crate::wire::Payload;
+    let Payload::Text(text) = payload else {
+        return Vec::new();
+    };
+    let theirs = copies.for_recipient.into_iter().map(|device| CopyJob {
+        device,
+        copy: CopyFor::Recipient,
+        payload: Payload::Text(text.clone()),
+    });
+    let ours = copies.for_me.into_iter().map(|device| CopyJob {
+        device,
+        copy: CopyFor::Me,
+        payload: Payload::Sent {
+            to: to.clone(),
+            to_key: *recipient,
+            id,
+            text: text.clone(),
+            sent_at_ms,
+        },
+    });
+    theirs.chain(ours).collect()
 }
 
 /// Whom a copy of a message is for.
@@ -79,34 +123,70 @@ pub fn delivers_message(copy: CopyFor, status: &crate::delivery::DeliveryStatus)
 pub enum Learned {
     /// The list we hold already.
     Same,
-    /// A newer list: pin it; these device keys now speak for the account, these no longer.
+    /// A newer list: pin it. `named` keys now stand for the account's name; `dropped` keys no
+    /// longer do (their sessions go with them); `this_device_removed`: the list is our own
+    /// account's and no longer names this device.
     Updated {
         pin: Box<DevicePin>,
-        added: Vec<VerifyingKey>,
-        removed: Vec<VerifyingKey>,
+        named: Vec<VerifyingKey>,
+        dropped: Vec<VerifyingKey>,
+        this_device_removed: bool,
     },
-    /// Not the account's, or older than ours: the server's word is not taken.
-    Refused(DeviceListError),
+    /// Not the account's, older than ours, or naming a key that stands for someone else: the
+    /// server's word is not taken.
+    Refused(String),
 }
 
-/// Takes `offered`, a list the rendezvous gave for the account whose key we pinned as
-/// `account`, against the pin we hold (`None`: none yet).
+/// Takes `offered`, a list the rendezvous gave for `name`, whose account key we pinned as
+/// `account`, against the pin we hold (`None`: none yet). `ours`: `name` is our own account;
+/// `me`: this device; `owner_of`: the name a key stands for with us now, if any.
+///
+/// A list may name only keys that stand for nobody else (another contact's key, or — in a
+/// contact's list — one of our own devices, would let one account's list take over another's
+/// messages), and a key that leaves it stops standing for the name only if it stood for it.
 pub fn learn(
+    name: &UserName,
     account: &VerifyingKey,
+    ours: bool,
+    me: &VerifyingKey,
     pinned: Option<DevicePin>,
     offered: &SignedDeviceList,
+    owner_of: impl Fn(&VerifyingKey) -> Option<UserName>,
 ) -> Learned {
     let mut pin = pinned
         .filter(|p| p.list().account == *account)
         .unwrap_or_else(|| DevicePin::new(*account));
-    match pin.accept(offered) {
-        Ok(DeviceChange::Same) => Learned::Same,
-        Ok(DeviceChange::Updated { added, removed }) => Learned::Updated {
-            pin: Box::new(pin),
-            added: added.into_iter().map(|d| d.key).collect(),
-            removed: removed.into_iter().map(|d| d.key).collect(),
-        },
-        Err(error) => Learned::Refused(error),
+    let (added, removed) = match pin.accept(offered) {
+        Ok(DeviceChange::Same) => return Learned::Same,
+        Ok(DeviceChange::Updated { added, removed }) => (added, removed),
+        Err(error) => return Learned::Refused(error.to_string()),
+    };
+    for device in &added {
+        if device.key == *me && !ours {
+            return Learned::Refused(format!("{name}'s device list names this device"));
+        }
+        if let Some(owner) = owner_of(&device.key).filter(|owner| owner != name) {
+            return Learned::Refused(format!(
+                "{name}'s device list names a key that is {owner}'s"
+            ));
+        }
+    }
+    let named = added
+        .into_iter()
+        .map(|d| d.key)
+        .filter(|key| key != me)
+        .collect();
+    let dropped = removed
+        .into_iter()
+        .map(|d| d.key)
+        .filter(|key| key != account && owner_of(key).as_ref() == Some(name))
+        .collect();
+    let this_device_removed = ours && !pin.list().contains(me);
+    Learned::Updated {
+        pin: Box::new(pin),
+        named,
+        dropped,
+        this_device_removed,
     }
 }
 
@@ -256,8 +336,8 @@ impl Linker {
                 next_poll_ms,
                 asking: false,
             } => Some(next_poll_ms.min(self.deadline_ms)),
-            Stage::Over => None,
-            _ => Some(self.deadline_ms),
+            Stage::Waiting { asking: true, .. } => Some(self.deadline_ms),
+            _ => None,
         }
     }
 
@@ -265,7 +345,9 @@ impl Linker {
         if self.stage == Stage::Over {
             return None;
         }
-        if now_ms >= self.deadline_ms {
+        // Only a link still waiting for its new device expires: once the request is taken, the
+        // rendezvous's answers (or their failure) end it.
+        if now_ms >= self.deadline_ms && matches!(self.stage, Stage::Waiting { .. }) {
             return Some(
                 self.fail(
                     "no new device used the code within 5 minutes; run `palaver device link` again"

@@ -90,8 +90,9 @@ pub enum RendezvousRequest {
     LinkTake { slot: [u8; 32] },
 }
 
-/// The longest sealed link message the server holds.
-pub const MAX_LINK_LEN: usize = 256 * 1024;
+/// The longest sealed link message the server holds (within the server's default request
+/// limit of 128 KiB, with room for the request around it).
+pub const MAX_LINK_LEN: usize = 96 * 1024;
 
 /// A link message, sealed by its two ends; opaque to the server.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,11 @@ pub(crate) enum ClusterEvent {
         device: VerifyingKey,
         push: ServerPush,
     },
+    /// `name` published a new device list without these devices.
+    DevicesChanged {
+        name: UserName,
+        removed: Vec<VerifyingKey>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +120,13 @@ impl Service {
         })
     }
 
+    /// Tells the other instances, if there are any.
+    pub(super) fn tell_cluster(&mut self, event: ClusterEvent) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.outbox.push(event);
+        }
+    }
+
     /// Our own user's presence changed: tell the other instances.
     pub(super) fn publish_presence(&mut self, record: &PresenceRecord) {
         if let Some(cluster) = self.cluster.as_mut() {
@@ -149,6 +161,9 @@ impl Service {
                 if let Some(peer) = self.session_of(&Holder::device(&name, &device)) {
                     self.pushes.push((peer, push));
                 }
+            }
+            ClusterEvent::DevicesChanged { name, removed } => {
+                self.devices_changed(&name, &removed, now)
             }
         }
     }

@@ -508,7 +508,7 @@ impl Storage for PgStore {
         })
     }
 
-    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()> {
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<Vec<Removed>> {
         let account = list.claimed().account;
         let linked: Vec<&[u8]> = list
             .claimed()
@@ -525,9 +525,18 @@ impl Storage for PgStore {
                     &[&name.as_str(), &linked],
                 )
                 .await?;
+            let mut removed = Vec::new();
             for row in &gone {
                 let holder = Holder::device(name, &key_of_bytes(column(row, 0)?)?);
-                for (table, column) in HOLDER_COLUMNS {
+                let mail = tx
+                    .query(
+                        "DELETE FROM mail WHERE recipient = $1 \
+                         RETURNING recipient, length(item)::BIGINT",
+                        &[&holder.as_str()],
+                    )
+                    .await?;
+                removed.extend(Self::removed(&mail)?);
+                for (table, column) in &HOLDER_COLUMNS[1..] {
                     tx.execute(
                         &format!("DELETE FROM {table} WHERE {column} = $1"),
                         &[&holder.as_str()],
@@ -535,12 +544,20 @@ impl Storage for PgStore {
                     .await?;
                 }
             }
-            tx.execute(
-                "INSERT INTO devices (device, name) SELECT d, $1 FROM unnest($2::BYTEA[]) AS d \
-                 ON CONFLICT (device) DO NOTHING",
-                &[&name.as_str(), &linked],
-            )
-            .await?;
+            // A device another account holds (an instance racing this one) refuses the list.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO devices (device, name) SELECT d, $1 FROM unnest($2::BYTEA[]) AS d \
+                     ON CONFLICT (device) DO UPDATE SET name = excluded.name \
+                     WHERE devices.name = excluded.name",
+                    &[&name.as_str(), &linked],
+                )
+                .await?;
+            if inserted != linked.len() as u64 {
+                return Err(StoreError::Database(format!(
+                    "{name}'s device list names another account's device"
+                )));
+            }
             tx.execute(
                 "INSERT INTO device_lists (name, list) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET list = excluded.list",
@@ -548,7 +565,7 @@ impl Storage for PgStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(removed)
         })
     }
 

@@ -173,7 +173,8 @@ impl SledStore {
     }
 
     /// Deletes everything filed under `holder`: its held mail and its prekeys.
-    fn remove_holder(&self, holder: &Holder) -> Result<()> {
+    fn remove_holder(&self, holder: &Holder) -> Result<Vec<Removed>> {
+        let mut removed = Vec::new();
         let prefix = Self::mail_prefix(holder);
         for entry in self.mail.scan_prefix(&prefix).keys() {
             let entry = entry?;
@@ -186,7 +187,7 @@ impl SledStore {
             let mut message = [0u8; 32];
             message.copy_from_slice(id);
             let time: [u8; 8] = time.try_into().unwrap_or_default();
-            self.remove_message(holder, &MessageId(message), time)?;
+            removed.extend(self.remove_message(holder, &MessageId(message), time)?);
         }
         let mut prekeys = sled::Batch::default();
         prekeys.remove(key(&[b"s", holder.as_str().as_bytes()]));
@@ -194,7 +195,7 @@ impl SledStore {
             prekeys.remove(one_time?);
         }
         self.prekeys.apply_batch(prekeys)?;
-        Ok(())
+        Ok(removed)
     }
 
     /// Records in the mail tree, indexes included (tests).
@@ -306,16 +307,24 @@ impl Storage for SledStore {
             .transpose()
     }
 
-    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<()> {
+    fn put_devices(&self, name: &UserName, list: &SignedDeviceList) -> Result<Vec<Removed>> {
         let account = list.claimed().account;
+        for device in list.claimed().others(&account) {
+            if self.device_owner(&device.key)?.is_some_and(|owner| owner != *name) {
+                return Err(StoreError::Database(format!(
+                    "{name}'s device list names another account's device"
+                )));
+            }
+        }
         let previous = self.devices(name)?;
+        let mut removed = Vec::new();
         let mut batch = sled::Batch::default();
         for gone in previous
             .iter()
             .flat_map(|p| p.claimed().others(&account))
             .filter(|d| !list.claimed().contains(&d.key))
         {
-            self.remove_holder(&Holder::device(name, &gone.key))?;
+            removed.extend(self.remove_holder(&Holder::device(name, &gone.key))?);
             batch.remove(key(&[b"v", gone.key.as_bytes()]));
         }
         for device in list.claimed().others(&account) {
@@ -323,7 +332,7 @@ impl Storage for SledStore {
         }
         batch.insert(key(&[b"d", name.as_str().as_bytes()]), encode(list)?);
         self.accounts.apply_batch(batch)?;
-        Ok(())
+        Ok(removed)
     }
 
     fn device_owner(&self, device: &VerifyingKey) -> Result<Option<UserName>> {

@@ -264,7 +264,9 @@ fn linked_devices_have_their_own_prekeys_and_mail_and_leave_nothing_when_removed
         assert_eq!(store.mailbox_totals().unwrap().messages, 3);
 
         // Dropping the phone drops what was filed for it, and only that.
-        store.put_devices(&alice, &alice_devices(2, &[11])).unwrap();
+        let removed = store.put_devices(&alice, &alice_devices(2, &[11])).unwrap();
+        assert_eq!(removed.len(), 1, "the phone's one held message");
+        assert_eq!(removed[0].recipient, phone);
         store.flush_blocking().unwrap();
         drop(store);
         let store = backend.open();
@@ -280,6 +282,23 @@ fn linked_devices_have_their_own_prekeys_and_mail_and_leave_nothing_when_removed
         let mut holders: Vec<_> = expired.iter().map(|r| r.recipient.clone()).collect();
         holders.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         assert_eq!(holders, [own.clone(), laptop.clone()]);
+
+        // Another account cannot list alice's laptop.
+        let carol = name("carol");
+        store.register(&carol, &key_of(4), 1).unwrap();
+        let carols = {
+            let account = Identity::from_secret_bytes(&[4; 32]);
+            let mut list = DeviceList::single(account.public());
+            list.devices.push(Device {
+                key: key_of(11),
+                label: "stolen".into(),
+                added_at_ms: 0,
+            });
+            SignedDeviceList::sign(list, &account).unwrap()
+        };
+        assert!(store.put_devices(&carol, &carols).is_err());
+        assert_eq!(store.device_owner(&key_of(11)).unwrap(), Some(alice.clone()));
+        assert_eq!(store.devices(&carol).unwrap(), None);
 
         // Removing the user removes its devices too.
         store.publish_prekeys(&laptop, &upload(11, &[7])).unwrap();

@@ -121,7 +121,12 @@ impl Node {
                 );
         let mut new_contact = None;
         let (entry, control, offer) = match pairwise::received(opened.payload, from_own_device) {
-            pairwise::Received::Sent { to, to_key, text } => {
+            pairwise::Received::Sent {
+                to,
+                to_key,
+                text,
+                sent_at_ms,
+            } => {
                 // Filed with `to`, as ours. A contact new to this device is pinned as our other
                 // device knew it.
                 let contact = match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
@@ -142,7 +147,7 @@ impl Node {
                     from: self.name.to_string(),
                     sender: sender.to_bytes(),
                     text,
-                    sent_at_ms: opened.sent_at_ms,
+                    sent_at_ms,
                     stamp: opened.stamp,
                     seq: opened.seq,
                     status: Status::Sent,

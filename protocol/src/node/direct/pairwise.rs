@@ -284,12 +284,13 @@ pub enum Received {
         offer: Option<FileOffer>,
         whole: Option<Vec<u8>>,
     },
-    /// A line we sent to `to` (account key `to_key`) from another of our devices: filed in the
-    /// conversation with `to`, as ours.
+    /// A line we sent to `to` (account key `to_key`) at `sent_at_ms` from another of our
+    /// devices: filed in the conversation with `to`, as ours.
     Sent {
         to: crate::UserName,
         to_key: VerifyingKey,
         text: String,
+        sent_at_ms: u64,
     },
     /// Not shown in the history: recorded as seen with the message, then carried out
     /// (receipts, declines, room keys and membership).
@@ -302,9 +303,18 @@ pub enum Received {
 pub fn received(payload: Payload, from_own_device: bool) -> Received {
     match payload {
         Payload::Sent {
-            to, to_key, text, ..
+            to,
+            to_key,
+            text,
+            sent_at_ms,
+            ..
         } if from_own_device && text.len() <= MAX_TEXT_LEN => {
-            return Received::Sent { to, to_key, text };
+            return Received::Sent {
+                to,
+                to_key,
+                text,
+                sent_at_ms,
+            };
         }
         Payload::Sent { .. } => return Received::Control(Box::new(payload)),
         _ => {}

@@ -58,6 +58,15 @@ pub trait Facts {
     /// Why the rendezvous cannot be asked now (`None`: it can); a send that needs to ask
     /// fails with this.
     fn unavailable(&self) -> Option<String>;
+    /// The account key `name` is pinned under (ours for our own name), if known: a send to
+    /// another of its keys is to one of its linked devices.
+    fn account_of(&self, _name: &UserName) -> Option<VerifyingKey> {
+        None
+    }
+    /// Whether `name` is our own account's.
+    fn is_own(&self, _name: &UserName) -> bool {
+        false
+    }
 }
 
 /// How the rendezvous (or the node) answered what a send asked.
@@ -91,12 +100,13 @@ pub enum Output<J> {
     Lookup { call: CallId, name: UserName },
     /// Ask the rendezvous who holds `key`; answer with [`Answer::Learned`].
     WhoIs { call: CallId, key: VerifyingKey },
-    /// Fetch `name`'s prekeys (for `key`); answer with [`Answer::Prekeys`], or
-    /// [`Answer::NoPrekeys`].
+    /// Fetch `name`'s prekeys (for `key`: the account key's, or with `device` those of one of
+    /// its linked devices); answer with [`Answer::Prekeys`], or [`Answer::NoPrekeys`].
     FetchPrekeys {
         call: CallId,
         name: UserName,
         key: VerifyingKey,
+        device: bool,
     },
     /// Start a session with `key` from `bundle` (it is `key`'s); answer with
     /// [`Answer::SessionStarted`] or [`Answer::Failed`].
@@ -128,8 +138,10 @@ struct Parked<J> {
     warning: Option<String>,
     /// The prekey wait's end, from the first "no prekeys".
     prekeys_until: Option<u64>,
-    /// Whose prekeys were asked for: a bundle must be for this key.
-    prekeys_for: Option<(VerifyingKey, UserName)>,
+    /// Whose prekeys were asked for: a bundle must be for this key. `true`: a linked device's
+    /// key, or a key of our own account (then a bundle under another key is no key change of a
+    /// contact's, only a failed send).
+    prekeys_for: Option<(VerifyingKey, UserName, bool)>,
     /// What it asked last (`None`: nothing yet): a fact still missing after its answer fails
     /// the send instead of being asked for again.
     asked: Option<Asked>,
@@ -244,13 +256,18 @@ impl<J> SendPipeline<J> {
     /// user's key change, and this send (sealed for the old key in the user's mind) fails.
     fn on_prekeys(&mut self, call: CallId, parked: Parked<J>, bundle: Box<PrekeyBundle>) {
         match &parked.prekeys_for {
-            Some((key, _)) if bundle.identity == *key => {
+            Some((key, _, _)) if bundle.identity == *key => {
                 let key = *key;
                 self.parked.insert(call, parked);
                 let output = Output::StartSession { call, key, bundle };
                 self.outputs.push_back(output);
             }
-            Some((_, name)) => {
+            Some((_, _, true)) => {
+                let error = "the rendezvous handed out prekeys under another key than the \
+                             device's";
+                self.fail(parked, error.into());
+            }
+            Some((_, name, false)) => {
                 let (name, key) = (name.clone(), bundle.identity);
                 self.outputs.push_back(Output::KeyChanged { name, key });
                 let error = "the recipient's key changed while the message was being sent; \
@@ -309,8 +326,17 @@ impl<J> SendPipeline<J> {
             if just_asked == Some(Asked::Prekeys) {
                 return self.fail(parked, "no session was started".into());
             }
-            parked.prekeys_for = Some((key, name.clone()));
-            let output = Output::FetchPrekeys { call, name, key };
+            let device = facts
+                .account_of(&name)
+                .is_some_and(|account| account != key);
+            let not_a_contact = device || facts.is_own(&name);
+            parked.prekeys_for = Some((key, name.clone(), not_a_contact));
+            let output = Output::FetchPrekeys {
+                call,
+                name,
+                key,
+                device,
+            };
             return self.ask(call, parked, Asked::Prekeys, output, facts);
         }
         self.outputs.push_back(Output::Seal {

@@ -34,6 +34,8 @@ struct Known {
     sessions: HashSet<VerifyingKey>,
     /// Why the rendezvous cannot be asked now, if it cannot.
     offline: Option<String>,
+    /// Linked devices of contacts.
+    devices: HashMap<VerifyingKey, UserName>,
 }
 
 impl Known {
@@ -65,9 +67,13 @@ impl Facts for Known {
             .iter()
             .find(|(_, k)| *k == key)
             .map(|(n, _)| n.clone())
+            .or_else(|| self.devices.get(key).cloned())
     }
     fn has_session(&self, key: &VerifyingKey) -> bool {
         self.sessions.contains(key)
+    }
+    fn account_of(&self, name: &UserName) -> Option<VerifyingKey> {
+        self.contacts.get(name).copied()
     }
 }
 
@@ -105,7 +111,8 @@ fn a_first_message_looks_the_name_up_then_starts_a_session_then_is_sealed() {
         [Output::FetchPrekeys {
             call: 1,
             name: name("bob"),
-            key: key(2)
+            key: key(2),
+            device: false,
         }]
     );
     p.handle(
@@ -422,4 +429,43 @@ fn a_send_that_must_ask_fails_at_once_while_the_rendezvous_cannot_be_asked() {
         [Output::Seal { job: "known", .. }]
     ));
     assert_eq!(p.parked(), 0);
+}
+
+#[test]
+fn a_send_to_a_linked_device_fetches_its_own_prekeys_and_another_key_is_no_key_change() {
+    let mut known = Known::default();
+    known.learn("bob", 2);
+    known.devices.insert(key(7), name("bob"));
+    let mut p = SendPipeline::default();
+    p.handle(
+        Input::Send {
+            job: "copy",
+            to: Recipient::Key(key(7)),
+        },
+        0,
+        &mut known,
+    );
+    assert_eq!(
+        outputs(&mut p),
+        [Output::FetchPrekeys {
+            call: 1,
+            name: name("bob"),
+            key: key(7),
+            device: true,
+        }]
+    );
+    // A bundle under another key: the copy fails; bob's own key is not taken as changed.
+    p.handle(
+        Input::Answered {
+            call: 1,
+            answer: Answer::Prekeys(bundle(9)),
+        },
+        1,
+        &mut known,
+    );
+    let out = outputs(&mut p);
+    assert!(
+        matches!(&out[..], [Output::Fail { job: "copy", .. }]),
+        "{out:?}"
+    );
 }

@@ -156,3 +156,46 @@ fn mail_deposited_at_one_instance_is_announced_to_the_recipients_session_at_anot
     alone.session(1, "alice", 0);
     assert!(alone.service.take_cluster_events().is_empty());
 }
+
+#[test]
+fn a_device_revoked_at_one_instance_is_logged_out_at_the_other_and_watchers_there_are_told() {
+    use palaver_protocol::identity::devices::{Device, DeviceList, SignedDeviceList};
+    let (mut a, mut b) = pair();
+    let (alice_id, alice) = a.session(1, "alice", 0);
+    let (laptop_id, laptop) = user(11);
+    let list = |devices: &[&Identity], version| {
+        let mut list = DeviceList::single(alice_id.public());
+        list.version = version;
+        for d in devices {
+            list.devices.push(Device {
+                key: d.public(),
+                label: "laptop".into(),
+                added_at_ms: 0,
+            });
+        }
+        RendezvousRequest::PublishDevices(Box::new(SignedDeviceList::sign(list, &alice_id).unwrap()))
+    };
+    assert_eq!(a.ask(alice, list(&[&laptop_id], 1), 1), RendezvousResponse::Done);
+    // The laptop logs in at the other instance; a watcher there follows alice.
+    b.service.connected(laptop, 2);
+    let login = b.ask(laptop, RendezvousRequest::Login { name: name("alice"), instance: 3 }, 2);
+    assert!(matches!(login, RendezvousResponse::LoggedIn { .. }), "{login:?}");
+    let (_, watcher) = b.session(5, "watcher", 2);
+    b.ask(watcher, RendezvousRequest::SubscribePresence { names: vec![name("alice")] }, 2);
+    b.service.take_pushes();
+
+    a.service.take_cluster_events();
+    assert_eq!(a.ask(alice, list(&[], 2), 3), RendezvousResponse::Done);
+    carry(&mut a, "A", &mut b, 4);
+    assert_eq!(b.service.take_disconnects(), [laptop]);
+    assert_eq!(
+        b.refusal(laptop, RendezvousRequest::FetchMail { max: 1 }, 5),
+        RefusalReason::NotLoggedIn
+    );
+    let pushes = b.service.take_pushes();
+    assert!(
+        pushes.iter().any(|(peer, push)| *peer == watcher
+            && *push == ServerPush::DevicesChanged { name: name("alice") }),
+        "{pushes:?}"
+    );
+}

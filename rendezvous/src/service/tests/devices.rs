@@ -122,10 +122,18 @@ fn only_the_account_key_publishes_and_only_newer_lists_it_signed() {
     h.service.take_pushes();
     assert_eq!(h.ask(alice, publish(newer), 4), RendezvousResponse::Done);
     let pushes = h.service.take_pushes();
-    assert!(
-        matches!(&pushes[..], [(w, ServerPush::DevicesChanged { name: n })] if *w == watcher && *n == name("alice")),
-        "{pushes:?}"
-    );
+    // The watcher, and alice's own devices (the laptop among them), are told.
+    for peer in [watcher, laptop] {
+        assert!(
+            pushes.contains(&(
+                peer,
+                ServerPush::DevicesChanged {
+                    name: name("alice")
+                }
+            )),
+            "{pushes:?}"
+        );
+    }
     // Another account's key cannot be listed as a device.
     let (bob_id, _) = h.session(2, "bob", 5);
     let stolen = devices(&alice_id, 3, &[&laptop_id, &phone_id, &bob_id]);
@@ -227,9 +235,23 @@ fn the_user_stays_online_while_a_device_is_and_a_removed_device_is_logged_out() 
     let reply = h.ask(alice, login("alice"), 6);
     assert!(matches!(reply, RendezvousResponse::LoggedIn { .. }));
 
+    // A new list: alice's other devices are told too (so they stop copying to a revoked one).
+    let (phone_id, phone) = user(12);
+    h.ask(alice, publish(devices(&alice_id, 2, &[&_laptop_id, &phone_id])), 7);
+    h.service.connected(phone, 7);
+    assert!(matches!(h.ask(phone, login("alice"), 7), RendezvousResponse::LoggedIn { .. }));
+    h.service.take_pushes();
     // Alice revokes the laptop: it is logged out and disconnected at once, and may not return.
-    let reply = h.ask(alice, publish(devices(&alice_id, 2, &[])), 7);
+    let reply = h.ask(alice, publish(devices(&alice_id, 3, &[&phone_id])), 7);
     assert_eq!(reply, RendezvousResponse::Done);
+    let told: Vec<PeerId> = h
+        .service
+        .take_pushes()
+        .into_iter()
+        .filter(|(_, push)| matches!(push, ServerPush::DevicesChanged { .. }))
+        .map(|(peer, _)| peer)
+        .collect();
+    assert!(told.contains(&phone) && told.contains(&watcher), "{told:?}");
     assert_eq!(h.service.take_disconnects(), [laptop]);
     assert!(!h.gate.allows(&laptop));
     assert_eq!(
@@ -237,6 +259,7 @@ fn the_user_stays_online_while_a_device_is_and_a_removed_device_is_logged_out() 
         RefusalReason::NotLoggedIn
     );
     assert_eq!(h.refusal(laptop, login("alice"), 8), RefusalReason::NotYourName);
+    h.service.disconnected(phone, 9);
     h.service.take_pushes();
     h.service.disconnected(alice, 9);
     let pushes = h.service.take_pushes();
@@ -257,7 +280,12 @@ fn the_link_drop_holds_one_message_per_slot_for_a_while_before_login() {
         sealed: SealedLink(bytes),
     };
     let take = |slot: u8| RendezvousRequest::LinkTake { slot: [slot; 32] };
-    // A device with no session posts; the logged-in one takes it, once.
+    // A device with no session may post only where a session waits: alice asks first.
+    assert_eq!(
+        h.refusal(newcomer, post(1, vec![1, 2, 3]), 1),
+        RefusalReason::NotAllowed
+    );
+    assert_eq!(h.ask(alice, take(1), 1), RendezvousResponse::Link(None));
     assert_eq!(h.ask(newcomer, post(1, vec![1, 2, 3]), 1), RendezvousResponse::Done);
     assert_eq!(
         h.ask(alice, take(1), 2),
