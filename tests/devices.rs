@@ -104,6 +104,17 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     laptop.start(&server.addr)?;
     line(&laptop, "bob", "while the laptop sleeps")?;
 
+    // Someone alice never wrote to hears from the laptop first: carol's node learns the key is
+    // one of alice's devices (her signed list names it), and files it with alice.
+    let mut carol = User::init(dir.path(), "carol")?;
+    carol.start(&server.addr)?;
+    laptop.send("carol", "hi carol")?;
+    let first = line(&carol, "alice", "hi carol")?;
+    assert_eq!(first["from"], "alice");
+    let conversations = carol.json(&["conversations"])?;
+    assert_eq!(conversations.len(), 1, "{conversations:?}");
+    assert_eq!(conversations[0]["conversation"], "alice");
+
     // alice's first device offline, her laptop online: bob's message is delivered (to alice, on
     // one of her devices), not left queued.
     alice.stop()?;

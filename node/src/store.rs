@@ -527,6 +527,55 @@ impl Store {
         committed(result)
     }
 
+    /// Moves every message of conversation `from` into `into`, renamed `label` (a sender first
+    /// filed under its own key, now known as a linked device of a contact; lines from its
+    /// stand-in name `stand_in` become `label`'s), in one transaction; how many moved.
+    pub fn merge_conversation(
+        &self,
+        from: &ConversationId,
+        into: &ConversationId,
+        stand_in: &str,
+        label: &str,
+    ) -> Result<usize, StoreError> {
+        let name = from.tree_name();
+        let exists = self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes());
+        if from == into || !exists {
+            return Ok(0);
+        }
+        let source = self.history_tree(from)?;
+        let target = self.history_tree(into)?;
+        let entries = source
+            .iter()
+            .map(|item| {
+                let (_, bytes) = item?;
+                decode::<HistoryEntry>("history", &bytes)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = (&source, &target, &self.state).transaction(|(source, target, state)| {
+            let mut moved = 0;
+            for entry in &entries {
+                source.remove(entry.order_key().to_vec())?;
+                state.remove(index_key(&entry.id))?;
+                let mut entry = entry.clone();
+                entry.conversation = *into;
+                entry.label = label.to_owned();
+                if entry.from == stand_in {
+                    entry.from = label.to_owned();
+                }
+                moved += usize::from(insert_entry(target, state, &entry)?);
+            }
+            Ok::<_, ConflictableTransactionError<Infallible>>(moved)
+        });
+        let moved = committed(result)?;
+        drop(source);
+        self.db.drop_tree(name)?;
+        Ok(moved)
+    }
+
     /// Records that a control message `id` was taken in, with `batch`, atomically; `false` (and
     /// nothing written) if it was known.
     pub fn record_control(&self, id: &MessageId, batch: &StateBatch) -> Result<bool, StoreError> {

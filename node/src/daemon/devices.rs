@@ -102,8 +102,32 @@ impl Node {
             let request = RendezvousRequest::FetchDevices {
                 names: names.clone(),
             };
-            self.rendezvous_request(request, Pending::Devices { names });
+            let pending = Pending::Devices {
+                names,
+                waiting: Vec::new(),
+                call: None,
+            };
+            self.rendezvous_request(request, pending);
         }
+    }
+
+    /// Device lists fetched for senders the rendezvous named as these users' devices: once
+    /// they are in, the senders are named (`waiting`) and the send `call` goes on.
+    pub(crate) fn fetch_devices_for(
+        &mut self,
+        names: Vec<UserName>,
+        waiting: Vec<[u8; 32]>,
+        call: Option<palaver_protocol::node::direct::pipeline::CallId>,
+    ) {
+        let request = RendezvousRequest::FetchDevices {
+            names: names.clone(),
+        };
+        let pending = Pending::Devices {
+            names,
+            waiting,
+            call,
+        };
+        self.rendezvous_request(request, pending);
     }
 
     /// After a login: our own list and every contact's, which may have changed meanwhile.
@@ -167,6 +191,10 @@ impl Node {
         for key in named {
             batch.put(StateKey::Peer(key.to_bytes()), &name.to_string());
         }
+        let conversation = super::trust::load_contact(&self.store, name.as_str())
+            .ok()
+            .flatten()
+            .map(|contact| ConversationId::Direct(contact.conversation));
         for key in dropped {
             // What a removed device could read of ours ends with it.
             batch
@@ -175,6 +203,21 @@ impl Node {
         }
         if let Err(err) = self.store.apply(&batch) {
             return tracing::warn!("store: {err}");
+        }
+        // What a device wrote before we knew whose it was, filed under its own key, joins the
+        // conversation with its account; what waited for its name goes out with it.
+        for key in named {
+            if let Some(conversation) = &conversation {
+                let own = ConversationId::Direct(key.to_bytes());
+                let stand_in = super::direct::short_key(key);
+                let merged =
+                    self.store
+                        .merge_conversation(&own, conversation, &stand_in, name.as_str());
+                if let Err(err) = merged {
+                    tracing::warn!("store: {err}");
+                }
+            }
+            self.release_unnamed(&key.to_bytes(), Some(name.as_str()));
         }
         let devices = pin.list().devices.len();
         tracing::info!(%name, devices, version = pin.list().version, "device list pinned");

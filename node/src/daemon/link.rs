@@ -301,6 +301,11 @@ impl Node {
                 }
                 Step::Discovery(asked, answer) => self.on_discovery_answer(asked, answer),
                 Step::Devices(lists) => self.on_devices(lists),
+                Step::FetchDevices {
+                    names,
+                    waiting,
+                    call,
+                } => self.fetch_devices_for(names, waiting, call),
                 Step::Link(answer) => self.on_link_answer(answer),
                 Step::Revoked { list, reply } => self.on_revoked(*list, reply),
             }

@@ -53,8 +53,14 @@ pub enum Ask<T, D> {
     },
     /// A discovery question.
     Discovery(D),
-    /// Device lists of these users (contacts', or our own), to take in.
-    Devices { names: Vec<UserName> },
+    /// Device lists of these users (contacts', or our own), to take in. `waiting`: senders
+    /// whose keys the rendezvous said are these users' devices, named once the lists are in
+    /// (or with stand-ins); `call`: a send that asked who holds such a key.
+    Devices {
+        names: Vec<UserName>,
+        waiting: Vec<[u8; 32]>,
+        call: Option<CallId>,
+    },
     /// A step of the link under way ([`crate::node::devices::Linker`]).
     Link(LinkStep),
     /// Our new device list (a device revoked), published for a call.
@@ -110,6 +116,13 @@ pub enum Step<T, D> {
     Discovery(D, Result<RendezvousResponse, String>),
     /// Take in these device lists (see [`crate::node::devices::learn`]).
     Devices(Vec<AccountDevices>),
+    /// The rendezvous named these users for keys that are not their account keys: fetch their
+    /// device lists, then name the `waiting` senders (see [`Ask::Devices`]).
+    FetchDevices {
+        names: Vec<UserName>,
+        waiting: Vec<[u8; 32]>,
+        call: Option<CallId>,
+    },
     /// The link under way goes on with this.
     Link(LinkAnswer),
     /// Our device list is published: keep it as ours, and answer the call.
@@ -145,9 +158,19 @@ pub fn answered<T, D>(
     let no_answer = |error: &str| format!("the rendezvous did not answer: {error}");
     match (ask, answer) {
         (Ask::Discovery(asked), answer) => vec![Step::Discovery(asked, answer)],
-        (Ask::Devices { .. }, Ok(R::Devices(lists))) => vec![Step::Devices(lists)],
-        // Nobody waits on it: the lists are asked for again at the next login or push.
-        (Ask::Devices { .. }, _) => Vec::new(),
+        (Ask::Devices { waiting, call, .. }, answer) => {
+            // Refused or unanswered: the lists are asked for again at the next login or push.
+            let lists = match answer {
+                Ok(R::Devices(lists)) => vec![Step::Devices(lists)],
+                _ => Vec::new(),
+            };
+            let unnamed = (!waiting.is_empty()).then_some(Step::Unnamed(waiting));
+            lists
+                .into_iter()
+                .chain(unnamed)
+                .chain(call.map(learned))
+                .collect()
+        }
         (Ask::Link(step), answer) => {
             let done = |answer: Result<RendezvousResponse, String>| match answer {
                 Ok(R::Done) => Ok(()),
@@ -189,6 +212,31 @@ pub fn answered<T, D>(
             users,
             asked: Asked::ContactsAmong(names),
         }],
+        (Ask::WhoIs { keys, call }, Ok(R::Users(users)))
+            if users.iter().any(|u| !keys.contains(&u.identity.to_bytes())) =>
+        {
+            // Named for a key that is not their account key: one of their linked devices, if
+            // their device list (signed by that account key, fetched next) names it.
+            let (own, by_device): (Vec<_>, Vec<_>) = users
+                .into_iter()
+                .partition(|u| keys.contains(&u.identity.to_bytes()));
+            let names: Vec<UserName> = by_device.iter().map(|u| u.name.clone()).collect();
+            vec![
+                Step::Learn {
+                    users: own,
+                    asked: Asked::Keys(keys.clone()),
+                },
+                Step::Learn {
+                    users: by_device,
+                    asked: Asked::Names(names.clone()),
+                },
+                Step::FetchDevices {
+                    names,
+                    waiting: keys,
+                    call,
+                },
+            ]
+        }
         (Ask::WhoIs { keys, call }, Ok(R::Users(users))) => {
             let learn = Step::Learn {
                 users,

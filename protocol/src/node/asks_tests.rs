@@ -96,7 +96,7 @@ fn prekeys_not_yet_published_wait_and_other_refusals_fail() {
 
 #[test]
 fn a_who_is_names_whom_it_can_and_releases_the_rest() {
-    let keys = vec![[2; 32], [3; 32]];
+    let keys = vec![user("bob", 2).identity.to_bytes(), [3; 32]];
     let ask = || Ask::<u8, &str>::WhoIs {
         keys: keys.clone(),
         call: None,
@@ -106,6 +106,37 @@ fn a_who_is_names_whom_it_can_and_releases_the_rest() {
     assert!(matches!(&steps[..], [Step::Learn { .. }, Step::Unnamed(k)] if *k == keys));
     let steps: Vec<S> = answered(ask(), Err("no".into()));
     assert_eq!(steps, [Step::Unnamed(keys.clone())]);
+}
+
+#[test]
+fn a_key_named_for_a_user_whose_account_key_it_is_not_waits_for_their_device_list() {
+    let device = [9; 32];
+    let ask = || Ask::<u8, &str>::WhoIs {
+        keys: vec![device],
+        call: None,
+    };
+    let steps: Vec<S> = answered(ask(), Ok(RendezvousResponse::Users(vec![user("alice", 4)])));
+    assert!(
+        matches!(&steps[..], [
+            Step::Learn { users: own, .. },
+            Step::Learn { users: by_device, asked: Asked::Names(names) },
+            Step::FetchDevices { waiting, call: None, .. },
+        ] if own.is_empty() && by_device.len() == 1 && names == &[name("alice")] && *waiting == [device]),
+        "{steps:?}"
+    );
+    // Once the lists are in (or not), the senders are named or get their stand-ins.
+    let steps: Vec<S> = answered(
+        Ask::Devices {
+            names: vec![name("alice")],
+            waiting: vec![device],
+            call: Some(5),
+        },
+        Err("gone".into()),
+    );
+    assert!(
+        matches!(&steps[..], [Step::Unnamed(w), Step::Pipeline { call: 5, .. }] if *w == [device]),
+        "{steps:?}"
+    );
 }
 
 #[test]
