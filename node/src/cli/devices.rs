@@ -131,7 +131,7 @@ pub(super) async fn init_linked(
         "--label is printable text of 1 to 32 characters"
     );
     let device = Identity::generate(&mut OsRng);
-    let request = LinkRequest::new(&device, label.clone(), history, &code.secret);
+    let request = LinkRequest::new(&device, label.clone(), history, &code);
     let sealed = code
         .secret
         .seal(Direction::Request, &codec::encode(&request)?, &mut OsRng);

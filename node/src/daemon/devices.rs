@@ -266,6 +266,7 @@ impl Node {
             let secret = LinkSecret::generate(&mut OsRng);
             let code = LinkCode {
                 secret: secret.clone(),
+                account: self.identity.public(),
                 rendezvous,
             };
             self.state.link = Some(Linker::new(secret, now_ms()));

@@ -1,9 +1,10 @@
 //! Linking a new device: the one-line code and the two sealed messages it carries.
 //!
 //! `palaver device link` on a device holding the account key draws a [`LinkSecret`] and shows
-//! a [`LinkCode`]: the secret and the rendezvous address. The new device (`init --link CODE`)
-//! leaves a sealed [`LinkRequest`] — its device key, its label, and a signature proving it
-//! holds that key — at the request slot of the rendezvous's link drop; the old device takes it,
+//! a [`LinkCode`]: the secret, the account key and the rendezvous address. The new device
+//! (`init --link CODE`) leaves a sealed [`LinkRequest`] — its device key, its label, its
+//! signature binding it to the account key, and one proving it holds the key for this link —
+//! at the request slot of the rendezvous's link drop; the old device takes it,
 //! signs a device list that adds the key, publishes it, and leaves a sealed grant (the account's
 //! name, the list, and what the new device needs to start) at the grant slot.
 //!
@@ -127,18 +128,34 @@ pub struct LinkRequest {
     pub device: VerifyingKey,
     pub label: String,
     pub history: u32,
+    /// The device key's signature over the account key ([`crate::identity::devices::Device::bind`]).
+    pub binding: Signature,
     /// The device key's signature over this link's request slot and the key.
     pub proof: Signature,
 }
 
 impl LinkRequest {
-    pub fn new(device: &Identity, label: String, history: u32, secret: &LinkSecret) -> Self {
+    /// `device`'s request to join the account of `code` as `label`, with the last `history`
+    /// lines of each conversation.
+    pub fn new(device: &Identity, label: String, history: u32, code: &LinkCode) -> Self {
+        let secret = &code.secret;
         let proof = device.sign(PROOF_DOMAIN, &secret.proof_message(&device.public()));
         Self {
             device: device.public(),
             label,
             history,
+            binding: crate::identity::devices::binding(device, &code.account),
             proof,
+        }
+    }
+
+    /// The device this request asks to add (bound to the account it asked for), added now.
+    pub fn device(&self, added_at_ms: u64) -> crate::identity::devices::Device {
+        crate::identity::devices::Device {
+            key: self.device,
+            label: self.label.clone(),
+            added_at_ms,
+            binding: Some(self.binding),
         }
     }
 
@@ -154,10 +171,13 @@ impl LinkRequest {
     }
 }
 
-/// The one-line code: `palaver-link:<secret in hex>@<rendezvous multiaddr>`.
+/// The one-line code: `palaver-link:<secret>.<account key>@<rendezvous multiaddr>` (the
+/// secret and the key in hex).
 #[derive(Debug, Clone)]
 pub struct LinkCode {
     pub secret: LinkSecret,
+    /// The account the new device joins: it binds its key to this one.
+    pub account: VerifyingKey,
     pub rendezvous: Multiaddr,
 }
 
@@ -165,8 +185,9 @@ impl fmt::Display for LinkCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{CODE_PREFIX}{}@{}",
+            "{CODE_PREFIX}{}.{}@{}",
             hex::encode(self.secret.0.as_ref()),
+            hex::encode(self.account.as_bytes()),
             self.rendezvous
         )
     }
@@ -175,7 +196,7 @@ impl fmt::Display for LinkCode {
 /// Why a link code was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "not a link code: {0} (it looks like {CODE_PREFIX}<32 hex digits>@<address>, as `palaver device link` printed it)"
+    "not a link code: {0} (it looks like {CODE_PREFIX}<32 hex digits>.<64 hex digits>@<address>, as `palaver device link` printed it)"
 )]
 pub struct BadLinkCode(&'static str);
 
@@ -187,15 +208,24 @@ impl FromStr for LinkCode {
             .trim()
             .strip_prefix(CODE_PREFIX)
             .ok_or(BadLinkCode("it does not start with palaver-link:"))?;
-        let (secret, address) = rest.split_once('@').ok_or(BadLinkCode("no @ address"))?;
+        let (keys, address) = rest.split_once('@').ok_or(BadLinkCode("no @ address"))?;
+        let (secret, account) = keys
+            .split_once('.')
+            .ok_or(BadLinkCode("no account key after the secret"))?;
         let mut bytes = Zeroizing::new([0u8; 16]);
         hex::decode_to_slice(secret, bytes.as_mut())
             .map_err(|_| BadLinkCode("the secret is not 32 hex digits"))?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(account, &mut key)
+            .map_err(|_| BadLinkCode("the account key is not 64 hex digits"))?;
+        let account = VerifyingKey::from_bytes(&key)
+            .map_err(|_| BadLinkCode("the account key is not a key"))?;
         let rendezvous = address
             .parse()
             .map_err(|_| BadLinkCode("the address is not a multiaddr"))?;
         Ok(Self {
             secret: LinkSecret(bytes),
+            account,
             rendezvous,
         })
     }
@@ -211,12 +241,14 @@ mod tests {
     fn a_code_reads_back_as_written() {
         let code = LinkCode {
             secret: LinkSecret::generate(&mut OsRng),
+            account: Identity::generate(&mut OsRng).public(),
             rendezvous: "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
         };
         let text = code.to_string();
         assert!(text.starts_with("palaver-link:"));
         let back: LinkCode = text.parse().unwrap();
         assert_eq!(back.rendezvous, code.rendezvous);
+        assert_eq!(back.account, code.account);
         assert_eq!(
             back.secret.slot(Direction::Grant),
             code.secret.slot(Direction::Grant)
@@ -257,8 +289,13 @@ mod tests {
     #[test]
     fn a_request_proves_its_key_for_this_link_only() {
         let secret = LinkSecret::generate(&mut OsRng);
+        let code = LinkCode {
+            secret: secret.clone(),
+            account: Identity::generate(&mut OsRng).public(),
+            rendezvous: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+        };
         let device = Identity::generate(&mut OsRng);
-        let request = LinkRequest::new(&device, "laptop".into(), 0, &secret);
+        let request = LinkRequest::new(&device, "laptop".into(), 0, &code);
         assert!(request.proves_key(&secret));
         assert!(!request.proves_key(&LinkSecret::generate(&mut OsRng)));
         let mut claimed = request;

@@ -8,7 +8,9 @@
 //! ([`DeviceList::single`]), which is how every account started.
 //!
 //! Like Signal's primary device and Matrix's master key, only the holder of the account key adds
-//! or removes a device; the account key's own device cannot be removed.
+//! or removes a device; the account key's own device cannot be removed. Every other device on a
+//! list signs the account key it joins ([`Device::binding`]), so a list — even one its account
+//! signed — cannot claim a key whose holder never agreed to be that account's.
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,7 @@ pub const MAX_DEVICES: usize = 6;
 pub const MAX_DEVICE_LABEL: usize = 32;
 
 const DEVICE_LIST_DOMAIN: &[u8] = b"palaver/v1/device-list";
+const DEVICE_BINDING_DOMAIN: &[u8] = b"palaver/v1/device-binding";
 
 /// One device of an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +34,47 @@ pub struct Device {
     pub label: String,
     /// When it was linked (ms since the Unix epoch; the first device: when the list was made).
     pub added_at_ms: u64,
+    /// The device key's signature over the account key it belongs to ([`Device::bind`]); the
+    /// account key's own device needs none.
+    pub binding: Option<Signature>,
+}
+
+/// `device`'s signature saying it belongs to the account `account`.
+pub fn binding(device: &Identity, account: &VerifyingKey) -> Signature {
+    device.sign(DEVICE_BINDING_DOMAIN, account.as_bytes())
+}
+
+impl Device {
+    /// `device`, joining the account `account` as `label`.
+    pub fn bind(
+        device: &Identity,
+        account: &VerifyingKey,
+        label: String,
+        added_at_ms: u64,
+    ) -> Self {
+        Self {
+            key: device.public(),
+            label,
+            added_at_ms,
+            binding: Some(binding(device, account)),
+        }
+    }
+
+    /// Whether this device agreed to be `account`'s.
+    fn is_bound_to(&self, account: &VerifyingKey) -> bool {
+        if self.key == *account {
+            return true;
+        }
+        self.binding.as_ref().is_some_and(|binding| {
+            verify(
+                &self.key,
+                DEVICE_BINDING_DOMAIN,
+                account.as_bytes(),
+                binding,
+            )
+            .is_ok()
+        })
+    }
 }
 
 /// The devices that speak for `account`, at `version` (each change counts up by one).
@@ -54,6 +98,8 @@ pub enum DeviceListError {
     TooMany,
     #[error("the device list names a device twice")]
     Duplicate,
+    #[error("the device list names a key that never agreed to be this account's")]
+    Unbound,
     #[error("a device label is printable text of 1 to {MAX_DEVICE_LABEL} characters")]
     BadLabel,
     #[error("the device list is older (version {offered}) than the one already seen ({pinned})")]
@@ -87,6 +133,7 @@ impl DeviceList {
                 key: account,
                 label: "first device".into(),
                 added_at_ms: 0,
+                binding: None,
             }],
         }
     }
@@ -164,6 +211,9 @@ impl DeviceList {
             if self.devices[..i].iter().any(|d| d.key == device.key) {
                 return Err(DeviceListError::Duplicate);
             }
+        }
+        if self.devices.iter().any(|d| !d.is_bound_to(&self.account)) {
+            return Err(DeviceListError::Unbound);
         }
         Ok(())
     }
@@ -286,12 +336,14 @@ mod tests {
 
     use super::*;
 
-    fn device(label: &str, at: u64) -> Device {
-        Device {
-            key: Identity::generate(&mut OsRng).public(),
-            label: label.into(),
-            added_at_ms: at,
-        }
+    /// A device bound to the account `first` makes for `ACCOUNT`.
+    fn device_of(account: &Identity, label: &str, at: u64) -> Device {
+        Device::bind(
+            &Identity::generate(&mut OsRng),
+            &account.public(),
+            label.into(),
+            at,
+        )
     }
 
     fn first(account: &Identity) -> DeviceList {
@@ -304,7 +356,9 @@ mod tests {
     fn a_signed_list_verifies_under_its_account_only() {
         let account = Identity::generate(&mut OsRng);
         let other = Identity::generate(&mut OsRng);
-        let list = first(&account).with(device("laptop", 5)).unwrap();
+        let list = first(&account)
+            .with(device_of(&account, "laptop", 5))
+            .unwrap();
         let signed = SignedDeviceList::sign(list.clone(), &account).unwrap();
         assert_eq!(signed.verify(&account.public()), Ok(&list));
         assert_eq!(
@@ -320,11 +374,15 @@ mod tests {
     #[test]
     fn a_server_cannot_add_a_device_or_change_a_label() {
         let account = Identity::generate(&mut OsRng);
-        let signed =
-            SignedDeviceList::sign(first(&account).with(device("laptop", 5)).unwrap(), &account)
-                .unwrap();
+        let signed = SignedDeviceList::sign(
+            first(&account)
+                .with(device_of(&account, "laptop", 5))
+                .unwrap(),
+            &account,
+        )
+        .unwrap();
         let mut added = signed.clone();
-        added.list.devices.push(device("mallory", 6));
+        added.list.devices.push(device_of(&account, "mallory", 6));
         assert_eq!(
             added.verify(&account.public()),
             Err(DeviceListError::BadSignature)
@@ -348,10 +406,12 @@ mod tests {
         let account = Identity::generate(&mut OsRng);
         let mut list = first(&account);
         for i in 1..MAX_DEVICES {
-            list = list.with(device(&format!("d{i}"), i as u64)).unwrap();
+            list = list
+                .with(device_of(&account, &format!("d{i}"), i as u64))
+                .unwrap();
         }
         assert_eq!(
-            list.with(device("one too many", 9)),
+            list.with(device_of(&account, "one too many", 9)),
             Err(DeviceListError::TooMany)
         );
         let twice = list.devices[1].clone();
@@ -361,7 +421,7 @@ mod tests {
         );
         for label in ["", "   ", "tab\there", &"x".repeat(MAX_DEVICE_LABEL + 1)] {
             assert_eq!(
-                first(&account).with(device(label, 1)),
+                first(&account).with(device_of(&account, label, 1)),
                 Err(DeviceListError::BadLabel),
                 "{label:?}"
             );
@@ -372,7 +432,7 @@ mod tests {
             Err(DeviceListError::AccountDevice)
         );
         assert_eq!(
-            list.without(&device("stranger", 1).key),
+            list.without(&device_of(&account, "stranger", 1).key),
             Err(DeviceListError::UnknownDevice)
         );
         // Found by label or by 8+ hex digits of its key.
@@ -383,7 +443,7 @@ mod tests {
         assert_eq!(list.find(&hex[..7]), Err(DeviceListError::UnknownDevice));
         assert_eq!(list.find("nobody"), Err(DeviceListError::UnknownDevice));
         let mut orphan = first(&account);
-        orphan.devices[0].key = device("x", 1).key;
+        orphan.devices[0].key = device_of(&account, "x", 1).key;
         assert_eq!(
             SignedDeviceList::sign(orphan, &account),
             Err(DeviceListError::NoAccountDevice)
@@ -393,7 +453,7 @@ mod tests {
     #[test]
     fn a_pin_takes_newer_lists_and_refuses_older_and_conflicting_ones() {
         let account = Identity::generate(&mut OsRng);
-        let laptop = device("laptop", 5);
+        let laptop = device_of(&account, "laptop", 5);
         let v1 = first(&account);
         let v2 = v1.with(laptop.clone()).unwrap();
         let v3 = v2.without(&laptop.key).unwrap();
@@ -430,18 +490,44 @@ mod tests {
                 offered: 2
             })
         );
-        let fork = v2.with(device("desktop", 7)).unwrap();
+        let fork = v2.with(device_of(&account, "desktop", 7)).unwrap();
         assert_eq!(fork.version, 3);
         assert_eq!(pin.accept(&sign(&fork)), Err(DeviceListError::Conflict(3)));
         assert_eq!(pin.list(), &v3);
     }
 
     #[test]
+    fn a_list_cannot_name_a_key_that_never_agreed_to_be_the_accounts() {
+        let account = Identity::generate(&mut OsRng);
+        let bob = Identity::generate(&mut OsRng);
+        // bob's key, bound to another account, or to none.
+        let elsewhere = Device::bind(
+            &bob,
+            &Identity::generate(&mut OsRng).public(),
+            "b".into(),
+            1,
+        );
+        let unbound = Device {
+            binding: None,
+            ..elsewhere.clone()
+        };
+        for claimed in [elsewhere, unbound] {
+            assert_eq!(first(&account).with(claimed), Err(DeviceListError::Unbound));
+        }
+        let mine = Device::bind(&bob, &account.public(), "b".into(), 1);
+        assert!(first(&account).with(mine).is_ok());
+    }
+
+    #[test]
     fn a_signed_list_round_trips_through_the_codec() {
         let account = Identity::generate(&mut OsRng);
-        let signed =
-            SignedDeviceList::sign(first(&account).with(device("laptop", 5)).unwrap(), &account)
-                .unwrap();
+        let signed = SignedDeviceList::sign(
+            first(&account)
+                .with(device_of(&account, "laptop", 5))
+                .unwrap(),
+            &account,
+        )
+        .unwrap();
         let bytes = codec::encode(&signed).unwrap();
         let back: SignedDeviceList = codec::decode(&bytes).unwrap();
         assert_eq!(back.verify(&account.public()), Ok(signed.claimed()));
@@ -455,7 +541,7 @@ mod tests {
             let account = Identity::generate(&mut OsRng);
             let mut versions = vec![first(&account)];
             for i in 1..5 {
-                let next = versions[i - 1].with(device(&format!("d{i}"), i as u64)).unwrap();
+                let next = versions[i - 1].with(device_of(&account, &format!("d{i}"), i as u64)).unwrap();
                 versions.push(next);
             }
             let signed: Vec<_> = versions

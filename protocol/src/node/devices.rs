@@ -396,11 +396,8 @@ impl Linker {
             Err(error) => return Some(self.fail(error)),
         };
         let history = request.history.min(MAX_LINKED_HISTORY);
-        let device = Device {
-            key: request.device,
-            label: request.label,
-            added_at_ms: now_ms,
-        };
+        // Bound to another account than ours (a code mixed up): refused by the list's rules.
+        let device = request.device(now_ms);
         let signed = own
             .with(device.clone())
             .and_then(|list| SignedDeviceList::sign(list, account));

@@ -1,19 +1,13 @@
 use rand_core::OsRng;
 
 use super::*;
-
-fn device(identity: &Identity, label: &str) -> Device {
-    Device {
-        key: identity.public(),
-        label: label.into(),
-        added_at_ms: 1,
-    }
-}
+use crate::crypto::link::LinkCode;
 
 fn list_of(account: &Identity, linked: &[&Identity]) -> DeviceList {
     let mut list = DeviceList::single(account.public());
     for (i, d) in linked.iter().enumerate() {
-        list = list.with(device(d, &format!("d{i}"))).unwrap();
+        let device = Device::bind(d, &account.public(), format!("d{i}"), 1);
+        list = list.with(device).unwrap();
     }
     list
 }
@@ -218,9 +212,17 @@ fn only_our_own_other_devices_hand_us_our_lines() {
     assert!(!is_own_device(None, &alice.public(), &phone.public()));
 }
 
-/// The new device's side, as `init --link` runs it.
-fn request(secret: &LinkSecret, device: &Identity, label: &str) -> Vec<u8> {
-    let request = LinkRequest::new(device, label.into(), 50, secret);
+fn code(secret: &LinkSecret, account: &Identity) -> LinkCode {
+    LinkCode {
+        secret: secret.clone(),
+        account: account.public(),
+        rendezvous: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+    }
+}
+
+/// The new device's side, as `init --link` runs it, for `account` (alice's in these tests).
+fn request_for(secret: &LinkSecret, account: &Identity, device: &Identity, label: &str) -> Vec<u8> {
+    let request = LinkRequest::new(device, label.into(), 50, &code(secret, account));
     secret.seal(
         Direction::Request,
         &codec::encode(&request).unwrap(),
@@ -250,7 +252,7 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
     assert!(linker.handle_timeout(1_200 + LINK_POLL_MS).is_some());
 
     let Some(LinkOutput::Publish(list)) = linker.taken(
-        Ok(Some(request(&secret, &laptop, "laptop"))),
+        Ok(Some(request_for(&secret, &alice, &laptop, "laptop"))),
         &own,
         &alice,
         2_000,
@@ -305,7 +307,7 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
 
     let mut linker = Linker::new(secret.clone(), 0);
     linker.handle_timeout(0);
-    let wrong = request(&LinkSecret::generate(&mut OsRng), &alice, "x");
+    let wrong = request_for(&LinkSecret::generate(&mut OsRng), &alice, &alice, "x");
     assert!(matches!(
         linker.taken(Ok(Some(wrong)), &own, &alice, 1),
         Some(LinkOutput::Failed(_))
@@ -316,7 +318,7 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
     let mut linker = Linker::new(secret.clone(), 0);
     linker.handle_timeout(0);
     let laptop = Identity::generate(&mut OsRng);
-    let mut forged = LinkRequest::new(&laptop, "laptop".into(), 0, &secret);
+    let mut forged = LinkRequest::new(&laptop, "laptop".into(), 0, &code(&secret, &alice));
     forged.device = Identity::generate(&mut OsRng).public();
     let sealed = secret.seal(
         Direction::Request,
@@ -328,12 +330,21 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
         Some(LinkOutput::Failed(e)) if e.contains("prove")
     ));
 
+    // A device that bound itself to another account (a code for someone else's).
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    let other = Identity::generate(&mut OsRng);
+    assert!(matches!(
+        linker.taken(Ok(Some(request_for(&secret, &other, &laptop, "laptop"))), &own, &alice, 1),
+        Some(LinkOutput::Failed(e)) if e.contains("agreed")
+    ));
+
     // A bad label.
     let mut linker = Linker::new(secret.clone(), 0);
     linker.handle_timeout(0);
     assert!(matches!(
         linker.taken(
-            Ok(Some(request(&secret, &laptop, "a\u{7}b"))),
+            Ok(Some(request_for(&secret, &alice, &laptop, "a\u{7}b"))),
             &own,
             &alice,
             1

@@ -376,11 +376,12 @@ pub fn device_list(seed: u8, linked: &[u8]) -> SignedDeviceList {
     let mut list = DeviceList::single(account.public());
     list.version = 1;
     for &device in linked {
-        list.devices.push(Device {
-            key: identity(device).public(),
-            label: format!("device {device}"),
-            added_at_ms: 1_700_000_000_000,
-        });
+        list.devices.push(Device::bind(
+            &identity(device),
+            &account.public(),
+            format!("device {device}"),
+            1_700_000_000_000,
+        ));
     }
     SignedDeviceList::sign(list, &account).unwrap()
 }

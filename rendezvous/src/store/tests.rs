@@ -224,11 +224,12 @@ fn alice_devices(version: u64, linked: &[u8]) -> SignedDeviceList {
     let mut list = DeviceList::single(account.public());
     list.version = version;
     for &seed in linked {
-        list.devices.push(Device {
-            key: key_of(seed),
-            label: format!("device {seed}"),
-            added_at_ms: u64::from(seed),
-        });
+        list.devices.push(Device::bind(
+            &Identity::from_secret_bytes(&[seed; 32]),
+            &account.public(),
+            format!("device {seed}"),
+            u64::from(seed),
+        ));
     }
     SignedDeviceList::sign(list, &account).unwrap()
 }
@@ -289,11 +290,9 @@ fn linked_devices_have_their_own_prekeys_and_mail_and_leave_nothing_when_removed
         let carols = {
             let account = Identity::from_secret_bytes(&[4; 32]);
             let mut list = DeviceList::single(account.public());
-            list.devices.push(Device {
-                key: key_of(11),
-                label: "stolen".into(),
-                added_at_ms: 0,
-            });
+            // (The laptop even bound itself to carol: the store still refuses.)
+            let laptop = Identity::from_secret_bytes(&[11; 32]);
+            list.devices.push(Device::bind(&laptop, &account.public(), "stolen".into(), 0));
             SignedDeviceList::sign(list, &account).unwrap()
         };
         assert!(store.put_devices(&carol, &carols).is_err());

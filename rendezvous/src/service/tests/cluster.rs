@@ -167,11 +167,8 @@ fn a_device_revoked_at_one_instance_is_logged_out_at_the_other_and_watchers_ther
         let mut list = DeviceList::single(alice_id.public());
         list.version = version;
         for d in devices {
-            list.devices.push(Device {
-                key: d.public(),
-                label: "laptop".into(),
-                added_at_ms: 0,
-            });
+            let device = Device::bind(d, &alice_id.public(), "laptop".into(), 0);
+            list.devices.push(device);
         }
         RendezvousRequest::PublishDevices(Box::new(SignedDeviceList::sign(list, &alice_id).unwrap()))
     };

@@ -11,11 +11,8 @@ fn devices(account: &Identity, version: u64, linked: &[&Identity]) -> SignedDevi
     let mut list = DeviceList::single(account.public());
     list.version = version;
     for (i, device) in linked.iter().enumerate() {
-        list.devices.push(Device {
-            key: device.public(),
-            label: format!("device {i}"),
-            added_at_ms: 0,
-        });
+        let device = Device::bind(device, &account.public(), format!("device {i}"), 0);
+        list.devices.push(device);
     }
     SignedDeviceList::sign(list, account).unwrap()
 }
