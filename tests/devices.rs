@@ -142,6 +142,40 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     Ok(())
 }
 
+/// Links a new device of `account`'s in `dir/label` (its daemon not started).
+fn link(account: &User, dir: &std::path::Path, label: &str) -> anyhow::Result<User> {
+    let started = account.json(&["device", "link", "--no-wait"])?;
+    let code = started[0]["code"].as_str().unwrap().to_owned();
+    let device = User::at_home(&account.name, dir.join(label));
+    device.ok(&["init", "--link", &code, "--label", label])?;
+    Ok(device)
+}
+
+#[test]
+fn a_copy_that_could_not_be_sealed_goes_out_after_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let mut bob = users.pop().unwrap();
+    let alice = users.pop().unwrap();
+    let id = bob.send("alice", "hello")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    // The laptop is linked but not started: it has published no prekeys, so bob's copy for it
+    // waits (and would fail after the pipeline's prekey wait).
+    let mut laptop = link(&alice, dir.path(), "laptop")?;
+    wait_for("bob to know alice's laptop", || {
+        (devices_known(&bob, "alice") == 2).then_some(())
+    })?;
+    let id = bob.send("alice", "sealed later")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    // bob's daemon stops with the copy still owed; started again, it sends it.
+    bob.stop()?;
+    laptop.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    line(&laptop, "bob", "sealed later")?;
+    Ok(())
+}
+
 #[test]
 fn a_copied_home_is_refused_at_login_and_the_running_daemon_keeps_working() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -225,6 +225,8 @@ pub(crate) struct Node {
     file_io: files::FileIo,
     /// Calls waiting for the link under way to end (`device link --wait`).
     link_waiters: Vec<rpc::Reply>,
+    /// The copies an earlier run left unsealed went out (at the first login).
+    copies_resumed: bool,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -342,6 +344,7 @@ impl Node {
             keyed_sends: Default::default(),
             file_io,
             link_waiters: Vec::new(),
+            copies_resumed: false,
         };
         node.subscribe_room_topics();
         node.drive_files();

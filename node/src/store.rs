@@ -210,6 +210,9 @@ pub enum StateKey<'a> {
     Devices(&'a str),
     /// A copy of one of our messages for another device: the message, and whose device.
     CopyOf(MessageId),
+    /// The copies of one of our messages not sealed yet
+    /// ([`palaver_protocol::node::devices::PendingCopies`]).
+    CopiesPending(MessageId),
     Meta(&'a str),
 }
 
@@ -246,6 +249,7 @@ impl StateKey<'_> {
             StateKey::FileSent(id) => bytes.extend([&[b'x'][..], &id.0].concat()),
             StateKey::Devices(name) => bytes.extend([&[b'D'][..], name.as_bytes()].concat()),
             StateKey::CopyOf(id) => bytes.extend([&[b'C'][..], &id.0].concat()),
+            StateKey::CopiesPending(id) => bytes.extend([&[b'P'][..], &id.0].concat()),
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes

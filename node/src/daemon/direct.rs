@@ -18,7 +18,7 @@ use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use palaver_protocol::crypto::x3dh::PrekeyBundle;
 use palaver_protocol::delivery::{HybridClock, Stamp};
 use palaver_protocol::identity::peer_id_of;
-use palaver_protocol::node::devices::CopyFor;
+use palaver_protocol::node::devices::{CopyFor, PendingCopies};
 use palaver_protocol::node::direct::mail;
 use palaver_protocol::node::direct::pairwise::{self, PeerSessions};
 use palaver_protocol::node::direct::pipeline::{
@@ -297,10 +297,26 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
         let mut batch = StateBatch::default();
+        // The copies this message makes are stored with it; a copy, once sealed, is taken off.
+        let pending = copied
+            .and_then(|payload| self.pending_copies(&payload, &name, key, (id, seq, sent_at_ms)));
         match job.copy {
             None => batch.put(StateKey::Seq(conversation), &seq),
-            Some(copy) => batch.put(StateKey::CopyOf(id), &(copy.of, copy.for_)),
+            Some(copy) => {
+                let left = self
+                    .store
+                    .get::<PendingCopies>(StateKey::CopiesPending(copy.of));
+                match left.ok().flatten().map(|p| p.sealed(&key)) {
+                    Some(Some(left)) => batch.put(StateKey::CopiesPending(copy.of), &left),
+                    Some(None) => batch.remove(StateKey::CopiesPending(copy.of)),
+                    None => &mut batch,
+                };
+                batch.put(StateKey::CopyOf(id), &(copy.of, copy.for_))
+            }
         };
+        if let Some(pending) = &pending {
+            batch.put(StateKey::CopiesPending(id), pending);
+        }
         batch
             .put(StateKey::Session(key.to_bytes()), &sessions)
             .put(StateKey::Meta(CLOCK_META), &stamp)
@@ -337,20 +353,48 @@ impl Node {
         }
         let reply = job.reply;
         self.when_durable(AfterFlush::Sealed { id, reply, warning });
-        if let Some(payload) = copied {
-            self.send_copies(&payload, &name, key, (id, seq, sent_at_ms));
+        if let Some(pending) = pending {
+            self.feed_copies(pending);
         }
     }
 
-    /// Copies of our message `id` to `to` (account key `to_key`) for the other devices (see
-    /// [`palaver_protocol::node::devices::copy_jobs`]).
-    fn send_copies(
-        &mut self,
+    /// Copies left unsealed by an earlier run (a crash, or a device that could not be reached
+    /// for its prekeys) go out now.
+    pub(crate) fn resume_copies(&mut self) {
+        let pending = self
+            .store
+            .scan::<PendingCopies>(StateKey::CopiesPending(MessageId([0; 32])));
+        let pending = match pending {
+            Ok(pending) => pending,
+            Err(err) => return tracing::warn!("cannot read the copies left to send: {err}"),
+        };
+        let mine = self.own_devices();
+        for copies in pending {
+            let of = copies.of;
+            let theirs = self.devices_of(&copies.to);
+            match copies.still_wanted(theirs.as_ref(), mine.as_ref()) {
+                Some(wanted) => self.feed_copies(wanted),
+                None => {
+                    let mut batch = StateBatch::default();
+                    batch.remove(StateKey::CopiesPending(of));
+                    if let Err(err) = self.store.apply(&batch) {
+                        tracing::warn!("store: {err}");
+                    }
+                }
+            }
+        }
+        self.drive_pipeline();
+    }
+
+    /// The copies of our message `id` to `to` (account key `to_key`) for the other devices (see
+    /// [`palaver_protocol::node::devices::copy_jobs`]), if it makes any.
+    fn pending_copies(
+        &self,
         payload: &palaver_protocol::wire::Payload,
         to: &UserName,
         to_key: VerifyingKey,
         (id, seq, sent_at_ms): (MessageId, u64, u64),
-    ) {
+    ) -> Option<PendingCopies> {
         use palaver_protocol::node::devices;
         let copies = devices::copies(
             &to_key,
@@ -358,14 +402,24 @@ impl Node {
             self.own_devices().as_ref(),
             &self.identity.public(),
         );
-        for copy in devices::copy_jobs(payload, to, &to_key, id, sent_at_ms, copies) {
+        let jobs = devices::copy_jobs(payload, to, &to_key, id, sent_at_ms, copies);
+        (!jobs.is_empty()).then_some(PendingCopies {
+            of: id,
+            to: to.clone(),
+            seq,
+            jobs,
+        })
+    }
+
+    fn feed_copies(&mut self, pending: PendingCopies) {
+        for copy in pending.jobs {
             let mut job = Job::to_key(copy.device, copy.payload);
             job.copy = Some(Copy {
-                of: id,
-                seq,
+                of: pending.of,
+                seq: pending.seq,
                 for_: copy.copy,
             });
-            // Fed, not driven: this runs inside the pipeline's own loop, which carries it on.
+            // Fed, not driven: sealing runs inside the pipeline's own loop, which carries it on.
             self.feed_pipeline(PipelineInput::Send {
                 to: job.to.clone(),
                 job,

@@ -248,6 +248,9 @@ impl Node {
         self.drive_delivery();
         let _ = self.drive_rooms();
         self.refresh_all_devices();
+        if !std::mem::replace(&mut self.copies_resumed, true) {
+            self.resume_copies();
+        }
     }
 
     pub(crate) fn contact_names(&self) -> Vec<UserName> {

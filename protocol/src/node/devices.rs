@@ -62,11 +62,48 @@ pub fn copies(
 }
 
 /// A copy to seal and send: for `device`, on behalf of `copy`, carrying `payload`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyJob {
     pub device: VerifyingKey,
     pub copy: CopyFor,
     pub payload: crate::wire::Payload,
+}
+
+/// The copies of message `of` (sequence number `seq`) not sealed yet: stored with the message,
+/// each taken off in the batch that seals it, so a crash loses none (the rest go out at the
+/// next start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCopies {
+    pub of: MessageId,
+    /// Whom the message is for.
+    pub to: UserName,
+    pub seq: u64,
+    pub jobs: Vec<CopyJob>,
+}
+
+impl PendingCopies {
+    /// The copies still wanted now that `to`'s devices are `theirs` and ours `mine` (a device
+    /// revoked meanwhile gets nothing); `None`: none are.
+    pub fn still_wanted(
+        mut self,
+        theirs: Option<&DeviceList>,
+        mine: Option<&DeviceList>,
+    ) -> Option<Self> {
+        self.jobs.retain(|job| {
+            let list = match job.copy {
+                CopyFor::Recipient => theirs,
+                CopyFor::Me => mine,
+            };
+            list.is_some_and(|list| list.contains(&job.device))
+        });
+        (!self.jobs.is_empty()).then_some(self)
+    }
+
+    /// The copy for `device` is sealed: what is left (`None`: nothing).
+    pub fn sealed(mut self, device: &VerifyingKey) -> Option<Self> {
+        self.jobs.retain(|job| job.device != *device);
+        (!self.jobs.is_empty()).then_some(self)
+    }
 }
 
 /// The copies a person's message `id` (its `payload`, sent at `sent_at_ms` to `to`, account

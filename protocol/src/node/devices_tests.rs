@@ -392,3 +392,38 @@ fn a_grant_too_large_for_one_link_message_keeps_its_newest_lines() {
     );
     assert!(grant.history.windows(2).all(|w| w[0].stamp < w[1].stamp));
 }
+
+#[test]
+fn pending_copies_are_taken_off_as_each_is_sealed() {
+    let (a, b) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let job = |device: &Identity| CopyJob {
+        device: device.public(),
+        copy: CopyFor::Recipient,
+        payload: crate::wire::Payload::Text("hi".into()),
+    };
+    let pending = PendingCopies {
+        of: MessageId([1; 32]),
+        to: UserName::new("bob").unwrap(),
+        seq: 4,
+        jobs: vec![job(&a), job(&b)],
+    };
+    // After a restart, only the devices still on the list get theirs.
+    let bob = Identity::generate(&mut OsRng);
+    let now = list_of(&bob, &[&b]);
+    assert_eq!(
+        pending.clone().still_wanted(Some(&now), None).unwrap().jobs,
+        vec![job(&b)]
+    );
+    assert_eq!(pending.clone().still_wanted(None, None), None);
+    let left = pending.sealed(&a.public()).unwrap();
+    assert_eq!(left.jobs, vec![job(&b)]);
+    assert_eq!(
+        left.clone().sealed(&a.public()),
+        Some(left.clone()),
+        "sealed twice: no change"
+    );
+    assert_eq!(left.sealed(&b.public()), None);
+}
