@@ -73,6 +73,13 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     line(&alice, "bob", "to both")?;
     let on_laptop = line(&laptop, "bob", "to both")?;
     assert_eq!(on_laptop["from"], "bob");
+    // bob's --json shows how the copy for the laptop fared.
+    wait_for("bob to see the laptop's copy delivered", || {
+        let sent = line(&bob, "alice", "to both").ok()?;
+        let copies = sent["copies"].as_array()?.clone();
+        (copies.len() == 1 && copies[0]["for"] == "recipient" && copies[0]["status"] == "delivered")
+            .then_some(())
+    })?;
 
     // What the laptop sends shows at bob as alice's, in the one conversation, and on alice's
     // first device as sent by alice.

@@ -74,7 +74,7 @@ impl Status {
     }
 
     /// Statuses only move forward: a late "sent" must not undo "delivered".
-    fn rank(self) -> u8 {
+    pub(crate) fn rank(self) -> u8 {
         match self {
             Status::Sending => 0,
             Status::Sent | Status::Queued | Status::Failed => 1,
@@ -208,8 +208,10 @@ pub enum StateKey<'a> {
     /// A user's device list, as pinned ([`palaver_protocol::identity::devices::DevicePin`]);
     /// under our own name, our account's.
     Devices(&'a str),
-    /// A copy of one of our messages for another device: the message, and whose device.
+    /// A copy of one of our messages for another device: the message, whose device, which.
     CopyOf(MessageId),
+    /// How each copy of one of our messages fared, by device (`history --json`'s `copies`).
+    CopyStatuses(MessageId),
     /// The copies of one of our messages not sealed yet
     /// ([`palaver_protocol::node::devices::PendingCopies`]).
     CopiesPending(MessageId),
@@ -250,6 +252,7 @@ impl StateKey<'_> {
             StateKey::Devices(name) => bytes.extend([&[b'D'][..], name.as_bytes()].concat()),
             StateKey::CopyOf(id) => bytes.extend([&[b'C'][..], &id.0].concat()),
             StateKey::CopiesPending(id) => bytes.extend([&[b'P'][..], &id.0].concat()),
+            StateKey::CopyStatuses(id) => bytes.extend([&[b'S'][..], &id.0].concat()),
             StateKey::Meta(name) => bytes.extend([&[b'm'][..], name.as_bytes()].concat()),
         }
         bytes

@@ -70,6 +70,12 @@ pub(crate) fn history_page(
             if missing > 0 {
                 json["missing_before"] = Value::from(missing);
             }
+            // Ours, copied to other devices: how each copy fared.
+            if let Ok(Some(copies)) =
+                store.get::<Vec<super::direct::CopyStatus>>(StateKey::CopyStatuses(entry.id))
+            {
+                json["copies"] = copies.iter().map(|c| c.to_json()).collect();
+            }
             json
         })
         .collect())

@@ -41,6 +41,7 @@ use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, StoreError};
 
 mod delivery;
+pub(crate) use delivery::CopyStatus;
 mod receive;
 
 /// A direct message on its way: whom it is for, what it carries, whom to answer. The
@@ -311,7 +312,7 @@ impl Node {
                     Some(None) => batch.remove(StateKey::CopiesPending(copy.of)),
                     None => &mut batch,
                 };
-                batch.put(StateKey::CopyOf(id), &(copy.of, copy.for_))
+                batch.put(StateKey::CopyOf(id), &(copy.of, copy.for_, key.to_bytes()))
             }
         };
         if let Some(pending) = &pending {

@@ -124,7 +124,7 @@ pub static METHODS: &[Method] = &[
                 "at most this many, the latest (default 100)",
             ),
         ],
-        result: r#"[{"id","conversation","from","text","sent_at","status","missing_before"?,"file"?:{"name","size","status","path"?,…}}]"#,
+        result: r#"[{"id","conversation","from","text","sent_at","status","missing_before"?,"file"?:{"name","size","status","path"?,…},"copies"?:[{"device","for":"recipient|me","status"}]}] (`copies`: ours, sealed for other devices too; `status` counts for the account: delivered once any of the recipient's devices has it)"#,
         errors: "both or neither of `with`/`room` (code -32602); no such conversation or room",
     },
     Method {

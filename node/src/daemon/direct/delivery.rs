@@ -161,15 +161,36 @@ impl Node {
         self.delivery_input(Input::DepositFailed(id));
     }
 
-    /// A copy for another device reached `status`: the message it copies is delivered once
-    /// one of the recipient's devices has it.
+    /// A copy for another device reached `status`: it is noted by device for the message it
+    /// copies, which is delivered once one of the recipient's devices has it.
     fn copy_status(&mut self, id: &MessageId, status: &DeliveryStatus) {
         let copy = self
             .store
-            .get::<(MessageId, CopyFor)>(StateKey::CopyOf(*id));
-        if let Ok(Some((of, for_))) = copy
-            && palaver_protocol::node::devices::delivers_message(for_, status)
-        {
+            .get::<(MessageId, CopyFor, [u8; 32])>(StateKey::CopyOf(*id));
+        let Ok(Some((of, for_, device))) = copy else {
+            return;
+        };
+        let shown = history_status(*status);
+        let noted = self
+            .store
+            .get::<Vec<CopyStatus>>(StateKey::CopyStatuses(of));
+        let mut noted = noted.ok().flatten().unwrap_or_default();
+        match noted.iter_mut().find(|c| c.device == device) {
+            // Forwards only, as a message's own status.
+            Some(c) if c.status.rank() < shown.rank() => c.status = shown,
+            Some(_) => {}
+            None => noted.push(CopyStatus {
+                device,
+                copy: for_,
+                status: shown,
+            }),
+        }
+        let mut batch = StateBatch::default();
+        batch.put(StateKey::CopyStatuses(of), &noted);
+        if let Err(err) = self.store.apply(&batch) {
+            tracing::warn!("store: {err}");
+        }
+        if palaver_protocol::node::devices::delivers_message(for_, status) {
             self.set_status(&of, Status::Delivered);
         }
     }
@@ -212,5 +233,26 @@ fn history_status(status: DeliveryStatus) -> Status {
         DeliveryStatus::Queued => Status::Queued,
         DeliveryStatus::Delivered => Status::Delivered,
         DeliveryStatus::Failed { .. } => Status::Failed,
+    }
+}
+
+/// How one copy of one of our messages fared, for `history --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CopyStatus {
+    pub(crate) device: [u8; 32],
+    pub(crate) copy: CopyFor,
+    pub(crate) status: Status,
+}
+
+impl CopyStatus {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        json!({
+            "device": hex::encode(self.device),
+            "for": match self.copy {
+                CopyFor::Recipient => "recipient",
+                CopyFor::Me => "me",
+            },
+            "status": self.status.as_str(),
+        })
     }
 }
