@@ -225,8 +225,9 @@ pub(crate) struct Node {
     file_io: files::FileIo,
     /// Calls waiting for the link under way to end (`device link --wait`).
     link_waiters: Vec<rpc::Reply>,
-    /// The copies an earlier run left unsealed went out (at the first login).
-    copies_resumed: bool,
+    /// Copies for other devices fed to the send pipeline and not sealed or failed yet, by the
+    /// message and the device (so that a login resuming the owed ones sends none twice).
+    copies_in_flight: std::collections::HashSet<(palaver_protocol::MessageId, [u8; 32])>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -344,7 +345,7 @@ impl Node {
             keyed_sends: Default::default(),
             file_io,
             link_waiters: Vec::new(),
-            copies_resumed: false,
+            copies_in_flight: Default::default(),
         };
         node.subscribe_room_topics();
         node.drive_files();

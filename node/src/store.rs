@@ -286,6 +286,12 @@ impl StateBatch {
         self
     }
 
+    /// Removes a record by the raw key a scan found it under (one that did not decode).
+    pub fn remove_raw(&mut self, key: Vec<u8>) -> &mut Self {
+        self.ops.push((key, None));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -544,13 +550,16 @@ impl Store {
         stand_in: &str,
         label: &str,
     ) -> Result<usize, StoreError> {
+        if from == into {
+            return Ok(0);
+        }
         let name = from.tree_name();
         let exists = self
             .db
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == name.as_bytes());
-        if from == into || !exists {
+        if !exists {
             return Ok(0);
         }
         let source = self.history_tree(from)?;
@@ -558,28 +567,40 @@ impl Store {
         let entries = source
             .iter()
             .map(|item| {
-                let (_, bytes) = item?;
-                decode::<HistoryEntry>("history", &bytes)
+                let (key, bytes) = item?;
+                Ok((key, decode::<HistoryEntry>("history", &bytes)?))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let result = (&source, &target, &self.state).transaction(|(source, target, state)| {
             let mut moved = 0;
-            for entry in &entries {
-                source.remove(entry.order_key().to_vec())?;
-                state.remove(index_key(&entry.id))?;
-                let mut entry = entry.clone();
-                entry.conversation = *into;
-                entry.label = label.to_owned();
-                if entry.from == stand_in {
-                    entry.from = label.to_owned();
+            for (key, entry) in &entries {
+                let index = state.remove(index_key(&entry.id))?;
+                let mut merged = entry.clone();
+                merged.conversation = *into;
+                merged.label = label.to_owned();
+                if merged.from == stand_in {
+                    merged.from = label.to_owned();
                 }
-                moved += usize::from(insert_entry(target, state, &entry)?);
+                if insert_entry(target, state, &merged)? {
+                    source.remove(key)?;
+                    moved += 1;
+                } else if let Some(index) = index {
+                    // No place for it there (or its id is known there): it stays where it was.
+                    state.insert(index_key(&entry.id), index)?;
+                }
             }
             Ok::<_, ConflictableTransactionError<Infallible>>(moved)
         });
         let moved = committed(result)?;
-        drop(source);
-        self.db.drop_tree(name)?;
+        let mut leftovers = StateBatch::default();
+        leftovers
+            .remove(StateKey::ReadUpTo(*from))
+            .remove(StateKey::Seq(*from));
+        self.apply(&leftovers)?;
+        if source.is_empty() {
+            drop(source);
+            self.db.drop_tree(name)?;
+        }
         Ok(moved)
     }
 

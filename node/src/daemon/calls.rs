@@ -71,8 +71,9 @@ pub(crate) fn history_page(
                 json["missing_before"] = Value::from(missing);
             }
             // Ours, copied to other devices: how each copy fared.
-            if let Ok(Some(copies)) =
-                store.get::<Vec<super::direct::CopyStatus>>(StateKey::CopyStatuses(entry.id))
+            if entry.status != crate::store::Status::Received
+                && let Ok(Some(copies)) =
+                    store.get::<Vec<super::direct::CopyStatus>>(StateKey::CopyStatuses(entry.id))
             {
                 json["copies"] = copies.iter().map(|c| c.to_json()).collect();
             }

@@ -104,6 +104,7 @@ impl Node {
             };
             let pending = Pending::Devices {
                 names,
+                claims: Vec::new(),
                 waiting: Vec::new(),
                 call: None,
             };
@@ -115,15 +116,17 @@ impl Node {
     /// they are in, the senders are named (`waiting`) and the send `call` goes on.
     pub(crate) fn fetch_devices_for(
         &mut self,
-        names: Vec<UserName>,
+        claims: Vec<(UserName, VerifyingKey)>,
         waiting: Vec<[u8; 32]>,
         call: Option<palaver_protocol::node::direct::pipeline::CallId>,
     ) {
+        let names: Vec<UserName> = claims.iter().map(|(name, _)| name.clone()).collect();
         let request = RendezvousRequest::FetchDevices {
             names: names.clone(),
         };
         let pending = Pending::Devices {
             names,
+            claims,
             waiting,
             call,
         };
@@ -140,8 +143,25 @@ impl Node {
     /// Takes in device lists from the rendezvous: each checked against the account key pinned
     /// for its name, and kept only if newer and naming no key that stands for someone else
     /// ([`devices::learn`]).
-    pub(crate) fn on_devices(&mut self, lists: Vec<AccountDevices>) {
+    /// A user the rendezvous named for a `waiting` key who is no contact yet (`claims`) is
+    /// pinned only if their list bears it out ([`devices::claim_holds`]); a contact's pinned key
+    /// is never changed here.
+    pub(crate) fn on_devices(
+        &mut self,
+        lists: Vec<AccountDevices>,
+        claims: &[(UserName, VerifyingKey)],
+        waiting: &[[u8; 32]],
+    ) {
         for AccountDevices { name, list } in lists {
+            let claimed = claims.iter().find(|(n, _)| *n == name).map(|(_, key)| *key);
+            if let Some(claimed) = claimed
+                && name != self.name
+                && self.contact_key(&name).is_none()
+                && devices::claim_holds(&claimed, &list, waiting)
+            {
+                let asked = super::trust::Asked::Names(vec![name.clone()]);
+                self.learn_keys([(&name, &claimed)], &asked);
+            }
             self.take_list(&name, &list);
         }
     }
@@ -164,8 +184,16 @@ impl Node {
             let owner = store.get::<String>(StateKey::Peer(key.to_bytes()));
             owner.ok().flatten().and_then(|n| UserName::new(n).ok())
         };
-        match devices::learn(name, &account, ours, &me, pinned, list, owner_of) {
-            Learned::Same => {}
+        match devices::learn(name, &account, ours, &me, pinned.clone(), list, owner_of) {
+            // Merged again each time: a merge a crash cut short is finished later.
+            Learned::Same => {
+                let keys: Vec<VerifyingKey> = pinned
+                    .iter()
+                    .flat_map(|pin| pin.list().others(&account).map(|d| d.key))
+                    .filter(|key| *key != me)
+                    .collect();
+                self.merge_device_conversations(name, &keys);
+            }
             Learned::Refused(error) => {
                 tracing::warn!(%name, "refused a device list from the rendezvous: {error}")
             }
@@ -175,6 +203,29 @@ impl Node {
                 dropped,
                 this_device_removed,
             } => self.pin_devices(name, *pin, &named, &dropped, this_device_removed),
+        }
+    }
+
+    /// What these devices of `name`'s wrote before we knew whose they were, filed under their
+    /// own keys, joins the conversation with `name` (a no-op for a device with none).
+    fn merge_device_conversations(&mut self, name: &UserName, keys: &[VerifyingKey]) {
+        if keys.is_empty() || *name == self.name {
+            return;
+        }
+        let contact = super::trust::load_contact(&self.store, name.as_str());
+        let conversation = match contact {
+            Ok(Some(contact)) => ConversationId::Direct(contact.conversation),
+            Ok(None) => return,
+            Err(err) => return tracing::warn!("store: {err}"),
+        };
+        for key in keys {
+            let own = ConversationId::Direct(key.to_bytes());
+            let stand_in = super::direct::short_key(key);
+            let merged =
+                (self.store).merge_conversation(&own, &conversation, &stand_in, name.as_str());
+            if let Err(err) = merged {
+                tracing::warn!("store: {err}");
+            }
         }
     }
 
@@ -191,10 +242,6 @@ impl Node {
         for key in named {
             batch.put(StateKey::Peer(key.to_bytes()), &name.to_string());
         }
-        let conversation = super::trust::load_contact(&self.store, name.as_str())
-            .ok()
-            .flatten()
-            .map(|contact| ConversationId::Direct(contact.conversation));
         for key in dropped {
             // What a removed device could read of ours ends with it.
             batch
@@ -204,19 +251,8 @@ impl Node {
         if let Err(err) = self.store.apply(&batch) {
             return tracing::warn!("store: {err}");
         }
-        // What a device wrote before we knew whose it was, filed under its own key, joins the
-        // conversation with its account; what waited for its name goes out with it.
+        self.merge_device_conversations(name, named);
         for key in named {
-            if let Some(conversation) = &conversation {
-                let own = ConversationId::Direct(key.to_bytes());
-                let stand_in = super::direct::short_key(key);
-                let merged =
-                    self.store
-                        .merge_conversation(&own, conversation, &stand_in, name.as_str());
-                if let Err(err) = merged {
-                    tracing::warn!("store: {err}");
-                }
-            }
             self.release_unnamed(&key.to_bytes(), Some(name.as_str()));
         }
         let devices = pin.list().devices.len();

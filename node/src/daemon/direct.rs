@@ -225,6 +225,10 @@ impl Node {
                     Err(err) => self.fail_send(job.reply, SendFailed::Unreadable(err)),
                 },
                 PipelineOutput::Fail { job, error } => {
+                    if let (Some(copy), Recipient::Key(device)) = (&job.copy, &job.to) {
+                        // Still owed: the next login sends it again.
+                        self.copies_in_flight.remove(&(copy.of, device.to_bytes()));
+                    }
                     self.fail_send(job.reply, SendFailed::Refused(error))
                 }
             }
@@ -244,22 +248,33 @@ impl Node {
         mut sessions: PeerSessions,
         warning: Option<String>,
     ) {
+        if let Some(copy) = &job.copy {
+            // It is sealed now or fails now; if it fails, the next login sends it again.
+            self.copies_in_flight.remove(&(copy.of, key.to_bytes()));
+        }
         let read = |node: &Self| -> Result<_, StoreError> {
             let conversation = node.conversation_with(&key.to_bytes())?;
-            let seq = match job.copy {
-                Some(copy) => copy.seq,
-                None => node.next_seq(&conversation)?,
+            let (seq, copies_left) = match job.copy {
+                Some(copy) => {
+                    let pending = node
+                        .store
+                        .get::<PendingCopies>(StateKey::CopiesPending(copy.of))?;
+                    (copy.seq, pending.map(|p| p.sealed(&key)))
+                }
+                None => (node.next_seq(&conversation)?, None),
             };
-            Ok((conversation, node.clock()?, seq))
+            Ok((conversation, node.clock()?, seq, copies_left))
         };
-        let (conversation, mut clock, seq) = match read(self) {
+        let (conversation, mut clock, seq, copies_left) = match read(self) {
             Ok(read) => read,
             Err(err) => return self.fail_send(job.reply, SendFailed::Unreadable(err)),
         };
         let copy = job.copy.is_some();
         let text = job.payload.history_text().filter(|_| !copy);
         // A person's message to a name goes to their other devices and ours too.
-        let copied = matches!(job.to, Recipient::Name(_)) && !copy;
+        let copied = matches!(job.to, Recipient::Name(_))
+            && !copy
+            && matches!(job.payload, palaver_protocol::wire::Payload::Text(_));
         let copied = copied.then(|| job.payload.clone());
         let offer = job.payload.file_offer().cloned();
         let sealed = pairwise::seal(
@@ -304,10 +319,7 @@ impl Node {
         match job.copy {
             None => batch.put(StateKey::Seq(conversation), &seq),
             Some(copy) => {
-                let left = self
-                    .store
-                    .get::<PendingCopies>(StateKey::CopiesPending(copy.of));
-                match left.ok().flatten().map(|p| p.sealed(&key)) {
+                match copies_left {
                     Some(Some(left)) => batch.put(StateKey::CopiesPending(copy.of), &left),
                     Some(None) => batch.remove(StateKey::CopiesPending(copy.of)),
                     None => &mut batch,
@@ -359,30 +371,36 @@ impl Node {
         }
     }
 
-    /// Copies left unsealed by an earlier run (a crash, or a device that could not be reached
-    /// for its prekeys) go out now.
+    /// Copies left unsealed (by an earlier run that stopped, or because a device could not be
+    /// reached for its prekeys) go out now, at each login; those under way are left be.
     pub(crate) fn resume_copies(&mut self) {
         let pending = self
             .store
-            .scan::<PendingCopies>(StateKey::CopiesPending(MessageId([0; 32])));
-        let pending = match pending {
-            Ok(pending) => pending,
-            Err(err) => return tracing::warn!("cannot read the copies left to send: {err}"),
-        };
+            .scan_each::<PendingCopies>(StateKey::CopiesPending(MessageId([0; 32])));
         let mine = self.own_devices();
-        for copies in pending {
+        let mut gone = StateBatch::default();
+        for (key, copies) in pending {
+            let copies = match copies {
+                Ok(copies) => copies,
+                Err(err) => {
+                    tracing::warn!("dropping copies left to send that cannot be read: {err}");
+                    gone.remove_raw(key);
+                    continue;
+                }
+            };
             let of = copies.of;
             let theirs = self.devices_of(&copies.to);
             match copies.still_wanted(theirs.as_ref(), mine.as_ref()) {
                 Some(wanted) => self.feed_copies(wanted),
                 None => {
-                    let mut batch = StateBatch::default();
-                    batch.remove(StateKey::CopiesPending(of));
-                    if let Err(err) = self.store.apply(&batch) {
-                        tracing::warn!("store: {err}");
-                    }
+                    gone.remove(StateKey::CopiesPending(of));
                 }
             }
+        }
+        if !gone.is_empty()
+            && let Err(err) = self.store.apply(&gone)
+        {
+            tracing::warn!("store: {err}");
         }
         self.drive_pipeline();
     }
@@ -407,6 +425,7 @@ impl Node {
         (!jobs.is_empty()).then_some(PendingCopies {
             of: id,
             to: to.clone(),
+            to_key,
             seq,
             jobs,
         })
@@ -414,6 +433,12 @@ impl Node {
 
     fn feed_copies(&mut self, pending: PendingCopies) {
         for copy in pending.jobs {
+            if !self
+                .copies_in_flight
+                .insert((pending.of, copy.device.to_bytes()))
+            {
+                continue;
+            }
             let mut job = Job::to_key(copy.device, copy.payload);
             job.copy = Some(Copy {
                 of: pending.of,

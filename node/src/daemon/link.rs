@@ -248,9 +248,7 @@ impl Node {
         self.drive_delivery();
         let _ = self.drive_rooms();
         self.refresh_all_devices();
-        if !std::mem::replace(&mut self.copies_resumed, true) {
-            self.resume_copies();
-        }
+        self.resume_copies();
     }
 
     pub(crate) fn contact_names(&self) -> Vec<UserName> {
@@ -303,12 +301,16 @@ impl Node {
                     self.replies.answer(reply, Err(RpcError::failed(error)))
                 }
                 Step::Discovery(asked, answer) => self.on_discovery_answer(asked, answer),
-                Step::Devices(lists) => self.on_devices(lists),
+                Step::Devices {
+                    lists,
+                    claims,
+                    waiting,
+                } => self.on_devices(lists, &claims, &waiting),
                 Step::FetchDevices {
-                    names,
+                    claims,
                     waiting,
                     call,
-                } => self.fetch_devices_for(names, waiting, call),
+                } => self.fetch_devices_for(claims, waiting, call),
                 Step::Link(answer) => self.on_link_answer(answer),
                 Step::Revoked { list, reply } => self.on_revoked(*list, reply),
             }

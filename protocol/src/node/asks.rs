@@ -9,6 +9,7 @@
 //! `T` is the driver's handle on a waiting call (a reply token); `D` its discovery question
 //! (answered by [`super::discovery`], handed back untouched).
 
+use crate::VerifyingKey;
 use crate::identity::devices::SignedDeviceList;
 use crate::node::direct::pipeline::{Answer as PipelineAnswer, CallId};
 use crate::node::trust::Asked;
@@ -53,11 +54,13 @@ pub enum Ask<T, D> {
     },
     /// A discovery question.
     Discovery(D),
-    /// Device lists of these users (contacts', or our own), to take in. `waiting`: senders
-    /// whose keys the rendezvous said are these users' devices, named once the lists are in
-    /// (or with stand-ins); `call`: a send that asked who holds such a key.
+    /// Device lists of these users (contacts', or our own), to take in. `claims`: users the
+    /// rendezvous named, with their account keys, for the `waiting` senders' keys (see
+    /// [`crate::node::devices::claim_holds`]); the senders are named once the lists are in (or
+    /// get stand-ins); `call`: a send that asked who holds such a key.
     Devices {
         names: Vec<UserName>,
+        claims: Vec<(UserName, VerifyingKey)>,
         waiting: Vec<[u8; 32]>,
         call: Option<CallId>,
     },
@@ -114,12 +117,19 @@ pub enum Step<T, D> {
     Fail { reply: T, error: String },
     /// The discovery question `D` was answered (or failed: `Err`, why).
     Discovery(D, Result<RendezvousResponse, String>),
-    /// Take in these device lists (see [`crate::node::devices::learn`]).
-    Devices(Vec<AccountDevices>),
-    /// The rendezvous named these users for keys that are not their account keys: fetch their
-    /// device lists, then name the `waiting` senders (see [`Ask::Devices`]).
+    /// Take in these device lists (see [`crate::node::devices::learn`]); a user in `claims`
+    /// who is no contact yet becomes one only if their list bears the claim out for one of the
+    /// `waiting` keys ([`crate::node::devices::claim_holds`]).
+    Devices {
+        lists: Vec<AccountDevices>,
+        claims: Vec<(UserName, VerifyingKey)>,
+        waiting: Vec<[u8; 32]>,
+    },
+    /// The rendezvous named these users (with the account keys it gave) for keys that are not
+    /// their account keys: fetch their device lists, then name the `waiting` senders (see
+    /// [`Ask::Devices`]). Nobody is pinned on the rendezvous's word alone.
     FetchDevices {
-        names: Vec<UserName>,
+        claims: Vec<(UserName, VerifyingKey)>,
         waiting: Vec<[u8; 32]>,
         call: Option<CallId>,
     },
@@ -158,10 +168,22 @@ pub fn answered<T, D>(
     let no_answer = |error: &str| format!("the rendezvous did not answer: {error}");
     match (ask, answer) {
         (Ask::Discovery(asked), answer) => vec![Step::Discovery(asked, answer)],
-        (Ask::Devices { waiting, call, .. }, answer) => {
+        (
+            Ask::Devices {
+                claims,
+                waiting,
+                call,
+                ..
+            },
+            answer,
+        ) => {
             // Refused or unanswered: the lists are asked for again at the next login or push.
             let lists = match answer {
-                Ok(R::Devices(lists)) => vec![Step::Devices(lists)],
+                Ok(R::Devices(lists)) => vec![Step::Devices {
+                    lists,
+                    claims,
+                    waiting: waiting.clone(),
+                }],
                 _ => Vec::new(),
             };
             let unnamed = (!waiting.is_empty()).then_some(Step::Unnamed(waiting));
@@ -216,22 +238,23 @@ pub fn answered<T, D>(
             if users.iter().any(|u| !keys.contains(&u.identity.to_bytes())) =>
         {
             // Named for a key that is not their account key: one of their linked devices, if
-            // their device list (signed by that account key, fetched next) names it.
+            // their device list (signed by that account key, fetched next) names it. At most
+            // one claim per key asked about.
             let (own, by_device): (Vec<_>, Vec<_>) = users
                 .into_iter()
                 .partition(|u| keys.contains(&u.identity.to_bytes()));
-            let names: Vec<UserName> = by_device.iter().map(|u| u.name.clone()).collect();
+            let claims = by_device
+                .into_iter()
+                .take(keys.len())
+                .map(|u| (u.name, u.identity))
+                .collect();
             vec![
                 Step::Learn {
                     users: own,
                     asked: Asked::Keys(keys.clone()),
                 },
-                Step::Learn {
-                    users: by_device,
-                    asked: Asked::Names(names.clone()),
-                },
                 Step::FetchDevices {
-                    names,
+                    claims,
                     waiting: keys,
                     call,
                 },

@@ -116,18 +116,27 @@ fn a_key_named_for_a_user_whose_account_key_it_is_not_waits_for_their_device_lis
         call: None,
     };
     let steps: Vec<S> = answered(ask(), Ok(RendezvousResponse::Users(vec![user("alice", 4)])));
+    // alice is not pinned on the rendezvous's word: her list must bear the claim out first.
+    let alice = user("alice", 4);
     assert!(
         matches!(&steps[..], [
             Step::Learn { users: own, .. },
-            Step::Learn { users: by_device, asked: Asked::Names(names) },
-            Step::FetchDevices { waiting, call: None, .. },
-        ] if own.is_empty() && by_device.len() == 1 && names == &[name("alice")] && *waiting == [device]),
+            Step::FetchDevices { claims, waiting, call: None },
+        ] if own.is_empty() && *claims == [(name("alice"), alice.identity)] && *waiting == [device]),
+        "{steps:?}"
+    );
+    // However many users the rendezvous names, one claim per key asked about.
+    let many = vec![user("alice", 4), user("mallory", 5), user("eve", 6)];
+    let steps: Vec<S> = answered(ask(), Ok(RendezvousResponse::Users(many)));
+    assert!(
+        matches!(&steps[..], [_, Step::FetchDevices { claims, .. }] if claims.len() == 1),
         "{steps:?}"
     );
     // Once the lists are in (or not), the senders are named or get their stand-ins.
     let steps: Vec<S> = answered(
         Ask::Devices {
             names: vec![name("alice")],
+            claims: vec![(name("alice"), alice.identity)],
             waiting: vec![device],
             call: Some(5),
         },

@@ -75,8 +75,9 @@ pub struct CopyJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingCopies {
     pub of: MessageId,
-    /// Whom the message is for.
+    /// Whom the message is for, and the account key it was sealed for.
     pub to: UserName,
+    pub to_key: VerifyingKey,
     pub seq: u64,
     pub jobs: Vec<CopyJob>,
 }
@@ -89,6 +90,8 @@ impl PendingCopies {
         theirs: Option<&DeviceList>,
         mine: Option<&DeviceList>,
     ) -> Option<Self> {
+        // A list pinned under another account key is not the one the message was for.
+        let theirs = theirs.filter(|list| list.account == self.to_key);
         self.jobs.retain(|job| {
             let list = match job.copy {
                 CopyFor::Recipient => theirs,
@@ -225,6 +228,16 @@ pub fn learn(
         dropped,
         this_device_removed,
     }
+}
+
+/// Whether `list`, fetched for a user the rendezvous named (with account key `claimed`) for one
+/// of the `waiting` keys, bears that out: it verifies under `claimed` and names a waiting key
+/// (bound to the account, as every device on a list is). Only then is the user taken in.
+pub fn claim_holds(claimed: &VerifyingKey, list: &SignedDeviceList, waiting: &[[u8; 32]]) -> bool {
+    list.verify(claimed).is_ok_and(|list| {
+        list.others(claimed)
+            .any(|device| waiting.contains(&device.key.to_bytes()))
+    })
 }
 
 /// Whether `sender` is another of our own devices: only those may hand us lines we sent.

@@ -404,14 +404,23 @@ fn pending_copies_are_taken_off_as_each_is_sealed() {
         copy: CopyFor::Recipient,
         payload: crate::wire::Payload::Text("hi".into()),
     };
+    let bob = Identity::generate(&mut OsRng);
     let pending = PendingCopies {
         of: MessageId([1; 32]),
         to: UserName::new("bob").unwrap(),
+        to_key: bob.public(),
         seq: 4,
         jobs: vec![job(&a), job(&b)],
     };
-    // After a restart, only the devices still on the list get theirs.
-    let bob = Identity::generate(&mut OsRng);
+    // After a restart, only the devices still on the list get theirs (and only from a list
+    // of the account the message was sealed for).
+    let other = Identity::generate(&mut OsRng);
+    assert_eq!(
+        pending
+            .clone()
+            .still_wanted(Some(&list_of(&other, &[&b])), None),
+        None
+    );
     let now = list_of(&bob, &[&b]);
     assert_eq!(
         pending.clone().still_wanted(Some(&now), None).unwrap().jobs,
@@ -426,4 +435,21 @@ fn pending_copies_are_taken_off_as_each_is_sealed() {
         "sealed twice: no change"
     );
     assert_eq!(left.sealed(&b.public()), None);
+}
+
+#[test]
+fn a_claim_holds_only_if_the_accounts_own_list_names_the_key() {
+    let (alice, laptop, stranger) = (
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+        Identity::generate(&mut OsRng),
+    );
+    let list = SignedDeviceList::sign(list_of(&alice, &[&laptop]), &alice).unwrap();
+    let waiting = |id: &Identity| [id.public().to_bytes()];
+    assert!(claim_holds(&alice.public(), &list, &waiting(&laptop)));
+    assert!(!claim_holds(&alice.public(), &list, &waiting(&stranger)));
+    // Not the key the rendezvous claimed for alice: no.
+    assert!(!claim_holds(&stranger.public(), &list, &waiting(&laptop)));
+    // The account key itself is no linked device.
+    assert!(!claim_holds(&alice.public(), &list, &waiting(&alice)));
 }
