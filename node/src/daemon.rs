@@ -228,6 +228,8 @@ pub(crate) struct Node {
     /// Copies for other devices fed to the send pipeline and not sealed or failed yet, by the
     /// message and the device (so that a login resuming the owed ones sends none twice).
     copies_in_flight: std::collections::HashSet<(palaver_protocol::MessageId, [u8; 32])>,
+    /// Our account's device list as pinned (kept here too: every send and every copy reads it).
+    own_list: Option<palaver_protocol::identity::devices::DeviceList>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -275,6 +277,11 @@ impl Node {
             link::load_prekeys(&store, &identity)?,
         );
         let rooms = rooms::load(&store, &identity)?;
+        let own_list = store
+            .get::<palaver_protocol::identity::devices::DevicePin>(StateKey::Devices(
+                name.as_str(),
+            ))?
+            .map(|pin| pin.list().clone());
         // Deserializing counts as a restart: every pending message is due again.
         let outbox = store.get(StateKey::Meta(OUTBOX_META))?.unwrap_or_default();
         let reach = reach::Reach::with_instances(
@@ -346,6 +353,7 @@ impl Node {
             file_io,
             link_waiters: Vec::new(),
             copies_in_flight: Default::default(),
+            own_list,
         };
         node.subscribe_room_topics();
         node.drive_files();

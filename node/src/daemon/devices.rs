@@ -72,7 +72,7 @@ impl Node {
 
     /// Our account's device list, if it has one (a linked device, or one that linked another).
     pub(crate) fn own_devices(&self) -> Option<DeviceList> {
-        pinned_devices(&self.store, self.name.as_str()).map(|pin| pin.list().clone())
+        self.own_list.clone()
     }
 
     /// `name`'s device list, if one is pinned.
@@ -82,7 +82,8 @@ impl Node {
 
     /// Our account key: our own key on the device that holds it; a linked device's list names it.
     pub(crate) fn account_key(&self) -> VerifyingKey {
-        self.own_devices()
+        self.own_list
+            .as_ref()
             .map_or(self.identity.public(), |list| list.account)
     }
 
@@ -250,6 +251,9 @@ impl Node {
         }
         if let Err(err) = self.store.apply(&batch) {
             return tracing::warn!("store: {err}");
+        }
+        if *name == self.name {
+            self.own_list = Some(pin.list().clone());
         }
         self.merge_device_conversations(name, named);
         for key in named {
