@@ -218,3 +218,78 @@ fn a_copied_home_is_refused_at_login_and_the_running_daemon_keeps_working() -> a
     assert_eq!(texts(&alice.history_with("bob")?), ["still there?"]);
     Ok(())
 }
+
+/// `device link` as a person runs it: the code on stdout, then the question, answered `answer`.
+/// The new device's `init --link` runs meanwhile; what each printed, and how each ended.
+fn link_asking(
+    alice: &User,
+    laptop: &User,
+    answer: &str,
+) -> anyhow::Result<(std::process::Output, Option<std::process::ExitStatus>)> {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let mut asking = alice
+        .command()
+        .args(["device", "link"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(asking.stdout.take().unwrap());
+    let code = loop {
+        let mut line = String::new();
+        anyhow::ensure!(stdout.read_line(&mut line)? > 0, "no code printed");
+        if let Some(at) = line.find("palaver-link:") {
+            break line[at..].trim().to_owned();
+        }
+    };
+    let mut joining = laptop
+        .command()
+        .args(["init", "--link", &code, "--label", "laptop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    asking.stdin.take().unwrap().write_all(answer.as_bytes())?;
+    let asked = asking.wait_with_output()?;
+    // Refused, the new device would wait out the code: it is stopped here.
+    let joined = if asked.status.success() {
+        Some(joining.wait()?)
+    } else {
+        joining.kill()?;
+        joining.wait()?;
+        None
+    };
+    Ok((asked, joined))
+}
+
+#[test]
+fn device_link_asks_before_it_adds_the_device_that_used_the_code() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let users = started_users(dir.path(), &server.addr, &["alice"])?;
+    let alice = &users[0];
+
+    // "n": nothing is added.
+    let intruder = User::at_home("alice", dir.path().join("intruder"));
+    let (asked, _) = link_asking(alice, &intruder, "n\n")?;
+    let said = String::from_utf8_lossy(&asked.stderr);
+    assert!(!asked.status.success(), "{said}");
+    assert!(
+        said.contains("asks to join this account as \"laptop\""),
+        "{said}"
+    );
+    assert_eq!(alice.json(&["device", "list"])?.len(), 1);
+
+    // "y": the laptop is linked.
+    let laptop = User::at_home("alice", dir.path().join("laptop"));
+    let (asked, joined) = link_asking(alice, &laptop, "y\n")?;
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    assert!(joined.is_some_and(|status| status.success()));
+    let listed = alice.json(&["device", "list"])?;
+    assert!(listed.iter().any(|d| d["label"] == "laptop"), "{listed:?}");
+    Ok(())
+}

@@ -59,6 +59,7 @@ pub enum Command {
     /// Create an identity in --home: a new account (--name), or a new device of an account
     /// (--link CODE, from `palaver device link` on a device of that account).
     Init {
+        /// Your user name at the rendezvous: [a-z0-9_.-], 1 to 32 characters.
         #[arg(long, required_unless_present = "link", conflicts_with = "link")]
         name: Option<String>,
         /// Replace an existing identity (its key is lost).
@@ -70,8 +71,8 @@ pub enum Command {
         /// What to call this device in `palaver device list` [default: the host name].
         #[arg(long, requires = "link")]
         label: Option<String>,
-        /// Bring over the last N messages of each conversation (at most 1000; as many as fit
-        /// in one link message, the newest first).
+        /// Bring over the last N messages of each direct conversation (at most 1000; when they
+        /// do not all fit in one link message, the oldest are left out).
         #[arg(long, requires = "link", value_name = "N", default_value_t = 0)]
         history: u32,
     },

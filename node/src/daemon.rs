@@ -223,8 +223,12 @@ pub(crate) struct Node {
     /// Sends keyed by the client that are under way, and who waits for each.
     keyed_sends: palaver_protocol::node::direct::keyed::KeyedSends<replies::ReplyToken>,
     file_io: files::FileIo,
-    /// Calls waiting for the link under way to end (`device link --wait`).
+    /// Calls waiting for the link under way to end (`device.link_wait`).
     link_waiters: Vec<rpc::Reply>,
+    /// The link under way asks the user before adding the device; what it asks, once a device
+    /// is waiting.
+    link_asks: bool,
+    link_question: Option<serde_json::Value>,
     /// Copies for other devices fed to the send pipeline and not sealed or failed yet, by the
     /// message and the device (so that a login resuming the owed ones sends none twice).
     copies_in_flight: std::collections::HashSet<(palaver_protocol::MessageId, [u8; 32])>,
@@ -352,6 +356,8 @@ impl Node {
             keyed_sends: Default::default(),
             file_io,
             link_waiters: Vec::new(),
+            link_asks: false,
+            link_question: None,
             copies_in_flight: Default::default(),
             own_list,
         };

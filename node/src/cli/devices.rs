@@ -23,14 +23,20 @@ use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, S
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Link a new device to this account: prints a one-line code for `palaver init --link CODE`
-    /// on the new device, then waits (up to five minutes) until it is linked.
+    /// on the new device, then waits (up to five minutes) for it and asks before adding it.
     Link {
-        /// Print the code and return; the link goes on in the daemon.
+        /// Print the code and return; the device that uses it is added without asking.
         #[arg(long)]
         no_wait: bool,
+        /// Add the device that uses the code without asking (for scripts).
+        #[arg(long, conflicts_with = "no_wait")]
+        yes: bool,
     },
     /// This account's devices; with a name, that contact's devices your messages go to.
-    List { name: Option<String> },
+    List {
+        /// A contact: the devices of theirs your messages are sealed for.
+        name: Option<String>,
+    },
     /// Take a device off this account: it is logged out, and gets nothing new.
     Revoke {
         /// Its label, or the first 8 or more hex digits of its key (see `palaver device list`).
@@ -44,16 +50,18 @@ pub(super) async fn device(
     command: DeviceCommand,
 ) -> anyhow::Result<()> {
     match command {
-        DeviceCommand::Link { no_wait } => {
-            let started = call(socket, "device.link", Value::Null).await?;
+        DeviceCommand::Link { no_wait, yes } => {
+            let ask = !(no_wait || yes);
+            let started = call(socket, "device.link", json!({ "confirm": ask })).await?;
             let code = started["code"].as_str().unwrap_or_default().to_owned();
             if json {
                 out(&started);
             } else {
                 out(format_args!(
-                    "On the new device, run:\n\n    palaver --home DIR init --link {code}\n\n\
-                     The code works once, for {} minutes. Anyone who has it can add a device \
-                     to your account: keep it to yourself.",
+                    "On the new device, run:\n\n    palaver init --link {code} --label NAME [--history 100]\n\n\
+                     (with --home DIR if its Palaver home is not the default). It must reach the \
+                     rendezvous address in the code. The code works once, for {} minutes; you \
+                     are asked before the device is added.",
                     started["expires_in"].as_u64().unwrap_or(300) / 60
                 ));
             }
@@ -61,9 +69,15 @@ pub(super) async fn device(
                 return Ok(());
             }
             if !json {
-                eprintln!("waiting for the new device…");
+                eprintln!("waiting for the new device… (Ctrl-C stops waiting, not the link)");
             }
-            let linked = call(socket, "device.link_wait", Value::Null).await?;
+            let mut linked = link_wait(socket).await?;
+            if let Some(asking) = linked.get("confirm").cloned() {
+                let add = confirm(&asking)?;
+                call(socket, "device.link_confirm", json!({ "add": add })).await?;
+                anyhow::ensure!(add, "not added; the code is used up");
+                linked = link_wait(socket).await?;
+            }
             print_one(json, &linked, |d| {
                 format!(
                     "linked {} ({})",
@@ -78,10 +92,40 @@ pub(super) async fn device(
         }
         DeviceCommand::Revoke { device } => {
             let list = call(socket, "device.revoke", json!({ "device": device })).await?;
+            if !json {
+                eprintln!("revoked {device}: logged out at the rendezvous, it gets nothing new");
+            }
             print_list(json, &list, describe_device);
         }
     }
     Ok(())
+}
+
+/// `device.link_wait`, asked again while the link goes on (one call is answered within the
+/// control socket's patience, a link may take minutes).
+async fn link_wait(socket: &Path) -> anyhow::Result<Value> {
+    loop {
+        let mut client = crate::rpc::Client::connect(socket).await?;
+        match client.call("device.link_wait", Value::Null).await {
+            Err(crate::rpc::ClientError::Unresponsive(_)) => continue,
+            answer => return Ok(answer?),
+        }
+    }
+}
+
+/// Asks on the terminal whether to add the device that used the code.
+fn confirm(asking: &Value) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    let label = crate::printable::printable_line(asking["label"].as_str().unwrap_or(""));
+    eprint!(
+        "A device asks to join this account as \"{label}\" (fingerprint {}).\n\
+         Add it? Only if you just typed the code on it. [y/N] ",
+        asking["fingerprint"].as_str().unwrap_or("")
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 fn short(hex: &str) -> &str {

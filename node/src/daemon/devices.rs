@@ -267,8 +267,9 @@ impl Node {
         });
         if this_device_removed {
             self.fatal = Some(format!(
-                "this device was removed from {name}'s account; link it again with \
-                 `palaver device link` on the device holding the account key"
+                "this device was removed from {name}'s account; to link it again, run `palaver \
+                 device link` on the device holding the account key, then `palaver --home NEW_DIR \
+                 init --link CODE` here"
             ));
             self.stopping = true;
         }
@@ -277,8 +278,8 @@ impl Node {
     // ---- linking a new device ----
 
     /// `device link`: a code for the new device; the link then runs on its own until it is done
-    /// or the code expires (`device link --wait` follows it).
-    pub(crate) fn device_link(&mut self, reply: Reply) {
+    /// or the code expires (`palaver device link`, unless `--no-wait`, follows it).
+    pub(crate) fn device_link(&mut self, confirm: bool, reply: Reply) {
         let result = (|| {
             if self.account_key() != self.identity.public() {
                 return Err(RpcError::failed(
@@ -292,7 +293,9 @@ impl Node {
             }
             if self.state.link.as_ref().is_some_and(|l| !l.is_over()) {
                 return Err(RpcError::failed(
-                    "a link is already under way; finish it or wait for its code to expire",
+                    "a link is already under way (from an earlier `palaver device link`; its code \
+                     is good for up to 5 minutes): use that code on the new device, or run \
+                     `palaver device link` again once it has expired",
                 ));
             }
             let mut rendezvous = self.reach.rendezvous_addr().clone();
@@ -311,6 +314,7 @@ impl Node {
             };
             self.state.link = Some(Linker::new(secret, now_ms()));
             self.link_waiters.clear();
+            (self.link_asks, self.link_question) = (confirm, None);
             Ok(json!({
                 "code": code.to_string(),
                 "expires_in": palaver_protocol::crypto::link::LINK_CODE_TTL_MS / 1000,
@@ -320,7 +324,7 @@ impl Node {
         self.drive_link();
     }
 
-    /// `device link --wait`: answered when the link under way ends.
+    /// `device.link_wait`: answered when the link under way ends, or asks the user.
     pub(crate) fn device_link_wait(&mut self, reply: Reply) {
         if self.state.link.as_ref().is_none_or(Linker::is_over) {
             let _ = reply.send(Err(RpcError::failed(
@@ -328,7 +332,27 @@ impl Node {
             )));
             return;
         }
+        if let Some(question) = &self.link_question {
+            let _ = reply.send(Ok(question.clone()));
+            return;
+        }
         self.link_waiters.push(reply);
+    }
+
+    /// `device.link_confirm`: the user's answer to the device waiting to be added.
+    pub(crate) fn device_link_confirm(&mut self, add: bool, reply: Reply) {
+        let output = match self.state.link.as_mut() {
+            Some(linker) if linker.is_confirming() => linker.confirmed(add),
+            _ => {
+                let _ = reply.send(Err(RpcError::failed("no device waits to be added")));
+                return;
+            }
+        };
+        self.link_question = None;
+        let _ = reply.send(Ok(json!(true)));
+        if let Some(output) = output {
+            self.on_link_output(output);
+        }
     }
 
     /// Carries out what the link under way asks when its time comes.
@@ -363,6 +387,24 @@ impl Node {
 
     fn on_link_output(&mut self, output: LinkOutput) {
         match output {
+            LinkOutput::Confirm(device) => {
+                if !self.link_asks {
+                    let next = self.state.link.as_mut().and_then(|l| l.confirmed(true));
+                    if let Some(next) = next {
+                        self.on_link_output(next);
+                    }
+                    return;
+                }
+                let question = json!({"confirm": {
+                    "device": hex::encode(device.key.as_bytes()),
+                    "label": device.label,
+                    "fingerprint": palaver_protocol::Fingerprint::of(&device.key).to_string(),
+                }});
+                for reply in self.link_waiters.drain(..) {
+                    let _ = reply.send(Ok(question.clone()));
+                }
+                self.link_question = Some(question);
+            }
             LinkOutput::Take { slot } => {
                 let request = RendezvousRequest::LinkTake { slot };
                 self.rendezvous_request(request, Pending::Link(LinkStep::Take));
@@ -407,6 +449,7 @@ impl Node {
             }
             LinkOutput::Failed(error) => {
                 tracing::warn!("device link failed: {error}");
+                self.link_question = None;
                 for reply in self.link_waiters.drain(..) {
                     let _ = reply.send(Err(RpcError::failed(error.clone())));
                 }
@@ -478,9 +521,11 @@ impl Node {
                     "only the device holding the account key revokes devices; run this there",
                 ));
             }
-            let own = self
-                .own_devices()
-                .ok_or_else(|| RpcError::failed("this account has no linked devices"))?;
+            let own = self.own_devices().ok_or_else(|| {
+                RpcError::failed(
+                    "this account has no linked devices yet (`palaver device link` adds one)",
+                )
+            })?;
             let target = own
                 .find(&device)
                 .map_err(|e| RpcError::failed(format!("{device}: {e}; see `palaver device list`")))?

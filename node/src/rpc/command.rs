@@ -88,8 +88,15 @@ pub enum Command {
         id: palaver_protocol::MessageId,
     },
     Shutdown,
-    /// A code for linking a new device; the link then runs in the daemon.
-    DeviceLink,
+    /// A code for linking a new device; the link then runs in the daemon (with `confirm`, it
+    /// waits for `DeviceLinkConfirm` before adding the device).
+    DeviceLink {
+        confirm: bool,
+    },
+    /// The user's answer to the new device's request.
+    DeviceLinkConfirm {
+        add: bool,
+    },
     /// Waits for the link under way to end.
     DeviceLinkWait,
     /// Our devices, or (with a name) the devices of that contact that our messages go to.
@@ -171,7 +178,10 @@ impl Command {
             "file.accept" => Command::FileAccept { id: p.id()? },
             "file.reject" => Command::FileReject { id: p.id()? },
             "shutdown" => Command::Shutdown,
-            "device.link" => Command::DeviceLink,
+            "device.link" => Command::DeviceLink {
+                confirm: p.flag("confirm"),
+            },
+            "device.link_confirm" => Command::DeviceLinkConfirm { add: p.flag("add") },
             "device.link_wait" => Command::DeviceLinkWait,
             "device.list" => Command::DeviceList {
                 name: p.optional_user("name")?,

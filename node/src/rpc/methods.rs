@@ -329,8 +329,12 @@ pub static METHODS: &[Method] = &[
     },
     Method {
         name: "device.link",
-        summary: "Starts linking a new device to this account (only on the device holding the account key): returns a one-line code for `palaver init --link CODE` on the new device, valid for five minutes. The link then runs in the daemon; `device.link_wait` follows it.",
-        params: &[],
+        summary: "Starts linking a new device to this account (only on the device holding the account key): returns a one-line code for `palaver init --link CODE` on the new device, valid for five minutes. The link then runs in the daemon; `device.link_wait` follows it. With `confirm`, the device is added only once `device.link_confirm` says so.",
+        params: &[optional(
+            "confirm",
+            Kind::Bool,
+            "ask before adding the device that uses the code (default false: add it)",
+        )],
         result: r#"{"code","expires_in"}"#,
         errors: "not the device holding the account key; not logged in at the rendezvous; a link already under way",
     },
@@ -338,15 +342,26 @@ pub static METHODS: &[Method] = &[
         name: "device.link_wait",
         summary: "Waits for the link under way to end: the new device is on the account's list and has its contacts, or the link failed (the code expired, the new device's request did not check out).",
         params: &[],
-        result: r#"{"device","label"}"#,
+        result: r#"{"device","label"} once linked, or {"confirm":{"device","label","fingerprint"}} while a device waits for `device.link_confirm`"#,
         errors: "no link under way; the link failed, and why",
+    },
+    Method {
+        name: "device.link_confirm",
+        summary: "Answers the new device's request of a link started with `confirm`: add it (publish the new list and hand it its contacts), or not.",
+        params: &[optional(
+            "add",
+            Kind::Bool,
+            "add the device (default false: refuse it)",
+        )],
+        result: "true",
+        errors: "no device waits to be added",
     },
     Method {
         name: "device.list",
         summary: "This account's devices; with `name`, the devices of that contact our messages are sealed for (as their pinned device list names them).",
         params: &[optional("name", Kind::String, "a contact")],
         result: r#"[{"device","label","added_at","account_key","this_device","fingerprint"}]"#,
-        errors: "none",
+        errors: "`name` is not a contact",
     },
     Method {
         name: "device.revoke",
@@ -357,7 +372,7 @@ pub static METHODS: &[Method] = &[
             "the device's label, or the first 8 or more hex digits of its key",
         )],
         result: r#"[{"device","label","added_at","account_key","this_device","fingerprint"}] (the list now)"#,
-        errors: "not the device holding the account key; no such device, or several; the account key's own device; the rendezvous refused or did not answer",
+        errors: "not the device holding the account key; no device linked yet; no such device, or several; the account key's own device; the rendezvous refused or did not answer",
     },
     Method {
         name: "shutdown",

@@ -323,6 +323,9 @@ impl LinkGrant {
 pub enum LinkOutput {
     /// Ask the rendezvous's link drop for what is at `slot`; answer with [`Linker::taken`].
     Take { slot: [u8; 32] },
+    /// A new device asks to join as `device`: ask the user, then answer with
+    /// [`Linker::confirmed`] (a link started without asking confirms at once).
+    Confirm(Device),
     /// Publish this device list (it adds the new device); answer with [`Linker::published`].
     Publish(Box<SignedDeviceList>),
     /// The rendezvous holds `list`, ours now: seal the grant for `device` (with the last
@@ -347,6 +350,8 @@ enum Stage {
         next_poll_ms: u64,
         asking: bool,
     },
+    /// The user is asked whether to add the device; the list adding it is ready.
+    Confirming(Device, Box<SignedDeviceList>, u32),
     Publishing(Device, Box<SignedDeviceList>, u32),
     Granting(Device),
     Over,
@@ -386,7 +391,7 @@ impl Linker {
                 next_poll_ms,
                 asking: false,
             } => Some(next_poll_ms.min(self.deadline_ms)),
-            Stage::Waiting { asking: true, .. } => Some(self.deadline_ms),
+            Stage::Waiting { asking: true, .. } | Stage::Confirming(..) => Some(self.deadline_ms),
             _ => None,
         }
     }
@@ -397,7 +402,8 @@ impl Linker {
         }
         // Only a link still waiting for its new device expires: once the request is taken, the
         // rendezvous's answers (or their failure) end it.
-        if now_ms >= self.deadline_ms && matches!(self.stage, Stage::Waiting { .. }) {
+        let expires = matches!(self.stage, Stage::Waiting { .. } | Stage::Confirming(..));
+        if now_ms >= self.deadline_ms && expires {
             return Some(
                 self.fail(
                     "no new device used the code within 5 minutes; run `palaver device link` again"
@@ -453,9 +459,8 @@ impl Linker {
             .and_then(|list| SignedDeviceList::sign(list, account));
         match signed {
             Ok(list) => {
-                let list = Box::new(list);
-                self.stage = Stage::Publishing(device, list.clone(), history);
-                Some(LinkOutput::Publish(list))
+                self.stage = Stage::Confirming(device.clone(), Box::new(list), history);
+                Some(LinkOutput::Confirm(device))
             }
             Err(error) => Some(self.fail(format!("cannot add the device: {error}"))),
         }
@@ -477,6 +482,23 @@ impl Linker {
             );
         }
         Ok(request)
+    }
+
+    /// The user's answer: add the device (publish the list), or not.
+    pub fn confirmed(&mut self, add: bool) -> Option<LinkOutput> {
+        let Stage::Confirming(device, list, history) = self.stage.clone() else {
+            return None;
+        };
+        if !add {
+            return Some(self.fail(format!("you did not add {}", device.label)));
+        }
+        self.stage = Stage::Publishing(device, list.clone(), history);
+        Some(LinkOutput::Publish(list))
+    }
+
+    /// Whether the link waits for the user's answer.
+    pub fn is_confirming(&self) -> bool {
+        matches!(self.stage, Stage::Confirming(..))
     }
 
     /// How publishing the new list went.

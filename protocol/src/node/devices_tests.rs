@@ -251,12 +251,21 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
     assert_eq!(linker.poll_timeout(), Some(1_200 + LINK_POLL_MS));
     assert!(linker.handle_timeout(1_200 + LINK_POLL_MS).is_some());
 
-    let Some(LinkOutput::Publish(list)) = linker.taken(
+    // The user is asked first.
+    let Some(LinkOutput::Confirm(asking)) = linker.taken(
         Ok(Some(request_for(&secret, &alice, &laptop, "laptop"))),
         &own,
         &alice,
         2_000,
     ) else {
+        panic!()
+    };
+    assert_eq!(
+        (asking.key, asking.label.as_str()),
+        (laptop.public(), "laptop")
+    );
+    assert!(linker.is_confirming());
+    let Some(LinkOutput::Publish(list)) = linker.confirmed(true) else {
         panic!()
     };
     let published = list.verify(&alice.public()).unwrap().clone();
@@ -349,6 +358,35 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
             &alice,
             1
         ),
+        Some(LinkOutput::Failed(_))
+    ));
+
+    // The user says no.
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    linker.taken(
+        Ok(Some(request_for(&secret, &alice, &laptop, "laptop"))),
+        &own,
+        &alice,
+        1,
+    );
+    assert!(
+        matches!(linker.confirmed(false), Some(LinkOutput::Failed(e)) if e.contains("did not add"))
+    );
+    assert!(linker.is_over());
+
+    // Nobody answers the question within the code's five minutes.
+    let mut linker = Linker::new(secret.clone(), 0);
+    linker.handle_timeout(0);
+    linker.taken(
+        Ok(Some(request_for(&secret, &alice, &laptop, "laptop"))),
+        &own,
+        &alice,
+        1,
+    );
+    assert_eq!(linker.poll_timeout(), Some(LINK_CODE_TTL_MS));
+    assert!(matches!(
+        linker.handle_timeout(LINK_CODE_TTL_MS),
         Some(LinkOutput::Failed(_))
     ));
 

@@ -733,8 +733,10 @@ pub fn refusal_hint(reason: RefusalReason) -> &'static str {
              with --registration-token TOKEN"
         }
         RefusalReason::NameTaken | RefusalReason::NotYourName => {
-            "the name belongs to another key at this server: pick another name \
-             (`palaver --home NEW_DIR init --name OTHER`)"
+            "the name belongs to another key at this server. If this home is a linked device \
+             that was revoked, it is off the account for good: run `palaver device link` on the \
+             device holding the account key, then `palaver --home NEW_DIR init --link CODE` here. \
+             Otherwise pick another name (`palaver --home NEW_DIR init --name OTHER`)"
         }
         RefusalReason::InUse => {
             "was this home copied from another device? One key runs in one daemon at a time: \
