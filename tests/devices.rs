@@ -225,8 +225,12 @@ fn link_asking(
     alice: &User,
     laptop: &User,
     answer: &str,
-) -> anyhow::Result<(std::process::Output, Option<std::process::ExitStatus>)> {
-    use std::io::{BufRead, Write};
+) -> anyhow::Result<(
+    std::process::ExitStatus,
+    String,
+    Option<std::process::ExitStatus>,
+)> {
+    use std::io::{BufRead, Read, Write};
     use std::process::Stdio;
     let mut asking = alice
         .command()
@@ -240,7 +244,8 @@ fn link_asking(
         let mut line = String::new();
         anyhow::ensure!(stdout.read_line(&mut line)? > 0, "no code printed");
         if let Some(at) = line.find("palaver-link:") {
-            break line[at..].trim().to_owned();
+            let code = line[at..].split_whitespace().next().unwrap_or_default();
+            break code.to_owned();
         }
     };
     let mut joining = laptop
@@ -250,16 +255,28 @@ fn link_asking(
         .stderr(Stdio::null())
         .spawn()?;
     asking.stdin.take().unwrap().write_all(answer.as_bytes())?;
-    let asked = asking.wait_with_output()?;
+    let mut stderr = asking.stderr.take().unwrap();
+    let asked = wait_for("`device link` to end", || asking.try_wait().ok().flatten());
+    if asked.is_err() {
+        let _ = asking.kill();
+        let _ = joining.kill();
+    }
+    let asked = asked?;
+    let mut said = String::new();
+    stderr.read_to_string(&mut said)?;
     // Refused, the new device would wait out the code: it is stopped here.
-    let joined = if asked.status.success() {
-        Some(joining.wait()?)
+    let joined = if asked.success() {
+        let joined = wait_for("`init --link` to end", || joining.try_wait().ok().flatten());
+        if joined.is_err() {
+            let _ = joining.kill();
+        }
+        Some(joined?)
     } else {
         joining.kill()?;
         joining.wait()?;
         None
     };
-    Ok((asked, joined))
+    Ok((asked, said, joined))
 }
 
 #[test]
@@ -271,9 +288,8 @@ fn device_link_asks_before_it_adds_the_device_that_used_the_code() -> anyhow::Re
 
     // "n": nothing is added.
     let intruder = User::at_home("alice", dir.path().join("intruder"));
-    let (asked, _) = link_asking(alice, &intruder, "n\n")?;
-    let said = String::from_utf8_lossy(&asked.stderr);
-    assert!(!asked.status.success(), "{said}");
+    let (asked, said, _) = link_asking(alice, &intruder, "n\n")?;
+    assert!(!asked.success(), "{said}");
     assert!(
         said.contains("asks to join this account as \"laptop\""),
         "{said}"
@@ -282,12 +298,8 @@ fn device_link_asks_before_it_adds_the_device_that_used_the_code() -> anyhow::Re
 
     // "y": the laptop is linked.
     let laptop = User::at_home("alice", dir.path().join("laptop"));
-    let (asked, joined) = link_asking(alice, &laptop, "y\n")?;
-    assert!(
-        asked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&asked.stderr)
-    );
+    let (asked, said, joined) = link_asking(alice, &laptop, "y\n")?;
+    assert!(asked.success(), "{said}");
     assert!(joined.is_some_and(|status| status.success()));
     let listed = alice.json(&["device", "list"])?;
     assert!(listed.iter().any(|d| d["label"] == "laptop"), "{listed:?}");
