@@ -291,8 +291,9 @@ async fn withdraw(code: &LinkCode, device: &Identity) {
     }
 }
 
-/// What a linked device starts with: its account's device list, and every contact as the
-/// other device pinned it (key, device list, and the keys that stand for its name).
+/// What a linked device starts with: its account's device list (its other devices standing for
+/// its name), and every contact's key as the other device pinned it. Contacts' device lists it
+/// fetches at its first login, checked as every list is.
 fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
     let mut batch = StateBatch::default();
     let account = grant.devices.claimed().account;
@@ -311,12 +312,6 @@ fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
         batch
             .put(StateKey::Contact(linked.name.as_str()), &linked.contact)
             .put(StateKey::Peer(linked.contact.latest()), &name);
-        if let Some(pin) = &linked.devices {
-            for d in &pin.list().devices {
-                batch.put(StateKey::Peer(d.key.to_bytes()), &name);
-            }
-            batch.put(StateKey::Devices(linked.name.as_str()), pin);
-        }
     }
     batch
 }

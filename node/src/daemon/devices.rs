@@ -99,34 +99,22 @@ impl Node {
     /// Asks the rendezvous for these users' device lists.
     pub(crate) fn refresh_devices(&mut self, names: Vec<UserName>) {
         for names in names.chunks(MAX_BATCH) {
-            let names = names.to_vec();
-            let request = RendezvousRequest::FetchDevices {
-                names: names.clone(),
-            };
-            let pending = Pending::Devices {
-                names,
-                claims: Vec::new(),
-                waiting: Vec::new(),
-                call: None,
-            };
-            self.rendezvous_request(request, pending);
+            self.fetch_devices(names.to_vec(), Vec::new(), Vec::new(), None);
         }
     }
 
-    /// Device lists fetched for senders the rendezvous named as these users' devices: once
-    /// they are in, the senders are named (`waiting`) and the send `call` goes on.
-    pub(crate) fn fetch_devices_for(
+    /// Device lists fetched for `names`; with `claims`, for senders the rendezvous named as
+    /// these users' devices: once the lists are in, the senders are named (`waiting`) and the
+    /// send `call` goes on.
+    pub(crate) fn fetch_devices(
         &mut self,
+        names: Vec<UserName>,
         claims: Vec<(UserName, VerifyingKey)>,
         waiting: Vec<[u8; 32]>,
         call: Option<palaver_protocol::node::direct::pipeline::CallId>,
     ) {
-        let names: Vec<UserName> = claims.iter().map(|(name, _)| name.clone()).collect();
-        let request = RendezvousRequest::FetchDevices {
-            names: names.clone(),
-        };
+        let request = RendezvousRequest::FetchDevices { names };
         let pending = Pending::Devices {
-            names,
             claims,
             waiting,
             call,
@@ -277,15 +265,21 @@ impl Node {
 
     // ---- linking a new device ----
 
+    /// Only the device holding the account key `does` what is asked.
+    fn holding_account_key(&self, does: &str) -> Result<(), RpcError> {
+        if self.account_key() != self.identity.public() {
+            return Err(RpcError::failed(format!(
+                "only the device holding the account key {does}; run this there"
+            )));
+        }
+        Ok(())
+    }
+
     /// `device link`: a code for the new device; the link then runs on its own until it is done
     /// or the code expires (`palaver device link`, unless `--no-wait`, follows it).
     pub(crate) fn device_link(&mut self, confirm: bool, reply: Reply) {
         let result = (|| {
-            if self.account_key() != self.identity.public() {
-                return Err(RpcError::failed(
-                    "only the device holding the account key links new devices; run this there",
-                ));
-            }
+            self.holding_account_key("links new devices")?;
             if !self.state.session.is_logged_in() {
                 return Err(RpcError::failed(
                     "not logged in at the rendezvous; a link goes through it",
@@ -365,17 +359,15 @@ impl Node {
 
     /// What the rendezvous said to a step of the link.
     pub(crate) fn on_link_answer(&mut self, answer: LinkAnswer) {
+        let own = self
+            .own_list
+            .clone()
+            .unwrap_or_else(|| DeviceList::single(self.identity.public()));
         let Some(linker) = self.state.link.as_mut() else {
             return;
         };
         let output = match answer {
-            LinkAnswer::Taken(held) => {
-                let own = self
-                    .own_devices()
-                    .unwrap_or_else(|| DeviceList::single(self.identity.public()));
-                let linker = self.state.link.as_mut();
-                linker.and_then(|l| l.taken(held, &own, &self.identity, now_ms()))
-            }
+            LinkAnswer::Taken(held) => linker.taken(held, &own, &self.identity, now_ms()),
             LinkAnswer::Published(result) => linker.published(result),
             LinkAnswer::Granted(result) => linker.granted(result),
         };
@@ -458,7 +450,7 @@ impl Node {
     }
 
     /// What the new device is handed: our name, our device list naming it, every contact with
-    /// its pins, and the last `history` lines of each conversation with one (as many as fit).
+    /// its pinned key, and the last `history` lines of each conversation with one (as many as fit).
     fn link_grant(&self, list: SignedDeviceList, history: u32) -> Result<LinkGrant, String> {
         let mut contacts = Vec::new();
         let mut lines = Vec::new();
@@ -493,12 +485,7 @@ impl Node {
                     delivered: entry.status == Status::Delivered,
                 });
             }
-            let devices = pinned_devices(&self.store, name.as_str());
-            contacts.push(LinkedContact {
-                name,
-                contact,
-                devices,
-            });
+            contacts.push(LinkedContact { name, contact });
         }
         let mut grant = LinkGrant {
             name: self.name.clone(),
@@ -516,11 +503,7 @@ impl Node {
     /// our contacts stop sealing for it when they fetch the list.
     pub(crate) fn device_revoke(&mut self, device: String, reply: Reply) {
         let result = (|| {
-            if self.account_key() != self.identity.public() {
-                return Err(RpcError::failed(
-                    "only the device holding the account key revokes devices; run this there",
-                ));
-            }
+            self.holding_account_key("revokes devices")?;
             let own = self.own_devices().ok_or_else(|| {
                 RpcError::failed(
                     "this account has no linked devices yet (`palaver device link` adds one)",

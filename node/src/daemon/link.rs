@@ -310,7 +310,10 @@ impl Node {
                     claims,
                     waiting,
                     call,
-                } => self.fetch_devices_for(claims, waiting, call),
+                } => {
+                    let names = claims.iter().map(|(name, _)| name.clone()).collect();
+                    self.fetch_devices(names, claims, waiting, call)
+                }
                 Step::Link(answer) => self.on_link_answer(answer),
                 Step::Revoked { list, reply } => self.on_revoked(*list, reply),
             }

@@ -59,7 +59,6 @@ pub enum Ask<T, D> {
     /// [`crate::node::devices::claim_holds`]); the senders are named once the lists are in (or
     /// get stand-ins); `call`: a send that asked who holds such a key.
     Devices {
-        names: Vec<UserName>,
         claims: Vec<(UserName, VerifyingKey)>,
         waiting: Vec<[u8; 32]>,
         call: Option<CallId>,
@@ -173,7 +172,6 @@ pub fn answered<T, D>(
                 claims,
                 waiting,
                 call,
-                ..
             },
             answer,
         ) => {

@@ -135,7 +135,6 @@ fn a_key_named_for_a_user_whose_account_key_it_is_not_waits_for_their_device_lis
     // Once the lists are in (or not), the senders are named or get their stand-ins.
     let steps: Vec<S> = answered(
         Ask::Devices {
-            names: vec![name("alice")],
             claims: vec![(name("alice"), alice.identity)],
             waiting: vec![device],
             call: Some(5),

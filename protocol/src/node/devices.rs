@@ -245,12 +245,12 @@ pub fn is_own_device(mine: Option<&DeviceList>, me: &VerifyingKey, sender: &Veri
     sender != me && mine.is_some_and(|list| list.contains(sender))
 }
 
-/// A contact as a new device receives it: the pinned key and device list.
+/// A contact as a new device receives it: the pinned key (their device list it fetches itself,
+/// at its first login, checked as every list is).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkedContact {
     pub name: UserName,
     pub contact: Contact,
-    pub devices: Option<DevicePin>,
 }
 
 /// A line of a direct conversation, as a new device is handed it.

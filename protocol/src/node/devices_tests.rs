@@ -289,7 +289,6 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
         contacts: vec![LinkedContact {
             name: UserName::new("bob").unwrap(),
             contact: Contact::first([7; 32]),
-            devices: None,
         }],
         history: Vec::new(),
     };
