@@ -305,3 +305,74 @@ fn device_link_asks_before_it_adds_the_device_that_used_the_code() -> anyhow::Re
     assert!(listed.iter().any(|d| d["label"] == "laptop"), "{listed:?}");
     Ok(())
 }
+
+/// The room `room` as `user`'s `room list` shows it, once its state is `state`.
+fn room_in_state(user: &User, room: &str, state: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{}: {room} {state}", user.name), || {
+        let rooms = user.json(&["room", "list"]).ok()?;
+        rooms
+            .iter()
+            .any(|r| r["room"] == room && r["state"] == state)
+            .then_some(())
+    })
+}
+
+#[test]
+fn rooms_follow_the_account_onto_a_linked_device_and_a_revoked_one_reads_nothing_new()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let bob = users.pop().unwrap();
+    let alice = users.pop().unwrap();
+    alice.ok(&["room", "create", "team"])?;
+    alice.ok(&["room", "invite", "team", "bob"])?;
+    bob.accept_invitation("team")?;
+
+    // The laptop is handed the room with the link, and is in it once it starts: one member,
+    // alice, on two devices.
+    let mut laptop = link(&alice, dir.path(), "laptop")?;
+    laptop.start(&server.addr)?;
+    room_in_state(&laptop, "team", "joined")?;
+    let members = bob.json(&["room", "members", "team"])?;
+    assert_eq!(members.len(), 2, "{members:?}");
+
+    // bob's message reaches both devices; what the laptop writes shows as alice's, at bob and
+    // on the desk.
+    bob.ok(&["room", "send", "team", "hi both"])?;
+    alice.wait_room_texts("team", &["hi both"])?;
+    laptop.wait_room_texts("team", &["hi both"])?;
+    laptop.ok(&["room", "send", "team", "from the laptop"])?;
+    bob.wait_room_texts("team", &["from the laptop"])?;
+    alice.wait_room_texts("team", &["from the laptop"])?;
+    let at_bob = bob.room_history("team")?;
+    let line = at_bob
+        .iter()
+        .find(|e| e["text"] == "from the laptop")
+        .unwrap();
+    assert_eq!(line["from"], "alice");
+
+    // Joining on one device joins the account's other devices too.
+    bob.ok(&["room", "create", "bobs"])?;
+    bob.ok(&["room", "invite", "bobs", "alice"])?;
+    laptop.accept_invitation("bobs")?;
+    room_in_state(&alice, "bobs", "joined")?;
+    bob.ok(&["room", "send", "bobs", "welcome"])?;
+    alice.wait_room_texts("bobs", &["welcome"])?;
+    laptop.wait_room_texts("bobs", &["welcome"])?;
+
+    // Revoked: bob's next room message reaches the desk, never the laptop.
+    alice.json(&["device", "revoke", "laptop"])?;
+    wait_for("bob to know the laptop is gone", || {
+        (devices_known(&bob, "alice") == 1).then_some(())
+    })?;
+    bob.ok(&["room", "send", "team", "after the revoke"])?;
+    alice.wait_room_texts("team", &["after the revoke"])?;
+    laptop.stop().ok();
+    let history = texts(&laptop.room_history("team")?);
+    assert!(
+        !history.iter().any(|t| t == "after the revoke"),
+        "{history:?}"
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ use palaver_protocol::crypto;
 
 use crypto::CryptoError;
 use crypto::ratchet::Session;
-use crypto::room::{EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys};
+use crypto::room::{EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys, Solo};
 use crypto::sender_key::{
     MAX_SKIP, ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage,
 };
@@ -159,7 +159,7 @@ impl World {
             let rng = &mut self.rng;
             let applied = self.nodes[node]
                 .room
-                .apply_membership(rng, update, self.now);
+                .apply_membership(rng, update, self.now, &Solo);
             for action in applied.unwrap() {
                 actions.push((node, action));
             }
@@ -225,12 +225,12 @@ impl World {
         let distribution: SenderKeyDistribution = decode(&received);
         recipient
             .room
-            .accept_distribution(&sender_id, &distribution)
+            .accept_distribution(&sender_id, &distribution, &Solo)
     }
 
     fn post(&mut self, from: usize, text: &str) -> Posted {
         let node = &mut self.nodes[from];
-        let message = node.room.encrypt(text.as_bytes()).unwrap();
+        let message = node.room.encrypt(text.as_bytes(), &Solo).unwrap();
         let envelope = encode(&message);
         let signature = node.room.sign(&envelope);
         Posted {
@@ -259,8 +259,9 @@ fn read_with(
         posted.message.key_id,
         &posted.envelope,
         &posted.signature,
+        &Solo,
     )?;
-    let plaintext = room.decrypt(&posted.sender, &posted.message, clock)?;
+    let plaintext = room.decrypt(&posted.sender, &posted.message, clock, &Solo)?;
     Ok(String::from_utf8(plaintext).unwrap())
 }
 
@@ -325,7 +326,7 @@ fn kicked_member_cannot_decrypt_after_rotation() {
         relabelled.key_id = old_key_id;
         assert!(
             hoard
-                .decrypt(&posted.sender, &relabelled, world.clock())
+                .decrypt(&posted.sender, &relabelled, world.clock(), &Solo)
                 .is_err()
         );
         // And the honest kicked member, having applied the update, holds nothing at all.
@@ -344,7 +345,7 @@ fn removed_members_keys_are_dropped_and_their_messages_rejected() {
     assert_eq!(world.read(1, &from_removed), Err(CryptoError::NotAMember));
     // The removed member cannot send either.
     assert_eq!(
-        world.nodes[2].room.encrypt(b"hello?").unwrap_err(),
+        world.nodes[2].room.encrypt(b"hello?", &Solo).unwrap_err(),
         CryptoError::NotAMember
     );
     // Its distributions are refused.
@@ -353,7 +354,7 @@ fn removed_members_keys_are_dropped_and_their_messages_rejected() {
     assert_eq!(
         world.nodes[1]
             .room
-            .accept_distribution(&removed, &distribution),
+            .accept_distribution(&removed, &distribution, &Solo),
         Err(CryptoError::NotAMember)
     );
 }
@@ -389,7 +390,7 @@ fn adding_members_sends_the_current_key_only_to_them() {
     let update = world.update(&[0, 1, 2, 3]);
     let actions = world.nodes[1]
         .room
-        .apply_membership(&mut world.rng, &update, NOW)
+        .apply_membership(&mut world.rng, &update, NOW, &Solo)
         .unwrap();
     let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
         panic!("expected one action")
@@ -408,7 +409,7 @@ fn removing_a_member_rotates_and_sends_the_new_key_to_the_remaining_members_only
     let update = world.update(&[0, 1, 3]);
     let actions = world.nodes[1]
         .room
-        .apply_membership(&mut world.rng, &update, NOW)
+        .apply_membership(&mut world.rng, &update, NOW, &Solo)
         .unwrap();
     let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
         panic!("expected one action")
@@ -452,14 +453,14 @@ fn membership_update_from_a_non_owner_is_rejected() {
     assert_eq!(
         world.nodes[2]
             .room
-            .apply_membership(rng, &by_member, NOW)
+            .apply_membership(rng, &by_member, NOW, &Solo)
             .unwrap_err(),
         CryptoError::NotRoomOwner
     );
     assert_eq!(
         world.nodes[2]
             .room
-            .apply_membership(rng, &claimed, NOW)
+            .apply_membership(rng, &claimed, NOW, &Solo)
             .unwrap_err(),
         CryptoError::BadSignature
     );
@@ -482,7 +483,7 @@ fn tampered_membership_update_is_rejected() {
         assert_eq!(
             world.nodes[1]
                 .room
-                .apply_membership(rng, forged, NOW)
+                .apply_membership(rng, forged, NOW, &Solo)
                 .unwrap_err(),
             CryptoError::BadSignature
         );
@@ -491,7 +492,7 @@ fn tampered_membership_update_is_rejected() {
     assert_eq!(
         world.nodes[1]
             .room
-            .apply_membership(rng, &room, NOW)
+            .apply_membership(rng, &room, NOW, &Solo)
             .unwrap_err(),
         CryptoError::WrongRoom
     );
@@ -516,7 +517,7 @@ fn stale_or_replayed_membership_update_is_rejected() {
         assert_eq!(
             world.nodes[1]
                 .room
-                .apply_membership(rng, stale, NOW)
+                .apply_membership(rng, stale, NOW, &Solo)
                 .unwrap_err(),
             CryptoError::StaleMembership
         );
@@ -535,7 +536,7 @@ fn distribution_from_a_non_member_is_rejected() {
     assert_eq!(
         world.nodes[1]
             .room
-            .accept_distribution(&outsider, &distribution),
+            .accept_distribution(&outsider, &distribution, &Solo),
         Err(CryptoError::NotAMember)
     );
     assert_eq!(
@@ -580,9 +581,12 @@ fn room_messages_are_bound_to_their_sender_and_room() {
         ..posted.clone()
     };
     assert_eq!(
-        world.nodes[0]
-            .room
-            .decrypt(&impostor.sender, &impostor.message, EpochClock::at(NOW)),
+        world.nodes[0].room.decrypt(
+            &impostor.sender,
+            &impostor.message,
+            EpochClock::at(NOW),
+            &Solo
+        ),
         Err(CryptoError::Decrypt)
     );
     assert_eq!(
@@ -595,7 +599,7 @@ fn room_messages_are_bound_to_their_sender_and_room() {
     bytes[0] ^= 1; // the room id is the first field
     other_room = decode(&bytes);
     assert_eq!(
-        other_room.decrypt(&posted.sender, &posted.message, world.clock()),
+        other_room.decrypt(&posted.sender, &posted.message, world.clock(), &Solo),
         Err(CryptoError::Decrypt)
     );
     assert_eq!(world.read(0, &posted).unwrap(), "from one");
@@ -634,7 +638,7 @@ fn kick_that_member_two_misses(seed: u64) -> (World, RoomKeys) {
         actions.extend(
             world.nodes[node]
                 .room
-                .apply_membership(rng, &update, world.now)
+                .apply_membership(rng, &update, world.now, &Solo)
                 .unwrap()
                 .into_iter()
                 .map(|action| (node, action)),
@@ -778,7 +782,7 @@ fn a_message_from_an_epoch_we_have_not_seen_is_refused_as_future_until_we_have_t
     assert_eq!(
         world.nodes[2]
             .room
-            .decrypt(&ahead.sender, &ahead.message, clock),
+            .decrypt(&ahead.sender, &ahead.message, clock, &Solo),
         Err(CryptoError::FutureEpoch)
     );
     assert_eq!(encode(&world.nodes[2].room), before);
@@ -802,14 +806,14 @@ fn a_member_that_saw_nobody_leave_still_rotates_a_key_from_before_the_last_remov
     let rng = &mut world.rng;
     world.nodes[0]
         .room
-        .apply_membership(rng, &kick, world.now)
+        .apply_membership(rng, &kick, world.now, &Solo)
         .unwrap();
     let back = world.update(&[0, 1, 2]);
     assert_eq!(back.keys_from, kick.epoch);
     let rng = &mut world.rng;
     let actions = world.nodes[1]
         .room
-        .apply_membership(rng, &back, world.now)
+        .apply_membership(rng, &back, world.now, &Solo)
         .unwrap();
     let [KeyAction::Distribute { to, distribution }] = actions.as_slice() else {
         panic!("expected one action")
@@ -842,7 +846,7 @@ fn the_owner_moves_keys_from_on_removals_only_and_nobody_accepts_it_moving_back(
         assert_eq!(
             world.nodes[1]
                 .room
-                .apply_membership(rng, &update, NOW)
+                .apply_membership(rng, &update, NOW, &Solo)
                 .unwrap_err(),
             CryptoError::MalformedMembership
         );

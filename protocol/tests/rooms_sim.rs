@@ -383,7 +383,7 @@ impl Sim {
                 let _ = rooms.on_invite(sender, invite, now, &mut rng);
             }
             Payload::SenderKey { room, distribution } => {
-                rooms.on_sender_key(sender, room, distribution, now)
+                rooms.on_sender_key(sender, room, distribution, now, &mut rng)
             }
             Payload::Membership(update) => {
                 let _ = rooms.on_membership(update, now, &mut rng);

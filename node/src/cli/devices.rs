@@ -8,6 +8,7 @@ use clap::Subcommand;
 use palaver_protocol::crypto::link::{Direction, LinkCode, LinkRequest};
 use palaver_protocol::identity::devices::{DevicePin, valid_label};
 use palaver_protocol::node::devices::LinkGrant;
+use palaver_protocol::node::rooms::Room;
 use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::wire::RendezvousResponse;
 use palaver_protocol::wire::rendezvous::SealedLink;
@@ -212,6 +213,12 @@ pub(super) async fn init_linked(
         "contacts     {} handed over, with {lines} lines of history",
         grant.contacts.len(),
     ));
+    if !grant.rooms.is_empty() {
+        out(format_args!(
+            "rooms        {} handed over (joined as this device starts)",
+            grant.rooms.len()
+        ));
+    }
     out(format_args!(
         "start it     palaver --home {} daemon --rendezvous {}",
         home.dir().display(),
@@ -292,8 +299,10 @@ async fn withdraw(code: &LinkCode, device: &Identity) {
 }
 
 /// What a linked device starts with: its account's device list (its other devices standing for
-/// its name), and every contact's key as the other device pinned it. Contacts' device lists it
-/// fetches at its first login, checked as every list is.
+/// its name), every contact's key as the other device pinned it, and its account's rooms (a
+/// private one joined once another of its devices hands it its key, see
+/// [`palaver_protocol::node::rooms`]). Contacts' device lists it fetches at its first login,
+/// checked as every list is.
 fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
     let mut batch = StateBatch::default();
     let account = grant.devices.claimed().account;
@@ -312,6 +321,17 @@ fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
         batch
             .put(StateKey::Contact(linked.name.as_str()), &linked.contact)
             .put(StateKey::Peer(linked.contact.latest()), &name);
+    }
+    for linked in &grant.rooms {
+        let room = Room::handed_over(linked.clone(), device.public(), &mut OsRng);
+        match room {
+            Some(room) => {
+                batch.put(StateKey::Room(room.id), &room);
+            }
+            None => {
+                tracing::warn!(room = %linked.name, "a room handed over does not hold together")
+            }
+        }
     }
     batch
 }

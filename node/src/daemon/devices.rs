@@ -11,6 +11,7 @@ use palaver_protocol::node::asks::{LinkAnswer, LinkStep};
 use palaver_protocol::node::devices::{
     self, Learned, LinkGrant, LinkOutput, LinkedContact, LinkedLine, Linker,
 };
+use palaver_protocol::node::rooms::Room;
 use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::wire::rendezvous::{AccountDevices, MAX_BATCH, SealedLink};
 use palaver_protocol::{UserName, VerifyingKey};
@@ -226,6 +227,9 @@ impl Node {
         dropped: &[VerifyingKey],
         this_device_removed: bool,
     ) {
+        // The rooms first: a crash before the pin is written learns the list, and rotates, again.
+        (self.state.rooms).devices_changed(pin.list(), now_ms(), &mut OsRng);
+        let _ = self.drive_rooms();
         let mut batch = StateBatch::default();
         batch.put(StateKey::Devices(name.as_str()), &pin);
         for key in named {
@@ -450,7 +454,8 @@ impl Node {
     }
 
     /// What the new device is handed: our name, our device list naming it, every contact with
-    /// its pinned key, and the last `history` lines of each conversation with one (as many as fit).
+    /// its pinned key, the rooms we are in or invited to, and the last `history` lines of each
+    /// conversation with a contact (as many as fit).
     fn link_grant(&self, list: SignedDeviceList, history: u32) -> Result<LinkGrant, String> {
         let mut contacts = Vec::new();
         let mut lines = Vec::new();
@@ -487,10 +492,17 @@ impl Node {
             }
             contacts.push(LinkedContact { name, contact });
         }
+        let rooms = self
+            .state
+            .rooms
+            .iter()
+            .filter_map(Room::hand_over)
+            .collect();
         let mut grant = LinkGrant {
             name: self.name.clone(),
             devices: list,
             contacts,
+            rooms,
             history: lines,
         };
         grant.fit();

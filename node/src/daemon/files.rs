@@ -403,10 +403,7 @@ impl Node {
             .map_err(|err| format!("cannot read the store: {err}"))?;
         let rooms = &self.state.rooms;
         let is_member = |room: &RoomId, peer: &PeerId| {
-            let key = identity_of(peer);
-            let room = rooms.room(room).filter(|room| room.is_active());
-            room.zip(key)
-                .is_some_and(|(room, key)| room.is_member(&key))
+            identity_of(peer).is_some_and(|key| rooms.has_member(room, &key))
         };
         may_serve(served.as_ref(), peer, is_member).map_err(|refused| refused.to_string())?;
         served.ok_or_else(|| transfers::Refused::Unknown.to_string())

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
+use palaver_protocol::identity::devices::DevicePin;
 use palaver_protocol::identity::peer_id_of;
 use palaver_protocol::node::rooms::{
     Output, ReadMessage, Room, RoomError, RoomEvent, Rooms, topic_name,
@@ -35,9 +36,10 @@ pub(crate) struct RoomIo {
     asking: palaver_protocol::node::rooms::gap_fill::GapFills,
 }
 
-/// The rooms in the store. A room record an older version wrote in a format this one no longer
-/// reads (room keys before membership epochs) is left where it is and skipped, with a warning:
-/// its history stays; to write in it again, its owner invites us again.
+/// The rooms in the store, with every pinned device list (whose devices are whose). A room
+/// record an older version wrote in a format this one no longer reads (room keys before
+/// membership epochs) is left where it is and skipped, with a warning: its history stays; to
+/// write in it again, its owner invites us again.
 pub(crate) fn load(store: &Store, identity: &Identity) -> Result<Rooms, StoreError> {
     let mut rooms = Vec::new();
     for (key, room) in store.scan_each(StateKey::Room(RoomId([0; 32]))) {
@@ -51,7 +53,18 @@ pub(crate) fn load(store: &Store, identity: &Identity) -> Result<Rooms, StoreErr
             Err(err) => return Err(err),
         }
     }
-    Ok(Rooms::new(identity.clone(), rooms))
+    let mut rooms = Rooms::new(identity.clone(), rooms);
+    let pins = store.scan_each::<DevicePin>(StateKey::Devices(""));
+    for (key, pin) in pins {
+        match pin {
+            Ok(pin) => rooms.know_devices(pin.list()),
+            Err(err) => tracing::warn!(
+                user = %String::from_utf8_lossy(key.get(1..).unwrap_or_default()),
+                "cannot read a pinned device list: {err}"
+            ),
+        }
+    }
+    Ok(rooms)
 }
 
 /// The id of the room called `name` in the store, read without the daemon (for `history`).

@@ -17,6 +17,12 @@
 //!    membership update), and one whose key predates the last removal
 //!    ([`CryptoError::StaleEpoch`]) once [`EPOCH_GRACE_MS`] have passed since we learned of it.
 //!
+//! 6. Linked devices: membership lists accounts, and each device of a member account sends under
+//!    a sender key of its own. [`Accounts`] says whose a device is and which devices an account
+//!    has (its pinned device list); keys go to every device of every member account, mine
+//!    included, and [`RoomKeys::devices_changed`] hands my key to a new device or, when one is
+//!    gone, rotates it. With no linked devices anywhere ([`Solo`]) each key is its own account.
+//!
 //! A removed member keeps what it already had: the old keys read the messages sent before
 //! everyone has rotated. Each remaining member rotates on applying the update, so messages sent
 //! after that are out of its reach; a member that missed the update and still sends under its
@@ -136,10 +142,33 @@ impl MembershipUpdate {
     }
 }
 
+/// Whose devices are whose: the account each device key speaks for, and each account's devices,
+/// as their pinned device lists say.
+pub trait Accounts {
+    /// The account `key` speaks for: itself unless a device list names it.
+    fn account_of(&self, key: &VerifyingKey) -> VerifyingKey;
+    /// The devices of `account`: just the account key unless it has a device list.
+    fn devices_of(&self, account: &VerifyingKey) -> Vec<VerifyingKey>;
+}
+
+/// No linked devices: every key is an account with one device, itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Solo;
+
+impl Accounts for Solo {
+    fn account_of(&self, key: &VerifyingKey) -> VerifyingKey {
+        *key
+    }
+
+    fn devices_of(&self, account: &VerifyingKey) -> Vec<VerifyingKey> {
+        vec![*account]
+    }
+}
+
 /// Something the caller must do after a membership change.
 #[derive(Debug, Clone)]
 pub enum KeyAction {
-    /// Send `distribution` to each of `to`, each over its pairwise session.
+    /// Send `distribution` to each device in `to`, each over its pairwise session.
     Distribute {
         to: Vec<VerifyingKey>,
         distribution: SenderKeyDistribution,
@@ -152,11 +181,12 @@ pub enum KeyAction {
 pub struct RoomKeys {
     room: [u8; 32],
     owner: VerifyingKey,
+    /// This device's key (an account of its own, or a linked device of a member account).
     me: VerifyingKey,
     my_key: SenderKey,
     /// `None` until the first membership update arrives.
     membership: Option<Membership>,
-    /// Received keys by member identity.
+    /// Received keys by the device key that sent them.
     received: BTreeMap<[u8; 32], MemberKeys>,
 }
 
@@ -229,8 +259,27 @@ impl RoomKeys {
             .map_or(&[], |membership| &membership.members)
     }
 
-    pub fn is_member(&self, identity: &VerifyingKey) -> bool {
-        self.members().contains(identity)
+    /// Whether `account` is listed.
+    pub fn is_member(&self, account: &VerifyingKey) -> bool {
+        self.members().contains(account)
+    }
+
+    /// Whether device `key` speaks for a listed account.
+    pub fn is_member_device(&self, key: &VerifyingKey, accounts: &impl Accounts) -> bool {
+        self.is_member(&accounts.account_of(key))
+    }
+
+    /// Every device of `of` but this one.
+    fn devices(
+        &self,
+        of: impl IntoIterator<Item = VerifyingKey>,
+        accounts: &impl Accounts,
+    ) -> Vec<VerifyingKey> {
+        let mut seen = HashSet::new();
+        of.into_iter()
+            .flat_map(|account| accounts.devices_of(&account))
+            .filter(|device| *device != self.me && seen.insert(device.to_bytes()))
+            .collect()
     }
 
     /// The epoch of the last removal: keys made for an earlier epoch are refused after the grace.
@@ -267,14 +316,16 @@ impl RoomKeys {
         MembershipUpdate::sign(owner, self.room, epoch, keys_from, members)
     }
 
-    /// Applies a newer membership and says which keys to send to whom. Rejects updates for other
-    /// rooms, not signed by the room's owner, not newer than the current epoch, or moving
-    /// `keys_from` back (or past its own epoch). `now_ms` starts the grace when `keys_from` rises.
+    /// Applies a newer membership and says which keys to send to which devices. Rejects updates
+    /// for other rooms, not signed by the room's owner, not newer than the current epoch, or
+    /// moving `keys_from` back (or past its own epoch). `now_ms` starts the grace when
+    /// `keys_from` rises.
     pub fn apply_membership(
         &mut self,
         rng: &mut (impl CryptoRng + RngCore),
         update: &MembershipUpdate,
         now_ms: u64,
+        accounts: &impl Accounts,
     ) -> Result<Vec<KeyAction>, CryptoError> {
         if update.room != self.room {
             return Err(CryptoError::WrongRoom);
@@ -303,21 +354,20 @@ impl RoomKeys {
             .collect();
         let previous: HashSet<[u8; 32]> =
             self.members().iter().map(VerifyingKey::to_bytes).collect();
-        let was_member = previous.contains(self.me.as_bytes());
+        let my_account = accounts.account_of(&self.me).to_bytes();
+        let was_member = previous.contains(&my_account);
         let anyone_removed = previous.iter().any(|member| !listed.contains(member));
-        let others: Vec<VerifyingKey> = members
-            .iter()
-            .filter(|member| **member != self.me)
-            .copied()
-            .collect();
-        let added: Vec<VerifyingKey> = others
+        let added: Vec<VerifyingKey> = members
             .iter()
             .filter(|member| !previous.contains(member.as_bytes()))
             .copied()
             .collect();
 
-        self.received.retain(|member, _| listed.contains(member));
-        let is_member = listed.contains(self.me.as_bytes());
+        self.received.retain(|device, _| {
+            VerifyingKey::from_bytes(device)
+                .is_ok_and(|device| listed.contains(accounts.account_of(&device).as_bytes()))
+        });
+        let is_member = listed.contains(&my_account);
         let keys_from_since_ms = match &self.membership {
             Some(old) if old.keys_from == update.keys_from => old.keys_from_since_ms,
             _ => now_ms,
@@ -340,25 +390,57 @@ impl RoomKeys {
         // dropped my old one when I left. A key from before the owner's last removal goes too,
         // even if I saw no one leave (someone left and came back between the updates I got).
         let stale = self.my_key.epoch() < update.keys_from;
-        let (to, rotate) = if anyone_removed || !was_member || stale {
-            (others, true)
-        } else {
-            (added, false)
+        let rotate = anyone_removed || !was_member || stale;
+        let to = match rotate {
+            true => self.devices(self.members().to_vec(), accounts),
+            false => self.devices(added, accounts),
         };
         if rotate {
             self.my_key = self.my_key.rotate(rng, update.epoch);
         }
-        if to.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![KeyAction::Distribute {
-            to,
-            distribution: self.my_key.distribution(),
-        }])
+        Ok(self.distribute(to))
     }
 
-    /// Takes a sender key that `from` sent us over our pairwise session. Only current members'
-    /// keys are accepted ([`CryptoError::NotAMember`]: if the update adding them has not arrived
+    /// `account` (a member's, or mine) gained the devices `added` and lost `removed`; `accounts`
+    /// already says so. A lost device held my key: I rotate and hand the new one to every device
+    /// left in the room, and forget the keys it gave me. A new device gets my key as it is now
+    /// (it reads nothing sent before).
+    pub fn devices_changed(
+        &mut self,
+        rng: &mut (impl CryptoRng + RngCore),
+        account: &VerifyingKey,
+        added: &[VerifyingKey],
+        removed: &[VerifyingKey],
+        accounts: &impl Accounts,
+    ) -> Vec<KeyAction> {
+        if !self.is_member(account) || !self.is_member_device(&self.me, accounts) {
+            return Vec::new();
+        }
+        for device in removed {
+            self.received.remove(device.as_bytes());
+        }
+        if !removed.is_empty() {
+            let epoch = self.epoch().unwrap_or(0);
+            self.my_key = self.my_key.rotate(rng, epoch);
+            let everyone = self.devices(self.members().to_vec(), accounts);
+            return self.distribute(everyone);
+        }
+        let added = added.iter().copied().filter(|device| *device != self.me);
+        self.distribute(added.collect())
+    }
+
+    fn distribute(&self, to: Vec<VerifyingKey>) -> Vec<KeyAction> {
+        if to.is_empty() {
+            return Vec::new();
+        }
+        vec![KeyAction::Distribute {
+            to,
+            distribution: self.my_key.distribution(),
+        }]
+    }
+
+    /// Takes a sender key that device `from` sent us over our pairwise session. Only current
+    /// members' devices' keys are accepted ([`CryptoError::NotAMember`]: if the update adding them has not arrived
     /// yet, retry after it), and only for an epoch we know ([`CryptoError::FutureEpoch`]: retry
     /// after the update). A key we already hold is kept as it is: taking it again at an earlier
     /// index would let replayed messages decrypt a second time.
@@ -366,8 +448,12 @@ impl RoomKeys {
         &mut self,
         from: &VerifyingKey,
         distribution: &SenderKeyDistribution,
+        accounts: &impl Accounts,
     ) -> Result<(), CryptoError> {
-        if !self.is_member(from) || *from == self.me || !self.is_member(&self.me) {
+        if !self.is_member_device(from, accounts)
+            || *from == self.me
+            || !self.is_member_device(&self.me, accounts)
+        {
             return Err(CryptoError::NotAMember);
         }
         if self.epoch().is_some_and(|epoch| distribution.epoch > epoch) {
@@ -397,8 +483,12 @@ impl RoomKeys {
 
     /// Encrypts a message from me to the room. Never under a key from before the last removal
     /// ([`CryptoError::StaleEpoch`]; applying the membership has already replaced it).
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, CryptoError> {
-        if !self.is_member(&self.me) {
+    pub fn encrypt(
+        &mut self,
+        plaintext: &[u8],
+        accounts: &impl Accounts,
+    ) -> Result<SenderKeyMessage, CryptoError> {
+        if !self.is_member_device(&self.me, accounts) {
             return Err(CryptoError::NotAMember);
         }
         if self
@@ -430,15 +520,16 @@ impl RoomKeys {
         Ok(())
     }
 
-    /// Decrypts a message that `sender` (authenticated by the envelope signature, see
+    /// Decrypts a message that device `sender` (authenticated by the envelope signature, see
     /// [`RoomKeys::verify`]) sent to the room, if its epoch passes [`RoomKeys::check_epoch`].
     pub fn decrypt(
         &mut self,
         sender: &VerifyingKey,
         message: &SenderKeyMessage,
         clock: EpochClock,
+        accounts: &impl Accounts,
     ) -> Result<Vec<u8>, CryptoError> {
-        if !self.is_member(sender) {
+        if !self.is_member_device(sender, accounts) {
             return Err(CryptoError::NotAMember);
         }
         self.check_epoch(message.epoch, clock)?;
@@ -459,8 +550,9 @@ impl RoomKeys {
         key_id: u32,
         bytes: &[u8],
         signature: &Signature,
+        accounts: &impl Accounts,
     ) -> Result<(), CryptoError> {
-        if !self.is_member(sender) {
+        if !self.is_member_device(sender, accounts) {
             return Err(CryptoError::NotAMember);
         }
         self.received

@@ -273,14 +273,15 @@ pub struct LinkedLine {
 /// The most lines of each conversation a new device may ask for.
 pub const MAX_LINKED_HISTORY: u32 = 1000;
 
-/// What the device linking hands the new one: who it is now, whom it knows, and (if it asked)
-/// the last lines of each conversation.
+/// What the device linking hands the new one: who it is now, whom it knows, the rooms its
+/// account is in, and (if it asked) the last lines of each conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkGrant {
     pub name: UserName,
     /// The account's device list, naming the new device.
     pub devices: SignedDeviceList,
     pub contacts: Vec<LinkedContact>,
+    pub rooms: Vec<crate::node::rooms::LinkedRoom>,
     pub history: Vec<LinkedLine>,
 }
 

@@ -290,6 +290,17 @@ fn a_link_adds_the_device_publishes_and_hands_over_a_grant_only_it_opens() {
             name: UserName::new("bob").unwrap(),
             contact: Contact::first([7; 32]),
         }],
+        rooms: vec![crate::node::rooms::LinkedRoom {
+            id: crate::wire::RoomId([3; 32]),
+            name: crate::RoomName::new("team").unwrap(),
+            membership: Some(crate::crypto::room::MembershipUpdate::sign(
+                alice.signing_key(),
+                [3; 32],
+                1,
+                1,
+                vec![alice.public()],
+            )),
+        }],
         history: Vec::new(),
     };
     let sealed = linker.seal_grant(&grant, &mut OsRng).unwrap();
@@ -416,6 +427,7 @@ fn a_grant_too_large_for_one_link_message_keeps_its_newest_lines() {
         name: UserName::new("alice").unwrap(),
         devices: SignedDeviceList::sign(DeviceList::single(alice.public()), &alice).unwrap(),
         contacts: Vec::new(),
+        rooms: Vec::new(),
         history: (0..1000).rev().map(line).collect(),
     };
     grant.fit();

@@ -19,6 +19,13 @@
 //! grace is over ([`EpochClock`]), and we hand its sender the update it evidently missed, so it
 //! rotates and its next messages go through.
 //!
+//! Linked devices: membership is per account, sender keys per device. The [`Roster`] (every
+//! pinned device list) says which devices a member account has: each gets our key, may send,
+//! and is let into the mesh. A device gained gets our key; a device lost makes us rotate
+//! ([`Rooms::devices_changed`]). A room created on a linked device is owned by that device's key.
+//! A sender key from another of our own devices for a room we are only invited to means our
+//! account joined there: this device joins too.
+//!
 //! [`Rooms`] takes what arrives (`receive`, `on_*`) and what the user asks (the commands), with
 //! the time and randomness passed in, and hands out what to do through [`Rooms::poll_output`]:
 //! records to write, pairwise payloads to send, messages read, topics to join or leave. The
@@ -34,9 +41,12 @@ use sha2::{Digest, Sha256};
 
 use crate::codec;
 use crate::crypto::CryptoError;
-use crate::crypto::room::{EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys};
+use crate::crypto::room::{
+    Accounts, EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys,
+};
 use crate::crypto::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution};
 use crate::identity::Identity;
+use crate::identity::devices::DeviceList;
 use crate::wire::{Content, MessageId, Payload, RoomId, RoomInvite, RoomMessage, WireError};
 use crate::{RoomName, UserName};
 
@@ -44,10 +54,12 @@ mod commands;
 pub mod gap_fill;
 mod outgoing;
 mod receive;
+mod roster;
 
 pub use outgoing::{MAX_AWAITING_FLUSH, MAX_HELD_BACK};
 
 pub use receive::GossipVerdict;
+pub use roster::{DevicesChange, Roster};
 
 #[cfg(test)]
 mod tests;
@@ -139,9 +151,10 @@ impl Room {
         }
     }
 
-    pub fn is_member(&self, key: &VerifyingKey) -> bool {
+    /// Whether `key` (an account, or a device of one) is in the room.
+    pub fn is_member(&self, key: &VerifyingKey, accounts: &impl Accounts) -> bool {
         match &self.keys {
-            RoomCrypto::Private(keys) => keys.is_member(key),
+            RoomCrypto::Private(keys) => keys.is_member_device(key, accounts),
             RoomCrypto::Public { .. } => true,
         }
     }
@@ -189,6 +202,84 @@ impl Room {
             .filter_map(|key| VerifyingKey::from_bytes(&key).ok())
             .collect()
     }
+}
+
+/// A room our account is in (or invited to), as one of our devices hands it to a device being
+/// linked: what the new device needs to take part. Its own sender key it makes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedRoom {
+    pub id: RoomId,
+    pub name: RoomName,
+    /// The owner's signed membership (a private room); `None` for a public room.
+    pub membership: Option<MembershipUpdate>,
+}
+
+impl Room {
+    /// What a device being linked needs of this room: a private room we are in or invited to,
+    /// or a public one we are in; nothing of one we were removed from.
+    pub fn hand_over(&self) -> Option<LinkedRoom> {
+        let membership = match &self.keys {
+            _ if self.removed => return None,
+            RoomCrypto::Public { .. } if !self.joined => return None,
+            RoomCrypto::Public { .. } => None,
+            RoomCrypto::Private(_) if !self.joined => Some(self.invitation.clone()?),
+            RoomCrypto::Private(keys) => Some(keys.signed_membership()?.clone()),
+        };
+        Some(LinkedRoom {
+            id: self.id,
+            name: self.name.clone(),
+            membership,
+        })
+    }
+
+    /// Room `linked` on the new device `me`: a public room joined under a key of its own; a
+    /// private one as an invitation, which it joins when another of our devices hands it its
+    /// sender key (see the module docs) or when the user joins it. `None` if what was handed
+    /// over does not hold together.
+    pub fn handed_over(
+        linked: LinkedRoom,
+        me: VerifyingKey,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Option<Room> {
+        let (keys, joined, invitation) = match linked.membership {
+            None => {
+                let (id, keys) = public_room_keys(&linked.name, &me, rng);
+                (id == linked.id).then_some((keys, true, None))?
+            }
+            Some(update) => {
+                if update.room != linked.id.0 || update.verify().is_err() {
+                    return None;
+                }
+                let keys = RoomKeys::new(rng, linked.id.0, update.owner, me);
+                (RoomCrypto::Private(Box::new(keys)), false, Some(update))
+            }
+        };
+        Some(Room {
+            id: linked.id,
+            name: linked.name,
+            keys,
+            joined,
+            invitation,
+            removed: false,
+        })
+    }
+}
+
+/// Public room `name`'s id, and `me`'s keys in it (a fresh key id: a chain never used before).
+fn public_room_keys(
+    name: &RoomName,
+    me: &VerifyingKey,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> (RoomId, RoomCrypto) {
+    let (id, secret) = public_room(name);
+    let mine = Box::new(SenderKey::from_invite_secret(&secret, me, rng));
+    let received = BTreeMap::new();
+    let keys = RoomCrypto::Public {
+        secret,
+        mine,
+        received,
+    };
+    (id, keys)
 }
 
 /// The gossipsub topic of room `id`.
@@ -329,6 +420,8 @@ pub enum RoomError {
     RemovedAskAgain(RoomName),
     #[error("you own {0}: kick the other members first, then leave")]
     OwnerLeaving(RoomName),
+    #[error("{0} is owned by another of your devices: change its members, or leave it, there")]
+    OwnedByOurOtherDevice(RoomName),
     #[error("you are invited to {0} but have not joined: `room join {0}`")]
     NotJoined(RoomName),
     #[error("you were removed from {0}")]
@@ -389,6 +482,8 @@ pub const REPUBLISH_EVERY_MS: u64 = 1_000;
 /// receiving chain's advance is written [`SAVE_CHAINS_AFTER_MS`] later.
 pub struct Rooms {
     identity: Identity,
+    /// Whose devices are whose (see the module docs).
+    roster: Roster,
     grace_ms: u64,
     by_id: BTreeMap<RoomId, Room>,
     held: HashMap<RoomId, VecDeque<HeldMessage>>,
@@ -425,6 +520,7 @@ impl Rooms {
     pub fn new(identity: Identity, rooms: impl IntoIterator<Item = Room>) -> Self {
         Self {
             identity,
+            roster: Roster::default(),
             grace_ms: EPOCH_GRACE_MS,
             by_id: rooms.into_iter().map(|room| (room.id, room)).collect(),
             held: HashMap::new(),
@@ -449,6 +545,66 @@ impl Rooms {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// A device list pinned before this run: its devices stand for its account (nothing is
+    /// handed out: what it changed was acted on when it was pinned).
+    pub fn know_devices(&mut self, list: &DeviceList) {
+        self.roster.set(list);
+    }
+
+    /// A newer device list of `list.account` (ours or a member's) is about to be pinned: in
+    /// every room we share with the account, a new device gets our key, and a lost one makes us
+    /// rotate ours; the mesh and the members sought follow. Keys that came early from a new
+    /// device are taken now, and what they open is read. Call it before pinning the list: a
+    /// crash in between learns the list, and does this, again.
+    pub fn devices_changed(
+        &mut self,
+        list: &DeviceList,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) {
+        let change = self.roster.set(list);
+        if change.is_empty() {
+            return;
+        }
+        let account = list.account;
+        let ids: Vec<RoomId> = self.by_id.keys().copied().collect();
+        for id in ids {
+            let Some(room) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            let invited = !room.joined
+                && (room.invitation.as_ref()).is_some_and(|u| u.members.contains(&account));
+            let RoomCrypto::Private(keys) = &mut room.keys else {
+                continue;
+            };
+            if invited {
+                self.outputs.push_back(Output::MeshChanged(id));
+                continue;
+            }
+            if !room.joined || room.removed || !keys.is_member(&account) {
+                continue;
+            }
+            let (added, removed) = (&change.added, &change.removed);
+            let actions = keys.devices_changed(rng, &account, added, removed, &self.roster);
+            self.outputs.push_back(Output::Save(id));
+            self.outputs.push_back(Output::MeshChanged(id));
+            self.carry_out(id, actions);
+            self.take_early_keys(id, now);
+            self.release_held(id, now);
+            self.seek(&id);
+        }
+    }
+
+    /// The account this device speaks for (its own key, unless it is a linked device).
+    pub fn account(&self) -> VerifyingKey {
+        self.roster.account_of(&self.identity.public())
+    }
+
+    /// Whether `key` (an account or a device) is a member of room `id`, which we are in.
+    pub fn has_member(&self, id: &RoomId, key: &VerifyingKey) -> bool {
+        (self.by_id.get(id)).is_some_and(|r| r.is_active() && r.is_member(key, &self.roster))
     }
 
     pub fn room(&self, id: &RoomId) -> Option<&Room> {
@@ -482,29 +638,32 @@ impl Rooms {
             .collect()
     }
 
-    /// Who else is in room `id` as far as we know (see [`Room::known_members`]): nobody if we
-    /// are not in it.
+    /// The other devices in room `id` as far as we know (see [`Room::known_members`]; every
+    /// device of a private room's member accounts): none if we are not in it.
     pub fn others(&self, id: &RoomId) -> Vec<VerifyingKey> {
         let me = self.identity.public();
         let room = self.by_id.get(id).filter(|room| room.is_active());
         (room.into_iter())
             .flat_map(|room| room.known_members(me, []))
+            .flat_map(|member| self.roster.devices_of(&member))
             .filter(|key| *key != me)
             .collect()
     }
 
-    /// The private rooms we are in whose members include `key` (to ask it for what we missed).
+    /// The private rooms we are in whose members include `key`, an account or a device (to ask
+    /// it for what we missed).
     pub fn shared_with(&self, key: &VerifyingKey) -> Vec<RoomId> {
+        let roster = &self.roster;
         self.by_id
             .values()
-            .filter(|room| room.is_active() && !room.is_public() && room.is_member(key))
+            .filter(|room| room.is_active() && !room.is_public() && room.is_member(key, roster))
             .map(|room| room.id)
             .collect()
     }
 
-    /// Who may be in room `id`'s gossip mesh besides us: a private room's members (an
-    /// invitation not yet accepted admits the members it names, so they are in the mesh the
-    /// moment we join). `None`: anyone (a public room, or one we no longer hold).
+    /// Who may be in room `id`'s gossip mesh besides us: every device of a private room's
+    /// member accounts (an invitation not yet accepted admits the members it names, so they are
+    /// in the mesh the moment we join). `None`: anyone (a public room, or one we no longer hold).
     pub fn mesh(&self, id: &RoomId) -> Option<Vec<VerifyingKey>> {
         let room = self.by_id.get(id)?;
         let RoomCrypto::Private(keys) = &room.keys else {
@@ -516,9 +675,16 @@ impl Rooms {
         {
             members.extend(invitation.members.iter().map(|m| m.to_bytes()));
         }
-        members.remove(&self.identity.public().to_bytes());
+        let accounts = members
+            .iter()
+            .filter_map(|m| VerifyingKey::from_bytes(m).ok());
+        let mut devices: BTreeSet<[u8; 32]> = accounts
+            .flat_map(|account| self.roster.devices_of(&account))
+            .map(|device| device.to_bytes())
+            .collect();
+        devices.remove(&self.identity.public().to_bytes());
         Some(
-            members
+            devices
                 .iter()
                 .filter_map(|m| VerifyingKey::from_bytes(m).ok())
                 .collect(),
@@ -580,11 +746,34 @@ impl Rooms {
         }
     }
 
-    /// After login: find the other members of every room we are in.
+    /// After login: find the other members of every room we are in, and ask our other devices
+    /// about the rooms our account is invited to that this device has not joined.
     pub fn seek_all(&mut self) {
         let ids: Vec<RoomId> = self.by_id.keys().copied().collect();
         for id in ids {
             self.seek(&id);
+        }
+        self.ask_our_devices();
+    }
+
+    /// A room our account is invited to but this device is not in — handed over by a link, or
+    /// joined on another of our devices while this one was away (its key for us may have found
+    /// no prekeys of ours yet) — is asked of our other devices: one that is in the room answers
+    /// with its key, and that makes us join ([`Rooms::on_sender_key`]).
+    fn ask_our_devices(&mut self) {
+        let (me, account) = (self.identity.public(), self.account());
+        let ours: Vec<VerifyingKey> = (self.roster.devices_of(&account).into_iter())
+            .filter(|device| *device != me)
+            .collect();
+        let invited: Vec<RoomId> = (self.by_id.values())
+            .filter(|room| !room.joined && !room.removed && !room.is_public())
+            .filter(|room| (room.invitation.iter()).any(|u| u.members.contains(&account)))
+            .map(|room| room.id)
+            .collect();
+        for room in invited {
+            for device in &ours {
+                self.send(room, *device, Payload::KeyRequest { room });
+            }
         }
     }
 
@@ -593,7 +782,10 @@ impl Rooms {
             return;
         };
         let me = self.identity.public();
-        let members = room.members().into_iter().filter(|m| *m != me).collect();
+        let members = (room.members().iter())
+            .flat_map(|member| self.roster.devices_of(member))
+            .filter(|device| *device != me)
+            .collect();
         let public = room.is_public();
         self.outputs.push_back(Output::Seek { room: *id, members });
         if public {
@@ -698,9 +890,9 @@ impl Rooms {
     }
 
     /// Signs and applies a new member list, writes it, and tells the members who were in
-    /// already (a new member learns of it from its invitation); returns the update and the key
-    /// hand-outs it asks for, which the caller carries out once anything that must precede them
-    /// is sent.
+    /// already, on each of their devices (a new member learns of it from its invitation);
+    /// returns the update and the key hand-outs it asks for, which the caller carries out once
+    /// anything that must precede them is sent.
     fn change_membership(
         &mut self,
         id: RoomId,
@@ -708,19 +900,17 @@ impl Rooms {
         now: u64,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(MembershipUpdate, Vec<KeyAction>), RoomError> {
-        let me = self.identity.public();
         let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
         let previous = room.members();
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return Err(RoomError::Public(room.name.clone()));
         };
         let update = keys.next_membership(self.identity.signing_key(), members.clone());
-        let actions = keys.apply_membership(rng, &update, now)?;
+        let actions = keys.apply_membership(rng, &update, now, &self.roster)?;
         self.outputs.push_back(Output::Save(id));
         self.outputs.push_back(Output::MeshChanged(id));
-        for member in members.iter().filter(|m| **m != me && previous.contains(m)) {
-            self.send(id, *member, Payload::Membership(update.clone()));
-        }
+        let stayed = members.iter().filter(|m| previous.contains(m)).copied();
+        self.send_to_accounts(id, stayed.collect(), Payload::Membership(update.clone()));
         self.seek(&id);
         Ok((update, actions))
     }

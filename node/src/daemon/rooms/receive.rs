@@ -47,7 +47,7 @@ impl Node {
                 .on_invite(sender, invite, now, &mut OsRng)
                 .map_err(|err| err.to_string()),
             Payload::SenderKey { room, distribution } => {
-                rooms.on_sender_key(sender, room, distribution, now);
+                rooms.on_sender_key(sender, room, distribution, now, &mut OsRng);
                 Ok(())
             }
             Payload::Membership(update) => rooms

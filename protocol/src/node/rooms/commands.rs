@@ -11,7 +11,8 @@ pub struct Sealed {
 }
 
 impl Rooms {
-    /// A new room, private (we own it) or public (anyone who knows the name may join).
+    /// A new room, private (this device's key owns it; our account is its first member) or
+    /// public (anyone who knows the name may join).
     pub fn create(
         &mut self,
         name: RoomName,
@@ -23,28 +24,23 @@ impl Rooms {
             return Err(RoomError::Exists(name));
         }
         let me = self.identity.public();
-        let (id, keys) = if public {
-            let (id, secret) = public_room(&name);
-            let mine = Box::new(SenderKey::from_invite_secret(&secret, &me, rng));
-            let received = BTreeMap::new();
-            (
-                id,
-                RoomCrypto::Public {
-                    secret,
-                    mine,
-                    received,
-                },
-            )
+        let (id, keys, told) = if public {
+            let (id, keys) = public_room_keys(&name, &me, rng);
+            (id, keys, None)
         } else {
             let id = RoomId::random(rng);
             let mut keys = RoomKeys::new(rng, id.0, me, me);
-            let update = keys.next_membership(self.identity.signing_key(), vec![me]);
-            keys.apply_membership(rng, &update, now)?;
-            (id, RoomCrypto::Private(Box::new(keys)))
+            let update = keys.next_membership(self.identity.signing_key(), vec![self.account()]);
+            let actions = keys.apply_membership(rng, &update, now, &self.roster)?;
+            (
+                id,
+                RoomCrypto::Private(Box::new(keys)),
+                Some((update, actions)),
+            )
         };
         let room = Room {
             id,
-            name,
+            name: name.clone(),
             keys,
             joined: true,
             invitation: None,
@@ -54,20 +50,37 @@ impl Rooms {
         self.outputs.push_back(Output::Save(id));
         self.outputs.push_back(Output::MeshChanged(id));
         self.outputs.push_back(Output::Subscribe(id));
+        if let Some((membership, actions)) = told {
+            // Our other devices are in it too: invited (so that our key finds the room), then
+            // given our key, which makes them join.
+            let invite = RoomInvite {
+                room: id,
+                name,
+                membership,
+                invite_secret: None,
+            };
+            let account = self.account();
+            self.send_to_accounts(id, vec![account], Payload::RoomInvite(invite));
+            self.carry_out(id, actions);
+        }
         self.seek(&id);
         Ok(id)
     }
 
-    /// Room `name`, if we own it and it is private (only then are its members ours to change).
+    /// Room `name`, if this device owns it and it is private (only then are its members ours to
+    /// change).
     pub fn owned(&self, name: &RoomName) -> Result<RoomId, RoomError> {
         let room = self.find(name)?;
         if room.is_public() {
             return Err(RoomError::Public(name.clone()));
         }
-        if room.owner() != Some(self.identity.public()) {
-            return Err(RoomError::NotOwner(name.clone()));
+        match room.owner() {
+            Some(owner) if owner == self.identity.public() => Ok(room.id),
+            Some(owner) if self.roster.account_of(&owner) == self.account() => {
+                Err(RoomError::OwnedByOurOtherDevice(name.clone()))
+            }
+            _ => Err(RoomError::NotOwner(name.clone())),
         }
-        Ok(room.id)
     }
 
     /// What inviting `user` into room `name` takes first, before [`Rooms::invite`]: `key` is
@@ -119,7 +132,7 @@ impl Rooms {
             membership: update,
             invite_secret: None,
         };
-        self.send(id, key, Payload::RoomInvite(invite));
+        self.send_to_accounts(id, vec![key], Payload::RoomInvite(invite));
         self.carry_out(id, actions);
         Ok(())
     }
@@ -139,7 +152,7 @@ impl Rooms {
             room: name.clone(),
         };
         let key = key.ok_or_else(not_member)?;
-        if key == self.identity.public() {
+        if key == self.account() {
             return Err(RoomError::KickingSelf);
         }
         let before = self.by_id[&id].members();
@@ -149,7 +162,7 @@ impl Rooms {
         let members = before.into_iter().filter(|m| *m != key).collect();
         let (update, actions) = self.change_membership(id, members, now, rng)?;
         // The removed member learns it was removed (and stops sending to the room).
-        self.send(id, key, Payload::Membership(update));
+        self.send_to_accounts(id, vec![key], Payload::Membership(update));
         self.carry_out(id, actions);
         Ok(())
     }
@@ -168,14 +181,18 @@ impl Rooms {
         if room.is_active() {
             return Ok(());
         }
-        let me = self.identity.public();
-        let Some(update) = room.invitation.take().filter(|u| u.members.contains(&me)) else {
+        let account = self.roster.account_of(&self.identity.public());
+        let Some(update) = room
+            .invitation
+            .take()
+            .filter(|u| u.members.contains(&account))
+        else {
             return Err(RoomError::RemovedAskAgain(name.clone()));
         };
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return Err(RoomError::Public(name.clone()));
         };
-        let actions = match keys.apply_membership(rng, &update, now) {
+        let actions = match keys.apply_membership(rng, &update, now, &self.roster) {
             Ok(actions) => actions,
             Err(err) => {
                 room.invitation = Some(update);
@@ -217,6 +234,12 @@ impl Rooms {
         let (owner, public, active) = (room.owner(), room.is_public(), room.is_active());
         if owner == Some(me) && room.members().len() > 1 {
             return Err(RoomError::OwnerLeaving(name.clone()));
+        }
+        // Leaving takes our whole account out; the owner's account stays in its room.
+        if let Some(owner) = owner.filter(|o| *o != me && active)
+            && self.roster.account_of(&owner) == self.account()
+        {
+            return Err(RoomError::OwnedByOurOtherDevice(name.clone()));
         }
         if let Some(owner) = owner.filter(|o| *o != me && active) {
             self.send(id, owner, Payload::Leave { room: id });
@@ -267,7 +290,7 @@ impl Rooms {
         }
         let (message, signing_key) = match &mut room.keys {
             RoomCrypto::Private(keys) => (
-                keys.encrypt(&plaintext)?,
+                keys.encrypt(&plaintext, &self.roster)?,
                 keys.my_distribution().signing_key,
             ),
             // Signed by our identity key: everyone who knows the name holds the derived one.

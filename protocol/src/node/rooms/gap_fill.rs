@@ -133,7 +133,7 @@ impl Rooms {
         let Some(room) = self.room(&request.room) else {
             return response;
         };
-        if !room.is_member(asker) || !room.is_active() {
+        if !room.is_member(asker, &self.roster) || !room.is_active() {
             return response;
         }
         let have: HashMap<[u8; 32], u64> = request

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use ed25519_dalek::VerifyingKey;
 
 use super::{Output, RoomError, Rooms};
+use crate::crypto::room::Accounts;
 use crate::crypto::sender_key::SenderKeyDistribution;
 use crate::wire::{MessageId, Payload, RoomId};
 
@@ -92,7 +93,26 @@ impl Rooms {
         self.outputs.extend(held);
     }
 
-    /// Sends `payload` about `room` to `to`, or holds it while the room's record is unwritten.
+    /// Sends `payload` about `room` to every device of each of `accounts` but this one.
+    pub(super) fn send_to_accounts(
+        &mut self,
+        room: RoomId,
+        accounts: Vec<VerifyingKey>,
+        payload: Payload,
+    ) {
+        let me = self.identity.public();
+        let mut devices: Vec<VerifyingKey> = (accounts.iter())
+            .flat_map(|account| self.roster.devices_of(account))
+            .filter(|device| *device != me)
+            .collect();
+        devices.dedup();
+        for device in devices {
+            self.send(room, device, payload.clone());
+        }
+    }
+
+    /// Sends `payload` about `room` to device `to`, or holds it while the room's record is
+    /// unwritten.
     pub(super) fn send(&mut self, room: RoomId, to: VerifyingKey, payload: Payload) {
         let payload = Box::new(payload);
         let send = Output::Send { room, to, payload };

@@ -90,7 +90,16 @@ impl Rooms {
         let plaintext = match &mut room.keys {
             RoomCrypto::Private(keys) => {
                 let epoch = keys.check_epoch(message.message.epoch, clock);
-                if !keys.is_member(&message.sender) {
+                if !keys.is_member_device(&message.sender, &self.roster) {
+                    let early = self.early_keys.get(&room_id);
+                    if early.is_some_and(|keys| keys.iter().any(|(k, _)| *k == message.sender)) {
+                        // A device that handed us its key but whose list we do not have yet
+                        // (just linked, say): held until the list says whose it is. Or a
+                        // member removed by an update it missed: handed it, so it stops.
+                        self.hand_membership_to_stale_sender(room_id, message.sender, now);
+                        self.hold(id, message, frame, false, now);
+                        return Err(RoomReject::Held);
+                    }
                     if epoch == Err(CryptoError::FutureEpoch) {
                         // Added by an update we have not seen: held while we ask for it.
                         self.hold(id, message, frame, true, now);
@@ -111,7 +120,9 @@ impl Rooms {
                             "signed with a key the sender did not give us".into(),
                         ));
                     }
-                    Some(_) if !behind => keys.decrypt(&message.sender, &message.message, clock),
+                    Some(_) if !behind => {
+                        keys.decrypt(&message.sender, &message.message, clock, &self.roster)
+                    }
                     _ => {
                         self.hold(id, message, frame, behind, now);
                         return Err(RoomReject::Held);
@@ -164,6 +175,7 @@ impl Rooms {
             return Err(RoomError::InvitationRefused(reason));
         }
         let me = self.identity.public();
+        let account = self.account();
         match self.by_id.get_mut(&invite.room) {
             Some(room) if room.is_active() => {
                 let newer = room
@@ -199,15 +211,39 @@ impl Rooms {
         }
         self.outputs.push_back(Output::Save(invite.room));
         self.outputs.push_back(Output::MeshChanged(invite.room));
-        self.outputs.push_back(Output::Event(RoomEvent::Invited {
-            room: invite.name,
-            from: sender,
-        }));
+        // From another of our devices, it is a room our account is in: it joins us itself.
+        if self.roster.account_of(&sender) != account {
+            self.outputs.push_back(Output::Event(RoomEvent::Invited {
+                room: invite.name,
+                from: sender,
+            }));
+        }
         Ok(())
     }
 
-    /// A member's sender key for a room.
+    /// A member's sender key for a room (from one of its devices). One from another of our own
+    /// devices for a room we are only invited to says that our account joined it there: we join
+    /// too.
     pub fn on_sender_key(
+        &mut self,
+        from: VerifyingKey,
+        room_id: RoomId,
+        distribution: SenderKeyDistribution,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) {
+        let me = self.identity.public();
+        let ours = from != me && self.roster.account_of(&from) == self.account();
+        if ours && let Some(room) = self.by_id.get(&room_id).filter(|room| !room.joined) {
+            // Unless the invitation is gone (we were removed since): then the key waits, kept
+            // early, as any key for a room we are not in.
+            let name = room.name.clone();
+            let _ = self.join(&name, now, rng);
+        }
+        self.take_key(from, room_id, distribution, now);
+    }
+
+    fn take_key(
         &mut self,
         from: VerifyingKey,
         room_id: RoomId,
@@ -228,7 +264,10 @@ impl Rooms {
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return;
         };
-        if keys.accept_distribution(&from, &distribution).is_err() {
+        if keys
+            .accept_distribution(&from, &distribution, &self.roster)
+            .is_err()
+        {
             // The membership update that adds `from` may still be on its way.
             return self.keep_early(room_id, from, distribution);
         }
@@ -252,7 +291,7 @@ impl Rooms {
     /// Keys that came before they could be taken: taken now, if they can be.
     pub(super) fn take_early_keys(&mut self, room: RoomId, now: u64) {
         for (from, distribution) in self.early_keys.remove(&room).unwrap_or_default() {
-            self.on_sender_key(from, room, distribution, now);
+            self.take_key(from, room, distribution, now);
         }
     }
 
@@ -264,7 +303,7 @@ impl Rooms {
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(), RoomError> {
         let room_id = RoomId(update.room);
-        let me = self.identity.public();
+        let me = self.account();
         let Some(room) = self.by_id.get_mut(&room_id) else {
             return Ok(());
         };
@@ -305,7 +344,7 @@ impl Rooms {
         let RoomCrypto::Private(keys) = &mut room.keys else {
             return Ok(());
         };
-        let actions = keys.apply_membership(rng, &update, now)?;
+        let actions = keys.apply_membership(rng, &update, now, &self.roster)?;
         if !update.members.contains(&me) {
             room.removed = true;
             self.outputs.push_back(Output::Unsubscribe(room_id));
@@ -340,7 +379,7 @@ impl Rooms {
         given: Option<SenderKeyDistribution>,
         now: u64,
     ) -> Result<(), &'static str> {
-        let me = self.identity.public();
+        let me = self.account();
         let Some(room) = self.by_id.get(&room_id) else {
             return Err("no such room");
         };
@@ -350,7 +389,7 @@ impl Rooms {
         if !room.is_active() || !keys.is_member(&me) {
             return Err("not a member");
         }
-        if !keys.is_member(&from) {
+        if !keys.is_member_device(&from, &self.roster) {
             // Perhaps added by an update we missed: one who holds it hands it over, and
             // applying it hands our key to the new members.
             if self.may_answer(room_id, &from, now) {
@@ -389,7 +428,7 @@ impl Rooms {
         room_id: RoomId,
     ) -> Result<(), &'static str> {
         let room = self.by_id.get(&room_id).ok_or("no such room")?;
-        if !room.is_active() || room.is_public() || !room.is_member(&from) {
+        if !room.is_active() || room.is_public() || !room.is_member(&from, &self.roster) {
             return Err("not a member");
         }
         if let Some(update) = self.signed_membership(&room_id) {
@@ -398,7 +437,8 @@ impl Rooms {
         Ok(())
     }
 
-    /// A member left a room we own: sign it out.
+    /// A member left a room we own (from one of its devices): sign its account out, and tell
+    /// its other devices.
     pub fn on_member_left(
         &mut self,
         sender: VerifyingKey,
@@ -409,15 +449,20 @@ impl Rooms {
         let Some(room) = self.by_id.get(&room_id) else {
             return Ok(());
         };
-        if room.owner() != Some(self.identity.public()) || !room.is_member(&sender) {
+        let leaver = self.roster.account_of(&sender);
+        if room.owner() != Some(self.identity.public())
+            || !room.is_member(&leaver, &self.roster)
+            || leaver == self.account()
+        {
             return Ok(());
         }
         let members = room
             .members()
             .into_iter()
-            .filter(|m| *m != sender)
+            .filter(|m| *m != leaver)
             .collect();
-        let (_, actions) = self.change_membership(room_id, members, now, rng)?;
+        let (update, actions) = self.change_membership(room_id, members, now, rng)?;
+        self.send_to_accounts(room_id, vec![leaver], Payload::Membership(update));
         self.carry_out(room_id, actions);
         Ok(())
     }

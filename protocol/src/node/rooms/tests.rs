@@ -5,6 +5,7 @@ use rand_core::SeedableRng;
 
 use super::*;
 use crate::delivery::Stamp;
+use crate::identity::devices::Device;
 use crate::wire::{Body, Envelope};
 
 /// A few members' machines passing pairwise payloads and room messages by hand.
@@ -99,7 +100,7 @@ impl Members {
                         rooms.on_invite(sender, invite, now, rng).map_err(drop)
                     }
                     Payload::SenderKey { room, distribution } => {
-                        rooms.on_sender_key(sender, room, distribution, now);
+                        rooms.on_sender_key(sender, room, distribution, now, rng);
                         Ok(())
                     }
                     Payload::Membership(update) => {
@@ -195,6 +196,35 @@ impl Members {
 
     fn members_at(&self, i: usize) -> usize {
         self.rooms[i].find(&team()).unwrap().members().len()
+    }
+
+    /// Ann (member 0, with no other device yet) links a new device, whose machine joins as the
+    /// last member: handed her
+    /// rooms as a link grant does; `hear` are the members that learn her new list now.
+    fn link_to_ann(&mut self, secret: u8, hear: &[usize]) -> (Identity, DeviceList) {
+        let ann = self.key(0);
+        let device = Identity::from_secret_bytes(&[secret; 32]);
+        let bound = Device::bind(&device, &ann, format!("device {secret}"), 0);
+        let list = DeviceList::single(ann).with(bound).unwrap();
+        let handed: Vec<LinkedRoom> = self.rooms[0].iter().filter_map(Room::hand_over).collect();
+        let rooms: Vec<Room> = (handed.into_iter())
+            .map(|linked| Room::handed_over(linked, device.public(), &mut self.rng).unwrap())
+            .collect();
+        let mut machine = Rooms::new(device.clone(), rooms).with_grace_ms(0);
+        machine.know_devices(&list);
+        self.rooms.push(machine);
+        self.read.push(Vec::new());
+        self.devices_changed(&list, hear);
+        (device, list)
+    }
+
+    /// Members `hear` learn `list`; what it makes them send is delivered.
+    fn devices_changed(&mut self, list: &DeviceList, hear: &[usize]) {
+        for &i in hear {
+            let (now, rng) = (self.now, &mut self.rng);
+            self.rooms[i].devices_changed(list, now, rng);
+        }
+        self.settle();
     }
 }
 
@@ -870,4 +900,174 @@ fn a_gap_fill_answer_is_taken_in_like_gossip() {
     // Nothing new: not worth asking again.
     let again = missed.iter().map(|(_, _, f)| envelope(f)).collect();
     assert!(!net.rooms[1].take_gap_fill(room, again, |_| false, now));
+}
+
+#[test]
+fn a_linked_device_reads_and_writes_in_its_accounts_rooms_and_a_revoked_one_reads_nothing_new() {
+    let mut net = Members::new(2);
+    net.team();
+    let id = net.rooms[0].writable(&team()).unwrap();
+    let (laptop, list) = net.link_to_ann(9, &[0, 1]);
+    // Handed the room, given the desk's key: the laptop joined, as ann; ann is still one member.
+    assert!(net.rooms[2].find(&team()).unwrap().is_active());
+    assert_eq!(net.members_at(1), 2);
+    assert_eq!(net.members_at(2), 2);
+    assert!(net.rooms[1].mesh(&id).unwrap().contains(&laptop.public()));
+    assert!(net.rooms[1].has_member(&id, &laptop.public()));
+
+    // Ben's message reaches both of ann's devices; what the laptop writes, ben and the desk read.
+    assert_eq!(net.send(1, "hi ann"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[0], ["hi ann"]);
+    assert_eq!(net.read[2], ["hi ann"]);
+    assert_eq!(net.send(2, "from the laptop"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[1], ["from the laptop"]);
+    assert_eq!(net.read[0], ["hi ann", "from the laptop"]);
+    assert_eq!(net.send(0, "from the desk"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[2], ["hi ann", "from the desk"]);
+
+    // Revoked: the desk and ben rotate, and hand the laptop nothing.
+    let revoked = list.without(&laptop.public()).unwrap();
+    for i in [0, 1] {
+        let (now, rng) = (net.now, &mut net.rng);
+        net.rooms[i].devices_changed(&revoked, now, rng);
+        net.drain(i);
+    }
+    let handed: Vec<(usize, usize)> = (net.pairwise.iter())
+        .filter(|(_, _, p)| matches!(p, Payload::SenderKey { .. }))
+        .map(|(from, to, _)| (*from, *to))
+        .collect();
+    assert_eq!(
+        handed,
+        [(0, 1), (1, 0)],
+        "new keys, for the devices left only"
+    );
+    net.settle();
+    assert!(!net.rooms[1].mesh(&id).unwrap().contains(&laptop.public()));
+    assert!(!net.rooms[1].has_member(&id, &laptop.public()));
+    // Ben's next message: the desk reads it, the laptop lacks the key it is under.
+    assert_eq!(
+        net.send(1, "after the revoke"),
+        vec![Ok(()), Err(RoomReject::Held)]
+    );
+    assert_eq!(net.read[0].last().unwrap(), "after the revoke");
+    // And what the revoked laptop still sends, ben no longer takes.
+    let results = net.send(2, "still here?");
+    assert!(
+        matches!(
+            &results[..],
+            [Err(RoomReject::Invalid(_)), Err(RoomReject::Invalid(_))]
+        ),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn a_room_made_on_a_linked_device_joins_the_accounts_other_devices_and_only_its_owner_changes_it() {
+    let mut net = Members::new(2);
+    let (laptop, _) = net.link_to_ann(9, &[0, 1]);
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[2].create(team(), false, now, rng).unwrap();
+    net.settle();
+    // The desk is in it at once, without an invitation to accept.
+    assert!(net.rooms[0].find(&team()).unwrap().is_active());
+    assert_eq!(
+        net.rooms[0].find(&team()).unwrap().owner(),
+        Some(laptop.public())
+    );
+    // The laptop invites ben, who joins; everyone reads everyone.
+    let (ben, now, rng) = (net.key(1), net.now, &mut net.rng);
+    net.rooms[2]
+        .invite(&team(), &name(1), ben, now, rng)
+        .unwrap();
+    net.settle();
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1].join(&team(), now, rng).unwrap();
+    net.settle();
+    assert_eq!(net.send(1, "hello"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.send(0, "desk"), vec![Ok(()), Ok(())]);
+    // Only the device that owns the room changes its members; leaving is for there too.
+    let (now, rng) = (net.now, &mut net.rng);
+    assert!(matches!(
+        net.rooms[0].kick(&team(), &name(1), Some(ben), now, rng),
+        Err(RoomError::OwnedByOurOtherDevice(_))
+    ));
+    assert!(matches!(
+        net.rooms[0].leave(&team()),
+        Err(RoomError::OwnedByOurOtherDevice(_))
+    ));
+    // Ben leaving takes him out on every device of ann's.
+    net.rooms[1].leave(&team()).unwrap();
+    net.settle();
+    assert_eq!(net.members_at(0), 1);
+    assert_eq!(net.members_at(2), 1);
+}
+
+#[test]
+fn joining_on_one_device_joins_the_accounts_other_devices() {
+    let mut net = Members::new(2);
+    // Ben's room; ann is invited before she links her laptop, and joins on the laptop.
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1].create(team(), false, now, rng).unwrap();
+    let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
+    net.rooms[1]
+        .invite(&team(), &name(0), ann, now, rng)
+        .unwrap();
+    net.settle();
+    net.link_to_ann(9, &[0, 1]);
+    assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "invited");
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[2].join(&team(), now, rng).unwrap();
+    net.settle();
+    assert!(net.rooms[0].find(&team()).unwrap().is_active());
+    assert_eq!(net.send(1, "welcome"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[0], ["welcome"]);
+    assert_eq!(net.read[2], ["welcome"]);
+}
+
+#[test]
+fn a_new_devices_message_waits_for_its_list_when_its_key_came_first() {
+    let mut net = Members::new(2);
+    net.team();
+    // Only the desk knows of the laptop yet; the laptop joins and hands ben its key.
+    let (_, list) = net.link_to_ann(9, &[0]);
+    assert_eq!(net.send(2, "early"), vec![Ok(()), Err(RoomReject::Held)]);
+    assert!(net.read[1].is_empty());
+    // Ben learns ann's list: the key is taken, the message read, and ben's key goes over.
+    net.devices_changed(&list, &[1]);
+    assert_eq!(net.read[1], ["early"]);
+    assert_eq!(net.send(1, "got it"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[2], ["got it"]);
+}
+
+#[test]
+fn a_device_whose_own_devices_key_was_lost_asks_for_it_at_login_and_joins() {
+    let mut net = Members::new(2);
+    net.team();
+    // The desk's key for the new laptop is lost (it had no prekeys yet, say).
+    net.lose =
+        |from, to, payload| from == 0 && to == 2 && matches!(payload, Payload::SenderKey { .. });
+    net.link_to_ann(9, &[0, 1]);
+    assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "invited");
+    // At its login it asks ann's other devices; the desk, in the room, answers.
+    net.lose = |_, _, _| false;
+    net.rooms[2].seek_all();
+    net.settle();
+    assert!(net.rooms[2].find(&team()).unwrap().is_active());
+    assert_eq!(net.send(0, "there you are"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.read[2], ["there you are"]);
+    // A device of an account only invited asks, and nobody answers: it stays invited.
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1]
+        .create(RoomName::new("other").unwrap(), false, now, rng)
+        .unwrap();
+    let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
+    let other = RoomName::new("other").unwrap();
+    net.rooms[1]
+        .invite(&other, &name(0), ann, now, rng)
+        .unwrap();
+    net.settle();
+    net.rooms[2].seek_all();
+    net.settle();
+    assert_eq!(net.rooms[2].find(&other).unwrap().state(), "invited");
+    assert_eq!(net.rooms[0].find(&other).unwrap().state(), "invited");
 }
