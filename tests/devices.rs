@@ -376,3 +376,56 @@ fn rooms_follow_the_account_onto_a_linked_device_and_a_revoked_one_reads_nothing
     );
     Ok(())
 }
+
+#[test]
+fn a_file_sent_to_a_person_reaches_each_of_their_devices() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let bob = users.pop().unwrap();
+    let alice = users.pop().unwrap();
+    let id = bob.send("alice", "hello")?;
+    bob.wait_status("alice", &id, "delivered")?;
+    let mut laptop = link(&alice, dir.path(), "laptop")?;
+    laptop.start(&server.addr)?;
+    wait_for("bob to know alice's laptop", || {
+        (devices_known(&bob, "alice") == 2).then_some(())
+    })?;
+
+    // Too big to go whole in its message: each device fetches it from bob.
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let source = dir.path().join("plan.pdf");
+    std::fs::write(&source, &bytes)?;
+    bob.ok(&["send-file", "alice", source.to_str().unwrap()])?;
+    for device in [&alice, &laptop] {
+        let offered = line_containing(device, "bob", "plan.pdf")?;
+        let id = offered["id"].as_str().unwrap().to_owned();
+        let path = wait_for(&format!("{}'s file", device.home.display()), || {
+            let info = device
+                .json(&["file", "info", &id])
+                .ok()?
+                .into_iter()
+                .next()?;
+            (info["status"] == "done").then(|| info["path"].as_str().unwrap().to_owned())
+        })?;
+        assert_eq!(std::fs::read(path)?, bytes);
+    }
+    // One alice sends shows on her other device as sent by her.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"minutes")?;
+    alice.ok(&["send-file", "bob", notes.to_str().unwrap()])?;
+    let on_laptop = line_containing(&laptop, "bob", "notes.txt")?;
+    assert_eq!(on_laptop["from"], "alice");
+    line_containing(&bob, "alice", "notes.txt")?;
+    Ok(())
+}
+
+/// The history line of `user`'s conversation with `with` whose text contains `part`.
+fn line_containing(user: &User, with: &str, part: &str) -> anyhow::Result<Value> {
+    wait_for(&format!("{}: a line with {part:?}", user.name), || {
+        user.history_with(with)
+            .ok()?
+            .into_iter()
+            .find(|e| e["text"].as_str().is_some_and(|t| t.contains(part)))
+    })
+}

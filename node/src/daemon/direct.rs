@@ -272,9 +272,7 @@ impl Node {
         let copy = job.copy.is_some();
         let text = job.payload.history_text().filter(|_| !copy);
         // A person's message to a name goes to their other devices and ours too.
-        let copied = matches!(job.to, Recipient::Name(_))
-            && !copy
-            && matches!(job.payload, palaver_protocol::wire::Payload::Text(_));
+        let copied = matches!(job.to, Recipient::Name(_)) && !copy && text.is_some();
         let copied = copied.then(|| job.payload.clone());
         let offer = job.payload.file_offer().cloned();
         let sealed = pairwise::seal(

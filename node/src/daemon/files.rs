@@ -405,7 +405,8 @@ impl Node {
         let is_member = |room: &RoomId, peer: &PeerId| {
             identity_of(peer).is_some_and(|key| rooms.has_member(room, &key))
         };
-        may_serve(served.as_ref(), peer, is_member).map_err(|refused| refused.to_string())?;
+        may_serve(served.as_ref(), peer, is_member, rooms.roster())
+            .map_err(|refused| refused.to_string())?;
         served.ok_or_else(|| transfers::Refused::Unknown.to_string())
     }
 

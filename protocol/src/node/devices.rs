@@ -110,8 +110,9 @@ impl PendingCopies {
 }
 
 /// The copies a person's message `id` (its `payload`, sent at `sent_at_ms` to `to`, account
-/// key `recipient`) makes: the same text to the recipient's other devices, the line as we sent
-/// it to ours. Only plain text is copied (a file offer stays with the device that serves it).
+/// key `recipient`) makes: the same message to the recipient's other devices (a file offer
+/// too: each of their devices may fetch it from the one device that serves it), the line as we
+/// sent it to ours (for a file, its summary).
 pub fn copy_jobs(
     payload: &crate::wire::Payload,
     to: &UserName,
@@ -121,13 +122,16 @@ pub fn copy_jobs(
     copies: Copies,
 ) -> Vec<CopyJob> {
     use crate::wire::Payload;
-    let Payload::Text(text) = payload else {
+    let (Payload::Text(_) | Payload::File(_) | Payload::FileWhole { .. }) = payload else {
+        return Vec::new();
+    };
+    let Some(text) = payload.history_text() else {
         return Vec::new();
     };
     let theirs = copies.for_recipient.into_iter().map(|device| CopyJob {
         device,
         copy: CopyFor::Recipient,
-        payload: Payload::Text(text.clone()),
+        payload: payload.clone(),
     });
     let ours = copies.for_me.into_iter().map(|device| CopyJob {
         device,

@@ -698,15 +698,17 @@ pub enum Refused {
     NotYours,
 }
 
-/// Whether `peer` may fetch the file `served` (as stored; `None`: nothing under that id).
-/// `is_member` says whether a peer is a current member of a room.
+/// Whether `peer` may fetch the file `served` (as stored; `None`: nothing under that id): any
+/// device of the account it was offered to (`accounts` says which), or a current member of its
+/// room (`is_member`).
 pub fn may_serve(
     served: Option<&Served>,
     peer: &PeerId,
     is_member: impl Fn(&RoomId, &PeerId) -> bool,
+    accounts: &impl crate::crypto::room::Accounts,
 ) -> Result<(), Refused> {
     let allowed = match &served.ok_or(Refused::Unknown)?.audience {
-        Audience::Peer(key) => peer_id_of(key) == *peer,
+        Audience::Peer(key) => (accounts.devices_of(key).iter()).any(|d| peer_id_of(d) == *peer),
         Audience::Room(room) => is_member(room, peer),
     };
     if allowed {
@@ -757,7 +759,9 @@ pub fn decline_reason(reason: &str) -> String {
     reason.chars().take(MAX_DECLINE_REASON).collect()
 }
 
-/// Whether `from` may decline the file `served`: only the one peer it was offered to.
+/// Whether `from` may decline the file `served`: only the one peer it was offered to (of an
+/// account with linked devices, the device holding the account key: another device's refusal,
+/// for want of space say, does not speak for the others, which may still fetch it).
 pub fn may_decline(served: &Served, from: &VerifyingKey) -> bool {
     served.audience == Audience::Peer(*from)
 }

@@ -597,6 +597,11 @@ impl Rooms {
         }
     }
 
+    /// Whose devices are whose, as the pinned device lists say.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
     /// The account this device speaks for (its own key, unless it is a linked device).
     pub fn account(&self) -> VerifyingKey {
         self.roster.account_of(&self.identity.public())

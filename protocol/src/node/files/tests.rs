@@ -523,18 +523,40 @@ fn a_file_is_served_only_to_whom_it_was_offered() {
         path: "/x".into(),
     };
     let to_bob = served(Audience::Peer(bob));
-    assert_eq!(may_serve(Some(&to_bob), &bob_peer, members), Ok(()));
+    let solo = crate::crypto::room::Solo;
+    assert_eq!(may_serve(Some(&to_bob), &bob_peer, members, &solo), Ok(()));
     assert_eq!(
-        may_serve(Some(&to_bob), &eve_peer, members),
+        may_serve(Some(&to_bob), &eve_peer, members, &solo),
         Err(Refused::NotYours)
     );
     let in_room = served(Audience::Room(room));
-    assert_eq!(may_serve(Some(&in_room), &bob_peer, members), Ok(()));
+    assert_eq!(may_serve(Some(&in_room), &bob_peer, members, &solo), Ok(()));
     assert_eq!(
-        may_serve(Some(&in_room), &eve_peer, members),
+        may_serve(Some(&in_room), &eve_peer, members, &solo),
         Err(Refused::NotYours)
     );
-    assert_eq!(may_serve(None, &bob_peer, members), Err(Refused::Unknown));
+    assert_eq!(
+        may_serve(None, &bob_peer, members, &solo),
+        Err(Refused::Unknown)
+    );
+    // Offered to bob: any device on his list may fetch it.
+    let bob_id = crate::Identity::from_secret_bytes(&[2; 32]);
+    let laptop = crate::Identity::from_secret_bytes(&[4; 32]);
+    let list = crate::identity::devices::DeviceList::single(bob).with(
+        crate::identity::devices::Device::bind(&laptop, &bob, "laptop".into(), 0),
+    );
+    assert_eq!(bob_id.public(), bob);
+    let mut roster = crate::node::rooms::Roster::default();
+    roster.set(&list.unwrap());
+    let laptop_peer = peer_id_of(&laptop.public());
+    assert_eq!(
+        may_serve(Some(&to_bob), &laptop_peer, members, &roster),
+        Ok(())
+    );
+    assert_eq!(
+        may_serve(Some(&to_bob), &laptop_peer, members, &solo),
+        Err(Refused::NotYours)
+    );
     // Declining is the recipient's alone, and never a room member's.
     assert!(may_decline(&to_bob, &bob));
     assert!(!may_decline(&to_bob, &eve));
