@@ -329,9 +329,27 @@ fn rooms_follow_the_account_onto_a_linked_device_and_a_revoked_one_reads_nothing
     alice.ok(&["room", "invite", "team", "bob"])?;
     bob.accept_invitation("team")?;
 
-    // The laptop is handed the room with the link, and is in it once it starts: one member,
-    // alice, on two devices.
-    let mut laptop = link(&alice, dir.path(), "laptop")?;
+    bob.ok(&["room", "send", "team", "before the link"])?;
+    alice.wait_room_texts("team", &["before the link"])?;
+
+    // The laptop is handed the room with the link (and its last lines), and is in it once it
+    // starts: one member, alice, on two devices.
+    let started = alice.json(&["device", "link", "--no-wait"])?;
+    let code = started[0]["code"].as_str().unwrap().to_owned();
+    let mut laptop = User::at_home("alice", dir.path().join("laptop"));
+    let linked = laptop.ok(&[
+        "init",
+        "--link",
+        &code,
+        "--label",
+        "laptop",
+        "--history",
+        "5",
+    ])?;
+    assert!(linked.contains("rooms        1 handed over"), "{linked}");
+    let before = laptop.room_history("team")?;
+    assert_eq!(texts(&before), ["before the link"]);
+    assert_eq!(before[0]["from"], "bob");
     laptop.start(&server.addr)?;
     room_in_state(&laptop, "team", "joined")?;
     let members = bob.json(&["room", "members", "team"])?;

@@ -71,8 +71,8 @@ pub enum Command {
         /// What to call this device in `palaver device list` [default: the host name].
         #[arg(long, requires = "link")]
         label: Option<String>,
-        /// Bring over the last N messages of each direct conversation (at most 1000; when they
-        /// do not all fit in one link message, the oldest are left out).
+        /// Bring over the last N messages of each direct conversation and room (at most 1000;
+        /// when they do not all fit in one link message, the oldest are left out).
         #[arg(long, requires = "link", value_name = "N", default_value_t = 0)]
         history: u32,
     },

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use palaver_protocol::crypto::link::{Direction, LinkCode, LinkRequest};
 use palaver_protocol::identity::devices::{DevicePin, valid_label};
-use palaver_protocol::node::devices::LinkGrant;
+use palaver_protocol::node::devices::{LinkGrant, LinkedConversation};
 use palaver_protocol::node::rooms::Room;
 use palaver_protocol::wire::RendezvousRequest;
 use palaver_protocol::wire::RendezvousResponse;
@@ -338,25 +338,39 @@ fn linked_state(grant: &LinkGrant, device: &Identity) -> StateBatch {
 
 /// Files the lines handed over in their conversations; how many were new.
 fn record_history(store: &Store, grant: &LinkGrant) -> anyhow::Result<usize> {
-    let mut by_conversation: std::collections::BTreeMap<&str, Vec<HistoryEntry>> =
+    let mut by_conversation: std::collections::BTreeMap<ConversationId, Vec<HistoryEntry>> =
         Default::default();
     for line in &grant.history {
-        let Some(linked) = grant.contacts.iter().find(|c| c.name == line.with) else {
-            continue;
+        let (conversation, label) = match &line.with {
+            LinkedConversation::Contact(with) => {
+                let Some(linked) = grant.contacts.iter().find(|c| c.name == *with) else {
+                    continue;
+                };
+                (
+                    ConversationId::Direct(linked.contact.conversation),
+                    with.to_string(),
+                )
+            }
+            LinkedConversation::Room(id) => {
+                let Some(room) = grant.rooms.iter().find(|r| r.id == *id) else {
+                    continue;
+                };
+                (ConversationId::Room(*id), format!("#{}", room.name))
+            }
         };
-        let (from, status) = match (line.from_me, line.delivered) {
-            (true, true) => (grant.name.to_string(), Status::Delivered),
-            (true, false) => (grant.name.to_string(), Status::Sent),
-            (false, _) => (line.with.to_string(), Status::Received),
+        let status = match (line.from_me, line.delivered) {
+            (true, true) => Status::Delivered,
+            (true, false) => Status::Sent,
+            (false, _) => Status::Received,
         };
         by_conversation
-            .entry(line.with.as_str())
+            .entry(conversation)
             .or_default()
             .push(HistoryEntry {
                 id: line.id,
-                conversation: ConversationId::Direct(linked.contact.conversation),
-                label: line.with.to_string(),
-                from,
+                conversation,
+                label,
+                from: line.from.clone(),
                 sender: line.sender,
                 text: line.text.clone(),
                 sent_at_ms: line.sent_at_ms,
@@ -366,10 +380,8 @@ fn record_history(store: &Store, grant: &LinkGrant) -> anyhow::Result<usize> {
             });
     }
     let mut new = 0;
-    for entries in by_conversation.values() {
-        if let Some(first) = entries.first() {
-            new += store.record_many(&first.conversation, entries)?;
-        }
+    for (conversation, entries) in &by_conversation {
+        new += store.record_many(conversation, entries)?;
     }
     Ok(new)
 }

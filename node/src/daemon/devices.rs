@@ -9,7 +9,7 @@ use palaver_protocol::crypto::link::{LinkCode, LinkSecret};
 use palaver_protocol::identity::devices::{DeviceList, DevicePin, SignedDeviceList};
 use palaver_protocol::node::asks::{LinkAnswer, LinkStep};
 use palaver_protocol::node::devices::{
-    self, Learned, LinkGrant, LinkOutput, LinkedContact, LinkedLine, Linker,
+    self, Learned, LinkGrant, LinkOutput, LinkedContact, LinkedConversation, LinkedLine, Linker,
 };
 use palaver_protocol::node::rooms::Room;
 use palaver_protocol::wire::RendezvousRequest;
@@ -455,7 +455,7 @@ impl Node {
 
     /// What the new device is handed: our name, our device list naming it, every contact with
     /// its pinned key, the rooms we are in or invited to, and the last `history` lines of each
-    /// conversation with a contact (as many as fit).
+    /// conversation with a contact and of each room (as many as fit).
     fn link_grant(&self, list: SignedDeviceList, history: u32) -> Result<LinkGrant, String> {
         let mut contacts = Vec::new();
         let mut lines = Vec::new();
@@ -464,40 +464,21 @@ impl Node {
                 .map_err(|e| e.to_string())?;
             let Some(contact) = contact else { continue };
             let conversation = ConversationId::Direct(contact.conversation);
-            let entries = match history {
-                0 => Vec::new(),
-                n => (self.store.history(&conversation, n as usize)).map_err(|e| e.to_string())?,
-            };
-            // Newest first, no more of one conversation than fits a link message at all.
-            let mut budget = palaver_protocol::wire::rendezvous::MAX_LINK_LEN;
-            let fitting = entries.into_iter().rev().filter(|e| !e.is_notice());
-            let fitting: Vec<_> = fitting
-                .take_while(|e| {
-                    budget = budget.saturating_sub(e.text.len() + 128);
-                    budget > 0
-                })
-                .collect();
-            for entry in fitting {
-                lines.push(LinkedLine {
-                    with: name.clone(),
-                    id: entry.id,
-                    sender: entry.sender,
-                    from_me: entry.from == self.name.as_str(),
-                    text: entry.text,
-                    sent_at_ms: entry.sent_at_ms,
-                    stamp: entry.stamp,
-                    seq: entry.seq,
-                    delivered: entry.status == Status::Delivered,
-                });
-            }
+            let with = LinkedConversation::Contact(name.clone());
+            lines.extend(self.linked_lines(&conversation, with, history)?);
             contacts.push(LinkedContact { name, contact });
         }
-        let rooms = self
+        let rooms: Vec<_> = self
             .state
             .rooms
             .iter()
             .filter_map(Room::hand_over)
             .collect();
+        for room in &rooms {
+            let conversation = ConversationId::Room(room.id);
+            let with = LinkedConversation::Room(room.id);
+            lines.extend(self.linked_lines(&conversation, with, history)?);
+        }
         let mut grant = LinkGrant {
             name: self.name.clone(),
             devices: list,
@@ -507,6 +488,40 @@ impl Node {
         };
         grant.fit();
         Ok(grant)
+    }
+
+    /// The last `history` lines of `conversation` (newest first, no more than fit a link
+    /// message at all), to hand a new device.
+    fn linked_lines(
+        &self,
+        conversation: &ConversationId,
+        with: LinkedConversation,
+        history: u32,
+    ) -> Result<Vec<LinkedLine>, String> {
+        if history == 0 {
+            return Ok(Vec::new());
+        }
+        let entries =
+            (self.store.history(conversation, history as usize)).map_err(|e| e.to_string())?;
+        let mut budget = palaver_protocol::wire::rendezvous::MAX_LINK_LEN;
+        let fitting = entries.into_iter().rev().filter(|e| !e.is_notice());
+        let fitting = fitting.take_while(|e| {
+            budget = budget.saturating_sub(e.text.len() + e.from.len() + 128);
+            budget > 0
+        });
+        let lines = fitting.map(|entry| LinkedLine {
+            with: with.clone(),
+            id: entry.id,
+            sender: entry.sender,
+            from_me: entry.from == self.name.as_str(),
+            from: entry.from,
+            text: entry.text,
+            sent_at_ms: entry.sent_at_ms,
+            stamp: entry.stamp,
+            seq: entry.seq,
+            delivered: entry.status == Status::Delivered,
+        });
+        Ok(lines.collect())
     }
 
     // ---- revoking one ----

@@ -257,20 +257,30 @@ pub struct LinkedContact {
     pub contact: Contact,
 }
 
-/// A line of a direct conversation, as a new device is handed it.
+/// Where a line handed to a new device belongs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkedConversation {
+    /// The direct conversation with this contact.
+    Contact(UserName),
+    /// A room handed over with the grant.
+    Room(crate::wire::RoomId),
+}
+
+/// A line of a conversation, as a new device is handed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkedLine {
-    /// The contact the conversation is with.
-    pub with: UserName,
+    pub with: LinkedConversation,
     pub id: MessageId,
-    /// The key it was sent from (ours, or the contact's), as it sorts.
+    /// The key it was sent from (ours, or another's), as it sorts.
     pub sender: [u8; 32],
+    /// Who it shows as written by.
+    pub from: String,
     pub from_me: bool,
     pub text: String,
     pub sent_at_ms: u64,
     pub stamp: Stamp,
     pub seq: u64,
-    /// One of ours the contact has.
+    /// One of ours the contact has (a room's: published).
     pub delivered: bool,
 }
 
@@ -278,7 +288,7 @@ pub struct LinkedLine {
 pub const MAX_LINKED_HISTORY: u32 = 1000;
 
 /// What the device linking hands the new one: who it is now, whom it knows, the rooms its
-/// account is in, and (if it asked) the last lines of each conversation.
+/// account is in, and (if it asked) the last lines of each conversation and room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkGrant {
     pub name: UserName,

@@ -413,9 +413,10 @@ fn a_link_fails_on_a_bad_request_or_when_nobody_comes() {
 fn a_grant_too_large_for_one_link_message_keeps_its_newest_lines() {
     let alice = Identity::generate(&mut OsRng);
     let line = |n: u64| LinkedLine {
-        with: UserName::new("bob").unwrap(),
+        with: LinkedConversation::Contact(UserName::new("bob").unwrap()),
         id: MessageId([0; 32]),
         sender: [1; 32],
+        from: "bob".into(),
         from_me: n.is_multiple_of(2),
         text: "x".repeat(1000),
         sent_at_ms: n,
