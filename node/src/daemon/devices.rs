@@ -228,8 +228,12 @@ impl Node {
         this_device_removed: bool,
     ) {
         // The rooms first: a crash before the pin is written learns the list, and rotates, again.
+        // So does a room change that could not be written: the list stays unpinned, and is
+        // taken again when it is next fetched (at the next login, or the next push).
         (self.state.rooms).devices_changed(pin.list(), now_ms(), &mut OsRng);
-        let _ = self.drive_rooms();
+        if let Err(err) = self.drive_rooms() {
+            return tracing::warn!(%name, "device list not pinned yet: a room could not be stored ({err})");
+        }
         let mut batch = StateBatch::default();
         batch.put(StateKey::Devices(name.as_str()), &pin);
         for key in named {

@@ -22,7 +22,8 @@
 //! Linked devices: membership is per account, sender keys per device. The [`Roster`] (every
 //! pinned device list) says which devices a member account has: each gets our key, may send,
 //! and is let into the mesh. A device gained gets our key; a device lost makes us rotate
-//! ([`Rooms::devices_changed`]). A room created on a linked device is owned by that device's key.
+//! ([`Rooms::devices_changed`]). Private rooms are made on the device holding the account key,
+//! which owns them (a linked device's key could be revoked, and with it the room's management).
 //! A sender key from another of our own devices for a room we are only invited to means our
 //! account joined there: this device joins too.
 //!
@@ -422,6 +423,11 @@ pub enum RoomError {
     OwnerLeaving(RoomName),
     #[error("{0} is owned by another of your devices: change its members, or leave it, there")]
     OwnedByOurOtherDevice(RoomName),
+    #[error(
+        "private rooms are made on the device holding your account key (your first device), \
+         which manages their members; a public room (--public) can be made here"
+    )]
+    PrivateOnAccountDevice,
     #[error("you are invited to {0} but have not joined: `room join {0}`")]
     NotJoined(RoomName),
     #[error("you were removed from {0}")]
@@ -581,6 +587,10 @@ impl Rooms {
             };
             if invited {
                 self.outputs.push_back(Output::MeshChanged(id));
+                // A key from one of our devices we did not know yet joins us now.
+                for (from, distribution) in self.early_keys.remove(&id).unwrap_or_default() {
+                    self.on_sender_key(from, id, distribution, now, rng);
+                }
                 continue;
             }
             if !room.joined || room.removed || !keys.is_member(&account) {

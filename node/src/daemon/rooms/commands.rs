@@ -103,7 +103,10 @@ impl Node {
     }
 
     pub(crate) fn room_leave(&mut self, name: RoomName) -> Result<Value, RpcError> {
-        self.state.rooms.leave(&name).map_err(refused)?;
+        let now = now_ms();
+        (self.state.rooms)
+            .leave(&name, now, &mut OsRng)
+            .map_err(refused)?;
         self.carry_out_command()?;
         Ok(json!({"room": name.as_str(), "left": true}))
     }
@@ -135,7 +138,8 @@ impl Node {
     }
 
     pub(crate) fn room_list(&self) -> Value {
-        let me = self.identity.public();
+        // Owned by our account (on the device holding its key).
+        let me = self.state.rooms.account();
         let rooms = self.state.rooms.iter().map(|room| {
             json!({
                 "room": room.name.as_str(),

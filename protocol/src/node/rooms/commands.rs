@@ -11,8 +11,8 @@ pub struct Sealed {
 }
 
 impl Rooms {
-    /// A new room, private (this device's key owns it; our account is its first member) or
-    /// public (anyone who knows the name may join).
+    /// A new room, private (made only on the device holding the account key, which owns it; our
+    /// account is its first member) or public (anyone who knows the name may join).
     pub fn create(
         &mut self,
         name: RoomName,
@@ -24,6 +24,9 @@ impl Rooms {
             return Err(RoomError::Exists(name));
         }
         let me = self.identity.public();
+        if !public && self.account() != me {
+            return Err(RoomError::PrivateOnAccountDevice);
+        }
         let (id, keys, told) = if public {
             let (id, keys) = public_room_keys(&name, &me, rng);
             (id, keys, None)
@@ -227,13 +230,26 @@ impl Rooms {
         Ok(true)
     }
 
-    /// Leaves room `name` and forgets it (its history stays with the driver).
-    pub fn leave(&mut self, name: &RoomName) -> Result<RoomId, RoomError> {
+    /// Leaves room `name` and forgets it (its history stays with the driver). Our account
+    /// leaves: the owner signs it out on every device. The owner, once alone in its room, signs
+    /// our account out itself, so that our other devices leave too.
+    pub fn leave(
+        &mut self,
+        name: &RoomName,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<RoomId, RoomError> {
         let room = self.find(name)?;
         let (id, me) = (room.id, self.identity.public());
         let (owner, public, active) = (room.owner(), room.is_public(), room.is_active());
         if owner == Some(me) && room.members().len() > 1 {
             return Err(RoomError::OwnerLeaving(name.clone()));
+        }
+        let account = self.account();
+        let ours_too = self.roster.devices_of(&account).len() > 1;
+        if owner == Some(me) && active && ours_too {
+            let (update, _) = self.change_membership(id, Vec::new(), now, rng)?;
+            self.send_to_accounts(id, vec![account], Payload::Membership(update));
         }
         // Leaving takes our whole account out; the owner's account stays in its room.
         if let Some(owner) = owner.filter(|o| *o != me && active)

@@ -101,11 +101,11 @@ impl Rooms {
         payload: Payload,
     ) {
         let me = self.identity.public();
-        let mut devices: Vec<VerifyingKey> = (accounts.iter())
+        let mut seen = std::collections::HashSet::new();
+        let devices: Vec<VerifyingKey> = (accounts.iter())
             .flat_map(|account| self.roster.devices_of(account))
-            .filter(|device| *device != me)
+            .filter(|device| *device != me && seen.insert(device.to_bytes()))
             .collect();
-        devices.dedup();
         for device in devices {
             self.send(room, device, payload.clone());
         }

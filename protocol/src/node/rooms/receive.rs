@@ -91,6 +91,11 @@ impl Rooms {
             RoomCrypto::Private(keys) => {
                 let epoch = keys.check_epoch(message.message.epoch, clock);
                 if !keys.is_member_device(&message.sender, &self.roster) {
+                    if epoch == Err(CryptoError::FutureEpoch) {
+                        // Added by an update we have not seen: held while we ask for it.
+                        self.hold(id, message, frame, true, now);
+                        return Err(RoomReject::Held);
+                    }
                     let early = self.early_keys.get(&room_id);
                     if early.is_some_and(|keys| keys.iter().any(|(k, _)| *k == message.sender)) {
                         // A device that handed us its key but whose list we do not have yet
@@ -98,11 +103,6 @@ impl Rooms {
                         // member removed by an update it missed: handed it, so it stops.
                         self.hand_membership_to_stale_sender(room_id, message.sender, now);
                         self.hold(id, message, frame, false, now);
-                        return Err(RoomReject::Held);
-                    }
-                    if epoch == Err(CryptoError::FutureEpoch) {
-                        // Added by an update we have not seen: held while we ask for it.
-                        self.hold(id, message, frame, true, now);
                         return Err(RoomReject::Held);
                     }
                     // Removed by an update it has not seen: hand it over, so it stops.
@@ -283,6 +283,8 @@ impl Rooms {
         distribution: SenderKeyDistribution,
     ) {
         let early = self.early_keys.entry(room).or_default();
+        // One of each key: a key handed again (asked for, or resent) takes no second place.
+        early.retain(|(f, d)| !(*f == from && d.key_id == distribution.key_id));
         if early.len() < MAX_EARLY_KEYS {
             early.push((from, distribution));
         }

@@ -20,6 +20,8 @@ struct Members {
     given: BTreeMap<(usize, RoomId, [u8; 32]), SenderKeyDistribution>,
     /// Drops pairwise payloads for which this says so.
     lose: fn(usize, usize, &Payload) -> bool,
+    /// Ann's linked devices so far ([`Members::link_to_ann`]).
+    ann_devices: Vec<Device>,
 }
 
 fn name(i: usize) -> UserName {
@@ -45,6 +47,7 @@ impl Members {
             read: vec![Vec::new(); n],
             given: BTreeMap::new(),
             lose: |_, _, _| false,
+            ann_devices: Vec::new(),
         }
     }
 
@@ -198,14 +201,17 @@ impl Members {
         self.rooms[i].find(&team()).unwrap().members().len()
     }
 
-    /// Ann (member 0, with no other device yet) links a new device, whose machine joins as the
-    /// last member: handed her
+    /// Ann (member 0) links a new device, whose machine joins as the last member: handed her
     /// rooms as a link grant does; `hear` are the members that learn her new list now.
     fn link_to_ann(&mut self, secret: u8, hear: &[usize]) -> (Identity, DeviceList) {
         let ann = self.key(0);
         let device = Identity::from_secret_bytes(&[secret; 32]);
         let bound = Device::bind(&device, &ann, format!("device {secret}"), 0);
-        let list = DeviceList::single(ann).with(bound).unwrap();
+        self.ann_devices.push(bound);
+        let mut list = DeviceList::single(ann);
+        for linked in &self.ann_devices {
+            list = list.with(linked.clone()).unwrap();
+        }
         let handed: Vec<LinkedRoom> = self.rooms[0].iter().filter_map(Room::hand_over).collect();
         let rooms: Vec<Room> = (handed.into_iter())
             .map(|linked| Room::handed_over(linked, device.public(), &mut self.rng).unwrap())
@@ -456,7 +462,7 @@ fn commands_refuse_what_a_member_may_not_do() {
         Err(RoomError::KickingSelf)
     ));
     assert!(matches!(
-        net.rooms[0].leave(&team()),
+        net.rooms[0].leave(&team(), now, rng),
         Err(RoomError::OwnerLeaving(_))
     ));
     assert!(matches!(
@@ -475,7 +481,7 @@ fn commands_refuse_what_a_member_may_not_do() {
         Err(RoomError::TooLong)
     ));
     // Ben leaves: ann signs him out; he can no longer write.
-    net.rooms[1].leave(&team()).unwrap();
+    net.rooms[1].leave(&team(), net.now, &mut net.rng).unwrap();
     net.settle();
     assert_eq!(net.members_at(0), 1);
     assert!(matches!(
@@ -962,21 +968,23 @@ fn a_linked_device_reads_and_writes_in_its_accounts_rooms_and_a_revoked_one_read
 }
 
 #[test]
-fn a_room_made_on_a_linked_device_joins_the_accounts_other_devices_and_only_its_owner_changes_it() {
+fn a_room_ann_makes_joins_her_other_devices_and_only_the_owning_device_changes_it() {
     let mut net = Members::new(2);
-    let (laptop, _) = net.link_to_ann(9, &[0, 1]);
+    net.link_to_ann(9, &[0, 1]);
+    // Private rooms are made where the account key is; public ones anywhere.
     let (now, rng) = (net.now, &mut net.rng);
-    net.rooms[2].create(team(), false, now, rng).unwrap();
+    assert!(matches!(
+        net.rooms[2].create(team(), false, now, rng),
+        Err(RoomError::PrivateOnAccountDevice)
+    ));
+    let lobby = RoomName::new("lobby").unwrap();
+    net.rooms[2].create(lobby, true, now, rng).unwrap();
+    net.rooms[0].create(team(), false, now, rng).unwrap();
     net.settle();
-    // The desk is in it at once, without an invitation to accept.
-    assert!(net.rooms[0].find(&team()).unwrap().is_active());
-    assert_eq!(
-        net.rooms[0].find(&team()).unwrap().owner(),
-        Some(laptop.public())
-    );
-    // The laptop invites ben, who joins; everyone reads everyone.
+    // The laptop is in it at once, without an invitation to accept.
+    assert!(net.rooms[2].find(&team()).unwrap().is_active());
     let (ben, now, rng) = (net.key(1), net.now, &mut net.rng);
-    net.rooms[2]
+    net.rooms[0]
         .invite(&team(), &name(1), ben, now, rng)
         .unwrap();
     net.settle();
@@ -984,22 +992,27 @@ fn a_room_made_on_a_linked_device_joins_the_accounts_other_devices_and_only_its_
     net.rooms[1].join(&team(), now, rng).unwrap();
     net.settle();
     assert_eq!(net.send(1, "hello"), vec![Ok(()), Ok(())]);
-    assert_eq!(net.send(0, "desk"), vec![Ok(()), Ok(())]);
+    assert_eq!(net.send(2, "laptop"), vec![Ok(()), Ok(())]);
     // Only the device that owns the room changes its members; leaving is for there too.
     let (now, rng) = (net.now, &mut net.rng);
     assert!(matches!(
-        net.rooms[0].kick(&team(), &name(1), Some(ben), now, rng),
+        net.rooms[2].kick(&team(), &name(1), Some(ben), now, rng),
         Err(RoomError::OwnedByOurOtherDevice(_))
     ));
     assert!(matches!(
-        net.rooms[0].leave(&team()),
+        net.rooms[2].leave(&team(), now, rng),
         Err(RoomError::OwnedByOurOtherDevice(_))
     ));
     // Ben leaving takes him out on every device of ann's.
-    net.rooms[1].leave(&team()).unwrap();
+    net.rooms[1].leave(&team(), now, rng).unwrap();
     net.settle();
     assert_eq!(net.members_at(0), 1);
     assert_eq!(net.members_at(2), 1);
+    // Ann, alone in it, leaves on the desk: her laptop leaves too.
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[0].leave(&team(), now, rng).unwrap();
+    net.settle();
+    assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "removed");
 }
 
 #[test]
@@ -1070,4 +1083,64 @@ fn a_device_whose_own_devices_key_was_lost_asks_for_it_at_login_and_joins() {
     net.settle();
     assert_eq!(net.rooms[2].find(&other).unwrap().state(), "invited");
     assert_eq!(net.rooms[0].find(&other).unwrap().state(), "invited");
+}
+
+#[test]
+fn a_new_members_key_then_its_message_from_an_update_we_missed_is_read_once_we_ask() {
+    let mut net = Members::new(3);
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[0].create(team(), false, now, rng).unwrap();
+    let (ben, now, rng) = (net.key(1), net.now, &mut net.rng);
+    net.rooms[0]
+        .invite(&team(), &name(1), ben, now, rng)
+        .unwrap();
+    net.settle();
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1].join(&team(), now, rng).unwrap();
+    net.settle();
+    // Ben misses the update that adds cat; cat's key reaches him first, kept early.
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::Membership(_));
+    let (cat, now, rng) = (net.key(2), net.now, &mut net.rng);
+    net.rooms[0]
+        .invite(&team(), &name(2), cat, now, rng)
+        .unwrap();
+    net.settle();
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[2].join(&team(), now, rng).unwrap();
+    net.settle();
+    net.lose = |_, _, _| false;
+    let results = net.send(2, "hi, new here");
+    assert_eq!(results[1], Err(RoomReject::Held), "{results:?}");
+    // Ben asks cat for the membership (not for a key he has), and reads it.
+    net.pass(KEY_WAIT_MS);
+    assert_eq!(net.read[1], ["hi, new here"]);
+}
+
+#[test]
+fn a_key_from_a_device_of_ours_we_did_not_know_yet_joins_us_once_its_list_arrives() {
+    let mut net = Members::new(2);
+    // Ben's room; ann is invited, and has a laptop already.
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1].create(team(), false, now, rng).unwrap();
+    let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
+    net.rooms[1]
+        .invite(&team(), &name(0), ann, now, rng)
+        .unwrap();
+    net.settle();
+    net.link_to_ann(9, &[0, 1]);
+    // A tablet is linked; the laptop has not heard of it yet when the tablet joins.
+    let (_, list) = net.link_to_ann(10, &[0, 1]);
+    // (What the desk sends the laptop meanwhile is lost.)
+    net.lose = |from, to, _| from == 0 && to == 2;
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[3].join(&team(), now, rng).unwrap();
+    net.settle();
+    net.lose = |_, _, _| false;
+    assert!(net.rooms[0].find(&team()).unwrap().is_active());
+    assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "invited");
+    // The laptop learns of the tablet: the key it kept says our account joined.
+    net.devices_changed(&list, &[2]);
+    assert!(net.rooms[2].find(&team()).unwrap().is_active());
+    assert_eq!(net.send(1, "all three"), vec![Ok(()), Ok(()), Ok(())]);
 }
