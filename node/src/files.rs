@@ -17,8 +17,9 @@ use palaver_rendezvous::transport;
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-/// A fetch makes what it wrote durable, and reports it, every this many chunks (and at the end).
-pub const SYNC_EVERY: u64 = 16;
+/// A fetch makes what it wrote durable, and reports it, every this many chunks (4 MiB; and at
+/// the end): a crash redoes at most that much.
+pub const SYNC_EVERY: u64 = 64;
 /// A peer that sends no frame for this long has stalled: the transfer ends (and is resumed).
 pub const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -138,8 +139,9 @@ pub async fn serve<W: AsyncWrite + Unpin>(
         .map_err(|_| TransferError::Stalled)?
 }
 
-/// Frames a serve keeps sealed ahead of its stream (and a fetch received ahead of its disk).
-const AHEAD: usize = 4;
+/// Frames a serve keeps sealed ahead of its stream (and a fetch received ahead of its disk):
+/// 1 MiB each way, so that the stream goes on while the disk syncs.
+const AHEAD: usize = 16;
 
 /// The blocking half of [`serve`]: reads, seals and frames each chunk from `from_chunk` on,
 /// stopping at the first error (handed on) or once the stream's half has gone.

@@ -64,7 +64,8 @@ async fn fetched(
 #[tokio::test]
 async fn a_file_arrives_byte_identical_and_is_reported_as_it_becomes_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let len = 20 * CHUNK_LEN + 12_345;
+    let every = SYNC_EVERY as usize;
+    let len = (every + 4) * CHUNK_LEN + 12_345;
     let (bytes, kept, offer) = offered(dir.path(), len);
     assert_eq!(
         std::fs::read(&kept.path).unwrap(),
@@ -76,7 +77,7 @@ async fn a_file_arrives_byte_identical_and_is_reported_as_it_becomes_durable() {
     let (result, reports, asked) = fetched(stream, &offer, 0, &partial).await;
     assert_eq!(result.unwrap(), offer.sha256, "hashed as it was written");
     assert_eq!(asked.from_chunk, 0);
-    assert_eq!(reports, [16, 21]);
+    assert_eq!(reports, [SYNC_EVERY, SYNC_EVERY + 5]);
     assert_eq!(hash_file(&partial).unwrap(), offer.sha256);
     let placed = move_into_place(&partial, &dir.path().join("files"), "source.bin").unwrap();
     assert_eq!(std::fs::read(&placed).unwrap(), bytes);
@@ -86,9 +87,11 @@ async fn a_file_arrives_byte_identical_and_is_reported_as_it_becomes_durable() {
 #[tokio::test]
 async fn a_fetch_cut_short_resumes_from_its_last_durable_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, kept, offer) = offered(dir.path(), 40 * CHUNK_LEN);
+    let every = SYNC_EVERY as usize;
+    let (bytes, kept, offer) = offered(dir.path(), (2 * every + every / 2) * CHUNK_LEN);
     let partial = dir.path().join("partial");
-    // The connection drops after 20 chunks: 16 of them were reported durable.
+    // The connection drops a few chunks past the first sync: those up to it were reported
+    // durable.
     let mut stream = served(&kept, &offer, 0).await;
     let frame_len = 4 + codec::encode(&FileFrame::Chunk {
         index: 0,
@@ -96,18 +99,19 @@ async fn a_fetch_cut_short_resumes_from_its_last_durable_chunk() {
     })
     .unwrap()
     .len();
-    stream.truncate(20 * frame_len + 7);
+    stream.truncate((every + 4) * frame_len + 7);
     let (result, reports, _) = fetched(stream, &offer, 0, &partial).await;
     assert!(matches!(result, Err(TransferError::Io(_))), "{result:?}");
-    assert_eq!(reports, [16]);
-    let stream = served(&kept, &offer, 16).await;
-    let (result, reports, asked) = fetched(stream, &offer, 16, &partial).await;
+    assert_eq!(reports, [SYNC_EVERY]);
+    let stream = served(&kept, &offer, SYNC_EVERY).await;
+    let (result, reports, asked) = fetched(stream, &offer, SYNC_EVERY, &partial).await;
     assert_eq!(
         result.unwrap(),
         offer.sha256,
         "the part already there hashed too"
     );
-    assert_eq!((asked.from_chunk, reports), (16, vec![32, 40]));
+    let (twice, all) = (2 * SYNC_EVERY, offer.shape().chunks());
+    assert_eq!((asked.from_chunk, reports), (SYNC_EVERY, vec![twice, all]));
     assert_eq!(std::fs::read(&partial).unwrap(), bytes);
 }
 
