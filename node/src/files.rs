@@ -3,8 +3,9 @@
 //! file a fetch writes, the whole-file check and the move into place.
 //!
 //! The stream's frames are [`transport::length_prefixed`] (a 4-byte big-endian length and a
-//! codec frame), each at most [`MAX_FILE_FRAME_LEN`]. Memory stays at a few chunks per transfer (the [`AHEAD`] in flight
-//! between the disk thread and the stream) whatever the file's size.
+//! codec frame), each at most [`MAX_FILE_FRAME_LEN`]. Memory stays at about 1 MiB per transfer
+//! each way (the [`AHEAD`] chunks in flight between the disk thread and the stream) whatever the
+//! file's size.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};

@@ -228,14 +228,20 @@ impl Node {
         this_device_removed: bool,
     ) {
         // The rooms first: a crash before the pin is written learns the list, and rotates, again.
-        // So does a room change that could not be written: the list stays unpinned, and is
-        // taken again when it is next fetched (at the next login, or the next push).
+        // A room change that could not be written is tried again by the rooms (their sends
+        // wait for it); the pin waits too, so that a crash meanwhile rotates again after the
+        // restart. All the rest — the sessions dropped, a removed device stopped — goes now.
         (self.state.rooms).devices_changed(pin.list(), now_ms(), &mut OsRng);
-        if let Err(err) = self.drive_rooms() {
-            return tracing::warn!(%name, "device list not pinned yet: a room could not be stored ({err})");
-        }
         let mut batch = StateBatch::default();
-        batch.put(StateKey::Devices(name.as_str()), &pin);
+        match self.drive_rooms() {
+            Ok(()) => {
+                batch.put(StateKey::Devices(name.as_str()), &pin);
+            }
+            Err(err) => tracing::warn!(
+                %name,
+                "device list taken but not pinned yet: a room could not be stored ({err})"
+            ),
+        }
         for key in named {
             batch.put(StateKey::Peer(key.to_bytes()), &name.to_string());
         }

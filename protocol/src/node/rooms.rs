@@ -637,6 +637,26 @@ impl Rooms {
             .map(|room| room.id)
     }
 
+    /// `name`, or else `name-2`, `name-3`…: the first that none of our rooms is called (room
+    /// names are ours, ids the owners'; two owners may pick the same name).
+    fn free_name(&self, name: &RoomName) -> RoomName {
+        if self.id_by_name(name).is_none() {
+            return name.clone();
+        }
+        (2..=self.by_id.len() + 1)
+            .find_map(|n| {
+                let suffix = format!("-{n}");
+                let room = name.as_str();
+                let base: String = room
+                    .chars()
+                    .take(RoomName::MAX_LEN - suffix.len())
+                    .collect();
+                let candidate = RoomName::new(format!("{base}{suffix}")).ok()?;
+                self.id_by_name(&candidate).is_none().then_some(candidate)
+            })
+            .unwrap_or_else(|| name.clone())
+    }
+
     /// The room called `name`, or why not.
     pub fn find(&self, name: &RoomName) -> Result<&Room, RoomError> {
         self.id_by_name(name)

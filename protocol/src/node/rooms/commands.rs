@@ -180,7 +180,18 @@ impl Rooms {
         let id = self
             .id_by_name(name)
             .ok_or_else(|| RoomError::NoInvitation(name.clone()))?;
+        self.join_room(id, now, rng)
+    }
+
+    /// Accepts the invitation to room `id`.
+    pub(super) fn join_room(
+        &mut self,
+        id: RoomId,
+        now: u64,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(), RoomError> {
         let room = self.by_id.get_mut(&id).ok_or(RoomError::Gone)?;
+        let name = &room.name.clone();
         if room.is_active() {
             return Ok(());
         }
@@ -231,8 +242,9 @@ impl Rooms {
     }
 
     /// Leaves room `name` and forgets it (its history stays with the driver). Our account
-    /// leaves: the owner signs it out on every device. The owner, once alone in its room, signs
-    /// our account out itself, so that our other devices leave too.
+    /// leaves: the owner signs it out on every device. The owner, once alone in its room with
+    /// other devices of ours, signs our account out itself, so that those leave too, and keeps
+    /// the room as one we were removed from (leaving it again forgets it).
     pub fn leave(
         &mut self,
         name: &RoomName,
@@ -248,8 +260,15 @@ impl Rooms {
         let account = self.account();
         let ours_too = self.roster.devices_of(&account).len() > 1;
         if owner == Some(me) && active && ours_too {
+            // Signed out, and kept (as a room we were removed from) at the new epoch: that is
+            // what our other devices hear, and what a restart must not sign again.
             let (update, _) = self.change_membership(id, Vec::new(), now, rng)?;
             self.send_to_accounts(id, vec![account], Payload::Membership(update));
+            if let Some(room) = self.by_id.get_mut(&id) {
+                room.removed = true;
+            }
+            self.outputs.push_back(Output::Unsubscribe(id));
+            return Ok(id);
         }
         // Leaving takes our whole account out; the owner's account stays in its room.
         if let Some(owner) = owner.filter(|o| *o != me && active)

@@ -174,6 +174,12 @@ impl Rooms {
         if let Some(reason) = invite_refusal(self.by_id.get(&invite.room), &sender, &invite) {
             return Err(RoomError::InvitationRefused(reason));
         }
+        if self.roster.account_of(&sender) != sender {
+            // Rooms are owned by account keys: a linked device's could be revoked.
+            return Err(RoomError::InvitationRefused(
+                "from a linked device, not an account key",
+            ));
+        }
         let me = self.identity.public();
         let account = self.account();
         match self.by_id.get_mut(&invite.room) {
@@ -196,11 +202,13 @@ impl Rooms {
             }
             None => {
                 let keys = RoomKeys::new(rng, invite.room.0, sender, me);
+                // Another room of that name is ours already: this one is told apart.
+                let name = self.free_name(&invite.name);
                 self.by_id.insert(
                     invite.room,
                     Room {
                         id: invite.room,
-                        name: invite.name.clone(),
+                        name,
                         keys: RoomCrypto::Private(Box::new(keys)),
                         joined: false,
                         invitation: Some(invite.membership.clone()),
@@ -213,10 +221,10 @@ impl Rooms {
         self.outputs.push_back(Output::MeshChanged(invite.room));
         // From another of our devices, it is a room our account is in: it joins us itself.
         if self.roster.account_of(&sender) != account {
-            self.outputs.push_back(Output::Event(RoomEvent::Invited {
-                room: invite.name,
-                from: sender,
-            }));
+            let room = self.by_id[&invite.room].name.clone();
+            let from = sender;
+            self.outputs
+                .push_back(Output::Event(RoomEvent::Invited { room, from }));
         }
         Ok(())
     }
@@ -234,11 +242,10 @@ impl Rooms {
     ) {
         let me = self.identity.public();
         let ours = from != me && self.roster.account_of(&from) == self.account();
-        if ours && let Some(room) = self.by_id.get(&room_id).filter(|room| !room.joined) {
+        if ours && self.by_id.get(&room_id).is_some_and(|room| !room.joined) {
             // Unless the invitation is gone (we were removed since): then the key waits, kept
             // early, as any key for a room we are not in.
-            let name = room.name.clone();
-            let _ = self.join(&name, now, rng);
+            let _ = self.join_room(room_id, now, rng);
         }
         self.take_key(from, room_id, distribution, now);
     }
@@ -283,8 +290,8 @@ impl Rooms {
         distribution: SenderKeyDistribution,
     ) {
         let early = self.early_keys.entry(room).or_default();
-        // One of each key: a key handed again (asked for, or resent) takes no second place.
-        early.retain(|(f, d)| !(*f == from && d.key_id == distribution.key_id));
+        // One key a sender: a key handed again (asked for, resent, rotated) takes no second place.
+        early.retain(|(f, _)| *f != from);
         if early.len() < MAX_EARLY_KEYS {
             early.push((from, distribution));
         }

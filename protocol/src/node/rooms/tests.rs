@@ -1013,6 +1013,12 @@ fn a_room_ann_makes_joins_her_other_devices_and_only_the_owning_device_changes_i
     net.rooms[0].leave(&team(), now, rng).unwrap();
     net.settle();
     assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "removed");
+    // The desk keeps it, signed out at its new epoch, until it is left again.
+    let desk = net.rooms[0].find(&team()).unwrap();
+    assert_eq!((desk.state(), desk.members().len()), ("removed", 0));
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[0].leave(&team(), now, rng).unwrap();
+    assert!(net.rooms[0].find(&team()).is_err());
 }
 
 #[test]
@@ -1143,4 +1149,51 @@ fn a_key_from_a_device_of_ours_we_did_not_know_yet_joins_us_once_its_list_arrive
     net.devices_changed(&list, &[2]);
     assert!(net.rooms[2].find(&team()).unwrap().is_active());
     assert_eq!(net.send(1, "all three"), vec![Ok(()), Ok(()), Ok(())]);
+}
+
+#[test]
+fn a_second_room_of_the_same_name_is_told_apart_and_linked_devices_own_none() {
+    let mut net = Members::new(3);
+    // Ben and cat each make a room called team, and invite ann to both.
+    for owner in [1, 2] {
+        let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
+        net.rooms[owner].create(team(), false, now, rng).unwrap();
+        net.rooms[owner]
+            .invite(&team(), &name(0), ann, now, rng)
+            .unwrap();
+        net.settle();
+    }
+    let ann = &net.rooms[0];
+    let second = RoomName::new("team-2").unwrap();
+    assert_eq!(ann.find(&team()).unwrap().owner(), Some(net.key(1)));
+    assert_eq!(ann.find(&second).unwrap().owner(), Some(net.key(2)));
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[0].join(&second, now, rng).unwrap();
+    net.settle();
+    // Joined cat's, and only cat's.
+    assert_eq!(net.rooms[0].find(&second).unwrap().state(), "joined");
+    assert_eq!(net.rooms[0].find(&team()).unwrap().state(), "invited");
+    assert_eq!(net.members_at(2), 2);
+
+    // An invitation whose owner is a linked device is refused: its key could be revoked.
+    let (laptop, _) = net.link_to_ann(9, &[1]);
+    let id = RoomId([7; 32]);
+    let membership = MembershipUpdate::sign(
+        laptop.signing_key(),
+        id.0,
+        1,
+        1,
+        vec![net.key(0), net.key(1)],
+    );
+    let invite = RoomInvite {
+        room: id,
+        name: RoomName::new("mine").unwrap(),
+        membership,
+        invite_secret: None,
+    };
+    let (now, rng) = (net.now, &mut net.rng);
+    assert!(matches!(
+        net.rooms[1].on_invite(laptop.public(), invite, now, rng),
+        Err(RoomError::InvitationRefused(_))
+    ));
 }
