@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
@@ -238,6 +238,10 @@ pub(crate) struct Node {
 
 const OUTBOX_META: &str = "outbox";
 
+/// Swarm events taken in one wake-up of the actor, at most (the rest wait for the next, after
+/// the calls, timers and flushes that are due have had their turn).
+const MAX_EVENTS_A_WAKE_UP: usize = 64;
+
 impl Node {
     fn new(
         identity: Identity,
@@ -381,7 +385,17 @@ impl Node {
             // prekey's age).
             let state_due = self.state.poll_timeout().map(instant_of);
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    // What else the swarm has ready is taken in this wake-up too, so that the
+                    // room messages among it share one write.
+                    for _ in 1..MAX_EVENTS_A_WAKE_UP {
+                        match self.swarm.select_next_some().now_or_never() {
+                            Some(event) => self.on_swarm_event(event),
+                            None => break,
+                        }
+                    }
+                }
                 Some(call) = calls.recv() => self.on_call(call),
                 Some(done) = internal.recv() => self.on_internal(done),
                 Some((from, push)) = pushes.recv() => {
@@ -393,7 +407,9 @@ impl Node {
                 _ = sleep_until(reach_due) => self.on_reach_timeout(),
                 _ = &mut shutdown => break,
             }
+            self.write_room_reads();
         }
+        self.write_room_reads();
         // Whatever the way out still runs (flush waiters) dials nothing new.
         self.reach(reach::ReachInput::Stopping);
         match self.fatal.take() {

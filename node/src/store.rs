@@ -511,12 +511,34 @@ impl Store {
 
     /// Records a message with `batch`, atomically; `false` (and nothing written) if its id is known.
     pub fn record(&self, entry: &HistoryEntry, batch: &StateBatch) -> Result<bool, StoreError> {
-        let history = self.history_tree(&entry.conversation)?;
+        let new = self.record_each(
+            &entry.conversation,
+            &[(entry, batch)],
+            &StateBatch::default(),
+        )?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
+
+    /// Records messages of one conversation, each with what goes with it (`batch`, applied only
+    /// for an entry that is new), and `always` besides, in one transaction: which were new.
+    pub fn record_each(
+        &self,
+        conversation: &ConversationId,
+        entries: &[(&HistoryEntry, &StateBatch)],
+        always: &StateBatch,
+    ) -> Result<Vec<bool>, StoreError> {
+        let history = self.history_tree(conversation)?;
+        let secrets = self.secrets.as_deref();
         let result = (&history, &self.state).transaction(|(history, state)| {
-            let new = insert_entry(history, state, entry)?;
-            if new {
-                batch.apply_in(state, self.secrets.as_deref())?;
+            let mut new = Vec::with_capacity(entries.len());
+            for (entry, batch) in entries {
+                let inserted = insert_entry(history, state, entry)?;
+                if inserted {
+                    batch.apply_in(state, secrets)?;
+                }
+                new.push(inserted);
             }
+            always.apply_in(state, secrets)?;
             Ok::<_, ConflictableTransactionError<Infallible>>(new)
         });
         committed(result)

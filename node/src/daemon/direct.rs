@@ -502,21 +502,6 @@ impl Node {
         Ok(self.clock()?.tick(now_ms()))
     }
 
-    /// Moves our clock past a received message's stamp, in the batch that stores it; the stamp
-    /// to file the message under (its own, bounded against a clock far ahead of ours; by its send
-    /// time if an old peer sent a bare Lamport counter).
-    pub(crate) fn observe_stamp(
-        &self,
-        remote: Stamp,
-        sent_at_ms: u64,
-        batch: &mut StateBatch,
-    ) -> Result<Stamp, StoreError> {
-        let mut clock = self.clock()?;
-        let filed = clock.observe(remote.or_sent_at(sent_at_ms), now_ms());
-        batch.put(StateKey::Meta(CLOCK_META), &clock.current());
-        Ok(filed)
-    }
-
     /// Our next sequence number in `conversation`, after the last one stored (a store that
     /// cannot say is an error: a number used again would overwrite an earlier message in a
     /// room's log).

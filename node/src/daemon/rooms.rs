@@ -6,7 +6,7 @@
 //! index); one published while nobody was subscribed yet goes out again when the machine says
 //! (a moment later, or when a peer joins the topic).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, gossipsub};
@@ -28,12 +28,25 @@ use super::direct::{Job, short_key};
 use crate::rpc::RpcError;
 use crate::store::{ConversationId, HistoryEntry, StateBatch, StateKey, Status, Store, StoreError};
 
-/// What the driver keeps of rooms beside the machine: gap fill requests out.
+/// What the driver keeps of rooms beside the machine: gap fill requests out, and the messages
+/// read in this wake-up, written together at its end ([`Node::write_room_reads`]).
 #[derive(Debug, Default)]
 pub(crate) struct RoomIo {
     gap_fills: HashMap<OutboundRequestId, (RoomId, PeerId)>,
     /// Whom we ask for what we missed, and when again.
     asking: palaver_protocol::node::rooms::gap_fill::GapFills,
+    reads: Vec<ReadMessage>,
+}
+
+/// Room messages read but not yet written, at most; past that they are written at once.
+const MAX_UNWRITTEN_READS: usize = 256;
+
+impl RoomIo {
+    /// Whether message `id` is read and waiting to be written (as good as stored: a second copy
+    /// of it must not reach the room machine, whose chain has moved past it).
+    pub(crate) fn is_unwritten(&self, id: &MessageId) -> bool {
+        self.reads.iter().any(|read| read.id == *id)
+    }
 }
 
 /// The rooms in the store, with every pinned device list (whose devices are whose). A room
@@ -153,7 +166,12 @@ impl Node {
                     }
                 }
                 Output::Send { to, payload, .. } => self.send_direct(Job::to_key(to, *payload)),
-                Output::Read(read) => self.record_room_message(*read),
+                Output::Read(read) => {
+                    self.room_io.reads.push(*read);
+                    if self.room_io.reads.len() >= MAX_UNWRITTEN_READS {
+                        self.write_room_reads();
+                    }
+                }
                 Output::Republish(room) => self.republish(room),
                 Output::MeshChanged(id) => self.gate_room(&id),
                 Output::Subscribe(id) => {
@@ -187,45 +205,83 @@ impl Node {
         result
     }
 
-    /// A message the machine read: into the history and the room's log, then to `listen`.
-    fn record_room_message(&mut self, read: ReadMessage) {
-        let from = self.name_of_key(&read.sender);
-        let named = from.is_some();
-        let mut batch = StateBatch::default();
-        let stamp = match self.observe_stamp(read.stamp, read.sent_at_ms, &mut batch) {
-            Ok(stamp) => stamp,
-            Err(err) => return tracing::error!("cannot store room message {}: {err}", read.id),
-        };
-        let entry = HistoryEntry {
-            id: read.id,
-            conversation: ConversationId::Room(read.room),
-            label: format!("#{}", read.room_name),
-            from: from.unwrap_or_else(|| short_key(&read.sender)),
-            sender: read.sender.to_bytes(),
-            text: read.text,
-            sent_at_ms: read.sent_at_ms,
-            stamp,
-            seq: read.seq,
-            status: Status::Received,
-        };
-        batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
-        if let Some(offer) = &read.file {
-            let record = palaver_protocol::node::files::Incoming::offered(
-                offer.clone(),
-                read.sender,
-                Some(read.room),
-            );
-            batch.put(StateKey::FileIn(read.id), &record);
+    /// The messages the machine read since the last call: into the history and the rooms' logs,
+    /// one transaction per room, then to `listen`. Called at the end of every wake-up of the
+    /// actor: the receives of one wake-up share their write. Our clock moves past each message's
+    /// stamp, and each is filed under its own (bounded against a clock far ahead of ours; by its
+    /// send time if an old peer sent a bare Lamport counter); the clock's advance goes with them.
+    pub(crate) fn write_room_reads(&mut self) {
+        if self.room_io.reads.is_empty() {
+            return;
         }
-        match self.store.record(&entry, &batch) {
-            Ok(true) => {
+        let reads = std::mem::take(&mut self.room_io.reads);
+        let mut clock = match self.clock() {
+            Ok(clock) => clock,
+            Err(err) => {
+                return tracing::error!("cannot store {} room messages: {err}", reads.len());
+            }
+        };
+        let mut by_room: BTreeMap<RoomId, Vec<(HistoryEntry, StateBatch, ReadMessage)>> =
+            BTreeMap::new();
+        for read in reads {
+            let from = self.name_of_key(&read.sender);
+            let stamp = clock.observe(read.stamp.or_sent_at(read.sent_at_ms), super::now_ms());
+            let entry = HistoryEntry {
+                id: read.id,
+                conversation: ConversationId::Room(read.room),
+                label: format!("#{}", read.room_name),
+                from: from.unwrap_or_else(|| short_key(&read.sender)),
+                sender: read.sender.to_bytes(),
+                text: read.text.clone(),
+                sent_at_ms: read.sent_at_ms,
+                stamp,
+                seq: read.seq,
+                status: Status::Received,
+            };
+            let mut batch = StateBatch::default();
+            batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
+            if let Some(offer) = &read.file {
+                let record = palaver_protocol::node::files::Incoming::offered(
+                    offer.clone(),
+                    read.sender,
+                    Some(read.room),
+                );
+                batch.put(StateKey::FileIn(read.id), &record);
+            }
+            by_room
+                .entry(read.room)
+                .or_default()
+                .push((entry, batch, read));
+        }
+        let mut advanced = StateBatch::default();
+        advanced.put(StateKey::Meta(super::direct::CLOCK_META), &clock.current());
+        for (room, items) in by_room {
+            let entries: Vec<(&HistoryEntry, &StateBatch)> = items
+                .iter()
+                .map(|(entry, batch, _)| (entry, batch))
+                .collect();
+            // The clock's advance goes with the first room's write (it only moves forward).
+            let new = self
+                .store
+                .record_each(&ConversationId::Room(room), &entries, &advanced);
+            advanced = StateBatch::default();
+            let new = match new {
+                Ok(new) => new,
+                Err(err) => {
+                    tracing::error!("cannot store {} room messages: {err}", items.len());
+                    continue;
+                }
+            };
+            for ((entry, _, read), new) in items.into_iter().zip(new) {
+                if !new {
+                    continue;
+                }
+                let named = self.name_of_key(&read.sender).is_some();
                 self.emit_message(&read.sender, Some(&entry), named);
                 if let Some(offer) = read.file {
                     self.file_offered(read.id, offer, read.sender, Some(read.room), None);
                 }
             }
-            Ok(false) => {}
-            Err(err) => tracing::error!("cannot store room message {}: {err}", read.id),
         }
     }
 

@@ -132,6 +132,29 @@ fn a_known_id_is_not_recorded_twice_and_its_batch_is_not_applied() {
 }
 
 #[test]
+fn record_each_writes_a_wake_ups_messages_together_and_says_which_were_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Room(RoomId([3; 32]));
+    let (a, b) = (entry(conv, 1, 1, "a"), entry(conv, 2, 2, "b"));
+    store.record(&a, &StateBatch::default()).unwrap();
+    let mut with_b = StateBatch::default();
+    with_b.put(StateKey::Meta("b"), &2u32);
+    let mut with_a = StateBatch::default();
+    with_a.put(StateKey::Meta("a"), &1u32);
+    let mut always = StateBatch::default();
+    always.put(StateKey::Meta("clock"), &9u64);
+    let new = store
+        .record_each(&conv, &[(&a, &with_a), (&b, &with_b)], &always)
+        .unwrap();
+    assert_eq!(new, [false, true]);
+    assert_eq!(store.get::<u32>(StateKey::Meta("a")).unwrap(), None, "a was known");
+    assert_eq!(store.get::<u32>(StateKey::Meta("b")).unwrap(), Some(2));
+    assert_eq!(store.get::<u64>(StateKey::Meta("clock")).unwrap(), Some(9));
+    assert_eq!(store.history(&conv, 10).unwrap().len(), 2);
+}
+
+#[test]
 fn status_only_moves_forward() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -82,7 +82,10 @@ impl Node {
         // As for gossip, a store that cannot say counts as not holding it: the machine's own
         // checks turn a message already read away.
         let store = &self.store;
-        let stored = |id: &palaver_protocol::MessageId| store.contains(id).unwrap_or(false);
+        let io = &self.room_io;
+        let stored = |id: &palaver_protocol::MessageId| {
+            io.is_unwritten(id) || store.contains(id).unwrap_or(false)
+        };
         let progressed = (self.state.rooms).take_gap_fill(room, envelopes, stored, now_ms());
         let _ = self.drive_rooms();
         self.gap_fill_ended(room, peer, more, progressed);

@@ -19,11 +19,11 @@ impl Node {
         message_id: gossipsub::MessageId,
         data: Vec<u8>,
     ) {
-        let store = &self.store;
-        let verdict =
-            self.state
-                .rooms
-                .on_gossip(data, |id| store.contains(id).unwrap_or(false), now_ms());
+        let (store, io) = (&self.store, &self.room_io);
+        let stored = |id: &palaver_protocol::MessageId| {
+            io.is_unwritten(id) || store.contains(id).unwrap_or(false)
+        };
+        let verdict = self.state.rooms.on_gossip(data, stored, now_ms());
         let acceptance = match verdict {
             GossipVerdict::Accept => gossipsub::MessageAcceptance::Accept,
             GossipVerdict::Ignore => gossipsub::MessageAcceptance::Ignore,
