@@ -148,7 +148,11 @@ fn record_each_writes_a_wake_ups_messages_together_and_says_which_were_new() {
         .record_each(&conv, &[(&a, &with_a), (&b, &with_b)], &always)
         .unwrap();
     assert_eq!(new, [false, true]);
-    assert_eq!(store.get::<u32>(StateKey::Meta("a")).unwrap(), None, "a was known");
+    assert_eq!(
+        store.get::<u32>(StateKey::Meta("a")).unwrap(),
+        None,
+        "a was known"
+    );
     assert_eq!(store.get::<u32>(StateKey::Meta("b")).unwrap(), Some(2));
     assert_eq!(store.get::<u64>(StateKey::Meta("clock")).unwrap(), Some(9));
     assert_eq!(store.history(&conv, 10).unwrap().len(), 2);
