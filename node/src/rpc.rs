@@ -362,7 +362,11 @@ mod tests {
         // Events sent at once (here more than the channel holds) arrive whole and in order,
         // however many share a write; what the channel dropped is reported as lagged.
         for i in 0..6 {
-            events.send(Event::Removed { room: format!("r{i}") }).unwrap();
+            events
+                .send(Event::Removed {
+                    room: format!("r{i}"),
+                })
+                .unwrap();
         }
         assert_eq!(
             listener.next_event().await.unwrap(),
