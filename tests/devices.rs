@@ -38,18 +38,7 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
     bob.wait_status("alice", &id, "delivered")?;
 
     // The code from alice's first device; the new device uses it and is linked.
-    let started = alice.json(&["device", "link", "--no-wait"])?;
-    let code = started[0]["code"].as_str().unwrap().to_owned();
-    let mut laptop = User::at_home("alice", dir.path().join("laptop"));
-    let linked = laptop.ok(&[
-        "init",
-        "--link",
-        &code,
-        "--label",
-        "laptop",
-        "--history",
-        "10",
-    ])?;
+    let (mut laptop, linked) = link_with_history(&alice, dir.path(), "laptop", 10)?;
     assert!(linked.contains("linked to alice's account"), "{linked}");
     // The conversation so far came along, offline-readable before the daemon starts.
     let before = laptop.history_with("bob")?;
@@ -151,11 +140,32 @@ fn a_linked_device_gets_every_message_shows_what_the_other_sent_and_stops_once_r
 
 /// Links a new device of `account`'s in `dir/label` (its daemon not started).
 fn link(account: &User, dir: &std::path::Path, label: &str) -> anyhow::Result<User> {
+    Ok(link_with_history(account, dir, label, 0)?.0)
+}
+
+/// Links a new device, handed the last `history` lines of each conversation and room; what
+/// `init --link` printed.
+fn link_with_history(
+    account: &User,
+    dir: &std::path::Path,
+    label: &str,
+    history: u32,
+) -> anyhow::Result<(User, String)> {
     let started = account.json(&["device", "link", "--no-wait"])?;
     let code = started[0]["code"].as_str().unwrap().to_owned();
     let device = User::at_home(&account.name, dir.join(label));
-    device.ok(&["init", "--link", &code, "--label", label])?;
-    Ok(device)
+    let history = history.to_string();
+    let args = [
+        "init",
+        "--link",
+        &code,
+        "--label",
+        label,
+        "--history",
+        &history,
+    ];
+    let printed = device.ok(&args)?;
+    Ok((device, printed))
 }
 
 #[test]
@@ -334,18 +344,7 @@ fn rooms_follow_the_account_onto_a_linked_device_and_a_revoked_one_reads_nothing
 
     // The laptop is handed the room with the link (and its last lines), and is in it once it
     // starts: one member, alice, on two devices.
-    let started = alice.json(&["device", "link", "--no-wait"])?;
-    let code = started[0]["code"].as_str().unwrap().to_owned();
-    let mut laptop = User::at_home("alice", dir.path().join("laptop"));
-    let linked = laptop.ok(&[
-        "init",
-        "--link",
-        &code,
-        "--label",
-        "laptop",
-        "--history",
-        "5",
-    ])?;
+    let (mut laptop, linked) = link_with_history(&alice, dir.path(), "laptop", 5)?;
     assert!(linked.contains("rooms        1 handed over"), "{linked}");
     let before = laptop.room_history("team")?;
     assert_eq!(texts(&before), ["before the link"]);

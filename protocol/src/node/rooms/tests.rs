@@ -197,6 +197,20 @@ impl Members {
         self.settle();
     }
 
+    /// Member `owner` makes a team room and invites `guests`, who have not joined yet.
+    fn invited_by(&mut self, owner: usize, guests: &[usize]) {
+        let (now, rng) = (self.now, &mut self.rng);
+        self.rooms[owner].create(team(), false, now, rng).unwrap();
+        for &guest in guests {
+            let (key, now, rng) = (self.key(guest), self.now, &mut self.rng);
+            let user = name(guest);
+            self.rooms[owner]
+                .invite(&team(), &user, key, now, rng)
+                .unwrap();
+        }
+        self.settle();
+    }
+
     fn members_at(&self, i: usize) -> usize {
         self.rooms[i].find(&team()).unwrap().members().len()
     }
@@ -1025,13 +1039,7 @@ fn a_room_ann_makes_joins_her_other_devices_and_only_the_owning_device_changes_i
 fn joining_on_one_device_joins_the_accounts_other_devices() {
     let mut net = Members::new(2);
     // Ben's room; ann is invited before she links her laptop, and joins on the laptop.
-    let (now, rng) = (net.now, &mut net.rng);
-    net.rooms[1].create(team(), false, now, rng).unwrap();
-    let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
-    net.rooms[1]
-        .invite(&team(), &name(0), ann, now, rng)
-        .unwrap();
-    net.settle();
+    net.invited_by(1, &[0]);
     net.link_to_ann(9, &[0, 1]);
     assert_eq!(net.rooms[2].find(&team()).unwrap().state(), "invited");
     let (now, rng) = (net.now, &mut net.rng);
@@ -1094,13 +1102,7 @@ fn a_device_whose_own_devices_key_was_lost_asks_for_it_at_login_and_joins() {
 #[test]
 fn a_new_members_key_then_its_message_from_an_update_we_missed_is_read_once_we_ask() {
     let mut net = Members::new(3);
-    let (now, rng) = (net.now, &mut net.rng);
-    net.rooms[0].create(team(), false, now, rng).unwrap();
-    let (ben, now, rng) = (net.key(1), net.now, &mut net.rng);
-    net.rooms[0]
-        .invite(&team(), &name(1), ben, now, rng)
-        .unwrap();
-    net.settle();
+    net.invited_by(0, &[1]);
     let (now, rng) = (net.now, &mut net.rng);
     net.rooms[1].join(&team(), now, rng).unwrap();
     net.settle();
@@ -1127,13 +1129,7 @@ fn a_new_members_key_then_its_message_from_an_update_we_missed_is_read_once_we_a
 fn a_key_from_a_device_of_ours_we_did_not_know_yet_joins_us_once_its_list_arrives() {
     let mut net = Members::new(2);
     // Ben's room; ann is invited, and has a laptop already.
-    let (now, rng) = (net.now, &mut net.rng);
-    net.rooms[1].create(team(), false, now, rng).unwrap();
-    let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
-    net.rooms[1]
-        .invite(&team(), &name(0), ann, now, rng)
-        .unwrap();
-    net.settle();
+    net.invited_by(1, &[0]);
     net.link_to_ann(9, &[0, 1]);
     // A tablet is linked; the laptop has not heard of it yet when the tablet joins.
     let (_, list) = net.link_to_ann(10, &[0, 1]);
@@ -1155,14 +1151,8 @@ fn a_key_from_a_device_of_ours_we_did_not_know_yet_joins_us_once_its_list_arrive
 fn a_second_room_of_the_same_name_is_told_apart_and_linked_devices_own_none() {
     let mut net = Members::new(3);
     // Ben and cat each make a room called team, and invite ann to both.
-    for owner in [1, 2] {
-        let (ann, now, rng) = (net.key(0), net.now, &mut net.rng);
-        net.rooms[owner].create(team(), false, now, rng).unwrap();
-        net.rooms[owner]
-            .invite(&team(), &name(0), ann, now, rng)
-            .unwrap();
-        net.settle();
-    }
+    net.invited_by(1, &[0]);
+    net.invited_by(2, &[0]);
     let ann = &net.rooms[0];
     let second = RoomName::new("team-2").unwrap();
     assert_eq!(ann.find(&team()).unwrap().owner(), Some(net.key(1)));
