@@ -57,7 +57,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an identity in --home: a new account (--name), or a new device of an account
-    /// (--link CODE, from `palaver device link` on a device of that account).
+    /// (--link CODE, from `palaver device link` on the account's first device).
     Init {
         /// Your user name at the rendezvous: [a-z0-9_.-], 1 to 32 characters.
         #[arg(long, required_unless_present = "link", conflicts_with = "link")]

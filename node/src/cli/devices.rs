@@ -38,7 +38,8 @@ pub enum DeviceCommand {
         /// A contact: the devices of theirs your messages are sealed for.
         name: Option<String>,
     },
-    /// Take a device off this account: it is logged out, and gets nothing new.
+    /// Take a device off this account: it is logged out, and gets nothing new once your contacts
+    /// hear of it (at once if they are online, else at their next login).
     Revoke {
         /// Its label, or the first 8 or more hex digits of its key (see `palaver device list`).
         device: String,
@@ -94,7 +95,10 @@ pub(super) async fn device(
         DeviceCommand::Revoke { device } => {
             let list = call(socket, "device.revoke", json!({ "device": device })).await?;
             if !json {
-                eprintln!("revoked {device}: logged out at the rendezvous, it gets nothing new");
+                eprintln!(
+                    "revoked {device}: logged out at the rendezvous; your contacts stop sealing \
+                     for it as they hear of it"
+                );
             }
             print_list(json, &list, describe_device);
         }

@@ -193,7 +193,9 @@ pub static METHODS: &[Method] = &[
             ),
         ],
         result: r#"{"room","id","public"}"#,
-        errors: "a bad room name; you already have a room of that name; the store cannot be written",
+        errors: "a bad room name; you already have a room of that name; a private room asked of a \
+                 linked device (they are made on the device holding the account key); the store \
+                 cannot be written",
     },
     Method {
         name: "room.invite",
@@ -203,7 +205,8 @@ pub static METHODS: &[Method] = &[
             required("name", Kind::String, "the user to invite"),
         ],
         result: r#"{"room","invited"}"#,
-        errors: "a bad name; no such room; not the owner; unknown user",
+        errors: "a bad name; no such room; not the owner (or owned by your first device: invite \
+                 there); unknown user",
     },
     Method {
         name: "room.join",
@@ -224,7 +227,8 @@ pub static METHODS: &[Method] = &[
         summary: "Leaves a room.",
         params: &[required("room", Kind::String, "the room")],
         result: r#"{"room","left":true}"#,
-        errors: "a bad room name; no such room",
+        errors: "a bad room name; no such room; you own it and others are still in it; owned by \
+                 your first device (leave it there)",
     },
     Method {
         name: "room.kick",
@@ -234,7 +238,8 @@ pub static METHODS: &[Method] = &[
             required("name", Kind::String, "the member to remove"),
         ],
         result: r#"{"room","kicked"}"#,
-        errors: "a bad name; no such room; not the owner; not a member",
+        errors: "a bad name; no such room; not the owner (or owned by your first device: kick \
+                 there); not a member",
     },
     Method {
         name: "room.members",
@@ -545,7 +550,8 @@ pub static EVENTS: &[Event] = &[
     },
     Event {
         kind: "removed",
-        about: "The owner removed you from a room.",
+        about: "You are out of a room: its owner removed you, or you left it on another of \
+                your devices.",
         fields: &[required("room", Kind::String, "the room")],
     },
     Event {

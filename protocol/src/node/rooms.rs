@@ -414,14 +414,18 @@ pub enum RoomError {
     #[error("not connected to the rendezvous; cannot look up the user")]
     CannotLookUp,
     #[error(
-        "no invitation to {0}; ask its owner to invite you, or create it with --public for a public room"
+        "no invitation to {0}; ask its owner to invite you, or, if it is a public room, \
+         `room join {0} --public`"
     )]
     NoInvitation(RoomName),
     #[error("you were removed from {0}; ask its owner to invite you again")]
     RemovedAskAgain(RoomName),
     #[error("you own {0}: kick the other members first, then leave")]
     OwnerLeaving(RoomName),
-    #[error("{0} is owned by another of your devices: change its members, or leave it, there")]
+    #[error(
+        "{0} is owned by your first device (the one holding your account key): change its \
+         members, or leave it, there"
+    )]
     OwnedByOurOtherDevice(RoomName),
     #[error(
         "private rooms are made on the device holding your account key (your first device), \
