@@ -152,7 +152,16 @@ impl Palaver {
         let owner = &self.sockets[0];
         call(owner, "room.create", json!({"room": ROOM})).await?;
         for name in &self.names[1..peers] {
-            call(owner, "room.invite", json!({"room": ROOM, "name": name})).await?;
+            // Each invitation looks its user up at the rendezvous, which asks a burst to slow
+            // down (it says so): then again a moment later, as a script would.
+            loop {
+                match call(owner, "room.invite", json!({"room": ROOM, "name": name})).await {
+                    Err(err) if err.to_string().contains("rate limited") => {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
+                    result => break result.map(drop)?,
+                }
+            }
         }
         for (name, socket) in self.names[1..peers].iter().zip(&self.sockets[1..peers]) {
             wait_until(name, "the invitation", || async {

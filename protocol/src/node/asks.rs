@@ -270,8 +270,13 @@ pub fn answered<T, D>(
         (Ask::Prekeys { call }, Ok(R::Prekeys(bundle))) => {
             vec![pipeline(call, PipelineAnswer::Prekeys(bundle))]
         }
+        // Not yet published, or asked too fast (a burst of invitations, say): asked again in a
+        // moment, as a send to someone who just logged in is. Failing would drop the message.
         (Ask::Prekeys { call }, Ok(R::Refused(refusal)))
-            if refusal.reason == RefusalReason::NoPrekeys =>
+            if matches!(
+                refusal.reason,
+                RefusalReason::NoPrekeys | RefusalReason::RateLimited
+            ) =>
         {
             vec![pipeline(
                 call,
@@ -281,6 +286,18 @@ pub fn answered<T, D>(
         (Ask::Prekeys { call }, Ok(R::Refused(refusal))) => {
             let error = format!("cannot start a session: {refusal}");
             vec![pipeline(call, PipelineAnswer::Failed(error))]
+        }
+        (
+            Ask::Lookup { call, .. }
+            | Ask::WhoIs {
+                call: Some(call), ..
+            },
+            Ok(R::Refused(refusal)),
+        ) if refusal.reason == RefusalReason::RateLimited => {
+            vec![pipeline(
+                call,
+                PipelineAnswer::NoPrekeys(refusal.to_string()),
+            )]
         }
         (
             Ask::Lookup { call, .. }

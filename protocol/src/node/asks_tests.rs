@@ -83,6 +83,33 @@ fn prekeys_not_yet_published_wait_and_other_refusals_fail() {
             ..
         }]
     ));
+    // Asked too fast: waits and asks again, as for prekeys not yet published; so does a lookup.
+    let steps: Vec<S> = answered(
+        Ask::Prekeys { call: 1 },
+        refused(RefusalReason::RateLimited),
+    );
+    assert!(matches!(
+        &steps[..],
+        [Step::Pipeline {
+            answer: PipelineAnswer::NoPrekeys(_),
+            ..
+        }]
+    ));
+    let lookup = Ask::Lookup {
+        call: 1,
+        names: vec![crate::UserName::new("bob").unwrap()],
+    };
+    let steps: Vec<S> = answered(lookup, refused(RefusalReason::RateLimited));
+    assert!(
+        matches!(
+            &steps[..],
+            [Step::Pipeline {
+                answer: PipelineAnswer::NoPrekeys(_),
+                ..
+            }]
+        ),
+        "{steps:?}"
+    );
     let steps: Vec<S> = answered(
         Ask::Prekeys { call: 1 },
         refused(RefusalReason::UnknownUser),

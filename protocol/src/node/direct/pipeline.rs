@@ -78,7 +78,8 @@ pub enum Answer {
     Prekeys(Box<PrekeyBundle>),
     /// A session was started from a prekey bundle.
     SessionStarted,
-    /// The recipient has published no prekeys yet (the rendezvous's words).
+    /// Not now: the recipient has published no prekeys yet, or the rendezvous asks us to slow
+    /// down (its words). Asked again every [`PREKEY_RETRY_MS`] for [`PREKEY_WAIT_MS`].
     NoPrekeys(String),
     /// The request failed or was refused; the send fails with this.
     Failed(String),
