@@ -215,12 +215,20 @@ impl Rooms {
         };
         room.joined = true;
         room.removed = false;
+        let owner = room
+            .owner()
+            .filter(|owner| *owner != self.identity.public());
         self.outputs.push_back(Output::Save(id));
         self.outputs.push_back(Output::MeshChanged(id));
         self.outputs.push_back(Output::Subscribe(id));
         self.carry_out(id, actions);
         // Keys that came before we accepted.
         self.take_early_keys(id, now);
+        // An update that overtook our invitation found no room here: the owner hands us its
+        // latest, so that a member added since is known before its first message.
+        if let Some(owner) = owner {
+            self.send(id, owner, Payload::MembershipRequest { room: id });
+        }
         self.seek(&id);
         Ok(())
     }

@@ -1187,3 +1187,17 @@ fn a_second_room_of_the_same_name_is_told_apart_and_linked_devices_own_none() {
         Err(RoomError::InvitationRefused(_))
     ));
 }
+
+#[test]
+fn a_joiner_asks_the_owner_for_the_membership_an_update_that_overtook_its_invitation_lost() {
+    let mut net = Members::new(3);
+    // The update adding cat reaches ben before his invitation (here: is lost on the way).
+    net.lose =
+        |from, to, payload| from == 0 && to == 1 && matches!(payload, Payload::Membership(_));
+    net.invited_by(0, &[1, 2]);
+    net.lose = |_, _, _| false;
+    let (now, rng) = (net.now, &mut net.rng);
+    net.rooms[1].join(&team(), now, rng).unwrap();
+    net.settle();
+    assert_eq!(net.members_at(1), 3, "ben knows cat before cat says a word");
+}
