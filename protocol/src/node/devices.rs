@@ -122,9 +122,7 @@ pub fn copy_jobs(
     copies: Copies,
 ) -> Vec<CopyJob> {
     use crate::wire::Payload;
-    let (Payload::Text(_) | Payload::File(_) | Payload::FileWhole { .. }) = payload else {
-        return Vec::new();
-    };
+    // A person's message is one with a history line: a text or a file offer.
     let Some(text) = payload.history_text() else {
         return Vec::new();
     };

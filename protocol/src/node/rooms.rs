@@ -682,10 +682,19 @@ impl Rooms {
     pub fn others(&self, id: &RoomId) -> Vec<VerifyingKey> {
         let me = self.identity.public();
         let room = self.by_id.get(id).filter(|room| room.is_active());
-        (room.into_iter())
-            .flat_map(|room| room.known_members(me, []))
-            .flat_map(|member| self.roster.devices_of(&member))
-            .filter(|key| *key != me)
+        self.devices_but_mine(room.into_iter().flat_map(|room| room.known_members(me, [])))
+    }
+
+    /// Every device of `accounts` (as the roster says) but this one, each once.
+    fn devices_but_mine(
+        &self,
+        accounts: impl IntoIterator<Item = VerifyingKey>,
+    ) -> Vec<VerifyingKey> {
+        let me = self.identity.public();
+        let mut seen = HashSet::new();
+        (accounts.into_iter())
+            .flat_map(|account| self.roster.devices_of(&account))
+            .filter(|device| *device != me && seen.insert(device.to_bytes()))
             .collect()
     }
 
@@ -708,26 +717,12 @@ impl Rooms {
         let RoomCrypto::Private(keys) = &room.keys else {
             return None;
         };
-        let mut members: BTreeSet<[u8; 32]> = keys.members().iter().map(|m| m.to_bytes()).collect();
-        if !room.joined
-            && let Some(invitation) = &room.invitation
-        {
-            members.extend(invitation.members.iter().map(|m| m.to_bytes()));
-        }
-        let accounts = members
+        let invited = (room.invitation.iter()).filter(|_| !room.joined);
+        let members = keys
+            .members()
             .iter()
-            .filter_map(|m| VerifyingKey::from_bytes(m).ok());
-        let mut devices: BTreeSet<[u8; 32]> = accounts
-            .flat_map(|account| self.roster.devices_of(&account))
-            .map(|device| device.to_bytes())
-            .collect();
-        devices.remove(&self.identity.public().to_bytes());
-        Some(
-            devices
-                .iter()
-                .filter_map(|m| VerifyingKey::from_bytes(m).ok())
-                .collect(),
-        )
+            .chain(invited.flat_map(|u| &u.members));
+        Some(self.devices_but_mine(members.copied()))
     }
 
     /// Room messages that failed the signature or decryption checks, so far.
@@ -800,10 +795,8 @@ impl Rooms {
     /// no prekeys of ours yet) — is asked of our other devices: one that is in the room answers
     /// with its key, and that makes us join ([`Rooms::on_sender_key`]).
     fn ask_our_devices(&mut self) {
-        let (me, account) = (self.identity.public(), self.account());
-        let ours: Vec<VerifyingKey> = (self.roster.devices_of(&account).into_iter())
-            .filter(|device| *device != me)
-            .collect();
+        let account = self.account();
+        let ours = self.devices_but_mine([account]);
         let invited: Vec<RoomId> = (self.by_id.values())
             .filter(|room| !room.joined && !room.removed && !room.is_public())
             .filter(|room| (room.invitation.iter()).any(|u| u.members.contains(&account)))
@@ -820,11 +813,7 @@ impl Rooms {
         let Some(room) = self.by_id.get(id).filter(|room| room.is_active()) else {
             return;
         };
-        let me = self.identity.public();
-        let members = (room.members().iter())
-            .flat_map(|member| self.roster.devices_of(member))
-            .filter(|device| *device != me)
-            .collect();
+        let members = self.devices_but_mine(room.members());
         let public = room.is_public();
         self.outputs.push_back(Output::Seek { room: *id, members });
         if public {

@@ -278,13 +278,11 @@ impl Rooms {
             self.outputs.push_back(Output::Unsubscribe(id));
             return Ok(id);
         }
-        // Leaving takes our whole account out; the owner's account stays in its room.
-        if let Some(owner) = owner.filter(|o| *o != me && active)
-            && self.roster.account_of(&owner) == self.account()
-        {
-            return Err(RoomError::OwnedByOurOtherDevice(name.clone()));
-        }
         if let Some(owner) = owner.filter(|o| *o != me && active) {
+            // Leaving takes our whole account out; the owner's account stays in its room.
+            if self.roster.account_of(&owner) == account {
+                return Err(RoomError::OwnedByOurOtherDevice(name.clone()));
+            }
             self.send(id, owner, Payload::Leave { room: id });
         }
         if public {

@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use ed25519_dalek::VerifyingKey;
 
 use super::{Output, RoomError, Rooms};
-use crate::crypto::room::Accounts;
 use crate::crypto::sender_key::SenderKeyDistribution;
 use crate::wire::{MessageId, Payload, RoomId};
 
@@ -100,13 +99,7 @@ impl Rooms {
         accounts: Vec<VerifyingKey>,
         payload: Payload,
     ) {
-        let me = self.identity.public();
-        let mut seen = std::collections::HashSet::new();
-        let devices: Vec<VerifyingKey> = (accounts.iter())
-            .flat_map(|account| self.roster.devices_of(account))
-            .filter(|device| *device != me && seen.insert(device.to_bytes()))
-            .collect();
-        for device in devices {
+        for device in self.devices_but_mine(accounts) {
             self.send(room, device, payload.clone());
         }
     }
