@@ -6,10 +6,11 @@
 //! - the `state` tree: the message index (id → where its history entry lives; also the durable
 //!   dedup record), and namespaced keys for sessions, rooms, the outbox, contacts and counters.
 //!
-//! A received message is one transaction over its conversation tree and `state` ([`Store::record`]):
-//! the history entry, its index entry and whatever session/room state decrypting it changed. The
-//! caller flushes before acknowledging, so an acknowledged message survives a crash and a replayed
-//! one is recognised by its id.
+//! A received direct message is one transaction over its conversation tree and `state`
+//! ([`Store::record`]): the history entry, its index entry and whatever session state decrypting
+//! it changed. The caller flushes before acknowledging, so an acknowledged message survives a
+//! crash and a replayed one is recognised by its id. Received room messages, which change no
+//! state of their own, are plain writes in a crash-safe order instead ([`Store::record_in_order`]).
 
 use std::path::Path;
 
@@ -511,55 +512,123 @@ impl Store {
 
     /// Records a message with `batch`, atomically; `false` (and nothing written) if its id is known.
     pub fn record(&self, entry: &HistoryEntry, batch: &StateBatch) -> Result<bool, StoreError> {
-        let new = self.record_each(
-            &entry.conversation,
-            &[(entry, batch)],
-            &StateBatch::default(),
-        )?;
-        Ok(new.first().copied().unwrap_or(false))
+        let history = self.history_tree(&entry.conversation)?;
+        let secrets = self.secrets.as_deref();
+        let result = (&history, &self.state).transaction(|(history, state)| {
+            let inserted = insert_entry(history, state, entry)?;
+            if inserted {
+                batch.apply_in(state, secrets)?;
+            }
+            Ok::<_, ConflictableTransactionError<Infallible>>(inserted)
+        });
+        committed(result)
     }
 
-    /// Records messages of one conversation, each with what goes with it (`batch`, applied only
-    /// for an entry that is new), and `always` besides, in one transaction: which were new.
-    pub fn record_each(
+    /// Records received messages of one conversation, each with what goes with it (`batch`,
+    /// written only for an entry that is new), then `always`: which were new.
+    ///
+    /// Plain writes, not a transaction: sled seals and writes its log buffer twice for every
+    /// batch or transaction, which made a received room message cost several times what its
+    /// bytes do (BENCHMARKS.md). Instead each message is written in an order that any crash
+    /// leaves usable, because sled recovers a prefix of its log: the history entry first, then
+    /// `batch` (what the message carries: its frame for gap fill, a file offer), and its index
+    /// entry last, which is what marks the message as known. Cut short anywhere before that, the
+    /// message is taken in again when it comes back (gap fill, a sender's retry) and written over
+    /// the same places, its stamp being the sender's. So `batch` must hold only what is rewritten
+    /// unchanged then, never state the message consumed (a ratchet step): [`Store::record`] is
+    /// for that.
+    pub fn record_in_order(
         &self,
         conversation: &ConversationId,
         entries: &[(&HistoryEntry, &StateBatch)],
         always: &StateBatch,
     ) -> Result<Vec<bool>, StoreError> {
         let history = self.history_tree(conversation)?;
-        let secrets = self.secrets.as_deref();
-        let result = (&history, &self.state).transaction(|(history, state)| {
-            let mut new = Vec::with_capacity(entries.len());
-            for (entry, batch) in entries {
-                let inserted = insert_entry(history, state, entry)?;
-                if inserted {
-                    batch.apply_in(state, secrets)?;
-                }
-                new.push(inserted);
+        let mut new = Vec::with_capacity(entries.len());
+        for (entry, batch) in entries {
+            if self.state.contains_key(index_key(&entry.id))? {
+                new.push(false);
+                continue;
             }
-            always.apply_in(state, secrets)?;
-            Ok::<_, ConflictableTransactionError<Infallible>>(new)
-        });
-        committed(result)
+            let Some(place) = Self::file_entry(&history, entry)? else {
+                new.push(false);
+                continue;
+            };
+            self.write_plain(batch)?;
+            let index = IndexEntry {
+                conversation: Some(*conversation),
+                order_key: place.to_key_bytes().to_vec(),
+            };
+            self.state.insert(
+                index_key(&entry.id),
+                codec::encode(&index).unwrap_or_default(),
+            )?;
+            new.push(true);
+        }
+        self.write_plain(always)?;
+        Ok(new)
     }
 
-    /// Records many messages of one conversation in one transaction (for example a page of gap
-    /// fill or an import); entries whose id is known are skipped. How many were new.
+    /// Writes `entry` into `history` at its own place, or just after it if another message
+    /// holds it (as [`insert_entry`]); a place already holding this very message (written before
+    /// a crash cut its recording short) is taken as it is. Where it went; `None` if a sender
+    /// floods the place. One compare-and-swap a message, not a read and a write.
+    fn file_entry(
+        history: &sled::Tree,
+        entry: &HistoryEntry,
+    ) -> Result<Option<HistoryOrder>, StoreError> {
+        let mut order = entry.order();
+        let mut moved = std::borrow::Cow::Borrowed(entry);
+        for _ in 0..MAX_PLACE_TRIES {
+            let bytes = codec::encode(moved.as_ref()).unwrap_or_default();
+            match history.compare_and_swap(order.to_key_bytes(), None::<&[u8]>, Some(bytes))? {
+                Ok(()) => return Ok(Some(order)),
+                Err(taken) => {
+                    let holder = taken.current.as_deref().map(|bytes| {
+                        decode::<HistoryEntry>("history", bytes).map(|holder| holder.id)
+                    });
+                    if let Some(Ok(id)) = holder
+                        && id == entry.id
+                    {
+                        return Ok(Some(order));
+                    }
+                    order.stamp = order.stamp.next();
+                    moved.to_mut().stamp = order.stamp;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `batch` key by key, in order, secrets sealed (see [`Store::record_in_order`]).
+    fn write_plain(&self, batch: &StateBatch) -> Result<(), StoreError> {
+        for (key, value) in &batch.ops {
+            match value {
+                Some(value) => {
+                    self.state
+                        .insert(key.as_slice(), at_rest(self.secrets.as_deref(), key, value))?;
+                }
+                None => {
+                    self.state.remove(key.as_slice())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records many messages of one conversation (for example history handed over by a linked
+    /// device, or an import), in order as [`Store::record_in_order`]; entries whose id is known
+    /// are skipped. How many were new.
     pub fn record_many(
         &self,
         conversation: &ConversationId,
         entries: &[HistoryEntry],
     ) -> Result<usize, StoreError> {
-        let history = self.history_tree(conversation)?;
-        let result = (&history, &self.state).transaction(|(history, state)| {
-            let mut new = 0;
-            for entry in entries {
-                new += usize::from(insert_entry(history, state, entry)?);
-            }
-            Ok::<_, ConflictableTransactionError<Infallible>>(new)
-        });
-        committed(result)
+        let nothing = StateBatch::default();
+        let entries: Vec<(&HistoryEntry, &StateBatch)> =
+            entries.iter().map(|entry| (entry, &nothing)).collect();
+        let new = self.record_in_order(conversation, &entries, &nothing)?;
+        Ok(new.into_iter().filter(|new| *new).count())
     }
 
     /// Moves every message of conversation `from` into `into`, renamed `label` (a sender first

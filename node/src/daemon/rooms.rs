@@ -263,7 +263,7 @@ impl Node {
             // The clock's advance goes with the first room's write (it only moves forward).
             let new = self
                 .store
-                .record_each(&ConversationId::Room(room), &entries, &advanced);
+                .record_in_order(&ConversationId::Room(room), &entries, &advanced);
             advanced = StateBatch::default();
             let new = match new {
                 Ok(new) => new,

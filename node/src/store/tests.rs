@@ -132,7 +132,7 @@ fn a_known_id_is_not_recorded_twice_and_its_batch_is_not_applied() {
 }
 
 #[test]
-fn record_each_writes_a_wake_ups_messages_together_and_says_which_were_new() {
+fn record_in_order_writes_a_wake_ups_messages_and_says_which_were_new() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let conv = ConversationId::Room(RoomId([3; 32]));
@@ -145,7 +145,7 @@ fn record_each_writes_a_wake_ups_messages_together_and_says_which_were_new() {
     let mut always = StateBatch::default();
     always.put(StateKey::Meta("clock"), &9u64);
     let new = store
-        .record_each(&conv, &[(&a, &with_a), (&b, &with_b)], &always)
+        .record_in_order(&conv, &[(&a, &with_a), (&b, &with_b)], &always)
         .unwrap();
     assert_eq!(new, [false, true]);
     assert_eq!(
@@ -327,4 +327,77 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// A room message whose recording a crash cut short (its history entry and what it carries
+/// written, its index entry not) is taken in again when it comes back: written over the same
+/// places, once, and known from then on.
+#[test]
+fn a_message_recorded_in_order_and_cut_short_is_recorded_again_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Room(RoomId([4; 32]));
+    let message = entry(conv, 9, 3, "hello room");
+    let mut carried = StateBatch::default();
+    carried.put(StateKey::Meta("frame"), &vec![1u8, 2, 3]);
+    let nothing = StateBatch::default();
+    assert_eq!(
+        store
+            .record_in_order(&conv, &[(&message, &carried)], &nothing)
+            .unwrap(),
+        [true]
+    );
+    // What a crash between the frame and the index leaves.
+    store.state.remove(index_key(&message.id)).unwrap();
+    assert!(!store.contains(&message.id).unwrap());
+
+    assert_eq!(
+        store
+            .record_in_order(&conv, &[(&message, &carried)], &nothing)
+            .unwrap(),
+        [true]
+    );
+    let lines = store.history(&conv, 10).unwrap();
+    assert_eq!(lines, std::slice::from_ref(&message));
+    assert_eq!(
+        store.get::<Vec<u8>>(StateKey::Meta("frame")).unwrap(),
+        Some(vec![1, 2, 3])
+    );
+    // Known now: a third copy writes nothing, not even what it carries.
+    store
+        .apply(StateBatch::default().remove(StateKey::Meta("frame")))
+        .unwrap();
+    assert_eq!(
+        store
+            .record_in_order(&conv, &[(&message, &carried)], &nothing)
+            .unwrap(),
+        [false]
+    );
+    assert_eq!(store.get::<Vec<u8>>(StateKey::Meta("frame")).unwrap(), None);
+    assert_eq!(store.history(&conv, 10).unwrap().len(), 1);
+}
+
+/// Recorded in order, a message whose place another holds is filed just after it, as in a
+/// transaction.
+#[test]
+fn recording_in_order_never_takes_another_message_s_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let conv = ConversationId::Room(RoomId([5; 32]));
+    let first = entry(conv, 7, 1, "first");
+    let mut second = entry(conv, 7, 1, "second, same place");
+    second.id = MessageId([0xee; 32]);
+    let nothing = StateBatch::default();
+    let new = store
+        .record_in_order(&conv, &[(&first, &nothing), (&second, &nothing)], &nothing)
+        .unwrap();
+    assert_eq!(new, [true, true]);
+    let lines = store.history(&conv, 10).unwrap();
+    let texts: Vec<&str> = lines.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(texts, ["first", "second, same place"]);
+    assert_eq!(lines[1].stamp, Stamp(7).next());
+    assert_eq!(
+        store.entry(&second.id).unwrap().map(|e| e.text),
+        Some(second.text)
+    );
 }
