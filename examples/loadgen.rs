@@ -30,6 +30,8 @@ mod baseline;
 mod chart;
 #[path = "loadgen/dm.rs"]
 mod dm;
+#[path = "loadgen/dm_baseline.rs"]
+mod dm_baseline;
 #[path = "loadgen/file.rs"]
 mod file;
 #[path = "loadgen/history.rs"]

@@ -3,7 +3,8 @@
 //! decrypted and stored by the recipient, its acknowledgement back and recorded. To `p1` over
 //! their direct connection, and to the daemon that listens only through the rendezvous relay.
 //! Each sample is kept under the connection kind `peers` reports right after it (DCUtR may
-//! upgrade a relayed connection to a direct one mid-run).
+//! upgrade a relayed connection to a direct one mid-run). Then the same on plain libp2p, with
+//! and without the two syncs a durable round trip needs ([`crate::dm_baseline`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -23,6 +24,14 @@ pub(crate) async fn run(palaver: &Palaver, count: usize) -> anyhow::Result<Value
     let mut direct = round_trips(from, "p1", count).await?;
     let direct_samples = direct.remove("direct").unwrap_or_default();
     let mut report = json!({"direct": summary(direct_samples, &direct)});
+    let baseline = crate::dm_baseline::run(count).await?;
+    if let (Some(ours), Some(floor)) = (
+        report["direct"]["p50_ms"].as_f64(),
+        baseline["durable"]["p50_ms"].as_f64(),
+    ) {
+        report["direct_p50_over_durable_baseline"] = json!(crate::stats::round3(ours / floor));
+    }
+    report["baseline"] = baseline;
     report["relayed"] = if palaver.names.iter().any(|n| n == RELAYED) {
         let mut relayed = round_trips(from, RELAYED, count).await?;
         let samples = relayed.remove("relayed").unwrap_or_default();

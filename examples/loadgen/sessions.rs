@@ -12,7 +12,9 @@
 //! - `bare_rss_kib_per_connection`: the library floor, measured first in the same run — a bare
 //!   rust-libp2p listener (TCP, Noise, Yamux and ping; no Palaver code) in a child process of its
 //!   own (`loadgen __bare`), the same number of connections from the same clients, held open; and
-//!   `rss_ratio_to_bare` = `rss_kib_per_session` / that.
+//!   `rss_ratio_to_bare` = `rss_kib_per_session` / that;
+//! - `connected_rss_kib_per_connection`: then Palaver's server with the same connections held
+//!   open and none logged in (its libp2p stack: every protocol's handler, before any session).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +163,13 @@ pub(crate) async fn run(sessions: usize) -> anyhow::Result<Value> {
     bare.stop().await;
     let floor = floor.context("the bare floor took too long")??;
 
+    // Palaver's server with the same connections, none logged in: its libp2p stack alone.
+    let dir = tempfile::tempdir()?;
+    let server = ChildServer::start(&[SERVE_ARG.as_ref(), dir.path().as_os_str()]).await?;
+    let connected = tokio::time::timeout(PHASE_LIMIT, bare_floor(&server, sessions)).await;
+    server.stop().await;
+    let connected = connected.context("the connections took too long")??;
+
     let dir = tempfile::tempdir()?;
     let server = ChildServer::start(&[SERVE_ARG.as_ref(), dir.path().as_os_str()]).await?;
     let rss_before = stats::rss_kib(&server.pid);
@@ -172,6 +181,7 @@ pub(crate) async fn run(sessions: usize) -> anyhow::Result<Value> {
     server.stop().await;
     let mut report = result.context("the rendezvous part took too long")??;
     report["bare_rss_kib_per_connection"] = json!(stats::round3(floor));
+    report["connected_rss_kib_per_connection"] = json!(stats::round3(connected));
     let per_session = report["rss_kib_per_session"].as_f64().unwrap_or(0.0);
     report["rss_ratio_to_bare"] = json!(stats::round3(per_session / floor.max(f64::EPSILON)));
     eprintln!("rendezvous: {report}");
@@ -186,7 +196,8 @@ fn client_config() -> ClientConfig {
     }
 }
 
-/// RSS per connection of the bare listener: `count` clients (the same light clients the
+/// RSS per connection of `server` (the bare listener, or ours with nobody logged in): `count`
+/// clients (the same light clients the
 /// sessions use, `CONCURRENCY` connecting at a time) connect and stay connected.
 async fn bare_floor(server: &ChildServer, count: usize) -> anyhow::Result<f64> {
     let rss_before = stats::rss_kib(&server.pid);

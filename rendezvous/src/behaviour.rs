@@ -1,7 +1,8 @@
 //! The server's one libp2p `NetworkBehaviour` and the swarm around it.
 //!
-//! Transports: TCP (Noise, Yamux) and QUIC. Behaviours: identify, ping, autonat (v1 and v2, server
-//! side), the circuit relay v2 server, and Palaver's two protocols:
+//! Transports: TCP (Noise, Yamux) and QUIC. Behaviours: identify, ping, autonat v2 (server side:
+//! nodes ask it to dial them back; no node speaks v1, whose handler every connection paid
+//! for), the circuit relay v2 server, and Palaver's two protocols:
 //! `/palaver/rendezvous/1` (node → server, request-response) and `/palaver/push/2` (server →
 //! node: one stream per session, which the server opens, see [`crate::push_stream`]).
 //!
@@ -131,8 +132,7 @@ impl request_response::Codec for ServerCodec {
 pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) autonat: autonat::Behaviour,
-    pub(crate) autonat_v2: autonat::v2::server::Behaviour,
+    pub(crate) autonat: autonat::v2::server::Behaviour,
     pub(crate) relay: relay::Behaviour,
     pub(crate) palaver: request_response::Behaviour<ServerCodec>,
     pub(crate) push: crate::push_stream::PushStreams,
@@ -197,15 +197,7 @@ pub(crate) fn build_swarm(
                         )),
                 ),
                 ping: ping::Behaviour::default(),
-                autonat: autonat::Behaviour::new(
-                    local,
-                    autonat::Config {
-                        // Serve others' probes; we do not probe ourselves through our clients.
-                        use_connected: false,
-                        ..Default::default()
-                    },
-                ),
-                autonat_v2: autonat::v2::server::Behaviour::default(),
+                autonat: autonat::v2::server::Behaviour::default(),
                 relay,
                 palaver: request_response::Behaviour::with_codec(
                     ServerCodec::new(limits.max_request_bytes, limits.max_response_bytes),
