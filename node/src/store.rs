@@ -179,6 +179,26 @@ struct IndexEntry {
     order_key: Vec<u8>,
 }
 
+/// `StateKey::Meta` of the last [`Store::record_in_order`] call's [`Recording`].
+const RECORDING_META: &str = "recording";
+
+/// What a [`Store::record_in_order`] call set out to write, noted before it writes anything, so
+/// that opening the store can take out a message a crash cut short.
+#[derive(Debug, Serialize, Deserialize)]
+struct Recording {
+    conversation: ConversationId,
+    messages: Vec<RecordingOf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordingOf {
+    id: MessageId,
+    /// Where it was to be filed (it may have gone just after, see [`Store::file_entry`]).
+    order_key: Vec<u8>,
+    /// The keys of what it carried.
+    carried: Vec<Vec<u8>>,
+}
+
 /// Namespaces of the `state` tree.
 #[derive(Debug, Clone)]
 pub enum StateKey<'a> {
@@ -440,6 +460,10 @@ impl Store {
                 );
             }
         }
+        let undone = store.undo_cut_short()?;
+        if undone > 0 {
+            tracing::info!("took out {undone} received messages a crash left half written");
+        }
         Ok(store)
     }
 
@@ -525,18 +549,19 @@ impl Store {
     }
 
     /// Records received messages of one conversation, each with what goes with it (`batch`,
-    /// written only for an entry that is new), then `always`: which were new.
+    /// written only for an entry that is new), and `always` (written first: it may only move
+    /// forward, like the clock): which were new.
     ///
     /// Plain writes, not a transaction: sled seals and writes its log buffer twice for every
     /// batch or transaction, which made a received room message cost several times what its
-    /// bytes do (BENCHMARKS.md). Instead each message is written in an order that any crash
-    /// leaves usable, because sled recovers a prefix of its log: the history entry first, then
-    /// `batch` (what the message carries: its frame for gap fill, a file offer), and its index
-    /// entry last, which is what marks the message as known. Cut short anywhere before that, the
-    /// message is taken in again when it comes back (gap fill, a sender's retry) and written over
-    /// the same places, its stamp being the sender's. So `batch` must hold only what is rewritten
-    /// unchanged then, never state the message consumed (a ratchet step): [`Store::record`] is
-    /// for that.
+    /// bytes do (BENCHMARKS.md). Instead the writes go in an order that a crash cannot leave
+    /// half done, since sled recovers a prefix of its log: first a note of what this call is
+    /// about to write ([`Recording`], one key), then per message its history entry, `batch` (what
+    /// the message carries: its frame for gap fill, a file offer) and its index entry last, which
+    /// marks it as known. A message the crash cut short is taken out again when the store opens
+    /// ([`Store::undo_cut_short`]), so it is simply not known and comes back by gap fill. So
+    /// `batch` must hold only what the message brings, never state it consumed (a ratchet step):
+    /// [`Store::record`] is for that.
     pub fn record_in_order(
         &self,
         conversation: &ConversationId,
@@ -544,6 +569,21 @@ impl Store {
         always: &StateBatch,
     ) -> Result<Vec<bool>, StoreError> {
         let history = self.history_tree(conversation)?;
+        self.write_plain(always)?;
+        let recording = Recording {
+            conversation: *conversation,
+            messages: entries
+                .iter()
+                .map(|(entry, batch)| RecordingOf {
+                    id: entry.id,
+                    order_key: entry.order_key().to_vec(),
+                    carried: batch.ops.iter().map(|(key, _)| key.clone()).collect(),
+                })
+                .collect(),
+        };
+        let recording_key = StateKey::Meta(RECORDING_META).bytes();
+        self.state
+            .insert(recording_key, codec::encode(&recording).unwrap_or_default())?;
         let mut new = Vec::with_capacity(entries.len());
         for (entry, batch) in entries {
             if self.state.contains_key(index_key(&entry.id))? {
@@ -565,8 +605,49 @@ impl Store {
             )?;
             new.push(true);
         }
-        self.write_plain(always)?;
         Ok(new)
+    }
+
+    /// Takes out what the last [`Store::record_in_order`] wrote of messages it did not finish
+    /// (no index entry): their history entries and what they carried. Run at open, before
+    /// anything reads. How many messages it took out.
+    fn undo_cut_short(&self) -> Result<usize, StoreError> {
+        let key = StateKey::Meta(RECORDING_META).bytes();
+        let Some(bytes) = self.state.get(&key)? else {
+            return Ok(0);
+        };
+        let Ok(recording) = codec::decode::<Recording>(&bytes) else {
+            self.state.remove(key)?;
+            return Ok(0);
+        };
+        let history = self.history_tree(&recording.conversation)?;
+        let mut undone = 0;
+        for message in &recording.messages {
+            if self.state.contains_key(index_key(&message.id))? {
+                continue;
+            }
+            let Some(mut order) = HistoryOrder::from_key_bytes(&message.order_key) else {
+                continue;
+            };
+            for _ in 0..MAX_PLACE_TRIES {
+                let Some(bytes) = history.get(order.to_key_bytes())? else {
+                    break;
+                };
+                if decode::<HistoryEntry>("history", &bytes).is_ok_and(|held| held.id == message.id)
+                {
+                    history.remove(order.to_key_bytes())?;
+                    undone += 1;
+                    break;
+                }
+                order.stamp = order.stamp.next();
+            }
+            for carried in &message.carried {
+                self.state.remove(carried.as_slice())?;
+            }
+        }
+        self.state.remove(key)?;
+        self.flush()?;
+        Ok(undone)
     }
 
     /// Writes `entry` into `history` at its own place, or just after it if another message

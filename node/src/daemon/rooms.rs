@@ -206,7 +206,7 @@ impl Node {
     }
 
     /// The messages the machine read since the last call: into the history and the rooms' logs,
-    /// one transaction per room, then to `listen`. Called at the end of every wake-up of the
+    /// one [`Store::record_in_order`] per room, then to `listen`. Called at the end of every wake-up of the
     /// actor: the receives of one wake-up share their write. Our clock moves past each message's
     /// stamp, and each is filed under its own (bounded against a clock far ahead of ours; by its
     /// send time if an old peer sent a bare Lamport counter); the clock's advance goes with them.
