@@ -179,8 +179,12 @@ struct IndexEntry {
     order_key: Vec<u8>,
 }
 
-/// `StateKey::Meta` of the last [`Store::record_in_order`] call's [`Recording`].
-const RECORDING_META: &str = "recording";
+/// The tree of the last [`Store::record_in_order`] call's [`Recording`], its one key (a tree of
+/// its own: a note of a few KiB rewritten on every call would make `state`'s pages heavy).
+const RECORDING_TREE: &str = "recording";
+/// The most messages one [`Recording`] notes (a long import is written as several, each note a
+/// few KiB at most; only the last can be cut short).
+const RECORDING_AT_ONCE: usize = 64;
 
 /// What a [`Store::record_in_order`] call set out to write, noted before it writes anything, so
 /// that opening the store can take out a message a crash cut short.
@@ -401,6 +405,8 @@ fn committed<T>(result: Result<T, TransactionError<Infallible>>) -> Result<T, St
 pub struct Store {
     db: sled::Db,
     state: sled::Tree,
+    /// See [`RECORDING_TREE`].
+    recording: sled::Tree,
     /// Set in a passphrase-protected home: secrets are sealed under it (see [`is_secret`]).
     secrets: Option<std::sync::Arc<SecretsKey>>,
 }
@@ -444,9 +450,11 @@ impl Store {
             other => StoreError::Sled(other),
         })?;
         let state = db.open_tree("state")?;
+        let recording = db.open_tree(RECORDING_TREE)?;
         let store = Self {
             db,
             state,
+            recording,
             secrets: None,
         };
         // Once per store, not at every open: nothing writes counter keys after it.
@@ -555,10 +563,10 @@ impl Store {
     /// Plain writes, not a transaction: sled seals and writes its log buffer twice for every
     /// batch or transaction, which made a received room message cost several times what its
     /// bytes do (BENCHMARKS.md). Instead the writes go in an order that a crash cannot leave
-    /// half done, since sled recovers a prefix of its log: first a note of what this call is
-    /// about to write ([`Recording`], one key), then per message its history entry, `batch` (what
-    /// the message carries: its frame for gap fill, a file offer) and its index entry last, which
-    /// marks it as known. A message the crash cut short is taken out again when the store opens
+    /// half done, since sled recovers a prefix of its log: first a note of what is about to be
+    /// written ([`Recording`], one key for up to [`RECORDING_AT_ONCE`] messages), then per
+    /// message its history entry, `batch` (what the message carries: its frame for gap fill, a
+    /// file offer) and its index entry last, which marks it as known. A message the crash cut short is taken out again when the store opens
     /// ([`Store::undo_cut_short`]), so it is simply not known and comes back by gap fill. So
     /// `batch` must hold only what the message brings, never state it consumed (a ratchet step):
     /// [`Store::record`] is for that.
@@ -568,8 +576,22 @@ impl Store {
         entries: &[(&HistoryEntry, &StateBatch)],
         always: &StateBatch,
     ) -> Result<Vec<bool>, StoreError> {
-        let history = self.history_tree(conversation)?;
         self.write_plain(always)?;
+        let mut new = Vec::with_capacity(entries.len());
+        for part in entries.chunks(RECORDING_AT_ONCE) {
+            new.extend(self.record_part_in_order(conversation, part)?);
+        }
+        Ok(new)
+    }
+
+    /// [`Store::record_in_order`] of at most [`RECORDING_AT_ONCE`] messages, under one
+    /// [`Recording`].
+    fn record_part_in_order(
+        &self,
+        conversation: &ConversationId,
+        entries: &[(&HistoryEntry, &StateBatch)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let history = self.history_tree(conversation)?;
         let recording = Recording {
             conversation: *conversation,
             messages: entries
@@ -581,9 +603,10 @@ impl Store {
                 })
                 .collect(),
         };
-        let recording_key = StateKey::Meta(RECORDING_META).bytes();
-        self.state
-            .insert(recording_key, codec::encode(&recording).unwrap_or_default())?;
+        self.recording.insert(
+            RECORDING_TREE,
+            codec::encode(&recording).unwrap_or_default(),
+        )?;
         let mut new = Vec::with_capacity(entries.len());
         for (entry, batch) in entries {
             if self.state.contains_key(index_key(&entry.id))? {
@@ -612,12 +635,11 @@ impl Store {
     /// (no index entry): their history entries and what they carried. Run at open, before
     /// anything reads. How many messages it took out.
     fn undo_cut_short(&self) -> Result<usize, StoreError> {
-        let key = StateKey::Meta(RECORDING_META).bytes();
-        let Some(bytes) = self.state.get(&key)? else {
+        let Some(bytes) = self.recording.get(RECORDING_TREE)? else {
             return Ok(0);
         };
         let Ok(recording) = codec::decode::<Recording>(&bytes) else {
-            self.state.remove(key)?;
+            self.recording.remove(RECORDING_TREE)?;
             return Ok(0);
         };
         let history = self.history_tree(&recording.conversation)?;
@@ -645,7 +667,7 @@ impl Store {
                 self.state.remove(carried.as_slice())?;
             }
         }
-        self.state.remove(key)?;
+        self.recording.remove(RECORDING_TREE)?;
         self.flush()?;
         Ok(undone)
     }

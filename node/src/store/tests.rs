@@ -414,3 +414,29 @@ fn recording_in_order_never_takes_another_message_s_place() {
         Some(second.text)
     );
 }
+
+/// A long import is noted a part at a time: a crash in its last part takes out only the message
+/// it cut short, not the parts before.
+#[test]
+fn a_long_import_cut_short_loses_only_the_message_it_was_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = ConversationId::Direct([6; 32]);
+    let page: Vec<HistoryEntry> = (1..=150).map(|n| entry(conv, n, n, "m")).collect();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.record_many(&conv, &page).unwrap(), 150);
+        store.state.remove(index_key(&page[140].id)).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::reopen(dir.path());
+    let stamps: Vec<u64> = store
+        .history(&conv, 200)
+        .unwrap()
+        .iter()
+        .map(|e| e.stamp.0)
+        .collect();
+    let expected: Vec<u64> = (1..=150).filter(|n| *n != 141).collect();
+    assert_eq!(stamps, expected);
+    assert_eq!(store.record_many(&conv, &page).unwrap(), 1);
+    assert_eq!(store.history(&conv, 200).unwrap().len(), 150);
+}
