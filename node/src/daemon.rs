@@ -199,6 +199,7 @@ pub(crate) struct Node {
     presence: palaver_protocol::node::presence::Presence,
     events: broadcast::Sender<rpc::Event>,
     internal_tx: mpsc::Sender<Internal>,
+    flusher: durable::Flusher,
     internal: Option<mpsc::Receiver<Internal>>,
     /// What servers pushed us, with who pushed it (only the rendezvous's are taken).
     pushes: Option<mpsc::Receiver<(PeerId, palaver_protocol::wire::ServerPush)>>,
@@ -301,6 +302,7 @@ impl Node {
             std::time::Instant::now(),
         )?;
         let (internal_tx, internal) = mpsc::channel(256);
+        let flusher = durable::Flusher::start(store.clone(), internal_tx.clone())?;
         let delivery = palaver_protocol::node::direct::Delivery::new(
             *swarm.local_peer_id(),
             outbox,
@@ -344,6 +346,7 @@ impl Node {
             rendezvous_requests: HashMap::new(),
             presence: Default::default(),
             events,
+            flusher,
             internal_tx,
             internal: Some(internal),
             pushes: Some(pushes),

@@ -1,6 +1,6 @@
-//! Group commit: the store is flushed by one flush at a time, off the actor, and whatever must wait
-//! until earlier writes are on disk (an acknowledgement, a reply, the first send of a new
-//! ciphertext) waits for the next flush to finish. Writes made while a flush runs go with the next
+//! Group commit: the store is flushed by one flush at a time, off the actor (on [`Flusher`]'s
+//! thread), and whatever must wait until earlier writes are on disk (an acknowledgement, a
+//! reply, the first send of a new ciphertext) waits for the next flush to finish. Writes made while a flush runs go with the next
 //! one, so a burst of messages costs a couple of fsyncs, not one each, and the actor never blocks
 //! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
 //! flush at a time never does.)
@@ -71,6 +71,35 @@ pub(crate) enum AfterFlush {
     Prekeys,
 }
 
+/// The store's flush thread. A flush handed to it costs one wake-up there and one back to the
+/// actor; a task that waited on tokio's blocking pool cost two more, a real share of a direct
+/// message's round trip on a small machine (BENCHMARKS.md). One flush at a time (group commit),
+/// so its queue holds one request.
+pub(crate) struct Flusher {
+    requests: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Flusher {
+    /// Starts the thread; it ends when the flusher is dropped (or the actor's channel closes).
+    pub(crate) fn start(
+        store: crate::store::Store,
+        internal: tokio::sync::mpsc::Sender<Internal>,
+    ) -> std::io::Result<Self> {
+        let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("palaver-flush".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    let flushed = store.flush().map_err(FlushError::from);
+                    if internal.blocking_send(Internal::Flushed(flushed)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { requests })
+    }
+}
+
 /// What a caller hears when the flush its write waited for failed.
 pub(crate) fn not_durable(err: &FlushError) -> String {
     format!(
@@ -134,15 +163,14 @@ impl Node {
 
     fn start_flush(&mut self) {
         self.commit.start();
-        let store = self.store.clone();
-        let internal = self.internal_tx.clone();
-        tokio::spawn(async move {
-            let result = match tokio::task::spawn_blocking(move || store.flush()).await {
-                Ok(flushed) => flushed.map_err(FlushError::from),
-                Err(join) => Err(FlushError::Interrupted(join.to_string())),
-            };
-            let _ = internal.send(Internal::Flushed(result)).await;
-        });
+        if self.flusher.requests.try_send(()).is_err() {
+            // Its thread is gone (a panic in the store): nothing can be made durable any more.
+            let internal = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let stopped = FlushError::Interrupted("the store's flush thread stopped".into());
+                let _ = internal.send(Internal::Flushed(Err(stopped))).await;
+            });
+        }
     }
 
     pub(crate) fn on_flushed(&mut self, result: Flushed) {
