@@ -642,6 +642,15 @@ impl Store {
             self.recording.remove(RECORDING_TREE)?;
             return Ok(0);
         };
+        let name = recording.conversation.tree_name();
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
+        {
+            return Ok(0);
+        }
         let history = self.history_tree(&recording.conversation)?;
         let mut undone = 0;
         for message in &recording.messages {
@@ -657,18 +666,22 @@ impl Store {
                 };
                 if decode::<HistoryEntry>("history", &bytes).is_ok_and(|held| held.id == message.id)
                 {
+                    // Its history entry went first: without one, nothing of it was written, and
+                    // a carried key (a frame by sender and seq) may be another message's.
                     history.remove(order.to_key_bytes())?;
+                    for carried in &message.carried {
+                        self.state.remove(carried.as_slice())?;
+                    }
                     undone += 1;
                     break;
                 }
                 order.stamp = order.stamp.next();
             }
-            for carried in &message.carried {
-                self.state.remove(carried.as_slice())?;
-            }
         }
-        self.recording.remove(RECORDING_TREE)?;
-        self.flush()?;
+        // A note whose messages all finished stays: read again at every open, it finds nothing.
+        if undone > 0 {
+            self.flush()?;
+        }
         Ok(undone)
     }
 

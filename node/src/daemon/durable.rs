@@ -76,27 +76,66 @@ pub(crate) enum AfterFlush {
 /// message's round trip on a small machine (BENCHMARKS.md). One flush at a time (group commit),
 /// so its queue holds one request.
 pub(crate) struct Flusher {
-    requests: std::sync::mpsc::SyncSender<()>,
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    /// Starts the thread; it ends when the flusher is dropped (or the actor's channel closes).
+    /// Starts the thread. It holds a handle to the store (and so sled's lock on it) until
+    /// [`Flusher::stop`], or until the flusher is dropped and it sees that.
     pub(crate) fn start(
         store: crate::store::Store,
         internal: tokio::sync::mpsc::Sender<Internal>,
     ) -> std::io::Result<Self> {
         let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("palaver-flush".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
-                    let flushed = store.flush().map_err(FlushError::from);
+                    // A panic in the store is a failed flush (the daemon stops), not a thread
+                    // gone silent with the group commit waiting on it forever.
+                    let flush = std::panic::AssertUnwindSafe(|| store.flush());
+                    let flushed = match std::panic::catch_unwind(flush) {
+                        Ok(flushed) => flushed.map_err(FlushError::from),
+                        Err(_) => Err(FlushError::Interrupted(
+                            "the store panicked while flushing".into(),
+                        )),
+                    };
                     if internal.blocking_send(Internal::Flushed(flushed)).is_err() {
                         break;
                     }
                 }
             })?;
-        Ok(Self { requests })
+        Ok(Self {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands the thread a flush; `false` if it is gone.
+    fn request(&self) -> bool {
+        match &self.requests {
+            Some(requests) => match requests.try_send(()) {
+                Ok(()) => true,
+                // Group commit starts a flush only once the last one answered.
+                Err(std::sync::mpsc::TrySendError::Full(())) => {
+                    debug_assert!(false, "a second flush requested while one runs");
+                    true
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(())) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Ends the thread and waits for it, so the store is closed once the daemon is: called
+    /// after the actor's loop has dropped its channel (a flush under way finishes, and its
+    /// answer has nowhere to go).
+    fn stop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -163,7 +202,7 @@ impl Node {
 
     fn start_flush(&mut self) {
         self.commit.start();
-        if self.flusher.requests.try_send(()).is_err() {
+        if !self.flusher.request() {
             // Its thread is gone (a panic in the store): nothing can be made durable any more.
             let internal = self.internal_tx.clone();
             tokio::spawn(async move {
@@ -189,11 +228,12 @@ impl Node {
         }
     }
 
-    /// On the way out (the swarm stopped): flushes in place until nobody waits any more, since
-    /// what runs may write again. A flush still running on the blocking pool may overlap this
-    /// one; sled serialises the two, and it happens once. An error if the last flush failed.
+    /// On the way out (the actor's loop ended): stops the flush thread (waiting for a flush it
+    /// runs), then flushes in place until nobody waits any more, since what runs may write
+    /// again. An error if the last flush failed.
     pub(crate) fn flush_before_exit(&mut self) -> Flushed {
         self.stopping = true;
+        self.flusher.stop();
         self.save_dirty_rooms();
         // A waiter rarely writes again; the bound only guards against a cycle.
         let mut result = Ok(());

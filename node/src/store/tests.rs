@@ -440,3 +440,43 @@ fn a_long_import_cut_short_loses_only_the_message_it_was_writing() {
     assert_eq!(store.record_many(&conv, &page).unwrap(), 1);
     assert_eq!(store.history(&conv, 200).unwrap().len(), 150);
 }
+
+/// A noted message of which nothing was written (the crash came right after the note, or its
+/// place was flooded) leaves what its batch names alone: a frame under the same sender and
+/// sequence number may be another message's.
+#[test]
+fn a_noted_message_never_written_takes_out_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = ConversationId::Room(RoomId([7; 32]));
+    let earlier = entry(conv, 3, 1, "earlier, same seq");
+    let frame_key = StateKey::Meta("frame").bytes();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut carried = StateBatch::default();
+        carried.put(StateKey::Meta("frame"), &vec![9u8]);
+        store
+            .record_in_order(&conv, &[(&earlier, &carried)], &StateBatch::default())
+            .unwrap();
+        let mut never_written = entry(conv, 4, 1, "noted, never written");
+        never_written.id = MessageId([0xcc; 32]);
+        let note = Recording {
+            conversation: conv,
+            messages: vec![RecordingOf {
+                id: never_written.id,
+                order_key: never_written.order_key().to_vec(),
+                carried: vec![frame_key.clone()],
+            }],
+        };
+        store
+            .recording
+            .insert(RECORDING_TREE, codec::encode(&note).unwrap())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::reopen(dir.path());
+    assert_eq!(
+        store.get::<Vec<u8>>(StateKey::Meta("frame")).unwrap(),
+        Some(vec![9])
+    );
+    assert_eq!(store.history(&conv, 10).unwrap(), [earlier]);
+}
