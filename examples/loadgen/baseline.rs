@@ -134,6 +134,66 @@ pub(crate) fn plain_swarm<B: libp2p::swarm::NetworkBehaviour>(
         .build())
 }
 
+/// Two plain swarms speaking `libp2p-stream` (see [`plain_swarm`]), the sender connected to the
+/// receiver, each driven by a task of its own (in `tasks`).
+pub(crate) struct StreamPair {
+    /// Opens streams from the sender.
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) receiver: libp2p::PeerId,
+    /// The streams of the protocol asked for, as the receiver accepts them.
+    pub(crate) incoming: libp2p_stream::IncomingStreams,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) async fn stream_pair(protocol: libp2p::StreamProtocol) -> anyhow::Result<StreamPair> {
+    let stream_swarm = || plain_swarm(|_| Ok(libp2p_stream::Behaviour::new()));
+    let mut receiver = stream_swarm()?;
+    receiver.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = receiver.select_next_some().await {
+            break address;
+        }
+    };
+    let receiver_id = *receiver.local_peer_id();
+    let incoming = (receiver.behaviour().new_control())
+        .accept(protocol)
+        .map_err(|_| anyhow::anyhow!("accepting twice"))?;
+    let mut sender = stream_swarm()?;
+    sender.dial(addr)?;
+    let connected = async {
+        loop {
+            tokio::select! {
+                event = sender.select_next_some() => {
+                    if let SwarmEvent::ConnectionEstablished { .. } = event {
+                        break;
+                    }
+                }
+                _ = receiver.select_next_some() => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), connected)
+        .await
+        .context("the baseline swarms did not connect")?;
+    let control = sender.behaviour().new_control();
+    let tasks = [sender, receiver]
+        .into_iter()
+        .map(|mut swarm| {
+            tokio::spawn(async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            })
+        })
+        .collect();
+    Ok(StreamPair {
+        control,
+        receiver: receiver_id,
+        incoming,
+        tasks,
+    })
+}
+
 async fn drive(
     mut swarm: Swarm,
     index: u16,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,8 +23,6 @@ const PROTOCOL: StreamProtocol = StreamProtocol::new("/loadgen/dm/1");
 const MESSAGE_LEN: usize = 320;
 const RECEIPT_LEN: usize = 48;
 const TRIP_LIMIT: Duration = Duration::from_secs(10);
-
-type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
 
 /// `count` round trips of each kind, alternating.
 pub(crate) async fn run(count: usize) -> anyhow::Result<Value> {
@@ -63,25 +61,13 @@ struct Baseline {
 
 impl Baseline {
     async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut receiver = build()?;
-        receiver.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let addr: Multiaddr = loop {
-            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
-                receiver.select_next_some().await
-            {
-                break address;
-            }
-        };
-        let receiver_id = *receiver.local_peer_id();
-        let mut incoming = (receiver.behaviour().new_control())
-            .accept(PROTOCOL)
-            .map_err(|_| anyhow::anyhow!("accepting twice"))?;
+        let crate::baseline::StreamPair {
+            control,
+            receiver,
+            mut incoming,
+            mut tasks,
+        } = crate::baseline::stream_pair(PROTOCOL).await?;
         let history = Arc::new(std::fs::File::create(dir.join("receiver.log"))?);
-        let mut tasks = vec![tokio::spawn(async move {
-            loop {
-                receiver.select_next_some().await;
-            }
-        })];
         tasks.push(tokio::spawn(async move {
             while let Some((_, mut stream)) = incoming.next().await {
                 let answered = async {
@@ -99,28 +85,10 @@ impl Baseline {
                 }
             }
         }));
-        let mut sender = build()?;
-        sender.dial(addr)?;
-        loop {
-            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } =
-                sender.select_next_some().await
-            {
-                break;
-            }
-        }
-        let control = sender.behaviour().new_control();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                sender.select_next_some().await;
-            }
-        }));
         let (trips, trips_rx) = mpsc::channel::<Trip>(1);
         let ratchet = Arc::new(std::fs::File::create(dir.join("sender.log"))?);
         tasks.push(tokio::spawn(send_trips(
-            control,
-            receiver_id,
-            ratchet,
-            trips_rx,
+            control, receiver, ratchet, trips_rx,
         )));
         Ok(Self { trips, tasks })
     }
@@ -175,8 +143,4 @@ async fn append_synced(file: &Arc<std::fs::File>, record: &[u8]) -> std::io::Res
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-fn build() -> anyhow::Result<Swarm> {
-    crate::baseline::plain_swarm(|_| Ok(libp2p_stream::Behaviour::new()))
 }

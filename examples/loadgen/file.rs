@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use palaver_node::rpc::Client;
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -136,34 +136,16 @@ struct Baseline {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
-
-fn build() -> anyhow::Result<Swarm> {
-    crate::baseline::plain_swarm(|_| Ok(libp2p_stream::Behaviour::new()))
-}
-
 impl Baseline {
     async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut receiver = build()?;
-        receiver.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let addr: Multiaddr = loop {
-            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
-                receiver.select_next_some().await
-            {
-                break address;
-            }
-        };
-        let receiver_id = *receiver.local_peer_id();
-        let mut incoming = (receiver.behaviour().new_control())
-            .accept(PROTOCOL)
-            .map_err(|_| anyhow::anyhow!("accepting twice"))?;
+        let crate::baseline::StreamPair {
+            mut control,
+            receiver: receiver_id,
+            mut incoming,
+            mut tasks,
+        } = crate::baseline::stream_pair(PROTOCOL).await?;
         let (received_tx, received) = mpsc::channel::<std::io::Result<()>>(4);
         let into = dir.join("baseline.bin");
-        let mut tasks = vec![tokio::spawn(async move {
-            loop {
-                receiver.select_next_some().await;
-            }
-        })];
         tasks.push(tokio::spawn(async move {
             while let Some((_, mut stream)) = incoming.next().await {
                 let written = async {
@@ -181,22 +163,7 @@ impl Baseline {
                 let _ = received_tx.send(written.await).await;
             }
         }));
-        let mut sender = build()?;
-        sender.dial(addr)?;
-        loop {
-            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } =
-                sender.select_next_some().await
-            {
-                break;
-            }
-        }
-        let mut control = sender.behaviour().new_control();
         let (commands, mut commands_rx) = mpsc::channel::<Command>(4);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                sender.select_next_some().await;
-            }
-        }));
         tasks.push(tokio::spawn(async move {
             while let Some(Command::Copy { to, path, done }) = commands_rx.recv().await {
                 let copied = async {
