@@ -327,13 +327,24 @@ impl StateBatch {
         state: &TransactionalTree,
         secrets: Option<&SecretsKey>,
     ) -> Result<(), UnabortableTransactionError> {
-        for (key, value) in &self.ops {
+        for (key, value) in self.at_rest(secrets) {
             match value {
-                Some(value) => state.insert(key.as_slice(), at_rest(secrets, key, value))?,
-                None => state.remove(key.as_slice())?,
+                Some(value) => state.insert(key, value)?,
+                None => state.remove(key)?,
             };
         }
         Ok(())
+    }
+
+    /// The changes as written: each key with its value (sealed if a secret), or `None` to remove.
+    fn at_rest<'a>(
+        &'a self,
+        secrets: Option<&'a SecretsKey>,
+    ) -> impl Iterator<Item = (&'a [u8], Option<Vec<u8>>)> + 'a {
+        self.ops.iter().map(move |(key, value)| {
+            let value = value.as_ref().map(|value| at_rest(secrets, key, value));
+            (key.as_slice(), value)
+        })
     }
 }
 
@@ -566,10 +577,10 @@ impl Store {
     /// half done, since sled recovers a prefix of its log: first a note of what is about to be
     /// written ([`Recording`], one key for up to [`RECORDING_AT_ONCE`] messages), then per
     /// message its history entry, `batch` (what the message carries: its frame for gap fill, a
-    /// file offer) and its index entry last, which marks it as known. A message the crash cut short is taken out again when the store opens
-    /// ([`Store::undo_cut_short`]), so it is simply not known and comes back by gap fill. So
-    /// `batch` must hold only what the message brings, never state it consumed (a ratchet step):
-    /// [`Store::record`] is for that.
+    /// file offer) and its index entry last, which marks it as known. A message the crash cut
+    /// short is taken out again when the store opens ([`Store::undo_cut_short`]), so it is simply
+    /// not known and comes back by gap fill. So `batch` must hold only what the message brings,
+    /// never state it consumed (a ratchet step): [`Store::record`] is for that.
     pub fn record_in_order(
         &self,
         conversation: &ConversationId,
@@ -642,13 +653,7 @@ impl Store {
             self.recording.remove(RECORDING_TREE)?;
             return Ok(0);
         };
-        let name = recording.conversation.tree_name();
-        if !self
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == name.as_bytes())
-        {
+        if !self.has_history(&recording.conversation) {
             return Ok(0);
         }
         let history = self.history_tree(&recording.conversation)?;
@@ -718,18 +723,22 @@ impl Store {
 
     /// Writes `batch` key by key, in order, secrets sealed (see [`Store::record_in_order`]).
     fn write_plain(&self, batch: &StateBatch) -> Result<(), StoreError> {
-        for (key, value) in &batch.ops {
+        for (key, value) in batch.at_rest(self.secrets.as_deref()) {
             match value {
-                Some(value) => {
-                    self.state
-                        .insert(key.as_slice(), at_rest(self.secrets.as_deref(), key, value))?;
-                }
-                None => {
-                    self.state.remove(key.as_slice())?;
-                }
-            }
+                Some(value) => self.state.insert(key, value)?,
+                None => self.state.remove(key)?,
+            };
         }
         Ok(())
+    }
+
+    /// Whether `conversation` has a history tree (opening one would create it).
+    fn has_history(&self, conversation: &ConversationId) -> bool {
+        let name = conversation.tree_name();
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
     }
 
     /// Records many messages of one conversation (for example history handed over by a linked
@@ -760,13 +769,7 @@ impl Store {
         if from == into {
             return Ok(0);
         }
-        let name = from.tree_name();
-        let exists = self
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == name.as_bytes());
-        if !exists {
+        if !self.has_history(from) {
             return Ok(0);
         }
         let source = self.history_tree(from)?;
@@ -806,7 +809,7 @@ impl Store {
         self.apply(&leftovers)?;
         if source.is_empty() {
             drop(source);
-            self.db.drop_tree(name)?;
+            self.db.drop_tree(from.tree_name())?;
         }
         Ok(moved)
     }
@@ -833,12 +836,10 @@ impl Store {
     /// Applies state changes alone, atomically.
     pub fn apply(&self, batch: &StateBatch) -> Result<(), StoreError> {
         let mut sled_batch = sled::Batch::default();
-        for (key, value) in &batch.ops {
+        for (key, value) in batch.at_rest(self.secrets.as_deref()) {
             match value {
-                Some(value) => {
-                    sled_batch.insert(key.as_slice(), at_rest(self.secrets.as_deref(), key, value))
-                }
-                None => sled_batch.remove(key.as_slice()),
+                Some(value) => sled_batch.insert(key, value),
+                None => sled_batch.remove(key),
             }
         }
         Ok(self.state.apply_batch(sled_batch)?)

@@ -1,9 +1,9 @@
 //! Group commit: the store is flushed by one flush at a time, off the actor (on [`Flusher`]'s
 //! thread), and whatever must wait until earlier writes are on disk (an acknowledgement, a
-//! reply, the first send of a new ciphertext) waits for the next flush to finish. Writes made while a flush runs go with the next
-//! one, so a burst of messages costs a couple of fsyncs, not one each, and the actor never blocks
-//! on the disk. (sled 0.34 can stall when many `flush_async` calls share its thread pool; one
-//! flush at a time never does.)
+//! reply, the first send of a new ciphertext) waits for the next flush to finish. Writes made
+//! while a flush runs go with the next one, so a burst of messages costs a couple of fsyncs, not
+//! one each, and the actor never blocks on the disk. (sled 0.34 can stall when many
+//! `flush_async` calls share its thread pool; one flush at a time never does.)
 
 use std::sync::Arc;
 
