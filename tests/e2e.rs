@@ -111,6 +111,49 @@ fn a_room_of_three_sees_everyone_and_a_kicked_member_sees_nothing_afterwards() -
     Ok(())
 }
 
+/// A member back from away gets what it missed from whoever is there, including what that
+/// member only received: those it keeps in its room log without their text and makes whole
+/// again from its history when asked.
+#[test]
+fn a_member_back_from_away_gets_what_it_missed_from_a_member_who_only_received_it()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut users = started_users(dir.path(), &server.addr, &["ann", "ben", "cat"])?;
+    let [ann, ben, cat] = &mut users[..] else {
+        unreachable!()
+    };
+    ann.ok(&["room", "create", "team"])?;
+    for guest in ["ben", "cat"] {
+        ann.ok(&["room", "invite", "team", guest])?;
+    }
+    for guest in [&*ben, &*cat] {
+        guest.accept_invitation("team")?;
+    }
+    ann.ok(&["room", "send", "team", "before"])?;
+    cat.wait_room_texts("team", &["before"])?;
+    cat.stop()?;
+    let long = "a longer line, ".repeat(60);
+    let missed = ["while cat was away", long.as_str()];
+    for text in missed {
+        ann.ok(&["room", "send", "team", text])?;
+    }
+    ben.wait_room_texts("team", &missed)?;
+    // Only ben, who received them, is there to answer.
+    ann.stop()?;
+    cat.start(&server.addr)?;
+    cat.wait_room_texts("team", &missed)?;
+    let history = texts(&cat.room_history("team")?);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|t| missed.contains(&t.as_str()))
+            .count(),
+        2
+    );
+    Ok(())
+}
+
 #[test]
 fn a_room_of_a_dozen_joined_in_a_burst_hears_every_member() -> anyhow::Result<()> {
     // Every member joins at once and hands its sender key to everyone: a burst of sessions to

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use palaver_protocol::crypto::at_rest::{SEALED, SecretsKey};
 use palaver_protocol::delivery::{HISTORY_KEY_LEN, HistoryOrder, Stamp};
+use palaver_protocol::node::rooms::LogRecord;
 use palaver_protocol::wire::TransferId;
 use palaver_protocol::{MessageId, RoomId, codec};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -992,25 +993,25 @@ impl Store {
 
     /// `(sender, seq)` of every message in a room's log, in order.
     pub fn room_log_index(&self, room: &RoomId) -> Vec<([u8; 32], u64)> {
-        self.room_log_scan(room)
-            .map(|(sender, seq, _)| (sender, seq))
+        let prefix = StateKey::RoomLog(*room, [0; 32], 0).bytes();
+        let prefix = &prefix[..1 + room.0.len()];
+        (self.state.scan_prefix(prefix).keys())
+            .filter_map(|key| log_key_parts(&key.ok()?))
             .collect()
     }
 
-    /// `(sender, seq, envelope frame)` of every message in a room's log, in order.
-    pub fn room_log(&self, room: &RoomId) -> Vec<([u8; 32], u64, Vec<u8>)> {
-        self.room_log_scan(room).collect()
-    }
-
-    fn room_log_scan(&self, room: &RoomId) -> impl Iterator<Item = ([u8; 32], u64, Vec<u8>)> + '_ {
-        let prefix = [&[b'l'][..], &room.0].concat();
-        self.state.scan_prefix(prefix).filter_map(|item| {
-            let (key, value) = item.ok()?;
-            let sender: [u8; 32] = key.get(33..65)?.try_into().ok()?;
-            let seq = u64::from_be_bytes(key.get(65..73)?.try_into().ok()?);
-            let frame: Vec<u8> = codec::decode(&value).ok()?;
-            Some((sender, seq, frame))
-        })
+    /// `(sender, seq, record)` of every message in a room's log, in order. Records that do not
+    /// decode are left out (gap fill asks another member).
+    pub fn room_log(&self, room: &RoomId) -> Vec<([u8; 32], u64, LogRecord)> {
+        let prefix = StateKey::RoomLog(*room, [0; 32], 0).bytes();
+        let prefix = &prefix[..1 + room.0.len()];
+        (self.state.scan_prefix(prefix))
+            .filter_map(|item| {
+                let (key, value) = item.ok()?;
+                let (sender, seq) = log_key_parts(&key)?;
+                Some((sender, seq, decode_log_record(&value)?))
+            })
+            .collect()
     }
 
     /// Makes everything written so far durable. Blocks; the daemon calls it from one place at a
@@ -1019,6 +1020,22 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// `(sender, seq)` of a [`StateKey::RoomLog`] key.
+fn log_key_parts(key: &[u8]) -> Option<([u8; 32], u64)> {
+    let sender: [u8; 32] = key.get(33..65)?.try_into().ok()?;
+    let seq = u64::from_be_bytes(key.get(65..73)?.try_into().ok()?);
+    Some((sender, seq))
+}
+
+/// A room log record; or, written before records, a bare frame (as [`LogRecord::Frame`]). The
+/// two cannot be mistaken for each other: a bare frame starts with its length, at least its
+/// envelope's hundreds of bytes, where a record starts with its variant, 0 or 1.
+fn decode_log_record(bytes: &[u8]) -> Option<LogRecord> {
+    codec::decode::<LogRecord>(bytes)
+        .or_else(|_| codec::decode::<Vec<u8>>(bytes).map(LogRecord::Frame))
+        .ok()
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {

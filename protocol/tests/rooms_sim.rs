@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use palaver_protocol::codec;
 use palaver_protocol::crypto::sender_key::SenderKeyDistribution;
 use palaver_protocol::delivery::Stamp;
-use palaver_protocol::node::rooms::{Output, Room, RoomEvent, Rooms, gap_fill};
+use palaver_protocol::node::rooms::{LogRecord, Output, Room, RoomEvent, Rooms, gap_fill};
 use palaver_protocol::wire::{Body, Content, Envelope, Payload, RoomMessage};
-use palaver_protocol::{Identity, MessageId, RoomId, RoomName, UserName, VerifyingKey};
+use palaver_protocol::{Identity, MessageId, RoomId, RoomName, Signature, UserName, VerifyingKey};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -59,6 +59,14 @@ fn room_keys_converge_after_kicks_crashes_and_lost_control_messages() {
         "{totals:?}"
     );
     assert!(totals.gap_filled > 0, "{totals:?}");
+    // Every text read or sent is logged without its text, and gap fill serves such messages
+    // made whole again, others' too.
+    assert_eq!(
+        totals.logged_without_text,
+        totals.read + totals.sent,
+        "{totals:?}"
+    );
+    assert!(totals.gap_filled_made_again > 0, "{totals:?}");
     assert!(totals.full_rooms * 3 >= seeds, "{totals:?}");
 }
 
@@ -71,7 +79,13 @@ struct Totals {
     key_requests: u64,
     membership_requests: u64,
     gap_filled: u64,
+    /// Of those, messages the answering member read from someone else: it kept them without
+    /// their text and made their frames again from its history.
+    gap_filled_made_again: u64,
+    /// Messages read or sent whose log record left their text to the history.
+    logged_without_text: u64,
     read: u64,
+    sent: u64,
     /// Runs that ended with three members or more (so the last round proved something).
     full_rooms: u64,
 }
@@ -85,7 +99,10 @@ impl Totals {
         self.key_requests += o.key_requests;
         self.membership_requests += o.membership_requests;
         self.gap_filled += o.gap_filled;
+        self.gap_filled_made_again += o.gap_filled_made_again;
+        self.logged_without_text += o.logged_without_text;
         self.read += o.read;
+        self.sent += o.sent;
         self.full_rooms += o.full_rooms;
     }
 }
@@ -97,8 +114,10 @@ struct Disk {
     given: BTreeMap<(RoomId, [u8; 32]), SenderKeyDistribution>,
     /// History: what it read, by id, with how often (must stay 1).
     read: BTreeMap<MessageId, u32>,
-    /// The room log gap fill serves: (sender, seq) → frame.
-    log: BTreeMap<([u8; 32], u64), Vec<u8>>,
+    /// The room log gap fill serves: (sender, seq) → what is kept of the message.
+    log: BTreeMap<([u8; 32], u64), LogRecord>,
+    /// The history's texts, which a log record kept without its text is made whole from.
+    texts: BTreeMap<MessageId, String>,
     seq: u64,
 }
 
@@ -129,7 +148,7 @@ enum Event {
     Gossip {
         to: usize,
         id: MessageId,
-        message: RoomMessage,
+        message: (RoomMessage, Signature),
         frame: Vec<u8>,
     },
     Send(usize),
@@ -475,8 +494,12 @@ impl Sim {
                     if *count > 1 {
                         return Err(format!("m{i} read a message of m{sender} twice"));
                     }
+                    if read.log.text_of().is_some() {
+                        self.totals.logged_without_text += 1;
+                    }
                     disk.log
-                        .insert((read.sender.to_bytes(), read.seq), read.frame);
+                        .insert((read.sender.to_bytes(), read.seq), read.log);
+                    disk.texts.insert(read.id, read.text);
                     self.totals.read += 1;
                 }
                 Output::Event(RoomEvent::Invited { .. }) => {
@@ -542,17 +565,18 @@ impl Sim {
             let index = self.members[asker].disk.log.keys().copied();
             let request = gap_fill::request(room, index);
             let key = self.members[asker].identity.public();
-            let log = self.members[peer]
-                .disk
-                .log
-                .iter()
-                .map(|((sender, seq), frame)| (*sender, *seq, frame.clone()));
+            let answering = self.members[peer].identity.public();
+            let disk = &self.members[peer].disk;
+            let log =
+                (disk.log.iter()).map(|((sender, seq), record)| (*sender, *seq, record.clone()));
+            let text_of = |id: &MessageId| disk.texts.get(id).cloned();
             let rooms = self.members[peer].rooms.as_ref().unwrap();
-            let answer = rooms.answer_gap_fill(&key, &request, log.collect::<Vec<_>>());
+            let answer = rooms.answer_gap_fill(&key, &request, log, text_of);
             let mut progressed = false;
             for envelope in answer.envelopes {
                 let id = envelope.id();
                 let frame = envelope.to_bytes().unwrap();
+                let made_again = *envelope.sender() != answering;
                 let Body::Room(message) = envelope.body else {
                     continue;
                 };
@@ -561,9 +585,11 @@ impl Sim {
                 }
                 let now = self.now;
                 let rooms = self.members[asker].rooms.as_mut().unwrap();
-                if rooms.receive(id, message, frame, now).is_ok() {
+                let envelope = (message, envelope.signature);
+                if rooms.receive(id, envelope, frame, now).is_ok() {
                     progressed = true;
                     self.totals.gap_filled += 1;
+                    self.totals.gap_filled_made_again += u64::from(made_again);
                 }
                 self.drain(asker)?;
             }
@@ -601,23 +627,29 @@ impl Sim {
         let rooms = member.rooms.as_mut().unwrap();
         member.disk.seq += 1;
         let seq = member.disk.seq;
+        let text = format!("{round} from m{i}");
         let content = Content {
             sent_at_ms: now,
             stamp: Stamp(now),
             seq,
-            payload: Payload::Text(format!("{round} from m{i}")),
+            payload: Payload::Text(text.clone()),
         };
         let sealed = rooms.seal(room, &content).map_err(|e| e.to_string())?;
         // The chain moved: the room is written with the message, and the message to the log;
         // that is durable at once here.
         rooms.settled(&sealed.id);
         let key = member.identity.public().to_bytes();
-        member.disk.log.insert((key, seq), sealed.frame.clone());
+        self.totals.sent += 1;
+        self.totals.logged_without_text += u64::from(sealed.log.text_of().is_some());
+        member.disk.log.insert((key, seq), sealed.log.clone());
+        member.disk.texts.insert(sealed.id, text);
         self.save(i, room);
         self.sealed.insert(sealed.id, (allowed, i, round));
-        let Body::Room(message) = Envelope::from_bytes(&sealed.frame).unwrap().body else {
+        let envelope = Envelope::from_bytes(&sealed.frame).unwrap();
+        let Body::Room(message) = envelope.body else {
             unreachable!()
         };
+        let message = (message, envelope.signature);
         if self.members[i].cut_off {
             return Ok(()); // published into the void; gap fill brings it later
         }

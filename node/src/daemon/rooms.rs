@@ -99,7 +99,8 @@ fn topic(id: &RoomId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(topic_name(id))
 }
 
-/// A room's log of envelopes, for gap fill: `(sender, seq)` → frame.
+/// A room's log of envelopes, for gap fill: `(sender, seq)` →
+/// [`LogRecord`](palaver_protocol::node::rooms::LogRecord).
 fn log_key(room: &RoomId, sender: &VerifyingKey, seq: u64) -> StateKey<'static> {
     StateKey::RoomLog(*room, sender.to_bytes(), seq)
 }
@@ -239,7 +240,7 @@ impl Node {
                 status: Status::Received,
             };
             let mut batch = StateBatch::default();
-            batch.put(log_key(&read.room, &read.sender, read.seq), &read.frame);
+            batch.put(log_key(&read.room, &read.sender, read.seq), &read.log);
             if let Some(offer) = &read.file {
                 let record = palaver_protocol::node::files::Incoming::offered(
                     offer.clone(),

@@ -480,3 +480,44 @@ fn a_noted_message_never_written_takes_out_nothing() {
     );
     assert_eq!(store.history(&conv, 10).unwrap(), [earlier]);
 }
+
+/// A room's log as gap fill reads it: records, and the bare frames stores held before records
+/// (read as frames kept whole), in (sender, seq) order; its index from the keys alone.
+#[test]
+fn a_room_log_reads_records_and_frames_written_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let room = RoomId([3; 32]);
+    let old_frame: Vec<u8> = (0..=255).cycle().take(600).collect();
+    let short_frame = vec![2u8; 180];
+    let mut batch = StateBatch::default();
+    batch
+        .put(
+            StateKey::RoomLog(room, [1; 32], 2),
+            &LogRecord::Frame(vec![9; 300]),
+        )
+        .put(StateKey::RoomLog(room, [1; 32], 1), &old_frame)
+        .put(StateKey::RoomLog(room, [2; 32], 1), &short_frame)
+        .put(
+            StateKey::RoomLog(RoomId([4; 32]), [1; 32], 1),
+            &vec![5u8; 200],
+        );
+    store.apply(&batch).unwrap();
+    let log: Vec<_> = store
+        .room_log(&room)
+        .into_iter()
+        .map(|(sender, seq, record)| (sender, seq, record.frame(None)))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ([1; 32], 1, Some(old_frame)),
+            ([1; 32], 2, Some(vec![9; 300])),
+            ([2; 32], 1, Some(short_frame)),
+        ]
+    );
+    assert_eq!(
+        store.room_log_index(&room),
+        [([1; 32], 1), ([1; 32], 2), ([2; 32], 1)]
+    );
+}

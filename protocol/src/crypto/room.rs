@@ -35,7 +35,9 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use super::CryptoError;
-use super::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage};
+use super::sender_key::{
+    MessageKey, ReceivedSenderKey, SenderKey, SenderKeyDistribution, SenderKeyMessage,
+};
 
 const MEMBERSHIP_DOMAIN: &[u8] = b"palaver/v1/room-membership";
 
@@ -488,6 +490,17 @@ impl RoomKeys {
         plaintext: &[u8],
         accounts: &impl Accounts,
     ) -> Result<SenderKeyMessage, CryptoError> {
+        self.encrypt_keeping_key(plaintext, accounts)
+            .map(|(message, _)| message)
+    }
+
+    /// [`RoomKeys::encrypt`], handing out the message's own key too
+    /// ([`SenderKey::encrypt_keeping_key`]).
+    pub fn encrypt_keeping_key(
+        &mut self,
+        plaintext: &[u8],
+        accounts: &impl Accounts,
+    ) -> Result<(SenderKeyMessage, MessageKey), CryptoError> {
         if !self.is_member_device(&self.me, accounts) {
             return Err(CryptoError::NotAMember);
         }
@@ -497,8 +510,8 @@ impl RoomKeys {
         {
             return Err(CryptoError::StaleEpoch);
         }
-        let ad = self.associated_data(&self.me);
-        self.my_key.encrypt(plaintext, &ad)
+        let ad = associated_data(&self.room, &self.me);
+        self.my_key.encrypt_keeping_key(plaintext, &ad)
     }
 
     /// Whether a message under a sender key made for `epoch` may be read now: not from an epoch
@@ -529,13 +542,26 @@ impl RoomKeys {
         clock: EpochClock,
         accounts: &impl Accounts,
     ) -> Result<Vec<u8>, CryptoError> {
+        self.decrypt_keeping_key(sender, message, clock, accounts)
+            .map(|(plaintext, _)| plaintext)
+    }
+
+    /// [`RoomKeys::decrypt`], handing out the message's own key too
+    /// ([`ReceivedSenderKey::decrypt_keeping_key`]).
+    pub fn decrypt_keeping_key(
+        &mut self,
+        sender: &VerifyingKey,
+        message: &SenderKeyMessage,
+        clock: EpochClock,
+        accounts: &impl Accounts,
+    ) -> Result<(Vec<u8>, MessageKey), CryptoError> {
         if !self.is_member_device(sender, accounts) {
             return Err(CryptoError::NotAMember);
         }
         self.check_epoch(message.epoch, clock)?;
-        let ad = self.associated_data(sender);
+        let ad = associated_data(&self.room, sender);
         self.received_key(sender, message.key_id)?
-            .decrypt(message, &ad)
+            .decrypt_keeping_key(message, &ad)
     }
 
     /// Signs an envelope with my current sender key.
@@ -572,13 +598,6 @@ impl RoomKeys {
             .and_then(|keys| keys.get_mut(key_id))
             .ok_or(CryptoError::UnknownSenderKey)
     }
-
-    fn associated_data(&self, sender: &VerifyingKey) -> [u8; 64] {
-        let mut ad = [0; 64];
-        ad[..32].copy_from_slice(&self.room);
-        ad[32..].copy_from_slice(sender.as_bytes());
-        ad
-    }
 }
 
 impl std::fmt::Debug for RoomKeys {
@@ -609,4 +628,13 @@ impl RoomKeys {
             .get(key_id)
             .map(ReceivedSenderKey::signing_key)
     }
+}
+
+/// What every message `sender` sends to private room `room` is bound to as associated data (see
+/// [`RoomKeys::encrypt`]); also what [`MessageKey::reseal`] needs to make one's ciphertext again.
+pub fn associated_data(room: &[u8; 32], sender: &VerifyingKey) -> [u8; 64] {
+    let mut ad = [0; 64];
+    ad[..32].copy_from_slice(room);
+    ad[32..].copy_from_slice(sender.as_bytes());
+    ad
 }

@@ -156,17 +156,28 @@ impl SenderKey {
         plaintext: &[u8],
         associated_data: &[u8],
     ) -> Result<SenderKeyMessage, CryptoError> {
+        self.encrypt_keeping_key(plaintext, associated_data)
+            .map(|(message, _)| message)
+    }
+
+    /// [`Self::encrypt`], handing out the message's own key too (see [`MessageKey`]).
+    pub fn encrypt_keeping_key(
+        &mut self,
+        plaintext: &[u8],
+        associated_data: &[u8],
+    ) -> Result<(SenderKeyMessage, MessageKey), CryptoError> {
         let mut chain = self.chain.clone();
         let (index, message_key) = chain.next_message_key()?;
         let ad = message_ad(self.key_id, self.epoch, index, associated_data);
         let ciphertext = seal(&message_key, &ad, plaintext)?;
         self.chain = chain;
-        Ok(SenderKeyMessage {
+        let message = SenderKeyMessage {
             key_id: self.key_id,
             epoch: self.epoch,
             index,
             ciphertext,
-        })
+        };
+        Ok((message, MessageKey(message_key)))
     }
 
     /// Signs an envelope (domain-separated) with this sender key's signing key.
@@ -263,6 +274,17 @@ impl ReceivedSenderKey {
         message: &SenderKeyMessage,
         associated_data: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        self.decrypt_keeping_key(message, associated_data)
+            .map(|(plaintext, _)| plaintext)
+    }
+
+    /// [`Self::decrypt`], handing out the message's own key too, for a caller that keeps the
+    /// plaintext and wants to make the ciphertext again later ([`MessageKey::reseal`]).
+    pub fn decrypt_keeping_key(
+        &mut self,
+        message: &SenderKeyMessage,
+        associated_data: &[u8],
+    ) -> Result<(Vec<u8>, MessageKey), CryptoError> {
         if message.key_id != self.key_id || message.epoch != self.epoch {
             return Err(CryptoError::UnknownSenderKey);
         }
@@ -280,9 +302,10 @@ impl ReceivedSenderKey {
                     CryptoError::DuplicateMessage
                 });
             };
-            let plaintext = open(&self.skipped[position].1, &ad, &message.ciphertext)?;
+            let key = self.skipped[position].1.clone();
+            let plaintext = open(&key, &ad, &message.ciphertext)?;
             self.skipped.remove(position);
-            return Ok(plaintext);
+            return Ok((plaintext, MessageKey(key)));
         }
 
         let advanced = self.chain.advance_to(message.index, MAX_SKIP)?;
@@ -292,7 +315,40 @@ impl ReceivedSenderKey {
         while self.skipped.len() > MAX_SKIPPED_KEYS {
             self.skipped.pop_front();
         }
-        Ok(plaintext)
+        Ok((plaintext, MessageKey(advanced.message_key)))
+    }
+}
+
+/// One room message's own key, handed out by [`SenderKey::encrypt_keeping_key`] and
+/// [`ReceivedSenderKey::decrypt_keeping_key`] to a caller that keeps the plaintext and wants the ciphertext back later without storing it
+/// (the room log, for gap fill). It opens that one message only — message keys come one way off
+/// the chain — so beside the plaintext it reveals nothing more. Wiped on drop.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct MessageKey(SecretKey);
+
+impl MessageKey {
+    /// The ciphertext of `message` (whose own ciphertext is not read), made again from the
+    /// `plaintext` and `associated_data` it was sealed with: sealing under a one-use key is
+    /// deterministic, so the same inputs give the same bytes.
+    pub fn reseal(
+        &self,
+        message: &SenderKeyMessage,
+        associated_data: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let ad = message_ad(
+            message.key_id,
+            message.epoch,
+            message.index,
+            associated_data,
+        );
+        seal(&self.0, &ad, plaintext)
+    }
+}
+
+impl std::fmt::Debug for MessageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageKey(<redacted>)")
     }
 }
 

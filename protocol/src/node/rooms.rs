@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ use crate::crypto::CryptoError;
 use crate::crypto::room::{
     Accounts, EPOCH_GRACE_MS, EpochClock, KeyAction, MembershipUpdate, RoomKeys,
 };
-use crate::crypto::sender_key::{ReceivedSenderKey, SenderKey, SenderKeyDistribution};
+use crate::crypto::sender_key::{MessageKey, ReceivedSenderKey, SenderKey, SenderKeyDistribution};
 use crate::identity::Identity;
 use crate::identity::devices::DeviceList;
 use crate::wire::{Content, MessageId, Payload, RoomId, RoomInvite, RoomMessage, WireError};
@@ -53,10 +53,12 @@ use crate::{RoomName, UserName};
 
 mod commands;
 pub mod gap_fill;
+mod log;
 mod outgoing;
 mod receive;
 mod roster;
 
+pub use log::{LogRecord, WithoutText};
 pub use outgoing::{MAX_AWAITING_FLUSH, MAX_HELD_BACK};
 
 pub use receive::GossipVerdict;
@@ -303,8 +305,8 @@ pub fn public_room(name: &RoomName) -> (RoomId, [u8; 32]) {
     )
 }
 
-/// A room message read: for the history, and for the room's log (gap fill serves `frame`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A room message read: for the history, and for the room's log (gap fill serves `log`).
+#[derive(Debug, Clone)]
 pub struct ReadMessage {
     pub id: MessageId,
     pub room: RoomId,
@@ -317,7 +319,8 @@ pub struct ReadMessage {
     pub sent_at_ms: u64,
     pub stamp: crate::delivery::Stamp,
     pub seq: u64,
-    pub frame: Vec<u8>,
+    /// What the room's log keeps of it, under `(sender, seq)`.
+    pub log: LogRecord,
 }
 
 /// What the user should hear of.
@@ -477,6 +480,7 @@ impl MissingKey {
 struct HeldMessage {
     id: MessageId,
     message: RoomMessage,
+    signature: Signature,
     frame: Vec<u8>,
 }
 
@@ -966,7 +970,7 @@ impl Rooms {
     fn hold(
         &mut self,
         id: MessageId,
-        message: RoomMessage,
+        (message, signature): (RoomMessage, Signature),
         frame: Vec<u8>,
         behind: bool,
         now: u64,
@@ -985,27 +989,35 @@ impl Rooms {
         if queue.len() == MAX_HELD {
             queue.pop_front();
         }
-        queue.push_back(HeldMessage { id, message, frame });
+        queue.push_back(HeldMessage {
+            id,
+            message,
+            signature,
+            frame,
+        });
     }
 
     /// Messages held for room `id`: read now, or held again (for another key).
     fn release_held(&mut self, id: RoomId, now: u64) {
         let held = self.held.remove(&id).unwrap_or_default();
-        for HeldMessage { id, message, frame } in held {
-            let _ = self.receive(id, message, frame, now);
+        for held in held {
+            let envelope = (held.message, held.signature);
+            let _ = self.receive(held.id, envelope, held.frame, now);
         }
     }
 
-    /// Decodes a message's content once its key opened it.
+    /// Decodes a message's content once its key opened it (`plaintext`, under `key`).
     fn read(
         room: &Room,
         id: MessageId,
-        message: &RoomMessage,
-        plaintext: &[u8],
+        (message, signature): (&RoomMessage, Signature),
+        (plaintext, key): (Vec<u8>, MessageKey),
         frame: Vec<u8>,
     ) -> Result<ReadMessage, RoomReject> {
-        let content: Content = codec::decode(plaintext)
+        let content: Content = codec::decode(&plaintext)
             .map_err(|e| RoomReject::Invalid(format!("bad content: {e}")))?;
+        let public = matches!(room.keys, RoomCrypto::Public { .. });
+        let log = LogRecord::of_text(id, frame, (message, signature), &content, key, public);
         let (text, file) = match content.payload {
             Payload::Text(text) => (text, None),
             Payload::File(offer) => {
@@ -1030,7 +1042,7 @@ impl Rooms {
             sent_at_ms: content.sent_at_ms,
             stamp: content.stamp,
             seq: content.seq,
-            frame,
+            log,
         })
     }
 }

@@ -255,7 +255,7 @@ impl Node {
         batch
             .put(StateKey::Meta(crate::daemon::direct::CLOCK_META), &stamp)
             .put(StateKey::Seq(conversation), &seq)
-            .put(log_key(&room, &me, seq), &sealed.frame)
+            .put(log_key(&room, &me, seq), &sealed.log)
             .put(
                 StateKey::RoomUnsent(sealed.id),
                 &(room, sealed.frame.clone(), sealed.id),

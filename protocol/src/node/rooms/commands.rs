@@ -3,11 +3,12 @@
 use super::*;
 use crate::wire::{Body, Envelope};
 
-/// Our message to a room, sealed: the frame to publish and keep in the room's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Our message to a room, sealed: the frame to publish, and what the room's log keeps of it.
+#[derive(Debug, Clone)]
 pub struct Sealed {
     pub id: MessageId,
     pub frame: Vec<u8>,
+    pub log: LogRecord,
 }
 
 impl Rooms {
@@ -329,30 +330,33 @@ impl Rooms {
         if !room.is_active() {
             return Err(RoomError::Removed(room.name.clone()));
         }
-        let (message, signing_key) = match &mut room.keys {
+        let ((message, key), signing_key) = match &mut room.keys {
             RoomCrypto::Private(keys) => (
-                keys.encrypt(&plaintext, &self.roster)?,
+                keys.encrypt_keeping_key(&plaintext, &self.roster)?,
                 keys.my_distribution().signing_key,
             ),
             // Signed by our identity key: everyone who knows the name holds the derived one.
-            RoomCrypto::Public { mine, .. } => {
-                (mine.encrypt(&plaintext, &public_ad(&id, &me))?, me)
-            }
+            RoomCrypto::Public { mine, .. } => (
+                mine.encrypt_keeping_key(&plaintext, &public_ad(&id, &me))?,
+                me,
+            ),
         };
-        let body = Body::Room(RoomMessage {
+        let message = RoomMessage {
             room: id,
             sender: me,
             signing_key,
             message,
-        });
+        };
+        let body = Body::Room(message.clone());
         let envelope = match &room.keys {
             RoomCrypto::Private(keys) => Envelope::sign_with(body, |bytes| keys.sign(bytes))?,
             RoomCrypto::Public { .. } => Envelope::sign(body, self.identity.signing_key())?,
         };
-        let sealed = Sealed {
-            id: envelope.id(),
-            frame: envelope.to_bytes()?,
-        };
+        let (id, frame) = (envelope.id(), envelope.to_bytes()?);
+        let public = matches!(room.keys, RoomCrypto::Public { .. });
+        let signed = (&message, envelope.signature);
+        let log = LogRecord::of_text(id, frame.clone(), signed, content, key, public);
+        let sealed = Sealed { id, frame, log };
         // Published, and handed to gap fill, once durable.
         self.awaiting_flush.insert(sealed.id);
         Ok(sealed)

@@ -2,14 +2,14 @@
 //! missed when they connect — per sender, everything after the highest sequence number it holds
 //! without a gap — and takes the answer in like gossip (verified, deduplicated, decrypted).
 //!
-//! The room log (sender, sequence number → frame) lives in the driver's store; these are the
-//! decisions over it.
+//! The room log (sender, sequence number → [`LogRecord`]) lives in the driver's store; these
+//! are the decisions over it.
 
 use std::collections::{HashMap, HashSet};
 
 use ed25519_dalek::VerifyingKey;
 
-use super::Rooms;
+use super::{LogRecord, Rooms};
 use crate::codec::MAX_FRAME_LEN;
 use crate::delivery::SequenceTracker;
 use crate::wire::peer::MAX_GAP_FILL;
@@ -110,21 +110,24 @@ impl Rooms {
             if let Body::Room(message) = envelope.body
                 && message.room == room
             {
-                progressed |= self.receive(id, message, frame, now).is_ok();
+                let envelope = (message, envelope.signature);
+                progressed |= self.receive(id, envelope, frame, now).is_ok();
             }
         }
         progressed
     }
 
     /// The answer to `asker`'s gap fill request, from our room `log` in order (`(sender, seq,
-    /// frame)`): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes,
-    /// `more` if there is more. Nothing for one who is not a member. Our own not yet durable
-    /// leave with their publish, not before.
+    /// record)`; `text_of` gives a message's text from the history, for a record kept without
+    /// it): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes, `more`
+    /// if there is more. Nothing for one who is not a member. Our own not yet durable leave
+    /// with their publish, not before.
     pub fn answer_gap_fill(
         &self,
         asker: &VerifyingKey,
         request: &GapFillRequest,
-        log: impl IntoIterator<Item = ([u8; 32], u64, Vec<u8>)>,
+        log: impl IntoIterator<Item = ([u8; 32], u64, LogRecord)>,
+        text_of: impl Fn(&MessageId) -> Option<String>,
     ) -> GapFillResponse {
         let mut response = GapFillResponse {
             envelopes: Vec::new(),
@@ -144,10 +147,15 @@ impl Rooms {
         let max = usize::from(request.max).min(MAX_GAP_FILL);
         let me = self.identity.public().to_bytes();
         let mut bytes = 0usize;
-        for (sender, seq, frame) in log {
+        for (sender, seq, record) in log {
             if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
                 continue;
             }
+            // A text the history no longer gives back leaves the message out.
+            let text = record.text_of().and_then(&text_of);
+            let Some(frame) = record.frame(text.as_deref()) else {
+                continue;
+            };
             if sender == me && self.withheld(&frame) {
                 continue;
             }

@@ -43,24 +43,24 @@ impl Rooms {
         if stored(&id) {
             return GossipVerdict::Ignore;
         }
-        match self.receive(id, message, frame, now) {
+        match self.receive(id, (message, envelope.signature), frame, now) {
             Ok(()) => GossipVerdict::Accept,
             Err(RoomReject::Held | RoomReject::Stale) => GossipVerdict::Ignore,
             Err(RoomReject::Invalid(reason)) => GossipVerdict::Reject(reason),
         }
     }
 
-    /// Takes in a room message whose envelope was verified and which we have not seen before;
-    /// on success it is handed out as [`Output::Read`]. `Held` while its sender's key is still
-    /// to come.
+    /// Takes in a room message (`envelope`: its body and signature, as in `frame`) whose
+    /// envelope was verified and which we have not seen before; on success it is handed out as
+    /// [`Output::Read`]. `Held` while its sender's key is still to come.
     pub fn receive(
         &mut self,
         id: MessageId,
-        message: RoomMessage,
+        envelope: (RoomMessage, Signature),
         frame: Vec<u8>,
         now: u64,
     ) -> Result<(), RoomReject> {
-        let result = self.open(id, message, frame, now);
+        let result = self.open(id, envelope, frame, now);
         if let Err(RoomReject::Invalid(_)) = &result {
             self.rejected += 1;
         }
@@ -70,7 +70,7 @@ impl Rooms {
     fn open(
         &mut self,
         id: MessageId,
-        message: RoomMessage,
+        (message, signature): (RoomMessage, Signature),
         frame: Vec<u8>,
         now: u64,
     ) -> Result<(), RoomReject> {
@@ -87,13 +87,13 @@ impl Rooms {
         if message.sender == me {
             return Err(RoomReject::Invalid("my own message".into()));
         }
-        let plaintext = match &mut room.keys {
+        let opened = match &mut room.keys {
             RoomCrypto::Private(keys) => {
                 let epoch = keys.check_epoch(message.message.epoch, clock);
                 if !keys.is_member_device(&message.sender, &self.roster) {
                     if epoch == Err(CryptoError::FutureEpoch) {
                         // Added by an update we have not seen: held while we ask for it.
-                        self.hold(id, message, frame, true, now);
+                        self.hold(id, (message, signature), frame, true, now);
                         return Err(RoomReject::Held);
                     }
                     let early = self.early_keys.get(&room_id);
@@ -102,7 +102,7 @@ impl Rooms {
                         // (just linked, say): held until the list says whose it is. Or a
                         // member removed by an update it missed: handed it, so it stops.
                         self.hand_membership_to_stale_sender(room_id, message.sender, now);
-                        self.hold(id, message, frame, false, now);
+                        self.hold(id, (message, signature), frame, false, now);
                         return Err(RoomReject::Held);
                     }
                     // Removed by an update it has not seen: hand it over, so it stops.
@@ -120,11 +120,14 @@ impl Rooms {
                             "signed with a key the sender did not give us".into(),
                         ));
                     }
-                    Some(_) if !behind => {
-                        keys.decrypt(&message.sender, &message.message, clock, &self.roster)
-                    }
+                    Some(_) if !behind => keys.decrypt_keeping_key(
+                        &message.sender,
+                        &message.message,
+                        clock,
+                        &self.roster,
+                    ),
                     _ => {
-                        self.hold(id, message, frame, behind, now);
+                        self.hold(id, (message, signature), frame, behind, now);
                         return Err(RoomReject::Held);
                     }
                 }
@@ -132,10 +135,10 @@ impl Rooms {
             RoomCrypto::Public {
                 secret, received, ..
             } => public_sender_key(secret, received, &message)?
-                .decrypt(&message.message, &public_ad(&room_id, &message.sender)),
+                .decrypt_keeping_key(&message.message, &public_ad(&room_id, &message.sender)),
         }
         .map_err(|e| RoomReject::Invalid(format!("cannot decrypt: {e}")))?;
-        let read = Self::read(room, id, &message, &plaintext, frame)?;
+        let read = Self::read(room, id, (&message, signature), opened, frame)?;
         // The receiving chain that moved is written a moment later, not with every message: a
         // chain that restarts a little behind only derives forward again (replays are caught
         // by the message index first), and the room is most of what a message would write.

@@ -126,8 +126,18 @@ impl Members {
     }
 
     /// Member `i` seals `text` for the team room; the frame is returned to be handed round.
-    fn seal(&mut self, i: usize, text: &str) -> (MessageId, RoomMessage, Vec<u8>) {
-        let id = self.rooms[i].writable(&team()).unwrap();
+    fn seal(&mut self, i: usize, text: &str) -> (MessageId, (RoomMessage, Signature), Vec<u8>) {
+        self.seal_in(i, &team(), text)
+    }
+
+    /// [`Members::seal`] for room `room`.
+    fn seal_in(
+        &mut self,
+        i: usize,
+        room: &RoomName,
+        text: &str,
+    ) -> (MessageId, (RoomMessage, Signature), Vec<u8>) {
+        let id = self.rooms[i].writable(room).unwrap();
         let content = Content {
             sent_at_ms: self.now,
             stamp: Stamp(self.now),
@@ -143,7 +153,7 @@ impl Members {
         let Body::Room(message) = envelope.body else {
             unreachable!()
         };
-        (sealed.id, message, sealed.frame)
+        (sealed.id, (message, envelope.signature), sealed.frame)
     }
 
     /// `i` sends `text` to every other member's machine; returns what each said.
@@ -504,6 +514,53 @@ fn commands_refuse_what_a_member_may_not_do() {
     ));
 }
 
+/// The last message `rooms` read, as it handed it out.
+fn last_read(rooms: &mut Rooms) -> Box<ReadMessage> {
+    std::iter::from_fn(|| rooms.poll_output())
+        .filter_map(|output| match output {
+            Output::Read(read) => Some(read),
+            _ => None,
+        })
+        .last()
+        .unwrap()
+}
+
+#[test]
+fn a_text_read_is_logged_without_its_text_and_made_whole_again_from_it() {
+    let mut net = Members::new(2);
+    net.team();
+    let public = RoomName::new("lobby").unwrap();
+    for i in 0..2 {
+        net.rooms[i]
+            .join_public(&public, net.now, &mut net.rng)
+            .unwrap();
+    }
+    net.settle();
+    let text = "a line worth keeping once ".repeat(40);
+    for room in [team(), public] {
+        let (id, envelope, frame) = net.seal_in(0, &room, &text);
+        net.rooms[1]
+            .receive(id, envelope, frame.clone(), net.now)
+            .unwrap();
+        let read = last_read(&mut net.rooms[1]);
+        assert_eq!(read.log.text_of(), Some(&id), "{room}");
+        // As the store keeps it: a few hundred bytes, not the text again.
+        let kept = codec::encode(&read.log).unwrap();
+        assert!(
+            kept.len() + text.len() < frame.len() + 300,
+            "{room}: {}",
+            kept.len()
+        );
+        let kept: LogRecord = codec::decode(&kept).unwrap();
+        // Given the history's text, the very frame that came.
+        assert_eq!(kept.frame(Some(&read.text)), Some(frame), "{room}");
+        // Without it, nothing; with another text, a frame whose signature fails.
+        assert_eq!(kept.frame(None), None);
+        let altered = kept.frame(Some("another line")).unwrap();
+        assert!(Envelope::from_bytes(&altered).is_err(), "{room}");
+    }
+}
+
 #[test]
 fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
     let mut net = Members::new(2);
@@ -520,26 +577,26 @@ fn gap_fill_answers_what_the_asker_lacks_and_nothing_to_outsiders() {
     };
     let waiting = net.rooms[0].seal(room, &content).unwrap();
     frames.push(waiting.frame);
-    let log: Vec<([u8; 32], u64, Vec<u8>)> = frames
+    let log: Vec<([u8; 32], u64, LogRecord)> = frames
         .iter()
         .enumerate()
-        .map(|(i, f)| (ann, i as u64 + 1, f.clone()))
+        .map(|(i, f)| (ann, i as u64 + 1, LogRecord::Frame(f.clone())))
         .collect();
     // Ben holds 1 and 3: his cursor says 1, so 2 and 3 come.
     let request = gap_fill::request(room, [(ann, 1), (ann, 3)]);
     assert_eq!(request.cursors[0].have_through, 1);
     // Our own fourth, not yet durable, stays back.
-    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone());
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |_| None);
     assert_eq!(answer.envelopes.len(), 2);
     assert!(!answer.more);
     // Durable, it leaves too.
     net.rooms[0].settled(&waiting.id);
-    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone());
+    let answer = net.rooms[0].answer_gap_fill(&ben, &request, log.clone(), |_| None);
     assert_eq!(answer.envelopes.len(), 3);
     let outsider = Identity::from_secret_bytes(&[9; 32]).public();
     assert!(
         net.rooms[0]
-            .answer_gap_fill(&outsider, &request, log)
+            .answer_gap_fill(&outsider, &request, log, |_| None)
             .envelopes
             .is_empty()
     );
