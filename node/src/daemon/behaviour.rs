@@ -109,7 +109,16 @@ pub(crate) fn build_swarm(identity: &Identity, use_mdns: bool) -> anyhow::Result
                 stream: libp2p_stream::Behaviour::new(),
             })
         })?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(|config| {
+            // A stream we open for one protocol (the last we propose) sends its first bytes
+            // along with the protocol's name, rather than after the peer has echoed it
+            // (multistream-select's 0-RTT variant; the wire format is V1's). Each direct
+            // message's delivery opens a stream, and that echo was ~120 µs of its round trip
+            // here (BENCHMARKS.md).
+            config
+                .with_idle_connection_timeout(Duration::from_secs(120))
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }

@@ -70,7 +70,7 @@ impl Node {
     /// undecodable: lost; the read failed: this attempt failed).
     fn outbox_envelope(&mut self, id: MessageId) -> Option<Envelope> {
         let lost = match self.store.get::<OutboxItem>(StateKey::Outbox(id)) {
-            Ok(Some(item)) => match Envelope::from_bytes(&item.frame) {
+            Ok(Some(item)) => match Envelope::from_own_bytes(&item.frame) {
                 Ok(envelope) => return Some(envelope),
                 Err(err) => {
                     tracing::error!("outbox item {id} is unreadable: {err}");
