@@ -216,7 +216,8 @@ pub enum StateKey<'a> {
     Peer([u8; 32]),
     /// My last sequence number in a conversation.
     Seq(ConversationId),
-    /// A room message's signed envelope, by room, sender and sequence number (for gap fill).
+    /// What a room's log keeps of a message (its [`LogRecord`]), by room, sender and sequence
+    /// number (for gap fill).
     RoomLog(RoomId, [u8; 32], u64),
     /// A room message of mine not yet handed to gossip.
     RoomUnsent(MessageId),
@@ -577,7 +578,7 @@ impl Store {
     /// bytes do (BENCHMARKS.md). Instead the writes go in an order that a crash cannot leave
     /// half done, since sled recovers a prefix of its log: first a note of what is about to be
     /// written ([`Recording`], one key for up to [`RECORDING_AT_ONCE`] messages), then per
-    /// message its history entry, `batch` (what the message carries: its frame for gap fill, a
+    /// message its history entry, `batch` (what the message carries: its log record for gap fill, a
     /// file offer) and its index entry last, which marks it as known. A message the crash cut
     /// short is taken out again when the store opens ([`Store::undo_cut_short`]), so it is simply
     /// not known and comes back by gap fill. So `batch` must hold only what the message brings,
@@ -673,7 +674,7 @@ impl Store {
                 if decode::<HistoryEntry>("history", &bytes).is_ok_and(|held| held.id == message.id)
                 {
                     // Its history entry went first: without one, nothing of it was written, and
-                    // a carried key (a frame by sender and seq) may be another message's.
+                    // a carried key (a log record by sender and seq) may be another message's.
                     history.remove(order.to_key_bytes())?;
                     for carried in &message.carried {
                         self.state.remove(carried.as_slice())?;
@@ -993,25 +994,25 @@ impl Store {
 
     /// `(sender, seq)` of every message in a room's log, in order.
     pub fn room_log_index(&self, room: &RoomId) -> Vec<([u8; 32], u64)> {
-        let prefix = StateKey::RoomLog(*room, [0; 32], 0).bytes();
-        let prefix = &prefix[..1 + room.0.len()];
-        (self.state.scan_prefix(prefix).keys())
+        (self.state.scan_prefix(room_log_prefix(room)).keys())
             .filter_map(|key| log_key_parts(&key.ok()?))
             .collect()
     }
 
-    /// `(sender, seq, record)` of every message in a room's log, in order. Records that do not
-    /// decode are left out (gap fill asks another member).
-    pub fn room_log(&self, room: &RoomId) -> Vec<([u8; 32], u64, LogRecord)> {
-        let prefix = StateKey::RoomLog(*room, [0; 32], 0).bytes();
-        let prefix = &prefix[..1 + room.0.len()];
-        (self.state.scan_prefix(prefix))
+    /// `(sender, seq, record)` of every message in a room's log, in order, as it is read; each
+    /// record is decoded only when called for (`None` if it does not decode: gap fill leaves it
+    /// to another member).
+    pub fn room_log(
+        &self,
+        room: &RoomId,
+    ) -> impl Iterator<Item = ([u8; 32], u64, impl FnOnce() -> Option<LogRecord>)> + '_ {
+        self.state
+            .scan_prefix(room_log_prefix(room))
             .filter_map(|item| {
                 let (key, value) = item.ok()?;
                 let (sender, seq) = log_key_parts(&key)?;
-                Some((sender, seq, decode_log_record(&value)?))
+                Some((sender, seq, move || decode_log_record(&value)))
             })
-            .collect()
     }
 
     /// Makes everything written so far durable. Blocks; the daemon calls it from one place at a
@@ -1022,6 +1023,13 @@ impl Store {
     }
 }
 
+/// Where room `room`'s [`StateKey::RoomLog`] keys start.
+fn room_log_prefix(room: &RoomId) -> Vec<u8> {
+    let mut prefix = StateKey::RoomLog(*room, [0; 32], 0).bytes();
+    prefix.truncate(1 + room.0.len());
+    prefix
+}
+
 /// `(sender, seq)` of a [`StateKey::RoomLog`] key.
 fn log_key_parts(key: &[u8]) -> Option<([u8; 32], u64)> {
     let sender: [u8; 32] = key.get(33..65)?.try_into().ok()?;
@@ -1030,8 +1038,9 @@ fn log_key_parts(key: &[u8]) -> Option<([u8; 32], u64)> {
 }
 
 /// A room log record; or, written before records, a bare frame (as [`LogRecord::Frame`]). The
-/// two cannot be mistaken for each other: a bare frame starts with its length, at least its
-/// envelope's hundreds of bytes, where a record starts with its variant, 0 or 1.
+/// two cannot be mistaken for each other: after the codec's version byte, a bare frame goes on
+/// with its length (an envelope's hundreds of bytes: one byte of at least 2, or the marker of a
+/// longer one), a record with its variant, 0 or 1.
 fn decode_log_record(bytes: &[u8]) -> Option<LogRecord> {
     codec::decode::<LogRecord>(bytes)
         .or_else(|_| codec::decode::<Vec<u8>>(bytes).map(LogRecord::Frame))

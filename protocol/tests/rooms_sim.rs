@@ -567,8 +567,8 @@ impl Sim {
             let key = self.members[asker].identity.public();
             let answering = self.members[peer].identity.public();
             let disk = &self.members[peer].disk;
-            let log =
-                (disk.log.iter()).map(|((sender, seq), record)| (*sender, *seq, record.clone()));
+            let log = (disk.log.iter())
+                .map(|((sender, seq), record)| (*sender, *seq, move || Some(record.clone())));
             let text_of = |id: &MessageId| disk.texts.get(id).cloned();
             let rooms = self.members[peer].rooms.as_ref().unwrap();
             let answer = rooms.answer_gap_fill(&key, &request, log, text_of);

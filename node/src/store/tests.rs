@@ -505,8 +505,7 @@ fn a_room_log_reads_records_and_frames_written_before_them() {
     store.apply(&batch).unwrap();
     let log: Vec<_> = store
         .room_log(&room)
-        .into_iter()
-        .map(|(sender, seq, record)| (sender, seq, record.frame(None)))
+        .map(|(sender, seq, record)| (sender, seq, record().and_then(|r| r.frame(None))))
         .collect();
     assert_eq!(
         log,

@@ -330,7 +330,7 @@ impl MessageKey {
     /// The ciphertext of `message` (whose own ciphertext is not read), made again from the
     /// `plaintext` and `associated_data` it was sealed with: sealing under a one-use key is
     /// deterministic, so the same inputs give the same bytes.
-    pub fn reseal(
+    pub(crate) fn reseal(
         &self,
         message: &SenderKeyMessage,
         associated_data: &[u8],

@@ -67,7 +67,8 @@ impl Node {
     }
 
     /// The stored envelope of outbox item `id`; the planner hears if it cannot be had (gone or
-    /// undecodable: lost; the read failed: this attempt failed).
+    /// undecodable: lost; the read failed: this attempt failed). Its signature is not checked
+    /// again (we made it): one the disk damaged is the recipient's to refuse, like any other.
     fn outbox_envelope(&mut self, id: MessageId) -> Option<Envelope> {
         let lost = match self.store.get::<OutboxItem>(StateKey::Outbox(id)) {
             Ok(Some(item)) => match Envelope::from_own_bytes(&item.frame) {

@@ -118,15 +118,16 @@ impl Rooms {
     }
 
     /// The answer to `asker`'s gap fill request, from our room `log` in order (`(sender, seq,
-    /// record)`; `text_of` gives a message's text from the history, for a record kept without
-    /// it): what it lacks, at most [`MAX_GAP_FILL`] envelopes and half a frame's bytes, `more`
-    /// if there is more. Nothing for one who is not a member. Our own not yet durable leave
-    /// with their publish, not before.
-    pub fn answer_gap_fill(
+    /// record)`, a record read only for a message the asker lacks; `text_of` gives a message's
+    /// text from the history, for a record kept without it): what it lacks, at most
+    /// [`MAX_GAP_FILL`] envelopes and half a frame's bytes, `more` if there is more. Nothing,
+    /// and nothing read, for one who is not a member. Our own not yet durable leave with their
+    /// publish, not before.
+    pub fn answer_gap_fill<Record: FnOnce() -> Option<LogRecord>>(
         &self,
         asker: &VerifyingKey,
         request: &GapFillRequest,
-        log: impl IntoIterator<Item = ([u8; 32], u64, LogRecord)>,
+        log: impl IntoIterator<Item = ([u8; 32], u64, Record)>,
         text_of: impl Fn(&MessageId) -> Option<String>,
     ) -> GapFillResponse {
         let mut response = GapFillResponse {
@@ -151,7 +152,10 @@ impl Rooms {
             if seq <= have.get(&sender).copied().unwrap_or(0) || sender == asker.to_bytes() {
                 continue;
             }
-            // A text the history no longer gives back leaves the message out.
+            // A record or text the store no longer gives back leaves the message out.
+            let Some(record) = record() else {
+                continue;
+            };
             let text = record.text_of().and_then(&text_of);
             let Some(frame) = record.frame(text.as_deref()) else {
                 continue;

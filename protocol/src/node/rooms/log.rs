@@ -6,8 +6,10 @@
 //! ciphertext left out, the content with its text left out, and the message's own key, from
 //! which [`LogRecord::frame`] makes the frame again, byte for byte, given the text. Sealing under
 //! a one-use key is deterministic, and the signature covers the rest. A record is only kept so if
-//! making it again gave the very frame that came ([`LogRecord::of_text`]); anything else (a file
-//! offer, our own messages, a sender whose encoding we would not reproduce) keeps its frame.
+//! making it again gave the very frame that came ([`LogRecord::of_text`]), and a frame made again
+//! is only handed out if it is that message (its id): never a second ciphertext under the key.
+//! Anything else (a file offer, a sender whose encoding we would not reproduce) keeps its frame.
+//! Records so kept depend on the encoding staying as it is; a test pins it.
 //!
 //! The key opens that one message only, and sits beside its plaintext in the same store, so
 //! keeping it reveals nothing the history does not.
@@ -95,7 +97,8 @@ impl LogRecord {
     }
 
     /// The message's frame: as kept, or made again from its `text` (see [`LogRecord::text_of`]).
-    /// `None` if it needs a text and has none, or the text cannot be sealed.
+    /// `None` if it needs a text and has none, or that text does not make this very message
+    /// again.
     pub fn frame(&self, text: Option<&str>) -> Option<Vec<u8>> {
         match self {
             LogRecord::Frame(frame) => Some(frame.clone()),
@@ -123,6 +126,7 @@ impl WithoutText {
             body: Body::Room(message),
             signature: self.signature,
         };
-        envelope.to_bytes().ok()
+        let frame = envelope.to_bytes().ok()?;
+        (MessageId::of_frame(&frame) == self.id).then_some(frame)
     }
 }
