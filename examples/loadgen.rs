@@ -70,6 +70,11 @@ pub(crate) struct Args {
     /// Messages in flight at once (a message is in flight until every other peer has it).
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// Publish calls each peer has outstanding at once, on both networks (Palaver: that many
+    /// control connections, whose `room.send`s share flushes). 1: each sender waits for its last
+    /// call's answer before the next, as a simple script does.
+    #[arg(long, default_value_t = 1)]
+    callers: usize,
     /// Direct-message round trips per path (direct, relayed).
     #[arg(long, default_value_t = 200)]
     dms: usize,
@@ -148,8 +153,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut report = json!({});
     eprintln!(
-        "loadgen: {} peers, {} B messages, {} messages per network in {} rounds, window {}",
-        args.peers, args.size, args.messages, args.rounds, args.window
+        "loadgen: {} peers, {} B messages, {} messages per network in {} rounds, window {}, \
+         {} caller(s) a peer",
+        args.peers, args.size, args.messages, args.rounds, args.window, args.callers
     );
     if args.runs("room") || args.runs("dm") {
         let (room, dm) = room::run(args, args.peers, args.messages, args.runs("dm")).await?;

@@ -88,11 +88,14 @@ impl Baseline {
         Ok(baseline)
     }
 
-    pub(crate) fn publishers(&self) -> Vec<Publisher> {
-        self.publish
-            .iter()
-            .cloned()
-            .map(Publisher::Gossip)
+    /// `callers` publishers per swarm (each answered once its publish has returned).
+    pub(crate) fn publishers(&self, callers: usize) -> Vec<Vec<Publisher>> {
+        (self.publish.iter())
+            .map(|tx| {
+                (0..callers.max(1))
+                    .map(|_| Publisher::Gossip(tx.clone()))
+                    .collect()
+            })
             .collect()
     }
 

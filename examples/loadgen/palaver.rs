@@ -193,11 +193,15 @@ impl Palaver {
         Ok(())
     }
 
-    /// One control connection per room member, for `room.send`.
-    pub(crate) async fn publishers(&self) -> anyhow::Result<Vec<Publisher>> {
+    /// `callers` control connections per room member, for `room.send`.
+    pub(crate) async fn publishers(&self, callers: usize) -> anyhow::Result<Vec<Vec<Publisher>>> {
         let mut publishers = Vec::new();
         for socket in &self.sockets[..self.listeners.len()] {
-            publishers.push(Publisher::Rpc(Client::connect(socket).await?));
+            let mut peer = Vec::new();
+            for _ in 0..callers.max(1) {
+                peer.push(Publisher::Rpc(Client::connect(socket).await?));
+            }
+            publishers.push(peer);
         }
         Ok(publishers)
     }

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use palaver_node::rpc;
 use serde_json::{Value, json};
@@ -28,7 +29,7 @@ pub(crate) struct Delivery {
     pub(crate) at: Instant,
 }
 
-/// How a sender task publishes.
+/// How a sender task publishes: one call outstanding on each (a peer's task may hold several).
 pub(crate) enum Publisher {
     /// `room.send` on the daemon's control socket.
     Rpc(rpc::Client),
@@ -39,6 +40,12 @@ pub(crate) enum Publisher {
 }
 
 impl Publisher {
+    /// [`Publisher::publish`], handing the publisher back for the next call.
+    async fn publish_owned(mut self, text: String) -> (Self, anyhow::Result<()>) {
+        let published = self.publish(text).await;
+        (self, published)
+    }
+
     async fn publish(&mut self, text: String) -> anyhow::Result<()> {
         match self {
             Publisher::Rpc(client) => {
@@ -118,40 +125,60 @@ struct RoundResult {
 /// How long a round may go without any delivery before the rest count as missing.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Runs one round: `count` messages of `size` bytes, at most `window` in flight.
+/// Runs one round: `count` messages of `size` bytes, at most `window` in flight, each peer
+/// publishing through its publishers, one call outstanding on each.
 async fn round(
-    publishers: Vec<Publisher>,
+    publishers: Vec<Vec<Publisher>>,
     deliveries: &mut mpsc::Receiver<Delivery>,
     number: u32,
     count: usize,
     size: usize,
     window: usize,
     progress: &ProgressBar,
-) -> (Vec<Publisher>, RoundResult) {
+) -> (Vec<Vec<Publisher>>, RoundResult) {
     let peers = publishers.len();
     let window = Arc::new(Semaphore::new(window));
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; count]));
     let start = Instant::now();
     let mut senders = Vec::new();
-    for (index, mut publisher) in publishers.into_iter().enumerate() {
+    for (index, mut idle) in publishers.into_iter().enumerate() {
         let window = window.clone();
         let sent = sent.clone();
         senders.push(tokio::spawn(async move {
+            let mut busy = futures::stream::FuturesUnordered::new();
+            let mut failed = false;
             for seq in (index..count).step_by(peers) {
+                // A publisher free first, then a place in the window.
+                if idle.is_empty()
+                    && let Some((publisher, published)) = busy.next().await
+                {
+                    idle.push(publisher);
+                    failed |= report_failure(index, published);
+                }
+                if failed {
+                    break;
+                }
+                let Some(publisher) = idle.pop() else {
+                    break;
+                };
                 match window.acquire().await {
                     Ok(permit) => permit.forget(),
-                    Err(_) => break,
+                    Err(_) => {
+                        idle.push(publisher);
+                        break;
+                    }
                 }
                 let text = payload(number, seq as u32, index as u16, size);
                 if let Ok(mut sent) = sent.lock() {
                     sent[seq] = Some(Instant::now());
                 }
-                if let Err(err) = publisher.publish(text).await {
-                    eprintln!("peer {index}: publish failed: {err}");
-                    break;
-                }
+                busy.push(publisher.publish_owned(text));
             }
-            publisher
+            while let Some((publisher, published)) = busy.next().await {
+                idle.push(publisher);
+                report_failure(index, published);
+            }
+            idle
         }));
     }
     // Which receivers each message has reached (bit per peer).
@@ -214,6 +241,17 @@ async fn round(
     )
 }
 
+/// Whether a publish failed (and says so).
+fn report_failure(peer: usize, published: anyhow::Result<()>) -> bool {
+    match published {
+        Ok(()) => false,
+        Err(err) => {
+            eprintln!("peer {peer}: publish failed: {err}");
+            true
+        }
+    }
+}
+
 /// Which sender → receiver pairs lost messages, most first (a stalled round's diagnosis).
 fn report_missing(number: u32, reached: &[u64], everyone: u64, peers: usize) {
     let mut pairs = std::collections::BTreeMap::<(usize, u32), usize>::new();
@@ -271,8 +309,8 @@ pub(crate) async fn run(
         setup.elapsed()
     );
 
-    let mut palaver_publishers = palaver.publishers().await?;
-    let mut baseline_publishers = baseline.publishers();
+    let mut palaver_publishers = palaver.publishers(args.callers).await?;
+    let mut baseline_publishers = baseline.publishers(args.callers);
     // Warm-up: sender keys, meshes, connection windows; not counted.
     let warm = (peers * 10).min(per_round);
     let hidden = ProgressBar::hidden();

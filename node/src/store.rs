@@ -569,9 +569,11 @@ impl Store {
         committed(result)
     }
 
-    /// Records received messages of one conversation, each with what goes with it (`batch`,
-    /// written only for an entry that is new), and `always` (written first: it may only move
-    /// forward, like the clock): which were new.
+    /// Records messages of one conversation (received room messages, and our own room sends),
+    /// each with what goes with it (`batch`, written only for an entry that is new), and
+    /// `always`, written first and kept whatever follows: what only moves forward, like the
+    /// clock, or our room's chain when we seal (it must never go back, or a key would seal
+    /// twice). Which were new.
     ///
     /// Plain writes, not a transaction: sled seals and writes its log buffer twice for every
     /// batch or transaction, which made a received room message cost several times what its

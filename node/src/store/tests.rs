@@ -520,3 +520,41 @@ fn a_room_log_reads_records_and_frames_written_before_them() {
         [([1; 32], 1), ([1; 32], 2), ([2; 32], 1)]
     );
 }
+
+/// Our own room send, cut short by a crash: the message and what it brought are taken out at
+/// open, and what the send moved on (the room's chain, the sequence number) stays, so no key
+/// seals twice and no sequence number is used twice.
+#[test]
+fn a_send_cut_short_keeps_what_it_moved_on_and_loses_only_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = RoomId([6; 32]);
+    let conv = ConversationId::Room(room);
+    let mine = entry(conv, 12, 5, "mine, being sent");
+    let mut moved_on = StateBatch::default();
+    moved_on
+        .put(StateKey::Meta("chain"), &7u32)
+        .put(StateKey::Seq(conv), &5u64);
+    let mut brings = StateBatch::default();
+    brings
+        .put(
+            StateKey::RoomLog(room, mine.sender, 5),
+            &LogRecord::Frame(vec![4; 200]),
+        )
+        .put(StateKey::RoomUnsent(mine.id), &vec![4u8; 200]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let new = store
+            .record_in_order(&conv, &[(&mine, &brings)], &moved_on)
+            .unwrap();
+        assert_eq!(new, [true]);
+        store.state.remove(index_key(&mine.id)).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::reopen(dir.path());
+    assert!(!store.contains(&mine.id).unwrap());
+    assert!(store.history(&conv, 10).unwrap().is_empty());
+    assert!(store.room_log_index(&room).is_empty());
+    assert!(!store.holds(StateKey::RoomUnsent(mine.id)));
+    assert_eq!(store.get::<u32>(StateKey::Meta("chain")).unwrap(), Some(7));
+    assert_eq!(store.get::<u64>(StateKey::Seq(conv)).unwrap(), Some(5));
+}

@@ -251,25 +251,39 @@ impl Node {
             seq,
             status: Status::Sending,
         };
-        let mut batch = StateBatch::default();
-        batch
+        // Plain writes in a crash-safe order, not a transaction (`Store::record_in_order`; a
+        // transaction's log writes were most of a send's cost): first what the send moved on,
+        // kept whatever follows — the room, whose chain moved (so that a crash can never seal
+        // twice under one key), the clock and our sequence number — then the message with what
+        // it brings, which a crash cut short takes out again (members then see our sequence
+        // number skip one, the honest trace of a send that never finished). Nothing of it
+        // leaves before the flush that follows.
+        let mut moved_on = StateBatch::default();
+        moved_on
             .put(StateKey::Meta(crate::daemon::direct::CLOCK_META), &stamp)
-            .put(StateKey::Seq(conversation), &seq)
-            .put(log_key(&room, &me, seq), &sealed.log)
-            .put(
-                StateKey::RoomUnsent(sealed.id),
-                &(room, sealed.frame.clone(), sealed.id),
-            );
+            .put(StateKey::Seq(conversation), &seq);
+        self.persist_room(&room, &mut moved_on);
+        let mut brings = StateBatch::default();
+        brings.put(log_key(&room, &me, seq), &sealed.log).put(
+            StateKey::RoomUnsent(sealed.id),
+            &(room, sealed.frame.clone(), sealed.id),
+        );
         if let (Some(offer), Some(path)) = (&offer, &served_from) {
             let audience = palaver_protocol::node::files::Audience::Room(room);
-            Self::put_served(&mut batch, sealed.id, offer, audience, path);
+            Self::put_served(&mut brings, sealed.id, offer, audience, path);
         }
-        // The chain moved: the room is written with the message.
-        self.persist_room(&room, &mut batch);
-        if let Err(err) = self.store.record(&entry, &batch) {
+        let stored = self
+            .store
+            .record_in_order(&conversation, &[(&entry, &brings)], &moved_on);
+        let failed = match stored {
+            Ok(new) if new == [true] => None,
+            Ok(_) => Some("its place in the history is flooded".to_owned()),
+            Err(err) => Some(SendFailed::NotStored(err).to_string()),
+        };
+        if let Some(failed) = failed {
             // Never published: it waits for no flush.
             self.state.rooms.settled(&sealed.id);
-            return Err(RpcError::failed(SendFailed::NotStored(err).to_string()));
+            return Err(RpcError::failed(failed));
         }
         Ok((room, sealed.frame, sealed.id))
     }
