@@ -320,9 +320,10 @@ impl ReceivedSenderKey {
 }
 
 /// One room message's own key, handed out by [`SenderKey::encrypt_keeping_key`] and
-/// [`ReceivedSenderKey::decrypt_keeping_key`] to a caller that keeps the plaintext and wants the ciphertext back later without storing it
-/// (the room log, for gap fill). It opens that one message only — message keys come one way off
-/// the chain — so beside the plaintext it reveals nothing more. Wiped on drop.
+/// [`ReceivedSenderKey::decrypt_keeping_key`] to a caller that keeps the plaintext and wants the
+/// ciphertext back later without storing it (the room log, for gap fill). It opens that one
+/// message only — message keys come one way off the chain — so beside the plaintext it reveals
+/// nothing more. Wiped on drop.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct MessageKey(SecretKey);
 

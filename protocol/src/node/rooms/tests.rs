@@ -1268,7 +1268,14 @@ fn a_joiner_asks_the_owner_for_the_membership_an_update_that_overtook_its_invita
 
 /// A text message's log record as this version keeps it: `"pinned"`, from ann in a private
 /// room, as ben's machine logged it (made with this file's `Members`).
-const PINNED_RECORD: &str = "01011c236fbe7228ab86423e33947a47d696c8824f64fee6d8ee20704296e23abb2519454a27b752f905909507d6160ddc888e2df8b773098ef3f7bcd321a7caa748208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c2065d13ff86516653cb7e1ea0a9341ba46410ed5efbd99f035d21f54770d0b0400fc3b9afa8c010100f200b0e9965b265ed8bdd565cd7970d502dce24560d12679b55a6dddd7d1a2d1eef7134e2331e52750fc7bd1adc4cf9ac03731dd44e85e05af8bcea3f0ca450afbe803fbe8030100006392f8d90ec41697845fa1966b7d772e2c30924a40050bf3d93d0099c23f7af100";
+const PINNED_RECORD: &str = concat!(
+    "01011c236fbe7228ab86423e33947a47d696c8824f64fee6d8ee20704296e23abb2519454a27b752f9059095",
+    "07d6160ddc888e2df8b773098ef3f7bcd321a7caa748208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d",
+    "94121bf3748801b40f6f5c2065d13ff86516653cb7e1ea0a9341ba46410ed5efbd99f035d21f54770d0b0400",
+    "fc3b9afa8c010100f200b0e9965b265ed8bdd565cd7970d502dce24560d12679b55a6dddd7d1a2d1eef7134e",
+    "2331e52750fc7bd1adc4cf9ac03731dd44e85e05af8bcea3f0ca450afbe803fbe8030100006392f8d90ec416",
+    "97845fa1966b7d772e2c30924a40050bf3d93d0099c23f7af100",
+);
 
 /// Records already on disk are made whole by later versions too: what they depend on (the
 /// codec, the envelope's and the content's encodings, the sealing) is pinned here. If this
