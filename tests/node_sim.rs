@@ -1178,7 +1178,8 @@ impl Sim {
             .disk
             .outbox
             .insert(id, (to, envelope, in_history));
-        self.save_outbox(from);
+        // As the daemon does: the outbox is not written with the message (a crash before its
+        // next `SaveOutbox` leaves a stored message the outbox does not know, taken in at start).
         self.delivery_input(from, direct::Input::Durable(id));
     }
 

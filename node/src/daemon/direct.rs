@@ -331,8 +331,7 @@ impl Node {
         batch
             .put(StateKey::Session(key.to_bytes()), &sessions)
             .put(StateKey::Meta(CLOCK_META), &stamp)
-            .put(StateKey::Outbox(id), &item)
-            .put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
+            .put(StateKey::Outbox(id), &item);
         if let Some(key) = &job.client_key {
             batch.put(StateKey::Meta(&key.state_key()), &key.record(id));
         }
