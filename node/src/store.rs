@@ -581,10 +581,11 @@ impl Store {
     /// half done, since sled recovers a prefix of its log: first a note of what is about to be
     /// written ([`Recording`], one key for up to [`RECORDING_AT_ONCE`] messages), then per
     /// message its history entry, `batch` (what the message carries: its log record for gap
-    /// fill, a file offer) and its index entry last, which marks it as known. A message the crash cut
-    /// short is taken out again when the store opens ([`Store::undo_cut_short`]), so it is simply
-    /// not known and comes back by gap fill. So `batch` must hold only what the message brings,
-    /// never state it consumed (a ratchet step): [`Store::record`] is for that.
+    /// fill, a file offer) and its index entry last, which marks it as known. A message the
+    /// crash cut short is taken out again when the store opens ([`Store::undo_cut_short`]), so
+    /// it is simply not known and comes back by gap fill. So `batch` must hold only what the
+    /// message brings, never state it consumed (a ratchet step): that goes in `always`, or
+    /// through [`Store::record`].
     pub fn record_in_order(
         &self,
         conversation: &ConversationId,

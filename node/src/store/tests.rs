@@ -19,6 +19,11 @@ fn entry(conversation: ConversationId, stamp: u64, seq: u64, text: &str) -> Hist
     }
 }
 
+/// The stamps of `entries`, in order.
+fn stamps_of(entries: &[HistoryEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.stamp.0).collect()
+}
+
 /// A sender reusing its (stamp, seq) — or stamps clamped to the same bound — cannot overwrite
 /// an earlier message: the later one is filed just after it, and both stay readable.
 #[test]
@@ -62,27 +67,12 @@ fn history_reads_back_in_stamp_order_whatever_the_arrival_order() {
                 .unwrap()
         );
     }
-    let stamps: Vec<u64> = store
-        .history(&conv, 10)
-        .unwrap()
-        .iter()
-        .map(|e| e.stamp.0)
-        .collect();
+    let stamps = stamps_of(&store.history(&conv, 10).unwrap());
     assert_eq!(stamps, vec![1, 2, 5, 256, 300]);
-    let last_two: Vec<u64> = store
-        .history(&conv, 2)
-        .unwrap()
-        .iter()
-        .map(|e| e.stamp.0)
-        .collect();
+    let last_two = stamps_of(&store.history(&conv, 2).unwrap());
     assert_eq!(last_two, vec![256, 300]);
     let before = entry(conv, 256, 256, "m").order_key();
-    let page: Vec<u64> = store
-        .history_before(&conv, Some(&before), 2)
-        .unwrap()
-        .iter()
-        .map(|e| e.stamp.0)
-        .collect();
+    let page = stamps_of(&store.history_before(&conv, Some(&before), 2).unwrap());
     assert_eq!(page, vec![2, 5]);
     assert_eq!(store.conversations(), vec![conv]);
 }
@@ -95,12 +85,7 @@ fn record_many_appends_in_order_and_skips_known_ids() {
     let page: Vec<HistoryEntry> = (1..=50).rev().map(|n| entry(conv, n, n, "m")).collect();
     assert_eq!(store.record_many(&conv, &page).unwrap(), 50);
     assert_eq!(store.record_many(&conv, &page[..10]).unwrap(), 0);
-    let stamps: Vec<u64> = store
-        .history(&conv, 100)
-        .unwrap()
-        .iter()
-        .map(|e| e.stamp.0)
-        .collect();
+    let stamps = stamps_of(&store.history(&conv, 100).unwrap());
     assert_eq!(stamps, (1..=50).collect::<Vec<_>>());
 }
 
@@ -429,12 +414,7 @@ fn a_long_import_cut_short_loses_only_the_message_it_was_writing() {
         store.flush().unwrap();
     }
     let store = Store::reopen(dir.path());
-    let stamps: Vec<u64> = store
-        .history(&conv, 200)
-        .unwrap()
-        .iter()
-        .map(|e| e.stamp.0)
-        .collect();
+    let stamps = stamps_of(&store.history(&conv, 200).unwrap());
     let expected: Vec<u64> = (1..=150).filter(|n| *n != 141).collect();
     assert_eq!(stamps, expected);
     assert_eq!(store.record_many(&conv, &page).unwrap(), 1);

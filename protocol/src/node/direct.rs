@@ -181,10 +181,10 @@ impl<R: Clone + Eq + Hash> Delivery<R> {
     }
 
     /// Takes a message that is being stored: it is not tried before [`Input::Durable`]; the
-    /// caller calls [`Delivery::cancel`] if that write fails. The outbox need not be persisted
-    /// with the message (an O(pending) write on every send): a stored message the persisted
-    /// outbox does not know is taken in at the next start ([`Delivery::new`]), due at once, and
-    /// the outbox is written at the next [`Output::SaveOutbox`].
+    /// caller calls [`Delivery::cancel`] if that write fails. The outbox (written whole) need
+    /// not go in the same write as the message: a stored message the persisted outbox does not
+    /// know is taken in at the next start ([`Delivery::new`]), due at once, and the outbox is
+    /// written at the next [`Output::SaveOutbox`].
     pub fn hold(&mut self, id: MessageId, route: Route, now: u64) -> Result<(), OutboxError> {
         self.outbox.insert_held(id, now)?;
         self.routes.insert(id, route);
