@@ -124,7 +124,17 @@ struct ChildServer {
 
 impl ChildServer {
     async fn start(args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        // `PALAVER_HEAPTRACK=1`: each server runs under heaptrack, for a heap profile (its RSS
+        // figures then read the wrapper's, not the server's).
+        let mut command = match std::env::var_os("PALAVER_HEAPTRACK") {
+            Some(_) => {
+                let mut heaptrack = tokio::process::Command::new("heaptrack");
+                heaptrack.arg(std::env::current_exe()?);
+                heaptrack
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -320,7 +330,8 @@ async fn presence(
     let targets = TARGETS.min(sessions.len() / 2);
     let watchers = WATCHERS.min((sessions.len() - targets) / targets.max(1));
     let mut sessions: Vec<_> = sessions.into_iter().map(Some).collect();
-    let (sample_tx, mut samples) = mpsc::channel::<(PresenceState, Instant)>(1 << 16);
+    // Each push seen: its state, when, and which target it was about.
+    let (sample_tx, mut samples) = mpsc::channel::<(PresenceState, Instant, usize)>(1 << 16);
     let mut watcher_tasks = Vec::new();
     for t in 0..targets {
         let target = sessions[t].as_ref().context("target")?.1.clone();
@@ -339,7 +350,7 @@ async fn presence(
             watcher_tasks.push(tokio::spawn(async move {
                 while let Some(push) = client.next_push().await {
                     if let ServerPush::Presence(PresenceRecord { state, .. }) = push
-                        && tx.send((state, Instant::now())).await.is_err()
+                        && tx.send((state, Instant::now(), t)).await.is_err()
                     {
                         break;
                     }
@@ -365,19 +376,35 @@ async fn presence(
         let sends = target_sessions
             .iter_mut()
             .map(|session| session.request(RendezvousRequest::Heartbeat { state }));
-        futures::future::join_all(sends).await;
+        let answers = futures::future::join_all(sends).await;
         let expected = targets * watchers;
         let mut got = 0;
+        let mut got_per_target = vec![0usize; targets];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while got < expected {
             match tokio::time::timeout_at(deadline, samples.recv()).await {
-                Ok(Some((s, at))) if s == state => {
+                Ok(Some((s, at, t))) if s == state => {
                     latencies.push(at - sent);
                     got += 1;
+                    got_per_target[t] += 1;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
+        }
+        if got < expected {
+            // Where they went missing, for whoever looks into it.
+            let answers: Vec<String> = answers
+                .iter()
+                .map(|a| match a {
+                    Ok(response) => format!("{response:?}").chars().take(40).collect(),
+                    Err(error) => format!("error: {error}"),
+                })
+                .collect();
+            eprintln!(
+                "presence round {round}: {got}/{expected} pushes; per target {got_per_target:?}; \
+                 heartbeat answers {answers:?}"
+            );
         }
         missing += expected - got;
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -26,6 +26,7 @@ use libp2p::{
 use palaver_protocol::wire::{RendezvousRequest, RendezvousResponse};
 
 use crate::FrameCodec;
+use crate::boxed_handler::Boxed;
 use crate::config::Limits;
 use crate::relay_meter;
 use crate::service::RelayGate;
@@ -176,7 +177,7 @@ pub(crate) fn build_swarm(
     limits: &Limits,
     gate: &RelayGate,
     relay_bytes: prometheus_client::metrics::counter::Counter,
-) -> Result<Swarm<Behaviour>, crate::ServerError> {
+) -> Result<Swarm<Boxed<Behaviour>>, crate::ServerError> {
     let build = |e: &dyn std::fmt::Display| crate::ServerError::Swarm(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -188,7 +189,7 @@ pub(crate) fn build_swarm(
             // A rendezvous is public by definition: offer the relay from the start rather than
             // waiting for autonat to confirm an external address.
             relay.set_status(Some(relay::Status::Enable));
-            Behaviour {
+            Boxed(Behaviour {
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!(
@@ -210,7 +211,7 @@ pub(crate) fn build_swarm(
                         .with_max_concurrent_streams(16),
                 ),
                 push: Default::default(),
-            }
+            })
         })
         .map_err(|e| build(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(limits.idle_connection_timeout))

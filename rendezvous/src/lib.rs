@@ -47,6 +47,7 @@ macro_rules! server_only {
 server_only! {
     pub mod admin;
     mod behaviour;
+    mod boxed_handler;
     pub mod cli;
     mod cluster;
     mod config;

@@ -28,9 +28,10 @@ use palaver_protocol::rendezvous::Millis;
 use palaver_protocol::wire::{Refusal, RefusalReason, RendezvousResponse, ServerPush};
 use prometheus_client::registry::Registry;
 use rand_core::OsRng;
-use tokio::sync::mpsc;
+use futures::channel::mpsc;
 
 use crate::behaviour::{self, Behaviour, BehaviourEvent, Inbound};
+use crate::boxed_handler::Boxed;
 use crate::clock::now_ms;
 use crate::cluster::{ClusterBus, ClusterNote, PgBus};
 use crate::config::{Config, Limits};
@@ -124,7 +125,7 @@ async fn next_note(
 
 /// A bound, listening rendezvous server.
 pub struct Server {
-    swarm: Swarm<Behaviour>,
+    swarm: Swarm<Boxed<Behaviour>>,
     service: Service,
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
@@ -448,11 +449,11 @@ impl Server {
     /// Sends the service's pushes and carries out its disconnects.
     fn carry_out(&mut self) {
         for (peer, push) in self.service.take_pushes() {
-            let counter = match self.push_queue(peer).try_send(push) {
+            let counter = match self.push_to(peer, push) {
                 Ok(()) => &self.metrics.pushes_sent,
                 // Behind by a full queue: it re-asks what it missed when it next looks.
-                Err(mpsc::error::TrySendError::Full(_)) => &self.metrics.pushes_dropped,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(full) if full.is_full() => &self.metrics.pushes_dropped,
+                Err(_) => {
                     self.push_streams.remove(&peer);
                     &self.metrics.pushes_dropped
                 }
@@ -517,7 +518,7 @@ impl Server {
             } if self.push_streams.get(&peer_id).and_then(|q| q.connection)
                 == Some(connection_id) =>
             {
-                self.open_push_stream(peer_id, None)
+                self.open_push_stream(peer_id, None);
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -608,14 +609,21 @@ impl Server {
     }
 
 
-    /// The queue of `peer`'s push stream, opened now if it has none (or its last one broke).
-    fn push_queue(&mut self, peer: PeerId) -> &mpsc::Sender<ServerPush> {
-        match self.push_streams.get(&peer) {
-            None => self.open_push_stream(peer, None),
-            Some(q) if q.queue.is_closed() => self.open_push_stream(peer, q.connection),
-            Some(_) => {}
+    /// Queues `push` for `peer`'s push stream, opened now if it has none (or its last one
+    /// broke).
+    fn push_to(
+        &mut self,
+        peer: PeerId,
+        push: ServerPush,
+    ) -> Result<(), mpsc::TrySendError<ServerPush>> {
+        match self.push_streams.get_mut(&peer) {
+            Some(q) if !q.queue.is_closed() => q.queue.try_send(push),
+            Some(q) => {
+                let connection = q.connection;
+                self.open_push_stream(peer, connection).queue.try_send(push)
+            }
+            None => self.open_push_stream(peer, None).queue.try_send(push),
         }
-        &self.push_streams[&peer].queue
     }
 
     /// `peer` logged in on `connection`: its push stream is opened there, unless it has one on
@@ -630,16 +638,23 @@ impl Server {
 
     /// Opens a new push stream to `peer` (on `connection`, or any of its connections),
     /// replacing its last, whose writer then ends: what is pushed meanwhile waits in the queue.
-    fn open_push_stream(&mut self, peer: PeerId, connection: Option<ConnectionId>) {
-        let (queue, waiting) = mpsc::channel(self.limits.max_pushes_in_flight.max(1));
+    fn open_push_stream(
+        &mut self,
+        peer: PeerId,
+        connection: Option<ConnectionId>,
+    ) -> &mut PushQueue {
+        // A channel that allocates as pushes come (tokio's takes a block of 32 at once, 1.6 KiB a
+        // session here); it holds its buffer and one more per sender, so `max` in all.
+        let max = self.limits.max_pushes_in_flight.max(1);
+        let (queue, waiting) = mpsc::channel(max - 1);
         let waiting = Some(waiting);
         let entry = PushQueue {
             queue,
             waiting,
             connection,
         };
-        self.push_streams.insert(peer, entry);
         self.swarm.behaviour_mut().push.open(peer, connection);
+        self.push_streams.entry(peer).insert_entry(entry).into_mut()
     }
 
     /// A push stream opened (or not): its writer starts on the queue that waits for it. A
@@ -722,7 +737,7 @@ struct PushQueue {
 /// keeping the connection open: the session's own requests do.
 async fn write_pushes(peer: PeerId, mut stream: libp2p::Stream, mut queued: mpsc::Receiver<ServerPush>) {
     stream.ignore_for_keep_alive();
-    while let Some(push) = queued.recv().await {
+    while let Some(push) = queued.next().await {
         if let Err(error) = crate::transport::write_push(&mut stream, &push).await {
             return tracing::debug!(%peer, %error, "a push stream closed");
         }
