@@ -62,17 +62,31 @@ impl std::fmt::Debug for ClientSession {
 
 impl ClientSession {
     /// Logs `identity` in as `name` over `client` (registering the name if the server does not
-    /// know it), and returns once the prekeys are published too.
+    /// know it), and returns once the prekeys are published too. The session says it is online
+    /// every [`HEARTBEAT`], as a node does.
     pub async fn log_in(
         client: Client,
         identity: &Identity,
         name: UserName,
         registration_token: Option<String>,
     ) -> Result<Self, SessionError> {
+        Self::log_in_heartbeating_every(client, identity, name, registration_token, HEARTBEAT).await
+    }
+
+    /// [`ClientSession::log_in`], the session saying it is online every `heartbeat`. A caller
+    /// that sets its presence by hand (a heartbeat through [`ClientSession::request`]) wants
+    /// one longer than it runs: the session's own "online" would undo an "away" sent by hand.
+    pub async fn log_in_heartbeating_every(
+        client: Client,
+        identity: &Identity,
+        name: UserName,
+        registration_token: Option<String>,
+        heartbeat: Duration,
+    ) -> Result<Self, SessionError> {
         let config = SessionConfig {
             name,
             registration_token,
-            heartbeat_ms: HEARTBEAT.as_millis() as u64,
+            heartbeat_ms: u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
             instance: OsRng.next_u64(),
         };
         let prekeys = PrekeyState::generate(&mut OsRng, identity.signing_key());
