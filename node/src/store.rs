@@ -323,6 +323,12 @@ impl StateBatch {
         self.ops.is_empty()
     }
 
+    /// `other`'s changes after these.
+    pub fn extend(&mut self, other: StateBatch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
+    }
+
     /// Applies the changes inside a transaction on the `state` tree, secrets sealed.
     fn apply_in(
         &self,
@@ -569,7 +575,8 @@ impl Store {
         committed(result)
     }
 
-    /// Records messages of one conversation (received room messages, and our own room sends),
+    /// Records messages of one conversation (received room messages, our own sends; received
+    /// direct messages through [`Store::record_received`]),
     /// each with what goes with it (`batch`, written only for an entry that is new), and
     /// `always`, written first and kept whatever follows: what only moves forward, like the
     /// clock, or our room's chain when we seal (it must never go back, or a key would seal
@@ -584,8 +591,8 @@ impl Store {
     /// fill, a file offer) and its index entry last, which marks it as known. A message the
     /// crash cut short is taken out again when the store opens ([`Store::undo_cut_short`]), so
     /// it is simply not known and comes back by gap fill. So `batch` must hold only what the
-    /// message brings, never state it consumed (a ratchet step): that goes in `always`, or
-    /// through [`Store::record`].
+    /// message brings, never state it consumed (a ratchet step): that goes in `always`, in
+    /// [`Store::record_received`]'s `consumed`, or through [`Store::record`].
     pub fn record_in_order(
         &self,
         conversation: &ConversationId,
@@ -596,6 +603,40 @@ impl Store {
         let mut new = Vec::with_capacity(entries.len());
         for part in entries.chunks(RECORDING_AT_ONCE) {
             new.extend(self.record_part_in_order(conversation, part)?);
+        }
+        Ok(new)
+    }
+
+    /// Records a direct message as it is received, in plain writes rather than
+    /// [`Store::record`]'s transaction (which costs several times what its keys do,
+    /// BENCHMARKS.md): `moved_on` first (what only moves forward, the clock), then the message
+    /// with what it `brings` as [`Store::record_in_order`] writes them, then, only if it was new,
+    /// `consumed`: the ratchet step that opened it and a one-time prekey it used up, key by key
+    /// in the order given. Whether it was new.
+    ///
+    /// A crash can leave the message stored and `consumed` (or its tail) unwritten, so the
+    /// session behind by this one message. That is safe: the message is known, so a copy of it
+    /// is acknowledged without being opened again; the ratchet behind it still opens what comes
+    /// next (a DH step taken again from the same keys derives the same chain); and nothing was
+    /// sealed with the state that was lost, since a send flushes its own writes before its
+    /// message leaves and sled keeps a prefix of its log. `consumed` must list the session
+    /// before the prekey it used up: a prekey gone with the session that used it lost would
+    /// leave the peer's next message, which carries the same initiation, unopenable. One case
+    /// heals later than it would have: a peer starting a new session whose first message is
+    /// stored and its session lost; its copies of that message are known and not opened again,
+    /// so our sends go under the old session until the peer's next message, which carries the
+    /// initiation again, starts it.
+    pub fn record_received(
+        &self,
+        entry: &HistoryEntry,
+        brings: &StateBatch,
+        consumed: &StateBatch,
+        moved_on: &StateBatch,
+    ) -> Result<bool, StoreError> {
+        let new = self.record_in_order(&entry.conversation, &[(entry, brings)], moved_on)?;
+        let new = new.first().copied().unwrap_or(false);
+        if new {
+            self.write_plain(consumed)?;
         }
         Ok(new)
     }

@@ -406,6 +406,79 @@ fn lost_first_message_does_not_lose_the_session() {
     assert_rejected(&mut bob_session, &m0, CryptoError::DuplicateMessage);
 }
 
+/// A receiver stores a message before the ratchet step that opened it (the node's plain writes,
+/// `Store::record_received`), so a crash can leave its session one message behind, or, for the
+/// first message, no session and the one-time prekey unused. What follows must still open, from
+/// that state, without a message from it lost: the stored message is known and never opened
+/// again.
+#[test]
+fn a_receiver_whose_last_step_was_lost_opens_what_follows() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let alice_identity = SigningKey::generate(&mut rng);
+    let mut bob = bob(&mut rng);
+    let mut alice =
+        Session::initiate(&mut rng, &alice_identity, &take_bundle(&mut bob.upload)).unwrap();
+    let first = send(&mut rng, &mut alice, "first");
+    let second = send(&mut rng, &mut alice, "second");
+
+    // The first message stored, then the crash: neither its session nor its used-up prekey
+    // written. The next message carries the same initiation and starts the session again.
+    let prekeys_before = bob.prekeys.clone();
+    let mut prekeys = bob.prekeys.clone();
+    let (lost, _) = Session::respond(
+        &bob.identity,
+        &mut prekeys,
+        &alice_identity.verifying_key(),
+        &first,
+    )
+    .unwrap();
+    drop(lost);
+    // The wrong order, the prekey used up and the session lost, would lose the session.
+    let mut used_up = prekeys.clone();
+    assert!(matches!(
+        Session::respond(
+            &bob.identity,
+            &mut used_up,
+            &alice_identity.verifying_key(),
+            &second,
+        ),
+        Err(CryptoError::MissingPrekey)
+    ));
+    let mut prekeys = prekeys_before;
+    let (mut bob_session, plaintext) = Session::respond(
+        &bob.identity,
+        &mut prekeys,
+        &alice_identity.verifying_key(),
+        &second,
+    )
+    .unwrap();
+    assert_eq!(plaintext, b"second");
+
+    // Established; then Alice takes a DH step, and Bob's session loses the step that opened
+    // "new chain", the first message under her new ratchet key.
+    let reply = send(&mut rng, &mut bob_session, "reply");
+    assert_eq!(receive(&mut alice, &reply), "reply");
+    let stepped = send(&mut rng, &mut alice, "new chain");
+    let behind = copy(&bob_session);
+    assert_eq!(receive(&mut bob_session, &stepped), "new chain");
+    let mut bob_session = behind;
+    // What Bob sends from the state it kept, Alice still reads; what she sends next, he reads.
+    let from_behind = send(&mut rng, &mut bob_session, "from behind");
+    assert_eq!(receive(&mut alice, &from_behind), "from behind");
+    for n in 0..3 {
+        let text = format!("after {n}");
+        assert_eq!(
+            receive(&mut bob_session, &send(&mut rng, &mut alice, &text)),
+            text
+        );
+        let back = format!("back {n}");
+        assert_eq!(
+            receive(&mut alice, &send(&mut rng, &mut bob_session, &back)),
+            back
+        );
+    }
+}
+
 #[test]
 fn a_new_initiation_from_the_peer_is_reported_as_session_mismatch() {
     let mut rng = ChaCha20Rng::seed_from_u64(11);

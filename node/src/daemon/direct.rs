@@ -310,12 +310,19 @@ impl Node {
         if let Err(err) = self.state.delivery.hold(id, route, now_ms()) {
             return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
+        // What sealing moved on, written first and kept whatever follows (a crash must not
+        // make us seal with the same key twice; nothing leaves before the flush).
+        let mut moved_on = StateBatch::default();
+        moved_on
+            .put(StateKey::Session(key.to_bytes()), &sessions)
+            .put(StateKey::Meta(CLOCK_META), &stamp);
+        // What the message brings: taken out with it if a crash cuts it short.
         let mut batch = StateBatch::default();
         // The copies this message makes are stored with it; a copy, once sealed, is taken off.
         let pending = copied
             .and_then(|payload| self.pending_copies(&payload, &name, key, (id, seq, sent_at_ms)));
         match job.copy {
-            None => batch.put(StateKey::Seq(conversation), &seq),
+            None => moved_on.put(StateKey::Seq(conversation), &seq),
             Some(copy) => {
                 match copies_left {
                     Some(Some(left)) => batch.put(StateKey::CopiesPending(copy.of), &left),
@@ -328,10 +335,7 @@ impl Node {
         if let Some(pending) = &pending {
             batch.put(StateKey::CopiesPending(id), pending);
         }
-        batch
-            .put(StateKey::Session(key.to_bytes()), &sessions)
-            .put(StateKey::Meta(CLOCK_META), &stamp)
-            .put(StateKey::Outbox(id), &item);
+        batch.put(StateKey::Outbox(id), &item);
         if let Some(key) = &job.client_key {
             batch.put(StateKey::Meta(&key.state_key()), &key.record(id));
         }
@@ -353,9 +357,13 @@ impl Node {
                     seq,
                     status: Status::Sending,
                 };
-                self.store.record(&entry, &batch).map(|_| ())
+                // In order rather than in a transaction (a copy has no text, so its change
+                // to the copies left is never carried here).
+                self.store
+                    .record_in_order(&conversation, &[(&entry, &batch)], &moved_on)
+                    .map(|_| ())
             }
-            None => self.store.apply(&batch),
+            None => self.store.apply(moved_on.extend(batch)),
         };
         if let Err(err) = committed {
             self.state.delivery.cancel(id);

@@ -375,6 +375,80 @@ fn a_message_recorded_in_order_and_cut_short_is_taken_out_at_open() {
     assert!(store.contains(&message.id).unwrap());
 }
 
+/// A received direct message: what only moves forward is written whatever happens, what it used
+/// up only once it is stored and only if it is new. Of the two states a crash can leave (set up
+/// here by hand, as the store wrote them up to the crash), a message stored and what it used up
+/// not (its index written, the session still the one before) stays known with what it brought;
+/// a message cut short before its index is taken out at open with what it brought.
+#[test]
+fn a_received_message_is_stored_before_what_opening_it_used_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = ConversationId::Direct([6; 32]);
+    let first = entry(conv, 11, 1, "hello");
+    let brings = |what: &'static str| {
+        let mut brings = StateBatch::default();
+        brings.put(StateKey::Meta(what), &1u8);
+        brings
+    };
+    let used = |step: u8| {
+        let mut consumed = StateBatch::default();
+        consumed.put(StateKey::Meta("session"), &step);
+        consumed
+    };
+    let clock = |at: u64| {
+        let mut moved_on = StateBatch::default();
+        moved_on.put(StateKey::Meta("clock"), &at);
+        moved_on
+    };
+    let session_back_to = |store: &Store, step: u8| {
+        store
+            .apply(StateBatch::default().put(StateKey::Meta("session"), &step))
+            .unwrap();
+    };
+    let (stored, cut) = (
+        entry(conv, 12, 2, "stored"),
+        entry(conv, 13, 3, "cut short"),
+    );
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let new = store.record_received(&first, &brings("first's"), &used(1), &clock(11));
+        assert!(new.unwrap());
+        assert_eq!(store.get::<u8>(StateKey::Meta("session")).unwrap(), Some(1));
+        assert_eq!(store.get::<u8>(StateKey::Meta("first's")).unwrap(), Some(1));
+        // A second copy: nothing it would use up is written, the clock still moves on.
+        let new = store.record_received(&first, &brings("first's"), &used(9), &clock(12));
+        assert!(!new.unwrap());
+        assert_eq!(store.get::<u8>(StateKey::Meta("session")).unwrap(), Some(1));
+        assert_eq!(store.get::<u64>(StateKey::Meta("clock")).unwrap(), Some(12));
+
+        // Stored, then the crash before what it used up.
+        let new = store.record_received(&stored, &brings("stored's"), &used(2), &clock(12));
+        assert!(new.unwrap());
+        session_back_to(&store, 1);
+        // Cut short before its index (so before what it used up).
+        let new = store.record_received(&cut, &brings("cut's"), &used(3), &clock(13));
+        assert!(new.unwrap());
+        store.state.remove(index_key(&cut.id)).unwrap();
+        session_back_to(&store, 1);
+        store.flush().unwrap();
+    }
+    let store = Store::reopen(dir.path());
+    assert!(store.contains(&stored.id).unwrap());
+    assert!(!store.contains(&cut.id).unwrap());
+    assert_eq!(store.history(&conv, 10).unwrap(), [first, stored]);
+    assert_eq!(
+        store.get::<u8>(StateKey::Meta("stored's")).unwrap(),
+        Some(1)
+    );
+    assert_eq!(store.get::<u8>(StateKey::Meta("cut's")).unwrap(), None);
+    assert_eq!(store.get::<u8>(StateKey::Meta("session")).unwrap(), Some(1));
+    assert_eq!(store.get::<u64>(StateKey::Meta("clock")).unwrap(), Some(13));
+    // The cut-short message comes again and is opened afresh.
+    let new = store.record_received(&cut, &brings("cut's"), &used(3), &clock(13));
+    assert!(new.unwrap());
+    assert_eq!(store.get::<u8>(StateKey::Meta("session")).unwrap(), Some(3));
+}
+
 /// Recorded in order, a message whose place another holds is filed just after it, as in a
 /// transaction.
 #[test]

@@ -102,13 +102,17 @@ impl Node {
             &direct,
             now_ms(),
         )?;
-        let mut batch = StateBatch::default();
-        batch
-            .put(StateKey::Session(sender.to_bytes()), &opened.sessions)
-            .put(StateKey::Meta(CLOCK_META), &clock.current());
+        // What opening it used up, written once the message is stored (see
+        // `Store::record_received`); the session before the prekey.
+        let mut consumed = StateBatch::default();
+        consumed.put(StateKey::Session(sender.to_bytes()), &opened.sessions);
         if let Some(prekeys) = &opened.prekeys_after {
-            crate::daemon::link::put_prekey_secrets(&mut batch, prekeys);
+            crate::daemon::link::put_prekey_secrets(&mut consumed, prekeys);
         }
+        let mut moved_on = StateBatch::default();
+        moved_on.put(StateKey::Meta(CLOCK_META), &clock.current());
+        // What the message brings with it.
+        let mut brings = StateBatch::default();
         let conversation = self.conversation_with(&sender.to_bytes())?;
         let from = self.name_of_key(&sender);
         let label = from.clone().unwrap_or_else(|| short_key(&sender));
@@ -133,9 +137,10 @@ impl Node {
                     Some(contact) => contact,
                     None => {
                         let contact = Contact::first(to_key.to_bytes());
-                        batch
-                            .put(StateKey::Contact(to.as_str()), &contact)
-                            .put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
+                        brings.put(StateKey::Contact(to.as_str()), &contact);
+                        // Kept even if the message is cut short: a key's name may be held
+                        // already, without a contact (a device list names it).
+                        moved_on.put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
                         new_contact = Some(to.clone());
                         contact
                     }
@@ -152,7 +157,9 @@ impl Node {
                     seq: opened.seq,
                     status: Status::Sent,
                 };
-                let new = self.store.record(&entry, &batch)?;
+                let new = self
+                    .store
+                    .record_received(&entry, &brings, &consumed, &moved_on)?;
                 (new.then_some(entry), None, None)
             }
             pairwise::Received::Entry { text, offer, whole } => {
@@ -162,7 +169,7 @@ impl Node {
                         sender,
                         None,
                     );
-                    batch.put(StateKey::FileIn(id), &record);
+                    brings.put(StateKey::FileIn(id), &record);
                 }
                 let entry = HistoryEntry {
                     id,
@@ -177,12 +184,15 @@ impl Node {
                     status: Status::Received,
                 };
                 // Only a new line offers its file.
-                let new = self.store.record(&entry, &batch)?;
+                let new = self
+                    .store
+                    .record_received(&entry, &brings, &consumed, &moved_on)?;
                 let offer = offer.filter(|_| new).map(|offer| (offer, whole));
                 (new.then_some(entry), None, offer)
             }
             pairwise::Received::Control(payload) => {
-                self.store.record_control(&id, &batch)?;
+                brings.extend(consumed).extend(moved_on);
+                self.store.record_control(&id, &brings)?;
                 (None, Some(*payload), None)
             }
         };
