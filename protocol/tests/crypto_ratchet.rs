@@ -421,37 +421,25 @@ fn a_receiver_whose_last_step_was_lost_opens_what_follows() {
     let first = send(&mut rng, &mut alice, "first");
     let second = send(&mut rng, &mut alice, "second");
 
-    // The first message stored, then the crash: neither its session nor its used-up prekey
-    // written. The next message carries the same initiation and starts the session again.
-    let prekeys_before = bob.prekeys.clone();
-    let mut prekeys = bob.prekeys.clone();
-    let (lost, _) = Session::respond(
-        &bob.identity,
-        &mut prekeys,
-        &alice_identity.verifying_key(),
-        &first,
-    )
-    .unwrap();
-    drop(lost);
-    // The wrong order, the prekey used up and the session lost, would lose the session.
-    let mut used_up = prekeys.clone();
-    assert!(matches!(
+    let respond = |prekeys: &mut PrekeySecrets, message: &RatchetMessage| {
         Session::respond(
             &bob.identity,
-            &mut used_up,
+            prekeys,
             &alice_identity.verifying_key(),
-            &second,
-        ),
+            message,
+        )
+    };
+
+    // The first message stored, then the crash: neither its session nor its used-up prekey
+    // written. The next message carries the same initiation and starts the session again.
+    let mut used_up = bob.prekeys.clone();
+    respond(&mut used_up, &first).unwrap();
+    // The wrong order, the prekey used up and the session lost, would lose the session.
+    assert!(matches!(
+        respond(&mut used_up, &second),
         Err(CryptoError::MissingPrekey)
     ));
-    let mut prekeys = prekeys_before;
-    let (mut bob_session, plaintext) = Session::respond(
-        &bob.identity,
-        &mut prekeys,
-        &alice_identity.verifying_key(),
-        &second,
-    )
-    .unwrap();
+    let (mut bob_session, plaintext) = respond(&mut bob.prekeys.clone(), &second).unwrap();
     assert_eq!(plaintext, b"second");
 
     // Established; then Alice takes a DH step, and Bob's session loses the step that opened
