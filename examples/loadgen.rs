@@ -51,6 +51,11 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{Value, json};
 
+/// The allocator the binaries ship with, so the load measured is theirs (the baseline runs on it
+/// too: it shares this process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Palaver's load generator (see the source's module documentation for what is measured).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen")]

@@ -13,6 +13,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use palaver_node::store::{ConversationId, HistoryEntry, Status, Store};
 use palaver_protocol::{MessageId, codec};
 
+/// The allocator the binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn entry(conversation: ConversationId, n: u64) -> HistoryEntry {
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&n.to_be_bytes());

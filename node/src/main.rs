@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use palaver_node::cli::{Cli, Command};
 
+/// mimalloc: measured faster than glibc's malloc on every path (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon says where it listens, when the rendezvous is lost or back, and why it refused

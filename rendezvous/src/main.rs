@@ -9,6 +9,11 @@ use anyhow::Context;
 use palaver_rendezvous::Server;
 use palaver_rendezvous::cli::{Admin, Args, ArgsError};
 
+/// mimalloc: more logins per second and less memory per session than glibc's malloc (see the
+/// workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = match Args::load(std::env::args_os()) {
         Ok(args) => args,
