@@ -105,7 +105,7 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Run the room rounds of one network only (`palaver` or `baseline`), for profiling.
-    #[arg(long)]
+    #[arg(long, value_parser = ["palaver", "baseline"])]
     only: Option<String>,
     /// Print one JSON object as the last line.
     #[arg(long)]

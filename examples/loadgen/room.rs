@@ -394,19 +394,24 @@ pub(crate) async fn run(
     }
     progress.finish_and_clear();
     baseline.stop();
-    let ratio = palaver_tally.msgs_per_s() / baseline_tally.msgs_per_s().max(1e-9);
     let mut room = json!({
         "peers": peers,
         "size": args.size,
         "messages": per_round * rounds,
         "palaver": palaver_tally.report(),
         "baseline": baseline_tally.report(),
-        "ratio": round3(ratio),
     });
-    room["p99_ratio"] = json!(round3(
-        room["palaver"]["p99_ms"].as_f64().unwrap_or(0.0)
-            / room["baseline"]["p99_ms"].as_f64().unwrap_or(1.0).max(1e-9)
-    ));
+    // With one network only (`--only`) there is nothing to compare: null, not a division by 0.
+    let ratio = |field: &str| match args.only {
+        Some(_) => Value::Null,
+        None => json!(round3(
+            room["palaver"][field].as_f64().unwrap_or(0.0)
+                / room["baseline"][field].as_f64().unwrap_or(1.0).max(1e-9)
+        )),
+    };
+    let (ratio, p99_ratio) = (ratio("msgs_per_s"), ratio("p99_ms"));
+    room["ratio"] = ratio;
+    room["p99_ratio"] = p99_ratio;
     eprintln!("room: {room}");
 
     let dm = if with_dm {
