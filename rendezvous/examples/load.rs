@@ -42,6 +42,10 @@ use palaver_rendezvous::{Config, Limits, Server};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Semaphore, mpsc};
 
+/// The allocator the server binary ships with, so the server measured is that one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug)]
 struct Args {
     sessions: usize,
