@@ -56,6 +56,13 @@ use serde_json::{Value, json};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// One of the room's two networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Network {
+    Palaver,
+    Baseline,
+}
+
 /// Palaver's load generator (see the source's module documentation for what is measured).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen")]
@@ -105,8 +112,8 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Run the room rounds of one network only (`palaver` or `baseline`), for profiling.
-    #[arg(long, value_parser = ["palaver", "baseline"])]
-    only: Option<String>,
+    #[arg(long)]
+    only: Option<Network>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,

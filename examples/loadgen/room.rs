@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::baseline::Baseline;
 use crate::palaver::Palaver;
 use crate::stats::{self, round3};
-use crate::{Args, dm};
+use crate::{Args, Network, dm};
 
 /// A message reaching the application on a peer.
 #[derive(Debug, Clone, Copy)]
@@ -350,8 +350,7 @@ pub(crate) async fn run(
             let on_palaver = (step == 0) == palaver_first;
             if args
                 .only
-                .as_deref()
-                .is_some_and(|only| only != ["baseline", "palaver"][usize::from(on_palaver)])
+                .is_some_and(|only| (only == Network::Palaver) != on_palaver)
             {
                 continue;
             }
