@@ -280,3 +280,46 @@ fn a_first_message_right_after_the_recipients_first_login_is_sent() -> anyhow::R
     }
     Ok(())
 }
+
+/// A sender's direct messages may leave before their flush when its sessions on disk reserve
+/// their numbers; a restart skips past the reservation. Killed and restarted twice, and stopped
+/// cleanly once, the sender keeps one conversation going both ways: every message opens, once,
+/// in order, across the gaps the restarts leave in its sending chain.
+#[test]
+fn a_sender_restarted_mid_conversation_keeps_its_session_across_the_skipped_numbers()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Rendezvous::start(&dir.path().join("rv"))?;
+    let mut alice = User::init(dir.path(), "alice")?;
+    let mut bob = User::init(dir.path(), "bob")?;
+    alice.start(&server.addr)?;
+    bob.start(&server.addr)?;
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let text = format!("round {round} message {i}");
+            ids.push(alice.send("bob", &text)?);
+            sent.push(text);
+        }
+        for id in &ids {
+            alice.wait_status("bob", id, "delivered")?;
+        }
+        match round {
+            1 => alice.stop()?,
+            _ => alice.kill(),
+        }
+        alice.start(&server.addr)?;
+    }
+    let last = alice.send("bob", "after the restarts")?;
+    sent.push("after the restarts".into());
+    alice.wait_status("bob", &last, "delivered")?;
+    assert_eq!(texts(&bob.history_with("alice")?), sent);
+    let reply = bob.send("alice", "and back")?;
+    bob.wait_status("alice", &reply, "delivered")?;
+    let next = alice.send("bob", "a new turn")?;
+    alice.wait_status("bob", &next, "delivered")?;
+    assert_eq!(copies(&bob, "alice", "a new turn"), 1);
+    assert_eq!(copies(&alice, "bob", "and back"), 1);
+    Ok(())
+}

@@ -235,6 +235,11 @@ pub(crate) struct Node {
     copies_in_flight: std::collections::HashSet<(palaver_protocol::MessageId, [u8; 32])>,
     /// Our account's device list as pinned (kept here too: every send and every copy reads it).
     own_list: Option<palaver_protocol::identity::devices::DeviceList>,
+    /// By peer, the message numbers that the durable copy of our sessions with it reserves: a
+    /// direct message they cover goes out before its own flush (see
+    /// [`palaver_protocol::crypto::ratchet::SendAhead`]). Empty at start: the first message to
+    /// each peer waits for its flush, which makes its reservation durable.
+    sends_ahead: HashMap<[u8; 32], palaver_protocol::crypto::ratchet::SendAhead>,
 }
 
 const OUTBOX_META: &str = "outbox";
@@ -286,6 +291,14 @@ impl Node {
             link::load_prekeys(&store, &identity)?,
         );
         let rooms = rooms::load(&store, &identity)?;
+        // Before anything seals: message numbers a crash may have used ahead of the disk are
+        // skipped.
+        let resumed = store.resume_sessions()?;
+        if resumed > 0 {
+            tracing::debug!(
+                "ratchet sessions with {resumed} peers skipped past what they reserved"
+            );
+        }
         let own_list = store
             .get::<palaver_protocol::identity::devices::DevicePin>(StateKey::Devices(
                 name.as_str(),
@@ -367,6 +380,7 @@ impl Node {
             link_question: None,
             copies_in_flight: Default::default(),
             own_list,
+            sends_ahead: HashMap::new(),
         };
         node.subscribe_room_topics();
         node.drive_files();

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use palaver_protocol::crypto::at_rest::{SEALED, SecretsKey};
 use palaver_protocol::delivery::{HISTORY_KEY_LEN, HistoryOrder, Stamp};
+use palaver_protocol::node::direct::pairwise::PeerSessions;
 use palaver_protocol::node::rooms::LogRecord;
 use palaver_protocol::wire::TransferId;
 use palaver_protocol::{MessageId, RoomId, codec};
@@ -545,16 +546,77 @@ impl Store {
 
     /// The value stored under `key`, opened if sealed.
     fn read_value<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+        self.read_with(key, bytes, codec::decode::<T>)
+    }
+
+    /// [`Store::read_value`] with a decoder of its own (one that also reads an older layout).
+    fn read_with<T>(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        decoder: impl Fn(&[u8]) -> Result<T, codec::DecodeError>,
+    ) -> Result<T, StoreError> {
         let what = String::from_utf8_lossy(&key[..1]);
+        let corrupt = |e: codec::DecodeError| StoreError::Corrupt {
+            key: what.to_string(),
+            detail: e.to_string(),
+        };
         if bytes.first() != Some(&SEALED) {
-            return decode(&what, bytes);
+            return decoder(bytes).map_err(corrupt);
         }
         let secrets = self.secrets.as_ref().ok_or(StoreError::SecretsSealed)?;
         let plain = secrets.open(key, bytes).map_err(|e| StoreError::Corrupt {
             key: what.to_string(),
             detail: format!("a sealed secret does not open: {e}"),
         })?;
-        decode(&what, &plain)
+        decoder(&plain).map_err(corrupt)
+    }
+
+    /// Our ratchet sessions with the peer whose identity key is `peer`, in either layout they
+    /// were stored in ([`PeerSessions::from_stored`]).
+    pub fn sessions(&self, peer: [u8; 32]) -> Result<Option<PeerSessions>, StoreError> {
+        let key = StateKey::Session(peer).bytes();
+        match self.state.get(&key)? {
+            Some(bytes) => Ok(Some(self.read_with(
+                &key,
+                &bytes,
+                PeerSessions::from_stored,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes every stored ratchet session safe to encrypt with after a restart
+    /// ([`PeerSessions::resume`]): run once at start, before anything is sealed, and flushed.
+    /// How many peers' sessions it moved on.
+    pub fn resume_sessions(&self) -> Result<usize, StoreError> {
+        let mut batch = StateBatch::default();
+        let mut moved = 0;
+        let prefix = &StateKey::Session([0; 32]).bytes()[..1];
+        for item in self.state.scan_prefix(prefix) {
+            let (key, bytes) = item?;
+            let Ok(peer) = <[u8; 32]>::try_from(&key[1..]) else {
+                continue;
+            };
+            // One that does not read cannot seal either (a send to that peer fails and says
+            // why): it is left as it is.
+            let mut sessions = match self.read_with(&key, &bytes, PeerSessions::from_stored) {
+                Ok(sessions) => sessions,
+                Err(err) => {
+                    tracing::warn!("ratchet sessions that do not read: {err}");
+                    continue;
+                }
+            };
+            if sessions.resume() {
+                batch.put(StateKey::Session(peer), &sessions);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.apply(&batch)?;
+            self.flush()?;
+        }
+        Ok(moved)
     }
 
     fn history_tree(&self, conversation: &ConversationId) -> Result<sled::Tree, StoreError> {

@@ -4,7 +4,7 @@
 use palaver_protocol::crypto;
 
 use crypto::CryptoError;
-use crypto::ratchet::{MAX_SKIP, MAX_SKIPPED_KEYS, RatchetMessage, Session};
+use crypto::ratchet::{MAX_SKIP, MAX_SKIPPED_KEYS, RatchetMessage, SEND_AHEAD, Session};
 use crypto::x3dh::{PrekeyBundle, PrekeySecrets, PrekeyUpload};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
@@ -781,6 +781,183 @@ fn skipped_key_store_is_bounded_and_evicts_the_oldest() {
         receive(&mut bob, &last_skipped.unwrap()),
         format!("2/{}", MAX_SKIP - 1)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending ahead of the disk
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `durable` (a copy of the session as it is on disk) lets `message`, just encrypted by
+/// `live`, leave before `live` itself is on disk.
+fn covered(durable: &Session, live: &Session, message: &RatchetMessage) -> bool {
+    durable
+        .send_ahead()
+        .is_some_and(|ahead| ahead.covers(&live.place_of(&message.header)))
+}
+
+#[test]
+fn within_a_chain_each_message_is_covered_by_the_state_of_the_one_before() {
+    let (mut rng, mut alice, _bob) = established(40);
+    let first = send(&mut rng, &mut alice, "first of a turn");
+    let mut durable = copy(&alice);
+    for i in 0..(4 * SEND_AHEAD) {
+        let message = send(&mut rng, &mut alice, &format!("{i}"));
+        assert!(
+            covered(&durable, &alice, &message),
+            "message {i} of the chain is not covered by the state before it"
+        );
+        assert_eq!(message.header.dh, first.header.dh);
+        durable = copy(&alice);
+    }
+    // Whenever the state is stored, it covers at least the next half window.
+    let durable = copy(&alice);
+    for i in 0..SEND_AHEAD / 2 {
+        let message = send(&mut rng, &mut alice, &format!("{i} more"));
+        assert!(covered(&durable, &alice, &message), "{i} more");
+    }
+}
+
+#[test]
+fn the_first_message_of_a_turn_waits_for_the_disk() {
+    let (mut rng, mut alice, mut bob) = established(41);
+    receive(&mut bob, &send(&mut rng, &mut alice, "alice's chain"));
+    let reply = send(&mut rng, &mut bob, "bob's turn");
+    receive(&mut alice, &reply);
+    let durable = copy(&alice);
+    let next_turn = send(&mut rng, &mut alice, "alice's new turn");
+    assert!(!covered(&durable, &alice, &next_turn));
+    // And a session straight from the initiation reserves nothing yet.
+    let mut fresh_rng = ChaCha20Rng::seed_from_u64(42);
+    let identity = SigningKey::generate(&mut fresh_rng);
+    let mut keys = crate::bob(&mut fresh_rng);
+    let mut fresh =
+        Session::initiate(&mut fresh_rng, &identity, &take_bundle(&mut keys.upload)).unwrap();
+    let durable = copy(&fresh);
+    let first = send(&mut fresh_rng, &mut fresh, "first");
+    assert!(!covered(&durable, &fresh, &first));
+}
+
+#[test]
+fn a_crash_after_sending_ahead_never_encrypts_twice_under_one_key() {
+    let (mut rng, mut alice, mut bob) = established(43);
+    receive(&mut bob, &send(&mut rng, &mut alice, "on disk"));
+    let durable = copy(&alice);
+    // Sent ahead, and then lost from Alice's state with the crash.
+    let ahead: Vec<RatchetMessage> = (0..5)
+        .map(|i| {
+            let message = send(&mut rng, &mut alice, &format!("ahead {i}"));
+            assert!(covered(&durable, &alice, &message));
+            message
+        })
+        .collect();
+    for message in &ahead[..3] {
+        receive(&mut bob, message);
+    }
+    let mut restarted = copy(&durable);
+    assert!(restarted.resume(), "the reservation is skipped past");
+    assert!(!restarted.resume(), "and only once");
+    let after: Vec<RatchetMessage> = (0..3)
+        .map(|i| send(&mut rng, &mut restarted, &format!("after {i}")))
+        .collect();
+    for message in &after {
+        assert!(
+            ahead.iter().all(|a| (a.header.dh, a.header.index)
+                != (message.header.dh, message.header.index)),
+            "a number used ahead was used again"
+        );
+        assert!(message.header.index >= 2 + SEND_AHEAD - 1);
+    }
+    // Bob reads what came before the crash and after it, in any order.
+    assert_eq!(receive(&mut bob, &after[1]), "after 1");
+    assert_eq!(receive(&mut bob, &ahead[4]), "ahead 4");
+    assert_eq!(receive(&mut bob, &after[0]), "after 0");
+    assert_eq!(receive(&mut bob, &after[2]), "after 2");
+    assert_eq!(receive(&mut bob, &ahead[3]), "ahead 3");
+    // And the conversation goes on both ways.
+    let reply = send(&mut rng, &mut bob, "reply");
+    assert_eq!(receive(&mut restarted, &reply), "reply");
+    let next = send(&mut rng, &mut restarted, "next turn");
+    assert_eq!(receive(&mut bob, &next), "next turn");
+}
+
+#[test]
+fn resume_changes_nothing_where_nothing_was_reserved() {
+    let (mut rng, mut alice, mut bob) = established(44);
+    // Bob has read Alice's new chain: his own is closed, his next send steps afresh.
+    receive(&mut bob, &send(&mut rng, &mut alice, "alice"));
+    let before = encode(&bob);
+    assert!(!bob.resume());
+    assert_eq!(encode(&bob), before);
+    let reply = send(&mut rng, &mut bob, "reply");
+    assert_eq!(receive(&mut alice, &reply), "reply");
+    // Likewise Alice, whose chain Bob's reply closed.
+    let before = encode(&alice);
+    assert!(!alice.resume());
+    assert_eq!(encode(&alice), before);
+    assert_eq!(receive(&mut bob, &send(&mut rng, &mut alice, "on")), "on");
+}
+
+/// Random sends, flushes, deliveries and crashes on Alice's side: a message leaves at once
+/// only if the copy on disk covers it, else at the next flush (or never, if a crash comes
+/// first). Every message that left opens at Bob, and no two share a chain number.
+#[test]
+fn sends_ahead_with_random_crashes_lose_nothing_that_left_and_reuse_no_key() {
+    for seed in 0..8 {
+        let (mut rng, mut alice, mut bob) = established(100 + seed);
+        let mut disk = copy(&alice);
+        let mut waiting: Vec<(RatchetMessage, String)> = Vec::new();
+        let mut wire: Vec<(RatchetMessage, String)> = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        let mut crashes = 0;
+        for step in 0..600 {
+            match below(&mut rng, 100) {
+                0..=59 => {
+                    let text = format!("{seed}/{step}");
+                    let message = send(&mut rng, &mut alice, &text);
+                    assert!(
+                        used.insert((*message.header.dh.as_bytes(), message.header.index)),
+                        "seed {seed}: chain number used twice"
+                    );
+                    if covered(&disk, &alice, &message) {
+                        wire.push((message, text));
+                    } else {
+                        waiting.push((message, text));
+                    }
+                }
+                60..=79 => {
+                    disk = copy(&alice);
+                    wire.append(&mut waiting);
+                }
+                80..=84 => {
+                    // What waited never left: its numbers may be used again, harmlessly.
+                    crashes += 1;
+                    for (message, _) in waiting.drain(..) {
+                        used.remove(&(*message.header.dh.as_bytes(), message.header.index));
+                    }
+                    alice = copy(&disk);
+                    alice.resume();
+                }
+                85..=89 => {
+                    // Bob takes a turn: Alice reads it, and it is on her disk.
+                    let text = format!("bob {seed}/{step}");
+                    let reply = send(&mut rng, &mut bob, &text);
+                    assert_eq!(receive(&mut alice, &reply), text);
+                    disk = copy(&alice);
+                    wire.append(&mut waiting);
+                }
+                _ => {
+                    if !wire.is_empty() {
+                        let (message, text) = wire.remove(below(&mut rng, wire.len()));
+                        assert_eq!(receive(&mut bob, &message), text, "seed {seed}");
+                    }
+                }
+            }
+        }
+        for (message, text) in wire.drain(..) {
+            assert_eq!(receive(&mut bob, &message), text, "seed {seed}");
+        }
+        assert!(crashes > 0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -216,10 +216,7 @@ impl Node {
                     key,
                     name,
                     warning,
-                } => match self
-                    .store
-                    .get::<PeerSessions>(StateKey::Session(key.to_bytes()))
-                {
+                } => match self.store.sessions(key.to_bytes()) {
                     Ok(Some(sessions)) => self.seal_and_send(job, key, name, sessions, warning),
                     Ok(None) => self.fail_send(job.reply, SendFailed::NoSession),
                     Err(err) => self.fail_send(job.reply, SendFailed::Unreadable(err)),
@@ -290,6 +287,7 @@ impl Node {
             frame,
             stamp,
             sent_at_ms,
+            place,
         } = match sealed {
             Ok(sealed) => sealed,
             Err(err) => return self.fail_send(job.reply, SendFailed::Seal(err)),
@@ -301,9 +299,14 @@ impl Node {
             frame,
             in_history: text.is_some(),
         };
-        // The outbox entry is committed with the message; the planner hands it out only once
-        // it is durable (with the ratchet state that encrypted it: a crash must not make us
-        // encrypt with the same key twice).
+        // The outbox entry is committed with the message; the planner hands it out once it is
+        // durable with the ratchet state that encrypted it (a crash must not make us encrypt
+        // with the same key twice), or at once if the state on disk already reserves its
+        // number in the sending chain, which a restart skips past.
+        let sent_ahead = self
+            .sends_ahead
+            .get(&key.to_bytes())
+            .is_some_and(|ahead| ahead.covers(&place));
         let Some(route) = item.route() else {
             return self.fail_send(job.reply, SendFailed::BadKey);
         };
@@ -311,7 +314,8 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::Outbox(err));
         }
         // What sealing moved on, written first and kept whatever follows (a crash must not
-        // make us seal with the same key twice; nothing leaves before the flush).
+        // make us seal with the same key twice; nothing leaves before the flush unless its
+        // number was reserved on disk before).
         let mut moved_on = StateBatch::default();
         moved_on
             .put(StateKey::Session(key.to_bytes()), &sessions)
@@ -370,7 +374,21 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::NotStored(err));
         }
         let reply = job.reply;
-        self.when_durable(AfterFlush::Sealed { id, reply, warning });
+        if let Some(ahead) = sessions.send_ahead()
+            && self.sends_ahead.get(&key.to_bytes()) != Some(&ahead)
+        {
+            let peer = key.to_bytes();
+            self.when_durable(AfterFlush::SendAhead { peer, ahead });
+        }
+        if sent_ahead {
+            self.delivery_input(DeliveryInput::Durable(id));
+        }
+        self.when_durable(AfterFlush::Sealed {
+            id,
+            reply,
+            warning,
+            sent_ahead,
+        });
         if let Some(pending) = pending {
             self.feed_copies(pending);
         }
@@ -465,6 +483,7 @@ impl Node {
         id: MessageId,
         reply: Option<ReplyToken>,
         warning: Option<String>,
+        sent_ahead: bool,
         flushed: super::durable::Flushed,
     ) {
         match flushed {
@@ -476,7 +495,9 @@ impl Node {
                     }
                     self.replies.answer(reply, Ok(answer));
                 }
-                self.delivery_input(DeliveryInput::Durable(id));
+                if !sent_ahead {
+                    self.delivery_input(DeliveryInput::Durable(id));
+                }
             }
             Err(err) => self.fail_send(
                 reply,
@@ -533,7 +554,7 @@ impl Node {
     /// Starts a session with `key` from its prekey `bundle`, and stores it.
     fn start_session(&mut self, key: VerifyingKey, bundle: &PrekeyBundle) -> PipelineAnswer {
         let key = key.to_bytes();
-        let existing = match self.store.get::<PeerSessions>(StateKey::Session(key)) {
+        let existing = match self.store.sessions(key) {
             Ok(existing) => existing,
             Err(err) => return PipelineAnswer::Failed(err.to_string()),
         };

@@ -42,11 +42,18 @@ pub(crate) enum AfterFlush {
     /// Answer a call with `value` (with the failure if the flush failed).
     Answer { reply: Reply, value: Value },
     /// A direct message we sealed: the send is answered, and the delivery planner may hand it
-    /// out (see [`Node::on_sealed_durable`]).
+    /// out unless it did already (`sent_ahead`; see [`Node::on_sealed_durable`]).
     Sealed {
         id: MessageId,
         reply: Option<super::replies::ReplyToken>,
         warning: Option<String>,
+        sent_ahead: bool,
+    },
+    /// The sessions with `peer` that reserve `ahead` are on disk: what it covers may go out
+    /// before its own flush.
+    SendAhead {
+        peer: [u8; 32],
+        ahead: palaver_protocol::crypto::ratchet::SendAhead,
     },
     /// A room message of ours: published, and the send answered (see
     /// [`Node::on_room_message_durable`]).
@@ -172,8 +179,16 @@ impl Node {
                     .map_err(|e| RpcError::failed(not_durable(&e)));
                 let _ = reply.send(answer);
             }
-            AfterFlush::Sealed { id, reply, warning } => {
-                self.on_sealed_durable(id, reply, warning, flushed)
+            AfterFlush::Sealed {
+                id,
+                reply,
+                warning,
+                sent_ahead,
+            } => self.on_sealed_durable(id, reply, warning, sent_ahead, flushed),
+            AfterFlush::SendAhead { peer, ahead } => {
+                if flushed.is_ok() {
+                    self.sends_ahead.insert(peer, ahead);
+                }
             }
             AfterFlush::RoomSealed {
                 room,

@@ -612,3 +612,50 @@ fn a_send_cut_short_keeps_what_it_moved_on_and_loses_only_the_message() {
     assert_eq!(store.get::<u32>(StateKey::Meta("chain")).unwrap(), Some(7));
     assert_eq!(store.get::<u64>(StateKey::Seq(conv)).unwrap(), Some(5));
 }
+
+/// Sessions that sent ahead of the disk are moved past what they reserved at start, once, in a
+/// sealed store as in a plain one.
+#[test]
+fn stored_sessions_resume_past_what_they_reserved_once() {
+    use palaver_protocol::crypto::x3dh::{PrekeyBundle, PrekeySecrets};
+    use palaver_protocol::delivery::HybridClock;
+    use palaver_protocol::node::direct::pairwise;
+    use palaver_protocol::wire::Payload;
+    use rand_core::OsRng;
+
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+        let store = match sealed {
+            true => Store::reopen_sealed(dir.path(), SecretsKey::of(&identity)),
+            false => Store::reopen(dir.path()),
+        };
+        let alice = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let bob = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let upload = PrekeySecrets::generate(&mut OsRng, &bob, 1).upload();
+        let bundle = PrekeyBundle {
+            identity: upload.identity,
+            signed_prekey: upload.signed_prekey,
+            one_time_prekey: upload.one_time_prekeys.first().copied(),
+        };
+        let mut sessions = pairwise::start_session(&mut OsRng, &alice, &bundle, None).unwrap();
+        let mut clock = HybridClock::new();
+        let mut seal = |sessions: &mut pairwise::PeerSessions| {
+            let text = Payload::Text("hello".into());
+            let to = bob.verifying_key();
+            pairwise::seal(&mut OsRng, &alice, to, sessions, &mut clock, 1, text, 1).unwrap()
+        };
+        seal(&mut sessions);
+        let on_disk = sessions.send_ahead().unwrap();
+        store
+            .apply(StateBatch::default().put(StateKey::Session([2; 32]), &sessions))
+            .unwrap();
+        // What the stored copy reserves could leave before its own state is on disk...
+        assert!(on_disk.covers(&seal(&mut sessions).place));
+        // ... so after a restart the stored copy goes on past it.
+        assert_eq!(store.resume_sessions().unwrap(), 1, "sealed: {sealed}");
+        assert_eq!(store.resume_sessions().unwrap(), 0, "only once");
+        let mut resumed = store.sessions([2; 32]).unwrap().unwrap();
+        assert!(!on_disk.covers(&seal(&mut resumed).place));
+    }
+}

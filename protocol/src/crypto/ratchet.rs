@@ -16,6 +16,10 @@
 //! - decryption is transactional: the new state is computed aside and committed only once the
 //!   AEAD tag checks, so forged, replayed or corrupted messages change nothing.
 //!
+//! And one addition, also invisible on the wire: message numbers reserved ahead
+//! ([`SendAhead`]), so that within a sending chain a message may leave before the state that
+//! sealed it is on disk, without a crash ever making a message key encrypt twice.
+//!
 //! ```text
 //! KDF_RK(rk, dh) = HKDF-SHA256(salt = rk, ikm = dh, info = "palaver/v1/ratchet") → rk' || ck
 //! KDF_CK(ck)     = HMAC-SHA256(ck, 0x01) → message key,  HMAC-SHA256(ck, 0x02) → ck'
@@ -24,7 +28,10 @@
 //! ```
 //!
 //! A session must not be copied and used twice: restoring an older saved state and encrypting
-//! again would reuse message keys. Persist the session after every `encrypt` before sending.
+//! again would reuse message keys. Persist the session after every `encrypt`, and send only
+//! once it is durable — or once a durable copy's [`SendAhead`] covers the message
+//! ([`SendAhead::covers`]); a copy read back after a restart is [`Session::resume`]d before it
+//! encrypts.
 
 use std::collections::VecDeque;
 
@@ -48,6 +55,12 @@ pub const MAX_SKIPPED_KEYS: usize = 2000;
 const MAX_RETIRED_RATCHET_KEYS: usize = 32;
 
 const RATCHET_INFO: &[u8] = b"palaver/v1/ratchet";
+
+/// How many message numbers of a sending chain are reserved at a time ([`SendAhead`]); a
+/// reservation is renewed once fewer than half of it are left, so a durable copy keeps covering
+/// the next messages while the one renewing it is written. A crash costs the peer at most this
+/// many skipped keys.
+pub const SEND_AHEAD: u32 = 32;
 
 /// The cleartext part of a ratchet message. It is authenticated as associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +115,79 @@ pub struct Session {
     /// Keys of messages that were skipped over, oldest first.
     skipped: VecDeque<SkippedKey>,
     retired_ratchet_keys: VecDeque<PublicKey>,
+    /// The message numbers of our sending chain this state reserves (see [`SendAhead`]).
+    ahead: Option<SendAhead>,
+}
+
+/// Message numbers reserved ahead: every message of the sending chain between our ratchet key
+/// `ours` and their `theirs` numbered below `until` may be on the wire, even if the state that
+/// sealed it never reached the disk. A session read back from disk after a crash skips past
+/// them ([`Session::resume`]), so a number, and the message key under it, is never used twice;
+/// the peer sees a gap of at most [`SEND_AHEAD`] and keeps the keys it skips.
+///
+/// So a message may leave before its state is durable exactly when a copy of the session
+/// that is already durable holds a reservation covering it ([`SendAhead::covers`]). Which copy is
+/// durable only the caller knows: it takes [`Session::send_ahead`] after writing the session and
+/// keeps it once that write is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAhead {
+    ours: PublicKey,
+    theirs: PublicKey,
+    until: u32,
+}
+
+impl SendAhead {
+    /// Whether this reservation covers the message at `place`.
+    pub fn covers(&self, place: &ChainPlace) -> bool {
+        self.ours == place.ours && self.theirs == place.theirs && place.index < self.until
+    }
+}
+
+/// Where a message we encrypted sits: its sending chain (our ratchet key and theirs) and its
+/// number in it ([`Session::place_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainPlace {
+    ours: PublicKey,
+    theirs: PublicKey,
+    index: u32,
+}
+
+/// A session as stored before [`SendAhead`] (the same fields but the last), read back once.
+#[derive(Deserialize)]
+pub(crate) struct LegacySession {
+    our_identity: VerifyingKey,
+    their_identity: VerifyingKey,
+    role: Role,
+    root_key: SecretKey,
+    our_ratchet_key: StaticSecret,
+    our_ratchet_public: PublicKey,
+    their_ratchet_key: PublicKey,
+    sending: Option<Chain>,
+    receiving: Option<Chain>,
+    previous_sending_len: u32,
+    skipped: VecDeque<SkippedKey>,
+    retired_ratchet_keys: VecDeque<PublicKey>,
+}
+
+impl From<LegacySession> for Session {
+    /// Nothing was sent ahead under the old layout, so nothing is reserved.
+    fn from(old: LegacySession) -> Self {
+        Session {
+            our_identity: old.our_identity,
+            their_identity: old.their_identity,
+            role: old.role,
+            root_key: old.root_key,
+            our_ratchet_key: old.our_ratchet_key,
+            our_ratchet_public: old.our_ratchet_public,
+            their_ratchet_key: old.their_ratchet_key,
+            sending: old.sending,
+            receiving: old.receiving,
+            previous_sending_len: old.previous_sending_len,
+            skipped: old.skipped,
+            retired_ratchet_keys: old.retired_ratchet_keys,
+            ahead: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,6 +253,7 @@ impl Session {
             previous_sending_len: 0,
             skipped: VecDeque::new(),
             retired_ratchet_keys: VecDeque::new(),
+            ahead: None,
         })
     }
 
@@ -199,6 +286,7 @@ impl Session {
             previous_sending_len: 0,
             skipped: VecDeque::new(),
             retired_ratchet_keys: VecDeque::new(),
+            ahead: None,
         };
         let plaintext = session.decrypt(first)?;
         if let Some(id) = init.one_time_prekey_id {
@@ -252,11 +340,73 @@ impl Session {
             self.previous_sending_len = step.previous_chain_len;
         }
         self.sending = Some(sending);
+        self.reserve_after(index);
         Ok(RatchetMessage {
             init,
             header,
             ciphertext,
         })
+    }
+
+    /// Where `header`, of the message [`Session::encrypt`] just returned, sits in our sending
+    /// chain: what a reservation must cover for the message to leave before it is durable.
+    pub fn place_of(&self, header: &Header) -> ChainPlace {
+        ChainPlace {
+            ours: header.dh,
+            theirs: self.their_ratchet_key,
+            index: header.index,
+        }
+    }
+
+    /// The message numbers this state reserves: once it is durable, what it covers may leave
+    /// before its own state is.
+    pub fn send_ahead(&self) -> Option<SendAhead> {
+        self.ahead
+    }
+
+    /// Makes a session read back from disk safe to encrypt with: its sending chain skips past
+    /// every number its reservation covers, since messages under them may have left without the
+    /// state that sealed them reaching the disk. Whether anything changed (then store it again).
+    /// Harmless on a session that lost nothing: the peer sees a gap of at most [`SEND_AHEAD`].
+    pub fn resume(&mut self) -> bool {
+        let (Some(ahead), Some(chain)) = (self.ahead, &self.sending) else {
+            return false;
+        };
+        let ours = ahead.ours == self.our_ratchet_public && ahead.theirs == self.their_ratchet_key;
+        if !ours || chain.index() >= ahead.until {
+            return false;
+        }
+        // The chain is only stepped: no more than SEND_AHEAD keys derived and dropped.
+        match chain.skip_to(ahead.until, u32::MAX) {
+            Ok((chain, _)) => {
+                self.sending = Some(chain);
+                true
+            }
+            // Past the chain's last key: the next send takes a fresh step instead.
+            Err(_) => {
+                self.sending = None;
+                true
+            }
+        }
+    }
+
+    /// Keeps the reservation ahead of message `index` just sealed in our sending chain: renewed
+    /// for the next [`SEND_AHEAD`] numbers once fewer than half are left (or for a new chain).
+    fn reserve_after(&mut self, index: u32) {
+        let (ours, theirs) = (self.our_ratchet_public, self.their_ratchet_key);
+        let next = index.saturating_add(1);
+        let enough = self.ahead.is_some_and(|ahead| {
+            ahead.ours == ours
+                && ahead.theirs == theirs
+                && ahead.until.saturating_sub(next) >= SEND_AHEAD / 2
+        });
+        if !enough {
+            self.ahead = Some(SendAhead {
+                ours,
+                theirs,
+                until: next.saturating_add(SEND_AHEAD),
+            });
+        }
     }
 
     /// Decrypts a message from the peer. Out-of-order messages within [`MAX_SKIP`] decrypt;

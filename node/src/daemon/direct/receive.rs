@@ -88,9 +88,7 @@ impl Node {
         direct: DirectMessage,
     ) -> Result<MessageId, ReceiveError> {
         let sender = direct.sender;
-        let existing = self
-            .store
-            .get::<PeerSessions>(StateKey::Session(sender.to_bytes()))?;
+        let existing = self.store.sessions(sender.to_bytes())?;
         // Staged copies: ours change only once the message that changed them is stored (a
         // one-time prekey used up by a message we then failed to store would break that session).
         let mut clock = self.clock()?;

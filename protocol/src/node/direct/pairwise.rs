@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::crypto::CryptoError;
-use crate::crypto::ratchet::{RatchetMessage, Session};
+use crate::crypto::ratchet::{ChainPlace, LegacySession, RatchetMessage, SendAhead, Session};
 use crate::crypto::x3dh::{PrekeyBundle, PrekeySecrets};
 use crate::delivery::{HybridClock, Stamp};
 use crate::wire::{
@@ -30,10 +30,55 @@ const MAX_ARCHIVED: usize = 3;
 /// initiation and the two end up on different sessions. Like Signal, we keep the recent sessions:
 /// a message decrypts with whichever session its sender used, and that session becomes current,
 /// so both sides converge on one session after one message each way.
-#[derive(Serialize, Deserialize)]
+///
+/// Stored as [`Stored`]; [`PeerSessions::from_stored`] also reads the layout before it.
 pub struct PeerSessions {
     current: Session,
     archived: Vec<Session>,
+}
+
+/// How [`PeerSessions`] are stored. The layout before [`SendAhead`] began with the length of
+/// our identity key (32) and this one begins with its variant's index (0), so neither can be
+/// read as the other.
+#[derive(Deserialize)]
+enum Stored {
+    WithSendAhead {
+        current: Session,
+        archived: Vec<Session>,
+    },
+}
+
+/// [`Stored`], borrowed for writing.
+#[derive(Serialize)]
+enum StoredRef<'a> {
+    WithSendAhead {
+        current: &'a Session,
+        archived: &'a [Session],
+    },
+}
+
+/// The layout before [`SendAhead`].
+#[derive(Deserialize)]
+struct LegacyPeerSessions {
+    current: LegacySession,
+    archived: Vec<LegacySession>,
+}
+
+impl Serialize for PeerSessions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredRef::WithSendAhead {
+            current: &self.current,
+            archived: &self.archived,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerSessions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Stored::WithSendAhead { current, archived } = Stored::deserialize(deserializer)?;
+        Ok(Self { current, archived })
+    }
 }
 
 impl std::fmt::Debug for PeerSessions {
@@ -58,6 +103,32 @@ impl PeerSessions {
         let previous = std::mem::replace(&mut self.current, session);
         self.archived.insert(0, previous);
         self.archived.truncate(MAX_ARCHIVED);
+    }
+
+    /// Reads sessions as stored, in this layout or the one before it.
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, codec::DecodeError> {
+        codec::decode::<PeerSessions>(bytes).or_else(|err| {
+            let legacy = codec::decode::<LegacyPeerSessions>(bytes).map_err(|_| err)?;
+            Ok(Self {
+                current: legacy.current.into(),
+                archived: legacy.archived.into_iter().map(Session::from).collect(),
+            })
+        })
+    }
+
+    /// [`Session::resume`] for each session (any of them can become current again): done to
+    /// sessions read back after a restart, before they encrypt. Whether any changed.
+    pub fn resume(&mut self) -> bool {
+        let mut changed = self.current.resume();
+        for session in &mut self.archived {
+            changed |= session.resume();
+        }
+        changed
+    }
+
+    /// What the current session reserves once this state is durable (see [`SendAhead`]).
+    pub fn send_ahead(&self) -> Option<SendAhead> {
+        self.current.send_ahead()
     }
 
     /// Decrypts with whichever session the sender used (each attempt that fails changes
@@ -112,6 +183,9 @@ pub struct Sealed {
     /// Its stamp and send time, for our own history.
     pub stamp: Stamp,
     pub sent_at_ms: u64,
+    /// Where it sits in our sending chain: it may leave before it is durable if a durable
+    /// copy of the sessions reserves this place ([`SendAhead::covers`]).
+    pub place: ChainPlace,
 }
 
 /// Encrypts `payload` for `recipient` with the current session, stamped with `clock` and `seq`,
@@ -136,6 +210,7 @@ pub fn seal(
     };
     let plaintext = codec::encode(&content).map_err(|e| SealError::TooLarge(e.to_string()))?;
     let message = sessions.current.encrypt(rng, &plaintext)?;
+    let place = sessions.current.place_of(&message.header);
     let body = Body::Direct(DirectMessage {
         sender: identity.verifying_key(),
         recipient,
@@ -151,6 +226,7 @@ pub fn seal(
         frame,
         stamp,
         sent_at_ms: now_ms,
+        place,
     })
 }
 
