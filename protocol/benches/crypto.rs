@@ -30,6 +30,7 @@ fn direct_message_round_trip(c: &mut Criterion) {
     let mut alice = Session::initiate(&mut rng, &alice_identity, &bundle).expect("bundle is valid");
     let first = alice.encrypt(&mut rng, b"hello").expect("small message");
     let (mut bob, _) = Session::respond(
+        &mut rng,
         &bob_identity,
         &mut prekeys,
         &alice_identity.verifying_key(),
@@ -37,7 +38,7 @@ fn direct_message_round_trip(c: &mut Criterion) {
     )
     .expect("genuine initiation");
     let reply = bob.encrypt(&mut rng, b"hello").expect("small message");
-    alice.decrypt(&reply).expect("genuine reply");
+    alice.decrypt(&mut rng, &reply).expect("genuine reply");
 
     let plaintext = vec![0x42; MESSAGE_LEN];
     let alice_public = alice_identity.verifying_key();
@@ -50,7 +51,7 @@ fn direct_message_round_trip(c: &mut Criterion) {
             alice_public
                 .verify_strict(&message.ciphertext, &signature)
                 .expect("genuine signature");
-            bob.decrypt(&message).expect("genuine message")
+            bob.decrypt(&mut rng, &message).expect("genuine message")
         })
     });
     group.finish();

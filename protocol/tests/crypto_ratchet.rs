@@ -9,7 +9,7 @@ use crypto::x3dh::{PrekeyBundle, PrekeySecrets, PrekeyUpload};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::{OsRng, RngCore, SeedableRng};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -68,6 +68,7 @@ fn established(seed: u64) -> (ChaCha20Rng, Session, Session) {
         Session::initiate(&mut rng, &alice_identity, &take_bundle(&mut bob.upload)).unwrap();
     let first = alice.encrypt(&mut rng, b"hello bob").unwrap();
     let (mut bob_session, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -76,7 +77,7 @@ fn established(seed: u64) -> (ChaCha20Rng, Session, Session) {
     .unwrap();
     assert_eq!(plaintext, b"hello bob");
     let reply = bob_session.encrypt(&mut rng, b"hello alice").unwrap();
-    assert_eq!(alice.decrypt(&reply).unwrap(), b"hello alice");
+    assert_eq!(alice.decrypt(&mut OsRng, &reply).unwrap(), b"hello alice");
     (rng, alice, bob_session)
 }
 
@@ -85,13 +86,13 @@ fn send(rng: &mut ChaCha20Rng, from: &mut Session, text: &str) -> RatchetMessage
 }
 
 fn receive(to: &mut Session, message: &RatchetMessage) -> String {
-    String::from_utf8(to.decrypt(message).unwrap()).unwrap()
+    String::from_utf8(to.decrypt(&mut OsRng, message).unwrap()).unwrap()
 }
 
 /// Asserts that decrypting fails with `expected` and leaves the session byte-for-byte unchanged.
 fn assert_rejected(session: &mut Session, message: &RatchetMessage, expected: CryptoError) {
     let before = encode(session);
-    assert_eq!(session.decrypt(message), Err(expected));
+    assert_eq!(session.decrypt(&mut OsRng, message), Err(expected));
     assert_eq!(
         encode(session),
         before,
@@ -127,6 +128,7 @@ fn each_side_knows_the_others_identity() {
         Session::initiate(&mut rng, &alice_identity, &take_bundle(&mut bob.upload)).unwrap();
     let first = alice.encrypt(&mut rng, b"hi").unwrap();
     let (bob_session, _) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -180,6 +182,7 @@ fn one_time_prekey_starts_only_one_session() {
     let mut first_session = Session::initiate(&mut rng, &alice, &bundle).unwrap();
     let first = first_session.encrypt(&mut rng, b"one").unwrap();
     Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -193,6 +196,7 @@ fn one_time_prekey_starts_only_one_session() {
     let second = second_session.encrypt(&mut rng, b"two").unwrap();
     let before = encode(&bob.prekeys);
     let again = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -200,6 +204,7 @@ fn one_time_prekey_starts_only_one_session() {
     );
     assert_eq!(again.unwrap_err(), CryptoError::MissingPrekey);
     let replayed = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -221,6 +226,7 @@ fn sessions_start_without_a_one_time_prekey_when_the_server_ran_out() {
     let first = alice_session.encrypt(&mut rng, b"no opk").unwrap();
     assert_eq!(first.init.unwrap().one_time_prekey_id, None);
     let (_, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -237,6 +243,7 @@ fn respond_requires_a_session_init() {
     let plain = send(&mut rng, &mut alice, "no init");
     assert!(plain.init.is_none());
     let result = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         alice.their_identity(),
@@ -256,6 +263,7 @@ fn respond_with_the_wrong_initiator_identity_fails_and_consumes_nothing() {
     let first = alice_session.encrypt(&mut rng, b"hi").unwrap();
     let before = encode(&bob.prekeys);
     let result = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &mallory.verifying_key(),
@@ -265,6 +273,7 @@ fn respond_with_the_wrong_initiator_identity_fails_and_consumes_nothing() {
     assert_eq!(encode(&bob.prekeys), before);
     assert!(
         Session::respond(
+            &mut OsRng,
             &bob.identity,
             &mut bob.prekeys,
             &alice.verifying_key(),
@@ -291,6 +300,7 @@ fn signed_prekey_rotation_keeps_the_previous_key_for_a_grace_period() {
         .encrypt(&mut rng, b"sent before the rotation")
         .unwrap();
     let (_, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -312,6 +322,7 @@ fn signed_prekey_rotation_keeps_the_previous_key_for_a_grace_period() {
     .unwrap();
     let late_first = late.encrypt(&mut rng, b"too late").unwrap();
     let result = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -330,6 +341,7 @@ fn signed_prekey_rotation_keeps_the_previous_key_for_a_grace_period() {
     let mut stale = Session::initiate(&mut rng, &alice, &bundle_two_rotations_old).unwrap();
     let stale_first = stale.encrypt(&mut rng, b"stale").unwrap();
     let result = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice.verifying_key(),
@@ -359,6 +371,7 @@ fn initiation_rides_on_every_message_until_the_first_reply() {
     );
 
     let (mut bob_session, _) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -386,6 +399,7 @@ fn lost_first_message_does_not_lose_the_session() {
 
     // m0 is lost for now: Bob starts the session from m1.
     let (mut bob_session, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -423,6 +437,7 @@ fn a_receiver_whose_last_step_was_lost_opens_what_follows() {
 
     let respond = |prekeys: &mut PrekeySecrets, message: &RatchetMessage| {
         Session::respond(
+            &mut OsRng,
             &bob.identity,
             prekeys,
             &alice_identity.verifying_key(),
@@ -476,6 +491,7 @@ fn a_new_initiation_from_the_peer_is_reported_as_session_mismatch() {
         Session::initiate(&mut rng, &alice_identity, &take_bundle(&mut bob.upload)).unwrap();
     let first = send(&mut rng, &mut alice, "first session");
     let (mut bob_session, _) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -489,6 +505,7 @@ fn a_new_initiation_from_the_peer_is_reported_as_session_mismatch() {
     let restart = send(&mut rng, &mut alice_again, "second session");
     assert_rejected(&mut bob_session, &restart, CryptoError::SessionMismatch);
     let (_, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -514,6 +531,7 @@ fn session_survives_bincode_round_trip_mid_conversation() {
     let a1 = send(&mut rng, &mut alice, "a1 (late)");
     let a2 = send(&mut rng, &mut alice, "a2");
     let (mut bob_session, _) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -587,7 +605,7 @@ fn replay_from_a_long_retired_chain_is_still_rejected() {
     // Past the remembered ratchet keys the replay looks like a new ratchet step, which fails to
     // authenticate: still rejected, still nothing changed.
     let before = encode(&bob);
-    assert!(bob.decrypt(&old).is_err());
+    assert!(bob.decrypt(&mut OsRng, &old).is_err());
     assert_eq!(encode(&bob), before);
 }
 
@@ -685,6 +703,7 @@ fn tampering_with_the_initiation_is_rejected_and_consumes_nothing() {
     let prekeys_before = encode(&bob.prekeys);
     for (forged, expected) in &forgeries {
         let result = Session::respond(
+            &mut OsRng,
             &bob.identity,
             &mut bob.prekeys,
             &alice_identity.verifying_key(),
@@ -699,6 +718,7 @@ fn tampering_with_the_initiation_is_rejected_and_consumes_nothing() {
     }
 
     let (mut bob_session, plaintext) = Session::respond(
+        &mut OsRng,
         &bob.identity,
         &mut bob.prekeys,
         &alice_identity.verifying_key(),
@@ -818,15 +838,24 @@ fn within_a_chain_each_message_is_covered_by_the_state_of_the_one_before() {
 }
 
 #[test]
-fn the_first_message_of_a_turn_waits_for_the_disk() {
+fn a_turn_is_reserved_when_the_peer_s_turn_arrives() {
     let (mut rng, mut alice, mut bob) = established(41);
-    receive(&mut bob, &send(&mut rng, &mut alice, "alice's chain"));
+    let alices_chain = send(&mut rng, &mut alice, "alice's chain");
+    receive(&mut bob, &alices_chain);
     let reply = send(&mut rng, &mut bob, "bob's turn");
+    let before_the_reply = copy(&alice);
     receive(&mut alice, &reply);
-    let durable = copy(&alice);
+    // Stored with the reply it read, Alice's state covers the first message of her next turn.
+    let with_the_reply = copy(&alice);
     let next_turn = send(&mut rng, &mut alice, "alice's new turn");
-    assert!(!covered(&durable, &alice, &next_turn));
-    // And a session straight from the initiation reserves nothing yet.
+    assert_ne!(
+        next_turn.header.dh, alices_chain.header.dh,
+        "a new ratchet key"
+    );
+    assert!(covered(&with_the_reply, &alice, &next_turn));
+    assert!(!covered(&before_the_reply, &alice, &next_turn));
+    assert_eq!(receive(&mut bob, &next_turn), "alice's new turn");
+    // A session straight from the initiation reserves nothing yet.
     let mut fresh_rng = ChaCha20Rng::seed_from_u64(42);
     let identity = SigningKey::generate(&mut fresh_rng);
     let mut keys = crate::bob(&mut fresh_rng);
@@ -835,6 +864,36 @@ fn the_first_message_of_a_turn_waits_for_the_disk() {
     let durable = copy(&fresh);
     let first = send(&mut fresh_rng, &mut fresh, "first");
     assert!(!covered(&durable, &fresh, &first));
+}
+
+#[test]
+fn a_crash_after_a_turn_began_ahead_of_the_disk_takes_the_same_step_again() {
+    let (mut rng, mut alice, mut bob) = established(45);
+    receive(&mut bob, &send(&mut rng, &mut alice, "alice"));
+    receive(&mut alice, &send(&mut rng, &mut bob, "bob"));
+    let durable = copy(&alice);
+    let ahead: Vec<RatchetMessage> = (0..3)
+        .map(|i| {
+            let message = send(&mut rng, &mut alice, &format!("ahead {i}"));
+            assert!(covered(&durable, &alice, &message));
+            message
+        })
+        .collect();
+    assert_eq!(receive(&mut bob, &ahead[1]), "ahead 1");
+    let mut restarted = copy(&durable);
+    assert!(restarted.resume());
+    assert!(!restarted.resume());
+    let after = send(&mut rng, &mut restarted, "after");
+    assert_eq!(
+        after.header.dh, ahead[0].header.dh,
+        "the same step, taken again"
+    );
+    assert!(after.header.index >= SEND_AHEAD);
+    assert_eq!(receive(&mut bob, &after), "after");
+    assert_eq!(receive(&mut bob, &ahead[0]), "ahead 0");
+    assert_eq!(receive(&mut bob, &ahead[2]), "ahead 2");
+    let reply = send(&mut rng, &mut bob, "reply");
+    assert_eq!(receive(&mut restarted, &reply), "reply");
 }
 
 #[test]
@@ -865,7 +924,7 @@ fn a_crash_after_sending_ahead_never_encrypts_twice_under_one_key() {
                 != (message.header.dh, message.header.index)),
             "a number used ahead was used again"
         );
-        assert!(message.header.index >= 2 + SEND_AHEAD - 1);
+        assert!(message.header.index >= SEND_AHEAD);
     }
     // Bob reads what came before the crash and after it, in any order.
     assert_eq!(receive(&mut bob, &after[1]), "after 1");
@@ -881,25 +940,32 @@ fn a_crash_after_sending_ahead_never_encrypts_twice_under_one_key() {
 }
 
 #[test]
-fn resume_changes_nothing_where_nothing_was_reserved() {
-    let (mut rng, mut alice, mut bob) = established(44);
-    // Bob has read Alice's new chain: his own is closed, his next send steps afresh.
+fn resume_skips_once_and_a_fresh_session_has_nothing_to_skip() {
+    let mut rng = ChaCha20Rng::seed_from_u64(44);
+    let identity = SigningKey::generate(&mut rng);
+    let mut keys = crate::bob(&mut rng);
+    let mut fresh = Session::initiate(&mut rng, &identity, &take_bundle(&mut keys.upload)).unwrap();
+    let before = encode(&fresh);
+    assert!(!fresh.resume());
+    assert_eq!(encode(&fresh), before);
+
+    // Bob has read Alice's new chain: his turn is reserved, so a restart takes its step.
+    let (mut rng, mut alice, mut bob) = established(46);
     receive(&mut bob, &send(&mut rng, &mut alice, "alice"));
-    let before = encode(&bob);
+    assert!(bob.resume());
+    let once = encode(&bob);
     assert!(!bob.resume());
-    assert_eq!(encode(&bob), before);
+    assert_eq!(encode(&bob), once);
     let reply = send(&mut rng, &mut bob, "reply");
+    assert!(reply.header.index >= SEND_AHEAD);
     assert_eq!(receive(&mut alice, &reply), "reply");
-    // Likewise Alice, whose chain Bob's reply closed.
-    let before = encode(&alice);
-    assert!(!alice.resume());
-    assert_eq!(encode(&alice), before);
     assert_eq!(receive(&mut bob, &send(&mut rng, &mut alice, "on")), "on");
 }
 
 /// Random sends, flushes, deliveries and crashes on Alice's side: a message leaves at once
 /// only if the copy on disk covers it, else at the next flush (or never, if a crash comes
-/// first). Every message that left opens at Bob, and no two share a chain number.
+/// first); Bob's turns reach her disk at her next flush too (he sends them again after a crash,
+/// unanswered). Every message that left opens at Bob, and no two share a chain number.
 #[test]
 fn sends_ahead_with_random_crashes_lose_nothing_that_left_and_reuse_no_key() {
     for seed in 0..8 {
@@ -908,6 +974,7 @@ fn sends_ahead_with_random_crashes_lose_nothing_that_left_and_reuse_no_key() {
         let mut waiting: Vec<(RatchetMessage, String)> = Vec::new();
         let mut wire: Vec<(RatchetMessage, String)> = Vec::new();
         let mut used = std::collections::HashSet::new();
+        let mut unacknowledged: Vec<(RatchetMessage, String)> = Vec::new();
         let mut crashes = 0;
         for step in 0..600 {
             match below(&mut rng, 100) {
@@ -927,6 +994,7 @@ fn sends_ahead_with_random_crashes_lose_nothing_that_left_and_reuse_no_key() {
                 60..=79 => {
                     disk = copy(&alice);
                     wire.append(&mut waiting);
+                    unacknowledged.clear();
                 }
                 80..=84 => {
                     // What waited never left: its numbers may be used again, harmlessly.
@@ -936,14 +1004,16 @@ fn sends_ahead_with_random_crashes_lose_nothing_that_left_and_reuse_no_key() {
                     }
                     alice = copy(&disk);
                     alice.resume();
+                    for (reply, text) in &unacknowledged {
+                        assert_eq!(receive(&mut alice, reply), *text, "seed {seed}");
+                    }
                 }
                 85..=89 => {
-                    // Bob takes a turn: Alice reads it, and it is on her disk.
+                    // Bob takes a turn, and Alice reads it.
                     let text = format!("bob {seed}/{step}");
                     let reply = send(&mut rng, &mut bob, &text);
                     assert_eq!(receive(&mut alice, &reply), text);
-                    disk = copy(&alice);
-                    wire.append(&mut waiting);
+                    unacknowledged.push((reply, text));
                 }
                 _ => {
                     if !wire.is_empty() {
@@ -980,7 +1050,7 @@ fn forward_secrecy_state_after_message_n_cannot_decrypt_earlier_messages() {
     let stolen = encode(&bob);
     for message in &earlier {
         let mut thief: Session = decode(&stolen);
-        assert!(thief.decrypt(message).is_err());
+        assert!(thief.decrypt(&mut OsRng, message).is_err());
     }
     // ... while it does read what is sent next (the theft is real).
     let next = send(&mut rng, &mut alice, "after the theft");
@@ -1009,13 +1079,13 @@ fn post_compromise_stolen_state_stops_decrypting_once_both_sides_step() {
     for message in &healed {
         let mut attempt = copy(&thief);
         assert!(
-            attempt.decrypt(message).is_err(),
+            attempt.decrypt(&mut OsRng, message).is_err(),
             "the thief still reads after both sides stepped"
         );
     }
     // Even following along with everything the network shows, the thief stays locked out.
     let later = send(&mut rng, &mut alice, "later");
-    assert!(thief.decrypt(&later).is_err());
+    assert!(thief.decrypt(&mut OsRng, &later).is_err());
 }
 
 fn message_text(message: &RatchetMessage, healed: &[RatchetMessage]) -> String {
@@ -1102,9 +1172,10 @@ fn simulate(seed: u64, steps: usize) {
                 let decrypted = if towards_bob {
                     delivered_to_bob.push(message.clone());
                     match bob.as_mut() {
-                        Some(bob) => bob.decrypt(&message).unwrap(),
+                        Some(bob) => bob.decrypt(&mut OsRng, &message).unwrap(),
                         None => {
                             let (session, plaintext) = Session::respond(
+                                &mut OsRng,
                                 &bob_keys.identity,
                                 &mut bob_keys.prekeys,
                                 &alice_identity.verifying_key(),
@@ -1117,7 +1188,7 @@ fn simulate(seed: u64, steps: usize) {
                     }
                 } else {
                     delivered_to_alice.push(message.clone());
-                    alice.decrypt(&message).unwrap()
+                    alice.decrypt(&mut OsRng, &message).unwrap()
                 };
                 assert_eq!(decrypted, plaintext);
                 tally.delivered += 1;
@@ -1155,7 +1226,7 @@ fn simulate(seed: u64, steps: usize) {
         } else {
             &mut alice
         };
-        assert_eq!(session.decrypt(&message).unwrap(), plaintext);
+        assert_eq!(session.decrypt(&mut OsRng, &message).unwrap(), plaintext);
         tally.delivered += 1;
     }
 
@@ -1193,10 +1264,10 @@ proptest! {
         let (mut bob, messages) = three_turns_of_messages(seed, 8);
         for &i in &order {
             let (message, text) = &messages[i];
-            prop_assert_eq!(bob.decrypt(message).unwrap(), text.as_bytes());
+            prop_assert_eq!(bob.decrypt(&mut OsRng, message).unwrap(), text.as_bytes());
         }
         for &i in order.iter().take(4) {
-            prop_assert_eq!(bob.decrypt(&messages[i].0), Err(CryptoError::DuplicateMessage));
+            prop_assert_eq!(bob.decrypt(&mut OsRng, &messages[i].0), Err(CryptoError::DuplicateMessage));
         }
     }
 
@@ -1218,8 +1289,8 @@ proptest! {
             ciphertext,
         };
         let before = encode(&bob);
-        prop_assert!(bob.decrypt(&forged).is_err());
+        prop_assert!(bob.decrypt(&mut OsRng, &forged).is_err());
         prop_assert_eq!(encode(&bob), before);
-        prop_assert_eq!(bob.decrypt(&genuine).unwrap(), b"genuine");
+        prop_assert_eq!(bob.decrypt(&mut OsRng, &genuine).unwrap(), b"genuine");
     }
 }

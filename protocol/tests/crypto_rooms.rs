@@ -209,9 +209,10 @@ impl World {
         let recipient = &mut self.nodes[to];
         let message = decode(&wire);
         let received = match recipient.sessions.get_mut(sender_id.as_bytes()) {
-            Some(session) => session.decrypt(&message).unwrap(),
+            Some(session) => session.decrypt(&mut self.rng, &message).unwrap(),
             None => {
                 let (session, plaintext) = Session::respond(
+                    &mut self.rng,
                     &recipient.identity,
                     &mut recipient.prekeys,
                     &sender_id,

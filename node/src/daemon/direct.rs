@@ -374,12 +374,7 @@ impl Node {
             return self.fail_send(job.reply, SendFailed::NotStored(err));
         }
         let reply = job.reply;
-        if let Some(ahead) = sessions.send_ahead()
-            && self.sends_ahead.get(&key.to_bytes()) != Some(&ahead)
-        {
-            let peer = key.to_bytes();
-            self.when_durable(AfterFlush::SendAhead { peer, ahead });
-        }
+        self.note_send_ahead(key.to_bytes(), sessions.send_ahead());
         if sent_ahead {
             self.delivery_input(DeliveryInput::Durable(id));
         }
@@ -503,6 +498,20 @@ impl Node {
                 reply,
                 SendFailed::NotDurable(super::durable::not_durable(&err)),
             ),
+        }
+    }
+
+    /// `ahead`, what our sessions with `peer` just written reserve, counts once it is durable
+    /// (see [`Node::seal_and_send`]).
+    pub(crate) fn note_send_ahead(
+        &mut self,
+        peer: [u8; 32],
+        ahead: Option<palaver_protocol::crypto::ratchet::SendAhead>,
+    ) {
+        if let Some(ahead) = ahead
+            && self.sends_ahead.get(&peer) != Some(&ahead)
+        {
+            self.when_durable(AfterFlush::SendAhead { peer, ahead });
         }
     }
 

@@ -6,19 +6,22 @@
 //! 2. Bob: [`Session::respond`] to the first message to arrive, then [`Session::decrypt`] the
 //!    rest, including late copies of her earlier messages.
 //! 3. Both: every turn of the conversation steps the DH ratchet. Receiving a new ratchet key
-//!    derives a receiving chain; our next send draws a fresh ratchet key and a new sending chain.
-//!    Message keys are deleted once used (forward secrecy), and a stolen state stops decrypting
-//!    once both sides have taken a step (post-compromise security).
+//!    derives a receiving chain and draws our next ratchet key, as the spec does; our next send
+//!    steps with it to a new sending chain. Message keys are deleted once used (forward
+//!    secrecy), and a stolen state stops decrypting once both sides have stepped with ratchet
+//!    keys drawn after the theft (post-compromise security, the spec's bound).
 //!
 //! Two departures from the spec's pseudocode, neither visible on the wire:
-//! - our new ratchet key pair is drawn at our next send rather than on receipt, so `decrypt`
-//!   needs no RNG;
+//! - the step to our new sending chain is taken at our next send, not on receipt (the key it
+//!   uses is drawn on receipt), so a second new ratchet key from the peer before we answer (its
+//!   chain ran out) is still stepped against the key the peer knows;
 //! - decryption is transactional: the new state is computed aside and committed only once the
 //!   AEAD tag checks, so forged, replayed or corrupted messages change nothing.
 //!
 //! And one addition, also invisible on the wire: message numbers reserved ahead
-//! ([`SendAhead`]), so that within a sending chain a message may leave before the state that
-//! sealed it is on disk, without a crash ever making a message key encrypt twice.
+//! ([`SendAhead`]), for the chain we send under and, on receipt, for the one our next turn will
+//! start, so that a message may leave before the state that sealed it is on disk without a crash
+//! ever making a message key encrypt twice.
 //!
 //! ```text
 //! KDF_RK(rk, dh) = HKDF-SHA256(salt = rk, ikm = dh, info = "palaver/v1/ratchet") → rk' || ck
@@ -115,8 +118,13 @@ pub struct Session {
     /// Keys of messages that were skipped over, oldest first.
     skipped: VecDeque<SkippedKey>,
     retired_ratchet_keys: VecDeque<PublicKey>,
-    /// The message numbers of our sending chain this state reserves (see [`SendAhead`]).
+    /// The message numbers of our sending chain this state reserves (see [`SendAhead`]): of
+    /// the current one, or, while it is our turn to answer, of the one `next_ratchet_key` starts.
     ahead: Option<SendAhead>,
+    /// The ratchet key our next step takes, drawn when the peer's new ratchet key arrived (so a
+    /// reservation can name the chain before it exists). `None` until then; a step without one
+    /// draws its own.
+    next_ratchet_key: Option<StaticSecret>,
 }
 
 /// Message numbers reserved ahead: every message of the sending chain between our ratchet key
@@ -186,6 +194,7 @@ impl From<LegacySession> for Session {
             skipped: old.skipped,
             retired_ratchet_keys: old.retired_ratchet_keys,
             ahead: None,
+            next_ratchet_key: None,
         }
     }
 }
@@ -254,6 +263,7 @@ impl Session {
             skipped: VecDeque::new(),
             retired_ratchet_keys: VecDeque::new(),
             ahead: None,
+            next_ratchet_key: None,
         })
     }
 
@@ -266,6 +276,7 @@ impl Session {
     /// copy of an initial message belongs there, and [`CryptoError::SessionMismatch`] means the
     /// peer has started a new session, which is what `respond` is for.
     pub fn respond(
+        rng: &mut (impl CryptoRng + RngCore),
         ours: &SigningKey,
         prekeys: &mut PrekeySecrets,
         their_identity: &VerifyingKey,
@@ -287,8 +298,9 @@ impl Session {
             skipped: VecDeque::new(),
             retired_ratchet_keys: VecDeque::new(),
             ahead: None,
+            next_ratchet_key: None,
         };
-        let plaintext = session.decrypt(first)?;
+        let plaintext = session.decrypt(rng, first)?;
         if let Some(id) = init.one_time_prekey_id {
             prekeys.consume_one_time(id);
         }
@@ -312,7 +324,9 @@ impl Session {
         {
             Some(chain) => (None, chain.clone()),
             None => {
-                let (step, chain) = self.sending_step(rng)?;
+                let our_ratchet_key = (self.next_ratchet_key.clone())
+                    .unwrap_or_else(|| StaticSecret::random_from_rng(&mut *rng));
+                let (step, chain) = self.sending_step(our_ratchet_key)?;
                 (Some(step), chain)
             }
         };
@@ -334,10 +348,7 @@ impl Session {
         )?;
 
         if let Some(step) = step {
-            self.root_key = step.root_key;
-            self.our_ratchet_key = step.our_ratchet_key;
-            self.our_ratchet_public = step.our_ratchet_public;
-            self.previous_sending_len = step.previous_chain_len;
+            self.take_step(step);
         }
         self.sending = Some(sending);
         self.reserve_after(index);
@@ -369,25 +380,38 @@ impl Session {
     /// state that sealed them reaching the disk. Whether anything changed (then store it again).
     /// Harmless on a session that lost nothing: the peer sees a gap of at most [`SEND_AHEAD`].
     pub fn resume(&mut self) -> bool {
-        let (Some(ahead), Some(chain)) = (self.ahead, &self.sending) else {
+        let Some(ahead) = self
+            .ahead
+            .filter(|ahead| ahead.theirs == self.their_ratchet_key)
+        else {
             return false;
         };
-        let ours = ahead.ours == self.our_ratchet_public && ahead.theirs == self.their_ratchet_key;
-        if !ours || chain.index() >= ahead.until {
-            return false;
-        }
-        // The chain is only stepped: no more than SEND_AHEAD keys derived and dropped.
-        match chain.skip_to(ahead.until, u32::MAX) {
-            Ok((chain, _)) => {
-                self.sending = Some(chain);
-                true
+        let chain = match (&self.sending, &self.next_ratchet_key) {
+            (Some(chain), _) if ahead.ours == self.our_ratchet_public => {
+                if chain.index() >= ahead.until {
+                    return false;
+                }
+                chain.clone()
             }
-            // Past the chain's last key: the next send takes a fresh step instead.
-            Err(_) => {
-                self.sending = None;
-                true
+            // Our turn was reserved on receipt, so it may have begun: its step is taken now, with
+            // the key it took then, against the same state, to the same chain.
+            (None, Some(next)) if ahead.ours == PublicKey::from(next) => {
+                let Ok((step, chain)) = self.sending_step(next.clone()) else {
+                    // The next send fails the same way: nothing is ever encrypted under it.
+                    return false;
+                };
+                self.take_step(step);
+                chain
             }
-        }
+            _ => return false,
+        };
+        // The chain is only stepped: no more than SEND_AHEAD keys derived and dropped. Past its
+        // last key (it cannot be: the number is a u32 like `until`) the next send steps afresh.
+        self.sending = chain
+            .skip_to(ahead.until, u32::MAX)
+            .ok()
+            .map(|(chain, _)| chain);
+        true
     }
 
     /// Keeps the reservation ahead of message `index` just sealed in our sending chain: renewed
@@ -411,7 +435,11 @@ impl Session {
 
     /// Decrypts a message from the peer. Out-of-order messages within [`MAX_SKIP`] decrypt;
     /// replays fail with [`CryptoError::DuplicateMessage`]. Any error leaves the session unchanged.
-    pub fn decrypt(&mut self, message: &RatchetMessage) -> Result<Vec<u8>, CryptoError> {
+    pub fn decrypt(
+        &mut self,
+        rng: &mut (impl CryptoRng + RngCore),
+        message: &RatchetMessage,
+    ) -> Result<Vec<u8>, CryptoError> {
         self.check_init(message.init.as_ref())?;
         let header = &message.header;
         let ad = self.associated_data(header, message.init.as_ref());
@@ -434,7 +462,12 @@ impl Session {
 
         let receive = self.plan_receive(header)?;
         let plaintext = open(&receive.message_key, &ad, &message.ciphertext)?;
-        self.commit(receive);
+        // Drawn only now that the message is known to be genuine.
+        let next_ratchet_key = receive
+            .step
+            .is_some()
+            .then(|| StaticSecret::random_from_rng(&mut *rng));
+        self.commit(receive, next_ratchet_key);
         Ok(plaintext)
     }
 
@@ -479,7 +512,8 @@ impl Session {
         })
     }
 
-    fn commit(&mut self, receive: Receive) {
+    /// `next_ratchet_key` is drawn for a message that steps (a new ratchet key of theirs).
+    fn commit(&mut self, receive: Receive, next_ratchet_key: Option<StaticSecret>) {
         if let Some((root_key, their_ratchet_key)) = receive.step {
             if self.receiving.is_some() {
                 self.retired_ratchet_keys.push_back(self.their_ratchet_key);
@@ -489,9 +523,18 @@ impl Session {
             }
             self.root_key = root_key;
             self.their_ratchet_key = their_ratchet_key;
-            // It is our turn now: our next message answers with a fresh ratchet key.
+            // It is our turn now: our next message answers with a fresh ratchet key, whose
+            // chain's first numbers are reserved now (and so durable with this message).
             if let Some(sending) = self.sending.take() {
                 self.previous_sending_len = sending.index();
+            }
+            if let Some(next) = next_ratchet_key {
+                self.ahead = Some(SendAhead {
+                    ours: PublicKey::from(&next),
+                    theirs: their_ratchet_key,
+                    until: SEND_AHEAD,
+                });
+                self.next_ratchet_key = Some(next);
             }
         }
         self.receiving = Some(receive.receiving);
@@ -502,11 +545,11 @@ impl Session {
         self.acknowledge();
     }
 
+    /// Our DH step to a new sending chain with `our_ratchet_key`, computed aside.
     fn sending_step(
         &self,
-        rng: &mut (impl CryptoRng + RngCore),
+        our_ratchet_key: StaticSecret,
     ) -> Result<(SendingStep, Chain), CryptoError> {
-        let our_ratchet_key = StaticSecret::random_from_rng(&mut *rng);
         let (root_key, chain) = kdf_rk(
             &self.root_key,
             &*dh(&our_ratchet_key, &self.their_ratchet_key)?,
@@ -524,6 +567,15 @@ impl Session {
             previous_chain_len,
         };
         Ok((step, chain))
+    }
+
+    /// Commits a [`Session::sending_step`] (its chain is the caller's to install).
+    fn take_step(&mut self, step: SendingStep) {
+        self.root_key = step.root_key;
+        self.our_ratchet_key = step.our_ratchet_key;
+        self.our_ratchet_public = step.our_ratchet_public;
+        self.previous_sending_len = step.previous_chain_len;
+        self.next_ratchet_key = None;
     }
 
     fn check_init(&self, init: Option<&SessionInit>) -> Result<(), CryptoError> {
@@ -625,6 +677,7 @@ mod tests {
         let mut alice = Session::initiate(&mut rng, &alice_identity, &bundle).unwrap();
         let first = alice.encrypt(&mut rng, b"first").unwrap();
         let (mut bob, _) = Session::respond(
+            &mut rng,
             &bob_identity,
             &mut prekeys,
             &alice_identity.verifying_key(),
@@ -638,7 +691,7 @@ mod tests {
         bob.receiving = Some(near_end());
         let last = alice.encrypt(&mut rng, b"last of the chain").unwrap();
         assert_eq!(last.header.index, u32::MAX - 1);
-        assert_eq!(bob.decrypt(&last).unwrap(), b"last of the chain");
+        assert_eq!(bob.decrypt(&mut rng, &last).unwrap(), b"last of the chain");
 
         let next = alice.encrypt(&mut rng, b"fresh chain").unwrap();
         assert_ne!(next.header.dh, last.header.dh);
@@ -646,6 +699,6 @@ mod tests {
             (next.header.index, next.header.previous_chain_len),
             (0, u32::MAX)
         );
-        assert_eq!(bob.decrypt(&next).unwrap(), b"fresh chain");
+        assert_eq!(bob.decrypt(&mut rng, &next).unwrap(), b"fresh chain");
     }
 }

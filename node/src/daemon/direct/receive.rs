@@ -93,6 +93,7 @@ impl Node {
         // one-time prekey used up by a message we then failed to store would break that session).
         let mut clock = self.clock()?;
         let opened = pairwise::open(
+            &mut OsRng,
             self.identity.signing_key(),
             existing,
             &self.state.session.prekeys().secrets,
@@ -104,6 +105,7 @@ impl Node {
         // `Store::record_received`); the session before the prekey.
         let mut consumed = StateBatch::default();
         consumed.put(StateKey::Session(sender.to_bytes()), &opened.sessions);
+        let ahead = opened.sessions.send_ahead();
         if let Some(prekeys) = &opened.prekeys_after {
             crate::daemon::link::put_prekey_secrets(&mut consumed, prekeys);
         }
@@ -122,78 +124,84 @@ impl Node {
                     &sender,
                 );
         let mut new_contact = None;
-        let (entry, control, offer) = match pairwise::received(opened.payload, from_own_device) {
-            pairwise::Received::Sent {
-                to,
-                to_key,
-                text,
-                sent_at_ms,
-            } => {
-                // Filed with `to`, as ours. A contact new to this device is pinned as our other
-                // device knew it.
-                let contact = match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
-                    Some(contact) => contact,
-                    None => {
-                        let contact = Contact::first(to_key.to_bytes());
-                        brings.put(StateKey::Contact(to.as_str()), &contact);
-                        // Kept even if the message is cut short: a key's name may be held
-                        // already, without a contact (a device list names it).
-                        moved_on.put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
-                        new_contact = Some(to.clone());
-                        contact
-                    }
-                };
-                let entry = HistoryEntry {
-                    id,
-                    conversation: ConversationId::Direct(contact.conversation),
-                    label: to.to_string(),
-                    from: self.name.to_string(),
-                    sender: sender.to_bytes(),
+        let (entry, control, offer, stored) =
+            match pairwise::received(opened.payload, from_own_device) {
+                pairwise::Received::Sent {
+                    to,
+                    to_key,
                     text,
                     sent_at_ms,
-                    stamp: opened.stamp,
-                    seq: opened.seq,
-                    status: Status::Sent,
-                };
-                let new = self
-                    .store
-                    .record_received(&entry, &brings, &consumed, &moved_on)?;
-                (new.then_some(entry), None, None)
-            }
-            pairwise::Received::Entry { text, offer, whole } => {
-                if let Some(offer) = &offer {
-                    let record = palaver_protocol::node::files::Incoming::offered(
-                        offer.clone(),
-                        sender,
-                        None,
-                    );
-                    brings.put(StateKey::FileIn(id), &record);
+                } => {
+                    // Filed with `to`, as ours. A contact new to this device is pinned as our other
+                    // device knew it.
+                    let contact =
+                        match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
+                            Some(contact) => contact,
+                            None => {
+                                let contact = Contact::first(to_key.to_bytes());
+                                brings.put(StateKey::Contact(to.as_str()), &contact);
+                                // Kept even if the message is cut short: a key's name may be held
+                                // already, without a contact (a device list names it).
+                                moved_on.put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
+                                new_contact = Some(to.clone());
+                                contact
+                            }
+                        };
+                    let entry = HistoryEntry {
+                        id,
+                        conversation: ConversationId::Direct(contact.conversation),
+                        label: to.to_string(),
+                        from: self.name.to_string(),
+                        sender: sender.to_bytes(),
+                        text,
+                        sent_at_ms,
+                        stamp: opened.stamp,
+                        seq: opened.seq,
+                        status: Status::Sent,
+                    };
+                    let new = self
+                        .store
+                        .record_received(&entry, &brings, &consumed, &moved_on)?;
+                    (new.then_some(entry), None, None, new)
                 }
-                let entry = HistoryEntry {
-                    id,
-                    conversation,
-                    label: label.clone(),
-                    from: label,
-                    sender: sender.to_bytes(),
-                    text,
-                    sent_at_ms: opened.sent_at_ms,
-                    stamp: opened.stamp,
-                    seq: opened.seq,
-                    status: Status::Received,
-                };
-                // Only a new line offers its file.
-                let new = self
-                    .store
-                    .record_received(&entry, &brings, &consumed, &moved_on)?;
-                let offer = offer.filter(|_| new).map(|offer| (offer, whole));
-                (new.then_some(entry), None, offer)
-            }
-            pairwise::Received::Control(payload) => {
-                brings.extend(consumed).extend(moved_on);
-                self.store.record_control(&id, &brings)?;
-                (None, Some(*payload), None)
-            }
-        };
+                pairwise::Received::Entry { text, offer, whole } => {
+                    if let Some(offer) = &offer {
+                        let record = palaver_protocol::node::files::Incoming::offered(
+                            offer.clone(),
+                            sender,
+                            None,
+                        );
+                        brings.put(StateKey::FileIn(id), &record);
+                    }
+                    let entry = HistoryEntry {
+                        id,
+                        conversation,
+                        label: label.clone(),
+                        from: label,
+                        sender: sender.to_bytes(),
+                        text,
+                        sent_at_ms: opened.sent_at_ms,
+                        stamp: opened.stamp,
+                        seq: opened.seq,
+                        status: Status::Received,
+                    };
+                    // Only a new line offers its file.
+                    let new = self
+                        .store
+                        .record_received(&entry, &brings, &consumed, &moved_on)?;
+                    let offer = offer.filter(|_| new).map(|offer| (offer, whole));
+                    (new.then_some(entry), None, offer, new)
+                }
+                pairwise::Received::Control(payload) => {
+                    brings.extend(consumed).extend(moved_on);
+                    let new = self.store.record_control(&id, &brings)?;
+                    (None, Some(*payload), None, new)
+                }
+            };
+        // The sessions were written only with a new message.
+        if stored {
+            self.note_send_ahead(sender.to_bytes(), ahead);
+        }
         if let Some(prekeys) = opened.prekeys_after {
             self.state.session.prekeys_mut().secrets = prekeys;
         }

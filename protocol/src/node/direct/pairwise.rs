@@ -133,15 +133,19 @@ impl PeerSessions {
 
     /// Decrypts with whichever session the sender used (each attempt that fails changes
     /// nothing); the one that worked becomes current.
-    pub fn decrypt(&mut self, message: &RatchetMessage) -> Option<Vec<u8>> {
-        if let Ok(plaintext) = self.current.decrypt(message) {
+    pub fn decrypt(
+        &mut self,
+        rng: &mut (impl RngCore + CryptoRng),
+        message: &RatchetMessage,
+    ) -> Option<Vec<u8>> {
+        if let Ok(plaintext) = self.current.decrypt(rng, message) {
             return Some(plaintext);
         }
         let (i, plaintext) = self
             .archived
             .iter_mut()
             .enumerate()
-            .find_map(|(i, session)| session.decrypt(message).ok().map(|p| (i, p)))?;
+            .find_map(|(i, session)| session.decrypt(rng, message).ok().map(|p| (i, p)))?;
         let session = self.archived.remove(i);
         self.promote(session);
         Some(plaintext)
@@ -267,6 +271,7 @@ pub struct Opened {
 /// a session initiation uses up comes back in [`Opened::prekeys_after`]. Nothing changes on
 /// failure.
 pub fn open(
+    rng: &mut (impl RngCore + CryptoRng),
     me: &SigningKey,
     mut existing: Option<PeerSessions>,
     prekeys: &PrekeySecrets,
@@ -280,14 +285,15 @@ pub fn open(
     let sender = direct.sender;
     let decrypted = existing
         .as_mut()
-        .and_then(|sessions| sessions.decrypt(&direct.message));
+        .and_then(|sessions| sessions.decrypt(rng, &direct.message));
     let (sessions, plaintext, prekeys_after) = match (existing, decrypted) {
         (Some(sessions), Some(plaintext)) => (sessions, plaintext, None),
         // No session, or the sender started a new one: answer its initiation.
         (existing, None) if direct.message.init.is_some() => {
             let mut staged = prekeys.clone();
-            let (session, plaintext) = Session::respond(me, &mut staged, &sender, &direct.message)
-                .map_err(OpenError::Session)?;
+            let (session, plaintext) =
+                Session::respond(rng, me, &mut staged, &sender, &direct.message)
+                    .map_err(OpenError::Session)?;
             let sessions = match existing {
                 Some(mut sessions) => {
                     sessions.promote(session);

@@ -1,5 +1,5 @@
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{OsRng, SeedableRng};
 
 use super::*;
 
@@ -75,6 +75,7 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
     let direct = direct_of(&sealed);
 
     let opened = open(
+        &mut OsRng,
         &p.bob,
         None,
         &p.bob_prekeys,
@@ -98,6 +99,7 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
     // message (sent again) would still open.
     let mut bob_clock = p.bob_clock;
     open(
+        &mut OsRng,
         &p.bob,
         None,
         &p.bob_prekeys,
@@ -110,6 +112,7 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
     // by the session it advanced and as a new initiation.
     p.bob_prekeys = after;
     let again = open(
+        &mut OsRng,
         &p.bob,
         Some(opened.sessions),
         &p.bob_prekeys,
@@ -119,6 +122,7 @@ fn a_sealed_message_opens_once_with_its_stamp_and_seq() {
     );
     assert!(again.is_err());
     let fresh = open(
+        &mut OsRng,
         &p.bob,
         None,
         &p.bob_prekeys,
@@ -137,11 +141,28 @@ fn a_failed_open_consumes_nothing() {
     let good = direct.clone();
     direct.message.ciphertext[0] ^= 1;
     let clock = p.bob_clock;
-    let err = open(&p.bob, None, &p.bob_prekeys, &mut p.bob_clock, &direct, T0);
+    let err = open(
+        &mut OsRng,
+        &p.bob,
+        None,
+        &p.bob_prekeys,
+        &mut p.bob_clock,
+        &direct,
+        T0,
+    );
     assert!(matches!(err, Err(OpenError::Session(_))), "{:?}", err.err());
     assert_eq!(p.bob_clock, clock);
     // The untampered message still opens: the prekey it names was not used up.
-    open(&p.bob, None, &p.bob_prekeys, &mut p.bob_clock, &good, T0).expect("open");
+    open(
+        &mut OsRng,
+        &p.bob,
+        None,
+        &p.bob_prekeys,
+        &mut p.bob_clock,
+        &good,
+        T0,
+    )
+    .expect("open");
 }
 
 #[test]
@@ -150,6 +171,7 @@ fn a_message_for_someone_else_is_refused() {
     let sealed = first_message(&mut p, Payload::Text("x".into()));
     let carol = SigningKey::from_bytes(&[3; 32]);
     let err = open(
+        &mut OsRng,
         &carol,
         None,
         &p.bob_prekeys,
@@ -244,6 +266,7 @@ fn a_file_offer_a_receiver_cannot_take_is_refused_when_opened() {
     };
     let sealed = first_message(&mut p, Payload::File(offer));
     let err = open(
+        &mut OsRng,
         &p.bob,
         None,
         &p.bob_prekeys,
@@ -289,6 +312,7 @@ fn sessions_stored_before_send_ahead_read_back_and_go_on_both_ways() {
         )
         .unwrap();
         let opened = open(
+            &mut OsRng,
             &p.bob,
             Some(bob),
             &p.bob_prekeys,
@@ -313,6 +337,7 @@ fn sessions_stored_before_send_ahead_read_back_and_go_on_both_ways() {
         )
         .unwrap();
         let opened = open(
+            &mut OsRng,
             &p.alice,
             Some(alice),
             &alice_prekeys,
