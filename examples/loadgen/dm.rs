@@ -3,8 +3,10 @@
 //! decrypted and stored by the recipient, its acknowledgement back and recorded. To `p1` over
 //! their direct connection, and to the daemon that listens only through the rendezvous relay.
 //! Each sample is kept under the connection kind `peers` reports right after it (DCUtR may
-//! upgrade a relayed connection to a direct one mid-run). Then the same on plain libp2p, with
-//! and without the two syncs a durable round trip needs ([`crate::dm_baseline`]).
+//! upgrade a relayed connection to a direct one mid-run). Then `direct_turns`: round trips
+//! between `p0` and `p1` taking turns, so that every message is the first of a new turn (a new
+//! ratchet key), as in a conversation or a bot answering commands. Then the same on plain
+//! libp2p, with and without the two syncs a durable round trip needs ([`crate::dm_baseline`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,6 +26,9 @@ pub(crate) async fn run(palaver: &Palaver, count: usize) -> anyhow::Result<Value
     let mut direct = round_trips(from, "p1", count).await?;
     let direct_samples = direct.remove("direct").unwrap_or_default();
     let mut report = json!({"direct": summary(direct_samples, &direct)});
+    let mut turns = taking_turns(palaver, count).await?;
+    let turn_samples = turns.remove("direct").unwrap_or_default();
+    report["direct_turns"] = summary(turn_samples, &turns);
     let baseline = crate::dm_baseline::run(count).await?;
     if let (Some(ours), Some(floor)) = (
         report["direct"]["p50_ms"].as_f64(),
@@ -93,6 +98,41 @@ async fn round_trips(
     }
     if lost > 0 {
         eprintln!("dm to {to}: {lost} of {count} round trips not delivered within {TRIP_LIMIT:?}");
+    }
+    Ok(by_kind)
+}
+
+/// Round trips alternating `p0` → `p1` and `p1` → `p0`, by the connection kind seen after each.
+async fn taking_turns(
+    palaver: &Palaver,
+    count: usize,
+) -> anyhow::Result<std::collections::HashMap<String, Vec<Duration>>> {
+    let mut sides = Vec::new();
+    for (socket, to) in [(&palaver.sockets[0], "p1"), (&palaver.sockets[1], "p0")] {
+        let mut events = Client::connect(socket).await?;
+        events.subscribe().await?;
+        let calls = Client::connect(socket).await?;
+        sides.push((socket, to, calls, events, HashSet::new()));
+    }
+    let mut by_kind: std::collections::HashMap<String, Vec<Duration>> = Default::default();
+    let mut lost = 0;
+    for i in 0..count + 6 {
+        let (socket, to, calls, events, delivered) = &mut sides[i % 2];
+        let limit = if i < 2 { FIRST_LIMIT } else { TRIP_LIMIT };
+        match trip(calls, events, delivered, to, limit).await? {
+            // The first few set up both sessions and their turns.
+            Some(_) if i < 6 => {}
+            Some(rtt) => {
+                let kind = connection(socket, to).await?;
+                by_kind.entry(kind).or_default().push(rtt);
+            }
+            None => lost += 1,
+        }
+    }
+    if lost > 0 {
+        eprintln!(
+            "dm taking turns: {lost} of {count} round trips not delivered within {TRIP_LIMIT:?}"
+        );
     }
     Ok(by_kind)
 }
