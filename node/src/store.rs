@@ -32,6 +32,9 @@ mod migrate;
 
 /// Set once history is keyed by the hybrid clock (see [`migrate`]).
 const HYBRID_ORDER_META: &str = "hybrid_order";
+/// Set when the daemon stopped cleanly, every ratchet session on disk as it was last used; taken
+/// out at the next start (see [`Store::resume_sessions`]).
+const SESSIONS_SETTLED_META: &str = "sessions_settled";
 mod unread;
 
 pub use unread::{MAX_UNREAD_COUNTED, Unread};
@@ -528,6 +531,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Notes that every stored ratchet session is as it was last used, so the next start need
+    /// not skip past their reservations: for a clean stop, once the last flush is done and
+    /// nothing can write a session any more.
+    pub fn settle_sessions(&self) -> Result<(), StoreError> {
+        self.apply(StateBatch::default().put(StateKey::Meta(SESSIONS_SETTLED_META), &true))?;
+        self.flush()
+    }
+
     /// The room whose history is labelled `#room` (for reading without the room records).
     pub fn room_by_label(&self, room: &palaver_protocol::RoomName) -> Option<RoomId> {
         let label = format!("#{room}");
@@ -588,8 +599,15 @@ impl Store {
 
     /// Makes every stored ratchet session safe to encrypt with after a restart
     /// ([`PeerSessions::resume`]): run once at start, before anything is sealed, and flushed.
-    /// How many peers' sessions it moved on.
+    /// After a clean stop ([`Store::settle_sessions`]) nothing left that the stored sessions do
+    /// not show, so nothing is skipped and peers see no gap. How many peers' sessions it moved on.
     pub fn resume_sessions(&self) -> Result<usize, StoreError> {
+        if self.get::<bool>(StateKey::Meta(SESSIONS_SETTLED_META))? == Some(true) {
+            // From here on a crash can happen again: the note goes, on disk, before any send.
+            self.apply(StateBatch::default().remove(StateKey::Meta(SESSIONS_SETTLED_META)))?;
+            self.flush()?;
+            return Ok(0);
+        }
         let mut batch = StateBatch::default();
         let mut moved = 0;
         let prefix = &StateKey::Session([0; 32]).bytes()[..1];
@@ -679,9 +697,11 @@ impl Store {
     /// A crash can leave the message stored and `consumed` (or its tail) unwritten, so the
     /// session behind by this one message. That is safe: the message is known, so a copy of it
     /// is acknowledged without being opened again; the ratchet behind it still opens what comes
-    /// next (a DH step taken again from the same keys derives the same chain); and nothing was
-    /// sealed with the state that was lost, since a send flushes its own writes before its
-    /// message leaves and sled keeps a prefix of its log. `consumed` must list the session
+    /// next (a DH step taken again from the same keys derives the same chain); and nothing that
+    /// left was sealed with the state that was lost: a message leaves once its own writes are
+    /// flushed, or once a reservation covering it is ([`PeerSessions::send_ahead`], counted only
+    /// after a flush that covered `consumed` when the receipt wrote it), and sled keeps a prefix
+    /// of its log. `consumed` must list the session
     /// before the prekey it used up: a prekey gone with the session that used it lost would
     /// leave the peer's next message, which carries the same initiation, unopenable. One case
     /// heals later than it would have: a peer starting a new session whose first message is

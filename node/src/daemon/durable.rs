@@ -245,22 +245,30 @@ impl Node {
 
     /// On the way out (the actor's loop ended): stops the flush thread (waiting for a flush it
     /// runs), then flushes in place until nobody waits any more, since what runs may write
-    /// again. An error if the last flush failed.
+    /// again; then, if all of it is on disk, notes that the ratchet sessions are settled (the
+    /// next start skips nothing, see [`crate::store::Store::resume_sessions`]). An error if the
+    /// last flush failed.
     pub(crate) fn flush_before_exit(&mut self) -> Flushed {
         self.stopping = true;
         self.flusher.stop();
         self.save_dirty_rooms();
         // A waiter rarely writes again; the bound only guards against a cycle.
         let mut result = Ok(());
+        let mut settled = false;
         for _ in 0..8 {
             result = self.store.flush().map_err(FlushError::from);
             let waiting = self.commit.drain();
             if waiting.is_empty() {
+                settled = result.is_ok();
                 break;
             }
             for then in waiting {
                 self.after_flush(then, result.clone());
             }
+        }
+        // Nothing seals any more: only the actor does, and its loop is over.
+        if settled && let Err(err) = self.store.settle_sessions() {
+            tracing::warn!("the next start skips ahead in every ratchet session: {err}");
         }
         result
     }

@@ -613,23 +613,15 @@ fn a_send_cut_short_keeps_what_it_moved_on_and_loses_only_the_message() {
     assert_eq!(store.get::<u64>(StateKey::Seq(conv)).unwrap(), Some(5));
 }
 
-/// Sessions that sent ahead of the disk are moved past what they reserved at start, once, in a
-/// sealed store as in a plain one.
-#[test]
-fn stored_sessions_resume_past_what_they_reserved_once() {
+/// Sessions between Alice (`[1; 32]`) and Bob (`[2; 32]`), Alice's side, and her sealing with them.
+mod alice_to_bob {
     use palaver_protocol::crypto::x3dh::{PrekeyBundle, PrekeySecrets};
     use palaver_protocol::delivery::HybridClock;
-    use palaver_protocol::node::direct::pairwise;
+    use palaver_protocol::node::direct::pairwise::{self, PeerSessions, Sealed};
     use palaver_protocol::wire::Payload;
     use rand_core::OsRng;
 
-    for sealed in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
-        let store = match sealed {
-            true => Store::reopen_sealed(dir.path(), SecretsKey::of(&identity)),
-            false => Store::reopen(dir.path()),
-        };
+    pub(super) fn sessions() -> PeerSessions {
         let alice = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
         let bob = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
         let upload = PrekeySecrets::generate(&mut OsRng, &bob, 1).upload();
@@ -638,13 +630,31 @@ fn stored_sessions_resume_past_what_they_reserved_once() {
             signed_prekey: upload.signed_prekey,
             one_time_prekey: upload.one_time_prekeys.first().copied(),
         };
-        let mut sessions = pairwise::start_session(&mut OsRng, &alice, &bundle, None).unwrap();
-        let mut clock = HybridClock::new();
-        let mut seal = |sessions: &mut pairwise::PeerSessions| {
-            let text = Payload::Text("hello".into());
-            let to = bob.verifying_key();
-            pairwise::seal(&mut OsRng, &alice, to, sessions, &mut clock, 1, text, 1).unwrap()
+        pairwise::start_session(&mut OsRng, &alice, &bundle, None).unwrap()
+    }
+
+    pub(super) fn seal(sessions: &mut PeerSessions) -> Sealed {
+        let alice = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let to = ed25519_dalek::SigningKey::from_bytes(&[2; 32]).verifying_key();
+        let text = Payload::Text("hello".into());
+        let clock = &mut HybridClock::new();
+        pairwise::seal(&mut OsRng, &alice, to, sessions, clock, 1, text, 1).unwrap()
+    }
+}
+
+/// Sessions that sent ahead of the disk are moved past what they reserved at start, once, in a
+/// sealed store as in a plain one.
+#[test]
+fn stored_sessions_resume_past_what_they_reserved_once() {
+    use alice_to_bob::seal;
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = palaver_protocol::Identity::from_secret_bytes(&[5; 32]);
+        let store = match sealed {
+            true => Store::reopen_sealed(dir.path(), SecretsKey::of(&identity)),
+            false => Store::reopen(dir.path()),
         };
+        let mut sessions = alice_to_bob::sessions();
         seal(&mut sessions);
         let on_disk = sessions.send_ahead().unwrap();
         store
@@ -658,4 +668,33 @@ fn stored_sessions_resume_past_what_they_reserved_once() {
         let mut resumed = store.sessions([2; 32]).unwrap().unwrap();
         assert!(!on_disk.covers(&seal(&mut resumed).place));
     }
+}
+
+/// After a clean stop every session on disk is as last used: the next start skips nothing (the
+/// peer sees no gap), and the start after a crash that follows does again.
+#[test]
+fn after_a_clean_stop_the_next_start_skips_nothing() {
+    use alice_to_bob::seal;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::reopen(dir.path());
+    let mut sessions = alice_to_bob::sessions();
+    let first = seal(&mut sessions);
+    store
+        .apply(StateBatch::default().put(StateKey::Session([2; 32]), &sessions))
+        .unwrap();
+    store.settle_sessions().unwrap();
+    drop(store);
+    let store = Store::reopen(dir.path());
+    assert_eq!(store.resume_sessions().unwrap(), 0);
+    let mut resumed = store.sessions([2; 32]).unwrap().unwrap();
+    let next = seal(&mut resumed);
+    assert!(
+        sessions.send_ahead().unwrap().covers(&next.place),
+        "the chain goes on where it stopped"
+    );
+    assert_ne!(first.place, next.place);
+    // The note was used up: a crash now (nothing settled) makes the next start skip.
+    drop(store);
+    let store = Store::reopen(dir.path());
+    assert_eq!(store.resume_sessions().unwrap(), 1);
 }

@@ -394,7 +394,9 @@ impl Session {
                 chain.clone()
             }
             // Our turn was reserved on receipt, so it may have begun: its step is taken now, with
-            // the key it took then, against the same state, to the same chain.
+            // the key it took then, against the same state, to the same chain. (A peer whose own
+            // chain ran out, 2^32 - 1 messages without a reply, and stepped again before we sent
+            // would find this step one it never saw: not a case to design for.)
             (None, Some(next)) if ahead.ours == PublicKey::from(next) => {
                 let Ok((step, chain)) = self.sending_step(next.clone()) else {
                     // The next send fails the same way: nothing is ever encrypted under it.
