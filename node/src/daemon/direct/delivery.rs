@@ -14,7 +14,7 @@ impl Node {
         self.drive_delivery();
     }
 
-    /// Carries out the planner's outputs; the store changes they ask for go in one batch.
+    /// Carries out the planner's outputs; the store changes they ask for are written at the end.
     pub(crate) fn drive_delivery(&mut self) {
         let mut batch = StateBatch::default();
         let mut save_outbox = false;
@@ -49,6 +49,9 @@ impl Node {
                     }
                 }
                 Output::Forget(id) => {
+                    // The outbox item first: a crash between leaves only a copy's note that
+                    // nothing reads again (the item left behind would send the copy again
+                    // without it).
                     batch
                         .remove(StateKey::Outbox(id))
                         .remove(StateKey::CopyOf(id));
@@ -59,8 +62,11 @@ impl Node {
         if save_outbox {
             batch.put(StateKey::Meta(OUTBOX_META), self.state.delivery.outbox());
         }
+        // In order, not atomically: the stored outbox and its items need not agree, since the
+        // next start reconciles them (`Delivery::new`), and each acknowledgement paid a sled
+        // batch otherwise.
         if !batch.is_empty()
-            && let Err(err) = self.store.apply(&batch)
+            && let Err(err) = self.store.write_in_order(&batch)
         {
             tracing::warn!("store: {err}");
         }
