@@ -286,68 +286,93 @@ fn a_file_offer_a_receiver_cannot_take_is_refused_when_opened() {
 const PINNED_ALICE: &str = "01208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b39400002af3417024c94071af52372ba17c193387006b42953ce8e9abdeea5c526106b7e702765ebdfb3bb98ed65925be941c2abbcf0cfd8ec127ef6f20a9e7e8505a950ba2d5a295675748aaeb6296c156e103b1972a74db5d52fbe556685ceec1bf0dabff79d107ab3de3551e7f5b24ff4d4a732a56071cf68aaf741bdd7ca647770900015affd7bf360a077dee624c9a065fa79d0e9357e80e43a374b04fa0e89bf1bc490101000000";
 const PINNED_BOB: &str = "01208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c013ca65843f74a8be6f01ea053a141644dce82ccb0ae848a61b69da1d380a6806bfcff333f9f01fc5ed7eaf72af3417024c94071af52372ba17c193387006b42953ce8e9abdeea5c526106b76a9f63f644e1fab7d66f27ad74a70e9a6a8bda555511447c3e3f3ce9189537e8abff79d107ab3de3551e7f5b24ff4d4a732a56071cf68aaf741bdd7ca64777090ba2d5a295675748aaeb6296c156e103b1972a74db5d52fbe556685ceec1bf0d015affd7bf360a077dee624c9a065fa79d0e9357e80e43a374b04fa0e89bf1bc4901013adc9a719c09afab918b37097049f98d8aab1f5694cb78dbf7e5b155a86d1ff90100000000";
 
+/// One side of a conversation: its key, prekeys, clock and sessions with the other.
+struct Side {
+    key: SigningKey,
+    prekeys: PrekeySecrets,
+    clock: HybridClock,
+    sessions: Option<PeerSessions>,
+}
+
+/// Sessions as they read back once stored.
+fn stored_again(sessions: &PeerSessions) -> PeerSessions {
+    PeerSessions::from_stored(&codec::encode(sessions).unwrap()).unwrap()
+}
+
+/// `from` seals `text` for `to`, which opens it; each side's sessions go through their stored
+/// form on the way.
+fn pass(rng: &mut ChaCha20Rng, from: &mut Side, to: &mut Side, seq: u64, text: &str) {
+    let mut sessions = from.sessions.take().unwrap();
+    let payload = Payload::Text(text.into());
+    let (to_key, clock) = (to.key.verifying_key(), &mut from.clock);
+    let sealed = seal(
+        rng,
+        &from.key,
+        to_key,
+        &mut sessions,
+        clock,
+        seq,
+        payload,
+        T0,
+    )
+    .unwrap();
+    from.sessions = Some(stored_again(&sessions));
+    let direct = direct_of(&sealed);
+    let existing = to.sessions.take();
+    let opened = open(
+        &mut OsRng,
+        &to.key,
+        existing,
+        &to.prekeys,
+        &mut to.clock,
+        &direct,
+        T0,
+    )
+    .expect("opens");
+    assert_eq!(opened.payload, Payload::Text(text.into()));
+    to.sessions = Some(stored_again(&opened.sessions));
+}
+
 #[test]
 fn sessions_stored_before_send_ahead_read_back_and_go_on_both_ways() {
     let mut p = pair();
-    let alice_prekeys = PrekeySecrets::generate(&mut p.rng, &p.alice, 1);
     let old = |pinned: &str| hex::decode(pinned).unwrap();
     // The old layout never reads as the new one, nor the new as the old.
     assert!(codec::decode::<PeerSessions>(&old(PINNED_ALICE)).is_err());
-    let mut alice = PeerSessions::from_stored(&old(PINNED_ALICE)).expect("old layout");
-    let mut bob = PeerSessions::from_stored(&old(PINNED_BOB)).expect("old layout");
-    assert!(alice.send_ahead().is_none(), "nothing was reserved then");
-    assert!(!alice.resume() && !bob.resume());
-    let (alice_key, bob_key) = (p.alice.verifying_key(), p.bob.verifying_key());
+    let mut alice_sessions = PeerSessions::from_stored(&old(PINNED_ALICE)).expect("old layout");
+    let mut bob_sessions = PeerSessions::from_stored(&old(PINNED_BOB)).expect("old layout");
+    assert!(
+        alice_sessions.send_ahead().is_none(),
+        "nothing was reserved then"
+    );
+    assert!(!alice_sessions.resume() && !bob_sessions.resume());
+    let mut alice = Side {
+        key: p.alice.clone(),
+        prekeys: PrekeySecrets::generate(&mut p.rng, &p.alice, 1),
+        clock: p.alice_clock,
+        sessions: Some(alice_sessions),
+    };
+    let mut bob = Side {
+        key: p.bob.clone(),
+        prekeys: p.bob_prekeys.clone(),
+        clock: p.bob_clock,
+        sessions: Some(bob_sessions),
+    };
     for round in 0..3 {
-        let text = format!("alice {round}");
-        let sealed = seal(
+        pass(
             &mut p.rng,
-            &p.alice,
-            bob_key,
             &mut alice,
-            &mut p.alice_clock,
-            2 + round,
-            Payload::Text(text.clone()),
-            T0,
-        )
-        .unwrap();
-        let opened = open(
-            &mut OsRng,
-            &p.bob,
-            Some(bob),
-            &p.bob_prekeys,
-            &mut p.bob_clock,
-            &direct_of(&sealed),
-            T0,
-        )
-        .expect("bob opens");
-        assert_eq!(opened.payload, Payload::Text(text));
-        // Each side's sessions go through their stored form on the way.
-        bob = PeerSessions::from_stored(&codec::encode(&opened.sessions).unwrap()).unwrap();
-        let text = format!("bob {round}");
-        let sealed = seal(
-            &mut p.rng,
-            &p.bob,
-            alice_key,
             &mut bob,
-            &mut p.bob_clock,
             2 + round,
-            Payload::Text(text.clone()),
-            T0,
-        )
-        .unwrap();
-        let opened = open(
-            &mut OsRng,
-            &p.alice,
-            Some(alice),
-            &alice_prekeys,
-            &mut p.alice_clock,
-            &direct_of(&sealed),
-            T0,
-        )
-        .expect("alice opens");
-        assert_eq!(opened.payload, Payload::Text(text));
-        alice = PeerSessions::from_stored(&codec::encode(&opened.sessions).unwrap()).unwrap();
+            &format!("alice {round}"),
+        );
+        pass(
+            &mut p.rng,
+            &mut bob,
+            &mut alice,
+            2 + round,
+            &format!("bob {round}"),
+        );
     }
-    assert!(alice.send_ahead().is_some());
+    assert!(alice.sessions.unwrap().send_ahead().is_some());
 }
