@@ -124,81 +124,80 @@ impl Node {
                     &sender,
                 );
         let mut new_contact = None;
-        let (entry, control, offer, stored) =
-            match pairwise::received(opened.payload, from_own_device) {
-                pairwise::Received::Sent {
-                    to,
-                    to_key,
+        // Whether the sessions were written (only with a new message).
+        let stored;
+        let (entry, control, offer) = match pairwise::received(opened.payload, from_own_device) {
+            pairwise::Received::Sent {
+                to,
+                to_key,
+                text,
+                sent_at_ms,
+            } => {
+                // Filed with `to`, as ours. A contact new to this device is pinned as our other
+                // device knew it.
+                let contact = match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
+                    Some(contact) => contact,
+                    None => {
+                        let contact = Contact::first(to_key.to_bytes());
+                        brings.put(StateKey::Contact(to.as_str()), &contact);
+                        // Kept even if the message is cut short: a key's name may be held
+                        // already, without a contact (a device list names it).
+                        moved_on.put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
+                        new_contact = Some(to.clone());
+                        contact
+                    }
+                };
+                let entry = HistoryEntry {
+                    id,
+                    conversation: ConversationId::Direct(contact.conversation),
+                    label: to.to_string(),
+                    from: self.name.to_string(),
+                    sender: sender.to_bytes(),
                     text,
                     sent_at_ms,
-                } => {
-                    // Filed with `to`, as ours. A contact new to this device is pinned as our other
-                    // device knew it.
-                    let contact =
-                        match crate::daemon::trust::load_contact(&self.store, to.as_str())? {
-                            Some(contact) => contact,
-                            None => {
-                                let contact = Contact::first(to_key.to_bytes());
-                                brings.put(StateKey::Contact(to.as_str()), &contact);
-                                // Kept even if the message is cut short: a key's name may be held
-                                // already, without a contact (a device list names it).
-                                moved_on.put(StateKey::Peer(to_key.to_bytes()), &to.to_string());
-                                new_contact = Some(to.clone());
-                                contact
-                            }
-                        };
-                    let entry = HistoryEntry {
-                        id,
-                        conversation: ConversationId::Direct(contact.conversation),
-                        label: to.to_string(),
-                        from: self.name.to_string(),
-                        sender: sender.to_bytes(),
-                        text,
-                        sent_at_ms,
-                        stamp: opened.stamp,
-                        seq: opened.seq,
-                        status: Status::Sent,
-                    };
-                    let new = self
-                        .store
-                        .record_received(&entry, &brings, &consumed, &moved_on)?;
-                    (new.then_some(entry), None, None, new)
+                    stamp: opened.stamp,
+                    seq: opened.seq,
+                    status: Status::Sent,
+                };
+                stored = self
+                    .store
+                    .record_received(&entry, &brings, &consumed, &moved_on)?;
+                (stored.then_some(entry), None, None)
+            }
+            pairwise::Received::Entry { text, offer, whole } => {
+                if let Some(offer) = &offer {
+                    let record = palaver_protocol::node::files::Incoming::offered(
+                        offer.clone(),
+                        sender,
+                        None,
+                    );
+                    brings.put(StateKey::FileIn(id), &record);
                 }
-                pairwise::Received::Entry { text, offer, whole } => {
-                    if let Some(offer) = &offer {
-                        let record = palaver_protocol::node::files::Incoming::offered(
-                            offer.clone(),
-                            sender,
-                            None,
-                        );
-                        brings.put(StateKey::FileIn(id), &record);
-                    }
-                    let entry = HistoryEntry {
-                        id,
-                        conversation,
-                        label: label.clone(),
-                        from: label,
-                        sender: sender.to_bytes(),
-                        text,
-                        sent_at_ms: opened.sent_at_ms,
-                        stamp: opened.stamp,
-                        seq: opened.seq,
-                        status: Status::Received,
-                    };
-                    // Only a new line offers its file.
-                    let new = self
-                        .store
-                        .record_received(&entry, &brings, &consumed, &moved_on)?;
-                    let offer = offer.filter(|_| new).map(|offer| (offer, whole));
-                    (new.then_some(entry), None, offer, new)
-                }
-                pairwise::Received::Control(payload) => {
-                    brings.extend(consumed).extend(moved_on);
-                    let new = self.store.record_control(&id, &brings)?;
-                    (None, Some(*payload), None, new)
-                }
-            };
-        // The sessions were written only with a new message.
+                let entry = HistoryEntry {
+                    id,
+                    conversation,
+                    label: label.clone(),
+                    from: label,
+                    sender: sender.to_bytes(),
+                    text,
+                    sent_at_ms: opened.sent_at_ms,
+                    stamp: opened.stamp,
+                    seq: opened.seq,
+                    status: Status::Received,
+                };
+                // Only a new line offers its file.
+                stored = self
+                    .store
+                    .record_received(&entry, &brings, &consumed, &moved_on)?;
+                let offer = offer.filter(|_| stored).map(|offer| (offer, whole));
+                (stored.then_some(entry), None, offer)
+            }
+            pairwise::Received::Control(payload) => {
+                brings.extend(consumed).extend(moved_on);
+                stored = self.store.record_control(&id, &brings)?;
+                (None, Some(*payload), None)
+            }
+        };
         if stored {
             self.note_send_ahead(sender.to_bytes(), ahead);
         }
