@@ -290,10 +290,10 @@ fn a_sender_restarted_mid_conversation_keeps_its_session_across_the_skipped_numb
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Rendezvous::start(&dir.path().join("rv"))?;
-    let mut alice = User::init(dir.path(), "alice")?;
-    let mut bob = User::init(dir.path(), "bob")?;
-    alice.start(&server.addr)?;
-    bob.start(&server.addr)?;
+    let mut users = started_users(dir.path(), &server.addr, &["alice", "bob"])?;
+    let [alice, bob] = &mut users[..] else {
+        unreachable!()
+    };
     let mut sent = Vec::new();
     for round in 0..3 {
         let mut ids = Vec::new();
@@ -319,7 +319,7 @@ fn a_sender_restarted_mid_conversation_keeps_its_session_across_the_skipped_numb
     bob.wait_status("alice", &reply, "delivered")?;
     let next = alice.send("bob", "a new turn")?;
     alice.wait_status("bob", &next, "delivered")?;
-    assert_eq!(copies(&bob, "alice", "a new turn"), 1);
-    assert_eq!(copies(&alice, "bob", "and back"), 1);
+    assert_eq!(copies(bob, "alice", "a new turn"), 1);
+    assert_eq!(copies(alice, "bob", "and back"), 1);
     Ok(())
 }

@@ -40,20 +40,13 @@ pub struct PeerSessions {
 /// How [`PeerSessions`] are stored. The layout before [`SendAhead`] began with the length of
 /// our identity key (32) and this one begins with its variant's index (0), so neither can be
 /// read as the other.
-#[derive(Deserialize)]
-enum Stored {
+/// Written from borrowed sessions (`&Session`, `&[Session]`), read into owned ones: the same
+/// bytes.
+#[derive(Serialize, Deserialize)]
+enum Stored<Current, Archived> {
     WithSendAhead {
-        current: Session,
-        archived: Vec<Session>,
-    },
-}
-
-/// [`Stored`], borrowed for writing.
-#[derive(Serialize)]
-enum StoredRef<'a> {
-    WithSendAhead {
-        current: &'a Session,
-        archived: &'a [Session],
+        current: Current,
+        archived: Archived,
     },
 }
 
@@ -66,9 +59,9 @@ struct LegacyPeerSessions {
 
 impl Serialize for PeerSessions {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        StoredRef::WithSendAhead {
+        Stored::WithSendAhead {
             current: &self.current,
-            archived: &self.archived,
+            archived: self.archived.as_slice(),
         }
         .serialize(serializer)
     }
@@ -76,7 +69,8 @@ impl Serialize for PeerSessions {
 
 impl<'de> Deserialize<'de> for PeerSessions {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let Stored::WithSendAhead { current, archived } = Stored::deserialize(deserializer)?;
+        let Stored::WithSendAhead { current, archived } =
+            Stored::<Session, Vec<Session>>::deserialize(deserializer)?;
         Ok(Self { current, archived })
     }
 }
